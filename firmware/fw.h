@@ -1,0 +1,191 @@
+/*
+ * fw.h — the custody core's one header.
+ *
+ * firmware/ is the only code that touches key material or hardware.  It exports:
+ *   - error codes and cimd_strerror()                        (err.c)
+ *   - base64url without padding, RFC 4648 §5                  (b64url.c)
+ *   - JWK construction and RFC 7638 thumbprints               (jwk.c)
+ *   - ECDSA signature DER <-> raw r||s, RFC 7518 §3.4         (ecdsa.c)
+ *   - JWS compact serialisation, RFC 7515 §7.1                (jws.c)
+ *   - the backend-neutral key store                           (key_store.c)
+ *     with its PKCS#11 (ks_pkcs11.c) and TPM 2.0 (ks_tpm2.c) backends.
+ *
+ * Conventions (STYLE.md): functions return 0 or a negative code; outputs are
+ * named ret_* and written only on success; x_free(T **) accepts NULL and NULLs
+ * the caller's pointer.  Nothing here logs.
+ */
+#ifndef CIMD_FW_H
+#define CIMD_FW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+/* Error codes.  Negative errno values (-ENOMEM, -EINVAL, ...) are used as well. */
+enum {
+	CIMD_EBASE = 1000,
+	CIMD_ECONFIG,      /* bad key store configuration string */
+	CIMD_ENOMODULE,    /* PKCS#11 module cannot be loaded */
+	CIMD_ENOTOKEN,     /* no token with the configured label */
+	CIMD_EPIN,         /* PIN refused, or PIN file unusable */
+	CIMD_EUNAVAILABLE, /* hardware does not answer (gone, stopped, timed out) */
+	CIMD_ENOKEY,       /* no such key in the hardware, or reference malformed */
+	CIMD_EALG,         /* algorithm unknown or not what the key is */
+	CIMD_EBACKEND,     /* the hardware refused the operation */
+	CIMD_EFORMAT,      /* malformed encoding (base64url, DER, JWK, JWS) */
+	CIMD_EVERIFY,      /* signature does not verify */
+	CIMD_ECRYPTO,      /* OpenSSL failed */
+	CIMD_ELAST
+};
+
+/* Words for a code from this project or for a negative errno. */
+const char *cimd_strerror(int r);
+
+/* Caps that bound firmware inputs and outputs. */
+#define CIMD_SIG_MAX 512      /* RSA-4096 or ECDSA P-521 raw, with room */
+#define CIMD_KEYREF_MAX 4096  /* a stored key reference (TPM blobs are ~ 250 bytes) */
+#define CIMD_JWS_MAX 65536    /* a compact JWS we build or verify */
+#define CIMD_KID_LEN 43       /* base64url of a SHA-256 digest */
+
+/* ---- algorithms (RFC 7518 §3.1) ---- */
+
+enum cimd_alg {
+	CIMD_ALG_NONE = 0,
+	CIMD_ALG_ES256,
+	CIMD_ALG_ES384,
+	CIMD_ALG_PS256,
+};
+
+/* "ES256" <-> CIMD_ALG_ES256; unknown names give CIMD_ALG_NONE / NULL. */
+enum cimd_alg cimd_alg_from_name(const char *name);
+const char *cimd_alg_name(enum cimd_alg alg);
+/* Field size in bytes of an ECDSA algorithm's curve (32, 48), 0 for others. */
+size_t cimd_alg_ec_size(enum cimd_alg alg);
+
+/* ---- base64url, RFC 4648 §5, no padding (RFC 7515 §2) ---- */
+
+/* Length of the encoding of n bytes, without the terminating NUL. */
+size_t b64url_encoded_len(size_t n);
+/* Encodes into out (b64url_encoded_len(n) + 1 bytes), NUL-terminated. */
+void b64url_encode(const uint8_t *in, size_t n, char *out);
+/* Allocating form; *ret_s is set only on success. */
+int b64url_encode_alloc(const uint8_t *in, size_t n, char **ret_s);
+/* Decodes exactly len characters; rejects padding, whitespace, other alphabets
+ * and non-canonical trailing bits.  *ret_buf is malloc'd. */
+int b64url_decode(const char *in, size_t len, uint8_t **ret_buf, size_t *ret_n);
+
+/* ---- JWK, RFC 7517 / RFC 7518 §6 ---- */
+
+/* Public EC JWK {kty,crv,x,y}; x and y are each exactly cimd_alg_ec_size(alg)
+ * bytes (RFC 7518 §6.2.1.2: padded to the field size). */
+int jwk_new_ec(enum cimd_alg alg, const uint8_t *x, const uint8_t *y, json_t **ret_jwk);
+/* Public RSA JWK {kty,n,e}; leading zero octets of n and e are dropped
+ * (RFC 7518 §6.3.1.1: "the minimum number of octets"). */
+int jwk_new_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
+		json_t **ret_jwk);
+/* RFC 7638 SHA-256 thumbprint of a public JWK (EC, RSA or OKP), base64url,
+ * into ret_tp (CIMD_KID_LEN + 1 bytes). */
+int jwk_thumbprint(const json_t *jwk, char *ret_tp);
+/* OpenSSL public key from a public JWK (for verification). */
+struct evp_pkey_st;
+int jwk_to_evp(const json_t *jwk, struct evp_pkey_st **ret_pkey);
+
+/* ---- ECDSA signature encodings, RFC 7518 §3.4 ---- */
+
+/* DER ECDSA-Sig-Value (SEC 1 §C.5) -> raw r||s, each left-padded to size. */
+int ecdsa_der_to_raw(const uint8_t *der, size_t der_len, size_t size, uint8_t *ret_raw);
+/* raw r||s (2*size bytes) -> DER; *ret_der is malloc'd. */
+int ecdsa_raw_to_der(const uint8_t *raw, size_t size, uint8_t **ret_der, size_t *ret_len);
+
+/* ---- key store ---- */
+
+struct key_store;
+struct ks_key;
+
+/*
+ * Opens a backend from a configuration string:
+ *   pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=LABEL;pin-file=/etc/cimdd/pin
+ *   tpm2:tcti=device:/dev/tpmrm0[;parent=0x81000001]
+ *   tpm2:tcti=swtpm:host=127.0.0.1,port=2321
+ * Parameters are separated by ';'; a value runs to the next ';'.  See docs/custody.md.
+ * A key store serialises its calls with one mutex, so it may be shared by threads.
+ * On failure the details are written to errbuf (may be NULL).
+ */
+int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, size_t errlen);
+void key_store_free(struct key_store **ks);
+/* "pkcs11" or "tpm2". */
+const char *key_store_backend(const struct key_store *ks);
+/* The details of the last failed call on this key store (never NULL). */
+const char *key_store_errmsg(const struct key_store *ks);
+
+/* Generates a key for alg in the hardware. */
+int key_store_generate(struct key_store *ks, enum cimd_alg alg, struct ks_key **ret_key);
+/* Finds a key from its stored reference (as key_store_key_ref gave it) and checks
+ * that it is a key for alg. */
+int key_store_load(struct key_store *ks, enum cimd_alg alg, const uint8_t *ref, size_t ref_len,
+		   struct ks_key **ret_key);
+/* Signs msg as JWS alg prescribes (RFC 7518 §3): ECDSA as raw r||s, RSASSA-PSS with
+ * MGF1 and a salt as long as the hash.  ret_sig holds CIMD_SIG_MAX bytes. */
+int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg, size_t len,
+		   uint8_t *ret_sig, size_t *ret_len);
+/* Destroys the key in the hardware (see docs/custody.md for what that means on
+ * each backend) and frees the handle. */
+int key_store_destroy(struct key_store *ks, struct ks_key **key);
+
+void ks_key_free(struct ks_key **key);
+/* The reference to persist; valid while the key handle lives. */
+void ks_key_ref(const struct ks_key *key, const uint8_t **ret_ref, size_t *ret_len);
+enum cimd_alg ks_key_alg(const struct ks_key *key);
+/* kid: the RFC 7638 thumbprint of the public key. */
+const char *ks_key_kid(const struct ks_key *key);
+/* The public JWK {kty, crv/x/y | n/e, kid, alg, use:"sig"}; a new reference. */
+json_t *ks_key_jwk(const struct ks_key *key);
+
+/* ---- JWS compact serialisation, RFC 7515 §7.1 ---- */
+
+/* Signs payload with key; the protected header is {"alg","kid"} of the key plus
+ * the members of extra_header (may be NULL; must not set alg or kid). */
+int jws_sign(struct key_store *ks, struct ks_key *key, const json_t *extra_header,
+	     const uint8_t *payload, size_t payload_len, char **ret_jws);
+/* Verifies a compact JWS against a public JWK whose alg it must use.
+ * On success *ret_header (if not NULL) and *ret_payload are set. */
+int jws_verify(const char *jws, const json_t *jwk, json_t **ret_header, uint8_t **ret_payload,
+	       size_t *ret_payload_len);
+
+/* ---- backend interface: key_store.c <-> ks_*.c only ---- */
+
+struct ks_param {
+	const char *name;
+	const char *value;
+};
+
+struct ks_backend {
+	const char *name;
+	int (*open)(struct key_store *ks, const struct ks_param *params, size_t nparams,
+		    void **ret_be);
+	void (*close)(void *be);
+	/* ret_ref is malloc'd; ret_jwk holds only the public key members. */
+	int (*generate)(struct key_store *ks, void *be, enum cimd_alg alg, uint8_t **ret_ref,
+			size_t *ret_ref_len, json_t **ret_jwk);
+	int (*load)(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
+		    size_t ref_len, json_t **ret_jwk);
+	int (*sign)(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
+		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
+		    size_t *ret_len);
+	int (*destroy)(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len);
+};
+
+extern const struct ks_backend ks_pkcs11_backend;
+extern const struct ks_backend ks_tpm2_backend;
+
+/* Records the details of a failure for key_store_errmsg(); returns r. */
+int ks_fail(struct key_store *ks, int r, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Reads a secret (a PIN) from a file that only its owner may read; strips one
+ * trailing newline.  *ret_secret is zeroed and freed with secret_free(). */
+int secret_read_file(const char *path, char **ret_secret);
+void secret_free(char **secret);
+
+#endif /* CIMD_FW_H */

@@ -1,0 +1,667 @@
+/*
+ * ks_pkcs11.c — PKCS#11 backend (libp11 for module loading, token discovery,
+ * login and signing; the module's own function list for what libp11 0.4.12
+ * lacks).
+ *
+ * libp11 0.4.12 generates only RSA keys and reads no object attributes, so key
+ * generation (C_GenerateKeyPair), attribute reads (C_GetAttributeValue), lookup
+ * by CKA_ID and destruction go through the module's CK_FUNCTION_LIST on a
+ * session of our own.  Those raw calls live in the p11_raw_* functions below
+ * and nowhere else.  The function list is the one of the module instance that
+ * libp11 loaded (dlopen RTLD_NOLOAD), so login state is shared: PKCS#11 v2.40
+ * §5.6 makes login per application, not per session, which is why our C_Login
+ * answers CKR_USER_ALREADY_LOGGED_IN and why that counts as success.
+ *
+ * Threads: libp11 0.4.12 is not thread-safe; key_store.c serialises every call
+ * to this backend with the key store's mutex (one session per key store).
+ *
+ * Faults: any failure that can come from a lost session or a stale object handle
+ * (the token was removed and reinserted, the module was reset) makes the backend
+ * drop every session and cached key, log in again, look the key up again by its
+ * CKA_ID and retry once.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <libp11.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <p11-kit/pkcs11.h>
+
+#include "fw.h"
+
+#define P11_ID_LEN 16        /* CKA_ID of keys we generate: 128 random bits */
+#define P11_CACHE_MAX 64     /* private keys kept resolved to an EVP_PKEY */
+#define P11_FIND_MAX 16      /* objects one CKA_ID may name (a pair, normally) */
+#define P11_RSA_BITS 2048
+
+/* DER OIDs for CKA_EC_PARAMS (RFC 5480 §2.1.1.1). */
+static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
+
+struct p11_cached {
+	uint8_t id[P11_ID_LEN];
+	EVP_PKEY *pkey;
+};
+
+struct p11 {
+	char *module;
+	char *token;
+	char *pin;
+	PKCS11_CTX *ctx;
+	PKCS11_SLOT *slots;
+	unsigned int nslots;
+	PKCS11_SLOT *slot;
+	CK_FUNCTION_LIST_PTR fl;
+	CK_SESSION_HANDLE sess;
+	int have_sess;
+	struct p11_cached cache[P11_CACHE_MAX];
+	size_t ncache;
+};
+
+static const char *ckr_name(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_OK: return "CKR_OK";
+	case CKR_PIN_INCORRECT: return "CKR_PIN_INCORRECT";
+	case CKR_PIN_LOCKED: return "CKR_PIN_LOCKED";
+	case CKR_PIN_LEN_RANGE: return "CKR_PIN_LEN_RANGE";
+	case CKR_SESSION_HANDLE_INVALID: return "CKR_SESSION_HANDLE_INVALID";
+	case CKR_SESSION_CLOSED: return "CKR_SESSION_CLOSED";
+	case CKR_OBJECT_HANDLE_INVALID: return "CKR_OBJECT_HANDLE_INVALID";
+	case CKR_KEY_HANDLE_INVALID: return "CKR_KEY_HANDLE_INVALID";
+	case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
+	case CKR_DEVICE_ERROR: return "CKR_DEVICE_ERROR";
+	case CKR_DEVICE_REMOVED: return "CKR_DEVICE_REMOVED";
+	case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
+	case CKR_CRYPTOKI_NOT_INITIALIZED: return "CKR_CRYPTOKI_NOT_INITIALIZED";
+	case CKR_MECHANISM_INVALID: return "CKR_MECHANISM_INVALID";
+	case CKR_TEMPLATE_INCONSISTENT: return "CKR_TEMPLATE_INCONSISTENT";
+	case CKR_ATTRIBUTE_VALUE_INVALID: return "CKR_ATTRIBUTE_VALUE_INVALID";
+	case CKR_DEVICE_MEMORY: return "CKR_DEVICE_MEMORY";
+	case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
+	case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
+	default: return "CKR_?";
+	}
+}
+
+/* A return value that a fresh session and a fresh lookup may cure. */
+static int ckr_is_stale(CK_RV rv)
+{
+	switch (rv) {
+	case CKR_SESSION_HANDLE_INVALID:
+	case CKR_SESSION_CLOSED:
+	case CKR_OBJECT_HANDLE_INVALID:
+	case CKR_KEY_HANDLE_INVALID:
+	case CKR_USER_NOT_LOGGED_IN:
+	case CKR_DEVICE_ERROR:
+	case CKR_DEVICE_REMOVED:
+	case CKR_TOKEN_NOT_PRESENT:
+	case CKR_CRYPTOKI_NOT_INITIALIZED:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* Maps a failed raw call: -EAGAIN asks the caller to reconnect and retry. */
+static int p11_fail(struct key_store *ks, CK_RV rv, int r, const char *what)
+{
+	if (ckr_is_stale(rv))
+		r = -EAGAIN;
+	return ks_fail(ks, r, "pkcs11: %s: %s (0x%lx)", what, ckr_name(rv), (unsigned long)rv);
+}
+
+static void p11_drop_cache(struct p11 *p)
+{
+	size_t i;
+
+	for (i = 0; i < p->ncache; i++)
+		EVP_PKEY_free(p->cache[i].pkey);
+	p->ncache = 0;
+}
+
+static void p11_disconnect(struct p11 *p)
+{
+	p11_drop_cache(p);
+	if (p->have_sess && p->fl != NULL)
+		p->fl->C_CloseSession(p->sess);
+	p->have_sess = 0;
+	if (p->slots != NULL)
+		PKCS11_release_all_slots(p->ctx, p->slots, p->nslots);
+	p->slots = NULL;
+	p->nslots = 0;
+	p->slot = NULL;
+}
+
+/* Finds the token, opens libp11's session and ours, and logs in. */
+static int p11_connect(struct key_store *ks, struct p11 *p)
+{
+	CK_C_GetFunctionList get_fl;
+	CK_RV rv;
+	void *dl;
+	unsigned int i;
+	int logged_in = 0;
+
+	if (p->ctx == NULL) {
+		if (access(p->module, R_OK) < 0)
+			return ks_fail(ks, -CIMD_ENOMODULE, "pkcs11: module %s: %s", p->module,
+				       strerror(errno));
+		if ((p->ctx = PKCS11_CTX_new()) == NULL)
+			return -ENOMEM;
+		if (PKCS11_CTX_load(p->ctx, p->module) < 0) {
+			PKCS11_CTX_free(p->ctx);
+			p->ctx = NULL;
+			return ks_fail(ks, -CIMD_ENOMODULE, "pkcs11: cannot load module %s",
+				       p->module);
+		}
+		/* The same instance libp11 loaded: RTLD_NOLOAD never loads a second copy. */
+		if ((dl = dlopen(p->module, RTLD_NOW | RTLD_NOLOAD)) == NULL ||
+		    (get_fl = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList")) == NULL ||
+		    get_fl(&p->fl) != CKR_OK) {
+			if (dl != NULL)
+				dlclose(dl);
+			PKCS11_CTX_unload(p->ctx);
+			PKCS11_CTX_free(p->ctx);
+			p->ctx = NULL;
+			return ks_fail(ks, -CIMD_ENOMODULE, "pkcs11: %s has no C_GetFunctionList",
+				       p->module);
+		}
+		dlclose(dl); /* drops our reference only; libp11 keeps the module */
+	}
+	if (PKCS11_enumerate_slots(p->ctx, &p->slots, &p->nslots) < 0)
+		return ks_fail(ks, -CIMD_EUNAVAILABLE, "pkcs11: cannot enumerate slots");
+	for (i = 0; i < p->nslots; i++) {
+		PKCS11_TOKEN *t = p->slots[i].token;
+		if (t != NULL && t->initialized && t->label != NULL && strcmp(t->label, p->token) == 0) {
+			p->slot = &p->slots[i];
+			break;
+		}
+	}
+	if (p->slot == NULL) {
+		PKCS11_release_all_slots(p->ctx, p->slots, p->nslots);
+		p->slots = NULL;
+		p->nslots = 0;
+		return ks_fail(ks, -CIMD_ENOTOKEN, "pkcs11: no token labelled '%s' in %s", p->token,
+			       p->module);
+	}
+	if (PKCS11_open_session(p->slot, 1) < 0) {
+		p11_disconnect(p);
+		return ks_fail(ks, -CIMD_EUNAVAILABLE, "pkcs11: cannot open a session on '%s'",
+			       p->token);
+	}
+	rv = p->fl->C_OpenSession(PKCS11_get_slotid_from_slot(p->slot),
+				  CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &p->sess);
+	if (rv != CKR_OK) {
+		p11_disconnect(p);
+		return p11_fail(ks, rv, -CIMD_EUNAVAILABLE, "C_OpenSession");
+	}
+	p->have_sess = 1;
+	/* Our C_Login gives the exact reason a PIN is refused; libp11 then only needs
+	 * to learn that the application is logged in. */
+	rv = p->fl->C_Login(p->sess, CKU_USER, (CK_UTF8CHAR_PTR)p->pin, strlen(p->pin));
+	if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+		p11_disconnect(p);
+		if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_LEN_RANGE ||
+		    rv == CKR_PIN_EXPIRED)
+			return ks_fail(ks, -CIMD_EPIN, "pkcs11: C_Login on '%s': %s", p->token,
+				       ckr_name(rv));
+		return p11_fail(ks, rv, -CIMD_EUNAVAILABLE, "C_Login");
+	}
+	if (PKCS11_is_logged_in(p->slot, 0, &logged_in) < 0 || !logged_in) {
+		if (PKCS11_login(p->slot, 0, p->pin) < 0) {
+			ERR_clear_error();
+			if (PKCS11_is_logged_in(p->slot, 0, &logged_in) < 0 || !logged_in) {
+				p11_disconnect(p);
+				return ks_fail(ks, -CIMD_EUNAVAILABLE,
+					       "pkcs11: libp11 login on '%s' failed", p->token);
+			}
+		}
+	}
+	return 0;
+}
+
+static int p11_reconnect(struct key_store *ks, struct p11 *p)
+{
+	int r;
+
+	p11_disconnect(p);
+	if ((r = p11_connect(ks, p)) < 0 && r != -CIMD_EPIN && r != -ENOMEM)
+		r = -CIMD_EUNAVAILABLE;
+	return r;
+}
+
+static void p11_free(struct p11 *p)
+{
+	if (p == NULL)
+		return;
+	p11_disconnect(p);
+	if (p->ctx != NULL) {
+		PKCS11_CTX_unload(p->ctx);
+		PKCS11_CTX_free(p->ctx);
+	}
+	free(p->module);
+	free(p->token);
+	secret_free(&p->pin);
+	free(p);
+}
+
+static int p11_open(struct key_store *ks, const struct ks_param *params, size_t n, void **ret_be)
+{
+	struct p11 *p;
+	const char *pin_file = NULL;
+	size_t i;
+	int r;
+
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		char **dst = NULL;
+		if (strcmp(params[i].name, "module") == 0)
+			dst = &p->module;
+		else if (strcmp(params[i].name, "token") == 0)
+			dst = &p->token;
+		else if (strcmp(params[i].name, "pin-file") == 0)
+			pin_file = params[i].value;
+		else {
+			r = ks_fail(ks, -CIMD_ECONFIG, "pkcs11: unknown parameter '%s'", params[i].name);
+			goto out;
+		}
+		if (dst != NULL && (*dst = strdup(params[i].value)) == NULL) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	if (p->module == NULL || p->token == NULL || pin_file == NULL) {
+		r = ks_fail(ks, -CIMD_ECONFIG, "pkcs11: module, token and pin-file are required");
+		goto out;
+	}
+	if ((r = secret_read_file(pin_file, &p->pin)) < 0) {
+		r = ks_fail(ks, -CIMD_EPIN, "pkcs11: pin-file %s: %s%s", pin_file, strerror(-r),
+			    r == -EPERM ? " (must be a regular file readable only by its owner)" : "");
+		goto out;
+	}
+	if ((r = p11_connect(ks, p)) < 0)
+		goto out;
+	*ret_be = p;
+	p = NULL;
+	r = 0;
+out:
+	p11_free(p);
+	return r;
+}
+
+static void p11_close(void *be)
+{
+	p11_free(be);
+}
+
+/* ---- raw PKCS#11 calls: the few that libp11 0.4.12 lacks ---- */
+
+/* Object handles with CKA_ID = id (and class, unless (CK_ULONG)-1). */
+static int p11_raw_find(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len,
+			CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *ret_objs, CK_ULONG *ret_n)
+{
+	CK_ATTRIBUTE tmpl[2] = {
+		{CKA_ID, (void *)id, id_len},
+		{CKA_CLASS, &cls, sizeof(cls)},
+	};
+	CK_ULONG n = 0;
+	CK_RV rv;
+
+	rv = p->fl->C_FindObjectsInit(p->sess, tmpl, cls == (CK_ULONG)-1 ? 1 : 2);
+	if (rv != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_FindObjectsInit");
+	rv = p->fl->C_FindObjects(p->sess, ret_objs, P11_FIND_MAX, &n);
+	p->fl->C_FindObjectsFinal(p->sess);
+	if (rv != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_FindObjects");
+	*ret_n = n;
+	return 0;
+}
+
+/* One attribute into buf (at most *len bytes); *len becomes its length. */
+static int p11_raw_attr(struct key_store *ks, struct p11 *p, CK_OBJECT_HANDLE obj,
+			CK_ATTRIBUTE_TYPE type, void *buf, size_t *len)
+{
+	CK_ATTRIBUTE a = {type, buf, *len};
+	CK_RV rv;
+
+	if ((rv = p->fl->C_GetAttributeValue(p->sess, obj, &a, 1)) != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_GetAttributeValue");
+	*len = a.ulValueLen;
+	return 0;
+}
+
+/* The public JWK of the public key object pub, checked against alg. */
+static int p11_raw_public_jwk(struct key_store *ks, struct p11 *p, CK_OBJECT_HANDLE pub,
+			      enum cimd_alg alg, json_t **ret_jwk)
+{
+	uint8_t buf[1024], e[16];
+	size_t len = sizeof(buf), elen = sizeof(e), size = cimd_alg_ec_size(alg);
+	const uint8_t *oid = alg == CIMD_ALG_ES384 ? oid_p384 : oid_p256;
+	size_t oid_len = alg == CIMD_ALG_ES384 ? sizeof(oid_p384) : sizeof(oid_p256);
+	CK_KEY_TYPE kt = 0;
+	size_t ktlen = sizeof(kt);
+	const uint8_t *pt;
+	int r;
+
+	if ((r = p11_raw_attr(ks, p, pub, CKA_KEY_TYPE, &kt, &ktlen)) < 0)
+		return r;
+	if (size == 0) {
+		if (kt != CKK_RSA)
+			return ks_fail(ks, -CIMD_EALG, "pkcs11: key is not an RSA key");
+		if ((r = p11_raw_attr(ks, p, pub, CKA_MODULUS, buf, &len)) < 0 ||
+		    (r = p11_raw_attr(ks, p, pub, CKA_PUBLIC_EXPONENT, e, &elen)) < 0)
+			return r;
+		return jwk_new_rsa(buf, len, e, elen, ret_jwk);
+	}
+	if (kt != CKK_EC)
+		return ks_fail(ks, -CIMD_EALG, "pkcs11: key is not an EC key");
+	if ((r = p11_raw_attr(ks, p, pub, CKA_EC_PARAMS, buf, &len)) < 0)
+		return r;
+	if (len != oid_len || memcmp(buf, oid, oid_len) != 0)
+		return ks_fail(ks, -CIMD_EALG, "pkcs11: key is not on the curve of %s",
+			       cimd_alg_name(alg));
+	len = sizeof(buf);
+	if ((r = p11_raw_attr(ks, p, pub, CKA_EC_POINT, buf, &len)) < 0)
+		return r;
+	/* PKCS#11 v2.40 §2.3.3: CKA_EC_POINT is DER OCTET STRING(0x04 || x || y);
+	 * some modules return the bare point, which we accept too. */
+	if (len == 3 + 2 * size && buf[0] == 0x04 && buf[1] == 1 + 2 * size && buf[2] == 0x04)
+		pt = buf + 3;
+	else if (len == 1 + 2 * size && buf[0] == 0x04)
+		pt = buf + 1;
+	else
+		return ks_fail(ks, -CIMD_EFORMAT, "pkcs11: CKA_EC_POINT of %zu bytes", len);
+	return jwk_new_ec(alg, pt, pt + size, ret_jwk);
+}
+
+static int p11_raw_generate(struct key_store *ks, struct p11 *p, enum cimd_alg alg,
+			    const uint8_t *id, json_t **ret_jwk)
+{
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ULONG bits = P11_RSA_BITS;
+	uint8_t e65537[] = {0x01, 0x00, 0x01};
+	const uint8_t *oid = alg == CIMD_ALG_ES384 ? oid_p384 : oid_p256;
+	CK_ULONG oid_len = alg == CIMD_ALG_ES384 ? sizeof(oid_p384) : sizeof(oid_p256);
+	char label[] = "cimdd";
+	int ec = cimd_alg_ec_size(alg) != 0;
+	CK_MECHANISM mech = {ec ? CKM_EC_KEY_PAIR_GEN : CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+	CK_ATTRIBUTE pub[] = {
+		{CKA_TOKEN, &yes, sizeof(yes)},
+		{CKA_PRIVATE, &no, sizeof(no)},
+		{CKA_VERIFY, &yes, sizeof(yes)},
+		{CKA_ID, (void *)id, P11_ID_LEN},
+		{CKA_LABEL, label, sizeof(label) - 1},
+		/* the last one or two differ by key type */
+		{ec ? CKA_EC_PARAMS : CKA_MODULUS_BITS, ec ? (void *)oid : (void *)&bits,
+		 ec ? oid_len : sizeof(bits)},
+		{CKA_PUBLIC_EXPONENT, e65537, sizeof(e65537)},
+	};
+	/* Sensitive and never extractable: the private key cannot leave the token.
+	 * Signing only: no decrypt, derive, unwrap (PKCS#11 v2.40 §4.9). */
+	CK_ATTRIBUTE priv[] = {
+		{CKA_TOKEN, &yes, sizeof(yes)},
+		{CKA_PRIVATE, &yes, sizeof(yes)},
+		{CKA_SENSITIVE, &yes, sizeof(yes)},
+		{CKA_EXTRACTABLE, &no, sizeof(no)},
+		{CKA_SIGN, &yes, sizeof(yes)},
+		{CKA_DECRYPT, &no, sizeof(no)},
+		{CKA_DERIVE, &no, sizeof(no)},
+		{CKA_UNWRAP, &no, sizeof(no)},
+		{CKA_ID, (void *)id, P11_ID_LEN},
+		{CKA_LABEL, label, sizeof(label) - 1},
+	};
+	CK_OBJECT_HANDLE hpub, hpriv;
+	CK_RV rv;
+	int r;
+
+	rv = p->fl->C_GenerateKeyPair(p->sess, &mech, pub, ec ? 6 : 7, priv,
+				      sizeof(priv) / sizeof(priv[0]), &hpub, &hpriv);
+	if (rv != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_GenerateKeyPair");
+	if ((r = p11_raw_public_jwk(ks, p, hpub, alg, ret_jwk)) < 0) {
+		p->fl->C_DestroyObject(p->sess, hpriv);
+		p->fl->C_DestroyObject(p->sess, hpub);
+	}
+	return r;
+}
+
+static int p11_raw_load(struct key_store *ks, struct p11 *p, enum cimd_alg alg, const uint8_t *id,
+			size_t id_len, json_t **ret_jwk)
+{
+	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
+	CK_ULONG n;
+	int r;
+
+	if ((r = p11_raw_find(ks, p, id, id_len, CKO_PRIVATE_KEY, objs, &n)) < 0)
+		return r;
+	if (n != 1)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: %lu private keys with this CKA_ID",
+			       (unsigned long)n);
+	if ((r = p11_raw_find(ks, p, id, id_len, CKO_PUBLIC_KEY, objs, &n)) < 0)
+		return r;
+	if (n != 1)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: %lu public keys with this CKA_ID",
+			       (unsigned long)n);
+	return p11_raw_public_jwk(ks, p, objs[0], alg, ret_jwk);
+}
+
+static int p11_raw_destroy(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len)
+{
+	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
+	CK_ULONG i, n;
+	CK_RV rv;
+	int r;
+
+	if ((r = p11_raw_find(ks, p, id, id_len, (CK_ULONG)-1, objs, &n)) < 0)
+		return r;
+	if (n == 0)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: no object with this CKA_ID");
+	for (i = 0; i < n; i++)
+		if ((rv = p->fl->C_DestroyObject(p->sess, objs[i])) != CKR_OK)
+			return p11_fail(ks, rv, -CIMD_EBACKEND, "C_DestroyObject");
+	return 0;
+}
+
+/* ---- signing through libp11 and OpenSSL ---- */
+
+static int p11_private_key(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len,
+			   EVP_PKEY **ret_pkey)
+{
+	PKCS11_KEY *keys;
+	unsigned int i, n;
+	EVP_PKEY *pk = NULL;
+	size_t c;
+
+	for (c = 0; c < p->ncache; c++)
+		if (memcmp(p->cache[c].id, id, P11_ID_LEN) == 0) {
+			*ret_pkey = p->cache[c].pkey;
+			return 0;
+		}
+	/* libp11 re-enumerates here, and so sees keys we generated since. */
+	if (PKCS11_enumerate_keys(p->slot->token, &keys, &n) < 0)
+		return ks_fail(ks, -EAGAIN, "pkcs11: cannot enumerate keys");
+	for (i = 0; i < n; i++)
+		if (keys[i].id_len == id_len && memcmp(keys[i].id, id, id_len) == 0)
+			break;
+	if (i == n)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: no private key with this CKA_ID");
+	if ((pk = PKCS11_get_private_key(&keys[i])) == NULL)
+		return ks_fail(ks, -EAGAIN, "pkcs11: libp11 cannot use the private key");
+	if (p->ncache == P11_CACHE_MAX)
+		p11_drop_cache(p);
+	memcpy(p->cache[p->ncache].id, id, P11_ID_LEN);
+	p->cache[p->ncache++].pkey = pk;
+	*ret_pkey = pk;
+	return 0;
+}
+
+static int p11_sign_once(struct key_store *ks, struct p11 *p, enum cimd_alg alg,
+			 const uint8_t *id, size_t id_len, const uint8_t *msg, size_t len,
+			 uint8_t *ret_sig, size_t *ret_len)
+{
+	const EVP_MD *md = alg == CIMD_ALG_ES384 ? EVP_sha384() : EVP_sha256();
+	size_t size = cimd_alg_ec_size(alg), siglen;
+	uint8_t der[CIMD_SIG_MAX];
+	EVP_MD_CTX *mctx = NULL;
+	EVP_PKEY_CTX *pctx = NULL;
+	EVP_PKEY *pk = NULL;
+	int r;
+
+	if ((r = p11_private_key(ks, p, id, id_len, &pk)) < 0)
+		return r;
+	if ((size == 0) != (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA))
+		return ks_fail(ks, -CIMD_EALG, "pkcs11: key type does not match %s",
+			       cimd_alg_name(alg));
+	if ((mctx = EVP_MD_CTX_new()) == NULL)
+		return -ENOMEM;
+	r = ks_fail(ks, -EAGAIN, "pkcs11: signing failed");
+	if (EVP_DigestSignInit(mctx, &pctx, md, NULL, pk) != 1)
+		goto out;
+	/* RFC 7518 §3.5: PSS with MGF1-SHA-256 and a 32-byte salt. */
+	if (size == 0 && (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
+			  EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
+			  EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) != 1))
+		goto out;
+	siglen = sizeof(der);
+	if (EVP_DigestSign(mctx, der, &siglen, msg, len) != 1)
+		goto out;
+	if (size == 0) {
+		memcpy(ret_sig, der, siglen);
+		*ret_len = siglen;
+	} else {
+		if ((r = ecdsa_der_to_raw(der, siglen, size, ret_sig)) < 0) {
+			ks_fail(ks, r, "pkcs11: token returned a malformed ECDSA signature");
+			goto out;
+		}
+		*ret_len = 2 * size;
+	}
+	r = 0;
+out:
+	ERR_clear_error();
+	EVP_MD_CTX_free(mctx);
+	return r;
+}
+
+/* ---- backend operations: each retries once on a fresh session ---- */
+
+/*
+ * A fresh session is opened before a call when the last reconnect failed, and
+ * after a call that failed in a way a fresh session may cure (-EAGAIN); the call
+ * is then made once more, and a second failure is final.
+ */
+static int p11_ready(struct key_store *ks, struct p11 *p)
+{
+	return p->slot != NULL ? 0 : p11_reconnect(ks, p);
+}
+
+static int p11_again(struct key_store *ks, struct p11 *p, int *r)
+{
+	if (*r != -EAGAIN)
+		return 0;
+	return (*r = p11_reconnect(ks, p)) == 0;
+}
+
+static int p11_final(int r)
+{
+	return r == -EAGAIN ? -CIMD_EBACKEND : r;
+}
+
+static int p11_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8_t **ret_ref,
+			size_t *ret_ref_len, json_t **ret_jwk)
+{
+	struct p11 *p = be;
+	uint8_t *id;
+	int r;
+
+	if ((id = malloc(P11_ID_LEN)) == NULL)
+		return -ENOMEM;
+	if (RAND_bytes(id, P11_ID_LEN) != 1) {
+		free(id);
+		return ks_fail(ks, -CIMD_ECRYPTO, "pkcs11: no random bytes for CKA_ID");
+	}
+	if ((r = p11_ready(ks, p)) == 0) {
+		r = p11_raw_generate(ks, p, alg, id, ret_jwk);
+		if (p11_again(ks, p, &r))
+			r = p11_raw_generate(ks, p, alg, id, ret_jwk);
+	}
+	if ((r = p11_final(r)) < 0) {
+		free(id);
+		return r;
+	}
+	*ret_ref = id;
+	*ret_ref_len = P11_ID_LEN;
+	return 0;
+}
+
+static int p11_load(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
+		    size_t ref_len, json_t **ret_jwk)
+{
+	struct p11 *p = be;
+	int r;
+
+	if (ref_len != P11_ID_LEN)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: a key reference is %d bytes, not %zu",
+			       P11_ID_LEN, ref_len);
+	if ((r = p11_ready(ks, p)) < 0)
+		return r;
+	r = p11_raw_load(ks, p, alg, ref, ref_len, ret_jwk);
+	if (p11_again(ks, p, &r))
+		r = p11_raw_load(ks, p, alg, ref, ref_len, ret_jwk);
+	return p11_final(r);
+}
+
+static int p11_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
+		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig, size_t *ret_len)
+{
+	struct p11 *p = be;
+	int r;
+
+	if (ref_len != P11_ID_LEN)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: malformed key reference");
+	if ((r = p11_ready(ks, p)) < 0)
+		return r;
+	r = p11_sign_once(ks, p, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+	if (p11_again(ks, p, &r))
+		r = p11_sign_once(ks, p, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+	return p11_final(r);
+}
+
+static int p11_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len)
+{
+	struct p11 *p = be;
+	size_t c;
+	int r;
+
+	if (ref_len != P11_ID_LEN)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: malformed key reference");
+	if ((r = p11_ready(ks, p)) < 0)
+		return r;
+	for (c = 0; c < p->ncache; c++)
+		if (memcmp(p->cache[c].id, ref, P11_ID_LEN) == 0) {
+			EVP_PKEY_free(p->cache[c].pkey);
+			p->cache[c] = p->cache[--p->ncache];
+			break;
+		}
+	r = p11_raw_destroy(ks, p, ref, ref_len);
+	if (p11_again(ks, p, &r))
+		r = p11_raw_destroy(ks, p, ref, ref_len);
+	return p11_final(r);
+}
+
+const struct ks_backend ks_pkcs11_backend = {
+	.name = "pkcs11",
+	.open = p11_open,
+	.close = p11_close,
+	.generate = p11_generate,
+	.load = p11_load,
+	.sign = p11_sign,
+	.destroy = p11_destroy,
+};

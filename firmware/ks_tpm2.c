@@ -1,0 +1,550 @@
+/*
+ * ks_tpm2.c — TPM 2.0 backend (tpm2-tss ESAPI).
+ *
+ * Every key is an ordinary child of a storage primary key: either the standard
+ * SRK that we recreate from its template (deterministic for a given owner seed)
+ * or a persistent key at a configured handle.  The stored reference is the
+ * TPM-wrapped TPM2B_PUBLIC || TPM2B_PRIVATE (TPM 2.0 Part 1 §23.3: the private
+ * area never leaves the TPM unencrypted).  Keys are loaded when they are used
+ * and flushed again, keeping at most one client key loaded beside the primary,
+ * so any number of keys works without a resource manager (swtpm alone has three
+ * object slots).
+ *
+ * Faults: a failure below the TPM (TCTI: the TPM is gone, the connection broke,
+ * a command timed out) tears the ESAPI context down and reports
+ * CIMD_EUNAVAILABLE; the next call connects afresh, so signing resumes by itself
+ * when the TPM is back.  Commands that must answer fast (load, sign, flush) run
+ * with a short timeout; key creation, which can take seconds on real TPMs, with
+ * a long one.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <tss2/tss2_esys.h>
+#include <tss2/tss2_mu.h>
+#include <tss2/tss2_rc.h>
+#include <tss2/tss2_tctildr.h>
+
+#include "fw.h"
+
+#define TPM_TIMEOUT_FAST_MS 1500  /* load, sign, flush: unavailable within 2 s */
+#define TPM_TIMEOUT_SLOW_MS 60000 /* CreatePrimary, Create (RSA key generation) */
+
+struct tpm {
+	char *tcti_conf;
+	TPM2_HANDLE parent; /* persistent parent, or 0 for the SRK from its template */
+	TSS2_TCTI_CONTEXT *tcti;
+	ESYS_CONTEXT *ectx;
+	ESYS_TR primary;
+	/* The one client key kept loaded, identified by its reference. */
+	uint8_t *loaded_ref;
+	size_t loaded_len;
+	ESYS_TR loaded;
+};
+
+/* Object attributes of client keys: TPM 2.0 Part 2 §8.3.  fixedTPM and
+ * fixedParent: never duplicated out of this TPM; sensitiveDataOrigin: the TPM
+ * made the private key; noDA: failed authorisations (a crash mid-command) never
+ * count toward dictionary-attack lockout; sign only, not decrypt, not restricted
+ * (it signs digests we computed, with a NULL ticket). */
+#define KEY_ATTRS                                                                                  \
+	(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |         \
+	 TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_NODA)
+
+/* A TSS2_RC that says the TPM did not answer, rather than refused. */
+static int rc_is_unavailable(TSS2_RC rc)
+{
+	TSS2_RC layer = rc & TSS2_RC_LAYER_MASK, base = rc & 0xffff;
+
+	if (layer == TSS2_TCTI_RC_LAYER)
+		return 1;
+	if (layer == TSS2_ESAPI_RC_LAYER || layer == TSS2_SYS_RC_LAYER ||
+	    layer == TSS2_MU_RC_LAYER)
+		return base == TSS2_BASE_RC_IO_ERROR || base == TSS2_BASE_RC_TRY_AGAIN ||
+		       base == TSS2_BASE_RC_NO_CONNECTION || base == TSS2_BASE_RC_MALFORMED_RESPONSE ||
+		       base == TSS2_BASE_RC_INSUFFICIENT_RESPONSE ||
+		       base == TSS2_BASE_RC_NOT_PERMITTED; /* context torn down */
+	return 0;
+}
+
+static void tpm_disconnect(struct tpm *t)
+{
+	/* Best effort: the TPM may be gone.  Transient objects vanish with the
+	 * connection's end or the TPM's restart anyway. */
+	if (t->ectx != NULL) {
+		Esys_SetTimeout(t->ectx, TPM_TIMEOUT_FAST_MS);
+		if (t->loaded != ESYS_TR_NONE)
+			Esys_FlushContext(t->ectx, t->loaded);
+		if (t->primary != ESYS_TR_NONE && t->parent == 0)
+			Esys_FlushContext(t->ectx, t->primary);
+		Esys_Finalize(&t->ectx);
+	}
+	if (t->tcti != NULL)
+		Tss2_TctiLdr_Finalize(&t->tcti);
+	t->ectx = NULL;
+	t->tcti = NULL;
+	t->primary = ESYS_TR_NONE;
+	t->loaded = ESYS_TR_NONE;
+	free(t->loaded_ref);
+	t->loaded_ref = NULL;
+	t->loaded_len = 0;
+}
+
+/* Maps a failed ESAPI call and, when the TPM did not answer, drops the
+ * connection so that the next call reconnects. */
+static int tpm_fail(struct key_store *ks, struct tpm *t, TSS2_RC rc, int r, const char *what)
+{
+	if (rc_is_unavailable(rc)) {
+		tpm_disconnect(t);
+		r = -CIMD_EUNAVAILABLE;
+	}
+	return ks_fail(ks, r, "tpm2: %s: %s", what, Tss2_RC_Decode(rc));
+}
+
+/* SRK template of the TCG TPM v2.0 Provisioning Guidance (§7.5.1, "Storage
+ * Primary Key"): ECC NIST P-256, AES-128-CFB, restricted decrypt, unique zero. */
+static void srk_template(TPM2B_PUBLIC *pub)
+{
+	memset(pub, 0, sizeof(*pub));
+	pub->publicArea.type = TPM2_ALG_ECC;
+	pub->publicArea.nameAlg = TPM2_ALG_SHA256;
+	pub->publicArea.objectAttributes =
+		TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+		TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED |
+		TPMA_OBJECT_DECRYPT;
+	pub->publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
+	pub->publicArea.parameters.eccDetail.symmetric.keyBits.aes = 128;
+	pub->publicArea.parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+	pub->publicArea.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+	pub->publicArea.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+	pub->publicArea.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+	pub->publicArea.unique.ecc.x.size = 32;
+	pub->publicArea.unique.ecc.y.size = 32;
+}
+
+static int tpm_connect(struct key_store *ks, struct tpm *t)
+{
+	TPM2B_SENSITIVE_CREATE sens = {0};
+	TPM2B_PUBLIC tmpl;
+	TPML_PCR_SELECTION pcrs = {0};
+	TPM2B_DATA outside = {0};
+	TSS2_RC rc;
+
+	if ((rc = Tss2_TctiLdr_Initialize(t->tcti_conf, &t->tcti)) != TSS2_RC_SUCCESS) {
+		t->tcti = NULL;
+		return ks_fail(ks, -CIMD_EUNAVAILABLE, "tpm2: cannot reach TPM at '%s': %s",
+			       t->tcti_conf, Tss2_RC_Decode(rc));
+	}
+	if ((rc = Esys_Initialize(&t->ectx, t->tcti, NULL)) != TSS2_RC_SUCCESS) {
+		t->ectx = NULL;
+		tpm_disconnect(t);
+		return ks_fail(ks, -CIMD_EUNAVAILABLE, "tpm2: Esys_Initialize: %s",
+			       Tss2_RC_Decode(rc));
+	}
+	Esys_SetTimeout(t->ectx, TPM_TIMEOUT_SLOW_MS);
+	/* A TPM that was just powered on (a restarted simulator) needs
+	 * TPM2_Startup; one already started answers TPM2_RC_INITIALIZE (Part 3 §9.3). */
+	rc = Esys_Startup(t->ectx, TPM2_SU_CLEAR);
+	if (rc != TSS2_RC_SUCCESS && rc != TPM2_RC_INITIALIZE)
+		return tpm_fail(ks, t, rc, -CIMD_EUNAVAILABLE, "TPM2_Startup");
+	if (t->parent != 0) {
+		rc = Esys_TR_FromTPMPublic(t->ectx, t->parent, ESYS_TR_NONE, ESYS_TR_NONE,
+					   ESYS_TR_NONE, &t->primary);
+		if (rc != TSS2_RC_SUCCESS)
+			return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "parent handle");
+	} else {
+		srk_template(&tmpl);
+		rc = Esys_CreatePrimary(t->ectx, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+					ESYS_TR_NONE, &sens, &tmpl, &outside, &pcrs, &t->primary,
+					NULL, NULL, NULL, NULL);
+		if (rc != TSS2_RC_SUCCESS) {
+			t->primary = ESYS_TR_NONE;
+			return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_CreatePrimary (SRK)");
+		}
+	}
+	Esys_SetTimeout(t->ectx, TPM_TIMEOUT_FAST_MS);
+	return 0;
+}
+
+static int tpm_ready(struct key_store *ks, struct tpm *t)
+{
+	int r;
+
+	if (t->ectx != NULL)
+		return 0;
+	if ((r = tpm_connect(ks, t)) < 0) {
+		tpm_disconnect(t);
+		if (r != -ENOMEM)
+			r = -CIMD_EUNAVAILABLE;
+	}
+	return r;
+}
+
+static void tpm_free(struct tpm *t)
+{
+	if (t == NULL)
+		return;
+	tpm_disconnect(t);
+	free(t->tcti_conf);
+	free(t);
+}
+
+static int tpm_open(struct key_store *ks, const struct ks_param *params, size_t n, void **ret_be)
+{
+	struct tpm *t;
+	size_t i;
+	char *end;
+	unsigned long h;
+	int r;
+
+	if ((t = calloc(1, sizeof(*t))) == NULL)
+		return -ENOMEM;
+	t->primary = ESYS_TR_NONE;
+	t->loaded = ESYS_TR_NONE;
+	for (i = 0; i < n; i++) {
+		if (strcmp(params[i].name, "tcti") == 0) {
+			free(t->tcti_conf);
+			if ((t->tcti_conf = strdup(params[i].value)) == NULL) {
+				r = -ENOMEM;
+				goto out;
+			}
+		} else if (strcmp(params[i].name, "parent") == 0) {
+			errno = 0;
+			h = strtoul(params[i].value, &end, 0);
+			/* TPM 2.0 Part 2 §7.2: persistent objects are 0x81xxxxxx. */
+			if (errno != 0 || *end != '\0' || (h >> 24) != TPM2_HT_PERSISTENT) {
+				r = ks_fail(ks, -CIMD_ECONFIG,
+					    "tpm2: parent '%s' is not a persistent handle (0x81......)",
+					    params[i].value);
+				goto out;
+			}
+			t->parent = (TPM2_HANDLE)h;
+		} else {
+			r = ks_fail(ks, -CIMD_ECONFIG, "tpm2: unknown parameter '%s'", params[i].name);
+			goto out;
+		}
+	}
+	if (t->tcti_conf == NULL) {
+		r = ks_fail(ks, -CIMD_ECONFIG, "tpm2: tcti is required (e.g. device:/dev/tpmrm0)");
+		goto out;
+	}
+	if ((r = tpm_connect(ks, t)) < 0)
+		goto out;
+	*ret_be = t;
+	t = NULL;
+	r = 0;
+out:
+	tpm_free(t);
+	return r;
+}
+
+static void tpm_close(void *be)
+{
+	tpm_free(be);
+}
+
+/* The template of a client key for alg: the scheme is fixed in the key, so the
+ * TPM itself refuses to use it for anything else. */
+static int key_template(enum cimd_alg alg, TPM2B_PUBLIC *pub)
+{
+	memset(pub, 0, sizeof(*pub));
+	pub->publicArea.nameAlg = TPM2_ALG_SHA256;
+	pub->publicArea.objectAttributes = KEY_ATTRS;
+	switch (alg) {
+	case CIMD_ALG_ES256:
+	case CIMD_ALG_ES384:
+		pub->publicArea.type = TPM2_ALG_ECC;
+		pub->publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
+		pub->publicArea.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
+		pub->publicArea.parameters.eccDetail.scheme.details.ecdsa.hashAlg =
+			alg == CIMD_ALG_ES256 ? TPM2_ALG_SHA256 : TPM2_ALG_SHA384;
+		pub->publicArea.parameters.eccDetail.curveID =
+			alg == CIMD_ALG_ES256 ? TPM2_ECC_NIST_P256 : TPM2_ECC_NIST_P384;
+		pub->publicArea.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+		return 0;
+	case CIMD_ALG_PS256:
+		pub->publicArea.type = TPM2_ALG_RSA;
+		pub->publicArea.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
+		pub->publicArea.parameters.rsaDetail.scheme.scheme = TPM2_ALG_RSAPSS;
+		pub->publicArea.parameters.rsaDetail.scheme.details.rsapss.hashAlg = TPM2_ALG_SHA256;
+		pub->publicArea.parameters.rsaDetail.keyBits = 2048;
+		pub->publicArea.parameters.rsaDetail.exponent = 0; /* 2^16 + 1 */
+		return 0;
+	default:
+		return -CIMD_EALG;
+	}
+}
+
+/* The key's public area must be exactly what we would have created for alg. */
+static int check_public(const TPM2B_PUBLIC *pub, enum cimd_alg alg)
+{
+	TPM2B_PUBLIC want;
+	const TPMT_PUBLIC *a = &pub->publicArea, *w = &want.publicArea;
+
+	if (key_template(alg, &want) < 0 || a->type != w->type || a->nameAlg != w->nameAlg ||
+	    a->objectAttributes != w->objectAttributes)
+		return -CIMD_EALG;
+	if (a->type == TPM2_ALG_ECC)
+		return a->parameters.eccDetail.curveID == w->parameters.eccDetail.curveID &&
+				       a->parameters.eccDetail.scheme.scheme == TPM2_ALG_ECDSA &&
+				       a->parameters.eccDetail.scheme.details.ecdsa.hashAlg ==
+					       w->parameters.eccDetail.scheme.details.ecdsa.hashAlg
+			       ? 0
+			       : -CIMD_EALG;
+	return a->parameters.rsaDetail.scheme.scheme == TPM2_ALG_RSAPSS &&
+			       a->parameters.rsaDetail.scheme.details.rsapss.hashAlg == TPM2_ALG_SHA256 &&
+			       a->parameters.rsaDetail.keyBits == 2048
+		       ? 0
+		       : -CIMD_EALG;
+}
+
+static int public_jwk(const TPM2B_PUBLIC *pub, enum cimd_alg alg, json_t **ret_jwk)
+{
+	const TPMT_PUBLIC *a = &pub->publicArea;
+	size_t size = cimd_alg_ec_size(alg);
+	uint8_t x[66] = {0}, y[66] = {0};
+	static const uint8_t e65537[] = {0x01, 0x00, 0x01};
+	uint8_t e[4];
+	uint32_t exp;
+
+	if (a->type == TPM2_ALG_ECC) {
+		/* TPM2B_ECC_PARAMETER may drop leading zeros: left-pad to the field
+		 * size (RFC 7518 §6.2.1.2). */
+		if (a->unique.ecc.x.size > size || a->unique.ecc.y.size > size)
+			return -CIMD_EFORMAT;
+		memcpy(x + size - a->unique.ecc.x.size, a->unique.ecc.x.buffer, a->unique.ecc.x.size);
+		memcpy(y + size - a->unique.ecc.y.size, a->unique.ecc.y.buffer, a->unique.ecc.y.size);
+		return jwk_new_ec(alg, x, y, ret_jwk);
+	}
+	/* Part 2 §12.2.3.5: an exponent of zero means 2^16 + 1. */
+	if ((exp = a->parameters.rsaDetail.exponent) == 0)
+		return jwk_new_rsa(a->unique.rsa.buffer, a->unique.rsa.size, e65537, sizeof(e65537),
+				   ret_jwk);
+	e[0] = (uint8_t)(exp >> 24), e[1] = (uint8_t)(exp >> 16), e[2] = (uint8_t)(exp >> 8),
+	e[3] = (uint8_t)exp;
+	return jwk_new_rsa(a->unique.rsa.buffer, a->unique.rsa.size, e, sizeof(e), ret_jwk);
+}
+
+/* reference = TPM2B_PUBLIC || TPM2B_PRIVATE, each as TPM 2.0 Part 2 marshals it,
+ * and nothing after. */
+static int ref_parse(const uint8_t *ref, size_t len, TPM2B_PUBLIC *pub, TPM2B_PRIVATE *priv)
+{
+	size_t off = 0;
+
+	memset(pub, 0, sizeof(*pub));
+	memset(priv, 0, sizeof(*priv));
+	if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(ref, len, &off, pub) != TSS2_RC_SUCCESS ||
+	    Tss2_MU_TPM2B_PRIVATE_Unmarshal(ref, len, &off, priv) != TSS2_RC_SUCCESS || off != len)
+		return -CIMD_ENOKEY;
+	return 0;
+}
+
+static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8_t **ret_ref,
+			size_t *ret_ref_len, json_t **ret_jwk)
+{
+	struct tpm *t = be;
+	TPM2B_SENSITIVE_CREATE sens = {0};
+	TPM2B_PUBLIC tmpl, *pub = NULL;
+	TPM2B_PRIVATE *priv = NULL;
+	TPML_PCR_SELECTION pcrs = {0};
+	TPM2B_DATA outside = {0};
+	uint8_t buf[sizeof(TPM2B_PUBLIC) + sizeof(TPM2B_PRIVATE)], *ref = NULL;
+	size_t off = 0;
+	TSS2_RC rc;
+	int r;
+
+	if ((r = key_template(alg, &tmpl)) < 0)
+		return ks_fail(ks, r, "tpm2: no template for algorithm");
+	if ((r = tpm_ready(ks, t)) < 0)
+		return r;
+	Esys_SetTimeout(t->ectx, TPM_TIMEOUT_SLOW_MS);
+	rc = Esys_Create(t->ectx, t->primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens,
+			 &tmpl, &outside, &pcrs, &priv, &pub, NULL, NULL, NULL);
+	if (t->ectx != NULL)
+		Esys_SetTimeout(t->ectx, TPM_TIMEOUT_FAST_MS);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_Create");
+		goto out;
+	}
+	if (Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, sizeof(buf), &off) != TSS2_RC_SUCCESS ||
+	    Tss2_MU_TPM2B_PRIVATE_Marshal(priv, buf, sizeof(buf), &off) != TSS2_RC_SUCCESS) {
+		r = ks_fail(ks, -CIMD_EFORMAT, "tpm2: cannot marshal the new key");
+		goto out;
+	}
+	if ((r = public_jwk(pub, alg, ret_jwk)) < 0) {
+		ks_fail(ks, r, "tpm2: unusable public area");
+		goto out;
+	}
+	if ((ref = malloc(off)) == NULL) {
+		json_decref(*ret_jwk);
+		r = -ENOMEM;
+		goto out;
+	}
+	memcpy(ref, buf, off);
+	*ret_ref = ref;
+	*ret_ref_len = off;
+	r = 0;
+out:
+	Esys_Free(pub);
+	Esys_Free(priv);
+	return r;
+}
+
+/* Makes the key of ref the loaded one; *ret_h is its ESYS_TR. */
+static int tpm_load_ref(struct key_store *ks, struct tpm *t, const uint8_t *ref, size_t len,
+			ESYS_TR *ret_h)
+{
+	TPM2B_PUBLIC pub;
+	TPM2B_PRIVATE priv;
+	ESYS_TR h;
+	TSS2_RC rc;
+	uint8_t *copy;
+
+	if (t->loaded != ESYS_TR_NONE && t->loaded_len == len && memcmp(t->loaded_ref, ref, len) == 0) {
+		*ret_h = t->loaded;
+		return 0;
+	}
+	if (ref_parse(ref, len, &pub, &priv) < 0)
+		return ks_fail(ks, -CIMD_ENOKEY, "tpm2: malformed key reference");
+	if ((copy = malloc(len)) == NULL)
+		return -ENOMEM;
+	if (t->loaded != ESYS_TR_NONE) {
+		rc = Esys_FlushContext(t->ectx, t->loaded);
+		t->loaded = ESYS_TR_NONE;
+		free(t->loaded_ref);
+		t->loaded_ref = NULL;
+		if (rc != TSS2_RC_SUCCESS) {
+			free(copy);
+			return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_FlushContext");
+		}
+	}
+	rc = Esys_Load(t->ectx, t->primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub,
+		       &h);
+	if (rc != TSS2_RC_SUCCESS) {
+		free(copy);
+		/* A blob this TPM (under this parent) did not wrap fails its integrity
+		 * check: TPM 2.0 Part 1 §23.7. */
+		return tpm_fail(ks, t, rc, -CIMD_ENOKEY, "TPM2_Load");
+	}
+	memcpy(copy, ref, len);
+	t->loaded = h;
+	t->loaded_ref = copy;
+	t->loaded_len = len;
+	*ret_h = h;
+	return 0;
+}
+
+static int tpm_load(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
+		    size_t ref_len, json_t **ret_jwk)
+{
+	struct tpm *t = be;
+	TPM2B_PUBLIC pub;
+	TPM2B_PRIVATE priv;
+	ESYS_TR h;
+	int r;
+
+	if (ref_parse(ref, ref_len, &pub, &priv) < 0)
+		return ks_fail(ks, -CIMD_ENOKEY, "tpm2: malformed key reference");
+	if (check_public(&pub, alg) < 0)
+		return ks_fail(ks, -CIMD_EALG, "tpm2: key is not a %s key made by cimdd",
+			       cimd_alg_name(alg));
+	/* Loading proves that this TPM wrapped the key. */
+	if ((r = tpm_ready(ks, t)) < 0 || (r = tpm_load_ref(ks, t, ref, ref_len, &h)) < 0)
+		return r;
+	if ((r = public_jwk(&pub, alg, ret_jwk)) < 0)
+		return ks_fail(ks, r, "tpm2: unusable public area");
+	return 0;
+}
+
+static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
+		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig, size_t *ret_len)
+{
+	struct tpm *t = be;
+	size_t size = cimd_alg_ec_size(alg);
+	TPM2B_DIGEST digest = {0};
+	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the key's own scheme */
+	/* An unrestricted key signs an outside digest with a NULL ticket (Part 3 §20.2). */
+	TPMT_TK_HASHCHECK ticket = {.tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL};
+	TPMT_SIGNATURE *sig = NULL;
+	unsigned int dlen = 0;
+	ESYS_TR h;
+	TSS2_RC rc;
+	int r;
+
+	if (EVP_Digest(msg, len, digest.buffer, &dlen,
+		       alg == CIMD_ALG_ES384 ? EVP_sha384() : EVP_sha256(), NULL) != 1)
+		return ks_fail(ks, -CIMD_ECRYPTO, "tpm2: digest failed");
+	digest.size = (UINT16)dlen;
+	if ((r = tpm_ready(ks, t)) < 0 || (r = tpm_load_ref(ks, t, ref, ref_len, &h)) < 0)
+		return r;
+	rc = Esys_Sign(t->ectx, h, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &digest, &scheme,
+		       &ticket, &sig);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_Sign");
+	if (size != 0) {
+		const TPMS_SIGNATURE_ECC *e = &sig->signature.ecdsa;
+		if (sig->sigAlg != TPM2_ALG_ECDSA || e->signatureR.size > size ||
+		    e->signatureS.size > size) {
+			r = ks_fail(ks, -CIMD_EFORMAT, "tpm2: unexpected signature");
+			goto out;
+		}
+		/* RFC 7518 §3.4: r and s left-padded to the field size. */
+		memset(ret_sig, 0, 2 * size);
+		memcpy(ret_sig + size - e->signatureR.size, e->signatureR.buffer, e->signatureR.size);
+		memcpy(ret_sig + 2 * size - e->signatureS.size, e->signatureS.buffer,
+		       e->signatureS.size);
+		*ret_len = 2 * size;
+	} else {
+		const TPM2B_PUBLIC_KEY_RSA *s = &sig->signature.rsapss.sig;
+		if (sig->sigAlg != TPM2_ALG_RSAPSS || s->size > CIMD_SIG_MAX) {
+			r = ks_fail(ks, -CIMD_EFORMAT, "tpm2: unexpected signature");
+			goto out;
+		}
+		memcpy(ret_sig, s->buffer, s->size);
+		*ret_len = s->size;
+	}
+	r = 0;
+out:
+	Esys_Free(sig);
+	return r;
+}
+
+/*
+ * A TPM key exists only as the blob the caller stores; the TPM keeps nothing.
+ * Destroying it here flushes it if loaded, and the caller then deletes the
+ * blob.  docs/custody.md says what this does and does not guarantee.
+ */
+static int tpm_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len)
+{
+	struct tpm *t = be;
+	TPM2B_PUBLIC pub;
+	TPM2B_PRIVATE priv;
+	TSS2_RC rc;
+
+	if (ref_parse(ref, ref_len, &pub, &priv) < 0)
+		return ks_fail(ks, -CIMD_ENOKEY, "tpm2: malformed key reference");
+	if (t->loaded != ESYS_TR_NONE && t->loaded_len == ref_len &&
+	    memcmp(t->loaded_ref, ref, ref_len) == 0) {
+		rc = Esys_FlushContext(t->ectx, t->loaded);
+		t->loaded = ESYS_TR_NONE;
+		free(t->loaded_ref);
+		t->loaded_ref = NULL;
+		if (rc != TSS2_RC_SUCCESS)
+			return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_FlushContext");
+	}
+	OPENSSL_cleanse(&priv, sizeof(priv));
+	return 0;
+}
+
+const struct ks_backend ks_tpm2_backend = {
+	.name = "tpm2",
+	.open = tpm_open,
+	.close = tpm_close,
+	.generate = tpm_generate,
+	.load = tpm_load,
+	.sign = tpm_sign,
+	.destroy = tpm_destroy,
+};
