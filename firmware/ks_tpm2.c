@@ -125,8 +125,37 @@ static void srk_template(TPM2B_PUBLIC *pub)
 	pub->publicArea.unique.ecc.y.size = 32;
 }
 
+/*
+ * Without a resource manager (a simulator, /dev/tpm0) transient objects outlive
+ * the process that loaded them: a cimdd killed mid-command leaves its SRK and a
+ * key behind, and swtpm has three object slots.  cimdd is the only TPM user on
+ * its host, so on connecting it flushes what a predecessor left.  Behind
+ * /dev/tpmrm0 a fresh connection sees no transient objects: this does nothing.
+ */
+static int tpm_flush_stale(struct key_store *ks, struct tpm *t)
+{
+	TPMS_CAPABILITY_DATA *cap = NULL;
+	TPMI_YES_NO more = TPM2_NO;
+	ESYS_TR tr;
+	TSS2_RC rc;
+	UINT32 i;
+
+	rc = Esys_GetCapability(t->ectx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES,
+				TPM2_TRANSIENT_FIRST, TPM2_MAX_CAP_HANDLES, &more, &cap);
+	if (rc != TSS2_RC_SUCCESS)
+		return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_GetCapability(handles)");
+	for (i = 0; i < cap->data.handles.count; i++) {
+		if (Esys_TR_FromTPMPublic(t->ectx, cap->data.handles.handle[i], ESYS_TR_NONE,
+					  ESYS_TR_NONE, ESYS_TR_NONE, &tr) == TSS2_RC_SUCCESS)
+			Esys_FlushContext(t->ectx, tr);
+	}
+	Esys_Free(cap);
+	return 0;
+}
+
 static int tpm_connect(struct key_store *ks, struct tpm *t)
 {
+	int r;
 	TPM2B_SENSITIVE_CREATE sens = {0};
 	TPM2B_PUBLIC tmpl;
 	TPML_PCR_SELECTION pcrs = {0};
@@ -150,6 +179,8 @@ static int tpm_connect(struct key_store *ks, struct tpm *t)
 	rc = Esys_Startup(t->ectx, TPM2_SU_CLEAR);
 	if (rc != TSS2_RC_SUCCESS && rc != TPM2_RC_INITIALIZE)
 		return tpm_fail(ks, t, rc, -CIMD_EUNAVAILABLE, "TPM2_Startup");
+	if ((r = tpm_flush_stale(ks, t)) < 0)
+		return r;
 	if (t->parent != 0) {
 		rc = Esys_TR_FromTPMPublic(t->ectx, t->parent, ESYS_TR_NONE, ESYS_TR_NONE,
 					   ESYS_TR_NONE, &t->primary);

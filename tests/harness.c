@@ -1,0 +1,417 @@
+/* harness.c — see harness.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <openssl/pem.h>
+
+#include "harness.h"
+
+static int n_pass, n_fail, n_tests;
+static char tmp_root[PATH_MAX];
+
+int t_ok(int cond, const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("%s %d - ", cond ? "ok" : "not ok", ++n_tests);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+	if (cond)
+		n_pass++;
+	else
+		n_fail++;
+	return cond;
+}
+
+int t_done(void)
+{
+	t_cleanup();
+	printf("# %d passed, %d failed\n", n_pass, n_fail);
+	return n_fail == 0 ? 0 : 1;
+}
+
+double t_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+const char *t_tmpdir(void)
+{
+	const char *base = getenv("TMPDIR");
+
+	if (tmp_root[0] != '\0')
+		return tmp_root;
+	snprintf(tmp_root, sizeof(tmp_root), "%s/cimdd-test.XXXXXX", base ? base : "/tmp");
+	if (mkdtemp(tmp_root) == NULL) {
+		perror("mkdtemp");
+		exit(2);
+	}
+	return tmp_root;
+}
+
+void t_cleanup(void)
+{
+	char cmd[PATH_MAX + 16];
+
+	if (tmp_root[0] == '\0' || getenv("CIMD_TEST_KEEP") != NULL)
+		return;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", tmp_root);
+	tmp_root[0] = '\0';
+}
+
+int t_write_file(const char *path, const void *buf, size_t len)
+{
+	int fd, r = 0;
+
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+		return -errno;
+	if (write(fd, buf, len) != (ssize_t)len)
+		r = -EIO;
+	close(fd);
+	return r;
+}
+
+int t_sh(const char *fmt, ...)
+{
+	char cmd[8192], line[1024];
+	va_list ap;
+	FILE *f;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	strncat(cmd, " 2>&1", sizeof(cmd) - strlen(cmd) - 1);
+	if ((f = popen(cmd, "r")) == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL)
+		printf("#   %s", line);
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+int t_softhsm_init(struct t_softhsm *h, const char *label, const char *pin)
+{
+	char path[700], buf[1024];
+	int n;
+
+	snprintf(h->dir, sizeof(h->dir), "%s/softhsm-%s", t_tmpdir(), label);
+	snprintf(path, sizeof(path), "%s/tokens", h->dir);
+	if (mkdir(h->dir, 0700) < 0 || mkdir(path, 0700) < 0)
+		return -errno;
+	n = snprintf(buf, sizeof(buf),
+		     "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n",
+		     path);
+	snprintf(path, sizeof(path), "%s/softhsm2.conf", h->dir);
+	if (t_write_file(path, buf, (size_t)n) < 0)
+		return -EIO;
+	/* The module reads SOFTHSM2_CONF when it is first initialised. */
+	setenv("SOFTHSM2_CONF", path, 1);
+	if (t_sh("softhsm2-util --init-token --free --label '%s' --pin '%s' --so-pin 87654321 "
+		 ">/dev/null",
+		 label, pin) != 0)
+		return -EIO;
+	snprintf(h->pin_file, sizeof(h->pin_file), "%s/pin", h->dir);
+	n = snprintf(buf, sizeof(buf), "%s\n", pin);
+	if (t_write_file(h->pin_file, buf, (size_t)n) < 0)
+		return -EIO;
+	snprintf(h->conf, sizeof(h->conf), "pkcs11:module=%s;token=%s;pin-file=%s",
+		 T_SOFTHSM_MODULE, label, h->pin_file);
+	return 0;
+}
+
+/* A loopback port p such that p and p + 1 are both free right now. */
+static int free_port_pair(void)
+{
+	struct sockaddr_in a;
+	socklen_t alen = sizeof(a);
+	int s1, s2, port = -1, tries;
+
+	for (tries = 0; tries < 50 && port < 0; tries++) {
+		memset(&a, 0, sizeof(a));
+		a.sin_family = AF_INET;
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		s1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (bind(s1, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+		    getsockname(s1, (struct sockaddr *)&a, &alen) == 0 && ntohs(a.sin_port) < 65535) {
+			a.sin_port = htons((uint16_t)(ntohs(a.sin_port) + 1));
+			if (bind(s2, (struct sockaddr *)&a, sizeof(a)) == 0)
+				port = ntohs(a.sin_port) - 1;
+		}
+		close(s1);
+		close(s2);
+	}
+	return port;
+}
+
+static int port_open(int port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	int s, r;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)port);
+	s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	r = connect(s, (struct sockaddr *)&a, sizeof(a));
+	close(s);
+	return r == 0;
+}
+
+static int swtpm_spawn(struct t_swtpm *s)
+{
+	char srv[64], ctl[64], state[600];
+	double t0;
+	int st;
+
+	snprintf(srv, sizeof(srv), "type=tcp,port=%d,bindaddr=127.0.0.1", s->port);
+	snprintf(ctl, sizeof(ctl), "type=tcp,port=%d,bindaddr=127.0.0.1", s->port + 1);
+	snprintf(state, sizeof(state), "dir=%s", s->dir);
+	if ((s->pid = fork()) < 0)
+		return -errno;
+	if (s->pid == 0) {
+		execlp("swtpm", "swtpm", "socket", "--tpm2", "--server", srv, "--ctrl", ctl,
+		       "--tpmstate", state, "--flags", "not-need-init,startup-clear", (char *)NULL);
+		_exit(127);
+	}
+	for (t0 = t_now_ms(); t_now_ms() - t0 < 5000;) {
+		if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+			s->pid = 0;
+			return -EADDRINUSE;
+		}
+		if (port_open(s->port) && port_open(s->port + 1))
+			return 0;
+		usleep(10000);
+	}
+	t_swtpm_kill(s);
+	return -ETIMEDOUT;
+}
+
+int t_swtpm_start(struct t_swtpm *s)
+{
+	int tries, r = -EADDRINUSE;
+
+	memset(s, 0, sizeof(*s));
+	snprintf(s->dir, sizeof(s->dir), "%s/swtpm.XXXXXX", t_tmpdir());
+	if (mkdtemp(s->dir) == NULL)
+		return -errno;
+	/* Another process may take the ports between our probe and swtpm's bind:
+	 * then swtpm exits and we try other ports. */
+	for (tries = 0; tries < 5 && r == -EADDRINUSE; tries++) {
+		if ((s->port = free_port_pair()) < 0)
+			return -EADDRINUSE;
+		r = swtpm_spawn(s);
+	}
+	snprintf(s->conf, sizeof(s->conf), "tpm2:tcti=swtpm:host=127.0.0.1,port=%d", s->port);
+	return r;
+}
+
+int t_swtpm_restart(struct t_swtpm *s)
+{
+	return swtpm_spawn(s);
+}
+
+void t_swtpm_kill(struct t_swtpm *s)
+{
+	if (s->pid <= 0)
+		return;
+	kill(s->pid, SIGKILL);
+	waitpid(s->pid, NULL, 0);
+	s->pid = 0;
+}
+
+/* ---- the key store contract, shared by the PKCS#11 and TPM tests ---- */
+
+static int write_jwk(const char *path, const json_t *jwk)
+{
+	char *s = json_dumps(jwk, JSON_COMPACT);
+	int r;
+
+	if (s == NULL)
+		return -ENOMEM;
+	r = t_write_file(path, s, strlen(s));
+	free(s);
+	return r;
+}
+
+static int has_private_member(const json_t *jwk)
+{
+	static const char *const priv[] = {"d", "p", "q", "dp", "dq", "qi", "oth"};
+	size_t i;
+
+	for (i = 0; i < sizeof(priv) / sizeof(priv[0]); i++)
+		if (json_object_get(jwk, priv[i]) != NULL)
+			return 1;
+	return 0;
+}
+
+/* The openssl CLI verifies the JWS signing input with the public key as PEM. */
+static int openssl_verify(const char *dir, const char *jws, const json_t *jwk, enum cimd_alg alg)
+{
+	char path[700], pem[700], sig[700];
+	const char *d2 = strrchr(jws, '.');
+	uint8_t *raw = NULL, *der = NULL;
+	size_t rawn, dern;
+	EVP_PKEY *pk = NULL;
+	FILE *f;
+	int r = -1;
+
+	snprintf(path, sizeof(path), "%s/input", dir);
+	snprintf(pem, sizeof(pem), "%s/pub.pem", dir);
+	snprintf(sig, sizeof(sig), "%s/sig.bin", dir);
+	if (t_write_file(path, jws, (size_t)(d2 - jws)) < 0 ||
+	    b64url_decode(d2 + 1, strlen(d2 + 1), &raw, &rawn) < 0 || jwk_to_evp(jwk, &pk) < 0)
+		goto out;
+	if ((f = fopen(pem, "w")) == NULL)
+		goto out;
+	PEM_write_PUBKEY(f, pk);
+	fclose(f);
+	if (cimd_alg_ec_size(alg) != 0) {
+		if (ecdsa_raw_to_der(raw, cimd_alg_ec_size(alg), &der, &dern) < 0 ||
+		    t_write_file(sig, der, dern) < 0)
+			goto out;
+		r = t_sh("openssl dgst -%s -verify %s -signature %s %s >/dev/null",
+			 alg == CIMD_ALG_ES384 ? "sha384" : "sha256", pem, sig, path);
+	} else {
+		if (t_write_file(sig, raw, rawn) < 0)
+			goto out;
+		r = t_sh("openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt "
+			 "rsa_pss_saltlen:32 -sigopt rsa_mgf1_md:sha256 -verify %s -signature %s %s "
+			 ">/dev/null",
+			 pem, sig, path);
+	}
+out:
+	free(raw);
+	free(der);
+	EVP_PKEY_free(pk);
+	return r;
+}
+
+static int jose_verify(const char *dir, const char *jws, const json_t *jwk)
+{
+	char jp[700], sp[700];
+
+	snprintf(jp, sizeof(jp), "%s/jwk.json", dir);
+	snprintf(sp, sizeof(sp), "%s/jws.txt", dir);
+	if (write_jwk(jp, jwk) < 0 || t_write_file(sp, jws, strlen(jws)) < 0)
+		return -1;
+	return t_sh("node tests/interop/jws-verify.mjs %s %s", jp, sp);
+}
+
+void t_keystore_roundtrip(const char *conf, enum cimd_alg alg)
+{
+	const char *name = cimd_alg_name(alg);
+	struct key_store *ks = NULL;
+	struct ks_key *key = NULL, *key2 = NULL, *again = NULL;
+	json_t *jwk = NULL, *jwk2 = NULL, *claims = NULL;
+	char tp[CIMD_KID_LEN + 1], *jws = NULL, *jws2 = NULL, dir[600], errbuf[256];
+	const uint8_t *ref;
+	uint8_t *refcopy = NULL, *payload = NULL, sig[CIMD_SIG_MAX];
+	size_t ref_len = 0, plen, slen;
+	static const char msg[] = "{\"iss\":\"https://keys.example.com/clients/a\"}";
+	int r;
+
+	snprintf(dir, sizeof(dir), "%s/%s-%s", t_tmpdir(), conf[0] == 'p' ? "p11" : "tpm", name);
+	mkdir(dir, 0700);
+	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+	if (!t_ok(r == 0, "%s: open key store (%s)", name, r < 0 ? errbuf : "ok"))
+		goto out;
+	r = key_store_generate(ks, alg, &key);
+	if (!t_ok(r == 0, "%s: generate (%s)", name, r < 0 ? key_store_errmsg(ks) : "ok"))
+		goto out;
+	jwk = ks_key_jwk(key);
+	t_ok(!has_private_member(jwk), "%s: JWK has no private member", name);
+	t_ok(jwk_thumbprint(jwk, tp) == 0 && strcmp(tp, ks_key_kid(key)) == 0 &&
+		     strcmp(json_string_value(json_object_get(jwk, "kid")), tp) == 0,
+	     "%s: kid is the RFC 7638 thumbprint", name);
+	t_ok(strcmp(json_string_value(json_object_get(jwk, "alg")), name) == 0 &&
+		     strcmp(json_string_value(json_object_get(jwk, "use")), "sig") == 0,
+	     "%s: JWK names alg and use", name);
+	claims = json_pack("{s:s}", "typ", "client-authentication+jwt");
+	r = jws_sign(ks, key, claims, (const uint8_t *)msg, strlen(msg), &jws);
+	if (!t_ok(r == 0, "%s: JWS signed (%s)", name, r < 0 ? key_store_errmsg(ks) : "ok"))
+		goto out;
+	r = jws_verify(jws, jwk, NULL, &payload, &plen);
+	t_ok(r == 0 && plen == strlen(msg) && memcmp(payload, msg, plen) == 0,
+	     "%s: JWS verifies with our verifier (%s)", name, cimd_strerror(r));
+	t_ok(openssl_verify(dir, jws, jwk, alg) == 0, "%s: JWS verifies with the openssl CLI", name);
+	t_ok(jose_verify(dir, jws, jwk) == 0, "%s: JWS verifies with node jose compactVerify", name);
+
+	/* A tampered signing input must fail, or the checks above prove nothing. */
+	jws[5] ^= 1;
+	t_ok(jws_verify(jws, jwk, NULL, &payload, &plen) < 0, "%s: tampered JWS is refused", name);
+	jws[5] ^= 1;
+
+	/* Restart: the key store goes away, a fresh one finds the key from its
+	 * stored reference. */
+	ks_key_ref(key, &ref, &ref_len);
+	refcopy = malloc(ref_len);
+	memcpy(refcopy, ref, ref_len);
+	ks_key_free(&key);
+	key_store_free(&ks);
+	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+	if (!t_ok(r == 0, "%s: key store opens again", name))
+		goto out;
+	r = key_store_load(ks, alg, refcopy, ref_len, &key2);
+	if (!t_ok(r == 0, "%s: load from reference (%s)", name, r < 0 ? key_store_errmsg(ks) : "ok"))
+		goto out;
+	jwk2 = ks_key_jwk(key2);
+	t_ok(json_equal(jwk, jwk2), "%s: reloaded key has the same public JWK", name);
+	r = jws_sign(ks, key2, claims, (const uint8_t *)msg, strlen(msg), &jws2);
+	t_ok(r == 0 && jws_verify(jws2, jwk, NULL, &payload, &plen) == 0,
+	     "%s: reloaded key signs and verifies", name);
+	t_ok(jose_verify(dir, jws2, jwk) == 0, "%s: reloaded key's JWS verifies with jose", name);
+
+	/* A key of another algorithm is refused on load. */
+	r = key_store_load(ks, alg == CIMD_ALG_PS256 ? CIMD_ALG_ES256 : CIMD_ALG_PS256, refcopy,
+			   ref_len, &again);
+	t_ok(r == -CIMD_EALG, "%s: load as another algorithm is refused (%s)", name, cimd_strerror(r));
+	ks_key_free(&again);
+
+	/* Destroy through one handle; a second handle to the same key then fails. */
+	r = key_store_load(ks, alg, refcopy, ref_len, &again);
+	t_ok(r == 0, "%s: a second handle to the key", name);
+	r = key_store_destroy(ks, &key2);
+	t_ok(r == 0 && key2 == NULL, "%s: destroy (%s)", name, r < 0 ? key_store_errmsg(ks) : "ok");
+	if (strncmp(conf, "pkcs11:", 7) == 0 && again != NULL) {
+		r = key_store_sign(ks, again, (const uint8_t *)msg, strlen(msg), sig, &slen);
+		t_ok(r < 0, "%s: a destroyed key no longer signs (%s)", name, cimd_strerror(r));
+		ks_key_free(&again);
+		r = key_store_load(ks, alg, refcopy, ref_len, &again);
+		t_ok(r == -CIMD_ENOKEY, "%s: a destroyed key no longer loads (%s)", name,
+		     cimd_strerror(r));
+	}
+	ks_key_free(&again);
+out:
+	free(payload);
+	free(refcopy);
+	free(jws);
+	free(jws2);
+	json_decref(jwk);
+	json_decref(jwk2);
+	json_decref(claims);
+	ks_key_free(&key);
+	ks_key_free(&key2);
+	key_store_free(&ks);
+}

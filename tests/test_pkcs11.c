@@ -1,0 +1,147 @@
+/*
+ * test_pkcs11.c — the PKCS#11 backend against a real SoftHSM2 token in a fresh
+ * directory: the key store contract for every algorithm, then each fault the
+ * backend must name (wrong PIN, missing token, missing module, unknown key,
+ * unsafe PIN file, bad configuration) and recovery from a lost session.
+ */
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "harness.h"
+
+static void test_errors(const struct t_softhsm *h)
+{
+	struct key_store *ks = NULL;
+	struct ks_key *key = NULL;
+	char conf[2048], errbuf[256], pin[700];
+	uint8_t ref[16] = {1, 2, 3};
+	int r;
+
+	snprintf(pin, sizeof(pin), "%s/wrong-pin", h->dir);
+	t_write_file(pin, "0000\n", 5);
+	snprintf(conf, sizeof(conf), "pkcs11:module=%s;token=cimd-test;pin-file=%s",
+		 T_SOFTHSM_MODULE, pin);
+	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_EPIN && strstr(errbuf, "CKR_PIN_INCORRECT"), "wrong PIN: %s (%s)",
+	     cimd_strerror(r), errbuf);
+	key_store_free(&ks);
+
+	snprintf(conf, sizeof(conf), "pkcs11:module=%s;token=no-such-token;pin-file=%s",
+		 T_SOFTHSM_MODULE, h->pin_file);
+	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_ENOTOKEN, "missing token: %s (%s)", cimd_strerror(r), errbuf);
+	key_store_free(&ks);
+
+	snprintf(conf, sizeof(conf), "pkcs11:module=/nonexistent/libp11mod.so;token=cimd-test;pin-file=%s",
+		 h->pin_file);
+	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_ENOMODULE, "missing module: %s (%s)", cimd_strerror(r), errbuf);
+	key_store_free(&ks);
+
+	/* A file that exists but is no PKCS#11 module. */
+	snprintf(conf, sizeof(conf), "pkcs11:module=%s;token=cimd-test;pin-file=%s", h->pin_file,
+		 h->pin_file);
+	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_ENOMODULE, "not a module: %s (%s)", cimd_strerror(r), errbuf);
+	key_store_free(&ks);
+
+	chmod(pin, 0644);
+	snprintf(conf, sizeof(conf), "pkcs11:module=%s;token=cimd-test;pin-file=%s",
+		 T_SOFTHSM_MODULE, pin);
+	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_EPIN && strstr(errbuf, "readable only by its owner"),
+	     "PIN file readable by others is refused (%s)", errbuf);
+	key_store_free(&ks);
+
+	r = key_store_open("pkcs11:module=x;token=y", &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_ECONFIG, "missing pin-file: %s (%s)", cimd_strerror(r), errbuf);
+	r = key_store_open("pkcs11:module=x;color=blue", &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_ECONFIG && strstr(errbuf, "color"), "unknown parameter: %s", errbuf);
+	r = key_store_open("hsm:module=x", &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_ECONFIG, "unknown backend: %s", errbuf);
+	r = key_store_open("pkcs11", &ks, errbuf, sizeof(errbuf));
+	t_ok(r == -CIMD_ECONFIG, "no parameters: %s", errbuf);
+
+	if (key_store_open(h->conf, &ks, errbuf, sizeof(errbuf)) == 0) {
+		r = key_store_load(ks, CIMD_ALG_ES256, ref, sizeof(ref), &key);
+		t_ok(r == -CIMD_ENOKEY, "unknown key reference: %s (%s)", cimd_strerror(r),
+		     key_store_errmsg(ks));
+		r = key_store_load(ks, CIMD_ALG_ES256, ref, 5, &key);
+		t_ok(r == -CIMD_ENOKEY, "malformed key reference: %s", cimd_strerror(r));
+		r = key_store_generate(ks, (enum cimd_alg)99, &key);
+		t_ok(r == -CIMD_EALG, "unknown algorithm: %s", cimd_strerror(r));
+	}
+	key_store_free(&ks);
+}
+
+/* Closes every session on the token behind the key store's back (as a token
+ * reset would), through the module instance this process loaded. */
+static int close_all_sessions(void)
+{
+	CK_C_GetFunctionList get;
+	CK_FUNCTION_LIST_PTR fl;
+	CK_SLOT_ID slots[16];
+	CK_ULONG n = 16, i;
+	void *dl = dlopen(T_SOFTHSM_MODULE, RTLD_NOW | RTLD_NOLOAD);
+
+	if (dl == NULL || (get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList")) == NULL ||
+	    get(&fl) != CKR_OK || fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+		return -1;
+	for (i = 0; i < n; i++)
+		fl->C_CloseAllSessions(slots[i]);
+	dlclose(dl);
+	return 0;
+}
+
+static void test_session_recovery(const struct t_softhsm *h)
+{
+	struct key_store *ks = NULL;
+	struct ks_key *key = NULL;
+	json_t *jwk = NULL;
+	char errbuf[256], *jws = NULL;
+	uint8_t *payload = NULL;
+	size_t plen;
+	int r;
+
+	if (!t_ok(key_store_open(h->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
+			  key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		  "recovery: key store and key"))
+		goto out;
+	jwk = ks_key_jwk(key);
+	t_ok(close_all_sessions() == 0, "recovery: all sessions on the token closed");
+	r = jws_sign(ks, key, NULL, (const uint8_t *)"x", 1, &jws);
+	t_ok(r == 0 && jws_verify(jws, jwk, NULL, &payload, &plen) == 0,
+	     "recovery: signing reopens the session, logs in and finds the key (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	free(jws);
+	jws = NULL;
+	free(payload);
+	payload = NULL;
+	close_all_sessions();
+	r = key_store_destroy(ks, &key);
+	t_ok(r == 0, "recovery: destroy after a lost session (%s)", r < 0 ? key_store_errmsg(ks) : "ok");
+out:
+	json_decref(jwk);
+	ks_key_free(&key);
+	key_store_free(&ks);
+}
+
+int main(void)
+{
+	struct t_softhsm h;
+
+	signal(SIGPIPE, SIG_IGN);
+	if (!t_ok(t_softhsm_init(&h, "cimd-test", "123456") == 0, "SoftHSM2 token in %s", t_tmpdir()))
+		return t_done();
+	t_keystore_roundtrip(h.conf, CIMD_ALG_ES256);
+	t_keystore_roundtrip(h.conf, CIMD_ALG_ES384);
+	t_keystore_roundtrip(h.conf, CIMD_ALG_PS256);
+	test_errors(&h);
+	test_session_recovery(&h);
+	return t_done();
+}
