@@ -5,9 +5,17 @@
  * ks_tpm2.c), keeps the last error's details, and builds each key's public JWK
  * and kid once, when the key is generated or loaded.
  *
- * Thread safety: neither libp11 0.4.12 nor an ESAPI context may be used by two
- * threads at once, so every call that reaches a backend holds ks->lock.  One key
- * store is one serial device; a process that wants parallel signing on a
+ * Threads and deadlines.  Neither libp11 0.4.12 nor an ESAPI context may be used
+ * by two threads at once, and hardware can hang: tcti-swtpm in tpm2-tss 3.2
+ * ignores ESAPI timeouts, a network HSM can stall.  So each key store owns one
+ * worker thread, the only thread that ever calls its backend after open.  A
+ * caller hands the worker a job (with its own copies of the inputs) and waits
+ * at most the job's deadline: `timeout-ms` (default 1500) for load, sign and
+ * destroy, 60 s for key generation.  A job that misses its deadline is
+ * abandoned to the worker, which frees it when the hardware finally answers;
+ * until then every call fails at once with CIMD_EUNAVAILABLE, and afterwards
+ * the store works again by itself.  Callers are serialised by ks->lock: one key
+ * store is one serial device.  A process that wants parallel signing on a
  * PKCS#11 token opens one key store per thread (each has its own session).
  */
 #include <errno.h>
@@ -18,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -27,12 +36,51 @@
 #define KS_MAX_PARAMS 8
 #define KS_CONF_MAX 1024
 #define PIN_MAX 256
+#define KS_TIMEOUT_DEFAULT_MS 1500 /* "backend unavailable" within 2 s */
+#define KS_TIMEOUT_MAX_MS 600000
+#define KS_GENERATE_TIMEOUT_MS 60000 /* RSA key generation on a real TPM */
+#define KS_MSG_MAX (1024 * 1024)    /* a message to sign */
+
+enum ks_op {
+	KS_GENERATE,
+	KS_LOAD,
+	KS_SIGN,
+	KS_DESTROY,
+};
+
+/* One call handed to the worker.  Inputs are the job's own copies, so an
+ * abandoned job never points into a caller's stack. */
+struct ks_job {
+	enum ks_op op;
+	enum cimd_alg alg;
+	uint8_t *ref; /* in: load, sign, destroy; out: generate */
+	size_t ref_len;
+	uint8_t *msg;
+	size_t msg_len;
+	int r;
+	json_t *jwk;
+	uint8_t sig[CIMD_SIG_MAX];
+	size_t sig_len;
+	char errmsg[256];
+	int done;
+	int abandoned;
+};
 
 struct key_store {
-	pthread_mutex_t lock;
+	pthread_mutex_t lock; /* serialises callers */
 	const struct ks_backend *be_ops;
 	void *be;
-	char errmsg[256];
+	int timeout_ms;
+	char errmsg[256];   /* last failure, as the caller saw it */
+	char *be_errmsg;    /* where ks_fail() writes: errmsg at open, then the job's */
+	pthread_t worker;
+	int have_worker;
+	pthread_mutex_t mu; /* guards job, stop, orphaned */
+	pthread_cond_t job_cv;
+	pthread_cond_t done_cv;
+	struct ks_job *job;
+	int stop;
+	int orphaned; /* freed while wedged: the worker cleans up */
 };
 
 struct ks_key {
@@ -53,6 +101,19 @@ int ks_fail(struct key_store *ks, int r, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
+	vsnprintf(ks->be_errmsg, sizeof(ks->errmsg), fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+/* A failure seen by the calling side (never from the worker). */
+static int caller_fail(struct key_store *ks, int r, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int caller_fail(struct key_store *ks, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
 	vsnprintf(ks->errmsg, sizeof(ks->errmsg), fmt, ap);
 	va_end(ap);
 	return r;
@@ -66,6 +127,119 @@ const char *key_store_errmsg(const struct key_store *ks)
 const char *key_store_backend(const struct key_store *ks)
 {
 	return ks->be_ops->name;
+}
+
+static void job_free(struct ks_job *job)
+{
+	if (job == NULL)
+		return;
+	free(job->ref);
+	if (job->msg != NULL)
+		OPENSSL_cleanse(job->msg, job->msg_len);
+	free(job->msg);
+	json_decref(job->jwk);
+	free(job);
+}
+
+static void job_run(struct key_store *ks, struct ks_job *j)
+{
+	ks->be_errmsg = j->errmsg;
+	switch (j->op) {
+	case KS_GENERATE:
+		j->r = ks->be_ops->generate(ks, ks->be, j->alg, &j->ref, &j->ref_len, &j->jwk);
+		break;
+	case KS_LOAD:
+		j->r = ks->be_ops->load(ks, ks->be, j->alg, j->ref, j->ref_len, &j->jwk);
+		break;
+	case KS_SIGN:
+		j->r = ks->be_ops->sign(ks, ks->be, j->alg, j->ref, j->ref_len, j->msg, j->msg_len,
+					j->sig, &j->sig_len);
+		break;
+	case KS_DESTROY:
+		j->r = ks->be_ops->destroy(ks, ks->be, j->ref, j->ref_len);
+		break;
+	}
+}
+
+static void ks_release(struct key_store *ks)
+{
+	if (ks->be_ops != NULL && ks->be != NULL)
+		ks->be_ops->close(ks->be);
+	pthread_cond_destroy(&ks->job_cv);
+	pthread_cond_destroy(&ks->done_cv);
+	pthread_mutex_destroy(&ks->mu);
+	pthread_mutex_destroy(&ks->lock);
+	free(ks);
+}
+
+static void *ks_worker(void *arg)
+{
+	struct key_store *ks = arg;
+	struct ks_job *job;
+	int orphaned;
+
+	pthread_mutex_lock(&ks->mu);
+	for (;;) {
+		while (ks->job == NULL && !ks->stop)
+			pthread_cond_wait(&ks->job_cv, &ks->mu);
+		if (ks->job == NULL)
+			break;
+		job = ks->job;
+		pthread_mutex_unlock(&ks->mu);
+		job_run(ks, job);
+		pthread_mutex_lock(&ks->mu);
+		ks->job = NULL;
+		job->done = 1;
+		if (job->abandoned)
+			job_free(job);
+		pthread_cond_broadcast(&ks->done_cv);
+	}
+	orphaned = ks->orphaned;
+	pthread_mutex_unlock(&ks->mu);
+	if (orphaned)
+		ks_release(ks);
+	return NULL;
+}
+
+/* Hands job to the worker and waits until it is done or its deadline passes.
+ * On return the job belongs to the caller again, unless it was abandoned. */
+static int ks_run(struct key_store *ks, struct ks_job *job, int timeout_ms)
+{
+	struct timespec deadline;
+	int r;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += timeout_ms / 1000;
+	deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&ks->mu);
+	if (ks->job != NULL) {
+		pthread_mutex_unlock(&ks->mu);
+		job_free(job);
+		return caller_fail(ks, -CIMD_EUNAVAILABLE,
+				   "%s: hardware has not yet answered an earlier command",
+				   ks->be_ops->name);
+	}
+	ks->job = job;
+	pthread_cond_signal(&ks->job_cv);
+	while (!job->done)
+		if (pthread_cond_timedwait(&ks->done_cv, &ks->mu, &deadline) == ETIMEDOUT)
+			break;
+	if (!job->done) {
+		job->abandoned = 1;
+		pthread_mutex_unlock(&ks->mu);
+		return caller_fail(ks, -CIMD_EUNAVAILABLE, "%s: no answer from the hardware in %d ms",
+				   ks->be_ops->name, timeout_ms);
+	}
+	pthread_mutex_unlock(&ks->mu);
+	r = job->r;
+	snprintf(ks->errmsg, sizeof(ks->errmsg), "%s", r < 0 ? job->errmsg : "");
+	if (r < 0 && ks->errmsg[0] == '\0')
+		snprintf(ks->errmsg, sizeof(ks->errmsg), "%s", cimd_strerror(r));
+	return r;
 }
 
 /* "name:k=v;k=v": splits buf in place into the backend name and parameters. */
@@ -92,10 +266,34 @@ static int parse_conf(char *buf, char **ret_name, struct ks_param *params, size_
 	return 0;
 }
 
+/* Takes the key store's own parameters (timeout-ms) out of the list. */
+static int take_own_params(struct key_store *ks, struct ks_param *params, size_t *n)
+{
+	size_t i, j;
+	char *end;
+	long v;
+
+	for (i = j = 0; i < *n; i++) {
+		if (strcmp(params[i].name, "timeout-ms") != 0) {
+			params[j++] = params[i];
+			continue;
+		}
+		errno = 0;
+		v = strtol(params[i].value, &end, 10);
+		if (errno != 0 || *end != '\0' || v < 1 || v > KS_TIMEOUT_MAX_MS)
+			return ks_fail(ks, -CIMD_ECONFIG, "timeout-ms '%s' is not 1..%d",
+				       params[i].value, KS_TIMEOUT_MAX_MS);
+		ks->timeout_ms = (int)v;
+	}
+	*n = j;
+	return 0;
+}
+
 int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, size_t errlen)
 {
 	struct key_store *ks;
 	struct ks_param params[KS_MAX_PARAMS];
+	pthread_condattr_t ca;
 	char *buf = NULL, *name;
 	size_t i, n;
 	int r;
@@ -110,6 +308,14 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 	if ((ks = calloc(1, sizeof(*ks))) == NULL)
 		return -ENOMEM;
 	pthread_mutex_init(&ks->lock, NULL);
+	pthread_mutex_init(&ks->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&ks->done_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&ks->job_cv, NULL);
+	ks->be_errmsg = ks->errmsg;
+	ks->timeout_ms = KS_TIMEOUT_DEFAULT_MS;
 	if ((buf = strdup(conf)) == NULL) {
 		r = -ENOMEM;
 		goto out;
@@ -118,6 +324,8 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 		ks_fail(ks, r, "expected BACKEND:key=value;key=value");
 		goto out;
 	}
+	if ((r = take_own_params(ks, params, &n)) < 0)
+		goto out;
 	for (i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
 		if (strcmp(name, backends[i]->name) == 0)
 			ks->be_ops = backends[i];
@@ -127,6 +335,11 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 	}
 	if ((r = ks->be_ops->open(ks, params, n, &ks->be)) < 0)
 		goto out;
+	if ((r = -pthread_create(&ks->worker, NULL, ks_worker, ks)) < 0) {
+		ks_fail(ks, r, "cannot start the key store's worker thread");
+		goto out;
+	}
+	ks->have_worker = 1;
 	*ret_ks = ks;
 	ks = NULL;
 	r = 0;
@@ -148,11 +361,25 @@ void key_store_free(struct key_store **pks)
 
 	if (ks == NULL)
 		return;
-	if (ks->be_ops != NULL && ks->be != NULL)
-		ks->be_ops->close(ks->be);
-	pthread_mutex_destroy(&ks->lock);
-	free(ks);
 	*pks = NULL;
+	if (!ks->have_worker) {
+		ks_release(ks);
+		return;
+	}
+	pthread_mutex_lock(&ks->mu);
+	ks->stop = 1;
+	if (ks->job != NULL) {
+		/* The worker is stuck in the hardware: it frees the store when (if)
+		 * the hardware answers.  We do not wait for it. */
+		ks->orphaned = 1;
+		pthread_mutex_unlock(&ks->mu);
+		pthread_detach(ks->worker);
+		return;
+	}
+	pthread_cond_signal(&ks->job_cv);
+	pthread_mutex_unlock(&ks->mu);
+	pthread_join(ks->worker, NULL);
+	ks_release(ks);
 }
 
 /* Builds the handle: the public JWK gets kid = RFC 7638 thumbprint, alg, use. */
@@ -182,81 +409,111 @@ static int key_new(enum cimd_alg alg, uint8_t *ref, size_t ref_len, json_t *jwk,
 	return 0;
 }
 
-int key_store_generate(struct key_store *ks, enum cimd_alg alg, struct ks_key **ret_key)
+static struct ks_job *job_new(enum ks_op op, enum cimd_alg alg, const uint8_t *ref,
+			      size_t ref_len, const uint8_t *msg, size_t msg_len)
 {
-	uint8_t *ref = NULL;
-	size_t ref_len = 0;
-	json_t *jwk = NULL;
+	struct ks_job *j;
+
+	if ((j = calloc(1, sizeof(*j))) == NULL)
+		return NULL;
+	j->op = op;
+	j->alg = alg;
+	if (ref != NULL) {
+		if ((j->ref = malloc(ref_len)) == NULL)
+			goto fail;
+		memcpy(j->ref, ref, ref_len);
+		j->ref_len = ref_len;
+	}
+	if (msg != NULL) {
+		if ((j->msg = malloc(msg_len ? msg_len : 1)) == NULL)
+			goto fail;
+		memcpy(j->msg, msg, msg_len);
+		j->msg_len = msg_len;
+	}
+	return j;
+fail:
+	job_free(j);
+	return NULL;
+}
+
+/* Runs a job whose result is a key (generate, load) and builds the handle. */
+static int run_key_job(struct key_store *ks, struct ks_job *j, int timeout_ms,
+		       struct ks_key **ret_key)
+{
 	int r;
 
-	if (cimd_alg_name(alg) == NULL)
-		return ks_fail(ks, -CIMD_EALG, "unknown algorithm %d", (int)alg);
+	if (j == NULL)
+		return -ENOMEM;
 	pthread_mutex_lock(&ks->lock);
-	ks->errmsg[0] = '\0';
-	r = ks->be_ops->generate(ks, ks->be, alg, &ref, &ref_len, &jwk);
+	if ((r = ks_run(ks, j, timeout_ms)) == -CIMD_EUNAVAILABLE && !j->done)
+		j = NULL; /* abandoned: the worker owns it now */
+	else if (r == 0 && (r = key_new(j->alg, j->ref, j->ref_len, j->jwk, ret_key)) == 0)
+		j->ref = NULL, j->jwk = NULL; /* moved into the handle */
 	pthread_mutex_unlock(&ks->lock);
-	if (r < 0)
-		return r;
-	if ((r = key_new(alg, ref, ref_len, jwk, ret_key)) < 0) {
-		free(ref);
-		json_decref(jwk);
-	}
+	job_free(j);
 	return r;
+}
+
+int key_store_generate(struct key_store *ks, enum cimd_alg alg, struct ks_key **ret_key)
+{
+	if (cimd_alg_name(alg) == NULL)
+		return caller_fail(ks, -CIMD_EALG, "unknown algorithm %d", (int)alg);
+	return run_key_job(ks, job_new(KS_GENERATE, alg, NULL, 0, NULL, 0),
+			   KS_GENERATE_TIMEOUT_MS > ks->timeout_ms ? KS_GENERATE_TIMEOUT_MS
+								   : ks->timeout_ms,
+			   ret_key);
 }
 
 int key_store_load(struct key_store *ks, enum cimd_alg alg, const uint8_t *ref, size_t ref_len,
 		   struct ks_key **ret_key)
 {
-	uint8_t *copy;
-	json_t *jwk = NULL;
-	int r;
-
 	if (cimd_alg_name(alg) == NULL)
-		return ks_fail(ks, -CIMD_EALG, "unknown algorithm %d", (int)alg);
+		return caller_fail(ks, -CIMD_EALG, "unknown algorithm %d", (int)alg);
 	if (ref_len == 0 || ref_len > CIMD_KEYREF_MAX)
-		return ks_fail(ks, -CIMD_ENOKEY, "key reference of %zu bytes", ref_len);
-	if ((copy = malloc(ref_len)) == NULL)
-		return -ENOMEM;
-	memcpy(copy, ref, ref_len);
-	pthread_mutex_lock(&ks->lock);
-	ks->errmsg[0] = '\0';
-	r = ks->be_ops->load(ks, ks->be, alg, copy, ref_len, &jwk);
-	pthread_mutex_unlock(&ks->lock);
-	if (r >= 0)
-		r = key_new(alg, copy, ref_len, jwk, ret_key);
-	if (r < 0) {
-		free(copy);
-		json_decref(jwk);
-	}
-	return r;
+		return caller_fail(ks, -CIMD_ENOKEY, "key reference of %zu bytes", ref_len);
+	return run_key_job(ks, job_new(KS_LOAD, alg, ref, ref_len, NULL, 0), ks->timeout_ms,
+			   ret_key);
 }
 
 int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg, size_t len,
 		   uint8_t *ret_sig, size_t *ret_len)
 {
+	struct ks_job *j;
 	int r;
 
 	if (key == NULL || key->ref == NULL)
-		return ks_fail(ks, -CIMD_ENOKEY, "key was destroyed");
+		return caller_fail(ks, -CIMD_ENOKEY, "no key");
+	if (len > KS_MSG_MAX)
+		return caller_fail(ks, -E2BIG, "message of %zu bytes", len);
+	if ((j = job_new(KS_SIGN, key->alg, key->ref, key->ref_len, msg, len)) == NULL)
+		return -ENOMEM;
 	pthread_mutex_lock(&ks->lock);
-	ks->errmsg[0] = '\0';
-	r = ks->be_ops->sign(ks, ks->be, key->alg, key->ref, key->ref_len, msg, len, ret_sig,
-			     ret_len);
+	if ((r = ks_run(ks, j, ks->timeout_ms)) == -CIMD_EUNAVAILABLE && !j->done) {
+		j = NULL;
+	} else if (r == 0) {
+		memcpy(ret_sig, j->sig, j->sig_len);
+		*ret_len = j->sig_len;
+	}
 	pthread_mutex_unlock(&ks->lock);
+	job_free(j);
 	return r;
 }
 
 int key_store_destroy(struct key_store *ks, struct ks_key **pkey)
 {
 	struct ks_key *key = *pkey;
+	struct ks_job *j;
 	int r;
 
 	if (key == NULL)
 		return 0;
+	if ((j = job_new(KS_DESTROY, key->alg, key->ref, key->ref_len, NULL, 0)) == NULL)
+		return -ENOMEM;
 	pthread_mutex_lock(&ks->lock);
-	ks->errmsg[0] = '\0';
-	r = ks->be_ops->destroy(ks, ks->be, key->ref, key->ref_len);
+	if ((r = ks_run(ks, j, ks->timeout_ms)) == -CIMD_EUNAVAILABLE && !j->done)
+		j = NULL;
 	pthread_mutex_unlock(&ks->lock);
+	job_free(j);
 	if (r < 0)
 		return r;
 	ks_key_free(pkey);

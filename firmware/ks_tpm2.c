@@ -231,6 +231,9 @@ static int tpm_open(struct key_store *ks, const struct ks_param *params, size_t 
 	unsigned long h;
 	int r;
 
+	/* firmware/ does not log (STYLE.md §10): tpm2-tss writes its own errors to
+	 * stderr unless TSS2_LOG says otherwise; an operator's TSS2_LOG wins. */
+	setenv("TSS2_LOG", "all+none", 0);
 	if ((t = calloc(1, sizeof(*t))) == NULL)
 		return -ENOMEM;
 	t->primary = ESYS_TR_NONE;
