@@ -32,6 +32,7 @@ BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps check test asan bench run clean format
+.SECONDARY:
 all: $(FW_LIB) $(TEST_BIN) $(BENCH_BIN)
 
 deps:

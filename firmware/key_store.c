@@ -201,10 +201,12 @@ static void *ks_worker(void *arg)
 	return NULL;
 }
 
-/* Hands job to the worker and waits until it is done or its deadline passes.
- * On return the job belongs to the caller again, unless it was abandoned. */
-static int ks_run(struct key_store *ks, struct ks_job *job, int timeout_ms)
+/* Hands *pjob to the worker and waits until it is done or its deadline passes.
+ * On return the job belongs to the caller again; when it does not (it was
+ * abandoned to the worker, or never ran), *pjob is set to NULL. */
+static int ks_run(struct key_store *ks, struct ks_job **pjob, int timeout_ms)
 {
+	struct ks_job *job = *pjob;
 	struct timespec deadline;
 	int r;
 
@@ -219,6 +221,7 @@ static int ks_run(struct key_store *ks, struct ks_job *job, int timeout_ms)
 	if (ks->job != NULL) {
 		pthread_mutex_unlock(&ks->mu);
 		job_free(job);
+		*pjob = NULL;
 		return caller_fail(ks, -CIMD_EUNAVAILABLE,
 				   "%s: hardware has not yet answered an earlier command",
 				   ks->be_ops->name);
@@ -229,7 +232,8 @@ static int ks_run(struct key_store *ks, struct ks_job *job, int timeout_ms)
 		if (pthread_cond_timedwait(&ks->done_cv, &ks->mu, &deadline) == ETIMEDOUT)
 			break;
 	if (!job->done) {
-		job->abandoned = 1;
+		job->abandoned = 1; /* the worker frees it */
+		*pjob = NULL;
 		pthread_mutex_unlock(&ks->mu);
 		return caller_fail(ks, -CIMD_EUNAVAILABLE, "%s: no answer from the hardware in %d ms",
 				   ks->be_ops->name, timeout_ms);
@@ -445,9 +449,8 @@ static int run_key_job(struct key_store *ks, struct ks_job *j, int timeout_ms,
 	if (j == NULL)
 		return -ENOMEM;
 	pthread_mutex_lock(&ks->lock);
-	if ((r = ks_run(ks, j, timeout_ms)) == -CIMD_EUNAVAILABLE && !j->done)
-		j = NULL; /* abandoned: the worker owns it now */
-	else if (r == 0 && (r = key_new(j->alg, j->ref, j->ref_len, j->jwk, ret_key)) == 0)
+	if ((r = ks_run(ks, &j, timeout_ms)) == 0 &&
+	    (r = key_new(j->alg, j->ref, j->ref_len, j->jwk, ret_key)) == 0)
 		j->ref = NULL, j->jwk = NULL; /* moved into the handle */
 	pthread_mutex_unlock(&ks->lock);
 	job_free(j);
@@ -488,9 +491,7 @@ int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg,
 	if ((j = job_new(KS_SIGN, key->alg, key->ref, key->ref_len, msg, len)) == NULL)
 		return -ENOMEM;
 	pthread_mutex_lock(&ks->lock);
-	if ((r = ks_run(ks, j, ks->timeout_ms)) == -CIMD_EUNAVAILABLE && !j->done) {
-		j = NULL;
-	} else if (r == 0) {
+	if ((r = ks_run(ks, &j, ks->timeout_ms)) == 0) {
 		memcpy(ret_sig, j->sig, j->sig_len);
 		*ret_len = j->sig_len;
 	}
@@ -510,8 +511,7 @@ int key_store_destroy(struct key_store *ks, struct ks_key **pkey)
 	if ((j = job_new(KS_DESTROY, key->alg, key->ref, key->ref_len, NULL, 0)) == NULL)
 		return -ENOMEM;
 	pthread_mutex_lock(&ks->lock);
-	if ((r = ks_run(ks, j, ks->timeout_ms)) == -CIMD_EUNAVAILABLE && !j->done)
-		j = NULL;
+	r = ks_run(ks, &j, ks->timeout_ms);
 	pthread_mutex_unlock(&ks->lock);
 	job_free(j);
 	if (r < 0)

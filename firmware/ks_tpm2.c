@@ -140,8 +140,10 @@ static int tpm_flush_stale(struct key_store *ks, struct tpm *t)
 	TSS2_RC rc;
 	UINT32 i;
 
+	/* TPM2_TRANSIENT_FIRST, spelt out: the header's macro shifts a signed int
+	 * into its sign bit, which UBSan rightly reports. */
 	rc = Esys_GetCapability(t->ectx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES,
-				TPM2_TRANSIENT_FIRST, TPM2_MAX_CAP_HANDLES, &more, &cap);
+				(TPM2_HC)0x80000000u, TPM2_MAX_CAP_HANDLES, &more, &cap);
 	if (rc != TSS2_RC_SUCCESS)
 		return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_GetCapability(handles)");
 	for (i = 0; i < cap->data.handles.count; i++) {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -43,6 +44,7 @@ int t_done(void)
 {
 	t_cleanup();
 	printf("# %d passed, %d failed\n", n_pass, n_fail);
+	fflush(stdout);
 	return n_fail == 0 ? 0 : 1;
 }
 
@@ -191,6 +193,17 @@ static int swtpm_spawn(struct t_swtpm *s)
 	if ((s->pid = fork()) < 0)
 		return -errno;
 	if (s->pid == 0) {
+		/* Dies with the test, whatever kills the test; writes to its own log,
+		 * never to the pipe the test runner reads. */
+		char log[600];
+		int fd;
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		snprintf(log, sizeof(log), "%s.log", s->dir);
+		if ((fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600)) >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
 		execlp("swtpm", "swtpm", "socket", "--tpm2", "--server", srv, "--ctrl", ctl,
 		       "--tpmstate", state, "--flags", "not-need-init,startup-clear", (char *)NULL);
 		_exit(127);
@@ -378,6 +391,8 @@ void t_keystore_roundtrip(const char *conf, enum cimd_alg alg)
 		goto out;
 	jwk2 = ks_key_jwk(key2);
 	t_ok(json_equal(jwk, jwk2), "%s: reloaded key has the same public JWK", name);
+	free(payload);
+	payload = NULL;
 	r = jws_sign(ks, key2, claims, (const uint8_t *)msg, strlen(msg), &jws2);
 	t_ok(r == 0 && jws_verify(jws2, jwk, NULL, &payload, &plen) == 0,
 	     "%s: reloaded key signs and verifies", name);
