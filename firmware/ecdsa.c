@@ -37,7 +37,8 @@ int ecdsa_der_to_raw(const uint8_t *der, size_t der_len, size_t size, uint8_t *r
 	if (BN_is_negative(r) || BN_is_negative(s) || BN_num_bytes(r) > (int)size ||
 	    BN_num_bytes(s) > (int)size)
 		goto out;
-	if (BN_bn2binpad(r, ret_raw, (int)size) < 0 || BN_bn2binpad(s, ret_raw + size, (int)size) < 0)
+	if (BN_bn2binpad(r, ret_raw, (int)size) < 0 ||
+	    BN_bn2binpad(s, ret_raw + size, (int)size) < 0)
 		goto out;
 	rc = 0;
 out:

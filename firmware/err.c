@@ -4,17 +4,17 @@
 #include "fw.h"
 
 static const char *const msgs[CIMD_ELAST - CIMD_EBASE] = {
-	[CIMD_ECONFIG - CIMD_EBASE] = "bad key store configuration",
-	[CIMD_ENOMODULE - CIMD_EBASE] = "PKCS#11 module cannot be loaded",
-	[CIMD_ENOTOKEN - CIMD_EBASE] = "token not found",
-	[CIMD_EPIN - CIMD_EBASE] = "PIN refused",
-	[CIMD_EUNAVAILABLE - CIMD_EBASE] = "backend unavailable",
-	[CIMD_ENOKEY - CIMD_EBASE] = "unknown key reference",
-	[CIMD_EALG - CIMD_EBASE] = "unsupported or mismatched algorithm",
-	[CIMD_EBACKEND - CIMD_EBASE] = "hardware refused the operation",
-	[CIMD_EFORMAT - CIMD_EBASE] = "malformed encoding",
-	[CIMD_EVERIFY - CIMD_EBASE] = "signature does not verify",
-	[CIMD_ECRYPTO - CIMD_EBASE] = "cryptographic library failure",
+    [CIMD_ECONFIG - CIMD_EBASE] = "bad key store configuration",
+    [CIMD_ENOMODULE - CIMD_EBASE] = "PKCS#11 module cannot be loaded",
+    [CIMD_ENOTOKEN - CIMD_EBASE] = "token not found",
+    [CIMD_EPIN - CIMD_EBASE] = "PIN refused",
+    [CIMD_EUNAVAILABLE - CIMD_EBASE] = "backend unavailable",
+    [CIMD_ENOKEY - CIMD_EBASE] = "unknown key reference",
+    [CIMD_EALG - CIMD_EBASE] = "unsupported or mismatched algorithm",
+    [CIMD_EBACKEND - CIMD_EBASE] = "hardware refused the operation",
+    [CIMD_EFORMAT - CIMD_EBASE] = "malformed encoding",
+    [CIMD_EVERIFY - CIMD_EBASE] = "signature does not verify",
+    [CIMD_ECRYPTO - CIMD_EBASE] = "cryptographic library failure",
 };
 
 const char *cimd_strerror(int r)

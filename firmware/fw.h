@@ -25,17 +25,17 @@
 /* Error codes.  Negative errno values (-ENOMEM, -EINVAL, ...) are used as well. */
 enum {
 	CIMD_EBASE = 1000,
-	CIMD_ECONFIG,      /* bad key store configuration string */
-	CIMD_ENOMODULE,    /* PKCS#11 module cannot be loaded */
-	CIMD_ENOTOKEN,     /* no token with the configured label */
-	CIMD_EPIN,         /* PIN refused, or PIN file unusable */
+	CIMD_ECONFIG,	   /* bad key store configuration string */
+	CIMD_ENOMODULE,	   /* PKCS#11 module cannot be loaded */
+	CIMD_ENOTOKEN,	   /* no token with the configured label */
+	CIMD_EPIN,	   /* PIN refused, or PIN file unusable */
 	CIMD_EUNAVAILABLE, /* hardware does not answer (gone, stopped, timed out) */
-	CIMD_ENOKEY,       /* no such key in the hardware, or reference malformed */
-	CIMD_EALG,         /* algorithm unknown or not what the key is */
-	CIMD_EBACKEND,     /* the hardware refused the operation */
-	CIMD_EFORMAT,      /* malformed encoding (base64url, DER, JWK, JWS) */
-	CIMD_EVERIFY,      /* signature does not verify */
-	CIMD_ECRYPTO,      /* OpenSSL failed */
+	CIMD_ENOKEY,	   /* no such key in the hardware, or reference malformed */
+	CIMD_EALG,	   /* algorithm unknown or not what the key is */
+	CIMD_EBACKEND,	   /* the hardware refused the operation */
+	CIMD_EFORMAT,	   /* malformed encoding (base64url, DER, JWK, JWS) */
+	CIMD_EVERIFY,	   /* signature does not verify */
+	CIMD_ECRYPTO,	   /* OpenSSL failed */
 	CIMD_ELAST
 };
 
@@ -43,10 +43,10 @@ enum {
 const char *cimd_strerror(int r);
 
 /* Caps that bound firmware inputs and outputs. */
-#define CIMD_SIG_MAX 512      /* RSA-4096 or ECDSA P-521 raw, with room */
-#define CIMD_KEYREF_MAX 4096  /* a stored key reference (TPM blobs are ~ 250 bytes) */
-#define CIMD_JWS_MAX 65536    /* a compact JWS we build or verify */
-#define CIMD_KID_LEN 43       /* base64url of a SHA-256 digest */
+#define CIMD_SIG_MAX 512     /* RSA-4096 or ECDSA P-521 raw, with room */
+#define CIMD_KEYREF_MAX 4096 /* a stored key reference (TPM blobs are ~ 250 bytes) */
+#define CIMD_JWS_MAX 65536   /* a compact JWS we build or verify */
+#define CIMD_KID_LEN 43	     /* base64url of a SHA-256 digest */
 
 /* ---- algorithms (RFC 7518 §3.1) ---- */
 
@@ -82,8 +82,7 @@ int b64url_decode(const char *in, size_t len, uint8_t **ret_buf, size_t *ret_n);
 int jwk_new_ec(enum cimd_alg alg, const uint8_t *x, const uint8_t *y, json_t **ret_jwk);
 /* Public RSA JWK {kty,n,e}; leading zero octets of n and e are dropped
  * (RFC 7518 §6.3.1.1: "the minimum number of octets"). */
-int jwk_new_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
-		json_t **ret_jwk);
+int jwk_new_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len, json_t **ret_jwk);
 /* RFC 7638 SHA-256 thumbprint of a public JWK (EC, RSA or OKP), base64url,
  * into ret_tp (CIMD_KID_LEN + 1 bytes). */
 int jwk_thumbprint(const json_t *jwk, char *ret_tp);
@@ -181,7 +180,7 @@ extern const struct ks_backend ks_tpm2_backend;
 
 /* Records the details of a failure for key_store_errmsg(); returns r. */
 int ks_fail(struct key_store *ks, int r, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* Reads a secret (a PIN) from a file that only its owner may read; strips one
  * trailing newline.  *ret_secret is zeroed and freed with secret_free(). */

@@ -20,9 +20,9 @@ static const struct {
 	const char *crv; /* RFC 7518 §6.2.1.1 */
 	size_t ec_size;
 } algs[] = {
-	{CIMD_ALG_ES256, "ES256", "P-256", 32},
-	{CIMD_ALG_ES384, "ES384", "P-384", 48},
-	{CIMD_ALG_PS256, "PS256", NULL, 0},
+    {CIMD_ALG_ES256, "ES256", "P-256", 32},
+    {CIMD_ALG_ES384, "ES384", "P-384", 48},
+    {CIMD_ALG_PS256, "PS256", NULL, 0},
 };
 
 enum cimd_alg cimd_alg_from_name(const char *name)
@@ -162,8 +162,8 @@ int jwk_thumbprint(const json_t *jwk, char *ret_tp)
 		if (!(a = tp_member(jwk, "crv")) || !(b = tp_member(jwk, "x")) ||
 		    !(c = tp_member(jwk, "y")))
 			return -CIMD_EFORMAT;
-		n = snprintf(buf, sizeof(buf), "{\"crv\":\"%s\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}",
-			     a, b, c);
+		n = snprintf(buf, sizeof(buf),
+			     "{\"crv\":\"%s\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}", a, b, c);
 	} else if (strcmp(kty, "RSA") == 0) {
 		if (!(a = tp_member(jwk, "e")) || !(b = tp_member(jwk, "n")))
 			return -CIMD_EFORMAT;
@@ -171,7 +171,8 @@ int jwk_thumbprint(const json_t *jwk, char *ret_tp)
 	} else if (strcmp(kty, "OKP") == 0) {
 		if (!(a = tp_member(jwk, "crv")) || !(b = tp_member(jwk, "x")))
 			return -CIMD_EFORMAT;
-		n = snprintf(buf, sizeof(buf), "{\"crv\":\"%s\",\"kty\":\"OKP\",\"x\":\"%s\"}", a, b);
+		n = snprintf(buf, sizeof(buf), "{\"crv\":\"%s\",\"kty\":\"OKP\",\"x\":\"%s\"}", a,
+			     b);
 	} else {
 		return -CIMD_EFORMAT;
 	}
@@ -214,22 +215,24 @@ int jwk_to_evp(const json_t *jwk, EVP_PKEY **ret_pkey)
 			group = "P-384", size = 48;
 		else
 			goto out;
-		if (get_b64(jwk, "x", &a, &an) < 0 || get_b64(jwk, "y", &b, &bn) < 0 || an != size ||
-		    bn != size || (pt = malloc(1 + 2 * size)) == NULL)
+		if (get_b64(jwk, "x", &a, &an) < 0 || get_b64(jwk, "y", &b, &bn) < 0 ||
+		    an != size || bn != size || (pt = malloc(1 + 2 * size)) == NULL)
 			goto out;
 		/* SEC 1 §2.3.3 uncompressed point: 0x04 || x || y. */
 		pt[0] = 0x04;
 		memcpy(pt + 1, a, size);
 		memcpy(pt + 1 + size, b, size);
 		if (!OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
-		    !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, 1 + 2 * size))
+		    !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt,
+						      1 + 2 * size))
 			goto out;
 		ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
 	} else if (strcmp(kty, "RSA") == 0) {
 		if (get_b64(jwk, "n", &a, &an) < 0 || get_b64(jwk, "e", &b, &bn) < 0 || an == 0 ||
 		    bn == 0 || an > 1024 || bn > 16)
 			goto out;
-		if ((n = BN_bin2bn(a, (int)an, NULL)) == NULL || (e = BN_bin2bn(b, (int)bn, NULL)) == NULL ||
+		if ((n = BN_bin2bn(a, (int)an, NULL)) == NULL ||
+		    (e = BN_bin2bn(b, (int)bn, NULL)) == NULL ||
 		    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
 		    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
 			goto out;

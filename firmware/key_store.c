@@ -39,7 +39,7 @@
 #define KS_TIMEOUT_DEFAULT_MS 1500 /* "backend unavailable" within 2 s */
 #define KS_TIMEOUT_MAX_MS 600000
 #define KS_GENERATE_TIMEOUT_MS 60000 /* RSA key generation on a real TPM */
-#define KS_MSG_MAX (1024 * 1024)    /* a message to sign */
+#define KS_MSG_MAX (1024 * 1024)     /* a message to sign */
 
 enum ks_op {
 	KS_GENERATE,
@@ -71,8 +71,8 @@ struct key_store {
 	const struct ks_backend *be_ops;
 	void *be;
 	int timeout_ms;
-	char errmsg[256];   /* last failure, as the caller saw it */
-	char *be_errmsg;    /* where ks_fail() writes: errmsg at open, then the job's */
+	char errmsg[256]; /* last failure, as the caller saw it */
+	char *be_errmsg;  /* where ks_fail() writes: errmsg at open, then the job's */
 	pthread_t worker;
 	int have_worker;
 	pthread_mutex_t mu; /* guards job, stop, orphaned */
@@ -92,8 +92,8 @@ struct ks_key {
 };
 
 static const struct ks_backend *const backends[] = {
-	&ks_pkcs11_backend,
-	&ks_tpm2_backend,
+    &ks_pkcs11_backend,
+    &ks_tpm2_backend,
 };
 
 int ks_fail(struct key_store *ks, int r, const char *fmt, ...)
@@ -108,7 +108,7 @@ int ks_fail(struct key_store *ks, int r, const char *fmt, ...)
 
 /* A failure seen by the calling side (never from the worker). */
 static int caller_fail(struct key_store *ks, int r, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static int caller_fail(struct key_store *ks, int r, const char *fmt, ...)
 {
 	va_list ap;
@@ -235,8 +235,9 @@ static int ks_run(struct key_store *ks, struct ks_job **pjob, int timeout_ms)
 		job->abandoned = 1; /* the worker frees it */
 		*pjob = NULL;
 		pthread_mutex_unlock(&ks->mu);
-		return caller_fail(ks, -CIMD_EUNAVAILABLE, "%s: no answer from the hardware in %d ms",
-				   ks->be_ops->name, timeout_ms);
+		return caller_fail(ks, -CIMD_EUNAVAILABLE,
+				   "%s: no answer from the hardware in %d ms", ks->be_ops->name,
+				   timeout_ms);
 	}
 	pthread_mutex_unlock(&ks->mu);
 	r = job->r;
@@ -413,8 +414,8 @@ static int key_new(enum cimd_alg alg, uint8_t *ref, size_t ref_len, json_t *jwk,
 	return 0;
 }
 
-static struct ks_job *job_new(enum ks_op op, enum cimd_alg alg, const uint8_t *ref,
-			      size_t ref_len, const uint8_t *msg, size_t msg_len)
+static struct ks_job *job_new(enum ks_op op, enum cimd_alg alg, const uint8_t *ref, size_t ref_len,
+			      const uint8_t *msg, size_t msg_len)
 {
 	struct ks_job *j;
 

@@ -35,9 +35,9 @@
 
 #include "fw.h"
 
-#define P11_ID_LEN 16        /* CKA_ID of keys we generate: 128 random bits */
-#define P11_CACHE_MAX 64     /* private keys kept resolved to an EVP_PKEY */
-#define P11_FIND_MAX 16      /* objects one CKA_ID may name (a pair, normally) */
+#define P11_ID_LEN 16	 /* CKA_ID of keys we generate: 128 random bits */
+#define P11_CACHE_MAX 64 /* private keys kept resolved to an EVP_PKEY */
+#define P11_FIND_MAX 16	 /* objects one CKA_ID may name (a pair, normally) */
 #define P11_RSA_BITS 2048
 
 /* DER OIDs for CKA_EC_PARAMS (RFC 5480 §2.1.1.1). */
@@ -64,49 +64,58 @@ struct p11 {
 	size_t ncache;
 };
 
+/* Return values we name in messages; stale: a fresh session and a fresh lookup
+ * may cure it (the token was reset, the session closed behind our back). */
+#define CKR(rv, stale)                                                                             \
+	{                                                                                          \
+		rv, #rv, stale                                                                     \
+	}
+static const struct {
+	CK_RV rv;
+	const char *name;
+	int stale;
+} ckrs[] = {
+    CKR(CKR_OK, 0),
+    CKR(CKR_PIN_INCORRECT, 0),
+    CKR(CKR_PIN_LOCKED, 0),
+    CKR(CKR_PIN_LEN_RANGE, 0),
+    CKR(CKR_PIN_EXPIRED, 0),
+    CKR(CKR_SESSION_HANDLE_INVALID, 1),
+    CKR(CKR_SESSION_CLOSED, 1),
+    CKR(CKR_OBJECT_HANDLE_INVALID, 1),
+    CKR(CKR_KEY_HANDLE_INVALID, 1),
+    CKR(CKR_USER_NOT_LOGGED_IN, 1),
+    CKR(CKR_DEVICE_ERROR, 1),
+    CKR(CKR_DEVICE_REMOVED, 1),
+    CKR(CKR_TOKEN_NOT_PRESENT, 1),
+    CKR(CKR_CRYPTOKI_NOT_INITIALIZED, 1),
+    CKR(CKR_MECHANISM_INVALID, 0),
+    CKR(CKR_TEMPLATE_INCONSISTENT, 0),
+    CKR(CKR_ATTRIBUTE_VALUE_INVALID, 0),
+    CKR(CKR_DEVICE_MEMORY, 0),
+    CKR(CKR_GENERAL_ERROR, 0),
+    CKR(CKR_FUNCTION_FAILED, 0),
+};
+#undef CKR
+
 static const char *ckr_name(CK_RV rv)
 {
-	switch (rv) {
-	case CKR_OK: return "CKR_OK";
-	case CKR_PIN_INCORRECT: return "CKR_PIN_INCORRECT";
-	case CKR_PIN_LOCKED: return "CKR_PIN_LOCKED";
-	case CKR_PIN_LEN_RANGE: return "CKR_PIN_LEN_RANGE";
-	case CKR_SESSION_HANDLE_INVALID: return "CKR_SESSION_HANDLE_INVALID";
-	case CKR_SESSION_CLOSED: return "CKR_SESSION_CLOSED";
-	case CKR_OBJECT_HANDLE_INVALID: return "CKR_OBJECT_HANDLE_INVALID";
-	case CKR_KEY_HANDLE_INVALID: return "CKR_KEY_HANDLE_INVALID";
-	case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
-	case CKR_DEVICE_ERROR: return "CKR_DEVICE_ERROR";
-	case CKR_DEVICE_REMOVED: return "CKR_DEVICE_REMOVED";
-	case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
-	case CKR_CRYPTOKI_NOT_INITIALIZED: return "CKR_CRYPTOKI_NOT_INITIALIZED";
-	case CKR_MECHANISM_INVALID: return "CKR_MECHANISM_INVALID";
-	case CKR_TEMPLATE_INCONSISTENT: return "CKR_TEMPLATE_INCONSISTENT";
-	case CKR_ATTRIBUTE_VALUE_INVALID: return "CKR_ATTRIBUTE_VALUE_INVALID";
-	case CKR_DEVICE_MEMORY: return "CKR_DEVICE_MEMORY";
-	case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
-	case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
-	default: return "CKR_?";
-	}
+	size_t i;
+
+	for (i = 0; i < sizeof(ckrs) / sizeof(ckrs[0]); i++)
+		if (ckrs[i].rv == rv)
+			return ckrs[i].name;
+	return "CKR_?";
 }
 
-/* A return value that a fresh session and a fresh lookup may cure. */
 static int ckr_is_stale(CK_RV rv)
 {
-	switch (rv) {
-	case CKR_SESSION_HANDLE_INVALID:
-	case CKR_SESSION_CLOSED:
-	case CKR_OBJECT_HANDLE_INVALID:
-	case CKR_KEY_HANDLE_INVALID:
-	case CKR_USER_NOT_LOGGED_IN:
-	case CKR_DEVICE_ERROR:
-	case CKR_DEVICE_REMOVED:
-	case CKR_TOKEN_NOT_PRESENT:
-	case CKR_CRYPTOKI_NOT_INITIALIZED:
-		return 1;
-	default:
-		return 0;
-	}
+	size_t i;
+
+	for (i = 0; i < sizeof(ckrs) / sizeof(ckrs[0]); i++)
+		if (ckrs[i].rv == rv)
+			return ckrs[i].stale;
+	return 0;
 }
 
 /* Maps a failed raw call: -EAGAIN asks the caller to reconnect and retry. */
@@ -178,7 +187,8 @@ static int p11_connect(struct key_store *ks, struct p11 *p)
 		return ks_fail(ks, -CIMD_EUNAVAILABLE, "pkcs11: cannot enumerate slots");
 	for (i = 0; i < p->nslots; i++) {
 		PKCS11_TOKEN *t = p->slots[i].token;
-		if (t != NULL && t->initialized && t->label != NULL && strcmp(t->label, p->token) == 0) {
+		if (t != NULL && t->initialized && t->label != NULL &&
+		    strcmp(t->label, p->token) == 0) {
 			p->slot = &p->slots[i];
 			break;
 		}
@@ -269,7 +279,8 @@ static int p11_open(struct key_store *ks, const struct ks_param *params, size_t 
 		else if (strcmp(params[i].name, "pin-file") == 0)
 			pin_file = params[i].value;
 		else {
-			r = ks_fail(ks, -CIMD_ECONFIG, "pkcs11: unknown parameter '%s'", params[i].name);
+			r = ks_fail(ks, -CIMD_ECONFIG, "pkcs11: unknown parameter '%s'",
+				    params[i].name);
 			goto out;
 		}
 		if (dst != NULL && (*dst = strdup(params[i].value)) == NULL) {
@@ -283,7 +294,8 @@ static int p11_open(struct key_store *ks, const struct ks_param *params, size_t 
 	}
 	if ((r = secret_read_file(pin_file, &p->pin)) < 0) {
 		r = ks_fail(ks, -CIMD_EPIN, "pkcs11: pin-file %s: %s%s", pin_file, strerror(-r),
-			    r == -EPERM ? " (must be a regular file readable only by its owner)" : "");
+			    r == -EPERM ? " (must be a regular file readable only by its owner)"
+					: "");
 		goto out;
 	}
 	if ((r = p11_connect(ks, p)) < 0)
@@ -308,8 +320,8 @@ static int p11_raw_find(struct key_store *ks, struct p11 *p, const uint8_t *id, 
 			CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *ret_objs, CK_ULONG *ret_n)
 {
 	CK_ATTRIBUTE tmpl[2] = {
-		{CKA_ID, (void *)id, id_len},
-		{CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_ID, (void *)id, id_len},
+	    {CKA_CLASS, &cls, sizeof(cls)},
 	};
 	CK_ULONG n = 0;
 	CK_RV rv;
@@ -394,29 +406,24 @@ static int p11_raw_generate(struct key_store *ks, struct p11 *p, enum cimd_alg a
 	int ec = cimd_alg_ec_size(alg) != 0;
 	CK_MECHANISM mech = {ec ? CKM_EC_KEY_PAIR_GEN : CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
 	CK_ATTRIBUTE pub[] = {
-		{CKA_TOKEN, &yes, sizeof(yes)},
-		{CKA_PRIVATE, &no, sizeof(no)},
-		{CKA_VERIFY, &yes, sizeof(yes)},
-		{CKA_ID, (void *)id, P11_ID_LEN},
-		{CKA_LABEL, label, sizeof(label) - 1},
-		/* the last one or two differ by key type */
-		{ec ? CKA_EC_PARAMS : CKA_MODULUS_BITS, ec ? (void *)oid : (void *)&bits,
-		 ec ? oid_len : sizeof(bits)},
-		{CKA_PUBLIC_EXPONENT, e65537, sizeof(e65537)},
+	    {CKA_TOKEN, &yes, sizeof(yes)},
+	    {CKA_PRIVATE, &no, sizeof(no)},
+	    {CKA_VERIFY, &yes, sizeof(yes)},
+	    {CKA_ID, (void *)id, P11_ID_LEN},
+	    {CKA_LABEL, label, sizeof(label) - 1},
+	    /* the last one or two differ by key type */
+	    {ec ? CKA_EC_PARAMS : CKA_MODULUS_BITS, ec ? (void *)oid : (void *)&bits,
+	     ec ? oid_len : sizeof(bits)},
+	    {CKA_PUBLIC_EXPONENT, e65537, sizeof(e65537)},
 	};
 	/* Sensitive and never extractable: the private key cannot leave the token.
 	 * Signing only: no decrypt, derive, unwrap (PKCS#11 v2.40 §4.9). */
 	CK_ATTRIBUTE priv[] = {
-		{CKA_TOKEN, &yes, sizeof(yes)},
-		{CKA_PRIVATE, &yes, sizeof(yes)},
-		{CKA_SENSITIVE, &yes, sizeof(yes)},
-		{CKA_EXTRACTABLE, &no, sizeof(no)},
-		{CKA_SIGN, &yes, sizeof(yes)},
-		{CKA_DECRYPT, &no, sizeof(no)},
-		{CKA_DERIVE, &no, sizeof(no)},
-		{CKA_UNWRAP, &no, sizeof(no)},
-		{CKA_ID, (void *)id, P11_ID_LEN},
-		{CKA_LABEL, label, sizeof(label) - 1},
+	    {CKA_TOKEN, &yes, sizeof(yes)},	{CKA_PRIVATE, &yes, sizeof(yes)},
+	    {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+	    {CKA_SIGN, &yes, sizeof(yes)},	{CKA_DECRYPT, &no, sizeof(no)},
+	    {CKA_DERIVE, &no, sizeof(no)},	{CKA_UNWRAP, &no, sizeof(no)},
+	    {CKA_ID, (void *)id, P11_ID_LEN},	{CKA_LABEL, label, sizeof(label) - 1},
 	};
 	CK_OBJECT_HANDLE hpub, hpriv;
 	CK_RV rv;
@@ -503,9 +510,9 @@ static int p11_private_key(struct key_store *ks, struct p11 *p, const uint8_t *i
 	return 0;
 }
 
-static int p11_sign_once(struct key_store *ks, struct p11 *p, enum cimd_alg alg,
-			 const uint8_t *id, size_t id_len, const uint8_t *msg, size_t len,
-			 uint8_t *ret_sig, size_t *ret_len)
+static int p11_sign_once(struct key_store *ks, struct p11 *p, enum cimd_alg alg, const uint8_t *id,
+			 size_t id_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
+			 size_t *ret_len)
 {
 	const EVP_MD *md = alg == CIMD_ALG_ES384 ? EVP_sha384() : EVP_sha256();
 	size_t size = cimd_alg_ec_size(alg), siglen;
@@ -619,7 +626,8 @@ static int p11_load(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 }
 
 static int p11_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
-		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig, size_t *ret_len)
+		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
+		    size_t *ret_len)
 {
 	struct p11 *p = be;
 	int r;
@@ -657,11 +665,11 @@ static int p11_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_
 }
 
 const struct ks_backend ks_pkcs11_backend = {
-	.name = "pkcs11",
-	.open = p11_open,
-	.close = p11_close,
-	.generate = p11_generate,
-	.load = p11_load,
-	.sign = p11_sign,
-	.destroy = p11_destroy,
+    .name = "pkcs11",
+    .open = p11_open,
+    .close = p11_close,
+    .generate = p11_generate,
+    .load = p11_load,
+    .sign = p11_sign,
+    .destroy = p11_destroy,
 };

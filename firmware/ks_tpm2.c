@@ -51,7 +51,7 @@ struct tpm {
  * count toward dictionary-attack lockout; sign only, not decrypt, not restricted
  * (it signs digests we computed, with a NULL ticket). */
 #define KEY_ATTRS                                                                                  \
-	(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |         \
+	(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |        \
 	 TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_NODA)
 
 /* A TSS2_RC that says the TPM did not answer, rather than refused. */
@@ -61,10 +61,10 @@ static int rc_is_unavailable(TSS2_RC rc)
 
 	if (layer == TSS2_TCTI_RC_LAYER)
 		return 1;
-	if (layer == TSS2_ESAPI_RC_LAYER || layer == TSS2_SYS_RC_LAYER ||
-	    layer == TSS2_MU_RC_LAYER)
+	if (layer == TSS2_ESAPI_RC_LAYER || layer == TSS2_SYS_RC_LAYER || layer == TSS2_MU_RC_LAYER)
 		return base == TSS2_BASE_RC_IO_ERROR || base == TSS2_BASE_RC_TRY_AGAIN ||
-		       base == TSS2_BASE_RC_NO_CONNECTION || base == TSS2_BASE_RC_MALFORMED_RESPONSE ||
+		       base == TSS2_BASE_RC_NO_CONNECTION ||
+		       base == TSS2_BASE_RC_MALFORMED_RESPONSE ||
 		       base == TSS2_BASE_RC_INSUFFICIENT_RESPONSE ||
 		       base == TSS2_BASE_RC_NOT_PERMITTED; /* context torn down */
 	return 0;
@@ -111,10 +111,10 @@ static void srk_template(TPM2B_PUBLIC *pub)
 	memset(pub, 0, sizeof(*pub));
 	pub->publicArea.type = TPM2_ALG_ECC;
 	pub->publicArea.nameAlg = TPM2_ALG_SHA256;
-	pub->publicArea.objectAttributes =
-		TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-		TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED |
-		TPMA_OBJECT_DECRYPT;
+	pub->publicArea.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
+					   TPMA_OBJECT_SENSITIVEDATAORIGIN |
+					   TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA |
+					   TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
 	pub->publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
 	pub->publicArea.parameters.eccDetail.symmetric.keyBits.aes = 128;
 	pub->publicArea.parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
@@ -252,14 +252,16 @@ static int tpm_open(struct key_store *ks, const struct ks_param *params, size_t 
 			h = strtoul(params[i].value, &end, 0);
 			/* TPM 2.0 Part 2 §7.2: persistent objects are 0x81xxxxxx. */
 			if (errno != 0 || *end != '\0' || (h >> 24) != TPM2_HT_PERSISTENT) {
-				r = ks_fail(ks, -CIMD_ECONFIG,
-					    "tpm2: parent '%s' is not a persistent handle (0x81......)",
-					    params[i].value);
+				r = ks_fail(
+				    ks, -CIMD_ECONFIG,
+				    "tpm2: parent '%s' is not a persistent handle (0x81......)",
+				    params[i].value);
 				goto out;
 			}
 			t->parent = (TPM2_HANDLE)h;
 		} else {
-			r = ks_fail(ks, -CIMD_ECONFIG, "tpm2: unknown parameter '%s'", params[i].name);
+			r = ks_fail(ks, -CIMD_ECONFIG, "tpm2: unknown parameter '%s'",
+				    params[i].name);
 			goto out;
 		}
 	}
@@ -296,16 +298,17 @@ static int key_template(enum cimd_alg alg, TPM2B_PUBLIC *pub)
 		pub->publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
 		pub->publicArea.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
 		pub->publicArea.parameters.eccDetail.scheme.details.ecdsa.hashAlg =
-			alg == CIMD_ALG_ES256 ? TPM2_ALG_SHA256 : TPM2_ALG_SHA384;
+		    alg == CIMD_ALG_ES256 ? TPM2_ALG_SHA256 : TPM2_ALG_SHA384;
 		pub->publicArea.parameters.eccDetail.curveID =
-			alg == CIMD_ALG_ES256 ? TPM2_ECC_NIST_P256 : TPM2_ECC_NIST_P384;
+		    alg == CIMD_ALG_ES256 ? TPM2_ECC_NIST_P256 : TPM2_ECC_NIST_P384;
 		pub->publicArea.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
 		return 0;
 	case CIMD_ALG_PS256:
 		pub->publicArea.type = TPM2_ALG_RSA;
 		pub->publicArea.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
 		pub->publicArea.parameters.rsaDetail.scheme.scheme = TPM2_ALG_RSAPSS;
-		pub->publicArea.parameters.rsaDetail.scheme.details.rsapss.hashAlg = TPM2_ALG_SHA256;
+		pub->publicArea.parameters.rsaDetail.scheme.details.rsapss.hashAlg =
+		    TPM2_ALG_SHA256;
 		pub->publicArea.parameters.rsaDetail.keyBits = 2048;
 		pub->publicArea.parameters.rsaDetail.exponent = 0; /* 2^16 + 1 */
 		return 0;
@@ -325,16 +328,16 @@ static int check_public(const TPM2B_PUBLIC *pub, enum cimd_alg alg)
 		return -CIMD_EALG;
 	if (a->type == TPM2_ALG_ECC)
 		return a->parameters.eccDetail.curveID == w->parameters.eccDetail.curveID &&
-				       a->parameters.eccDetail.scheme.scheme == TPM2_ALG_ECDSA &&
-				       a->parameters.eccDetail.scheme.details.ecdsa.hashAlg ==
-					       w->parameters.eccDetail.scheme.details.ecdsa.hashAlg
-			       ? 0
-			       : -CIMD_EALG;
+			       a->parameters.eccDetail.scheme.scheme == TPM2_ALG_ECDSA &&
+			       a->parameters.eccDetail.scheme.details.ecdsa.hashAlg ==
+				   w->parameters.eccDetail.scheme.details.ecdsa.hashAlg
+			   ? 0
+			   : -CIMD_EALG;
 	return a->parameters.rsaDetail.scheme.scheme == TPM2_ALG_RSAPSS &&
-			       a->parameters.rsaDetail.scheme.details.rsapss.hashAlg == TPM2_ALG_SHA256 &&
-			       a->parameters.rsaDetail.keyBits == 2048
-		       ? 0
-		       : -CIMD_EALG;
+		       a->parameters.rsaDetail.scheme.details.rsapss.hashAlg == TPM2_ALG_SHA256 &&
+		       a->parameters.rsaDetail.keyBits == 2048
+		   ? 0
+		   : -CIMD_EALG;
 }
 
 static int public_jwk(const TPM2B_PUBLIC *pub, enum cimd_alg alg, json_t **ret_jwk)
@@ -351,8 +354,10 @@ static int public_jwk(const TPM2B_PUBLIC *pub, enum cimd_alg alg, json_t **ret_j
 		 * size (RFC 7518 §6.2.1.2). */
 		if (a->unique.ecc.x.size > size || a->unique.ecc.y.size > size)
 			return -CIMD_EFORMAT;
-		memcpy(x + size - a->unique.ecc.x.size, a->unique.ecc.x.buffer, a->unique.ecc.x.size);
-		memcpy(y + size - a->unique.ecc.y.size, a->unique.ecc.y.buffer, a->unique.ecc.y.size);
+		memcpy(x + size - a->unique.ecc.x.size, a->unique.ecc.x.buffer,
+		       a->unique.ecc.x.size);
+		memcpy(y + size - a->unique.ecc.y.size, a->unique.ecc.y.buffer,
+		       a->unique.ecc.y.size);
 		return jwk_new_ec(alg, x, y, ret_jwk);
 	}
 	/* Part 2 §12.2.3.5: an exponent of zero means 2^16 + 1. */
@@ -439,7 +444,8 @@ static int tpm_load_ref(struct key_store *ks, struct tpm *t, const uint8_t *ref,
 	TSS2_RC rc;
 	uint8_t *copy;
 
-	if (t->loaded != ESYS_TR_NONE && t->loaded_len == len && memcmp(t->loaded_ref, ref, len) == 0) {
+	if (t->loaded != ESYS_TR_NONE && t->loaded_len == len &&
+	    memcmp(t->loaded_ref, ref, len) == 0) {
 		*ret_h = t->loaded;
 		return 0;
 	}
@@ -457,8 +463,8 @@ static int tpm_load_ref(struct key_store *ks, struct tpm *t, const uint8_t *ref,
 			return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_FlushContext");
 		}
 	}
-	rc = Esys_Load(t->ectx, t->primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &pub,
-		       &h);
+	rc = Esys_Load(t->ectx, t->primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv,
+		       &pub, &h);
 	if (rc != TSS2_RC_SUCCESS) {
 		free(copy);
 		/* A blob this TPM (under this parent) did not wrap fails its integrity
@@ -496,7 +502,8 @@ static int tpm_load(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 }
 
 static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
-		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig, size_t *ret_len)
+		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
+		    size_t *ret_len)
 {
 	struct tpm *t = be;
 	size_t size = cimd_alg_ec_size(alg);
@@ -529,7 +536,8 @@ static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 		}
 		/* RFC 7518 §3.4: r and s left-padded to the field size. */
 		memset(ret_sig, 0, 2 * size);
-		memcpy(ret_sig + size - e->signatureR.size, e->signatureR.buffer, e->signatureR.size);
+		memcpy(ret_sig + size - e->signatureR.size, e->signatureR.buffer,
+		       e->signatureR.size);
 		memcpy(ret_sig + 2 * size - e->signatureS.size, e->signatureS.buffer,
 		       e->signatureS.size);
 		*ret_len = 2 * size;
@@ -576,11 +584,11 @@ static int tpm_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_
 }
 
 const struct ks_backend ks_tpm2_backend = {
-	.name = "tpm2",
-	.open = tpm_open,
-	.close = tpm_close,
-	.generate = tpm_generate,
-	.load = tpm_load,
-	.sign = tpm_sign,
-	.destroy = tpm_destroy,
+    .name = "tpm2",
+    .open = tpm_open,
+    .close = tpm_close,
+    .generate = tpm_generate,
+    .load = tpm_load,
+    .sign = tpm_sign,
+    .destroy = tpm_destroy,
 };

@@ -157,7 +157,8 @@ static int free_port_pair(void)
 		s1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (bind(s1, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-		    getsockname(s1, (struct sockaddr *)&a, &alen) == 0 && ntohs(a.sin_port) < 65535) {
+		    getsockname(s1, (struct sockaddr *)&a, &alen) == 0 &&
+		    ntohs(a.sin_port) < 65535) {
 			a.sin_port = htons((uint16_t)(ntohs(a.sin_port) + 1));
 			if (bind(s2, (struct sockaddr *)&a, sizeof(a)) == 0)
 				port = ntohs(a.sin_port) - 1;
@@ -309,10 +310,11 @@ static int openssl_verify(const char *dir, const char *jws, const json_t *jwk, e
 	} else {
 		if (t_write_file(sig, raw, rawn) < 0)
 			goto out;
-		r = t_sh("openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt "
-			 "rsa_pss_saltlen:32 -sigopt rsa_mgf1_md:sha256 -verify %s -signature %s %s "
-			 ">/dev/null",
-			 pem, sig, path);
+		r = t_sh(
+		    "openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt "
+		    "rsa_pss_saltlen:32 -sigopt rsa_mgf1_md:sha256 -verify %s -signature %s %s "
+		    ">/dev/null",
+		    pem, sig, path);
 	}
 out:
 	free(raw);
@@ -356,10 +358,10 @@ void t_keystore_roundtrip(const char *conf, enum cimd_alg alg)
 	jwk = ks_key_jwk(key);
 	t_ok(!has_private_member(jwk), "%s: JWK has no private member", name);
 	t_ok(jwk_thumbprint(jwk, tp) == 0 && strcmp(tp, ks_key_kid(key)) == 0 &&
-		     strcmp(json_string_value(json_object_get(jwk, "kid")), tp) == 0,
+		 strcmp(json_string_value(json_object_get(jwk, "kid")), tp) == 0,
 	     "%s: kid is the RFC 7638 thumbprint", name);
 	t_ok(strcmp(json_string_value(json_object_get(jwk, "alg")), name) == 0 &&
-		     strcmp(json_string_value(json_object_get(jwk, "use")), "sig") == 0,
+		 strcmp(json_string_value(json_object_get(jwk, "use")), "sig") == 0,
 	     "%s: JWK names alg and use", name);
 	claims = json_pack("{s:s}", "typ", "client-authentication+jwt");
 	r = jws_sign(ks, key, claims, (const uint8_t *)msg, strlen(msg), &jws);
@@ -368,8 +370,10 @@ void t_keystore_roundtrip(const char *conf, enum cimd_alg alg)
 	r = jws_verify(jws, jwk, NULL, &payload, &plen);
 	t_ok(r == 0 && plen == strlen(msg) && memcmp(payload, msg, plen) == 0,
 	     "%s: JWS verifies with our verifier (%s)", name, cimd_strerror(r));
-	t_ok(openssl_verify(dir, jws, jwk, alg) == 0, "%s: JWS verifies with the openssl CLI", name);
-	t_ok(jose_verify(dir, jws, jwk) == 0, "%s: JWS verifies with node jose compactVerify", name);
+	t_ok(openssl_verify(dir, jws, jwk, alg) == 0, "%s: JWS verifies with the openssl CLI",
+	     name);
+	t_ok(jose_verify(dir, jws, jwk) == 0, "%s: JWS verifies with node jose compactVerify",
+	     name);
 
 	/* A tampered signing input must fail, or the checks above prove nothing. */
 	jws[5] ^= 1;
@@ -387,7 +391,8 @@ void t_keystore_roundtrip(const char *conf, enum cimd_alg alg)
 	if (!t_ok(r == 0, "%s: key store opens again", name))
 		goto out;
 	r = key_store_load(ks, alg, refcopy, ref_len, &key2);
-	if (!t_ok(r == 0, "%s: load from reference (%s)", name, r < 0 ? key_store_errmsg(ks) : "ok"))
+	if (!t_ok(r == 0, "%s: load from reference (%s)", name,
+		  r < 0 ? key_store_errmsg(ks) : "ok"))
 		goto out;
 	jwk2 = ks_key_jwk(key2);
 	t_ok(json_equal(jwk, jwk2), "%s: reloaded key has the same public JWK", name);
@@ -401,7 +406,8 @@ void t_keystore_roundtrip(const char *conf, enum cimd_alg alg)
 	/* A key of another algorithm is refused on load. */
 	r = key_store_load(ks, alg == CIMD_ALG_PS256 ? CIMD_ALG_ES256 : CIMD_ALG_PS256, refcopy,
 			   ref_len, &again);
-	t_ok(r == -CIMD_EALG, "%s: load as another algorithm is refused (%s)", name, cimd_strerror(r));
+	t_ok(r == -CIMD_EALG, "%s: load as another algorithm is refused (%s)", name,
+	     cimd_strerror(r));
 	ks_key_free(&again);
 
 	/* Destroy through one handle; a second handle to the same key then fails. */

@@ -18,8 +18,8 @@ static void test_b64url(void)
 	static const struct {
 		const char *in, *out;
 	} v[] = {
-		{"", ""},         {"f", "Zg"},         {"fo", "Zm8"},          {"foo", "Zm9v"},
-		{"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"},
+	    {"", ""},		{"f", "Zg"},	      {"fo", "Zm8"},	      {"foo", "Zm9v"},
+	    {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"},
 	};
 	static const uint8_t url_bytes[] = {0xfb, 0xff, 0xbf};
 	static const char *const bad[] = {"Zg==", "Zm9v+", "Zm9v/", "Z", "Zh", "Zm9 v", "Zm8\n"};
@@ -31,7 +31,7 @@ static void test_b64url(void)
 		b64url_encode((const uint8_t *)v[i].in, strlen(v[i].in), out);
 		t_ok(strcmp(out, v[i].out) == 0, "base64url encode \"%s\" -> %s", v[i].in, out);
 		t_ok(b64url_decode(v[i].out, strlen(v[i].out), &dec, &n) == 0 &&
-			     n == strlen(v[i].in) && memcmp(dec, v[i].in, n) == 0,
+			 n == strlen(v[i].in) && memcmp(dec, v[i].in, n) == 0,
 		     "base64url decode %s", v[i].out);
 		if (n == strlen(v[i].in))
 			free(dec);
@@ -52,32 +52,37 @@ static void test_thumbprints(void)
 {
 	/* RFC 7638 §3.1: the RSA key of RFC 7517 A.1 (whose kid is "2011-04-29"). */
 	static const char rfc7638[] =
-		"{\"kty\":\"RSA\",\"n\":\"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1"
-		"RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf"
-		"0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08"
-		"qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnq"
-		"DKgw\",\"e\":\"AQAB\",\"alg\":\"RS256\",\"kid\":\"2011-04-29\"}";
+	    "{\"kty\":\"RSA\",\"n\":"
+	    "\"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1"
+	    "RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_"
+	    "RN5w6Cf"
+	    "0h4QyQ5v-65YGjQR0_"
+	    "FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08"
+	    "qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-"
+	    "kEgU8awapJzKnq"
+	    "DKgw\",\"e\":\"AQAB\",\"alg\":\"RS256\",\"kid\":\"2011-04-29\"}";
 	/* RFC 8037 A.3: the Ed25519 key of A.2. */
-	static const char rfc8037[] =
-		"{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"}";
+	static const char rfc8037[] = "{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"11qYAYKxCrfVS_"
+				      "7TyWQHOg7hcvPapiMlrwIaaPcHURo\"}";
 	/* RFC 7517 A.1 EC key: members in any order, extras ignored. */
 	static const char ec_a[] =
-		"{\"y\":\"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM\",\"use\":\"enc\",\"kid\":\"1\","
-		"\"crv\":\"P-256\",\"x\":\"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4\",\"kty\":\"EC\"}";
-	static const char ec_b[] =
-		"{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4\","
-		"\"y\":\"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM\"}";
+	    "{\"y\":\"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM\",\"use\":\"enc\",\"kid\":\"1\","
+	    "\"crv\":\"P-256\",\"x\":\"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4\",\"kty\":"
+	    "\"EC\"}";
+	static const char ec_b[] = "{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":"
+				   "\"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4\","
+				   "\"y\":\"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM\"}";
 	char tp[CIMD_KID_LEN + 1], tp2[CIMD_KID_LEN + 1];
 	json_t *j, *j2;
 
 	j = json_loads(rfc7638, 0, NULL);
 	t_ok(j && jwk_thumbprint(j, tp) == 0 &&
-		     strcmp(tp, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs") == 0,
+		 strcmp(tp, "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs") == 0,
 	     "RFC 7638 §3.1 thumbprint (%s)", tp);
 	json_decref(j);
 	j = json_loads(rfc8037, 0, NULL);
 	t_ok(j && jwk_thumbprint(j, tp) == 0 &&
-		     strcmp(tp, "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k") == 0,
+		 strcmp(tp, "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k") == 0,
 	     "RFC 8037 A.3 thumbprint (%s)", tp);
 	json_decref(j);
 	j = json_loads(ec_a, 0, NULL);
@@ -107,8 +112,8 @@ static void test_jwk_padding(void)
 	     "EC x keeps its leading zeros: padded to the field size (%s)", s ? s : "-");
 	json_decref(j);
 	t_ok(jwk_new_ec(CIMD_ALG_ES384, x, y, &j) == 0 &&
-		     strlen(json_string_value(json_object_get(j, "y"))) == 64 &&
-		     strcmp(json_string_value(json_object_get(j, "crv")), "P-384") == 0,
+		 strlen(json_string_value(json_object_get(j, "y"))) == 64 &&
+		 strcmp(json_string_value(json_object_get(j, "crv")), "P-384") == 0,
 	     "P-384 coordinates are 48 octets");
 	json_decref(j);
 	/* RSA: leading zero octets of n and e are dropped. */
@@ -116,11 +121,12 @@ static void test_jwk_padding(void)
 	n[4] = 0xc3;
 	n[259] = 0x01;
 	t_ok(jwk_new_rsa(n, sizeof(n), e, sizeof(e), &j) == 0 &&
-		     strcmp(json_string_value(json_object_get(j, "e")), "AQAB") == 0 &&
-		     strlen(json_string_value(json_object_get(j, "n"))) == b64url_encoded_len(256),
+		 strcmp(json_string_value(json_object_get(j, "e")), "AQAB") == 0 &&
+		 strlen(json_string_value(json_object_get(j, "n"))) == b64url_encoded_len(256),
 	     "RSA n and e without leading zeros (e = AQAB)");
 	json_decref(j);
-	t_ok(jwk_new_ec(CIMD_ALG_PS256, x, y, &j) == -CIMD_EALG, "EC JWK for an RSA alg is refused");
+	t_ok(jwk_new_ec(CIMD_ALG_PS256, x, y, &j) == -CIMD_EALG,
+	     "EC JWK for an RSA alg is refused");
 }
 
 static void test_ecdsa(void)
@@ -144,7 +150,8 @@ static void test_ecdsa(void)
 	     "DER -> raw: r left-padded back to 32 octets");
 	memcpy(trailing, der, n);
 	trailing[n] = 0;
-	t_ok(ecdsa_der_to_raw(trailing, n + 1, 32, back) == -CIMD_EFORMAT, "DER with trailing bytes is refused");
+	t_ok(ecdsa_der_to_raw(trailing, n + 1, 32, back) == -CIMD_EFORMAT,
+	     "DER with trailing bytes is refused");
 	t_ok(ecdsa_der_to_raw(der, n - 1, 32, back) == -CIMD_EFORMAT, "truncated DER is refused");
 	t_ok(ecdsa_der_to_raw(ber_long, sizeof(ber_long), 32, back) == -CIMD_EFORMAT,
 	     "BER long-form length is refused");
@@ -158,7 +165,8 @@ static void test_ecdsa(void)
 		big[i] = 0x11;
 	big[37] = 0x02, big[38] = 0x02, big[39] = 0x01, big[40] = 0x01;
 	big[1] = 39;
-	t_ok(ecdsa_der_to_raw(big, 41, 32, back) == -CIMD_EFORMAT, "r wider than the field is refused");
+	t_ok(ecdsa_der_to_raw(big, 41, 32, back) == -CIMD_EFORMAT,
+	     "r wider than the field is refused");
 	free(der);
 	/* P-384 round trip with both r and s short. */
 	memset(raw, 0, sizeof(raw));
@@ -167,7 +175,7 @@ static void test_ecdsa(void)
 		r384[47] = 7;
 		r384[95] = 9;
 		t_ok(ecdsa_raw_to_der(r384, 48, &der, &n) == 0 && n == 8 &&
-			     ecdsa_der_to_raw(der, n, 48, b384) == 0 && memcmp(r384, b384, 96) == 0,
+			 ecdsa_der_to_raw(der, n, 48, b384) == 0 && memcmp(r384, b384, 96) == 0,
 		     "P-384 short r and s round trip");
 		free(der);
 	}
@@ -176,14 +184,16 @@ static void test_ecdsa(void)
 static void test_alg_names(void)
 {
 	t_ok(cimd_alg_from_name("ES256") == CIMD_ALG_ES256 &&
-		     cimd_alg_from_name("ES384") == CIMD_ALG_ES384 &&
-		     cimd_alg_from_name("PS256") == CIMD_ALG_PS256,
+		 cimd_alg_from_name("ES384") == CIMD_ALG_ES384 &&
+		 cimd_alg_from_name("PS256") == CIMD_ALG_PS256,
 	     "algorithm names");
-	t_ok(cimd_alg_from_name("none") == CIMD_ALG_NONE && cimd_alg_from_name("es256") == CIMD_ALG_NONE &&
-		     cimd_alg_from_name("HS256") == CIMD_ALG_NONE && cimd_alg_from_name(NULL) == CIMD_ALG_NONE,
+	t_ok(cimd_alg_from_name("none") == CIMD_ALG_NONE &&
+		 cimd_alg_from_name("es256") == CIMD_ALG_NONE &&
+		 cimd_alg_from_name("HS256") == CIMD_ALG_NONE &&
+		 cimd_alg_from_name(NULL) == CIMD_ALG_NONE,
 	     "none, lower case, HMAC and NULL are not algorithms");
 	t_ok(strcmp(cimd_strerror(-CIMD_EUNAVAILABLE), "backend unavailable") == 0 &&
-		     strcmp(cimd_strerror(-ENOENT), "No such file or directory") == 0,
+		 strcmp(cimd_strerror(-ENOENT), "No such file or directory") == 0,
 	     "cimd_strerror covers our codes and errno");
 }
 

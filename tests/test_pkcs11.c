@@ -37,7 +37,8 @@ static void test_errors(const struct t_softhsm *h)
 	t_ok(r == -CIMD_ENOTOKEN, "missing token: %s (%s)", cimd_strerror(r), errbuf);
 	key_store_free(&ks);
 
-	snprintf(conf, sizeof(conf), "pkcs11:module=/nonexistent/libp11mod.so;token=cimd-test;pin-file=%s",
+	snprintf(conf, sizeof(conf),
+		 "pkcs11:module=/nonexistent/libp11mod.so;token=cimd-test;pin-file=%s",
 		 h->pin_file);
 	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
 	t_ok(r == -CIMD_ENOMODULE, "missing module: %s (%s)", cimd_strerror(r), errbuf);
@@ -109,7 +110,7 @@ static void test_session_recovery(const struct t_softhsm *h)
 	int r;
 
 	if (!t_ok(key_store_open(h->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
-			  key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
 		  "recovery: key store and key"))
 		goto out;
 	jwk = ks_key_jwk(key);
@@ -124,7 +125,8 @@ static void test_session_recovery(const struct t_softhsm *h)
 	payload = NULL;
 	close_all_sessions();
 	r = key_store_destroy(ks, &key);
-	t_ok(r == 0, "recovery: destroy after a lost session (%s)", r < 0 ? key_store_errmsg(ks) : "ok");
+	t_ok(r == 0, "recovery: destroy after a lost session (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
 out:
 	json_decref(jwk);
 	ks_key_free(&key);
@@ -136,7 +138,8 @@ int main(void)
 	struct t_softhsm h;
 
 	signal(SIGPIPE, SIG_IGN);
-	if (!t_ok(t_softhsm_init(&h, "cimd-test", "123456") == 0, "SoftHSM2 token in %s", t_tmpdir()))
+	if (!t_ok(t_softhsm_init(&h, "cimd-test", "123456") == 0, "SoftHSM2 token in %s",
+		  t_tmpdir()))
 		return t_done();
 	t_keystore_roundtrip(h.conf, CIMD_ALG_ES256);
 	t_keystore_roundtrip(h.conf, CIMD_ALG_ES384);

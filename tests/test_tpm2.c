@@ -24,13 +24,14 @@ static void test_errors(const struct t_swtpm *s)
 
 	r = key_store_open("tpm2:parent=0x81000001", &ks, errbuf, sizeof(errbuf));
 	t_ok(r == -CIMD_ECONFIG, "tpm2 without tcti: %s", errbuf);
-	r = key_store_open("tpm2:tcti=device:/dev/null;parent=0x40000001", &ks, errbuf, sizeof(errbuf));
+	r = key_store_open("tpm2:tcti=device:/dev/null;parent=0x40000001", &ks, errbuf,
+			   sizeof(errbuf));
 	t_ok(r == -CIMD_ECONFIG, "parent that is not persistent: %s", errbuf);
 	r = key_store_open("tpm2:tcti=swtpm:host=127.0.0.1,port=1", &ks, errbuf, sizeof(errbuf));
 	t_ok(r == -CIMD_EUNAVAILABLE, "no TPM at the address: %s (%s)", cimd_strerror(r), errbuf);
 
 	if (!t_ok(key_store_open(s->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
-			  key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
 		  "tpm2 key for error tests"))
 		goto out;
 	ks_key_ref(key, &ref, &len);
@@ -64,7 +65,7 @@ static void test_faults(struct t_swtpm *s)
 	int r;
 
 	if (!t_ok(key_store_open(s->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
-			  key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
 		  "faults: key store and key"))
 		goto out;
 	jwk = ks_key_jwk(key);
@@ -75,8 +76,8 @@ static void test_faults(struct t_swtpm *s)
 	t0 = t_now_ms();
 	r = key_store_sign(ks, key, (const uint8_t *)"a", 1, sig, &slen);
 	dt = t_now_ms() - t0;
-	t_ok(r == -CIMD_EUNAVAILABLE && dt < 2000,
-	     "killed TPM: %s after %.0f ms (%s)", cimd_strerror(r), dt, key_store_errmsg(ks));
+	t_ok(r == -CIMD_EUNAVAILABLE && dt < 2000, "killed TPM: %s after %.0f ms (%s)",
+	     cimd_strerror(r), dt, key_store_errmsg(ks));
 	t0 = t_now_ms();
 	r = key_store_sign(ks, key, (const uint8_t *)"a", 1, sig, &slen);
 	dt = t_now_ms() - t0;
