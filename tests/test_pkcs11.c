@@ -133,6 +133,82 @@ out:
 	key_store_free(&ks);
 }
 
+/* Reads the private key's attributes through the module itself: the token, not
+ * our code, must say the key is sensitive and was never extractable. */
+static void test_attributes(const struct t_softhsm *h)
+{
+	struct key_store *ks = NULL;
+	struct ks_key *key = NULL;
+	CK_C_GetFunctionList get;
+	CK_FUNCTION_LIST_PTR fl;
+	CK_SLOT_ID slots[16];
+	CK_ULONG nslots = 16, n = 0, i;
+	CK_SESSION_HANDLE sess = 0;
+	CK_OBJECT_HANDLE obj;
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_BBOOL sensitive = 0, extractable = 1, never = 0, local = 0, sign = 0, decrypt = 1;
+	CK_ATTRIBUTE attrs[] = {
+	    {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+	    {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
+	    {CKA_NEVER_EXTRACTABLE, &never, sizeof(never)},
+	    {CKA_LOCAL, &local, sizeof(local)},
+	    {CKA_SIGN, &sign, sizeof(sign)},
+	    {CKA_DECRYPT, &decrypt, sizeof(decrypt)},
+	};
+	const uint8_t *ref;
+	size_t ref_len;
+	char errbuf[256];
+	void *dl = NULL;
+
+	if (!t_ok(key_store_open(h->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
+		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		  "attributes: key generated"))
+		goto out;
+	ks_key_ref(key, &ref, &ref_len);
+	{
+		CK_ATTRIBUTE tmpl[] = {{CKA_ID, (void *)ref, ref_len},
+				       {CKA_CLASS, &cls, sizeof(cls)}};
+		dl = dlopen(T_SOFTHSM_MODULE, RTLD_NOW | RTLD_NOLOAD);
+		if (!t_ok(dl != NULL &&
+			      (get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList")) !=
+				  NULL &&
+			      get(&fl) == CKR_OK &&
+			      fl->C_GetSlotList(CK_TRUE, slots, &nslots) == CKR_OK,
+			  "attributes: module function list"))
+			goto out;
+		for (i = 0; i < nslots && n == 0; i++) {
+			if (fl->C_OpenSession(slots[i], CKF_SERIAL_SESSION, NULL, NULL, &sess) !=
+			    CKR_OK)
+				continue;
+			/* The key store logged this application in (PKCS#11 §5.6). */
+			if (fl->C_FindObjectsInit(sess, tmpl, 2) == CKR_OK) {
+				fl->C_FindObjects(sess, &obj, 1, &n);
+				fl->C_FindObjectsFinal(sess);
+			}
+			if (n == 0)
+				fl->C_CloseSession(sess);
+		}
+	}
+	if (!t_ok(n == 1, "attributes: the private key is found by its CKA_ID"))
+		goto out;
+	t_ok(fl->C_GetAttributeValue(sess, obj, attrs, sizeof(attrs) / sizeof(attrs[0])) == CKR_OK,
+	     "attributes: C_GetAttributeValue");
+	t_ok(sensitive == CK_TRUE && extractable == CK_FALSE,
+	     "token reports CKA_SENSITIVE true, CKA_EXTRACTABLE false");
+	t_ok(never == CK_TRUE && local == CK_TRUE,
+	     "token reports CKA_NEVER_EXTRACTABLE and CKA_LOCAL true (generated on the token)");
+	t_ok(sign == CK_TRUE && decrypt == CK_FALSE,
+	     "token reports CKA_SIGN true, CKA_DECRYPT false");
+	fl->C_CloseSession(sess);
+out:
+	if (dl != NULL)
+		dlclose(dl);
+	if (ks != NULL && key != NULL)
+		key_store_destroy(ks, &key);
+	ks_key_free(&key);
+	key_store_free(&ks);
+}
+
 int main(void)
 {
 	struct t_softhsm h;
@@ -144,6 +220,7 @@ int main(void)
 	t_keystore_roundtrip(h.conf, CIMD_ALG_ES256);
 	t_keystore_roundtrip(h.conf, CIMD_ALG_ES384);
 	t_keystore_roundtrip(h.conf, CIMD_ALG_PS256);
+	test_attributes(&h);
 	test_errors(&h);
 	test_session_recovery(&h);
 	return t_done();
