@@ -7,7 +7,7 @@
 #   make run      install what is missing, build, run a development instance
 #   make clean
 
-PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson
+PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3
 CC        ?= cc
 BUILD     ?= build
 OPT       ?= -O2 -g
@@ -16,13 +16,18 @@ WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-protot
              -Wformat=2 -Wvla
 HARDEN    := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIC
 CFLAGS    += -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE $(OPT) $(WARN) $(HARDEN) $(SAN) \
-             -Ifirmware $(shell pkg-config --cflags $(PKGS) p11-kit-1)
+             -Ifirmware -Iservice $(shell pkg-config --cflags $(PKGS) p11-kit-1)
 LDLIBS    += $(shell pkg-config --libs $(PKGS)) -ldl -lpthread
 LDFLAGS   += $(SAN) -Wl,-z,relro,-z,now
 
 FW_SRC    := $(wildcard firmware/*.c)
 FW_OBJ    := $(FW_SRC:%.c=$(BUILD)/obj/%.o)
 FW_LIB    := $(BUILD)/lib/libcimdfw.a
+
+# service/: everything but the daemon's main() is a library the tests link.
+SVC_SRC   := $(filter-out service/cimdd.c,$(wildcard service/*.c))
+SVC_OBJ   := $(SVC_SRC:%.c=$(BUILD)/obj/%.o)
+SVC_LIB   := $(BUILD)/lib/libcimdsvc.a
 
 TEST_HARN := $(BUILD)/obj/tests/harness.o
 TEST_SRC  := $(wildcard tests/test_*.c)
@@ -33,7 +38,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps check test asan bench run clean format
 .SECONDARY:
-all: $(FW_LIB) $(TEST_BIN) $(BENCH_BIN)
+all: $(FW_LIB) $(SVC_LIB) $(TEST_BIN) $(BENCH_BIN)
 
 deps:
 	@bash scripts/deps.sh
@@ -48,7 +53,13 @@ $(FW_LIB): $(FW_OBJ)
 	@echo "  AR      $@"
 	@$(AR) rcs $@ $^
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(FW_LIB)
+$(SVC_LIB): $(SVC_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  AR      $@"
+	@rm -f $@
+	@$(AR) rcs $@ $^
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(SVC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

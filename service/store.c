@@ -1,0 +1,400 @@
+/*
+ * store.c — the state database (SQLite) and its append-only, hash-chained
+ * journal.
+ *
+ * One database in the state directory, WAL with synchronous=FULL: a commit is
+ * on disk when store_commit() returns.  The schema has a version; migrations run
+ * forward only, each in its own transaction; a database written by a newer
+ * cimdd is refused rather than guessed at.  Key material never enters it: keys
+ * are custody references (firmware/fw.h).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <sqlite3.h>
+
+#include "service.h"
+
+struct store {
+	sqlite3 *db;
+	int version;
+};
+
+/* Migration N takes the schema from version N - 1 to N. */
+static const char *const migrations[] = {
+    /* 1: the journal, clients, documents and keys. */
+    "CREATE TABLE journal ("
+    "  seq    INTEGER PRIMARY KEY,"
+    "  time   INTEGER NOT NULL,"
+    "  kind   TEXT NOT NULL,"
+    "  record BLOB NOT NULL," /* the exact bytes that were hashed */
+    "  hash   BLOB NOT NULL"  /* SHA-256(record) */
+    ");"
+    "CREATE TABLE clients ("
+    "  name     TEXT PRIMARY KEY,"
+    "  owner    TEXT NOT NULL,"
+    "  backend  TEXT NOT NULL,"
+    "  alg      TEXT NOT NULL,"
+    "  created  INTEGER NOT NULL,"
+    "  degraded INTEGER NOT NULL DEFAULT 0,"
+    "  rotate_every INTEGER"
+    ");"
+    "CREATE TABLE client_callers ("
+    "  client TEXT NOT NULL REFERENCES clients(name),"
+    "  kind   TEXT NOT NULL CHECK (kind IN ('uid', 'gid')),"
+    "  id     INTEGER NOT NULL,"
+    "  PRIMARY KEY (client, kind, id)"
+    ");"
+    "CREATE TABLE client_audiences ("
+    "  client TEXT NOT NULL REFERENCES clients(name),"
+    "  aud    TEXT NOT NULL,"
+    "  PRIMARY KEY (client, aud)"
+    ");"
+    "CREATE TABLE documents ("
+    "  client    TEXT NOT NULL REFERENCES clients(name),"
+    "  version   INTEGER NOT NULL,"
+    "  state     TEXT NOT NULL CHECK (state IN ('submitted', 'approved', 'superseded')),"
+    "  bytes     BLOB NOT NULL,"
+    "  sha256    BLOB NOT NULL,"
+    "  submitter TEXT NOT NULL,"
+    "  submitted INTEGER NOT NULL,"
+    "  approver  TEXT,"
+    "  approved  INTEGER,"
+    "  PRIMARY KEY (client, version)"
+    ");"
+    "CREATE TABLE keys ("
+    "  kid       TEXT PRIMARY KEY,"
+    "  client    TEXT NOT NULL REFERENCES clients(name),"
+    "  alg       TEXT NOT NULL,"
+    "  backend   TEXT NOT NULL,"
+    "  ref       BLOB NOT NULL,"
+    "  state     TEXT NOT NULL CHECK (state IN"
+    "              ('next', 'active', 'retiring', 'retired', 'destroyed', 'revoked')),"
+    "  created   INTEGER NOT NULL,"
+    "  activated INTEGER,"
+    "  retiring  INTEGER,"
+    "  retired   INTEGER,"
+    "  destroyed INTEGER,"
+    "  revoked   INTEGER,"
+    "  revoke_reason TEXT"
+    ");"
+    "CREATE UNIQUE INDEX one_active_key ON keys(client) WHERE state = 'active';",
+};
+
+#define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+static const char zero_hash[65] =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+static int sql_fail(struct store *st, char *errbuf, size_t errlen, const char *what)
+{
+	if (errbuf != NULL)
+		snprintf(errbuf, errlen, "%s: %s", what, sqlite3_errmsg(st->db));
+	return -EIO;
+}
+
+static int exec(struct store *st, const char *sql)
+{
+	return sqlite3_exec(st->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -EIO;
+}
+
+static int user_version(struct store *st, int *ret)
+{
+	sqlite3_stmt *s;
+	int r = -EIO;
+
+	if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) != SQLITE_OK)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		*ret = sqlite3_column_int(s, 0);
+		r = 0;
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+static int migrate(struct store *st, char *errbuf, size_t errlen)
+{
+	char sql[64];
+	int v;
+
+	if (user_version(st, &v) < 0)
+		return sql_fail(st, errbuf, errlen, "reading the schema version");
+	if (v > SCHEMA_VERSION) {
+		if (errbuf != NULL)
+			snprintf(errbuf, errlen,
+				 "database schema version %d is newer than this cimdd's (%d): "
+				 "refusing to touch it",
+				 v, SCHEMA_VERSION);
+		return -EPROTO;
+	}
+	for (; v < SCHEMA_VERSION; v++) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v + 1);
+		if (exec(st, "BEGIN IMMEDIATE") < 0 || exec(st, migrations[v]) < 0 ||
+		    exec(st, sql) < 0) {
+			int r = sql_fail(st, errbuf, errlen, "migrating the schema");
+			exec(st, "ROLLBACK");
+			return r;
+		}
+		if (exec(st, "COMMIT") < 0)
+			return sql_fail(st, errbuf, errlen, "committing the migration");
+	}
+	st->version = v;
+	return 0;
+}
+
+int store_open(const char *path, struct store **ret_st, char *errbuf, size_t errlen)
+{
+	struct store *st;
+	int r;
+
+	if ((st = calloc(1, sizeof(*st))) == NULL)
+		return -ENOMEM;
+	if (sqlite3_open_v2(path, &st->db,
+			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX |
+				SQLITE_OPEN_NOFOLLOW,
+			    NULL) != SQLITE_OK) {
+		r = sql_fail(st, errbuf, errlen, path);
+		goto out;
+	}
+	sqlite3_extended_result_codes(st->db, 1);
+	sqlite3_busy_timeout(st->db, 5000);
+	/* WAL + FULL: a committed transaction survives power loss (SQLite docs,
+	 * "PRAGMA synchronous"). */
+	if (exec(st, "PRAGMA journal_mode = WAL") < 0 ||
+	    exec(st, "PRAGMA synchronous = FULL") < 0 || exec(st, "PRAGMA foreign_keys = ON") < 0 ||
+	    exec(st, "PRAGMA secure_delete = ON") < 0) {
+		r = sql_fail(st, errbuf, errlen, path);
+		goto out;
+	}
+	if ((r = migrate(st, errbuf, errlen)) < 0)
+		goto out;
+	*ret_st = st;
+	st = NULL;
+	r = 0;
+out:
+	store_free(&st);
+	return r;
+}
+
+void store_free(struct store **pst)
+{
+	struct store *st = *pst;
+
+	if (st == NULL)
+		return;
+	sqlite3_close_v2(st->db);
+	free(st);
+	*pst = NULL;
+}
+
+int store_schema_version(struct store *st)
+{
+	return st->version;
+}
+
+sqlite3 *store_db(struct store *st)
+{
+	return st->db;
+}
+
+int store_begin(struct store *st)
+{
+	/* IMMEDIATE: take the write lock now, not at the first write. */
+	return exec(st, "BEGIN IMMEDIATE");
+}
+
+int store_commit(struct store *st)
+{
+	return exec(st, "COMMIT");
+}
+
+void store_rollback(struct store *st)
+{
+	if (!sqlite3_get_autocommit(st->db))
+		exec(st, "ROLLBACK");
+}
+
+static void hex(const uint8_t *in, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65])
+{
+	sqlite3_stmt *s;
+	int rc, r = 0;
+
+	if (sqlite3_prepare_v2(st->db, "SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1",
+			       -1, &s, NULL) != SQLITE_OK)
+		return -EIO;
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW && sqlite3_column_bytes(s, 1) == SHA256_DIGEST_LENGTH) {
+		*ret_seq = sqlite3_column_int64(s, 0);
+		hex(sqlite3_column_blob(s, 1), SHA256_DIGEST_LENGTH, ret_hash);
+	} else if (rc == SQLITE_DONE) {
+		*ret_seq = 0;
+		memcpy(ret_hash, zero_hash, 65);
+	} else {
+		r = -EIO;
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+static const char *const reserved[] = {"seq", "time", "prev", "kind", "actor"};
+
+int journal_append(struct store *st, const char *kind, const char *actor, const json_t *fields,
+		   int64_t *ret_seq)
+{
+	char prev[65], *bytes = NULL;
+	uint8_t md[SHA256_DIGEST_LENGTH];
+	sqlite3_stmt *s = NULL;
+	json_t *rec = NULL;
+	int64_t seq;
+	time_t now = time(NULL);
+	size_t i, n;
+	int r;
+
+	if (fields != NULL)
+		for (i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
+			if (json_object_get(fields, reserved[i]) != NULL)
+				return -EINVAL;
+	if ((r = journal_head(st, &seq, prev)) < 0)
+		return r;
+	seq++;
+	/* The five fixed members first, in this order, then the fields. */
+	rec = json_pack("{sIsIssssss}", "seq", (json_int_t)seq, "time", (json_int_t)now, "prev",
+			prev, "kind", kind, "actor", actor);
+	if (rec == NULL || (fields != NULL && json_object_update(rec, (json_t *)fields) < 0)) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((bytes = json_dumps(rec, JSON_COMPACT)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((n = strlen(bytes)) > CIMD_JOURNAL_RECORD_MAX) {
+		r = -E2BIG;
+		goto out;
+	}
+	SHA256((const uint8_t *)bytes, n, md);
+	if (sqlite3_prepare_v2(st->db,
+			       "INSERT INTO journal (seq, time, kind, record, hash) "
+			       "VALUES (?, ?, ?, ?, ?)",
+			       -1, &s, NULL) != SQLITE_OK) {
+		r = -EIO;
+		goto out;
+	}
+	sqlite3_bind_int64(s, 1, seq);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)now);
+	sqlite3_bind_text(s, 3, kind, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(s, 4, bytes, (int)n, SQLITE_STATIC);
+	sqlite3_bind_blob(s, 5, md, sizeof(md), SQLITE_STATIC);
+	if (sqlite3_step(s) != SQLITE_DONE) {
+		r = -EIO;
+		goto out;
+	}
+	if (ret_seq != NULL)
+		*ret_seq = seq;
+	r = 0;
+out:
+	sqlite3_finalize(s);
+	free(bytes);
+	json_decref(rec);
+	return r;
+}
+
+int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
+{
+	char prev[65];
+	uint8_t md[SHA256_DIGEST_LENGTH];
+	sqlite3_stmt *s;
+	json_t *rec;
+	int64_t seq, count = 0, bad = 0;
+	const char *p;
+	int rc, r = 0;
+
+	memcpy(prev, zero_hash, sizeof(prev));
+	if (sqlite3_prepare_v2(st->db, "SELECT seq, record, hash FROM journal ORDER BY seq", -1, &s,
+			       NULL) != SQLITE_OK)
+		return -EIO;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		const void *bytes = sqlite3_column_blob(s, 1);
+		int n = sqlite3_column_bytes(s, 1);
+
+		seq = sqlite3_column_int64(s, 0);
+		count++;
+		SHA256(bytes, (size_t)n, md);
+		rec = json_loadb(bytes, (size_t)n, JSON_REJECT_DUPLICATES, NULL);
+		p = json_string_value(json_object_get(rec, "prev"));
+		/* Each record: numbered in order, naming the previous record's hash,
+		 * and hashing to what was stored beside it. */
+		if (seq != count || rec == NULL ||
+		    json_integer_value(json_object_get(rec, "seq")) != seq || p == NULL ||
+		    strcmp(p, prev) != 0 || sqlite3_column_bytes(s, 2) != (int)sizeof(md) ||
+		    CRYPTO_memcmp(sqlite3_column_blob(s, 2), md, sizeof(md)) != 0) {
+			json_decref(rec);
+			bad = seq;
+			r = -CIMD_EVERIFY;
+			break;
+		}
+		json_decref(rec);
+		hex(md, sizeof(md), prev);
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = -EIO;
+	sqlite3_finalize(s);
+	if (r == -CIMD_EVERIFY && ret_bad_seq != NULL)
+		*ret_bad_seq = bad;
+	if (r == 0 && ret_count != NULL)
+		*ret_count = count;
+	return r;
+}
+
+int journal_list(struct store *st, int64_t since, size_t max, json_t **ret_records)
+{
+	sqlite3_stmt *s;
+	json_t *arr, *rec;
+	int rc, r = 0;
+
+	if ((arr = json_array()) == NULL)
+		return -ENOMEM;
+	if (sqlite3_prepare_v2(st->db,
+			       "SELECT record FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?", -1,
+			       &s, NULL) != SQLITE_OK) {
+		json_decref(arr);
+		return -EIO;
+	}
+	sqlite3_bind_int64(s, 1, since);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)max);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		rec = json_loadb(sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), 0,
+				 NULL);
+		if (rec == NULL || json_array_append_new(arr, rec) < 0) {
+			r = -EIO;
+			break;
+		}
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = -EIO;
+	sqlite3_finalize(s);
+	if (r < 0) {
+		json_decref(arr);
+		return r;
+	}
+	*ret_records = arr;
+	return 0;
+}

@@ -1,0 +1,272 @@
+/*
+ * test_state.c — the configuration file (every rule its own error, with file
+ * and line) and the state database: schema, durability settings, forward-only
+ * migrations, and the hash-chained journal with tampering detected at the
+ * record where it happened.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <sqlite3.h>
+
+#include "harness.h"
+#include "service.h"
+
+static const char good[] =
+    "# a complete configuration\n"
+    "state_dir = /var/lib/cimdd\n"
+    "base_url = https://keys.example.com\n"
+    "backend = pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=t;pin-file=/p\n"
+    "backend = tpm2:tcti=device:/dev/tpmrm0\n"
+    "default_backend = tpm2\n"
+    "admin_socket_mode = 0660\n"
+    "jwks_max_age = 600\n"
+    "\n"
+    "operator = alice uid=1000 roles=submit,read\n"
+    "operator = bob uid=1001 roles=approve,rotate,revoke,read\n";
+
+static int write_conf(const char *name, const char *text, char *path, size_t len)
+{
+	snprintf(path, len, "%s/%s.conf", t_tmpdir(), name);
+	return t_write_file(path, text, strlen(text));
+}
+
+static void test_config_good(void)
+{
+	struct cimd_config *c = NULL;
+	char path[600], err[512], roles[64];
+	const struct cimd_operator *op;
+	int r;
+
+	write_conf("good", good, path, sizeof(path));
+	r = config_load(path, &c, err, sizeof(err));
+	if (!t_ok(r == 0, "complete configuration loads (%s)", r < 0 ? err : "ok"))
+		return;
+	t_ok(strcmp(c->base_url, "https://keys.example.com") == 0 && c->n_backends == 2 &&
+		 strcmp(c->default_backend, "tpm2") == 0 &&
+		 strcmp(config_backend(c, "pkcs11")->conf,
+			"pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=t;pin-file=/p") == 0,
+	     "values and backends as written");
+	t_ok(c->jwks_max_age == 600 && c->cimd_max_age == 300 && c->assertion_default_ttl == 60 &&
+		 c->two_person_rule == 1 && c->admin_socket_mode == 0660,
+	     "set values and defaults (two-person rule on by default)");
+	t_ok(strcmp(c->admin_socket, "/var/lib/cimdd/admin.sock") == 0 &&
+		 strcmp(c->sign_socket, "/var/lib/cimdd/sign.sock") == 0,
+	     "sockets default to the state directory");
+	op = config_operator(c, 1001);
+	t_ok(op != NULL && strcmp(op->name, "bob") == 0 &&
+		 strcmp(config_roles_str(op->roles, roles, sizeof(roles)),
+			"approve,rotate,revoke,read") == 0,
+	     "operator bob by uid, roles %s", op ? roles : "-");
+	t_ok(config_operator(c, 4242) == NULL, "unknown uid has no operator");
+	config_free(&c);
+	t_ok(c == NULL, "config_free NULLs the pointer");
+}
+
+static void test_config_errors(void)
+{
+	/* Each: a configuration that differs from a good one in one way, and the
+	 * "FILE:LINE: reason" it must produce (after the file name). */
+	static const struct {
+		const char *text, *want;
+	} v[] = {
+	    {"state_dir = /s\nbase_url = https://k\nbackend = tpm2:tcti=x\ncolour = blue\n",
+	     ":4: unknown key 'colour'"},
+	    {"state_dir = /s\nstate_dir = /t\n", ":2: 'state_dir' is set twice"},
+	    {"state_dir = relative\n", ":1: state_dir: 'relative' is not an absolute path"},
+	    {"state_dir = /s\njwks_max_age = ten\n", ":2: jwks_max_age: 'ten' is not a number"},
+	    {"state_dir = /s\njwks_max_age = 0\n", ":2: jwks_max_age: '0' is not a number"},
+	    {"state_dir = /s\njwks_max_age = 99999999999\n", ":2: jwks_max_age"},
+	    {"state_dir = /s\ntwo_person_rule = maybe\n",
+	     ":2: two_person_rule: 'maybe' is not yes or no"},
+	    {"state_dir = /s\nadmin_socket_mode = 0777\n",
+	     ":2: admin_socket_mode: '0777' is not an octal"},
+	    {"state_dir = /s\nbackend = hsm:foo\n",
+	     ":2: backend: 'hsm:foo' must start with pkcs11: or tpm2:"},
+	    {"state_dir = /s\nbackend = tpm2:a=b\nbackend = tpm2:c=d\n",
+	     ":3: backend: a tpm2 backend is already"},
+	    {"state_dir = /s\noperator = Alice uid=1 roles=read\n", ":2: operator: expected"},
+	    {"state_dir = /s\noperator = alice uid=x roles=read\n",
+	     ":2: operator alice: 'x' is not a uid"},
+	    {"state_dir = /s\noperator = alice uid=1 roles=read,admin\n",
+	     ":2: operator alice: roles 'read,admin'"},
+	    {"state_dir = /s\noperator = alice uid=1\n",
+	     ":2: operator alice: needs uid= and roles="},
+	    {"state_dir = /s\noperator = alice uid=1 roles=read\noperator = bob uid=1 roles=read\n",
+	     ":3: operator bob: uid 1 already belongs to operator alice"},
+	    {"state_dir = /s\noperator = alice uid=1 roles=read\noperator = alice uid=2 "
+	     "roles=read\n",
+	     ":3: operator alice: defined twice"},
+	    {"state_dir = /s\njust some words\n", ":2: expected 'key = value'"},
+	    {"base_url = https://k\nbackend = tpm2:t=x\n", ": state_dir is required"},
+	    {"state_dir = /s\nbackend = tpm2:t=x\n", ": base_url is required"},
+	    {"state_dir = /s\nbase_url = http://k\nbackend = tpm2:t=x\n",
+	     ": base_url: 'http://k' must start with https://"},
+	    {"state_dir = /s\nbase_url = https://k/path\nbackend = tpm2:t=x\n",
+	     ": base_url: 'https://k/path' must be"},
+	    {"state_dir = /s\nbase_url = https://u@k\nbackend = tpm2:t=x\n",
+	     ": base_url: 'https://u@k' must be"},
+	    {"state_dir = /s\nbase_url = https://k\n", ": at least one backend is required"},
+	    {"state_dir = /s\nbase_url = https://k\nbackend = tpm2:t=x\ndefault_backend = pkcs11\n",
+	     ": default_backend pkcs11 is not configured"},
+	    {"state_dir = /s\nbase_url = https://k\nbackend = tpm2:t=x\nassertion_default_ttl = "
+	     "600\n",
+	     ": assertion_default_ttl (600) exceeds assertion_max_ttl (300)"},
+	};
+	struct cimd_config *c = NULL;
+	char path[600], err[512], name[32];
+	size_t i;
+	int r;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		snprintf(name, sizeof(name), "bad%zu", i);
+		write_conf(name, v[i].text, path, sizeof(path));
+		r = config_load(path, &c, err, sizeof(err));
+		t_ok(r < 0 && c == NULL && strncmp(err, path, strlen(path)) == 0 &&
+			 strstr(err, v[i].want) == err + strlen(path),
+		     "refused with '%s' (got '%s')", v[i].want,
+		     strncmp(err, path, strlen(path)) == 0 ? err + strlen(path) : err);
+		config_free(&c);
+	}
+
+	/* http base_url only when allow_http says so. */
+	write_conf("http",
+		   "state_dir = /s\nbase_url = http://127.0.0.1:8080\nallow_http = yes\n"
+		   "backend = tpm2:t=x\n",
+		   path, sizeof(path));
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r == 0 && c->allow_http, "http base_url with allow_http = yes");
+	config_free(&c);
+
+	/* The file itself. */
+	snprintf(path, sizeof(path), "%s/missing.conf", t_tmpdir());
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r < 0 && strstr(err, "No such file"), "missing file: %s", err);
+	write_conf("open", good, path, sizeof(path));
+	chmod(path, 0666);
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r < 0 && strstr(err, "writable by group or others"), "world-writable file: %s", err);
+	{
+		char big[CIMD_CONF_LINE_MAX + 40];
+		memset(big, '#', sizeof(big));
+		big[sizeof(big) - 1] = '\0';
+		write_conf("long", big, path, sizeof(path));
+		r = config_load(path, &c, err, sizeof(err));
+		t_ok(r < 0 && strstr(err, ":1: line longer than"), "overlong line: %s", err);
+	}
+	write_conf("nul", "state_dir = /s\n", path, sizeof(path));
+	t_write_file(path, "state_dir = /s\0x\n", 17);
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r < 0 && strstr(err, "NUL"), "NUL byte: %s", err);
+}
+
+static int pragma_text(sqlite3 *db, const char *sql, char *out, size_t len)
+{
+	sqlite3_stmt *s;
+	int r = -1;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK &&
+	    sqlite3_step(s) == SQLITE_ROW) {
+		snprintf(out, len, "%s", (const char *)sqlite3_column_text(s, 0));
+		r = 0;
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+static void tamper(const char *db, const char *sql)
+{
+	sqlite3 *h;
+
+	sqlite3_open(db, &h);
+	sqlite3_exec(h, sql, NULL, NULL, NULL);
+	sqlite3_close(h);
+}
+
+static void test_store(void)
+{
+	struct store *st = NULL;
+	char path[600], err[512], mode[32], head[65];
+	json_t *f, *list = NULL;
+	int64_t seq = 0, count = 0, bad = 0;
+	int i, r;
+
+	snprintf(path, sizeof(path), "%s/state.db", t_tmpdir());
+	r = store_open(path, &st, err, sizeof(err));
+	if (!t_ok(r == 0, "store opens a new database (%s)", r < 0 ? err : "ok"))
+		return;
+	t_ok(store_schema_version(st) == 1, "schema version 1");
+	t_ok(pragma_text(store_db(st), "PRAGMA journal_mode", mode, sizeof(mode)) == 0 &&
+		 strcmp(mode, "wal") == 0,
+	     "journal_mode is WAL (%s)", mode);
+	t_ok(pragma_text(store_db(st), "PRAGMA synchronous", mode, sizeof(mode)) == 0 &&
+		 strcmp(mode, "2") == 0,
+	     "synchronous is FULL (%s)", mode);
+	t_ok(journal_head(st, &seq, head) == 0 && seq == 0 && head[0] == '0' && strlen(head) == 64,
+	     "empty journal: head 0");
+
+	for (i = 1; i <= 5; i++) {
+		f = json_pack("{s:s,s:i}", "client", "agent-a", "n", i);
+		t_ok(store_begin(st) == 0 && journal_append(st, "test", "alice", f, &seq) == 0 &&
+			 store_commit(st) == 0 && seq == i,
+		     "journal record %d appended in its own transaction", i);
+		json_decref(f);
+	}
+	f = json_pack("{s:s}", "prev", "forged");
+	t_ok(journal_append(st, "test", "alice", f, NULL) == -EINVAL,
+	     "a record may not set the chain's own members");
+	json_decref(f);
+	/* A rolled-back transaction leaves no record. */
+	store_begin(st);
+	journal_append(st, "test", "alice", NULL, &seq);
+	store_rollback(st);
+	t_ok(journal_verify(st, &count, &bad) == 0 && count == 5, "chain verifies: %lld records",
+	     (long long)count);
+	t_ok(journal_list(st, 4, 10, &list) == 0 && json_array_size(list) == 2 &&
+		 json_integer_value(json_object_get(json_array_get(list, 0), "seq")) == 4 &&
+		 strcmp(json_string_value(json_object_get(json_array_get(list, 1), "actor")),
+			"alice") == 0,
+	     "journal_list from seq 4");
+	json_decref(list);
+	store_free(&st);
+
+	/* Restart: the records and the chain are still there. */
+	r = store_open(path, &st, err, sizeof(err));
+	t_ok(r == 0 && journal_verify(st, &count, &bad) == 0 && count == 5,
+	     "after reopening: 5 records, chain intact");
+	store_free(&st);
+
+	/* Tampering: a changed record, a changed hash, a missing record. */
+	tamper(path,
+	       "UPDATE journal SET record = replace(record, '\"n\":3', '\"n\":9') WHERE seq = 3");
+	store_open(path, &st, err, sizeof(err));
+	r = journal_verify(st, &count, &bad);
+	t_ok(r == -CIMD_EVERIFY && bad == 3, "a rewritten record is named: seq %lld",
+	     (long long)bad);
+	store_free(&st);
+	tamper(path,
+	       "UPDATE journal SET record = replace(record, '\"n\":9', '\"n\":3') WHERE seq = 3");
+	tamper(path, "DELETE FROM journal WHERE seq = 2");
+	store_open(path, &st, err, sizeof(err));
+	r = journal_verify(st, &count, &bad);
+	t_ok(r == -CIMD_EVERIFY && bad == 3, "a deleted record is noticed at the next: seq %lld",
+	     (long long)bad);
+	store_free(&st);
+
+	/* A database from a newer cimdd is refused, untouched. */
+	tamper(path, "PRAGMA user_version = 99");
+	r = store_open(path, &st, err, sizeof(err));
+	t_ok(r < 0 && strstr(err, "newer than this cimdd"), "newer schema refused: %s", err);
+	store_free(&st);
+}
+
+int main(void)
+{
+	test_config_good();
+	test_config_errors();
+	test_store();
+	return t_done();
+}
