@@ -95,20 +95,6 @@ const char *config_roles_str(unsigned bits, char *buf, size_t len)
 	return buf;
 }
 
-/* A client or operator name: [a-z0-9][a-z0-9-]{0,62}. */
-static int valid_name(const char *s)
-{
-	size_t i, n = strlen(s);
-
-	if (n == 0 || n > CIMD_NAME_MAX ||
-	    !(islower((unsigned char)s[0]) || isdigit((unsigned char)s[0])))
-		return 0;
-	for (i = 1; i < n; i++)
-		if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '-'))
-			return 0;
-	return 1;
-}
-
 static int set_str(struct parse *p, char **dst, const char *v)
 {
 	if (*v == '\0')
@@ -196,7 +182,7 @@ static int parse_operator(struct parse *p, const char *v)
 		return perr(p, "operator: more than %d operators", CIMD_OPERATORS_MAX);
 	snprintf(buf, sizeof(buf), "%s", v);
 	/* operator = NAME uid=N roles=a,b */
-	if ((tok = strtok_r(buf, " \t", &save)) == NULL || !valid_name(tok))
+	if ((tok = strtok_r(buf, " \t", &save)) == NULL || !cimd_valid_name(tok))
 		return perr(p, "operator: expected 'NAME uid=N roles=ROLE,...' with NAME "
 			       "[a-z0-9][a-z0-9-]{0,62}");
 	snprintf(op.name, sizeof(op.name), "%s", tok);

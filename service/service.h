@@ -13,11 +13,16 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <poll.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include <jansson.h>
 
 #include "fw.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
 
 /* ---- bounds: every resource an outside party controls is capped here ---- */
 
@@ -29,6 +34,15 @@
 #define CIMD_URL_MAX 512	     /* base_url and every URL a client may name */
 #define CIMD_DURATION_MAX 31536000   /* one year, in seconds */
 #define CIMD_JOURNAL_RECORD_MAX 8192 /* one journal record, serialised */
+#define CIMD_DOC_MAX 5120           /* a CIMD document as served */
+#define CIMD_ADMIN_LINE_MAX 16384   /* one admin request line (a document and then some) */
+#define CIMD_ADMIN_CONNS_MAX 32     /* admin connections at once */
+#define CIMD_ADMIN_IDLE_SEC 60      /* an admin connection idle this long is closed */
+#define CIMD_KEYS_PER_CLIENT_MAX 16 /* keys a client holds outside retired/destroyed */
+#define CIMD_CLIENTS_MAX 10000
+#define CIMD_CALLERS_MAX 64         /* uids and gids allowed to sign for one client */
+#define CIMD_AUDIENCES_MAX 64       /* audiences of one client */
+#define CIMD_JOURNAL_SHOW_MAX 1000  /* records in one journal.show answer */
 
 /* ---- configuration ---- */
 
@@ -102,6 +116,17 @@ void store_free(struct store **st);
 int store_schema_version(struct store *st);
 /* The raw handle, for the store's own modules (clients, documents, keys). */
 struct sqlite3 *store_db(struct store *st);
+/*
+ * Prepared statements with typed parameters: types has one letter per '?':
+ *   s  const char *            (text; NULL binds NULL)
+ *   i  int64_t
+ *   b  const void *, size_t    (blob)
+ * store_exec runs a statement that returns no rows and gives the number of rows
+ * changed; store_query prepares one for sqlite3_step by the caller.
+ */
+int store_exec(struct store *st, const char *sql, const char *types, ...);
+int store_query(struct store *st, struct sqlite3_stmt **ret_stmt, const char *sql,
+		const char *types, ...);
 
 /* Every state change is one transaction: begin, change, journal, commit. */
 int store_begin(struct store *st);
@@ -124,5 +149,87 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq);
 int journal_list(struct store *st, int64_t since, size_t max, json_t **ret_records);
 /* The latest record's seq and hex hash (seq 0 and 64 zeros when empty). */
 int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65]);
+
+/* ---- CIMD documents (cimd_doc.c) ---- */
+
+/*
+ * Checks a submitted document and fills in the identity members the appliance
+ * owns (client_id, jwks_uri, token_endpoint_auth_method = private_key_jwt,
+ * token_endpoint_auth_signing_alg).  A document that sets any of them to another
+ * value is refused, never rewritten.  On success *ret_bytes (malloc'd) is the
+ * document as it will be served.  On failure errbuf says which rule failed.
+ */
+int cimd_doc_prepare(const json_t *doc, const char *client_id, const char *jwks_uri,
+		     const char *alg, char **ret_bytes, size_t *ret_len, char *errbuf, size_t errlen);
+/* [a-z0-9][a-z0-9-]{0,62} */
+int cimd_valid_name(const char *name);
+/* An absolute https URL with a host, no userinfo, no fragment, no spaces. */
+int cimd_https_url(const char *member, const char *url, char *errbuf, size_t errlen);
+
+/* ---- the daemon's state: registry, keys, lifecycle (registry.c, keys.c) ---- */
+
+struct cimdd {
+	struct cimd_config *cfg;
+	struct store *st;
+	struct key_store *ks[CIMD_BACKENDS_MAX]; /* by index into cfg->backends */
+	int dev;                                 /* a --dev instance */
+};
+
+/* The key store of a backend by name, or NULL when it is not configured/open. */
+struct key_store *cimdd_key_store(struct cimdd *d, const char *backend);
+
+/* Every admin operation: the caller is an operator; inputs are the request's
+ * members; on success *ret_result holds what the answer carries besides ok.
+ * Failure codes are the protocol's error names (admin.c maps them). */
+enum admin_err {
+	AE_OK = 0,
+	AE_BAD_REQUEST,
+	AE_FORBIDDEN,
+	AE_UNKNOWN_CLIENT,
+	AE_NOT_FOUND,
+	AE_CONFLICT,
+	AE_INVALID_DOCUMENT,
+	AE_BACKEND_UNAVAILABLE,
+	AE_INTERNAL,
+};
+const char *admin_err_name(enum admin_err e);
+
+struct admin_req {
+	struct cimdd *d;
+	const struct cimd_operator *op;
+	const json_t *args;
+	json_t *result;   /* set by the handler on success */
+	char msg[512];    /* set by the handler on failure (and may be on success) */
+};
+
+enum admin_err reg_client_add(struct admin_req *q);
+enum admin_err reg_client_list(struct admin_req *q);
+enum admin_err reg_client_show(struct admin_req *q);
+enum admin_err reg_client_allow(struct admin_req *q);
+enum admin_err reg_client_audience(struct admin_req *q);
+enum admin_err reg_doc_submit(struct admin_req *q);
+enum admin_err reg_doc_approve(struct admin_req *q);
+enum admin_err reg_doc_show(struct admin_req *q);
+enum admin_err keys_list(struct admin_req *q);
+enum admin_err keys_rotate(struct admin_req *q);
+enum admin_err keys_activate(struct admin_req *q);
+enum admin_err keys_revoke(struct admin_req *q);
+
+/* client_id of NAME: base_url + "/clients/" + NAME, into buf. */
+const char *reg_client_id(const struct cimd_config *cfg, const char *name, char *buf, size_t len);
+
+/* Runs the lifecycle's timed transitions (retire, destroy, scheduled rotation);
+ * called about once a second.  Returns the number of transitions made. */
+int keys_tick(struct cimdd *d, time_t now);
+
+/* ---- admin socket (admin.c) ---- */
+
+struct admin_server;
+int admin_server_new(struct cimdd *d, struct admin_server **ret_srv, char *errbuf, size_t errlen);
+void admin_server_free(struct admin_server **srv);
+/* poll(2) set: fills at most max entries, returns how many. */
+size_t admin_server_pollfds(struct admin_server *srv, struct pollfd *fds, size_t max);
+/* Handles what the poll said; closes idle connections. */
+void admin_server_dispatch(struct admin_server *srv, const struct pollfd *fds, size_t n);
 
 #endif /* CIMD_SERVICE_H */

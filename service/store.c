@@ -9,6 +9,7 @@
  * are custody references (firmware/fw.h).
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +202,71 @@ int store_schema_version(struct store *st)
 sqlite3 *store_db(struct store *st)
 {
 	return st->db;
+}
+
+static int bind_va(sqlite3_stmt *s, const char *types, va_list ap)
+{
+	const char *str;
+	const void *blob;
+	size_t n;
+	int i, rc = SQLITE_OK;
+
+	for (i = 1; *types && rc == SQLITE_OK; types++, i++) {
+		switch (*types) {
+		case 's':
+			str = va_arg(ap, const char *);
+			rc = str ? sqlite3_bind_text(s, i, str, -1, SQLITE_TRANSIENT)
+				 : sqlite3_bind_null(s, i);
+			break;
+		case 'i':
+			rc = sqlite3_bind_int64(s, i, va_arg(ap, int64_t));
+			break;
+		case 'b':
+			blob = va_arg(ap, const void *);
+			n = va_arg(ap, size_t);
+			rc = sqlite3_bind_blob(s, i, blob, (int)n, SQLITE_TRANSIENT);
+			break;
+		default:
+			return -EINVAL;
+		}
+	}
+	return rc == SQLITE_OK ? 0 : -EIO;
+}
+
+int store_query(struct store *st, sqlite3_stmt **ret_stmt, const char *sql, const char *types, ...)
+{
+	sqlite3_stmt *s;
+	va_list ap;
+	int r;
+
+	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+		return -EIO;
+	va_start(ap, types);
+	r = bind_va(s, types, ap);
+	va_end(ap);
+	if (r < 0) {
+		sqlite3_finalize(s);
+		return r;
+	}
+	*ret_stmt = s;
+	return 0;
+}
+
+int store_exec(struct store *st, const char *sql, const char *types, ...)
+{
+	sqlite3_stmt *s;
+	va_list ap;
+	int r;
+
+	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+		return -EIO;
+	va_start(ap, types);
+	r = bind_va(s, types, ap);
+	va_end(ap);
+	if (r == 0)
+		r = sqlite3_step(s) == SQLITE_DONE ? sqlite3_changes(st->db) : -EIO;
+	sqlite3_finalize(s);
+	return r;
 }
 
 int store_begin(struct store *st)

@@ -1,0 +1,308 @@
+/*
+ * cimd_doc.c — validation of submitted Client ID Metadata Documents.
+ *
+ * Sources (docs/governance.md lists each rule with its source):
+ *   draft-ietf-oauth-client-id-metadata-document (CIMD): the document is the
+ *     client's RFC 7591 metadata, served at the client_id URL, whose client_id
+ *     member equals that URL; no client_secret, no shared secrets;
+ *   RFC 7591 §2 (client metadata), §2.1 (grant_types/response_types pairs);
+ *   RFC 7523 / OIDC Core §9 (private_key_jwt);
+ *   OAuth 2.1 (draft-ietf-oauth-v2-1) §2.3.1, §4.1.1, §8.4.2 and RFC 8252 §7.3
+ *     (exact redirect URI matching, loopback http for native apps, no implicit
+ *     or password grants);
+ *   the MCP authorization specification (CIMD for client registration).
+ * Each rule fails with its own message; the first failure is reported.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "service.h"
+
+static int fail(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, len, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+int cimd_valid_name(const char *s)
+{
+	size_t i, n = strlen(s);
+
+	if (n == 0 || n > CIMD_NAME_MAX ||
+	    !(islower((unsigned char)s[0]) || isdigit((unsigned char)s[0])))
+		return 0;
+	for (i = 1; i < n; i++)
+		if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '-'))
+			return 0;
+	return 1;
+}
+
+struct uri {
+	int https;
+	char host[256];
+};
+
+/* Splits an absolute http(s) URI far enough to judge it.  Refuses what no
+ * member of ours may carry: controls and spaces, userinfo, a fragment. */
+static int uri_parse(const char *member, const char *u, struct uri *ret, char *err, size_t len)
+{
+	const char *a, *end, *p;
+	size_t n;
+
+	if (strlen(u) > CIMD_URL_MAX)
+		return fail(err, len, "%s: longer than %d characters", member, CIMD_URL_MAX);
+	for (p = u; *p; p++)
+		if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+			return fail(err, len, "%s: '%s' contains a space or control character", member,
+				    u);
+	if (strncmp(u, "https://", 8) == 0)
+		ret->https = 1, a = u + 8;
+	else if (strncmp(u, "http://", 7) == 0)
+		ret->https = 0, a = u + 7;
+	else
+		return fail(err, len, "%s: '%s' is not an absolute http(s) URI", member, u);
+	end = a + strcspn(a, "/?#");
+	if (memchr(a, '@', (size_t)(end - a)) != NULL)
+		return fail(err, len, "%s: '%s' carries userinfo", member, u);
+	if (strchr(u, '#') != NULL)
+		return fail(err, len, "%s: '%s' has a fragment", member, u);
+	/* host: up to the port, or the bracketed IPv6 literal with its brackets */
+	if (*a == '[') {
+		p = memchr(a, ']', (size_t)(end - a));
+		if (p == NULL)
+			return fail(err, len, "%s: '%s' has an unclosed IPv6 literal", member, u);
+		n = (size_t)(p - a) + 1;
+	} else {
+		p = memchr(a, ':', (size_t)(end - a));
+		n = (size_t)((p ? p : end) - a);
+	}
+	if (n == 0 || n >= sizeof(ret->host))
+		return fail(err, len, "%s: '%s' has no host", member, u);
+	memcpy(ret->host, a, n);
+	ret->host[n] = '\0';
+	return 0;
+}
+
+int cimd_https_url(const char *member, const char *url, char *err, size_t len)
+{
+	struct uri u;
+
+	if (uri_parse(member, url, &u, err, len) < 0)
+		return -EINVAL;
+	if (!u.https)
+		return fail(err, len, "%s: '%s' must be https", member, url);
+	return 0;
+}
+
+static int loopback(const char *host)
+{
+	return strcmp(host, "127.0.0.1") == 0 || strcmp(host, "[::1]") == 0 ||
+	       strcmp(host, "localhost") == 0;
+}
+
+static int check_redirect_uris(const json_t *v, char *err, size_t len)
+{
+	struct uri u;
+	size_t i, j;
+	const char *s;
+
+	if (!json_is_array(v) || json_array_size(v) == 0)
+		return fail(err, len, "redirect_uris: must be a non-empty array of strings");
+	for (i = 0; i < json_array_size(v); i++) {
+		if ((s = json_string_value(json_array_get(v, i))) == NULL)
+			return fail(err, len, "redirect_uris[%zu]: not a string", i);
+		if (strchr(s, '*') != NULL)
+			return fail(err, len, "redirect_uris: '%s' has a wildcard: redirect URIs are "
+					      "compared as exact strings",
+				    s);
+		if (uri_parse("redirect_uris", s, &u, err, len) < 0)
+			return -EINVAL;
+		if (!u.https && !loopback(u.host))
+			return fail(err, len,
+				    "redirect_uris: '%s' must be https, or http on a loopback host "
+				    "(127.0.0.1, [::1], localhost)",
+				    s);
+		for (j = 0; j < i; j++)
+			if (strcmp(s, json_string_value(json_array_get(v, j))) == 0)
+				return fail(err, len, "redirect_uris: '%s' appears twice", s);
+	}
+	return 0;
+}
+
+/* Array of unique strings; *ret_has reports members of interest. */
+static int string_set(const char *member, const json_t *v, char *err, size_t len)
+{
+	size_t i, j;
+	const char *s;
+
+	if (!json_is_array(v) || json_array_size(v) == 0)
+		return fail(err, len, "%s: must be a non-empty array of strings", member);
+	for (i = 0; i < json_array_size(v); i++) {
+		if ((s = json_string_value(json_array_get(v, i))) == NULL || *s == '\0')
+			return fail(err, len, "%s[%zu]: not a non-empty string", member, i);
+		for (j = 0; j < i; j++)
+			if (strcmp(s, json_string_value(json_array_get(v, j))) == 0)
+				return fail(err, len, "%s: '%s' appears twice", member, s);
+	}
+	return 0;
+}
+
+static int has(const json_t *arr, const char *s)
+{
+	size_t i;
+
+	for (i = 0; i < json_array_size(arr); i++)
+		if (strcmp(json_string_value(json_array_get(arr, i)), s) == 0)
+			return 1;
+	return 0;
+}
+
+/* RFC 7591 §2.1: grant_types and response_types must agree; defaults are
+ * ["authorization_code"] and ["code"].  OAuth 2.1 drops implicit and password. */
+static int check_grants(const json_t *doc, char *err, size_t len)
+{
+	const json_t *g = json_object_get(doc, "grant_types"), *rt = json_object_get(doc, "response_types");
+	json_t *dg = NULL, *dr = NULL;
+	int r = 0, code_grant, code_resp;
+
+	if (g != NULL && string_set("grant_types", g, err, len) < 0)
+		return -EINVAL;
+	if (rt != NULL && string_set("response_types", rt, err, len) < 0)
+		return -EINVAL;
+	if (g == NULL)
+		g = dg = json_pack("[s]", "authorization_code");
+	if (rt == NULL)
+		rt = dr = json_pack("[s]", "code");
+	if (has(g, "implicit") || has(rt, "token") || has(rt, "id_token token"))
+		r = fail(err, len, "grant_types: the implicit grant is not allowed (OAuth 2.1 §10.1)");
+	else if (has(g, "password"))
+		r = fail(err, len, "grant_types: the password grant is not allowed (OAuth 2.1 §10.1)");
+	else {
+		code_grant = has(g, "authorization_code");
+		code_resp = has(rt, "code");
+		if (code_grant && !code_resp)
+			r = fail(err, len, "grant_types has authorization_code but response_types "
+					   "lacks code (RFC 7591 §2.1)");
+		else if (!code_grant && code_resp)
+			r = fail(err, len, "response_types has code but grant_types lacks "
+					   "authorization_code (RFC 7591 §2.1)");
+		else if (code_grant && json_object_get(doc, "redirect_uris") == NULL)
+			r = fail(err, len, "redirect_uris: required with the authorization_code grant");
+	}
+	json_decref(dg);
+	json_decref(dr);
+	return r;
+}
+
+/* A JWK with private members anywhere in the document (RFC 7517 §9.2 names
+ * the private members of the registered key types). */
+static int private_jwk(const json_t *v)
+{
+	static const char *const priv[] = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"};
+	const char *key;
+	json_t *m;
+	size_t i;
+
+	if (json_is_object(v)) {
+		if (json_object_get(v, "kty") != NULL)
+			for (i = 0; i < sizeof(priv) / sizeof(priv[0]); i++)
+				if (json_object_get(v, priv[i]) != NULL)
+					return 1;
+		json_object_foreach((json_t *)v, key, m)
+			if (private_jwk(m))
+				return 1;
+	} else if (json_is_array(v)) {
+		for (i = 0; i < json_array_size(v); i++)
+			if (private_jwk(json_array_get(v, i)))
+				return 1;
+	}
+	return 0;
+}
+
+/* A member the appliance owns: absent, or exactly the appliance's value. */
+static int owned(json_t *doc, const char *member, const char *want, char *err, size_t len)
+{
+	const json_t *v = json_object_get(doc, member);
+
+	if (v != NULL && (!json_is_string(v) || strcmp(json_string_value(v), want) != 0))
+		return fail(err, len, "%s: must be \"%s\" or absent: the appliance sets it", member,
+			    want);
+	return json_object_set_new(doc, member, json_string(want)) == 0 ? 0 : -ENOMEM;
+}
+
+int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_uri,
+		     const char *alg, char **ret_bytes, size_t *ret_len, char *err, size_t len)
+{
+	static const char *const forbidden[] = {"client_secret", "client_secret_expires_at", "jwks"};
+	static const char *const https_members[] = {"client_uri", "logo_uri", "policy_uri",
+						    "tos_uri"};
+	static const char *const string_members[] = {"client_name", "scope", "software_id",
+						     "software_version"};
+	json_t *doc = NULL, *v;
+	char *bytes = NULL;
+	size_t i;
+	int r = -EINVAL;
+
+	if (!json_is_object(in))
+		return fail(err, len, "the document must be a JSON object");
+	for (i = 0; i < sizeof(forbidden) / sizeof(forbidden[0]); i++)
+		if (json_object_get(in, forbidden[i]) != NULL)
+			return fail(err, len, "%s: not allowed in a CIMD document%s", forbidden[i],
+				    strcmp(forbidden[i], "jwks") == 0
+					    ? " (keys are published at jwks_uri by the appliance)"
+					    : " (no shared secrets)");
+	if (private_jwk(in))
+		return fail(err, len, "the document contains private key material (a JWK with a "
+				      "private member)");
+	if ((v = json_object_get(in, "redirect_uris")) != NULL && check_redirect_uris(v, err, len) < 0)
+		return -EINVAL;
+	for (i = 0; i < sizeof(https_members) / sizeof(https_members[0]); i++) {
+		if ((v = json_object_get(in, https_members[i])) == NULL)
+			continue;
+		if (!json_is_string(v))
+			return fail(err, len, "%s: not a string", https_members[i]);
+		if (cimd_https_url(https_members[i], json_string_value(v), err, len) < 0)
+			return -EINVAL;
+	}
+	for (i = 0; i < sizeof(string_members) / sizeof(string_members[0]); i++)
+		if ((v = json_object_get(in, string_members[i])) != NULL && !json_is_string(v))
+			return fail(err, len, "%s: not a string", string_members[i]);
+	if ((v = json_object_get(in, "contacts")) != NULL && string_set("contacts", v, err, len) < 0)
+		return -EINVAL;
+	if (check_grants(in, err, len) < 0)
+		return -EINVAL;
+
+	if ((doc = json_deep_copy(in)) == NULL)
+		return -ENOMEM;
+	if ((r = owned(doc, "client_id", client_id, err, len)) < 0 ||
+	    (r = owned(doc, "jwks_uri", jwks_uri, err, len)) < 0 ||
+	    (r = owned(doc, "token_endpoint_auth_method", "private_key_jwt", err, len)) < 0 ||
+	    (r = owned(doc, "token_endpoint_auth_signing_alg", alg, err, len)) < 0)
+		goto out;
+	if ((bytes = json_dumps(doc, JSON_COMPACT)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (strlen(bytes) > CIMD_DOC_MAX) {
+		r = fail(err, len, "the document is %zu bytes as served; at most %d are allowed",
+			 strlen(bytes), CIMD_DOC_MAX);
+		goto out;
+	}
+	*ret_len = strlen(bytes);
+	*ret_bytes = bytes;
+	bytes = NULL;
+	r = 0;
+out:
+	free(bytes);
+	json_decref(doc);
+	return r;
+}

@@ -1,0 +1,529 @@
+/*
+ * keys.c — the key lifecycle (ARCHITECTURE.md, "Key lifecycle"):
+ *
+ *   next --activate--> active --(next activated)--> retiring --(grace)--> retired
+ *   any state --revoke(reason)--> revoked
+ *
+ * Timing rules, every duration from the configuration:
+ *   - a next key may be activated once it has been published for jwks_max_age,
+ *     so that every verifier honouring the JWKS cache already holds it
+ *     (--force overrides, and the journal says so);
+ *   - a retiring key is retired after assertion_max_ttl + jwks_max_age +
+ *     clock_skew: the last assertion it signed has expired and no cached JWKS
+ *     still needs it;
+ *   - a retired key is destroyed in hardware after destroy_delay;
+ *   - a revoked key leaves publication at once and is destroyed in hardware at
+ *     once: it must never sign again.
+ *   - with rotate_every, the scheduler creates the next key jwks_max_age before
+ *     the active key is due, and activates it when due.
+ * The hardware key is created before its row and destroyed after its row says
+ * so; reconciliation at start-up settles a crash in between.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "service.h"
+
+static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(q->msg, sizeof(q->msg), fmt, ap);
+	va_end(ap);
+	return e;
+}
+
+struct client_info {
+	char name[CIMD_NAME_MAX + 1];
+	char backend[16];
+	char alg[16];
+	int64_t rotate_every;
+};
+
+static int client_info(struct store *st, const char *name, struct client_info *ret)
+{
+	sqlite3_stmt *s;
+	int r = -ENOENT;
+
+	if (store_query(st, &s, "SELECT backend, alg, rotate_every FROM clients WHERE name = ?", "s",
+			name) < 0)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		snprintf(ret->name, sizeof(ret->name), "%s", name);
+		snprintf(ret->backend, sizeof(ret->backend), "%s", sqlite3_column_text(s, 0));
+		snprintf(ret->alg, sizeof(ret->alg), "%s", sqlite3_column_text(s, 1));
+		ret->rotate_every = sqlite3_column_int64(s, 2);
+		r = 0;
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+static enum admin_err client_of(struct admin_req *q, struct client_info *ci)
+{
+	const char *name = json_string_value(json_object_get(q->args, "name"));
+	int r;
+
+	if (name == NULL || !cimd_valid_name(name))
+		return bad(q, AE_BAD_REQUEST, "a client name [a-z0-9][a-z0-9-]{0,62} is required");
+	if ((r = client_info(q->d->st, name, ci)) == -ENOENT)
+		return bad(q, AE_UNKNOWN_CLIENT, "no client named %s", name);
+	return r < 0 ? bad(q, AE_INTERNAL, "database error") : AE_OK;
+}
+
+static int64_t count_keys(struct store *st, const char *client, const char *where)
+{
+	char sql[256];
+	sqlite3_stmt *s;
+	int64_t n = -1;
+
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM keys WHERE client = ? AND %s", where);
+	if (store_query(st, &s, sql, "s", client) == 0 && sqlite3_step(s) == SQLITE_ROW)
+		n = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	return n;
+}
+
+/* The kid of the client's key in state, into kid (empty when none). */
+static int key_in_state(struct store *st, const char *client, const char *state, char *kid,
+			int64_t *ret_since)
+{
+	sqlite3_stmt *s;
+	int r = -ENOENT;
+
+	kid[0] = '\0';
+	if (store_query(st, &s,
+			"SELECT kid, CASE state WHEN 'next' THEN created ELSE activated END FROM keys "
+			"WHERE client = ? AND state = ? ORDER BY created LIMIT 1",
+			"ss", client, state) < 0)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		snprintf(kid, CIMD_KID_LEN + 1, "%s", sqlite3_column_text(s, 0));
+		if (ret_since != NULL)
+			*ret_since = sqlite3_column_int64(s, 1);
+		r = 0;
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+/* Creates a key in hardware and its row in state `state` inside an open
+ * transaction; the hardware key is destroyed again if the row fails. */
+static int create_key(struct cimdd *d, const struct client_info *ci, const char *state,
+		      const char *actor, char *ret_kid)
+{
+	struct key_store *ks = cimdd_key_store(d, ci->backend);
+	struct ks_key *key = NULL;
+	const uint8_t *ref;
+	size_t ref_len;
+	json_t *f;
+	time_t now = time(NULL);
+	int r;
+
+	if (ks == NULL)
+		return -CIMD_EUNAVAILABLE;
+	if ((r = key_store_generate(ks, cimd_alg_from_name(ci->alg), &key)) < 0)
+		return r;
+	ks_key_ref(key, &ref, &ref_len);
+	f = json_pack("{ssssssss}", "client", ci->name, "kid", ks_key_kid(key), "state", state,
+		      "backend", ci->backend);
+	if (f == NULL ||
+	    store_exec(d->st,
+		       "INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "
+		       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+		       "ssssbsii", ks_key_kid(key), ci->name, ci->alg, ci->backend, ref, ref_len, state,
+		       (int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0)) != 1 ||
+	    journal_append(d->st, "key.create", actor, f, NULL) < 0) {
+		key_store_destroy(ks, &key);
+		r = -EIO;
+	} else {
+		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", ks_key_kid(key));
+		r = 0;
+	}
+	json_decref(f);
+	ks_key_free(&key);
+	return r;
+}
+
+static enum admin_err key_err(struct admin_req *q, int r, const char *what)
+{
+	if (r == -CIMD_EUNAVAILABLE)
+		return bad(q, AE_BACKEND_UNAVAILABLE, "%s: the key's hardware is unavailable", what);
+	return bad(q, AE_INTERNAL, "%s: %s", what, cimd_strerror(r));
+}
+
+/* Moves kid to a new state inside an open transaction, with its journal record. */
+static int transition(struct cimdd *d, const char *client, const char *kid, const char *from,
+		      const char *to, const char *actor, json_t *extra)
+{
+	char sql[160];
+	json_t *f = json_pack("{ssssssss}", "client", client, "kid", kid, "from", from, "to", to);
+	int r;
+
+	if (f == NULL || (extra != NULL && json_object_update(f, extra) < 0)) {
+		json_decref(f);
+		return -ENOMEM;
+	}
+	/* Column names come from this file, never from a request. */
+	snprintf(sql, sizeof(sql), "UPDATE keys SET state = ?, %s = ? WHERE kid = ? AND state = ?",
+		 strcmp(to, "active") == 0 ? "activated" : to);
+	r = store_exec(d->st, sql, "siss", to, (int64_t)time(NULL), kid, from);
+	if (r == 1)
+		r = journal_append(d->st, "key.state", actor, f, NULL);
+	else if (r >= 0)
+		r = -ESTALE;
+	json_decref(f);
+	return r;
+}
+
+enum admin_err keys_list(struct admin_req *q)
+{
+	struct client_info ci;
+	sqlite3_stmt *s;
+	json_t *arr;
+	enum admin_err e;
+
+	if ((e = client_of(q, &ci)) != AE_OK)
+		return e;
+	if ((arr = json_array()) == NULL ||
+	    store_query(q->d->st, &s,
+			"SELECT kid, alg, backend, state, created, activated, retiring, retired, "
+			"destroyed, revoked, revoke_reason FROM keys WHERE client = ? ORDER BY created",
+			"s", ci.name) < 0) {
+		json_decref(arr);
+		return bad(q, AE_INTERNAL, "database error");
+	}
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		json_t *k = json_pack("{ssssssss}", "kid", sqlite3_column_text(s, 0), "alg",
+				      sqlite3_column_text(s, 1), "backend", sqlite3_column_text(s, 2),
+				      "state", sqlite3_column_text(s, 3));
+		static const char *const times[] = {"created", "activated", "retiring", "retired",
+						    "destroyed", "revoked"};
+		size_t i;
+		for (i = 0; k != NULL && i < sizeof(times) / sizeof(times[0]); i++)
+			if (sqlite3_column_type(s, 4 + (int)i) != SQLITE_NULL &&
+			    sqlite3_column_int64(s, 4 + (int)i) != 0)
+				json_object_set_new(k, times[i],
+						    json_integer(sqlite3_column_int64(s, 4 + (int)i)));
+		if (k != NULL && sqlite3_column_type(s, 10) != SQLITE_NULL)
+			json_object_set_new(k, "revoke_reason",
+					    json_string((const char *)sqlite3_column_text(s, 10)));
+		json_array_append_new(arr, k);
+	}
+	sqlite3_finalize(s);
+	q->result = json_pack("{so}", "keys", arr);
+	return AE_OK;
+}
+
+enum admin_err keys_rotate(struct admin_req *q)
+{
+	struct client_info ci;
+	char kid[CIMD_KID_LEN + 1];
+	enum admin_err e;
+	int r;
+
+	if ((e = client_of(q, &ci)) != AE_OK)
+		return e;
+	if (count_keys(q->d->st, ci.name, "state = 'next'") != 0)
+		return bad(q, AE_CONFLICT, "%s already has a next key: activate it first", ci.name);
+	if (count_keys(q->d->st, ci.name, "state IN ('next', 'active', 'retiring')") >=
+	    CIMD_KEYS_PER_CLIENT_MAX)
+		return bad(q, AE_CONFLICT, "%s holds its maximum of %d published keys", ci.name,
+			   CIMD_KEYS_PER_CLIENT_MAX);
+	if (store_begin(q->d->st) < 0)
+		return bad(q, AE_INTERNAL, "database error");
+	if ((r = create_key(q->d, &ci, "next", q->op->name, kid)) < 0 || store_commit(q->d->st) < 0) {
+		store_rollback(q->d->st);
+		return key_err(q, r, "creating the next key");
+	}
+	q->result = json_pack("{sssssI}", "kid", kid, "state", "next", "activate_after",
+			      (json_int_t)(time(NULL) + q->d->cfg->jwks_max_age));
+	return AE_OK;
+}
+
+/* Activates next key kid (active key, if any, becomes retiring), in an open
+ * transaction. */
+static int activate(struct cimdd *d, const char *client, const char *kid, const char *actor,
+		    int forced)
+{
+	char old[CIMD_KID_LEN + 1];
+	json_t *x = forced ? json_pack("{sb}", "forced", 1) : NULL;
+	int r = 0;
+
+	if (key_in_state(d->st, client, "active", old, NULL) == 0)
+		r = transition(d, client, old, "active", "retiring", actor, NULL);
+	if (r == 0)
+		r = transition(d, client, kid, "next", "active", actor, x);
+	json_decref(x);
+	return r;
+}
+
+enum admin_err keys_activate(struct admin_req *q)
+{
+	struct client_info ci;
+	const char *want = json_string_value(json_object_get(q->args, "kid"));
+	int force = json_is_true(json_object_get(q->args, "force"));
+	char kid[CIMD_KID_LEN + 1];
+	int64_t since = 0, age;
+	enum admin_err e;
+
+	if ((e = client_of(q, &ci)) != AE_OK)
+		return e;
+	if (key_in_state(q->d->st, ci.name, "next", kid, &since) < 0)
+		return bad(q, AE_NOT_FOUND, "%s has no next key: rotate first", ci.name);
+	if (want != NULL && strcmp(want, kid) != 0)
+		return bad(q, AE_NOT_FOUND, "%.64s is not the next key of %s (%s is)", want, ci.name,
+			   kid);
+	age = (int64_t)time(NULL) - since;
+	if (age < q->d->cfg->jwks_max_age && !force)
+		return bad(q, AE_CONFLICT,
+			   "the next key has been published for %llds; jwks_max_age is %lds: "
+			   "activate after %llds more, or use --force",
+			   (long long)age, q->d->cfg->jwks_max_age,
+			   (long long)(q->d->cfg->jwks_max_age - age));
+	if (store_begin(q->d->st) < 0 ||
+	    activate(q->d, ci.name, kid, q->op->name, force && age < q->d->cfg->jwks_max_age) < 0 ||
+	    store_commit(q->d->st) < 0) {
+		store_rollback(q->d->st);
+		return bad(q, AE_INTERNAL, "database error: nothing was changed");
+	}
+	q->result = json_pack("{sssssb}", "kid", kid, "state", "active", "forced",
+			      force && age < q->d->cfg->jwks_max_age);
+	return AE_OK;
+}
+
+/* Destroys the hardware key of kid; its row must already say revoked or retired. */
+static int destroy_hw(struct cimdd *d, const char *kid)
+{
+	struct key_store *ks;
+	struct ks_key *key = NULL;
+	sqlite3_stmt *s;
+	int r = -ENOENT;
+
+	if (store_query(d->st, &s, "SELECT backend, alg, ref FROM keys WHERE kid = ?", "s", kid) < 0)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		ks = cimdd_key_store(d, (const char *)sqlite3_column_text(s, 0));
+		r = ks == NULL ? -CIMD_EUNAVAILABLE
+			       : key_store_load(ks, cimd_alg_from_name((const char *)sqlite3_column_text(s, 1)),
+						sqlite3_column_blob(s, 2),
+						(size_t)sqlite3_column_bytes(s, 2), &key);
+		if (r == 0)
+			r = key_store_destroy(ks, &key);
+		else if (r == -CIMD_ENOKEY)
+			r = 0; /* gone already */
+	}
+	sqlite3_finalize(s);
+	ks_key_free(&key);
+	return r;
+}
+
+/* Destroys a revoked key's hardware key and records when. */
+static int destroy_revoked(struct cimdd *d, const char *client, const char *kid, const char *actor)
+{
+	json_t *f;
+	int r;
+
+	if ((r = destroy_hw(d, kid)) < 0)
+		return r;
+	f = json_pack("{ssss}", "client", client, "kid", kid);
+	if (store_begin(d->st) < 0 ||
+	    store_exec(d->st, "UPDATE keys SET destroyed = ? WHERE kid = ?", "is",
+		       (int64_t)time(NULL), kid) != 1 ||
+	    journal_append(d->st, "key.destroy", actor, f, NULL) < 0 || store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		r = -EIO;
+	}
+	json_decref(f);
+	return r;
+}
+
+enum admin_err keys_revoke(struct admin_req *q)
+{
+	struct client_info ci;
+	const char *kid = json_string_value(json_object_get(q->args, "kid"));
+	const char *reason = json_string_value(json_object_get(q->args, "reason"));
+	int replace = json_is_true(json_object_get(q->args, "replace"));
+	char state[16] = "", newkid[CIMD_KID_LEN + 1] = "";
+	sqlite3_stmt *s;
+	json_t *x;
+	enum admin_err e;
+	int r;
+
+	if ((e = client_of(q, &ci)) != AE_OK)
+		return e;
+	if (kid == NULL)
+		return bad(q, AE_BAD_REQUEST, "the kid to revoke is required");
+	if (reason == NULL || *reason == '\0' || strlen(reason) > 512)
+		return bad(q, AE_BAD_REQUEST, "a reason (1 to 512 characters) is required");
+	if (store_query(q->d->st, &s, "SELECT state FROM keys WHERE client = ? AND kid = ?", "ss",
+			ci.name, kid) < 0)
+		return bad(q, AE_INTERNAL, "database error");
+	if (sqlite3_step(s) == SQLITE_ROW)
+		snprintf(state, sizeof(state), "%s", sqlite3_column_text(s, 0));
+	sqlite3_finalize(s);
+	if (state[0] == '\0')
+		return bad(q, AE_NOT_FOUND, "%s has no key %.64s", ci.name, kid);
+	if (strcmp(state, "revoked") == 0 || strcmp(state, "destroyed") == 0)
+		return bad(q, AE_CONFLICT, "key %s is %s already", kid, state);
+	if (replace && strcmp(state, "active") != 0)
+		return bad(q, AE_BAD_REQUEST, "--replace applies to the active key; %s is %s", kid, state);
+	if (store_begin(q->d->st) < 0)
+		return bad(q, AE_INTERNAL, "database error");
+	x = json_pack("{ss}", "reason", reason);
+	r = transition(q->d, ci.name, kid, state, "revoked", q->op->name, x);
+	json_decref(x);
+	if (r == 0)
+		r = store_exec(q->d->st, "UPDATE keys SET revoke_reason = ? WHERE kid = ?", "ss",
+			       reason, kid) == 1
+			    ? 0
+			    : -EIO;
+	/* The replacement is active at once: there is no time to pre-publish it,
+	 * and the journal records it as forced. */
+	if (r == 0 && replace && (r = create_key(q->d, &ci, "next", q->op->name, newkid)) == 0)
+		r = activate(q->d, ci.name, newkid, q->op->name, 1);
+	if (r < 0 || store_commit(q->d->st) < 0) {
+		store_rollback(q->d->st);
+		return key_err(q, r < 0 ? r : -EIO, "revoking");
+	}
+	/* Destroying the hardware key comes after the commit: the row already says
+	 * revoked, so a failure here leaves a key that can never be used again and
+	 * that the scheduler destroys when the hardware answers. */
+	if ((r = destroy_revoked(q->d, ci.name, kid, q->op->name)) < 0)
+		snprintf(q->msg, sizeof(q->msg), "revoked; destroying the hardware key failed (%s), "
+						 "it will be retried", cimd_strerror(r));
+	q->result = json_pack("{sssssssb}", "kid", kid, "state", "revoked", "replacement",
+			      newkid[0] ? newkid : "", "client_has_active_key",
+			      count_keys(q->d->st, ci.name, "state = 'active'") > 0);
+	return AE_OK;
+}
+
+/* ---- the scheduler ---- */
+
+struct due {
+	char client[CIMD_NAME_MAX + 1];
+	char kid[CIMD_KID_LEN + 1];
+};
+
+#define DUE_MAX 64 /* transitions of one kind per tick; the rest wait a second */
+
+static size_t collect(struct store *st, const char *sql, int64_t t, struct due *out)
+{
+	sqlite3_stmt *s;
+	size_t n = 0;
+
+	if (store_query(st, &s, sql, "i", t) < 0)
+		return 0;
+	while (n < DUE_MAX && sqlite3_step(s) == SQLITE_ROW) {
+		snprintf(out[n].client, sizeof(out[n].client), "%s", sqlite3_column_text(s, 0));
+		snprintf(out[n].kid, sizeof(out[n].kid), "%s", sqlite3_column_text(s, 1));
+		n++;
+	}
+	sqlite3_finalize(s);
+	return n;
+}
+
+static int step(struct cimdd *d, const struct due *x, const char *from, const char *to)
+{
+	if (store_begin(d->st) < 0)
+		return -EIO;
+	if (transition(d, x->client, x->kid, from, to, "scheduler", NULL) < 0 ||
+	    store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		return -EIO;
+	}
+	return 1;
+}
+
+/* Scheduled rotation of one client: create the next key jwks_max_age before the
+ * active key is due, activate it when due (and published long enough). */
+static int rotate_due(struct cimdd *d, const struct client_info *ci, int64_t every, int64_t now)
+{
+	char active[CIMD_KID_LEN + 1], next[CIMD_KID_LEN + 1];
+	int64_t activated = 0, created = 0;
+	int r;
+
+	if (key_in_state(d->st, ci->name, "active", active, &activated) < 0)
+		return 0;
+	if (key_in_state(d->st, ci->name, "next", next, &created) < 0) {
+		if (now < activated + every - d->cfg->jwks_max_age)
+			return 0;
+		if (store_begin(d->st) < 0)
+			return -EIO;
+		if ((r = create_key(d, ci, "next", "scheduler", next)) < 0 || store_commit(d->st) < 0) {
+			store_rollback(d->st);
+			return r < 0 ? r : -EIO;
+		}
+		return 1;
+	}
+	if (now < activated + every || now - created < d->cfg->jwks_max_age)
+		return 0;
+	if (store_begin(d->st) < 0)
+		return -EIO;
+	if (activate(d, ci->name, next, "scheduler", 0) < 0 || store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		return -EIO;
+	}
+	return 1;
+}
+
+int keys_tick(struct cimdd *d, time_t tnow)
+{
+	const struct cimd_config *c = d->cfg;
+	int64_t now = (int64_t)tnow, grace = c->assertion_max_ttl + c->jwks_max_age + c->clock_skew;
+	struct due due[DUE_MAX];
+	struct {
+		char client[CIMD_NAME_MAX + 1];
+		int64_t every;
+	} rot[DUE_MAX];
+	struct client_info ci;
+	sqlite3_stmt *s;
+	size_t i, n;
+	int done = 0, r;
+
+	n = collect(d->st, "SELECT client, kid FROM keys WHERE state = 'retiring' AND retiring <= ?",
+		    now - grace, due);
+	for (i = 0; i < n; i++)
+		if (step(d, &due[i], "retiring", "retired") > 0)
+			done++;
+	n = collect(d->st, "SELECT client, kid FROM keys WHERE state = 'retired' AND retired <= ?",
+		    now - c->destroy_delay, due);
+	for (i = 0; i < n; i++)
+		if (destroy_hw(d, due[i].kid) == 0 && step(d, &due[i], "retired", "destroyed") > 0)
+			done++;
+	n = collect(d->st,
+		    "SELECT client, kid FROM keys WHERE state = 'revoked' AND destroyed IS NULL "
+		    "AND revoked <= ?",
+		    now, due);
+	for (i = 0; i < n; i++)
+		if (destroy_revoked(d, due[i].client, due[i].kid, "scheduler") == 0)
+			done++;
+	/* Clients with a rotation period: their own, or the appliance's. */
+	n = 0;
+	if (store_query(d->st, &s,
+			"SELECT name, coalesce(rotate_every, ?) FROM clients WHERE degraded = 0", "i",
+			(int64_t)c->rotate_every) == 0) {
+		while (sqlite3_step(s) == SQLITE_ROW && n < DUE_MAX) {
+			if (sqlite3_column_int64(s, 1) <= 0)
+				continue;
+			snprintf(rot[n].client, sizeof(rot[n].client), "%s", sqlite3_column_text(s, 0));
+			rot[n].every = sqlite3_column_int64(s, 1);
+			n++;
+		}
+		sqlite3_finalize(s);
+	}
+	for (i = 0; i < n; i++)
+		if (client_info(d->st, rot[i].client, &ci) == 0 &&
+		    (r = rotate_due(d, &ci, rot[i].every, now)) > 0)
+			done += r;
+	return done;
+}
