@@ -24,6 +24,15 @@
 struct sqlite3;
 struct sqlite3_stmt;
 
+#define CIMD_VERSION "0.1.0"
+
+/* ---- logging (log.c): stderr in the foreground, syslog otherwise ---- */
+
+void log_init(const char *ident, int foreground);
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* ---- bounds: every resource an outside party controls is capped here ---- */
 
 #define CIMD_CONF_MAX (64 * 1024)    /* configuration file */

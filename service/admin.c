@@ -1,0 +1,450 @@
+/*
+ * admin.c — the admin socket: newline-delimited JSON, one request per line.
+ *
+ * The caller is who the kernel says (SO_PEERCRED), mapped to an operator and
+ * roles by the configuration; what the request claims is never asked.  A
+ * handler table names each operation, the role it needs and its handler.  Every
+ * request, allowed or refused, is a journal record naming the operator (or the
+ * bare uid of a stranger).  A malformed or oversized line ends that connection,
+ * never the daemon.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "service.h"
+
+struct conn {
+	int fd;
+	struct ucred cred;
+	char *in;
+	size_t in_len;
+	char *out;
+	size_t out_len, out_off;
+	time_t last;
+	int closing; /* close once out is written */
+};
+
+struct admin_server {
+	struct cimdd *d;
+	int lfd;
+	char *path;
+	struct conn conns[CIMD_ADMIN_CONNS_MAX];
+};
+
+const char *admin_err_name(enum admin_err e)
+{
+	static const char *const names[] = {
+		[AE_OK] = "ok",
+		[AE_BAD_REQUEST] = "bad_request",
+		[AE_FORBIDDEN] = "forbidden",
+		[AE_UNKNOWN_CLIENT] = "unknown_client",
+		[AE_NOT_FOUND] = "not_found",
+		[AE_CONFLICT] = "conflict",
+		[AE_INVALID_DOCUMENT] = "invalid_document",
+		[AE_BACKEND_UNAVAILABLE] = "backend_unavailable",
+		[AE_INTERNAL] = "internal",
+	};
+	return (size_t)e < sizeof(names) / sizeof(names[0]) ? names[e] : "internal";
+}
+
+static enum admin_err op_status(struct admin_req *q)
+{
+	const struct cimd_config *c = q->d->cfg;
+	char head[65], roles[64];
+	int64_t seq = 0;
+	json_t *be = json_array();
+	size_t i;
+
+	for (i = 0; i < c->n_backends; i++)
+		json_array_append_new(be, json_pack("{sssb}", "name", c->backends[i].name, "open",
+						    q->d->ks[i] != NULL));
+	journal_head(q->d->st, &seq, head);
+	q->result = json_pack("{sssssssssosbs{sIss}sIsIsIsI}", "version", CIMD_VERSION, "base_url",
+			      c->base_url, "operator", q->op->name, "roles",
+			      config_roles_str(q->op->roles, roles, sizeof(roles)), "backends", be,
+			      "two_person_rule", c->two_person_rule, "journal", "seq", (json_int_t)seq,
+			      "head", head, "jwks_max_age", (json_int_t)c->jwks_max_age,
+			      "assertion_max_ttl", (json_int_t)c->assertion_max_ttl, "clock_skew",
+			      (json_int_t)c->clock_skew, "destroy_delay", (json_int_t)c->destroy_delay);
+	return q->result ? AE_OK : AE_INTERNAL;
+}
+
+static enum admin_err op_journal_show(struct admin_req *q)
+{
+	json_t *since = json_object_get(q->args, "since"), *recs = NULL;
+
+	if (since != NULL && (!json_is_integer(since) || json_integer_value(since) < 0)) {
+		snprintf(q->msg, sizeof(q->msg), "since must be a record number");
+		return AE_BAD_REQUEST;
+	}
+	if (journal_list(q->d->st, since ? json_integer_value(since) : 1, CIMD_JOURNAL_SHOW_MAX,
+			 &recs) < 0) {
+		snprintf(q->msg, sizeof(q->msg), "database error");
+		return AE_INTERNAL;
+	}
+	q->result = json_pack("{so}", "records", recs);
+	return AE_OK;
+}
+
+static enum admin_err op_journal_verify(struct admin_req *q)
+{
+	int64_t count = 0, bad = 0;
+	int r = journal_verify(q->d->st, &count, &bad);
+
+	if (r == -CIMD_EVERIFY) {
+		q->result = json_pack("{sbsI}", "intact", 0, "first_bad", (json_int_t)bad);
+		snprintf(q->msg, sizeof(q->msg), "the chain breaks at record %lld", (long long)bad);
+		return AE_OK;
+	}
+	if (r < 0) {
+		snprintf(q->msg, sizeof(q->msg), "database error");
+		return AE_INTERNAL;
+	}
+	q->result = json_pack("{sbsI}", "intact", 1, "records", (json_int_t)count);
+	return AE_OK;
+}
+
+/* The handler table: every operation, the role it needs, its handler. */
+static const struct {
+	const char *op;
+	unsigned role;
+	enum admin_err (*fn)(struct admin_req *q);
+} ops[] = {
+	{"status", CIMD_ROLE_READ, op_status},
+	{"client.add", CIMD_ROLE_SUBMIT, reg_client_add},
+	{"client.list", CIMD_ROLE_READ, reg_client_list},
+	{"client.show", CIMD_ROLE_READ, reg_client_show},
+	{"client.allow", CIMD_ROLE_SUBMIT, reg_client_allow},
+	{"client.audience", CIMD_ROLE_SUBMIT, reg_client_audience},
+	{"doc.submit", CIMD_ROLE_SUBMIT, reg_doc_submit},
+	{"doc.approve", CIMD_ROLE_APPROVE, reg_doc_approve},
+	{"doc.show", CIMD_ROLE_READ, reg_doc_show},
+	{"key.list", CIMD_ROLE_READ, keys_list},
+	{"key.rotate", CIMD_ROLE_ROTATE, keys_rotate},
+	{"key.activate", CIMD_ROLE_ROTATE, keys_activate},
+	{"key.revoke", CIMD_ROLE_REVOKE, keys_revoke},
+	{"journal.show", CIMD_ROLE_READ, op_journal_show},
+	{"journal.verify", CIMD_ROLE_READ, op_journal_verify},
+};
+
+/* One journal record per request, in a transaction of its own (the handler's
+ * own changes are committed, or rolled back, by then). */
+static void journal_request(struct cimdd *d, const char *actor, const struct ucred *cr,
+			    const char *op, const json_t *args, enum admin_err e)
+{
+	const char *client = json_string_value(json_object_get(args, "name"));
+	json_t *f = json_pack("{sssisiss}", "op", op ? op : "?", "uid", (int)cr->uid, "pid",
+			      (int)cr->pid, "result", admin_err_name(e));
+
+	if (f != NULL && client != NULL && strlen(client) <= CIMD_NAME_MAX)
+		json_object_set_new(f, "client", json_string(client));
+	if (f == NULL || store_begin(d->st) < 0 ||
+	    journal_append(d->st, "admin.request", actor, f, NULL) < 0 || store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		log_err("journal: cannot record %s by %s", op ? op : "?", actor);
+	}
+	json_decref(f);
+}
+
+/* Handles one request line; returns the response (without newline). */
+static char *handle(struct cimdd *d, const struct ucred *cr, const char *line, size_t len)
+{
+	struct admin_req q = {.d = d};
+	const struct cimd_operator *op;
+	struct cimd_operator stranger = {0};
+	const char *opname = NULL;
+	json_t *req = NULL, *resp;
+	enum admin_err e;
+	char *out;
+	size_t i;
+
+	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
+	if (req == NULL || !json_is_object(req) ||
+	    (opname = json_string_value(json_object_get(req, "op"))) == NULL) {
+		e = AE_BAD_REQUEST;
+		snprintf(q.msg, sizeof(q.msg), "expected a JSON object with an \"op\" member");
+		opname = NULL;
+		goto done;
+	}
+	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+		if (strcmp(ops[i].op, opname) == 0)
+			break;
+	if (i == sizeof(ops) / sizeof(ops[0])) {
+		e = AE_BAD_REQUEST;
+		snprintf(q.msg, sizeof(q.msg), "unknown operation '%.40s'", opname);
+		goto done;
+	}
+	if ((op = config_operator(d->cfg, cr->uid)) == NULL) {
+		e = AE_FORBIDDEN;
+		snprintf(q.msg, sizeof(q.msg), "uid %d is not an operator of this appliance",
+			 (int)cr->uid);
+		goto done;
+	}
+	q.op = op;
+	if (!(op->roles & ops[i].role)) {
+		char have[64], need[64];
+		e = AE_FORBIDDEN;
+		snprintf(q.msg, sizeof(q.msg), "operator %s (roles %s) lacks the %s role for %s",
+			 op->name, config_roles_str(op->roles, have, sizeof(have)),
+			 config_roles_str(ops[i].role, need, sizeof(need)), opname);
+		goto done;
+	}
+	q.args = req;
+	e = ops[i].fn(&q);
+done:
+	if (q.op == NULL) {
+		snprintf(stranger.name, sizeof(stranger.name), "uid:%d", (int)cr->uid);
+		q.op = &stranger;
+	}
+	journal_request(d, q.op->name, cr, opname, req, e);
+	if (e != AE_OK) {
+		log_info("admin: %s: %s refused (%s): %s", q.op->name, opname ? opname : "request",
+			 admin_err_name(e), q.msg);
+		resp = json_pack("{sbssss}", "ok", 0, "error", admin_err_name(e), "message", q.msg);
+	} else {
+		resp = json_pack("{sb}", "ok", 1);
+		if (q.result != NULL)
+			json_object_update(resp, q.result);
+		if (q.msg[0] != '\0')
+			json_object_set_new(resp, "message", json_string(q.msg));
+	}
+	json_decref(q.result);
+	json_decref(req);
+	out = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
+	json_decref(resp);
+	return out;
+}
+
+static void conn_close(struct conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	free(c->in);
+	free(c->out);
+	memset(c, 0, sizeof(*c));
+	c->fd = -1;
+}
+
+static void queue(struct conn *c, char *resp)
+{
+	size_t n;
+	char *nb;
+
+	if (resp == NULL) {
+		c->closing = 1;
+		return;
+	}
+	n = strlen(resp);
+	if ((nb = realloc(c->out, c->out_len + n + 1)) == NULL) {
+		free(resp);
+		c->closing = 1;
+		return;
+	}
+	c->out = nb;
+	memcpy(c->out + c->out_len, resp, n);
+	c->out[c->out_len + n] = '\n';
+	c->out_len += n + 1;
+	free(resp);
+}
+
+static void conn_read(struct admin_server *srv, struct conn *c)
+{
+	ssize_t n;
+	char *nl;
+	size_t used;
+
+	n = read(c->fd, c->in + c->in_len, CIMD_ADMIN_LINE_MAX + 1 - c->in_len);
+	if (n <= 0) {
+		if (n == 0 || (errno != EAGAIN && errno != EINTR))
+			c->closing = 1, c->in_len = 0;
+		return;
+	}
+	c->in_len += (size_t)n;
+	c->last = time(NULL);
+	/* Requests are answered in order, each line as it completes. */
+	while ((nl = memchr(c->in, '\n', c->in_len)) != NULL && !c->closing) {
+		used = (size_t)(nl - c->in) + 1;
+		queue(c, handle(srv->d, &c->cred, c->in, used - 1));
+		memmove(c->in, c->in + used, c->in_len - used);
+		c->in_len -= used;
+	}
+	if (c->in_len > CIMD_ADMIN_LINE_MAX) {
+		queue(c, strdup("{\"ok\":false,\"error\":\"too_large\",\"message\":\"request line "
+				"over 16384 bytes\"}"));
+		c->closing = 1;
+		c->in_len = 0;
+	}
+}
+
+static void conn_write(struct conn *c)
+{
+	ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
+
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EINTR)
+			c->closing = 1, c->out_off = c->out_len;
+		return;
+	}
+	c->out_off += (size_t)n;
+	c->last = time(NULL);
+	if (c->out_off == c->out_len) {
+		free(c->out);
+		c->out = NULL;
+		c->out_len = c->out_off = 0;
+	}
+}
+
+static void accept_one(struct admin_server *srv)
+{
+	struct conn *c = NULL;
+	socklen_t len = sizeof(struct ucred);
+	int fd;
+	size_t i;
+
+	if ((fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) < 0)
+		return;
+	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
+		if (srv->conns[i].fd < 0) {
+			c = &srv->conns[i];
+			break;
+		}
+	if (c == NULL) {
+		log_warn("admin: %d connections open; refusing another", CIMD_ADMIN_CONNS_MAX);
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0 ||
+	    (c->in = malloc(CIMD_ADMIN_LINE_MAX + 1)) == NULL) {
+		conn_close(c);
+		return;
+	}
+	c->last = time(NULL);
+}
+
+int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size_t errlen)
+{
+	struct admin_server *srv;
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct stat st;
+	mode_t old;
+	size_t i;
+	int r;
+
+	if (strlen(d->cfg->admin_socket) >= sizeof(sa.sun_path)) {
+		snprintf(err, errlen, "admin_socket path too long: %s", d->cfg->admin_socket);
+		return -ENAMETOOLONG;
+	}
+	if ((srv = calloc(1, sizeof(*srv))) == NULL)
+		return -ENOMEM;
+	srv->d = d;
+	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
+		srv->conns[i].fd = -1;
+	strcpy(sa.sun_path, d->cfg->admin_socket);
+	/* A stale socket from a previous run is replaced; anything else is not. */
+	if (lstat(sa.sun_path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			snprintf(err, errlen, "%s exists and is not a socket", sa.sun_path);
+			free(srv);
+			return -EEXIST;
+		}
+		unlink(sa.sun_path);
+	}
+	if ((srv->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
+		r = -errno;
+		snprintf(err, errlen, "socket: %s", strerror(errno));
+		free(srv);
+		return r;
+	}
+	/* Created with no access at all, then opened up to the configured mode:
+	 * never a moment where it is wider. */
+	old = umask(0777);
+	r = bind(srv->lfd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (r < 0 || chmod(sa.sun_path, d->cfg->admin_socket_mode) < 0 || listen(srv->lfd, 16) < 0) {
+		r = -errno;
+		snprintf(err, errlen, "%s: %s", sa.sun_path, strerror(errno));
+		close(srv->lfd);
+		free(srv);
+		return r;
+	}
+	if ((srv->path = strdup(sa.sun_path)) == NULL) {
+		close(srv->lfd);
+		unlink(sa.sun_path);
+		free(srv);
+		return -ENOMEM;
+	}
+	*ret = srv;
+	return 0;
+}
+
+void admin_server_free(struct admin_server **psrv)
+{
+	struct admin_server *srv = *psrv;
+	size_t i;
+
+	if (srv == NULL)
+		return;
+	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
+		if (srv->conns[i].fd >= 0)
+			conn_close(&srv->conns[i]);
+	close(srv->lfd);
+	unlink(srv->path);
+	free(srv->path);
+	free(srv);
+	*psrv = NULL;
+}
+
+size_t admin_server_pollfds(struct admin_server *srv, struct pollfd *fds, size_t max)
+{
+	size_t i, n = 0;
+
+	if (max == 0)
+		return 0;
+	fds[n++] = (struct pollfd){.fd = srv->lfd, .events = POLLIN};
+	for (i = 0; i < CIMD_ADMIN_CONNS_MAX && n < max; i++) {
+		struct conn *c = &srv->conns[i];
+		if (c->fd < 0)
+			continue;
+		/* Stop reading while answers are pending: a peer that never reads
+		 * cannot make us buffer without bound. */
+		fds[n++] = (struct pollfd){.fd = c->fd, .events = c->out_len ? POLLOUT : POLLIN};
+	}
+	return n;
+}
+
+void admin_server_dispatch(struct admin_server *srv, const struct pollfd *fds, size_t n)
+{
+	time_t now = time(NULL);
+	size_t i, j;
+
+	for (i = 1; i < n; i++) {
+		for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++)
+			if (srv->conns[j].fd == fds[i].fd)
+				break;
+		if (j == CIMD_ADMIN_CONNS_MAX)
+			continue;
+		if (fds[i].revents & POLLOUT)
+			conn_write(&srv->conns[j]);
+		else if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+			conn_read(srv, &srv->conns[j]);
+	}
+	for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
+		struct conn *c = &srv->conns[j];
+		if (c->fd < 0)
+			continue;
+		if ((c->closing && c->out_len == 0) || now - c->last > CIMD_ADMIN_IDLE_SEC)
+			conn_close(c);
+	}
+	if (n > 0 && (fds[0].revents & POLLIN))
+		accept_one(srv);
+}
