@@ -108,14 +108,15 @@ struct ks_key;
  *   tpm2:tcti=device:/dev/tpmrm0[;parent=0x81000001]
  *   tpm2:tcti=swtpm:host=127.0.0.1,port=2321
  * Parameters are separated by ';'; a value runs to the next ';'.  See docs/custody.md.
- * A key store serialises its calls with one mutex, so it may be shared by threads.
+ * A key store serialises its calls, so it may be shared by threads; a second key
+ * store on the same module or TPM in one process is refused (-EBUSY).
  * On failure the details are written to errbuf (may be NULL).
  */
 int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, size_t errlen);
 void key_store_free(struct key_store **ks);
 /* "pkcs11" or "tpm2". */
 const char *key_store_backend(const struct key_store *ks);
-/* The details of the last failed call on this key store (never NULL). */
+/* The details of this thread's last failed key store call (never NULL). */
 const char *key_store_errmsg(const struct key_store *ks);
 
 /* Generates a key for alg in the hardware. */
@@ -152,6 +153,10 @@ int jws_sign(struct key_store *ks, struct ks_key *key, const json_t *extra_heade
 int jws_verify(const char *jws, const json_t *jwk, json_t **ret_header, uint8_t **ret_payload,
 	       size_t *ret_payload_len);
 
+/* Verifies a JWS signature (raw r||s for ECDSA, RFC 7518 §3) over in. */
+int jws_verify_signature(const json_t *jwk, enum cimd_alg alg, const uint8_t *in, size_t in_len,
+			 const uint8_t *sig, size_t sig_len);
+
 /* ---- backend interface: key_store.c <-> ks_*.c only ---- */
 
 struct ks_param {
@@ -161,6 +166,8 @@ struct ks_param {
 
 struct ks_backend {
 	const char *name;
+	/* The parameter naming the hardware: one key store per value per process. */
+	const char *exclusive_param;
 	int (*open)(struct key_store *ks, const struct ks_param *params, size_t nparams,
 		    void **ret_be);
 	void (*close)(void *be);

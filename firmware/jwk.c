@@ -231,6 +231,13 @@ int jwk_to_evp(const json_t *jwk, EVP_PKEY **ret_pkey)
 		if (get_b64(jwk, "n", &a, &an) < 0 || get_b64(jwk, "e", &b, &bn) < 0 || an == 0 ||
 		    bn == 0 || an > 1024 || bn > 16)
 			goto out;
+		/* RFC 7518 §3.3/§3.5: RSA keys of 2048 bits or more. */
+		for (size = 0; size < an && a[size] == 0; size++)
+			;
+		if (an - size < 256) {
+			r = -CIMD_EALG;
+			goto out;
+		}
 		if ((n = BN_bin2bn(a, (int)an, NULL)) == NULL ||
 		    (e = BN_bin2bn(b, (int)bn, NULL)) == NULL ||
 		    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||

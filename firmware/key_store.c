@@ -14,9 +14,9 @@
  * destroy, 60 s for key generation.  A job that misses its deadline is
  * abandoned to the worker, which frees it when the hardware finally answers;
  * until then every call fails at once with CIMD_EUNAVAILABLE, and afterwards
- * the store works again by itself.  Callers are serialised by ks->lock: one key
- * store is one serial device.  A process that wants parallel signing on a
- * PKCS#11 token opens one key store per thread (each has its own session).
+ * the store works again by itself.  Callers are serialised by ks->lock, within
+ * the same deadline: one key store is one serial device, and a process has at
+ * most one key store per module or TPM (see the registry below).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +40,7 @@
 #define KS_TIMEOUT_MAX_MS 600000
 #define KS_GENERATE_TIMEOUT_MS 60000 /* RSA key generation on a real TPM */
 #define KS_MSG_MAX (1024 * 1024)     /* a message to sign */
+#define KS_ERRMSG_MAX 256
 
 enum ks_op {
 	KS_GENERATE,
@@ -61,7 +62,7 @@ struct ks_job {
 	json_t *jwk;
 	uint8_t sig[CIMD_SIG_MAX];
 	size_t sig_len;
-	char errmsg[256];
+	char errmsg[KS_ERRMSG_MAX];
 	int done;
 	int abandoned;
 };
@@ -71,8 +72,9 @@ struct key_store {
 	const struct ks_backend *be_ops;
 	void *be;
 	int timeout_ms;
-	char errmsg[256]; /* last failure, as the caller saw it */
-	char *be_errmsg;  /* where ks_fail() writes: errmsg at open, then the job's */
+	char scratch[KS_ERRMSG_MAX]; /* backend messages outside a job (open) */
+	char *be_errmsg;	     /* where ks_fail() writes: the job's buffer, or scratch */
+	char exclusive[KS_CONF_MAX]; /* "backend:module-or-tcti", see the registry */
 	pthread_t worker;
 	int have_worker;
 	pthread_mutex_t mu; /* guards job, stop, orphaned */
@@ -96,32 +98,80 @@ static const struct ks_backend *const backends[] = {
     &ks_tpm2_backend,
 };
 
+/* The details of the calling thread's last failed call: a key store may be
+ * shared by threads, and each must read its own failure, not another's. */
+static _Thread_local char last_err[KS_ERRMSG_MAX];
+
 int ks_fail(struct key_store *ks, int r, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(ks->be_errmsg, sizeof(ks->errmsg), fmt, ap);
+	vsnprintf(ks->be_errmsg, KS_ERRMSG_MAX, fmt, ap);
 	va_end(ap);
 	return r;
 }
 
 /* A failure seen by the calling side (never from the worker). */
-static int caller_fail(struct key_store *ks, int r, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int caller_fail(struct key_store *ks, int r, const char *fmt, ...)
+static int caller_fail(int r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int caller_fail(int r, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(ks->errmsg, sizeof(ks->errmsg), fmt, ap);
+	vsnprintf(last_err, sizeof(last_err), fmt, ap);
 	va_end(ap);
 	return r;
 }
 
 const char *key_store_errmsg(const struct key_store *ks)
 {
-	return ks->errmsg[0] ? ks->errmsg : "no error";
+	(void)ks;
+	return last_err[0] ? last_err : "no error";
+}
+
+/*
+ * One key store per module (PKCS#11) or TPM (TCTI) in a process.  A PKCS#11
+ * module is one instance per process: closing one libp11 context finalises it
+ * (C_Finalize) and closes every session on the slot under any other.  A TPM
+ * without a resource manager has its transient objects flushed by each new
+ * store.  So a second store on the same hardware is refused rather than allowed
+ * to break the first.
+ */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct key_store *registry[16];
+
+static int registry_add(struct key_store *ks)
+{
+	size_t i, free_slot = SIZE_MAX;
+	int r = 0;
+
+	pthread_mutex_lock(&registry_lock);
+	for (i = 0; i < sizeof(registry) / sizeof(registry[0]); i++) {
+		if (registry[i] == NULL) {
+			if (free_slot == SIZE_MAX)
+				free_slot = i;
+		} else if (strcmp(registry[i]->exclusive, ks->exclusive) == 0) {
+			r = -EBUSY;
+		}
+	}
+	if (r == 0 && free_slot == SIZE_MAX)
+		r = -EMFILE;
+	if (r == 0)
+		registry[free_slot] = ks;
+	pthread_mutex_unlock(&registry_lock);
+	return r;
+}
+
+static void registry_del(struct key_store *ks)
+{
+	size_t i;
+
+	pthread_mutex_lock(&registry_lock);
+	for (i = 0; i < sizeof(registry) / sizeof(registry[0]); i++)
+		if (registry[i] == ks)
+			registry[i] = NULL;
+	pthread_mutex_unlock(&registry_lock);
 }
 
 const char *key_store_backend(const struct key_store *ks)
@@ -159,12 +209,14 @@ static void job_run(struct key_store *ks, struct ks_job *j)
 		j->r = ks->be_ops->destroy(ks, ks->be, j->ref, j->ref_len);
 		break;
 	}
+	ks->be_errmsg = ks->scratch;
 }
 
 static void ks_release(struct key_store *ks)
 {
 	if (ks->be_ops != NULL && ks->be != NULL)
 		ks->be_ops->close(ks->be);
+	registry_del(ks);
 	pthread_cond_destroy(&ks->job_cv);
 	pthread_cond_destroy(&ks->done_cv);
 	pthread_mutex_destroy(&ks->mu);
@@ -188,6 +240,15 @@ static void *ks_worker(void *arg)
 		pthread_mutex_unlock(&ks->mu);
 		job_run(ks, job);
 		pthread_mutex_lock(&ks->mu);
+		if (job->abandoned && job->op == KS_GENERATE && job->r == 0) {
+			/* Nobody will ever hold this key's reference: remove it rather
+			 * than leave an orphan in the hardware. */
+			pthread_mutex_unlock(&ks->mu);
+			ks->be_errmsg = job->errmsg;
+			ks->be_ops->destroy(ks, ks->be, job->ref, job->ref_len);
+			ks->be_errmsg = ks->scratch;
+			pthread_mutex_lock(&ks->mu);
+		}
 		ks->job = NULL;
 		job->done = 1;
 		if (job->abandoned)
@@ -201,28 +262,45 @@ static void *ks_worker(void *arg)
 	return NULL;
 }
 
-/* Hands *pjob to the worker and waits until it is done or its deadline passes.
- * On return the job belongs to the caller again; when it does not (it was
- * abandoned to the worker, or never ran), *pjob is set to NULL. */
+static struct timespec deadline_in(int timeout_ms)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	t.tv_sec += timeout_ms / 1000;
+	t.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (t.tv_nsec >= 1000000000L) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000L;
+	}
+	return t;
+}
+
+/*
+ * Runs *pjob on the worker within timeout_ms of now, waiting for other callers
+ * of the store included: the deadline covers the whole call.  On return the
+ * job belongs to the caller again; when it does not (abandoned to the worker,
+ * or never run), *pjob is set to NULL.
+ */
 static int ks_run(struct key_store *ks, struct ks_job **pjob, int timeout_ms)
 {
 	struct ks_job *job = *pjob;
-	struct timespec deadline;
+	struct timespec deadline = deadline_in(timeout_ms);
 	int r;
 
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += timeout_ms / 1000;
-	deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (deadline.tv_nsec >= 1000000000L) {
-		deadline.tv_sec++;
-		deadline.tv_nsec -= 1000000000L;
+	if (pthread_mutex_clocklock(&ks->lock, CLOCK_MONOTONIC, &deadline) != 0) {
+		job_free(job);
+		*pjob = NULL;
+		return caller_fail(-CIMD_EUNAVAILABLE, "%s: busy with other callers for %d ms",
+				   ks->be_ops->name, timeout_ms);
 	}
 	pthread_mutex_lock(&ks->mu);
 	if (ks->job != NULL) {
 		pthread_mutex_unlock(&ks->mu);
+		pthread_mutex_unlock(&ks->lock);
 		job_free(job);
 		*pjob = NULL;
-		return caller_fail(ks, -CIMD_EUNAVAILABLE,
+		return caller_fail(-CIMD_EUNAVAILABLE,
 				   "%s: hardware has not yet answered an earlier command",
 				   ks->be_ops->name);
 	}
@@ -235,15 +313,17 @@ static int ks_run(struct key_store *ks, struct ks_job **pjob, int timeout_ms)
 		job->abandoned = 1; /* the worker frees it */
 		*pjob = NULL;
 		pthread_mutex_unlock(&ks->mu);
-		return caller_fail(ks, -CIMD_EUNAVAILABLE,
-				   "%s: no answer from the hardware in %d ms", ks->be_ops->name,
-				   timeout_ms);
+		pthread_mutex_unlock(&ks->lock);
+		return caller_fail(-CIMD_EUNAVAILABLE, "%s: no answer from the hardware in %d ms",
+				   ks->be_ops->name, timeout_ms);
 	}
 	pthread_mutex_unlock(&ks->mu);
+	pthread_mutex_unlock(&ks->lock);
 	r = job->r;
-	snprintf(ks->errmsg, sizeof(ks->errmsg), "%s", r < 0 ? job->errmsg : "");
-	if (r < 0 && ks->errmsg[0] == '\0')
-		snprintf(ks->errmsg, sizeof(ks->errmsg), "%s", cimd_strerror(r));
+	if (r < 0)
+		caller_fail(r, "%s", job->errmsg[0] ? job->errmsg : cimd_strerror(r));
+	else
+		last_err[0] = '\0';
 	return r;
 }
 
@@ -319,7 +399,7 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 	pthread_cond_init(&ks->done_cv, &ca);
 	pthread_condattr_destroy(&ca);
 	pthread_cond_init(&ks->job_cv, NULL);
-	ks->be_errmsg = ks->errmsg;
+	ks->be_errmsg = ks->scratch;
 	ks->timeout_ms = KS_TIMEOUT_DEFAULT_MS;
 	if ((buf = strdup(conf)) == NULL) {
 		r = -ENOMEM;
@@ -338,6 +418,15 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 		r = ks_fail(ks, -CIMD_ECONFIG, "unknown backend '%s' (pkcs11 or tpm2)", name);
 		goto out;
 	}
+	snprintf(ks->exclusive, sizeof(ks->exclusive), "%s:", name);
+	for (i = 0; i < n; i++)
+		if (strcmp(params[i].name, ks->be_ops->exclusive_param) == 0)
+			snprintf(ks->exclusive, sizeof(ks->exclusive), "%s:%s", name,
+				 params[i].value);
+	if ((r = registry_add(ks)) < 0) {
+		ks_fail(ks, r, "%s is in use by another key store in this process", ks->exclusive);
+		goto out;
+	}
 	if ((r = ks->be_ops->open(ks, params, n, &ks->be)) < 0)
 		goto out;
 	if ((r = -pthread_create(&ks->worker, NULL, ks_worker, ks)) < 0) {
@@ -354,7 +443,7 @@ out:
 	free(buf);
 	if (ks != NULL) {
 		if (errbuf != NULL)
-			snprintf(errbuf, errlen, "%s", key_store_errmsg(ks));
+			snprintf(errbuf, errlen, "%s", ks->scratch);
 		key_store_free(&ks);
 	}
 	return r;
@@ -449,11 +538,9 @@ static int run_key_job(struct key_store *ks, struct ks_job *j, int timeout_ms,
 
 	if (j == NULL)
 		return -ENOMEM;
-	pthread_mutex_lock(&ks->lock);
 	if ((r = ks_run(ks, &j, timeout_ms)) == 0 &&
 	    (r = key_new(j->alg, j->ref, j->ref_len, j->jwk, ret_key)) == 0)
 		j->ref = NULL, j->jwk = NULL; /* moved into the handle */
-	pthread_mutex_unlock(&ks->lock);
 	job_free(j);
 	return r;
 }
@@ -461,7 +548,7 @@ static int run_key_job(struct key_store *ks, struct ks_job *j, int timeout_ms,
 int key_store_generate(struct key_store *ks, enum cimd_alg alg, struct ks_key **ret_key)
 {
 	if (cimd_alg_name(alg) == NULL)
-		return caller_fail(ks, -CIMD_EALG, "unknown algorithm %d", (int)alg);
+		return caller_fail(-CIMD_EALG, "unknown algorithm %d", (int)alg);
 	return run_key_job(ks, job_new(KS_GENERATE, alg, NULL, 0, NULL, 0),
 			   KS_GENERATE_TIMEOUT_MS > ks->timeout_ms ? KS_GENERATE_TIMEOUT_MS
 								   : ks->timeout_ms,
@@ -472,9 +559,9 @@ int key_store_load(struct key_store *ks, enum cimd_alg alg, const uint8_t *ref, 
 		   struct ks_key **ret_key)
 {
 	if (cimd_alg_name(alg) == NULL)
-		return caller_fail(ks, -CIMD_EALG, "unknown algorithm %d", (int)alg);
+		return caller_fail(-CIMD_EALG, "unknown algorithm %d", (int)alg);
 	if (ref_len == 0 || ref_len > CIMD_KEYREF_MAX)
-		return caller_fail(ks, -CIMD_ENOKEY, "key reference of %zu bytes", ref_len);
+		return caller_fail(-CIMD_ENOKEY, "key reference of %zu bytes", ref_len);
 	return run_key_job(ks, job_new(KS_LOAD, alg, ref, ref_len, NULL, 0), ks->timeout_ms,
 			   ret_key);
 }
@@ -486,17 +573,15 @@ int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg,
 	int r;
 
 	if (key == NULL || key->ref == NULL)
-		return caller_fail(ks, -CIMD_ENOKEY, "no key");
+		return caller_fail(-CIMD_ENOKEY, "no key");
 	if (len > KS_MSG_MAX)
-		return caller_fail(ks, -E2BIG, "message of %zu bytes", len);
+		return caller_fail(-E2BIG, "message of %zu bytes", len);
 	if ((j = job_new(KS_SIGN, key->alg, key->ref, key->ref_len, msg, len)) == NULL)
 		return -ENOMEM;
-	pthread_mutex_lock(&ks->lock);
 	if ((r = ks_run(ks, &j, ks->timeout_ms)) == 0) {
 		memcpy(ret_sig, j->sig, j->sig_len);
 		*ret_len = j->sig_len;
 	}
-	pthread_mutex_unlock(&ks->lock);
 	job_free(j);
 	return r;
 }
@@ -511,9 +596,7 @@ int key_store_destroy(struct key_store *ks, struct ks_key **pkey)
 		return 0;
 	if ((j = job_new(KS_DESTROY, key->alg, key->ref, key->ref_len, NULL, 0)) == NULL)
 		return -ENOMEM;
-	pthread_mutex_lock(&ks->lock);
 	r = ks_run(ks, &j, ks->timeout_ms);
-	pthread_mutex_unlock(&ks->lock);
 	job_free(j);
 	if (r < 0)
 		return r;
@@ -567,8 +650,9 @@ int secret_read_file(const char *path, char **ret_secret)
 		r = -errno;
 		goto out;
 	}
-	/* A PIN that others can read is no secret: refuse rather than assume. */
-	if (!S_ISREG(st.st_mode) || (st.st_mode & 077) != 0) {
+	/* A PIN that others can read, or that another user owns (and so may
+	 * change), is no secret of ours: refuse rather than assume. */
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077) != 0 || st.st_uid != geteuid()) {
 		r = -EPERM;
 		goto out;
 	}

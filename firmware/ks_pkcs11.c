@@ -467,13 +467,19 @@ static int p11_raw_destroy(struct key_store *ks, struct p11 *p, const uint8_t *i
 	CK_RV rv;
 	int r;
 
-	if ((r = p11_raw_find(ks, p, id, id_len, (CK_ULONG)-1, objs, &n)) < 0)
-		return r;
-	if (n == 0)
+	int found = 0;
+
+	/* In rounds of P11_FIND_MAX, until nothing carries the CKA_ID. */
+	do {
+		if ((r = p11_raw_find(ks, p, id, id_len, (CK_ULONG)-1, objs, &n)) < 0)
+			return r;
+		for (i = 0; i < n; i++)
+			if ((rv = p->fl->C_DestroyObject(p->sess, objs[i])) != CKR_OK)
+				return p11_fail(ks, rv, -CIMD_EBACKEND, "C_DestroyObject");
+		found += (int)n;
+	} while (n == P11_FIND_MAX);
+	if (found == 0)
 		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: no object with this CKA_ID");
-	for (i = 0; i < n; i++)
-		if ((rv = p->fl->C_DestroyObject(p->sess, objs[i])) != CKR_OK)
-			return p11_fail(ks, rv, -CIMD_EBACKEND, "C_DestroyObject");
 	return 0;
 }
 
@@ -596,8 +602,17 @@ static int p11_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8
 	}
 	if ((r = p11_ready(ks, p)) == 0) {
 		r = p11_raw_generate(ks, p, alg, id, ret_jwk);
-		if (p11_again(ks, p, &r))
-			r = p11_raw_generate(ks, p, alg, id, ret_jwk);
+		/* The lost session may have created the pair before failing: remove
+		 * whatever carries the old CKA_ID, and retry under a new one, so that
+		 * one CKA_ID never names two keys. */
+		if (p11_again(ks, p, &r)) {
+			p11_raw_destroy(ks, p, id, P11_ID_LEN);
+			if (RAND_bytes(id, P11_ID_LEN) != 1)
+				r = ks_fail(ks, -CIMD_ECRYPTO,
+					    "pkcs11: no random bytes for CKA_ID");
+			else
+				r = p11_raw_generate(ks, p, alg, id, ret_jwk);
+		}
 	}
 	if ((r = p11_final(r)) < 0) {
 		free(id);
@@ -615,8 +630,8 @@ static int p11_load(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 	int r;
 
 	if (ref_len != P11_ID_LEN)
-		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: a key reference is %d bytes, not %zu",
-			       P11_ID_LEN, ref_len);
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: a key reference is %zu bytes, not %d",
+			       ref_len, P11_ID_LEN);
 	if ((r = p11_ready(ks, p)) < 0)
 		return r;
 	r = p11_raw_load(ks, p, alg, ref, ref_len, ret_jwk);
@@ -666,6 +681,7 @@ static int p11_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_
 
 const struct ks_backend ks_pkcs11_backend = {
     .name = "pkcs11",
+    .exclusive_param = "module",
     .open = p11_open,
     .close = p11_close,
     .generate = p11_generate,

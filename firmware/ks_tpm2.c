@@ -70,6 +70,20 @@ static int rc_is_unavailable(TSS2_RC rc)
 	return 0;
 }
 
+/* A TPM answer that says our handles are stale: the TPM was reset, or another
+ * party flushed our objects, without the TCTI noticing (TPM 2.0 Part 2 §6.6:
+ * TPM_RC_HANDLE, TPM_RC_REFERENCE_Hx, TPM_RC_INITIALIZE, TPM_RC_OBJECT_MEMORY).
+ * A fresh connection (TPM2_Startup, a new SRK, our key loaded again) cures it. */
+static int rc_is_stale(TSS2_RC rc)
+{
+	if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER)
+		return 0;
+	if (rc & TPM2_RC_FMT1)
+		return (rc & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_HANDLE;
+	return (rc >= TPM2_RC_REFERENCE_H0 && rc <= TPM2_RC_REFERENCE_H6) ||
+	       rc == TPM2_RC_INITIALIZE || rc == TPM2_RC_OBJECT_MEMORY;
+}
+
 static void tpm_disconnect(struct tpm *t)
 {
 	/* Best effort: the TPM may be gone.  Transient objects vanish with the
@@ -100,8 +114,17 @@ static int tpm_fail(struct key_store *ks, struct tpm *t, TSS2_RC rc, int r, cons
 	if (rc_is_unavailable(rc)) {
 		tpm_disconnect(t);
 		r = -CIMD_EUNAVAILABLE;
+	} else if (rc_is_stale(rc)) {
+		tpm_disconnect(t);
+		r = -EAGAIN; /* the caller reconnects and tries once more */
 	}
 	return ks_fail(ks, r, "tpm2: %s: %s", what, Tss2_RC_Decode(rc));
+}
+
+/* A second -EAGAIN after a fresh connection is final. */
+static int tpm_final(int r)
+{
+	return r == -EAGAIN ? -CIMD_EBACKEND : r;
 }
 
 /* SRK template of the TCG TPM v2.0 Provisioning Guidance (§7.5.1, "Storage
@@ -233,9 +256,6 @@ static int tpm_open(struct key_store *ks, const struct ks_param *params, size_t 
 	unsigned long h;
 	int r;
 
-	/* firmware/ does not log (STYLE.md §10): tpm2-tss writes its own errors to
-	 * stderr unless TSS2_LOG says otherwise; an operator's TSS2_LOG wins. */
-	setenv("TSS2_LOG", "all+none", 0);
 	if ((t = calloc(1, sizeof(*t))) == NULL)
 		return -ENOMEM;
 	t->primary = ESYS_TR_NONE;
@@ -393,6 +413,7 @@ static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8
 	TPML_PCR_SELECTION pcrs = {0};
 	TPM2B_DATA outside = {0};
 	uint8_t buf[sizeof(TPM2B_PUBLIC) + sizeof(TPM2B_PRIVATE)], *ref = NULL;
+	json_t *jwk = NULL;
 	size_t off = 0;
 	TSS2_RC rc;
 	int r;
@@ -415,20 +436,22 @@ static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8
 		r = ks_fail(ks, -CIMD_EFORMAT, "tpm2: cannot marshal the new key");
 		goto out;
 	}
-	if ((r = public_jwk(pub, alg, ret_jwk)) < 0) {
+	if ((r = public_jwk(pub, alg, &jwk)) < 0) {
 		ks_fail(ks, r, "tpm2: unusable public area");
 		goto out;
 	}
 	if ((ref = malloc(off)) == NULL) {
-		json_decref(*ret_jwk);
 		r = -ENOMEM;
 		goto out;
 	}
 	memcpy(ref, buf, off);
+	*ret_jwk = jwk;
+	jwk = NULL;
 	*ret_ref = ref;
 	*ret_ref_len = off;
 	r = 0;
 out:
+	json_decref(jwk);
 	Esys_Free(pub);
 	Esys_Free(priv);
 	return r;
@@ -494,18 +517,41 @@ static int tpm_load(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 		return ks_fail(ks, -CIMD_EALG, "tpm2: key is not a %s key made by cimdd",
 			       cimd_alg_name(alg));
 	/* Loading proves that this TPM wrapped the key. */
-	if ((r = tpm_ready(ks, t)) < 0 || (r = tpm_load_ref(ks, t, ref, ref_len, &h)) < 0)
+	if ((r = tpm_ready(ks, t)) == 0 && (r = tpm_load_ref(ks, t, ref, ref_len, &h)) == -EAGAIN &&
+	    (r = tpm_ready(ks, t)) == 0)
+		r = tpm_load_ref(ks, t, ref, ref_len, &h);
+	if ((r = tpm_final(r)) < 0)
 		return r;
 	if ((r = public_jwk(&pub, alg, ret_jwk)) < 0)
 		return ks_fail(ks, r, "tpm2: unusable public area");
 	return 0;
 }
 
-static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
-		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
-		    size_t *ret_len)
+static int check_pss(struct key_store *ks, const uint8_t *ref, size_t ref_len, const uint8_t *msg,
+		     size_t len, const uint8_t *sig, size_t sig_len)
 {
-	struct tpm *t = be;
+	TPM2B_PUBLIC pub;
+	TPM2B_PRIVATE priv;
+	json_t *jwk = NULL;
+	int r;
+
+	if (ref_parse(ref, ref_len, &pub, &priv) < 0 || public_jwk(&pub, CIMD_ALG_PS256, &jwk) < 0)
+		return ks_fail(ks, -CIMD_EFORMAT, "tpm2: unusable public area");
+	r = jws_verify_signature(jwk, CIMD_ALG_PS256, msg, len, sig, sig_len);
+	json_decref(jwk);
+	OPENSSL_cleanse(&priv, sizeof(priv));
+	if (r < 0)
+		return ks_fail(ks, -CIMD_EBACKEND,
+			       "tpm2: the TPM's RSA-PSS signature does not verify with a %d-byte "
+			       "salt (RFC 7518 §3.5)",
+			       32);
+	return 0;
+}
+
+static int tpm_sign_once(struct key_store *ks, struct tpm *t, enum cimd_alg alg, const uint8_t *ref,
+			 size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
+			 size_t *ret_len)
+{
 	size_t size = cimd_alg_ec_size(alg);
 	TPM2B_DIGEST digest = {0};
 	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the key's own scheme */
@@ -547,6 +593,11 @@ static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 			r = ks_fail(ks, -CIMD_EFORMAT, "tpm2: unexpected signature");
 			goto out;
 		}
+		/* TPM 2.0 Part 1 §B.7 lets a TPM pick the PSS salt length; JWS fixes it
+		 * at the hash length (RFC 7518 §3.5).  Check before handing it out:
+		 * this also catches a faulty signature. */
+		if ((r = check_pss(ks, ref, ref_len, msg, len, s->buffer, s->size)) < 0)
+			goto out;
 		memcpy(ret_sig, s->buffer, s->size);
 		*ret_len = s->size;
 	}
@@ -554,6 +605,18 @@ static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 out:
 	Esys_Free(sig);
 	return r;
+}
+
+static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
+		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
+		    size_t *ret_len)
+{
+	struct tpm *t = be;
+	int r = tpm_sign_once(ks, t, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+
+	if (r == -EAGAIN)
+		r = tpm_sign_once(ks, t, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+	return tpm_final(r);
 }
 
 /*
@@ -585,6 +648,7 @@ static int tpm_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_
 
 const struct ks_backend ks_tpm2_backend = {
     .name = "tpm2",
+    .exclusive_param = "tcti",
     .open = tpm_open,
     .close = tpm_close,
     .generate = tpm_generate,

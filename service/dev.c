@@ -22,11 +22,12 @@
 
 #define DEV_TOKEN "cimdd-dev"
 #define DEV_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#define DEV_PATH_MAX 1024
 
 /* Runs argv with SOFTHSM2_CONF set, its output to DIR/dev-setup.log. */
 static int run(const char *dir, char *const argv[])
 {
-	char log[PATH_MAX_DEV];
+	char log[DEV_PATH_MAX];
 	pid_t pid;
 	int st, fd;
 
@@ -94,7 +95,7 @@ static void operator_name(char *out, size_t len)
 int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_conf, size_t len,
 		char *err, size_t errlen)
 {
-	char dir[PATH_MAX_DEV], p[PATH_MAX_DEV + 64], pin[33], sopin[33], name[CIMD_NAME_MAX + 1];
+	char dir[DEV_PATH_MAX], p[DEV_PATH_MAX + 64], pin[33], sopin[33], name[CIMD_NAME_MAX + 1];
 	char conf[4096], portarg[64], san[64];
 	struct stat st;
 	int n, r;
@@ -107,7 +108,7 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		snprintf(err, errlen, "%s: %s", dir_arg, strerror(errno));
 		return -errno;
 	}
-	if (realpath(dir_arg, dir) == NULL || strlen(dir) > PATH_MAX_DEV - 100) {
+	if (realpath(dir_arg, dir) == NULL || strlen(dir) > DEV_PATH_MAX - 100) {
 		snprintf(err, errlen, "%s: %s", dir_arg, strerror(errno ? errno : ENAMETOOLONG));
 		return -EINVAL;
 	}
@@ -152,7 +153,7 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 
 	/* Self-signed TLS certificate for 127.0.0.1. */
 	{
-		char crt[PATH_MAX_DEV + 16], key[PATH_MAX_DEV + 16];
+		char crt[DEV_PATH_MAX + 16], key[DEV_PATH_MAX + 16];
 		snprintf(crt, sizeof(crt), "%s/tls.crt", dir);
 		snprintf(key, sizeof(key), "%s/tls.key", dir);
 		snprintf(san, sizeof(san), "subjectAltName=IP:127.0.0.1,DNS:localhost");

@@ -231,6 +231,13 @@ const char *reg_client_id(const struct cimd_config *cfg, const char *name, char 
  * called about once a second.  Returns the number of transitions made. */
 int keys_tick(struct cimdd *d, time_t now);
 
+/* ---- development instance (dev.c) ---- */
+
+/* Makes (first time) or reuses the instance in dir; *ret_conf is its
+ * configuration file.  Sets SOFTHSM2_CONF for this process. */
+int dev_prepare(const char *dir, const char *backend, int port, char *ret_conf, size_t len,
+		char *errbuf, size_t errlen);
+
 /* ---- admin socket (admin.c) ---- */
 
 struct admin_server;

@@ -5,6 +5,7 @@
  * unsafe PIN file, bad configuration) and recovery from a lost session.
  */
 #include <dlfcn.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -209,6 +210,33 @@ out:
 	key_store_free(&ks);
 }
 
+/* A second key store on the module in use is refused, and the first one is
+ * unharmed: one module instance per process (docs/custody.md). */
+static void test_exclusive(const struct t_softhsm *h)
+{
+	struct key_store *a = NULL, *b = NULL;
+	struct ks_key *key = NULL;
+	uint8_t sig[CIMD_SIG_MAX];
+	size_t n;
+	char err[256];
+	int r;
+
+	if (!t_ok(key_store_open(h->conf, &a, err, sizeof(err)) == 0 &&
+		      key_store_generate(a, CIMD_ALG_ES256, &key) == 0,
+		  "exclusive: first key store"))
+		goto out;
+	r = key_store_open(h->conf, &b, err, sizeof(err));
+	t_ok(r == -EBUSY && strstr(err, "in use by another key store"),
+	     "a second key store on the same module is refused: %s", err);
+	t_ok(key_store_sign(a, key, (const uint8_t *)"x", 1, sig, &n) == 0,
+	     "the first key store still signs");
+	key_store_destroy(a, &key);
+out:
+	ks_key_free(&key);
+	key_store_free(&a);
+	key_store_free(&b);
+}
+
 int main(void)
 {
 	struct t_softhsm h;
@@ -222,6 +250,7 @@ int main(void)
 	t_keystore_roundtrip(h.conf, CIMD_ALG_PS256);
 	test_attributes(&h);
 	test_errors(&h);
+	test_exclusive(&h);
 	test_session_recovery(&h);
 	return t_done();
 }

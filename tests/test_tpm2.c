@@ -4,6 +4,8 @@
  * faults: a TPM that is killed answers "backend unavailable" within 2 seconds,
  * a TPM that hangs likewise, and signing resumes by itself when it is back.
  */
+#include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -117,6 +119,92 @@ out:
 	key_store_free(&ks);
 }
 
+/* Our transient objects flushed behind our back (as a TPM reset the TCTI did
+ * not see would do): the next call reconnects and signs. */
+static void test_stale_handles(const struct t_swtpm *s)
+{
+	struct key_store *ks = NULL, *other = NULL;
+	struct ks_key *key = NULL;
+	uint8_t sig[CIMD_SIG_MAX];
+	char err[256];
+	size_t n;
+	int r;
+
+	if (!t_ok(key_store_open(s->conf, &ks, err, sizeof(err)) == 0 &&
+		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0 &&
+		      key_store_sign(ks, key, (const uint8_t *)"a", 1, sig, &n) == 0,
+		  "stale: key loaded and signing"))
+		goto out;
+	r = key_store_open(s->conf, &other, err, sizeof(err));
+	t_ok(r == -EBUSY, "a second key store on the same TPM is refused: %s", err);
+	t_ok(t_sh("TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=%d' tpm2_flushcontext -t", s->port) ==
+		 0,
+	     "tpm2_flushcontext -t flushed every transient object");
+	r = key_store_sign(ks, key, (const uint8_t *)"b", 1, sig, &n);
+	t_ok(r == 0, "after the flush the key store reconnects and signs (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+out:
+	ks_key_free(&key);
+	key_store_free(&ks);
+	key_store_free(&other);
+}
+
+struct gen_arg {
+	struct key_store *ks;
+	int r;
+	double ms;
+};
+
+static void *gen_thread(void *p)
+{
+	struct gen_arg *a = p;
+	struct ks_key *k = NULL;
+	double t0 = t_now_ms();
+
+	a->r = key_store_generate(a->ks, CIMD_ALG_ES256, &k);
+	a->ms = t_now_ms() - t0;
+	ks_key_free(&k);
+	return NULL;
+}
+
+/* The deadline covers waiting for other callers: while one thread's key
+ * generation waits on a hung TPM, another thread's signing still answers
+ * within its own timeout-ms. */
+static void test_deadline_covers_lock(struct t_swtpm *s)
+{
+	struct key_store *ks = NULL;
+	struct ks_key *key = NULL;
+	struct gen_arg ga = {0};
+	pthread_t th;
+	uint8_t sig[CIMD_SIG_MAX];
+	char conf[300], err[256];
+	size_t n;
+	double t0, dt;
+	int r;
+
+	snprintf(conf, sizeof(conf), "%s;timeout-ms=300", s->conf);
+	if (!t_ok(key_store_open(conf, &ks, err, sizeof(err)) == 0 &&
+		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		  "deadline: key store with timeout-ms=300 (%s)", err))
+		goto out;
+	kill(s->pid, SIGSTOP);
+	ga.ks = ks;
+	pthread_create(&th, NULL, gen_thread, &ga);
+	usleep(100000);
+	t0 = t_now_ms();
+	r = key_store_sign(ks, key, (const uint8_t *)"a", 1, sig, &n);
+	dt = t_now_ms() - t0;
+	t_ok(r == -CIMD_EUNAVAILABLE && dt < 1000,
+	     "sign during a hung generate: %s after %.0f ms (timeout-ms 300)", cimd_strerror(r),
+	     dt);
+	kill(s->pid, SIGCONT);
+	pthread_join(th, NULL);
+	t_ok(ga.r == 0, "the generate finishes once the TPM answers (%.0f ms)", ga.ms);
+out:
+	ks_key_free(&key);
+	key_store_free(&ks);
+}
+
 int main(void)
 {
 	struct t_swtpm s;
@@ -130,6 +218,8 @@ int main(void)
 	t_keystore_roundtrip(s.conf, CIMD_ALG_ES384);
 	t_keystore_roundtrip(s.conf, CIMD_ALG_PS256);
 	test_errors(&s);
+	test_stale_handles(&s);
+	test_deadline_covers_lock(&s);
 	test_faults(&s);
 	t_swtpm_kill(&s);
 	return t_done();
