@@ -38,7 +38,9 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps check test asan bench run clean format
 .SECONDARY:
-all: $(FW_LIB) $(SVC_LIB) $(TEST_BIN) $(BENCH_BIN)
+BINS      := $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl
+
+all: $(FW_LIB) $(SVC_LIB) $(BINS) $(TEST_BIN) $(BENCH_BIN)
 
 deps:
 	@bash scripts/deps.sh
@@ -58,6 +60,16 @@ $(SVC_LIB): $(SVC_OBJ)
 	@echo "  AR      $@"
 	@rm -f $@
 	@$(AR) rcs $@ $^
+
+$(BUILD)/bin/cimdd: $(BUILD)/obj/service/cimdd.o $(SVC_LIB) $(FW_LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(FW_LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(SVC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)

@@ -43,15 +43,15 @@ struct admin_server {
 const char *admin_err_name(enum admin_err e)
 {
 	static const char *const names[] = {
-		[AE_OK] = "ok",
-		[AE_BAD_REQUEST] = "bad_request",
-		[AE_FORBIDDEN] = "forbidden",
-		[AE_UNKNOWN_CLIENT] = "unknown_client",
-		[AE_NOT_FOUND] = "not_found",
-		[AE_CONFLICT] = "conflict",
-		[AE_INVALID_DOCUMENT] = "invalid_document",
-		[AE_BACKEND_UNAVAILABLE] = "backend_unavailable",
-		[AE_INTERNAL] = "internal",
+	    [AE_OK] = "ok",
+	    [AE_BAD_REQUEST] = "bad_request",
+	    [AE_FORBIDDEN] = "forbidden",
+	    [AE_UNKNOWN_CLIENT] = "unknown_client",
+	    [AE_NOT_FOUND] = "not_found",
+	    [AE_CONFLICT] = "conflict",
+	    [AE_INVALID_DOCUMENT] = "invalid_document",
+	    [AE_BACKEND_UNAVAILABLE] = "backend_unavailable",
+	    [AE_INTERNAL] = "internal",
 	};
 	return (size_t)e < sizeof(names) / sizeof(names[0]) ? names[e] : "internal";
 }
@@ -68,13 +68,13 @@ static enum admin_err op_status(struct admin_req *q)
 		json_array_append_new(be, json_pack("{sssb}", "name", c->backends[i].name, "open",
 						    q->d->ks[i] != NULL));
 	journal_head(q->d->st, &seq, head);
-	q->result = json_pack("{sssssssssosbs{sIss}sIsIsIsI}", "version", CIMD_VERSION, "base_url",
-			      c->base_url, "operator", q->op->name, "roles",
-			      config_roles_str(q->op->roles, roles, sizeof(roles)), "backends", be,
-			      "two_person_rule", c->two_person_rule, "journal", "seq", (json_int_t)seq,
-			      "head", head, "jwks_max_age", (json_int_t)c->jwks_max_age,
-			      "assertion_max_ttl", (json_int_t)c->assertion_max_ttl, "clock_skew",
-			      (json_int_t)c->clock_skew, "destroy_delay", (json_int_t)c->destroy_delay);
+	q->result = json_pack(
+	    "{sssssssssosbs{sIss}sIsIsIsI}", "version", CIMD_VERSION, "base_url", c->base_url,
+	    "operator", q->op->name, "roles", config_roles_str(q->op->roles, roles, sizeof(roles)),
+	    "backends", be, "two_person_rule", c->two_person_rule, "journal", "seq",
+	    (json_int_t)seq, "head", head, "jwks_max_age", (json_int_t)c->jwks_max_age,
+	    "assertion_max_ttl", (json_int_t)c->assertion_max_ttl, "clock_skew",
+	    (json_int_t)c->clock_skew, "destroy_delay", (json_int_t)c->destroy_delay);
 	return q->result ? AE_OK : AE_INTERNAL;
 }
 
@@ -119,21 +119,21 @@ static const struct {
 	unsigned role;
 	enum admin_err (*fn)(struct admin_req *q);
 } ops[] = {
-	{"status", CIMD_ROLE_READ, op_status},
-	{"client.add", CIMD_ROLE_SUBMIT, reg_client_add},
-	{"client.list", CIMD_ROLE_READ, reg_client_list},
-	{"client.show", CIMD_ROLE_READ, reg_client_show},
-	{"client.allow", CIMD_ROLE_SUBMIT, reg_client_allow},
-	{"client.audience", CIMD_ROLE_SUBMIT, reg_client_audience},
-	{"doc.submit", CIMD_ROLE_SUBMIT, reg_doc_submit},
-	{"doc.approve", CIMD_ROLE_APPROVE, reg_doc_approve},
-	{"doc.show", CIMD_ROLE_READ, reg_doc_show},
-	{"key.list", CIMD_ROLE_READ, keys_list},
-	{"key.rotate", CIMD_ROLE_ROTATE, keys_rotate},
-	{"key.activate", CIMD_ROLE_ROTATE, keys_activate},
-	{"key.revoke", CIMD_ROLE_REVOKE, keys_revoke},
-	{"journal.show", CIMD_ROLE_READ, op_journal_show},
-	{"journal.verify", CIMD_ROLE_READ, op_journal_verify},
+    {"status", CIMD_ROLE_READ, op_status},
+    {"client.add", CIMD_ROLE_SUBMIT, reg_client_add},
+    {"client.list", CIMD_ROLE_READ, reg_client_list},
+    {"client.show", CIMD_ROLE_READ, reg_client_show},
+    {"client.allow", CIMD_ROLE_SUBMIT, reg_client_allow},
+    {"client.audience", CIMD_ROLE_SUBMIT, reg_client_audience},
+    {"doc.submit", CIMD_ROLE_SUBMIT, reg_doc_submit},
+    {"doc.approve", CIMD_ROLE_APPROVE, reg_doc_approve},
+    {"doc.show", CIMD_ROLE_READ, reg_doc_show},
+    {"key.list", CIMD_ROLE_READ, keys_list},
+    {"key.rotate", CIMD_ROLE_ROTATE, keys_rotate},
+    {"key.activate", CIMD_ROLE_ROTATE, keys_activate},
+    {"key.revoke", CIMD_ROLE_REVOKE, keys_revoke},
+    {"journal.show", CIMD_ROLE_READ, op_journal_show},
+    {"journal.verify", CIMD_ROLE_READ, op_journal_verify},
 };
 
 /* One journal record per request, in a transaction of its own (the handler's
@@ -370,7 +370,8 @@ int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size
 	old = umask(0777);
 	r = bind(srv->lfd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
-	if (r < 0 || chmod(sa.sun_path, d->cfg->admin_socket_mode) < 0 || listen(srv->lfd, 16) < 0) {
+	if (r < 0 || chmod(sa.sun_path, d->cfg->admin_socket_mode) < 0 ||
+	    listen(srv->lfd, 16) < 0) {
 		r = -errno;
 		snprintf(err, errlen, "%s: %s", sa.sun_path, strerror(errno));
 		close(srv->lfd);

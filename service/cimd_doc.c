@@ -62,8 +62,8 @@ static int uri_parse(const char *member, const char *u, struct uri *ret, char *e
 		return fail(err, len, "%s: longer than %d characters", member, CIMD_URL_MAX);
 	for (p = u; *p; p++)
 		if ((unsigned char)*p <= 0x20 || *p == 0x7f)
-			return fail(err, len, "%s: '%s' contains a space or control character", member,
-				    u);
+			return fail(err, len, "%s: '%s' contains a space or control character",
+				    member, u);
 	if (strncmp(u, "https://", 8) == 0)
 		ret->https = 1, a = u + 8;
 	else if (strncmp(u, "http://", 7) == 0)
@@ -121,8 +121,9 @@ static int check_redirect_uris(const json_t *v, char *err, size_t len)
 		if ((s = json_string_value(json_array_get(v, i))) == NULL)
 			return fail(err, len, "redirect_uris[%zu]: not a string", i);
 		if (strchr(s, '*') != NULL)
-			return fail(err, len, "redirect_uris: '%s' has a wildcard: redirect URIs are "
-					      "compared as exact strings",
+			return fail(err, len,
+				    "redirect_uris: '%s' has a wildcard: redirect URIs are "
+				    "compared as exact strings",
 				    s);
 		if (uri_parse("redirect_uris", s, &u, err, len) < 0)
 			return -EINVAL;
@@ -170,7 +171,8 @@ static int has(const json_t *arr, const char *s)
  * ["authorization_code"] and ["code"].  OAuth 2.1 drops implicit and password. */
 static int check_grants(const json_t *doc, char *err, size_t len)
 {
-	const json_t *g = json_object_get(doc, "grant_types"), *rt = json_object_get(doc, "response_types");
+	const json_t *g = json_object_get(doc, "grant_types"),
+		     *rt = json_object_get(doc, "response_types");
 	json_t *dg = NULL, *dr = NULL;
 	int r = 0, code_grant, code_resp;
 
@@ -183,20 +185,25 @@ static int check_grants(const json_t *doc, char *err, size_t len)
 	if (rt == NULL)
 		rt = dr = json_pack("[s]", "code");
 	if (has(g, "implicit") || has(rt, "token") || has(rt, "id_token token"))
-		r = fail(err, len, "grant_types: the implicit grant is not allowed (OAuth 2.1 §10.1)");
+		r = fail(err, len,
+			 "grant_types: the implicit grant is not allowed (OAuth 2.1 §10.1)");
 	else if (has(g, "password"))
-		r = fail(err, len, "grant_types: the password grant is not allowed (OAuth 2.1 §10.1)");
+		r = fail(err, len,
+			 "grant_types: the password grant is not allowed (OAuth 2.1 §10.1)");
 	else {
 		code_grant = has(g, "authorization_code");
 		code_resp = has(rt, "code");
 		if (code_grant && !code_resp)
-			r = fail(err, len, "grant_types has authorization_code but response_types "
-					   "lacks code (RFC 7591 §2.1)");
+			r = fail(err, len,
+				 "grant_types has authorization_code but response_types "
+				 "lacks code (RFC 7591 §2.1)");
 		else if (!code_grant && code_resp)
-			r = fail(err, len, "response_types has code but grant_types lacks "
-					   "authorization_code (RFC 7591 §2.1)");
+			r = fail(err, len,
+				 "response_types has code but grant_types lacks "
+				 "authorization_code (RFC 7591 §2.1)");
 		else if (code_grant && json_object_get(doc, "redirect_uris") == NULL)
-			r = fail(err, len, "redirect_uris: required with the authorization_code grant");
+			r = fail(err, len,
+				 "redirect_uris: required with the authorization_code grant");
 	}
 	json_decref(dg);
 	json_decref(dr);
@@ -217,9 +224,7 @@ static int private_jwk(const json_t *v)
 			for (i = 0; i < sizeof(priv) / sizeof(priv[0]); i++)
 				if (json_object_get(v, priv[i]) != NULL)
 					return 1;
-		json_object_foreach((json_t *)v, key, m)
-			if (private_jwk(m))
-				return 1;
+		json_object_foreach((json_t *)v, key, m) if (private_jwk(m)) return 1;
 	} else if (json_is_array(v)) {
 		for (i = 0; i < json_array_size(v); i++)
 			if (private_jwk(json_array_get(v, i)))
@@ -239,10 +244,11 @@ static int owned(json_t *doc, const char *member, const char *want, char *err, s
 	return json_object_set_new(doc, member, json_string(want)) == 0 ? 0 : -ENOMEM;
 }
 
-int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_uri,
-		     const char *alg, char **ret_bytes, size_t *ret_len, char *err, size_t len)
+int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_uri, const char *alg,
+		     char **ret_bytes, size_t *ret_len, char *err, size_t len)
 {
-	static const char *const forbidden[] = {"client_secret", "client_secret_expires_at", "jwks"};
+	static const char *const forbidden[] = {"client_secret", "client_secret_expires_at",
+						"jwks"};
 	static const char *const https_members[] = {"client_uri", "logo_uri", "policy_uri",
 						    "tos_uri"};
 	static const char *const string_members[] = {"client_name", "scope", "software_id",
@@ -258,12 +264,14 @@ int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_u
 		if (json_object_get(in, forbidden[i]) != NULL)
 			return fail(err, len, "%s: not allowed in a CIMD document%s", forbidden[i],
 				    strcmp(forbidden[i], "jwks") == 0
-					    ? " (keys are published at jwks_uri by the appliance)"
-					    : " (no shared secrets)");
+					? " (keys are published at jwks_uri by the appliance)"
+					: " (no shared secrets)");
 	if (private_jwk(in))
-		return fail(err, len, "the document contains private key material (a JWK with a "
-				      "private member)");
-	if ((v = json_object_get(in, "redirect_uris")) != NULL && check_redirect_uris(v, err, len) < 0)
+		return fail(err, len,
+			    "the document contains private key material (a JWK with a "
+			    "private member)");
+	if ((v = json_object_get(in, "redirect_uris")) != NULL &&
+	    check_redirect_uris(v, err, len) < 0)
 		return -EINVAL;
 	for (i = 0; i < sizeof(https_members) / sizeof(https_members[0]); i++) {
 		if ((v = json_object_get(in, https_members[i])) == NULL)
@@ -276,7 +284,8 @@ int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_u
 	for (i = 0; i < sizeof(string_members) / sizeof(string_members[0]); i++)
 		if ((v = json_object_get(in, string_members[i])) != NULL && !json_is_string(v))
 			return fail(err, len, "%s: not a string", string_members[i]);
-	if ((v = json_object_get(in, "contacts")) != NULL && string_set("contacts", v, err, len) < 0)
+	if ((v = json_object_get(in, "contacts")) != NULL &&
+	    string_set("contacts", v, err, len) < 0)
 		return -EINVAL;
 	if (check_grants(in, err, len) < 0)
 		return -EINVAL;

@@ -101,16 +101,24 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 	int n, r;
 
 	if (strcmp(backend, "pkcs11") != 0) {
-		snprintf(err, errlen, "--dev with --backend %s is not built yet; use pkcs11", backend);
+		snprintf(err, errlen, "--dev with --backend %s is not built yet; use pkcs11",
+			 backend);
 		return -ENOTSUP;
 	}
 	if (mkdir(dir_arg, 0700) < 0 && errno != EEXIST) {
 		snprintf(err, errlen, "%s: %s", dir_arg, strerror(errno));
 		return -errno;
 	}
-	if (realpath(dir_arg, dir) == NULL || strlen(dir) > DEV_PATH_MAX - 100) {
-		snprintf(err, errlen, "%s: %s", dir_arg, strerror(errno ? errno : ENAMETOOLONG));
-		return -EINVAL;
+	{
+		char *rp = realpath(dir_arg, NULL);
+		if (rp == NULL || strlen(rp) > DEV_PATH_MAX - 100) {
+			snprintf(err, errlen, "%s: %s", dir_arg,
+				 rp ? "path too long" : strerror(errno));
+			free(rp);
+			return -EINVAL;
+		}
+		snprintf(dir, sizeof(dir), "%s", rp);
+		free(rp);
 	}
 	snprintf(p, sizeof(p), "%s/softhsm2.conf", dir);
 	setenv("SOFTHSM2_CONF", p, 1);
@@ -119,9 +127,10 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		return 0; /* made before: use it as it is */
 
 	/* SoftHSM2 token. */
-	snprintf(conf, sizeof(conf),
-		 "directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-		 dir);
+	snprintf(
+	    conf, sizeof(conf),
+	    "directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+	    dir);
 	snprintf(p, sizeof(p), "%s/tokens", dir);
 	if ((mkdir(p, 0700) < 0 && errno != EEXIST)) {
 		snprintf(err, errlen, "%s: %s", p, strerror(errno));
@@ -136,11 +145,12 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 	random_hex(pin, 16);
 	random_hex(sopin, 16);
 	{
-		char *argv[] = {"softhsm2-util", "--init-token", "--free", "--label", DEV_TOKEN,
-				"--pin", pin, "--so-pin", sopin, NULL};
+		char *argv[] = {
+		    "softhsm2-util", "--init-token", "--free", "--label", DEV_TOKEN, "--pin", pin,
+		    "--so-pin",	     sopin,	     NULL};
 		if ((r = run(dir, argv)) < 0) {
-			snprintf(err, errlen, "softhsm2-util --init-token failed (see %s/dev-setup.log)",
-				 dir);
+			snprintf(err, errlen,
+				 "softhsm2-util --init-token failed (see %s/dev-setup.log)", dir);
 			return r;
 		}
 	}
@@ -157,9 +167,25 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		snprintf(crt, sizeof(crt), "%s/tls.crt", dir);
 		snprintf(key, sizeof(key), "%s/tls.key", dir);
 		snprintf(san, sizeof(san), "subjectAltName=IP:127.0.0.1,DNS:localhost");
-		char *argv[] = {"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-				"ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
-				"-days", "825", "-subj", "/CN=127.0.0.1", "-addext", san, NULL};
+		char *argv[] = {"openssl",
+				"req",
+				"-x509",
+				"-newkey",
+				"ec",
+				"-pkeyopt",
+				"ec_paramgen_curve:P-256",
+				"-nodes",
+				"-keyout",
+				key,
+				"-out",
+				crt,
+				"-days",
+				"825",
+				"-subj",
+				"/CN=127.0.0.1",
+				"-addext",
+				san,
+				NULL};
 		if ((r = run(dir, argv)) < 0) {
 			snprintf(err, errlen, "openssl req failed (see %s/dev-setup.log)", dir);
 			return r;

@@ -31,7 +31,7 @@
 #include "service.h"
 
 static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
 {
 	va_list ap;
@@ -54,8 +54,8 @@ static int client_info(struct store *st, const char *name, struct client_info *r
 	sqlite3_stmt *s;
 	int r = -ENOENT;
 
-	if (store_query(st, &s, "SELECT backend, alg, rotate_every FROM clients WHERE name = ?", "s",
-			name) < 0)
+	if (store_query(st, &s, "SELECT backend, alg, rotate_every FROM clients WHERE name = ?",
+			"s", name) < 0)
 		return -EIO;
 	if (sqlite3_step(s) == SQLITE_ROW) {
 		snprintf(ret->name, sizeof(ret->name), "%s", name);
@@ -101,10 +101,11 @@ static int key_in_state(struct store *st, const char *client, const char *state,
 	int r = -ENOENT;
 
 	kid[0] = '\0';
-	if (store_query(st, &s,
-			"SELECT kid, CASE state WHEN 'next' THEN created ELSE activated END FROM keys "
-			"WHERE client = ? AND state = ? ORDER BY created LIMIT 1",
-			"ss", client, state) < 0)
+	if (store_query(
+		st, &s,
+		"SELECT kid, CASE state WHEN 'next' THEN created ELSE activated END FROM keys "
+		"WHERE client = ? AND state = ? ORDER BY created LIMIT 1",
+		"ss", client, state) < 0)
 		return -EIO;
 	if (sqlite3_step(s) == SQLITE_ROW) {
 		snprintf(kid, CIMD_KID_LEN + 1, "%s", sqlite3_column_text(s, 0));
@@ -137,11 +138,12 @@ static int create_key(struct cimdd *d, const struct client_info *ci, const char 
 	f = json_pack("{ssssssss}", "client", ci->name, "kid", ks_key_kid(key), "state", state,
 		      "backend", ci->backend);
 	if (f == NULL ||
-	    store_exec(d->st,
-		       "INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "
-		       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-		       "ssssbsii", ks_key_kid(key), ci->name, ci->alg, ci->backend, ref, ref_len, state,
-		       (int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0)) != 1 ||
+	    store_exec(
+		d->st,
+		"INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "
+		"VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+		"ssssbsii", ks_key_kid(key), ci->name, ci->alg, ci->backend, ref, ref_len, state,
+		(int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0)) != 1 ||
 	    journal_append(d->st, "key.create", actor, f, NULL) < 0) {
 		key_store_destroy(ks, &key);
 		r = -EIO;
@@ -157,7 +159,8 @@ static int create_key(struct cimdd *d, const struct client_info *ci, const char 
 static enum admin_err key_err(struct admin_req *q, int r, const char *what)
 {
 	if (r == -CIMD_EUNAVAILABLE)
-		return bad(q, AE_BACKEND_UNAVAILABLE, "%s: the key's hardware is unavailable", what);
+		return bad(q, AE_BACKEND_UNAVAILABLE, "%s: the key's hardware is unavailable",
+			   what);
 	return bad(q, AE_INTERNAL, "%s: %s", what, cimd_strerror(r));
 }
 
@@ -195,25 +198,27 @@ enum admin_err keys_list(struct admin_req *q)
 	if ((e = client_of(q, &ci)) != AE_OK)
 		return e;
 	if ((arr = json_array()) == NULL ||
-	    store_query(q->d->st, &s,
-			"SELECT kid, alg, backend, state, created, activated, retiring, retired, "
-			"destroyed, revoked, revoke_reason FROM keys WHERE client = ? ORDER BY created",
-			"s", ci.name) < 0) {
+	    store_query(
+		q->d->st, &s,
+		"SELECT kid, alg, backend, state, created, activated, retiring, retired, "
+		"destroyed, revoked, revoke_reason FROM keys WHERE client = ? ORDER BY created",
+		"s", ci.name) < 0) {
 		json_decref(arr);
 		return bad(q, AE_INTERNAL, "database error");
 	}
 	while (sqlite3_step(s) == SQLITE_ROW) {
-		json_t *k = json_pack("{ssssssss}", "kid", sqlite3_column_text(s, 0), "alg",
-				      sqlite3_column_text(s, 1), "backend", sqlite3_column_text(s, 2),
-				      "state", sqlite3_column_text(s, 3));
-		static const char *const times[] = {"created", "activated", "retiring", "retired",
-						    "destroyed", "revoked"};
+		json_t *k =
+		    json_pack("{ssssssss}", "kid", sqlite3_column_text(s, 0), "alg",
+			      sqlite3_column_text(s, 1), "backend", sqlite3_column_text(s, 2),
+			      "state", sqlite3_column_text(s, 3));
+		static const char *const times[] = {"created", "activated", "retiring",
+						    "retired", "destroyed", "revoked"};
 		size_t i;
 		for (i = 0; k != NULL && i < sizeof(times) / sizeof(times[0]); i++)
 			if (sqlite3_column_type(s, 4 + (int)i) != SQLITE_NULL &&
 			    sqlite3_column_int64(s, 4 + (int)i) != 0)
-				json_object_set_new(k, times[i],
-						    json_integer(sqlite3_column_int64(s, 4 + (int)i)));
+				json_object_set_new(
+				    k, times[i], json_integer(sqlite3_column_int64(s, 4 + (int)i)));
 		if (k != NULL && sqlite3_column_type(s, 10) != SQLITE_NULL)
 			json_object_set_new(k, "revoke_reason",
 					    json_string((const char *)sqlite3_column_text(s, 10)));
@@ -241,7 +246,8 @@ enum admin_err keys_rotate(struct admin_req *q)
 			   CIMD_KEYS_PER_CLIENT_MAX);
 	if (store_begin(q->d->st) < 0)
 		return bad(q, AE_INTERNAL, "database error");
-	if ((r = create_key(q->d, &ci, "next", q->op->name, kid)) < 0 || store_commit(q->d->st) < 0) {
+	if ((r = create_key(q->d, &ci, "next", q->op->name, kid)) < 0 ||
+	    store_commit(q->d->st) < 0) {
 		store_rollback(q->d->st);
 		return key_err(q, r, "creating the next key");
 	}
@@ -281,8 +287,8 @@ enum admin_err keys_activate(struct admin_req *q)
 	if (key_in_state(q->d->st, ci.name, "next", kid, &since) < 0)
 		return bad(q, AE_NOT_FOUND, "%s has no next key: rotate first", ci.name);
 	if (want != NULL && strcmp(want, kid) != 0)
-		return bad(q, AE_NOT_FOUND, "%.64s is not the next key of %s (%s is)", want, ci.name,
-			   kid);
+		return bad(q, AE_NOT_FOUND, "%.64s is not the next key of %s (%s is)", want,
+			   ci.name, kid);
 	age = (int64_t)time(NULL) - since;
 	if (age < q->d->cfg->jwks_max_age && !force)
 		return bad(q, AE_CONFLICT,
@@ -309,14 +315,16 @@ static int destroy_hw(struct cimdd *d, const char *kid)
 	sqlite3_stmt *s;
 	int r = -ENOENT;
 
-	if (store_query(d->st, &s, "SELECT backend, alg, ref FROM keys WHERE kid = ?", "s", kid) < 0)
+	if (store_query(d->st, &s, "SELECT backend, alg, ref FROM keys WHERE kid = ?", "s", kid) <
+	    0)
 		return -EIO;
 	if (sqlite3_step(s) == SQLITE_ROW) {
 		ks = cimdd_key_store(d, (const char *)sqlite3_column_text(s, 0));
-		r = ks == NULL ? -CIMD_EUNAVAILABLE
-			       : key_store_load(ks, cimd_alg_from_name((const char *)sqlite3_column_text(s, 1)),
-						sqlite3_column_blob(s, 2),
-						(size_t)sqlite3_column_bytes(s, 2), &key);
+		r = ks == NULL
+			? -CIMD_EUNAVAILABLE
+			: key_store_load(
+			      ks, cimd_alg_from_name((const char *)sqlite3_column_text(s, 1)),
+			      sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &key);
 		if (r == 0)
 			r = key_store_destroy(ks, &key);
 		else if (r == -CIMD_ENOKEY)
@@ -376,7 +384,8 @@ enum admin_err keys_revoke(struct admin_req *q)
 	if (strcmp(state, "revoked") == 0 || strcmp(state, "destroyed") == 0)
 		return bad(q, AE_CONFLICT, "key %s is %s already", kid, state);
 	if (replace && strcmp(state, "active") != 0)
-		return bad(q, AE_BAD_REQUEST, "--replace applies to the active key; %s is %s", kid, state);
+		return bad(q, AE_BAD_REQUEST, "--replace applies to the active key; %s is %s", kid,
+			   state);
 	if (store_begin(q->d->st) < 0)
 		return bad(q, AE_INTERNAL, "database error");
 	x = json_pack("{ss}", "reason", reason);
@@ -385,8 +394,8 @@ enum admin_err keys_revoke(struct admin_req *q)
 	if (r == 0)
 		r = store_exec(q->d->st, "UPDATE keys SET revoke_reason = ? WHERE kid = ?", "ss",
 			       reason, kid) == 1
-			    ? 0
-			    : -EIO;
+			? 0
+			: -EIO;
 	/* The replacement is active at once: there is no time to pre-publish it,
 	 * and the journal records it as forced. */
 	if (r == 0 && replace && (r = create_key(q->d, &ci, "next", q->op->name, newkid)) == 0)
@@ -399,8 +408,10 @@ enum admin_err keys_revoke(struct admin_req *q)
 	 * revoked, so a failure here leaves a key that can never be used again and
 	 * that the scheduler destroys when the hardware answers. */
 	if ((r = destroy_revoked(q->d, ci.name, kid, q->op->name)) < 0)
-		snprintf(q->msg, sizeof(q->msg), "revoked; destroying the hardware key failed (%s), "
-						 "it will be retried", cimd_strerror(r));
+		snprintf(q->msg, sizeof(q->msg),
+			 "revoked; destroying the hardware key failed (%s), "
+			 "it will be retried",
+			 cimd_strerror(r));
 	q->result = json_pack("{sssssssb}", "kid", kid, "state", "revoked", "replacement",
 			      newkid[0] ? newkid : "", "client_has_active_key",
 			      count_keys(q->d->st, ci.name, "state = 'active'") > 0);
@@ -459,7 +470,8 @@ static int rotate_due(struct cimdd *d, const struct client_info *ci, int64_t eve
 			return 0;
 		if (store_begin(d->st) < 0)
 			return -EIO;
-		if ((r = create_key(d, ci, "next", "scheduler", next)) < 0 || store_commit(d->st) < 0) {
+		if ((r = create_key(d, ci, "next", "scheduler", next)) < 0 ||
+		    store_commit(d->st) < 0) {
 			store_rollback(d->st);
 			return r < 0 ? r : -EIO;
 		}
@@ -490,7 +502,8 @@ int keys_tick(struct cimdd *d, time_t tnow)
 	size_t i, n;
 	int done = 0, r;
 
-	n = collect(d->st, "SELECT client, kid FROM keys WHERE state = 'retiring' AND retiring <= ?",
+	n = collect(d->st,
+		    "SELECT client, kid FROM keys WHERE state = 'retiring' AND retiring <= ?",
 		    now - grace, due);
 	for (i = 0; i < n; i++)
 		if (step(d, &due[i], "retiring", "retired") > 0)
@@ -510,12 +523,13 @@ int keys_tick(struct cimdd *d, time_t tnow)
 	/* Clients with a rotation period: their own, or the appliance's. */
 	n = 0;
 	if (store_query(d->st, &s,
-			"SELECT name, coalesce(rotate_every, ?) FROM clients WHERE degraded = 0", "i",
-			(int64_t)c->rotate_every) == 0) {
+			"SELECT name, coalesce(rotate_every, ?) FROM clients WHERE degraded = 0",
+			"i", (int64_t)c->rotate_every) == 0) {
 		while (sqlite3_step(s) == SQLITE_ROW && n < DUE_MAX) {
 			if (sqlite3_column_int64(s, 1) <= 0)
 				continue;
-			snprintf(rot[n].client, sizeof(rot[n].client), "%s", sqlite3_column_text(s, 0));
+			snprintf(rot[n].client, sizeof(rot[n].client), "%s",
+				 sqlite3_column_text(s, 0));
 			rot[n].every = sqlite3_column_int64(s, 1);
 			n++;
 		}
@@ -526,4 +540,75 @@ int keys_tick(struct cimdd *d, time_t tnow)
 		    (r = rotate_due(d, &ci, rot[i].every, now)) > 0)
 			done += r;
 	return done;
+}
+
+/* ---- start-up reconciliation ---- */
+
+int keys_reconcile(struct cimdd *d)
+{
+	struct {
+		char client[CIMD_NAME_MAX + 1];
+		char kid[CIMD_KID_LEN + 1];
+		char backend[16];
+		char alg[16];
+		uint8_t ref[CIMD_KEYREF_MAX];
+		size_t ref_len;
+	} *k = NULL;
+	struct key_store *ks;
+	struct ks_key *key = NULL;
+	sqlite3_stmt *s;
+	size_t n = 0, cap = 0, i;
+	int missing = 0, r;
+	json_t *f;
+
+	if (store_query(d->st, &s,
+			"SELECT client, kid, backend, alg, ref FROM keys WHERE state IN "
+			"('next', 'active', 'retiring', 'retired')",
+			"") < 0)
+		return -EIO;
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		if (n == cap) {
+			void *nk = realloc(k, (cap = cap ? 2 * cap : 16) * sizeof(*k));
+			if (nk == NULL)
+				break;
+			k = nk;
+		}
+		snprintf(k[n].client, sizeof(k[n].client), "%s", sqlite3_column_text(s, 0));
+		snprintf(k[n].kid, sizeof(k[n].kid), "%s", sqlite3_column_text(s, 1));
+		snprintf(k[n].backend, sizeof(k[n].backend), "%s", sqlite3_column_text(s, 2));
+		snprintf(k[n].alg, sizeof(k[n].alg), "%s", sqlite3_column_text(s, 3));
+		k[n].ref_len = (size_t)sqlite3_column_bytes(s, 4);
+		if (k[n].ref_len > sizeof(k[n].ref))
+			continue;
+		memcpy(k[n].ref, sqlite3_column_blob(s, 4), k[n].ref_len);
+		n++;
+	}
+	sqlite3_finalize(s);
+	for (i = 0; i < n; i++) {
+		if ((ks = cimdd_key_store(d, k[i].backend)) == NULL) {
+			log_warn("reconcile: backend %s is not open: key %s of %s not checked",
+				 k[i].backend, k[i].kid, k[i].client);
+			continue;
+		}
+		r = key_store_load(ks, cimd_alg_from_name(k[i].alg), k[i].ref, k[i].ref_len, &key);
+		ks_key_free(&key);
+		if (r != -CIMD_ENOKEY)
+			continue;
+		/* Never silently dropped: the record stays, the client is marked. */
+		log_err("reconcile: key %s of client %s has NO hardware key (%s); client %s is "
+			"marked degraded",
+			k[i].kid, k[i].client, key_store_errmsg(ks), k[i].client);
+		missing++;
+		f = json_pack("{ssssss}", "client", k[i].client, "kid", k[i].kid, "problem",
+			      "hardware key missing");
+		if (store_begin(d->st) < 0 ||
+		    store_exec(d->st, "UPDATE clients SET degraded = 1 WHERE name = ?", "s",
+			       k[i].client) < 0 ||
+		    journal_append(d->st, "reconcile", "cimdd", f, NULL) < 0 ||
+		    store_commit(d->st) < 0)
+			store_rollback(d->st);
+		json_decref(f);
+	}
+	free(k);
+	return missing;
 }

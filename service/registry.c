@@ -33,7 +33,7 @@ static const char *jwks_uri(const struct cimd_config *cfg, const char *name, cha
 }
 
 static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
 {
 	va_list ap;
@@ -54,10 +54,11 @@ static enum admin_err client_arg(struct admin_req *q, int must_exist, const char
 	if (name == NULL)
 		return bad(q, AE_BAD_REQUEST, "missing client name");
 	if (!cimd_valid_name(name))
-		return bad(q, AE_BAD_REQUEST, "client name '%.80s' must match [a-z0-9][a-z0-9-]{0,62}",
-			   name);
+		return bad(q, AE_BAD_REQUEST,
+			   "client name '%.80s' must match [a-z0-9][a-z0-9-]{0,62}", name);
 	if (must_exist) {
-		if (store_query(q->d->st, &s, "SELECT 1 FROM clients WHERE name = ?", "s", name) < 0)
+		if (store_query(q->d->st, &s, "SELECT 1 FROM clients WHERE name = ?", "s", name) <
+		    0)
 			return bad(q, AE_INTERNAL, "database error");
 		rc = sqlite3_step(s);
 		sqlite3_finalize(s);
@@ -113,11 +114,12 @@ static int insert_doc(struct admin_req *q, const char *name, int64_t version, co
 		      size_t len, uint8_t md[SHA256_DIGEST_LENGTH])
 {
 	SHA256((const uint8_t *)bytes, len, md);
-	return store_exec(q->d->st,
-			  "INSERT INTO documents (client, version, state, bytes, sha256, submitter, "
-			  "submitted) VALUES (?, ?, 'submitted', ?, ?, ?, ?)",
-			  "sibbsi", name, version, bytes, len, md, (size_t)SHA256_DIGEST_LENGTH,
-			  q->op->name, (int64_t)time(NULL));
+	return store_exec(
+	    q->d->st,
+	    "INSERT INTO documents (client, version, state, bytes, sha256, submitter, "
+	    "submitted) VALUES (?, ?, 'submitted', ?, ?, ?, ?)",
+	    "sibbsi", name, version, bytes, len, md, (size_t)SHA256_DIGEST_LENGTH, q->op->name,
+	    (int64_t)time(NULL));
 }
 
 enum admin_err reg_client_add(struct admin_req *q)
@@ -151,17 +153,20 @@ enum admin_err reg_client_add(struct admin_req *q)
 	if (alg_name == NULL)
 		alg_name = "ES256";
 	if ((alg = cimd_alg_from_name(alg_name)) == CIMD_ALG_NONE)
-		return bad(q, AE_BAD_REQUEST, "algorithm '%.20s' is not ES256, ES384 or PS256", alg_name);
-	if (cimd_doc_prepare(json_object_get(q->args, "metadata"), reg_client_id(d->cfg, name, cid, sizeof(cid)),
-			     jwks_uri(d->cfg, name, juri, sizeof(juri)), alg_name, &bytes, &len, err,
-			     sizeof(err)) < 0)
+		return bad(q, AE_BAD_REQUEST, "algorithm '%.20s' is not ES256, ES384 or PS256",
+			   alg_name);
+	if (cimd_doc_prepare(json_object_get(q->args, "metadata"),
+			     reg_client_id(d->cfg, name, cid, sizeof(cid)),
+			     jwks_uri(d->cfg, name, juri, sizeof(juri)), alg_name, &bytes, &len,
+			     err, sizeof(err)) < 0)
 		return bad(q, AE_INVALID_DOCUMENT, "%s", err);
 	if (client_arg(q, 1, &name) == AE_OK) {
 		e = bad(q, AE_CONFLICT, "a client named %s exists already", name);
 		goto out;
 	}
 	if (client_count(d->st, &n) < 0 || n >= CIMD_CLIENTS_MAX) {
-		e = bad(q, AE_CONFLICT, "the appliance holds its maximum of %d clients", CIMD_CLIENTS_MAX);
+		e = bad(q, AE_CONFLICT, "the appliance holds its maximum of %d clients",
+			CIMD_CLIENTS_MAX);
 		goto out;
 	}
 	/* Hardware first: a key the database does not know is an orphan that
@@ -175,14 +180,16 @@ enum admin_err reg_client_add(struct admin_req *q)
 	kf = json_pack("{ssssssss}", "client", name, "kid", ks_key_kid(key), "state", "active",
 		       "backend", backend);
 	if (kf == NULL || store_begin(d->st) < 0 ||
-	    store_exec(d->st,
-		       "INSERT INTO clients (name, owner, backend, alg, created) VALUES (?, ?, ?, ?, ?)",
-		       "ssssi", name, owner, backend, alg_name, (int64_t)time(NULL)) != 1 ||
-	    store_exec(d->st,
-		       "INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "
-		       "VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
-		       "ssssbii", ks_key_kid(key), name, alg_name, backend, ref, ref_len,
-		       (int64_t)time(NULL), (int64_t)time(NULL)) != 1 ||
+	    store_exec(
+		d->st,
+		"INSERT INTO clients (name, owner, backend, alg, created) VALUES (?, ?, ?, ?, ?)",
+		"ssssi", name, owner, backend, alg_name, (int64_t)time(NULL)) != 1 ||
+	    store_exec(
+		d->st,
+		"INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "
+		"VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
+		"ssssbii", ks_key_kid(key), name, alg_name, backend, ref, ref_len,
+		(int64_t)time(NULL), (int64_t)time(NULL)) != 1 ||
 	    insert_doc(q, name, 1, bytes, len, md) != 1 ||
 	    journal_append(d->st, "key.create", q->op->name, kf, NULL) < 0) {
 		store_rollback(d->st);
@@ -198,7 +205,7 @@ enum admin_err reg_client_add(struct admin_req *q)
 		key_store_destroy(ks, &key);
 		goto out;
 	}
-	q->result = json_pack("{sssssssisss}", "client_id", cid, "jwks_uri", juri, "kid",
+	q->result = json_pack("{sssssssiss}", "client_id", cid, "jwks_uri", juri, "kid",
 			      ks_key_kid(key), "version", 1, "state", "submitted");
 out:
 	json_decref(kf);
@@ -215,15 +222,16 @@ static json_t *client_row(struct store *st, sqlite3_stmt *s)
 	sqlite3_stmt *v = NULL, *k = NULL;
 	json_t *o;
 
-	o = json_pack("{ssssssssso}", "name", name, "owner", (const char *)sqlite3_column_text(s, 1),
-		      "backend", (const char *)sqlite3_column_text(s, 2), "alg",
+	o = json_pack("{ssssssssso}", "name", name, "owner",
+		      (const char *)sqlite3_column_text(s, 1), "backend",
+		      (const char *)sqlite3_column_text(s, 2), "alg",
 		      (const char *)sqlite3_column_text(s, 3), "degraded",
 		      json_boolean(sqlite3_column_int(s, 4)));
 	if (o == NULL)
 		return NULL;
 	if (store_query(st, &v,
-			"SELECT version FROM documents WHERE client = ? AND state = 'approved'", "s",
-			name) == 0 &&
+			"SELECT version FROM documents WHERE client = ? AND state = 'approved'",
+			"s", name) == 0 &&
 	    sqlite3_step(v) == SQLITE_ROW)
 		json_object_set_new(o, "version", json_integer(sqlite3_column_int64(v, 0)));
 	else
@@ -231,7 +239,8 @@ static json_t *client_row(struct store *st, sqlite3_stmt *s)
 	if (store_query(st, &k, "SELECT kid FROM keys WHERE client = ? AND state = 'active'", "s",
 			name) == 0 &&
 	    sqlite3_step(k) == SQLITE_ROW)
-		json_object_set_new(o, "active_kid", json_string((const char *)sqlite3_column_text(k, 0)));
+		json_object_set_new(o, "active_kid",
+				    json_string((const char *)sqlite3_column_text(k, 0)));
 	else
 		json_object_set_new(o, "active_kid", json_null());
 	sqlite3_finalize(v);
@@ -247,8 +256,9 @@ enum admin_err reg_client_list(struct admin_req *q)
 	json_t *arr = json_array(), *row;
 	int rc;
 
-	if (arr == NULL || store_query(q->d->st, &s, "SELECT " CLIENT_COLS " FROM clients ORDER BY name",
-				       "") < 0) {
+	if (arr == NULL ||
+	    store_query(q->d->st, &s, "SELECT " CLIENT_COLS " FROM clients ORDER BY name", "") <
+		0) {
 		json_decref(arr);
 		return bad(q, AE_INTERNAL, "database error");
 	}
@@ -274,23 +284,25 @@ static json_t *column_list(struct store *st, const char *sql, const char *name, 
 		return NULL;
 	}
 	while (sqlite3_step(s) == SQLITE_ROW)
-		json_array_append_new(arr, as_int ? json_integer(sqlite3_column_int64(s, 0))
-						  : json_string((const char *)sqlite3_column_text(s, 0)));
+		json_array_append_new(
+		    arr, as_int ? json_integer(sqlite3_column_int64(s, 0))
+				: json_string((const char *)sqlite3_column_text(s, 0)));
 	sqlite3_finalize(s);
 	return arr;
 }
 
 static json_t *int_or_null(sqlite3_stmt *s, int col)
 {
-	return sqlite3_column_type(s, col) == SQLITE_NULL ? json_null()
-							   : json_integer(sqlite3_column_int64(s, col));
+	return sqlite3_column_type(s, col) == SQLITE_NULL
+		   ? json_null()
+		   : json_integer(sqlite3_column_int64(s, col));
 }
 
 static json_t *text_or_null(sqlite3_stmt *s, int col)
 {
 	return sqlite3_column_type(s, col) == SQLITE_NULL
-		       ? json_null()
-		       : json_string((const char *)sqlite3_column_text(s, col));
+		   ? json_null()
+		   : json_string((const char *)sqlite3_column_text(s, col));
 }
 
 static json_t *documents_of(struct store *st, const char *name)
@@ -299,23 +311,23 @@ static json_t *documents_of(struct store *st, const char *name)
 	json_t *arr = json_array();
 	char hash[65];
 
-	if (arr == NULL || store_query(st, &s,
-				       "SELECT version, state, sha256, submitter, submitted, approver, "
-				       "approved FROM documents WHERE client = ? ORDER BY version",
-				       "s", name) < 0) {
+	if (arr == NULL ||
+	    store_query(st, &s,
+			"SELECT version, state, sha256, submitter, submitted, approver, "
+			"approved FROM documents WHERE client = ? ORDER BY version",
+			"s", name) < 0) {
 		json_decref(arr);
 		return NULL;
 	}
 	while (sqlite3_step(s) == SQLITE_ROW) {
 		hexstr(sqlite3_column_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
-		json_array_append_new(arr, json_pack("{sIsssssssIsoso}", "version",
-						     (json_int_t)sqlite3_column_int64(s, 0), "state",
-						     (const char *)sqlite3_column_text(s, 1), "sha256",
-						     hash, "submitter",
-						     (const char *)sqlite3_column_text(s, 3),
-						     "submitted", (json_int_t)sqlite3_column_int64(s, 4),
-						     "approver", text_or_null(s, 5), "approved",
-						     int_or_null(s, 6)));
+		json_array_append_new(
+		    arr,
+		    json_pack("{sIsssssssIsoso}", "version", (json_int_t)sqlite3_column_int64(s, 0),
+			      "state", (const char *)sqlite3_column_text(s, 1), "sha256", hash,
+			      "submitter", (const char *)sqlite3_column_text(s, 3), "submitted",
+			      (json_int_t)sqlite3_column_int64(s, 4), "approver",
+			      text_or_null(s, 5), "approved", int_or_null(s, 6)));
 	}
 	sqlite3_finalize(s);
 	return arr;
@@ -341,20 +353,24 @@ enum admin_err reg_client_show(struct admin_req *q)
 	sqlite3_finalize(s);
 	if (o == NULL)
 		return bad(q, AE_INTERNAL, "out of memory");
-	json_object_set_new(o, "client_id", json_string(reg_client_id(q->d->cfg, name, cid, sizeof(cid))));
-	json_object_set_new(o, "jwks_uri", json_string(jwks_uri(q->d->cfg, name, juri, sizeof(juri))));
-	json_object_set_new(o, "uids", column_list(q->d->st,
-						   "SELECT id FROM client_callers WHERE client = ? "
-						   "AND kind = 'uid' ORDER BY id",
-						   name, 1));
-	json_object_set_new(o, "gids", column_list(q->d->st,
-						   "SELECT id FROM client_callers WHERE client = ? "
-						   "AND kind = 'gid' ORDER BY id",
-						   name, 1));
-	json_object_set_new(o, "audiences",
+	json_object_set_new(o, "client_id",
+			    json_string(reg_client_id(q->d->cfg, name, cid, sizeof(cid))));
+	json_object_set_new(o, "jwks_uri",
+			    json_string(jwks_uri(q->d->cfg, name, juri, sizeof(juri))));
+	json_object_set_new(o, "uids",
 			    column_list(q->d->st,
-					"SELECT aud FROM client_audiences WHERE client = ? ORDER BY aud",
-					name, 0));
+					"SELECT id FROM client_callers WHERE client = ? "
+					"AND kind = 'uid' ORDER BY id",
+					name, 1));
+	json_object_set_new(o, "gids",
+			    column_list(q->d->st,
+					"SELECT id FROM client_callers WHERE client = ? "
+					"AND kind = 'gid' ORDER BY id",
+					name, 1));
+	json_object_set_new(
+	    o, "audiences",
+	    column_list(q->d->st, "SELECT aud FROM client_audiences WHERE client = ? ORDER BY aud",
+			name, 0));
 	json_object_set_new(o, "documents", documents_of(q->d->st, name));
 	q->result = json_pack("{so}", "client", o);
 	return AE_OK;
@@ -395,12 +411,14 @@ enum admin_err reg_client_allow(struct admin_req *q)
 		return bad(q, AE_CONFLICT, "%s already allows %d callers", name, CIMD_CALLERS_MAX);
 	if (store_begin(q->d->st) < 0)
 		return bad(q, AE_INTERNAL, "database error");
-	r = remove ? store_exec(q->d->st,
-				"DELETE FROM client_callers WHERE client = ? AND kind = ? AND id = ?",
-				"ssi", name, kind, (int64_t)v)
-		   : store_exec(q->d->st,
-				"INSERT OR IGNORE INTO client_callers (client, kind, id) VALUES (?, ?, ?)",
-				"ssi", name, kind, (int64_t)v);
+	r = remove
+		? store_exec(q->d->st,
+			     "DELETE FROM client_callers WHERE client = ? AND kind = ? AND id = ?",
+			     "ssi", name, kind, (int64_t)v)
+		: store_exec(
+		      q->d->st,
+		      "INSERT OR IGNORE INTO client_callers (client, kind, id) VALUES (?, ?, ?)",
+		      "ssi", name, kind, (int64_t)v);
 	if (r < 0) {
 		store_rollback(q->d->st);
 		return bad(q, AE_INTERNAL, "database error");
@@ -430,12 +448,14 @@ enum admin_err reg_client_audience(struct admin_req *q)
 		return bad(q, AE_BAD_REQUEST, "give one audience to add or to remove");
 	if (add != NULL && cimd_https_url("audience", add, err, sizeof(err)) < 0)
 		return bad(q, AE_BAD_REQUEST, "%s", err);
-	if (add != NULL && count_of(q->d->st, "SELECT count(*) FROM client_audiences WHERE client = ?",
-				    name) >= CIMD_AUDIENCES_MAX)
+	if (add != NULL &&
+	    count_of(q->d->st, "SELECT count(*) FROM client_audiences WHERE client = ?", name) >=
+		CIMD_AUDIENCES_MAX)
 		return bad(q, AE_CONFLICT, "%s already has %d audiences", name, CIMD_AUDIENCES_MAX);
 	if (store_begin(q->d->st) < 0)
 		return bad(q, AE_INTERNAL, "database error");
-	r = add ? store_exec(q->d->st, "INSERT OR IGNORE INTO client_audiences (client, aud) VALUES (?, ?)",
+	r = add ? store_exec(q->d->st,
+			     "INSERT OR IGNORE INTO client_audiences (client, aud) VALUES (?, ?)",
 			     "ss", name, add)
 		: store_exec(q->d->st, "DELETE FROM client_audiences WHERE client = ? AND aud = ?",
 			     "ss", name, del);
@@ -457,11 +477,12 @@ static int64_t latest_version(struct store *st, const char *name, const char *st
 	sqlite3_stmt *s = NULL;
 	int64_t v = 0;
 
-	int r = state ? store_query(st, &s,
-				    "SELECT max(version) FROM documents WHERE client = ? AND state = ?",
-				    "ss", name, state)
-		      : store_query(st, &s, "SELECT max(version) FROM documents WHERE client = ?",
-				    "s", name);
+	int r =
+	    state ? store_query(st, &s,
+				"SELECT max(version) FROM documents WHERE client = ? AND state = ?",
+				"ss", name, state)
+		  : store_query(st, &s, "SELECT max(version) FROM documents WHERE client = ?", "s",
+				name);
 
 	if (r == 0 && sqlite3_step(s) == SQLITE_ROW)
 		v = sqlite3_column_int64(s, 0);
@@ -508,8 +529,8 @@ enum admin_err reg_doc_submit(struct admin_req *q)
 	free(bytes);
 	hexstr(md, sizeof(md), hash);
 	if ((e = commit(q, "doc.submit",
-			json_pack("{sssIss}", "client", name, "version", (json_int_t)version, "sha256",
-				  hash))) != AE_OK)
+			json_pack("{sssIss}", "client", name, "version", (json_int_t)version,
+				  "sha256", hash))) != AE_OK)
 		return e;
 	q->result = json_pack("{sIssss}", "version", (json_int_t)version, "state", "submitted",
 			      "sha256", hash);
@@ -531,13 +552,15 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 		return bad(q, AE_BAD_REQUEST, "a document version (1, 2, ...) is required");
 	if (store_begin(q->d->st) < 0)
 		return bad(q, AE_INTERNAL, "database error");
-	if (store_query(q->d->st, &s,
-			"SELECT state, submitter, sha256 FROM documents WHERE client = ? AND version = ?",
-			"si", name, version) < 0 ||
+	if (store_query(
+		q->d->st, &s,
+		"SELECT state, submitter, sha256 FROM documents WHERE client = ? AND version = ?",
+		"si", name, version) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
 		sqlite3_finalize(s);
 		store_rollback(q->d->st);
-		return bad(q, AE_NOT_FOUND, "%s has no document version %lld", name, (long long)version);
+		return bad(q, AE_NOT_FOUND, "%s has no document version %lld", name,
+			   (long long)version);
 	}
 	state = (const char *)sqlite3_column_text(s, 0);
 	snprintf(submitter, sizeof(submitter), "%s", (const char *)sqlite3_column_text(s, 1));
@@ -562,9 +585,10 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 		return bad(q, AE_CONFLICT, "version %lld is older than the approved version %lld",
 			   (long long)version, (long long)current);
 	}
-	if (store_exec(q->d->st,
-		       "UPDATE documents SET state = 'superseded' WHERE client = ? AND state = 'approved'",
-		       "s", name) < 0 ||
+	if (store_exec(
+		q->d->st,
+		"UPDATE documents SET state = 'superseded' WHERE client = ? AND state = 'approved'",
+		"s", name) < 0 ||
 	    store_exec(q->d->st,
 		       "UPDATE documents SET state = 'approved', approver = ?, approved = ? "
 		       "WHERE client = ? AND version = ?",
@@ -573,7 +597,7 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 		return bad(q, AE_INTERNAL, "database error");
 	}
 	if ((e = commit(q, "doc.approve",
-			json_pack("{sssIssssso}", "client", name, "version", (json_int_t)version,
+			json_pack("{sssIsssssso}", "client", name, "version", (json_int_t)version,
 				  "sha256", hash, "submitter", submitter, "superseded",
 				  current ? json_integer(current) : json_null()))) != AE_OK)
 		return e;
@@ -599,22 +623,24 @@ enum admin_err reg_doc_show(struct admin_req *q)
 	version = jv ? json_integer_value(jv) : latest_version(q->d->st, name, "approved");
 	if (version == 0)
 		version = latest_version(q->d->st, name, NULL);
-	if (store_query(q->d->st, &s,
-			"SELECT version, state, bytes, sha256, submitter, submitted, approver, approved "
-			"FROM documents WHERE client = ? AND version = ?",
-			"si", name, version) < 0 ||
+	if (store_query(
+		q->d->st, &s,
+		"SELECT version, state, bytes, sha256, submitter, submitted, approver, approved "
+		"FROM documents WHERE client = ? AND version = ?",
+		"si", name, version) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
 		sqlite3_finalize(s);
-		return bad(q, AE_NOT_FOUND, "%s has no document version %lld", name, (long long)version);
+		return bad(q, AE_NOT_FOUND, "%s has no document version %lld", name,
+			   (long long)version);
 	}
 	hexstr(sqlite3_column_blob(s, 3), SHA256_DIGEST_LENGTH, hash);
-	q->result = json_pack("{s{sIsss#sssssIsoso}}", "document", "version",
-			      (json_int_t)sqlite3_column_int64(s, 0), "state",
-			      (const char *)sqlite3_column_text(s, 1), "bytes",
-			      (const char *)sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2),
-			      "sha256", hash, "submitter", (const char *)sqlite3_column_text(s, 4),
-			      "submitted", (json_int_t)sqlite3_column_int64(s, 5), "approver",
-			      text_or_null(s, 6), "approved", int_or_null(s, 7));
+	q->result = json_pack(
+	    "{s{sIssss#sssssIsoso}}", "document", "version", (json_int_t)sqlite3_column_int64(s, 0),
+	    "state", (const char *)sqlite3_column_text(s, 1), "bytes",
+	    (const char *)sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), "sha256",
+	    hash, "submitter", (const char *)sqlite3_column_text(s, 4), "submitted",
+	    (json_int_t)sqlite3_column_int64(s, 5), "approver", text_or_null(s, 6), "approved",
+	    int_or_null(s, 7));
 	sqlite3_finalize(s);
 	return q->result ? AE_OK : bad(q, AE_INTERNAL, "out of memory");
 }

@@ -43,15 +43,15 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_URL_MAX 512	     /* base_url and every URL a client may name */
 #define CIMD_DURATION_MAX 31536000   /* one year, in seconds */
 #define CIMD_JOURNAL_RECORD_MAX 8192 /* one journal record, serialised */
-#define CIMD_DOC_MAX 5120           /* a CIMD document as served */
-#define CIMD_ADMIN_LINE_MAX 16384   /* one admin request line (a document and then some) */
-#define CIMD_ADMIN_CONNS_MAX 32     /* admin connections at once */
-#define CIMD_ADMIN_IDLE_SEC 60      /* an admin connection idle this long is closed */
-#define CIMD_KEYS_PER_CLIENT_MAX 16 /* keys a client holds outside retired/destroyed */
+#define CIMD_DOC_MAX 5120	     /* a CIMD document as served */
+#define CIMD_ADMIN_LINE_MAX 16384    /* one admin request line (a document and then some) */
+#define CIMD_ADMIN_CONNS_MAX 32	     /* admin connections at once */
+#define CIMD_ADMIN_IDLE_SEC 60	     /* an admin connection idle this long is closed */
+#define CIMD_KEYS_PER_CLIENT_MAX 16  /* keys a client holds outside retired/destroyed */
 #define CIMD_CLIENTS_MAX 10000
-#define CIMD_CALLERS_MAX 64         /* uids and gids allowed to sign for one client */
-#define CIMD_AUDIENCES_MAX 64       /* audiences of one client */
-#define CIMD_JOURNAL_SHOW_MAX 1000  /* records in one journal.show answer */
+#define CIMD_CALLERS_MAX 64	   /* uids and gids allowed to sign for one client */
+#define CIMD_AUDIENCES_MAX 64	   /* audiences of one client */
+#define CIMD_JOURNAL_SHOW_MAX 1000 /* records in one journal.show answer */
 
 /* ---- configuration ---- */
 
@@ -169,7 +169,8 @@ int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65]);
  * document as it will be served.  On failure errbuf says which rule failed.
  */
 int cimd_doc_prepare(const json_t *doc, const char *client_id, const char *jwks_uri,
-		     const char *alg, char **ret_bytes, size_t *ret_len, char *errbuf, size_t errlen);
+		     const char *alg, char **ret_bytes, size_t *ret_len, char *errbuf,
+		     size_t errlen);
 /* [a-z0-9][a-z0-9-]{0,62} */
 int cimd_valid_name(const char *name);
 /* An absolute https URL with a host, no userinfo, no fragment, no spaces. */
@@ -181,7 +182,7 @@ struct cimdd {
 	struct cimd_config *cfg;
 	struct store *st;
 	struct key_store *ks[CIMD_BACKENDS_MAX]; /* by index into cfg->backends */
-	int dev;                                 /* a --dev instance */
+	int dev;				 /* a --dev instance */
 };
 
 /* The key store of a backend by name, or NULL when it is not configured/open. */
@@ -207,8 +208,8 @@ struct admin_req {
 	struct cimdd *d;
 	const struct cimd_operator *op;
 	const json_t *args;
-	json_t *result;   /* set by the handler on success */
-	char msg[512];    /* set by the handler on failure (and may be on success) */
+	json_t *result; /* set by the handler on success */
+	char msg[512];	/* set by the handler on failure (and may be on success) */
 };
 
 enum admin_err reg_client_add(struct admin_req *q);
@@ -230,6 +231,9 @@ const char *reg_client_id(const struct cimd_config *cfg, const char *name, char 
 /* Runs the lifecycle's timed transitions (retire, destroy, scheduled rotation);
  * called about once a second.  Returns the number of transitions made. */
 int keys_tick(struct cimdd *d, time_t now);
+/* At start: every key the database holds must exist in its hardware; a missing
+ * one is reported and its client marked degraded.  Returns how many are missing. */
+int keys_reconcile(struct cimdd *d);
 
 /* ---- development instance (dev.c) ---- */
 

@@ -1,0 +1,307 @@
+/*
+ * cimdd.c — the daemon: arguments, start-up, the event loop, signals.
+ *
+ *   cimdd -c FILE [-f]
+ *   cimdd --dev DIR [--backend pkcs11|tpm2] [--port N]
+ *
+ * Start-up: configuration, state database, key stores, reconciliation of
+ * hardware and database, admin socket.  The loop: poll(2) on the admin socket
+ * and a signalfd; once a second the key lifecycle scheduler.  SIGTERM/SIGINT
+ * shut down cleanly; SIGHUP reloads operators, policies and durations without
+ * dropping connections.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "service.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: cimdd -c FILE [-f]\n"
+		   "       cimdd --dev DIR [--backend pkcs11|tpm2] [--port N]\n"
+		   "\n"
+		   "  -c, --config FILE   run from a configuration file (cimdd.conf(5))\n"
+		   "  -f, --foreground    stay in the foreground and log to stderr\n"
+		   "      --dev DIR       create (first time) and run a development instance in\n"
+		   "                      DIR, in the foreground\n"
+		   "      --backend NAME  key store of a new dev instance (default pkcs11)\n"
+		   "      --port N        HTTPS port of a new dev instance (default 8443)\n"
+		   "  -h, --help          this text\n"
+		   "  -V, --version       the version\n");
+}
+
+struct key_store *cimdd_key_store(struct cimdd *d, const char *backend)
+{
+	size_t i;
+
+	for (i = 0; i < d->cfg->n_backends; i++)
+		if (strcmp(d->cfg->backends[i].name, backend) == 0)
+			return d->ks[i];
+	return NULL;
+}
+
+/* Opens every configured key store that is not open; a failure is logged and
+ * retried later (the daemon keeps serving what does not need that hardware). */
+static void open_key_stores(struct cimdd *d, int quiet)
+{
+	char err[256];
+	size_t i;
+	int r;
+
+	for (i = 0; i < d->cfg->n_backends; i++) {
+		if (d->ks[i] != NULL)
+			continue;
+		r = key_store_open(d->cfg->backends[i].conf, &d->ks[i], err, sizeof(err));
+		if (r == 0)
+			log_info("backend %s: open", d->cfg->backends[i].name);
+		else if (!quiet)
+			log_err("backend %s: %s (%s); retrying every second",
+				d->cfg->backends[i].name, cimd_strerror(r), err);
+	}
+}
+
+/* SIGHUP: operators, two-person rule and durations take effect now; what
+ * needs a restart (paths, backends, base_url) is reported and kept. */
+static void reload(struct cimdd *d)
+{
+	struct cimd_config *n = NULL, *o = d->cfg;
+	char err[512];
+
+	if (config_load(o->path, &n, err, sizeof(err)) < 0) {
+		log_err("reload: %s; keeping the running configuration", err);
+		return;
+	}
+	if (strcmp(n->state_dir, o->state_dir) != 0 || strcmp(n->base_url, o->base_url) != 0 ||
+	    strcmp(n->admin_socket, o->admin_socket) != 0 || n->n_backends != o->n_backends)
+		log_warn(
+		    "reload: state_dir, base_url, sockets and backends change only at restart");
+	memcpy(o->operators, n->operators, sizeof(o->operators));
+	o->n_operators = n->n_operators;
+	o->two_person_rule = n->two_person_rule;
+	o->jwks_max_age = n->jwks_max_age;
+	o->cimd_max_age = n->cimd_max_age;
+	o->assertion_default_ttl = n->assertion_default_ttl;
+	o->assertion_max_ttl = n->assertion_max_ttl;
+	o->clock_skew = n->clock_skew;
+	o->destroy_delay = n->destroy_delay;
+	o->rotate_every = n->rotate_every;
+	config_free(&n);
+	log_info("reload: %zu operators, two-person rule %s", o->n_operators,
+		 o->two_person_rule ? "on" : "off");
+	if (store_begin(d->st) == 0 &&
+	    journal_append(d->st, "config.reload", "cimdd", NULL, NULL) == 0)
+		store_commit(d->st);
+	else
+		store_rollback(d->st);
+}
+
+static int daemonize(void)
+{
+	pid_t pid;
+	int fd;
+
+	if ((pid = fork()) < 0)
+		return -errno;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -errno;
+	if ((pid = fork()) < 0)
+		return -errno;
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") < 0)
+		return -errno;
+	if ((fd = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0) {
+		dup2(fd, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (fd > 2)
+			close(fd);
+	}
+	return 0;
+}
+
+static void banner(const struct cimdd *d)
+{
+	fprintf(stderr,
+		"\ncimdd %s development instance\n"
+		"  base URL      %s\n"
+		"  admin socket  %s\n"
+		"  sign socket   %s (not served yet)\n"
+		"  configuration %s\n"
+		"  two-person rule is OFF: a dev instance has a single operator\n"
+		"\nTry:\n"
+		"  echo '{\"client_name\":\"Agent "
+		"A\",\"redirect_uris\":[\"http://127.0.0.1:9000/cb\"]}' "
+		"> /tmp/agent-a.json\n"
+		"  build/bin/cimdctl -s %s client add agent-a --owner team-a --metadata "
+		"/tmp/agent-a.json\n"
+		"  build/bin/cimdctl -s %s doc approve agent-a 1\n\n",
+		CIMD_VERSION, d->cfg->base_url, d->cfg->admin_socket, d->cfg->sign_socket,
+		d->cfg->path, d->cfg->admin_socket, d->cfg->admin_socket);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
+	    {"dev", required_argument, NULL, 'D'},    {"backend", required_argument, NULL, 'B'},
+	    {"port", required_argument, NULL, 'P'},   {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+	};
+	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
+	char devconf[1200], err[512], dbpath[1100];
+	struct cimdd d = {0};
+	struct admin_server *admin = NULL;
+	struct pollfd fds[CIMD_ADMIN_CONNS_MAX + 2];
+	struct signalfd_siginfo si;
+	sigset_t mask;
+	int c, fg = 0, port = 8443, sfd = -1, rc = 1, r;
+	time_t last_tick = 0;
+	size_t n, i;
+	char *end;
+
+	while ((c = getopt_long(argc, argv, "c:fhV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			conf = optarg;
+			break;
+		case 'f':
+			fg = 1;
+			break;
+		case 'D':
+			dev = optarg;
+			fg = 1;
+			break;
+		case 'B':
+			backend = optarg;
+			break;
+		case 'P':
+			port = (int)strtol(optarg, &end, 10);
+			if (*end != '\0' || port < 1 || port > 65535) {
+				fprintf(stderr, "cimdd: --port %s is not a port number\n", optarg);
+				return 2;
+			}
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("cimdd %s\n", CIMD_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc || (conf == NULL) == (dev == NULL)) {
+		usage(stderr);
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	setenv("TSS2_LOG", "all+none", 0); /* we log hardware errors ourselves, once */
+	umask(077);
+	log_init("cimdd", fg);
+	if (dev != NULL) {
+		if (dev_prepare(dev, backend, port, devconf, sizeof(devconf), err, sizeof(err)) <
+		    0) {
+			log_err("--dev %s: %s", dev, err);
+			return 1;
+		}
+		conf = devconf;
+	}
+	if (config_load(conf, &d.cfg, err, sizeof(err)) < 0) {
+		log_err("%s", err);
+		return 1;
+	}
+	d.dev = dev != NULL;
+	if (mkdir(d.cfg->state_dir, 0700) < 0 && errno != EEXIST) {
+		log_err("state_dir %s: %s", d.cfg->state_dir, strerror(errno));
+		goto out;
+	}
+	snprintf(dbpath, sizeof(dbpath), "%s/cimdd.db", d.cfg->state_dir);
+	if (store_open(dbpath, &d.st, err, sizeof(err)) < 0) {
+		log_err("state database: %s", err);
+		goto out;
+	}
+	open_key_stores(&d, 0);
+	keys_reconcile(&d);
+	if (admin_server_new(&d, &admin, err, sizeof(err)) < 0) {
+		log_err("admin socket: %s", err);
+		goto out;
+	}
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0 ||
+	    (sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
+		log_err("signalfd: %s", strerror(errno));
+		goto out;
+	}
+	if (!fg && (r = daemonize()) < 0) {
+		log_err("daemonize: %s", strerror(-r));
+		goto out;
+	}
+	if (store_begin(d.st) == 0 &&
+	    journal_append(d.st, "daemon.start", "cimdd", NULL, NULL) == 0)
+		store_commit(d.st);
+	else
+		store_rollback(d.st);
+	log_info("cimdd %s: %s, admin socket %s, two-person rule %s", CIMD_VERSION, d.cfg->base_url,
+		 d.cfg->admin_socket, d.cfg->two_person_rule ? "on" : "off");
+	if (d.dev)
+		banner(&d);
+
+	for (;;) {
+		fds[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
+		n = 1 + admin_server_pollfds(admin, fds + 1, sizeof(fds) / sizeof(fds[0]) - 1);
+		if (poll(fds, n, 1000) < 0 && errno != EINTR) {
+			log_err("poll: %s", strerror(errno));
+			break;
+		}
+		if (fds[0].revents & POLLIN) {
+			if (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+				if (si.ssi_signo == SIGHUP) {
+					reload(&d);
+				} else {
+					log_info("signal %d: shutting down", (int)si.ssi_signo);
+					rc = 0;
+					break;
+				}
+			}
+		}
+		admin_server_dispatch(admin, fds + 1, n - 1);
+		if (time(NULL) != last_tick) {
+			last_tick = time(NULL);
+			open_key_stores(&d, 1);
+			keys_tick(&d, last_tick);
+		}
+	}
+	if (store_begin(d.st) == 0 && journal_append(d.st, "daemon.stop", "cimdd", NULL, NULL) == 0)
+		store_commit(d.st);
+	else
+		store_rollback(d.st);
+out:
+	if (sfd >= 0)
+		close(sfd);
+	admin_server_free(&admin);
+	for (i = 0; d.cfg != NULL && i < d.cfg->n_backends; i++)
+		key_store_free(&d.ks[i]);
+	store_free(&d.st);
+	config_free(&d.cfg);
+	return rc;
+}

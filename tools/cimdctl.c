@@ -1,0 +1,763 @@
+/*
+ * cimdctl — the admin CLI: a thin client of cimdd's admin socket.
+ *
+ * Each command becomes one request line; the daemon decides everything (who
+ * the caller is, what is allowed, what is valid) and this program only prints
+ * the answer: a table for people, the raw JSON with --json.
+ *
+ * Exit status: 0 done; 1 refused or failed by the daemon; 2 usage; 3 the
+ * daemon cannot be reached.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#define DEFAULT_SOCKET "/run/cimdd/admin.sock"
+#define METADATA_MAX (64 * 1024)
+#define RESPONSE_MAX (64 * 1024 * 1024)
+
+static const char *sock_path;
+static int json_out;
+
+struct cmd {
+	const char *group, *name;
+	const char *usage;
+	int (*fn)(int argc, char **argv);
+};
+
+static int usage_error(const char *usage, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int usage_error(const char *usage, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "cimdctl: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nusage: cimdctl %s\n", usage);
+	return 2;
+}
+
+/* Sends req (stolen) and reads one answer; 0 ok, 1 refused, 3 unreachable. */
+static int call(json_t *req, json_t **ret_resp)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char *line = NULL, *buf = NULL, *nl;
+	size_t len = 0, cap = 0, off = 0, n;
+	json_t *resp;
+	ssize_t k;
+	int fd = -1, rc = 3;
+
+	if (strlen(sock_path) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "cimdctl: socket path too long: %s\n", sock_path);
+		goto out;
+	}
+	strcpy(sa.sun_path, sock_path);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+	    connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		fprintf(stderr, "cimdctl: cannot reach cimdd at %s: %s\n", sock_path,
+			strerror(errno));
+		goto out;
+	}
+	if ((line = json_dumps(req, JSON_COMPACT)) == NULL)
+		goto out;
+	n = strlen(line);
+	line[n] = '\n'; /* json_dumps leaves room for the NUL we overwrite */
+	for (off = 0; off < n + 1; off += (size_t)k)
+		if ((k = write(fd, line + off, n + 1 - off)) <= 0) {
+			fprintf(stderr, "cimdctl: writing to %s: %s\n", sock_path, strerror(errno));
+			goto out;
+		}
+	for (;;) {
+		if (len + 4096 + 1 > cap) {
+			char *nb;
+			if (cap >= RESPONSE_MAX ||
+			    (nb = realloc(buf, cap = cap ? 2 * cap : 65536)) == NULL) {
+				fprintf(stderr, "cimdctl: answer too large\n");
+				goto out;
+			}
+			buf = nb;
+		}
+		if ((k = read(fd, buf + len, cap - len - 1)) <= 0) {
+			fprintf(stderr, "cimdctl: cimdd closed the connection without an answer\n");
+			goto out;
+		}
+		len += (size_t)k;
+		if ((nl = memchr(buf, '\n', len)) != NULL)
+			break;
+	}
+	if ((resp = json_loadb(buf, (size_t)(nl - buf), 0, NULL)) == NULL) {
+		fprintf(stderr, "cimdctl: malformed answer from cimdd\n");
+		goto out;
+	}
+	*ret_resp = resp;
+	rc = json_is_true(json_object_get(resp, "ok")) ? 0 : 1;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(line);
+	free(buf);
+	json_decref(req);
+	return rc;
+}
+
+/* Runs req; prints --json output or the daemon's refusal.  Returns the exit
+ * status, and the answer for human output when there is some to print. */
+static int run(json_t *req, json_t **ret_resp)
+{
+	json_t *resp = NULL;
+	int rc = call(req, &resp);
+
+	if (rc == 3)
+		return 3;
+	if (json_out) {
+		json_dumpf(resp, stdout, JSON_INDENT(2));
+		printf("\n");
+	} else if (rc != 0) {
+		fprintf(stderr, "cimdctl: %s: %s\n",
+			json_string_value(json_object_get(resp, "error")),
+			json_string_value(json_object_get(resp, "message")));
+	}
+	if (rc == 0 && !json_out && ret_resp != NULL) {
+		*ret_resp = resp;
+		return 0;
+	}
+	json_decref(resp);
+	return rc == 0 && ret_resp != NULL ? -1 : rc; /* -1: done, nothing more to print */
+}
+
+static const char *str(const json_t *o, const char *k)
+{
+	const char *s = json_string_value(json_object_get(o, k));
+	return s ? s : "-";
+}
+
+static const char *when(const json_t *o, const char *k, char *buf, size_t len)
+{
+	json_t *v = json_object_get(o, k);
+	time_t t;
+	struct tm tm;
+
+	if (!json_is_integer(v) || json_integer_value(v) == 0)
+		return "-";
+	t = (time_t)json_integer_value(v);
+	gmtime_r(&t, &tm);
+	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	return buf;
+}
+
+static json_t *read_metadata(const char *path, const char *usage, int *rc)
+{
+	json_error_t e;
+	struct stat st;
+	json_t *doc;
+	FILE *f;
+
+	if ((f = fopen(path, "re")) == NULL) {
+		fprintf(stderr, "cimdctl: %s: %s\n", path, strerror(errno));
+		*rc = 2;
+		return NULL;
+	}
+	if (fstat(fileno(f), &st) < 0 || st.st_size > METADATA_MAX) {
+		fprintf(stderr, "cimdctl: %s: larger than %d bytes\n", path, METADATA_MAX);
+		fclose(f);
+		*rc = 2;
+		return NULL;
+	}
+	doc = json_loadf(f, JSON_REJECT_DUPLICATES, &e);
+	fclose(f);
+	if (doc == NULL) {
+		*rc = usage_error(usage, "%s:%d: not JSON: %s", path, e.line, e.text);
+		return NULL;
+	}
+	return doc;
+}
+
+/* A tiny option parser for "NAME [POS] --opt VALUE --flag": options may come
+ * in any order after the command; unknown ones are usage errors. */
+struct opt {
+	const char *name; /* "--owner" */
+	int has_value;
+	const char *value;
+	int set;
+};
+
+#define OPT(n, v)                                                                                  \
+	{                                                                                          \
+		.name = (n), .has_value = (v)                                                      \
+	}
+#define OPT_END                                                                                    \
+	{                                                                                          \
+		.name = NULL                                                                       \
+	}
+
+static int parse(int argc, char **argv, const char *usage, struct opt *opts, const char **pos,
+		 int npos_min, int npos_max)
+{
+	int i, np = 0;
+	struct opt *o;
+
+	for (i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			printf("usage: cimdctl %s\n", usage);
+			exit(0);
+		}
+		if (strncmp(argv[i], "--", 2) == 0) {
+			for (o = opts; o && o->name; o++)
+				if (strcmp(o->name, argv[i]) == 0)
+					break;
+			if (o == NULL || o->name == NULL)
+				return usage_error(usage, "unknown option %s", argv[i]);
+			if (o->set)
+				return usage_error(usage, "%s given twice", argv[i]);
+			o->set = 1;
+			if (o->has_value) {
+				if (i + 1 >= argc)
+					return usage_error(usage, "%s needs a value", argv[i]);
+				o->value = argv[++i];
+			}
+			continue;
+		}
+		if (np == npos_max)
+			return usage_error(usage, "unexpected argument '%s'", argv[i]);
+		pos[np++] = argv[i];
+	}
+	if (np < npos_min)
+		return usage_error(usage, "missing argument");
+	return 0;
+}
+
+static long number(const char *s, const char *what, const char *usage, int *rc)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < 0) {
+		*rc = usage_error(usage, "%s '%s' is not a number", what, s);
+		return -1;
+	}
+	return v;
+}
+
+/* ---- commands ---- */
+
+static const char U_STATUS[] = "status";
+static int cmd_status(int argc, char **argv)
+{
+	const char *pos[1];
+	json_t *r = NULL, *be;
+	size_t i;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_STATUS, NULL, pos, 0, 0)) != 0)
+		return rc;
+	if ((rc = run(json_pack("{ss}", "op", "status"), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("cimdd %s\nbase_url         %s\noperator         %s (%s)\n", str(r, "version"),
+	       str(r, "base_url"), str(r, "operator"), str(r, "roles"));
+	printf("two-person rule  %s\n",
+	       json_is_true(json_object_get(r, "two_person_rule")) ? "on" : "off");
+	json_array_foreach(json_object_get(r, "backends"), i, be)
+	    printf("backend          %s: %s\n", str(be, "name"),
+		   json_is_true(json_object_get(be, "open")) ? "open" : "UNAVAILABLE");
+	printf("journal          %lld records, head %s\n",
+	       (long long)json_integer_value(json_object_get(json_object_get(r, "journal"), "seq")),
+	       str(json_object_get(r, "journal"), "head"));
+	json_decref(r);
+	return 0;
+}
+
+static const char U_CLIENT_ADD[] = "client add NAME --owner OWNER --metadata FILE [--backend "
+				   "pkcs11|tpm2] [--alg ES256|ES384|PS256]";
+static int cmd_client_add(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--owner", 1), OPT("--metadata", 1), OPT("--backend", 1),
+			  OPT("--alg", 1), OPT_END};
+	const char *pos[1];
+	json_t *req, *doc, *r = NULL;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_CLIENT_ADD, o, pos, 1, 1)) != 0)
+		return rc;
+	if (!o[0].set || !o[1].set)
+		return usage_error(U_CLIENT_ADD, "--owner and --metadata are required");
+	if ((doc = read_metadata(o[1].value, U_CLIENT_ADD, &rc)) == NULL)
+		return rc;
+	req = json_pack("{sssssssO}", "op", "client.add", "name", pos[0], "owner", o[0].value,
+			"metadata", doc);
+	json_decref(doc);
+	if (o[2].set)
+		json_object_set_new(req, "backend", json_string(o[2].value));
+	if (o[3].set)
+		json_object_set_new(req, "alg", json_string(o[3].value));
+	if ((rc = run(req, &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("client %s added\n  client_id  %s\n  jwks_uri   %s\n  key        %s (active)\n"
+	       "  document   version 1, submitted: approve with 'cimdctl doc approve %s 1'\n",
+	       pos[0], str(r, "client_id"), str(r, "jwks_uri"), str(r, "kid"), pos[0]);
+	json_decref(r);
+	return 0;
+}
+
+static const char U_CLIENT_LIST[] = "client list";
+static int cmd_client_list(int argc, char **argv)
+{
+	const char *pos[1];
+	json_t *r = NULL, *c;
+	size_t i;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_CLIENT_LIST, NULL, pos, 0, 0)) != 0)
+		return rc;
+	if ((rc = run(json_pack("{ss}", "op", "client.list"), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("%-24s %-16s %-7s %-6s %-8s %s\n", "NAME", "OWNER", "BACKEND", "ALG", "VERSION",
+	       "ACTIVE KEY");
+	json_array_foreach(json_object_get(r, "clients"), i, c)
+	{
+		char v[24] = "-";
+		if (json_is_integer(json_object_get(c, "version")))
+			snprintf(v, sizeof(v), "%lld",
+				 (long long)json_integer_value(json_object_get(c, "version")));
+		printf("%-24s %-16s %-7s %-6s %-8s %s%s\n", str(c, "name"), str(c, "owner"),
+		       str(c, "backend"), str(c, "alg"), v, str(c, "active_kid"),
+		       json_is_true(json_object_get(c, "degraded")) ? "  DEGRADED" : "");
+	}
+	json_decref(r);
+	return 0;
+}
+
+static const char U_CLIENT_SHOW[] = "client show NAME";
+static int cmd_client_show(int argc, char **argv)
+{
+	const char *pos[1];
+	json_t *r = NULL, *c, *v, *d;
+	char t1[32], t2[32];
+	size_t i;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_CLIENT_SHOW, NULL, pos, 1, 1)) != 0)
+		return rc;
+	if ((rc = run(json_pack("{ssss}", "op", "client.show", "name", pos[0]), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	c = json_object_get(r, "client");
+	printf("client      %s%s\nowner       %s\nclient_id   %s\njwks_uri    %s\nbackend     %s\n"
+	       "alg         %s\nactive key  %s\n",
+	       str(c, "name"), json_is_true(json_object_get(c, "degraded")) ? " (DEGRADED)" : "",
+	       str(c, "owner"), str(c, "client_id"), str(c, "jwks_uri"), str(c, "backend"),
+	       str(c, "alg"), str(c, "active_kid"));
+	printf("may sign    uids:");
+	json_array_foreach(json_object_get(c, "uids"), i, v)
+	    printf(" %lld", (long long)json_integer_value(v));
+	printf("  gids:");
+	json_array_foreach(json_object_get(c, "gids"), i, v)
+	    printf(" %lld", (long long)json_integer_value(v));
+	printf("\naudiences  ");
+	json_array_foreach(json_object_get(c, "audiences"), i, v)
+	    printf(" %s", json_string_value(v));
+	printf("\ndocuments\n  %-7s %-10s %-12s %-21s %-12s %-21s %s\n", "VERSION", "STATE",
+	       "SUBMITTER", "SUBMITTED", "APPROVER", "APPROVED", "SHA-256");
+	json_array_foreach(json_object_get(c, "documents"), i, d)
+	    printf("  %-7lld %-10s %-12s %-21s %-12s %-21s %s\n",
+		   (long long)json_integer_value(json_object_get(d, "version")), str(d, "state"),
+		   str(d, "submitter"), when(d, "submitted", t1, sizeof(t1)), str(d, "approver"),
+		   when(d, "approved", t2, sizeof(t2)), str(d, "sha256"));
+	json_decref(r);
+	return 0;
+}
+
+static const char U_CLIENT_ALLOW[] = "client allow NAME --uid UID | --gid GID [--remove]";
+static int cmd_client_allow(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--uid", 1), OPT("--gid", 1), OPT("--remove", 0), OPT_END};
+	const char *pos[1];
+	json_t *req;
+	long id;
+	int rc = 0;
+
+	if ((rc = parse(argc, argv, U_CLIENT_ALLOW, o, pos, 1, 1)) != 0)
+		return rc;
+	if (o[0].set == o[1].set)
+		return usage_error(U_CLIENT_ALLOW, "give exactly one of --uid and --gid");
+	if ((id = number(o[0].set ? o[0].value : o[1].value, "id", U_CLIENT_ALLOW, &rc)) < 0)
+		return rc;
+	req = json_pack("{sssssIsb}", "op", "client.allow", "name", pos[0],
+			o[0].set ? "uid" : "gid", (json_int_t)id, "remove", o[2].set);
+	if ((rc = run(req, NULL)) != 0)
+		return rc < 0 ? 0 : rc;
+	if (!json_out)
+		printf("%s %s %ld %s sign for %s\n", o[0].set ? "uid" : "gid", o[0].set ? "" : "",
+		       id, o[2].set ? "may no longer" : "may", pos[0]);
+	return 0;
+}
+
+static const char U_CLIENT_AUD[] = "client audience NAME --add URL | --remove URL";
+static int cmd_client_audience(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--add", 1), OPT("--remove", 1), OPT_END};
+	const char *pos[1];
+	int rc;
+
+	if ((rc = parse(argc, argv, U_CLIENT_AUD, o, pos, 1, 1)) != 0)
+		return rc;
+	if (o[0].set == o[1].set)
+		return usage_error(U_CLIENT_AUD, "give exactly one of --add and --remove");
+	rc = run(json_pack("{ssssss}", "op", "client.audience", "name", pos[0],
+			   o[0].set ? "add" : "remove", o[0].set ? o[0].value : o[1].value),
+		 NULL);
+	if (rc != 0)
+		return rc < 0 ? 0 : rc;
+	if (!json_out)
+		printf("%s %s the audiences of %s\n", o[0].set ? o[0].value : o[1].value,
+		       o[0].set ? "added to" : "removed from", pos[0]);
+	return 0;
+}
+
+static const char U_DOC_SUBMIT[] = "doc submit NAME --metadata FILE";
+static int cmd_doc_submit(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--metadata", 1), OPT_END};
+	const char *pos[1];
+	json_t *doc, *r = NULL;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_DOC_SUBMIT, o, pos, 1, 1)) != 0)
+		return rc;
+	if (!o[0].set)
+		return usage_error(U_DOC_SUBMIT, "--metadata is required");
+	if ((doc = read_metadata(o[0].value, U_DOC_SUBMIT, &rc)) == NULL)
+		return rc;
+	rc = run(json_pack("{sssssO}", "op", "doc.submit", "name", pos[0], "metadata", doc), &r);
+	json_decref(doc);
+	if (rc != 0)
+		return rc < 0 ? 0 : rc;
+	printf("%s document version %lld submitted (sha256 %s); it awaits approval\n", pos[0],
+	       (long long)json_integer_value(json_object_get(r, "version")), str(r, "sha256"));
+	json_decref(r);
+	return 0;
+}
+
+static const char U_DOC_APPROVE[] = "doc approve NAME VERSION";
+static int cmd_doc_approve(int argc, char **argv)
+{
+	const char *pos[2];
+	json_t *r = NULL;
+	long v;
+	int rc = 0;
+
+	if ((rc = parse(argc, argv, U_DOC_APPROVE, NULL, pos, 2, 2)) != 0)
+		return rc;
+	if ((v = number(pos[1], "version", U_DOC_APPROVE, &rc)) < 0)
+		return rc;
+	if ((rc = run(json_pack("{sssssI}", "op", "doc.approve", "name", pos[0], "version",
+				(json_int_t)v),
+		      &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("%s document version %ld approved (sha256 %s)\n", pos[0], v, str(r, "sha256"));
+	json_decref(r);
+	return 0;
+}
+
+static const char U_DOC_SHOW[] =
+    "doc show NAME [--version N]   (prints the document bytes exactly)";
+static int cmd_doc_show(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--version", 1), OPT_END};
+	const char *pos[1], *bytes;
+	json_t *req, *r = NULL;
+	long v;
+	int rc = 0;
+
+	if ((rc = parse(argc, argv, U_DOC_SHOW, o, pos, 1, 1)) != 0)
+		return rc;
+	req = json_pack("{ssss}", "op", "doc.show", "name", pos[0]);
+	if (o[0].set) {
+		if ((v = number(o[0].value, "version", U_DOC_SHOW, &rc)) < 0) {
+			json_decref(req);
+			return rc;
+		}
+		json_object_set_new(req, "version", json_integer(v));
+	}
+	if ((rc = run(req, &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	bytes = json_string_value(json_object_get(json_object_get(r, "document"), "bytes"));
+	if (bytes != NULL)
+		fwrite(bytes, 1,
+		       json_string_length(json_object_get(json_object_get(r, "document"), "bytes")),
+		       stdout);
+	json_decref(r);
+	return 0;
+}
+
+static const char U_KEY_LIST[] = "key list NAME";
+static int cmd_key_list(int argc, char **argv)
+{
+	const char *pos[1];
+	json_t *r = NULL, *k;
+	char t1[32], t2[32];
+	size_t i;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_KEY_LIST, NULL, pos, 1, 1)) != 0)
+		return rc;
+	if ((rc = run(json_pack("{ssss}", "op", "key.list", "name", pos[0]), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("%-43s %-9s %-6s %-7s %-21s %s\n", "KID", "STATE", "ALG", "BACKEND", "CREATED",
+	       "ACTIVATED");
+	json_array_foreach(json_object_get(r, "keys"), i, k)
+	{
+		printf("%-43s %-9s %-6s %-7s %-21s %s", str(k, "kid"), str(k, "state"),
+		       str(k, "alg"), str(k, "backend"), when(k, "created", t1, sizeof(t1)),
+		       when(k, "activated", t2, sizeof(t2)));
+		if (json_object_get(k, "revoke_reason"))
+			printf("  revoked: %s", str(k, "revoke_reason"));
+		printf("\n");
+	}
+	json_decref(r);
+	return 0;
+}
+
+static const char U_KEY_ROTATE[] = "key rotate NAME";
+static int cmd_key_rotate(int argc, char **argv)
+{
+	const char *pos[1];
+	json_t *r = NULL;
+	char t[32];
+	int rc;
+
+	if ((rc = parse(argc, argv, U_KEY_ROTATE, NULL, pos, 1, 1)) != 0)
+		return rc;
+	if ((rc = run(json_pack("{ssss}", "op", "key.rotate", "name", pos[0]), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("next key %s created for %s; it may be activated from %s\n", str(r, "kid"), pos[0],
+	       when(r, "activate_after", t, sizeof(t)));
+	json_decref(r);
+	return 0;
+}
+
+static const char U_KEY_ACTIVATE[] = "key activate NAME [KID] [--force]";
+static int cmd_key_activate(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--force", 0), OPT_END};
+	const char *pos[2] = {NULL, NULL};
+	json_t *req, *r = NULL;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_KEY_ACTIVATE, o, pos, 1, 2)) != 0)
+		return rc;
+	req = json_pack("{sssssb}", "op", "key.activate", "name", pos[0], "force", o[0].set);
+	if (pos[1] != NULL)
+		json_object_set_new(req, "kid", json_string(pos[1]));
+	if ((rc = run(req, &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("key %s is now the active key of %s%s\n", str(r, "kid"), pos[0],
+	       json_is_true(json_object_get(r, "forced"))
+		   ? " (forced before jwks_max_age: verifiers with a cached JWKS may reject "
+		     "it until they refetch)"
+		   : "");
+	json_decref(r);
+	return 0;
+}
+
+static const char U_KEY_REVOKE[] = "key revoke NAME KID --reason TEXT [--replace]";
+static int cmd_key_revoke(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--reason", 1), OPT("--replace", 0), OPT_END};
+	const char *pos[2];
+	json_t *r = NULL;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_KEY_REVOKE, o, pos, 2, 2)) != 0)
+		return rc;
+	if (!o[0].set)
+		return usage_error(U_KEY_REVOKE, "--reason is required");
+	if ((rc = run(json_pack("{sssssssssb}", "op", "key.revoke", "name", pos[0], "kid", pos[1],
+				"reason", o[0].value, "replace", o[1].set),
+		      &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("key %s of %s revoked\n", pos[1], pos[0]);
+	if (*str(r, "replacement") != '\0' && strcmp(str(r, "replacement"), "-") != 0)
+		printf("replacement key %s is active\n", str(r, "replacement"));
+	if (!json_is_true(json_object_get(r, "client_has_active_key")))
+		printf("WARNING: %s has no active key now and cannot sign: rotate and activate a "
+		       "new key (cimdctl key rotate %s; cimdctl key activate %s --force)\n",
+		       pos[0], pos[0], pos[0]);
+	if (json_object_get(r, "message"))
+		printf("note: %s\n", str(r, "message"));
+	json_decref(r);
+	return 0;
+}
+
+static const char U_JOURNAL_SHOW[] = "journal show [--since SEQ]";
+static int cmd_journal_show(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--since", 1), OPT_END};
+	const char *pos[1];
+	json_t *req, *r = NULL, *rec, *copy;
+	char t[32], *rest;
+	size_t i;
+	long since;
+	int rc = 0;
+
+	if ((rc = parse(argc, argv, U_JOURNAL_SHOW, o, pos, 0, 0)) != 0)
+		return rc;
+	req = json_pack("{ss}", "op", "journal.show");
+	if (o[0].set) {
+		if ((since = number(o[0].value, "--since", U_JOURNAL_SHOW, &rc)) < 0) {
+			json_decref(req);
+			return rc;
+		}
+		json_object_set_new(req, "since", json_integer(since));
+	}
+	if ((rc = run(req, &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	json_array_foreach(json_object_get(r, "records"), i, rec)
+	{
+		copy = json_copy(rec);
+		json_object_del(copy, "seq");
+		json_object_del(copy, "time");
+		json_object_del(copy, "prev");
+		json_object_del(copy, "kind");
+		json_object_del(copy, "actor");
+		rest = json_dumps(copy, JSON_COMPACT);
+		printf("%6lld %s %-20s %-12s %s\n",
+		       (long long)json_integer_value(json_object_get(rec, "seq")),
+		       when(rec, "time", t, sizeof(t)), str(rec, "kind"), str(rec, "actor"),
+		       rest ? rest : "");
+		free(rest);
+		json_decref(copy);
+	}
+	json_decref(r);
+	return 0;
+}
+
+static const char U_JOURNAL_VERIFY[] = "journal verify";
+static int cmd_journal_verify(int argc, char **argv)
+{
+	const char *pos[1];
+	json_t *r = NULL;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_JOURNAL_VERIFY, NULL, pos, 0, 0)) != 0)
+		return rc;
+	if ((rc = run(json_pack("{ss}", "op", "journal.verify"), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	if (json_is_true(json_object_get(r, "intact"))) {
+		printf("journal intact: %lld records, hash chain verified\n",
+		       (long long)json_integer_value(json_object_get(r, "records")));
+		rc = 0;
+	} else {
+		printf("journal BROKEN: the first record that does not hold is %lld\n",
+		       (long long)json_integer_value(json_object_get(r, "first_bad")));
+		rc = 1;
+	}
+	json_decref(r);
+	return rc;
+}
+
+static const struct cmd cmds[] = {
+    {"status", NULL, U_STATUS, cmd_status},
+    {"client", "add", U_CLIENT_ADD, cmd_client_add},
+    {"client", "list", U_CLIENT_LIST, cmd_client_list},
+    {"client", "show", U_CLIENT_SHOW, cmd_client_show},
+    {"client", "allow", U_CLIENT_ALLOW, cmd_client_allow},
+    {"client", "audience", U_CLIENT_AUD, cmd_client_audience},
+    {"doc", "submit", U_DOC_SUBMIT, cmd_doc_submit},
+    {"doc", "approve", U_DOC_APPROVE, cmd_doc_approve},
+    {"doc", "show", U_DOC_SHOW, cmd_doc_show},
+    {"key", "list", U_KEY_LIST, cmd_key_list},
+    {"key", "rotate", U_KEY_ROTATE, cmd_key_rotate},
+    {"key", "activate", U_KEY_ACTIVATE, cmd_key_activate},
+    {"key", "revoke", U_KEY_REVOKE, cmd_key_revoke},
+    {"journal", "show", U_JOURNAL_SHOW, cmd_journal_show},
+    {"journal", "verify", U_JOURNAL_VERIFY, cmd_journal_verify},
+};
+
+static void usage(FILE *f)
+{
+	size_t i;
+
+	fprintf(f,
+		"usage: cimdctl [-s SOCKET] [--json] COMMAND ...\n\n"
+		"  -s, --socket PATH  the admin socket (default $CIMD_ADMIN_SOCKET or %s)\n"
+		"      --json         print the daemon's answer as JSON\n"
+		"  -h, --help         this text; COMMAND --help for one command\n\ncommands:\n",
+		DEFAULT_SOCKET);
+	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		fprintf(f, "  cimdctl %s\n", cmds[i].usage);
+	fprintf(f, "\nexit status: 0 done, 1 refused or failed, 2 usage, 3 cimdd unreachable\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"socket", required_argument, NULL, 's'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	size_t i;
+	int c, sub;
+
+	sock_path = getenv("CIMD_ADMIN_SOCKET") ? getenv("CIMD_ADMIN_SOCKET") : DEFAULT_SOCKET;
+	/* "+": options end at the command; its own options follow it. */
+	while ((c = getopt_long(argc, argv, "+s:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			sock_path = optarg;
+			break;
+		case 'j':
+			json_out = 1;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		if (strcmp(cmds[i].group, argv[optind]) != 0)
+			continue;
+		if (cmds[i].name == NULL)
+			return cmds[i].fn(argc - optind - 1, argv + optind + 1);
+		sub = optind + 1;
+		if (sub < argc && strcmp(cmds[i].name, argv[sub]) == 0)
+			return cmds[i].fn(argc - sub - 1, argv + sub + 1);
+	}
+	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strcmp(cmds[i].group, argv[optind]) == 0 && cmds[i].name != NULL)
+			break;
+	if (i < sizeof(cmds) / sizeof(cmds[0]) &&
+	    (optind + 1 >= argc || strcmp(argv[optind + 1], "--help") == 0 ||
+	     strcmp(argv[optind + 1], "-h") == 0)) {
+		size_t j;
+		FILE *f = optind + 1 >= argc ? stderr : stdout;
+		for (j = 0; j < sizeof(cmds) / sizeof(cmds[0]); j++)
+			if (strcmp(cmds[j].group, argv[optind]) == 0)
+				fprintf(f, "usage: cimdctl %s\n", cmds[j].usage);
+		return optind + 1 >= argc ? 2 : 0;
+	}
+	fprintf(stderr, "cimdctl: unknown command '%s%s%s'; see cimdctl --help\n", argv[optind],
+		optind + 1 < argc ? " " : "", optind + 1 < argc ? argv[optind + 1] : "");
+	return 2;
+}
