@@ -244,8 +244,8 @@ static int owned(json_t *doc, const char *member, const char *want, char *err, s
 	return json_object_set_new(doc, member, json_string(want)) == 0 ? 0 : -ENOMEM;
 }
 
-int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_uri, const char *alg,
-		     char **ret_bytes, size_t *ret_len, char *err, size_t len)
+/* The rules on the submitted members, in the order docs/governance.md lists them. */
+static int check_rules(const json_t *in, char *err, size_t len)
 {
 	static const char *const forbidden[] = {"client_secret", "client_secret_expires_at",
 						"jwks"};
@@ -253,13 +253,9 @@ int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_u
 						    "tos_uri"};
 	static const char *const string_members[] = {"client_name", "scope", "software_id",
 						     "software_version"};
-	json_t *doc = NULL, *v;
-	char *bytes = NULL;
+	const json_t *v;
 	size_t i;
-	int r = -EINVAL;
 
-	if (!json_is_object(in))
-		return fail(err, len, "the document must be a JSON object");
 	for (i = 0; i < sizeof(forbidden) / sizeof(forbidden[0]); i++)
 		if (json_object_get(in, forbidden[i]) != NULL)
 			return fail(err, len, "%s: not allowed in a CIMD document%s", forbidden[i],
@@ -289,13 +285,27 @@ int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_u
 		return -EINVAL;
 	if (check_grants(in, err, len) < 0)
 		return -EINVAL;
+	return 0;
+}
 
+int cimd_doc_prepare(const json_t *in, const char *client_id, const char *jwks_uri, const char *alg,
+		     char **ret_bytes, size_t *ret_len, char *err, size_t len)
+{
+	json_t *doc = NULL;
+	char *bytes = NULL;
+	int r = -EINVAL;
+
+	if (!json_is_object(in))
+		return fail(err, len, "the document must be a JSON object");
+	/* The identity members first: the appliance owns them (CIMD §3). */
 	if ((doc = json_deep_copy(in)) == NULL)
 		return -ENOMEM;
 	if ((r = owned(doc, "client_id", client_id, err, len)) < 0 ||
 	    (r = owned(doc, "jwks_uri", jwks_uri, err, len)) < 0 ||
 	    (r = owned(doc, "token_endpoint_auth_method", "private_key_jwt", err, len)) < 0 ||
 	    (r = owned(doc, "token_endpoint_auth_signing_alg", alg, err, len)) < 0)
+		goto out;
+	if ((r = check_rules(in, err, len)) < 0)
 		goto out;
 	if ((bytes = json_dumps(doc, JSON_COMPACT)) == NULL) {
 		r = -ENOMEM;
