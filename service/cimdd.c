@@ -212,6 +212,16 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* Blocked before any thread exists (key stores start workers), so that
+	 * every thread inherits the mask and only the signalfd sees them. */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0) {
+		fprintf(stderr, "cimdd: sigprocmask: %s\n", strerror(errno));
+		return 1;
+	}
 	setenv("TSS2_LOG", "all+none", 0); /* we log hardware errors ourselves, once */
 	umask(077);
 	log_init("cimdd", fg);
@@ -243,12 +253,7 @@ int main(int argc, char **argv)
 		log_err("admin socket: %s", err);
 		goto out;
 	}
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGHUP);
-	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0 ||
-	    (sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
+	if ((sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
 		log_err("signalfd: %s", strerror(errno));
 		goto out;
 	}

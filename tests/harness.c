@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -26,13 +27,17 @@ static char tmp_root[PATH_MAX];
 
 int t_ok(int cond, const char *fmt, ...)
 {
+	char msg[2048], *p;
 	va_list ap;
 
-	printf("%s %d - ", cond ? "ok" : "not ok", ++n_tests);
 	va_start(ap, fmt);
-	vprintf(fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	printf("\n");
+	/* One result, one line: output quoted into a message stays on it. */
+	for (p = msg; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+	printf("%s %d - %s\n", cond ? "ok" : "not ok", ++n_tests, msg);
 	fflush(stdout);
 	if (cond)
 		n_pass++;
@@ -117,6 +122,118 @@ int t_sh(const char *fmt, ...)
 		printf("#   %s", line);
 	st = pclose(f);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+int t_sh_out(char *out, size_t len, const char *fmt, ...)
+{
+	char cmd[8192];
+	size_t n = 0, k;
+	va_list ap;
+	FILE *f;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	strncat(cmd, " 2>&1", sizeof(cmd) - strlen(cmd) - 1);
+	if ((f = popen(cmd, "r")) == NULL)
+		return -1;
+	while (n + 1 < len && (k = fread(out + n, 1, len - 1 - n, f)) > 0)
+		n += k;
+	out[n] = '\0';
+	while (fread(cmd, 1, sizeof(cmd), f) > 0)
+		; /* drain */
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+const char *t_bin(const char *name, char *buf, size_t len)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	char *slash;
+
+	if (n < 0)
+		n = 0;
+	exe[n] = '\0';
+	/* BUILD/tests/test_x -> BUILD/bin/NAME */
+	if ((slash = strrchr(exe, '/')) != NULL)
+		*slash = '\0';
+	if ((slash = strrchr(exe, '/')) != NULL)
+		*slash = '\0';
+	snprintf(buf, len, "%s/bin/%s", exe, name);
+	return buf;
+}
+
+static int unix_open(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int s, r;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return 0;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	r = connect(s, (struct sockaddr *)&sa, sizeof(sa));
+	close(s);
+	return r == 0;
+}
+
+int t_daemon_start(struct t_daemon *d)
+{
+	char bin[PATH_MAX];
+	double t0;
+	int fd, st;
+
+	t_bin("cimdd", bin, sizeof(bin));
+	if ((d->pid = fork()) < 0)
+		return -errno;
+	if (d->pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if ((fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0600)) >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
+		execl(bin, "cimdd", "-c", d->conf, "-f", (char *)NULL);
+		_exit(127);
+	}
+	for (t0 = t_now_ms(); t_now_ms() - t0 < 10000; usleep(20000)) {
+		if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+			d->pid = 0;
+			return -ECHILD;
+		}
+		if (unix_open(d->sock))
+			return 0;
+	}
+	return -ETIMEDOUT;
+}
+
+int t_daemon_stop(struct t_daemon *d, int sig)
+{
+	int st = 0;
+
+	if (d->pid <= 0)
+		return -1;
+	kill(d->pid, sig);
+	waitpid(d->pid, &st, 0);
+	d->pid = 0;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int t_log_count(const struct t_daemon *d, const char *needle)
+{
+	char line[4096];
+	FILE *f = fopen(d->log, "r");
+	int n = 0;
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (strstr(line, needle) != NULL)
+			n++;
+	fclose(f);
+	return n;
 }
 
 int t_softhsm_init(struct t_softhsm *h, const char *label, const char *pin)

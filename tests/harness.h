@@ -28,6 +28,24 @@ int t_write_file(const char *path, const void *buf, size_t len);
 /* Runs a shell command, its output to stdout prefixed "# "; its exit status. */
 int t_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Like t_sh, and the output (at most len - 1 bytes) into out. */
+int t_sh_out(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* build/bin/NAME of the build this test binary belongs to, into buf. */
+const char *t_bin(const char *name, char *buf, size_t len);
+
+/* A daemon under test: cimdd -c conf -f, stderr to log. */
+struct t_daemon {
+	pid_t pid;
+	char conf[600];
+	char log[600];
+	char sock[600];
+};
+int t_daemon_start(struct t_daemon *d);
+/* Sends sig and waits; the exit status (or 128 + signal). */
+int t_daemon_stop(struct t_daemon *d, int sig);
+/* Counts lines of the daemon's log that contain needle. */
+int t_log_count(const struct t_daemon *d, const char *needle);
+
 /* A SoftHSM2 token in a fresh directory, with its own SOFTHSM2_CONF. */
 struct t_softhsm {
 	char dir[512];
