@@ -72,7 +72,9 @@ static enum admin_err client_arg(struct admin_req *q, int must_exist, const char
 /* Commits the open transaction after journaling kind with fields (stolen). */
 static enum admin_err commit(struct admin_req *q, const char *kind, json_t *fields)
 {
-	int r = journal_append(q->d->st, kind, q->op->name, fields, NULL);
+	/* No record, no change: a record that could not be built fails the change. */
+	int r =
+	    fields == NULL ? -ENOMEM : journal_append(q->d->st, kind, q->op->name, fields, NULL);
 
 	json_decref(fields);
 	if (r < 0 || store_commit(q->d->st) < 0) {
@@ -597,7 +599,7 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 		return bad(q, AE_INTERNAL, "database error");
 	}
 	if ((e = commit(q, "doc.approve",
-			json_pack("{sssIsssssso}", "client", name, "version", (json_int_t)version,
+			json_pack("{sssIssssso}", "client", name, "version", (json_int_t)version,
 				  "sha256", hash, "submitter", submitter, "superseded",
 				  current ? json_integer(current) : json_null()))) != AE_OK)
 		return e;

@@ -54,7 +54,8 @@ static int ctl(int uid, char *out, size_t len, const char *args)
 	char pre[128] = "";
 
 	if (uid >= 0 && (uid != 0 || !root))
-		snprintf(pre, sizeof(pre), "setpriv --reuid=%d --regid=%d --clear-groups ", uid, uid);
+		snprintf(pre, sizeof(pre), "setpriv --reuid=%d --regid=%d --clear-groups ", uid,
+			 uid);
 	return t_sh_out(out, len, "%s%s -s %s %s", pre, ctl_bin, dm.sock, args);
 }
 
@@ -75,8 +76,9 @@ static int db_kid(const char *client, const char *state, char *kid)
 
 	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
 		return -1;
-	if (sqlite3_prepare_v2(h, "SELECT kid FROM keys WHERE client = ? AND state = ? ORDER BY created",
-			       -1, &s, NULL) == SQLITE_OK) {
+	if (sqlite3_prepare_v2(
+		h, "SELECT kid FROM keys WHERE client = ? AND state = ? ORDER BY created", -1, &s,
+		NULL) == SQLITE_OK) {
 		sqlite3_bind_text(s, 1, client, -1, SQLITE_STATIC);
 		sqlite3_bind_text(s, 2, state, -1, SQLITE_STATIC);
 		if (sqlite3_step(s) == SQLITE_ROW) {
@@ -104,9 +106,11 @@ static int hw_key(const char *kid, int destroy)
 
 	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
 		return -1;
-	if (sqlite3_prepare_v2(h, "SELECT ref FROM keys WHERE kid = ?", -1, &s, NULL) == SQLITE_OK) {
+	if (sqlite3_prepare_v2(h, "SELECT ref FROM keys WHERE kid = ?", -1, &s, NULL) ==
+	    SQLITE_OK) {
 		sqlite3_bind_text(s, 1, kid, -1, SQLITE_STATIC);
-		if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_bytes(s, 0) <= (int)sizeof(ref)) {
+		if (sqlite3_step(s) == SQLITE_ROW &&
+		    sqlite3_column_bytes(s, 0) <= (int)sizeof(ref)) {
 			ref_len = (size_t)sqlite3_column_bytes(s, 0);
 			memcpy(ref, sqlite3_column_blob(s, 0), ref_len);
 		}
@@ -129,14 +133,18 @@ static void test_story(void)
 	int rc;
 	double t0;
 
-	write_doc("good", "{\"client_name\":\"Agent A\",\"redirect_uris\":[\"http://127.0.0.1:9000/cb\"]}");
-	write_doc("v2", "{\"client_name\":\"Agent A v2\",\"redirect_uris\":[\"https://a.example/cb\"]}");
-	write_doc("secret", "{\"client_secret\":\"hunter2\",\"redirect_uris\":[\"https://a.example/cb\"]}");
+	write_doc("good",
+		  "{\"client_name\":\"Agent A\",\"redirect_uris\":[\"http://127.0.0.1:9000/cb\"]}");
+	write_doc("v2",
+		  "{\"client_name\":\"Agent A v2\",\"redirect_uris\":[\"https://a.example/cb\"]}");
+	write_doc("secret",
+		  "{\"client_secret\":\"hunter2\",\"redirect_uris\":[\"https://a.example/cb\"]}");
 
-	snprintf(cmd, sizeof(cmd), "client add agent-a --owner team-a --metadata %s/good.json", dir);
+	snprintf(cmd, sizeof(cmd), "client add agent-a --owner team-a --metadata %s/good.json",
+		 dir);
 	rc = ctl(0, out, sizeof(out), cmd);
 	t_ok(rc == 0 && strstr(out, "client agent-a added") &&
-		     strstr(out, "https://keys.example.com/clients/agent-a"),
+		 strstr(out, "https://keys.example.com/clients/agent-a"),
 	     "client add (rc %d)", rc);
 	rc = ctl(0, out, sizeof(out), cmd);
 	t_ok(rc == 1 && strstr(out, "conflict: a client named agent-a exists already"),
@@ -158,10 +166,11 @@ static void test_story(void)
 		t_ok(rc == 1 && strstr(out, "operator carol (roles read) lacks the approve role"),
 		     "a reader cannot approve: %s", out);
 		rc = ctl(1002, out, sizeof(out), "status");
-		t_ok(rc == 1 && strstr(out, "uid 1002 is not an operator"), "a stranger is refused: %s",
-		     out);
+		t_ok(rc == 1 && strstr(out, "uid 1002 is not an operator"),
+		     "a stranger is refused: %s", out);
 		rc = ctl(1000, out, sizeof(out), "doc approve agent-a 1");
-		t_ok(rc == 0 && strstr(out, "version 1 approved"), "a second operator approves: %s", out);
+		t_ok(rc == 0 && strstr(out, "version 1 approved"), "a second operator approves: %s",
+		     out);
 	} else {
 		printf("# not root: approving as alice with the two-person rule off is not tested; "
 		       "other uids are skipped\n");
@@ -179,8 +188,8 @@ static void test_story(void)
 			sprintf(hex + 2 * i, "%02x", md[i]);
 		ctl(0, show, sizeof(show), "client show agent-a");
 		t_ok(rc == 0 && strncmp(out, "{\"client_name\":\"Agent A\"", 24) == 0 &&
-			     strstr(out, "\"token_endpoint_auth_method\":\"private_key_jwt\"") &&
-			     strstr(show, hex) != NULL,
+			 strstr(out, "\"token_endpoint_auth_method\":\"private_key_jwt\"") &&
+			 strstr(show, hex) != NULL,
 		     "doc show prints the approved bytes; their SHA-256 is the recorded one");
 	}
 	snprintf(cmd, sizeof(cmd), "doc submit agent-a --metadata %s/v2.json", dir);
@@ -208,8 +217,8 @@ static void test_story(void)
 	rc = ctl(0, out, sizeof(out), "key rotate agent-a");
 	t_ok(rc == 0 && strstr(out, "next key"), "rotate creates a next key");
 	rc = ctl(0, out, sizeof(out), "key activate agent-a");
-	t_ok(rc == 1 && strstr(out, "jwks_max_age is 2s"), "activation before jwks_max_age is refused: %s",
-	     out);
+	t_ok(rc == 1 && strstr(out, "jwks_max_age is 2s"),
+	     "activation before jwks_max_age is refused: %s", out);
 	usleep(2100000);
 	rc = ctl(0, out, sizeof(out), "key activate agent-a");
 	t_ok(rc == 0 && strstr(out, "is now the active key") && !strstr(out, "forced"),
@@ -222,14 +231,16 @@ static void test_story(void)
 		if (strstr(out, "destroyed"))
 			break;
 	}
-	t_ok(strstr(out, "destroyed") != NULL,
-	     "the scheduler retires it after the grace and destroys it after destroy_delay (%.1f s)",
-	     (t_now_ms() - t0) / 1000);
+	t_ok(
+	    strstr(out, "destroyed") != NULL,
+	    "the scheduler retires it after the grace and destroys it after destroy_delay (%.1f s)",
+	    (t_now_ms() - t0) / 1000);
 	t_ok(hw_key(kid1, 0) == -CIMD_ENOKEY, "the destroyed key is gone from the token");
 	t_ok(hw_key(kid2, 0) == 0, "the active key is on the token");
 
 	/* Revocation. */
-	snprintf(cmd, sizeof(cmd), "key revoke agent-a %s --reason 'laptop stolen' --replace", kid2);
+	snprintf(cmd, sizeof(cmd), "key revoke agent-a %s --reason 'laptop stolen' --replace",
+		 kid2);
 	rc = ctl(0, out, sizeof(out), cmd);
 	t_ok(rc == 0 && strstr(out, "revoked") && strstr(out, "replacement key"),
 	     "revoke --replace: %s", out);
@@ -248,8 +259,12 @@ static void test_story(void)
 	t_ok(rc == 0 && strstr(out, "journal intact"), "journal verify: %s", out);
 	rc = ctl(0, out, sizeof(out), "journal show");
 	t_ok(strstr(out, "uid:1002") && strstr(out, "\"result\":\"forbidden\"") &&
-		     strstr(out, "carol") && strstr(out, "doc.approve"),
+		 strstr(out, "carol") && strstr(out, "doc.approve"),
 	     "refused requests are journaled with the operator or the bare uid");
+	t_ok(strstr(out, "\"kind\":\"doc.approve\"") == NULL && strstr(out, "doc.approve ") &&
+		 strstr(out, "\"submitter\":\"alice\",\"superseded\":1") &&
+		 strstr(out, "\"owner\":\"team-a\"") && strstr(out, "\"reason\":\"laptop stolen\""),
+	     "state changes are journaled with their details (approval, client, revocation)");
 }
 
 static void test_reload(void)
@@ -294,7 +309,8 @@ static void test_kill(void)
 	pid_t loop;
 	int rc, i;
 
-	snprintf(cmd, sizeof(cmd), "client add agent-b --owner team-b --metadata %s/good.json", dir);
+	snprintf(cmd, sizeof(cmd), "client add agent-b --owner team-b --metadata %s/good.json",
+		 dir);
 	if (!t_ok(ctl(0, out, sizeof(out), cmd) == 0, "client agent-b"))
 		return;
 	/* Rotations as fast as they go, and SIGKILL in the middle of them. */
@@ -354,7 +370,8 @@ int main(void)
 	{
 		char src[700], cmd[2200];
 		t_bin("cimdctl", src, sizeof(src));
-		snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", src, ctl_bin, ctl_bin);
+		snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", src, ctl_bin,
+			 ctl_bin);
 		if (system(cmd) != 0)
 			return t_ok(0, "copy cimdctl"), t_done();
 	}
