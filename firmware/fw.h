@@ -133,6 +133,18 @@ int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg,
  * each backend) and frees the handle. */
 int key_store_destroy(struct key_store *ks, struct ks_key **key);
 
+/* A reference as key_store_list gives it. */
+struct ks_ref {
+	uint8_t *ref;
+	size_t len;
+};
+/* The references of every key this appliance made that the hardware itself
+ * holds (PKCS#11: the private keys labelled "cimdd"), at most max.  A TPM keeps
+ * no keys of ours (they are blobs the caller stores), so a TPM store lists none.
+ * Free with ks_refs_free. */
+int key_store_list(struct key_store *ks, size_t max, struct ks_ref **ret_refs, size_t *ret_n);
+void ks_refs_free(struct ks_ref **refs, size_t n);
+
 void ks_key_free(struct ks_key **key);
 /* The reference to persist; valid while the key handle lives. */
 void ks_key_ref(const struct ks_key *key, const uint8_t **ret_ref, size_t *ret_len);
@@ -180,6 +192,8 @@ struct ks_backend {
 		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
 		    size_t *ret_len);
 	int (*destroy)(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len);
+	int (*list)(struct key_store *ks, void *be, size_t max, struct ks_ref **ret_refs,
+		    size_t *ret_n);
 };
 
 extern const struct ks_backend ks_pkcs11_backend;

@@ -47,6 +47,7 @@ enum ks_op {
 	KS_LOAD,
 	KS_SIGN,
 	KS_DESTROY,
+	KS_LIST,
 };
 
 /* One call handed to the worker.  Inputs are the job's own copies, so an
@@ -62,6 +63,8 @@ struct ks_job {
 	json_t *jwk;
 	uint8_t sig[CIMD_SIG_MAX];
 	size_t sig_len;
+	struct ks_ref *refs; /* out: list */
+	size_t nrefs;
 	char errmsg[KS_ERRMSG_MAX];
 	int done;
 	int abandoned;
@@ -188,6 +191,7 @@ static void job_free(struct ks_job *job)
 		OPENSSL_cleanse(job->msg, job->msg_len);
 	free(job->msg);
 	json_decref(job->jwk);
+	ks_refs_free(&job->refs, job->nrefs);
 	free(job);
 }
 
@@ -207,6 +211,9 @@ static void job_run(struct key_store *ks, struct ks_job *j)
 		break;
 	case KS_DESTROY:
 		j->r = ks->be_ops->destroy(ks, ks->be, j->ref, j->ref_len);
+		break;
+	case KS_LIST:
+		j->r = ks->be_ops->list(ks, ks->be, j->msg_len, &j->refs, &j->nrefs);
 		break;
 	}
 	ks->be_errmsg = ks->scratch;
@@ -602,6 +609,37 @@ int key_store_destroy(struct key_store *ks, struct ks_key **pkey)
 		return r;
 	ks_key_free(pkey);
 	return 0;
+}
+
+int key_store_list(struct key_store *ks, size_t max, struct ks_ref **ret_refs, size_t *ret_n)
+{
+	struct ks_job *j;
+	int r;
+
+	if ((j = job_new(KS_LIST, CIMD_ALG_NONE, NULL, 0, NULL, 0)) == NULL)
+		return -ENOMEM;
+	j->msg_len = max; /* the cap travels in the job */
+	if ((r = ks_run(ks, &j, ks->timeout_ms)) == 0) {
+		*ret_refs = j->refs;
+		*ret_n = j->nrefs;
+		j->refs = NULL;
+		j->nrefs = 0;
+	}
+	job_free(j);
+	return r;
+}
+
+void ks_refs_free(struct ks_ref **prefs, size_t n)
+{
+	struct ks_ref *refs = *prefs;
+	size_t i;
+
+	if (refs == NULL)
+		return;
+	for (i = 0; i < n; i++)
+		free(refs[i].ref);
+	free(refs);
+	*prefs = NULL;
 }
 
 void ks_key_free(struct ks_key **pkey)

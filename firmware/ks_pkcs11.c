@@ -483,6 +483,58 @@ static int p11_raw_destroy(struct key_store *ks, struct p11 *p, const uint8_t *i
 	return 0;
 }
 
+/* CKA_IDs of the private keys labelled "cimdd", at most max. */
+static int p11_raw_list(struct key_store *ks, struct p11 *p, size_t max, struct ks_ref **ret_refs,
+			size_t *ret_n)
+{
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	char label[] = "cimdd";
+	CK_ATTRIBUTE tmpl[2] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_LABEL, label, sizeof(label) - 1},
+	};
+	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
+	struct ks_ref *refs = NULL, *nr;
+	size_t n = 0, len;
+	uint8_t id[P11_ID_LEN * 4];
+	CK_ULONG k, i;
+	CK_RV rv;
+	int r = 0;
+
+	if ((rv = p->fl->C_FindObjectsInit(p->sess, tmpl, 2)) != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_FindObjectsInit");
+	do {
+		if ((rv = p->fl->C_FindObjects(p->sess, objs, P11_FIND_MAX, &k)) != CKR_OK) {
+			r = p11_fail(ks, rv, -CIMD_EBACKEND, "C_FindObjects");
+			break;
+		}
+		for (i = 0; i < k && n < max && r == 0; i++) {
+			len = sizeof(id);
+			if ((r = p11_raw_attr(ks, p, objs[i], CKA_ID, id, &len)) < 0)
+				break;
+			if ((nr = realloc(refs, (n + 1) * sizeof(*refs))) == NULL ||
+			    (nr[n].ref = malloc(len ? len : 1)) == NULL) {
+				if (nr != NULL)
+					refs = nr;
+				r = -ENOMEM;
+				break;
+			}
+			refs = nr;
+			memcpy(refs[n].ref, id, len);
+			refs[n].len = len;
+			n++;
+		}
+	} while (r == 0 && k == P11_FIND_MAX && n < max);
+	p->fl->C_FindObjectsFinal(p->sess);
+	if (r < 0) {
+		ks_refs_free(&refs, n);
+		return r;
+	}
+	*ret_refs = refs;
+	*ret_n = n;
+	return 0;
+}
+
 /* ---- signing through libp11 and OpenSSL ---- */
 
 static int p11_private_key(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len,
@@ -679,6 +731,20 @@ static int p11_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_
 	return p11_final(r);
 }
 
+static int p11_list(struct key_store *ks, void *be, size_t max, struct ks_ref **ret_refs,
+		    size_t *ret_n)
+{
+	struct p11 *p = be;
+	int r;
+
+	if ((r = p11_ready(ks, p)) < 0)
+		return r;
+	r = p11_raw_list(ks, p, max, ret_refs, ret_n);
+	if (p11_again(ks, p, &r))
+		r = p11_raw_list(ks, p, max, ret_refs, ret_n);
+	return p11_final(r);
+}
+
 const struct ks_backend ks_pkcs11_backend = {
     .name = "pkcs11",
     .exclusive_param = "module",
@@ -688,4 +754,5 @@ const struct ks_backend ks_pkcs11_backend = {
     .load = p11_load,
     .sign = p11_sign,
     .destroy = p11_destroy,
+    .list = p11_list,
 };

@@ -646,6 +646,19 @@ static int tpm_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_
 	return 0;
 }
 
+/* The TPM holds no keys of ours between calls: they are the blobs the caller
+ * stores, so there is nothing in the hardware that the caller does not know. */
+static int tpm_list(struct key_store *ks, void *be, size_t max, struct ks_ref **ret_refs,
+		    size_t *ret_n)
+{
+	(void)ks;
+	(void)be;
+	(void)max;
+	*ret_refs = NULL;
+	*ret_n = 0;
+	return 0;
+}
+
 const struct ks_backend ks_tpm2_backend = {
     .name = "tpm2",
     .exclusive_param = "tcti",
@@ -655,4 +668,5 @@ const struct ks_backend ks_tpm2_backend = {
     .load = tpm_load,
     .sign = tpm_sign,
     .destroy = tpm_destroy,
+    .list = tpm_list,
 };

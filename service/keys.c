@@ -544,43 +544,74 @@ int keys_tick(struct cimdd *d, time_t tnow)
 
 /* ---- start-up reconciliation ---- */
 
-int keys_reconcile(struct cimdd *d)
+/* Destroys the hardware key behind ref (loaded as alg or, not knowing it, as
+ * each algorithm in turn). */
+static int destroy_ref(struct key_store *ks, const char *alg, const uint8_t *ref, size_t len)
 {
-	struct {
+	static const enum cimd_alg all[] = {CIMD_ALG_ES256, CIMD_ALG_ES384, CIMD_ALG_PS256};
+	struct ks_key *key = NULL;
+	size_t i;
+	int r = -CIMD_ENOKEY;
+
+	for (i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+		if (alg != NULL && all[i] != cimd_alg_from_name(alg))
+			continue;
+		if ((r = key_store_load(ks, all[i], ref, len, &key)) == 0)
+			break;
+	}
+	if (r == 0)
+		r = key_store_destroy(ks, &key);
+	ks_key_free(&key);
+	return r;
+}
+
+static void reconcile_record(struct cimdd *d, const char *client, const char *kid,
+			     const char *problem, const char *action)
+{
+	json_t *f = json_pack("{ssssssss}", "client", client, "kid", kid, "problem", problem,
+			      "action", action);
+
+	if (f == NULL || store_begin(d->st) < 0 ||
+	    journal_append(d->st, "reconcile", "cimdd", f, NULL) < 0 || store_commit(d->st) < 0)
+		store_rollback(d->st);
+	json_decref(f);
+}
+
+/* Keys the database holds: each must be in its hardware. */
+static int reconcile_rows(struct cimdd *d)
+{
+	struct row {
 		char client[CIMD_NAME_MAX + 1];
 		char kid[CIMD_KID_LEN + 1];
 		char backend[16];
 		char alg[16];
+		char state[16];
 		uint8_t ref[CIMD_KEYREF_MAX];
 		size_t ref_len;
-	} *k = NULL;
+	} *k = NULL, *nk;
 	struct key_store *ks;
 	struct ks_key *key = NULL;
 	sqlite3_stmt *s;
-	size_t n = 0, cap = 0, i;
+	size_t n = 0, i;
 	int missing = 0, r;
-	json_t *f;
 
 	if (store_query(d->st, &s,
-			"SELECT client, kid, backend, alg, ref FROM keys WHERE state IN "
+			"SELECT client, kid, backend, alg, state, ref FROM keys WHERE state IN "
 			"('next', 'active', 'retiring', 'retired')",
 			"") < 0)
 		return -EIO;
 	while (sqlite3_step(s) == SQLITE_ROW) {
-		if (n == cap) {
-			void *nk = realloc(k, (cap = cap ? 2 * cap : 16) * sizeof(*k));
-			if (nk == NULL)
-				break;
-			k = nk;
-		}
+		if ((size_t)sqlite3_column_bytes(s, 5) > CIMD_KEYREF_MAX ||
+		    (nk = realloc(k, (n + 1) * sizeof(*k))) == NULL)
+			continue;
+		k = nk;
 		snprintf(k[n].client, sizeof(k[n].client), "%s", sqlite3_column_text(s, 0));
 		snprintf(k[n].kid, sizeof(k[n].kid), "%s", sqlite3_column_text(s, 1));
 		snprintf(k[n].backend, sizeof(k[n].backend), "%s", sqlite3_column_text(s, 2));
 		snprintf(k[n].alg, sizeof(k[n].alg), "%s", sqlite3_column_text(s, 3));
-		k[n].ref_len = (size_t)sqlite3_column_bytes(s, 4);
-		if (k[n].ref_len > sizeof(k[n].ref))
-			continue;
-		memcpy(k[n].ref, sqlite3_column_blob(s, 4), k[n].ref_len);
+		snprintf(k[n].state, sizeof(k[n].state), "%s", sqlite3_column_text(s, 4));
+		k[n].ref_len = (size_t)sqlite3_column_bytes(s, 5);
+		memcpy(k[n].ref, sqlite3_column_blob(s, 5), k[n].ref_len);
 		n++;
 	}
 	sqlite3_finalize(s);
@@ -594,21 +625,118 @@ int keys_reconcile(struct cimdd *d)
 		ks_key_free(&key);
 		if (r != -CIMD_ENOKEY)
 			continue;
-		/* Never silently dropped: the record stays, the client is marked. */
-		log_err("reconcile: key %s of client %s has NO hardware key (%s); client %s is "
-			"marked degraded",
-			k[i].kid, k[i].client, key_store_errmsg(ks), k[i].client);
-		missing++;
-		f = json_pack("{ssssss}", "client", k[i].client, "kid", k[i].kid, "problem",
-			      "hardware key missing");
-		if (store_begin(d->st) < 0 ||
-		    store_exec(d->st, "UPDATE clients SET degraded = 1 WHERE name = ?", "s",
-			       k[i].client) < 0 ||
-		    journal_append(d->st, "reconcile", "cimdd", f, NULL) < 0 ||
-		    store_commit(d->st) < 0)
+		if (strcmp(k[i].state, "retired") == 0) {
+			/* Destroyed in hardware, and the crash came before the row said so. */
+			log_info("reconcile: retired key %s of %s is gone from the hardware: "
+				 "recorded as destroyed",
+				 k[i].kid, k[i].client);
+			if (store_begin(d->st) == 0 &&
+			    transition(d, k[i].client, k[i].kid, "retired", "destroyed", "cimdd",
+				       NULL) == 0 &&
+			    store_commit(d->st) == 0)
+				continue;
 			store_rollback(d->st);
-		json_decref(f);
+			continue;
+		}
+		/* Never silently dropped: the record stays, the client is marked. */
+		log_err("reconcile: key %s (%s) of client %s has NO hardware key (%s); client %s "
+			"is marked degraded",
+			k[i].kid, k[i].state, k[i].client, key_store_errmsg(ks), k[i].client);
+		missing++;
+		if (store_begin(d->st) == 0 &&
+		    store_exec(d->st, "UPDATE clients SET degraded = 1 WHERE name = ?", "s",
+			       k[i].client) >= 0 &&
+		    store_commit(d->st) == 0)
+			reconcile_record(d, k[i].client, k[i].kid, "hardware key missing",
+					 "client marked degraded");
+		else
+			store_rollback(d->st);
 	}
 	free(k);
+	return missing;
+}
+
+/* Keys the hardware holds: each must have a row that wants it kept. */
+static int reconcile_hardware(struct cimdd *d)
+{
+	struct ks_ref *refs = NULL;
+	struct key_store *ks;
+	sqlite3_stmt *s;
+	char state[16], kid[CIMD_KID_LEN + 1], client[CIMD_NAME_MAX + 1], alg[16];
+	size_t b, i, n = 0;
+	int removed = 0, r;
+
+	for (b = 0; b < d->cfg->n_backends; b++) {
+		if ((ks = d->ks[b]) == NULL)
+			continue;
+		if ((r = key_store_list(ks, CIMD_CLIENTS_MAX * CIMD_KEYS_PER_CLIENT_MAX, &refs,
+					&n)) < 0) {
+			log_warn("reconcile: cannot list the keys of backend %s: %s",
+				 d->cfg->backends[b].name, key_store_errmsg(ks));
+			continue;
+		}
+		for (i = 0; i < n; i++) {
+			state[0] = '\0';
+			if (store_query(
+				d->st, &s,
+				"SELECT state, kid, client, alg FROM keys WHERE backend = ? AND "
+				"ref = ?",
+				"sb", d->cfg->backends[b].name, refs[i].ref, refs[i].len) == 0) {
+				if (sqlite3_step(s) == SQLITE_ROW) {
+					snprintf(state, sizeof(state), "%s",
+						 sqlite3_column_text(s, 0));
+					snprintf(kid, sizeof(kid), "%s", sqlite3_column_text(s, 1));
+					snprintf(client, sizeof(client), "%s",
+						 sqlite3_column_text(s, 2));
+					snprintf(alg, sizeof(alg), "%s", sqlite3_column_text(s, 3));
+				}
+				sqlite3_finalize(s);
+			}
+			if (state[0] != '\0' && strcmp(state, "destroyed") != 0 &&
+			    strcmp(state, "revoked") != 0)
+				continue;
+			/* No record (a crash between creating the key and recording it),
+			 * or a record that says it must be gone: destroy it. */
+			r = destroy_ref(ks, state[0] ? alg : NULL, refs[i].ref, refs[i].len);
+			if (state[0] == '\0') {
+				log_warn(
+				    "reconcile: a %s key with no record was in the hardware: %s",
+				    d->cfg->backends[b].name,
+				    r == 0 ? "destroyed" : key_store_errmsg(ks));
+				reconcile_record(d, "-", "-", "hardware key without a record",
+						 r == 0 ? "destroyed" : "destroy failed");
+			} else {
+				log_warn("reconcile: %s key %s of %s was still in the hardware: %s",
+					 state, kid, client,
+					 r == 0 ? "destroyed" : key_store_errmsg(ks));
+				if (r == 0 && strcmp(state, "revoked") == 0 &&
+				    store_begin(d->st) == 0) {
+					if (store_exec(d->st,
+						       "UPDATE keys SET destroyed = "
+						       "coalesce(destroyed, ?) "
+						       "WHERE kid = ?",
+						       "is", (int64_t)time(NULL), kid) < 0 ||
+					    store_commit(d->st) < 0)
+						store_rollback(d->st);
+				}
+				reconcile_record(d, client, kid, "hardware key of a gone key",
+						 r == 0 ? "destroyed" : "destroy failed");
+			}
+			if (r == 0)
+				removed++;
+		}
+		ks_refs_free(&refs, n);
+	}
+	return removed;
+}
+
+int keys_reconcile(struct cimdd *d)
+{
+	int missing = reconcile_rows(d), removed = reconcile_hardware(d);
+
+	if (missing > 0 || removed > 0)
+		log_warn("reconcile: %d keys missing from the hardware, %d stray hardware keys "
+			 "destroyed",
+			 missing, removed);
 	return missing;
 }

@@ -339,16 +339,41 @@ static void test_kill(void)
 
 static void test_missing_key(void)
 {
-	char out[8192], kid[64] = "";
+	char out[8192], kid[64] = "", err[256];
+	struct key_store *ks = NULL;
+	struct ks_key *orphan = NULL, *again = NULL;
+	uint8_t ref[64];
+	size_t ref_len = 0;
+	const uint8_t *p;
 	int rc;
 
 	t_daemon_stop(&dm, SIGTERM);
+	/* A key in the hardware that no record names: what a crash between
+	 * creating a key and recording it leaves behind. */
+	if (key_store_open(hsm.conf, &ks, err, sizeof(err)) == 0 &&
+	    key_store_generate(ks, CIMD_ALG_ES384, &orphan) == 0) {
+		ks_key_ref(orphan, &p, &ref_len);
+		memcpy(ref, p, ref_len);
+	}
+	ks_key_free(&orphan);
+	key_store_free(&ks);
+	t_ok(ref_len > 0, "an orphan key made on the token");
 	if (!t_ok(db_kid("agent-b", "active", kid) == 0 && hw_key(kid, 1) == 0,
 		  "agent-b's active key destroyed behind the daemon's back"))
 		return;
 	rc = t_daemon_start(&dm);
 	t_ok(rc == 0 && t_log_count(&dm, "NO hardware key") >= 1,
 	     "start-up reports the key with no hardware key");
+	t_ok(t_log_count(&dm, "key with no record was in the hardware: destroyed") == 1,
+	     "start-up reports the orphan key and destroys it");
+	if (key_store_open(hsm.conf, &ks, err, sizeof(err)) == 0) {
+		/* the daemon holds the module in its own process; ours is separate */
+		rc = key_store_load(ks, CIMD_ALG_ES384, ref, ref_len, &again);
+		t_ok(rc == -CIMD_ENOKEY, "the orphan is gone from the token (%s)",
+		     cimd_strerror(rc));
+		ks_key_free(&again);
+		key_store_free(&ks);
+	}
 	rc = ctl(0, out, sizeof(out), "client list");
 	t_ok(strstr(out, "DEGRADED") != NULL, "and marks its client degraded, not dropped");
 }
