@@ -76,7 +76,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(SVC_LIB) $(FW_LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(FW_LIB)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(SVC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

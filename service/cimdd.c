@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -168,6 +169,7 @@ int main(int argc, char **argv)
 	struct admin_server *admin = NULL;
 	struct pollfd fds[CIMD_ADMIN_CONNS_MAX + 2];
 	struct signalfd_siginfo si;
+	pid_t swtpm = 0;
 	sigset_t mask;
 	int c, fg = 0, port = 8443, sfd = -1, rc = 1, r;
 	time_t last_tick = 0;
@@ -232,6 +234,12 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		conf = devconf;
+		if (dev_start(dev, &swtpm, err, sizeof(err)) < 0) {
+			log_err("--dev %s: %s", dev, err);
+			return 1;
+		}
+		if (swtpm > 0)
+			log_info("swtpm simulator started (pid %d)", (int)swtpm);
 	}
 	if (config_load(conf, &d.cfg, err, sizeof(err)) < 0) {
 		log_err("%s", err);
@@ -308,5 +316,9 @@ out:
 		key_store_free(&d.ks[i]);
 	store_free(&d.st);
 	config_free(&d.cfg);
+	if (swtpm > 0) {
+		kill(swtpm, SIGTERM);
+		waitpid(swtpm, NULL, 0);
+	}
 	return rc;
 }

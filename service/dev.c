@@ -16,6 +16,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+
+#include <arpa/inet.h>
 #include <openssl/rand.h>
 
 #include "service.h"
@@ -35,6 +41,9 @@ static int run(const char *dir, char *const argv[])
 	if ((pid = fork()) < 0)
 		return -errno;
 	if (pid == 0) {
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
 		if ((fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) >= 0) {
 			dup2(fd, 1);
 			dup2(fd, 2);
@@ -92,18 +101,136 @@ static void operator_name(char *out, size_t len)
 		snprintf(out, len, "operator");
 }
 
+int dev_free_port_pair(void)
+{
+	struct sockaddr_in a;
+	socklen_t alen = sizeof(a);
+	int s1, s2, port = -1, tries;
+
+	/* swtpm's TCTI uses PORT for commands and PORT + 1 for control. */
+	for (tries = 0; tries < 50 && port < 0; tries++) {
+		memset(&a, 0, sizeof(a));
+		a.sin_family = AF_INET;
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		s1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (bind(s1, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+		    getsockname(s1, (struct sockaddr *)&a, &alen) == 0 && ntohs(a.sin_port) < 65535) {
+			a.sin_port = htons((uint16_t)(ntohs(a.sin_port) + 1));
+			if (bind(s2, (struct sockaddr *)&a, sizeof(a)) == 0)
+				port = ntohs(a.sin_port) - 1;
+		}
+		close(s1);
+		close(s2);
+	}
+	return port;
+}
+
+static int port_open(int port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	int s, r;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)port);
+	s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	r = connect(s, (struct sockaddr *)&a, sizeof(a));
+	close(s);
+	return r == 0;
+}
+
+int dev_swtpm_spawn(const char *state, int port, const char *log, pid_t *ret_pid)
+{
+	char srv[64], ctl[64], st[DEV_PATH_MAX + 8];
+	struct timespec ts = {0, 10000000};
+	int fd, status, i;
+	pid_t pid;
+
+	snprintf(srv, sizeof(srv), "type=tcp,port=%d,bindaddr=127.0.0.1", port);
+	snprintf(ctl, sizeof(ctl), "type=tcp,port=%d,bindaddr=127.0.0.1", port + 1);
+	snprintf(st, sizeof(st), "dir=%s", state);
+	if ((pid = fork()) < 0)
+		return -errno;
+	if (pid == 0) {
+		/* It dies with us, whatever kills us; and it gets the signals we
+		 * blocked for our signalfd (a mask survives execve). */
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if ((fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execlp("swtpm", "swtpm", "socket", "--tpm2", "--server", srv, "--ctrl", ctl,
+		       "--tpmstate", st, "--flags", "not-need-init,startup-clear", (char *)NULL);
+		_exit(127);
+	}
+	for (i = 0; i < 500; i++) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			return -EADDRINUSE;
+		if (port_open(port) && port_open(port + 1)) {
+			*ret_pid = pid;
+			return 0;
+		}
+		nanosleep(&ts, NULL);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -ETIMEDOUT;
+}
+
+int dev_start(const char *dir_arg, pid_t *ret_swtpm, char *err, size_t errlen)
+{
+	char dir[DEV_PATH_MAX], state[DEV_PATH_MAX + 16], pf[DEV_PATH_MAX + 16], log[DEV_PATH_MAX + 16];
+	char buf[16] = "";
+	struct stat st;
+	char *rp;
+	int fd, port, r;
+	ssize_t n;
+
+	*ret_swtpm = 0;
+	if ((rp = realpath(dir_arg, NULL)) == NULL || strlen(rp) >= sizeof(dir)) {
+		snprintf(err, errlen, "%s: %s", dir_arg, rp ? "path too long" : strerror(errno));
+		free(rp);
+		return -EINVAL;
+	}
+	snprintf(dir, sizeof(dir), "%s", rp);
+	free(rp);
+	snprintf(state, sizeof(state), "%s/swtpm", dir);
+	if (stat(state, &st) < 0)
+		return 0; /* a pkcs11 instance: nothing to start */
+	snprintf(pf, sizeof(pf), "%s/swtpm.port", dir);
+	if ((fd = open(pf, O_RDONLY | O_CLOEXEC)) < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0) {
+		snprintf(err, errlen, "%s: cannot read the simulator's port", pf);
+		if (fd >= 0)
+			close(fd);
+		return -EIO;
+	}
+	close(fd);
+	buf[n] = '\0';
+	port = atoi(buf);
+	snprintf(log, sizeof(log), "%s/swtpm.log", dir);
+	if ((r = dev_swtpm_spawn(state, port, log, ret_swtpm)) < 0) {
+		snprintf(err, errlen,
+			 "swtpm on 127.0.0.1:%d and %d: %s (another process holds the ports?)", port,
+			 port + 1, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
 int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_conf, size_t len,
 		char *err, size_t errlen)
 {
 	char dir[DEV_PATH_MAX], p[DEV_PATH_MAX + 64], pin[33], sopin[33], name[CIMD_NAME_MAX + 1];
-	char conf[4096], portarg[64], san[64];
+	char conf[4096], portarg[64], san[64], be[DEV_PATH_MAX + 128];
 	struct stat st;
 	int n, r;
 
-	if (strcmp(backend, "pkcs11") != 0) {
-		snprintf(err, errlen, "--dev with --backend %s is not built yet; use pkcs11",
-			 backend);
-		return -ENOTSUP;
+	if (strcmp(backend, "pkcs11") != 0 && strcmp(backend, "tpm2") != 0) {
+		snprintf(err, errlen, "--backend %s: not pkcs11 or tpm2", backend);
+		return -EINVAL;
 	}
 	if (mkdir(dir_arg, 0700) < 0 && errno != EEXIST) {
 		snprintf(err, errlen, "%s: %s", dir_arg, strerror(errno));
@@ -193,6 +320,27 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		chmod(key, 0600);
 	}
 
+	if (strcmp(backend, "tpm2") == 0) {
+		/* The simulator's state and the ports it will use on every run. */
+		char pbuf[16];
+		int tport = dev_free_port_pair();
+		snprintf(p, sizeof(p), "%s/swtpm", dir);
+		if (tport < 0 || (mkdir(p, 0700) < 0 && errno != EEXIST)) {
+			snprintf(err, errlen, "cannot prepare the swtpm simulator in %s", p);
+			return -EIO;
+		}
+		snprintf(p, sizeof(p), "%s/swtpm.port", dir);
+		snprintf(pbuf, sizeof(pbuf), "%d\n", tport);
+		unlink(p);
+		if ((r = write_secret(p, pbuf)) < 0) {
+			snprintf(err, errlen, "%s: %s", p, strerror(-r));
+			return r;
+		}
+		snprintf(be, sizeof(be), "tpm2:tcti=swtpm:host=127.0.0.1,port=%d", tport);
+	} else {
+		snprintf(be, sizeof(be), "pkcs11:module=%s;token=%s;pin-file=%s/token.pin", DEV_MODULE,
+			 DEV_TOKEN, dir);
+	}
 	operator_name(name, sizeof(name));
 	snprintf(portarg, sizeof(portarg), "%d", port);
 	n = snprintf(conf, sizeof(conf),
@@ -202,7 +350,7 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		     "listen = 127.0.0.1:%s\n"
 		     "tls_cert = %s/tls.crt\n"
 		     "tls_key = %s/tls.key\n"
-		     "backend = pkcs11:module=%s;token=%s;pin-file=%s/token.pin\n"
+		     "backend = %s\n"
 		     "admin_socket = %s/admin.sock\n"
 		     "sign_socket = %s/sign.sock\n"
 		     "# One operator, so no second person to approve: the rule is off here.\n"
@@ -214,7 +362,7 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		     "clock_skew = 30\n"
 		     "destroy_delay = 600\n"
 		     "operator = %s uid=%d roles=submit,approve,rotate,revoke,read\n",
-		     dir, portarg, portarg, dir, dir, DEV_MODULE, DEV_TOKEN, dir, dir, dir, name,
+		     dir, portarg, portarg, dir, dir, be, dir, dir, name,
 		     (int)getuid());
 	if (n < 0 || (size_t)n >= sizeof(conf)) {
 		snprintf(err, errlen, "configuration too long");

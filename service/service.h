@@ -241,6 +241,14 @@ int keys_reconcile(struct cimdd *d);
  * configuration file.  Sets SOFTHSM2_CONF for this process. */
 int dev_prepare(const char *dir, const char *backend, int port, char *ret_conf, size_t len,
 		char *errbuf, size_t errlen);
+/* Starts what the instance needs beside cimdd: its swtpm simulator, when it has
+ * one (*ret_swtpm is then its pid, else 0). */
+int dev_start(const char *dir, pid_t *ret_swtpm, char *errbuf, size_t errlen);
+/* A loopback port p with p and p + 1 free now (swtpm: commands, control). */
+int dev_free_port_pair(void);
+/* swtpm on 127.0.0.1:port and port + 1, its state in dir, output to log; it
+ * dies with its parent.  Returns when both ports answer. */
+int dev_swtpm_spawn(const char *state_dir, int port, const char *log, pid_t *ret_pid);
 
 /* ---- admin socket (admin.c) ---- */
 

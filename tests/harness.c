@@ -21,6 +21,7 @@
 #include <openssl/pem.h>
 
 #include "harness.h"
+#include "service.h"
 
 static int n_pass, n_fail, n_tests;
 static char tmp_root[PATH_MAX];
@@ -266,83 +267,12 @@ int t_softhsm_init(struct t_softhsm *h, const char *label, const char *pin)
 	return 0;
 }
 
-/* A loopback port p such that p and p + 1 are both free right now. */
-static int free_port_pair(void)
-{
-	struct sockaddr_in a;
-	socklen_t alen = sizeof(a);
-	int s1, s2, port = -1, tries;
-
-	for (tries = 0; tries < 50 && port < 0; tries++) {
-		memset(&a, 0, sizeof(a));
-		a.sin_family = AF_INET;
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		s1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (bind(s1, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-		    getsockname(s1, (struct sockaddr *)&a, &alen) == 0 &&
-		    ntohs(a.sin_port) < 65535) {
-			a.sin_port = htons((uint16_t)(ntohs(a.sin_port) + 1));
-			if (bind(s2, (struct sockaddr *)&a, sizeof(a)) == 0)
-				port = ntohs(a.sin_port) - 1;
-		}
-		close(s1);
-		close(s2);
-	}
-	return port;
-}
-
-static int port_open(int port)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET};
-	int s, r;
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	a.sin_port = htons((uint16_t)port);
-	s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	r = connect(s, (struct sockaddr *)&a, sizeof(a));
-	close(s);
-	return r == 0;
-}
-
 static int swtpm_spawn(struct t_swtpm *s)
 {
-	char srv[64], ctl[64], state[600];
-	double t0;
-	int st;
+	char log[600];
 
-	snprintf(srv, sizeof(srv), "type=tcp,port=%d,bindaddr=127.0.0.1", s->port);
-	snprintf(ctl, sizeof(ctl), "type=tcp,port=%d,bindaddr=127.0.0.1", s->port + 1);
-	snprintf(state, sizeof(state), "dir=%s", s->dir);
-	if ((s->pid = fork()) < 0)
-		return -errno;
-	if (s->pid == 0) {
-		/* Dies with the test, whatever kills the test; writes to its own log,
-		 * never to the pipe the test runner reads. */
-		char log[600];
-		int fd;
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		snprintf(log, sizeof(log), "%s.log", s->dir);
-		if ((fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600)) >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-			close(fd);
-		}
-		execlp("swtpm", "swtpm", "socket", "--tpm2", "--server", srv, "--ctrl", ctl,
-		       "--tpmstate", state, "--flags", "not-need-init,startup-clear", (char *)NULL);
-		_exit(127);
-	}
-	for (t0 = t_now_ms(); t_now_ms() - t0 < 5000;) {
-		if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-			s->pid = 0;
-			return -EADDRINUSE;
-		}
-		if (port_open(s->port) && port_open(s->port + 1))
-			return 0;
-		usleep(10000);
-	}
-	t_swtpm_kill(s);
-	return -ETIMEDOUT;
+	snprintf(log, sizeof(log), "%s.log", s->dir);
+	return dev_swtpm_spawn(s->dir, s->port, log, &s->pid);
 }
 
 int t_swtpm_start(struct t_swtpm *s)
@@ -359,7 +289,7 @@ int t_swtpm_start(struct t_swtpm *s)
 	/* Another process may take the ports between our probe and swtpm's bind:
 	 * then swtpm exits and we try other ports. */
 	for (tries = 0; tries < 5 && r == -EADDRINUSE; tries++) {
-		if ((s->port = free_port_pair()) < 0)
+		if ((s->port = dev_free_port_pair()) < 0)
 			return -EADDRINUSE;
 		r = swtpm_spawn(s);
 	}
