@@ -24,6 +24,12 @@
 #include "service.h"
 
 static int n_pass, n_fail, n_tests;
+static char prefix[64];
+
+void t_set_prefix(const char *p)
+{
+	snprintf(prefix, sizeof(prefix), "%s", p ? p : "");
+}
 static char tmp_root[PATH_MAX];
 
 int t_ok(int cond, const char *fmt, ...)
@@ -38,7 +44,7 @@ int t_ok(int cond, const char *fmt, ...)
 	for (p = msg; *p; p++)
 		if (*p == '\n' || *p == '\r')
 			*p = ' ';
-	printf("%s %d - %s\n", cond ? "ok" : "not ok", ++n_tests, msg);
+	printf("%s %d - %s%s\n", cond ? "ok" : "not ok", ++n_tests, prefix, msg);
 	fflush(stdout);
 	if (cond)
 		n_pass++;

@@ -15,6 +15,8 @@
 
 /* Records one check; returns cond so a test can stop early. */
 int t_ok(int cond, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A text put before every following result ("tpm2: "), or NULL. */
+void t_set_prefix(const char *prefix);
 /* Prints the totals; the exit status of main. */
 int t_done(void);
 /* Monotonic milliseconds. */

@@ -21,8 +21,9 @@
 
 static struct t_daemon dm;
 static struct t_softhsm hsm;
-static char ctl_bin[700], dir[256], db[700];
-static int root;
+static struct t_swtpm tpm;
+static char ctl_bin[700], dir[256], db[700], backend_conf[1024];
+static int root, on_tpm; /* on_tpm: the suite runs on swtpm, not SoftHSM2 */
 
 static const char conf_text[] = "state_dir = %s/state\n"
 				"base_url = https://keys.example.com\n"
@@ -43,7 +44,7 @@ static const char conf_text[] = "state_dir = %s/state\n"
 static void write_conf(const char *extra)
 {
 	char text[4096];
-	int n = snprintf(text, sizeof(text), conf_text, dir, hsm.conf, dir, extra);
+	int n = snprintf(text, sizeof(text), conf_text, dir, backend_conf, dir, extra);
 
 	t_write_file(dm.conf, text, (size_t)n);
 }
@@ -235,8 +236,10 @@ static void test_story(void)
 	    strstr(out, "destroyed") != NULL,
 	    "the scheduler retires it after the grace and destroys it after destroy_delay (%.1f s)",
 	    (t_now_ms() - t0) / 1000);
-	t_ok(hw_key(kid1, 0) == -CIMD_ENOKEY, "the destroyed key is gone from the token");
-	t_ok(hw_key(kid2, 0) == 0, "the active key is on the token");
+	if (!on_tpm) {
+		t_ok(hw_key(kid1, 0) == -CIMD_ENOKEY, "the destroyed key is gone from the token");
+		t_ok(hw_key(kid2, 0) == 0, "the active key is on the token");
+	}
 
 	/* Revocation. */
 	snprintf(cmd, sizeof(cmd), "key revoke agent-a %s --reason 'laptop stolen' --replace",
@@ -245,8 +248,9 @@ static void test_story(void)
 	t_ok(rc == 0 && strstr(out, "revoked") && strstr(out, "replacement key"),
 	     "revoke --replace: %s", out);
 	db_kid("agent-a", "active", kid3);
-	t_ok(kid3[0] && strcmp(kid3, kid2) != 0 && hw_key(kid2, 0) == -CIMD_ENOKEY,
-	     "the replacement is active and the revoked key is gone from the token");
+	t_ok(kid3[0] && strcmp(kid3, kid2) != 0 && (on_tpm || hw_key(kid2, 0) == -CIMD_ENOKEY),
+	     "the replacement is active%s",
+	     on_tpm ? "" : " and the revoked key is gone from the token");
 	snprintf(cmd, sizeof(cmd), "key revoke agent-a %s --reason test", kid3);
 	rc = ctl(0, out, sizeof(out), cmd);
 	t_ok(rc == 0 && strstr(out, "WARNING: agent-a has no active key now"),
@@ -337,6 +341,26 @@ static void test_kill(void)
 	t_ok(rc == 0 && strstr(out, "active"), "agent-b still has its active key");
 }
 
+/* TPM: the keys are blobs under the SRK; a TPM whose owner seed changed (a
+ * cleared or replaced TPM) loads none of them. */
+static void test_missing_key_tpm(void)
+{
+	char out[8192], cmd[1200];
+	int rc;
+
+	t_daemon_stop(&dm, SIGTERM);
+	t_swtpm_kill(&tpm);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'/*", tpm.dir);
+	t_ok(system(cmd) == 0 && t_swtpm_restart(&tpm) == 0,
+	     "the TPM is cleared (a fresh simulator)");
+	rc = t_daemon_start(&dm);
+	t_ok(rc == 0 && t_log_count(&dm, "NO hardware key") >= 2,
+	     "start-up reports every key whose blob this TPM no longer loads");
+	rc = ctl(0, out, sizeof(out), "client list");
+	t_ok(strstr(out, "agent-a") && strstr(out, "DEGRADED") != NULL,
+	     "and marks the clients degraded, not dropped");
+}
+
 static void test_missing_key(void)
 {
 	char out[8192], kid[64] = "", err[256];
@@ -378,20 +402,59 @@ static void test_missing_key(void)
 	t_ok(strstr(out, "DEGRADED") != NULL, "and marks its client degraded, not dropped");
 }
 
-int main(void)
+static void suite(int tpm_mode)
 {
 	char run[700];
 	int rc;
 
-	signal(SIGPIPE, SIG_IGN);
-	root = geteuid() == 0;
-	snprintf(dir, sizeof(dir), "%s", t_tmpdir());
+	on_tpm = tpm_mode;
+	t_set_prefix(on_tpm ? "tpm2: " : "pkcs11: ");
+	snprintf(dir, sizeof(dir), "%s/%s", t_tmpdir(), on_tpm ? "tpm2" : "pkcs11");
 	/* Other uids must reach the socket and the CLI: the directory tree is
 	 * traversable, the state and the token are not readable. */
-	chmod(dir, 0711);
+	mkdir(dir, 0711);
 	snprintf(run, sizeof(run), "%s/run", dir);
 	mkdir(run, 0711);
-	snprintf(ctl_bin, sizeof(ctl_bin), "%s/cimdctl", dir);
+	memset(&dm, 0, sizeof(dm));
+	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
+	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
+	snprintf(dm.sock, sizeof(dm.sock), "%s/run/admin.sock", dir);
+	snprintf(db, sizeof(db), "%s/state/cimdd.db", dir);
+	if (on_tpm) {
+		rc = t_swtpm_start(&tpm);
+		if (!t_ok(rc == 0, "swtpm on port %d", tpm.port))
+			return;
+		snprintf(backend_conf, sizeof(backend_conf), "%s", tpm.conf);
+	} else {
+		snprintf(backend_conf, sizeof(backend_conf), "%s", hsm.conf);
+	}
+	write_conf("");
+	rc = t_daemon_start(&dm);
+	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc))) {
+		t_sh("cat %s", dm.log);
+		return;
+	}
+	test_story();
+	test_reload();
+	test_restart();
+	test_kill();
+	if (on_tpm)
+		test_missing_key_tpm();
+	else
+		test_missing_key();
+	t_daemon_stop(&dm, SIGTERM);
+	if (getenv("CIMD_TEST_VERBOSE"))
+		t_sh("cat %s", dm.log);
+	if (on_tpm)
+		t_swtpm_kill(&tpm);
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	root = geteuid() == 0;
+	chmod(t_tmpdir(), 0711);
+	snprintf(ctl_bin, sizeof(ctl_bin), "%s/cimdctl", t_tmpdir());
 	{
 		char src[700], cmd[2200];
 		t_bin("cimdctl", src, sizeof(src));
@@ -402,23 +465,7 @@ int main(void)
 	}
 	if (!t_ok(t_softhsm_init(&hsm, "daemon", "654321") == 0, "SoftHSM2 token"))
 		return t_done();
-	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
-	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
-	snprintf(dm.sock, sizeof(dm.sock), "%s/run/admin.sock", dir);
-	snprintf(db, sizeof(db), "%s/state/cimdd.db", dir);
-	write_conf("");
-	rc = t_daemon_start(&dm);
-	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc))) {
-		t_sh("cat %s", dm.log);
-		return t_done();
-	}
-	test_story();
-	test_reload();
-	test_restart();
-	test_kill();
-	test_missing_key();
-	t_daemon_stop(&dm, SIGTERM);
-	if (getenv("CIMD_TEST_VERBOSE"))
-		t_sh("cat %s", dm.log);
+	suite(0);
+	suite(1);
 	return t_done();
 }
