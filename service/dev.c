@@ -115,7 +115,8 @@ int dev_free_port_pair(void)
 		s1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (bind(s1, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-		    getsockname(s1, (struct sockaddr *)&a, &alen) == 0 && ntohs(a.sin_port) < 65535) {
+		    getsockname(s1, (struct sockaddr *)&a, &alen) == 0 &&
+		    ntohs(a.sin_port) < 65535) {
 			a.sin_port = htons((uint16_t)(ntohs(a.sin_port) + 1));
 			if (bind(s2, (struct sockaddr *)&a, sizeof(a)) == 0)
 				port = ntohs(a.sin_port) - 1;
@@ -182,7 +183,8 @@ int dev_swtpm_spawn(const char *state, int port, const char *log, pid_t *ret_pid
 
 int dev_start(const char *dir_arg, pid_t *ret_swtpm, char *err, size_t errlen)
 {
-	char dir[DEV_PATH_MAX], state[DEV_PATH_MAX + 16], pf[DEV_PATH_MAX + 16], log[DEV_PATH_MAX + 16];
+	char dir[DEV_PATH_MAX], state[DEV_PATH_MAX + 16], pf[DEV_PATH_MAX + 16],
+	    log[DEV_PATH_MAX + 16];
 	char buf[16] = "";
 	struct stat st;
 	char *rp;
@@ -201,7 +203,8 @@ int dev_start(const char *dir_arg, pid_t *ret_swtpm, char *err, size_t errlen)
 	if (stat(state, &st) < 0)
 		return 0; /* a pkcs11 instance: nothing to start */
 	snprintf(pf, sizeof(pf), "%s/swtpm.port", dir);
-	if ((fd = open(pf, O_RDONLY | O_CLOEXEC)) < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0) {
+	if ((fd = open(pf, O_RDONLY | O_CLOEXEC)) < 0 ||
+	    (n = read(fd, buf, sizeof(buf) - 1)) <= 0) {
 		snprintf(err, errlen, "%s: cannot read the simulator's port", pf);
 		if (fd >= 0)
 			close(fd);
@@ -213,8 +216,8 @@ int dev_start(const char *dir_arg, pid_t *ret_swtpm, char *err, size_t errlen)
 	snprintf(log, sizeof(log), "%s/swtpm.log", dir);
 	if ((r = dev_swtpm_spawn(state, port, log, ret_swtpm)) < 0) {
 		snprintf(err, errlen,
-			 "swtpm on 127.0.0.1:%d and %d: %s (another process holds the ports?)", port,
-			 port + 1, strerror(-r));
+			 "swtpm on 127.0.0.1:%d and %d: %s (another process holds the ports?)",
+			 port, port + 1, strerror(-r));
 		return r;
 	}
 	return 0;
@@ -338,8 +341,8 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		}
 		snprintf(be, sizeof(be), "tpm2:tcti=swtpm:host=127.0.0.1,port=%d", tport);
 	} else {
-		snprintf(be, sizeof(be), "pkcs11:module=%s;token=%s;pin-file=%s/token.pin", DEV_MODULE,
-			 DEV_TOKEN, dir);
+		snprintf(be, sizeof(be), "pkcs11:module=%s;token=%s;pin-file=%s/token.pin",
+			 DEV_MODULE, DEV_TOKEN, dir);
 	}
 	operator_name(name, sizeof(name));
 	snprintf(portarg, sizeof(portarg), "%d", port);
@@ -362,8 +365,7 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		     "clock_skew = 30\n"
 		     "destroy_delay = 600\n"
 		     "operator = %s uid=%d roles=submit,approve,rotate,revoke,read\n",
-		     dir, portarg, portarg, dir, dir, be, dir, dir, name,
-		     (int)getuid());
+		     dir, portarg, portarg, dir, dir, be, dir, dir, name, (int)getuid());
 	if (n < 0 || (size_t)n >= sizeof(conf)) {
 		snprintf(err, errlen, "configuration too long");
 		return -E2BIG;

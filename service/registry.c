@@ -135,8 +135,8 @@ enum admin_err reg_client_add(struct admin_req *q)
 	const uint8_t *ref;
 	size_t ref_len, len;
 	char *bytes = NULL;
-	json_t *kf = NULL;
-	int64_t n;
+	json_t *kf = NULL, *jr;
+	int64_t n, rotate_every = -1;
 	enum cimd_alg alg;
 	enum admin_err e;
 	int r;
@@ -151,6 +151,17 @@ enum admin_err reg_client_add(struct admin_req *q)
 		backend = d->cfg->default_backend;
 	if ((ks = cimdd_key_store(d, backend)) == NULL)
 		return bad(q, AE_BAD_REQUEST, "backend '%s' is not configured", backend);
+	if ((jr = json_object_get(q->args, "rotate_every")) != NULL) {
+		/* The client's own rotation period; without it, the appliance's. */
+		if (!json_is_integer(jr) || json_integer_value(jr) < 0 ||
+		    json_integer_value(jr) > CIMD_DURATION_MAX ||
+		    (json_integer_value(jr) > 0 && json_integer_value(jr) <= d->cfg->jwks_max_age))
+			return bad(q, AE_BAD_REQUEST,
+				   "rotate_every must be 0 (never) or more than jwks_max_age (%ld) "
+				   "seconds, up to %d",
+				   d->cfg->jwks_max_age, CIMD_DURATION_MAX);
+		rotate_every = json_integer_value(jr);
+	}
 	alg_name = json_string_value(json_object_get(q->args, "alg"));
 	if (alg_name == NULL)
 		alg_name = "ES256";
@@ -182,10 +193,12 @@ enum admin_err reg_client_add(struct admin_req *q)
 	kf = json_pack("{ssssssss}", "client", name, "kid", ks_key_kid(key), "state", "active",
 		       "backend", backend);
 	if (kf == NULL || store_begin(d->st) < 0 ||
-	    store_exec(
-		d->st,
-		"INSERT INTO clients (name, owner, backend, alg, created) VALUES (?, ?, ?, ?, ?)",
-		"ssssi", name, owner, backend, alg_name, (int64_t)time(NULL)) != 1 ||
+	    store_exec(d->st,
+		       "INSERT INTO clients (name, owner, backend, alg, created, rotate_every) "
+		       "VALUES (?, ?, "
+		       "?, ?, ?, nullif(?, -1))",
+		       "ssssii", name, owner, backend, alg_name, (int64_t)time(NULL),
+		       rotate_every) != 1 ||
 	    store_exec(
 		d->st,
 		"INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "

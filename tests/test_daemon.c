@@ -258,6 +258,27 @@ static void test_story(void)
 	rc = ctl(0, out, sizeof(out), "key revoke agent-a nosuchkid --reason x");
 	t_ok(rc == 1 && strstr(out, "not_found"), "unknown kid: %s", out);
 
+	/* Scheduled rotation: a client with its own period gets its next key
+	 * jwks_max_age before it is due and activated when due, untouched. */
+	snprintf(cmd, sizeof(cmd),
+		 "client add agent-r --owner team-r --metadata %s/good.json --rotate-every 3", dir);
+	rc = ctl(0, out, sizeof(out), cmd);
+	t_ok(rc == 0, "client with rotate_every 3 s");
+	db_kid("agent-r", "active", kid1);
+	for (t0 = t_now_ms(); t_now_ms() - t0 < 10000; usleep(200000)) {
+		db_kid("agent-r", "active", kid2);
+		if (strcmp(kid1, kid2) != 0)
+			break;
+	}
+	ctl(0, out, sizeof(out), "journal show");
+	t_ok(strcmp(kid1, kid2) != 0 && strstr(out, "scheduler"),
+	     "the scheduler rotated it with no operator (after %.1f s)", (t_now_ms() - t0) / 1000);
+	snprintf(cmd, sizeof(cmd),
+		 "client add agent-x --owner team-x --metadata %s/good.json --rotate-every 2", dir);
+	rc = ctl(0, out, sizeof(out), cmd);
+	t_ok(rc == 1 && strstr(out, "more than jwks_max_age"),
+	     "a rotation period not above jwks_max_age is refused: %s", out);
+
 	/* The journal. */
 	rc = ctl(0, out, sizeof(out), "journal verify");
 	t_ok(rc == 0 && strstr(out, "journal intact"), "journal verify: %s", out);

@@ -285,9 +285,10 @@ static const char U_CLIENT_ADD[] = "client add NAME --owner OWNER --metadata FIL
 				   "pkcs11|tpm2] [--alg ES256|ES384|PS256]";
 static int cmd_client_add(int argc, char **argv)
 {
-	struct opt o[] = {OPT("--owner", 1), OPT("--metadata", 1), OPT("--backend", 1),
-			  OPT("--alg", 1), OPT_END};
+	struct opt o[] = {OPT("--owner", 1), OPT("--metadata", 1),     OPT("--backend", 1),
+			  OPT("--alg", 1),   OPT("--rotate-every", 1), OPT_END};
 	const char *pos[1];
+	long every;
 	json_t *req, *doc, *r = NULL;
 	int rc;
 
@@ -304,6 +305,13 @@ static int cmd_client_add(int argc, char **argv)
 		json_object_set_new(req, "backend", json_string(o[2].value));
 	if (o[3].set)
 		json_object_set_new(req, "alg", json_string(o[3].value));
+	if (o[4].set) {
+		if ((every = number(o[4].value, "--rotate-every", U_CLIENT_ADD, &rc)) < 0) {
+			json_decref(req);
+			return rc;
+		}
+		json_object_set_new(req, "rotate_every", json_integer(every));
+	}
 	if ((rc = run(req, &r)) != 0)
 		return rc < 0 ? 0 : rc;
 	printf("client %s added\n  client_id  %s\n  jwks_uri   %s\n  key        %s (active)\n"
