@@ -5,6 +5,7 @@
 #   make asan     the same tests under AddressSanitizer + UBSan
 #   make bench    benchmarks against peers measured in the same run
 #   make run      install what is missing, build, run a development instance
+#   make install  programs and man pages under PREFIX
 #   make clean
 
 PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3
@@ -36,7 +37,7 @@ TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps check test asan bench run clean format
+.PHONY: all deps check test asan bench run clean format install
 .SECONDARY:
 BINS      := $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl
 
@@ -100,6 +101,15 @@ bench: deps
 run: deps
 	@$(MAKE) --no-print-directory all
 	@exec $(BUILD)/bin/cimdd --dev ./var/dev
+
+PREFIX    ?= /usr/local
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0755 $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 docs/man/cimdctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 0644 docs/man/cimdd.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/
+	install -m 0644 docs/man/cimdd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 
 format:
 	clang-format -i $(shell git ls-files '*.c' '*.h')
