@@ -101,6 +101,27 @@ static void operator_name(char *out, size_t len)
 		snprintf(out, len, "operator");
 }
 
+/* mkdir -p, each new directory 0700. */
+static int mkdir_p(const char *path)
+{
+	char buf[DEV_PATH_MAX], *p;
+
+	if (strlen(path) >= sizeof(buf))
+		return -ENAMETOOLONG;
+	strcpy(buf, path);
+	for (p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
 int dev_free_port_pair(void)
 {
 	struct sockaddr_in a;
@@ -235,9 +256,9 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		snprintf(err, errlen, "--backend %s: not pkcs11 or tpm2", backend);
 		return -EINVAL;
 	}
-	if (mkdir(dir_arg, 0700) < 0 && errno != EEXIST) {
-		snprintf(err, errlen, "%s: %s", dir_arg, strerror(errno));
-		return -errno;
+	if ((r = mkdir_p(dir_arg)) < 0) {
+		snprintf(err, errlen, "%s: %s", dir_arg, strerror(-r));
+		return r;
 	}
 	{
 		char *rp = realpath(dir_arg, NULL);
