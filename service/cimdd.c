@@ -139,7 +139,7 @@ static void banner(const struct cimdd *d)
 {
 	fprintf(stderr,
 		"\ncimdd %s development instance\n"
-		"  base URL      %s\n"
+		"  base URL      %s (the HTTPS publisher is not built yet)\n"
 		"  admin socket  %s\n"
 		"  sign socket   %s (not served yet)\n"
 		"  configuration %s\n"
