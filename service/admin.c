@@ -156,7 +156,8 @@ static void journal_request(struct cimdd *d, const char *actor, const struct ucr
 }
 
 /* Handles one request line; returns the response (without newline). */
-static char *handle(struct cimdd *d, const struct ucred *cr, const char *line, size_t len)
+static char *handle(struct cimdd *d, const struct ucred *cr, const char *line, size_t len,
+		    int *ret_close)
 {
 	struct admin_req q = {.d = d};
 	const struct cimd_operator *op;
@@ -173,6 +174,7 @@ static char *handle(struct cimdd *d, const struct ucred *cr, const char *line, s
 		e = AE_BAD_REQUEST;
 		snprintf(q.msg, sizeof(q.msg), "expected a JSON object with an \"op\" member");
 		opname = NULL;
+		*ret_close = 1; /* a malformed message ends the connection (STYLE.md 7) */
 		goto done;
 	}
 	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
@@ -273,7 +275,7 @@ static void conn_read(struct admin_server *srv, struct conn *c)
 	/* Requests are answered in order, each line as it completes. */
 	while ((nl = memchr(c->in, '\n', c->in_len)) != NULL && !c->closing) {
 		used = (size_t)(nl - c->in) + 1;
-		queue(c, handle(srv->d, &c->cred, c->in, used - 1));
+		queue(c, handle(srv->d, &c->cred, c->in, used - 1, &c->closing));
 		memmove(c->in, c->in + used, c->in_len - used);
 		c->in_len -= used;
 	}
@@ -370,8 +372,10 @@ int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size
 	old = umask(0777);
 	r = bind(srv->lfd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
-	if (r < 0 || chmod(sa.sun_path, d->cfg->admin_socket_mode) < 0 ||
-	    listen(srv->lfd, 16) < 0) {
+	if (r < 0 ||
+	    (d->cfg->admin_socket_gid >= 0 &&
+	     chown(sa.sun_path, (uid_t)-1, (gid_t)d->cfg->admin_socket_gid) < 0) ||
+	    chmod(sa.sun_path, d->cfg->admin_socket_mode) < 0 || listen(srv->lfd, 16) < 0) {
 		r = -errno;
 		snprintf(err, errlen, "%s: %s", sa.sun_path, strerror(errno));
 		close(srv->lfd);

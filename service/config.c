@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,6 +247,7 @@ enum {
 	K_BASE_URL,
 	K_ADMIN_SOCKET,
 	K_ADMIN_SOCKET_MODE,
+	K_ADMIN_SOCKET_GROUP,
 	K_SIGN_SOCKET,
 	K_SIGN_SOCKET_MODE,
 	K_LISTEN,
@@ -270,6 +272,7 @@ static const char *const keys[] = {
     [K_BASE_URL] = "base_url",
     [K_ADMIN_SOCKET] = "admin_socket",
     [K_ADMIN_SOCKET_MODE] = "admin_socket_mode",
+    [K_ADMIN_SOCKET_GROUP] = "admin_socket_group",
     [K_SIGN_SOCKET] = "sign_socket",
     [K_SIGN_SOCKET_MODE] = "sign_socket_mode",
     [K_LISTEN] = "listen",
@@ -304,6 +307,13 @@ static int parse_setting(struct parse *p, int k, const char *v)
 		return set_str(p, &c->admin_socket, v);
 	case K_ADMIN_SOCKET_MODE:
 		return set_mode(p, keys[k], &c->admin_socket_mode, v);
+	case K_ADMIN_SOCKET_GROUP: {
+		struct group *g = getgrnam(v);
+		if (g == NULL)
+			return perr(p, "admin_socket_group: no group named '%s'", v);
+		c->admin_socket_gid = (long)g->gr_gid;
+		return 0;
+	}
 	case K_SIGN_SOCKET:
 		return set_str(p, &c->sign_socket, v);
 	case K_SIGN_SOCKET_MODE:
@@ -423,6 +433,7 @@ static int finish(struct parse *p)
 static void defaults(struct cimd_config *c)
 {
 	c->admin_socket_mode = 0600;
+	c->admin_socket_gid = -1;
 	c->sign_socket_mode = 0660;
 	c->two_person_rule = 1;
 	c->jwks_max_age = 300;

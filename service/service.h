@@ -80,6 +80,7 @@ struct cimd_config {
 	char *base_url;	 /* https://host[:port], no path */
 	char *admin_socket;
 	mode_t admin_socket_mode;
+	long admin_socket_gid; /* the socket's group, or -1 for the daemon's own */
 	char *sign_socket;
 	mode_t sign_socket_mode;
 	char *listen; /* host:port of the publisher */

@@ -10,7 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +33,7 @@ static const char conf_text[] = "state_dir = %s/state\n"
 				"backend = %s\n"
 				"admin_socket = %s/run/admin.sock\n"
 				"admin_socket_mode = 0666\n"
+				"admin_socket_group = nogroup\n"
 				"jwks_max_age = 2\n"
 				"cimd_max_age = 2\n"
 				"assertion_default_ttl = 1\n"
@@ -292,6 +296,85 @@ static void test_story(void)
 	     "state changes are journaled with their details (approval, client, revocation)");
 }
 
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct timeval tv = {5, 0};
+
+	memcpy(sa.sun_path, dm.sock, strlen(dm.sock) + 1);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Sends text, reads one answer line into out (empty when the daemon closed). */
+static void raw_call(int fd, const char *text, size_t len, char *out, size_t outlen)
+{
+	size_t n = 0;
+	ssize_t k;
+
+	out[0] = '\0';
+	if (len > 0 && write(fd, text, len) != (ssize_t)len)
+		return;
+	while (n + 1 < outlen && (k = read(fd, out + n, outlen - 1 - n)) > 0) {
+		n += (size_t)k;
+		out[n] = '\0';
+		if (memchr(out, '\n', n) != NULL)
+			break;
+	}
+	out[n] = '\0';
+}
+
+/* Hostile or broken input on the admin socket: answered, the connection ends,
+ * the daemon keeps serving; a reload keeps open connections. */
+static void test_admin_input(void)
+{
+	static const char status[] = "{\"op\":\"status\"}\n";
+	char out[65536], *big;
+	struct stat st;
+	struct group *g = getgrnam("nogroup");
+	int fd;
+
+	t_ok(stat(dm.sock, &st) == 0 && (st.st_mode & 0777) == 0666 && g != NULL &&
+		 st.st_gid == g->gr_gid,
+	     "the admin socket has the configured mode 0666 and group nogroup");
+	fd = raw_connect();
+	raw_call(fd, status, strlen(status), out, sizeof(out));
+	t_ok(strstr(out, "\"ok\":true") != NULL, "raw status answered");
+	kill(dm.pid, SIGHUP);
+	usleep(300000);
+	raw_call(fd, status, strlen(status), out, sizeof(out));
+	t_ok(strstr(out, "\"ok\":true") != NULL, "SIGHUP keeps the open connection");
+	raw_call(fd, "{not json\n", 10, out, sizeof(out));
+	t_ok(strstr(out, "\"error\":\"bad_request\"") != NULL, "malformed JSON: bad_request");
+	raw_call(fd, status, strlen(status), out, sizeof(out));
+	t_ok(out[0] == '\0', "and the connection is closed");
+	close(fd);
+	fd = raw_connect();
+	raw_call(fd, "{\"op\":\"client.add\",\"op\":\"status\"}\n", 36, out, sizeof(out));
+	t_ok(strstr(out, "bad_request") != NULL, "duplicate members are malformed");
+	close(fd);
+	fd = raw_connect();
+	raw_call(fd, "{\"op\":\"format.disk\"}\n", 22, out, sizeof(out));
+	t_ok(strstr(out, "unknown operation") != NULL, "unknown operation: %s", out);
+	close(fd);
+	big = malloc(20000);
+	memset(big, 'x', 20000);
+	fd = raw_connect();
+	raw_call(fd, big, 20000, out, sizeof(out));
+	t_ok(strstr(out, "\"error\":\"too_large\"") != NULL, "a line over 16 KiB: too_large");
+	close(fd);
+	free(big);
+	fd = raw_connect();
+	raw_call(fd, status, strlen(status), out, sizeof(out));
+	t_ok(fd >= 0 && strstr(out, "\"ok\":true") != NULL, "the daemon keeps serving");
+	close(fd);
+}
+
 static void test_reload(void)
 {
 	char out[8192];
@@ -456,6 +539,7 @@ static void suite(int tpm_mode)
 		return;
 	}
 	test_story();
+	test_admin_input();
 	test_reload();
 	test_restart();
 	test_kill();

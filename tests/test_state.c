@@ -101,6 +101,8 @@ static void test_config_errors(void)
 	     "roles=read\n",
 	     ":3: operator alice: defined twice"},
 	    {"state_dir = /s\njust some words\n", ":2: expected 'key = value'"},
+	    {"state_dir = /s\nadmin_socket_group = no-such-group-here\n",
+	     ":2: admin_socket_group: no group named 'no-such-group-here'"},
 	    {"base_url = https://k\nbackend = tpm2:t=x\n", ": state_dir is required"},
 	    {"state_dir = /s\nbackend = tpm2:t=x\n", ": base_url is required"},
 	    {"state_dir = /s\nbase_url = http://k\nbackend = tpm2:t=x\n",
