@@ -235,7 +235,7 @@ int main(void)
 	jwk = NULL;
 	if (t_softhsm_init(&h, "bench", "123456") == 0 &&
 	    key_store_open(h.conf, &w[0].ks, err, sizeof(err)) == 0 &&
-	    key_store_generate(w[0].ks, CIMD_ALG_ES256, &w[0].key) == 0) {
+	    key_store_generate(w[0].ks, CIMD_ALG_ES256, NULL, &w[0].key) == 0) {
 		ks_key_ref(w[0].key, &ref, &ref_len);
 		memcpy(id, ref, ref_len < sizeof(id) ? ref_len : sizeof(id));
 		id_len = ref_len;
@@ -266,7 +266,7 @@ int main(void)
 	/* TPM: one TPM is one serial device; two threads share the key store. */
 	memset(w, 0, sizeof(w));
 	if (t_swtpm_start(&s) == 0 && key_store_open(s.conf, &w[0].ks, err, sizeof(err)) == 0 &&
-	    key_store_generate(w[0].ks, CIMD_ALG_ES256, &w[0].key) == 0) {
+	    key_store_generate(w[0].ks, CIMD_ALG_ES256, NULL, &w[0].key) == 0) {
 		w[1].ks = w[0].ks;
 		w[1].key = w[0].key;
 		t1 = measure(w, 1, run_ks);

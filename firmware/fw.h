@@ -119,8 +119,13 @@ const char *key_store_backend(const struct key_store *ks);
 /* The details of this thread's last failed key store call (never NULL). */
 const char *key_store_errmsg(const struct key_store *ks);
 
-/* Generates a key for alg in the hardware. */
-int key_store_generate(struct key_store *ks, enum cimd_alg alg, struct ks_key **ret_key);
+/* Generates a key for alg in the hardware.  tag (NULL, or up to CIMD_TAG_MAX
+ * characters of [A-Za-z0-9-]) is kept with the key where the hardware keeps keys
+ * (PKCS#11: CKA_LABEL "cimdd:TAG"), so that key_store_list can tell which
+ * generation it came from. */
+#define CIMD_TAG_MAX 32
+int key_store_generate(struct key_store *ks, enum cimd_alg alg, const char *tag,
+		       struct ks_key **ret_key);
 /* Finds a key from its stored reference (as key_store_key_ref gave it) and checks
  * that it is a key for alg. */
 int key_store_load(struct key_store *ks, enum cimd_alg alg, const uint8_t *ref, size_t ref_len,
@@ -137,6 +142,7 @@ int key_store_destroy(struct key_store *ks, struct ks_key **key);
 struct ks_ref {
 	uint8_t *ref;
 	size_t len;
+	char tag[CIMD_TAG_MAX + 1]; /* "" when the key has none */
 };
 /* The references of every key this appliance made that the hardware itself
  * holds (PKCS#11: the private keys labelled "cimdd"), at most max.  A TPM keeps
@@ -184,8 +190,8 @@ struct ks_backend {
 		    void **ret_be);
 	void (*close)(void *be);
 	/* ret_ref is malloc'd; ret_jwk holds only the public key members. */
-	int (*generate)(struct key_store *ks, void *be, enum cimd_alg alg, uint8_t **ret_ref,
-			size_t *ret_ref_len, json_t **ret_jwk);
+	int (*generate)(struct key_store *ks, void *be, enum cimd_alg alg, const char *tag,
+			uint8_t **ret_ref, size_t *ret_ref_len, json_t **ret_jwk);
 	int (*load)(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
 		    size_t ref_len, json_t **ret_jwk);
 	int (*sign)(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,

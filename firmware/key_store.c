@@ -63,7 +63,8 @@ struct ks_job {
 	json_t *jwk;
 	uint8_t sig[CIMD_SIG_MAX];
 	size_t sig_len;
-	struct ks_ref *refs; /* out: list */
+	char tag[CIMD_TAG_MAX + 1]; /* in: generate */
+	struct ks_ref *refs;	    /* out: list */
 	size_t nrefs;
 	char errmsg[KS_ERRMSG_MAX];
 	int done;
@@ -200,7 +201,8 @@ static void job_run(struct key_store *ks, struct ks_job *j)
 	ks->be_errmsg = j->errmsg;
 	switch (j->op) {
 	case KS_GENERATE:
-		j->r = ks->be_ops->generate(ks, ks->be, j->alg, &j->ref, &j->ref_len, &j->jwk);
+		j->r = ks->be_ops->generate(ks, ks->be, j->alg, j->tag[0] ? j->tag : NULL, &j->ref,
+					    &j->ref_len, &j->jwk);
 		break;
 	case KS_LOAD:
 		j->r = ks->be_ops->load(ks, ks->be, j->alg, j->ref, j->ref_len, &j->jwk);
@@ -552,11 +554,24 @@ static int run_key_job(struct key_store *ks, struct ks_job *j, int timeout_ms,
 	return r;
 }
 
-int key_store_generate(struct key_store *ks, enum cimd_alg alg, struct ks_key **ret_key)
+int key_store_generate(struct key_store *ks, enum cimd_alg alg, const char *tag,
+		       struct ks_key **ret_key)
 {
+	struct ks_job *j;
+	size_t i;
+
 	if (cimd_alg_name(alg) == NULL)
 		return caller_fail(-CIMD_EALG, "unknown algorithm %d", (int)alg);
-	return run_key_job(ks, job_new(KS_GENERATE, alg, NULL, 0, NULL, 0),
+	for (i = 0; tag != NULL && tag[i] != '\0'; i++)
+		if (i == CIMD_TAG_MAX ||
+		    !((tag[i] >= 'a' && tag[i] <= 'z') || (tag[i] >= 'A' && tag[i] <= 'Z') ||
+		      (tag[i] >= '0' && tag[i] <= '9') || tag[i] == '-'))
+			return caller_fail(-EINVAL, "tag: up to %d of [A-Za-z0-9-]", CIMD_TAG_MAX);
+	if ((j = job_new(KS_GENERATE, alg, NULL, 0, NULL, 0)) == NULL)
+		return -ENOMEM;
+	if (tag != NULL)
+		memcpy(j->tag, tag, strlen(tag) + 1);
+	return run_key_job(ks, j,
 			   KS_GENERATE_TIMEOUT_MS > ks->timeout_ms ? KS_GENERATE_TIMEOUT_MS
 								   : ks->timeout_ms,
 			   ret_key);

@@ -394,15 +394,19 @@ static int p11_raw_public_jwk(struct key_store *ks, struct p11 *p, CK_OBJECT_HAN
 	return jwk_new_ec(alg, pt, pt + size, ret_jwk);
 }
 
+/* "cimdd", or "cimdd:TAG" when the caller tags its keys (reconciliation). */
+#define P11_LABEL "cimdd"
+#define P11_LABEL_MAX (sizeof(P11_LABEL) + 1 + CIMD_TAG_MAX)
+
 static int p11_raw_generate(struct key_store *ks, struct p11 *p, enum cimd_alg alg,
-			    const uint8_t *id, json_t **ret_jwk)
+			    const uint8_t *id, const char *tag, json_t **ret_jwk)
 {
 	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 	CK_ULONG bits = P11_RSA_BITS;
 	uint8_t e65537[] = {0x01, 0x00, 0x01};
 	const uint8_t *oid = alg == CIMD_ALG_ES384 ? oid_p384 : oid_p256;
 	CK_ULONG oid_len = alg == CIMD_ALG_ES384 ? sizeof(oid_p384) : sizeof(oid_p256);
-	char label[] = "cimdd";
+	char label[P11_LABEL_MAX + 1];
 	int ec = cimd_alg_ec_size(alg) != 0;
 	CK_MECHANISM mech = {ec ? CKM_EC_KEY_PAIR_GEN : CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
 	CK_ATTRIBUTE pub[] = {
@@ -410,7 +414,7 @@ static int p11_raw_generate(struct key_store *ks, struct p11 *p, enum cimd_alg a
 	    {CKA_PRIVATE, &no, sizeof(no)},
 	    {CKA_VERIFY, &yes, sizeof(yes)},
 	    {CKA_ID, (void *)id, P11_ID_LEN},
-	    {CKA_LABEL, label, sizeof(label) - 1},
+	    {CKA_LABEL, label, 0},
 	    /* the last one or two differ by key type */
 	    {ec ? CKA_EC_PARAMS : CKA_MODULUS_BITS, ec ? (void *)oid : (void *)&bits,
 	     ec ? oid_len : sizeof(bits)},
@@ -423,11 +427,14 @@ static int p11_raw_generate(struct key_store *ks, struct p11 *p, enum cimd_alg a
 	    {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
 	    {CKA_SIGN, &yes, sizeof(yes)},	{CKA_DECRYPT, &no, sizeof(no)},
 	    {CKA_DERIVE, &no, sizeof(no)},	{CKA_UNWRAP, &no, sizeof(no)},
-	    {CKA_ID, (void *)id, P11_ID_LEN},	{CKA_LABEL, label, sizeof(label) - 1},
+	    {CKA_ID, (void *)id, P11_ID_LEN},	{CKA_LABEL, label, 0},
 	};
 	CK_OBJECT_HANDLE hpub, hpriv;
 	CK_RV rv;
 	int r;
+
+	snprintf(label, sizeof(label), "%s%s%s", P11_LABEL, tag ? ":" : "", tag ? tag : "");
+	pub[4].ulValueLen = priv[9].ulValueLen = strlen(label);
 
 	rv = p->fl->C_GenerateKeyPair(p->sess, &mech, pub, ec ? 6 : 7, priv,
 				      sizeof(priv) / sizeof(priv[0]), &hpub, &hpriv);
@@ -483,16 +490,18 @@ static int p11_raw_destroy(struct key_store *ks, struct p11 *p, const uint8_t *i
 	return 0;
 }
 
-/* CKA_IDs of the private keys labelled "cimdd", at most max. */
+/* CKA_IDs (and tags) of the private keys labelled "cimdd" or "cimdd:TAG", at
+ * most max.  PKCS#11 finds by whole attribute values only, so every private key
+ * is read and the label prefix checked here. */
 static int p11_raw_list(struct key_store *ks, struct p11 *p, size_t max, struct ks_ref **ret_refs,
 			size_t *ret_n)
 {
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-	char label[] = "cimdd";
-	CK_ATTRIBUTE tmpl[2] = {
+	CK_ATTRIBUTE tmpl[1] = {
 	    {CKA_CLASS, &cls, sizeof(cls)},
-	    {CKA_LABEL, label, sizeof(label) - 1},
 	};
+	char label[P11_LABEL_MAX + 8];
+	size_t llen;
 	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
 	struct ks_ref *refs = NULL, *nr;
 	size_t n = 0, len;
@@ -501,7 +510,7 @@ static int p11_raw_list(struct key_store *ks, struct p11 *p, size_t max, struct 
 	CK_RV rv;
 	int r = 0;
 
-	if ((rv = p->fl->C_FindObjectsInit(p->sess, tmpl, 2)) != CKR_OK)
+	if ((rv = p->fl->C_FindObjectsInit(p->sess, tmpl, 1)) != CKR_OK)
 		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_FindObjectsInit");
 	do {
 		if ((rv = p->fl->C_FindObjects(p->sess, objs, P11_FIND_MAX, &k)) != CKR_OK) {
@@ -509,6 +518,14 @@ static int p11_raw_list(struct key_store *ks, struct p11 *p, size_t max, struct 
 			break;
 		}
 		for (i = 0; i < k && n < max && r == 0; i++) {
+			llen = sizeof(label) - 1;
+			if (p11_raw_attr(ks, p, objs[i], CKA_LABEL, label, &llen) < 0 ||
+			    llen >= sizeof(label))
+				continue; /* no label, or too long to be ours */
+			label[llen] = '\0';
+			if (strcmp(label, P11_LABEL) != 0 &&
+			    strncmp(label, P11_LABEL ":", sizeof(P11_LABEL)) != 0)
+				continue;
 			len = sizeof(id);
 			if ((r = p11_raw_attr(ks, p, objs[i], CKA_ID, id, &len)) < 0)
 				break;
@@ -522,6 +539,11 @@ static int p11_raw_list(struct key_store *ks, struct p11 *p, size_t max, struct 
 			refs = nr;
 			memcpy(refs[n].ref, id, len);
 			refs[n].len = len;
+			refs[n].tag[0] = '\0';
+			if (label[sizeof(P11_LABEL) - 1] == ':' &&
+			    strlen(label + sizeof(P11_LABEL)) <= CIMD_TAG_MAX)
+				memcpy(refs[n].tag, label + sizeof(P11_LABEL),
+				       strlen(label + sizeof(P11_LABEL)) + 1);
 			n++;
 		}
 	} while (r == 0 && k == P11_FIND_MAX && n < max);
@@ -639,8 +661,8 @@ static int p11_final(int r)
 	return r == -EAGAIN ? -CIMD_EBACKEND : r;
 }
 
-static int p11_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8_t **ret_ref,
-			size_t *ret_ref_len, json_t **ret_jwk)
+static int p11_generate(struct key_store *ks, void *be, enum cimd_alg alg, const char *tag,
+			uint8_t **ret_ref, size_t *ret_ref_len, json_t **ret_jwk)
 {
 	struct p11 *p = be;
 	uint8_t *id;
@@ -653,7 +675,7 @@ static int p11_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8
 		return ks_fail(ks, -CIMD_ECRYPTO, "pkcs11: no random bytes for CKA_ID");
 	}
 	if ((r = p11_ready(ks, p)) == 0) {
-		r = p11_raw_generate(ks, p, alg, id, ret_jwk);
+		r = p11_raw_generate(ks, p, alg, id, tag, ret_jwk);
 		/* The lost session may have created the pair before failing: remove
 		 * whatever carries the old CKA_ID, and retry under a new one, so that
 		 * one CKA_ID never names two keys. */
@@ -663,7 +685,7 @@ static int p11_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8
 				r = ks_fail(ks, -CIMD_ECRYPTO,
 					    "pkcs11: no random bytes for CKA_ID");
 			else
-				r = p11_raw_generate(ks, p, alg, id, ret_jwk);
+				r = p11_raw_generate(ks, p, alg, id, tag, ret_jwk);
 		}
 	}
 	if ((r = p11_final(r)) < 0) {

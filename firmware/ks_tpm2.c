@@ -403,8 +403,8 @@ static int ref_parse(const uint8_t *ref, size_t len, TPM2B_PUBLIC *pub, TPM2B_PR
 	return 0;
 }
 
-static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8_t **ret_ref,
-			size_t *ret_ref_len, json_t **ret_jwk)
+static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, const char *tag,
+			uint8_t **ret_ref, size_t *ret_ref_len, json_t **ret_jwk)
 {
 	struct tpm *t = be;
 	TPM2B_SENSITIVE_CREATE sens = {0};
@@ -418,6 +418,7 @@ static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, uint8
 	TSS2_RC rc;
 	int r;
 
+	(void)tag; /* a TPM key lives only as the blob the caller stores */
 	if ((r = key_template(alg, &tmpl)) < 0)
 		return ks_fail(ks, r, "tpm2: no template for algorithm");
 	if ((r = tpm_ready(ks, t)) < 0)

@@ -352,10 +352,17 @@ int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
 		srv->conns[i].fd = -1;
 	strcpy(sa.sun_path, d->cfg->admin_socket);
-	/* A stale socket from a previous run is replaced; anything else is not. */
+	/* A stale socket from a previous run is replaced; a live one (another
+	 * daemon answers on it) or anything else is not. */
 	if (lstat(sa.sun_path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			snprintf(err, errlen, "%s exists and is not a socket", sa.sun_path);
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), live;
+		live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+		if (probe >= 0)
+			close(probe);
+		if (!S_ISSOCK(st.st_mode) || live) {
+			snprintf(err, errlen, "%s %s", sa.sun_path,
+				 live ? "is in use by a running daemon"
+				      : "exists and is not a socket");
 			free(srv);
 			return -EEXIST;
 		}

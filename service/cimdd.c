@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -59,18 +60,22 @@ static void open_key_stores(struct cimdd *d, int quiet)
 {
 	char err[256];
 	size_t i;
-	int r;
+	int r, opened = 0;
 
 	for (i = 0; i < d->cfg->n_backends; i++) {
 		if (d->ks[i] != NULL)
 			continue;
 		r = key_store_open(d->cfg->backends[i].conf, &d->ks[i], err, sizeof(err));
-		if (r == 0)
+		if (r == 0) {
 			log_info("backend %s: open", d->cfg->backends[i].name);
-		else if (!quiet)
+			opened = 1;
+		} else if (!quiet)
 			log_err("backend %s: %s (%s); retrying every second",
 				d->cfg->backends[i].name, cimd_strerror(r), err);
 	}
+	/* A backend that comes up after start is reconciled as it opens. */
+	if (opened && quiet)
+		keys_reconcile(d);
 }
 
 /* SIGHUP: operators, two-person rule and durations take effect now; what
@@ -171,7 +176,7 @@ int main(int argc, char **argv)
 	struct signalfd_siginfo si;
 	pid_t swtpm = 0;
 	sigset_t mask;
-	int c, fg = 0, port = 8443, sfd = -1, rc = 1, r;
+	int c, fg = 0, port = 8443, sfd = -1, lockfd = -1, rc = 1, r;
 	time_t last_tick = 0;
 	size_t n, i;
 	char *end;
@@ -246,8 +251,24 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	d.dev = dev != NULL;
+	/* Detach before any thread, database handle or socket exists: a fork
+	 * keeps only the calling thread, and SQLite handles must not cross it. */
+	if (!fg && (r = daemonize()) < 0) {
+		log_err("daemonize: %s", strerror(-r));
+		goto out;
+	}
 	if (mkdir(d.cfg->state_dir, 0700) < 0 && errno != EEXIST) {
 		log_err("state_dir %s: %s", d.cfg->state_dir, strerror(errno));
+		goto out;
+	}
+	/* One daemon per state directory: a second one would share the database
+	 * and the hardware and take over the admin socket. */
+	snprintf(dbpath, sizeof(dbpath), "%s/cimdd.lock", d.cfg->state_dir);
+	if ((lockfd = open(dbpath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
+	    flock(lockfd, LOCK_EX | LOCK_NB) < 0) {
+		log_err("%s: %s", dbpath,
+			errno == EWOULDBLOCK ? "another cimdd runs on this state directory"
+					     : strerror(errno));
 		goto out;
 	}
 	snprintf(dbpath, sizeof(dbpath), "%s/cimdd.db", d.cfg->state_dir);
@@ -263,10 +284,6 @@ int main(int argc, char **argv)
 	}
 	if ((sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
 		log_err("signalfd: %s", strerror(errno));
-		goto out;
-	}
-	if (!fg && (r = daemonize()) < 0) {
-		log_err("daemonize: %s", strerror(-r));
 		goto out;
 	}
 	if (store_begin(d.st) == 0 &&
@@ -311,6 +328,8 @@ int main(int argc, char **argv)
 out:
 	if (sfd >= 0)
 		close(sfd);
+	if (lockfd >= 0)
+		close(lockfd);
 	admin_server_free(&admin);
 	for (i = 0; d.cfg != NULL && i < d.cfg->n_backends; i++)
 		key_store_free(&d.ks[i]);

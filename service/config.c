@@ -471,6 +471,11 @@ int config_load(const char *path, struct cimd_config **ret_cfg, char *errbuf, si
 		goto out;
 	}
 	/* The file names operators and key stores: others may not rewrite it. */
+	if (st.st_uid != 0 && st.st_uid != geteuid()) {
+		r = perr(&p, "owned by uid %ld, neither root nor this daemon's user",
+			 (long)st.st_uid);
+		goto out;
+	}
 	if (st.st_mode & 022) {
 		r = perr(&p, "writable by group or others (mode %04o)",
 			 (unsigned)(st.st_mode & 07777));

@@ -75,7 +75,8 @@ static void random_hex(char *out, size_t bytes)
 	unsigned char b[32];
 	size_t i;
 
-	RAND_bytes(b, (int)bytes);
+	if (RAND_bytes(b, (int)bytes) != 1)
+		abort(); /* no randomness: no PIN we could trust */
 	for (i = 0; i < bytes; i++) {
 		out[2 * i] = digits[b[i] >> 4];
 		out[2 * i + 1] = digits[b[i] & 15];
@@ -271,11 +272,28 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		snprintf(dir, sizeof(dir), "%s", rp);
 		free(rp);
 	}
+	/* The instance names the PKCS#11 module we load and who is an operator:
+	 * only a directory and files of the caller's own, that nobody else may
+	 * write, are trusted. */
+	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+	    (st.st_mode & 022) != 0) {
+		snprintf(err, errlen,
+			 "%s must be a directory owned by you and writable by nobody else", dir);
+		return -EPERM;
+	}
 	snprintf(p, sizeof(p), "%s/softhsm2.conf", dir);
 	setenv("SOFTHSM2_CONF", p, 1);
 	snprintf(ret_conf, len, "%s/cimdd.conf", dir);
-	if (stat(ret_conf, &st) == 0)
+	if (lstat(ret_conf, &st) == 0) {
+		if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) != 0) {
+			snprintf(
+			    err, errlen,
+			    "%s must be a regular file owned by you and writable by nobody else",
+			    ret_conf);
+			return -EPERM;
+		}
 		return 0; /* made before: use it as it is */
+	}
 
 	/* SoftHSM2 token. */
 	snprintf(

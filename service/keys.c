@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/rand.h>
 #include <sqlite3.h>
 
 #include "service.h"
@@ -51,7 +52,7 @@ struct client_info {
 
 static int client_info(struct store *st, const char *name, struct client_info *ret)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	int r = -ENOENT;
 
 	if (store_query(st, &s, "SELECT backend, alg, rotate_every FROM clients WHERE name = ?",
@@ -83,7 +84,7 @@ static enum admin_err client_of(struct admin_req *q, struct client_info *ci)
 static int64_t count_keys(struct store *st, const char *client, const char *where)
 {
 	char sql[256];
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	int64_t n = -1;
 
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM keys WHERE client = ? AND %s", where);
@@ -97,7 +98,7 @@ static int64_t count_keys(struct store *st, const char *client, const char *wher
 static int key_in_state(struct store *st, const char *client, const char *state, char *kid,
 			int64_t *ret_since)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	int r = -ENOENT;
 
 	kid[0] = '\0';
@@ -117,35 +118,90 @@ static int key_in_state(struct store *st, const char *client, const char *state,
 	return r;
 }
 
-/* Creates a key in hardware and its row in state `state` inside an open
- * transaction; the hardware key is destroyed again if the row fails. */
+/*
+ * Generation with intent.  Before a key is made, an intent row with a random
+ * tag is committed; the key carries the tag in the hardware (PKCS#11 label
+ * "cimdd:TAG").  The transaction that records the key deletes the intent.  So a
+ * hardware key with a tag of a live intent is one a crash left unrecorded, and
+ * reconciliation may destroy it; a key whose tag this database does not know
+ * (a restored or wrong database) is reported and left alone.
+ */
+int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
+		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key)
+{
+	static const char digits[] = "0123456789abcdef";
+	struct key_store *ks = cimdd_key_store(d, backend);
+	uint8_t rnd[8];
+	char tag[CIMD_TAG_MAX + 1];
+	size_t i;
+	int r;
+
+	if (ks == NULL)
+		return -CIMD_EUNAVAILABLE;
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		return -CIMD_ECRYPTO;
+	for (i = 0; i < sizeof(rnd); i++) {
+		tag[2 * i] = digits[rnd[i] >> 4];
+		tag[2 * i + 1] = digits[rnd[i] & 15];
+	}
+	tag[2 * sizeof(rnd)] = '\0';
+	if (store_begin(d->st) < 0 ||
+	    store_exec(
+		d->st,
+		"INSERT INTO key_intents (tag, backend, client, created) VALUES (?, ?, ?, ?)",
+		"sssi", tag, backend, client, (int64_t)time(NULL)) != 1 ||
+	    store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		return -EIO;
+	}
+	if ((r = key_store_generate(ks, cimd_alg_from_name(alg), tag, ret_key)) < 0) {
+		keys_intent_drop(d, tag);
+		return r;
+	}
+	memcpy(ret_tag, tag, sizeof(tag));
+	return 0;
+}
+
+void keys_intent_drop(struct cimdd *d, const char *tag)
+{
+	if (store_begin(d->st) == 0 &&
+	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) >= 0 &&
+	    store_commit(d->st) == 0)
+		return;
+	store_rollback(d->st);
+}
+
+/* Creates a key for the client in hardware and records it in state `state`
+ * (next or active) in a transaction of its own. */
 static int create_key(struct cimdd *d, const struct client_info *ci, const char *state,
 		      const char *actor, char *ret_kid)
 {
 	struct key_store *ks = cimdd_key_store(d, ci->backend);
 	struct ks_key *key = NULL;
+	char tag[CIMD_TAG_MAX + 1];
 	const uint8_t *ref;
 	size_t ref_len;
-	json_t *f;
+	json_t *f = NULL;
 	time_t now = time(NULL);
 	int r;
 
-	if (ks == NULL)
-		return -CIMD_EUNAVAILABLE;
-	if ((r = key_store_generate(ks, cimd_alg_from_name(ci->alg), &key)) < 0)
+	if ((r = keys_generate(d, ci->name, ci->backend, ci->alg, tag, &key)) < 0)
 		return r;
 	ks_key_ref(key, &ref, &ref_len);
 	f = json_pack("{ssssssss}", "client", ci->name, "kid", ks_key_kid(key), "state", state,
 		      "backend", ci->backend);
-	if (f == NULL ||
+	if (f == NULL || store_begin(d->st) < 0 ||
 	    store_exec(
 		d->st,
 		"INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "
 		"VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
 		"ssssbsii", ks_key_kid(key), ci->name, ci->alg, ci->backend, ref, ref_len, state,
 		(int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0)) != 1 ||
-	    journal_append(d->st, "key.create", actor, f, NULL) < 0) {
+	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) != 1 ||
+	    journal_append(d->st, "key.create", actor, f, NULL) < 0 || store_commit(d->st) < 0) {
+		store_rollback(d->st);
 		key_store_destroy(ks, &key);
+		keys_intent_drop(d, tag);
 		r = -EIO;
 	} else {
 		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", ks_key_kid(key));
@@ -191,7 +247,7 @@ static int transition(struct cimdd *d, const char *client, const char *kid, cons
 enum admin_err keys_list(struct admin_req *q)
 {
 	struct client_info ci;
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	json_t *arr;
 	enum admin_err e;
 
@@ -244,13 +300,8 @@ enum admin_err keys_rotate(struct admin_req *q)
 	    CIMD_KEYS_PER_CLIENT_MAX)
 		return bad(q, AE_CONFLICT, "%s holds its maximum of %d published keys", ci.name,
 			   CIMD_KEYS_PER_CLIENT_MAX);
-	if (store_begin(q->d->st) < 0)
-		return bad(q, AE_INTERNAL, "database error");
-	if ((r = create_key(q->d, &ci, "next", q->op->name, kid)) < 0 ||
-	    store_commit(q->d->st) < 0) {
-		store_rollback(q->d->st);
+	if ((r = create_key(q->d, &ci, "next", q->op->name, kid)) < 0)
 		return key_err(q, r, "creating the next key");
-	}
 	q->result = json_pack("{sssssI}", "kid", kid, "state", "next", "activate_after",
 			      (json_int_t)(time(NULL) + q->d->cfg->jwks_max_age));
 	return AE_OK;
@@ -312,7 +363,7 @@ static int destroy_hw(struct cimdd *d, const char *kid)
 {
 	struct key_store *ks;
 	struct ks_key *key = NULL;
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	int r = -ENOENT;
 
 	if (store_query(d->st, &s, "SELECT backend, alg, ref FROM keys WHERE kid = ?", "s", kid) <
@@ -362,7 +413,7 @@ enum admin_err keys_revoke(struct admin_req *q)
 	const char *reason = json_string_value(json_object_get(q->args, "reason"));
 	int replace = json_is_true(json_object_get(q->args, "replace"));
 	char state[16] = "", newkid[CIMD_KID_LEN + 1] = "";
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	json_t *x;
 	enum admin_err e;
 	int r;
@@ -396,10 +447,9 @@ enum admin_err keys_revoke(struct admin_req *q)
 			       reason, kid) == 1
 			? 0
 			: -EIO;
-	/* The replacement is active at once: there is no time to pre-publish it,
-	 * and the journal records it as forced. */
-	if (r == 0 && replace && (r = create_key(q->d, &ci, "next", q->op->name, newkid)) == 0)
-		r = activate(q->d, ci.name, newkid, q->op->name, 1);
+	/* The revocation stands on its own: it is committed before anything that
+	 * could fail on the hardware, so a failed replacement never keeps a
+	 * compromised key alive. */
 	if (r < 0 || store_commit(q->d->st) < 0) {
 		store_rollback(q->d->st);
 		return key_err(q, r < 0 ? r : -EIO, "revoking");
@@ -412,6 +462,23 @@ enum admin_err keys_revoke(struct admin_req *q)
 			 "revoked; destroying the hardware key failed (%s), "
 			 "it will be retried",
 			 cimd_strerror(r));
+	/* The replacement is active at once: there is no time to pre-publish it,
+	 * and the journal records it as forced. */
+	if (replace) {
+		if ((r = create_key(q->d, &ci, "next", q->op->name, newkid)) == 0 &&
+		    store_begin(q->d->st) == 0) {
+			if ((r = activate(q->d, ci.name, newkid, q->op->name, 1)) < 0 ||
+			    store_commit(q->d->st) < 0) {
+				store_rollback(q->d->st);
+				r = r < 0 ? r : -EIO;
+			}
+		}
+		if (r < 0)
+			snprintf(q->msg, sizeof(q->msg),
+				 "revoked; the replacement key could not be made (%s): rotate and "
+				 "activate one",
+				 cimd_strerror(r));
+	}
 	q->result = json_pack("{sssssssb}", "kid", kid, "state", "revoked", "replacement",
 			      newkid[0] ? newkid : "", "client_has_active_key",
 			      count_keys(q->d->st, ci.name, "state = 'active'") > 0);
@@ -429,7 +496,7 @@ struct due {
 
 static size_t collect(struct store *st, const char *sql, int64_t t, struct due *out)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	size_t n = 0;
 
 	if (store_query(st, &s, sql, "i", t) < 0)
@@ -468,13 +535,8 @@ static int rotate_due(struct cimdd *d, const struct client_info *ci, int64_t eve
 	if (key_in_state(d->st, ci->name, "next", next, &created) < 0) {
 		if (now < activated + every - d->cfg->jwks_max_age)
 			return 0;
-		if (store_begin(d->st) < 0)
-			return -EIO;
-		if ((r = create_key(d, ci, "next", "scheduler", next)) < 0 ||
-		    store_commit(d->st) < 0) {
-			store_rollback(d->st);
-			return r < 0 ? r : -EIO;
-		}
+		if ((r = create_key(d, ci, "next", "scheduler", next)) < 0)
+			return r;
 		return 1;
 	}
 	if (now < activated + every || now - created < d->cfg->jwks_max_age)
@@ -498,7 +560,7 @@ int keys_tick(struct cimdd *d, time_t tnow)
 		int64_t every;
 	} rot[DUE_MAX];
 	struct client_info ci;
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	size_t i, n;
 	int done = 0, r;
 
@@ -591,7 +653,7 @@ static int reconcile_rows(struct cimdd *d)
 	} *k = NULL, *nk;
 	struct key_store *ks;
 	struct ks_key *key = NULL;
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	size_t n = 0, i;
 	int missing = 0, r;
 
@@ -661,7 +723,7 @@ static int reconcile_hardware(struct cimdd *d)
 {
 	struct ks_ref *refs = NULL;
 	struct key_store *ks;
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	char state[16], kid[CIMD_KID_LEN + 1], client[CIMD_NAME_MAX + 1], alg[16];
 	size_t b, i, n = 0;
 	int removed = 0, r;
@@ -695,17 +757,42 @@ static int reconcile_hardware(struct cimdd *d)
 			if (state[0] != '\0' && strcmp(state, "destroyed") != 0 &&
 			    strcmp(state, "revoked") != 0)
 				continue;
-			/* No record (a crash between creating the key and recording it),
-			 * or a record that says it must be gone: destroy it. */
-			r = destroy_ref(ks, state[0] ? alg : NULL, refs[i].ref, refs[i].len);
 			if (state[0] == '\0') {
-				log_warn(
-				    "reconcile: a %s key with no record was in the hardware: %s",
-				    d->cfg->backends[b].name,
-				    r == 0 ? "destroyed" : key_store_errmsg(ks));
+				/* No record.  Ours from a crash between generating and
+				 * recording (its tag is a live intent): destroy it.  Not
+				 * ours by this database (a restored or wrong database, or
+				 * another appliance's token): report it and leave it. */
+				int intent = 0;
+				if (refs[i].tag[0] != '\0' &&
+				    store_query(
+					d->st, &s,
+					"SELECT 1 FROM key_intents WHERE tag = ? AND backend = ?",
+					"ss", refs[i].tag, d->cfg->backends[b].name) == 0) {
+					intent = sqlite3_step(s) == SQLITE_ROW;
+					sqlite3_finalize(s);
+					s = NULL;
+				}
+				if (!intent) {
+					log_err("reconcile: a %s key labelled cimdd%s%s is not "
+						"known to "
+						"this database: left in place (a restored or wrong "
+						"database?)",
+						d->cfg->backends[b].name, refs[i].tag[0] ? ":" : "",
+						refs[i].tag);
+					reconcile_record(d, "-", "-", "unknown hardware key",
+							 "left in place");
+					continue;
+				}
+				r = destroy_ref(ks, NULL, refs[i].ref, refs[i].len);
+				log_warn("reconcile: a %s key whose generation was never recorded "
+					 "(intent %s) was in the hardware: %s",
+					 d->cfg->backends[b].name, refs[i].tag,
+					 r == 0 ? "destroyed" : key_store_errmsg(ks));
 				reconcile_record(d, "-", "-", "hardware key without a record",
 						 r == 0 ? "destroyed" : "destroy failed");
 			} else {
+				/* A record that says it must be gone. */
+				r = destroy_ref(ks, alg, refs[i].ref, refs[i].len);
 				log_warn("reconcile: %s key %s of %s was still in the hardware: %s",
 					 state, kid, client,
 					 r == 0 ? "destroyed" : key_store_errmsg(ks));
@@ -726,6 +813,14 @@ static int reconcile_hardware(struct cimdd *d)
 				removed++;
 		}
 		ks_refs_free(&refs, n);
+		/* What intents remain had no key made, or their key was just
+		 * destroyed: none is in progress while we reconcile. */
+		if (store_begin(d->st) == 0 &&
+		    store_exec(d->st, "DELETE FROM key_intents WHERE backend = ?", "s",
+			       d->cfg->backends[b].name) >= 0 &&
+		    store_commit(d->st) == 0)
+			continue;
+		store_rollback(d->st);
 	}
 	return removed;
 }

@@ -48,7 +48,7 @@ static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt
 static enum admin_err client_arg(struct admin_req *q, int must_exist, const char **ret_name)
 {
 	const char *name = json_string_value(json_object_get(q->args, "name"));
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	int rc;
 
 	if (name == NULL)
@@ -98,7 +98,7 @@ static void hexstr(const uint8_t *in, size_t n, char *out)
 
 static int client_count(struct store *st, int64_t *ret)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	int r = -EIO;
 
 	if (store_query(st, &s, "SELECT count(*) FROM clients", "") < 0)
@@ -136,6 +136,7 @@ enum admin_err reg_client_add(struct admin_req *q)
 	size_t ref_len, len;
 	char *bytes = NULL;
 	json_t *kf = NULL, *jr;
+	char tag[CIMD_TAG_MAX + 1];
 	int64_t n, rotate_every = -1;
 	enum cimd_alg alg;
 	enum admin_err e;
@@ -149,8 +150,10 @@ enum admin_err reg_client_add(struct admin_req *q)
 	backend = json_string_value(json_object_get(q->args, "backend"));
 	if (backend == NULL)
 		backend = d->cfg->default_backend;
-	if ((ks = cimdd_key_store(d, backend)) == NULL)
+	if (config_backend(d->cfg, backend) == NULL)
 		return bad(q, AE_BAD_REQUEST, "backend '%s' is not configured", backend);
+	if ((ks = cimdd_key_store(d, backend)) == NULL)
+		return bad(q, AE_BACKEND_UNAVAILABLE, "backend '%s' is not available now", backend);
 	if ((jr = json_object_get(q->args, "rotate_every")) != NULL) {
 		/* The client's own rotation period; without it, the appliance's. */
 		if (!json_is_integer(jr) || json_integer_value(jr) < 0 ||
@@ -182,11 +185,13 @@ enum admin_err reg_client_add(struct admin_req *q)
 			CIMD_CLIENTS_MAX);
 		goto out;
 	}
-	/* Hardware first: a key the database does not know is an orphan that
-	 * reconciliation removes; a database row without its key would be worse. */
-	if ((r = key_store_generate(ks, alg, &key)) < 0) {
+	/* Hardware first, under a committed intent: a crash before the key is
+	 * recorded leaves a key reconciliation recognises and removes; a database
+	 * row without its key would be worse. */
+	if ((r = keys_generate(d, name, backend, alg_name, tag, &key)) < 0) {
 		e = bad(q, r == -CIMD_EUNAVAILABLE ? AE_BACKEND_UNAVAILABLE : AE_INTERNAL,
-			"creating the key: %s", key_store_errmsg(ks));
+			"creating the key: %s",
+			r == -EIO ? "database error" : key_store_errmsg(ks));
 		goto out;
 	}
 	ks_key_ref(key, &ref, &ref_len);
@@ -206,9 +211,11 @@ enum admin_err reg_client_add(struct admin_req *q)
 		"ssssbii", ks_key_kid(key), name, alg_name, backend, ref, ref_len,
 		(int64_t)time(NULL), (int64_t)time(NULL)) != 1 ||
 	    insert_doc(q, name, 1, bytes, len, md) != 1 ||
+	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) != 1 ||
 	    journal_append(d->st, "key.create", q->op->name, kf, NULL) < 0) {
 		store_rollback(d->st);
 		key_store_destroy(ks, &key);
+		keys_intent_drop(d, tag);
 		e = bad(q, AE_INTERNAL, "database error: nothing was changed");
 		goto out;
 	}
@@ -218,6 +225,7 @@ enum admin_err reg_client_add(struct admin_req *q)
 			     "alg", alg_name, "version", 1, "sha256", hash));
 	if (e != AE_OK) {
 		key_store_destroy(ks, &key);
+		keys_intent_drop(d, tag);
 		goto out;
 	}
 	q->result = json_pack("{sssssssiss}", "client_id", cid, "jwks_uri", juri, "kid",
@@ -267,7 +275,7 @@ static json_t *client_row(struct store *st, sqlite3_stmt *s)
 
 enum admin_err reg_client_list(struct admin_req *q)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	json_t *arr = json_array(), *row;
 	int rc;
 
@@ -291,7 +299,7 @@ enum admin_err reg_client_list(struct admin_req *q)
 
 static json_t *column_list(struct store *st, const char *sql, const char *name, int as_int)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	json_t *arr = json_array();
 
 	if (arr == NULL || store_query(st, &s, sql, "s", name) < 0) {
@@ -322,7 +330,7 @@ static json_t *text_or_null(sqlite3_stmt *s, int col)
 
 static json_t *documents_of(struct store *st, const char *name)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	json_t *arr = json_array();
 	char hash[65];
 
@@ -351,7 +359,7 @@ static json_t *documents_of(struct store *st, const char *name)
 enum admin_err reg_client_show(struct admin_req *q)
 {
 	const char *name;
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	enum admin_err e;
 	json_t *o;
 	char cid[CIMD_URL_MAX], juri[CIMD_URL_MAX];
@@ -393,7 +401,7 @@ enum admin_err reg_client_show(struct admin_req *q)
 
 static int64_t count_of(struct store *st, const char *sql, const char *name)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	int64_t n = -1;
 
 	if (store_query(st, &s, sql, "s", name) == 0 && sqlite3_step(s) == SQLITE_ROW)
@@ -510,7 +518,7 @@ enum admin_err reg_doc_submit(struct admin_req *q)
 	const char *name, *alg;
 	char cid[CIMD_URL_MAX], juri[CIMD_URL_MAX], err[512], hash[65], *bytes = NULL;
 	uint8_t md[SHA256_DIGEST_LENGTH];
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	enum admin_err e;
 	int64_t version;
 	size_t len;
@@ -558,7 +566,7 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 	json_t *jv = json_object_get(q->args, "version");
 	char submitter[CIMD_NAME_MAX + 1], hash[65];
 	int64_t version, current;
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	enum admin_err e;
 
 	if ((e = client_arg(q, 1, &name)) != AE_OK)
@@ -626,7 +634,7 @@ enum admin_err reg_doc_show(struct admin_req *q)
 	const char *name;
 	json_t *jv = json_object_get(q->args, "version");
 	int64_t version;
-	sqlite3_stmt *s;
+	sqlite3_stmt *s = NULL;
 	enum admin_err e;
 	char hash[65];
 
@@ -650,7 +658,7 @@ enum admin_err reg_doc_show(struct admin_req *q)
 	}
 	hexstr(sqlite3_column_blob(s, 3), SHA256_DIGEST_LENGTH, hash);
 	q->result = json_pack(
-	    "{s{sIssss#sssssIsoso}}", "document", "version", (json_int_t)sqlite3_column_int64(s, 0),
+	    "{s{sIssss%sssssIsoso}}", "document", "version", (json_int_t)sqlite3_column_int64(s, 0),
 	    "state", (const char *)sqlite3_column_text(s, 1), "bytes",
 	    (const char *)sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), "sha256",
 	    hash, "submitter", (const char *)sqlite3_column_text(s, 4), "submitted",

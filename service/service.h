@@ -226,6 +226,13 @@ enum admin_err keys_rotate(struct admin_req *q);
 enum admin_err keys_activate(struct admin_req *q);
 enum admin_err keys_revoke(struct admin_req *q);
 
+/* A key for client made in hardware under a committed intent (keys.c): the
+ * caller records the key and deletes the intent row (tag) in one transaction,
+ * or, failing, destroys the key and calls keys_intent_drop. */
+int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
+		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key);
+void keys_intent_drop(struct cimdd *d, const char *tag);
+
 /* client_id of NAME: base_url + "/clients/" + NAME, into buf. */
 const char *reg_client_id(const struct cimd_config *cfg, const char *name, char *buf, size_t len);
 

@@ -85,6 +85,13 @@ static const char *const migrations[] = {
     "  revoke_reason TEXT"
     ");"
     "CREATE UNIQUE INDEX one_active_key ON keys(client) WHERE state = 'active';",
+    /* 2: intents of key generation (keys.c: keys_generate). */
+    "CREATE TABLE key_intents ("
+    "  tag     TEXT PRIMARY KEY,"
+    "  backend TEXT NOT NULL,"
+    "  client  TEXT NOT NULL,"
+    "  created INTEGER NOT NULL"
+    ");",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))

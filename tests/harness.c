@@ -414,7 +414,7 @@ void t_keystore_roundtrip(const char *conf, enum cimd_alg alg)
 	r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
 	if (!t_ok(r == 0, "%s: open key store (%s)", name, r < 0 ? errbuf : "ok"))
 		goto out;
-	r = key_store_generate(ks, alg, &key);
+	r = key_store_generate(ks, alg, NULL, &key);
 	if (!t_ok(r == 0, "%s: generate (%s)", name, r < 0 ? key_store_errmsg(ks) : "ok"))
 		goto out;
 	jwk = ks_key_jwk(key);

@@ -470,20 +470,37 @@ static void test_missing_key(void)
 	char out[8192], kid[64] = "", err[256];
 	struct key_store *ks = NULL;
 	struct ks_key *orphan = NULL, *again = NULL;
-	uint8_t ref[64];
-	size_t ref_len = 0;
+	struct ks_key *stranger = NULL;
+	uint8_t ref[64], ref2[64];
+	size_t ref_len = 0, ref2_len = 0;
 	const uint8_t *p;
 	int rc;
 
 	t_daemon_stop(&dm, SIGTERM);
-	/* A key in the hardware that no record names: what a crash between
-	 * creating a key and recording it leaves behind. */
+	/* Two keys in the hardware that no record names.  One carries the tag of
+	 * an intent the database committed: what a crash between generating a key
+	 * and recording it leaves.  The other is unknown to this database (as
+	 * after restoring an old database): it must be left alone. */
+	{
+		sqlite3 *h;
+		sqlite3_open(db, &h);
+		t_ok(sqlite3_exec(h,
+				  "INSERT INTO key_intents (tag, backend, client, created) VALUES "
+				  "('feedface00c0ffee', 'pkcs11', 'agent-b', 0)",
+				  NULL, NULL, NULL) == SQLITE_OK,
+		     "an intent committed, as keys_generate does before generating");
+		sqlite3_close(h);
+	}
 	if (key_store_open(hsm.conf, &ks, err, sizeof(err)) == 0 &&
-	    key_store_generate(ks, CIMD_ALG_ES384, &orphan) == 0) {
+	    key_store_generate(ks, CIMD_ALG_ES384, "feedface00c0ffee", &orphan) == 0 &&
+	    key_store_generate(ks, CIMD_ALG_ES256, NULL, &stranger) == 0) {
 		ks_key_ref(orphan, &p, &ref_len);
 		memcpy(ref, p, ref_len);
+		ks_key_ref(stranger, &p, &ref2_len);
+		memcpy(ref2, p, ref2_len);
 	}
 	ks_key_free(&orphan);
+	ks_key_free(&stranger);
 	key_store_free(&ks);
 	t_ok(ref_len > 0, "an orphan key made on the token");
 	if (!t_ok(db_kid("agent-b", "active", kid) == 0 && hw_key(kid, 1) == 0,
@@ -492,8 +509,12 @@ static void test_missing_key(void)
 	rc = t_daemon_start(&dm);
 	t_ok(rc == 0 && t_log_count(&dm, "NO hardware key") >= 1,
 	     "start-up reports the key with no hardware key");
-	t_ok(t_log_count(&dm, "key with no record was in the hardware: destroyed") == 1,
-	     "start-up reports the orphan key and destroys it");
+	t_ok(t_log_count(&dm,
+			 "whose generation was never recorded (intent feedface00c0ffee) was in "
+			 "the hardware: destroyed") == 1,
+	     "start-up destroys the key of an unrecorded generation");
+	t_ok(t_log_count(&dm, "labelled cimdd is not known to this database: left in place") == 1,
+	     "and reports the unknown key without destroying it");
 	if (key_store_open(hsm.conf, &ks, err, sizeof(err)) == 0) {
 		/* the daemon holds the module in its own process; ours is separate */
 		rc = key_store_load(ks, CIMD_ALG_ES384, ref, ref_len, &again);

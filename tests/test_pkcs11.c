@@ -75,7 +75,7 @@ static void test_errors(const struct t_softhsm *h)
 		     key_store_errmsg(ks));
 		r = key_store_load(ks, CIMD_ALG_ES256, ref, 5, &key);
 		t_ok(r == -CIMD_ENOKEY, "malformed key reference: %s", cimd_strerror(r));
-		r = key_store_generate(ks, (enum cimd_alg)99, &key);
+		r = key_store_generate(ks, (enum cimd_alg)99, NULL, &key);
 		t_ok(r == -CIMD_EALG, "unknown algorithm: %s", cimd_strerror(r));
 	}
 	key_store_free(&ks);
@@ -111,7 +111,7 @@ static void test_session_recovery(const struct t_softhsm *h)
 	int r;
 
 	if (!t_ok(key_store_open(h->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
-		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0,
 		  "recovery: key store and key"))
 		goto out;
 	jwk = ks_key_jwk(key);
@@ -162,7 +162,7 @@ static void test_attributes(const struct t_softhsm *h)
 	void *dl = NULL;
 
 	if (!t_ok(key_store_open(h->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
-		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0,
 		  "attributes: key generated"))
 		goto out;
 	ks_key_ref(key, &ref, &ref_len);
@@ -222,7 +222,7 @@ static void test_exclusive(const struct t_softhsm *h)
 	int r;
 
 	if (!t_ok(key_store_open(h->conf, &a, err, sizeof(err)) == 0 &&
-		      key_store_generate(a, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(a, CIMD_ALG_ES256, NULL, &key) == 0,
 		  "exclusive: first key store"))
 		goto out;
 	r = key_store_open(h->conf, &b, err, sizeof(err));

@@ -200,7 +200,7 @@ static void test_store(void)
 	r = store_open(path, &st, err, sizeof(err));
 	if (!t_ok(r == 0, "store opens a new database (%s)", r < 0 ? err : "ok"))
 		return;
-	t_ok(store_schema_version(st) == 1, "schema version 1");
+	t_ok(store_schema_version(st) == 2, "schema version 2 (both migrations ran)");
 	t_ok(pragma_text(store_db(st), "PRAGMA journal_mode", mode, sizeof(mode)) == 0 &&
 		 strcmp(mode, "wal") == 0,
 	     "journal_mode is WAL (%s)", mode);
@@ -262,6 +262,17 @@ static void test_store(void)
 	tamper(path, "PRAGMA user_version = 99");
 	r = store_open(path, &st, err, sizeof(err));
 	t_ok(r < 0 && strstr(err, "newer than this cimdd"), "newer schema refused: %s", err);
+	store_free(&st);
+
+	/* A version 1 database (as the first cimdd wrote it) migrates forward,
+	 * keeping its journal. */
+	tamper(path, "PRAGMA user_version = 1");
+	tamper(path, "DROP TABLE key_intents");
+	r = store_open(path, &st, err, sizeof(err));
+	t_ok(r == 0 && store_schema_version(st) == 2 &&
+		     sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
+			     SQLITE_OK,
+	     "a version 1 database migrates to version 2 (%s)", r < 0 ? err : "ok");
 	store_free(&st);
 }
 

@@ -33,7 +33,7 @@ static void test_errors(const struct t_swtpm *s)
 	t_ok(r == -CIMD_EUNAVAILABLE, "no TPM at the address: %s (%s)", cimd_strerror(r), errbuf);
 
 	if (!t_ok(key_store_open(s->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
-		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0,
 		  "tpm2 key for error tests"))
 		goto out;
 	ks_key_ref(key, &ref, &len);
@@ -67,7 +67,7 @@ static void test_faults(struct t_swtpm *s)
 	int r;
 
 	if (!t_ok(key_store_open(s->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
-		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0,
 		  "faults: key store and key"))
 		goto out;
 	jwk = ks_key_jwk(key);
@@ -131,7 +131,7 @@ static void test_stale_handles(const struct t_swtpm *s)
 	int r;
 
 	if (!t_ok(key_store_open(s->conf, &ks, err, sizeof(err)) == 0 &&
-		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0 &&
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0 &&
 		      key_store_sign(ks, key, (const uint8_t *)"a", 1, sig, &n) == 0,
 		  "stale: key loaded and signing"))
 		goto out;
@@ -161,7 +161,7 @@ static void *gen_thread(void *p)
 	struct ks_key *k = NULL;
 	double t0 = t_now_ms();
 
-	a->r = key_store_generate(a->ks, CIMD_ALG_ES256, &k);
+	a->r = key_store_generate(a->ks, CIMD_ALG_ES256, NULL, &k);
 	a->ms = t_now_ms() - t0;
 	ks_key_free(&k);
 	return NULL;
@@ -184,7 +184,7 @@ static void test_deadline_covers_lock(struct t_swtpm *s)
 
 	snprintf(conf, sizeof(conf), "%s;timeout-ms=300", s->conf);
 	if (!t_ok(key_store_open(conf, &ks, err, sizeof(err)) == 0 &&
-		      key_store_generate(ks, CIMD_ALG_ES256, &key) == 0,
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0,
 		  "deadline: key store with timeout-ms=300 (%s)", err))
 		goto out;
 	kill(s->pid, SIGSTOP);

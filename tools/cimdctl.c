@@ -246,7 +246,7 @@ static long number(const char *s, const char *what, const char *usage, int *rc)
 
 	errno = 0;
 	v = strtol(s, &end, 10);
-	if (errno != 0 || *end != '\0' || v < 0) {
+	if (errno != 0 || end == s || *end != '\0' || v < 0) {
 		*rc = usage_error(usage, "%s '%s' is not a number", what, s);
 		return -1;
 	}
@@ -662,6 +662,17 @@ static int cmd_journal_verify(int argc, char **argv)
 
 	if ((rc = parse(argc, argv, U_JOURNAL_VERIFY, NULL, pos, 0, 0)) != 0)
 		return rc;
+	if (json_out) {
+		/* The exit status says whether the chain holds, with --json too. */
+		json_t *resp = NULL;
+		if ((rc = call(json_pack("{ss}", "op", "journal.verify"), &resp)) == 3)
+			return 3;
+		json_dumpf(resp, stdout, JSON_INDENT(2));
+		printf("\n");
+		rc = rc == 0 && json_is_true(json_object_get(resp, "intact")) ? 0 : 1;
+		json_decref(resp);
+		return rc;
+	}
 	if ((rc = run(json_pack("{ss}", "op", "journal.verify"), &r)) != 0)
 		return rc < 0 ? 0 : rc;
 	if (json_is_true(json_object_get(r, "intact"))) {
