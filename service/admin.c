@@ -30,7 +30,9 @@ struct conn {
 	char *out;
 	size_t out_len, out_off;
 	time_t last;
-	int closing; /* close once out is written */
+	time_t line_start; /* when the unfinished line in `in` began */
+	int stranger;	   /* the uid is no operator: one answer, then closed */
+	int closing;	   /* close once out is written */
 };
 
 struct admin_server {
@@ -87,7 +89,7 @@ static enum admin_err op_journal_show(struct admin_req *q)
 		return AE_BAD_REQUEST;
 	}
 	if (journal_list(q->d->st, since ? json_integer_value(since) : 1, CIMD_JOURNAL_SHOW_MAX,
-			 &recs) < 0) {
+			 CIMD_JOURNAL_SHOW_BYTES, &recs) < 0) {
 		snprintf(q->msg, sizeof(q->msg), "database error");
 		return AE_INTERNAL;
 	}
@@ -142,8 +144,13 @@ static void journal_request(struct cimdd *d, const char *actor, const struct ucr
 			    const char *op, const json_t *args, enum admin_err e)
 {
 	const char *client = json_string_value(json_object_get(args, "name"));
-	json_t *f = json_pack("{sssisiss}", "op", op ? op : "?", "uid", (int)cr->uid, "pid",
-			      (int)cr->pid, "result", admin_err_name(e));
+	char opbuf[65];
+	json_t *f;
+
+	/* What the caller named, bounded: the record must always fit. */
+	snprintf(opbuf, sizeof(opbuf), "%s", op ? op : "?");
+	f = json_pack("{sssisiss}", "op", opbuf, "uid", (int)cr->uid, "pid", (int)cr->pid, "result",
+		      admin_err_name(e));
 
 	if (f != NULL && client != NULL && strlen(client) <= CIMD_NAME_MAX)
 		json_object_set_new(f, "client", json_string(client));
@@ -258,11 +265,9 @@ static void queue(struct conn *c, char *resp)
 	free(resp);
 }
 
-static void conn_read(struct admin_server *srv, struct conn *c)
+static void conn_read(struct conn *c)
 {
 	ssize_t n;
-	char *nl;
-	size_t used;
 
 	n = read(c->fd, c->in + c->in_len, CIMD_ADMIN_LINE_MAX + 1 - c->in_len);
 	if (n <= 0) {
@@ -270,21 +275,48 @@ static void conn_read(struct admin_server *srv, struct conn *c)
 			c->closing = 1, c->in_len = 0;
 		return;
 	}
+	if (c->in_len == 0)
+		c->line_start = time(NULL);
 	c->in_len += (size_t)n;
 	c->last = time(NULL);
-	/* Requests are answered in order, each line as it completes. */
-	while ((nl = memchr(c->in, '\n', c->in_len)) != NULL && !c->closing) {
-		used = (size_t)(nl - c->in) + 1;
-		queue(c, handle(srv->d, &c->cred, c->in, used - 1, &c->closing));
-		memmove(c->in, c->in + used, c->in_len - used);
-		c->in_len -= used;
-	}
-	if (c->in_len > CIMD_ADMIN_LINE_MAX) {
+	if (c->in_len > CIMD_ADMIN_LINE_MAX && memchr(c->in, '\n', c->in_len) == NULL) {
 		queue(c, strdup("{\"ok\":false,\"error\":\"too_large\",\"message\":\"request line "
 				"over 16384 bytes\"}"));
 		c->closing = 1;
 		c->in_len = 0;
 	}
+}
+
+/* Answers one complete line, if there is one and the last answer is out:
+ * one request per connection per turn of the loop, so no connection can make
+ * the daemon buffer answers without bound or starve the others. */
+static void conn_handle(struct admin_server *srv, struct conn *c)
+{
+	char *nl;
+	size_t used;
+
+	if (c->closing || c->out_len != 0 || (nl = memchr(c->in, '\n', c->in_len)) == NULL)
+		return;
+	used = (size_t)(nl - c->in) + 1;
+	queue(c, handle(srv->d, &c->cred, c->in, used - 1, &c->closing));
+	memmove(c->in, c->in + used, c->in_len - used);
+	c->in_len -= used;
+	c->line_start = time(NULL);
+	if (c->stranger)
+		c->closing = 1;
+}
+
+int admin_server_busy(const struct admin_server *srv)
+{
+	size_t j;
+
+	for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
+		const struct conn *c = &srv->conns[j];
+		if (c->fd >= 0 && !c->closing && c->out_len == 0 &&
+		    memchr(c->in, '\n', c->in_len) != NULL)
+			return 1;
+	}
+	return 0;
 }
 
 static void conn_write(struct conn *c)
@@ -310,7 +342,7 @@ static void accept_one(struct admin_server *srv)
 	struct conn *c = NULL;
 	socklen_t len = sizeof(struct ucred);
 	int fd;
-	size_t i;
+	size_t i, same;
 
 	if ((fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) < 0)
 		return;
@@ -330,7 +362,20 @@ static void accept_one(struct admin_server *srv)
 		conn_close(c);
 		return;
 	}
-	c->last = time(NULL);
+	/* Bounded per uid, so that one uid cannot take every connection: an
+	 * operator may hold a few; a stranger one, for one answer. */
+	c->stranger = config_operator(srv->d->cfg, c->cred.uid) == NULL;
+	for (i = 0, same = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
+		if (srv->conns[i].fd >= 0 && &srv->conns[i] != c &&
+		    srv->conns[i].cred.uid == c->cred.uid)
+			same++;
+	if (same >= (c->stranger ? 1 : CIMD_ADMIN_CONNS_PER_UID)) {
+		log_warn("admin: uid %d holds %zu connections; refusing another", (int)c->cred.uid,
+			 same);
+		conn_close(c);
+		return;
+	}
+	c->last = c->line_start = time(NULL);
 }
 
 int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size_t errlen)
@@ -448,13 +493,17 @@ void admin_server_dispatch(struct admin_server *srv, const struct pollfd *fds, s
 		if (fds[i].revents & POLLOUT)
 			conn_write(&srv->conns[j]);
 		else if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
-			conn_read(srv, &srv->conns[j]);
+			conn_read(&srv->conns[j]);
 	}
 	for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
 		struct conn *c = &srv->conns[j];
 		if (c->fd < 0)
 			continue;
-		if ((c->closing && c->out_len == 0) || now - c->last > CIMD_ADMIN_IDLE_SEC)
+		conn_handle(srv, c);
+		/* Idle too long, or a line begun and not finished in time (a
+		 * stalled writer holds a connection no longer than this). */
+		if ((c->closing && c->out_len == 0) || now - c->last > CIMD_ADMIN_IDLE_SEC ||
+		    (c->in_len > 0 && now - c->line_start > CIMD_ADMIN_LINE_SEC))
 			conn_close(c);
 	}
 	if (n > 0 && (fds[0].revents & POLLIN))

@@ -80,6 +80,9 @@ static int uri_parse(const char *member, const char *u, struct uri *ret, char *e
 		p = memchr(a, ']', (size_t)(end - a));
 		if (p == NULL)
 			return fail(err, len, "%s: '%s' has an unclosed IPv6 literal", member, u);
+		if (p + 1 != end && p[1] != ':')
+			return fail(err, len, "%s: '%s' has text after its IPv6 literal", member,
+				    u);
 		n = (size_t)(p - a) + 1;
 	} else {
 		p = memchr(a, ':', (size_t)(end - a));
@@ -140,12 +143,12 @@ static int check_redirect_uris(const json_t *v, char *err, size_t len)
 }
 
 /* Array of unique strings; *ret_has reports members of interest. */
-static int string_set(const char *member, const json_t *v, char *err, size_t len)
+static int string_set(const char *member, const json_t *v, int may_be_empty, char *err, size_t len)
 {
 	size_t i, j;
 	const char *s;
 
-	if (!json_is_array(v) || json_array_size(v) == 0)
+	if (!json_is_array(v) || (json_array_size(v) == 0 && !may_be_empty))
 		return fail(err, len, "%s: must be a non-empty array of strings", member);
 	for (i = 0; i < json_array_size(v); i++) {
 		if ((s = json_string_value(json_array_get(v, i))) == NULL || *s == '\0')
@@ -168,7 +171,9 @@ static int has(const json_t *arr, const char *s)
 }
 
 /* RFC 7591 §2.1: grant_types and response_types must agree; defaults are
- * ["authorization_code"] and ["code"].  OAuth 2.1 drops implicit and password. */
+ * ["authorization_code"] and ["code"].  A client that uses no authorization
+ * endpoint (client_credentials only) says response_types: [].  OAuth 2.1 drops
+ * implicit and password. */
 static int check_grants(const json_t *doc, char *err, size_t len)
 {
 	const json_t *g = json_object_get(doc, "grant_types"),
@@ -176,9 +181,9 @@ static int check_grants(const json_t *doc, char *err, size_t len)
 	json_t *dg = NULL, *dr = NULL;
 	int r = 0, code_grant, code_resp;
 
-	if (g != NULL && string_set("grant_types", g, err, len) < 0)
+	if (g != NULL && string_set("grant_types", g, 0, err, len) < 0)
 		return -EINVAL;
-	if (rt != NULL && string_set("response_types", rt, err, len) < 0)
+	if (rt != NULL && string_set("response_types", rt, 1, err, len) < 0)
 		return -EINVAL;
 	if (g == NULL)
 		g = dg = json_pack("[s]", "authorization_code");
@@ -281,7 +286,7 @@ static int check_rules(const json_t *in, char *err, size_t len)
 		if ((v = json_object_get(in, string_members[i])) != NULL && !json_is_string(v))
 			return fail(err, len, "%s: not a string", string_members[i]);
 	if ((v = json_object_get(in, "contacts")) != NULL &&
-	    string_set("contacts", v, err, len) < 0)
+	    string_set("contacts", v, 0, err, len) < 0)
 		return -EINVAL;
 	if (check_grants(in, err, len) < 0)
 		return -EINVAL;

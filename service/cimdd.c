@@ -83,7 +83,9 @@ static void open_key_stores(struct cimdd *d, int quiet)
 static void reload(struct cimdd *d)
 {
 	struct cimd_config *n = NULL, *o = d->cfg;
-	char err[512];
+	char err[512], roles[64];
+	json_t *f, *ops;
+	size_t i;
 
 	if (config_load(o->path, &n, err, sizeof(err)) < 0) {
 		log_err("reload: %s; keeping the running configuration", err);
@@ -106,11 +108,28 @@ static void reload(struct cimdd *d)
 	config_free(&n);
 	log_info("reload: %zu operators, two-person rule %s", o->n_operators,
 		 o->two_person_rule ? "on" : "off");
+	/* What an auditor needs to see changed: who may do what, and the rules. */
+	f = json_pack("{sbsIsIsIsIsIsI}", "two_person_rule", o->two_person_rule, "jwks_max_age",
+		      (json_int_t)o->jwks_max_age, "assertion_max_ttl",
+		      (json_int_t)o->assertion_max_ttl, "clock_skew", (json_int_t)o->clock_skew,
+		      "destroy_delay", (json_int_t)o->destroy_delay, "rotate_every",
+		      (json_int_t)o->rotate_every, "cimd_max_age", (json_int_t)o->cimd_max_age);
+	ops = json_array();
+	for (i = 0; f != NULL && ops != NULL && i < o->n_operators; i++)
+		json_array_append_new(
+		    ops, json_pack("{sssiss}", "name", o->operators[i].name, "uid",
+				   (int)o->operators[i].uid, "roles",
+				   config_roles_str(o->operators[i].roles, roles, sizeof(roles))));
+	if (f != NULL)
+		json_object_set_new(f, "operators", ops);
+	else
+		json_decref(ops);
 	if (store_begin(d->st) == 0 &&
-	    journal_append(d->st, "config.reload", "cimdd", NULL, NULL) == 0)
+	    journal_append(d->st, "config.reload", "cimdd", f, NULL) == 0)
 		store_commit(d->st);
 	else
 		store_rollback(d->st);
+	json_decref(f);
 }
 
 static int daemonize(void)
@@ -299,7 +318,7 @@ int main(int argc, char **argv)
 	for (;;) {
 		fds[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
 		n = 1 + admin_server_pollfds(admin, fds + 1, sizeof(fds) / sizeof(fds[0]) - 1);
-		if (poll(fds, n, 1000) < 0 && errno != EINTR) {
+		if (poll(fds, n, admin_server_busy(admin) ? 0 : 1000) < 0 && errno != EINTR) {
 			log_err("poll: %s", strerror(errno));
 			break;
 		}

@@ -584,12 +584,18 @@ int keys_tick(struct cimdd *d, time_t tnow)
 			done++;
 	/* Clients with a rotation period: their own, or the appliance's. */
 	n = 0;
+	/* Only the clients that are due (their next key to create or to activate),
+	 * most overdue first: a tick's cap then delays the rest by a second, never
+	 * starves them. */
 	if (store_query(d->st, &s,
-			"SELECT name, coalesce(rotate_every, ?) FROM clients WHERE degraded = 0",
-			"i", (int64_t)c->rotate_every) == 0) {
+			"SELECT c.name, coalesce(c.rotate_every, ?1) AS every FROM clients c "
+			"JOIN keys k ON k.client = c.name AND k.state = 'active' "
+			"WHERE c.degraded = 0 AND coalesce(c.rotate_every, ?1) > 0 "
+			"AND k.activated + coalesce(c.rotate_every, ?1) - ?2 <= ?3 "
+			"ORDER BY k.activated + coalesce(c.rotate_every, ?1) LIMIT ?4",
+			"iiii", (int64_t)c->rotate_every, (int64_t)c->jwks_max_age, now,
+			(int64_t)DUE_MAX) == 0) {
 		while (sqlite3_step(s) == SQLITE_ROW && n < DUE_MAX) {
-			if (sqlite3_column_int64(s, 1) <= 0)
-				continue;
 			snprintf(rot[n].client, sizeof(rot[n].client), "%s",
 				 sqlite3_column_text(s, 0));
 			rot[n].every = sqlite3_column_int64(s, 1);

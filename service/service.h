@@ -47,6 +47,9 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_ADMIN_LINE_MAX 16384    /* one admin request line (a document and then some) */
 #define CIMD_ADMIN_CONNS_MAX 32	     /* admin connections at once */
 #define CIMD_ADMIN_IDLE_SEC 60	     /* an admin connection idle this long is closed */
+#define CIMD_ADMIN_LINE_SEC 10 /* a request line must be complete this soon after it begins */
+#define CIMD_ADMIN_CONNS_PER_UID 4 /* admin connections one operator uid may hold */
+#define CIMD_JOURNAL_SHOW_BYTES (1024 * 1024) /* record bytes in one journal.show answer */
 #define CIMD_KEYS_PER_CLIENT_MAX 16  /* keys a client holds outside retired/destroyed */
 #define CIMD_CLIENTS_MAX 10000
 #define CIMD_CALLERS_MAX 64	   /* uids and gids allowed to sign for one client */
@@ -155,8 +158,10 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 /* Recomputes the chain; on the first record that does not hold, *ret_bad_seq
  * is set and -CIMD_EVERIFY returned.  *ret_count gets the number of records. */
 int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq);
-/* Records with seq >= since, oldest first, as a JSON array of the parsed records. */
-int journal_list(struct store *st, int64_t since, size_t max, json_t **ret_records);
+/* Records with seq >= since, oldest first, as a JSON array of the parsed records:
+ * at most max records and about max_bytes of record bytes. */
+int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes,
+		 json_t **ret_records);
 /* The latest record's seq and hex hash (seq 0 and 64 zeros when empty). */
 int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65]);
 
@@ -265,6 +270,8 @@ int admin_server_new(struct cimdd *d, struct admin_server **ret_srv, char *errbu
 void admin_server_free(struct admin_server **srv);
 /* poll(2) set: fills at most max entries, returns how many. */
 size_t admin_server_pollfds(struct admin_server *srv, struct pollfd *fds, size_t max);
+/* Whether a complete request waits to be answered (poll without sleeping). */
+int admin_server_busy(const struct admin_server *srv);
 /* Handles what the poll said; closes idle connections. */
 void admin_server_dispatch(struct admin_server *srv, const struct pollfd *fds, size_t n);
 

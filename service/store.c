@@ -437,8 +437,10 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 	return r;
 }
 
-int journal_list(struct store *st, int64_t since, size_t max, json_t **ret_records)
+int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes,
+		 json_t **ret_records)
 {
+	size_t bytes = 0;
 	sqlite3_stmt *s;
 	json_t *arr, *rec;
 	int rc, r = 0;
@@ -453,7 +455,11 @@ int journal_list(struct store *st, int64_t since, size_t max, json_t **ret_recor
 	}
 	sqlite3_bind_int64(s, 1, since);
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)max);
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+	rc = SQLITE_DONE;
+	while (bytes < max_bytes) {
+		if ((rc = sqlite3_step(s)) != SQLITE_ROW)
+			break;
+		bytes += (size_t)sqlite3_column_bytes(s, 0);
 		rec = json_loadb(sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), 0,
 				 NULL);
 		if (rec == NULL || json_array_append_new(arr, rec) < 0) {
@@ -461,7 +467,7 @@ int journal_list(struct store *st, int64_t since, size_t max, json_t **ret_recor
 			break;
 		}
 	}
-	if (r == 0 && rc != SQLITE_DONE)
+	if (r == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) /* ROW: stopped at the byte cap */
 		r = -EIO;
 	sqlite3_finalize(s);
 	if (r < 0) {

@@ -373,6 +373,41 @@ static void test_admin_input(void)
 	raw_call(fd, status, strlen(status), out, sizeof(out));
 	t_ok(fd >= 0 && strstr(out, "\"ok\":true") != NULL, "the daemon keeps serving");
 	close(fd);
+
+	/* Pipelined requests are answered, one at a time, in order. */
+	{
+		char three[256], got[65536];
+		size_t n = 0;
+		ssize_t k;
+		int lines = 0;
+		snprintf(three, sizeof(three), "%s{\"op\":\"client.list\"}\n%s", status, status);
+		fd = raw_connect();
+		if (write(fd, three, strlen(three)) == (ssize_t)strlen(three))
+			while (lines < 3 && (k = read(fd, got + n, sizeof(got) - 1 - n)) > 0) {
+				n += (size_t)k;
+				got[n] = '\0';
+				lines = 0;
+				for (char *q = got; (q = strchr(q, '\n')) != NULL; q++)
+					lines++;
+			}
+		t_ok(lines == 3 && strstr(got, "\"clients\"") > strstr(got, "\"base_url\""),
+		     "three pipelined requests: three answers, in order");
+		close(fd);
+	}
+	/* One uid holds at most 4 connections. */
+	{
+		int fds[5], i, refused;
+		for (i = 0; i < 5; i++)
+			fds[i] = raw_connect();
+		usleep(200000);
+		raw_call(fds[4], status, strlen(status), out, sizeof(out));
+		refused = out[0] == '\0';
+		raw_call(fds[0], status, strlen(status), out, sizeof(out));
+		t_ok(refused && strstr(out, "\"ok\":true") != NULL,
+		     "a fifth connection of one uid is refused; the first four work");
+		for (i = 0; i < 5; i++)
+			close(fds[i]);
+	}
 }
 
 static void test_reload(void)

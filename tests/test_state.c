@@ -227,7 +227,7 @@ static void test_store(void)
 	store_rollback(st);
 	r = journal_verify(st, &count, &bad);
 	t_ok(r == 0 && count == 5, "chain verifies: %lld records", (long long)count);
-	t_ok(journal_list(st, 4, 10, &list) == 0 && json_array_size(list) == 2 &&
+	t_ok(journal_list(st, 4, 10, 1 << 20, &list) == 0 && json_array_size(list) == 2 &&
 		 json_integer_value(json_object_get(json_array_get(list, 0), "seq")) == 4 &&
 		 strcmp(json_string_value(json_object_get(json_array_get(list, 1), "actor")),
 			"alice") == 0,
@@ -270,8 +270,8 @@ static void test_store(void)
 	tamper(path, "DROP TABLE key_intents");
 	r = store_open(path, &st, err, sizeof(err));
 	t_ok(r == 0 && store_schema_version(st) == 2 &&
-		     sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
-			     SQLITE_OK,
+		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
+		     SQLITE_OK,
 	     "a version 1 database migrates to version 2 (%s)", r < 0 ? err : "ok");
 	store_free(&st);
 }
