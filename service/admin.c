@@ -175,6 +175,9 @@ static char *handle(struct cimdd *d, const struct ucred *cr, const char *line, s
 	char *out;
 	size_t i;
 
+	/* Who asks is known before what is asked: even a malformed request is
+	 * journaled under its operator's name. */
+	q.op = config_operator(d->cfg, cr->uid);
 	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
 	if (req == NULL || !json_is_object(req) ||
 	    (opname = json_string_value(json_object_get(req, "op"))) == NULL) {
@@ -192,7 +195,7 @@ static char *handle(struct cimdd *d, const struct ucred *cr, const char *line, s
 		snprintf(q.msg, sizeof(q.msg), "unknown operation '%.40s'", opname);
 		goto done;
 	}
-	if ((op = config_operator(d->cfg, cr->uid)) == NULL) {
+	if ((op = q.op) == NULL) {
 		e = AE_FORBIDDEN;
 		snprintf(q.msg, sizeof(q.msg), "uid %d is not an operator of this appliance",
 			 (int)cr->uid);

@@ -17,20 +17,24 @@ void log_init(const char *ident, int foreground)
 
 static void logv(int prio, const char *tag, const char *fmt, va_list ap)
 {
-	char ts[32];
+	char ts[32], msg[2048], *p;
 	time_t now;
 	struct tm tm;
 
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	/* Messages quote what callers sent: one message stays one line, and no
+	 * caller can forge another. */
+	for (p = msg; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
 	if (!to_stderr) {
-		vsyslog(prio, fmt, ap);
+		syslog(prio, "%s%s", tag, msg);
 		return;
 	}
 	now = time(NULL);
 	gmtime_r(&now, &tm);
 	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	fprintf(stderr, "%s cimdd %s", ts, tag);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	fprintf(stderr, "%s cimdd %s%s\n", ts, tag, msg);
 }
 
 void log_info(const char *fmt, ...)

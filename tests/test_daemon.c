@@ -349,17 +349,19 @@ static void test_admin_input(void)
 	usleep(300000);
 	raw_call(fd, status, strlen(status), out, sizeof(out));
 	t_ok(strstr(out, "\"ok\":true") != NULL, "SIGHUP keeps the open connection");
-	raw_call(fd, "{not json\n", 10, out, sizeof(out));
+	raw_call(fd, "{not json\n", strlen("{not json\n"), out, sizeof(out));
 	t_ok(strstr(out, "\"error\":\"bad_request\"") != NULL, "malformed JSON: bad_request");
 	raw_call(fd, status, strlen(status), out, sizeof(out));
 	t_ok(out[0] == '\0', "and the connection is closed");
 	close(fd);
 	fd = raw_connect();
-	raw_call(fd, "{\"op\":\"client.add\",\"op\":\"status\"}\n", 36, out, sizeof(out));
+	raw_call(fd, "{\"op\":\"client.add\",\"op\":\"status\"}\n",
+		 strlen("{\"op\":\"client.add\",\"op\":\"status\"}\n"), out, sizeof(out));
 	t_ok(strstr(out, "bad_request") != NULL, "duplicate members are malformed");
 	close(fd);
 	fd = raw_connect();
-	raw_call(fd, "{\"op\":\"format.disk\"}\n", 22, out, sizeof(out));
+	raw_call(fd, "{\"op\":\"format.disk\"}\n", strlen("{\"op\":\"format.disk\"}\n"), out,
+		 sizeof(out));
 	t_ok(strstr(out, "unknown operation") != NULL, "unknown operation: %s", out);
 	close(fd);
 	big = malloc(20000);
