@@ -171,6 +171,30 @@ void keys_intent_drop(struct cimdd *d, const char *tag)
 	store_rollback(d->st);
 }
 
+int keys_insert(struct cimdd *d, const char *client, const char *alg, const char *backend,
+		struct ks_key *key, const char *state)
+{
+	const uint8_t *ref;
+	size_t ref_len;
+	json_t *jwk = ks_key_jwk(key);
+	char *pub = json_dumps(jwk, JSON_COMPACT);
+	time_t now = time(NULL);
+	int r;
+
+	json_decref(jwk);
+	if (pub == NULL)
+		return -ENOMEM;
+	ks_key_ref(key, &ref, &ref_len);
+	/* The public JWK is kept for publication: public data, never key material. */
+	r = store_exec(d->st,
+		       "INSERT INTO keys (kid, client, alg, backend, ref, jwk, state, created, "
+		       "activated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		       "ssssbssii", ks_key_kid(key), client, alg, backend, ref, ref_len, pub, state,
+		       (int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0));
+	free(pub);
+	return r;
+}
+
 /* Creates a key for the client in hardware and records it in state `state`
  * (next or active) in a transaction of its own. */
 static int create_key(struct cimdd *d, const struct client_info *ci, const char *state,
@@ -179,24 +203,15 @@ static int create_key(struct cimdd *d, const struct client_info *ci, const char 
 	struct key_store *ks = cimdd_key_store(d, ci->backend);
 	struct ks_key *key = NULL;
 	char tag[CIMD_TAG_MAX + 1];
-	const uint8_t *ref;
-	size_t ref_len;
 	json_t *f = NULL;
-	time_t now = time(NULL);
 	int r;
 
 	if ((r = keys_generate(d, ci->name, ci->backend, ci->alg, tag, &key)) < 0)
 		return r;
-	ks_key_ref(key, &ref, &ref_len);
 	f = json_pack("{ssssssss}", "client", ci->name, "kid", ks_key_kid(key), "state", state,
 		      "backend", ci->backend);
 	if (f == NULL || store_begin(d->st) < 0 ||
-	    store_exec(
-		d->st,
-		"INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "
-		"VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-		"ssssbsii", ks_key_kid(key), ci->name, ci->alg, ci->backend, ref, ref_len, state,
-		(int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0)) != 1 ||
+	    keys_insert(d, ci->name, ci->alg, ci->backend, key, state) != 1 ||
 	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) != 1 ||
 	    journal_append(d->st, "key.create", actor, f, NULL) < 0 || store_commit(d->st) < 0) {
 		store_rollback(d->st);

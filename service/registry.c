@@ -204,12 +204,7 @@ enum admin_err reg_client_add(struct admin_req *q)
 		       "?, ?, ?, nullif(?, -1))",
 		       "ssssii", name, owner, backend, alg_name, (int64_t)time(NULL),
 		       rotate_every) != 1 ||
-	    store_exec(
-		d->st,
-		"INSERT INTO keys (kid, client, alg, backend, ref, state, created, activated) "
-		"VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
-		"ssssbii", ks_key_kid(key), name, alg_name, backend, ref, ref_len,
-		(int64_t)time(NULL), (int64_t)time(NULL)) != 1 ||
+	    keys_insert(d, name, alg_name, backend, key, "active") != 1 ||
 	    insert_doc(q, name, 1, bytes, len, md) != 1 ||
 	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) != 1 ||
 	    journal_append(d->st, "key.create", q->op->name, kf, NULL) < 0) {

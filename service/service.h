@@ -237,6 +237,10 @@ enum admin_err keys_revoke(struct admin_req *q);
 int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
 		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key);
 void keys_intent_drop(struct cimdd *d, const char *tag);
+/* Inserts the row of a new key (with its public JWK) inside an open transaction;
+ * the number of rows inserted (1) or a negative code. */
+int keys_insert(struct cimdd *d, const char *client, const char *alg, const char *backend,
+		struct ks_key *key, const char *state);
 
 /* client_id of NAME: base_url + "/clients/" + NAME, into buf. */
 const char *reg_client_id(const struct cimd_config *cfg, const char *name, char *buf, size_t len);

@@ -92,6 +92,8 @@ static const char *const migrations[] = {
     "  client  TEXT NOT NULL,"
     "  created INTEGER NOT NULL"
     ");",
+    /* 3: the public JWK of each key, for publication without touching hardware. */
+    "ALTER TABLE keys ADD COLUMN jwk TEXT;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -200,7 +200,7 @@ static void test_store(void)
 	r = store_open(path, &st, err, sizeof(err));
 	if (!t_ok(r == 0, "store opens a new database (%s)", r < 0 ? err : "ok"))
 		return;
-	t_ok(store_schema_version(st) == 2, "schema version 2 (both migrations ran)");
+	t_ok(store_schema_version(st) == 3, "schema version 3 (every migration ran)");
 	t_ok(pragma_text(store_db(st), "PRAGMA journal_mode", mode, sizeof(mode)) == 0 &&
 		 strcmp(mode, "wal") == 0,
 	     "journal_mode is WAL (%s)", mode);
@@ -268,11 +268,12 @@ static void test_store(void)
 	 * keeping its journal. */
 	tamper(path, "PRAGMA user_version = 1");
 	tamper(path, "DROP TABLE key_intents");
+	tamper(path, "ALTER TABLE keys DROP COLUMN jwk");
 	r = store_open(path, &st, err, sizeof(err));
-	t_ok(r == 0 && store_schema_version(st) == 2 &&
+	t_ok(r == 0 && store_schema_version(st) == 3 &&
 		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
 		     SQLITE_OK,
-	     "a version 1 database migrates to version 2 (%s)", r < 0 ? err : "ok");
+	     "a version 1 database migrates to version 3 (%s)", r < 0 ? err : "ok");
 	store_free(&st);
 }
 
