@@ -8,7 +8,7 @@
 #   make install  programs and man pages under PREFIX
 #   make clean
 
-PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3
+PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3 libmicrohttpd
 CC        ?= cc
 BUILD     ?= build
 OPT       ?= -O2 -g

@@ -163,7 +163,7 @@ static void banner(const struct cimdd *d)
 {
 	fprintf(stderr,
 		"\ncimdd %s development instance\n"
-		"  base URL      %s (the HTTPS publisher is not built yet)\n"
+		"  base URL      %s (CA certificate: %s)\n"
 		"  admin socket  %s\n"
 		"  sign socket   %s (not served yet)\n"
 		"  configuration %s\n"
@@ -174,9 +174,12 @@ static void banner(const struct cimdd *d)
 		"> /tmp/agent-a.json\n"
 		"  build/bin/cimdctl -s %s client add agent-a --owner team-a --metadata "
 		"/tmp/agent-a.json\n"
-		"  build/bin/cimdctl -s %s doc approve agent-a 1\n\n",
-		CIMD_VERSION, d->cfg->base_url, d->cfg->admin_socket, d->cfg->sign_socket,
-		d->cfg->path, d->cfg->admin_socket, d->cfg->admin_socket);
+		"  build/bin/cimdctl -s %s doc approve agent-a 1\n"
+		"then:\n"
+		"  curl --cacert %s %s/clients/agent-a/jwks.json\n\n",
+		CIMD_VERSION, d->cfg->base_url, d->cfg->tls_cert ? d->cfg->tls_cert : "-",
+		d->cfg->admin_socket, d->cfg->sign_socket, d->cfg->path, d->cfg->admin_socket,
+		d->cfg->admin_socket, d->cfg->tls_cert ? d->cfg->tls_cert : "-", d->cfg->base_url);
 }
 
 int main(int argc, char **argv)
@@ -188,6 +191,8 @@ int main(int argc, char **argv)
 	    {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
 	};
 	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
+	struct publisher *pub = NULL;
+	int64_t published_at = -1;
 	char devconf[1200], err[512], dbpath[1100];
 	struct cimdd d = {0};
 	struct admin_server *admin = NULL;
@@ -200,6 +205,9 @@ int main(int argc, char **argv)
 	size_t n, i;
 	char *end;
 
+	/* The publisher is this binary in another role, started by us (publish.c). */
+	if (argc > 1 && strcmp(argv[1], "--publisher") == 0)
+		return publisher_main(argc, argv);
 	while ((c = getopt_long(argc, argv, "c:fhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
@@ -244,6 +252,7 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGCHLD);
 	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0) {
 		fprintf(stderr, "cimdd: sigprocmask: %s\n", strerror(errno));
 		return 1;
@@ -305,6 +314,10 @@ int main(int argc, char **argv)
 		log_err("signalfd: %s", strerror(errno));
 		goto out;
 	}
+	if ((r = publisher_start(&d, &pub)) < 0) {
+		log_err("publisher: %s", strerror(-r));
+		goto out;
+	}
 	if (store_begin(d.st) == 0 &&
 	    journal_append(d.st, "daemon.start", "cimdd", NULL, NULL) == 0)
 		store_commit(d.st);
@@ -326,6 +339,9 @@ int main(int argc, char **argv)
 			if (read(sfd, &si, sizeof(si)) == sizeof(si)) {
 				if (si.ssi_signo == SIGHUP) {
 					reload(&d);
+				} else if (si.ssi_signo == SIGCHLD) {
+					publisher_check(&d, pub);
+					published_at = -1; /* a new publisher needs the set */
 				} else {
 					log_info("signal %d: shutting down", (int)si.ssi_signo);
 					rc = 0;
@@ -339,12 +355,20 @@ int main(int argc, char **argv)
 			open_key_stores(&d, 1);
 			keys_tick(&d, last_tick);
 		}
+		/* Any change to the state may change what is public: render the set
+		 * again, and send it when its bytes differ (publish.c). */
+		if (pub != NULL && store_changes(d.st) != published_at) {
+			published_at = store_changes(d.st);
+			if (publisher_publish(&d, pub) < 0)
+				published_at = -1;
+		}
 	}
 	if (store_begin(d.st) == 0 && journal_append(d.st, "daemon.stop", "cimdd", NULL, NULL) == 0)
 		store_commit(d.st);
 	else
 		store_rollback(d.st);
 out:
+	publisher_stop(&pub);
 	if (sfd >= 0)
 		close(sfd);
 	if (lockfd >= 0)

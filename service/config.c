@@ -414,6 +414,11 @@ static int finish(struct parse *p)
 		snprintf(c->default_backend, sizeof(c->default_backend), "%s", c->backends[0].name);
 	else if (config_backend(c, c->default_backend) == NULL)
 		return perr(p, "default_backend %s is not configured", c->default_backend);
+	if (c->listen != NULL && !c->allow_http && (c->tls_cert == NULL || c->tls_key == NULL))
+		return perr(p, "listen needs tls_cert and tls_key (or allow_http = yes behind a "
+			       "TLS-terminating proxy)");
+	if (c->listen != NULL && (strchr(c->listen, ':') == NULL))
+		return perr(p, "listen: '%s' is not HOST:PORT", c->listen);
 	if (c->assertion_default_ttl > c->assertion_max_ttl)
 		return perr(p, "assertion_default_ttl (%ld) exceeds assertion_max_ttl (%ld)",
 			    c->assertion_default_ttl, c->assertion_max_ttl);

@@ -35,22 +35,24 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- bounds: every resource an outside party controls is capped here ---- */
 
-#define CIMD_CONF_MAX (64 * 1024)    /* configuration file */
-#define CIMD_CONF_LINE_MAX 1024	     /* one configuration line */
-#define CIMD_OPERATORS_MAX 256	     /* operators in the configuration */
-#define CIMD_BACKENDS_MAX 4	     /* key store backends in the configuration */
-#define CIMD_NAME_MAX 63	     /* client and operator names */
-#define CIMD_URL_MAX 512	     /* base_url and every URL a client may name */
-#define CIMD_DURATION_MAX 31536000   /* one year, in seconds */
-#define CIMD_JOURNAL_RECORD_MAX 8192 /* one journal record, serialised */
-#define CIMD_DOC_MAX 5120	     /* a CIMD document as served */
-#define CIMD_ADMIN_LINE_MAX 16384    /* one admin request line (a document and then some) */
-#define CIMD_ADMIN_CONNS_MAX 32	     /* admin connections at once */
-#define CIMD_ADMIN_IDLE_SEC 60	     /* an admin connection idle this long is closed */
-#define CIMD_ADMIN_LINE_SEC 10 /* a request line must be complete this soon after it begins */
+#define CIMD_CONF_MAX (64 * 1024)	   /* configuration file */
+#define CIMD_CONF_LINE_MAX 1024		   /* one configuration line */
+#define CIMD_OPERATORS_MAX 256		   /* operators in the configuration */
+#define CIMD_BACKENDS_MAX 4		   /* key store backends in the configuration */
+#define CIMD_NAME_MAX 63		   /* client and operator names */
+#define CIMD_URL_MAX 512		   /* base_url and every URL a client may name */
+#define CIMD_DURATION_MAX 31536000	   /* one year, in seconds */
+#define CIMD_JOURNAL_RECORD_MAX 8192	   /* one journal record, serialised */
+#define CIMD_DOC_MAX 5120		   /* a CIMD document as served */
+#define CIMD_PUBSET_MAX (64 * 1024 * 1024) /* one publication set on the channel */
+#define CIMD_PUBSET_ENTRIES_MAX (3 * CIMD_CLIENTS_MAX + 16)
+#define CIMD_ADMIN_LINE_MAX 16384  /* one admin request line (a document and then some) */
+#define CIMD_ADMIN_CONNS_MAX 32	   /* admin connections at once */
+#define CIMD_ADMIN_IDLE_SEC 60	   /* an admin connection idle this long is closed */
+#define CIMD_ADMIN_LINE_SEC 10	   /* a request line must be complete this soon after it begins */
 #define CIMD_ADMIN_CONNS_PER_UID 4 /* admin connections one operator uid may hold */
 #define CIMD_JOURNAL_SHOW_BYTES (1024 * 1024) /* record bytes in one journal.show answer */
-#define CIMD_KEYS_PER_CLIENT_MAX 16  /* keys a client holds outside retired/destroyed */
+#define CIMD_KEYS_PER_CLIENT_MAX 16	      /* keys a client holds outside retired/destroyed */
 #define CIMD_CLIENTS_MAX 10000
 #define CIMD_CALLERS_MAX 64	   /* uids and gids allowed to sign for one client */
 #define CIMD_AUDIENCES_MAX 64	   /* audiences of one client */
@@ -127,6 +129,9 @@ struct store;
 int store_open(const char *path, struct store **ret_st, char *errbuf, size_t errlen);
 void store_free(struct store **st);
 int store_schema_version(struct store *st);
+/* Rows changed through this handle since it was opened: a cheap "did anything
+ * change" for the publisher. */
+int64_t store_changes(struct store *st);
 /* The raw handle, for the store's own modules (clients, documents, keys). */
 struct sqlite3 *store_db(struct store *st);
 /*
@@ -189,6 +194,7 @@ struct cimdd {
 	struct store *st;
 	struct key_store *ks[CIMD_BACKENDS_MAX]; /* by index into cfg->backends */
 	int dev;				 /* a --dev instance */
+	unsigned long backend_errors;		 /* hardware calls that failed, for /metrics */
 };
 
 /* The key store of a backend by name, or NULL when it is not configured/open. */
@@ -251,6 +257,21 @@ int keys_tick(struct cimdd *d, time_t now);
 /* At start: every key the database holds must exist in its hardware; a missing
  * one is reported and its client marked degraded.  Returns how many are missing. */
 int keys_reconcile(struct cimdd *d);
+
+/* ---- publication (publish.c, publisher.c) ---- */
+
+struct publisher;
+/* The complete publication set, serialised for the channel. */
+int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len);
+/* Starts the publisher process (nothing when no `listen` is configured). */
+int publisher_start(struct cimdd *d, struct publisher **ret);
+void publisher_stop(struct publisher **p);
+/* Restarts a publisher that died. */
+void publisher_check(struct cimdd *d, struct publisher *p);
+/* Sends the current set if it changed; 1 sent, 0 unchanged, < 0 error. */
+int publisher_publish(struct cimdd *d, struct publisher *p);
+/* `cimdd --publisher FD ...`: the publisher program. */
+int publisher_main(int argc, char **argv);
 
 /* ---- development instance (dev.c) ---- */
 

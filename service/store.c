@@ -203,6 +203,11 @@ void store_free(struct store **pst)
 	*pst = NULL;
 }
 
+int64_t store_changes(struct store *st)
+{
+	return sqlite3_total_changes64(st->db);
+}
+
 int store_schema_version(struct store *st)
 {
 	return st->version;

@@ -1,0 +1,366 @@
+/*
+ * publish.c — the custody side of publication: renders the complete
+ * publication set (every public byte the publisher may serve) from the
+ * database, and hands it to the publisher process over a one-way pipe.
+ *
+ * The publisher (publisher.c) is a separate program image (fork + exec of this
+ * binary): it holds no key handle and no database handle, receives only
+ * complete sets, and never sends anything back.  If it dies it is started again
+ * and given the current set; if we die, it reads end-of-file and exits.
+ *
+ * Wire format of one set, all integers big-endian (docs/protocol.md):
+ *   "CPS1" u32 body_len | u32 count | count × entry
+ *   entry: u16 path_len path | u8 ctype_len ctype | u8 etag_len etag |
+ *          u32 max_age | u32 stale_if_error | u32 len bytes
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/sha.h>
+#include <sqlite3.h>
+
+#include "service.h"
+
+struct buf {
+	uint8_t *p;
+	size_t len, cap;
+	int failed;
+};
+
+static void put(struct buf *b, const void *data, size_t n)
+{
+	uint8_t *np;
+	size_t cap;
+
+	if (b->failed)
+		return;
+	if (b->len + n > CIMD_PUBSET_MAX) {
+		b->failed = 1;
+		return;
+	}
+	if (b->len + n > b->cap) {
+		for (cap = b->cap ? b->cap : 4096; cap < b->len + n; cap *= 2)
+			;
+		if ((np = realloc(b->p, cap)) == NULL) {
+			b->failed = 1;
+			return;
+		}
+		b->p = np;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, data, n);
+	b->len += n;
+}
+
+static void put_u32(struct buf *b, uint32_t v)
+{
+	uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+	put(b, x, 4);
+}
+
+/* One entry; the ETag is the strong validator "base64url(SHA-256(bytes))". */
+static void put_entry(struct buf *b, const char *path, const char *ctype, uint32_t max_age,
+		      uint32_t stale, const void *body, size_t len)
+{
+	uint8_t md[SHA256_DIGEST_LENGTH], l16[2], l8;
+	char etag[CIMD_KID_LEN + 3];
+
+	SHA256(body, len, md);
+	etag[0] = '"';
+	b64url_encode(md, sizeof(md), etag + 1);
+	strcat(etag, "\"");
+	l16[0] = (uint8_t)(strlen(path) >> 8), l16[1] = (uint8_t)strlen(path);
+	put(b, l16, 2);
+	put(b, path, strlen(path));
+	l8 = (uint8_t)strlen(ctype);
+	put(b, &l8, 1);
+	put(b, ctype, l8);
+	l8 = (uint8_t)strlen(etag);
+	put(b, &l8, 1);
+	put(b, etag, l8);
+	put_u32(b, max_age);
+	put_u32(b, stale);
+	put_u32(b, (uint32_t)len);
+	put(b, body, len);
+}
+
+/* {"keys":[...]} of the client's keys in states next, active, retiring. */
+static char *render_jwks(struct store *st, const char *client)
+{
+	sqlite3_stmt *s = NULL;
+	json_t *keys = json_array(), *jwks, *k;
+	char *out = NULL;
+
+	if (keys == NULL ||
+	    store_query(st, &s,
+			"SELECT jwk FROM keys WHERE client = ? AND state IN ('next', 'active', "
+			"'retiring') AND jwk IS NOT NULL ORDER BY created, kid",
+			"s", client) < 0) {
+		json_decref(keys);
+		return NULL;
+	}
+	while (sqlite3_step(s) == SQLITE_ROW)
+		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
+			json_array_append_new(keys, k);
+	sqlite3_finalize(s);
+	if ((jwks = json_pack("{so}", "keys", keys)) != NULL)
+		out = json_dumps(jwks, JSON_COMPACT);
+	json_decref(jwks);
+	return out;
+}
+
+/* The custody process's part of /metrics (the publisher adds its own). */
+static char *render_metrics(struct cimdd *d)
+{
+	static const char *const states[] = {"next",	"active",    "retiring",
+					     "retired", "destroyed", "revoked"};
+	sqlite3_stmt *s = NULL;
+	char *out = NULL;
+	size_t len = 0, i;
+	FILE *f = open_memstream(&out, &len);
+	int64_t head = 0;
+	char hash[65];
+
+	if (f == NULL)
+		return NULL;
+	fprintf(f, "# HELP cimdd_keys Keys by lifecycle state.\n# TYPE cimdd_keys gauge\n");
+	for (i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+		int64_t n = 0;
+		if (store_query(d->st, &s, "SELECT count(*) FROM keys WHERE state = ?", "s",
+				states[i]) == 0 &&
+		    sqlite3_step(s) == SQLITE_ROW)
+			n = sqlite3_column_int64(s, 0);
+		sqlite3_finalize(s);
+		s = NULL;
+		fprintf(f, "cimdd_keys{state=\"%s\"} %lld\n", states[i], (long long)n);
+	}
+	journal_head(d->st, &head, hash);
+	fprintf(f,
+		"# HELP cimdd_journal_records Records in the audit journal.\n"
+		"# TYPE cimdd_journal_records gauge\ncimdd_journal_records %lld\n",
+		(long long)head);
+	fprintf(f, "# HELP cimdd_backend_up Whether a key store backend is open.\n"
+		   "# TYPE cimdd_backend_up gauge\n");
+	for (i = 0; i < d->cfg->n_backends; i++)
+		fprintf(f, "cimdd_backend_up{backend=\"%s\"} %d\n", d->cfg->backends[i].name,
+			d->ks[i] != NULL);
+	fprintf(f,
+		"# HELP cimdd_backend_errors_total Hardware calls that failed.\n"
+		"# TYPE cimdd_backend_errors_total counter\ncimdd_backend_errors_total %llu\n",
+		(unsigned long long)d->backend_errors);
+	if (fclose(f) != 0) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
+{
+	struct buf b = {0}, e = {0};
+	sqlite3_stmt *s = NULL;
+	char path[CIMD_URL_MAX], *jwks, *metrics;
+	uint32_t count = 0;
+	uint32_t jwks_age = (uint32_t)d->cfg->jwks_max_age,
+		 doc_age = (uint32_t)d->cfg->cimd_max_age;
+
+	/* Documents and JWKS of every client with an approved document. */
+	if (store_query(
+		d->st, &s,
+		"SELECT c.name, d.bytes FROM clients c JOIN documents d ON d.client = c.name "
+		"AND d.state = 'approved' ORDER BY c.name",
+		"") < 0)
+		return -EIO;
+	while (sqlite3_step(s) == SQLITE_ROW && !e.failed) {
+		const char *name = (const char *)sqlite3_column_text(s, 0);
+		snprintf(path, sizeof(path), "/clients/%s", name);
+		put_entry(&e, path, "application/json", doc_age, doc_age, sqlite3_column_blob(s, 1),
+			  (size_t)sqlite3_column_bytes(s, 1));
+		if ((jwks = render_jwks(d->st, name)) == NULL) {
+			e.failed = 1;
+			break;
+		}
+		snprintf(path, sizeof(path), "/clients/%s/jwks.json", name);
+		/* max-age is exactly jwks_max_age: the activation rule relies on it. */
+		put_entry(&e, path, "application/json", jwks_age, jwks_age, jwks, strlen(jwks));
+		free(jwks);
+		count += 2;
+	}
+	sqlite3_finalize(s);
+	put_entry(&e, "/healthz", "text/plain", 0, 0, "ok", 2);
+	count++;
+	if ((metrics = render_metrics(d)) == NULL) {
+		e.failed = 1;
+	} else {
+		put_entry(&e, "/metrics", "text/plain; version=0.0.4", 0, 0, metrics,
+			  strlen(metrics));
+		count++;
+		free(metrics);
+	}
+	put(&b, "CPS1", 4);
+	put_u32(&b, (uint32_t)(e.len + 4));
+	put_u32(&b, count);
+	put(&b, e.p, e.len);
+	free(e.p);
+	if (e.failed || b.failed) {
+		free(b.p);
+		return -E2BIG;
+	}
+	*ret_set = b.p;
+	*ret_len = b.len;
+	return 0;
+}
+
+/* ---- the publisher process ---- */
+
+struct publisher {
+	pid_t pid;
+	int fd;		  /* write end of the channel */
+	uint8_t last[32]; /* SHA-256 of the last set sent */
+	int sent;
+	time_t started;
+	char exe[1024];
+};
+
+static int spawn(struct cimdd *d, struct publisher *p)
+{
+	int fds[2];
+	char fdarg[16];
+	sigset_t none;
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -errno;
+	if ((pid = fork()) < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return -errno;
+	}
+	if (pid == 0) {
+		/* A fresh program image: nothing of the custody process (key stores,
+		 * database, sockets: all close-on-exec) survives into it. */
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (dup2(fds[0], 3) < 0)
+			_exit(127);
+		snprintf(fdarg, sizeof(fdarg), "3");
+		if (d->cfg->allow_http && d->cfg->tls_cert == NULL)
+			execl(p->exe, "cimdd-publisher", "--publisher", fdarg, "--listen",
+			      d->cfg->listen, "--plain", (char *)NULL);
+		else
+			execl(p->exe, "cimdd-publisher", "--publisher", fdarg, "--listen",
+			      d->cfg->listen, "--tls-cert", d->cfg->tls_cert, "--tls-key",
+			      d->cfg->tls_key, (char *)NULL);
+		_exit(127);
+	}
+	close(fds[0]);
+	p->pid = pid;
+	p->fd = fds[1];
+	p->sent = 0;
+	p->started = time(NULL);
+	log_info("publisher: started (pid %d) on %s", (int)pid, d->cfg->listen);
+	return 0;
+}
+
+int publisher_start(struct cimdd *d, struct publisher **ret)
+{
+	struct publisher *p;
+	ssize_t n;
+	int r;
+
+	if (d->cfg->listen == NULL)
+		return 0; /* nothing to serve */
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		return -ENOMEM;
+	if ((n = readlink("/proc/self/exe", p->exe, sizeof(p->exe) - 1)) < 0) {
+		free(p);
+		return -errno;
+	}
+	p->exe[n] = '\0';
+	p->fd = -1;
+	if ((r = spawn(d, p)) < 0) {
+		free(p);
+		return r;
+	}
+	*ret = p;
+	return 0;
+}
+
+void publisher_stop(struct publisher **pp)
+{
+	struct publisher *p = *pp;
+
+	if (p == NULL)
+		return;
+	if (p->fd >= 0)
+		close(p->fd); /* end of file: it exits */
+	if (p->pid > 0) {
+		kill(p->pid, SIGTERM);
+		waitpid(p->pid, NULL, 0);
+	}
+	free(p);
+	*pp = NULL;
+}
+
+void publisher_check(struct cimdd *d, struct publisher *p)
+{
+	int st;
+
+	if (p == NULL || p->pid <= 0)
+		return;
+	if (waitpid(p->pid, &st, WNOHANG) != p->pid)
+		return;
+	log_err("publisher: pid %d %s %d; starting it again", (int)p->pid,
+		WIFSIGNALED(st) ? "killed by signal" : "exited with",
+		WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+	close(p->fd);
+	p->fd = -1;
+	p->pid = 0;
+	if (time(NULL) == p->started)
+		sleep(1); /* a publisher that dies at once is not restarted in a tight loop */
+	if (spawn(d, p) < 0)
+		log_err("publisher: cannot start it: %s", strerror(errno));
+}
+
+int publisher_publish(struct cimdd *d, struct publisher *p)
+{
+	uint8_t *set = NULL, md[SHA256_DIGEST_LENGTH];
+	size_t len, off;
+	ssize_t n;
+	int r;
+
+	if (p == NULL || p->fd < 0)
+		return 0;
+	if ((r = publish_render(d, &set, &len)) < 0) {
+		log_err("publisher: cannot render the publication set: %s", strerror(-r));
+		return r;
+	}
+	SHA256(set, len, md);
+	if (p->sent && memcmp(md, p->last, sizeof(md)) == 0) {
+		free(set);
+		return 0;
+	}
+	for (off = 0; off < len; off += (size_t)n)
+		if ((n = write(p->fd, set + off, len - off)) <= 0) {
+			if (n < 0 && errno == EINTR) {
+				n = 0;
+				continue;
+			}
+			free(set);
+			log_err("publisher: channel: %s", strerror(errno));
+			return -EPIPE; /* publisher_check restarts it */
+		}
+	free(set);
+	memcpy(p->last, md, sizeof(md));
+	p->sent = 1;
+	return 1;
+}

@@ -1,0 +1,466 @@
+/*
+ * publisher.c — the network-facing publisher: `cimdd --publisher FD ...`, a
+ * separate program image started by the custody process (publish.c).
+ *
+ * It holds no key handle, no database handle and no socket but its listening
+ * socket and the read end of the publication channel.  It serves only
+ * pre-rendered public bytes: every response is built once, when a set
+ * arrives, and each request only looks a path up and queues the response
+ * (no allocation, no JSON).  A compromised HTTP parser can at worst serve stale
+ * public bytes, which attestations make detectable.
+ *
+ * Requests: GET and HEAD only (405 otherwise, with Allow); no body; a path of
+ * at most 1 KiB of [A-Za-z0-9/._-] without "..", never percent-decoded (400
+ * for any '%', so no encoded dot, slash or NUL can ever reach a lookup); 404
+ * for unknown paths; never a redirect.  If-None-Match with the strong ETag (or
+ * "*") answers 304.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "service.h"
+
+#define PUB_PATH_MAX 1024
+#define PUB_CONNS_MAX 1024    /* connections at once */
+#define PUB_CONNS_PER_IP 64   /* from one address */
+#define PUB_TIMEOUT_SEC 10    /* idle or slow connection */
+#define PUB_CONN_MEMORY 16384 /* per-connection memory: request line and headers */
+#define PUB_THREADS 2
+
+struct route {
+	char *path;
+	char etag[48];
+	struct MHD_Response *ok;	   /* 200, full headers */
+	struct MHD_Response *not_modified; /* 304 */
+	int metrics;			   /* /metrics: custody text + our counters */
+	char *body;			   /* kept for /metrics only */
+	size_t len;
+};
+
+struct table {
+	struct route *r;
+	size_t n;
+};
+
+static pthread_rwlock_t table_lock = PTHREAD_RWLOCK_INITIALIZER;
+static struct table *current;
+static struct MHD_Response *r400, *r404, *r405, *r414;
+
+/* Requests by outcome, for /metrics. */
+enum { M_200, M_304, M_400, M_404, M_405, M_414, M_N };
+static const char *const m_status[M_N] = {"200", "304", "400", "404", "405", "414"};
+static atomic_ulong counts[M_N];
+
+static struct MHD_Response *fixed(const char *text, const char *allow)
+{
+	struct MHD_Response *r =
+	    MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+
+	if (r == NULL)
+		return NULL;
+	MHD_add_response_header(r, "Content-Type", "text/plain");
+	MHD_add_response_header(r, "Cache-Control", "no-store");
+	MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+	if (allow != NULL)
+		MHD_add_response_header(r, "Allow", allow);
+	return r;
+}
+
+static void table_free(struct table *t)
+{
+	size_t i;
+
+	if (t == NULL)
+		return;
+	for (i = 0; i < t->n; i++) {
+		/* MHD counts references: a response still being sent lives on. */
+		if (t->r[i].ok)
+			MHD_destroy_response(t->r[i].ok);
+		if (t->r[i].not_modified)
+			MHD_destroy_response(t->r[i].not_modified);
+		free(t->r[i].path);
+		free(t->r[i].body);
+	}
+	free(t->r);
+	free(t);
+}
+
+static int cmp_route(const void *a, const void *b)
+{
+	return strcmp(((const struct route *)a)->path, ((const struct route *)b)->path);
+}
+
+/* ---- the channel: length-checked framing (publish.c) ---- */
+
+static int read_full(int fd, void *buf, size_t n)
+{
+	size_t off = 0;
+	ssize_t k;
+
+	while (off < n) {
+		if ((k = read(fd, (uint8_t *)buf + off, n - off)) < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -1;
+		off += (size_t)k;
+	}
+	return 0;
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Parses one set; every length is checked against what remains. */
+static struct table *parse_set(const uint8_t *p, size_t len)
+{
+	struct table *t = calloc(1, sizeof(*t));
+	size_t off = 4, i, pl, cl, el, bl;
+	uint32_t count, max_age, stale;
+	char cc[96], ctype[256];
+	struct route *r;
+
+	if (t == NULL || len < 4 || (count = get_u32(p)) > CIMD_PUBSET_ENTRIES_MAX ||
+	    (t->r = calloc(count ? count : 1, sizeof(*t->r))) == NULL)
+		goto bad;
+	for (i = 0; i < count; i++) {
+		r = &t->r[t->n];
+		if (off + 2 > len || (pl = (size_t)p[off] << 8 | p[off + 1]) == 0 ||
+		    pl > PUB_PATH_MAX || off + 2 + pl + 1 > len)
+			goto bad;
+		if ((r->path = strndup((const char *)p + off + 2, pl)) == NULL ||
+		    strlen(r->path) != pl)
+			goto bad;
+		off += 2 + pl;
+		if ((cl = p[off]) == 0 || off + 1 + cl + 1 > len)
+			goto bad;
+		memcpy(ctype, p + off + 1, cl);
+		ctype[cl] = '\0';
+		off += 1 + cl;
+		if ((el = p[off]) == 0 || el >= sizeof(r->etag) || off + 1 + el + 12 > len)
+			goto bad;
+		memcpy(r->etag, p + off + 1, el);
+		r->etag[el] = '\0';
+		off += 1 + el;
+		max_age = get_u32(p + off);
+		stale = get_u32(p + off + 4);
+		bl = get_u32(p + off + 8);
+		off += 12;
+		if (bl > len - off)
+			goto bad;
+		t->n++;
+		r->metrics = strcmp(r->path, "/metrics") == 0;
+		if (max_age == 0)
+			snprintf(cc, sizeof(cc), "no-store");
+		else
+			snprintf(cc, sizeof(cc), "public, max-age=%u, stale-if-error=%u", max_age,
+				 stale);
+		if (r->metrics) {
+			if ((r->body = malloc(bl + 1)) == NULL)
+				goto bad;
+			memcpy(r->body, p + off, bl);
+			r->body[bl] = '\0';
+			r->len = bl;
+		} else {
+			/* Built once, copied once: serving it allocates nothing. */
+			if ((r->ok = MHD_create_response_from_buffer(
+				 bl, (void *)(p + off), MHD_RESPMEM_MUST_COPY)) == NULL ||
+			    (r->not_modified = MHD_create_response_from_buffer(
+				 0, NULL, MHD_RESPMEM_PERSISTENT)) == NULL)
+				goto bad;
+			MHD_add_response_header(r->ok, "Content-Type", ctype);
+			MHD_add_response_header(r->ok, "ETag", r->etag);
+			MHD_add_response_header(r->ok, "Cache-Control", cc);
+			MHD_add_response_header(r->ok, "X-Content-Type-Options", "nosniff");
+			MHD_add_response_header(r->not_modified, "ETag", r->etag);
+			MHD_add_response_header(r->not_modified, "Cache-Control", cc);
+		}
+		off += bl;
+	}
+	if (off != len)
+		goto bad;
+	qsort(t->r, t->n, sizeof(*t->r), cmp_route);
+	return t;
+bad:
+	table_free(t);
+	return NULL;
+}
+
+/* ---- serving ---- */
+
+static int path_ok(const char *url)
+{
+	const char *c;
+	size_t n = strlen(url);
+
+	if (n == 0 || url[0] != '/' || strstr(url, "..") != NULL || strstr(url, "//") != NULL)
+		return 0;
+	for (c = url; *c; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		      (*c >= '0' && *c <= '9') || *c == '/' || *c == '.' || *c == '_' || *c == '-'))
+			return 0;
+	return 1;
+}
+
+static int etag_matches(const char *inm, const char *etag)
+{
+	const char *p = inm;
+	size_t el = strlen(etag);
+
+	/* RFC 9110 §13.1.2: "*" or a list of entity tags; weak comparison, so a
+	 * W/ prefix is ignored. */
+	while (*p) {
+		while (*p == ' ' || *p == ',' || *p == '\t')
+			p++;
+		if (*p == '*')
+			return 1;
+		if (p[0] == 'W' && p[1] == '/')
+			p += 2;
+		if (strncmp(p, etag, el) == 0 && (p[el] == '\0' || p[el] == ',' || p[el] == ' '))
+			return 1;
+		while (*p && *p != ',')
+			p++;
+	}
+	return 0;
+}
+
+static enum MHD_Result queue(struct MHD_Connection *c, unsigned status, struct MHD_Response *r,
+			     int m)
+{
+	atomic_fetch_add(&counts[m], 1);
+	return MHD_queue_response(c, status, r);
+}
+
+static enum MHD_Result serve_metrics(struct MHD_Connection *c, const struct route *rt)
+{
+	char *out = NULL;
+	size_t len = 0, i;
+	FILE *f = open_memstream(&out, &len);
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	if (f == NULL)
+		return MHD_NO;
+	fwrite(rt->body, 1, rt->len, f);
+	fprintf(f, "# HELP cimdd_http_requests_total Publisher requests by status.\n"
+		   "# TYPE cimdd_http_requests_total counter\n");
+	for (i = 0; i < M_N; i++)
+		fprintf(f, "cimdd_http_requests_total{status=\"%s\"} %lu\n", m_status[i],
+			atomic_load(&counts[i]));
+	fclose(f);
+	r = MHD_create_response_from_buffer(len, out, MHD_RESPMEM_MUST_FREE);
+	if (r == NULL) {
+		free(out);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4");
+	MHD_add_response_header(r, "Cache-Control", "no-store");
+	ret = queue(c, MHD_HTTP_OK, r, M_200);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
+			       const char *method, const char *version, const char *upload_data,
+			       size_t *upload_data_size, void **con_cls)
+{
+	static int first;
+	const char *inm, *cl;
+	struct route key, *rt;
+	enum MHD_Result ret;
+
+	(void)cls;
+	(void)version;
+	(void)upload_data;
+	/* Two phases: the first call only sees the headers.  Answering on the
+	 * second keeps the connection alive (an answer queued on the first call
+	 * makes libmicrohttpd close it). */
+	if (*con_cls == NULL) {
+		*con_cls = &first;
+		return MHD_YES;
+	}
+	if (*upload_data_size != 0) {
+		*upload_data_size = 0; /* a body: refused below, once it is read */
+		*con_cls = (void *)method;
+		return MHD_YES;
+	}
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+		return queue(c, MHD_HTTP_METHOD_NOT_ALLOWED, r405, M_405);
+	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+	if (*con_cls != &first || (cl != NULL && strcmp(cl, "0") != 0) ||
+	    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding") != NULL)
+		return queue(c, MHD_HTTP_BAD_REQUEST, r400, M_400);
+	if (strlen(url) > PUB_PATH_MAX)
+		return queue(c, MHD_HTTP_URI_TOO_LONG, r414, M_414);
+	if (!path_ok(url))
+		return queue(c, MHD_HTTP_BAD_REQUEST, r400, M_400);
+	key.path = (char *)url;
+	pthread_rwlock_rdlock(&table_lock);
+	rt = current ? bsearch(&key, current->r, current->n, sizeof(*rt), cmp_route) : NULL;
+	if (rt == NULL)
+		ret = queue(c, MHD_HTTP_NOT_FOUND, r404, M_404);
+	else if (rt->metrics)
+		ret = serve_metrics(c, rt);
+	else if ((inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-None-Match")) != NULL &&
+		 etag_matches(inm, rt->etag))
+		ret = queue(c, MHD_HTTP_NOT_MODIFIED, rt->not_modified, M_304);
+	else
+		ret = queue(c, MHD_HTTP_OK, rt->ok, M_200);
+	pthread_rwlock_unlock(&table_lock);
+	return ret;
+}
+
+/* No percent-decoding at all: the path we look up is the path that was sent. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+	(void)cls;
+	(void)c;
+	return strlen(s);
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *m;
+	char chunk[4096];
+	size_t n;
+
+	if (f == NULL || (m = open_memstream(&buf, &len)) == NULL) {
+		if (f)
+			fclose(f);
+		return NULL;
+	}
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0 && len < 1024 * 1024)
+		fwrite(chunk, 1, n, m);
+	fclose(f);
+	fclose(m);
+	return buf;
+}
+
+int publisher_main(int argc, char **argv)
+{
+	const char *listen = NULL, *cert = NULL, *key = NULL;
+	char *certpem = NULL, *keypem = NULL, host[256], *colon;
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST},
+			*ai = NULL;
+	struct MHD_Daemon *mhd = NULL;
+	struct table *t, *old;
+	uint8_t hdr[8], *set = NULL;
+	uint32_t len;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	int fd = -1, plain = 0, i, port, rc = 1;
+
+	log_init("cimdd-publisher", 1);
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--publisher") == 0 && i + 1 < argc)
+			fd = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
+			listen = argv[++i];
+		else if (strcmp(argv[i], "--tls-cert") == 0 && i + 1 < argc)
+			cert = argv[++i];
+		else if (strcmp(argv[i], "--tls-key") == 0 && i + 1 < argc)
+			key = argv[++i];
+		else if (strcmp(argv[i], "--plain") == 0)
+			plain = 1;
+		else {
+			log_err("publisher: unexpected argument %s", argv[i]);
+			return 2;
+		}
+	}
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	signal(SIGPIPE, SIG_IGN);
+	if (fd < 3 || listen == NULL || (!plain && (cert == NULL || key == NULL))) {
+		log_err("publisher: needs --publisher FD --listen HOST:PORT and TLS or --plain");
+		return 2;
+	}
+	snprintf(host, sizeof(host), "%s", listen);
+	if ((colon = strrchr(host, ':')) == NULL || (port = atoi(colon + 1)) <= 0 || port > 65535) {
+		log_err("publisher: listen %s is not HOST:PORT", listen);
+		return 2;
+	}
+	*colon = '\0';
+	if (host[0] == '[' && colon[-1] == ']') {
+		colon[-1] = '\0';
+		memmove(host, host + 1, strlen(host));
+	}
+	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0) {
+		log_err("publisher: listen %s: not a numeric address", listen);
+		return 2;
+	}
+	if (!plain) {
+		if ((certpem = slurp(cert)) == NULL || (keypem = slurp(key)) == NULL) {
+			log_err("publisher: cannot read %s or %s", cert, key);
+			goto out;
+		}
+		flags |= MHD_USE_TLS;
+	}
+	if ((r400 = fixed("bad request\n", NULL)) == NULL ||
+	    (r404 = fixed("not found\n", NULL)) == NULL ||
+	    (r405 = fixed("method not allowed\n", "GET, HEAD")) == NULL ||
+	    (r414 = fixed("path too long\n", NULL)) == NULL)
+		goto out;
+	if (ai->ai_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL,
+			       MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+			       (unsigned)PUB_CONNS_MAX, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+			       (unsigned)PUB_CONNS_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
+			       (unsigned)PUB_TIMEOUT_SEC, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+			       (size_t)PUB_CONN_MEMORY, MHD_OPTION_THREAD_POOL_SIZE,
+			       (unsigned)PUB_THREADS, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
+			       NULL, plain ? MHD_OPTION_END : MHD_OPTION_HTTPS_MEM_CERT, certpem,
+			       MHD_OPTION_HTTPS_MEM_KEY, keypem, MHD_OPTION_END);
+	if (mhd == NULL) {
+		log_err("publisher: cannot serve on %s", listen);
+		goto out;
+	}
+	if (keypem != NULL) {
+		memset(keypem, 0, strlen(keypem)); /* libmicrohttpd has its own copy */
+	}
+	/* The channel: sets until end of file (the custody process is gone). */
+	for (;;) {
+		if (read_full(fd, hdr, 8) < 0)
+			break;
+		len = get_u32(hdr + 4);
+		if (memcmp(hdr, "CPS1", 4) != 0 || len < 4 || len > CIMD_PUBSET_MAX) {
+			log_err("publisher: malformed publication set header");
+			break;
+		}
+		if ((set = malloc(len)) == NULL || read_full(fd, set, len) < 0)
+			break;
+		if ((t = parse_set(set, len)) == NULL) {
+			log_err("publisher: malformed publication set");
+			break;
+		}
+		free(set);
+		set = NULL;
+		pthread_rwlock_wrlock(&table_lock);
+		old = current;
+		current = t;
+		pthread_rwlock_unlock(&table_lock);
+		table_free(old);
+	}
+	rc = 0;
+out:
+	free(set);
+	if (mhd != NULL)
+		MHD_stop_daemon(mhd);
+	if (ai != NULL)
+		freeaddrinfo(ai);
+	free(certpem);
+	free(keypem);
+	return rc;
+}
