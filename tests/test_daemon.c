@@ -21,11 +21,12 @@
 #include <sqlite3.h>
 
 #include "harness.h"
+#include "service.h"
 
 static struct t_daemon dm;
 static struct t_softhsm hsm;
 static struct t_swtpm tpm;
-static char ctl_bin[700], dir[256], db[700], backend_conf[1024];
+static char ctl_bin[700], dir[256], db[700], backend_conf[1024], base[64], ca[600];
 static int root, on_tpm; /* on_tpm: the suite runs on swtpm, not SoftHSM2 */
 
 static const char conf_text[] = "state_dir = %s/state\n"
@@ -43,12 +44,16 @@ static const char conf_text[] = "state_dir = %s/state\n"
 				"operator = alice uid=0 roles=submit,approve,rotate,revoke,read\n"
 				"operator = bob uid=1000 roles=approve,read\n"
 				"operator = carol uid=1001 roles=read\n"
+				"listen = %s\n"
+				"tls_cert = %s/tls.crt\n"
+				"tls_key = %s/tls.key\n"
 				"%s";
 
 static void write_conf(const char *extra)
 {
 	char text[4096];
-	int n = snprintf(text, sizeof(text), conf_text, dir, backend_conf, dir, extra);
+	int n = snprintf(text, sizeof(text), conf_text, dir, backend_conf, dir, base + 8, dir, dir,
+			 extra);
 
 	t_write_file(dm.conf, text, (size_t)n);
 }
@@ -412,6 +417,130 @@ static void test_admin_input(void)
 	}
 }
 
+/* curl over TLS against the publisher, with the test's CA; -w appends the
+ * status.  Returns curl's exit status. */
+static int http(char *out, size_t len, const char *args)
+{
+	return t_sh_out(out, len, "curl -s --max-time 5 --cacert %s %s", ca, args);
+}
+
+static double wait_for(const char *url, const char *needle, int present)
+{
+	char out[65536], args[512];
+	double t0 = t_now_ms();
+
+	snprintf(args, sizeof(args), "%s%s", base, url);
+	while (t_now_ms() - t0 < 5000) {
+		http(out, sizeof(out), args);
+		if ((strstr(out, needle) != NULL) == present)
+			return t_now_ms() - t0;
+	}
+	return -1;
+}
+
+static void test_publication(void)
+{
+	char out[65536], doc[8192], args[4096], kid[64] = "", etag[128] = "", *p;
+	double ms;
+	int rc;
+
+	ctl(0, doc, sizeof(doc), "doc show agent-a");
+	snprintf(args, sizeof(args), "-i %s/clients/agent-a", base);
+	rc = http(out, sizeof(out), args);
+	p = strstr(out, "\r\n\r\n");
+	t_ok(rc == 0 && strncmp(out, "HTTP/1.1 200", 12) == 0 && p && strcmp(p + 4, doc) == 0,
+	     "GET /clients/agent-a over TLS serves the approved bytes exactly");
+	t_ok(strstr(out, "Content-Type: application/json\r\n") &&
+		 strstr(out, "Cache-Control: public, max-age=2") && strstr(out, "ETag: \""),
+	     "with application/json, a strong ETag and max-age = cimd_max_age");
+	if ((p = strstr(out, "ETag: ")) != NULL)
+		sscanf(p + 6, "%127[^\r]", etag);
+	snprintf(args, sizeof(args),
+		 "-o /dev/null -w '%%{http_code}' -H 'If-None-Match: %s' %s/clients/agent-a", etag,
+		 base);
+	http(out, sizeof(out), args);
+	t_ok(strcmp(out, "304") == 0, "If-None-Match with the ETag: 304");
+	snprintf(args, sizeof(args), "-I %s/clients/agent-a/jwks.json", base);
+	http(out, sizeof(out), args);
+	t_ok(strncmp(out, "HTTP/1.1 200", 12) == 0 &&
+		 strstr(out, "Cache-Control: public, max-age=2, stale-if-error=2") &&
+		 strstr(out, "Content-Type: application/json"),
+	     "HEAD on the JWKS: headers, max-age = jwks_max_age with stale-if-error");
+	/* agent-a's last key was revoked in the story: give it a new one. */
+	ctl(0, out, sizeof(out), "key rotate agent-a");
+	ctl(0, out, sizeof(out), "key activate agent-a --force");
+	db_kid("agent-a", "active", kid);
+	snprintf(args, sizeof(args), "%s/clients/agent-a/jwks.json", base);
+	http(out, sizeof(out), args);
+	t_ok(kid[0] && strstr(out, kid) && strstr(out, "\"use\":\"sig\"") && !strstr(out, "\"d\""),
+	     "the JWKS holds the active key, use sig, no private member");
+	{
+		static const struct {
+			const char *args, *code, *what;
+		} v[] = {
+		    {"/nope", "404", "unknown path"},
+		    {"/clients/nobody", "404", "unknown client"},
+		    {"-X POST /clients/agent-a", "405", "POST"},
+		    {"-X DELETE /clients/agent-a", "405", "DELETE"},
+		    {"/clients/%%2e%%2e/agent-a", "400", "encoded dots"},
+		    {"/clients%%2fagent-a", "400", "an encoded slash"},
+		    {"/clients/agent-a%%00", "400", "an encoded NUL"},
+		    {"/clients/../clients/agent-a --path-as-is", "400", "a dot-dot segment"},
+		    {"-X GET --data-binary x /clients/agent-a", "400", "a request with a body"},
+		};
+		size_t i;
+		for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+			const char *path = strchr(v[i].args, '/');
+			char pre[128] = "", post[128] = "", u[256];
+			snprintf(pre, sizeof(pre), "%.*s", (int)(path - v[i].args), v[i].args);
+			snprintf(u, sizeof(u), "%s", path);
+			if ((p = strchr(u, ' ')) != NULL) {
+				snprintf(post, sizeof(post), "%s", p);
+				*p = '\0';
+			}
+			snprintf(args, sizeof(args), "-o /dev/null -w '%%{http_code}' %s '%s%s' %s",
+				 pre, base, u, post);
+			http(out, sizeof(out), args);
+			t_ok(strcmp(out, v[i].code) == 0, "%s: %s (got %s)", v[i].what, v[i].code,
+			     out);
+		}
+		char longpath[1101];
+		memset(longpath, 'a', 1100);
+		longpath[1100] = '\0';
+		snprintf(args, sizeof(args), "-o /dev/null -w '%%{http_code}' %s/clients/%s", base,
+			 longpath);
+		http(out, sizeof(out), args);
+		t_ok(strcmp(out, "414") == 0, "a path over 1 KiB: 414 (got %s)", out);
+	}
+	snprintf(args, sizeof(args), "-v %s/healthz %s/healthz", base, base);
+	http(out, sizeof(out), args);
+	t_ok(strstr(out, "Re-using existing connection") != NULL,
+	     "keep-alive: one connection, two requests");
+
+	/* A change is served at once: rotate, then fetch. */
+	ctl(0, out, sizeof(out), "key rotate agent-a");
+	db_kid("agent-a", "next", kid);
+	ms = wait_for("/clients/agent-a/jwks.json", kid, 1);
+	t_ok(ms >= 0 && ms < 100, "a new next key is in the JWKS %.0f ms after cimdctl returned",
+	     ms);
+	snprintf(args, sizeof(args), "key revoke agent-a %s --reason test", kid);
+	ctl(0, out, sizeof(out), args);
+	ms = wait_for("/clients/agent-a/jwks.json", kid, 0);
+	t_ok(ms >= 0 && ms < 100, "a revoked key leaves the JWKS %.0f ms after cimdctl returned",
+	     ms);
+
+	/* The publisher killed: cimdd starts it again and republishes. */
+	t_sh("pkill -9 -f -- '--publisher 3 --listen %s'", base + 8);
+	ms = wait_for("/clients/agent-a", "client_id", 1);
+	t_ok(ms >= 0 && t_log_count(&dm, "publisher: pid") >= 1,
+	     "the publisher killed with SIGKILL is back, serving, after %.0f ms", ms);
+	snprintf(args, sizeof(args), "%s/metrics", base);
+	http(out, sizeof(out), args);
+	t_ok(strstr(out, "cimdd_keys{state=\"active\"}") &&
+		 strstr(out, "cimdd_http_requests_total"),
+	     "/metrics: keys by state and requests by status");
+}
+
 static void test_reload(void)
 {
 	char out[8192];
@@ -590,6 +719,12 @@ static void suite(int tpm_mode)
 	} else {
 		snprintf(backend_conf, sizeof(backend_conf), "%s", hsm.conf);
 	}
+	snprintf(base, sizeof(base), "https://127.0.0.1:%d", dev_free_port_pair());
+	snprintf(ca, sizeof(ca), "%s/tls.crt", dir);
+	t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
+	     "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
+	     "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
+	     dir, dir);
 	write_conf("");
 	rc = t_daemon_start(&dm);
 	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc))) {
@@ -597,6 +732,8 @@ static void suite(int tpm_mode)
 		return;
 	}
 	test_story();
+	if (root)
+		test_publication();
 	test_admin_input();
 	test_reload();
 	test_restart();
