@@ -8,7 +8,7 @@
 #   make install  programs and man pages under PREFIX
 #   make clean
 
-PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3 libmicrohttpd
+PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3 libmicrohttpd libseccomp
 CC        ?= cc
 BUILD     ?= build
 OPT       ?= -O2 -g
@@ -91,7 +91,8 @@ check: deps
 	@$(MAKE) --no-print-directory test
 
 asan: deps
-	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	@CIMD_TEST_SANITIZED=1 $(MAKE) --no-print-directory BUILD=build/asan \
+		OPT="-O1 -g -fno-omit-frame-pointer" \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" test
 
 bench: deps

@@ -22,9 +22,15 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <unistd.h>
+
+#include <grp.h>
+#include <pwd.h>
+#include <seccomp.h>
+#include <sys/prctl.h>
 
 #include <microhttpd.h>
 
@@ -321,6 +327,129 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	return ret;
 }
 
+/*
+ * Confinement, once the socket is bound and the certificate read: the user
+ * `nobody` (when started as root), no new privileges, and a seccomp filter
+ * that allows what serving needs and kills the process on anything else (the
+ * custody process then starts a new one).  What it keeps and why:
+ * docs/threat-model.md.
+ */
+static int drop_privileges(void)
+{
+	struct passwd *pw;
+
+	if (geteuid() != 0)
+		return 0;
+	if ((pw = getpwnam("nobody")) == NULL) {
+		log_err("publisher: no user nobody to run as");
+		return -1;
+	}
+	if (setgroups(0, NULL) < 0 || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
+	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0) {
+		log_err("publisher: cannot drop to nobody: %s", strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0) { /* must fail now */
+		log_err("publisher: privileges were not dropped");
+		return -1;
+	}
+	return 0;
+}
+
+static int confine(void)
+{
+	/* Serving: sockets (accept, read, write, epoll), memory, time, futexes,
+	 * signals delivered to threads, randomness for TLS, and exit. */
+	static const int allow[] = {
+	    SCMP_SYS(read),
+	    SCMP_SYS(write),
+	    SCMP_SYS(readv),
+	    SCMP_SYS(writev),
+	    SCMP_SYS(close),
+	    SCMP_SYS(accept),
+	    SCMP_SYS(accept4),
+	    SCMP_SYS(shutdown),
+	    SCMP_SYS(recvfrom),
+	    SCMP_SYS(sendto),
+	    SCMP_SYS(recvmsg),
+	    SCMP_SYS(sendmsg),
+	    SCMP_SYS(sendfile),
+	    SCMP_SYS(setsockopt),
+	    SCMP_SYS(getsockopt),
+	    SCMP_SYS(getsockname),
+	    SCMP_SYS(getpeername),
+	    SCMP_SYS(epoll_wait),
+	    SCMP_SYS(epoll_pwait),
+	    SCMP_SYS(epoll_ctl),
+	    SCMP_SYS(poll),
+	    SCMP_SYS(ppoll),
+	    SCMP_SYS(select),
+	    SCMP_SYS(pselect6),
+	    SCMP_SYS(fcntl),
+	    SCMP_SYS(futex),
+	    SCMP_SYS(clock_gettime),
+	    SCMP_SYS(clock_nanosleep),
+	    SCMP_SYS(nanosleep),
+	    SCMP_SYS(gettimeofday),
+	    SCMP_SYS(time),
+	    SCMP_SYS(mmap),
+	    SCMP_SYS(munmap),
+	    SCMP_SYS(mremap),
+	    SCMP_SYS(brk),
+	    SCMP_SYS(madvise),
+	    SCMP_SYS(mprotect),
+	    SCMP_SYS(rt_sigprocmask),
+	    SCMP_SYS(rt_sigreturn),
+	    SCMP_SYS(rt_sigaction),
+	    SCMP_SYS(getpid),
+	    SCMP_SYS(gettid),
+	    SCMP_SYS(tgkill),
+	    SCMP_SYS(getrandom),
+	    SCMP_SYS(sched_yield),
+	    SCMP_SYS(restart_syscall),
+	    SCMP_SYS(exit),
+	    SCMP_SYS(exit_group),
+	    SCMP_SYS(lseek),
+	    SCMP_SYS(fstat),
+	    SCMP_SYS(newfstatat),
+	    SCMP_SYS(eventfd2),
+	    SCMP_SYS(membarrier),
+	    SCMP_SYS(rseq),
+	    SCMP_SYS(set_robust_list),
+	    SCMP_SYS(getuid),
+	    SCMP_SYS(geteuid),
+	    SCMP_SYS(getgid),
+	    SCMP_SYS(getegid),
+	};
+	scmp_filter_ctx ctx;
+	size_t i;
+	int r = -1;
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+		log_err("publisher: no_new_privs: %s", strerror(errno));
+		return -1;
+	}
+#if defined(__SANITIZE_ADDRESS__)
+	/* A sanitizer build (make asan) needs system calls of its own (leak
+	 * checking stops the world with ptrace): confinement stays off there. */
+	return 0;
+#endif
+	if ((ctx = seccomp_init(SCMP_ACT_KILL_PROCESS)) == NULL)
+		return -1;
+	for (i = 0; i < sizeof(allow) / sizeof(allow[0]); i++)
+		if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0) < 0)
+			goto out;
+	/* Every thread of libmicrohttpd's pool, not only this one. */
+	if (seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) < 0 || seccomp_load(ctx) < 0)
+		goto out;
+	r = 0;
+out:
+	if (r < 0)
+		log_err("publisher: cannot install the seccomp filter");
+	seccomp_release(ctx);
+	return r;
+}
+
 /* No percent-decoding at all: the path we look up is the path that was sent. */
 static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
 {
@@ -430,6 +559,16 @@ int publisher_main(int argc, char **argv)
 	if (keypem != NULL) {
 		memset(keypem, 0, strlen(keypem)); /* libmicrohttpd has its own copy */
 	}
+	/* Whatever the C library would open later (the time zone for Date
+	 * headers) is opened now, before the filter forbids opening anything. */
+	{
+		time_t now = time(NULL);
+		struct tm tm;
+		tzset();
+		localtime_r(&now, &tm);
+	}
+	if (drop_privileges() < 0 || confine() < 0)
+		goto out;
 	/* The channel: sets until end of file (the custody process is gone). */
 	for (;;) {
 		if (read_full(fd, hdr, 8) < 0)

@@ -529,6 +529,15 @@ static void test_publication(void)
 	t_ok(ms >= 0 && ms < 100, "a revoked key leaves the JWKS %.0f ms after cimdctl returned",
 	     ms);
 
+	/* The publisher is confined: another user, no new privileges, seccomp. */
+	rc = t_sh_out(out, sizeof(out),
+		      "P=$(pgrep -f -- '--publisher 3 --listen %s' | head -1); "
+		      "grep -E '^(Uid|NoNewPrivs|Seccomp):' /proc/$P/status",
+		      base + 8);
+	t_ok(rc == 0 && strstr(out, "Uid:\t65534\t65534\t65534") && strstr(out, "NoNewPrivs:\t1") &&
+		 (strstr(out, "Seccomp:\t2") || getenv("CIMD_TEST_SANITIZED")),
+	     "the publisher runs as nobody with no_new_privs and a seccomp filter");
+
 	/* The publisher killed: cimdd starts it again and republishes. */
 	t_sh("pkill -9 -f -- '--publisher 3 --listen %s'", base + 8);
 	ms = wait_for("/clients/agent-a", "client_id", 1);
@@ -742,6 +751,8 @@ static void suite(int tpm_mode)
 		test_missing_key_tpm();
 	else
 		test_missing_key();
+	t_ok(t_log_count(&dm, "killed by signal 31") == 0,
+	     "the seccomp filter never killed the publisher (no SIGSYS in the log)");
 	t_daemon_stop(&dm, SIGTERM);
 	if (getenv("CIMD_TEST_VERBOSE"))
 		t_sh("cat %s", dm.log);
