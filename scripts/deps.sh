@@ -8,7 +8,7 @@ pkgs=(
 	build-essential pkg-config
 	libssl-dev libp11-dev libp11-kit-dev libtss2-dev libmicrohttpd-dev
 	libjansson-dev libsqlite3-dev libseccomp-dev
-	softhsm2 swtpm swtpm-tools tpm2-tools openssl curl
+	softhsm2 swtpm swtpm-tools tpm2-tools openssl curl nginx-light wrk
 	nodejs npm
 )
 

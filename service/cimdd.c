@@ -357,7 +357,8 @@ int main(int argc, char **argv)
 		}
 		/* Any change to the state may change what is public: render the set
 		 * again, and send it when its bytes differ (publish.c). */
-		if (pub != NULL && store_changes(d.st) != published_at) {
+		if ((pub != NULL || d.cfg->export_dir != NULL) &&
+		    store_changes(d.st) != published_at) {
 			published_at = store_changes(d.st);
 			if (publisher_publish(&d, pub) < 0)
 				published_at = -1;

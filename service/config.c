@@ -253,6 +253,7 @@ enum {
 	K_LISTEN,
 	K_TLS_CERT,
 	K_TLS_KEY,
+	K_EXPORT_DIR,
 	K_ALLOW_HTTP,
 	K_TWO_PERSON,
 	K_DEFAULT_BACKEND,
@@ -278,6 +279,7 @@ static const char *const keys[] = {
     [K_LISTEN] = "listen",
     [K_TLS_CERT] = "tls_cert",
     [K_TLS_KEY] = "tls_key",
+    [K_EXPORT_DIR] = "export_dir",
     [K_ALLOW_HTTP] = "allow_http",
     [K_TWO_PERSON] = "two_person_rule",
     [K_DEFAULT_BACKEND] = "default_backend",
@@ -324,6 +326,10 @@ static int parse_setting(struct parse *p, int k, const char *v)
 		return set_str(p, &c->tls_cert, v);
 	case K_TLS_KEY:
 		return set_str(p, &c->tls_key, v);
+	case K_EXPORT_DIR:
+		if (v[0] != '/')
+			return perr(p, "export_dir: '%s' is not an absolute path", v);
+		return set_str(p, &c->export_dir, v);
 	case K_ALLOW_HTTP:
 		return set_bool(p, keys[k], &c->allow_http, v);
 	case K_TWO_PERSON:
@@ -538,6 +544,7 @@ void config_free(struct cimd_config **pcfg)
 	free(c->listen);
 	free(c->tls_cert);
 	free(c->tls_key);
+	free(c->export_dir);
 	for (i = 0; i < c->n_backends; i++)
 		free(c->backends[i].conf);
 	free(c);

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -219,6 +220,149 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 	return 0;
 }
 
+/* ---- export_dir: the same set as static files, for nginx or a CDN ---- */
+
+/* Writes path atomically: a temporary file beside it, fsync, rename. */
+static int write_atomic(const char *path, const void *data, size_t len)
+{
+	char tmp[2 * CIMD_URL_MAX + 128];
+	int fd, r = 0;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644)) < 0)
+		return -errno;
+	/* Public bytes, for another server to read: readable whatever our umask. */
+	if (fchmod(fd, 0644) < 0 || write(fd, data, len) != (ssize_t)len || fsync(fd) < 0)
+		r = -EIO;
+	if (close(fd) < 0 && r == 0)
+		r = -EIO;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0)
+		unlink(tmp);
+	return r;
+}
+
+static int mkdirs(const char *path)
+{
+	char buf[2 * CIMD_URL_MAX + 128], *p;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, 0755) == 0)
+			chmod(buf, 0755); /* new, so ours: readable whatever our umask */
+		else if (errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	return chmod(buf, 0755) < 0 ? -errno : 0;
+}
+
+/*
+ * The files of a set and an nginx snippet (nginx.conf, to include inside a
+ * server block) that serves them with the publisher's headers: the same
+ * ETag, Cache-Control, Content-Type, and 304 for a matching If-None-Match.
+ * Documents are files under clients/NAME/ (cimd.json, jwks.json): a path
+ * cannot be both a file and a directory.  /metrics stays with the publisher.
+ */
+static int export_set(const char *dir, const uint8_t *set, size_t len)
+{
+	char file[2 * CIMD_URL_MAX + 64], rel[CIMD_URL_MAX + 32], path[CIMD_URL_MAX], ctype[256],
+	    etag[64];
+	size_t off = 12, pl, cl, el, bl;
+	uint32_t max_age, stale, count, i;
+	char *conf = NULL;
+	size_t conf_len = 0;
+	FILE *f = open_memstream(&conf, &conf_len);
+	int r = 0;
+
+	if (f == NULL)
+		return -ENOMEM;
+	if (len < 12) {
+		fclose(f);
+		free(conf);
+		return -EINVAL;
+	}
+	fprintf(f,
+		"# Made by cimdd from its publication set: include inside a server block.\n"
+		"# It serves %s with the headers the publisher sends.\n",
+		dir);
+	count = (uint32_t)set[8] << 24 | (uint32_t)set[9] << 16 | (uint32_t)set[10] << 8 | set[11];
+	for (i = 0; i < count && r == 0; i++) {
+		/* The set was made by publish_render a moment ago: its lengths hold. */
+		pl = (size_t)set[off] << 8 | set[off + 1];
+		memcpy(path, set + off + 2, pl);
+		path[pl] = '\0';
+		off += 2 + pl;
+		cl = set[off];
+		memcpy(ctype, set + off + 1, cl);
+		ctype[cl] = '\0';
+		off += 1 + cl;
+		el = set[off];
+		memcpy(etag, set + off + 1, el);
+		etag[el] = '\0';
+		off += 1 + el;
+		max_age = (uint32_t)set[off] << 24 | (uint32_t)set[off + 1] << 16 |
+			  (uint32_t)set[off + 2] << 8 | set[off + 3];
+		stale = (uint32_t)set[off + 4] << 24 | (uint32_t)set[off + 5] << 16 |
+			(uint32_t)set[off + 6] << 8 | set[off + 7];
+		bl = (size_t)set[off + 8] << 24 | (size_t)set[off + 9] << 16 |
+		     (size_t)set[off + 10] << 8 | set[off + 11];
+		off += 12;
+		if (strcmp(path, "/metrics") == 0) {
+			off += bl;
+			continue;
+		}
+		if (strcmp(path, "/healthz") == 0)
+			snprintf(rel, sizeof(rel), "healthz.txt");
+		else if (strlen(path) > 10 && strcmp(path + strlen(path) - 10, "/jwks.json") == 0)
+			snprintf(rel, sizeof(rel), "%.*s/jwks.json", (int)(strlen(path) - 11),
+				 path + 1);
+		else
+			snprintf(rel, sizeof(rel), "%s/cimd.json", path + 1);
+		snprintf(file, sizeof(file), "%s/%s", dir, rel);
+		*strrchr(file, '/') = '\0';
+		if ((r = mkdirs(file)) < 0)
+			break;
+		snprintf(file, sizeof(file), "%s/%s", dir, rel);
+		if ((r = write_atomic(file, set + off, bl)) < 0)
+			break;
+		off += bl;
+		fprintf(f,
+			"location = %s {\n"
+			"    alias %s;\n"
+			"    types { } default_type \"%s\";\n"
+			"    etag off;\n"
+			"    if ($http_if_none_match = '%s') { return 304; }\n"
+			"    add_header ETag '%s' always;\n",
+			path, file, ctype, etag, etag);
+		if (max_age == 0)
+			fprintf(f, "    add_header Cache-Control \"no-store\" always;\n");
+		else
+			fprintf(f,
+				"    add_header Cache-Control \"public, max-age=%u, "
+				"stale-if-error=%u\" "
+				"always;\n",
+				max_age, stale);
+		fprintf(f, "    add_header X-Content-Type-Options nosniff always;\n"
+			   "    limit_except GET { deny all; }\n}\n");
+	}
+	fprintf(f, "location / { return 404; }\n");
+	if (fclose(f) != 0 && r == 0)
+		r = -ENOMEM;
+	if (r == 0) {
+		snprintf(file, sizeof(file), "%s/nginx.conf", dir);
+		r = write_atomic(file, conf, conf_len);
+	}
+	free(conf);
+	return r;
+}
+
 /* ---- the publisher process ---- */
 
 struct publisher {
@@ -338,14 +482,23 @@ int publisher_publish(struct cimdd *d, struct publisher *p)
 	ssize_t n;
 	int r;
 
-	if (p == NULL || p->fd < 0)
+	if ((p == NULL || p->fd < 0) && d->cfg->export_dir == NULL)
 		return 0;
 	if ((r = publish_render(d, &set, &len)) < 0) {
 		log_err("publisher: cannot render the publication set: %s", strerror(-r));
 		return r;
 	}
 	SHA256(set, len, md);
-	if (p->sent && memcmp(md, p->last, sizeof(md)) == 0) {
+	if (d->export_sent == 0 || memcmp(md, d->export_last, sizeof(md)) != 0) {
+		if (d->cfg->export_dir != NULL &&
+		    (r = export_set(d->cfg->export_dir, set, len)) < 0)
+			log_err("export_dir %s: %s", d->cfg->export_dir, strerror(-r));
+		else {
+			memcpy(d->export_last, md, sizeof(md));
+			d->export_sent = 1;
+		}
+	}
+	if (p == NULL || p->fd < 0 || (p->sent && memcmp(md, p->last, sizeof(md)) == 0)) {
 		free(set);
 		return 0;
 	}

@@ -356,6 +356,29 @@ static int drop_privileges(void)
 	return 0;
 }
 
+/* A system call outside the filter: say which, and end the process (the
+ * custody process starts a new one).  Only async-signal-safe calls here. */
+static void on_sigsys(int sig, siginfo_t *si, void *uc)
+{
+	char msg[80] = "cimdd-publisher: forbidden system call ";
+	char num[16];
+	int n = si->si_syscall, i = 0, len;
+
+	(void)sig;
+	(void)uc;
+	do
+		num[i++] = (char)('0' + n % 10);
+	while ((n /= 10) > 0 && i < (int)sizeof(num));
+	len = (int)strlen(msg);
+	while (i > 0 && len < (int)sizeof(msg) - 2)
+		msg[len++] = num[--i];
+	msg[len++] = '\n';
+	if (write(2, msg, (size_t)len) < 0) {
+		/* nothing more to do */
+	}
+	_exit(3);
+}
+
 static int confine(void)
 {
 	/* Serving: sockets (accept, read, write, epoll), memory, time, futexes,
@@ -434,11 +457,22 @@ static int confine(void)
 	 * checking stops the world with ptrace): confinement stays off there. */
 	return 0;
 #endif
-	if ((ctx = seccomp_init(SCMP_ACT_KILL_PROCESS)) == NULL)
+	{
+		struct sigaction sa = {.sa_sigaction = on_sigsys, .sa_flags = SA_SIGINFO};
+		sigemptyset(&sa.sa_mask);
+		if (sigaction(SIGSYS, &sa, NULL) < 0)
+			return -1;
+	}
+	if ((ctx = seccomp_init(SCMP_ACT_TRAP)) == NULL)
 		return -1;
 	for (i = 0; i < sizeof(allow) / sizeof(allow[0]); i++)
 		if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0) < 0)
 			goto out;
+	/* libmicrohttpd's pool threads name themselves as they start, which can
+	 * be after the filter is in place: prctl(PR_SET_NAME) only. */
+	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+			     SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME)) < 0)
+		goto out;
 	/* Every thread of libmicrohttpd's pool, not only this one. */
 	if (seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) < 0 || seccomp_load(ctx) < 0)
 		goto out;

@@ -91,6 +91,7 @@ struct cimd_config {
 	char *listen; /* host:port of the publisher */
 	char *tls_cert;
 	char *tls_key;
+	char *export_dir; /* every publication set also written there, or NULL */
 	int allow_http; /* serve plain HTTP (behind a TLS-terminating proxy) */
 	int two_person_rule;
 	char default_backend[16];
@@ -195,6 +196,8 @@ struct cimdd {
 	struct key_store *ks[CIMD_BACKENDS_MAX]; /* by index into cfg->backends */
 	int dev;				 /* a --dev instance */
 	unsigned long backend_errors;		 /* hardware calls that failed, for /metrics */
+	uint8_t export_last[32]; /* SHA-256 of the set last written to export_dir */
+	int export_sent;
 };
 
 /* The key store of a backend by name, or NULL when it is not configured/open. */

@@ -47,13 +47,14 @@ static const char conf_text[] = "state_dir = %s/state\n"
 				"listen = %s\n"
 				"tls_cert = %s/tls.crt\n"
 				"tls_key = %s/tls.key\n"
+				"export_dir = %s/export\n"
 				"%s";
 
 static void write_conf(const char *extra)
 {
 	char text[4096];
 	int n = snprintf(text, sizeof(text), conf_text, dir, backend_conf, dir, base + 8, dir, dir,
-			 extra);
+			 dir, extra);
 
 	t_write_file(dm.conf, text, (size_t)n);
 }
@@ -550,6 +551,56 @@ static void test_publication(void)
 	     "/metrics: keys by state and requests by status");
 }
 
+/* nginx serving export_dir with the generated snippet gives the same bytes
+ * and the same headers as the publisher. */
+static void test_export(void)
+{
+	char conf[2048], a[65536], b[65536], args[1024], etag[128] = "", *p;
+	int port = dev_free_port_pair(), rc;
+	static const char *const paths[] = {"/clients/agent-a", "/clients/agent-a/jwks.json"};
+	size_t i;
+
+	snprintf(conf, sizeof(conf),
+		 "worker_processes 1; pid %s/nginx.pid; error_log %s/nginx.err;\n"
+		 "events { worker_connections 64; }\n"
+		 "http { access_log off; server { listen 127.0.0.1:%d; include "
+		 "%s/export/nginx.conf; } }\n",
+		 dir, dir, port, dir);
+	snprintf(args, sizeof(args), "%s/nginx-test.conf", dir);
+	t_write_file(args, conf, strlen(conf));
+	rc = t_sh("nginx -p %s -c %s/nginx-test.conf", dir, dir);
+	if (!t_ok(rc == 0, "nginx starts on port %d with the generated snippet", port)) {
+		t_sh("cat %s/nginx.err", dir);
+		return;
+	}
+	usleep(300000);
+	for (i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		snprintf(args, sizeof(args), "-i %s%s", base, paths[i]);
+		http(a, sizeof(a), args);
+		t_sh_out(b, sizeof(b), "curl -s -i http://127.0.0.1:%d%s", port, paths[i]);
+		t_ok(strcmp(strstr(a, "\r\n\r\n"), strstr(b, "\r\n\r\n") ?: "") == 0,
+		     "%s: nginx serves the same bytes as the publisher", paths[i]);
+		t_ok(strstr(b, "Content-Type: application/json") && strstr(a, "ETag: ") &&
+			 strstr(b, "ETag: ") &&
+			 strncmp(strstr(a, "ETag: "), strstr(b, "ETag: "), 52) == 0 &&
+			 strstr(a, "Cache-Control: ") && strstr(b, "Cache-Control: ") &&
+			 strncmp(strstr(a, "Cache-Control: "), strstr(b, "Cache-Control: "), 50) ==
+			     0,
+		     "%s: and the same Content-Type, ETag and Cache-Control", paths[i]);
+	}
+	if ((p = strstr(b, "ETag: ")) != NULL)
+		sscanf(p + 6, "%127[^\r]", etag);
+	t_sh_out(b, sizeof(b),
+		 "curl -s -o /dev/null -w '%%{http_code}' -H 'If-None-Match: %s' "
+		 "http://127.0.0.1:%d/clients/agent-a/jwks.json",
+		 etag, port);
+	t_ok(strcmp(b, "304") == 0, "nginx answers If-None-Match with 304 too (got %s)", b);
+	t_sh_out(b, sizeof(b), "curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/nope",
+		 port);
+	t_ok(strcmp(b, "404") == 0, "and 404 for unknown paths");
+	t_sh("nginx -p %s -c %s/nginx-test.conf -s stop", dir, dir);
+}
+
 static void test_reload(void)
 {
 	char out[8192];
@@ -741,8 +792,10 @@ static void suite(int tpm_mode)
 		return;
 	}
 	test_story();
-	if (root)
+	if (root) {
 		test_publication();
+		test_export();
+	}
 	test_admin_input();
 	test_reload();
 	test_restart();
@@ -751,7 +804,8 @@ static void suite(int tpm_mode)
 		test_missing_key_tpm();
 	else
 		test_missing_key();
-	t_ok(t_log_count(&dm, "killed by signal 31") == 0,
+	t_ok(t_log_count(&dm, "killed by signal 31") == 0 &&
+		 t_log_count(&dm, "forbidden system call") == 0,
 	     "the seccomp filter never killed the publisher (no SIGSYS in the log)");
 	t_daemon_stop(&dm, SIGTERM);
 	if (getenv("CIMD_TEST_VERBOSE"))
