@@ -7,3 +7,5 @@ for b in "$1"/bench_*; do
 	echo "== $(basename "$b")"
 	"$b"
 done
+echo "== bench_http"
+bash bench/bench_http.sh "$(dirname "$1")"
