@@ -217,6 +217,8 @@ done:
 		snprintf(stranger.name, sizeof(stranger.name), "uid:%d", (int)cr->uid);
 		q.op = &stranger;
 	}
+	if (e == AE_BACKEND_UNAVAILABLE)
+		d->backend_errors++;
 	journal_request(d, q.op->name, cr, opname, req, e);
 	if (e != AE_OK) {
 		log_info("admin: %s: %s refused (%s): %s", q.op->name, opname ? opname : "request",

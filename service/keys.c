@@ -620,8 +620,12 @@ int keys_tick(struct cimdd *d, time_t tnow)
 	}
 	for (i = 0; i < n; i++)
 		if (client_info(d->st, rot[i].client, &ci) == 0 &&
-		    (r = rotate_due(d, &ci, rot[i].every, now)) > 0)
-			done += r;
+		    (r = rotate_due(d, &ci, rot[i].every, now)) != 0) {
+			if (r > 0)
+				done += r;
+			else if (r == -CIMD_EUNAVAILABLE)
+				d->backend_errors++;
+		}
 	return done;
 }
 

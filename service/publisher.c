@@ -62,10 +62,28 @@ static pthread_rwlock_t table_lock = PTHREAD_RWLOCK_INITIALIZER;
 static struct table *current;
 static struct MHD_Response *r400, *r404, *r405, *r414;
 
-/* Requests by outcome, for /metrics. */
+/* Requests by route and outcome, for /metrics. */
 enum { M_200, M_304, M_400, M_404, M_405, M_414, M_N };
 static const char *const m_status[M_N] = {"200", "304", "400", "404", "405", "414"};
-static atomic_ulong counts[M_N];
+enum { R_DOCUMENT, R_JWKS, R_HEALTHZ, R_METRICS, R_OTHER, R_N };
+static const char *const m_route[R_N] = {"document", "jwks", "healthz", "metrics", "other"};
+static atomic_ulong counts[R_N][M_N];
+static _Thread_local int cur_route; /* the route of the request this thread answers */
+
+static int route_of(const char *url)
+{
+	size_t n = strlen(url);
+
+	if (strncmp(url, "/clients/", 9) == 0 && strchr(url + 9, '/') == NULL)
+		return R_DOCUMENT;
+	if (strncmp(url, "/clients/", 9) == 0 && n > 10 && strcmp(url + n - 10, "/jwks.json") == 0)
+		return R_JWKS;
+	if (strcmp(url, "/healthz") == 0)
+		return R_HEALTHZ;
+	if (strcmp(url, "/metrics") == 0)
+		return R_METRICS;
+	return R_OTHER;
+}
 
 static struct MHD_Response *fixed(const char *text, const char *allow)
 {
@@ -244,14 +262,14 @@ static int etag_matches(const char *inm, const char *etag)
 static enum MHD_Result queue(struct MHD_Connection *c, unsigned status, struct MHD_Response *r,
 			     int m)
 {
-	atomic_fetch_add(&counts[m], 1);
+	atomic_fetch_add(&counts[cur_route][m], 1);
 	return MHD_queue_response(c, status, r);
 }
 
 static enum MHD_Result serve_metrics(struct MHD_Connection *c, const struct route *rt)
 {
 	char *out = NULL;
-	size_t len = 0, i;
+	size_t len = 0, i, j;
 	FILE *f = open_memstream(&out, &len);
 	struct MHD_Response *r;
 	enum MHD_Result ret;
@@ -259,11 +277,12 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c, const struct rout
 	if (f == NULL)
 		return MHD_NO;
 	fwrite(rt->body, 1, rt->len, f);
-	fprintf(f, "# HELP cimdd_http_requests_total Publisher requests by status.\n"
+	fprintf(f, "# HELP cimdd_http_requests_total Publisher requests by route and status.\n"
 		   "# TYPE cimdd_http_requests_total counter\n");
-	for (i = 0; i < M_N; i++)
-		fprintf(f, "cimdd_http_requests_total{status=\"%s\"} %lu\n", m_status[i],
-			atomic_load(&counts[i]));
+	for (j = 0; j < R_N; j++)
+		for (i = 0; i < M_N; i++)
+			fprintf(f, "cimdd_http_requests_total{route=\"%s\",status=\"%s\"} %lu\n",
+				m_route[j], m_status[i], atomic_load(&counts[j][i]));
 	fclose(f);
 	r = MHD_create_response_from_buffer(len, out, MHD_RESPMEM_MUST_FREE);
 	if (r == NULL) {
@@ -296,6 +315,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		*con_cls = &first;
 		return MHD_YES;
 	}
+	cur_route = route_of(url);
 	if (*upload_data_size != 0) {
 		*upload_data_size = 0; /* a body: refused below, once it is read */
 		*con_cls = (void *)method;
@@ -353,6 +373,10 @@ static int drop_privileges(void)
 		log_err("publisher: privileges were not dropped");
 		return -1;
 	}
+	/* A change of credentials clears the parent-death signal: set it again,
+	 * so that the publisher still ends with the custody process. */
+	if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() == 1)
+		return -1;
 	return 0;
 }
 
@@ -563,6 +587,10 @@ int publisher_main(int argc, char **argv)
 		log_err("publisher: listen %s: not a numeric address", listen);
 		return 2;
 	}
+	if (plain)
+		log_warn("publisher: serving plain HTTP on %s (allow_http): only behind a "
+			 "TLS-terminating proxy",
+			 listen);
 	if (!plain) {
 		if ((certpem = slurp(cert)) == NULL || (keypem = slurp(key)) == NULL) {
 			log_err("publisher: cannot read %s or %s", cert, key);
