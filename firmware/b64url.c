@@ -1,4 +1,5 @@
-/* b64url.c — base64url without padding: RFC 4648 §5, as JWS uses it (RFC 7515 §2). */
+/* b64url.c — base64url without padding (RFC 4648 §5, as JWS uses it, RFC 7515 §2),
+ * and lower-case hex (RFC 4648 §8) for digests in records. */
 #include <errno.h>
 #include <stdlib.h>
 
@@ -96,4 +97,16 @@ int b64url_decode(const char *in, size_t len, uint8_t **ret_buf, size_t *ret_n)
 	*ret_buf = buf;
 	*ret_n = n;
 	return 0;
+}
+
+void hex_encode(const uint8_t *in, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+	out[2 * n] = '\0';
 }

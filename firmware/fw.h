@@ -75,6 +75,9 @@ int b64url_encode_alloc(const uint8_t *in, size_t n, char **ret_s);
  * and non-canonical trailing bits.  *ret_buf is malloc'd. */
 int b64url_decode(const char *in, size_t len, uint8_t **ret_buf, size_t *ret_n);
 
+/* Lower-case hex of n bytes into out (2n + 1 bytes), NUL-terminated. */
+void hex_encode(const uint8_t *in, size_t n, char *out);
+
 /* ---- JWK, RFC 7517 / RFC 7518 §6 ---- */
 
 /* Public EC JWK {kty,crv,x,y}; x and y are each exactly cimd_alg_ec_size(alg)

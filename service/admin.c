@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,16 @@ struct admin_server {
 	char *path;
 	struct conn conns[CIMD_ADMIN_CONNS_MAX];
 };
+
+enum admin_err admin_fail(struct admin_req *q, enum admin_err e, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(q->msg, sizeof(q->msg), fmt, ap);
+	va_end(ap);
+	return e;
+}
 
 const char *admin_err_name(enum admin_err e)
 {

@@ -31,18 +31,6 @@
 
 #include "service.h"
 
-static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(q->msg, sizeof(q->msg), fmt, ap);
-	va_end(ap);
-	return e;
-}
-
 struct client_info {
 	char name[CIMD_NAME_MAX + 1];
 	char backend[16];
@@ -75,10 +63,11 @@ static enum admin_err client_of(struct admin_req *q, struct client_info *ci)
 	int r;
 
 	if (name == NULL || !cimd_valid_name(name))
-		return bad(q, AE_BAD_REQUEST, "a client name [a-z0-9][a-z0-9-]{0,62} is required");
+		return admin_fail(q, AE_BAD_REQUEST,
+				  "a client name [a-z0-9][a-z0-9-]{0,62} is required");
 	if ((r = client_info(q->d->st, name, ci)) == -ENOENT)
-		return bad(q, AE_UNKNOWN_CLIENT, "no client named %s", name);
-	return r < 0 ? bad(q, AE_INTERNAL, "database error") : AE_OK;
+		return admin_fail(q, AE_UNKNOWN_CLIENT, "no client named %s", name);
+	return r < 0 ? admin_fail(q, AE_INTERNAL, "database error") : AE_OK;
 }
 
 static int64_t count_keys(struct store *st, const char *client, const char *where)
@@ -230,9 +219,9 @@ static int create_key(struct cimdd *d, const struct client_info *ci, const char 
 static enum admin_err key_err(struct admin_req *q, int r, const char *what)
 {
 	if (r == -CIMD_EUNAVAILABLE)
-		return bad(q, AE_BACKEND_UNAVAILABLE, "%s: the key's hardware is unavailable",
-			   what);
-	return bad(q, AE_INTERNAL, "%s: %s", what, cimd_strerror(r));
+		return admin_fail(q, AE_BACKEND_UNAVAILABLE,
+				  "%s: the key's hardware is unavailable", what);
+	return admin_fail(q, AE_INTERNAL, "%s: %s", what, cimd_strerror(r));
 }
 
 /* Moves kid to a new state inside an open transaction, with its journal record. */
@@ -275,7 +264,7 @@ enum admin_err keys_list(struct admin_req *q)
 		"destroyed, revoked, revoke_reason FROM keys WHERE client = ? ORDER BY created",
 		"s", ci.name) < 0) {
 		json_decref(arr);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	while (sqlite3_step(s) == SQLITE_ROW) {
 		json_t *k =
@@ -310,11 +299,12 @@ enum admin_err keys_rotate(struct admin_req *q)
 	if ((e = client_of(q, &ci)) != AE_OK)
 		return e;
 	if (count_keys(q->d->st, ci.name, "state = 'next'") != 0)
-		return bad(q, AE_CONFLICT, "%s already has a next key: activate it first", ci.name);
+		return admin_fail(q, AE_CONFLICT, "%s already has a next key: activate it first",
+				  ci.name);
 	if (count_keys(q->d->st, ci.name, "state IN ('next', 'active', 'retiring')") >=
 	    CIMD_KEYS_PER_CLIENT_MAX)
-		return bad(q, AE_CONFLICT, "%s holds its maximum of %d published keys", ci.name,
-			   CIMD_KEYS_PER_CLIENT_MAX);
+		return admin_fail(q, AE_CONFLICT, "%s holds its maximum of %d published keys",
+				  ci.name, CIMD_KEYS_PER_CLIENT_MAX);
 	if ((r = create_key(q->d, &ci, "next", q->op->name, kid)) < 0)
 		return key_err(q, r, "creating the next key");
 	q->result = json_pack("{sssssI}", "kid", kid, "state", "next", "activate_after",
@@ -351,22 +341,23 @@ enum admin_err keys_activate(struct admin_req *q)
 	if ((e = client_of(q, &ci)) != AE_OK)
 		return e;
 	if (key_in_state(q->d->st, ci.name, "next", kid, &since) < 0)
-		return bad(q, AE_NOT_FOUND, "%s has no next key: rotate first", ci.name);
+		return admin_fail(q, AE_NOT_FOUND, "%s has no next key: rotate first", ci.name);
 	if (want != NULL && strcmp(want, kid) != 0)
-		return bad(q, AE_NOT_FOUND, "%.64s is not the next key of %s (%s is)", want,
-			   ci.name, kid);
+		return admin_fail(q, AE_NOT_FOUND, "%.64s is not the next key of %s (%s is)", want,
+				  ci.name, kid);
 	age = (int64_t)time(NULL) - since;
 	if (age < q->d->cfg->jwks_max_age && !force)
-		return bad(q, AE_CONFLICT,
-			   "the next key has been published for %llds; jwks_max_age is %lds: "
-			   "activate after %llds more, or use --force",
-			   (long long)age, q->d->cfg->jwks_max_age,
-			   (long long)(q->d->cfg->jwks_max_age - age));
+		return admin_fail(
+		    q, AE_CONFLICT,
+		    "the next key has been published for %llds; jwks_max_age is %lds: "
+		    "activate after %llds more, or use --force",
+		    (long long)age, q->d->cfg->jwks_max_age,
+		    (long long)(q->d->cfg->jwks_max_age - age));
 	if (store_begin(q->d->st) < 0 ||
 	    activate(q->d, ci.name, kid, q->op->name, force && age < q->d->cfg->jwks_max_age) < 0 ||
 	    store_commit(q->d->st) < 0) {
 		store_rollback(q->d->st);
-		return bad(q, AE_INTERNAL, "database error: nothing was changed");
+		return admin_fail(q, AE_INTERNAL, "database error: nothing was changed");
 	}
 	q->result = json_pack("{sssssb}", "kid", kid, "state", "active", "forced",
 			      force && age < q->d->cfg->jwks_max_age);
@@ -436,24 +427,24 @@ enum admin_err keys_revoke(struct admin_req *q)
 	if ((e = client_of(q, &ci)) != AE_OK)
 		return e;
 	if (kid == NULL)
-		return bad(q, AE_BAD_REQUEST, "the kid to revoke is required");
+		return admin_fail(q, AE_BAD_REQUEST, "the kid to revoke is required");
 	if (reason == NULL || *reason == '\0' || strlen(reason) > 512)
-		return bad(q, AE_BAD_REQUEST, "a reason (1 to 512 characters) is required");
+		return admin_fail(q, AE_BAD_REQUEST, "a reason (1 to 512 characters) is required");
 	if (store_query(q->d->st, &s, "SELECT state FROM keys WHERE client = ? AND kid = ?", "ss",
 			ci.name, kid) < 0)
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	if (sqlite3_step(s) == SQLITE_ROW)
 		snprintf(state, sizeof(state), "%s", sqlite3_column_text(s, 0));
 	sqlite3_finalize(s);
 	if (state[0] == '\0')
-		return bad(q, AE_NOT_FOUND, "%s has no key %.64s", ci.name, kid);
+		return admin_fail(q, AE_NOT_FOUND, "%s has no key %.64s", ci.name, kid);
 	if (strcmp(state, "revoked") == 0 || strcmp(state, "destroyed") == 0)
-		return bad(q, AE_CONFLICT, "key %s is %s already", kid, state);
+		return admin_fail(q, AE_CONFLICT, "key %s is %s already", kid, state);
 	if (replace && strcmp(state, "active") != 0)
-		return bad(q, AE_BAD_REQUEST, "--replace applies to the active key; %s is %s", kid,
-			   state);
+		return admin_fail(q, AE_BAD_REQUEST,
+				  "--replace applies to the active key; %s is %s", kid, state);
 	if (store_begin(q->d->st) < 0)
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	x = json_pack("{ss}", "reason", reason);
 	r = transition(q->d, ci.name, kid, state, "revoked", q->op->name, x);
 	json_decref(x);

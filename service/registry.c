@@ -32,18 +32,6 @@ static const char *jwks_uri(const struct cimd_config *cfg, const char *name, cha
 	return buf;
 }
 
-static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static enum admin_err bad(struct admin_req *q, enum admin_err e, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(q->msg, sizeof(q->msg), fmt, ap);
-	va_end(ap);
-	return e;
-}
-
 /* The request's client name: present, well-formed, and (if must_exist) known. */
 static enum admin_err client_arg(struct admin_req *q, int must_exist, const char **ret_name)
 {
@@ -52,18 +40,18 @@ static enum admin_err client_arg(struct admin_req *q, int must_exist, const char
 	int rc;
 
 	if (name == NULL)
-		return bad(q, AE_BAD_REQUEST, "missing client name");
+		return admin_fail(q, AE_BAD_REQUEST, "missing client name");
 	if (!cimd_valid_name(name))
-		return bad(q, AE_BAD_REQUEST,
-			   "client name '%.80s' must match [a-z0-9][a-z0-9-]{0,62}", name);
+		return admin_fail(q, AE_BAD_REQUEST,
+				  "client name '%.80s' must match [a-z0-9][a-z0-9-]{0,62}", name);
 	if (must_exist) {
 		if (store_query(q->d->st, &s, "SELECT 1 FROM clients WHERE name = ?", "s", name) <
 		    0)
-			return bad(q, AE_INTERNAL, "database error");
+			return admin_fail(q, AE_INTERNAL, "database error");
 		rc = sqlite3_step(s);
 		sqlite3_finalize(s);
 		if (rc != SQLITE_ROW)
-			return bad(q, AE_UNKNOWN_CLIENT, "no client named %s", name);
+			return admin_fail(q, AE_UNKNOWN_CLIENT, "no client named %s", name);
 	}
 	*ret_name = name;
 	return AE_OK;
@@ -79,21 +67,9 @@ static enum admin_err commit(struct admin_req *q, const char *kind, json_t *fiel
 	json_decref(fields);
 	if (r < 0 || store_commit(q->d->st) < 0) {
 		store_rollback(q->d->st);
-		return bad(q, AE_INTERNAL, "database error: nothing was changed");
+		return admin_fail(q, AE_INTERNAL, "database error: nothing was changed");
 	}
 	return AE_OK;
-}
-
-static void hexstr(const uint8_t *in, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		out[2 * i] = digits[in[i] >> 4];
-		out[2 * i + 1] = digits[in[i] & 15];
-	}
-	out[2 * n] = '\0';
 }
 
 static int client_count(struct store *st, int64_t *ret)
@@ -146,52 +122,54 @@ enum admin_err reg_client_add(struct admin_req *q)
 		return e;
 	owner = json_string_value(json_object_get(q->args, "owner"));
 	if (owner == NULL || *owner == '\0' || strlen(owner) > 256)
-		return bad(q, AE_BAD_REQUEST, "an owner (1 to 256 characters) is required");
+		return admin_fail(q, AE_BAD_REQUEST, "an owner (1 to 256 characters) is required");
 	backend = json_string_value(json_object_get(q->args, "backend"));
 	if (backend == NULL)
 		backend = d->cfg->default_backend;
 	if (config_backend(d->cfg, backend) == NULL)
-		return bad(q, AE_BAD_REQUEST, "backend '%s' is not configured", backend);
+		return admin_fail(q, AE_BAD_REQUEST, "backend '%s' is not configured", backend);
 	if ((ks = cimdd_key_store(d, backend)) == NULL)
-		return bad(q, AE_BACKEND_UNAVAILABLE, "backend '%s' is not available now", backend);
+		return admin_fail(q, AE_BACKEND_UNAVAILABLE, "backend '%s' is not available now",
+				  backend);
 	if ((jr = json_object_get(q->args, "rotate_every")) != NULL) {
 		/* The client's own rotation period; without it, the appliance's. */
 		if (!json_is_integer(jr) || json_integer_value(jr) < 0 ||
 		    json_integer_value(jr) > CIMD_DURATION_MAX ||
 		    (json_integer_value(jr) > 0 && json_integer_value(jr) <= d->cfg->jwks_max_age))
-			return bad(q, AE_BAD_REQUEST,
-				   "rotate_every must be 0 (never) or more than jwks_max_age (%ld) "
-				   "seconds, up to %d",
-				   d->cfg->jwks_max_age, CIMD_DURATION_MAX);
+			return admin_fail(
+			    q, AE_BAD_REQUEST,
+			    "rotate_every must be 0 (never) or more than jwks_max_age (%ld) "
+			    "seconds, up to %d",
+			    d->cfg->jwks_max_age, CIMD_DURATION_MAX);
 		rotate_every = json_integer_value(jr);
 	}
 	alg_name = json_string_value(json_object_get(q->args, "alg"));
 	if (alg_name == NULL)
 		alg_name = "ES256";
 	if ((alg = cimd_alg_from_name(alg_name)) == CIMD_ALG_NONE)
-		return bad(q, AE_BAD_REQUEST, "algorithm '%.20s' is not ES256, ES384 or PS256",
-			   alg_name);
+		return admin_fail(q, AE_BAD_REQUEST,
+				  "algorithm '%.20s' is not ES256, ES384 or PS256", alg_name);
 	if (cimd_doc_prepare(json_object_get(q->args, "metadata"),
 			     reg_client_id(d->cfg, name, cid, sizeof(cid)),
 			     jwks_uri(d->cfg, name, juri, sizeof(juri)), alg_name, &bytes, &len,
 			     err, sizeof(err)) < 0)
-		return bad(q, AE_INVALID_DOCUMENT, "%s", err);
+		return admin_fail(q, AE_INVALID_DOCUMENT, "%s", err);
 	if (client_arg(q, 1, &name) == AE_OK) {
-		e = bad(q, AE_CONFLICT, "a client named %s exists already", name);
+		e = admin_fail(q, AE_CONFLICT, "a client named %s exists already", name);
 		goto out;
 	}
 	if (client_count(d->st, &n) < 0 || n >= CIMD_CLIENTS_MAX) {
-		e = bad(q, AE_CONFLICT, "the appliance holds its maximum of %d clients",
-			CIMD_CLIENTS_MAX);
+		e = admin_fail(q, AE_CONFLICT, "the appliance holds its maximum of %d clients",
+			       CIMD_CLIENTS_MAX);
 		goto out;
 	}
 	/* Hardware first, under a committed intent: a crash before the key is
 	 * recorded leaves a key reconciliation recognises and removes; a database
 	 * row without its key would be worse. */
 	if ((r = keys_generate(d, name, backend, alg_name, tag, &key)) < 0) {
-		e = bad(q, r == -CIMD_EUNAVAILABLE ? AE_BACKEND_UNAVAILABLE : AE_INTERNAL,
-			"creating the key: %s",
-			r == -EIO ? "database error" : key_store_errmsg(ks));
+		e = admin_fail(q, r == -CIMD_EUNAVAILABLE ? AE_BACKEND_UNAVAILABLE : AE_INTERNAL,
+			       "creating the key: %s",
+			       r == -EIO ? "database error" : key_store_errmsg(ks));
 		goto out;
 	}
 	ks_key_ref(key, &ref, &ref_len);
@@ -211,10 +189,10 @@ enum admin_err reg_client_add(struct admin_req *q)
 		store_rollback(d->st);
 		key_store_destroy(ks, &key);
 		keys_intent_drop(d, tag);
-		e = bad(q, AE_INTERNAL, "database error: nothing was changed");
+		e = admin_fail(q, AE_INTERNAL, "database error: nothing was changed");
 		goto out;
 	}
-	hexstr(md, sizeof(md), hash);
+	hex_encode(md, sizeof(md), hash);
 	e = commit(q, "client.add",
 		   json_pack("{sssssssssiss}", "client", name, "owner", owner, "backend", backend,
 			     "alg", alg_name, "version", 1, "sha256", hash));
@@ -278,7 +256,7 @@ enum admin_err reg_client_list(struct admin_req *q)
 	    store_query(q->d->st, &s, "SELECT " CLIENT_COLS " FROM clients ORDER BY name", "") <
 		0) {
 		json_decref(arr);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW)
 		if ((row = client_row(q->d->st, s)) == NULL || json_array_append_new(arr, row) < 0)
@@ -286,7 +264,7 @@ enum admin_err reg_client_list(struct admin_req *q)
 	sqlite3_finalize(s);
 	if (rc != SQLITE_DONE) {
 		json_decref(arr);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	q->result = json_pack("{so}", "clients", arr);
 	return AE_OK;
@@ -338,7 +316,7 @@ static json_t *documents_of(struct store *st, const char *name)
 		return NULL;
 	}
 	while (sqlite3_step(s) == SQLITE_ROW) {
-		hexstr(sqlite3_column_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
+		hex_encode(sqlite3_column_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
 		json_array_append_new(
 		    arr,
 		    json_pack("{sIsssssssIsoso}", "version", (json_int_t)sqlite3_column_int64(s, 0),
@@ -365,12 +343,12 @@ enum admin_err reg_client_show(struct admin_req *q)
 			name) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
 		sqlite3_finalize(s);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	o = client_row(q->d->st, s);
 	sqlite3_finalize(s);
 	if (o == NULL)
-		return bad(q, AE_INTERNAL, "out of memory");
+		return admin_fail(q, AE_INTERNAL, "out of memory");
 	json_object_set_new(o, "client_id",
 			    json_string(reg_client_id(q->d->cfg, name, cid, sizeof(cid))));
 	json_object_set_new(o, "jwks_uri",
@@ -423,12 +401,13 @@ enum admin_err reg_client_allow(struct admin_req *q)
 	}
 	if (!json_is_integer(id) || (v = json_integer_value(id)) < 0 || v > 0x7fffffff ||
 	    (json_object_get(q->args, "uid") && json_object_get(q->args, "gid")))
-		return bad(q, AE_BAD_REQUEST, "give one uid or one gid (0 to 2147483647)");
+		return admin_fail(q, AE_BAD_REQUEST, "give one uid or one gid (0 to 2147483647)");
 	if (!remove && count_of(q->d->st, "SELECT count(*) FROM client_callers WHERE client = ?",
 				name) >= CIMD_CALLERS_MAX)
-		return bad(q, AE_CONFLICT, "%s already allows %d callers", name, CIMD_CALLERS_MAX);
+		return admin_fail(q, AE_CONFLICT, "%s already allows %d callers", name,
+				  CIMD_CALLERS_MAX);
 	if (store_begin(q->d->st) < 0)
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	r = remove
 		? store_exec(q->d->st,
 			     "DELETE FROM client_callers WHERE client = ? AND kind = ? AND id = ?",
@@ -439,14 +418,14 @@ enum admin_err reg_client_allow(struct admin_req *q)
 		      "ssi", name, kind, (int64_t)v);
 	if (r < 0) {
 		store_rollback(q->d->st);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	if (r == 0) {
 		store_rollback(q->d->st);
-		return remove ? bad(q, AE_NOT_FOUND, "%s %lld was not allowed for %s", kind,
-				    (long long)v, name)
-			      : bad(q, AE_CONFLICT, "%s %lld is already allowed for %s", kind,
-				    (long long)v, name);
+		return remove ? admin_fail(q, AE_NOT_FOUND, "%s %lld was not allowed for %s", kind,
+					   (long long)v, name)
+			      : admin_fail(q, AE_CONFLICT, "%s %lld is already allowed for %s",
+					   kind, (long long)v, name);
 	}
 	return commit(q, remove ? "client.disallow" : "client.allow",
 		      json_pack("{sssI}", "client", name, kind, v));
@@ -463,15 +442,16 @@ enum admin_err reg_client_audience(struct admin_req *q)
 	if ((e = client_arg(q, 1, &name)) != AE_OK)
 		return e;
 	if ((add == NULL) == (del == NULL))
-		return bad(q, AE_BAD_REQUEST, "give one audience to add or to remove");
+		return admin_fail(q, AE_BAD_REQUEST, "give one audience to add or to remove");
 	if (add != NULL && cimd_https_url("audience", add, err, sizeof(err)) < 0)
-		return bad(q, AE_BAD_REQUEST, "%s", err);
+		return admin_fail(q, AE_BAD_REQUEST, "%s", err);
 	if (add != NULL &&
 	    count_of(q->d->st, "SELECT count(*) FROM client_audiences WHERE client = ?", name) >=
 		CIMD_AUDIENCES_MAX)
-		return bad(q, AE_CONFLICT, "%s already has %d audiences", name, CIMD_AUDIENCES_MAX);
+		return admin_fail(q, AE_CONFLICT, "%s already has %d audiences", name,
+				  CIMD_AUDIENCES_MAX);
 	if (store_begin(q->d->st) < 0)
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	r = add ? store_exec(q->d->st,
 			     "INSERT OR IGNORE INTO client_audiences (client, aud) VALUES (?, ?)",
 			     "ss", name, add)
@@ -479,12 +459,13 @@ enum admin_err reg_client_audience(struct admin_req *q)
 			     "ss", name, del);
 	if (r < 0) {
 		store_rollback(q->d->st);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	if (r == 0) {
 		store_rollback(q->d->st);
-		return add ? bad(q, AE_CONFLICT, "%s is already an audience of %s", add, name)
-			   : bad(q, AE_NOT_FOUND, "%s is not an audience of %s", del, name);
+		return add ? admin_fail(q, AE_CONFLICT, "%s is already an audience of %s", add,
+					name)
+			   : admin_fail(q, AE_NOT_FOUND, "%s is not an audience of %s", del, name);
 	}
 	return commit(q, add ? "client.audience.add" : "client.audience.remove",
 		      json_pack("{ssss}", "client", name, "audience", add ? add : del));
@@ -523,7 +504,7 @@ enum admin_err reg_doc_submit(struct admin_req *q)
 	if (store_query(q->d->st, &s, "SELECT alg FROM clients WHERE name = ?", "s", name) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
 		sqlite3_finalize(s);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	alg = (const char *)sqlite3_column_text(s, 0);
 	if (cimd_doc_prepare(json_object_get(q->args, "metadata"),
@@ -531,21 +512,21 @@ enum admin_err reg_doc_submit(struct admin_req *q)
 			     jwks_uri(q->d->cfg, name, juri, sizeof(juri)), alg, &bytes, &len, err,
 			     sizeof(err)) < 0) {
 		sqlite3_finalize(s);
-		return bad(q, AE_INVALID_DOCUMENT, "%s", err);
+		return admin_fail(q, AE_INVALID_DOCUMENT, "%s", err);
 	}
 	sqlite3_finalize(s);
 	if (store_begin(q->d->st) < 0) {
 		free(bytes);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	version = latest_version(q->d->st, name, NULL) + 1;
 	if (insert_doc(q, name, version, bytes, len, md) != 1) {
 		store_rollback(q->d->st);
 		free(bytes);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	free(bytes);
-	hexstr(md, sizeof(md), hash);
+	hex_encode(md, sizeof(md), hash);
 	if ((e = commit(q, "doc.submit",
 			json_pack("{sssIss}", "client", name, "version", (json_int_t)version,
 				  "sha256", hash))) != AE_OK)
@@ -567,9 +548,9 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 	if ((e = client_arg(q, 1, &name)) != AE_OK)
 		return e;
 	if (!json_is_integer(jv) || (version = json_integer_value(jv)) < 1)
-		return bad(q, AE_BAD_REQUEST, "a document version (1, 2, ...) is required");
+		return admin_fail(q, AE_BAD_REQUEST, "a document version (1, 2, ...) is required");
 	if (store_begin(q->d->st) < 0)
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	if (store_query(
 		q->d->st, &s,
 		"SELECT state, submitter, sha256 FROM documents WHERE client = ? AND version = ?",
@@ -577,15 +558,15 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 	    sqlite3_step(s) != SQLITE_ROW) {
 		sqlite3_finalize(s);
 		store_rollback(q->d->st);
-		return bad(q, AE_NOT_FOUND, "%s has no document version %lld", name,
-			   (long long)version);
+		return admin_fail(q, AE_NOT_FOUND, "%s has no document version %lld", name,
+				  (long long)version);
 	}
 	state = (const char *)sqlite3_column_text(s, 0);
 	snprintf(submitter, sizeof(submitter), "%s", (const char *)sqlite3_column_text(s, 1));
-	hexstr(sqlite3_column_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
+	hex_encode(sqlite3_column_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
 	if (strcmp(state, "submitted") != 0) {
-		e = bad(q, AE_CONFLICT, "version %lld of %s is %s, not awaiting approval",
-			(long long)version, name, state);
+		e = admin_fail(q, AE_CONFLICT, "version %lld of %s is %s, not awaiting approval",
+			       (long long)version, name, state);
 		sqlite3_finalize(s);
 		store_rollback(q->d->st);
 		return e;
@@ -593,15 +574,17 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 	sqlite3_finalize(s);
 	if (q->d->cfg->two_person_rule && strcmp(submitter, q->op->name) == 0) {
 		store_rollback(q->d->st);
-		return bad(q, AE_FORBIDDEN,
-			   "two-person rule: %s submitted version %lld and may not approve it",
-			   submitter, (long long)version);
+		return admin_fail(
+		    q, AE_FORBIDDEN,
+		    "two-person rule: %s submitted version %lld and may not approve it", submitter,
+		    (long long)version);
 	}
 	current = latest_version(q->d->st, name, "approved");
 	if (version < current) {
 		store_rollback(q->d->st);
-		return bad(q, AE_CONFLICT, "version %lld is older than the approved version %lld",
-			   (long long)version, (long long)current);
+		return admin_fail(q, AE_CONFLICT,
+				  "version %lld is older than the approved version %lld",
+				  (long long)version, (long long)current);
 	}
 	if (store_exec(
 		q->d->st,
@@ -612,7 +595,7 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 		       "WHERE client = ? AND version = ?",
 		       "sisi", q->op->name, (int64_t)time(NULL), name, version) != 1) {
 		store_rollback(q->d->st);
-		return bad(q, AE_INTERNAL, "database error");
+		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	if ((e = commit(q, "doc.approve",
 			json_pack("{sssIssssso}", "client", name, "version", (json_int_t)version,
@@ -636,7 +619,7 @@ enum admin_err reg_doc_show(struct admin_req *q)
 	if ((e = client_arg(q, 1, &name)) != AE_OK)
 		return e;
 	if (jv != NULL && (!json_is_integer(jv) || json_integer_value(jv) < 1))
-		return bad(q, AE_BAD_REQUEST, "version must be 1, 2, ...");
+		return admin_fail(q, AE_BAD_REQUEST, "version must be 1, 2, ...");
 	/* Default: the approved version, or else the latest submitted. */
 	version = jv ? json_integer_value(jv) : latest_version(q->d->st, name, "approved");
 	if (version == 0)
@@ -648,10 +631,10 @@ enum admin_err reg_doc_show(struct admin_req *q)
 		"si", name, version) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
 		sqlite3_finalize(s);
-		return bad(q, AE_NOT_FOUND, "%s has no document version %lld", name,
-			   (long long)version);
+		return admin_fail(q, AE_NOT_FOUND, "%s has no document version %lld", name,
+				  (long long)version);
 	}
-	hexstr(sqlite3_column_blob(s, 3), SHA256_DIGEST_LENGTH, hash);
+	hex_encode(sqlite3_column_blob(s, 3), SHA256_DIGEST_LENGTH, hash);
 	q->result = json_pack(
 	    "{s{sIssss%sssssIsoso}}", "document", "version", (json_int_t)sqlite3_column_int64(s, 0),
 	    "state", (const char *)sqlite3_column_text(s, 1), "bytes",
@@ -660,5 +643,5 @@ enum admin_err reg_doc_show(struct admin_req *q)
 	    (json_int_t)sqlite3_column_int64(s, 5), "approver", text_or_null(s, 6), "approved",
 	    int_or_null(s, 7));
 	sqlite3_finalize(s);
-	return q->result ? AE_OK : bad(q, AE_INTERNAL, "out of memory");
+	return q->result ? AE_OK : admin_fail(q, AE_INTERNAL, "out of memory");
 }

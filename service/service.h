@@ -92,7 +92,7 @@ struct cimd_config {
 	char *tls_cert;
 	char *tls_key;
 	char *export_dir; /* every publication set also written there, or NULL */
-	int allow_http; /* serve plain HTTP (behind a TLS-terminating proxy) */
+	int allow_http;	  /* serve plain HTTP (behind a TLS-terminating proxy) */
 	int two_person_rule;
 	char default_backend[16];
 	struct cimd_backend_conf backends[CIMD_BACKENDS_MAX];
@@ -196,7 +196,7 @@ struct cimdd {
 	struct key_store *ks[CIMD_BACKENDS_MAX]; /* by index into cfg->backends */
 	int dev;				 /* a --dev instance */
 	unsigned long backend_errors;		 /* hardware calls that failed, for /metrics */
-	uint8_t export_last[32]; /* SHA-256 of the set last written to export_dir */
+	uint8_t export_last[32];		 /* SHA-256 of the set last written to export_dir */
 	int export_sent;
 };
 
@@ -226,6 +226,10 @@ struct admin_req {
 	json_t *result; /* set by the handler on success */
 	char msg[512];	/* set by the handler on failure (and may be on success) */
 };
+
+/* Sets the request's message and returns e: every handler's way to fail. */
+enum admin_err admin_fail(struct admin_req *q, enum admin_err e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 enum admin_err reg_client_add(struct admin_req *q);
 enum admin_err reg_client_list(struct admin_req *q);

@@ -247,18 +247,16 @@ static int bind_va(sqlite3_stmt *s, const char *types, va_list ap)
 	return rc == SQLITE_OK ? 0 : -EIO;
 }
 
-int store_query(struct store *st, sqlite3_stmt **ret_stmt, const char *sql, const char *types, ...)
+/* Prepares sql and binds its parameters; *ret_stmt only on success. */
+static int prepare_va(struct store *st, sqlite3_stmt **ret_stmt, const char *sql, const char *types,
+		      va_list ap)
 {
 	sqlite3_stmt *s;
-	va_list ap;
 	int r;
 
 	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
 		return -EIO;
-	va_start(ap, types);
-	r = bind_va(s, types, ap);
-	va_end(ap);
-	if (r < 0) {
+	if ((r = bind_va(s, types, ap)) < 0) {
 		sqlite3_finalize(s);
 		return r;
 	}
@@ -266,19 +264,29 @@ int store_query(struct store *st, sqlite3_stmt **ret_stmt, const char *sql, cons
 	return 0;
 }
 
-int store_exec(struct store *st, const char *sql, const char *types, ...)
+int store_query(struct store *st, sqlite3_stmt **ret_stmt, const char *sql, const char *types, ...)
 {
-	sqlite3_stmt *s;
 	va_list ap;
 	int r;
 
-	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
-		return -EIO;
 	va_start(ap, types);
-	r = bind_va(s, types, ap);
+	r = prepare_va(st, ret_stmt, sql, types, ap);
 	va_end(ap);
-	if (r == 0)
-		r = sqlite3_step(s) == SQLITE_DONE ? sqlite3_changes(st->db) : -EIO;
+	return r;
+}
+
+int store_exec(struct store *st, const char *sql, const char *types, ...)
+{
+	sqlite3_stmt *s = NULL;
+	va_list ap;
+	int r;
+
+	va_start(ap, types);
+	r = prepare_va(st, &s, sql, types, ap);
+	va_end(ap);
+	if (r < 0)
+		return r;
+	r = sqlite3_step(s) == SQLITE_DONE ? sqlite3_changes(st->db) : -EIO;
 	sqlite3_finalize(s);
 	return r;
 }
@@ -300,18 +308,6 @@ void store_rollback(struct store *st)
 		exec(st, "ROLLBACK");
 }
 
-static void hex(const uint8_t *in, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		out[2 * i] = digits[in[i] >> 4];
-		out[2 * i + 1] = digits[in[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
 int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65])
 {
 	sqlite3_stmt *s;
@@ -323,7 +319,7 @@ int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65])
 	rc = sqlite3_step(s);
 	if (rc == SQLITE_ROW && sqlite3_column_bytes(s, 1) == SHA256_DIGEST_LENGTH) {
 		*ret_seq = sqlite3_column_int64(s, 0);
-		hex(sqlite3_column_blob(s, 1), SHA256_DIGEST_LENGTH, ret_hash);
+		hex_encode(sqlite3_column_blob(s, 1), SHA256_DIGEST_LENGTH, ret_hash);
 	} else if (rc == SQLITE_DONE) {
 		*ret_seq = 0;
 		memcpy(ret_hash, zero_hash, 65);
@@ -432,7 +428,7 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 			break;
 		}
 		json_decref(rec);
-		hex(md, sizeof(md), prev);
+		hex_encode(md, sizeof(md), prev);
 	}
 	if (r == 0 && rc != SQLITE_DONE)
 		r = -EIO;
