@@ -195,6 +195,11 @@ static int create_key(struct cimdd *d, const struct client_info *ci, const char 
 	json_t *f = NULL;
 	int r;
 
+	/* The bound holds on every path that makes keys: rotation, the scheduler,
+	 * a revocation's replacement. */
+	if (count_keys(d->st, ci->name, "state IN ('next', 'active', 'retiring')") >=
+	    CIMD_KEYS_PER_CLIENT_MAX)
+		return -EMLINK;
 	if ((r = keys_generate(d, ci->name, ci->backend, ci->alg, tag, &key)) < 0)
 		return r;
 	f = json_pack("{ssssssss}", "client", ci->name, "kid", ks_key_kid(key), "state", state,
@@ -221,6 +226,10 @@ static enum admin_err key_err(struct admin_req *q, int r, const char *what)
 	if (r == -CIMD_EUNAVAILABLE)
 		return admin_fail(q, AE_BACKEND_UNAVAILABLE,
 				  "%s: the key's hardware is unavailable", what);
+	if (r == -EMLINK)
+		return admin_fail(q, AE_CONFLICT,
+				  "%s: the client holds its maximum of %d published keys", what,
+				  CIMD_KEYS_PER_CLIENT_MAX);
 	return admin_fail(q, AE_INTERNAL, "%s: %s", what, cimd_strerror(r));
 }
 

@@ -289,6 +289,22 @@ static void test_story(void)
 	t_ok(rc == 1 && strstr(out, "more than jwks_max_age"),
 	     "a rotation period not above jwks_max_age is refused: %s", out);
 
+	/* At most 16 published keys per client, whichever path makes them. */
+	snprintf(cmd, sizeof(cmd), "client add agent-c --owner team-c --metadata %s/good.json",
+		 dir);
+	ctl(0, out, sizeof(out), cmd);
+	{
+		int i, made = 1;
+		for (i = 0; i < 20; i++) {
+			if (ctl(0, out, sizeof(out), "key rotate agent-c") != 0)
+				break;
+			made++;
+			ctl(0, out, sizeof(out), "key activate agent-c --force");
+		}
+		t_ok(made == 16 && strstr(out, "holds its maximum of 16 published keys"),
+		     "a client holds at most 16 published keys (%d made): %s", made, out);
+	}
+
 	/* The journal. */
 	rc = ctl(0, out, sizeof(out), "journal verify");
 	t_ok(rc == 0 && strstr(out, "journal intact"), "journal verify: %s", out);
@@ -400,6 +416,20 @@ static void test_admin_input(void)
 			}
 		t_ok(lines == 3 && strstr(got, "\"clients\"") > strstr(got, "\"base_url\""),
 		     "three pipelined requests: three answers, in order");
+		close(fd);
+	}
+	/* A request line must be finished within 10 s of its first byte. */
+	if (!on_tpm) {
+		double t0 = t_now_ms();
+		struct timeval tv = {15, 0};
+		fd = raw_connect();
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		if (write(fd, "{\"op\":", 6) == 6) {
+			raw_call(fd, "", 0, out, sizeof(out)); /* waits for the close */
+		}
+		t_ok(out[0] == '\0' && t_now_ms() - t0 > 9000 && t_now_ms() - t0 < 13000,
+		     "a request line left unfinished is closed after %.1f s (limit 10 s)",
+		     (t_now_ms() - t0) / 1000);
 		close(fd);
 	}
 	/* One uid holds at most 4 connections. */
