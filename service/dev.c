@@ -30,24 +30,33 @@
 #define DEV_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define DEV_PATH_MAX 1024
 
+/* In a child before execve: the signals we blocked for our signalfd are
+ * unblocked (a mask survives execve), and output goes to log. */
+static void child_setup(const char *log)
+{
+	sigset_t none;
+	int fd;
+
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	if ((fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) >= 0) {
+		dup2(fd, 1);
+		dup2(fd, 2);
+	}
+}
+
 /* Runs argv with SOFTHSM2_CONF set, its output to DIR/dev-setup.log. */
 static int run(const char *dir, char *const argv[])
 {
 	char log[DEV_PATH_MAX];
 	pid_t pid;
-	int st, fd;
+	int st;
 
 	snprintf(log, sizeof(log), "%s/dev-setup.log", dir);
 	if ((pid = fork()) < 0)
 		return -errno;
 	if (pid == 0) {
-		sigset_t none;
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		if ((fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
+		child_setup(log);
 		execvp(argv[0], argv);
 		_exit(127);
 	}
@@ -166,7 +175,7 @@ int dev_swtpm_spawn(const char *state, int port, const char *log, pid_t *ret_pid
 {
 	char srv[64], ctl[64], st[DEV_PATH_MAX + 8];
 	struct timespec ts = {0, 10000000};
-	int fd, status, i;
+	int status, i;
 	pid_t pid;
 
 	snprintf(srv, sizeof(srv), "type=tcp,port=%d,bindaddr=127.0.0.1", port);
@@ -175,16 +184,9 @@ int dev_swtpm_spawn(const char *state, int port, const char *log, pid_t *ret_pid
 	if ((pid = fork()) < 0)
 		return -errno;
 	if (pid == 0) {
-		/* It dies with us, whatever kills us; and it gets the signals we
-		 * blocked for our signalfd (a mask survives execve). */
-		sigset_t none;
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
+		/* It dies with us, whatever kills us. */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if ((fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
+		child_setup(log);
 		execlp("swtpm", "swtpm", "socket", "--tpm2", "--server", srv, "--ctrl", ctl,
 		       "--tpmstate", st, "--flags", "not-need-init,startup-clear", (char *)NULL);
 		_exit(127);

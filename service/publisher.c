@@ -37,9 +37,9 @@
 #include "service.h"
 
 #define PUB_PATH_MAX 1024
-#define PUB_CONNS_MAX 1024    /* connections at once */
-#define PUB_CONNS_PER_IP 64   /* from one address */
-#define PUB_TIMEOUT_SEC 10    /* idle or slow connection */
+#define PUB_CONNS_MAX 1024   /* connections at once */
+#define PUB_CONNS_PER_IP 64  /* from one address */
+#define PUB_TIMEOUT_SEC 10   /* idle or slow connection */
 #define PUB_CONN_MEMORY 8192 /* per-connection memory: request line and headers */
 #define PUB_THREADS 2
 
