@@ -17,7 +17,7 @@ WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-protot
              -Wformat=2 -Wvla
 HARDEN    := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIC
 CFLAGS    += -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE $(OPT) $(WARN) $(HARDEN) $(SAN) \
-             -Ifirmware -Iservice $(shell pkg-config --cflags $(PKGS) p11-kit-1)
+             -Ifirmware -Iservice -Itools $(shell pkg-config --cflags $(PKGS) p11-kit-1)
 LDLIBS    += $(shell pkg-config --libs $(PKGS)) -ldl -lpthread
 LDFLAGS   += $(SAN) -Wl,-z,relro,-z,now
 
@@ -30,6 +30,12 @@ SVC_SRC   := $(filter-out service/cimdd.c,$(wildcard service/*.c))
 SVC_OBJ   := $(SVC_SRC:%.c=$(BUILD)/obj/%.o)
 SVC_LIB   := $(BUILD)/lib/libcimdsvc.a
 
+# tools/libcimd: the signing socket's client library, static and shared.
+CIMD_OBJ  := $(BUILD)/obj/tools/libcimd.o
+CIMD_A    := $(BUILD)/lib/libcimd.a
+CIMD_SO   := $(BUILD)/lib/libcimd.so.0
+CIMD_LIBS := $(shell pkg-config --libs jansson)
+
 TEST_HARN := $(BUILD)/obj/tests/harness.o
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -39,9 +45,9 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps check test asan bench run clean format install
 .SECONDARY:
-BINS      := $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl
+BINS      := $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(BUILD)/bin/cimd-assert
 
-all: $(FW_LIB) $(SVC_LIB) $(BINS) $(TEST_BIN) $(BENCH_BIN)
+all: $(FW_LIB) $(SVC_LIB) $(CIMD_A) $(CIMD_SO) $(BINS) $(TEST_BIN) $(BENCH_BIN)
 
 deps:
 	@bash scripts/deps.sh
@@ -72,12 +78,29 @@ $(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(FW_LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(SVC_LIB) $(FW_LIB)
+$(CIMD_A): $(CIMD_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  AR      $@"
+	@rm -f $@
+	@$(AR) rcs $@ $^
+
+$(CIMD_SO): $(CIMD_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -shared -Wl,-soname,libcimd.so.0 -o $@ $^ $(CIMD_LIBS)
+
+# cimd-assert is built on the library, as a workload would use it.
+$(BUILD)/bin/cimd-assert: $(BUILD)/obj/tools/cimd-assert.o $(CIMD_A)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CIMD_LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(SVC_LIB) $(FW_LIB)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -104,10 +127,21 @@ run: deps
 	@exec $(BUILD)/bin/cimdd --dev ./var/dev
 
 PREFIX    ?= /usr/local
+LIBDIR    ?= $(PREFIX)/lib
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
-		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8
-	install -m 0755 $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(DESTDIR)$(PREFIX)/bin/
+		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(PREFIX)/include $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 0755 $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(BUILD)/bin/cimd-assert \
+		$(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 tools/cimd.h $(DESTDIR)$(PREFIX)/include/
+	install -m 0644 $(CIMD_A) $(DESTDIR)$(LIBDIR)/
+	install -m 0755 $(CIMD_SO) $(DESTDIR)$(LIBDIR)/
+	ln -sf libcimd.so.0 $(DESTDIR)$(LIBDIR)/libcimd.so
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+		-e 's|@VERSION@|$(shell sed -n 's/^#define CIMD_VERSION "\(.*\)"/\1/p' service/service.h)|g' \
+		tools/libcimd.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/libcimd.pc
+	install -m 0644 docs/man/cimd-assert.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 0644 docs/man/cimdctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 0644 docs/man/cimdd.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/
 	install -m 0644 docs/man/cimdd.8 $(DESTDIR)$(PREFIX)/share/man/man8/

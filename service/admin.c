@@ -138,6 +138,7 @@ static const struct {
     {"client.show", CIMD_ROLE_READ, reg_client_show},
     {"client.allow", CIMD_ROLE_SUBMIT, reg_client_allow},
     {"client.audience", CIMD_ROLE_SUBMIT, reg_client_audience},
+    {"client.policy", CIMD_ROLE_SUBMIT, reg_client_policy},
     {"doc.submit", CIMD_ROLE_SUBMIT, reg_doc_submit},
     {"doc.approve", CIMD_ROLE_APPROVE, reg_doc_approve},
     {"doc.show", CIMD_ROLE_READ, reg_doc_show},
@@ -397,62 +398,22 @@ static void accept_one(struct admin_server *srv)
 int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size_t errlen)
 {
 	struct admin_server *srv;
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	struct stat st;
-	mode_t old;
 	size_t i;
 	int r;
 
-	if (strlen(d->cfg->admin_socket) >= sizeof(sa.sun_path)) {
-		snprintf(err, errlen, "admin_socket path too long: %s", d->cfg->admin_socket);
-		return -ENAMETOOLONG;
-	}
 	if ((srv = calloc(1, sizeof(*srv))) == NULL)
 		return -ENOMEM;
 	srv->d = d;
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
 		srv->conns[i].fd = -1;
-	strcpy(sa.sun_path, d->cfg->admin_socket);
-	/* A stale socket from a previous run is replaced; a live one (another
-	 * daemon answers on it) or anything else is not. */
-	if (lstat(sa.sun_path, &st) == 0) {
-		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), live;
-		live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-		if (probe >= 0)
-			close(probe);
-		if (!S_ISSOCK(st.st_mode) || live) {
-			snprintf(err, errlen, "%s %s", sa.sun_path,
-				 live ? "is in use by a running daemon"
-				      : "exists and is not a socket");
-			free(srv);
-			return -EEXIST;
-		}
-		unlink(sa.sun_path);
-	}
-	if ((srv->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
-		r = -errno;
-		snprintf(err, errlen, "socket: %s", strerror(errno));
+	if ((r = unix_listen(d->cfg->admin_socket, d->cfg->admin_socket_mode,
+			     d->cfg->admin_socket_gid, 16, &srv->lfd, err, errlen)) < 0) {
 		free(srv);
 		return r;
 	}
-	/* Created with no access at all, then opened up to the configured mode:
-	 * never a moment where it is wider. */
-	old = umask(0777);
-	r = bind(srv->lfd, (struct sockaddr *)&sa, sizeof(sa));
-	umask(old);
-	if (r < 0 ||
-	    (d->cfg->admin_socket_gid >= 0 &&
-	     chown(sa.sun_path, (uid_t)-1, (gid_t)d->cfg->admin_socket_gid) < 0) ||
-	    chmod(sa.sun_path, d->cfg->admin_socket_mode) < 0 || listen(srv->lfd, 16) < 0) {
-		r = -errno;
-		snprintf(err, errlen, "%s: %s", sa.sun_path, strerror(errno));
+	if ((srv->path = strdup(d->cfg->admin_socket)) == NULL) {
 		close(srv->lfd);
-		free(srv);
-		return r;
-	}
-	if ((srv->path = strdup(sa.sun_path)) == NULL) {
-		close(srv->lfd);
-		unlink(sa.sun_path);
+		unlink(d->cfg->admin_socket);
 		free(srv);
 		return -ENOMEM;
 	}

@@ -29,6 +29,8 @@
 
 #include "service.h"
 
+#define METRICS_EVERY 5 /* seconds between publications for counters alone */
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: cimdd -c FILE [-f]\n"
@@ -58,6 +60,7 @@ struct key_store *cimdd_key_store(struct cimdd *d, const char *backend)
  * retried later (the daemon keeps serving what does not need that hardware). */
 static void open_key_stores(struct cimdd *d, int quiet)
 {
+	struct key_store *ks;
 	char err[256];
 	size_t i;
 	int r, opened = 0;
@@ -65,8 +68,11 @@ static void open_key_stores(struct cimdd *d, int quiet)
 	for (i = 0; i < d->cfg->n_backends; i++) {
 		if (d->ks[i] != NULL)
 			continue;
-		r = key_store_open(d->cfg->backends[i].conf, &d->ks[i], err, sizeof(err));
+		ks = NULL;
+		r = key_store_open(d->cfg->backends[i].conf, &ks, err, sizeof(err));
 		if (r == 0) {
+			/* The signer's backend threads read it without a lock. */
+			__atomic_store_n(&d->ks[i], ks, __ATOMIC_RELEASE);
 			log_info("backend %s: open", d->cfg->backends[i].name);
 			opened = 1;
 		} else if (!quiet)
@@ -106,6 +112,7 @@ static void reload(struct cimdd *d)
 	o->destroy_delay = n->destroy_delay;
 	o->rotate_every = n->rotate_every;
 	config_free(&n);
+	signer_configure(d->signer, o);
 	log_info("reload: %zu operators, two-person rule %s", o->n_operators,
 		 o->two_person_rule ? "on" : "off");
 	/* What an auditor needs to see changed: who may do what, and the rules. */
@@ -165,7 +172,7 @@ static void banner(const struct cimdd *d)
 		"\ncimdd %s development instance\n"
 		"  base URL      %s (CA certificate: %s)\n"
 		"  admin socket  %s\n"
-		"  sign socket   %s (not served yet)\n"
+		"  sign socket   %s\n"
 		"  configuration %s\n"
 		"  two-person rule is OFF: a dev instance has a single operator\n"
 		"\nTry:\n"
@@ -192,7 +199,9 @@ int main(int argc, char **argv)
 	};
 	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
 	struct publisher *pub = NULL;
-	int64_t published_at = -1;
+	int64_t published_at = -1, signer_at = -1;
+	uint64_t answers_at = 0;
+	time_t metrics_at = 0;
 	char devconf[1200], err[512], dbpath[1100];
 	struct cimdd d = {0};
 	struct admin_server *admin = NULL;
@@ -310,6 +319,10 @@ int main(int argc, char **argv)
 		log_err("admin socket: %s", err);
 		goto out;
 	}
+	if (signer_start(&d, &d.signer, err, sizeof(err)) < 0) {
+		log_err("sign socket: %s", err);
+		goto out;
+	}
 	if ((sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
 		log_err("signalfd: %s", strerror(errno));
 		goto out;
@@ -355,11 +368,21 @@ int main(int argc, char **argv)
 			open_key_stores(&d, 1);
 			keys_tick(&d, last_tick);
 		}
+		/* A change to the state may change who may sign and with which key. */
+		if (store_changes(d.st) != signer_at) {
+			signer_at = store_changes(d.st);
+			signer_invalidate(d.signer);
+		}
 		/* Any change to the state may change what is public: render the set
-		 * again, and send it when its bytes differ (publish.c). */
+		 * again, and send it when its bytes differ (publish.c).  Signing
+		 * moves only counters: those are sent at most every few seconds. */
 		if ((pub != NULL || d.cfg->export_dir != NULL) &&
-		    store_changes(d.st) != published_at) {
+		    (store_changes(d.st) != published_at ||
+		     (signer_answers(d.signer) != answers_at &&
+		      time(NULL) - metrics_at >= METRICS_EVERY))) {
 			published_at = store_changes(d.st);
+			answers_at = signer_answers(d.signer);
+			metrics_at = time(NULL);
 			if (publisher_publish(&d, pub) < 0)
 				published_at = -1;
 		}
@@ -369,6 +392,7 @@ int main(int argc, char **argv)
 	else
 		store_rollback(d.st);
 out:
+	signer_stop(&d.signer);
 	publisher_stop(&pub);
 	if (sfd >= 0)
 		close(sfd);

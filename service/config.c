@@ -250,6 +250,7 @@ enum {
 	K_ADMIN_SOCKET_GROUP,
 	K_SIGN_SOCKET,
 	K_SIGN_SOCKET_MODE,
+	K_SIGN_SOCKET_GROUP,
 	K_LISTEN,
 	K_TLS_CERT,
 	K_TLS_KEY,
@@ -261,6 +262,7 @@ enum {
 	K_CIMD_MAX_AGE,
 	K_ASSERTION_DEFAULT_TTL,
 	K_ASSERTION_MAX_TTL,
+	K_ASSERTION_RATE_LIMIT,
 	K_CLOCK_SKEW,
 	K_DESTROY_DELAY,
 	K_ROTATE_EVERY,
@@ -276,6 +278,7 @@ static const char *const keys[] = {
     [K_ADMIN_SOCKET_GROUP] = "admin_socket_group",
     [K_SIGN_SOCKET] = "sign_socket",
     [K_SIGN_SOCKET_MODE] = "sign_socket_mode",
+    [K_SIGN_SOCKET_GROUP] = "sign_socket_group",
     [K_LISTEN] = "listen",
     [K_TLS_CERT] = "tls_cert",
     [K_TLS_KEY] = "tls_key",
@@ -287,12 +290,37 @@ static const char *const keys[] = {
     [K_CIMD_MAX_AGE] = "cimd_max_age",
     [K_ASSERTION_DEFAULT_TTL] = "assertion_default_ttl",
     [K_ASSERTION_MAX_TTL] = "assertion_max_ttl",
+    [K_ASSERTION_RATE_LIMIT] = "assertion_rate_limit",
     [K_CLOCK_SKEW] = "clock_skew",
     [K_DESTROY_DELAY] = "destroy_delay",
     [K_ROTATE_EVERY] = "rotate_every",
     [K_BACKEND] = "backend",
     [K_OPERATOR] = "operator",
 };
+
+static int set_group(struct parse *p, const char *key, long *ret_gid, const char *v)
+{
+	struct group *g = getgrnam(v);
+
+	if (g == NULL)
+		return perr(p, "%s: no group named '%s'", key, v);
+	*ret_gid = (long)g->gr_gid;
+	return 0;
+}
+
+/* A whole number 0..max. */
+static int set_count(struct parse *p, const char *key, long *ret, const char *v, long max)
+{
+	char *end;
+	long n;
+
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno != 0 || end == v || *end != '\0' || n < 0 || n > max)
+		return perr(p, "%s: '%s' is not a number from 0 to %ld", key, v, max);
+	*ret = n;
+	return 0;
+}
 
 static int parse_setting(struct parse *p, int k, const char *v)
 {
@@ -309,13 +337,10 @@ static int parse_setting(struct parse *p, int k, const char *v)
 		return set_str(p, &c->admin_socket, v);
 	case K_ADMIN_SOCKET_MODE:
 		return set_mode(p, keys[k], &c->admin_socket_mode, v);
-	case K_ADMIN_SOCKET_GROUP: {
-		struct group *g = getgrnam(v);
-		if (g == NULL)
-			return perr(p, "admin_socket_group: no group named '%s'", v);
-		c->admin_socket_gid = (long)g->gr_gid;
-		return 0;
-	}
+	case K_ADMIN_SOCKET_GROUP:
+		return set_group(p, keys[k], &c->admin_socket_gid, v);
+	case K_SIGN_SOCKET_GROUP:
+		return set_group(p, keys[k], &c->sign_socket_gid, v);
 	case K_SIGN_SOCKET:
 		return set_str(p, &c->sign_socket, v);
 	case K_SIGN_SOCKET_MODE:
@@ -347,6 +372,8 @@ static int parse_setting(struct parse *p, int k, const char *v)
 		return set_duration(p, keys[k], &c->assertion_default_ttl, v, 1);
 	case K_ASSERTION_MAX_TTL:
 		return set_duration(p, keys[k], &c->assertion_max_ttl, v, 1);
+	case K_ASSERTION_RATE_LIMIT:
+		return set_count(p, keys[k], &c->assertion_rate_limit, v, CIMD_RATE_MAX);
 	case K_CLOCK_SKEW:
 		return set_duration(p, keys[k], &c->clock_skew, v, 0);
 	case K_DESTROY_DELAY:
@@ -445,7 +472,8 @@ static void defaults(struct cimd_config *c)
 {
 	c->admin_socket_mode = 0600;
 	c->admin_socket_gid = -1;
-	c->sign_socket_mode = 0660;
+	c->sign_socket_mode = 0666;
+	c->sign_socket_gid = -1;
 	c->two_person_rule = 1;
 	c->jwks_max_age = 300;
 	c->cimd_max_age = 300;

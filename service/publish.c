@@ -157,6 +157,7 @@ static char *render_metrics(struct cimdd *d)
 		"# HELP cimdd_backend_errors_total Hardware calls that failed.\n"
 		"# TYPE cimdd_backend_errors_total counter\ncimdd_backend_errors_total %llu\n",
 		(unsigned long long)d->backend_errors);
+	signer_metrics(d->signer, f);
 	if (fclose(f) != 0) {
 		free(out);
 		return NULL;

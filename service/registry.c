@@ -368,6 +368,21 @@ enum admin_err reg_client_show(struct admin_req *q)
 	    column_list(q->d->st, "SELECT aud FROM client_audiences WHERE client = ? ORDER BY aud",
 			name, 0));
 	json_object_set_new(o, "documents", documents_of(q->d->st, name));
+	/* The policy in effect: the client's own, else the configuration's. */
+	if (store_query(q->d->st, &s,
+			"SELECT assertion_ttl, rate_limit FROM clients WHERE name = ?", "s",
+			name) == 0 &&
+	    sqlite3_step(s) == SQLITE_ROW) {
+		json_object_set_new(o, "assertion_ttl",
+				    json_integer(sqlite3_column_type(s, 0) == SQLITE_NULL
+						     ? q->d->cfg->assertion_default_ttl
+						     : sqlite3_column_int64(s, 0)));
+		json_object_set_new(o, "rate_limit",
+				    json_integer(sqlite3_column_type(s, 1) == SQLITE_NULL
+						     ? q->d->cfg->assertion_rate_limit
+						     : sqlite3_column_int64(s, 1)));
+	}
+	sqlite3_finalize(s);
 	q->result = json_pack("{so}", "client", o);
 	return AE_OK;
 }
@@ -429,6 +444,62 @@ enum admin_err reg_client_allow(struct admin_req *q)
 	}
 	return commit(q, remove ? "client.disallow" : "client.allow",
 		      json_pack("{sssI}", "client", name, kind, v));
+}
+
+/* A non-negative integer member no larger than max; *ret -1 when absent. */
+static int policy_arg(struct admin_req *q, const char *member, long max, int64_t *ret)
+{
+	json_t *v = json_object_get(q->args, member);
+
+	if (v == NULL) {
+		*ret = -1;
+		return 0;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)
+		return -EINVAL;
+	*ret = json_integer_value(v);
+	return 0;
+}
+
+enum admin_err reg_client_policy(struct admin_req *q)
+{
+	const char *name;
+	enum admin_err e;
+	int64_t ttl, rate;
+	json_t *f;
+	int r;
+
+	if ((e = client_arg(q, 1, &name)) != AE_OK)
+		return e;
+	if (policy_arg(q, "ttl", q->d->cfg->assertion_max_ttl, &ttl) < 0)
+		return admin_fail(q, AE_BAD_REQUEST,
+				  "ttl must be 0 (the default, %ld s) to assertion_max_ttl (%ld s)",
+				  q->d->cfg->assertion_default_ttl, q->d->cfg->assertion_max_ttl);
+	if (policy_arg(q, "rate", CIMD_RATE_MAX, &rate) < 0)
+		return admin_fail(q, AE_BAD_REQUEST,
+				  "rate must be 0 (no limit) to %d assertions per second",
+				  CIMD_RATE_MAX);
+	if (ttl < 0 && rate < 0)
+		return admin_fail(q, AE_BAD_REQUEST, "give ttl, rate or both");
+	if (store_begin(q->d->st) < 0)
+		return admin_fail(q, AE_INTERNAL, "database error");
+	/* 0 stores NULL: back to the configuration's default. */
+	r = store_exec(q->d->st,
+		       "UPDATE clients SET "
+		       "assertion_ttl = CASE WHEN ?1 < 0 THEN assertion_ttl ELSE nullif(?1, 0) END, "
+		       "rate_limit = CASE WHEN ?2 < 0 THEN rate_limit ELSE ?2 END "
+		       "WHERE name = ?3",
+		       "iis", ttl, rate, name);
+	if (r < 0) {
+		store_rollback(q->d->st);
+		return admin_fail(q, AE_INTERNAL, "database error");
+	}
+	f = json_pack("{ss}", "client", name);
+	if (f != NULL && ttl >= 0)
+		json_object_set_new(f, "ttl", json_integer(ttl));
+	if (f != NULL && rate >= 0)
+		json_object_set_new(f, "rate", json_integer(rate));
+	return commit(q, "client.policy", f);
 }
 
 enum admin_err reg_client_audience(struct admin_req *q)

@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <poll.h>
 #include <sys/types.h>
 #include <time.h>
@@ -57,6 +58,13 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_CALLERS_MAX 64	   /* uids and gids allowed to sign for one client */
 #define CIMD_AUDIENCES_MAX 64	   /* audiences of one client */
 #define CIMD_JOURNAL_SHOW_MAX 1000 /* records in one journal.show answer */
+#define CIMD_RATE_MAX 1000000	   /* assertions per second, as a rate limit */
+#define CIMD_SIGN_LINE_MAX 4096	   /* one signing request line, without its newline */
+#define CIMD_SIGN_CONNS_MAX 8192   /* signing connections at once */
+#define CIMD_SIGN_CONNS_PER_UID 2048 /* of which one uid may hold */
+#define CIMD_SIGN_IDLE_SEC 60	     /* a signing connection idle this long is closed */
+#define CIMD_SIGN_LINE_SEC 5	     /* a request line must be complete this soon */
+#define CIMD_SIGN_BATCH_MAX 1024     /* assertions journaled in one transaction */
 
 /* ---- configuration ---- */
 
@@ -88,6 +96,7 @@ struct cimd_config {
 	long admin_socket_gid; /* the socket's group, or -1 for the daemon's own */
 	char *sign_socket;
 	mode_t sign_socket_mode;
+	long sign_socket_gid; /* as admin_socket_gid */
 	char *listen; /* host:port of the publisher */
 	char *tls_cert;
 	char *tls_key;
@@ -104,6 +113,7 @@ struct cimd_config {
 	long cimd_max_age;
 	long assertion_default_ttl;
 	long assertion_max_ttl;
+	long assertion_rate_limit; /* assertions per second per client, 0: none */
 	long clock_skew;
 	long destroy_delay;
 	long rotate_every; /* 0: no scheduled rotation unless a client sets one */
@@ -198,6 +208,7 @@ struct cimdd {
 	unsigned long backend_errors;		 /* hardware calls that failed, for /metrics */
 	uint8_t export_last[32];		 /* SHA-256 of the set last written to export_dir */
 	int export_sent;
+	struct signer *signer; /* the signing socket (signer.c), or NULL */
 };
 
 /* The key store of a backend by name, or NULL when it is not configured/open. */
@@ -236,6 +247,7 @@ enum admin_err reg_client_list(struct admin_req *q);
 enum admin_err reg_client_show(struct admin_req *q);
 enum admin_err reg_client_allow(struct admin_req *q);
 enum admin_err reg_client_audience(struct admin_req *q);
+enum admin_err reg_client_policy(struct admin_req *q);
 enum admin_err reg_doc_submit(struct admin_req *q);
 enum admin_err reg_doc_approve(struct admin_req *q);
 enum admin_err reg_doc_show(struct admin_req *q);
@@ -294,6 +306,28 @@ int dev_free_port_pair(void);
 /* swtpm on 127.0.0.1:port and port + 1, its state in dir, output to log; it
  * dies with its parent.  Returns when both ports answer. */
 int dev_swtpm_spawn(const char *state_dir, int port, const char *log, pid_t *ret_pid);
+
+/* ---- signing socket (signer.c) ---- */
+
+struct signer;
+/* Opens sign.sock and starts its threads (io, one per backend, journal). */
+int signer_start(struct cimdd *d, struct signer **ret, char *err, size_t errlen);
+void signer_stop(struct signer **s);
+/* The custody state changed: cached client policies are read again. */
+void signer_invalidate(struct signer *s);
+/* The configuration was (re)loaded: lifetimes and rate limits. */
+void signer_configure(struct signer *s, const struct cimd_config *cfg);
+/* Requests answered so far (to tell when metrics moved). */
+uint64_t signer_answers(struct signer *s);
+/* Appends the signer's Prometheus metrics to f. */
+int signer_metrics(struct signer *s, FILE *f);
+
+/* ---- listening Unix sockets (unixsock.c) ---- */
+
+/* Binds and listens on path (non-blocking, close-on-exec) with mode and group
+ * (gid -1: the daemon's own); a stale socket is replaced, a live one refused. */
+int unix_listen(const char *path, mode_t mode, long gid, int backlog, int *ret_fd, char *err,
+		size_t errlen);
 
 /* ---- admin socket (admin.c) ---- */
 

@@ -94,6 +94,10 @@ static const char *const migrations[] = {
     ");",
     /* 3: the public JWK of each key, for publication without touching hardware. */
     "ALTER TABLE keys ADD COLUMN jwk TEXT;",
+    /* 4: a client's signing policy: assertion lifetime and rate (NULL: the
+     * configuration's default). */
+    "ALTER TABLE clients ADD COLUMN assertion_ttl INTEGER;"
+    "ALTER TABLE clients ADD COLUMN rate_limit INTEGER;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))

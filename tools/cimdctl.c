@@ -377,6 +377,12 @@ static int cmd_client_show(int argc, char **argv)
 	printf("\naudiences  ");
 	json_array_foreach(json_object_get(c, "audiences"), i, v)
 	    printf(" %s", json_string_value(v));
+	printf("\nassertions  ttl %lld s, rate limit %s",
+	       (long long)json_integer_value(json_object_get(c, "assertion_ttl")),
+	       json_integer_value(json_object_get(c, "rate_limit")) > 0 ? "" : "none");
+	if (json_integer_value(json_object_get(c, "rate_limit")) > 0)
+		printf("%lld per second",
+		       (long long)json_integer_value(json_object_get(c, "rate_limit")));
 	printf("\ndocuments\n  %-7s %-10s %-12s %-21s %-12s %-21s %s\n", "VERSION", "STATE",
 	       "SUBMITTER", "SUBMITTED", "APPROVER", "APPROVED", "SHA-256");
 	json_array_foreach(json_object_get(c, "documents"), i, d)
@@ -433,6 +439,40 @@ static int cmd_client_audience(int argc, char **argv)
 		printf("%s %s the audiences of %s\n", o[0].set ? o[0].value : o[1].value,
 		       o[0].set ? "added to" : "removed from", pos[0]);
 	return 0;
+}
+
+static const char U_CLIENT_POLICY[] = "client policy NAME [--ttl SECONDS] [--rate PER_SECOND]";
+static int cmd_client_policy(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--ttl", 1), OPT("--rate", 1), OPT_END};
+	const char *pos[1];
+	json_t *req;
+	long v;
+	int rc = 0;
+
+	if ((rc = parse(argc, argv, U_CLIENT_POLICY, o, pos, 1, 1)) != 0)
+		return rc;
+	if (!o[0].set && !o[1].set)
+		return usage_error(U_CLIENT_POLICY, "give --ttl, --rate or both");
+	req = json_pack("{ssss}", "op", "client.policy", "name", pos[0]);
+	if (o[0].set) {
+		if ((v = number(o[0].value, "ttl", U_CLIENT_POLICY, &rc)) < 0)
+			goto fail;
+		json_object_set_new(req, "ttl", json_integer(v));
+	}
+	if (o[1].set) {
+		if ((v = number(o[1].value, "rate", U_CLIENT_POLICY, &rc)) < 0)
+			goto fail;
+		json_object_set_new(req, "rate", json_integer(v));
+	}
+	if ((rc = run(req, NULL)) != 0)
+		return rc < 0 ? 0 : rc;
+	if (!json_out)
+		printf("policy of %s changed\n", pos[0]);
+	return 0;
+fail:
+	json_decref(req);
+	return rc;
 }
 
 static const char U_DOC_SUBMIT[] = "doc submit NAME --metadata FILE";
@@ -695,6 +735,7 @@ static const struct cmd cmds[] = {
     {"client", "show", U_CLIENT_SHOW, cmd_client_show},
     {"client", "allow", U_CLIENT_ALLOW, cmd_client_allow},
     {"client", "audience", U_CLIENT_AUD, cmd_client_audience},
+    {"client", "policy", U_CLIENT_POLICY, cmd_client_policy},
     {"doc", "submit", U_DOC_SUBMIT, cmd_doc_submit},
     {"doc", "approve", U_DOC_APPROVE, cmd_doc_approve},
     {"doc", "show", U_DOC_SHOW, cmd_doc_show},

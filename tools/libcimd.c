@@ -1,0 +1,286 @@
+/*
+ * libcimd.c — client of the signing socket (docs/protocol.md, "Signing
+ * socket"): one request line out, one answer line back.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "cimd.h"
+
+#define LINE_MAX_IN (64 * 1024) /* an answer; assertions are far smaller */
+#define ANSWER_MS 10000		/* the daemon answers within its deadlines */
+
+struct cimd {
+	int fd;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char msg[512];
+	char *in;
+	size_t in_len;
+};
+
+static const struct {
+	int status;
+	const char *name;
+} names[] = {
+    {CIMD_OK, "ok"},
+    {CIMD_BAD_REQUEST, "bad_request"},
+    {CIMD_TOO_LARGE, "too_large"},
+    {CIMD_FORBIDDEN, "forbidden"},
+    {CIMD_UNKNOWN_CLIENT, "unknown_client"},
+    {CIMD_AUDIENCE_NOT_ALLOWED, "audience_not_allowed"},
+    {CIMD_NO_ACTIVE_KEY, "no_active_key"},
+    {CIMD_RATE_LIMITED, "rate_limited"},
+    {CIMD_BACKEND_UNAVAILABLE, "backend_unavailable"},
+    {CIMD_INTERNAL, "internal"},
+    {CIMD_UNREACHABLE, "unreachable"},
+    {CIMD_PROTOCOL, "protocol"},
+    {CIMD_NOMEM, "nomem"},
+};
+
+const char *cimd_status_name(int status)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (names[i].status == status)
+			return names[i].name;
+	return "unknown";
+}
+
+int cimd_status_refused(int status)
+{
+	return status >= CIMD_BAD_REQUEST && status <= CIMD_RATE_LIMITED;
+}
+
+static int status_of(const char *name)
+{
+	size_t i;
+
+	for (i = 0; name != NULL && i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(names[i].name, name) == 0 && names[i].status < CIMD_UNREACHABLE)
+			return names[i].status;
+	return CIMD_PROTOCOL;
+}
+
+static int fail(struct cimd *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(struct cimd *c, int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->msg, sizeof(c->msg), fmt, ap);
+	va_end(ap);
+	return status;
+}
+
+static void disconnect(struct cimd *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->in_len = 0;
+}
+
+static int connect_to(struct cimd *c)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+	memcpy(sa.sun_path, c->path, sizeof(sa.sun_path));
+	if ((c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		return fail(c, CIMD_UNREACHABLE, "socket: %s", strerror(errno));
+	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		snprintf(c->msg, sizeof(c->msg), "%s: %s", c->path, strerror(errno));
+		disconnect(c);
+		return CIMD_UNREACHABLE;
+	}
+	return CIMD_OK;
+}
+
+int cimd_open(const char *path, struct cimd **ret)
+{
+	struct cimd *c;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL)
+		return CIMD_NOMEM;
+	c->fd = -1;
+	*ret = c;
+	if (path == NULL && (path = getenv("CIMD_SIGN_SOCKET")) == NULL)
+		path = CIMD_DEFAULT_SOCKET;
+	if (strlen(path) >= sizeof(c->path))
+		return fail(c, CIMD_UNREACHABLE, "socket path too long: %s", path);
+	memcpy(c->path, path, strlen(path) + 1);
+	return connect_to(c);
+}
+
+void cimd_close(struct cimd **pc)
+{
+	struct cimd *c = *pc;
+
+	if (c == NULL)
+		return;
+	disconnect(c);
+	free(c->in);
+	free(c);
+	*pc = NULL;
+}
+
+const char *cimd_message(const struct cimd *c)
+{
+	return c != NULL ? c->msg : "out of memory";
+}
+
+static int send_all(int fd, const char *p, size_t n)
+{
+	ssize_t w;
+
+	while (n > 0) {
+		w = send(fd, p, n, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* One answer line into *ret_line (NUL-terminated, inside c->in). */
+static int read_line(struct cimd *c, char **ret_line)
+{
+	struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+	char *nl;
+	ssize_t n;
+
+	if (c->in == NULL && (c->in = malloc(LINE_MAX_IN + 1)) == NULL)
+		return CIMD_NOMEM;
+	c->in_len = 0;
+	for (;;) {
+		if ((nl = memchr(c->in, '\n', c->in_len)) != NULL) {
+			*nl = '\0';
+			*ret_line = c->in;
+			return CIMD_OK;
+		}
+		if (c->in_len == LINE_MAX_IN)
+			return fail(c, CIMD_PROTOCOL, "%s", "answer line too long");
+		n = poll(&pfd, 1, ANSWER_MS);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0)
+			return fail(c, CIMD_UNREACHABLE, "%s", "no answer from the daemon");
+		n = read(c->fd, c->in + c->in_len, LINE_MAX_IN - c->in_len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return fail(c, CIMD_UNREACHABLE, "%s", "the daemon closed the connection");
+		c->in_len += (size_t)n;
+	}
+}
+
+/* Sends req and reads the answer; one reconnection when the connection had
+ * been closed before anything of the answer arrived. */
+static int exchange(struct cimd *c, const char *req, json_t **ret_answer)
+{
+	json_error_t jerr;
+	char *line = NULL;
+	int attempt, r = CIMD_UNREACHABLE;
+
+	for (attempt = 0; attempt < 2; attempt++) {
+		if (c->fd < 0 && (r = connect_to(c)) != CIMD_OK)
+			return r;
+		if (send_all(c->fd, req, strlen(req)) < 0) {
+			r = fail(c, CIMD_UNREACHABLE, "send: %s", strerror(errno));
+			disconnect(c);
+			continue;
+		}
+		if ((r = read_line(c, &line)) != CIMD_OK) {
+			int retry = r == CIMD_UNREACHABLE && c->in_len == 0;
+
+			disconnect(c);
+			if (retry)
+				continue;
+			return r;
+		}
+		if ((*ret_answer = json_loads(line, JSON_REJECT_DUPLICATES, &jerr)) == NULL ||
+		    !json_is_object(*ret_answer)) {
+			json_decref(*ret_answer);
+			disconnect(c);
+			return fail(c, CIMD_PROTOCOL, "answer not understood: %s", jerr.text);
+		}
+		return CIMD_OK;
+	}
+	return r;
+}
+
+int cimd_assert(struct cimd *c, const char *client_id, const char *aud, long ttl,
+		char **ret_assertion, struct cimd_info *ret_info)
+{
+	json_t *req = NULL, *ans = NULL;
+	const char *jws, *err, *msg;
+	char *line = NULL, *copy;
+	size_t n;
+	int r;
+
+	if (c == NULL)
+		return CIMD_NOMEM;
+	if (client_id == NULL || aud == NULL || ttl < 0)
+		return fail(c, CIMD_BAD_REQUEST, "%s", "client_id and aud are required");
+	req = json_pack("{ssssss}", "op", "assert", "client_id", client_id, "aud", aud);
+	if (req != NULL && ttl > 0)
+		json_object_set_new(req, "ttl", json_integer(ttl));
+	if (req == NULL || (line = json_dumps(req, JSON_COMPACT)) == NULL) {
+		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
+		goto out;
+	}
+	n = strlen(line);
+	if ((copy = realloc(line, n + 2)) == NULL) {
+		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
+		goto out;
+	}
+	line = copy;
+	memcpy(line + n, "\n", 2);
+	if ((r = exchange(c, line, &ans)) != CIMD_OK)
+		goto out;
+	if (!json_is_true(json_object_get(ans, "ok"))) {
+		err = json_string_value(json_object_get(ans, "error"));
+		msg = json_string_value(json_object_get(ans, "message"));
+		r = status_of(err);
+		snprintf(c->msg, sizeof(c->msg), "%s: %s", err ? err : "error", msg ? msg : "");
+		goto out;
+	}
+	if ((jws = json_string_value(json_object_get(ans, "assertion"))) == NULL) {
+		r = fail(c, CIMD_PROTOCOL, "%s", "an answer without an assertion");
+		goto out;
+	}
+	if ((copy = strdup(jws)) == NULL) {
+		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
+		goto out;
+	}
+	if (ret_info != NULL) {
+		const char *kid = json_string_value(json_object_get(ans, "kid"));
+		const char *jti = json_string_value(json_object_get(ans, "jti"));
+
+		snprintf(ret_info->kid, sizeof(ret_info->kid), "%s", kid ? kid : "");
+		snprintf(ret_info->jti, sizeof(ret_info->jti), "%s", jti ? jti : "");
+		ret_info->exp = (long long)json_integer_value(json_object_get(ans, "exp"));
+	}
+	c->msg[0] = '\0';
+	*ret_assertion = copy;
+	r = CIMD_OK;
+out:
+	free(line);
+	json_decref(req);
+	json_decref(ans);
+	return r;
+}
