@@ -315,12 +315,13 @@ int main(int argc, char **argv)
 	}
 	open_key_stores(&d, 0);
 	keys_reconcile(&d);
-	if (admin_server_new(&d, &admin, err, sizeof(err)) < 0) {
-		log_err("admin socket: %s", err);
-		goto out;
-	}
+	/* Before the admin socket: once an operator can connect, so can workloads. */
 	if (signer_start(&d, &d.signer, err, sizeof(err)) < 0) {
 		log_err("sign socket: %s", err);
+		goto out;
+	}
+	if (admin_server_new(&d, &admin, err, sizeof(err)) < 0) {
+		log_err("admin socket: %s", err);
 		goto out;
 	}
 	if ((sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {

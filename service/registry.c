@@ -484,12 +484,13 @@ enum admin_err reg_client_policy(struct admin_req *q)
 	if (store_begin(q->d->st) < 0)
 		return admin_fail(q, AE_INTERNAL, "database error");
 	/* 0 stores NULL: back to the configuration's default. */
-	r = store_exec(q->d->st,
-		       "UPDATE clients SET "
-		       "assertion_ttl = CASE WHEN ?1 < 0 THEN assertion_ttl ELSE nullif(?1, 0) END, "
-		       "rate_limit = CASE WHEN ?2 < 0 THEN rate_limit ELSE ?2 END "
-		       "WHERE name = ?3",
-		       "iis", ttl, rate, name);
+	r = store_exec(
+	    q->d->st,
+	    "UPDATE clients SET "
+	    "assertion_ttl = CASE WHEN ?1 < 0 THEN assertion_ttl ELSE nullif(?1, 0) END, "
+	    "rate_limit = CASE WHEN ?2 < 0 THEN rate_limit ELSE ?2 END "
+	    "WHERE name = ?3",
+	    "iis", ttl, rate, name);
 	if (r < 0) {
 		store_rollback(q->d->st);
 		return admin_fail(q, AE_INTERNAL, "database error");

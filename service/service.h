@@ -55,12 +55,12 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_JOURNAL_SHOW_BYTES (1024 * 1024) /* record bytes in one journal.show answer */
 #define CIMD_KEYS_PER_CLIENT_MAX 16	      /* keys a client holds outside retired/destroyed */
 #define CIMD_CLIENTS_MAX 10000
-#define CIMD_CALLERS_MAX 64	   /* uids and gids allowed to sign for one client */
-#define CIMD_AUDIENCES_MAX 64	   /* audiences of one client */
-#define CIMD_JOURNAL_SHOW_MAX 1000 /* records in one journal.show answer */
-#define CIMD_RATE_MAX 1000000	   /* assertions per second, as a rate limit */
-#define CIMD_SIGN_LINE_MAX 4096	   /* one signing request line, without its newline */
-#define CIMD_SIGN_CONNS_MAX 8192   /* signing connections at once */
+#define CIMD_CALLERS_MAX 64	     /* uids and gids allowed to sign for one client */
+#define CIMD_AUDIENCES_MAX 64	     /* audiences of one client */
+#define CIMD_JOURNAL_SHOW_MAX 1000   /* records in one journal.show answer */
+#define CIMD_RATE_MAX 1000000	     /* assertions per second, as a rate limit */
+#define CIMD_SIGN_LINE_MAX 4096	     /* one signing request line, without its newline */
+#define CIMD_SIGN_CONNS_MAX 8192     /* signing connections at once */
 #define CIMD_SIGN_CONNS_PER_UID 2048 /* of which one uid may hold */
 #define CIMD_SIGN_IDLE_SEC 60	     /* a signing connection idle this long is closed */
 #define CIMD_SIGN_LINE_SEC 5	     /* a request line must be complete this soon */
@@ -97,7 +97,7 @@ struct cimd_config {
 	char *sign_socket;
 	mode_t sign_socket_mode;
 	long sign_socket_gid; /* as admin_socket_gid */
-	char *listen; /* host:port of the publisher */
+	char *listen;	      /* host:port of the publisher */
 	char *tls_cert;
 	char *tls_key;
 	char *export_dir; /* every publication set also written there, or NULL */

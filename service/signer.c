@@ -423,8 +423,8 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 	sqlite3_finalize(q);
 	q = NULL;
 
-	if (store_query(s->reader, &q, "SELECT kind, id FROM client_callers WHERE client = ?",
-			"s", name) < 0)
+	if (store_query(s->reader, &q, "SELECT kind, id FROM client_callers WHERE client = ?", "s",
+			name) < 0)
 		goto out;
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
 		const char *kind = (const char *)sqlite3_column_text(q, 0);
@@ -813,7 +813,8 @@ static void handle_line(struct signer *s, struct conn *c, const char *line, size
 		goto refuse;
 	}
 	if (!rate_allow(s, name,
-			j->pol->rate >= 0 ? j->pol->rate : __atomic_load_n(&s->rate, __ATOMIC_RELAXED))) {
+			j->pol->rate >= 0 ? j->pol->rate
+					  : __atomic_load_n(&s->rate, __ATOMIC_RELAXED))) {
 		e = SE_RATE_LIMITED;
 		snprintf(msg, sizeof(msg), "%s: over its rate limit", name);
 		goto refuse;
@@ -1131,7 +1132,8 @@ static int key_signs(struct store *st, const char *kid)
 	if (store_query(st, &q, "SELECT state FROM keys WHERE kid = ?", "s", kid) == 0 &&
 	    sqlite3_step(q) == SQLITE_ROW) {
 		const char *state = (const char *)sqlite3_column_text(q, 0);
-		ok = state != NULL && (strcmp(state, "active") == 0 || strcmp(state, "retiring") == 0);
+		ok = state != NULL &&
+		     (strcmp(state, "active") == 0 || strcmp(state, "retiring") == 0);
 	}
 	sqlite3_finalize(q);
 	return ok;
@@ -1154,8 +1156,7 @@ static int journal_job(struct store *st, struct job *j)
 			      (json_int_t)j->pid);
 	if (f == NULL)
 		return -ENOMEM;
-	r = journal_append(st, j->refusal ? "assertion.refuse" : "assertion.issue", actor, f,
-			   NULL);
+	r = journal_append(st, j->refusal ? "assertion.refuse" : "assertion.issue", actor, f, NULL);
 	json_decref(f);
 	return r;
 }
@@ -1179,8 +1180,8 @@ static void *journal_main(void *arg)
 					snprintf(bad_kid, sizeof(bad_kid), "%s", j->pol->kid);
 					j->err = SE_NO_ACTIVE_KEY;
 					snprintf(j->msg, sizeof(j->msg),
-						 "key %s of %s was retired or revoked",
-						 j->pol->kid, j->pol->name);
+						 "key %s of %s was retired or revoked", j->pol->kid,
+						 j->pol->name);
 					continue;
 				}
 				snprintf(ok_kid, sizeof(ok_kid), "%s", j->pol->kid);
@@ -1301,8 +1302,8 @@ int signer_start(struct cimdd *d, struct signer **ret, char *err, size_t errlen)
 		queue_init(&s->workers[i].q);
 	}
 	for (i = 0; i < s->n_workers; i++) {
-		if ((r = pthread_create(&s->workers[i].thread, NULL, backend_main, &s->workers[i])) !=
-		    0)
+		if ((r = pthread_create(&s->workers[i].thread, NULL, backend_main,
+					&s->workers[i])) != 0)
 			goto fail_thread;
 		s->workers[i].started = 1;
 	}
@@ -1412,9 +1413,10 @@ int signer_metrics(struct signer *s, FILE *f)
 			continue;
 		for (e = 0; e < SE_N; e++)
 			if (s->stats[i].n[e] > 0)
-				fprintf(f, "cimdd_assertions_total{client=\"%s\",result=\"%s\"} %llu\n",
-					s->stats[i].name, serr_name[e],
-					(unsigned long long)s->stats[i].n[e]);
+				fprintf(
+				    f, "cimdd_assertions_total{client=\"%s\",result=\"%s\"} %llu\n",
+				    s->stats[i].name, serr_name[e],
+				    (unsigned long long)s->stats[i].n[e]);
 	}
 	for (e = 0; e < SE_N; e++)
 		if (s->unknown[e] > 0)

@@ -60,7 +60,8 @@ int main(int argc, char **argv)
 			errno = 0;
 			ttl = strtol(optarg, &end, 10);
 			if (errno != 0 || *end != '\0' || end == optarg || ttl < 1) {
-				fprintf(stderr, "cimd-assert: --ttl %s is not a number of seconds\n",
+				fprintf(stderr,
+					"cimd-assert: --ttl %s is not a number of seconds\n",
 					optarg);
 				return 2;
 			}
