@@ -24,6 +24,9 @@
 struct store {
 	sqlite3 *db;
 	int version;
+	/* The journal's two statements, prepared once: appending is the hot
+	 * path of the signing socket. */
+	sqlite3_stmt *head, *insert;
 };
 
 /* Migration N takes the schema from version N - 1 to N. */
@@ -202,6 +205,8 @@ void store_free(struct store **pst)
 
 	if (st == NULL)
 		return;
+	sqlite3_finalize(st->head);
+	sqlite3_finalize(st->insert);
 	sqlite3_close_v2(st->db);
 	free(st);
 	*pst = NULL;
@@ -312,13 +317,24 @@ void store_rollback(struct store *st)
 		exec(st, "ROLLBACK");
 }
 
+/* A statement kept in *slot, prepared on first use and reset for reuse. */
+static sqlite3_stmt *cached(struct store *st, sqlite3_stmt **slot, const char *sql)
+{
+	if (*slot == NULL &&
+	    sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL) != SQLITE_OK)
+		return NULL;
+	sqlite3_reset(*slot);
+	sqlite3_clear_bindings(*slot);
+	return *slot;
+}
+
 int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65])
 {
 	sqlite3_stmt *s;
 	int rc, r = 0;
 
-	if (sqlite3_prepare_v2(st->db, "SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1",
-			       -1, &s, NULL) != SQLITE_OK)
+	if ((s = cached(st, &st->head, "SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")) ==
+	    NULL)
 		return -EIO;
 	rc = sqlite3_step(s);
 	if (rc == SQLITE_ROW && sqlite3_column_bytes(s, 1) == SHA256_DIGEST_LENGTH) {
@@ -330,7 +346,7 @@ int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65])
 	} else {
 		r = -EIO;
 	}
-	sqlite3_finalize(s);
+	sqlite3_reset(s);
 	return r;
 }
 
@@ -371,10 +387,9 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 		goto out;
 	}
 	SHA256((const uint8_t *)bytes, n, md);
-	if (sqlite3_prepare_v2(st->db,
-			       "INSERT INTO journal (seq, time, kind, record, hash) "
-			       "VALUES (?, ?, ?, ?, ?)",
-			       -1, &s, NULL) != SQLITE_OK) {
+	if ((s = cached(st, &st->insert,
+			"INSERT INTO journal (seq, time, kind, record, hash) "
+			"VALUES (?, ?, ?, ?, ?)")) == NULL) {
 		r = -EIO;
 		goto out;
 	}
@@ -391,7 +406,10 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 		*ret_seq = seq;
 	r = 0;
 out:
-	sqlite3_finalize(s);
+	if (s != NULL) {
+		sqlite3_reset(s);
+		sqlite3_clear_bindings(s);
+	}
 	free(bytes);
 	json_decref(rec);
 	return r;

@@ -384,7 +384,7 @@ static void test_refusals(void)
 	raw(line, strlen(line), out, sizeof(out));
 	t_ok(has_error(out, "audience_not_allowed"),
 	     "an audience differing by one character: audience_not_allowed");
-	raw("{\"op\":\"assert\"\n", 16, out, sizeof(out));
+	raw("{\"op\":\"assert\"\n", 15, out, sizeof(out));
 	t_ok(has_error(out, "bad_request") && strstr(out, "not a JSON object"),
 	     "invalid JSON: bad_request (%s)", out);
 	snprintf(
@@ -420,7 +420,7 @@ static void test_refusals(void)
 	raw(line, strlen(line), out, sizeof(out));
 	t_ok(has_error(out, "bad_request") && strstr(out, "unknown member \\\"kid\\\""),
 	     "a member the protocol does not have (kid): bad_request, never obeyed");
-	raw("{\"op\":\"sign\",\"payload\":\"x\"}\n", 30, out, sizeof(out));
+	raw("{\"op\":\"sign\",\"payload\":\"x\"}\n", 28, out, sizeof(out));
 	t_ok(has_error(out, "bad_request"), "no op signs caller-supplied bytes: %s", out);
 	snprintf(line, sizeof(line),
 		 "{\"op\":\"assert\",\"client_id\":\"%s\",\"client_id\":\"%s\",\"aud\":\"%s\"}\n",

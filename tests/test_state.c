@@ -200,7 +200,7 @@ static void test_store(void)
 	r = store_open(path, &st, err, sizeof(err));
 	if (!t_ok(r == 0, "store opens a new database (%s)", r < 0 ? err : "ok"))
 		return;
-	t_ok(store_schema_version(st) == 3, "schema version 3 (every migration ran)");
+	t_ok(store_schema_version(st) == 4, "schema version 4 (every migration ran)");
 	t_ok(pragma_text(store_db(st), "PRAGMA journal_mode", mode, sizeof(mode)) == 0 &&
 		 strcmp(mode, "wal") == 0,
 	     "journal_mode is WAL (%s)", mode);
@@ -269,11 +269,15 @@ static void test_store(void)
 	tamper(path, "PRAGMA user_version = 1");
 	tamper(path, "DROP TABLE key_intents");
 	tamper(path, "ALTER TABLE keys DROP COLUMN jwk");
+	tamper(path, "ALTER TABLE clients DROP COLUMN assertion_ttl");
+	tamper(path, "ALTER TABLE clients DROP COLUMN rate_limit");
 	r = store_open(path, &st, err, sizeof(err));
-	t_ok(r == 0 && store_schema_version(st) == 3 &&
+	t_ok(r == 0 && store_schema_version(st) == 4 &&
 		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
-		     SQLITE_OK,
-	     "a version 1 database migrates to version 3 (%s)", r < 0 ? err : "ok");
+		     SQLITE_OK &&
+		 sqlite3_exec(store_db(st), "SELECT assertion_ttl, rate_limit FROM clients", NULL,
+			      NULL, NULL) == SQLITE_OK,
+	     "a version 1 database migrates to version 4 (%s)", r < 0 ? err : "ok");
 	store_free(&st);
 }
 
