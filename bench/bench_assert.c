@@ -153,8 +153,8 @@ static double jose_rate(void)
 	char out[256];
 	double r = 0;
 
-	if (t_sh_out(out, sizeof(out), "cd tests/interop && node peer-jose-sign.mjs %g",
-		     seconds) != 0 ||
+	if (t_sh_out(out, sizeof(out), "cd tests/interop && node peer-jose-sign.mjs %g", seconds) !=
+		0 ||
 	    sscanf(out, "jose %lf", &r) != 1)
 		return 0;
 	return r;
@@ -226,9 +226,8 @@ static void run_backend(const char *name, const char *daemon_conf, const char *(
 		t_daemon_stop(&dm, SIGTERM);
 		return;
 	}
-	backend = peer() != NULL ? backend_rate(peer == peer_pkcs11 ? hsm_peer.conf
-								    : tpm_peer.conf)
-				 : 0;
+	backend =
+	    peer() != NULL ? backend_rate(peer == peer_pkcs11 ? hsm_peer.conf : tpm_peer.conf) : 0;
 	printf("%-8s backend in-process (1 thread)   %8.0f /s\n", name, backend);
 	for (i = 0; i < sizeof(clients) / sizeof(clients[0]); i++) {
 		if (socket_run(clients[i], &rate, &p50, &p99, &fails) < 0) {

@@ -333,8 +333,8 @@ int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65])
 	sqlite3_stmt *s;
 	int rc, r = 0;
 
-	if ((s = cached(st, &st->head, "SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")) ==
-	    NULL)
+	if ((s = cached(st, &st->head,
+			"SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")) == NULL)
 		return -EIO;
 	rc = sqlite3_step(s);
 	if (rc == SQLITE_ROW && sqlite3_column_bytes(s, 1) == SHA256_DIGEST_LENGTH) {
