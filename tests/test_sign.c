@@ -229,6 +229,35 @@ static void test_basics(void)
 	t_ok(rc == 2, "a missing --aud is a usage error (exit 2)");
 	rc = t_sh_out(out, sizeof(out), "%s --help", assert_bin);
 	t_ok(rc == 0 && strstr(out, "usage: cimd-assert"), "cimd-assert --help");
+
+	/* The shared library, as a workload links it: cimd.h and libcimd.so. */
+	{
+		char lib[700], *slash, src[800], prog[800];
+		static const char text[] =
+		    "#include <stdio.h>\n#include <stdlib.h>\n#include <cimd.h>\n"
+		    "int main(int c, char **v) { struct cimd *h = NULL; char *j = NULL;\n"
+		    "  int r = cimd_open(v[1], &h);\n"
+		    "  if (r == CIMD_OK) r = cimd_assert(h, v[2], v[3], 0, &j, NULL);\n"
+		    "  if (r == CIMD_OK) puts(j); else puts(cimd_message(h));\n"
+		    "  free(j); cimd_close(&h); return r; }\n";
+
+		t_bin("", lib, sizeof(lib));
+		if ((slash = strrchr(lib, '/')) != NULL)
+			*slash = '\0';
+		if ((slash = strrchr(lib, '/')) != NULL)
+			strcpy(slash, "/lib");
+		snprintf(src, sizeof(src), "%s/prog.c", dir);
+		snprintf(prog, sizeof(prog), "%s/prog", dir);
+		t_write_file(src, text, strlen(text));
+		rc = t_sh("cc %s -Itools -o %s %s -L%s -l:libcimd.so.0 -Wl,-rpath,%s",
+			  getenv("CIMD_TEST_SANITIZED") ? "-fsanitize=address,undefined" : "", prog,
+			  src, lib, lib);
+		if (rc == 0)
+			rc = t_sh_out(out, sizeof(out), "%s %s %s %s", prog, sign_sock, client_id,
+				      aud);
+		t_ok(rc == 0 && strncmp(out, "eyJ", 3) == 0,
+		     "a program linked against libcimd.so gets an assertion");
+	}
 	(void)f;
 }
 
