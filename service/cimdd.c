@@ -183,10 +183,17 @@ static void banner(const struct cimdd *d)
 		"/tmp/agent-a.json\n"
 		"  build/bin/cimdctl -s %s doc approve agent-a 1\n"
 		"then:\n"
-		"  curl --cacert %s %s/clients/agent-a/jwks.json\n\n",
+		"  curl --cacert %s %s/clients/agent-a/jwks.json\n"
+		"and a client assertion:\n"
+		"  build/bin/cimdctl -s %s client allow agent-a --uid %u\n"
+		"  build/bin/cimdctl -s %s client audience agent-a --add https://as.example.com\n"
+		"  build/bin/cimd-assert -s %s --client-id %s/clients/agent-a --aud "
+		"https://as.example.com\n\n",
 		CIMD_VERSION, d->cfg->base_url, d->cfg->tls_cert ? d->cfg->tls_cert : "-",
 		d->cfg->admin_socket, d->cfg->sign_socket, d->cfg->path, d->cfg->admin_socket,
-		d->cfg->admin_socket, d->cfg->tls_cert ? d->cfg->tls_cert : "-", d->cfg->base_url);
+		d->cfg->admin_socket, d->cfg->tls_cert ? d->cfg->tls_cert : "-", d->cfg->base_url,
+		d->cfg->admin_socket, (unsigned)getuid(), d->cfg->admin_socket, d->cfg->sign_socket,
+		d->cfg->base_url);
 }
 
 int main(int argc, char **argv)
