@@ -414,8 +414,8 @@ static int cmd_client_allow(int argc, char **argv)
 	if ((rc = run(req, NULL)) != 0)
 		return rc < 0 ? 0 : rc;
 	if (!json_out)
-		printf("%s %s %ld %s sign for %s\n", o[0].set ? "uid" : "gid", o[0].set ? "" : "",
-		       id, o[2].set ? "may no longer" : "may", pos[0]);
+		printf("%s %ld %s sign for %s\n", o[0].set ? "uid" : "gid", id,
+		       o[2].set ? "may no longer" : "may", pos[0]);
 	return 0;
 }
 
