@@ -137,6 +137,21 @@ int key_store_load(struct key_store *ks, enum cimd_alg alg, const uint8_t *ref, 
  * MGF1 and a salt as long as the hash.  ret_sig holds CIMD_SIG_MAX bytes. */
 int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg, size_t len,
 		   uint8_t *ret_sig, size_t *ret_len);
+/* Several signatures in one call to the hardware's worker (one handoff, one
+ * deadline for the batch: keep batches small enough to finish within the
+ * store's timeout-ms on slow hardware).  Returns 0 when the batch ran, each
+ * request's r (and sig) then holding its own result; a negative code when the
+ * batch did not run or did not finish in time. */
+#define CIMD_SIGN_BATCH_MAX 64
+struct ks_sign_req {
+	struct ks_key *key;
+	const uint8_t *msg;
+	size_t len;
+	int r;
+	uint8_t sig[CIMD_SIG_MAX];
+	size_t sig_len;
+};
+int key_store_sign_batch(struct key_store *ks, struct ks_sign_req *reqs, size_t n);
 /* Destroys the key in the hardware (see docs/custody.md for what that means on
  * each backend) and frees the handle. */
 int key_store_destroy(struct key_store *ks, struct ks_key **key);

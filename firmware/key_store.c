@@ -69,6 +69,7 @@ struct ks_job {
 	char errmsg[KS_ERRMSG_MAX];
 	int done;
 	int abandoned;
+	struct ks_job *more; /* a batch: further signatures run in the same handoff */
 };
 
 struct key_store {
@@ -185,15 +186,18 @@ const char *key_store_backend(const struct key_store *ks)
 
 static void job_free(struct ks_job *job)
 {
-	if (job == NULL)
-		return;
-	free(job->ref);
-	if (job->msg != NULL)
-		OPENSSL_cleanse(job->msg, job->msg_len);
-	free(job->msg);
-	json_decref(job->jwk);
-	ks_refs_free(&job->refs, job->nrefs);
-	free(job);
+	struct ks_job *more;
+
+	for (; job != NULL; job = more) {
+		more = job->more;
+		free(job->ref);
+		if (job->msg != NULL)
+			OPENSSL_cleanse(job->msg, job->msg_len);
+		free(job->msg);
+		json_decref(job->jwk);
+		ks_refs_free(&job->refs, job->nrefs);
+		free(job);
+	}
 }
 
 static void job_run(struct key_store *ks, struct ks_job *j)
@@ -208,8 +212,11 @@ static void job_run(struct key_store *ks, struct ks_job *j)
 		j->r = ks->be_ops->load(ks, ks->be, j->alg, j->ref, j->ref_len, &j->jwk);
 		break;
 	case KS_SIGN:
-		j->r = ks->be_ops->sign(ks, ks->be, j->alg, j->ref, j->ref_len, j->msg, j->msg_len,
-					j->sig, &j->sig_len);
+		for (; j != NULL; j = j->more) {
+			ks->be_errmsg = j->errmsg;
+			j->r = ks->be_ops->sign(ks, ks->be, j->alg, j->ref, j->ref_len, j->msg,
+						j->msg_len, j->sig, &j->sig_len);
+		}
 		break;
 	case KS_DESTROY:
 		j->r = ks->be_ops->destroy(ks, ks->be, j->ref, j->ref_len);
@@ -606,6 +613,44 @@ int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg,
 	}
 	job_free(j);
 	return r;
+}
+
+int key_store_sign_batch(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
+{
+	struct ks_job *head = NULL, **tail = &head, *j;
+	size_t i;
+	int r;
+
+	if (n == 0 || n > CIMD_SIGN_BATCH_MAX)
+		return caller_fail(-EINVAL, "a batch of %zu signatures", n);
+	for (i = 0; i < n; i++) {
+		if (reqs[i].key == NULL || reqs[i].key->ref == NULL || reqs[i].len > KS_MSG_MAX) {
+			job_free(head);
+			return caller_fail(-EINVAL,
+					   "signature %zu of the batch: no key or too long", i);
+		}
+		if ((j = job_new(KS_SIGN, reqs[i].key->alg, reqs[i].key->ref, reqs[i].key->ref_len,
+				 reqs[i].msg, reqs[i].len)) == NULL) {
+			job_free(head);
+			return -ENOMEM;
+		}
+		*tail = j;
+		tail = &j->more;
+	}
+	if ((r = ks_run(ks, &head, ks->timeout_ms)) < 0 && head == NULL)
+		return r; /* not run, or abandoned to the worker */
+	last_err[0] = '\0';
+	for (i = 0, j = head; i < n && j != NULL; i++, j = j->more) {
+		reqs[i].r = j->r;
+		if (j->r == 0) {
+			memcpy(reqs[i].sig, j->sig, j->sig_len);
+			reqs[i].sig_len = j->sig_len;
+		} else if (last_err[0] == '\0') {
+			caller_fail(j->r, "%s", j->errmsg[0] ? j->errmsg : cimd_strerror(j->r));
+		}
+	}
+	job_free(head);
+	return 0;
 }
 
 int key_store_destroy(struct key_store *ks, struct ks_key **pkey)

@@ -64,7 +64,8 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_SIGN_CONNS_PER_UID 2048 /* of which one uid may hold */
 #define CIMD_SIGN_IDLE_SEC 60	     /* a signing connection idle this long is closed */
 #define CIMD_SIGN_LINE_SEC 5	     /* a request line must be complete this soon */
-#define CIMD_SIGN_BATCH_MAX 1024     /* assertions journaled in one transaction */
+#define CIMD_SIGN_BATCH 16	     /* signatures handed to one key store at once */
+#define CIMD_JOURNAL_BATCH_MAX 1024  /* assertions journaled in one transaction */
 
 /* ---- configuration ---- */
 

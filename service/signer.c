@@ -1069,21 +1069,39 @@ static void done_push(struct signer *s, struct job *j)
 		log_err("sign socket: eventfd: %s", strerror(errno));
 }
 
+/* Answers j with the failure r of its backend. */
+static void backend_fail(struct signer *s, struct backend_worker *w, struct job *j, int r,
+			 const char *detail)
+{
+	j->err = r == -CIMD_EUNAVAILABLE ? SE_UNAVAILABLE : SE_INTERNAL;
+	snprintf(j->msg, sizeof(j->msg), "backend %s: %s", s->d->cfg->backends[w->idx].name,
+		 cimd_strerror(r));
+	log_err("sign socket: %s, key %s: %s (%s)", j->pol->name, j->pol->kid, cimd_strerror(r),
+		detail);
+	done_push(s, j);
+}
+
 static void *backend_main(void *arg)
 {
 	struct backend_worker *w = arg;
 	struct signer *s = w->s;
 	struct timespec failed_at = {0, 0};
-	uint8_t sig[CIMD_SIG_MAX];
+	struct ks_sign_req *reqs;
+	struct job *ready[CIMD_SIGN_BATCH], *j, *next;
 	struct key_store *ks;
-	struct job *j, *next;
-	size_t sig_len;
+	size_t n, i;
 	int r;
 
+	if ((reqs = calloc(CIMD_SIGN_BATCH, sizeof(*reqs))) == NULL) {
+		log_err("sign socket: out of memory");
+		return NULL;
+	}
 	while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
-		for (j = queue_take(&w->q, SIZE_MAX, &s->stop); j != NULL; j = next) {
+		/* What is queued, up to a batch: one handoff to the hardware. */
+		j = queue_take(&w->q, CIMD_SIGN_BATCH, &s->stop);
+		ks = __atomic_load_n(&s->d->ks[w->idx], __ATOMIC_ACQUIRE);
+		for (n = 0; j != NULL; j = next) {
 			next = j->next;
-			ks = __atomic_load_n(&s->d->ks[w->idx], __ATOMIC_ACQUIRE);
 			if (ks == NULL || elapsed_ns(&j->queued, &failed_at) >= 0) {
 				/* Not open, or failed after this job was queued: answer
 				 * now rather than wait another deadline. */
@@ -1093,30 +1111,40 @@ static void *backend_main(void *arg)
 				done_push(s, j);
 				continue;
 			}
-			r = 0;
-			if (j->pol->key == NULL)
-				r = key_store_load(ks, j->pol->alg, j->pol->ref, j->pol->ref_len,
-						   &j->pol->key);
-			if (r == 0)
-				r = key_store_sign(ks, j->pol->key, (const uint8_t *)j->jws,
-						   j->jws_len, sig, &sig_len);
-			if (r < 0) {
-				j->err = r == -CIMD_EUNAVAILABLE ? SE_UNAVAILABLE : SE_INTERNAL;
-				snprintf(j->msg, sizeof(j->msg), "backend %s: %s",
-					 s->d->cfg->backends[w->idx].name, cimd_strerror(r));
-				log_err("sign socket: %s, key %s: %s (%s)", j->pol->name,
-					j->pol->kid, cimd_strerror(r), key_store_errmsg(ks));
+			if (j->pol->key == NULL &&
+			    (r = key_store_load(ks, j->pol->alg, j->pol->ref, j->pol->ref_len,
+						&j->pol->key)) < 0) {
 				if (r == -CIMD_EUNAVAILABLE)
 					clock_gettime(CLOCK_MONOTONIC, &failed_at);
-				done_push(s, j);
+				backend_fail(s, w, j, r, key_store_errmsg(ks));
+				continue;
+			}
+			reqs[n] = (struct ks_sign_req){
+			    .key = j->pol->key, .msg = (const uint8_t *)j->jws, .len = j->jws_len};
+			ready[n++] = j;
+		}
+		if (n == 0)
+			continue;
+		if ((r = key_store_sign_batch(ks, reqs, n)) < 0) {
+			if (r == -CIMD_EUNAVAILABLE)
+				clock_gettime(CLOCK_MONOTONIC, &failed_at);
+			for (i = 0; i < n; i++)
+				backend_fail(s, w, ready[i], r, key_store_errmsg(ks));
+			continue;
+		}
+		for (i = 0; i < n; i++) {
+			j = ready[i];
+			if (reqs[i].r < 0) {
+				backend_fail(s, w, j, reqs[i].r, "in a batch");
 				continue;
 			}
 			j->jws[j->jws_len++] = '.';
-			b64url_encode(sig, sig_len, j->jws + j->jws_len);
-			j->jws_len += b64url_encoded_len(sig_len);
+			b64url_encode(reqs[i].sig, reqs[i].sig_len, j->jws + j->jws_len);
+			j->jws_len += b64url_encoded_len(reqs[i].sig_len);
 			queue_push(&s->jq, j);
 		}
 	}
+	free(reqs);
 	return NULL;
 }
 
@@ -1169,7 +1197,7 @@ static void *journal_main(void *arg)
 	int r;
 
 	while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
-		if ((batch = queue_take(&s->jq, CIMD_SIGN_BATCH_MAX, &s->stop)) == NULL)
+		if ((batch = queue_take(&s->jq, CIMD_JOURNAL_BATCH_MAX, &s->stop)) == NULL)
 			continue;
 		ok_kid[0] = bad_kid[0] = '\0';
 		r = store_begin(s->writer);

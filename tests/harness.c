@@ -513,3 +513,69 @@ out:
 	ks_key_free(&key2);
 	key_store_free(&ks);
 }
+
+void t_keystore_batch(const char *conf)
+{
+	static const enum cimd_alg algs[] = {CIMD_ALG_ES256, CIMD_ALG_ES384, CIMD_ALG_PS256};
+	struct key_store *ks = NULL;
+	struct ks_key *keys[3] = {NULL, NULL, NULL}, *gone = NULL;
+	struct ks_sign_req *reqs = NULL;
+	char msgs[CIMD_SIGN_BATCH_MAX][64], err[256];
+	size_t i, n = 9, good = 0;
+	json_t *jwk;
+	int r;
+
+	err[0] = '\0';
+	if (!t_ok(key_store_open(conf, &ks, err, sizeof(err)) == 0, "batch: open %s", err))
+		return;
+	for (i = 0; i < 3; i++)
+		if (key_store_generate(ks, algs[i], NULL, &keys[i]) < 0)
+			goto out;
+	/* A key destroyed under a handle that is still held: its request fails alone. */
+	if (key_store_generate(ks, CIMD_ALG_ES256, NULL, &gone) < 0)
+		goto out;
+	reqs = calloc(CIMD_SIGN_BATCH_MAX + 1, sizeof(*reqs));
+	for (i = 0; reqs != NULL && i < n; i++) {
+		snprintf(msgs[i], sizeof(msgs[i]), "header.claims-%zu", i);
+		reqs[i] = (struct ks_sign_req){
+		    .key = keys[i % 3], .msg = (const uint8_t *)msgs[i], .len = strlen(msgs[i])};
+	}
+	r = key_store_sign_batch(ks, reqs, n);
+	for (i = 0; r == 0 && i < n; i++) {
+		jwk = ks_key_jwk(reqs[i].key);
+		if (reqs[i].r == 0 &&
+		    jws_verify_signature(jwk, algs[i % 3], reqs[i].msg, reqs[i].len, reqs[i].sig,
+					 reqs[i].sig_len) == 0)
+			good++;
+		json_decref(jwk);
+	}
+	t_ok(r == 0 && good == n,
+	     "batch: 9 signatures by ES256, ES384 and PS256 keys in one call, each verifies "
+	     "(%zu)",
+	     good);
+	/* PKCS#11 only: a TPM key is a blob the caller keeps, so "destroyed"
+	 * there means forgotten, and the blob would still load. */
+	if (strncmp(conf, "pkcs11:", 7) == 0) {
+		struct ks_key *twin = NULL;
+		const uint8_t *ref;
+		size_t ref_len;
+
+		ks_key_ref(gone, &ref, &ref_len);
+		key_store_load(ks, CIMD_ALG_ES256, ref, ref_len, &twin);
+		key_store_destroy(ks, &twin);
+		reqs[1].key = gone;
+		r = key_store_sign_batch(ks, reqs, 3);
+		t_ok(r == 0 && reqs[0].r == 0 && reqs[1].r < 0 && reqs[2].r == 0,
+		     "batch: a destroyed key fails its own request only (%s)",
+		     cimd_strerror(reqs[1].r));
+	}
+	t_ok(key_store_sign_batch(ks, reqs, 0) == -EINVAL &&
+		 key_store_sign_batch(ks, reqs, CIMD_SIGN_BATCH_MAX + 1) == -EINVAL,
+	     "batch: empty and oversized batches are refused");
+out:
+	for (i = 0; i < 3; i++)
+		key_store_destroy(ks, &keys[i]);
+	ks_key_free(&gone);
+	free(reqs);
+	key_store_free(&ks);
+}

@@ -76,5 +76,8 @@ void t_swtpm_kill(struct t_swtpm *s);
  * reference in a fresh key store and sign again; destroy, then signing fails.
  */
 void t_keystore_roundtrip(const char *conf, enum cimd_alg alg);
+/* key_store_sign_batch: mixed algorithms in one call, each verified; a failing
+ * request fails alone; empty and oversized batches refused. */
+void t_keystore_batch(const char *conf);
 
 #endif

@@ -248,6 +248,7 @@ int main(void)
 	t_keystore_roundtrip(h.conf, CIMD_ALG_ES256);
 	t_keystore_roundtrip(h.conf, CIMD_ALG_ES384);
 	t_keystore_roundtrip(h.conf, CIMD_ALG_PS256);
+	t_keystore_batch(h.conf);
 	test_attributes(&h);
 	test_errors(&h);
 	test_exclusive(&h);

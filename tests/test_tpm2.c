@@ -217,6 +217,7 @@ int main(void)
 	t_keystore_roundtrip(s.conf, CIMD_ALG_ES256);
 	t_keystore_roundtrip(s.conf, CIMD_ALG_ES384);
 	t_keystore_roundtrip(s.conf, CIMD_ALG_PS256);
+	t_keystore_batch(s.conf);
 	test_errors(&s);
 	test_stale_handles(&s);
 	test_deadline_covers_lock(&s);
