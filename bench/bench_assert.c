@@ -3,17 +3,19 @@
  * signing socket, beside what they are compared with, in one run:
  *
  *   backend   the key store's own in-process signing rate on the same kind of
- *             hardware (a second SoftHSM2 token / a second swtpm), one thread:
- *             the cost the socket path adds to
+ *             hardware (a second SoftHSM2 token / a second swtpm), one thread,
+ *             one signature per call (as bench_sign measures it) and 16 per call
+ *             (key_store_sign_batch, as the signer uses it): what the socket
+ *             path adds to
  *   socket    a real cimdd (journal on, synchronous = FULL, group commit) and
  *             1, 8 and 32 libcimd clients, each one connection asking in a loop;
  *             every answer is a complete assertion the journal holds
  *   jose      node's jose signing the same assertions in-process with a key file
  *             (tests/interop/peer-jose-sign.mjs): the usual alternative
  *
- * Printed: assertions per second, p50 and p99 latency, and the ratios
- * socket/backend and socket/jose.  CIMD_BENCH_SECONDS sets the time per figure
- * (default 3).  Clients and daemon share this machine's cores.
+ * Printed: assertions per second, p50 and p99 latency, and the ratios of the
+ * socket's rate to the backend's (one per call, and batched) and to jose's.  CIMD_BENCH_SECONDS
+ * sets the time per figure (default 3).  Clients and daemon share this machine's cores.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -120,13 +122,16 @@ static int socket_run(int n, double *ret_rate, double *ret_p50, double *ret_p99,
 	return 0;
 }
 
-/* The key store's own rate, one thread, on conf. */
-static double backend_rate(const char *conf)
+/* The key store's own rate, one thread, on conf: one signature per call
+ * (key_store_sign, as bench_sign measures it), or `batch` per call
+ * (key_store_sign_batch, as the signer's backend threads use it). */
+static double backend_rate(const char *conf, size_t batch)
 {
 	struct key_store *ks = NULL;
 	struct ks_key *key = NULL;
+	struct ks_sign_req reqs[CIMD_SIGN_BATCH];
 	uint8_t sig[CIMD_SIG_MAX], msg[400];
-	size_t sl;
+	size_t sl, i;
 	char err[256];
 	double t0, end;
 	long n = 0;
@@ -140,9 +145,18 @@ static double backend_rate(const char *conf)
 	}
 	t0 = t_now_ms();
 	end = t0 + seconds * 1000;
-	while (t_now_ms() < end)
-		if (key_store_sign(ks, key, msg, sizeof(msg), sig, &sl) == 0)
-			n++;
+	while (t_now_ms() < end) {
+		if (batch <= 1) {
+			if (key_store_sign(ks, key, msg, sizeof(msg), sig, &sl) == 0)
+				n++;
+			continue;
+		}
+		for (i = 0; i < batch; i++)
+			reqs[i] = (struct ks_sign_req){.key = key, .msg = msg, .len = sizeof(msg)};
+		if (key_store_sign_batch(ks, reqs, batch) == 0)
+			for (i = 0; i < batch; i++)
+				n += reqs[i].r == 0;
+	}
 	key_store_destroy(ks, &key);
 	key_store_free(&ks);
 	return (double)n / ((t_now_ms() - t0) / 1000);
@@ -189,7 +203,7 @@ static void run_backend(const char *name, const char *daemon_conf, const char *(
 	static const int clients[] = {1, 8, 32};
 	struct t_daemon dm = {0};
 	char dir[400], conf[4096], ctl[800], doc[700];
-	double backend, rate, p50, p99;
+	double backend, batched, rate, p50, p99;
 	long fails;
 	size_t i;
 	int n;
@@ -226,19 +240,26 @@ static void run_backend(const char *name, const char *daemon_conf, const char *(
 		t_daemon_stop(&dm, SIGTERM);
 		return;
 	}
-	backend =
-	    peer() != NULL ? backend_rate(peer == peer_pkcs11 ? hsm_peer.conf : tpm_peer.conf) : 0;
-	printf("%-8s backend in-process (1 thread)   %8.0f /s\n", name, backend);
+	if (peer() == NULL) {
+		backend = batched = 0;
+	} else {
+		const char *pc = peer == peer_pkcs11 ? hsm_peer.conf : tpm_peer.conf;
+
+		backend = backend_rate(pc, 1);
+		batched = backend_rate(pc, CIMD_SIGN_BATCH);
+	}
+	printf("%-8s backend in-process, 1 per call   %8.0f /s\n", name, backend);
+	printf("%-8s backend in-process, %d per call  %8.0f /s\n", name, CIMD_SIGN_BATCH, batched);
 	for (i = 0; i < sizeof(clients) / sizeof(clients[0]); i++) {
 		if (socket_run(clients[i], &rate, &p50, &p99, &fails) < 0) {
 			printf("%-8s socket, %2d clients: no assertions\n", name, clients[i]);
 			continue;
 		}
-		printf("%-8s socket, %2d client%s          %8.0f /s   p50 %6.2f ms  p99 %6.2f ms"
-		       "   socket/backend %.2f  socket/jose %.2f%s\n",
+		printf("%-8s socket, %2d client%s           %8.0f /s   p50 %6.2f ms  p99 %6.2f ms"
+		       "   /backend %.2f  /batched %.2f  /jose %.2f%s\n",
 		       name, clients[i], clients[i] == 1 ? " " : "s", rate, p50, p99,
-		       backend > 0 ? rate / backend : 0, jose > 0 ? rate / jose : 0,
-		       fails ? "  (some failed)" : "");
+		       backend > 0 ? rate / backend : 0, batched > 0 ? rate / batched : 0,
+		       jose > 0 ? rate / jose : 0, fails ? "  (some failed)" : "");
 	}
 	t_daemon_stop(&dm, SIGTERM);
 }
