@@ -178,6 +178,98 @@ const char *ks_key_kid(const struct ks_key *key);
 /* The public JWK {kty, crv/x/y | n/e, kid, alg, use:"sig"}; a new reference. */
 json_t *ks_key_jwk(const struct ks_key *key);
 
+/* ---- attestation keys and hardware evidence (key_store.c, ks_*.c) ---- */
+
+/*
+ * Generates an attestation key (P-256, ES256) for this appliance.  On a TPM it is
+ * a restricted signing key, an AK (TPM 2.0 Part 1 §25.2.3; objectAttributes
+ * fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted |
+ * sign | noDA, scheme fixed to ECDSA-SHA256), a child of the same SRK as the
+ * client keys; on PKCS#11 an ordinary non-extractable P-256 key labelled
+ * "cimdd:TAG".  key_store_load (CIMD_ALG_ES256) loads it again from its
+ * reference, and key_store_sign signs with it: a TPM AK signs only digests the
+ * TPM computed itself, so the TPM backend hashes the message in a hash sequence
+ * (TPM2_HashSequenceStart / SequenceUpdate / SequenceComplete, Part 3 §17) and
+ * signs with the ticket it returns; a message beginning with TPM_GENERATED_VALUE
+ * (0xff544347) gets no ticket and is refused (-CIMD_EVERIFY).
+ */
+int key_store_generate_attest(struct key_store *ks, const char *tag, struct ks_key **ret_key);
+/* Whether a loaded key is a restricted TPM key (an AK). */
+int ks_key_restricted(const struct ks_key *key);
+
+/* TPM2_Certify (TPM 2.0 Part 3 §18.2) of key by the AK ak, with qualifyingData. */
+struct ks_certify {
+	uint8_t *attest; /* TPMS_ATTEST, marshalled (the TPM2B_ATTEST's buffer) */
+	size_t attest_len;
+	uint8_t sig[CIMD_SIG_MAX]; /* the AK's signature over attest, raw r||s */
+	size_t sig_len;
+	uint8_t *pub; /* the certified key's TPMT_PUBLIC, marshalled */
+	size_t pub_len;
+};
+/* -ENOTSUP on a PKCS#11 store; outputs freed with ks_certify_clear. */
+int key_store_certify(struct key_store *ks, struct ks_key *ak, struct ks_key *key,
+		      const uint8_t *qualifying, size_t qlen, struct ks_certify *ret);
+void ks_certify_clear(struct ks_certify *c);
+/* A TPM key's TPMT_PUBLIC, marshalled, from its reference (no hardware call);
+ * -ENOTSUP for a PKCS#11 key.  *ret_pub is malloc'd. */
+int ks_key_tpm_public(const struct ks_key *key, uint8_t **ret_pub, size_t *ret_len);
+
+/* What a PKCS#11 token says about itself and a key (C_GetTokenInfo,
+ * C_GetAttributeValue): self-reported, never proven.  Strings are the
+ * token's blank-padded fields with the padding removed. */
+struct ks_p11_evidence {
+	char manufacturer[33];
+	char model[17];
+	char serial[17];
+	char label[33];
+	int sensitive; /* CK_BBOOL values: 1 true, 0 false, -1 not reported */
+	int always_sensitive;
+	int extractable;
+	int never_extractable;
+	int local;
+};
+/* -ENOTSUP on a TPM store. */
+int key_store_p11_evidence(struct key_store *ks, struct ks_key *key, struct ks_p11_evidence *ret);
+
+/* ---- DSSE and TPM evidence, offline (dsse.c, tpm2_verify.c) ---- */
+
+/* Standard base64 with padding (RFC 4648 §4), as DSSE envelopes use it. */
+int b64_encode_alloc(const uint8_t *in, size_t n, char **ret_s);
+/* Decodes standard base64, padding required; also accepts the URL-safe
+ * alphabet, as DSSE verifiers must (DSSE protocol: "Base64 ... either"). */
+int b64_decode(const char *in, size_t len, uint8_t **ret_buf, size_t *ret_n);
+
+/* DSSE v1 pre-authentication encoding: "DSSEv1" SP LEN(type) SP type SP LEN(body)
+ * SP body, lengths in ASCII decimal (DSSE protocol, "Signature definition"). */
+int dsse_pae(const char *type, const uint8_t *body, size_t len, uint8_t **ret, size_t *ret_len);
+/* Signs body as a DSSE envelope {"payloadType","payload","signatures":[{"keyid","sig"}]}
+ * with key (ECDSA, signature DER-encoded, SEC 1 §C.5); keyid is the key's kid. */
+int dsse_sign(struct key_store *ks, struct ks_key *key, const char *type, const uint8_t *body,
+	      size_t len, json_t **ret_envelope);
+/* Verifies an envelope against the keys of a JWKS (by keyid = kid); on success
+ * *ret_payload (malloc'd) is the payload and *ret_kid the kid that verified (a
+ * pointer into trust).  errbuf names the failed check. */
+int dsse_verify(const json_t *envelope, const json_t *trust_jwks, const char **ret_type,
+		uint8_t **ret_payload, size_t *ret_len, const char **ret_kid, char *errbuf,
+		size_t errlen);
+
+/*
+ * Checks TPM2_Certify evidence offline (docs/attestation.md, "TPM evidence"):
+ * attest parses as a TPMS_ATTEST with magic TPM_GENERATED_VALUE and type
+ * TPM_ST_ATTEST_CERTIFY; sig (raw r||s) verifies over attest with ak_jwk; extraData
+ * equals expected_extra; pub parses as a TPMT_PUBLIC whose name (nameAlg ||
+ * H(TPMT_PUBLIC)) equals the certified name; its attributes have fixedTPM,
+ * fixedParent and sensitiveDataOrigin and not restricted; and its public key is
+ * key_jwk.  0, or -CIMD_EVERIFY with errbuf naming the first check that failed.
+ */
+int tpm2_verify_certify(const uint8_t *attest, size_t attest_len, const uint8_t *sig,
+			size_t sig_len, const json_t *ak_jwk, const uint8_t *pub, size_t pub_len,
+			const json_t *key_jwk, const uint8_t *expected_extra, size_t extra_len,
+			char *errbuf, size_t errlen);
+/* The public JWK {kty,crv,x,y | n,e} of a marshalled TPMT_PUBLIC, and whether it
+ * is restricted; for checking an AK published with its TPMT_PUBLIC. */
+int tpm2_public_jwk(const uint8_t *pub, size_t pub_len, json_t **ret_jwk, int *ret_restricted);
+
 /* ---- JWS compact serialisation, RFC 7515 §7.1 ---- */
 
 /* Signs payload with key; the protected header is {"alg","kid"} of the key plus
