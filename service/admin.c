@@ -139,6 +139,8 @@ static const struct {
     {"client.allow", CIMD_ROLE_SUBMIT, reg_client_allow},
     {"client.audience", CIMD_ROLE_SUBMIT, reg_client_audience},
     {"client.policy", CIMD_ROLE_SUBMIT, reg_client_policy},
+    {"attest.show", CIMD_ROLE_READ, attest_show},
+    {"attest_key.rotate", CIMD_ROLE_ROTATE, attest_key_rotate},
     {"doc.submit", CIMD_ROLE_SUBMIT, reg_doc_submit},
     {"doc.approve", CIMD_ROLE_APPROVE, reg_doc_approve},
     {"doc.show", CIMD_ROLE_READ, reg_doc_show},

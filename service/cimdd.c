@@ -79,9 +79,12 @@ static void open_key_stores(struct cimdd *d, int quiet)
 			log_err("backend %s: %s (%s); retrying every second",
 				d->cfg->backends[i].name, cimd_strerror(r), err);
 	}
-	/* A backend that comes up after start is reconciled as it opens. */
-	if (opened && quiet)
+	/* A backend that comes up after start is reconciled as it opens, and
+	 * gets its attestation key. */
+	if (opened && quiet) {
 		keys_reconcile(d);
+		attest_keys_ensure(d);
+	}
 }
 
 /* SIGHUP: operators, two-person rule and durations take effect now; what
@@ -206,7 +209,9 @@ int main(int argc, char **argv)
 	};
 	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
 	struct publisher *pub = NULL;
-	int64_t published_at = -1, signer_at = -1;
+	int64_t published_at = -1, signer_at = -1, attested_at = -1;
+	int attest_pending = 0;
+	time_t attest_tried = 0;
 	uint64_t answers_at = 0;
 	time_t metrics_at = 0;
 	char devconf[1200], err[512], dbpath[1100];
@@ -322,6 +327,7 @@ int main(int argc, char **argv)
 	}
 	open_key_stores(&d, 0);
 	keys_reconcile(&d);
+	attest_keys_ensure(&d);
 	/* Before the admin socket: once an operator can connect, so can workloads. */
 	if (signer_start(&d, &d.signer, err, sizeof(err)) < 0) {
 		log_err("sign socket: %s", err);
@@ -384,6 +390,16 @@ int main(int argc, char **argv)
 		/* Any change to the state may change what is public: render the set
 		 * again, and send it when its bytes differ (publish.c).  Signing
 		 * moves only counters: those are sent at most every few seconds. */
+		/* Attestations follow what they attest (attest.c): issued before
+		 * the set that serves them is rendered.  A few per turn, so that a
+		 * mass reissue (an attestation key rotation) does not stall the
+		 * admin socket; what is left, or what the hardware refused, is
+		 * tried again next turn or next second. */
+		if (store_changes(d.st) != attested_at || (attest_pending && time(NULL) != attest_tried)) {
+			attest_refresh(&d, 32, &attest_pending);
+			attested_at = store_changes(d.st);
+			attest_tried = time(NULL);
+		}
 		if ((pub != NULL || d.cfg->export_dir != NULL) &&
 		    (store_changes(d.st) != published_at ||
 		     (signer_answers(d.signer) != answers_at &&

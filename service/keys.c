@@ -115,18 +115,16 @@ static int key_in_state(struct store *st, const char *client, const char *state,
  * reconciliation may destroy it; a key whose tag this database does not know
  * (a restored or wrong database) is reported and left alone.
  */
-int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
-		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key)
+/* A fresh random tag, committed as an intent before the hardware makes the key
+ * (so that a crash in between leaves a key reconciliation can recognise). */
+static int intent_begin(struct cimdd *d, const char *client, const char *backend,
+			char ret_tag[CIMD_TAG_MAX + 1])
 {
 	static const char digits[] = "0123456789abcdef";
-	struct key_store *ks = cimdd_key_store(d, backend);
 	uint8_t rnd[8];
 	char tag[CIMD_TAG_MAX + 1];
 	size_t i;
-	int r;
 
-	if (ks == NULL)
-		return -CIMD_EUNAVAILABLE;
 	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
 		return -CIMD_ECRYPTO;
 	for (i = 0; i < sizeof(rnd); i++) {
@@ -143,7 +141,41 @@ int keys_generate(struct cimdd *d, const char *client, const char *backend, cons
 		store_rollback(d->st);
 		return -EIO;
 	}
+	memcpy(ret_tag, tag, sizeof(tag));
+	return 0;
+}
+
+int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
+		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key)
+{
+	struct key_store *ks = cimdd_key_store(d, backend);
+	char tag[CIMD_TAG_MAX + 1];
+	int r;
+
+	if (ks == NULL)
+		return -CIMD_EUNAVAILABLE;
+	if ((r = intent_begin(d, client, backend, tag)) < 0)
+		return r;
 	if ((r = key_store_generate(ks, cimd_alg_from_name(alg), tag, ret_key)) < 0) {
+		keys_intent_drop(d, tag);
+		return r;
+	}
+	memcpy(ret_tag, tag, sizeof(tag));
+	return 0;
+}
+
+int keys_generate_attest(struct cimdd *d, const char *backend, char ret_tag[CIMD_TAG_MAX + 1],
+			 struct ks_key **ret_key)
+{
+	struct key_store *ks = cimdd_key_store(d, backend);
+	char tag[CIMD_TAG_MAX + 1];
+	int r;
+
+	if (ks == NULL)
+		return -CIMD_EUNAVAILABLE;
+	if ((r = intent_begin(d, "(attestation)", backend, tag)) < 0)
+		return r;
+	if ((r = key_store_generate_attest(ks, tag, ret_key)) < 0) {
 		keys_intent_drop(d, tag);
 		return r;
 	}
@@ -458,8 +490,9 @@ enum admin_err keys_revoke(struct admin_req *q)
 	r = transition(q->d, ci.name, kid, state, "revoked", q->op->name, x);
 	json_decref(x);
 	if (r == 0)
-		r = store_exec(q->d->st, "UPDATE keys SET revoke_reason = ? WHERE kid = ?", "ss",
-			       reason, kid) == 1
+		r = store_exec(q->d->st,
+			       "UPDATE keys SET revoke_reason = ?, revoked_by = ? WHERE kid = ?",
+			       "sss", reason, q->op->name, kid) == 1
 			? 0
 			: -EIO;
 	/* The revocation stands on its own: it is committed before anything that
@@ -778,6 +811,19 @@ static int reconcile_hardware(struct cimdd *d)
 					snprintf(alg, sizeof(alg), "%s", sqlite3_column_text(s, 3));
 				}
 				sqlite3_finalize(s);
+				s = NULL;
+			}
+			/* The appliance's attestation keys are known too (attest.c). */
+			if (state[0] == '\0' &&
+			    store_query(d->st, &s,
+					"SELECT 1 FROM attest_keys WHERE backend = ? AND ref = ?", "sb",
+					d->cfg->backends[b].name, refs[i].ref, refs[i].len) == 0) {
+				int known = sqlite3_step(s) == SQLITE_ROW;
+
+				sqlite3_finalize(s);
+				s = NULL;
+				if (known)
+					continue;
 			}
 			if (state[0] != '\0' && strcmp(state, "destroyed") != 0 &&
 			    strcmp(state, "revoked") != 0)

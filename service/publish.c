@@ -94,7 +94,7 @@ static void put_entry(struct buf *b, const char *path, const char *ctype, uint32
 }
 
 /* {"keys":[...]} of the client's keys in states next, active, retiring. */
-static char *render_jwks(struct store *st, const char *client)
+char *publish_jwks(struct store *st, const char *client)
 {
 	sqlite3_stmt *s = NULL;
 	json_t *keys = json_array(), *jwks, *k;
@@ -183,20 +183,49 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 		return -EIO;
 	while (sqlite3_step(s) == SQLITE_ROW && !e.failed) {
 		const char *name = (const char *)sqlite3_column_text(s, 0);
+		char cimd_hex[65], jwks_hex[65], *att, *rev;
+		uint8_t md[SHA256_DIGEST_LENGTH];
+
 		snprintf(path, sizeof(path), "/clients/%s", name);
 		put_entry(&e, path, "application/json", doc_age, doc_age, sqlite3_column_blob(s, 1),
 			  (size_t)sqlite3_column_bytes(s, 1));
-		if ((jwks = render_jwks(d->st, name)) == NULL) {
+		SHA256(sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1), md);
+		hex_encode(md, sizeof(md), cimd_hex);
+		if ((jwks = publish_jwks(d->st, name)) == NULL) {
 			e.failed = 1;
 			break;
 		}
 		snprintf(path, sizeof(path), "/clients/%s/jwks.json", name);
 		/* max-age is exactly jwks_max_age: the activation rule relies on it. */
 		put_entry(&e, path, "application/json", jwks_age, jwks_age, jwks, strlen(jwks));
+		SHA256((const uint8_t *)jwks, strlen(jwks), md);
+		hex_encode(md, sizeof(md), jwks_hex);
 		free(jwks);
 		count += 2;
+		/* The attestation only while it names exactly these bytes (attest.c):
+		 * served document, JWKS and attestation always agree. */
+		if ((att = attest_envelope(d, name, cimd_hex, jwks_hex)) != NULL) {
+			snprintf(path, sizeof(path), "/clients/%s/attestation.json", name);
+			put_entry(&e, path, "application/json", jwks_age, jwks_age, att,
+				  strlen(att));
+			free(att);
+			count++;
+		}
+		if ((rev = attest_revocations(d, name)) != NULL) {
+			snprintf(path, sizeof(path), "/clients/%s/revocations.json", name);
+			put_entry(&e, path, "application/json", jwks_age, jwks_age, rev,
+				  strlen(rev));
+			free(rev);
+			count++;
+		}
 	}
 	sqlite3_finalize(s);
+	if ((jwks = attest_keys_jwks(d)) != NULL) {
+		put_entry(&e, "/.well-known/cimdd/attestation-keys.json", "application/json",
+			  jwks_age, jwks_age, jwks, strlen(jwks));
+		free(jwks);
+		count++;
+	}
 	put_entry(&e, "/healthz", "text/plain", 0, 0, "ok", 2);
 	count++;
 	if ((metrics = render_metrics(d)) == NULL) {
@@ -268,8 +297,9 @@ static int mkdirs(const char *path)
  * The files of a set and an nginx snippet (nginx.conf, to include inside a
  * server block) that serves them with the publisher's headers: the same
  * ETag, Cache-Control, Content-Type, and 304 for a matching If-None-Match.
- * Documents are files under clients/NAME/ (cimd.json, jwks.json): a path
- * cannot be both a file and a directory.  /metrics stays with the publisher.
+ * Documents are files under clients/NAME/ (cimd.json beside jwks.json,
+ * attestation.json, revocations.json): a path cannot be both a file and a
+ * directory.  /metrics stays with the publisher.
  */
 static int export_set(const char *dir, const uint8_t *set, size_t len)
 {
@@ -321,9 +351,8 @@ static int export_set(const char *dir, const uint8_t *set, size_t len)
 		}
 		if (strcmp(path, "/healthz") == 0)
 			snprintf(rel, sizeof(rel), "healthz.txt");
-		else if (strlen(path) > 10 && strcmp(path + strlen(path) - 10, "/jwks.json") == 0)
-			snprintf(rel, sizeof(rel), "%.*s/jwks.json", (int)(strlen(path) - 11),
-				 path + 1);
+		else if (strlen(path) > 5 && strcmp(path + strlen(path) - 5, ".json") == 0)
+			snprintf(rel, sizeof(rel), "%s", path + 1); /* a file: jwks.json, ... */
 		else
 			snprintf(rel, sizeof(rel), "%s/cimd.json", path + 1);
 		snprintf(file, sizeof(file), "%s/%s", dir, rel);

@@ -65,8 +65,9 @@ static struct MHD_Response *r400, *r404, *r405, *r414;
 /* Requests by route and outcome, for /metrics. */
 enum { M_200, M_304, M_400, M_404, M_405, M_414, M_N };
 static const char *const m_status[M_N] = {"200", "304", "400", "404", "405", "414"};
-enum { R_DOCUMENT, R_JWKS, R_HEALTHZ, R_METRICS, R_OTHER, R_N };
-static const char *const m_route[R_N] = {"document", "jwks", "healthz", "metrics", "other"};
+enum { R_DOCUMENT, R_JWKS, R_ATTESTATION, R_HEALTHZ, R_METRICS, R_OTHER, R_N };
+static const char *const m_route[R_N] = {"document", "jwks",	"attestation",
+					 "healthz",  "metrics", "other"};
 static atomic_ulong counts[R_N][M_N];
 static _Thread_local int cur_route; /* the route of the request this thread answers */
 
@@ -78,6 +79,11 @@ static int route_of(const char *url)
 		return R_DOCUMENT;
 	if (strncmp(url, "/clients/", 9) == 0 && n > 10 && strcmp(url + n - 10, "/jwks.json") == 0)
 		return R_JWKS;
+	if ((strncmp(url, "/clients/", 9) == 0 && n > 17 &&
+	     (strcmp(url + n - 17, "/attestation.json") == 0 ||
+	      strcmp(url + n - 17, "/revocations.json") == 0)) ||
+	    strncmp(url, "/.well-known/cimdd/", 19) == 0)
+		return R_ATTESTATION;
 	if (strcmp(url, "/healthz") == 0)
 		return R_HEALTHZ;
 	if (strcmp(url, "/metrics") == 0)

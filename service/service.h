@@ -263,6 +263,9 @@ enum admin_err keys_revoke(struct admin_req *q);
 int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
 		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key);
 void keys_intent_drop(struct cimdd *d, const char *tag);
+/* The same for an attestation key of backend (attest.c records it). */
+int keys_generate_attest(struct cimdd *d, const char *backend, char ret_tag[CIMD_TAG_MAX + 1],
+			 struct ks_key **ret_key);
 /* Inserts the row of a new key (with its public JWK) inside an open transaction;
  * the number of rows inserted (1) or a negative code. */
 int keys_insert(struct cimdd *d, const char *client, const char *alg, const char *backend,
@@ -281,6 +284,9 @@ int keys_reconcile(struct cimdd *d);
 /* ---- publication (publish.c, publisher.c) ---- */
 
 struct publisher;
+/* {"keys":[...]} of a client's keys in states next, active, retiring: the
+ * JWKS bytes as served (malloc'd). */
+char *publish_jwks(struct store *st, const char *client);
 /* The complete publication set, serialised for the channel. */
 int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len);
 /* Starts the publisher process (nothing when no `listen` is configured). */
@@ -307,6 +313,26 @@ int dev_free_port_pair(void);
 /* swtpm on 127.0.0.1:port and port + 1, its state in dir, output to log; it
  * dies with its parent.  Returns when both ports answer. */
 int dev_swtpm_spawn(const char *state_dir, int port, const char *log, pid_t *ret_pid);
+
+/* ---- attestations (attest.c) ---- */
+
+/* Each open backend gets an attestation key if it has none (first start, or a
+ * backend that came up later).  Returns how many were made. */
+int attest_keys_ensure(struct cimdd *d);
+/* Issues what publication needs: an attestation for each client whose stated
+ * facts changed, a signed record for each revocation lacking one; at most max
+ * signatures.  *ret_pending: more remain, or some hardware was unavailable. */
+int attest_refresh(struct cimdd *d, size_t max, int *ret_pending);
+/* The latest attestation envelope of name if its subjects are these digests
+ * (hex SHA-256 of the served CIMD and JWKS bytes), else NULL; malloc'd. */
+char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex,
+		      const char *jwks_hex);
+/* {"revocations":[envelope...]} of name; {"keys":[...]} of the attestation
+ * keys in states active and retiring.  malloc'd. */
+char *attest_revocations(struct cimdd *d, const char *name);
+char *attest_keys_jwks(struct cimdd *d);
+enum admin_err attest_show(struct admin_req *q);
+enum admin_err attest_key_rotate(struct admin_req *q);
 
 /* ---- signing socket (signer.c) ---- */
 

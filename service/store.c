@@ -101,6 +101,41 @@ static const char *const migrations[] = {
      * configuration's default). */
     "ALTER TABLE clients ADD COLUMN assertion_ttl INTEGER;"
     "ALTER TABLE clients ADD COLUMN rate_limit INTEGER;",
+    /* 5: attestations (attest.c): the appliance's attestation keys, every
+     * attestation issued, and a signed record of every revocation. */
+    "CREATE TABLE attest_keys ("
+    "  kid     TEXT PRIMARY KEY,"
+    "  backend TEXT NOT NULL,"
+    "  ref     BLOB NOT NULL,"
+    "  jwk     TEXT NOT NULL,"
+    "  tpm_public BLOB,"
+    "  state   TEXT NOT NULL CHECK (state IN ('active', 'retiring', 'retired')),"
+    "  created INTEGER NOT NULL,"
+    "  retired INTEGER"
+    ");"
+    "CREATE UNIQUE INDEX one_active_attest_key ON attest_keys(backend) WHERE state = 'active';"
+    "CREATE TABLE attestations ("
+    "  id       INTEGER PRIMARY KEY,"
+    "  client   TEXT NOT NULL REFERENCES clients(name),"
+    "  inputs   BLOB NOT NULL," /* SHA-256 of what it states, evidence and times aside */
+    "  cimd_sha256 TEXT NOT NULL,"
+    "  jwks_sha256 TEXT NOT NULL,"
+    "  attest_kid  TEXT NOT NULL,"
+    "  envelope TEXT NOT NULL,"
+    "  seq      INTEGER NOT NULL," /* its attest.issue journal record */
+    "  created  INTEGER NOT NULL"
+    ");"
+    "CREATE INDEX attestations_client ON attestations(client, id);"
+    "CREATE TABLE revocations ("
+    "  id       INTEGER PRIMARY KEY,"
+    "  kid      TEXT NOT NULL REFERENCES keys(kid),"
+    "  client   TEXT NOT NULL,"
+    "  attest_kid TEXT NOT NULL,"
+    "  envelope TEXT NOT NULL,"
+    "  created  INTEGER NOT NULL"
+    ");"
+    "CREATE INDEX revocations_kid ON revocations(kid, id);"
+    "ALTER TABLE keys ADD COLUMN revoked_by TEXT;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))

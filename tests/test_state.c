@@ -200,7 +200,7 @@ static void test_store(void)
 	r = store_open(path, &st, err, sizeof(err));
 	if (!t_ok(r == 0, "store opens a new database (%s)", r < 0 ? err : "ok"))
 		return;
-	t_ok(store_schema_version(st) == 4, "schema version 4 (every migration ran)");
+	t_ok(store_schema_version(st) == 5, "schema version 5 (every migration ran)");
 	t_ok(pragma_text(store_db(st), "PRAGMA journal_mode", mode, sizeof(mode)) == 0 &&
 		 strcmp(mode, "wal") == 0,
 	     "journal_mode is WAL (%s)", mode);
@@ -271,13 +271,17 @@ static void test_store(void)
 	tamper(path, "ALTER TABLE keys DROP COLUMN jwk");
 	tamper(path, "ALTER TABLE clients DROP COLUMN assertion_ttl");
 	tamper(path, "ALTER TABLE clients DROP COLUMN rate_limit");
+	tamper(path, "DROP TABLE attest_keys");
+	tamper(path, "DROP TABLE attestations");
+	tamper(path, "DROP TABLE revocations");
+	tamper(path, "ALTER TABLE keys DROP COLUMN revoked_by");
 	r = store_open(path, &st, err, sizeof(err));
-	t_ok(r == 0 && store_schema_version(st) == 4 &&
+	t_ok(r == 0 && store_schema_version(st) == 5 &&
 		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
 		     SQLITE_OK &&
 		 sqlite3_exec(store_db(st), "SELECT assertion_ttl, rate_limit FROM clients", NULL,
 			      NULL, NULL) == SQLITE_OK,
-	     "a version 1 database migrates to version 4 (%s)", r < 0 ? err : "ok");
+	     "a version 1 database migrates to version 5 (%s)", r < 0 ? err : "ok");
 	store_free(&st);
 }
 

@@ -23,6 +23,8 @@
 
 #include <jansson.h>
 
+#include "fw.h"
+
 #define DEFAULT_SOCKET "/run/cimdd/admin.sock"
 #define METADATA_MAX (64 * 1024)
 #define RESPONSE_MAX (64 * 1024 * 1024)
@@ -728,6 +730,145 @@ static int cmd_journal_verify(int argc, char **argv)
 	return rc;
 }
 
+/* ---- attestations ---- */
+
+/* A whole file, at most max bytes; NULL with a message on failure. */
+static uint8_t *slurp(const char *path, size_t max, size_t *ret_len)
+{
+	FILE *f = fopen(path, "rb");
+	uint8_t *buf = NULL;
+	size_t n;
+
+	if (f == NULL) {
+		fprintf(stderr, "cimdctl: %s: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	if ((buf = malloc(max + 1)) != NULL) {
+		n = fread(buf, 1, max + 1, f);
+		if (ferror(f) || n > max) {
+			fprintf(stderr, "cimdctl: %s: %s\n", path,
+				n > max ? "too large" : strerror(errno));
+			free(buf);
+			buf = NULL;
+		} else {
+			buf[n] = '\0';
+			*ret_len = n;
+		}
+	}
+	fclose(f);
+	return buf;
+}
+
+static const char U_ATTEST_SHOW[] = "attest show NAME";
+static int cmd_attest_show(int argc, char **argv)
+{
+	const char *pos[1];
+	json_t *r = NULL, *env, *st;
+	const char *p;
+	uint8_t *payload = NULL;
+	size_t n = 0;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_ATTEST_SHOW, NULL, pos, 1, 1)) != 0)
+		return rc;
+	if ((rc = run(json_pack("{ssss}", "op", "attest.show", "name", pos[0]), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	env = json_object_get(r, "envelope");
+	p = json_string_value(json_object_get(env, "payload"));
+	if (p == NULL || b64_decode(p, strlen(p), &payload, &n) < 0 ||
+	    (st = json_loadb((const char *)payload, n, 0, NULL)) == NULL) {
+		fprintf(stderr, "cimdctl: the attestation's payload is not a JSON statement\n");
+		free(payload);
+		json_decref(r);
+		return 1;
+	}
+	printf("attestation of %s, journal record %lld, signed by %s\n", pos[0],
+	       (long long)json_integer_value(json_object_get(r, "seq")),
+	       json_string_value(
+		   json_object_get(json_array_get(json_object_get(env, "signatures"), 0), "keyid")));
+	json_dumpf(st, stdout, JSON_INDENT(2));
+	printf("\n");
+	json_decref(st);
+	free(payload);
+	json_decref(r);
+	return 0;
+}
+
+static void report_line(void *arg, int ok, const char *check, const char *detail)
+{
+	(void)arg;
+	printf("%s %-10s %s\n", ok ? "ok  " : "FAIL", check, detail);
+}
+
+static const char U_ATTEST_VERIFY[] =
+    "attest verify FILE --trust ATTESTATION_KEYS_JWKS [--document CIMD_FILE] [--jwks JWKS_FILE]";
+static int cmd_attest_verify(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--trust", 1), OPT("--document", 1), OPT("--jwks", 1), OPT_END};
+	uint8_t *env = NULL, *trust_bytes = NULL, *doc = NULL, *jwks = NULL;
+	size_t env_len = 0, trust_len = 0, doc_len = 0, jwks_len = 0;
+	const char *pos[1];
+	json_t *trust = NULL;
+	int rc, r;
+
+	if ((rc = parse(argc, argv, U_ATTEST_VERIFY, o, pos, 1, 1)) != 0)
+		return rc;
+	if (!o[0].set)
+		return usage_error(U_ATTEST_VERIFY, "--trust is required: the attestation keys "
+						    "you trust (attestation-keys.json)");
+	rc = 2;
+	if ((env = slurp(pos[0], 1 << 20, &env_len)) == NULL ||
+	    (trust_bytes = slurp(o[0].value, 1 << 20, &trust_len)) == NULL ||
+	    (o[1].set && (doc = slurp(o[1].value, 1 << 20, &doc_len)) == NULL) ||
+	    (o[2].set && (jwks = slurp(o[2].value, 1 << 20, &jwks_len)) == NULL))
+		goto out;
+	if ((trust = json_loadb((const char *)trust_bytes, trust_len, 0, NULL)) == NULL ||
+	    !json_is_array(json_object_get(trust, "keys"))) {
+		fprintf(stderr, "cimdctl: %s is not a JWKS\n", o[0].value);
+		goto out;
+	}
+	/* Offline: nothing here talks to a daemon or the network. */
+	r = attest_verify((const char *)env, env_len, trust, doc, doc_len, jwks, jwks_len,
+			  report_line, NULL);
+	printf("%s\n", r == 0 ? "verified: every check held"
+			      : "NOT verified: see the FAIL lines above");
+	if (!o[1].set || !o[2].set)
+		printf("note: without --document and --jwks the subjects' digests were not "
+		       "compared with any bytes\n");
+	rc = r == 0 ? 0 : 1;
+out:
+	free(env);
+	free(trust_bytes);
+	free(doc);
+	free(jwks);
+	json_decref(trust);
+	return rc;
+}
+
+static const char U_ATTEST_KEY_ROTATE[] = "attest-key rotate [--backend pkcs11|tpm2]";
+static int cmd_attest_key_rotate(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--backend", 1), OPT_END};
+	const char *pos[1];
+	json_t *req, *r = NULL;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_ATTEST_KEY_ROTATE, o, pos, 0, 0)) != 0)
+		return rc;
+	req = json_pack("{ss}", "op", "attest_key.rotate");
+	if (o[0].set)
+		json_object_set_new(req, "backend", json_string(o[0].value));
+	if ((rc = run(req, &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	if (!json_out)
+		printf("attestation key %s is now active on %s; every attestation will be "
+		       "issued again with it, and the old key stays published until then\n",
+		       json_string_value(json_object_get(r, "kid")),
+		       json_string_value(json_object_get(r, "backend")));
+	json_decref(r);
+	return 0;
+}
+
 static const struct cmd cmds[] = {
     {"status", NULL, U_STATUS, cmd_status},
     {"client", "add", U_CLIENT_ADD, cmd_client_add},
@@ -745,6 +886,9 @@ static const struct cmd cmds[] = {
     {"key", "revoke", U_KEY_REVOKE, cmd_key_revoke},
     {"journal", "show", U_JOURNAL_SHOW, cmd_journal_show},
     {"journal", "verify", U_JOURNAL_VERIFY, cmd_journal_verify},
+    {"attest", "show", U_ATTEST_SHOW, cmd_attest_show},
+    {"attest", "verify", U_ATTEST_VERIFY, cmd_attest_verify},
+    {"attest-key", "rotate", U_ATTEST_KEY_ROTATE, cmd_attest_key_rotate},
 };
 
 static void usage(FILE *f)

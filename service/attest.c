@@ -1,0 +1,751 @@
+/*
+ * attest.c — signed attestations (docs/attestation.md): each approved CIMD
+ * document tied to its owner, its approvers and the custody of every key its
+ * JWKS publishes; a signed record of every revocation; the appliance's
+ * attestation keys.
+ *
+ * An attestation is an in-toto Statement v1 in a DSSE envelope, signed by the
+ * attestation key of the client's backend: on a TPM that key is an AK, which
+ * also certifies every client key (TPM2_Certify) with qualifyingData bound to
+ * the client_id, the document digest and the kid; on PKCS#11 the token's own
+ * account of itself and of each key is carried, marked self-reported.
+ *
+ * Attestations are issued here, before each publication, when what they state
+ * changed (attest_refresh); publish.c serves the stored envelope only while
+ * its subject digests equal the bytes being served, so the CIMD document, the
+ * JWKS and the attestation served together always agree.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/sha.h>
+#include <sqlite3.h>
+
+#include "service.h"
+
+#define PREDICATE_CUSTODY "https://cimdd.dev/attestation/custody/v1"
+#define PREDICATE_REVOCATION "https://cimdd.dev/attestation/revocation/v1"
+#define STATEMENT_TYPE "https://in-toto.io/Statement/v1"
+#define PAYLOAD_TYPE "application/vnd.in-toto+json"
+
+/* ---- attestation keys ---- */
+
+/* The active attestation key of backend: its kid (into ret_kid) and the loaded
+ * key.  -ENOENT when the backend has none yet. */
+static int active_key(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
+		      struct ks_key **ret_key)
+{
+	struct key_store *ks = cimdd_key_store(d, backend);
+	sqlite3_stmt *s = NULL;
+	int r = -ENOENT;
+
+	if (ks == NULL)
+		return -CIMD_EUNAVAILABLE;
+	if (store_query(d->st, &s,
+			"SELECT kid, ref FROM attest_keys WHERE backend = ? AND state = 'active'",
+			"s", backend) < 0)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", sqlite3_column_text(s, 0));
+		r = key_store_load(ks, CIMD_ALG_ES256, sqlite3_column_blob(s, 1),
+				   (size_t)sqlite3_column_bytes(s, 1), ret_key);
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+/* Makes a new attestation key on backend and records it active (the previous
+ * one, if any, retiring), in one transaction with its journal record. */
+static int new_attest_key(struct cimdd *d, const char *backend, const char *actor,
+			  char ret_kid[CIMD_KID_LEN + 1])
+{
+	char tag[CIMD_TAG_MAX + 1], *jwks = NULL;
+	struct ks_key *key = NULL;
+	uint8_t *pub = NULL;
+	size_t pub_len = 0, ref_len;
+	const uint8_t *ref;
+	json_t *jwk = NULL, *f = NULL;
+	int r;
+
+	if ((r = keys_generate_attest(d, backend, tag, &key)) < 0)
+		return r;
+	ks_key_ref(key, &ref, &ref_len);
+	if (ks_key_tpm_public(key, &pub, &pub_len) < 0)
+		pub = NULL;
+	jwk = ks_key_jwk(key);
+	if (jwk == NULL || (jwks = json_dumps(jwk, JSON_COMPACT)) == NULL) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	f = json_pack("{sssssb}", "backend", backend, "kid", ks_key_kid(key), "restricted",
+		      ks_key_restricted(key));
+	if (f == NULL || store_begin(d->st) < 0) {
+		r = f == NULL ? -ENOMEM : -EIO;
+		goto fail;
+	}
+	if (store_exec(d->st,
+		       "UPDATE attest_keys SET state = 'retiring' WHERE backend = ? AND "
+		       "state = 'active'",
+		       "s", backend) < 0 ||
+	    store_exec(d->st,
+		       "INSERT INTO attest_keys (kid, backend, ref, jwk, tpm_public, state, "
+		       "created) VALUES (?, ?, ?, ?, ?, 'active', ?)",
+		       "ssbsbi", ks_key_kid(key), backend, ref, ref_len, jwks, pub,
+		       pub ? pub_len : 0, (int64_t)time(NULL)) != 1 ||
+	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) < 0 ||
+	    journal_append(d->st, "attest.key", actor, f, NULL) < 0 || store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		r = -EIO;
+		goto fail;
+	}
+	snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", ks_key_kid(key));
+	log_info("attestation key %s created on %s", ks_key_kid(key), backend);
+	r = 0;
+	goto out;
+fail:
+	/* Not recorded: the key must not stay behind in the hardware. */
+	key_store_destroy(cimdd_key_store(d, backend), &key);
+	keys_intent_drop(d, tag);
+out:
+	ks_key_free(&key);
+	json_decref(jwk);
+	json_decref(f);
+	free(jwks);
+	free(pub);
+	return r;
+}
+
+int attest_keys_ensure(struct cimdd *d)
+{
+	char kid[CIMD_KID_LEN + 1];
+	struct ks_key *key = NULL;
+	size_t i;
+	int r, made = 0;
+
+	for (i = 0; i < d->cfg->n_backends; i++) {
+		if (d->ks[i] == NULL)
+			continue;
+		r = active_key(d, d->cfg->backends[i].name, kid, &key);
+		ks_key_free(&key);
+		if (r == -ENOENT) {
+			if ((r = new_attest_key(d, d->cfg->backends[i].name, "cimdd", kid)) < 0)
+				log_err("backend %s: cannot create an attestation key: %s (%s)",
+					d->cfg->backends[i].name, cimd_strerror(r),
+					key_store_errmsg(d->ks[i]));
+			else
+				made++;
+		}
+	}
+	return made;
+}
+
+enum admin_err attest_key_rotate(struct admin_req *q)
+{
+	const char *backend = json_string_value(json_object_get(q->args, "backend"));
+	char kid[CIMD_KID_LEN + 1];
+	int r;
+
+	if (backend == NULL)
+		backend = q->d->cfg->default_backend;
+	if (config_backend(q->d->cfg, backend) == NULL)
+		return admin_fail(q, AE_BAD_REQUEST, "no backend %.32s is configured", backend);
+	if (cimdd_key_store(q->d, backend) == NULL)
+		return admin_fail(q, AE_BACKEND_UNAVAILABLE, "backend %s is not open", backend);
+	if ((r = new_attest_key(q->d, backend, q->op->name, kid)) < 0)
+		return admin_fail(q, r == -CIMD_EUNAVAILABLE ? AE_BACKEND_UNAVAILABLE : AE_INTERNAL,
+				  "%s: %s", backend, cimd_strerror(r));
+	q->result = json_pack("{ssss}", "backend", backend, "kid", kid);
+	return AE_OK;
+}
+
+/* ---- statements ---- */
+
+static void sha256_hex(const void *p, size_t n, char out[65])
+{
+	uint8_t md[SHA256_DIGEST_LENGTH];
+
+	SHA256(p, n, md);
+	hex_encode(md, sizeof(md), out);
+}
+
+/* One client key's hardware evidence. */
+static int evidence(struct key_store *ks, struct ks_key *ak, const char *alg, const uint8_t *ref,
+		    size_t ref_len, const char *client_id, const char *cimd_hex, const char *kid,
+		    json_t **ret)
+{
+	struct ks_p11_evidence ev;
+	struct ks_certify cert = {0};
+	struct ks_key *key = NULL;
+	uint8_t bind[32];
+	char *a = NULL, *sg = NULL, *pb = NULL;
+	int r;
+
+	if ((r = key_store_load(ks, cimd_alg_from_name(alg), ref, ref_len, &key)) < 0)
+		return r;
+	if (strcmp(key_store_backend(ks), "tpm2") == 0) {
+		if ((r = attest_binding(client_id, cimd_hex, kid, bind)) < 0 ||
+		    (r = key_store_certify(ks, ak, key, bind, sizeof(bind), &cert)) < 0)
+			goto out;
+		if (b64url_encode_alloc(cert.attest, cert.attest_len, &a) < 0 ||
+		    b64url_encode_alloc(cert.sig, cert.sig_len, &sg) < 0 ||
+		    b64url_encode_alloc(cert.pub, cert.pub_len, &pb) < 0) {
+			r = -ENOMEM;
+			goto out;
+		}
+		*ret = json_pack("{sssssssss}", "type", "tpm2-certify", "attest", a, "signature",
+				 sg, "public", pb, "signer", ks_key_kid(ak));
+	} else {
+		if ((r = key_store_p11_evidence(ks, key, &ev)) < 0)
+			goto out;
+		*ret = json_pack("{sssbs{ssssssss}s{soso soso so}}", "type", "pkcs11-attributes",
+				 "self_reported", 1, "token", "manufacturer", ev.manufacturer,
+				 "model", ev.model, "serial", ev.serial, "label", ev.label,
+				 "attributes", "CKA_SENSITIVE",
+				 ev.sensitive < 0 ? json_null() : json_boolean(ev.sensitive),
+				 "CKA_ALWAYS_SENSITIVE",
+				 ev.always_sensitive < 0 ? json_null()
+							 : json_boolean(ev.always_sensitive),
+				 "CKA_EXTRACTABLE",
+				 ev.extractable < 0 ? json_null() : json_boolean(ev.extractable),
+				 "CKA_NEVER_EXTRACTABLE",
+				 ev.never_extractable < 0 ? json_null()
+							  : json_boolean(ev.never_extractable),
+				 "CKA_LOCAL", ev.local < 0 ? json_null() : json_boolean(ev.local));
+	}
+	r = *ret != NULL ? 0 : -ENOMEM;
+out:
+	ks_certify_clear(&cert);
+	ks_key_free(&key);
+	free(a);
+	free(sg);
+	free(pb);
+	return r;
+}
+
+/* What a client's attestation would state now, evidence aside: the document,
+ * its people, the keys and their states.  Also the served bytes' digests. */
+struct facts {
+	char name[CIMD_NAME_MAX + 1];
+	char client_id[CIMD_URL_MAX], jwks_uri[CIMD_URL_MAX + 16];
+	char backend[16];
+	char cimd_hex[65], jwks_hex[65];
+	json_t *doc;  /* {owner, version, submitter, submitted, approver, approved} */
+	json_t *keys; /* [{kid, thumbprint, alg, state, backend}] + ref (not stated) */
+	uint8_t inputs[32];
+};
+
+static void facts_clear(struct facts *f)
+{
+	json_decref(f->doc);
+	json_decref(f->keys);
+	memset(f, 0, sizeof(*f));
+}
+
+static int facts_load(struct cimdd *d, const char *name, const char *attest_kid,
+		      struct facts *ret)
+{
+	struct facts f = {0};
+	sqlite3_stmt *s = NULL;
+	char *jwks = NULL, *canon = NULL;
+	json_t *in = NULL;
+	int r = -EIO;
+
+	snprintf(f.name, sizeof(f.name), "%s", name);
+	reg_client_id(d->cfg, name, f.client_id, sizeof(f.client_id));
+	snprintf(f.jwks_uri, sizeof(f.jwks_uri), "%s/jwks.json", f.client_id);
+	if (store_query(d->st, &s,
+			"SELECT c.owner, c.backend, d.version, d.submitter, d.submitted, "
+			"d.approver, d.approved, d.bytes FROM clients c JOIN documents d ON "
+			"d.client = c.name AND d.state = 'approved' WHERE c.name = ?",
+			"s", name) < 0)
+		goto out;
+	if (sqlite3_step(s) != SQLITE_ROW) {
+		r = -ENOENT;
+		goto out;
+	}
+	snprintf(f.backend, sizeof(f.backend), "%s", sqlite3_column_text(s, 1));
+	sha256_hex(sqlite3_column_blob(s, 7), (size_t)sqlite3_column_bytes(s, 7), f.cimd_hex);
+	f.doc = json_pack("{sssIsssIsssI}", "owner", (const char *)sqlite3_column_text(s, 0),
+			  "version", (json_int_t)sqlite3_column_int64(s, 2), "submitter",
+			  (const char *)sqlite3_column_text(s, 3), "submitted",
+			  (json_int_t)sqlite3_column_int64(s, 4), "approver",
+			  sqlite3_column_text(s, 5) ? (const char *)sqlite3_column_text(s, 5) : "",
+			  "approved", (json_int_t)sqlite3_column_int64(s, 6));
+	sqlite3_finalize(s);
+	s = NULL;
+	if (f.doc == NULL || (jwks = publish_jwks(d->st, name)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	sha256_hex(jwks, strlen(jwks), f.jwks_hex);
+	/* The keys in the JWKS, in its order (publish.c). */
+	if ((f.keys = json_array()) == NULL ||
+	    store_query(d->st, &s,
+			"SELECT kid, alg, state, backend FROM keys WHERE client = ? AND state IN "
+			"('next', 'active', 'retiring') AND jwk IS NOT NULL ORDER BY created, kid",
+			"s", name) < 0)
+		goto out;
+	while (sqlite3_step(s) == SQLITE_ROW)
+		json_array_append_new(
+		    f.keys, json_pack("{ssssssssss}", "kid", (const char *)sqlite3_column_text(s, 0),
+				      "thumbprint", (const char *)sqlite3_column_text(s, 0), "alg",
+				      (const char *)sqlite3_column_text(s, 1), "state",
+				      (const char *)sqlite3_column_text(s, 2), "backend",
+				      (const char *)sqlite3_column_text(s, 3)));
+	sqlite3_finalize(s);
+	s = NULL;
+	/* What the statement says, but for evidence and times: when this changes,
+	 * the attestation is issued again. */
+	in = json_pack("{sssssssOsOss}", "client_id", f.client_id, "cimd", f.cimd_hex, "jwks",
+		       f.jwks_hex, "document", f.doc, "keys", f.keys, "attest_kid", attest_kid);
+	if (in == NULL || (canon = json_dumps(in, JSON_COMPACT | JSON_SORT_KEYS)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	SHA256((const uint8_t *)canon, strlen(canon), f.inputs);
+	*ret = f;
+	memset(&f, 0, sizeof(f));
+	r = 0;
+out:
+	sqlite3_finalize(s);
+	json_decref(in);
+	free(canon);
+	free(jwks);
+	facts_clear(&f);
+	return r;
+}
+
+/* Signs a statement with the attestation key; the envelope's compact JSON. */
+static int seal(struct key_store *ks, struct ks_key *ak, json_t *statement, char **ret_env)
+{
+	char *body = NULL;
+	json_t *env = NULL;
+	int r;
+
+	if ((body = json_dumps(statement, JSON_COMPACT)) == NULL)
+		return -ENOMEM;
+	if ((r = dsse_sign(ks, ak, PAYLOAD_TYPE, (const uint8_t *)body, strlen(body), &env)) < 0)
+		goto out;
+	if ((*ret_env = json_dumps(env, JSON_COMPACT)) == NULL)
+		r = -ENOMEM;
+out:
+	free(body);
+	json_decref(env);
+	return r;
+}
+
+/* Issues the attestation of one client from its facts. */
+static int issue(struct cimdd *d, struct facts *f, struct ks_key *ak, const char *attest_kid)
+{
+	struct key_store *ks = cimdd_key_store(d, f->backend);
+	json_t *keys = NULL, *st = NULL, *k, *ev = NULL, *rec = NULL;
+	sqlite3_stmt *s = NULL;
+	char head[65], env_hex[65], *env = NULL;
+	int64_t seq = 0, jseq;
+	size_t i;
+	int r = -EIO;
+
+	if (ks == NULL)
+		return -CIMD_EUNAVAILABLE;
+	if ((keys = json_deep_copy(f->keys)) == NULL)
+		return -ENOMEM;
+	json_array_foreach(keys, i, k)
+	{
+		const char *kid = json_string_value(json_object_get(k, "kid"));
+
+		if (store_query(d->st, &s, "SELECT ref FROM keys WHERE kid = ?", "s", kid) < 0 ||
+		    sqlite3_step(s) != SQLITE_ROW)
+			goto out;
+		r = evidence(ks, ak, json_string_value(json_object_get(k, "alg")),
+			     sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0),
+			     f->client_id, f->cimd_hex, kid, &ev);
+		sqlite3_finalize(s);
+		s = NULL;
+		if (r < 0)
+			goto out;
+		json_object_set_new(k, "evidence", ev);
+		r = -EIO;
+	}
+	if (journal_head(d->st, &seq, head) < 0)
+		goto out;
+	st = json_pack("{sss[{sss{ss}}{sss{ss}}]sss{sssOsOs{sIss}sIs{ssss}}}", "_type",
+		       STATEMENT_TYPE, "subject", "name", f->client_id, "digest", "sha256",
+		       f->cimd_hex, "name", f->jwks_uri, "digest", "sha256", f->jwks_hex,
+		       "predicateType", PREDICATE_CUSTODY, "predicate", "client_id", f->client_id,
+		       "document", f->doc, "keys", keys, "journal", "seq", (json_int_t)seq, "hash",
+		       head, "issued", (json_int_t)time(NULL), "appliance", "base_url",
+		       d->cfg->base_url, "attestation_key", attest_kid);
+	if (st == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((r = seal(ks, ak, st, &env)) < 0)
+		goto out;
+	sha256_hex(env, strlen(env), env_hex);
+	rec = json_pack("{sssssssssssI}", "client", f->name, "attest_kid", attest_kid, "cimd_sha256",
+			f->cimd_hex, "jwks_sha256", f->jwks_hex, "envelope_sha256", env_hex,
+			"at_seq", (json_int_t)seq);
+	if (rec == NULL || store_begin(d->st) < 0) {
+		r = rec == NULL ? -ENOMEM : -EIO;
+		goto out;
+	}
+	if (journal_append(d->st, "attest.issue", "cimdd", rec, &jseq) < 0 ||
+	    store_exec(d->st,
+		       "INSERT INTO attestations (client, inputs, cimd_sha256, jwks_sha256, "
+		       "attest_kid, envelope, seq, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+		       "sbssssii", f->name, f->inputs, sizeof(f->inputs), f->cimd_hex,
+		       f->jwks_hex, attest_kid, env, jseq, (int64_t)time(NULL)) != 1 ||
+	    store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		r = -EIO;
+		goto out;
+	}
+	r = 0;
+out:
+	sqlite3_finalize(s);
+	json_decref(keys);
+	json_decref(st);
+	json_decref(rec);
+	free(env);
+	return r;
+}
+
+/* The signed record of one revocation. */
+static int issue_revocation(struct cimdd *d, const char *kid, struct key_store *ks,
+			    struct ks_key *ak, const char *attest_kid)
+{
+	char client_id[CIMD_URL_MAX], juri[CIMD_URL_MAX + 80], digest[65], *env = NULL;
+	uint8_t *tp = NULL;
+	size_t tp_len = 0;
+	sqlite3_stmt *s = NULL;
+	json_t *st = NULL, *rec = NULL;
+	char client[CIMD_NAME_MAX + 1];
+	int r = -EIO;
+
+	if (store_query(d->st, &s,
+			"SELECT client, alg, revoke_reason, revoked_by, revoked FROM keys "
+			"WHERE kid = ?",
+			"s", kid) < 0 ||
+	    sqlite3_step(s) != SQLITE_ROW)
+		goto out;
+	snprintf(client, sizeof(client), "%s", sqlite3_column_text(s, 0));
+	reg_client_id(d->cfg, client, client_id, sizeof(client_id));
+	snprintf(juri, sizeof(juri), "%s/jwks.json#%s", client_id, kid);
+	/* The RFC 7638 thumbprint is a SHA-256 digest: the subject's digest. */
+	if (b64url_decode(kid, strlen(kid), &tp, &tp_len) < 0 || tp_len != 32)
+		goto out;
+	hex_encode(tp, tp_len, digest);
+	st = json_pack(
+	    "{sss[{sss{ss}}]sss{sssssssssssssIsI}}", "_type", STATEMENT_TYPE, "subject", "name",
+	    juri, "digest", "sha256", digest, "predicateType", PREDICATE_REVOCATION, "predicate",
+	    "client_id", client_id, "kid", kid, "thumbprint", kid, "alg",
+	    (const char *)sqlite3_column_text(s, 1), "reason",
+	    sqlite3_column_text(s, 2) ? (const char *)sqlite3_column_text(s, 2) : "", "operator",
+	    sqlite3_column_text(s, 3) ? (const char *)sqlite3_column_text(s, 3) : "", "revoked",
+	    (json_int_t)sqlite3_column_int64(s, 4), "issued", (json_int_t)time(NULL));
+	sqlite3_finalize(s);
+	s = NULL;
+	if (st == NULL || (r = seal(ks, ak, st, &env)) < 0)
+		goto out;
+	r = -EIO;
+	rec = json_pack("{ssssss}", "client", client, "kid", kid, "attest_kid", attest_kid);
+	if (rec == NULL || store_begin(d->st) < 0)
+		goto out;
+	if (journal_append(d->st, "attest.revocation", "cimdd", rec, NULL) < 0 ||
+	    store_exec(d->st,
+		       "INSERT INTO revocations (kid, client, attest_kid, envelope, created) "
+		       "VALUES (?, ?, ?, ?, ?)",
+		       "ssssi", kid, client, attest_kid, env, (int64_t)time(NULL)) != 1 ||
+	    store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		goto out;
+	}
+	r = 0;
+out:
+	sqlite3_finalize(s);
+	json_decref(st);
+	json_decref(rec);
+	free(env);
+	free(tp);
+	return r;
+}
+
+/* Retires attestation keys that no current attestation or revocation record
+ * names any more: they leave attestation-keys.json. */
+static void retire_unused(struct cimdd *d)
+{
+	if (store_begin(d->st) < 0)
+		return;
+	if (store_exec(
+		d->st,
+		"UPDATE attest_keys SET state = 'retired', retired = ? WHERE state = 'retiring' "
+		"AND kid NOT IN (SELECT a.attest_kid FROM attestations a WHERE a.id = "
+		"(SELECT max(id) FROM attestations b WHERE b.client = a.client)) "
+		"AND kid NOT IN (SELECT r.attest_kid FROM revocations r WHERE r.id = "
+		"(SELECT max(id) FROM revocations q WHERE q.kid = r.kid))",
+		"i", (int64_t)time(NULL)) > 0 &&
+	    journal_append(d->st, "attest.key_retired", "cimdd", NULL, NULL) < 0) {
+		store_rollback(d->st);
+		return;
+	}
+	if (store_commit(d->st) < 0)
+		store_rollback(d->st);
+}
+
+/* A client or a revoked key to look at, read before anything is written. */
+struct todo {
+	char name[CIMD_KID_LEN + 1]; /* client name, or kid */
+	size_t backend;
+	uint8_t inputs[32];
+	int has_inputs;
+};
+
+static int todo_load(struct cimdd *d, const char *sql, int with_inputs, struct todo **ret,
+		     size_t *ret_n)
+{
+	sqlite3_stmt *s = NULL;
+	struct todo *t = NULL, *nt;
+	size_t n = 0, cap = 0, b;
+
+	if (store_query(d->st, &s, sql, "") < 0)
+		return -EIO;
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		const char *be = (const char *)sqlite3_column_text(s, 1);
+
+		for (b = 0; b < d->cfg->n_backends; b++)
+			if (be != NULL && strcmp(d->cfg->backends[b].name, be) == 0)
+				break;
+		if (b == d->cfg->n_backends)
+			continue;
+		if (n == cap) {
+			cap = cap ? 2 * cap : 64;
+			if ((nt = realloc(t, cap * sizeof(*t))) == NULL) {
+				free(t);
+				sqlite3_finalize(s);
+				return -ENOMEM;
+			}
+			t = nt;
+		}
+		memset(&t[n], 0, sizeof(t[n]));
+		snprintf(t[n].name, sizeof(t[n].name), "%s", sqlite3_column_text(s, 0));
+		t[n].backend = b;
+		if (with_inputs && sqlite3_column_bytes(s, 2) == 32) {
+			memcpy(t[n].inputs, sqlite3_column_blob(s, 2), 32);
+			t[n].has_inputs = 1;
+		}
+		n++;
+	}
+	sqlite3_finalize(s);
+	*ret = t;
+	*ret_n = n;
+	return 0;
+}
+
+int attest_refresh(struct cimdd *d, size_t max, int *ret_pending)
+{
+	struct {
+		char kid[CIMD_KID_LEN + 1];
+		struct ks_key *key;
+		int state; /* 0 not tried, 1 loaded, -1 unavailable */
+	} ak[CIMD_BACKENDS_MAX];
+	struct todo *t = NULL;
+	struct facts f;
+	size_t done = 0, i, n = 0, b;
+	int pending = 0, r;
+
+	memset(ak, 0, sizeof(ak));
+	/* Clients with an approved document, and their latest attestation's inputs. */
+	if ((r = todo_load(d,
+			   "SELECT c.name, c.backend, a.inputs FROM clients c JOIN documents d ON "
+			   "d.client = c.name AND d.state = 'approved' LEFT JOIN attestations a ON "
+			   "a.id = (SELECT max(id) FROM attestations x WHERE x.client = c.name) "
+			   "ORDER BY c.name",
+			   1, &t, &n)) < 0)
+		return r;
+	for (i = 0; i < n; i++) {
+		b = t[i].backend;
+		if (ak[b].state == 0)
+			ak[b].state = active_key(d, d->cfg->backends[b].name, ak[b].kid,
+						 &ak[b].key) == 0
+					  ? 1
+					  : -1;
+		if (ak[b].state < 0) {
+			pending = 1;
+			continue;
+		}
+		if (facts_load(d, t[i].name, ak[b].kid, &f) < 0)
+			continue;
+		if (t[i].has_inputs && memcmp(t[i].inputs, f.inputs, 32) == 0) {
+			facts_clear(&f);
+			continue;
+		}
+		if (done == max) {
+			facts_clear(&f);
+			pending = 1;
+			break;
+		}
+		if ((r = issue(d, &f, ak[b].key, ak[b].kid)) < 0) {
+			log_err("attestation of %s: %s (%s)", t[i].name, cimd_strerror(r),
+				key_store_errmsg(d->ks[b]));
+			pending = 1;
+		} else {
+			done++;
+		}
+		facts_clear(&f);
+	}
+	free(t);
+	t = NULL;
+
+	/* Revoked keys without a record signed by their backend's active key. */
+	if (done < max &&
+	    todo_load(d,
+		      "SELECT k.kid, k.backend FROM keys k WHERE k.state = 'revoked' AND NOT "
+		      "EXISTS (SELECT 1 FROM revocations r JOIN attest_keys t ON t.kid = "
+		      "r.attest_kid AND t.state = 'active' AND t.backend = k.backend WHERE "
+		      "r.kid = k.kid) ORDER BY k.revoked",
+		      0, &t, &n) == 0) {
+		for (i = 0; i < n; i++) {
+			b = t[i].backend;
+			if (done == max) {
+				pending = 1;
+				break;
+			}
+			if (ak[b].state == 0)
+				ak[b].state = active_key(d, d->cfg->backends[b].name, ak[b].kid,
+							 &ak[b].key) == 0
+						  ? 1
+						  : -1;
+			if (ak[b].state < 0 ||
+			    (r = issue_revocation(d, t[i].name, d->ks[b], ak[b].key, ak[b].kid)) <
+				0) {
+				pending = 1;
+				continue;
+			}
+			done++;
+		}
+		free(t);
+	}
+	for (i = 0; i < CIMD_BACKENDS_MAX; i++)
+		ks_key_free(&ak[i].key);
+	if (!pending)
+		retire_unused(d);
+	if (ret_pending != NULL)
+		*ret_pending = pending;
+	return (int)done;
+}
+
+/* ---- what publish.c serves ---- */
+
+char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex,
+		      const char *jwks_hex)
+{
+	sqlite3_stmt *s = NULL;
+	char *out = NULL;
+
+	if (store_query(d->st, &s,
+			"SELECT envelope, cimd_sha256, jwks_sha256 FROM attestations WHERE client = "
+			"? ORDER BY id DESC LIMIT 1",
+			"s", name) == 0 &&
+	    sqlite3_step(s) == SQLITE_ROW &&
+	    strcmp((const char *)sqlite3_column_text(s, 1), cimd_hex) == 0 &&
+	    strcmp((const char *)sqlite3_column_text(s, 2), jwks_hex) == 0)
+		out = strdup((const char *)sqlite3_column_text(s, 0));
+	sqlite3_finalize(s);
+	return out;
+}
+
+char *attest_revocations(struct cimdd *d, const char *name)
+{
+	sqlite3_stmt *s = NULL;
+	json_t *arr = json_array(), *o = NULL, *e;
+	char *out = NULL;
+
+	if (arr == NULL ||
+	    store_query(d->st, &s,
+			"SELECT r.envelope FROM revocations r WHERE r.client = ? AND r.id = "
+			"(SELECT max(id) FROM revocations q WHERE q.kid = r.kid) ORDER BY r.id",
+			"s", name) < 0) {
+		json_decref(arr);
+		return NULL;
+	}
+	while (sqlite3_step(s) == SQLITE_ROW)
+		if ((e = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
+			json_array_append_new(arr, e);
+	sqlite3_finalize(s);
+	if ((o = json_pack("{so}", "revocations", arr)) != NULL)
+		out = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return out;
+}
+
+char *attest_keys_jwks(struct cimdd *d)
+{
+	sqlite3_stmt *s = NULL;
+	json_t *arr = json_array(), *o = NULL, *k;
+	char *out = NULL, *pub = NULL;
+
+	if (arr == NULL ||
+	    store_query(d->st, &s,
+			"SELECT jwk, backend, tpm_public, state, created FROM attest_keys WHERE "
+			"state IN ('active', 'retiring') ORDER BY created, kid",
+			"") < 0) {
+		json_decref(arr);
+		return NULL;
+	}
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) == NULL)
+			continue;
+		json_object_set_new(k, "backend",
+				    json_string((const char *)sqlite3_column_text(s, 1)));
+		json_object_set_new(k, "state",
+				    json_string((const char *)sqlite3_column_text(s, 3)));
+		json_object_set_new(k, "created", json_integer(sqlite3_column_int64(s, 4)));
+		/* A TPM AK with its TPMT_PUBLIC, so a verifier can check that it is a
+		 * restricted, fixedTPM key and that the JWK is its public key. */
+		if (sqlite3_column_bytes(s, 2) > 0 &&
+		    b64url_encode_alloc(sqlite3_column_blob(s, 2),
+					(size_t)sqlite3_column_bytes(s, 2), &pub) == 0) {
+			json_object_set_new(k, "tpm2_public", json_string(pub));
+			free(pub);
+			pub = NULL;
+		}
+		json_array_append_new(arr, k);
+	}
+	sqlite3_finalize(s);
+	if ((o = json_pack("{so}", "keys", arr)) != NULL)
+		out = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return out;
+}
+
+enum admin_err attest_show(struct admin_req *q)
+{
+	const char *name = json_string_value(json_object_get(q->args, "name"));
+	sqlite3_stmt *s = NULL;
+	json_t *env = NULL;
+
+	if (name == NULL || !cimd_valid_name(name))
+		return admin_fail(q, AE_BAD_REQUEST, "name must be a client name");
+	if (store_query(q->d->st, &s,
+			"SELECT envelope, seq, created FROM attestations WHERE client = ? ORDER BY "
+			"id DESC LIMIT 1",
+			"s", name) < 0)
+		return admin_fail(q, AE_INTERNAL, "database error");
+	if (sqlite3_step(s) == SQLITE_ROW)
+		env = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
+	if (env == NULL) {
+		sqlite3_finalize(s);
+		return admin_fail(q, AE_NOT_FOUND,
+				  "%s has no attestation (no approved document, or its "
+				  "hardware has not been available since)",
+				  name);
+	}
+	q->result = json_pack("{sosIsI}", "envelope", env, "seq",
+			      (json_int_t)sqlite3_column_int64(s, 1), "issued",
+			      (json_int_t)sqlite3_column_int64(s, 2));
+	sqlite3_finalize(s);
+	return q->result ? AE_OK : AE_INTERNAL;
+}
