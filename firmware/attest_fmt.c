@@ -48,7 +48,7 @@ static int check(struct vctx *v, int ok, const char *what, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int check(struct vctx *v, int ok, const char *what, const char *fmt, ...)
 {
-	char detail[512];
+	char detail[640];
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -107,8 +107,8 @@ static void verify_tpm2(struct vctx *v, const json_t *ev, const json_t *trust,
 	char tp[CIMD_KID_LEN + 1], aktp[CIMD_KID_LEN + 1], err[256], what[96];
 	int restricted = 0;
 
-	snprintf(what, sizeof(what), "key %.43s: TPM evidence", kid);
-	if (!check(v, ak != NULL, what, "certified by %s, a trusted attestation key",
+	snprintf(what, sizeof(what), "tpm2");
+	if (!check(v, ak != NULL, what, "key %s: certified by %s, a trusted attestation key", kid,
 		   str(ev, "signer")))
 		return;
 	if (!check(v,
@@ -116,19 +116,19 @@ static void verify_tpm2(struct vctx *v, const json_t *ev, const json_t *trust,
 		       tpm2_public_jwk(akpub, akpub_len, &ak_from_tpm, &restricted) == 0 &&
 		       jwk_thumbprint(ak_from_tpm, aktp) == 0 && strcmp(aktp, str(ak, "kid")) == 0 &&
 		       restricted,
-		   what, "the attestation key %s is a restricted TPM key (its TPMT_PUBLIC)",
-		   str(ak, "kid")))
+		   what, "key %s: the attestation key %s is a restricted TPM key (its TPMT_PUBLIC)",
+		   kid, str(ak, "kid")))
 		goto out;
 	if (!check(v,
 		   b64u(ev, "attest", &att, &att_len) == 0 &&
 		       b64u(ev, "signature", &sig, &sig_len) == 0 &&
 		       b64u(ev, "public", &pub, &pub_len) == 0,
-		   what, "attest, signature and public are base64url"))
+		   what, "key %s: attest, signature and public are base64url", kid))
 		goto out;
 	if (!check(v,
 		   tpm2_public_jwk(pub, pub_len, &key_jwk, &restricted) == 0 &&
 		       jwk_thumbprint(key_jwk, tp) == 0 && strcmp(tp, kid) == 0,
-		   what, "the certified TPMT_PUBLIC's key has thumbprint %s", kid))
+		   what, "key %s: the certified TPMT_PUBLIC is this key (its thumbprint)", kid))
 		goto out;
 	if (attest_binding(client_id, cimd_hex, kid, bind) < 0)
 		goto out;
@@ -136,11 +136,11 @@ static void verify_tpm2(struct vctx *v, const json_t *ev, const json_t *trust,
 	check(v,
 	      tpm2_verify_certify(att, att_len, sig, sig_len, ak, pub, pub_len, key_jwk, bind,
 				  sizeof(bind), err, sizeof(err)) == 0,
-	      what, "%s",
+	      what, "key %s: %s", kid,
 	      err[0] ? err
-		     : "TPM2_Certify: signed by the AK, the name of this TPMT_PUBLIC, "
-		       "fixedTPM, fixedParent, sensitiveDataOrigin, not restricted, "
-		       "extraData = the binding of client, document and kid");
+		     : "TPM2_Certify signed by the AK, of this TPMT_PUBLIC's name, fixedTPM, "
+		       "fixedParent, sensitiveDataOrigin, not restricted, extraData = the binding "
+		       "of client, document and kid");
 out:
 	json_decref(key_jwk);
 	json_decref(ak_from_tpm);
@@ -164,17 +164,17 @@ static void verify_pkcs11(struct vctx *v, const json_t *ev, const char *kid)
 	char what[96];
 	size_t i;
 
-	snprintf(what, sizeof(what), "key %.43s: PKCS#11 evidence (self-reported)", kid);
+	snprintf(what, sizeof(what), "pkcs11");
 	check(v, json_is_true(json_object_get(ev, "self_reported")), what,
-	      "marked self-reported: the token's word, not a proof");
+	      "key %s: marked self-reported (the token's word, not a proof)", kid);
 	check(v, json_is_object(t) && *str(t, "manufacturer") && *str(t, "serial"), what,
-	      "token %s %s serial %s label %s", str(t, "manufacturer"), str(t, "model"),
-	      str(t, "serial"), str(t, "label"));
+	      "key %s: token %s %s serial %s label %s", kid, str(t, "manufacturer"),
+	      str(t, "model"), str(t, "serial"), str(t, "label"));
 	for (i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
 		json_t *x = json_object_get(a, want[i].attr);
 
-		check(v, json_is_boolean(x) && json_is_true(x) == want[i].want, what, "%s is %s",
-		      want[i].attr, want[i].want ? "true" : "false");
+		check(v, json_is_boolean(x) && json_is_true(x) == want[i].want, what,
+		      "key %s: %s is %s", kid, want[i].attr, want[i].want ? "true" : "false");
 	}
 }
 

@@ -195,7 +195,7 @@ static int evidence(struct key_store *ks, struct ks_key *ak, const char *alg, co
 			r = -ENOMEM;
 			goto out;
 		}
-		*ret = json_pack("{sssssssss}", "type", "tpm2-certify", "attest", a, "signature",
+		*ret = json_pack("{ssssssssss}", "type", "tpm2-certify", "attest", a, "signature",
 				 sg, "public", pb, "signer", ks_key_kid(ak));
 	} else {
 		if ((r = key_store_p11_evidence(ks, key, &ev)) < 0)
@@ -546,6 +546,7 @@ static int todo_load(struct cimdd *d, const char *sql, int with_inputs, struct t
 
 int attest_refresh(struct cimdd *d, size_t max, int *ret_pending)
 {
+	static time_t last_complaint;
 	struct {
 		char kid[CIMD_KID_LEN + 1];
 		struct ks_key *key;
@@ -588,8 +589,12 @@ int attest_refresh(struct cimdd *d, size_t max, int *ret_pending)
 			break;
 		}
 		if ((r = issue(d, &f, ak[b].key, ak[b].kid)) < 0) {
-			log_err("attestation of %s: %s (%s)", t[i].name, cimd_strerror(r),
-				key_store_errmsg(d->ks[b]));
+			/* Retried every second while it fails: said once a minute. */
+			if (time(NULL) - last_complaint >= 60) {
+				log_err("attestation of %s: %s (%s); retrying", t[i].name,
+					cimd_strerror(r), key_store_errmsg(d->ks[b]));
+				last_complaint = time(NULL);
+			}
 			pending = 1;
 		} else {
 			done++;
