@@ -1,0 +1,404 @@
+/*
+ * dsse.c — DSSE v1 envelopes (github.com/secure-systems-lab/dsse, protocol.md
+ * and envelope.md) signed with a key store key, verified offline against a
+ * JWKS; and the standard base64 with padding (RFC 4648 §4) that envelopes use.
+ *
+ * The signature covers the pre-authentication encoding (PAE) of payloadType and
+ * payload, never the JSON, so the envelope's serialisation does not matter.
+ * Signatures are ECDSA in DER (SEC 1 §C.5), as the DSSE reference
+ * implementations produce them; the hash is the curve's (P-256: SHA-256,
+ * P-384: SHA-384, RFC 7518 §3.4).
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fw.h"
+
+/* Caps for what a verifier accepts: an envelope's payload (decoded) and its
+ * signatures.  What dsse_sign builds stays within them. */
+#define DSSE_PAYLOAD_MAX (1024 * 1024)
+#define DSSE_TYPE_MAX 256
+#define DSSE_SIGS_MAX 16
+#define DSSE_SIG_B64_MAX 256 /* base64 of a DER ECDSA P-384 signature is 140 */
+
+/* ---- base64, RFC 4648 §4 ---- */
+
+static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+int b64_encode_alloc(const uint8_t *in, size_t n, char **ret_s)
+{
+	size_t i, o = 0;
+	uint32_t v;
+	char *s;
+
+	if (n > (SIZE_MAX - 1) / 4 * 3 - 3)
+		return -EOVERFLOW;
+	if ((s = malloc((n + 2) / 3 * 4 + 1)) == NULL)
+		return -ENOMEM;
+	for (i = 0; i + 3 <= n; i += 3) {
+		v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+		s[o++] = b64_std[v >> 18 & 63];
+		s[o++] = b64_std[v >> 12 & 63];
+		s[o++] = b64_std[v >> 6 & 63];
+		s[o++] = b64_std[v & 63];
+	}
+	/* RFC 4648 §4: a final quantum of 8 or 16 bits is padded with "=". */
+	if (n - i == 1) {
+		v = (uint32_t)in[i] << 16;
+		s[o++] = b64_std[v >> 18 & 63];
+		s[o++] = b64_std[v >> 12 & 63];
+		s[o++] = '=';
+		s[o++] = '=';
+	} else if (n - i == 2) {
+		v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+		s[o++] = b64_std[v >> 18 & 63];
+		s[o++] = b64_std[v >> 12 & 63];
+		s[o++] = b64_std[v >> 6 & 63];
+		s[o++] = '=';
+	}
+	s[o] = '\0';
+	*ret_s = s;
+	return 0;
+}
+
+/* The value of a character of either alphabet (RFC 4648 §4 and §5); which
+ * alphabet it belongs to in *alpha (1 standard, 2 URL-safe, 0 both). */
+static int b64_value(char c, int *alpha)
+{
+	*alpha = 0;
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+' || c == '/') {
+		*alpha = 1;
+		return c == '+' ? 62 : 63;
+	}
+	if (c == '-' || c == '_') {
+		*alpha = 2;
+		return c == '-' ? 62 : 63;
+	}
+	return -1;
+}
+
+int b64_decode(const char *in, size_t len, uint8_t **ret_buf, size_t *ret_n)
+{
+	uint8_t *buf;
+	size_t i, n = 0, pad = 0;
+	uint32_t acc = 0;
+	int bits = 0, v, alpha, seen = 0, r = -CIMD_EFORMAT;
+
+	if (in == NULL && len > 0)
+		return -EINVAL;
+	/* RFC 4648 §4: padded to whole 4-character quanta, at most two "=",
+	 * and only at the end. */
+	if (len % 4 != 0)
+		return -CIMD_EFORMAT;
+	if (len > 0 && in[len - 1] == '=')
+		pad = len > 1 && in[len - 2] == '=' ? 2 : 1;
+	if ((buf = malloc(len / 4 * 3 + 1)) == NULL)
+		return -ENOMEM;
+	for (i = 0; i < len - pad; i++) {
+		if ((v = b64_value(in[i], &alpha)) < 0)
+			goto out;
+		/* One encoding per string: "+/" and "-_" together is neither. */
+		if (alpha != 0) {
+			if (seen != 0 && seen != alpha)
+				goto out;
+			seen = alpha;
+		}
+		acc = acc << 6 | (uint32_t)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			buf[n++] = (uint8_t)(acc >> bits);
+		}
+	}
+	/* RFC 4648 §3.5: the pad bits of the last quantum must be zero. */
+	if (bits > 0 && (acc & ((1u << bits) - 1)) != 0)
+		goto out;
+	*ret_buf = buf;
+	*ret_n = n;
+	buf = NULL;
+	r = 0;
+out:
+	free(buf);
+	return r;
+}
+
+/* ---- DSSE ---- */
+
+int dsse_pae(const char *type, const uint8_t *body, size_t len, uint8_t **ret, size_t *ret_len)
+{
+	char head[64 + DSSE_TYPE_MAX];
+	size_t tlen;
+	uint8_t *out;
+	int n;
+
+	if (type == NULL || (body == NULL && len > 0))
+		return -EINVAL;
+	if ((tlen = strnlen(type, DSSE_TYPE_MAX + 1)) > DSSE_TYPE_MAX || len > DSSE_PAYLOAD_MAX)
+		return -E2BIG;
+	/* DSSE protocol, "Signature Definition": PAE(type, body) = "DSSEv1" SP
+	 * LEN(type) SP type SP LEN(body) SP body, LEN(s) the ASCII decimal
+	 * encoding of the byte length of s, with no leading zeros. */
+	n = snprintf(head, sizeof(head), "DSSEv1 %zu %s %zu ", tlen, type, len);
+	if (n < 0 || (size_t)n >= sizeof(head))
+		return -E2BIG;
+	if ((out = malloc((size_t)n + len + 1)) == NULL)
+		return -ENOMEM;
+	memcpy(out, head, (size_t)n);
+	if (len > 0)
+		memcpy(out + n, body, len);
+	*ret = out;
+	*ret_len = (size_t)n + len;
+	return 0;
+}
+
+int dsse_sign(struct key_store *ks, struct ks_key *key, const char *type, const uint8_t *body,
+	      size_t len, json_t **ret_envelope)
+{
+	enum cimd_alg alg = ks_key_alg(key);
+	size_t size = cimd_alg_ec_size(alg), pae_len, sig_len, der_len;
+	uint8_t *pae = NULL, *der = NULL, sig[CIMD_SIG_MAX];
+	char *b64_body = NULL, *b64_sig = NULL;
+	json_t *env = NULL, *jtype = NULL;
+	int r;
+
+	/* DSSE signatures here are ECDSA in DER; RSASSA-PSS keys stay with JWS. */
+	if (alg != CIMD_ALG_ES256 && alg != CIMD_ALG_ES384)
+		return -CIMD_EALG;
+	if ((r = dsse_pae(type, body, len, &pae, &pae_len)) < 0)
+		goto out;
+	/* payloadType is a JSON string: UTF-8 (RFC 8259 §8.1). */
+	if ((jtype = json_string(type)) == NULL) {
+		r = -EINVAL;
+		goto out;
+	}
+	/* The key store hashes with the key's hash (ES256: SHA-256) and gives
+	 * r||s (RFC 7518 §3.4); DSSE carries the DER form. */
+	if ((r = key_store_sign(ks, key, pae, pae_len, sig, &sig_len)) < 0)
+		goto out;
+	if (sig_len != 2 * size) {
+		r = -CIMD_EBACKEND;
+		goto out;
+	}
+	if ((r = ecdsa_raw_to_der(sig, size, &der, &der_len)) < 0 ||
+	    (r = b64_encode_alloc(body, len, &b64_body)) < 0 ||
+	    (r = b64_encode_alloc(der, der_len, &b64_sig)) < 0)
+		goto out;
+	/* envelope.md: payload, payloadType, signatures [{keyid, sig}]. */
+	env = json_pack("{s:s, s:O, s:[{s:s, s:s}]}", "payload", b64_body, "payloadType", jtype,
+			"signatures", "keyid", ks_key_kid(key), "sig", b64_sig);
+	if (env == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	*ret_envelope = env;
+	env = NULL;
+	r = 0;
+out:
+	free(pae);
+	free(der);
+	free(b64_body);
+	free(b64_sig);
+	json_decref(env);
+	json_decref(jtype);
+	return r;
+}
+
+static int fail(char *errbuf, size_t errlen, int r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *errbuf, size_t errlen, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (errbuf != NULL && errlen > 0) {
+		va_start(ap, fmt);
+		vsnprintf(errbuf, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return r;
+}
+
+/* The ECDSA algorithm of a trusted JWK: its crv decides the hash (P-256:
+ * SHA-256, P-384: SHA-384); an alg member, if any, must agree. */
+static enum cimd_alg jwk_ecdsa_alg(const json_t *jwk)
+{
+	const char *kty = json_string_value(json_object_get(jwk, "kty"));
+	const char *crv = json_string_value(json_object_get(jwk, "crv"));
+	const json_t *a = json_object_get(jwk, "alg");
+	enum cimd_alg alg;
+
+	if (kty == NULL || strcmp(kty, "EC") != 0 || crv == NULL)
+		return CIMD_ALG_NONE;
+	if (strcmp(crv, "P-256") == 0)
+		alg = CIMD_ALG_ES256;
+	else if (strcmp(crv, "P-384") == 0)
+		alg = CIMD_ALG_ES384;
+	else
+		return CIMD_ALG_NONE;
+	if (a != NULL && cimd_alg_from_name(json_string_value(a)) != alg)
+		return CIMD_ALG_NONE;
+	return alg;
+}
+
+/* One signature (base64 of DER) by one trusted key over the PAE: 0, or a
+ * negative code with the reason in errbuf. */
+static int verify_one(const json_t *jwk, const char *kid, const char *sig_b64, const uint8_t *pae,
+		      size_t pae_len, char *errbuf, size_t errlen)
+{
+	enum cimd_alg alg = jwk_ecdsa_alg(jwk);
+	size_t size = cimd_alg_ec_size(alg), der_len;
+	uint8_t *der = NULL, raw[2 * 66];
+	int r;
+
+	if (alg == CIMD_ALG_NONE)
+		return fail(errbuf, errlen, -CIMD_EVERIFY,
+			    "trusted key %s is not an ECDSA P-256 or P-384 key", kid);
+	if ((r = b64_decode(sig_b64, strlen(sig_b64), &der, &der_len)) < 0) {
+		r = fail(errbuf, errlen, r == -ENOMEM ? r : -CIMD_EVERIFY,
+			 "signature by %s is not base64", kid);
+		goto out;
+	}
+	/* SEC 1 §C.5, strict DER with r and s within the field size. */
+	if (ecdsa_der_to_raw(der, der_len, size, raw) < 0) {
+		r = fail(errbuf, errlen, -CIMD_EVERIFY,
+			 "signature by %s is not a DER ECDSA signature for %s", kid,
+			 cimd_alg_name(alg));
+		goto out;
+	}
+	r = jws_verify_signature(jwk, alg, pae, pae_len, raw, 2 * size);
+	if (r == -CIMD_EVERIFY)
+		r = fail(errbuf, errlen, r, "signature by %s does not verify", kid);
+	else if (r == -ENOMEM)
+		goto out;
+	else if (r < 0)
+		r = fail(errbuf, errlen, -CIMD_EVERIFY, "trusted key %s is unusable (%s)", kid,
+			 cimd_strerror(r));
+out:
+	free(der);
+	return r;
+}
+
+int dsse_verify(const json_t *envelope, const json_t *trust_jwks, const char **ret_type,
+		uint8_t **ret_payload, size_t *ret_len, const char **ret_kid, char *errbuf,
+		size_t errlen)
+{
+	const json_t *jpayload, *jtype, *sigs, *keys, *s, *k;
+	const char *type, *payload_b64, *keyid, *sig_b64, *kid, *ok_kid = NULL;
+	uint8_t *payload = NULL, *pae = NULL;
+	size_t payload_len = 0, pae_len, i, j, n, trusted = 0;
+	char first[256] = "";
+	int r;
+
+	if (errbuf != NULL && errlen > 0)
+		errbuf[0] = '\0';
+	if (ret_type == NULL || ret_payload == NULL || ret_len == NULL || ret_kid == NULL)
+		return -EINVAL;
+	keys = json_object_get(trust_jwks, "keys");
+	if (!json_is_array(keys))
+		return fail(errbuf, errlen, -EINVAL, "trust JWKS has no \"keys\" array");
+
+	/* envelope.md: {"payload": string, "payloadType": string,
+	 * "signatures": [{"keyid": string, "sig": string}, ...]}; other members
+	 * are ignored ("Consumers MUST ignore unrecognized fields"). */
+	if (!json_is_object(envelope))
+		return fail(errbuf, errlen, -CIMD_EFORMAT, "envelope is not a JSON object");
+	jpayload = json_object_get(envelope, "payload");
+	jtype = json_object_get(envelope, "payloadType");
+	sigs = json_object_get(envelope, "signatures");
+	if (!json_is_string(jpayload))
+		return fail(errbuf, errlen, -CIMD_EFORMAT, "payload is not a string");
+	if (!json_is_string(jtype))
+		return fail(errbuf, errlen, -CIMD_EFORMAT, "payloadType is not a string");
+	type = json_string_value(jtype);
+	/* The PAE takes type as bytes; a NUL inside would cut it short here. */
+	if (json_string_length(jtype) != strlen(type) || strlen(type) > DSSE_TYPE_MAX)
+		return fail(errbuf, errlen, -CIMD_EFORMAT,
+			    "payloadType has a NUL or is longer than %d bytes", DSSE_TYPE_MAX);
+	if (!json_is_array(sigs) || (n = json_array_size(sigs)) == 0)
+		return fail(errbuf, errlen, -CIMD_EFORMAT, "signatures is not a non-empty array");
+	if (n > DSSE_SIGS_MAX)
+		return fail(errbuf, errlen, -E2BIG, "more than %d signatures", DSSE_SIGS_MAX);
+	json_array_foreach(sigs, i, s)
+	{
+		if (!json_is_object(s))
+			return fail(errbuf, errlen, -CIMD_EFORMAT,
+				    "signatures[%zu] is not an object", i);
+		/* envelope.md "Parsing rules": keyid may be unset, meaning "". */
+		if (json_object_get(s, "keyid") != NULL &&
+		    !json_is_string(json_object_get(s, "keyid")))
+			return fail(errbuf, errlen, -CIMD_EFORMAT,
+				    "signatures[%zu].keyid is not a string", i);
+		if (!json_is_string(json_object_get(s, "sig")) ||
+		    json_string_length(json_object_get(s, "sig")) > DSSE_SIG_B64_MAX)
+			return fail(errbuf, errlen, -CIMD_EFORMAT,
+				    "signatures[%zu].sig is not a string of at most %d characters",
+				    i, DSSE_SIG_B64_MAX);
+	}
+	payload_b64 = json_string_value(jpayload);
+	if (json_string_length(jpayload) > (DSSE_PAYLOAD_MAX + 2) / 3 * 4)
+		return fail(errbuf, errlen, -E2BIG, "payload is larger than %d bytes",
+			    DSSE_PAYLOAD_MAX);
+	if ((r = b64_decode(payload_b64, json_string_length(jpayload), &payload, &payload_len)) <
+	    0) {
+		r = fail(errbuf, errlen, r, "payload is not base64");
+		goto out;
+	}
+	/* DSSE protocol, "To verify": the signature is over
+	 * PAE(UTF8(PAYLOAD_TYPE), SERIALIZED_BODY), rebuilt from what was received. */
+	if ((r = dsse_pae(type, payload, payload_len, &pae, &pae_len)) < 0)
+		goto out;
+
+	/* DSSE protocol, "Multi-signature Verification" with t = 1: keyid only
+	 * narrows the choice of trusted keys (it is unauthenticated); one
+	 * signature that verifies with a trusted key accepts the envelope, and
+	 * signatures by keys we do not trust are skipped. */
+	json_array_foreach(sigs, i, s)
+	{
+		if ((keyid = json_string_value(json_object_get(s, "keyid"))) == NULL)
+			keyid = "";
+		sig_b64 = json_string_value(json_object_get(s, "sig"));
+		json_array_foreach(keys, j, k)
+		{
+			kid = json_string_value(json_object_get(k, "kid"));
+			if (kid == NULL || strcmp(kid, keyid) != 0)
+				continue;
+			trusted++;
+			r = verify_one(k, kid, sig_b64, pae, pae_len,
+				       first[0] == '\0' ? first : NULL, sizeof(first));
+			if (r == -ENOMEM)
+				goto out;
+			if (r == 0) {
+				ok_kid = kid;
+				break;
+			}
+		}
+		if (ok_kid != NULL)
+			break;
+	}
+	if (ok_kid == NULL) {
+		if (trusted == 0)
+			r = fail(errbuf, errlen, -CIMD_EVERIFY, "no signature by a trusted key");
+		else
+			r = fail(errbuf, errlen, -CIMD_EVERIFY, "%s", first);
+		goto out;
+	}
+	*ret_type = type;
+	*ret_payload = payload;
+	*ret_len = payload_len;
+	*ret_kid = ok_kid;
+	payload = NULL;
+	r = 0;
+out:
+	free(payload);
+	free(pae);
+	return r;
+}
