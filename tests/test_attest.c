@@ -661,7 +661,7 @@ static unsigned get16(const uint8_t *p)
 /*
  * TPM2_Certify (Part 3 §18.2) with our own qualifyingData, sent as raw bytes
  * with tpm2_send to the persistent AK and key, both authorised by the empty
- * password (TPM_RS_PW, Part 1 §19.6.5).  The answer is parsed by hand here
+ * password (TPM_RS_PW, Part 2 §7.4).  The answer is parsed by hand here
  * (only firmware/ reads TPM structures with tss2): TPM2B_ATTEST, then
  * TPMT_SIGNATURE {sigAlg ECDSA, hash, TPM2B r, TPM2B s} (Part 2 §11.3.4).
  */
