@@ -310,6 +310,21 @@ struct ks_backend {
 	int (*destroy)(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len);
 	int (*list)(struct key_store *ks, void *be, size_t max, struct ks_ref **ret_refs,
 		    size_t *ret_n);
+	/* An attestation key (key_store_generate_attest): ES256, like generate. */
+	int (*generate_attest)(struct key_store *ks, void *be, const char *tag, uint8_t **ret_ref,
+			       size_t *ret_ref_len, json_t **ret_jwk);
+	/* TPM2_Certify of the key of ref by the AK of ak_ref; -ENOTSUP where the
+	 * hardware has no such thing. */
+	int (*certify)(struct key_store *ks, void *be, const uint8_t *ak_ref, size_t ak_len,
+		       const uint8_t *ref, size_t ref_len, const uint8_t *qualifying, size_t qlen,
+		       struct ks_certify *ret);
+	int (*p11_evidence)(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len,
+			    struct ks_p11_evidence *ret);
+	/* Pure functions of a reference, no hardware call: they may run on any
+	 * thread.  ref_restricted: 1 for a restricted key (a TPM AK), 0 otherwise;
+	 * tpm_public: the marshalled TPMT_PUBLIC (malloc'd), or -ENOTSUP. */
+	int (*ref_restricted)(const uint8_t *ref, size_t ref_len);
+	int (*tpm_public)(const uint8_t *ref, size_t ref_len, uint8_t **ret_pub, size_t *ret_len);
 };
 
 extern const struct ks_backend ks_pkcs11_backend;

@@ -41,6 +41,7 @@
 #define KS_GENERATE_TIMEOUT_MS 60000 /* RSA key generation on a real TPM */
 #define KS_MSG_MAX (1024 * 1024)     /* a message to sign */
 #define KS_ERRMSG_MAX 256
+#define KS_QUALIFYING_MAX 64 /* TPM2_Certify's qualifyingData: a nonce or a digest */
 
 enum ks_op {
 	KS_GENERATE,
@@ -48,6 +49,9 @@ enum ks_op {
 	KS_SIGN,
 	KS_DESTROY,
 	KS_LIST,
+	KS_GENERATE_ATTEST,
+	KS_CERTIFY,
+	KS_P11_EVIDENCE,
 };
 
 /* One call handed to the worker.  Inputs are the job's own copies, so an
@@ -55,8 +59,10 @@ enum ks_op {
 struct ks_job {
 	enum ks_op op;
 	enum cimd_alg alg;
-	uint8_t *ref; /* in: load, sign, destroy; out: generate */
+	uint8_t *ref; /* in: load, sign, destroy, certify (the AK); out: generate */
 	size_t ref_len;
+	uint8_t *ref2; /* in: certify (the certified key) */
+	size_t ref2_len;
 	uint8_t *msg;
 	size_t msg_len;
 	int r;
@@ -66,6 +72,8 @@ struct ks_job {
 	char tag[CIMD_TAG_MAX + 1]; /* in: generate */
 	struct ks_ref *refs;	    /* out: list */
 	size_t nrefs;
+	struct ks_certify cert;	   /* out: certify */
+	struct ks_p11_evidence ev; /* out: p11 evidence */
 	char errmsg[KS_ERRMSG_MAX];
 	int done;
 	int abandoned;
@@ -91,7 +99,9 @@ struct key_store {
 };
 
 struct ks_key {
+	const struct ks_backend *be_ops; /* the backend that made or loaded it */
 	enum cimd_alg alg;
+	int restricted; /* a TPM AK: signs only digests the TPM computed */
 	uint8_t *ref;
 	size_t ref_len;
 	json_t *jwk;
@@ -191,6 +201,8 @@ static void job_free(struct ks_job *job)
 	for (; job != NULL; job = more) {
 		more = job->more;
 		free(job->ref);
+		free(job->ref2);
+		ks_certify_clear(&job->cert);
 		if (job->msg != NULL)
 			OPENSSL_cleanse(job->msg, job->msg_len);
 		free(job->msg);
@@ -224,6 +236,17 @@ static void job_run(struct key_store *ks, struct ks_job *j)
 	case KS_LIST:
 		j->r = ks->be_ops->list(ks, ks->be, j->msg_len, &j->refs, &j->nrefs);
 		break;
+	case KS_GENERATE_ATTEST:
+		j->r = ks->be_ops->generate_attest(ks, ks->be, j->tag[0] ? j->tag : NULL, &j->ref,
+						   &j->ref_len, &j->jwk);
+		break;
+	case KS_CERTIFY:
+		j->r = ks->be_ops->certify(ks, ks->be, j->ref, j->ref_len, j->ref2, j->ref2_len,
+					   j->msg, j->msg_len, &j->cert);
+		break;
+	case KS_P11_EVIDENCE:
+		j->r = ks->be_ops->p11_evidence(ks, ks->be, j->ref, j->ref_len, &j->ev);
+		break;
 	}
 	ks->be_errmsg = ks->scratch;
 }
@@ -256,7 +279,8 @@ static void *ks_worker(void *arg)
 		pthread_mutex_unlock(&ks->mu);
 		job_run(ks, job);
 		pthread_mutex_lock(&ks->mu);
-		if (job->abandoned && job->op == KS_GENERATE && job->r == 0) {
+		if (job->abandoned && (job->op == KS_GENERATE || job->op == KS_GENERATE_ATTEST) &&
+		    job->r == 0) {
 			/* Nobody will ever hold this key's reference: remove it rather
 			 * than leave an orphan in the hardware. */
 			pthread_mutex_unlock(&ks->mu);
@@ -493,8 +517,8 @@ void key_store_free(struct key_store **pks)
 }
 
 /* Builds the handle: the public JWK gets kid = RFC 7638 thumbprint, alg, use. */
-static int key_new(enum cimd_alg alg, uint8_t *ref, size_t ref_len, json_t *jwk,
-		   struct ks_key **ret_key)
+static int key_new(const struct ks_backend *be_ops, enum cimd_alg alg, uint8_t *ref, size_t ref_len,
+		   json_t *jwk, struct ks_key **ret_key)
 {
 	struct ks_key *k;
 	int r;
@@ -511,7 +535,9 @@ static int key_new(enum cimd_alg alg, uint8_t *ref, size_t ref_len, json_t *jwk,
 		free(k);
 		return -ENOMEM;
 	}
+	k->be_ops = be_ops;
 	k->alg = alg;
+	k->restricted = be_ops->ref_restricted(ref, ref_len) == 1;
 	k->ref = ref;
 	k->ref_len = ref_len;
 	k->jwk = jwk;
@@ -555,26 +581,25 @@ static int run_key_job(struct key_store *ks, struct ks_job *j, int timeout_ms,
 	if (j == NULL)
 		return -ENOMEM;
 	if ((r = ks_run(ks, &j, timeout_ms)) == 0 &&
-	    (r = key_new(j->alg, j->ref, j->ref_len, j->jwk, ret_key)) == 0)
+	    (r = key_new(ks->be_ops, j->alg, j->ref, j->ref_len, j->jwk, ret_key)) == 0)
 		j->ref = NULL, j->jwk = NULL; /* moved into the handle */
 	job_free(j);
 	return r;
 }
 
-int key_store_generate(struct key_store *ks, enum cimd_alg alg, const char *tag,
-		       struct ks_key **ret_key)
+/* A generation job (generate, generate_attest) with its checked tag. */
+static int run_generate(struct key_store *ks, enum ks_op op, enum cimd_alg alg, const char *tag,
+			struct ks_key **ret_key)
 {
 	struct ks_job *j;
 	size_t i;
 
-	if (cimd_alg_name(alg) == NULL)
-		return caller_fail(-CIMD_EALG, "unknown algorithm %d", (int)alg);
 	for (i = 0; tag != NULL && tag[i] != '\0'; i++)
 		if (i == CIMD_TAG_MAX ||
 		    !((tag[i] >= 'a' && tag[i] <= 'z') || (tag[i] >= 'A' && tag[i] <= 'Z') ||
 		      (tag[i] >= '0' && tag[i] <= '9') || tag[i] == '-'))
 			return caller_fail(-EINVAL, "tag: up to %d of [A-Za-z0-9-]", CIMD_TAG_MAX);
-	if ((j = job_new(KS_GENERATE, alg, NULL, 0, NULL, 0)) == NULL)
+	if ((j = job_new(op, alg, NULL, 0, NULL, 0)) == NULL)
 		return -ENOMEM;
 	if (tag != NULL)
 		memcpy(j->tag, tag, strlen(tag) + 1);
@@ -582,6 +607,14 @@ int key_store_generate(struct key_store *ks, enum cimd_alg alg, const char *tag,
 			   KS_GENERATE_TIMEOUT_MS > ks->timeout_ms ? KS_GENERATE_TIMEOUT_MS
 								   : ks->timeout_ms,
 			   ret_key);
+}
+
+int key_store_generate(struct key_store *ks, enum cimd_alg alg, const char *tag,
+		       struct ks_key **ret_key)
+{
+	if (cimd_alg_name(alg) == NULL)
+		return caller_fail(-CIMD_EALG, "unknown algorithm %d", (int)alg);
+	return run_generate(ks, KS_GENERATE, alg, tag, ret_key);
 }
 
 int key_store_load(struct key_store *ks, enum cimd_alg alg, const uint8_t *ref, size_t ref_len,
@@ -685,6 +718,88 @@ int key_store_list(struct key_store *ks, size_t max, struct ks_ref **ret_refs, s
 		j->refs = NULL;
 		j->nrefs = 0;
 	}
+	job_free(j);
+	return r;
+}
+
+/* ---- attestation keys and hardware evidence ---- */
+
+int key_store_generate_attest(struct key_store *ks, const char *tag, struct ks_key **ret_key)
+{
+	/* An AK is P-256 with ECDSA-SHA256 on either backend (TPM 2.0 Part 1
+	 * §25.2.3 on a TPM), so it signs and loads as an ES256 key. */
+	return run_generate(ks, KS_GENERATE_ATTEST, CIMD_ALG_ES256, tag, ret_key);
+}
+
+int ks_key_restricted(const struct ks_key *key)
+{
+	return key->restricted;
+}
+
+/* A key made or loaded by this store's backend. */
+static int key_of_store(const struct key_store *ks, const struct ks_key *key)
+{
+	return key != NULL && key->ref != NULL && key->be_ops == ks->be_ops;
+}
+
+int key_store_certify(struct key_store *ks, struct ks_key *ak, struct ks_key *key,
+		      const uint8_t *qualifying, size_t qlen, struct ks_certify *ret)
+{
+	struct ks_job *j;
+	int r;
+
+	if (!key_of_store(ks, ak) || !key_of_store(ks, key))
+		return caller_fail(-CIMD_ENOKEY, "certify: no key, or a key of another backend");
+	if ((qualifying == NULL && qlen > 0) || qlen > KS_QUALIFYING_MAX)
+		return caller_fail(-EINVAL, "certify: qualifying data of %zu bytes", qlen);
+	if ((j = job_new(KS_CERTIFY, ak->alg, ak->ref, ak->ref_len, qualifying, qlen)) == NULL)
+		return -ENOMEM;
+	if ((j->ref2 = malloc(key->ref_len)) == NULL) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	memcpy(j->ref2, key->ref, key->ref_len);
+	j->ref2_len = key->ref_len;
+	if ((r = ks_run(ks, &j, ks->timeout_ms)) == 0) {
+		*ret = j->cert;
+		memset(&j->cert, 0, sizeof(j->cert)); /* moved to the caller */
+	}
+	job_free(j);
+	return r;
+}
+
+void ks_certify_clear(struct ks_certify *c)
+{
+	if (c == NULL)
+		return;
+	free(c->attest);
+	free(c->pub);
+	memset(c, 0, sizeof(*c));
+}
+
+int ks_key_tpm_public(const struct ks_key *key, uint8_t **ret_pub, size_t *ret_len)
+{
+	int r;
+
+	if (key == NULL || key->ref == NULL)
+		return caller_fail(-CIMD_ENOKEY, "no key");
+	if ((r = key->be_ops->tpm_public(key->ref, key->ref_len, ret_pub, ret_len)) < 0)
+		return caller_fail(r, "%s: no TPM public area for this key (%s)", key->be_ops->name,
+				   cimd_strerror(r));
+	return 0;
+}
+
+int key_store_p11_evidence(struct key_store *ks, struct ks_key *key, struct ks_p11_evidence *ret)
+{
+	struct ks_job *j;
+	int r;
+
+	if (!key_of_store(ks, key))
+		return caller_fail(-CIMD_ENOKEY, "evidence: no key, or a key of another backend");
+	if ((j = job_new(KS_P11_EVIDENCE, key->alg, key->ref, key->ref_len, NULL, 0)) == NULL)
+		return -ENOMEM;
+	if ((r = ks_run(ks, &j, ks->timeout_ms)) == 0)
+		*ret = j->ev;
 	job_free(j);
 	return r;
 }

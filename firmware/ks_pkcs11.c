@@ -557,6 +557,73 @@ static int p11_raw_list(struct key_store *ks, struct p11 *p, size_t max, struct 
 	return 0;
 }
 
+/* A blank-padded CK_UTF8CHAR field (PKCS#11 v2.40 §3.2, CK_TOKEN_INFO) as a C
+ * string without the padding; out holds n + 1 bytes. */
+static void p11_field(const CK_UTF8CHAR *f, size_t n, char *out)
+{
+	while (n > 0 && (f[n - 1] == ' ' || f[n - 1] == '\0'))
+		n--;
+	memcpy(out, f, n);
+	out[n] = '\0';
+}
+
+/* A CK_BBOOL attribute: 1 or 0, or -1 when the token does not report it
+ * (PKCS#11 v2.40 §5.7.5, C_GetAttributeValue: CKR_ATTRIBUTE_SENSITIVE,
+ * CKR_ATTRIBUTE_TYPE_INVALID, or a length of CK_UNAVAILABLE_INFORMATION). */
+static int p11_raw_bool(struct key_store *ks, struct p11 *p, CK_OBJECT_HANDLE obj,
+			CK_ATTRIBUTE_TYPE type, int *ret)
+{
+	CK_BBOOL v = CK_FALSE;
+	CK_ATTRIBUTE a = {type, &v, sizeof(v)};
+	CK_RV rv;
+
+	rv = p->fl->C_GetAttributeValue(p->sess, obj, &a, 1);
+	if (rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID ||
+	    (rv == CKR_OK && a.ulValueLen != sizeof(v))) {
+		*ret = -1;
+		return 0;
+	}
+	if (rv != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_GetAttributeValue");
+	*ret = v == CK_TRUE;
+	return 0;
+}
+
+/* What the token says about itself and the private key of id: self-reported
+ * (nothing in PKCS#11 proves it), but read from the token, not assumed. */
+static int p11_raw_evidence(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len,
+			    struct ks_p11_evidence *ret)
+{
+	struct ks_p11_evidence ev;
+	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
+	CK_TOKEN_INFO ti;
+	CK_ULONG n;
+	CK_RV rv;
+	int r;
+
+	memset(&ev, 0, sizeof(ev));
+	rv = p->fl->C_GetTokenInfo(PKCS11_get_slotid_from_slot(p->slot), &ti);
+	if (rv != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_GetTokenInfo");
+	p11_field(ti.manufacturerID, sizeof(ti.manufacturerID), ev.manufacturer);
+	p11_field(ti.model, sizeof(ti.model), ev.model);
+	p11_field(ti.serialNumber, sizeof(ti.serialNumber), ev.serial);
+	p11_field(ti.label, sizeof(ti.label), ev.label);
+	if ((r = p11_raw_find(ks, p, id, id_len, CKO_PRIVATE_KEY, objs, &n)) < 0)
+		return r;
+	if (n != 1)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: %lu private keys with this CKA_ID",
+			       (unsigned long)n);
+	if ((r = p11_raw_bool(ks, p, objs[0], CKA_SENSITIVE, &ev.sensitive)) < 0 ||
+	    (r = p11_raw_bool(ks, p, objs[0], CKA_ALWAYS_SENSITIVE, &ev.always_sensitive)) < 0 ||
+	    (r = p11_raw_bool(ks, p, objs[0], CKA_EXTRACTABLE, &ev.extractable)) < 0 ||
+	    (r = p11_raw_bool(ks, p, objs[0], CKA_NEVER_EXTRACTABLE, &ev.never_extractable)) < 0 ||
+	    (r = p11_raw_bool(ks, p, objs[0], CKA_LOCAL, &ev.local)) < 0)
+		return r;
+	*ret = ev;
+	return 0;
+}
+
 /* ---- signing through libp11 and OpenSSL ---- */
 
 static int p11_private_key(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len,
@@ -767,6 +834,51 @@ static int p11_list(struct key_store *ks, void *be, size_t max, struct ks_ref **
 	return p11_final(r);
 }
 
+/* An attestation key on a token is an ordinary ES256 key: PKCS#11 has no
+ * restricted keys, and no way for the token to prove where a key lives. */
+static int p11_generate_attest(struct key_store *ks, void *be, const char *tag, uint8_t **ret_ref,
+			       size_t *ret_ref_len, json_t **ret_jwk)
+{
+	return p11_generate(ks, be, CIMD_ALG_ES256, tag, ret_ref, ret_ref_len, ret_jwk);
+}
+
+static int p11_certify(struct key_store *ks, void *be, const uint8_t *ak_ref, size_t ak_len,
+		       const uint8_t *ref, size_t ref_len, const uint8_t *qualifying, size_t qlen,
+		       struct ks_certify *ret)
+{
+	(void)be, (void)ak_ref, (void)ak_len, (void)ref, (void)ref_len, (void)qualifying,
+	    (void)qlen, (void)ret;
+	return ks_fail(ks, -ENOTSUP, "pkcs11: a token has no TPM2_Certify (use its evidence)");
+}
+
+static int p11_evidence(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len,
+			struct ks_p11_evidence *ret)
+{
+	struct p11 *p = be;
+	int r;
+
+	if (ref_len != P11_ID_LEN)
+		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: malformed key reference");
+	if ((r = p11_ready(ks, p)) < 0)
+		return r;
+	r = p11_raw_evidence(ks, p, ref, ref_len, ret);
+	if (p11_again(ks, p, &r))
+		r = p11_raw_evidence(ks, p, ref, ref_len, ret);
+	return p11_final(r);
+}
+
+static int p11_ref_restricted(const uint8_t *ref, size_t ref_len)
+{
+	(void)ref, (void)ref_len;
+	return 0;
+}
+
+static int p11_tpm_public(const uint8_t *ref, size_t ref_len, uint8_t **ret_pub, size_t *ret_len)
+{
+	(void)ref, (void)ref_len, (void)ret_pub, (void)ret_len;
+	return -ENOTSUP;
+}
+
 const struct ks_backend ks_pkcs11_backend = {
     .name = "pkcs11",
     .exclusive_param = "module",
@@ -777,4 +889,9 @@ const struct ks_backend ks_pkcs11_backend = {
     .sign = p11_sign,
     .destroy = p11_destroy,
     .list = p11_list,
+    .generate_attest = p11_generate_attest,
+    .certify = p11_certify,
+    .p11_evidence = p11_evidence,
+    .ref_restricted = p11_ref_restricted,
+    .tpm_public = p11_tpm_public,
 };

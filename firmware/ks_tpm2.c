@@ -8,7 +8,9 @@
  * area never leaves the TPM unencrypted).  Keys are loaded when they are used
  * and flushed again, keeping at most one client key loaded beside the primary,
  * so any number of keys works without a resource manager (swtpm alone has three
- * object slots).
+ * object slots).  The third slot is for one command at a time: the hash sequence
+ * of an attestation key's signature, or the key that TPM2_Certify certifies
+ * beside the loaded AK, flushed at once.
  *
  * Faults: a failure below the TPM (TCTI: the TPM is gone, the connection broke,
  * a command timed out) tears the ESAPI context down and reports
@@ -53,6 +55,12 @@ struct tpm {
 #define KEY_ATTRS                                                                                  \
 	(TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |        \
 	 TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_NODA)
+
+/* An attestation key (AK, TPM 2.0 Part 1 §25.2.3): a client key's attributes
+ * plus restricted, so that it signs only digests the TPM computed itself, and
+ * never one of data beginning with TPM_GENERATED_VALUE (Part 2 §6.2): it cannot
+ * be made to sign something that looks like a TPM attestation it did not make. */
+#define AK_ATTRS (KEY_ATTRS | TPMA_OBJECT_RESTRICTED)
 
 /* A TSS2_RC that says the TPM did not answer, rather than refused. */
 static int rc_is_unavailable(TSS2_RC rc)
@@ -337,13 +345,26 @@ static int key_template(enum cimd_alg alg, TPM2B_PUBLIC *pub)
 	}
 }
 
-/* The key's public area must be exactly what we would have created for alg. */
+/* The template of an AK: an ES256 client key that is also restricted.  The
+ * scheme must be fixed (not TPM2_ALG_NULL) in a restricted signing key. */
+static void ak_template(TPM2B_PUBLIC *pub)
+{
+	key_template(CIMD_ALG_ES256, pub);
+	pub->publicArea.objectAttributes = AK_ATTRS;
+}
+
+/* The key's public area must be exactly what we would have created for alg
+ * (for ES256: a client key or an AK). */
 static int check_public(const TPM2B_PUBLIC *pub, enum cimd_alg alg)
 {
 	TPM2B_PUBLIC want;
 	const TPMT_PUBLIC *a = &pub->publicArea, *w = &want.publicArea;
 
-	if (key_template(alg, &want) < 0 || a->type != w->type || a->nameAlg != w->nameAlg ||
+	if (key_template(alg, &want) < 0)
+		return -CIMD_EALG;
+	if (alg == CIMD_ALG_ES256 && a->objectAttributes == AK_ATTRS)
+		ak_template(&want);
+	if (a->type != w->type || a->nameAlg != w->nameAlg ||
 	    a->objectAttributes != w->objectAttributes)
 		return -CIMD_EALG;
 	if (a->type == TPM2_ALG_ECC)
@@ -403,12 +424,13 @@ static int ref_parse(const uint8_t *ref, size_t len, TPM2B_PUBLIC *pub, TPM2B_PR
 	return 0;
 }
 
-static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, const char *tag,
-			uint8_t **ret_ref, size_t *ret_ref_len, json_t **ret_jwk)
+/* TPM2_Create of a key from tmpl under the parent; the reference and JWK. */
+static int tpm_create_once(struct key_store *ks, struct tpm *t, const TPM2B_PUBLIC *tmpl,
+			   enum cimd_alg alg, uint8_t **ret_ref, size_t *ret_ref_len,
+			   json_t **ret_jwk)
 {
-	struct tpm *t = be;
 	TPM2B_SENSITIVE_CREATE sens = {0};
-	TPM2B_PUBLIC tmpl, *pub = NULL;
+	TPM2B_PUBLIC *pub = NULL;
 	TPM2B_PRIVATE *priv = NULL;
 	TPML_PCR_SELECTION pcrs = {0};
 	TPM2B_DATA outside = {0};
@@ -418,14 +440,11 @@ static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, const
 	TSS2_RC rc;
 	int r;
 
-	(void)tag; /* a TPM key lives only as the blob the caller stores */
-	if ((r = key_template(alg, &tmpl)) < 0)
-		return ks_fail(ks, r, "tpm2: no template for algorithm");
 	if ((r = tpm_ready(ks, t)) < 0)
 		return r;
 	Esys_SetTimeout(t->ectx, TPM_TIMEOUT_SLOW_MS);
 	rc = Esys_Create(t->ectx, t->primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sens,
-			 &tmpl, &outside, &pcrs, &priv, &pub, NULL, NULL, NULL);
+			 tmpl, &outside, &pcrs, &priv, &pub, NULL, NULL, NULL);
 	if (t->ectx != NULL)
 		Esys_SetTimeout(t->ectx, TPM_TIMEOUT_FAST_MS);
 	if (rc != TSS2_RC_SUCCESS) {
@@ -456,6 +475,42 @@ out:
 	Esys_Free(pub);
 	Esys_Free(priv);
 	return r;
+}
+
+/* Our objects flushed behind our back: once more on a fresh connection.  A key
+ * created before the failure was never handed out, and the TPM keeps no copy. */
+static int tpm_create(struct key_store *ks, struct tpm *t, const TPM2B_PUBLIC *tmpl,
+		      enum cimd_alg alg, uint8_t **ret_ref, size_t *ret_ref_len, json_t **ret_jwk)
+{
+	int r = tpm_create_once(ks, t, tmpl, alg, ret_ref, ret_ref_len, ret_jwk);
+
+	if (r == -EAGAIN)
+		r = tpm_create_once(ks, t, tmpl, alg, ret_ref, ret_ref_len, ret_jwk);
+	return tpm_final(r);
+}
+
+static int tpm_generate(struct key_store *ks, void *be, enum cimd_alg alg, const char *tag,
+			uint8_t **ret_ref, size_t *ret_ref_len, json_t **ret_jwk)
+{
+	TPM2B_PUBLIC tmpl;
+	int r;
+
+	(void)tag; /* a TPM key lives only as the blob the caller stores */
+	if ((r = key_template(alg, &tmpl)) < 0)
+		return ks_fail(ks, r, "tpm2: no template for algorithm");
+	return tpm_create(ks, be, &tmpl, alg, ret_ref, ret_ref_len, ret_jwk);
+}
+
+/* An AK: a restricted ECDSA-SHA256 P-256 signing key under the same parent as
+ * the client keys (TPM 2.0 Part 1 §25.2.3). */
+static int tpm_generate_attest(struct key_store *ks, void *be, const char *tag, uint8_t **ret_ref,
+			       size_t *ret_ref_len, json_t **ret_jwk)
+{
+	TPM2B_PUBLIC tmpl;
+
+	(void)tag;
+	ak_template(&tmpl);
+	return tpm_create(ks, be, &tmpl, CIMD_ALG_ES256, ret_ref, ret_ref_len, ret_jwk);
 }
 
 /* Makes the key of ref the loaded one; *ret_h is its ESYS_TR. */
@@ -549,31 +604,120 @@ static int check_pss(struct key_store *ks, const uint8_t *ref, size_t ref_len, c
 	return 0;
 }
 
-static int tpm_sign_once(struct key_store *ks, struct tpm *t, enum cimd_alg alg, const uint8_t *ref,
-			 size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
-			 size_t *ret_len)
+/* Data the TPM will give a ticket for (Part 3, TPM2_SequenceUpdate and
+ * TPM2_SequenceComplete: none when the first block begins with
+ * TPM_GENERATED_VALUE; the reference implementation also gives none when the
+ * first block is shorter than it). */
+static int ticket_safe(const uint8_t *msg, size_t len)
+{
+	static const uint8_t generated[] = {0xff, 0x54, 0x43, 0x47}; /* TPM_GENERATED_VALUE */
+
+	return len >= sizeof(generated) && memcmp(msg, generated, sizeof(generated)) != 0;
+}
+
+/*
+ * The SHA-256 digest of msg computed by the TPM in a hash sequence, with the
+ * ticket that lets a restricted key sign it (TPM 2.0 Part 3 §17:
+ * TPM2_HashSequenceStart, TPM2_SequenceUpdate, TPM2_SequenceComplete).  Every block
+ * but the last goes through SequenceUpdate, TPM2_MAX_DIGEST_BUFFER bytes at a
+ * time; the last through SequenceComplete.  The sequence object takes an
+ * object slot: with the parent and the key loaded that is swtpm's third.
+ */
+static int tpm_hash_ticket(struct key_store *ks, struct tpm *t, const uint8_t *msg, size_t len,
+			   TPM2B_DIGEST **ret_digest, TPMT_TK_HASHCHECK **ret_ticket)
+{
+	TPM2B_AUTH auth = {0};
+	TPM2B_MAX_BUFFER buf;
+	TPM2B_DIGEST *digest = NULL;
+	TPMT_TK_HASHCHECK *ticket = NULL;
+	ESYS_TR seq = ESYS_TR_NONE;
+	size_t off = 0;
+	TSS2_RC rc;
+	int r;
+
+	rc = Esys_HashSequenceStart(t->ectx, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &auth,
+				    TPM2_ALG_SHA256, &seq);
+	if (rc != TSS2_RC_SUCCESS) {
+		seq = ESYS_TR_NONE;
+		r = tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_HashSequenceStart");
+		goto out;
+	}
+	for (; len - off > sizeof(buf.buffer); off += sizeof(buf.buffer)) {
+		buf.size = sizeof(buf.buffer);
+		memcpy(buf.buffer, msg + off, sizeof(buf.buffer));
+		rc = Esys_SequenceUpdate(t->ectx, seq, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+					 &buf);
+		if (rc != TSS2_RC_SUCCESS) {
+			r = tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_SequenceUpdate");
+			goto out;
+		}
+	}
+	buf.size = (UINT16)(len - off);
+	memcpy(buf.buffer, msg + off, len - off);
+	rc = Esys_SequenceComplete(t->ectx, seq, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buf,
+				   ESYS_TR_RH_OWNER, &digest, &ticket);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_SequenceComplete");
+		goto out;
+	}
+	seq = ESYS_TR_NONE; /* SequenceComplete flushed it */
+	/* A NULL ticket (hierarchy TPM_RH_NULL): the TPM found the data unsafe to sign. */
+	if (ticket->hierarchy == TPM2_RH_NULL) {
+		r = ks_fail(ks, -CIMD_EVERIFY,
+			    "tpm2: the TPM gave no ticket: an attestation key does not sign "
+			    "data beginning with TPM_GENERATED_VALUE or shorter than 4 bytes");
+		goto out;
+	}
+	*ret_digest = digest;
+	*ret_ticket = ticket;
+	digest = NULL;
+	ticket = NULL;
+	r = 0;
+out:
+	if (seq != ESYS_TR_NONE && t->ectx != NULL &&
+	    Esys_FlushContext(t->ectx, seq) != TSS2_RC_SUCCESS)
+		tpm_disconnect(t); /* do not leave an object slot taken */
+	Esys_Free(digest);
+	Esys_Free(ticket);
+	OPENSSL_cleanse(&buf, sizeof(buf));
+	return r;
+}
+
+static int tpm_sign_once(struct key_store *ks, struct tpm *t, enum cimd_alg alg, int restricted,
+			 const uint8_t *ref, size_t ref_len, const uint8_t *msg, size_t len,
+			 uint8_t *ret_sig, size_t *ret_len)
 {
 	size_t size = cimd_alg_ec_size(alg);
-	TPM2B_DIGEST digest = {0};
+	TPM2B_DIGEST digest = {0}, *tdigest = NULL;
 	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the key's own scheme */
 	/* An unrestricted key signs an outside digest with a NULL ticket (Part 3 §20.2). */
-	TPMT_TK_HASHCHECK ticket = {.tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL};
+	TPMT_TK_HASHCHECK null_ticket = {.tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL};
+	TPMT_TK_HASHCHECK *ticket = NULL;
 	TPMT_SIGNATURE *sig = NULL;
 	unsigned int dlen = 0;
 	ESYS_TR h;
 	TSS2_RC rc;
 	int r;
 
-	if (EVP_Digest(msg, len, digest.buffer, &dlen,
-		       alg == CIMD_ALG_ES384 ? EVP_sha384() : EVP_sha256(), NULL) != 1)
-		return ks_fail(ks, -CIMD_ECRYPTO, "tpm2: digest failed");
-	digest.size = (UINT16)dlen;
+	if (!restricted) {
+		if (EVP_Digest(msg, len, digest.buffer, &dlen,
+			       alg == CIMD_ALG_ES384 ? EVP_sha384() : EVP_sha256(), NULL) != 1)
+			return ks_fail(ks, -CIMD_ECRYPTO, "tpm2: digest failed");
+		digest.size = (UINT16)dlen;
+	}
 	if ((r = tpm_ready(ks, t)) < 0 || (r = tpm_load_ref(ks, t, ref, ref_len, &h)) < 0)
 		return r;
-	rc = Esys_Sign(t->ectx, h, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &digest, &scheme,
-		       &ticket, &sig);
-	if (rc != TSS2_RC_SUCCESS)
-		return tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_Sign");
+	/* A restricted key signs only what the TPM hashed itself, with the ticket
+	 * that proves it (Part 3, TPM2_Sign). */
+	if (restricted && (r = tpm_hash_ticket(ks, t, msg, len, &tdigest, &ticket)) < 0)
+		return r;
+	rc = Esys_Sign(t->ectx, h, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+		       restricted ? tdigest : &digest, &scheme, restricted ? ticket : &null_ticket,
+		       &sig);
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_Sign");
+		goto out;
+	}
 	if (size != 0) {
 		const TPMS_SIGNATURE_ECC *e = &sig->signature.ecdsa;
 		if (sig->sigAlg != TPM2_ALG_ECDSA || e->signatureR.size > size ||
@@ -605,6 +749,8 @@ static int tpm_sign_once(struct key_store *ks, struct tpm *t, enum cimd_alg alg,
 	r = 0;
 out:
 	Esys_Free(sig);
+	Esys_Free(tdigest);
+	Esys_Free(ticket);
 	return r;
 }
 
@@ -613,11 +759,179 @@ static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 		    size_t *ret_len)
 {
 	struct tpm *t = be;
-	int r = tpm_sign_once(ks, t, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+	TPM2B_PUBLIC pub;
+	TPM2B_PRIVATE priv;
+	int restricted, r;
 
+	if (ref_parse(ref, ref_len, &pub, &priv) < 0)
+		return ks_fail(ks, -CIMD_ENOKEY, "tpm2: malformed key reference");
+	restricted = (pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED) != 0;
+	/* The TPM would give no ticket: refuse before asking it. */
+	if (restricted && !ticket_safe(msg, len))
+		return ks_fail(ks, -CIMD_EVERIFY,
+			       "tpm2: an attestation key does not sign data that begins with "
+			       "TPM_GENERATED_VALUE (0xff544347) or is shorter than 4 bytes");
+	r = tpm_sign_once(ks, t, alg, restricted, ref, ref_len, msg, len, ret_sig, ret_len);
 	if (r == -EAGAIN)
-		r = tpm_sign_once(ks, t, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+		r = tpm_sign_once(ks, t, alg, restricted, ref, ref_len, msg, len, ret_sig, ret_len);
 	return tpm_final(r);
+}
+
+/*
+ * TPM2_Certify (TPM 2.0 Part 3 §18.2) of the key of ref by the AK of ak_ref.
+ * The AK becomes (or stays) the one loaded key, as signing with it or
+ * certifying the next key tends to follow; the certified key is loaded beside it
+ * for this command alone and flushed again: parent, AK and key fill swtpm's
+ * three object slots.
+ */
+static int tpm_certify_once(struct key_store *ks, struct tpm *t, const uint8_t *ak_ref,
+			    size_t ak_len, const uint8_t *ref, size_t ref_len,
+			    const TPM2B_PUBLIC *pub, const TPM2B_PRIVATE *priv,
+			    const TPM2B_DATA *qual, TPM2B_ATTEST **ret_attest,
+			    TPMT_SIGNATURE **ret_sig)
+{
+	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the AK's own scheme */
+	int self = ak_len == ref_len && memcmp(ak_ref, ref, ref_len) == 0;
+	ESYS_TR hak, h = ESYS_TR_NONE;
+	TSS2_RC rc;
+	int r;
+
+	if ((r = tpm_ready(ks, t)) < 0 || (r = tpm_load_ref(ks, t, ak_ref, ak_len, &hak)) < 0)
+		return r;
+	if (self) {
+		h = hak;
+	} else {
+		rc = Esys_Load(t->ectx, t->primary, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+			       priv, pub, &h);
+		if (rc != TSS2_RC_SUCCESS)
+			return tpm_fail(ks, t, rc, -CIMD_ENOKEY, "TPM2_Load (the key to certify)");
+	}
+	/* objectHandle: ADMIN role, satisfied by the (empty) authValue as the key has
+	 * no adminWithPolicy; signHandle: USER role (Part 3 §18.2, command table). */
+	rc = Esys_Certify(t->ectx, h, hak, ESYS_TR_PASSWORD, ESYS_TR_PASSWORD, ESYS_TR_NONE, qual,
+			  &scheme, ret_attest, ret_sig);
+	r = rc == TSS2_RC_SUCCESS ? 0 : tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_Certify");
+	if (!self && t->ectx != NULL && Esys_FlushContext(t->ectx, h) != TSS2_RC_SUCCESS)
+		tpm_disconnect(t); /* do not leave an object slot taken */
+	return r;
+}
+
+static int tpm_certify(struct key_store *ks, void *be, const uint8_t *ak_ref, size_t ak_len,
+		       const uint8_t *ref, size_t ref_len, const uint8_t *qualifying, size_t qlen,
+		       struct ks_certify *ret)
+{
+	struct tpm *t = be;
+	TPM2B_PUBLIC akpub, pub;
+	TPM2B_PRIVATE akpriv, priv;
+	TPM2B_DATA qual = {0};
+	TPM2B_ATTEST *attest = NULL;
+	TPMT_SIGNATURE *sig = NULL;
+	const TPMS_SIGNATURE_ECC *e;
+	uint8_t pbuf[sizeof(TPMT_PUBLIC)];
+	struct ks_certify c = {0};
+	json_t *akjwk = NULL;
+	size_t poff = 0, size = cimd_alg_ec_size(CIMD_ALG_ES256);
+	int r;
+
+	if (ref_parse(ak_ref, ak_len, &akpub, &akpriv) < 0 ||
+	    ref_parse(ref, ref_len, &pub, &priv) < 0)
+		return ks_fail(ks, -CIMD_ENOKEY, "tpm2: malformed key reference");
+	if (check_public(&akpub, CIMD_ALG_ES256) < 0 ||
+	    akpub.publicArea.objectAttributes != AK_ATTRS)
+		return ks_fail(ks, -CIMD_EALG,
+			       "tpm2: the certifying key is not an attestation key made by cimdd");
+	if (qlen > sizeof(qual.buffer))
+		return ks_fail(ks, -EINVAL, "tpm2: qualifying data of %zu bytes (at most %zu)",
+			       qlen, sizeof(qual.buffer));
+	qual.size = (UINT16)qlen;
+	if (qlen > 0)
+		memcpy(qual.buffer, qualifying, qlen);
+	if (Tss2_MU_TPMT_PUBLIC_Marshal(&pub.publicArea, pbuf, sizeof(pbuf), &poff) !=
+	    TSS2_RC_SUCCESS)
+		return ks_fail(ks, -CIMD_EFORMAT, "tpm2: cannot marshal the public area");
+	r = tpm_certify_once(ks, t, ak_ref, ak_len, ref, ref_len, &pub, &priv, &qual, &attest,
+			     &sig);
+	if (r == -EAGAIN)
+		r = tpm_certify_once(ks, t, ak_ref, ak_len, ref, ref_len, &pub, &priv, &qual,
+				     &attest, &sig);
+	if ((r = tpm_final(r)) < 0)
+		goto out;
+	e = &sig->signature.ecdsa;
+	if (sig->sigAlg != TPM2_ALG_ECDSA || e->signatureR.size > size ||
+	    e->signatureS.size > size || attest->size == 0) {
+		r = ks_fail(ks, -CIMD_EFORMAT, "tpm2: unexpected certification");
+		goto out;
+	}
+	/* RFC 7518 §3.4: r and s left-padded to the field size. */
+	memcpy(c.sig + size - e->signatureR.size, e->signatureR.buffer, e->signatureR.size);
+	memcpy(c.sig + 2 * size - e->signatureS.size, e->signatureS.buffer, e->signatureS.size);
+	c.sig_len = 2 * size;
+	/* Checked before it is handed out, as PS256 signatures are: this catches a
+	 * faulty signature here rather than at a verifier. */
+	if ((r = public_jwk(&akpub, CIMD_ALG_ES256, &akjwk)) < 0 ||
+	    jws_verify_signature(akjwk, CIMD_ALG_ES256, attest->attestationData, attest->size,
+				 c.sig, c.sig_len) < 0) {
+		r = ks_fail(ks, -CIMD_EBACKEND, "tpm2: the AK's signature over TPMS_ATTEST fails");
+		goto out;
+	}
+	if ((c.attest = malloc(attest->size)) == NULL || (c.pub = malloc(poff)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	memcpy(c.attest, attest->attestationData, attest->size);
+	c.attest_len = attest->size;
+	memcpy(c.pub, pbuf, poff);
+	c.pub_len = poff;
+	*ret = c;
+	memset(&c, 0, sizeof(c)); /* moved to the caller */
+	r = 0;
+out:
+	ks_certify_clear(&c);
+	json_decref(akjwk);
+	Esys_Free(attest);
+	Esys_Free(sig);
+	return r;
+}
+
+static int tpm_p11_evidence(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len,
+			    struct ks_p11_evidence *ret)
+{
+	(void)be;
+	(void)ref;
+	(void)ref_len;
+	(void)ret;
+	return ks_fail(ks, -ENOTSUP, "tpm2: no PKCS#11 evidence on a TPM (use TPM2_Certify)");
+}
+
+static int tpm_ref_restricted(const uint8_t *ref, size_t ref_len)
+{
+	TPM2B_PUBLIC pub;
+	TPM2B_PRIVATE priv;
+
+	if (ref_parse(ref, ref_len, &pub, &priv) < 0)
+		return -CIMD_ENOKEY;
+	return (pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED) != 0;
+}
+
+/* The TPMT_PUBLIC as TPM 2.0 Part 2 §12.2.4 marshals it: what the key's name
+ * is the digest of (Part 1 §16). */
+static int tpm_public(const uint8_t *ref, size_t ref_len, uint8_t **ret_pub, size_t *ret_len)
+{
+	TPM2B_PUBLIC pub;
+	TPM2B_PRIVATE priv;
+	uint8_t buf[sizeof(TPMT_PUBLIC)], *p;
+	size_t off = 0;
+
+	if (ref_parse(ref, ref_len, &pub, &priv) < 0)
+		return -CIMD_ENOKEY;
+	if (Tss2_MU_TPMT_PUBLIC_Marshal(&pub.publicArea, buf, sizeof(buf), &off) != TSS2_RC_SUCCESS)
+		return -CIMD_EFORMAT;
+	if ((p = malloc(off)) == NULL)
+		return -ENOMEM;
+	memcpy(p, buf, off);
+	*ret_pub = p;
+	*ret_len = off;
+	return 0;
 }
 
 /*
@@ -670,4 +984,9 @@ const struct ks_backend ks_tpm2_backend = {
     .sign = tpm_sign,
     .destroy = tpm_destroy,
     .list = tpm_list,
+    .generate_attest = tpm_generate_attest,
+    .certify = tpm_certify,
+    .p11_evidence = tpm_p11_evidence,
+    .ref_restricted = tpm_ref_restricted,
+    .tpm_public = tpm_public,
 };

@@ -237,6 +237,118 @@ out:
 	key_store_free(&b);
 }
 
+/* Signs msg with key and verifies the signature against the key's JWK. */
+static int sign_verifies(struct key_store *ks, struct ks_key *key, const uint8_t *msg, size_t len)
+{
+	uint8_t sig[CIMD_SIG_MAX];
+	json_t *jwk = ks_key_jwk(key);
+	size_t n;
+	int r;
+
+	r = key_store_sign(ks, key, msg, len, sig, &n);
+	if (r == 0)
+		r = jws_verify_signature(jwk, ks_key_alg(key), msg, len, sig, n);
+	json_decref(jwk);
+	return r;
+}
+
+/* Non-empty, and no trailing blank left of a blank-padded token field. */
+static int unpadded(const char *s)
+{
+	return s[0] != '\0' && s[strlen(s) - 1] != ' ';
+}
+
+/* The evidence the token gives about a key it generated: self-reported, so the
+ * test reads what SoftHSM2 says and checks it says the right thing. */
+static void check_evidence(struct key_store *ks, struct ks_key *key, const char *what)
+{
+	struct ks_p11_evidence ev;
+	int r;
+
+	memset(&ev, 0x55, sizeof(ev));
+	r = key_store_p11_evidence(ks, key, &ev);
+	if (!t_ok(r == 0, "evidence %s: C_GetTokenInfo and C_GetAttributeValue (%s)", what,
+		  r < 0 ? key_store_errmsg(ks) : "ok"))
+		return;
+	t_ok(ev.sensitive == 1 && ev.always_sensitive == 1,
+	     "evidence %s: CKA_SENSITIVE and CKA_ALWAYS_SENSITIVE true", what);
+	t_ok(ev.extractable == 0 && ev.never_extractable == 1,
+	     "evidence %s: CKA_EXTRACTABLE false, CKA_NEVER_EXTRACTABLE true", what);
+	t_ok(ev.local == 1, "evidence %s: CKA_LOCAL true (generated on the token)", what);
+	t_ok(ev.manufacturer[0] != '\0' && ev.model[0] != '\0' && ev.serial[0] != '\0' &&
+		 strcmp(ev.label, "cimd-test") == 0,
+	     "evidence %s: token '%s' model '%s' serial '%s' by '%s'", what, ev.label, ev.model,
+	     ev.serial, ev.manufacturer);
+	t_ok(unpadded(ev.manufacturer) && unpadded(ev.model) && unpadded(ev.serial) &&
+		 unpadded(ev.label),
+	     "evidence %s: blank padding removed", what);
+}
+
+/* An attestation key on a token: an ordinary ES256 key labelled "cimdd:TAG";
+ * no TPM2_Certify, but the token's own account of the key. */
+static void test_attest(const struct t_softhsm *h)
+{
+	struct key_store *ks = NULL;
+	struct ks_key *ak = NULL, *ak2 = NULL, *key = NULL;
+	struct ks_certify cert = {0};
+	struct ks_ref *refs = NULL;
+	uint8_t q[32] = {1}, *pub = NULL;
+	const uint8_t *ref;
+	size_t ref_len, nrefs = 0, i, pub_len;
+	char err[256];
+	int r, tagged = 0;
+
+	if (!t_ok(key_store_open(h->conf, &ks, err, sizeof(err)) == 0, "attest: key store (%s)",
+		  err))
+		goto out;
+	r = key_store_generate_attest(ks, "ak-1", &ak);
+	if (!t_ok(r == 0, "attest: attestation key generated (%s)",
+		  r < 0 ? key_store_errmsg(ks) : "ok"))
+		goto out;
+	t_ok(ks_key_alg(ak) == CIMD_ALG_ES256 && ks_key_restricted(ak) == 0,
+	     "attest: an unrestricted ES256 key on a token");
+	r = sign_verifies(ks, ak, (const uint8_t *)"statement", 9);
+	t_ok(r == 0, "attest: it signs (%s)", r < 0 ? key_store_errmsg(ks) : "ok");
+	r = sign_verifies(ks, ak, (const uint8_t *)"\xff\x54\x43\x47xyz", 7);
+	t_ok(r == 0, "attest: TPM_GENERATED_VALUE means nothing to a token (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	ks_key_ref(ak, &ref, &ref_len);
+	r = key_store_load(ks, CIMD_ALG_ES256, ref, ref_len, &ak2);
+	t_ok(r == 0 && strcmp(ks_key_kid(ak), ks_key_kid(ak2)) == 0 &&
+		 sign_verifies(ks, ak2, (const uint8_t *)"again", 5) == 0,
+	     "attest: it loads again from its reference and signs (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	if (key_store_list(ks, 256, &refs, &nrefs) == 0)
+		for (i = 0; i < nrefs; i++)
+			if (refs[i].len == ref_len && memcmp(refs[i].ref, ref, ref_len) == 0 &&
+			    strcmp(refs[i].tag, "ak-1") == 0)
+				tagged = 1;
+	t_ok(tagged, "attest: listed with its tag (CKA_LABEL cimdd:ak-1)");
+	r = key_store_certify(ks, ak, ak, q, sizeof(q), &cert);
+	t_ok(r == -ENOTSUP && cert.attest == NULL, "attest: no TPM2_Certify on a token: %s",
+	     cimd_strerror(r));
+	r = ks_key_tpm_public(ak, &pub, &pub_len);
+	t_ok(r == -ENOTSUP && pub == NULL, "attest: no TPMT_PUBLIC for a token key: %s",
+	     cimd_strerror(r));
+	check_evidence(ks, ak, "AK");
+	if (t_ok(key_store_generate(ks, CIMD_ALG_PS256, NULL, &key) == 0, "attest: a PS256 key"))
+		check_evidence(ks, key, "PS256");
+	/* A lost session: the evidence call reopens it, as the others do. */
+	close_all_sessions();
+	check_evidence(ks, ak, "after a lost session");
+out:
+	free(pub);
+	ks_refs_free(&refs, nrefs);
+	if (ks != NULL && key != NULL)
+		key_store_destroy(ks, &key);
+	if (ks != NULL && ak != NULL)
+		key_store_destroy(ks, &ak);
+	ks_key_free(&key);
+	ks_key_free(&ak2);
+	ks_key_free(&ak);
+	key_store_free(&ks);
+}
+
 int main(void)
 {
 	struct t_softhsm h;
@@ -250,6 +362,7 @@ int main(void)
 	t_keystore_roundtrip(h.conf, CIMD_ALG_PS256);
 	t_keystore_batch(h.conf);
 	test_attributes(&h);
+	test_attest(&h);
 	test_errors(&h);
 	test_exclusive(&h);
 	test_session_recovery(&h);

@@ -12,6 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
 #include "harness.h"
 
 static void test_errors(const struct t_swtpm *s)
@@ -205,6 +209,202 @@ out:
 	key_store_free(&ks);
 }
 
+/* ES256 raw r||s over data, checked by OpenSSL itself (not by our verifier). */
+static int ossl_verify_es256(const json_t *jwk, const uint8_t *data, size_t len, const uint8_t *sig,
+			     size_t sig_len)
+{
+	EVP_PKEY *pk = NULL;
+	EVP_MD_CTX *m = NULL;
+	uint8_t *der = NULL;
+	size_t dern;
+	int ok = 0;
+
+	if (sig_len != 64 || jwk_to_evp(jwk, &pk) < 0 ||
+	    ecdsa_raw_to_der(sig, 32, &der, &dern) < 0 || (m = EVP_MD_CTX_new()) == NULL)
+		goto out;
+	ok = EVP_DigestVerifyInit(m, NULL, EVP_sha256(), NULL, pk) == 1 &&
+	     EVP_DigestVerify(m, der, dern, data, len) == 1;
+out:
+	EVP_MD_CTX_free(m);
+	EVP_PKEY_free(pk);
+	free(der);
+	return ok;
+}
+
+/* Signs msg with key and verifies the signature against the key's JWK. */
+static int sign_verifies(struct key_store *ks, struct ks_key *key, const uint8_t *msg, size_t len)
+{
+	uint8_t sig[CIMD_SIG_MAX];
+	json_t *jwk = ks_key_jwk(key);
+	size_t n;
+	int r;
+
+	r = key_store_sign(ks, key, msg, len, sig, &n);
+	if (r == 0)
+		r = jws_verify_signature(jwk, ks_key_alg(key), msg, len, sig, n);
+	json_decref(jwk);
+	return r;
+}
+
+/* One client key certified by the AK; every claim of the evidence checked with
+ * OpenSSL against what the TPM 2.0 spec says it holds. */
+static void certify_one(struct key_store *ks, struct ks_key *ak, enum cimd_alg alg)
+{
+	static const uint8_t magic_certify[] = {0xff, 0x54, 0x43, 0x47, 0x80, 0x17};
+	const char *name = cimd_alg_name(alg);
+	struct ks_key *key = NULL;
+	struct ks_certify cert = {0};
+	json_t *akjwk = ks_key_jwk(ak);
+	uint8_t q[32], nm[2 + SHA256_DIGEST_LENGTH], *pub = NULL;
+	size_t pub_len = 0;
+	int r;
+
+	RAND_bytes(q, sizeof(q));
+	r = key_store_generate(ks, alg, NULL, &key);
+	if (!t_ok(r == 0 && ks_key_restricted(key) == 0, "certify %s: unrestricted client key",
+		  name))
+		goto out;
+	/* The client key is the loaded one: certify must load the AK beside it. */
+	t_ok(sign_verifies(ks, key, (const uint8_t *)"before", 6) == 0, "certify %s: key signs",
+	     name);
+	r = key_store_certify(ks, ak, key, q, sizeof(q), &cert);
+	if (!t_ok(r == 0, "certify %s: TPM2_Certify by the AK (%s)", name,
+		  r < 0 ? key_store_errmsg(ks) : "ok"))
+		goto out;
+	t_ok(cert.sig_len == 64 &&
+		 ossl_verify_es256(akjwk, cert.attest, cert.attest_len, cert.sig, cert.sig_len),
+	     "certify %s: OpenSSL verifies the AK's signature over SHA-256(TPMS_ATTEST)", name);
+	/* Part 2 §10.12.12: magic TPM_GENERATED_VALUE, type TPM_ST_ATTEST_CERTIFY. */
+	t_ok(cert.attest_len > sizeof(magic_certify) &&
+		 memcmp(cert.attest, magic_certify, sizeof(magic_certify)) == 0,
+	     "certify %s: attest begins ff544347 8017", name);
+	t_ok(memmem(cert.attest, cert.attest_len, q, sizeof(q)) != NULL,
+	     "certify %s: attest holds the qualifying data", name);
+	/* Part 1 §16: name = nameAlg || H(TPMT_PUBLIC). */
+	nm[0] = 0x00, nm[1] = 0x0b;
+	SHA256(cert.pub, cert.pub_len, nm + 2);
+	t_ok(cert.pub_len > 8 && memmem(cert.attest, cert.attest_len, nm, sizeof(nm)) != NULL,
+	     "certify %s: attest holds the name 000b || SHA-256(TPMT_PUBLIC)", name);
+	r = ks_key_tpm_public(key, &pub, &pub_len);
+	t_ok(r == 0 && pub_len == cert.pub_len && memcmp(pub, cert.pub, pub_len) == 0,
+	     "certify %s: ks_key_tpm_public equals the certified TPMT_PUBLIC", name);
+	/* TPMT_PUBLIC: type, nameAlg, then objectAttributes big-endian in bytes
+	 * 4..7 (Part 2 §8.3.2): fixedTPM bit 1, restricted bit 16, sign bit 18. */
+	t_ok(pub != NULL && (pub[5] & 0x01) == 0 && (pub[7] & 0x02) != 0,
+	     "certify %s: the certified key is fixedTPM and not restricted", name);
+	t_ok(sign_verifies(ks, key, (const uint8_t *)"after", 5) == 0 &&
+		 sign_verifies(ks, ak, (const uint8_t *)"after certify", 13) == 0,
+	     "certify %s: key and AK both sign afterwards", name);
+	ks_certify_clear(&cert);
+	t_ok(cert.attest == NULL && cert.pub == NULL && cert.sig_len == 0,
+	     "certify %s: ks_certify_clear empties the result", name);
+	ks_certify_clear(&cert);
+out:
+	free(pub);
+	ks_certify_clear(&cert);
+	json_decref(akjwk);
+	if (key != NULL)
+		key_store_destroy(ks, &key);
+	ks_key_free(&key);
+}
+
+/* Attestation keys: a restricted AK that signs through the TPM's hash sequence,
+ * reloads from its reference, refuses TPM_GENERATED_VALUE, and certifies client
+ * keys of every algorithm. */
+static void test_attest(const struct t_swtpm *s)
+{
+	static const uint8_t generated[] = {0xff, 0x54, 0x43, 0x47, 0x00, 0x01, 'x'};
+	static const char msg[] = "{\"iss\":\"https://keys.example.com/appliance\"}";
+	struct key_store *ks = NULL;
+	struct ks_key *ak = NULL, *ak2 = NULL, *key = NULL;
+	struct ks_certify cert = {0};
+	struct ks_p11_evidence ev;
+	uint8_t sig[CIMD_SIG_MAX], big[3000], q[65] = {0}, *pub = NULL;
+	const uint8_t *ref;
+	size_t ref_len, n, pub_len, i;
+	char err[256];
+	int r;
+
+	if (!t_ok(key_store_open(s->conf, &ks, err, sizeof(err)) == 0, "attest: key store (%s)",
+		  err))
+		goto out;
+	r = key_store_generate_attest(ks, "ak", &ak);
+	if (!t_ok(r == 0, "attest: AK generated (%s)", r < 0 ? key_store_errmsg(ks) : "ok"))
+		goto out;
+	t_ok(ks_key_restricted(ak) == 1 && ks_key_alg(ak) == CIMD_ALG_ES256,
+	     "attest: the AK is a restricted ES256 key");
+	r = ks_key_tpm_public(ak, &pub, &pub_len);
+	t_ok(r == 0 && pub_len > 8 && (pub[5] & 0x01) != 0 && (pub[5] & 0x04) != 0,
+	     "attest: the AK's TPMT_PUBLIC has restricted and sign");
+	r = sign_verifies(ks, ak, (const uint8_t *)msg, strlen(msg));
+	t_ok(r == 0, "attest: the AK signs through a hash sequence and ticket (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	for (i = 0; i < sizeof(big); i++)
+		big[i] = (uint8_t)(i * 7 + 1);
+	r = sign_verifies(ks, ak, big, sizeof(big));
+	t_ok(r == 0, "attest: a %zu-byte message in 1024-byte sequence updates (%s)", sizeof(big),
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	r = sign_verifies(ks, ak, big, 2048);
+	t_ok(r == 0, "attest: a message of exactly two blocks (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	ks_key_ref(ak, &ref, &ref_len);
+	r = key_store_load(ks, CIMD_ALG_ES256, ref, ref_len, &ak2);
+	t_ok(r == 0 && ks_key_restricted(ak2) == 1 && strcmp(ks_key_kid(ak), ks_key_kid(ak2)) == 0,
+	     "attest: the AK loads again from its reference (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	r = ak2 != NULL ? sign_verifies(ks, ak2, (const uint8_t *)msg, strlen(msg)) : -1;
+	t_ok(r == 0, "attest: the reloaded AK signs (%s)", r < 0 ? key_store_errmsg(ks) : "ok");
+	r = key_store_load(ks, CIMD_ALG_ES384, ref, ref_len, &key);
+	t_ok(r == -CIMD_EALG, "attest: the AK is not an ES384 key: %s", cimd_strerror(r));
+	r = key_store_sign(ks, ak, generated, sizeof(generated), sig, &n);
+	t_ok(r == -CIMD_EVERIFY, "attest: a message beginning ff544347 is refused: %s (%s)",
+	     cimd_strerror(r), key_store_errmsg(ks));
+	r = key_store_sign(ks, ak, (const uint8_t *)"abc", 3, sig, &n);
+	t_ok(r == -CIMD_EVERIFY, "attest: a message shorter than 4 bytes is refused: %s",
+	     cimd_strerror(r));
+	t_ok(sign_verifies(ks, ak, (const uint8_t *)"abcd", 4) == 0,
+	     "attest: a 4-byte message is signed");
+
+	certify_one(ks, ak, CIMD_ALG_ES256);
+	certify_one(ks, ak, CIMD_ALG_ES384);
+	certify_one(ks, ak, CIMD_ALG_PS256);
+
+	if (!t_ok(key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0, "attest: a client key"))
+		goto out;
+	r = key_store_certify(ks, key, ak, q, 32, &cert);
+	t_ok(r == -CIMD_EALG, "attest: an unrestricted key does not certify: %s", cimd_strerror(r));
+	r = key_store_certify(ks, ak, key, q, sizeof(q), &cert);
+	t_ok(r == -EINVAL, "attest: 65 bytes of qualifying data are refused: %s", cimd_strerror(r));
+	r = key_store_certify(ks, ak, key, NULL, 0, &cert);
+	t_ok(r == 0 && cert.attest_len > 0, "attest: certify without qualifying data (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	ks_certify_clear(&cert);
+	r = key_store_certify(ks, ak, ak2, q, 32, &cert);
+	t_ok(r == 0, "attest: the AK certifies itself (%s)", r < 0 ? key_store_errmsg(ks) : "ok");
+	ks_certify_clear(&cert);
+	r = key_store_p11_evidence(ks, key, &ev);
+	t_ok(r == -ENOTSUP, "attest: no PKCS#11 evidence on a TPM: %s", cimd_strerror(r));
+
+	/* Our objects flushed behind our back: certify and AK signing reconnect. */
+	t_sh("TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=%d' tpm2_flushcontext -t", s->port);
+	r = key_store_certify(ks, ak, key, q, 32, &cert);
+	t_ok(r == 0, "attest: certify after a flush of every transient object (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	ks_certify_clear(&cert);
+	t_sh("TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=%d' tpm2_flushcontext -t", s->port);
+	r = sign_verifies(ks, ak, (const uint8_t *)msg, strlen(msg));
+	t_ok(r == 0, "attest: AK signing after a flush (%s)", r < 0 ? key_store_errmsg(ks) : "ok");
+out:
+	free(pub);
+	ks_certify_clear(&cert);
+	if (ks != NULL && key != NULL)
+		key_store_destroy(ks, &key);
+	ks_key_free(&key);
+	ks_key_free(&ak2);
+	ks_key_free(&ak);
+	key_store_free(&ks);
+}
+
 int main(void)
 {
 	struct t_swtpm s;
@@ -218,6 +418,7 @@ int main(void)
 	t_keystore_roundtrip(s.conf, CIMD_ALG_ES384);
 	t_keystore_roundtrip(s.conf, CIMD_ALG_PS256);
 	t_keystore_batch(s.conf);
+	test_attest(&s);
 	test_errors(&s);
 	test_stale_handles(&s);
 	test_deadline_covers_lock(&s);
