@@ -270,6 +270,23 @@ int tpm2_verify_certify(const uint8_t *attest, size_t attest_len, const uint8_t 
  * is restricted; for checking an AK published with its TPMT_PUBLIC. */
 int tpm2_public_jwk(const uint8_t *pub, size_t pub_len, json_t **ret_jwk, int *ret_restricted);
 
+/* The TPM2_Certify qualifyingData binding a client key to one client and one
+ * document (attest_fmt.c, docs/attestation.md). */
+int attest_binding(const char *client_id, const char *cimd_hex, const char *kid,
+		   uint8_t ret[32]);
+/*
+ * Verifies an attestation or revocation envelope offline (docs/attestation.md,
+ * "Verification"): the DSSE signature by a key of trust (the appliance's
+ * attestation-keys.json), the statement, the subjects against the given
+ * document and JWKS bytes (either may be NULL: not checked), and every key's
+ * hardware evidence.  Each check is reported as it is made; 0 when all held,
+ * -CIMD_EVERIFY when one did not.
+ */
+typedef void (*attest_report_fn)(void *arg, int ok, const char *check, const char *detail);
+int attest_verify(const char *envelope, size_t len, const json_t *trust, const uint8_t *doc,
+		  size_t doc_len, const uint8_t *jwks, size_t jwks_len, attest_report_fn report,
+		  void *arg);
+
 /* ---- JWS compact serialisation, RFC 7515 §7.1 ---- */
 
 /* Signs payload with key; the protected header is {"alg","kid"} of the key plus
