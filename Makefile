@@ -128,7 +128,21 @@ run: deps
 
 PREFIX    ?= /usr/local
 LIBDIR    ?= $(PREFIX)/lib
+# /etc for a system installation (PREFIX=/usr), PREFIX/etc otherwise.
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+# systemd reads units, sysusers.d and tmpfiles.d from /usr/lib and /usr/local/lib alike.
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+DOCDIR    ?= $(PREFIX)/share/doc/cimdd
+# dist/ names /usr/bin/cimdd and /etc/cimdd; this makes them the installation's own.
+DIST_SED  := sed -e 's|/usr/bin/|$(PREFIX)/bin/|g' -e 's|/etc/cimdd|$(SYSCONFDIR)/cimdd|g'
+.PHONY: install-files
 install: all
+	@$(MAKE) --no-print-directory install-files
+
+# Installs what is built, without building (tests/test_install.c runs it).
+install-files:
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
 		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8 \
 		$(DESTDIR)$(PREFIX)/include $(DESTDIR)$(LIBDIR)/pkgconfig
@@ -145,6 +159,15 @@ install: all
 	install -m 0644 docs/man/cimdctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 0644 docs/man/cimdd.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/
 	install -m 0644 docs/man/cimdd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+		$(DESTDIR)$(DOCDIR)
+	$(DIST_SED) dist/systemd/cimdd.service > $(DESTDIR)$(UNITDIR)/cimdd.service
+	$(DIST_SED) dist/sysusers.d/cimdd.conf > $(DESTDIR)$(SYSUSERSDIR)/cimdd.conf
+	$(DIST_SED) dist/tmpfiles.d/cimdd.conf > $(DESTDIR)$(TMPFILESDIR)/cimdd.conf
+	$(DIST_SED) dist/cimdd.conf.example > $(DESTDIR)$(DOCDIR)/cimdd.conf.example
+	chmod 0644 $(DESTDIR)$(UNITDIR)/cimdd.service $(DESTDIR)$(SYSUSERSDIR)/cimdd.conf \
+		$(DESTDIR)$(TMPFILESDIR)/cimdd.conf $(DESTDIR)$(DOCDIR)/cimdd.conf.example \
+		$(DESTDIR)$(LIBDIR)/pkgconfig/libcimd.pc
 
 format:
 	clang-format -i $(shell git ls-files '*.c' '*.h')
