@@ -659,10 +659,19 @@ static void test_rotation(void)
 	t_ok(bad == 0 && kid2[0] && strcmp(kid2, old) != 0,
 	     "after revocation with --replace: the replacement signs (%d failures)", bad);
 	t_ok(db_count("SELECT count(*) FROM journal j, journal r WHERE j.kind = 'assertion.issue' "
-		      "AND r.kind = 'key.revoke' AND json_extract(r.record, '$.kid') = ?1 AND "
+		      "AND r.kind = 'key.state' AND json_extract(r.record, '$.to') = 'revoked' AND "
+		      "json_extract(r.record, '$.kid') = ?1 AND "
 		      "json_extract(j.record, '$.kid') = ?1 AND j.seq > r.seq",
 		      old) == 0,
 	     "no assertion by the revoked key is journaled after its revocation");
+	t_ok(db_count("SELECT count(*) FROM journal WHERE kind = 'key.state' AND "
+		      "json_extract(record, '$.to') = 'revoked' AND "
+		      "json_extract(record, '$.kid') = ?1",
+		      old) == 1 &&
+		 db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.issue' AND "
+			  "json_extract(record, '$.kid') = ?1",
+			  old) > 0,
+	     "(the revocation is a journal record, and that key did sign before it)");
 	verify("local", 60, path, out, sizeof(out));
 	t_ok(json_num(out, "verified") == k && json_num(out, "failed") == 0,
 	     "each of %d assertions verifies against the JWKS published when it was issued (%s)", k,

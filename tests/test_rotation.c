@@ -1,0 +1,367 @@
+/*
+ * test_rotation.c — rotation under load: two clients sign continuously while
+ * the scheduler rotates their keys every 2 s (jwks_max_age 1 s) and an operator
+ * revokes three active keys; a verifier that caches each JWKS exactly as its
+ * Cache-Control allows, and refetches once on an unknown kid, checks every
+ * assertion.  Zero may fail, except those signed by a revoked key and checked
+ * after the JWKS without it was published — and those must fail.  On SoftHSM2
+ * (the TPM's lifecycle is the same code; test_crash.c and test_sign.c cover it).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "cimd.h"
+#include "harness.h"
+#include "service.h"
+
+static struct t_daemon dm;
+static struct t_softhsm hsm;
+static char dir[256], db[700], base[64], ca[600], ctl_bin[700], sign_sock[700];
+static const char aud[] = "https://as.example.com/token";
+static const char *const names[2] = {"agent-a", "agent-b"};
+
+#define ROTATIONS 20
+#define REVOCATIONS 3
+
+static const char conf_text[] = "state_dir = %s/state\n"
+				"base_url = %s\n"
+				"backend = %s\n"
+				"admin_socket = %s/admin.sock\n"
+				"sign_socket = %s/sign.sock\n"
+				"jwks_max_age = 1\n"
+				"cimd_max_age = 1\n"
+				"assertion_default_ttl = 1\n"
+				"assertion_max_ttl = 1\n"
+				"clock_skew = 0\n"
+				"destroy_delay = 1\n"
+				"rotate_every = 2\n"
+				"two_person_rule = no\n"
+				"operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
+				"listen = %s\n"
+				"tls_cert = %s/tls.crt\n"
+				"tls_key = %s/tls.key\n";
+
+static int ctl(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int ctl(char *out, size_t len, const char *fmt, ...)
+{
+	char args[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof(args), fmt, ap);
+	va_end(ap);
+	return t_sh_out(out, len, "%s -s %s/admin.sock %s 2>&1", ctl_bin, dir, args);
+}
+
+/* ---- assertions in flight from the signers to the verifier ---- */
+
+struct item {
+	struct item *next;
+	int client;
+	char *jwt;
+	char kid[64];
+};
+
+static pthread_mutex_t q_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_cv = PTHREAD_COND_INITIALIZER;
+static struct item *q_head, **q_tail = &q_head;
+static volatile int stop;
+static long signed_n[2];
+
+static void *signer_main(void *arg)
+{
+	int client = (int)(long)arg;
+	char cid[256];
+	struct cimd *c = NULL;
+	struct cimd_info info;
+	struct item *it;
+	char *jwt;
+
+	snprintf(cid, sizeof(cid), "%s/clients/%s", base, names[client]);
+	while (!stop) {
+		if (c == NULL && cimd_open(sign_sock, &c) != CIMD_OK) {
+			cimd_close(&c);
+			usleep(10000);
+			continue;
+		}
+		jwt = NULL;
+		if (cimd_assert(c, cid, aud, 0, &jwt, &info) != CIMD_OK) {
+			usleep(1000);
+			continue;
+		}
+		if ((it = calloc(1, sizeof(*it))) == NULL) {
+			free(jwt);
+			continue;
+		}
+		it->client = client;
+		it->jwt = jwt;
+		snprintf(it->kid, sizeof(it->kid), "%s", info.kid);
+		signed_n[client]++;
+		pthread_mutex_lock(&q_mu);
+		*q_tail = it;
+		q_tail = &it->next;
+		pthread_cond_signal(&q_cv);
+		pthread_mutex_unlock(&q_mu);
+		usleep(2000); /* about 500 a second per client: load, not a flood */
+	}
+	cimd_close(&c);
+	return NULL;
+}
+
+/* ---- the verifier: an authorization server's JWKS cache ---- */
+
+struct cache {
+	json_t *jwks;
+	double expires; /* ms, from Cache-Control max-age */
+	int fetches;
+};
+
+static int fetch_jwks(int client, struct cache *c)
+{
+	char out[65536], hdr[700], body[700], *p;
+	long max_age = 0;
+	FILE *f;
+
+	snprintf(hdr, sizeof(hdr), "%s/h-%d.txt", dir, client);
+	snprintf(body, sizeof(body), "%s/b-%d.json", dir, client);
+	if (t_sh_out(out, sizeof(out),
+		     "curl -s --max-time 5 --cacert %s -D %s -o %s %s/clients/%s/jwks.json", ca,
+		     hdr, body, base, names[client]) != 0)
+		return -1;
+	if ((f = fopen(hdr, "r")) != NULL) {
+		size_t n = fread(out, 1, sizeof(out) - 1, f);
+
+		out[n] = '\0';
+		fclose(f);
+		if ((p = strstr(out, "max-age=")) != NULL)
+			max_age = strtol(p + 8, NULL, 10);
+	}
+	json_decref(c->jwks);
+	c->jwks = json_load_file(body, 0, NULL);
+	c->expires = t_now_ms() + (double)max_age * 1000;
+	c->fetches++;
+	return c->jwks != NULL ? 0 : -1;
+}
+
+static const json_t *find_kid(const json_t *jwks, const char *kid)
+{
+	const json_t *k;
+	size_t i;
+
+	json_array_foreach(json_object_get(jwks, "keys"), i,
+			   k) if (strcmp(json_string_value(json_object_get(k, "kid")), kid) ==
+				  0) return k;
+	return NULL;
+}
+
+static int revoked(const char *kid)
+{
+	sqlite3 *h = NULL;
+	sqlite3_stmt *s;
+	int r = 0;
+
+	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(h, "SELECT 1 FROM keys WHERE kid = ? AND state = 'revoked'", -1, &s,
+			       NULL) == SQLITE_OK) {
+		sqlite3_busy_timeout(h, 5000);
+		sqlite3_bind_text(s, 1, kid, -1, SQLITE_STATIC);
+		r = sqlite3_step(s) == SQLITE_ROW;
+		sqlite3_finalize(s);
+	}
+	sqlite3_close(h);
+	return r;
+}
+
+static long verified, failed_bad, failed_revoked, revoked_ok;
+static char first_bad[256];
+
+static void *verifier_main(void *arg)
+{
+	struct cache cache[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
+	const json_t *jwk;
+	struct item *it;
+	uint8_t *payload;
+	size_t plen;
+	int ok;
+
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&q_mu);
+		while (q_head == NULL && !stop)
+			pthread_cond_wait(&q_cv, &q_mu);
+		if ((it = q_head) != NULL && (q_head = it->next) == NULL)
+			q_tail = &q_head;
+		pthread_mutex_unlock(&q_mu);
+		if (it == NULL)
+			break;
+		struct cache *c = &cache[it->client];
+		/* As Cache-Control allows, and once more on an unknown kid. */
+		if (c->jwks == NULL || t_now_ms() >= c->expires)
+			fetch_jwks(it->client, c);
+		if (find_kid(c->jwks, it->kid) == NULL)
+			fetch_jwks(it->client, c);
+		jwk = find_kid(c->jwks, it->kid);
+		payload = NULL;
+		ok = jwk != NULL && jws_verify(it->jwt, jwk, NULL, &payload, &plen) == 0;
+		free(payload);
+		if (ok && revoked(it->kid) && jwk == NULL)
+			revoked_ok++; /* cannot happen: no JWK, no verification */
+		if (ok) {
+			verified++;
+		} else if (revoked(it->kid) && jwk == NULL) {
+			failed_revoked++; /* the JWKS without it was published: must fail */
+		} else {
+			if (!failed_bad++)
+				snprintf(first_bad, sizeof(first_bad), "%s kid %s: %s",
+					 names[it->client], it->kid,
+					 jwk ? "bad signature" : "kid not in the fresh JWKS");
+		}
+		free(it->jwt);
+		free(it);
+	}
+	printf("# verifier fetched the JWKS %d and %d times\n", cache[0].fetches, cache[1].fetches);
+	json_decref(cache[0].jwks);
+	json_decref(cache[1].jwks);
+	return NULL;
+}
+
+static long count(const char *sql)
+{
+	sqlite3 *h = NULL;
+	sqlite3_stmt *s;
+	long n = -1;
+
+	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(h, sql, -1, &s, NULL) == SQLITE_OK) {
+		sqlite3_busy_timeout(h, 5000);
+		if (sqlite3_step(s) == SQLITE_ROW)
+			n = sqlite3_column_int64(s, 0);
+		sqlite3_finalize(s);
+	}
+	sqlite3_close(h);
+	return n;
+}
+
+int main(void)
+{
+	char src[700], conf[4096], path[700], out[8192], kid[64];
+	pthread_t sig[2], ver;
+	long rotations = 0;
+	int n, rc, i, revocations = 0;
+	double t0;
+
+	signal(SIGPIPE, SIG_IGN);
+	snprintf(ctl_bin, sizeof(ctl_bin), "%s", t_bin("cimdctl", src, sizeof(src)));
+	if (!t_ok(t_softhsm_init(&hsm, "rotation", "654321") == 0, "SoftHSM2 token"))
+		return t_done();
+	snprintf(dir, sizeof(dir), "%s/run", t_tmpdir());
+	mkdir(dir, 0700);
+	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
+	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
+	snprintf(dm.sock, sizeof(dm.sock), "%s/admin.sock", dir);
+	snprintf(sign_sock, sizeof(sign_sock), "%s/sign.sock", dir);
+	snprintf(db, sizeof(db), "%s/state/cimdd.db", dir);
+	snprintf(base, sizeof(base), "https://127.0.0.1:%d", dev_free_port_pair());
+	snprintf(ca, sizeof(ca), "%s/tls.crt", dir);
+	t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
+	     "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
+	     "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
+	     dir, dir);
+	n = snprintf(conf, sizeof(conf), conf_text, dir, base, hsm.conf, dir, dir, (int)geteuid(),
+		     base + 8, dir, dir);
+	t_write_file(dm.conf, conf, (size_t)n);
+	rc = t_daemon_start(&dm);
+	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc)))
+		return t_done();
+	snprintf(path, sizeof(path), "%s/doc.json", dir);
+	{
+		static const char doc[] = "{\"client_name\":\"Agent\",\"grant_types\":"
+					  "[\"client_credentials\"],\"response_types\":[]}\n";
+
+		t_write_file(path, doc, strlen(doc));
+	}
+	for (i = 0, rc = 0; i < 2 && rc == 0; i++) {
+		rc = ctl(out, sizeof(out), "client add %s --owner team --metadata %s", names[i],
+			 path);
+		if (rc == 0)
+			rc = ctl(out, sizeof(out), "doc approve %s 1", names[i]);
+		if (rc == 0)
+			rc = ctl(out, sizeof(out), "client allow %s --uid %d", names[i],
+				 (int)geteuid());
+		if (rc == 0)
+			rc = ctl(out, sizeof(out), "client audience %s --add %s", names[i], aud);
+	}
+	if (!t_ok(rc == 0, "two clients, allowed, with an audience"))
+		return t_done();
+	pthread_create(&ver, NULL, verifier_main, NULL);
+	pthread_create(&sig[0], NULL, signer_main, (void *)0L);
+	pthread_create(&sig[1], NULL, signer_main, (void *)1L);
+	/* Until agent-a has been rotated 20 times by the scheduler, revoking its
+	 * active key three times along the way. */
+	t0 = t_now_ms();
+	while (t_now_ms() - t0 < 120000) {
+		rotations = count("SELECT count(*) FROM journal WHERE kind = 'key.state' AND "
+				  "json_extract(record, '$.to') = 'active' AND "
+				  "json_extract(record, '$.client') = 'agent-a' AND "
+				  "json_extract(record, '$.actor') = "
+				  "'scheduler'");
+		if (rotations >= ROTATIONS)
+			break;
+		if (revocations < REVOCATIONS && rotations >= 4 + 5 * revocations) {
+			if (ctl(out, sizeof(out), "key list agent-a") == 0) {
+				char *p = strstr(out, " active");
+
+				while (p != NULL && p > out && p[-1] != '\n')
+					p--;
+				if (p != NULL && sscanf(p, "%63s", kid) == 1 &&
+				    ctl(out, sizeof(out),
+					"key revoke agent-a %s --reason rotation-test --replace",
+					kid) == 0)
+					revocations++;
+			}
+		}
+		usleep(200 * 1000);
+	}
+	stop = 1;
+	pthread_join(sig[0], NULL);
+	pthread_join(sig[1], NULL);
+	pthread_mutex_lock(&q_mu);
+	pthread_cond_broadcast(&q_cv);
+	pthread_mutex_unlock(&q_mu);
+	pthread_join(ver, NULL);
+	t_ok(rotations >= ROTATIONS, "%ld scheduled rotations of agent-a in %.0f s", rotations,
+	     (t_now_ms() - t0) / 1000);
+	t_ok(revocations == REVOCATIONS, "%d revocations of its active key along the way",
+	     revocations);
+	t_ok(signed_n[0] > 1000 && signed_n[1] > 1000, "assertions signed: %ld and %ld",
+	     signed_n[0], signed_n[1]);
+	t_ok(failed_bad == 0,
+	     "every assertion verifies with a JWKS cached as Cache-Control allows: %ld verified, "
+	     "%ld failed%s%s",
+	     verified, failed_bad, failed_bad ? ": " : "", first_bad);
+	t_ok(revoked_ok == 0,
+	     "%ld assertions by a revoked key checked after its revocation was published: all "
+	     "failed",
+	     failed_revoked);
+	t_ok(count("SELECT count(*) FROM journal j, journal r WHERE j.kind = 'assertion.issue' "
+		   "AND r.kind = 'key.state' AND json_extract(r.record, '$.to') = 'revoked' AND "
+		   "json_extract(r.record, '$.kid') = "
+		   "json_extract(j.record, '$.kid') AND j.seq > r.seq") == 0,
+	     "no assertion was issued by a key after its revocation");
+	t_ok(count("SELECT count(*) FROM journal WHERE kind = 'key.state' AND "
+		   "json_extract(record, '$.to') = 'revoked'") == REVOCATIONS,
+	     "(the %d revocations are journal records)", REVOCATIONS);
+	t_ok(t_sh("%s -s %s/admin.sock journal verify >/dev/null", ctl_bin, dir) == 0,
+	     "the journal verifies");
+	t_ok(t_daemon_stop(&dm, SIGTERM) == 0, "cimdd stops cleanly");
+	return t_done();
+}
