@@ -527,6 +527,8 @@ enum admin_err keys_revoke(struct admin_req *q)
 				 "activate one",
 				 cimd_strerror(r));
 	}
+	/* Revoking the key that went missing is how a degraded client recovers. */
+	keys_recheck_degraded(q->d, ci.name, q->op->name);
 	q->result = json_pack("{sssssssb}", "kid", kid, "state", "revoked", "replacement",
 			      newkid[0] ? newkid : "", "client_has_active_key",
 			      count_keys(q->d->st, ci.name, "state = 'active'") > 0);
@@ -698,6 +700,54 @@ static void reconcile_record(struct cimdd *d, const char *client, const char *ki
 }
 
 /* Keys the database holds: each must be in its hardware. */
+/* A degraded client whose published keys (next, active, retiring) are all in
+ * the hardware again — the missing ones revoked and replaced, or the token
+ * back — is no longer degraded.  1 cleared, 0 still degraded, < 0 error. */
+int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor)
+{
+	struct ks_key *key = NULL;
+	struct key_store *ks;
+	sqlite3_stmt *s = NULL;
+	json_t *f;
+	int rc, r = 1;
+
+	if (store_query(d->st, &s,
+			"SELECT k.backend, k.alg, k.ref FROM keys k JOIN clients c ON c.name = "
+			"k.client WHERE c.name = ? AND c.degraded = 1 AND k.state IN ('next', "
+			"'active', 'retiring')",
+			"s", client) < 0)
+		return -EIO;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW && r == 1) {
+		if ((ks = cimdd_key_store(d, (const char *)sqlite3_column_text(s, 0))) == NULL ||
+		    key_store_load(ks, cimd_alg_from_name((const char *)sqlite3_column_text(s, 1)),
+				   sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2),
+				   &key) < 0)
+			r = 0;
+		ks_key_free(&key);
+	}
+	sqlite3_finalize(s);
+	if (r == 0)
+		return 0;
+	if ((f = json_pack("{ssss}", "client", client, "reason",
+			   "every published key is in the hardware")) == NULL)
+		return -ENOMEM;
+	if (store_begin(d->st) < 0 ||
+	    (rc = store_exec(d->st,
+			     "UPDATE clients SET degraded = 0 WHERE name = ? AND degraded = 1", "s",
+			     client)) < 0 ||
+	    (rc == 1 && journal_append(d->st, "client.restored", actor, f, NULL) < 0) ||
+	    store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		json_decref(f);
+		return -EIO;
+	}
+	json_decref(f);
+	if (rc == 1)
+		log_info("client %s is no longer degraded: every published key is in the hardware",
+			 client);
+	return rc == 1;
+}
+
 static int reconcile_rows(struct cimdd *d)
 {
 	struct row {
@@ -773,6 +823,21 @@ static int reconcile_rows(struct cimdd *d)
 			store_rollback(d->st);
 	}
 	free(k);
+	/* Degraded clients whose keys are all there again are restored. */
+	if (store_query(d->st, &s, "SELECT name FROM clients WHERE degraded = 1", "") == 0) {
+		char(*names)[CIMD_NAME_MAX + 1] = NULL, (*nn)[CIMD_NAME_MAX + 1];
+		size_t m = 0;
+
+		while (sqlite3_step(s) == SQLITE_ROW &&
+		       (nn = realloc(names, (m + 1) * sizeof(*names))) != NULL) {
+			names = nn;
+			snprintf(names[m++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
+		}
+		sqlite3_finalize(s);
+		for (i = 0; i < m; i++)
+			keys_recheck_degraded(d, names[i], "cimdd");
+		free(names);
+	}
 	return missing;
 }
 
@@ -816,8 +881,9 @@ static int reconcile_hardware(struct cimdd *d)
 			/* The appliance's attestation keys are known too (attest.c). */
 			if (state[0] == '\0' &&
 			    store_query(d->st, &s,
-					"SELECT 1 FROM attest_keys WHERE backend = ? AND ref = ?", "sb",
-					d->cfg->backends[b].name, refs[i].ref, refs[i].len) == 0) {
+					"SELECT 1 FROM attest_keys WHERE backend = ? AND ref = ?",
+					"sb", d->cfg->backends[b].name, refs[i].ref,
+					refs[i].len) == 0) {
 				int known = sqlite3_step(s) == SQLITE_ROW;
 
 				sqlite3_finalize(s);

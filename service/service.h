@@ -123,6 +123,11 @@ struct cimd_config {
 /* Reads and checks a configuration file.  On failure errbuf holds
  * "FILE:LINE: reason" (or "FILE: reason") and nothing is returned. */
 int config_load(const char *path, struct cimd_config **ret_cfg, char *errbuf, size_t errlen);
+/* The same for a configuration already in memory (len bytes, no NUL inside),
+ * reported under label: everything config_load does after reading the file.
+ * No I/O but group lookups (admin_socket_group, sign_socket_group). */
+int config_parse(const char *label, const char *text, size_t len, struct cimd_config **ret_cfg,
+		 char *errbuf, size_t errlen);
 void config_free(struct cimd_config **cfg);
 /* The operator with this uid, or NULL. */
 const struct cimd_operator *config_operator(const struct cimd_config *cfg, uid_t uid);
@@ -280,6 +285,9 @@ int keys_tick(struct cimdd *d, time_t now);
 /* At start: every key the database holds must exist in its hardware; a missing
  * one is reported and its client marked degraded.  Returns how many are missing. */
 int keys_reconcile(struct cimdd *d);
+/* A degraded client whose published keys are all in the hardware again is
+ * restored (journal client.restored): 1 restored, 0 still degraded. */
+int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor);
 
 /* ---- publication (publish.c, publisher.c) ---- */
 
@@ -298,6 +306,26 @@ void publisher_check(struct cimdd *d, struct publisher *p);
 int publisher_publish(struct cimdd *d, struct publisher *p);
 /* `cimdd --publisher FD ...`: the publisher program. */
 int publisher_main(int argc, char **argv);
+/* What the publisher decides from a request before any lookup (publisher.c),
+ * pure functions of the request, fuzzed on their own.  The route a path counts
+ * under in the metrics: */
+enum pub_route {
+	PUB_ROUTE_DOCUMENT,
+	PUB_ROUTE_JWKS,
+	PUB_ROUTE_ATTESTATION,
+	PUB_ROUTE_HEALTHZ,
+	PUB_ROUTE_METRICS,
+	PUB_ROUTE_OTHER,
+	PUB_ROUTE_N
+};
+enum pub_route pub_route_of(const char *url);
+/* 0 when the path may be looked up, else the HTTP status that refuses it: 405
+ * for a method other than GET and HEAD, 400 for a body, 414 for a path longer
+ * than 1 KiB, 400 for a path that is not "/" then [A-Za-z0-9/._-] without ".."
+ * or "//" (so no '%': nothing is ever percent-decoded). */
+int pub_request_check(const char *method, const char *url, int has_body);
+/* If-None-Match (RFC 9110 §13.1.2) against a strong ETag: "*" or a list. */
+int pub_etag_matches(const char *if_none_match, const char *etag);
 
 /* ---- development instance (dev.c) ---- */
 
@@ -334,7 +362,22 @@ char *attest_keys_jwks(struct cimdd *d);
 enum admin_err attest_show(struct admin_req *q);
 enum admin_err attest_key_rotate(struct admin_req *q);
 
-/* ---- signing socket (signer.c) ---- */
+/* ---- signing socket (signer.c, sign_request.c) ---- */
+
+/* One request line, parsed and checked (sign_request.c): a JSON object with
+ * exactly op ("assert"), client_id and aud (strings) and optionally ttl (whole
+ * seconds, 1..max_ttl).  The strings point into json, which the request holds. */
+struct sign_request {
+	json_t *json;
+	const char *client_id;
+	const char *aud;
+	long ttl; /* 0: the request names none */
+};
+/* 0 and *ret_req filled (release with sign_request_clear), or -EINVAL with the
+ * reason the peer is told in msg.  No I/O, no state: fuzzed on its own. */
+int sign_request_parse(const char *line, size_t len, long max_ttl, struct sign_request *ret_req,
+		       char *msg, size_t msglen);
+void sign_request_clear(struct sign_request *req);
 
 struct signer;
 /* Opens sign.sock and starts its threads (io, one per backend, journal). */

@@ -841,6 +841,39 @@ static void test_missing_key(void)
 	}
 	rc = ctl(0, out, sizeof(out), "client list");
 	t_ok(strstr(out, "DEGRADED") != NULL, "and marks its client degraded, not dropped");
+	/* Recovery: the missing key revoked with a replacement; with every
+	 * published key in the hardware again the client is restored. */
+	{
+		char cmd[256], next[64] = "";
+
+		snprintf(cmd, sizeof(cmd), "key revoke agent-b %s --reason 'lost' --replace", kid);
+		rc = ctl(0, out, sizeof(out), cmd);
+		/* A next key made before the loss would also be published: gone too? */
+		if (db_kid("agent-b", "next", next) == 0 && hw_key(next, 0) != 0) {
+			snprintf(cmd, sizeof(cmd), "key revoke agent-b %s --reason 'lost'", next);
+			ctl(0, out, sizeof(out), cmd);
+		}
+		ctl(0, out, sizeof(out), "client list");
+		t_ok(rc == 0 && strstr(out, "DEGRADED") == NULL,
+		     "revoking the missing key with a replacement restores the client");
+		{
+			sqlite3 *h = NULL;
+			sqlite3_stmt *st = NULL;
+			int n = 0;
+
+			if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+			    sqlite3_prepare_v2(h,
+					       "SELECT count(*) FROM journal WHERE kind = "
+					       "'client.restored' AND "
+					       "json_extract(record, '$.client') = 'agent-b'",
+					       -1, &st, NULL) == SQLITE_OK &&
+			    sqlite3_step(st) == SQLITE_ROW)
+				n = sqlite3_column_int(st, 0);
+			sqlite3_finalize(st);
+			sqlite3_close(h);
+			t_ok(n == 1, "which is journaled (client.restored)");
+		}
+	}
 }
 
 static void suite(int tpm_mode)
