@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libp11.h>
@@ -62,6 +63,7 @@ struct p11 {
 	int have_sess;
 	struct p11_cached cache[P11_CACHE_MAX];
 	size_t ncache;
+	time_t reloaded; /* last full reload of the module (p11_reload) */
 };
 
 /* Return values we name in messages; stale: a fresh session and a fresh lookup
@@ -244,6 +246,35 @@ static int p11_reconnect(struct key_store *ks, struct p11 *p)
 	if ((r = p11_connect(ks, p)) < 0 && r != -CIMD_EPIN && r != -ENOMEM)
 		r = -CIMD_EUNAVAILABLE;
 	return r;
+}
+
+/*
+ * A key the caller knows exists is not found: the module's view of the token
+ * may be stale in a way no session can cure (SoftHSM2 keeps its object list
+ * in memory; a token store that went away and came back is read again only by
+ * C_Initialize).  Unloads the module (C_Finalize), loads it again and logs in:
+ * at most once per P11_RELOAD_SEC, so that a key that is really gone costs
+ * one reload, not one per call.  1 when it reloaded and the caller may retry.
+ */
+#define P11_RELOAD_SEC 2
+static int p11_reload(struct key_store *ks, struct p11 *p, int *r)
+{
+	time_t now = time(NULL);
+
+	if (*r != -CIMD_ENOKEY || now - p->reloaded < P11_RELOAD_SEC)
+		return 0;
+	p->reloaded = now;
+	p11_disconnect(p);
+	if (p->ctx != NULL) {
+		PKCS11_CTX_unload(p->ctx);
+		PKCS11_CTX_free(p->ctx);
+		p->ctx = NULL;
+		p->fl = NULL;
+	}
+	/* Gone token, missing module: the hardware is unavailable, not the key. */
+	if ((*r = p11_connect(ks, p)) < 0 && *r != -CIMD_EPIN && *r != -ENOMEM)
+		*r = -CIMD_EUNAVAILABLE;
+	return *r == 0;
 }
 
 static void p11_free(struct p11 *p)
@@ -778,6 +809,8 @@ static int p11_load(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 	r = p11_raw_load(ks, p, alg, ref, ref_len, ret_jwk);
 	if (p11_again(ks, p, &r))
 		r = p11_raw_load(ks, p, alg, ref, ref_len, ret_jwk);
+	if (p11_reload(ks, p, &r))
+		r = p11_raw_load(ks, p, alg, ref, ref_len, ret_jwk);
 	return p11_final(r);
 }
 
@@ -794,6 +827,8 @@ static int p11_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 		return r;
 	r = p11_sign_once(ks, p, alg, ref, ref_len, msg, len, ret_sig, ret_len);
 	if (p11_again(ks, p, &r))
+		r = p11_sign_once(ks, p, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+	if (p11_reload(ks, p, &r))
 		r = p11_sign_once(ks, p, alg, ref, ref_len, msg, len, ret_sig, ret_len);
 	return p11_final(r);
 }

@@ -78,8 +78,10 @@ static enum admin_err op_status(struct admin_req *q)
 	size_t i;
 
 	for (i = 0; i < c->n_backends; i++)
-		json_array_append_new(be, json_pack("{sssb}", "name", c->backends[i].name, "open",
-						    q->d->ks[i] != NULL));
+		json_array_append_new(be,
+				      json_pack("{sssbsb}", "name", c->backends[i].name, "open",
+						q->d->ks[i] != NULL, "answers",
+						q->d->ks[i] != NULL && q->d->backend_ok[i] != 0));
 	journal_head(q->d->st, &seq, head);
 	q->result = json_pack(
 	    "{sssssssssosbs{sIss}sIsIsIsI}", "version", CIMD_VERSION, "base_url", c->base_url,

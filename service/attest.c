@@ -200,20 +200,18 @@ static int evidence(struct key_store *ks, struct ks_key *ak, const char *alg, co
 	} else {
 		if ((r = key_store_p11_evidence(ks, key, &ev)) < 0)
 			goto out;
-		*ret = json_pack("{sssbs{ssssssss}s{soso soso so}}", "type", "pkcs11-attributes",
-				 "self_reported", 1, "token", "manufacturer", ev.manufacturer,
-				 "model", ev.model, "serial", ev.serial, "label", ev.label,
-				 "attributes", "CKA_SENSITIVE",
-				 ev.sensitive < 0 ? json_null() : json_boolean(ev.sensitive),
-				 "CKA_ALWAYS_SENSITIVE",
-				 ev.always_sensitive < 0 ? json_null()
-							 : json_boolean(ev.always_sensitive),
-				 "CKA_EXTRACTABLE",
-				 ev.extractable < 0 ? json_null() : json_boolean(ev.extractable),
-				 "CKA_NEVER_EXTRACTABLE",
-				 ev.never_extractable < 0 ? json_null()
-							  : json_boolean(ev.never_extractable),
-				 "CKA_LOCAL", ev.local < 0 ? json_null() : json_boolean(ev.local));
+		*ret = json_pack(
+		    "{sssbs{ssssssss}s{soso soso so}}", "type", "pkcs11-attributes",
+		    "self_reported", 1, "token", "manufacturer", ev.manufacturer, "model", ev.model,
+		    "serial", ev.serial, "label", ev.label, "attributes", "CKA_SENSITIVE",
+		    ev.sensitive < 0 ? json_null() : json_boolean(ev.sensitive),
+		    "CKA_ALWAYS_SENSITIVE",
+		    ev.always_sensitive < 0 ? json_null() : json_boolean(ev.always_sensitive),
+		    "CKA_EXTRACTABLE",
+		    ev.extractable < 0 ? json_null() : json_boolean(ev.extractable),
+		    "CKA_NEVER_EXTRACTABLE",
+		    ev.never_extractable < 0 ? json_null() : json_boolean(ev.never_extractable),
+		    "CKA_LOCAL", ev.local < 0 ? json_null() : json_boolean(ev.local));
 	}
 	r = *ret != NULL ? 0 : -ENOMEM;
 out:
@@ -244,8 +242,7 @@ static void facts_clear(struct facts *f)
 	memset(f, 0, sizeof(*f));
 }
 
-static int facts_load(struct cimdd *d, const char *name, const char *attest_kid,
-		      struct facts *ret)
+static int facts_load(struct cimdd *d, const char *name, const char *attest_kid, struct facts *ret)
 {
 	struct facts f = {0};
 	sqlite3_stmt *s = NULL;
@@ -290,11 +287,12 @@ static int facts_load(struct cimdd *d, const char *name, const char *attest_kid,
 		goto out;
 	while (sqlite3_step(s) == SQLITE_ROW)
 		json_array_append_new(
-		    f.keys, json_pack("{ssssssssss}", "kid", (const char *)sqlite3_column_text(s, 0),
-				      "thumbprint", (const char *)sqlite3_column_text(s, 0), "alg",
-				      (const char *)sqlite3_column_text(s, 1), "state",
-				      (const char *)sqlite3_column_text(s, 2), "backend",
-				      (const char *)sqlite3_column_text(s, 3)));
+		    f.keys,
+		    json_pack("{ssssssssss}", "kid", (const char *)sqlite3_column_text(s, 0),
+			      "thumbprint", (const char *)sqlite3_column_text(s, 0), "alg",
+			      (const char *)sqlite3_column_text(s, 1), "state",
+			      (const char *)sqlite3_column_text(s, 2), "backend",
+			      (const char *)sqlite3_column_text(s, 3)));
 	sqlite3_finalize(s);
 	s = NULL;
 	/* What the statement says, but for evidence and times: when this changes,
@@ -385,9 +383,9 @@ static int issue(struct cimdd *d, struct facts *f, struct ks_key *ak, const char
 	if ((r = seal(ks, ak, st, &env)) < 0)
 		goto out;
 	sha256_hex(env, strlen(env), env_hex);
-	rec = json_pack("{sssssssssssI}", "client", f->name, "attest_kid", attest_kid, "cimd_sha256",
-			f->cimd_hex, "jwks_sha256", f->jwks_hex, "envelope_sha256", env_hex,
-			"at_seq", (json_int_t)seq);
+	rec = json_pack("{sssssssssssI}", "client", f->name, "attest_kid", attest_kid,
+			"cimd_sha256", f->cimd_hex, "jwks_sha256", f->jwks_hex, "envelope_sha256",
+			env_hex, "at_seq", (json_int_t)seq);
 	if (rec == NULL || store_begin(d->st) < 0) {
 		r = rec == NULL ? -ENOMEM : -EIO;
 		goto out;
@@ -396,8 +394,8 @@ static int issue(struct cimdd *d, struct facts *f, struct ks_key *ak, const char
 	    store_exec(d->st,
 		       "INSERT INTO attestations (client, inputs, cimd_sha256, jwks_sha256, "
 		       "attest_kid, envelope, seq, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-		       "sbssssii", f->name, f->inputs, sizeof(f->inputs), f->cimd_hex,
-		       f->jwks_hex, attest_kid, env, jseq, (int64_t)time(NULL)) != 1 ||
+		       "sbssssii", f->name, f->inputs, sizeof(f->inputs), f->cimd_hex, f->jwks_hex,
+		       attest_kid, env, jseq, (int64_t)time(NULL)) != 1 ||
 	    store_commit(d->st) < 0) {
 		store_rollback(d->st);
 		r = -EIO;
@@ -569,10 +567,10 @@ int attest_refresh(struct cimdd *d, size_t max, int *ret_pending)
 	for (i = 0; i < n; i++) {
 		b = t[i].backend;
 		if (ak[b].state == 0)
-			ak[b].state = active_key(d, d->cfg->backends[b].name, ak[b].kid,
-						 &ak[b].key) == 0
-					  ? 1
-					  : -1;
+			ak[b].state =
+			    active_key(d, d->cfg->backends[b].name, ak[b].kid, &ak[b].key) == 0
+				? 1
+				: -1;
 		if (ak[b].state < 0) {
 			pending = 1;
 			continue;
@@ -623,9 +621,8 @@ int attest_refresh(struct cimdd *d, size_t max, int *ret_pending)
 							 &ak[b].key) == 0
 						  ? 1
 						  : -1;
-			if (ak[b].state < 0 ||
-			    (r = issue_revocation(d, t[i].name, d->ks[b], ak[b].key, ak[b].kid)) <
-				0) {
+			if (ak[b].state < 0 || (r = issue_revocation(d, t[i].name, d->ks[b],
+								     ak[b].key, ak[b].kid)) < 0) {
 				pending = 1;
 				continue;
 			}
@@ -642,18 +639,55 @@ int attest_refresh(struct cimdd *d, size_t max, int *ret_pending)
 	return (int)done;
 }
 
+/* ---- health ---- */
+
+int attest_probe(struct cimdd *d)
+{
+	static const uint8_t msg[] = "cimdd health probe";
+	uint8_t sig[CIMD_SIG_MAX];
+	char kid[CIMD_KID_LEN + 1];
+	struct ks_key *key = NULL;
+	size_t i, sl;
+	int ok, changed = 0, r;
+
+	for (i = 0; i < d->cfg->n_backends; i++) {
+		if (d->ks[i] == NULL) {
+			ok = 0;
+		} else {
+			/* A real signature: it exercises everything a client needs. */
+			r = active_key(d, d->cfg->backends[i].name, kid, &key);
+			ok = r == 0 &&
+			     key_store_sign(d->ks[i], key, msg, sizeof(msg) - 1, sig, &sl) == 0;
+			if (r == -ENOENT)
+				ok = 1; /* no attestation key yet: said by attest_keys_ensure */
+			ks_key_free(&key);
+		}
+		if (ok != d->backend_ok[i]) {
+			if (ok)
+				log_info("backend %s: the hardware answers",
+					 d->cfg->backends[i].name);
+			else if (d->ks[i] != NULL)
+				log_err("backend %s: the hardware does not answer (%s)",
+					d->cfg->backends[i].name, key_store_errmsg(d->ks[i]));
+			d->backend_ok[i] = ok;
+			changed = 1;
+		}
+	}
+	return changed;
+}
+
 /* ---- what publish.c serves ---- */
 
-char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex,
-		      const char *jwks_hex)
+char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex, const char *jwks_hex)
 {
 	sqlite3_stmt *s = NULL;
 	char *out = NULL;
 
-	if (store_query(d->st, &s,
-			"SELECT envelope, cimd_sha256, jwks_sha256 FROM attestations WHERE client = "
-			"? ORDER BY id DESC LIMIT 1",
-			"s", name) == 0 &&
+	if (store_query(
+		d->st, &s,
+		"SELECT envelope, cimd_sha256, jwks_sha256 FROM attestations WHERE client = "
+		"? ORDER BY id DESC LIMIT 1",
+		"s", name) == 0 &&
 	    sqlite3_step(s) == SQLITE_ROW &&
 	    strcmp((const char *)sqlite3_column_text(s, 1), cimd_hex) == 0 &&
 	    strcmp((const char *)sqlite3_column_text(s, 2), jwks_hex) == 0)
@@ -748,9 +782,9 @@ enum admin_err attest_show(struct admin_req *q)
 				  "hardware has not been available since)",
 				  name);
 	}
-	q->result = json_pack("{sosIsI}", "envelope", env, "seq",
-			      (json_int_t)sqlite3_column_int64(s, 1), "issued",
-			      (json_int_t)sqlite3_column_int64(s, 2));
+	q->result =
+	    json_pack("{sosIsI}", "envelope", env, "seq", (json_int_t)sqlite3_column_int64(s, 1),
+		      "issued", (json_int_t)sqlite3_column_int64(s, 2));
 	sqlite3_finalize(s);
 	return q->result ? AE_OK : AE_INTERNAL;
 }

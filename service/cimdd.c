@@ -30,6 +30,7 @@
 #include "service.h"
 
 #define METRICS_EVERY 5 /* seconds between publications for counters alone */
+#define PROBE_EVERY 2	/* seconds between probes of the hardware */
 
 static void usage(FILE *f)
 {
@@ -211,6 +212,7 @@ int main(int argc, char **argv)
 	struct publisher *pub = NULL;
 	int64_t published_at = -1, signer_at = -1, attested_at = -1;
 	int attest_pending = 0;
+	time_t probed_at = 0;
 	time_t attest_tried = 0;
 	uint64_t answers_at = 0;
 	time_t metrics_at = 0;
@@ -300,6 +302,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	d.dev = dev != NULL;
+	for (i = 0; i < CIMD_BACKENDS_MAX; i++)
+		d.backend_ok[i] = -1; /* not probed yet */
 	/* Detach before any thread, database handle or socket exists: a fork
 	 * keeps only the calling thread, and SQLite handles must not cross it. */
 	if (!fg && (r = daemonize()) < 0) {
@@ -381,6 +385,13 @@ int main(int argc, char **argv)
 			last_tick = time(NULL);
 			open_key_stores(&d, 1);
 			keys_tick(&d, last_tick);
+			/* Is the hardware there?  Reflected in /healthz, /metrics and
+			 * status within PROBE_EVERY seconds. */
+			if (last_tick - probed_at >= PROBE_EVERY) {
+				probed_at = last_tick;
+				if (attest_probe(&d))
+					published_at = -1; /* health is public */
+			}
 		}
 		/* A change to the state may change who may sign and with which key. */
 		if (store_changes(d.st) != signer_at) {
@@ -395,7 +406,8 @@ int main(int argc, char **argv)
 		 * mass reissue (an attestation key rotation) does not stall the
 		 * admin socket; what is left, or what the hardware refused, is
 		 * tried again next turn or next second. */
-		if (store_changes(d.st) != attested_at || (attest_pending && time(NULL) != attest_tried)) {
+		if (store_changes(d.st) != attested_at ||
+		    (attest_pending && time(NULL) != attest_tried)) {
 			attest_refresh(&d, 32, &attest_pending);
 			attested_at = store_changes(d.st);
 			attest_tried = time(NULL);

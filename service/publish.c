@@ -152,7 +152,7 @@ static char *render_metrics(struct cimdd *d)
 		   "# TYPE cimdd_backend_up gauge\n");
 	for (i = 0; i < d->cfg->n_backends; i++)
 		fprintf(f, "cimdd_backend_up{backend=\"%s\"} %d\n", d->cfg->backends[i].name,
-			d->ks[i] != NULL);
+			d->ks[i] != NULL && d->backend_ok[i] != 0);
 	fprintf(f,
 		"# HELP cimdd_backend_errors_total Hardware calls that failed.\n"
 		"# TYPE cimdd_backend_errors_total counter\ncimdd_backend_errors_total %llu\n",
@@ -226,7 +226,21 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 		free(jwks);
 		count++;
 	}
-	put_entry(&e, "/healthz", "text/plain", 0, 0, "ok", 2);
+	{
+		/* "ok", or which hardware does not answer: documents and JWKS are
+		 * still served; signing and issuing attestations for its clients
+		 * are not. */
+		char health[256] = "ok";
+		size_t i, n = 0;
+
+		for (i = 0; i < d->cfg->n_backends; i++)
+			if (d->backend_ok[i] == 0)
+				n += (size_t)snprintf(health + n, sizeof(health) - n, "%s%s",
+						      n == 0 ? "degraded: unavailable backend "
+							     : ", ",
+						      d->cfg->backends[i].name);
+		put_entry(&e, "/healthz", "text/plain", 0, 0, health, strlen(health));
+	}
 	count++;
 	if ((metrics = render_metrics(d)) == NULL) {
 		e.failed = 1;

@@ -215,6 +215,9 @@ struct cimdd {
 	uint8_t export_last[32];		 /* SHA-256 of the set last written to export_dir */
 	int export_sent;
 	struct signer *signer; /* the signing socket (signer.c), or NULL */
+	/* per backend: 1 the hardware answered the last probe, 0 it did not,
+	 * -1 not probed yet (attest_probe) */
+	int backend_ok[CIMD_BACKENDS_MAX];
 };
 
 /* The key store of a backend by name, or NULL when it is not configured/open. */
@@ -360,6 +363,9 @@ char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex,
 char *attest_revocations(struct cimdd *d, const char *name);
 char *attest_keys_jwks(struct cimdd *d);
 enum admin_err attest_show(struct admin_req *q);
+/* Asks each open backend's hardware to sign with its attestation key and
+ * records in d->backend_ok whether it answered; 1 when any changed. */
+int attest_probe(struct cimdd *d);
 enum admin_err attest_key_rotate(struct admin_req *q);
 
 /* ---- signing socket (signer.c, sign_request.c) ---- */

@@ -699,66 +699,22 @@ static int build_claims(struct job *j, const char *client_id)
  */
 static void handle_line(struct signer *s, struct conn *c, const char *line, size_t len)
 {
-	static const char *const members[] = {"op", "client_id", "aud", "ttl"};
-	const char *op, *client_id, *aud, *name = NULL, *key;
+	struct sign_request rq = {0};
+	const char *client_id, *aud, *name = NULL;
 	struct policy *p = NULL;
 	struct job *j = NULL;
-	json_error_t jerr;
-	json_t *req, *v;
 	enum serr e = SE_BAD_REQUEST;
 	char msg[512];
 	long ttl, max_ttl;
 	size_t i;
 	int r;
 
-	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (!json_is_object(req)) {
-		snprintf(msg, sizeof(msg), "not a JSON object: %s", req ? "" : jerr.text);
-		goto refuse;
-	}
-	json_object_foreach(req, key, v)
-	{
-		for (i = 0; i < sizeof(members) / sizeof(members[0]); i++)
-			if (strcmp(key, members[i]) == 0)
-				break;
-		if (i == sizeof(members) / sizeof(members[0])) {
-			snprintf(msg, sizeof(msg), "unknown member \"%.64s\"", key);
-			goto refuse;
-		}
-	}
-	if ((op = json_string_value(json_object_get(req, "op"))) == NULL) {
-		snprintf(msg, sizeof(msg), "op %s",
-			 json_object_get(req, "op") ? "must be a string" : "is missing");
-		goto refuse;
-	}
-	if (strcmp(op, "assert") != 0) {
-		snprintf(msg, sizeof(msg), "unknown op \"%.64s\"", op);
-		goto refuse;
-	}
-	for (i = 1; i <= 2; i++) {
-		v = json_object_get(req, members[i]);
-		if (!json_is_string(v)) {
-			snprintf(msg, sizeof(msg), "%s %s", members[i],
-				 v == NULL ? "is missing" : "must be a string");
-			goto refuse;
-		}
-	}
-	client_id = json_string_value(json_object_get(req, "client_id"));
-	aud = json_string_value(json_object_get(req, "aud"));
 	max_ttl = __atomic_load_n(&s->max_ttl, __ATOMIC_RELAXED);
-	ttl = 0;
-	if ((v = json_object_get(req, "ttl")) != NULL) {
-		if (!json_is_integer(v) || json_integer_value(v) < 1) {
-			snprintf(msg, sizeof(msg), "ttl must be a whole number of seconds");
-			goto refuse;
-		}
-		if (json_integer_value(v) > max_ttl) {
-			snprintf(msg, sizeof(msg), "ttl %lld exceeds assertion_max_ttl (%ld)",
-				 (long long)json_integer_value(v), max_ttl);
-			goto refuse;
-		}
-		ttl = (long)json_integer_value(v);
-	}
+	if (sign_request_parse(line, len, max_ttl, &rq, msg, sizeof(msg)) < 0)
+		goto refuse;
+	client_id = rq.client_id;
+	aud = rq.aud;
+	ttl = rq.ttl;
 	e = SE_UNKNOWN_CLIENT;
 	if ((name = client_name(s, client_id)) == NULL) {
 		snprintf(msg, sizeof(msg), "%.300s is not a client of this appliance", client_id);
@@ -840,7 +796,7 @@ refuse:
 	job_free(j);
 out:
 	policy_unref(p);
-	json_decref(req);
+	sign_request_clear(&rq);
 }
 
 /* Writes what is queued; -1 when the connection is gone. */
@@ -1073,7 +1029,9 @@ static void done_push(struct signer *s, struct job *j)
 static void backend_fail(struct signer *s, struct backend_worker *w, struct job *j, int r,
 			 const char *detail)
 {
-	j->err = r == -CIMD_EUNAVAILABLE ? SE_UNAVAILABLE : SE_INTERNAL;
+	/* A key the database holds that the hardware does not is a hardware
+	 * fault (a token away, a module gone stale): the caller may try again. */
+	j->err = r == -CIMD_EUNAVAILABLE || r == -CIMD_ENOKEY ? SE_UNAVAILABLE : SE_INTERNAL;
 	snprintf(j->msg, sizeof(j->msg), "backend %s: %s", s->d->cfg->backends[w->idx].name,
 		 cimd_strerror(r));
 	log_err("sign socket: %s, key %s: %s (%s)", j->pol->name, j->pol->kid, cimd_strerror(r),

@@ -275,7 +275,9 @@ static int cmd_status(int argc, char **argv)
 	       json_is_true(json_object_get(r, "two_person_rule")) ? "on" : "off");
 	json_array_foreach(json_object_get(r, "backends"), i, be)
 	    printf("backend          %s: %s\n", str(be, "name"),
-		   json_is_true(json_object_get(be, "open")) ? "open" : "UNAVAILABLE");
+		   !json_is_true(json_object_get(be, "open"))	   ? "UNAVAILABLE (not open)"
+		   : !json_is_true(json_object_get(be, "answers")) ? "UNAVAILABLE (no answer)"
+								   : "open");
 	printf("journal          %lld records, head %s\n",
 	       (long long)json_integer_value(json_object_get(json_object_get(r, "journal"), "seq")),
 	       str(json_object_get(r, "journal"), "head"));
@@ -784,8 +786,8 @@ static int cmd_attest_show(int argc, char **argv)
 	}
 	printf("attestation of %s, journal record %lld, signed by %s\n", pos[0],
 	       (long long)json_integer_value(json_object_get(r, "seq")),
-	       json_string_value(
-		   json_object_get(json_array_get(json_object_get(env, "signatures"), 0), "keyid")));
+	       json_string_value(json_object_get(
+		   json_array_get(json_object_get(env, "signatures"), 0), "keyid")));
 	json_dumpf(st, stdout, JSON_INDENT(2));
 	printf("\n");
 	json_decref(st);
@@ -830,8 +832,8 @@ static int cmd_attest_verify(int argc, char **argv)
 	/* Offline: nothing here talks to a daemon or the network. */
 	r = attest_verify((const char *)env, env_len, trust, doc, doc_len, jwks, jwks_len,
 			  report_line, NULL);
-	printf("%s\n", r == 0 ? "verified: every check held"
-			      : "NOT verified: see the FAIL lines above");
+	printf("%s\n",
+	       r == 0 ? "verified: every check held" : "NOT verified: see the FAIL lines above");
 	if (!o[1].set || !o[2].set)
 		printf("note: without --document and --jwks the subjects' digests were not "
 		       "compared with any bytes\n");
