@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(
 	build-essential pkg-config
+	clang libclang-rt-14-dev # make fuzz: clang with libFuzzer (libclang_rt.fuzzer)
 	libssl-dev libp11-dev libp11-kit-dev libtss2-dev libmicrohttpd-dev
 	libjansson-dev libsqlite3-dev libseccomp-dev
 	softhsm2 swtpm swtpm-tools tpm2-tools openssl curl nginx-light wrk

@@ -431,7 +431,7 @@ static int finish(struct parse *p)
 {
 	struct cimd_config *c = p->cfg;
 	char buf[1024];
-	int r;
+	int r, n;
 
 	p->line = 0;
 	if (c->state_dir == NULL)
@@ -455,13 +455,18 @@ static int finish(struct parse *p)
 	if (c->assertion_default_ttl > c->assertion_max_ttl)
 		return perr(p, "assertion_default_ttl (%ld) exceeds assertion_max_ttl (%ld)",
 			    c->assertion_default_ttl, c->assertion_max_ttl);
+	/* A state_dir near the line cap must not leave a cut-off socket path. */
 	if (c->admin_socket == NULL) {
-		snprintf(buf, sizeof(buf), "%s/admin.sock", c->state_dir);
+		n = snprintf(buf, sizeof(buf), "%s/admin.sock", c->state_dir);
+		if (n < 0 || (size_t)n >= sizeof(buf))
+			return perr(p, "state_dir: too long to hold admin.sock");
 		if ((c->admin_socket = strdup(buf)) == NULL)
 			return -ENOMEM;
 	}
 	if (c->sign_socket == NULL) {
-		snprintf(buf, sizeof(buf), "%s/sign.sock", c->state_dir);
+		n = snprintf(buf, sizeof(buf), "%s/sign.sock", c->state_dir);
+		if (n < 0 || (size_t)n >= sizeof(buf))
+			return perr(p, "state_dir: too long to hold sign.sock");
 		if ((c->sign_socket = strdup(buf)) == NULL)
 			return -ENOMEM;
 	}
@@ -484,23 +489,71 @@ static void defaults(struct cimd_config *c)
 	c->rotate_every = 0;
 }
 
+int config_parse(const char *label, const char *text, size_t len, struct cimd_config **ret_cfg,
+		 char *errbuf, size_t errlen)
+{
+	struct parse p = {.path = label, .err = errbuf, .errlen = errlen};
+	char *buf = NULL, *line, *next;
+	int r;
+
+	if (errbuf != NULL && errlen > 0)
+		errbuf[0] = '\0';
+	if (label == NULL || (text == NULL && len > 0) || ret_cfg == NULL)
+		return -EINVAL;
+	if ((p.cfg = calloc(1, sizeof(*p.cfg))) == NULL)
+		return -ENOMEM;
+	defaults(p.cfg);
+	if ((p.cfg->path = strdup(label)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (len > CIMD_CONF_MAX) {
+		r = perr(&p, "not a regular file of at most %d bytes", CIMD_CONF_MAX);
+		goto out;
+	}
+	if ((buf = malloc(len + 1)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (len > 0)
+		memcpy(buf, text, len);
+	buf[len] = '\0';
+	if (strlen(buf) != len) {
+		r = perr(&p, "contains a NUL byte");
+		goto out;
+	}
+	for (line = buf; line != NULL; line = next) {
+		p.line++;
+		if ((next = strchr(line, '\n')) != NULL)
+			*next++ = '\0';
+		if (strlen(line) >= CIMD_CONF_LINE_MAX) {
+			r = perr(&p, "line longer than %d characters", CIMD_CONF_LINE_MAX - 1);
+			goto out;
+		}
+		if ((r = parse_line(&p, line)) < 0)
+			goto out;
+	}
+	if ((r = finish(&p)) < 0)
+		goto out;
+	*ret_cfg = p.cfg;
+	p.cfg = NULL;
+	r = 0;
+out:
+	free(buf);
+	config_free(&p.cfg);
+	return r;
+}
+
 int config_load(const char *path, struct cimd_config **ret_cfg, char *errbuf, size_t errlen)
 {
 	struct parse p = {.path = path, .err = errbuf, .errlen = errlen};
 	struct stat st;
-	char *buf = NULL, *line, *next;
+	char *buf = NULL;
 	ssize_t n;
 	int fd = -1, r;
 
 	if (errbuf != NULL && errlen > 0)
 		errbuf[0] = '\0';
-	if ((p.cfg = calloc(1, sizeof(*p.cfg))) == NULL)
-		return -ENOMEM;
-	defaults(p.cfg);
-	if ((p.cfg->path = strdup(path)) == NULL) {
-		r = -ENOMEM;
-		goto out;
-	}
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &st) < 0) {
 		r = perr(&p, "%s", strerror(errno));
 		goto out;
@@ -528,32 +581,11 @@ int config_load(const char *path, struct cimd_config **ret_cfg, char *errbuf, si
 		r = perr(&p, "short read");
 		goto out;
 	}
-	buf[n] = '\0';
-	if (strlen(buf) != (size_t)n) {
-		r = perr(&p, "contains a NUL byte");
-		goto out;
-	}
-	for (line = buf; line != NULL; line = next) {
-		p.line++;
-		if ((next = strchr(line, '\n')) != NULL)
-			*next++ = '\0';
-		if (strlen(line) >= CIMD_CONF_LINE_MAX) {
-			r = perr(&p, "line longer than %d characters", CIMD_CONF_LINE_MAX - 1);
-			goto out;
-		}
-		if ((r = parse_line(&p, line)) < 0)
-			goto out;
-	}
-	if ((r = finish(&p)) < 0)
-		goto out;
-	*ret_cfg = p.cfg;
-	p.cfg = NULL;
-	r = 0;
+	r = config_parse(path, buf, (size_t)n, ret_cfg, errbuf, errlen);
 out:
 	if (fd >= 0)
 		close(fd);
 	free(buf);
-	config_free(&p.cfg);
 	return r;
 }
 

@@ -65,30 +65,82 @@ static struct MHD_Response *r400, *r404, *r405, *r414;
 /* Requests by route and outcome, for /metrics. */
 enum { M_200, M_304, M_400, M_404, M_405, M_414, M_N };
 static const char *const m_status[M_N] = {"200", "304", "400", "404", "405", "414"};
-enum { R_DOCUMENT, R_JWKS, R_ATTESTATION, R_HEALTHZ, R_METRICS, R_OTHER, R_N };
-static const char *const m_route[R_N] = {"document", "jwks",	"attestation",
-					 "healthz",  "metrics", "other"};
-static atomic_ulong counts[R_N][M_N];
+static const char *const m_route[PUB_ROUTE_N] = {"document", "jwks",	"attestation",
+						 "healthz",  "metrics", "other"};
+static atomic_ulong counts[PUB_ROUTE_N][M_N];
 static _Thread_local int cur_route; /* the route of the request this thread answers */
 
-static int route_of(const char *url)
+enum pub_route pub_route_of(const char *url)
 {
 	size_t n = strlen(url);
 
 	if (strncmp(url, "/clients/", 9) == 0 && strchr(url + 9, '/') == NULL)
-		return R_DOCUMENT;
+		return PUB_ROUTE_DOCUMENT;
 	if (strncmp(url, "/clients/", 9) == 0 && n > 10 && strcmp(url + n - 10, "/jwks.json") == 0)
-		return R_JWKS;
+		return PUB_ROUTE_JWKS;
 	if ((strncmp(url, "/clients/", 9) == 0 && n > 17 &&
 	     (strcmp(url + n - 17, "/attestation.json") == 0 ||
 	      strcmp(url + n - 17, "/revocations.json") == 0)) ||
 	    strncmp(url, "/.well-known/cimdd/", 19) == 0)
-		return R_ATTESTATION;
+		return PUB_ROUTE_ATTESTATION;
 	if (strcmp(url, "/healthz") == 0)
-		return R_HEALTHZ;
+		return PUB_ROUTE_HEALTHZ;
 	if (strcmp(url, "/metrics") == 0)
-		return R_METRICS;
-	return R_OTHER;
+		return PUB_ROUTE_METRICS;
+	return PUB_ROUTE_OTHER;
+}
+
+static int path_ok(const char *url)
+{
+	const char *c;
+	size_t n = strlen(url);
+
+	if (n == 0 || url[0] != '/' || strstr(url, "..") != NULL || strstr(url, "//") != NULL)
+		return 0;
+	for (c = url; *c; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+		      (*c >= '0' && *c <= '9') || *c == '/' || *c == '.' || *c == '_' || *c == '-'))
+			return 0;
+	return 1;
+}
+
+int pub_etag_matches(const char *inm, const char *etag)
+{
+	const char *p = inm;
+	size_t el = strlen(etag);
+
+	/* RFC 9110 §13.1.2: "*" or a list of entity tags; weak comparison, so a
+	 * W/ prefix is ignored. */
+	while (*p) {
+		while (*p == ' ' || *p == ',' || *p == '\t')
+			p++;
+		if (*p == '*')
+			return 1;
+		if (p[0] == 'W' && p[1] == '/')
+			p += 2;
+		if (strncmp(p, etag, el) == 0 && (p[el] == '\0' || p[el] == ',' || p[el] == ' '))
+			return 1;
+		while (*p && *p != ',')
+			p++;
+	}
+	return 0;
+}
+
+/* The rules a request meets before any lookup, in the order they are applied:
+ * the method, then a body, then the path's length, then its characters. */
+int pub_request_check(const char *method, const char *url, int has_body)
+{
+	if (method == NULL || url == NULL)
+		return MHD_HTTP_BAD_REQUEST;
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+		return MHD_HTTP_METHOD_NOT_ALLOWED;
+	if (has_body)
+		return MHD_HTTP_BAD_REQUEST;
+	if (strnlen(url, PUB_PATH_MAX + 1) > PUB_PATH_MAX)
+		return MHD_HTTP_URI_TOO_LONG;
+	if (!path_ok(url))
+		return MHD_HTTP_BAD_REQUEST;
+	return 0;
 }
 
 static struct MHD_Response *fixed(const char *text, const char *allow)
@@ -229,42 +281,6 @@ bad:
 
 /* ---- serving ---- */
 
-static int path_ok(const char *url)
-{
-	const char *c;
-	size_t n = strlen(url);
-
-	if (n == 0 || url[0] != '/' || strstr(url, "..") != NULL || strstr(url, "//") != NULL)
-		return 0;
-	for (c = url; *c; c++)
-		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-		      (*c >= '0' && *c <= '9') || *c == '/' || *c == '.' || *c == '_' || *c == '-'))
-			return 0;
-	return 1;
-}
-
-static int etag_matches(const char *inm, const char *etag)
-{
-	const char *p = inm;
-	size_t el = strlen(etag);
-
-	/* RFC 9110 §13.1.2: "*" or a list of entity tags; weak comparison, so a
-	 * W/ prefix is ignored. */
-	while (*p) {
-		while (*p == ' ' || *p == ',' || *p == '\t')
-			p++;
-		if (*p == '*')
-			return 1;
-		if (p[0] == 'W' && p[1] == '/')
-			p += 2;
-		if (strncmp(p, etag, el) == 0 && (p[el] == '\0' || p[el] == ',' || p[el] == ' '))
-			return 1;
-		while (*p && *p != ',')
-			p++;
-	}
-	return 0;
-}
-
 static enum MHD_Result queue(struct MHD_Connection *c, unsigned status, struct MHD_Response *r,
 			     int m)
 {
@@ -285,7 +301,7 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c, const struct rout
 	fwrite(rt->body, 1, rt->len, f);
 	fprintf(f, "# HELP cimdd_http_requests_total Publisher requests by route and status.\n"
 		   "# TYPE cimdd_http_requests_total counter\n");
-	for (j = 0; j < R_N; j++)
+	for (j = 0; j < PUB_ROUTE_N; j++)
 		for (i = 0; i < M_N; i++)
 			fprintf(f, "cimdd_http_requests_total{route=\"%s\",status=\"%s\"} %lu\n",
 				m_route[j], m_status[i], atomic_load(&counts[j][i]));
@@ -310,6 +326,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	const char *inm, *cl;
 	struct route key, *rt;
 	enum MHD_Result ret;
+	int has_body;
 
 	(void)cls;
 	(void)version;
@@ -321,22 +338,25 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 		*con_cls = &first;
 		return MHD_YES;
 	}
-	cur_route = route_of(url);
+	cur_route = pub_route_of(url);
 	if (*upload_data_size != 0) {
 		*upload_data_size = 0; /* a body: refused below, once it is read */
 		*con_cls = (void *)method;
 		return MHD_YES;
 	}
-	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-		return queue(c, MHD_HTTP_METHOD_NOT_ALLOWED, r405, M_405);
 	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-	if (*con_cls != &first || (cl != NULL && strcmp(cl, "0") != 0) ||
-	    MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding") != NULL)
-		return queue(c, MHD_HTTP_BAD_REQUEST, r400, M_400);
-	if (strlen(url) > PUB_PATH_MAX)
+	has_body = *con_cls != &first || (cl != NULL && strcmp(cl, "0") != 0) ||
+		   MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding") != NULL;
+	switch (pub_request_check(method, url, has_body)) {
+	case 0:
+		break;
+	case MHD_HTTP_METHOD_NOT_ALLOWED:
+		return queue(c, MHD_HTTP_METHOD_NOT_ALLOWED, r405, M_405);
+	case MHD_HTTP_URI_TOO_LONG:
 		return queue(c, MHD_HTTP_URI_TOO_LONG, r414, M_414);
-	if (!path_ok(url))
+	default:
 		return queue(c, MHD_HTTP_BAD_REQUEST, r400, M_400);
+	}
 	key.path = (char *)url;
 	pthread_rwlock_rdlock(&table_lock);
 	rt = current ? bsearch(&key, current->r, current->n, sizeof(*rt), cmp_route) : NULL;
@@ -345,7 +365,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	else if (rt->metrics)
 		ret = serve_metrics(c, rt);
 	else if ((inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-None-Match")) != NULL &&
-		 etag_matches(inm, rt->etag))
+		 pub_etag_matches(inm, rt->etag))
 		ret = queue(c, MHD_HTTP_NOT_MODIFIED, rt->not_modified, M_304);
 	else
 		ret = queue(c, MHD_HTTP_OK, rt->ok, M_200);
@@ -501,7 +521,7 @@ static int confine(void)
 	/* libmicrohttpd's pool threads name themselves as they start, which can
 	 * be after the filter is in place: prctl(PR_SET_NAME) only. */
 	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
-			     SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME)) < 0)
+			     SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME, 0)) < 0)
 		goto out;
 	/* Every thread of libmicrohttpd's pool, not only this one. */
 	if (seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) < 0 || seccomp_load(ctx) < 0)
