@@ -16,6 +16,8 @@
  * "*") answers 304.
  */
 #include <errno.h>
+#include <stdarg.h>
+#include <execinfo.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -426,11 +428,57 @@ static void on_sigsys(int sig, siginfo_t *si, void *uc)
 	if (write(2, msg, (size_t)len) < 0) {
 		/* nothing more to do */
 	}
+	/* Where it came from, for the bug report (backtrace() was warmed up
+	 * before the filter, so it loads nothing now). */
+	{
+		void *frames[32];
+		int nf = backtrace(frames, 32);
+
+		backtrace_symbols_fd(frames, nf, 2);
+	}
 	_exit(3);
+}
+
+/*
+ * libmicrohttpd's messages (a TLS handshake that failed, a malformed request):
+ * each says what a peer did, and a hostile peer can make thousands a second.
+ * At most one a second reaches the log, with the count of those dropped.
+ */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	static time_t last;
+	static unsigned long dropped;
+	char msg[256];
+	time_t now = time(NULL);
+	size_t n;
+
+	(void)cls;
+	pthread_mutex_lock(&mu);
+	if (now == last) {
+		dropped++;
+		pthread_mutex_unlock(&mu);
+		return;
+	}
+	last = now;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = strlen(msg);
+	while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+		msg[--n] = '\0';
+	if (dropped > 0)
+		log_warn("publisher: %s (and %lu more since the last such message)", msg, dropped);
+	else
+		log_warn("publisher: %s", msg);
+	dropped = 0;
+	pthread_mutex_unlock(&mu);
 }
 
 static int confine(void)
 {
+	void *warm[1];
+
+	/* backtrace() loads its unwinder on first use: now, not in on_sigsys. */
+	backtrace(warm, 1);
 	/* Serving: sockets (accept, read, write, epoll), memory, time, futexes,
 	 * signals delivered to threads, randomness for TLS, and exit. */
 	static const int allow[] = {
@@ -518,6 +566,13 @@ static int confine(void)
 	for (i = 0; i < sizeof(allow) / sizeof(allow[0]); i++)
 		if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0) < 0)
 			goto out;
+	/* Opening a file fails (EACCES) instead of killing the process: glibc's
+	 * malloc, shrinking a thread arena under load, reads
+	 * /proc/sys/vm/overcommit_memory once (arena.c, check_may_shrink_heap) and
+	 * copes with the failure.  Nothing can be opened either way. */
+	if (seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(openat), 0) < 0 ||
+	    seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(open), 0) < 0)
+		goto out;
 	/* libmicrohttpd's pool threads name themselves as they start, which can
 	 * be after the filter is in place: prctl(PR_SET_NAME) only. */
 	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
@@ -632,6 +687,7 @@ int publisher_main(int argc, char **argv)
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL,
+			       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: all of them */
 			       MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
 			       (unsigned)PUB_CONNS_MAX, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 			       (unsigned)PUB_CONNS_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
