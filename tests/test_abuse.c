@@ -286,7 +286,7 @@ int main(void)
 	static int idle[IDLE], half[HALF], tcp[TCP];
 	char src[700], conf[4096], path[700], out[65536], jwks[65536], line[1024];
 	double p99_base, p99_abuse, worst_jwks = 0, t0;
-	long rss0, rss1, prss0, rss_peak = 0, prss_peak = 0;
+	long rss0, rss1, prss0, rss_peak = 0, prss_peak = 0, bound;
 	pthread_t th[3];
 	int n, rc, i, fail_base, fail_abuse, jwks_ok = 0, never;
 	pid_t pub, abuser;
@@ -415,11 +415,15 @@ int main(void)
 	printf("# memory: cimdd %ld kB before, %ld kB at most during; publisher %ld kB before, %ld "
 	       "kB at most during\n",
 	       rss0, rss_peak, prss0, prss_peak);
-	t_ok(rss_peak > 0 && rss_peak - rss0 < 128 * 1024,
-	     "cimdd's memory stays bounded: +%ld kB with %d idle connections and the rest",
-	     rss_peak - rss0, IDLE);
-	t_ok(prss_peak < 0 || prss_peak - prss0 < 128 * 1024,
-	     "the publisher's memory stays bounded: +%ld kB", prss_peak - prss0);
+	/* Under ASan freed memory waits in its quarantine (256 MB by default):
+	 * the bound there is looser, and still a bound. */
+	bound = getenv("CIMD_TEST_SANITIZED") ? 640 * 1024 : 128 * 1024;
+	t_ok(rss_peak > 0 && rss_peak - rss0 < bound,
+	     "cimdd's memory stays bounded: +%ld kB (< %ld kB) with %d idle connections and the "
+	     "rest",
+	     rss_peak - rss0, bound, IDLE);
+	t_ok(prss_peak < 0 || prss_peak - prss0 < bound,
+	     "the publisher's memory stays bounded: +%ld kB (< %ld kB)", prss_peak - prss0, bound);
 	usleep(300 * 1000); /* the abuser's connections are closed with it */
 	t_ok(client_p99(20, &fail_base) > 0 && fail_base == 0, "and it signs after the abuse ends");
 	t_ok(t_log_count(&dm, "publisher: started") == 1 && t_log_count(&dm, "exited with") == 0 &&
