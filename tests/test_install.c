@@ -267,15 +267,18 @@ static void pkgconfig(void)
 	while (out[0] != '\0' && out[strlen(out) - 1] == ' ')
 		out[strlen(out) - 1] = '\0';
 	t_ok(strcmp(out, want) == 0, "pkg-config --cflags --libs libcimd: %s", out);
-	t_ok(t_sh("cc -o '%s/prog' '%s' $(%s pkg-config --cflags --libs libcimd)", tmp, src, env) ==
-		 0,
+	/* A library built with sanitizers needs them in the program too. */
+	const char *san = getenv("CIMD_TEST_SANITIZED") ? "-fsanitize=address,undefined" : "";
+
+	t_ok(t_sh("cc %s -o '%s/prog' '%s' $(%s pkg-config --cflags --libs libcimd)", san, tmp, src,
+		  env) == 0,
 	     "a program compiles and links against the installed libcimd.so");
 	t_ok(t_sh("LD_LIBRARY_PATH='%s/usr/lib' '%s/prog'", dest, tmp) == 0,
 	     "it runs on the installed libcimd.so (no daemon: unreachable)");
-	t_ok(t_sh("cc -o '%s/prog-static' '%s' $(%s pkg-config --cflags libcimd) "
+	t_ok(t_sh("cc %s -o '%s/prog-static' '%s' $(%s pkg-config --cflags libcimd) "
 		  "'%s/usr/lib/libcimd.a' $(%s pkg-config --static --libs-only-l libcimd | "
 		  "sed 's/-lcimd//') && '%s/prog-static'",
-		  tmp, src, env, dest, env, tmp) == 0,
+		  san, tmp, src, env, dest, env, tmp) == 0,
 	     "and statically against libcimd.a with pkg-config --static");
 }
 
@@ -608,7 +611,9 @@ static void run_unprivileged(void)
 		t_ok(sc == 1, "cimdd runs under the unit's seccomp filter");
 	if (t_ok(pub > 0 && proc_ids(pub, &puid, &psc, NULL) == 0, "the publisher runs")) {
 		t_ok(puid == uid, "the publisher runs as %s too", user);
-		if (sc >= 0)
+		/* Under ASan the publisher skips its filter (publisher.c: the
+		 * sanitizer's own system calls would be refused). */
+		if (sc >= 0 && getenv("CIMD_TEST_SANITIZED") == NULL)
 			t_ok(psc == sc + 1, "the publisher added its own seccomp filter");
 	}
 	t_ok(t_sh_out(out, sizeof(out), "'%s/usr/bin/cimdctl' -s '%s' status", dest, sock) == 0 &&
