@@ -579,3 +579,87 @@ out:
 	free(reqs);
 	key_store_free(&ks);
 }
+
+int t_cimdd_start(struct t_cimdd *c, const char *name, const char *backend_conf, const char *extra)
+{
+	char conf[4096], run[500];
+	int n;
+
+	memset(c, 0, sizeof(*c));
+	chmod(t_tmpdir(), 0711);
+	snprintf(c->dir, sizeof(c->dir), "%s/%s", t_tmpdir(), name);
+	snprintf(run, sizeof(run), "%s/run", c->dir);
+	if ((mkdir(c->dir, 0711) < 0 && errno != EEXIST) ||
+	    (mkdir(run, 0711) < 0 && errno != EEXIST))
+		return -errno;
+	snprintf(c->dm.conf, sizeof(c->dm.conf), "%s/cimdd.conf", c->dir);
+	snprintf(c->dm.log, sizeof(c->dm.log), "%s/cimdd.log", c->dir);
+	snprintf(c->dm.sock, sizeof(c->dm.sock), "%s/admin.sock", run);
+	snprintf(c->sign_sock, sizeof(c->sign_sock), "%s/sign.sock", run);
+	snprintf(c->db, sizeof(c->db), "%s/state/cimdd.db", c->dir);
+	snprintf(c->ca, sizeof(c->ca), "%s/tls.crt", c->dir);
+	t_bin("cimdctl", c->ctl, sizeof(c->ctl));
+	c->port = dev_free_port_pair();
+	snprintf(c->base, sizeof(c->base), "https://127.0.0.1:%d", c->port);
+	if (t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
+		 "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
+		 "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
+		 c->dir, c->dir) != 0)
+		return -EIO;
+	n = snprintf(conf, sizeof(conf),
+		     "state_dir = %s/state\n"
+		     "base_url = %s\n"
+		     "backend = %s\n"
+		     "admin_socket = %s\n"
+		     "sign_socket = %s\n"
+		     "listen = %s\n"
+		     "tls_cert = %s/tls.crt\n"
+		     "tls_key = %s/tls.key\n"
+		     "two_person_rule = no\n"
+		     "operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
+		     "%s",
+		     c->dir, c->base, backend_conf, c->dm.sock, c->sign_sock, c->base + 8, c->dir,
+		     c->dir, (int)geteuid(), extra ? extra : "");
+	if (n < 0 || (size_t)n >= sizeof(conf) || t_write_file(c->dm.conf, conf, (size_t)n) < 0)
+		return -EIO;
+	return t_daemon_start(&c->dm);
+}
+
+int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
+{
+	char args[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof(args), fmt, ap);
+	va_end(ap);
+	return t_sh_out(out, len, "%s -s %s %s 2>&1", c->ctl, c->dm.sock, args);
+}
+
+int t_cimdd_client(struct t_cimdd *c, const char *name, const char *aud)
+{
+	static const char doc[] = "{\"client_name\":\"Agent\",\"grant_types\":"
+				  "[\"client_credentials\"],\"response_types\":[]}\n";
+	char path[600], out[4096];
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/%s.json", c->dir, name);
+	if (t_write_file(path, doc, strlen(doc)) < 0)
+		return -1;
+	if ((rc = t_cimdd_ctl(c, out, sizeof(out), "client add %s --owner team-a --metadata %s",
+			      name, path)) == 0 &&
+	    (rc = t_cimdd_ctl(c, out, sizeof(out), "doc approve %s 1", name)) == 0 &&
+	    (rc = t_cimdd_ctl(c, out, sizeof(out), "client allow %s --uid %d", name,
+			      (int)geteuid())) == 0)
+		rc = t_cimdd_ctl(c, out, sizeof(out), "client audience %s --add %s", name, aud);
+	if (rc != 0) {
+		printf("# client %s: %s\n", name, out);
+		return -1;
+	}
+	return 0;
+}
+
+int t_cimdd_get(struct t_cimdd *c, const char *path, char *out, size_t len)
+{
+	return t_sh_out(out, len, "curl -s --max-time 5 --cacert %s %s%s", c->ca, c->base, path);
+}

@@ -80,4 +80,33 @@ void t_keystore_roundtrip(const char *conf, enum cimd_alg alg);
  * request fails alone; empty and oversized batches refused. */
 void t_keystore_batch(const char *conf);
 
+/*
+ * A whole appliance under test: a directory of its own (0711, so that other
+ * uids reach its sockets), a fresh loopback port, a self-signed TLS certificate
+ * for 127.0.0.1 (its own CA), and cimdd started on backend_conf with:
+ *   state_dir, base_url https://127.0.0.1:PORT, backend, admin_socket and
+ *   sign_socket in DIR/run, listen, tls_cert, tls_key, two_person_rule = no,
+ *   operator alice = our uid with every role
+ * plus extra (more "key = value\n" lines, or NULL).
+ */
+struct t_cimdd {
+	struct t_daemon dm;
+	char dir[400];
+	char base[64]; /* https://127.0.0.1:PORT */
+	int port;
+	char ca[600]; /* the certificate to trust */
+	char sign_sock[600];
+	char db[600];
+	char ctl[700]; /* this build's cimdctl */
+};
+int t_cimdd_start(struct t_cimdd *c, const char *name, const char *backend_conf, const char *extra);
+/* cimdctl -s ADMIN_SOCKET ARGS (stderr included) into out; its exit status. */
+int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Client name: an approved client_credentials document, our uid allowed, aud
+ * its audience.  0, or -1 with the failing answer printed. */
+int t_cimdd_client(struct t_cimdd *c, const char *name, const char *aud);
+/* curl -s --cacert CA BASE PATH into out; curl's exit status. */
+int t_cimdd_get(struct t_cimdd *c, const char *path, char *out, size_t len);
+
 #endif

@@ -36,35 +36,12 @@
 #include "harness.h"
 #include "service.h"
 
-static struct t_daemon dm;
+static struct t_cimdd cd;
 static struct t_softhsm hsm;
-static char dir[256], base[64], ca[600], ctl_bin[700], sign_sock[700], client_id[256];
+static char base[64], sign_sock[600], client_id[256];
 static int port;
 static const char aud[] = "https://as.example.com/token";
 static volatile int stop;
-
-static const char conf_text[] = "state_dir = %s/state\n"
-				"base_url = %s\n"
-				"backend = %s\n"
-				"admin_socket = %s/admin.sock\n"
-				"sign_socket = %s/sign.sock\n"
-				"two_person_rule = no\n"
-				"operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
-				"listen = %s\n"
-				"tls_cert = %s/tls.crt\n"
-				"tls_key = %s/tls.key\n";
-
-static int ctl(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int ctl(char *out, size_t len, const char *fmt, ...)
-{
-	char args[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	return t_sh_out(out, len, "%s -s %s/admin.sock %s 2>&1", ctl_bin, dir, args);
-}
 
 static int unix_connect(void)
 {
@@ -284,7 +261,7 @@ int main(void)
 {
 	enum { IDLE = 2000, HALF = 100, TCP = 400, N = 400 };
 	static int idle[IDLE], half[HALF], tcp[TCP];
-	char src[700], conf[4096], path[700], out[65536], jwks[65536], line[1024];
+	char out[65536], jwks[65536], line[1024];
 	double p99_base, p99_abuse, worst_jwks = 0, t0;
 	long rss0, rss1, prss0, rss_peak = 0, prss_peak = 0, bound;
 	pthread_t th[3];
@@ -293,54 +270,24 @@ int main(void)
 
 	signal(SIGPIPE, SIG_IGN);
 	setup_limits();
-	snprintf(ctl_bin, sizeof(ctl_bin), "%s", t_bin("cimdctl", src, sizeof(src)));
 	if (!t_ok(t_softhsm_init(&hsm, "abuse", "654321") == 0, "SoftHSM2 token"))
 		return t_done();
-	snprintf(dir, sizeof(dir), "%s/run", t_tmpdir());
-	/* Other users reach the signing socket (mode 0666); nothing else here is
-	 * readable to them. */
-	chmod(t_tmpdir(), 0711);
-	mkdir(dir, 0711);
-	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
-	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
-	snprintf(dm.sock, sizeof(dm.sock), "%s/admin.sock", dir);
-	snprintf(sign_sock, sizeof(sign_sock), "%s/sign.sock", dir);
-	port = dev_free_port_pair();
-	snprintf(base, sizeof(base), "https://127.0.0.1:%d", port);
-	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", base);
-	snprintf(ca, sizeof(ca), "%s/tls.crt", dir);
-	t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
-	     "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
-	     "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
-	     dir, dir);
-	n = snprintf(conf, sizeof(conf), conf_text, dir, base, hsm.conf, dir, dir, (int)geteuid(),
-		     base + 8, dir, dir);
-	t_write_file(dm.conf, conf, (size_t)n);
-	if (!t_ok((rc = t_daemon_start(&dm), rc == 0), "cimdd starts"))
+	/* Other users reach the signing socket (mode 0666, in a 0711 directory). */
+	rc = t_cimdd_start(&cd, "run", hsm.conf, NULL);
+	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc)))
 		return t_done();
-	snprintf(path, sizeof(path), "%s/doc.json", dir);
-	{
-		static const char doc[] = "{\"client_name\":\"Agent\",\"grant_types\":"
-					  "[\"client_credentials\"],\"response_types\":[]}\n";
-
-		t_write_file(path, doc, strlen(doc));
-	}
-	rc = ctl(out, sizeof(out), "client add agent-a --owner team --metadata %s", path);
-	if (rc == 0)
-		rc = ctl(out, sizeof(out), "doc approve agent-a 1");
-	if (rc == 0)
-		rc = ctl(out, sizeof(out), "client allow agent-a --uid %d", (int)geteuid());
-	if (rc == 0)
-		rc = ctl(out, sizeof(out), "client audience agent-a --add %s", aud);
-	if (!t_ok(rc == 0, "a client, allowed, with an audience"))
+	snprintf(base, sizeof(base), "%s", cd.base);
+	snprintf(sign_sock, sizeof(sign_sock), "%s", cd.sign_sock);
+	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", cd.base);
+	port = cd.port;
+	if (!t_ok(t_cimdd_client(&cd, "agent-a", aud) == 0, "a client, allowed, with an audience"))
 		return t_done();
-	t_sh_out(jwks, sizeof(jwks),
-		 "curl -s --max-time 5 --cacert %s %s/clients/agent-a/jwks.json", ca, base);
+	t_cimdd_get(&cd, "/clients/agent-a/jwks.json", jwks, sizeof(jwks));
 
 	/* Unloaded. */
 	client_p99(50, &fail_base); /* warm-up */
 	p99_base = client_p99(N, &fail_base);
-	rss0 = rss_kb(dm.pid);
+	rss0 = rss_kb(cd.dm.pid);
 	pub = publisher_pid();
 	prss0 = pub > 0 ? rss_kb(pub) : -1;
 
@@ -390,12 +337,11 @@ int main(void)
 	p99_abuse = client_p99(N, &fail_abuse);
 	for (i = 0; i < 20; i++) {
 		t0 = t_now_ms();
-		t_sh_out(out, sizeof(out),
-			 "curl -s --max-time 5 --cacert %s %s/clients/agent-a/jwks.json", ca, base);
+		t_cimdd_get(&cd, "/clients/agent-a/jwks.json", out, sizeof(out));
 		if (t_now_ms() - t0 > worst_jwks)
 			worst_jwks = t_now_ms() - t0;
 		jwks_ok += strcmp(out, jwks) == 0;
-		rss1 = rss_kb(dm.pid);
+		rss1 = rss_kb(cd.dm.pid);
 		rss_peak = rss1 > rss_peak ? rss1 : rss_peak;
 		if (pub > 0 && rss_kb(pub) > prss_peak)
 			prss_peak = rss_kb(pub);
@@ -426,12 +372,13 @@ int main(void)
 	     "the publisher's memory stays bounded: +%ld kB (< %ld kB)", prss_peak - prss0, bound);
 	usleep(300 * 1000); /* the abuser's connections are closed with it */
 	t_ok(client_p99(20, &fail_base) > 0 && fail_base == 0, "and it signs after the abuse ends");
-	t_ok(t_log_count(&dm, "publisher: started") == 1 && t_log_count(&dm, "exited with") == 0 &&
-		 t_log_count(&dm, "killed by signal") == 0 &&
-		 t_log_count(&dm, "forbidden system call") == 0,
+	t_ok(t_log_count(&cd.dm, "publisher: started") == 1 &&
+		 t_log_count(&cd.dm, "exited with") == 0 &&
+		 t_log_count(&cd.dm, "killed by signal") == 0 &&
+		 t_log_count(&cd.dm, "forbidden system call") == 0,
 	     "the publisher never died (started once, never exited, no forbidden system call)");
 	if (getenv("CIMD_TEST_VERBOSE"))
-		t_sh("grep -v admin: %s | tail -20", dm.log);
-	t_ok(t_daemon_stop(&dm, SIGTERM) == 0, "cimdd stops cleanly");
+		t_sh("grep -v admin: %s | tail -20", cd.dm.log);
+	t_ok(t_daemon_stop(&cd.dm, SIGTERM) == 0, "cimdd stops cleanly");
 	return t_done();
 }

@@ -21,39 +21,13 @@
 #include "harness.h"
 #include "service.h"
 
-static struct t_daemon dm;
+static struct t_cimdd cd;
 static struct t_softhsm hsm;
 static struct t_swtpm tpm;
-static char dir[256], base[64], ca[600], ctl_bin[700];
+static char dir[400], base[64], ca[600], ctl_bin[700];
 static int on_tpm;
 
-static const char conf_text[] = "state_dir = %s/state\n"
-				"base_url = %s\n"
-				"backend = %s\n"
-				"admin_socket = %s/admin.sock\n"
-				"jwks_max_age = 1\n"
-				"cimd_max_age = 1\n"
-				"assertion_max_ttl = 1\n"
-				"assertion_default_ttl = 1\n"
-				"clock_skew = 0\n"
-				"destroy_delay = 1\n"
-				"two_person_rule = no\n"
-				"operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
-				"listen = %s\n"
-				"tls_cert = %s/tls.crt\n"
-				"tls_key = %s/tls.key\n";
-
-static int ctl(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int ctl(char *out, size_t len, const char *fmt, ...)
-{
-	char args[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	return t_sh_out(out, len, "%s -s %s/admin.sock %s", ctl_bin, dir, args);
-}
+#define ctl(out, len, ...) t_cimdd_ctl(&cd, out, len, __VA_ARGS__)
 
 /* GET base+path into dir/file; the HTTP status. */
 static int fetch(const char *path, const char *file)
@@ -499,60 +473,38 @@ static void test_lifecycle(void)
 	rc = verify(out, sizeof(out), "att4.json", "ak.json", NULL, NULL);
 	t_ok(rc == 1 && strstr(out, "FAIL signature"),
 	     "the new attestation does not verify against the old trust JWKS alone");
-	t_ok(t_sh("%s -s %s/admin.sock journal verify >/dev/null", ctl_bin, dir) == 0,
-	     "the journal verifies");
+	t_ok(ctl(out, sizeof(out), "journal verify") == 0, "the journal verifies");
 }
 
 static void suite(int tpm_mode)
 {
-	char out[8192], conf[4096], path[700];
-	int n, rc;
+	int rc;
 
 	on_tpm = tpm_mode;
 	t_set_prefix(on_tpm ? "tpm2: " : "pkcs11: ");
-	snprintf(dir, sizeof(dir), "%s/%s", t_tmpdir(), on_tpm ? "tpm2" : "pkcs11");
-	mkdir(dir, 0700);
-	memset(&dm, 0, sizeof(dm));
-	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
-	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
-	snprintf(dm.sock, sizeof(dm.sock), "%s/admin.sock", dir);
 	if (on_tpm && !t_ok(t_swtpm_start(&tpm) == 0, "swtpm started"))
 		return;
-	snprintf(base, sizeof(base), "https://127.0.0.1:%d", dev_free_port_pair());
-	snprintf(ca, sizeof(ca), "%s/tls.crt", dir);
-	t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
-	     "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
-	     "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
-	     dir, dir);
-	n = snprintf(conf, sizeof(conf), conf_text, dir, base, on_tpm ? tpm.conf : hsm.conf, dir,
-		     (int)geteuid(), base + 8, dir, dir);
-	t_write_file(dm.conf, conf, (size_t)n);
-	rc = t_daemon_start(&dm);
+	rc = t_cimdd_start(&cd, on_tpm ? "tpm2" : "pkcs11", on_tpm ? tpm.conf : hsm.conf,
+			   "jwks_max_age = 1\ncimd_max_age = 1\nassertion_max_ttl = 1\n"
+			   "assertion_default_ttl = 1\nclock_skew = 0\ndestroy_delay = 1\n");
 	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc))) {
-		t_sh("cat %s", dm.log);
+		t_sh("cat %s", cd.dm.log);
 		return;
 	}
-	snprintf(path, sizeof(path), "%s/agent-a.json", dir);
-	{
-		static const char doc[] = "{\"client_name\":\"Agent A\",\"grant_types\":"
-					  "[\"client_credentials\"],\"response_types\":[]}\n";
-
-		t_write_file(path, doc, strlen(doc));
-	}
-	if ((rc = ctl(out, sizeof(out), "client add agent-a --owner team-a --metadata %s", path)) ==
-	    0)
-		rc = ctl(out, sizeof(out), "doc approve agent-a 1");
-	if (!t_ok(rc == 0, "client agent-a added and approved")) {
-		printf("# %s\n", out);
+	snprintf(dir, sizeof(dir), "%s", cd.dir);
+	snprintf(base, sizeof(base), "%s", cd.base);
+	snprintf(ca, sizeof(ca), "%s", cd.ca);
+	snprintf(ctl_bin, sizeof(ctl_bin), "%s", cd.ctl);
+	if (!t_ok(t_cimdd_client(&cd, "agent-a", "https://as.example.com") == 0,
+		  "client agent-a added and approved"))
 		return;
-	}
 	test_served();
 	test_tampering();
 	test_lifecycle();
-	rc = t_daemon_stop(&dm, SIGTERM);
+	rc = t_daemon_stop(&cd.dm, SIGTERM);
 	t_ok(rc == 0, "cimdd stops cleanly");
 	if (rc != 0 || getenv("CIMD_TEST_VERBOSE"))
-		t_sh("cat %s", dm.log);
+		t_sh("cat %s", cd.dm.log);
 	if (on_tpm)
 		t_swtpm_kill(&tpm);
 }

@@ -32,42 +32,14 @@
 #include "harness.h"
 #include "service.h"
 
-static struct t_daemon dm;
+static struct t_cimdd cd;
 static struct t_softhsm hsm;
 static struct t_swtpm tpm;
-static char dir[256], db[700], base[64], ca[600], ctl_bin[700], sign_sock[700], client_id[256],
-    approvals[700];
+static char dir[400], db[600], base[64], ca[600], sign_sock[600], client_id[256], approvals[700];
 static const char aud[] = "https://as.example.com/token";
 static int on_tpm;
 
-static const char conf_text[] = "state_dir = %s/state\n"
-				"base_url = %s\n"
-				"backend = %s\n"
-				"admin_socket = %s/admin.sock\n"
-				"sign_socket = %s/sign.sock\n"
-				"jwks_max_age = 1\n"
-				"cimd_max_age = 1\n"
-				"assertion_default_ttl = 1\n"
-				"assertion_max_ttl = 1\n"
-				"clock_skew = 0\n"
-				"destroy_delay = 1\n"
-				"two_person_rule = no\n"
-				"operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
-				"listen = %s\n"
-				"tls_cert = %s/tls.crt\n"
-				"tls_key = %s/tls.key\n";
-
-static int ctl(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int ctl(char *out, size_t len, const char *fmt, ...)
-{
-	char args[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	return t_sh_out(out, len, "%s -s %s/admin.sock %s 2>&1", ctl_bin, dir, args);
-}
+#define ctl(out, len, ...) t_cimdd_ctl(&cd, out, len, __VA_ARGS__)
 
 /* ---- the workload ---- */
 
@@ -368,56 +340,31 @@ static void wait_publisher_gone(void)
 
 static void suite(int tpm_mode, int rounds)
 {
-	char out[8192], conf[4096], path[700], why[512];
-	int n, rc, round, bad_journal = 0, bad_keys = 0, bad_docs = 0, restarts = 0, checked = 0;
+	char out[8192], why[512];
+	int rc, round, bad_journal = 0, bad_keys = 0, bad_docs = 0, restarts = 0, checked = 0;
 	size_t missing = 0, received = 0;
 	pthread_t th[2];
 	pid_t admin;
 
 	on_tpm = tpm_mode;
 	t_set_prefix(on_tpm ? "tpm2: " : "pkcs11: ");
-	snprintf(dir, sizeof(dir), "%s/%s", t_tmpdir(), on_tpm ? "tpm2" : "pkcs11");
-	mkdir(dir, 0700);
-	memset(&dm, 0, sizeof(dm));
-	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
-	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
-	snprintf(dm.sock, sizeof(dm.sock), "%s/admin.sock", dir);
-	snprintf(sign_sock, sizeof(sign_sock), "%s/sign.sock", dir);
-	snprintf(db, sizeof(db), "%s/state/cimdd.db", dir);
-	snprintf(approvals, sizeof(approvals), "%s/approvals.txt", dir);
 	if (on_tpm && !t_ok(t_swtpm_start(&tpm) == 0, "swtpm started"))
 		return;
-	snprintf(base, sizeof(base), "https://127.0.0.1:%d", dev_free_port_pair());
-	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", base);
-	snprintf(ca, sizeof(ca), "%s/tls.crt", dir);
-	t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
-	     "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
-	     "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
-	     dir, dir);
-	n = snprintf(conf, sizeof(conf), conf_text, dir, base, on_tpm ? tpm.conf : hsm.conf, dir,
-		     dir, (int)geteuid(), base + 8, dir, dir);
-	t_write_file(dm.conf, conf, (size_t)n);
-	rc = t_daemon_start(&dm);
+	rc = t_cimdd_start(&cd, on_tpm ? "tpm2" : "pkcs11", on_tpm ? tpm.conf : hsm.conf,
+			   "jwks_max_age = 1\ncimd_max_age = 1\nassertion_default_ttl = 1\n"
+			   "assertion_max_ttl = 1\nclock_skew = 0\ndestroy_delay = 1\n");
 	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc)))
 		return;
-	snprintf(path, sizeof(path), "%s/agent-a.json", dir);
-	{
-		static const char doc[] = "{\"client_name\":\"Agent A\",\"grant_types\":"
-					  "[\"client_credentials\"],\"response_types\":[]}\n";
-
-		t_write_file(path, doc, strlen(doc));
-	}
-	rc = ctl(out, sizeof(out), "client add agent-a --owner team-a --metadata %s", path);
-	if (rc == 0)
-		rc = ctl(out, sizeof(out), "doc approve agent-a 1");
-	if (rc == 0)
-		rc = ctl(out, sizeof(out), "client allow agent-a --uid %d", (int)geteuid());
-	if (rc == 0)
-		rc = ctl(out, sizeof(out), "client audience agent-a --add %s", aud);
-	if (!t_ok(rc == 0, "client agent-a, allowed, with an audience")) {
-		printf("# %s\n", out);
+	snprintf(dir, sizeof(dir), "%s", cd.dir);
+	snprintf(db, sizeof(db), "%s", cd.db);
+	snprintf(base, sizeof(base), "%s", cd.base);
+	snprintf(ca, sizeof(ca), "%s", cd.ca);
+	snprintf(sign_sock, sizeof(sign_sock), "%s", cd.sign_sock);
+	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", cd.base);
+	snprintf(approvals, sizeof(approvals), "%s/approvals.txt", cd.dir);
+	if (!t_ok(t_cimdd_client(&cd, "agent-a", aud) == 0,
+		  "client agent-a, allowed, with an audience"))
 		return;
-	}
 	for (round = 0; round < rounds; round++) {
 		unsigned seed = (unsigned)(t_now_ms() * 1000) ^ (unsigned)round;
 
@@ -427,7 +374,7 @@ static void suite(int tpm_mode, int rounds)
 		if ((admin = fork()) == 0)
 			admin_loop(seed);
 		usleep(150000 + (seed % 550) * 1000);
-		rc = t_daemon_stop(&dm, SIGKILL);
+		rc = t_daemon_stop(&cd.dm, SIGKILL);
 		if (on_tpm)
 			t_swtpm_kill(&tpm);
 		kill(admin, SIGKILL);
@@ -440,10 +387,10 @@ static void suite(int tpm_mode, int rounds)
 			t_ok(0, "round %d: swtpm restarts", round);
 			break;
 		}
-		if ((rc = t_daemon_start(&dm)) < 0) {
+		if ((rc = t_daemon_start(&cd.dm)) < 0) {
 			t_ok(0, "round %d: cimdd restarts after SIGKILL (%s)", round,
 			     cimd_strerror(rc));
-			t_sh("tail -20 %s", dm.log);
+			t_sh("tail -20 %s", cd.dm.log);
 			break;
 		}
 		restarts++;
@@ -472,11 +419,11 @@ static void suite(int tpm_mode, int rounds)
 	t_ok(checked > 0 && bad_docs == 0,
 	     "no approved document changed (%d approvals checked, %d rounds with a change)",
 	     checked, bad_docs);
-	t_ok(t_log_count(&dm, "NO hardware key") == 0,
+	t_ok(t_log_count(&cd.dm, "NO hardware key") == 0,
 	     "reconciliation never found a recorded key missing from the hardware");
-	t_daemon_stop(&dm, SIGTERM);
+	t_daemon_stop(&cd.dm, SIGTERM);
 	if (getenv("CIMD_TEST_VERBOSE"))
-		t_sh("cat %s", dm.log);
+		t_sh("cat %s", cd.dm.log);
 	if (on_tpm)
 		t_swtpm_kill(&tpm);
 	n_jtis = 0;
@@ -484,7 +431,6 @@ static void suite(int tpm_mode, int rounds)
 
 int main(void)
 {
-	char src[700];
 	/* 50 rounds (issue 7); under the sanitizers, whose run looks for memory
 	 * errors rather than for the statistic, 10. */
 	int rounds = getenv("CIMD_CRASH_ROUNDS")     ? atoi(getenv("CIMD_CRASH_ROUNDS"))
@@ -492,7 +438,6 @@ int main(void)
 						     : 50;
 
 	signal(SIGPIPE, SIG_IGN);
-	snprintf(ctl_bin, sizeof(ctl_bin), "%s", t_bin("cimdctl", src, sizeof(src)));
 	if ((jtis = calloc(JTI_MAX, sizeof(jtis[0]))) == NULL)
 		return t_ok(0, "memory"), t_done();
 	if (!t_ok(t_softhsm_init(&hsm, "crash", "654321") == 0, "SoftHSM2 token"))

@@ -19,40 +19,17 @@
 #include "harness.h"
 #include "service.h"
 
-static struct t_daemon dm;
+static struct t_cimdd cd;
 static struct t_softhsm hsm;
 static struct t_swtpm tpm;
-static char dir[256], base[64], ca[600], ctl_bin[700], sign_sock[700], client_id[256];
+static char client_id[256];
 static const char aud[] = "https://as.example.com/token";
 
-static const char conf_text[] = "state_dir = %s/state\n"
-				"base_url = %s\n"
-				"backend = %s\n"
-				"admin_socket = %s/admin.sock\n"
-				"sign_socket = %s/sign.sock\n"
-				"jwks_max_age = 1\n"
-				"cimd_max_age = 1\n"
-				"two_person_rule = no\n"
-				"operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
-				"listen = %s\n"
-				"tls_cert = %s/tls.crt\n"
-				"tls_key = %s/tls.key\n";
-
-static int ctl(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int ctl(char *out, size_t len, const char *fmt, ...)
-{
-	char args[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	return t_sh_out(out, len, "%s -s %s/admin.sock %s 2>&1", ctl_bin, dir, args);
-}
+#define ctl(out, len, ...) t_cimdd_ctl(&cd, out, len, __VA_ARGS__)
 
 static int http(const char *path, char *out, size_t len)
 {
-	return t_sh_out(out, len, "curl -s --max-time 5 --cacert %s %s%s", ca, base, path);
+	return t_cimdd_get(&cd, path, out, len);
 }
 
 static int sign_once(void)
@@ -61,7 +38,7 @@ static int sign_once(void)
 	char *jwt = NULL;
 	int r;
 
-	if ((r = cimd_open(sign_sock, &c)) == CIMD_OK)
+	if ((r = cimd_open(cd.sign_sock, &c)) == CIMD_OK)
 		r = cimd_assert(c, client_id, aud, 0, &jwt, NULL);
 	free(jwt);
 	cimd_close(&c);
@@ -96,44 +73,14 @@ static double wait_signing(double ms)
 
 static int setup(const char *name, const char *backend)
 {
-	char out[8192], conf[4096], path[700];
-	int n, rc;
+	int rc;
 
 	t_set_prefix(name);
-	snprintf(dir, sizeof(dir), "%s/%.*s", t_tmpdir(), (int)strlen(name) - 2, name);
-	mkdir(dir, 0700);
-	memset(&dm, 0, sizeof(dm));
-	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
-	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
-	snprintf(dm.sock, sizeof(dm.sock), "%s/admin.sock", dir);
-	snprintf(sign_sock, sizeof(sign_sock), "%s/sign.sock", dir);
-	snprintf(base, sizeof(base), "https://127.0.0.1:%d", dev_free_port_pair());
-	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", base);
-	snprintf(ca, sizeof(ca), "%s/tls.crt", dir);
-	t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
-	     "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
-	     "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
-	     dir, dir);
-	n = snprintf(conf, sizeof(conf), conf_text, dir, base, backend, dir, dir, (int)geteuid(),
-		     base + 8, dir, dir);
-	t_write_file(dm.conf, conf, (size_t)n);
-	if ((rc = t_daemon_start(&dm)) < 0)
+	if ((rc = t_cimdd_start(&cd, name[0] == 'p' ? "pkcs11" : "tpm2", backend,
+				"jwks_max_age = 1\ncimd_max_age = 1\n")) < 0)
 		return rc;
-	snprintf(path, sizeof(path), "%s/agent-a.json", dir);
-	{
-		static const char doc[] = "{\"client_name\":\"Agent A\",\"grant_types\":"
-					  "[\"client_credentials\"],\"response_types\":[]}\n";
-
-		t_write_file(path, doc, strlen(doc));
-	}
-	if ((rc = ctl(out, sizeof(out), "client add agent-a --owner team-a --metadata %s", path)) ==
-		0 &&
-	    (rc = ctl(out, sizeof(out), "doc approve agent-a 1")) == 0 &&
-	    (rc = ctl(out, sizeof(out), "client allow agent-a --uid %d", (int)geteuid())) == 0)
-		rc = ctl(out, sizeof(out), "client audience agent-a --add %s", aud);
-	if (rc != 0)
-		printf("# %s\n", out);
-	return rc == 0 ? 0 : -EIO;
+	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", cd.base);
+	return t_cimdd_client(&cd, "agent-a", aud) == 0 ? 0 : -EIO;
 }
 
 /* What must hold while the hardware is away, and after it is back. */
@@ -152,7 +99,7 @@ static void while_down(const char *what)
 	ctl(out, sizeof(out), "status");
 	t_ok(strstr(out, "UNAVAILABLE") != NULL, "%s: cimdctl status says UNAVAILABLE", what);
 	t_ok(http("/clients/agent-a", out, sizeof(out)) == 0 &&
-		 strstr(out, "\"client_name\":\"Agent A\"") != NULL,
+		 strstr(out, "\"client_name\":\"Agent\"") != NULL,
 	     "%s: the document is still published", what);
 	t_ok(http("/clients/agent-a/jwks.json", out, sizeof(out)) == 0 && strstr(out, "\"kid\""),
 	     "%s: and the JWKS", what);
@@ -194,10 +141,10 @@ static void test_pkcs11(void)
 	rename(moved, tokens);
 	when_back("token back");
 	if (getenv("CIMD_TEST_VERBOSE"))
-		t_sh("grep -v 'admin:' %s | tail -30", dm.log);
+		t_sh("grep -v 'admin:' %s | tail -30", cd.dm.log);
 
 	/* A wrong PIN at start: the backend stays closed, the daemon serves. */
-	t_daemon_stop(&dm, SIGTERM);
+	t_daemon_stop(&cd.dm, SIGTERM);
 	{
 		FILE *f = fopen(hsm.pin_file, "r");
 
@@ -209,18 +156,18 @@ static void test_pkcs11(void)
 		}
 	}
 	t_write_file(hsm.pin_file, "000000\n", 7);
-	rc = t_daemon_start(&dm);
+	rc = t_daemon_start(&cd.dm);
 	t_ok(rc == 0, "cimdd starts with a wrong PIN");
-	t_ok(t_log_count(&dm, "backend pkcs11:") >= 1 && t_log_count(&dm, "PIN") >= 1,
+	t_ok(t_log_count(&cd.dm, "backend pkcs11:") >= 1 && t_log_count(&cd.dm, "PIN") >= 1,
 	     "and says the PIN is wrong");
-	if (t_log_count(&dm, "PIN") < 1)
-		t_sh("tail -5 %s", dm.log);
+	if (t_log_count(&cd.dm, "PIN") < 1)
+		t_sh("tail -5 %s", cd.dm.log);
 	while_down("wrong PIN");
 	t_write_file(hsm.pin_file, pin_saved, strlen(pin_saved));
 	when_back("PIN fixed");
 	ctl(out, sizeof(out), "status");
 	t_ok(strstr(out, "pkcs11: open") != NULL, "cimdctl status: open");
-	t_daemon_stop(&dm, SIGTERM);
+	t_daemon_stop(&cd.dm, SIGTERM);
 }
 
 static void test_tpm2(void)
@@ -234,16 +181,13 @@ static void test_tpm2(void)
 	while_down("swtpm killed");
 	t_ok(t_swtpm_restart(&tpm) == 0, "swtpm restarted");
 	when_back("swtpm back");
-	t_daemon_stop(&dm, SIGTERM);
+	t_daemon_stop(&cd.dm, SIGTERM);
 	t_swtpm_kill(&tpm);
 }
 
 int main(void)
 {
-	char src[700];
-
 	signal(SIGPIPE, SIG_IGN);
-	snprintf(ctl_bin, sizeof(ctl_bin), "%s", t_bin("cimdctl", src, sizeof(src)));
 	if (!t_ok(t_softhsm_init(&hsm, "faults", "654321") == 0, "SoftHSM2 token"))
 		return t_done();
 	test_pkcs11();

@@ -24,44 +24,16 @@
 #include "harness.h"
 #include "service.h"
 
-static struct t_daemon dm;
+static struct t_cimdd cd;
 static struct t_softhsm hsm;
-static char dir[256], db[700], base[64], ca[600], ctl_bin[700], sign_sock[700];
+static char dir[400], db[600], base[64], ca[600], sign_sock[600];
 static const char aud[] = "https://as.example.com/token";
 static const char *const names[2] = {"agent-a", "agent-b"};
 
 #define ROTATIONS 20
 #define REVOCATIONS 3
 
-static const char conf_text[] = "state_dir = %s/state\n"
-				"base_url = %s\n"
-				"backend = %s\n"
-				"admin_socket = %s/admin.sock\n"
-				"sign_socket = %s/sign.sock\n"
-				"jwks_max_age = 1\n"
-				"cimd_max_age = 1\n"
-				"assertion_default_ttl = 1\n"
-				"assertion_max_ttl = 1\n"
-				"clock_skew = 0\n"
-				"destroy_delay = 1\n"
-				"rotate_every = 2\n"
-				"two_person_rule = no\n"
-				"operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
-				"listen = %s\n"
-				"tls_cert = %s/tls.crt\n"
-				"tls_key = %s/tls.key\n";
-
-static int ctl(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int ctl(char *out, size_t len, const char *fmt, ...)
-{
-	char args[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	return t_sh_out(out, len, "%s -s %s/admin.sock %s 2>&1", ctl_bin, dir, args);
-}
+#define ctl(out, len, ...) t_cimdd_ctl(&cd, out, len, __VA_ARGS__)
 
 /* ---- assertions in flight from the signers to the verifier ---- */
 
@@ -265,53 +237,28 @@ static long count(const char *sql)
 
 int main(void)
 {
-	char src[700], conf[4096], path[700], out[8192], kid[64];
+	char out[8192], kid[64];
 	pthread_t sig[2], ver;
 	long rotations = 0;
-	int n, rc, i, revocations = 0;
+	int rc, i, revocations = 0;
 	double t0;
 
 	signal(SIGPIPE, SIG_IGN);
-	snprintf(ctl_bin, sizeof(ctl_bin), "%s", t_bin("cimdctl", src, sizeof(src)));
 	if (!t_ok(t_softhsm_init(&hsm, "rotation", "654321") == 0, "SoftHSM2 token"))
 		return t_done();
-	snprintf(dir, sizeof(dir), "%s/run", t_tmpdir());
-	mkdir(dir, 0700);
-	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
-	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
-	snprintf(dm.sock, sizeof(dm.sock), "%s/admin.sock", dir);
-	snprintf(sign_sock, sizeof(sign_sock), "%s/sign.sock", dir);
-	snprintf(db, sizeof(db), "%s/state/cimdd.db", dir);
-	snprintf(base, sizeof(base), "https://127.0.0.1:%d", dev_free_port_pair());
-	snprintf(ca, sizeof(ca), "%s/tls.crt", dir);
-	t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
-	     "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
-	     "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
-	     dir, dir);
-	n = snprintf(conf, sizeof(conf), conf_text, dir, base, hsm.conf, dir, dir, (int)geteuid(),
-		     base + 8, dir, dir);
-	t_write_file(dm.conf, conf, (size_t)n);
-	rc = t_daemon_start(&dm);
+	rc = t_cimdd_start(&cd, "run", hsm.conf,
+			   "jwks_max_age = 1\ncimd_max_age = 1\nassertion_default_ttl = 1\n"
+			   "assertion_max_ttl = 1\nclock_skew = 0\ndestroy_delay = 1\n"
+			   "rotate_every = 2\n");
 	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc)))
 		return t_done();
-	snprintf(path, sizeof(path), "%s/doc.json", dir);
-	{
-		static const char doc[] = "{\"client_name\":\"Agent\",\"grant_types\":"
-					  "[\"client_credentials\"],\"response_types\":[]}\n";
-
-		t_write_file(path, doc, strlen(doc));
-	}
-	for (i = 0, rc = 0; i < 2 && rc == 0; i++) {
-		rc = ctl(out, sizeof(out), "client add %s --owner team --metadata %s", names[i],
-			 path);
-		if (rc == 0)
-			rc = ctl(out, sizeof(out), "doc approve %s 1", names[i]);
-		if (rc == 0)
-			rc = ctl(out, sizeof(out), "client allow %s --uid %d", names[i],
-				 (int)geteuid());
-		if (rc == 0)
-			rc = ctl(out, sizeof(out), "client audience %s --add %s", names[i], aud);
-	}
+	snprintf(dir, sizeof(dir), "%s", cd.dir);
+	snprintf(db, sizeof(db), "%s", cd.db);
+	snprintf(base, sizeof(base), "%s", cd.base);
+	snprintf(ca, sizeof(ca), "%s", cd.ca);
+	snprintf(sign_sock, sizeof(sign_sock), "%s", cd.sign_sock);
+	for (i = 0, rc = 0; i < 2 && rc == 0; i++)
+		rc = t_cimdd_client(&cd, names[i], aud);
 	if (!t_ok(rc == 0, "two clients, allowed, with an audience"))
 		return t_done();
 	pthread_create(&ver, NULL, verifier_main, NULL);
@@ -375,8 +322,7 @@ int main(void)
 	t_ok(count("SELECT count(*) FROM journal WHERE kind = 'key.state' AND "
 		   "json_extract(record, '$.to') = 'revoked'") == REVOCATIONS,
 	     "(the %d revocations are journal records)", REVOCATIONS);
-	t_ok(t_sh("%s -s %s/admin.sock journal verify >/dev/null", ctl_bin, dir) == 0,
-	     "the journal verifies");
-	t_ok(t_daemon_stop(&dm, SIGTERM) == 0, "cimdd stops cleanly");
+	t_ok(ctl(out, sizeof(out), "journal verify") == 0, "the journal verifies");
+	t_ok(t_daemon_stop(&cd.dm, SIGTERM) == 0, "cimdd stops cleanly");
 	return t_done();
 }

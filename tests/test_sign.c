@@ -32,43 +32,14 @@
 #include "harness.h"
 #include "service.h"
 
-static struct t_daemon dm;
+static struct t_cimdd cd;
 static struct t_softhsm hsm;
 static struct t_swtpm tpm;
-static char dir[256], db[700], sign_sock[700], base[64], ca[600], ctl_bin[700], assert_bin[700],
-    client_id[256];
+static char dir[400], db[600], sign_sock[600], base[64], ca[600], assert_bin[700], client_id[256];
 static const char aud[] = "https://as.example.com/token";
 static int root, on_tpm;
 
-static const char conf_text[] = "state_dir = %s/state\n"
-				"base_url = %s\n"
-				"backend = %s\n"
-				"admin_socket = %s/run/admin.sock\n"
-				"sign_socket = %s/run/sign.sock\n"
-				"sign_socket_mode = 0666\n"
-				"jwks_max_age = 1\n"
-				"cimd_max_age = 1\n"
-				"assertion_default_ttl = 60\n"
-				"assertion_max_ttl = 300\n"
-				"clock_skew = 0\n"
-				"destroy_delay = 1\n"
-				"two_person_rule = no\n"
-				"operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
-				"listen = %s\n"
-				"tls_cert = %s/tls.crt\n"
-				"tls_key = %s/tls.key\n";
-
-static int ctl(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int ctl(char *out, size_t len, const char *fmt, ...)
-{
-	char args[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	return t_sh_out(out, len, "%s -s %s/run/admin.sock %s", ctl_bin, dir, args);
-}
+#define ctl(out, len, ...) t_cimdd_ctl(&cd, out, len, __VA_ARGS__)
 
 /* One assertion through libcimd; the status. */
 static int sign_once(const char *cid, const char *a, long ttl, char **ret_jwt,
@@ -385,7 +356,7 @@ static void test_bulk(void)
 	t_ok(json_num(out, "verified") == BULK_THREADS * BULK_EACH &&
 		 json_num(out, "failed") == 0 && json_num(out, "distinct_jti") == 10000,
 	     "jose verifies all 10,000 against the published JWKS (%s)", out);
-	t_ok(t_sh("%s -s %s/run/admin.sock journal verify >/dev/null", ctl_bin, dir) == 0,
+	t_ok(ctl(out, sizeof(out), "journal verify") == 0,
 	     "the journal chain verifies after 10,000 group-committed records");
 }
 
@@ -822,54 +793,29 @@ static void test_metrics(void)
 
 static void suite(int tpm_mode)
 {
-	char out[8192], conf[4096], path[700];
-	int n, rc;
+	int rc;
 
 	on_tpm = tpm_mode;
 	t_set_prefix(on_tpm ? "tpm2: " : "pkcs11: ");
-	snprintf(dir, sizeof(dir), "%s/%s", t_tmpdir(), on_tpm ? "tpm2" : "pkcs11");
-	mkdir(dir, 0711);
-	snprintf(path, sizeof(path), "%s/run", dir);
-	mkdir(path, 0711);
-	memset(&dm, 0, sizeof(dm));
-	snprintf(dm.conf, sizeof(dm.conf), "%s/cimdd.conf", dir);
-	snprintf(dm.log, sizeof(dm.log), "%s/cimdd.log", dir);
-	snprintf(dm.sock, sizeof(dm.sock), "%s/run/admin.sock", dir);
-	snprintf(sign_sock, sizeof(sign_sock), "%s/run/sign.sock", dir);
-	snprintf(db, sizeof(db), "%s/state/cimdd.db", dir);
 	if (on_tpm && !t_ok(t_swtpm_start(&tpm) == 0, "swtpm started"))
 		return;
-	snprintf(base, sizeof(base), "https://127.0.0.1:%d", dev_free_port_pair());
-	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", base);
-	snprintf(ca, sizeof(ca), "%s/tls.crt", dir);
-	t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
-	     "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
-	     "subjectAltName=IP:127.0.0.1 2>/dev/null >/dev/null",
-	     dir, dir);
-	n = snprintf(conf, sizeof(conf), conf_text, dir, base, on_tpm ? tpm.conf : hsm.conf, dir,
-		     dir, (int)geteuid(), base + 8, dir, dir);
-	t_write_file(dm.conf, conf, (size_t)n);
-	rc = t_daemon_start(&dm);
+	rc = t_cimdd_start(&cd, on_tpm ? "tpm2" : "pkcs11", on_tpm ? tpm.conf : hsm.conf,
+			   "sign_socket_mode = 0666\njwks_max_age = 1\ncimd_max_age = 1\n"
+			   "assertion_default_ttl = 60\nassertion_max_ttl = 300\nclock_skew = 0\n"
+			   "destroy_delay = 1\n");
 	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc))) {
-		t_sh("cat %s", dm.log);
+		t_sh("cat %s", cd.dm.log);
 		return;
 	}
-	snprintf(path, sizeof(path), "%s/agent-a.json", dir);
-	{
-		static const char doc[] =
-		    "{\"client_name\":\"Agent "
-		    "A\",\"grant_types\":[\"client_credentials\"],\"response_types\":[]}\n";
-
-		t_write_file(path, doc, strlen(doc));
-	}
-	if ((rc = ctl(out, sizeof(out), "client add agent-a --owner team-a --metadata %s", path)) ==
-		0 &&
-	    (rc = ctl(out, sizeof(out), "doc approve agent-a 1")) == 0 &&
-	    (rc = ctl(out, sizeof(out), "client allow agent-a --uid %d", (int)geteuid())) == 0)
-		rc = ctl(out, sizeof(out), "client audience agent-a --add %s", aud);
-	if (!t_ok(rc == 0, "client agent-a: added, approved, allowed, with an audience")) {
-		printf("# %s\n", out);
-		t_sh("cat %s", dm.log);
+	snprintf(dir, sizeof(dir), "%s", cd.dir);
+	snprintf(db, sizeof(db), "%s", cd.db);
+	snprintf(base, sizeof(base), "%s", cd.base);
+	snprintf(ca, sizeof(ca), "%s", cd.ca);
+	snprintf(sign_sock, sizeof(sign_sock), "%s", cd.sign_sock);
+	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", cd.base);
+	if (!t_ok(t_cimdd_client(&cd, "agent-a", aud) == 0,
+		  "client agent-a: added, approved, allowed, with an audience")) {
+		t_sh("cat %s", cd.dm.log);
 		return;
 	}
 	{
@@ -890,10 +836,10 @@ static void suite(int tpm_mode)
 	if (on_tpm)
 		test_unavailable();
 	test_metrics();
-	rc = t_daemon_stop(&dm, SIGTERM);
+	rc = t_daemon_stop(&cd.dm, SIGTERM);
 	t_ok(rc == 0 && access(sign_sock, F_OK) != 0, "cimdd stops cleanly and removes sign.sock");
 	if (getenv("CIMD_TEST_VERBOSE"))
-		t_sh("cat %s", dm.log);
+		t_sh("cat %s", cd.dm.log);
 	if (on_tpm)
 		t_swtpm_kill(&tpm);
 }
@@ -905,13 +851,8 @@ int main(void)
 	signal(SIGPIPE, SIG_IGN);
 	root = geteuid() == 0;
 	chmod(t_tmpdir(), 0711);
-	/* Binaries other uids may run (setpriv). */
-	snprintf(ctl_bin, sizeof(ctl_bin), "%s/cimdctl", t_tmpdir());
+	/* cimd-assert where other uids may run it (setpriv). */
 	snprintf(assert_bin, sizeof(assert_bin), "%s/cimd-assert", t_tmpdir());
-	t_bin("cimdctl", src, sizeof(src));
-	snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", src, ctl_bin, ctl_bin);
-	if (system(cmd) != 0)
-		return t_ok(0, "copy cimdctl"), t_done();
 	t_bin("cimd-assert", src, sizeof(src));
 	snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", src, assert_bin, assert_bin);
 	if (system(cmd) != 0)
