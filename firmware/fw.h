@@ -272,8 +272,7 @@ int tpm2_public_jwk(const uint8_t *pub, size_t pub_len, json_t **ret_jwk, int *r
 
 /* The TPM2_Certify qualifyingData binding a client key to one client and one
  * document (attest_fmt.c, docs/attestation.md). */
-int attest_binding(const char *client_id, const char *cimd_hex, const char *kid,
-		   uint8_t ret[32]);
+int attest_binding(const char *client_id, const char *cimd_hex, const char *kid, uint8_t ret[32]);
 /*
  * Verifies an attestation or revocation envelope offline (docs/attestation.md,
  * "Verification"): the DSSE signature by a key of trust (the appliance's
@@ -286,6 +285,46 @@ typedef void (*attest_report_fn)(void *arg, int ok, const char *check, const cha
 int attest_verify(const char *envelope, size_t len, const json_t *trust, const uint8_t *doc,
 		  size_t doc_len, const uint8_t *jwks, size_t jwks_len, attest_report_fn report,
 		  void *arg);
+
+/* ---- RFC 9162 Merkle trees over SHA-256 (merkle.c) ---- */
+
+#define MERKLE_LEAVES_MAX (1ULL << 40) /* leaves of one tree */
+#define MERKLE_PROOF_MAX 64	       /* nodes of one proof */
+
+/* SHA-256(0x00 || data) and SHA-256(0x01 || left || right) (RFC 9162 §2.1.1). */
+void merkle_leaf_hash(const uint8_t *data, size_t len, uint8_t ret[32]);
+void merkle_node_hash(const uint8_t left[32], const uint8_t right[32], uint8_t ret[32]);
+
+/* The head of a growing tree, O(log n) per appended leaf hash. */
+struct merkle_frontier {
+	uint64_t size;
+	uint8_t nodes[64][32]; /* nodes[i]: the perfect subtree bit i of size stands for */
+};
+void merkle_frontier_init(struct merkle_frontier *f);
+void merkle_frontier_append(struct merkle_frontier *f, const uint8_t leaf[32]);
+void merkle_frontier_root(const struct merkle_frontier *f, uint8_t ret[32]);
+
+/* A whole tree of leaf hashes, for proofs (every aligned perfect subtree kept). */
+struct merkle_tree {
+	uint64_t n;
+	unsigned levels;
+	uint8_t (*level[64])[32];
+};
+int merkle_tree_build(const uint8_t (*leaves)[32], uint64_t n, struct merkle_tree **ret);
+void merkle_tree_free(struct merkle_tree **t);
+/* MTH of the first size leaves (size <= n). */
+int merkle_tree_root(const struct merkle_tree *t, uint64_t size, uint8_t ret[32]);
+/* PATH(index, D[size]) (§2.1.3.1) and PROOF(old_size, D[size]) (§2.1.4.1), each at
+ * most MERKLE_PROOF_MAX nodes into ret. */
+int merkle_inclusion_proof(const struct merkle_tree *t, uint64_t index, uint64_t size,
+			   uint8_t (*ret)[32], size_t *ret_len);
+int merkle_consistency_proof(const struct merkle_tree *t, uint64_t old_size, uint64_t size,
+			     uint8_t (*ret)[32], size_t *ret_len);
+/* The verifications of §2.1.3.2 and §2.1.4.2: 0 or -CIMD_EVERIFY. */
+int merkle_verify_inclusion(uint64_t index, uint64_t size, const uint8_t leaf[32],
+			    const uint8_t (*proof)[32], size_t len, const uint8_t root[32]);
+int merkle_verify_consistency(uint64_t old_size, uint64_t size, const uint8_t (*proof)[32],
+			      size_t len, const uint8_t old_root[32], const uint8_t root[32]);
 
 /* ---- JWS compact serialisation, RFC 7515 §7.1 ---- */
 

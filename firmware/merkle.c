@@ -1,0 +1,329 @@
+/*
+ * merkle.c — RFC 9162 Merkle trees (Certificate Transparency v2, §2.1), over
+ * SHA-256: the tree head, inclusion and consistency proofs, their verification,
+ * and a frontier that keeps the head of a growing tree in O(log n) per leaf.
+ *
+ *   leaf hash  SHA-256(0x00 || data)            (§2.1.1)
+ *   node hash  SHA-256(0x01 || left || right)
+ *   MTH({})    SHA-256("")
+ *   MTH(D[n])  node(MTH(D[0:k]), MTH(D[k:n])), k the largest power of two < n
+ *
+ * Proofs are generated from the leaf hashes of the whole tree (struct
+ * merkle_tree keeps every aligned perfect subtree, so a proof costs O(log² n)
+ * after an O(n) build) and verified with the iterative algorithms of §2.1.3.2
+ * and §2.1.4.2, which need nothing but the proof.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "fw.h"
+
+static void sha256_parts(const uint8_t *a, size_t an, const uint8_t *b, size_t bn, const uint8_t *c,
+			 size_t cn, uint8_t out[32])
+{
+	EVP_MD_CTX *x = EVP_MD_CTX_new();
+	unsigned int l = 0;
+
+	if (x == NULL || EVP_DigestInit_ex(x, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(x, a, an) != 1 || (bn && EVP_DigestUpdate(x, b, bn) != 1) ||
+	    (cn && EVP_DigestUpdate(x, c, cn) != 1) || EVP_DigestFinal_ex(x, out, &l) != 1)
+		memset(out, 0, 32); /* unreachable short of OpenSSL failing: never a valid hash */
+	EVP_MD_CTX_free(x);
+}
+
+void merkle_leaf_hash(const uint8_t *data, size_t len, uint8_t ret[32])
+{
+	static const uint8_t zero = 0x00;
+
+	sha256_parts(&zero, 1, data, len, NULL, 0, ret);
+}
+
+void merkle_node_hash(const uint8_t left[32], const uint8_t right[32], uint8_t ret[32])
+{
+	static const uint8_t one = 0x01;
+
+	sha256_parts(&one, 1, left, 32, right, 32, ret);
+}
+
+/* The largest power of two smaller than n (n > 1). */
+static uint64_t split(uint64_t n)
+{
+	uint64_t k = 1;
+
+	while (k << 1 < n)
+		k <<= 1;
+	return k;
+}
+
+/* ---- the frontier: the head of a growing tree ---- */
+
+void merkle_frontier_init(struct merkle_frontier *f)
+{
+	memset(f, 0, sizeof(*f));
+}
+
+/* nodes[i] is the root of the perfect subtree of 2^i leaves that bit i of
+ * size stands for; appending is a binary increment that merges equal sizes. */
+void merkle_frontier_append(struct merkle_frontier *f, const uint8_t leaf[32])
+{
+	uint8_t carry[32];
+	unsigned i;
+
+	memcpy(carry, leaf, 32);
+	for (i = 0; f->size >> i & 1; i++)
+		merkle_node_hash(f->nodes[i], carry, carry);
+	memcpy(f->nodes[i], carry, 32);
+	f->size++;
+}
+
+void merkle_frontier_root(const struct merkle_frontier *f, uint8_t ret[32])
+{
+	uint8_t acc[32];
+	int have = 0;
+	unsigned i;
+
+	if (f->size == 0) {
+		sha256_parts(NULL, 0, NULL, 0, NULL, 0, ret);
+		return;
+	}
+	/* From the smallest subtree (rightmost) to the largest (leftmost). */
+	for (i = 0; i < 64; i++) {
+		if (!(f->size >> i & 1))
+			continue;
+		if (!have) {
+			memcpy(acc, f->nodes[i], 32);
+			have = 1;
+		} else {
+			merkle_node_hash(f->nodes[i], acc, acc);
+		}
+	}
+	memcpy(ret, acc, 32);
+}
+
+/* ---- a whole tree, for proofs ---- */
+
+int merkle_tree_build(const uint8_t (*leaves)[32], uint64_t n, struct merkle_tree **ret)
+{
+	struct merkle_tree *t;
+	uint64_t count, i;
+	unsigned l;
+
+	if (n > MERKLE_LEAVES_MAX)
+		return -E2BIG;
+	if ((t = calloc(1, sizeof(*t))) == NULL)
+		return -ENOMEM;
+	t->n = n;
+	for (l = 0, count = n; l < 64 && count > 0; l++, count >>= 1) {
+		if ((t->level[l] = malloc((size_t)(count ? count : 1) * 32)) == NULL) {
+			merkle_tree_free(&t);
+			return -ENOMEM;
+		}
+		for (i = 0; i < count; i++) {
+			if (l == 0)
+				memcpy(t->level[0][i], leaves[i], 32);
+			else
+				merkle_node_hash(t->level[l - 1][2 * i], t->level[l - 1][2 * i + 1],
+						 t->level[l][i]);
+		}
+		t->levels = l + 1;
+	}
+	*ret = t;
+	return 0;
+}
+
+void merkle_tree_free(struct merkle_tree **pt)
+{
+	unsigned l;
+
+	if (*pt == NULL)
+		return;
+	for (l = 0; l < 64; l++)
+		free((*pt)->level[l]);
+	free(*pt);
+	*pt = NULL;
+}
+
+/* MTH of leaves [a, b) (b > a): an aligned perfect subtree is looked up, any
+ * other range split as §2.1.1 splits it. */
+static void range_hash(const struct merkle_tree *t, uint64_t a, uint64_t b, uint8_t ret[32])
+{
+	uint64_t n = b - a, k;
+	uint8_t l[32], r[32];
+	unsigned lv = 0;
+
+	if ((n & (n - 1)) == 0) {
+		while ((1ULL << lv) < n)
+			lv++;
+		if (a % n == 0) {
+			memcpy(ret, t->level[lv][a >> lv], 32);
+			return;
+		}
+	}
+	k = split(n);
+	range_hash(t, a, a + k, l);
+	range_hash(t, a + k, b, r);
+	merkle_node_hash(l, r, ret);
+}
+
+int merkle_tree_root(const struct merkle_tree *t, uint64_t size, uint8_t ret[32])
+{
+	if (size > t->n)
+		return -EINVAL;
+	if (size == 0)
+		sha256_parts(NULL, 0, NULL, 0, NULL, 0, ret);
+	else
+		range_hash(t, 0, size, ret);
+	return 0;
+}
+
+/* PATH(m, D[a:b]) of §2.1.3.1, appended to out. */
+static void path(const struct merkle_tree *t, uint64_t m, uint64_t a, uint64_t b,
+		 uint8_t (*out)[32], size_t *n)
+{
+	uint64_t k;
+
+	if (b - a <= 1)
+		return;
+	k = split(b - a);
+	if (m < k) {
+		path(t, m, a, a + k, out, n);
+		range_hash(t, a + k, b, out[(*n)++]);
+	} else {
+		path(t, m - k, a + k, b, out, n);
+		range_hash(t, a, a + k, out[(*n)++]);
+	}
+}
+
+int merkle_inclusion_proof(const struct merkle_tree *t, uint64_t index, uint64_t size,
+			   uint8_t (*ret)[32], size_t *ret_len)
+{
+	size_t n = 0;
+
+	if (size > t->n || index >= size)
+		return -EINVAL;
+	path(t, index, 0, size, ret, &n);
+	*ret_len = n;
+	return 0;
+}
+
+/* SUBPROOF(m, D[a:b], b) of §2.1.4.1. */
+static void subproof(const struct merkle_tree *t, uint64_t m, uint64_t a, uint64_t b, int whole,
+		     uint8_t (*out)[32], size_t *n)
+{
+	uint64_t k, size = b - a;
+
+	if (m == size) {
+		if (!whole)
+			range_hash(t, a, b, out[(*n)++]);
+		return;
+	}
+	k = split(size);
+	if (m <= k) {
+		subproof(t, m, a, a + k, whole, out, n);
+		range_hash(t, a + k, b, out[(*n)++]);
+	} else {
+		subproof(t, m - k, a + k, b, 0, out, n);
+		range_hash(t, a, a + k, out[(*n)++]);
+	}
+}
+
+int merkle_consistency_proof(const struct merkle_tree *t, uint64_t old_size, uint64_t size,
+			     uint8_t (*ret)[32], size_t *ret_len)
+{
+	size_t n = 0;
+
+	if (size > t->n || old_size > size || old_size == 0)
+		return -EINVAL;
+	if (old_size < size)
+		subproof(t, old_size, 0, size, 1, ret, &n);
+	*ret_len = n;
+	return 0;
+}
+
+/* ---- verification, from the proof alone ---- */
+
+int merkle_verify_inclusion(uint64_t index, uint64_t size, const uint8_t leaf[32],
+			    const uint8_t (*proof)[32], size_t len, const uint8_t root[32])
+{
+	uint64_t fn = index, sn = size - 1;
+	uint8_t r[32];
+	size_t i;
+
+	/* §2.1.3.2 */
+	if (index >= size)
+		return -CIMD_EVERIFY;
+	memcpy(r, leaf, 32);
+	for (i = 0; i < len; i++) {
+		if (sn == 0)
+			return -CIMD_EVERIFY;
+		if ((fn & 1) || fn == sn) {
+			merkle_node_hash(proof[i], r, r);
+			if (!(fn & 1))
+				while (fn != 0 && !(fn & 1)) {
+					fn >>= 1;
+					sn >>= 1;
+				}
+		} else {
+			merkle_node_hash(r, proof[i], r);
+		}
+		fn >>= 1;
+		sn >>= 1;
+	}
+	return sn == 0 && CRYPTO_memcmp(r, root, 32) == 0 ? 0 : -CIMD_EVERIFY;
+}
+
+int merkle_verify_consistency(uint64_t old_size, uint64_t size, const uint8_t (*proof)[32],
+			      size_t len, const uint8_t old_root[32], const uint8_t root[32])
+{
+	uint64_t fn, sn;
+	uint8_t fr[32], sr[32];
+	const uint8_t(*p)[32] = proof;
+	size_t i = 0, n = len;
+
+	/* §2.1.4.2 */
+	if (old_size == 0 || old_size > size)
+		return -CIMD_EVERIFY;
+	if (old_size == size)
+		return len == 0 && CRYPTO_memcmp(old_root, root, 32) == 0 ? 0 : -CIMD_EVERIFY;
+	if (len == 0)
+		return -CIMD_EVERIFY;
+	/* If old_size is a power of two, the old root is the proof's first node. */
+	if ((old_size & (old_size - 1)) == 0) {
+		memcpy(fr, old_root, 32);
+		memcpy(sr, old_root, 32);
+	} else {
+		memcpy(fr, p[0], 32);
+		memcpy(sr, p[0], 32);
+		i = 1;
+	}
+	fn = old_size - 1;
+	sn = size - 1;
+	while (fn & 1) {
+		fn >>= 1;
+		sn >>= 1;
+	}
+	for (; i < n; i++) {
+		if (sn == 0)
+			return -CIMD_EVERIFY;
+		if ((fn & 1) || fn == sn) {
+			merkle_node_hash(p[i], fr, fr);
+			merkle_node_hash(p[i], sr, sr);
+			if (!(fn & 1))
+				while (fn != 0 && !(fn & 1)) {
+					fn >>= 1;
+					sn >>= 1;
+				}
+		} else {
+			merkle_node_hash(sr, p[i], sr);
+		}
+		fn >>= 1;
+		sn >>= 1;
+	}
+	return sn == 0 && CRYPTO_memcmp(fr, old_root, 32) == 0 && CRYPTO_memcmp(sr, root, 32) == 0
+		   ? 0
+		   : -CIMD_EVERIFY;
+}
