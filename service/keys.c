@@ -603,7 +603,11 @@ static int rotate_due(struct cimdd *d, const struct client_info *ci, int64_t eve
 int keys_tick(struct cimdd *d, time_t tnow)
 {
 	const struct cimd_config *c = d->cfg;
-	int64_t now = (int64_t)tnow, grace = c->assertion_max_ttl + c->jwks_max_age + c->clock_skew;
+	/* One second more than the sum: times are kept in whole seconds, so a key
+	 * that turned retiring at T.9 is recorded at T, and its last assertion
+	 * (signed just before) must stay verifiable for its whole lifetime. */
+	int64_t now = (int64_t)tnow,
+		grace = c->assertion_max_ttl + c->jwks_max_age + c->clock_skew + 1;
 	struct due due[DUE_MAX];
 	struct {
 		char client[CIMD_NAME_MAX + 1];

@@ -189,9 +189,10 @@ static void *verifier_main(void *arg)
 		ok = jwk != NULL && jws_verify(it->jwt, jwk, NULL, &payload, &plen) == 0;
 		free(payload);
 		/* An assertion that expired before the verifier reached it (a backlog
-		 * on a slow machine) would be refused by any AS for its exp alone; its
-		 * key may rightly have left the JWKS by then. */
-		if (!ok && jwk == NULL && (double)time(NULL) > (double)it->exp + 1) {
+		 * on a slow machine) is refused by any AS for its exp alone (RFC 7519
+		 * §4.1.4: not on or after exp); its key may rightly have left the JWKS
+		 * by then. */
+		if (!ok && jwk == NULL && (long long)time(NULL) >= it->exp) {
 			stale++;
 			free(it->jwt);
 			free(it);
