@@ -354,6 +354,9 @@ int main(int argc, char **argv)
 		store_commit(d.st);
 	else
 		store_rollback(d.st);
+	/* Nothing published anywhere: no key waits for publication. */
+	if (pub == NULL && d.cfg->export_dir == NULL)
+		signer_published(d.signer, d.st, 1);
 	log_info("cimdd %s: %s, admin socket %s, two-person rule %s", CIMD_VERSION, d.cfg->base_url,
 		 d.cfg->admin_socket, d.cfg->two_person_rule ? "on" : "off");
 	if (d.dev)
@@ -421,6 +424,8 @@ int main(int argc, char **argv)
 			metrics_at = time(NULL);
 			if (publisher_publish(&d, pub) < 0)
 				published_at = -1;
+			else if (pub == NULL || publisher_serving(pub))
+				signer_published(d.signer, d.st, 0);
 		}
 	}
 	if (store_begin(d.st) == 0 && journal_append(d.st, "daemon.stop", "cimdd", NULL, NULL) == 0)

@@ -519,6 +519,11 @@ void publisher_check(struct cimdd *d, struct publisher *p)
 		log_err("publisher: cannot start it: %s", strerror(errno));
 }
 
+int publisher_serving(const struct publisher *p)
+{
+	return p != NULL && p->fd >= 0 && p->sent;
+}
+
 int publisher_publish(struct cimdd *d, struct publisher *p)
 {
 	uint8_t *set = NULL, md[SHA256_DIGEST_LENGTH];

@@ -305,6 +305,8 @@ int publisher_start(struct cimdd *d, struct publisher **ret);
 void publisher_stop(struct publisher **p);
 /* Restarts a publisher that died. */
 void publisher_check(struct cimdd *d, struct publisher *p);
+/* Whether a running publisher holds the last set sent to it. */
+int publisher_serving(const struct publisher *p);
 /* Sends the current set if it changed; 1 sent, 0 unchanged, < 0 error. */
 int publisher_publish(struct cimdd *d, struct publisher *p);
 /* `cimdd --publisher FD ...`: the publisher program. */
@@ -395,6 +397,12 @@ void signer_invalidate(struct signer *s);
 void signer_configure(struct signer *s, const struct cimd_config *cfg);
 /* Requests answered so far (to tell when metrics moved). */
 uint64_t signer_answers(struct signer *s);
+/* The keys the world can fetch now (next, active, retiring, as st holds them
+ * after a publication reached the publisher): the signer signs only with a
+ * published key, so that no assertion is handed out that its verifier cannot
+ * check yet (a replacement activated at once by a revocation).  With
+ * all = 1 (nothing is published: no listen, no export_dir) every key counts. */
+void signer_published(struct signer *s, struct store *st, int all);
 /* Appends the signer's Prometheus metrics to f. */
 int signer_metrics(struct signer *s, FILE *f);
 

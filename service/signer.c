@@ -189,6 +189,13 @@ struct signer {
 
 	struct queue done;
 
+	/* kids the publisher serves (signer_published), sorted; all_published:
+	 * nothing is published, every key counts */
+	pthread_mutex_t pub_mu;
+	char (*pub_kids)[CIMD_KID_LEN + 1];
+	size_t n_pub_kids;
+	int all_published, have_published;
+
 	pthread_mutex_t stats_mu;
 	struct stat_ent *stats;
 	uint64_t unknown[SE_N]; /* requests naming no known client */
@@ -494,6 +501,58 @@ out:
 	return r;
 }
 
+static int kid_cmp(const void *a, const void *b)
+{
+	return strcmp((const char *)a, (const char *)b);
+}
+
+static int kid_published(struct signer *s, const char *kid)
+{
+	int r;
+
+	pthread_mutex_lock(&s->pub_mu);
+	r = s->all_published ||
+	    (s->n_pub_kids > 0 &&
+	     bsearch(kid, s->pub_kids, s->n_pub_kids, sizeof(s->pub_kids[0]), kid_cmp) != NULL);
+	pthread_mutex_unlock(&s->pub_mu);
+	return r;
+}
+
+void signer_published(struct signer *s, struct store *st, int all)
+{
+	char(*kids)[CIMD_KID_LEN + 1] = NULL, (*nk)[CIMD_KID_LEN + 1];
+	sqlite3_stmt *q = NULL;
+	size_t n = 0, cap = 0;
+
+	if (s == NULL)
+		return;
+	if (!all &&
+	    store_query(st, &q,
+			"SELECT kid FROM keys WHERE state IN ('next', 'active', 'retiring')",
+			"") < 0)
+		return;
+	while (!all && sqlite3_step(q) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? 2 * cap : 256;
+			if ((nk = realloc(kids, cap * sizeof(*kids))) == NULL)
+				break;
+			kids = nk;
+		}
+		snprintf(kids[n++], sizeof(kids[0]), "%s", sqlite3_column_text(q, 0));
+	}
+	sqlite3_finalize(q);
+	if (n > 0)
+		qsort(kids, n, sizeof(kids[0]), kid_cmp);
+	pthread_mutex_lock(&s->pub_mu);
+	free(s->pub_kids);
+	s->pub_kids = kids;
+	s->n_pub_kids = n;
+	s->all_published = all;
+	s->have_published = 1;
+	pthread_mutex_unlock(&s->pub_mu);
+	signer_invalidate(s); /* policies refused for an unpublished key look again */
+}
+
 /* The cached policy of name, loaded on a miss; a new reference. */
 static int policy_get(struct signer *s, const char *name, struct policy **ret)
 {
@@ -761,6 +820,15 @@ static void handle_line(struct signer *s, struct conn *c, const char *line, size
 	if (!j->pol->has_key) {
 		e = SE_NO_ACTIVE_KEY;
 		snprintf(msg, sizeof(msg), "%s has no active key", name);
+		goto refuse;
+	}
+	/* A key activated at once (a revocation's replacement) signs only once
+	 * the JWKS that carries it has reached the publisher. */
+	if (!kid_published(s, j->pol->kid)) {
+		e = SE_NO_ACTIVE_KEY;
+		snprintf(msg, sizeof(msg),
+			 "%s: its new key %s is not published yet; ask again in a moment", name,
+			 j->pol->kid);
 		goto refuse;
 	}
 	if (j->pol->backend >= s->n_workers) {
@@ -1239,6 +1307,7 @@ int signer_start(struct cimdd *d, struct signer **ret, char *err, size_t errlen)
 	queue_init(&s->jq);
 	queue_init(&s->done);
 	pthread_mutex_init(&s->stats_mu, NULL);
+	pthread_mutex_init(&s->pub_mu, NULL);
 	signer_configure(s, d->cfg);
 	snprintf(s->prefix, sizeof(s->prefix), "%s/clients/", d->cfg->base_url);
 	s->prefix_len = strlen(s->prefix);
@@ -1366,6 +1435,7 @@ void signer_stop(struct signer **ps)
 	free(s->uids);
 	free(s->cache);
 	free(s->stats);
+	free(s->pub_kids);
 	free(s->path);
 	free(s);
 	*ps = NULL;
