@@ -21,8 +21,7 @@
  * so that the TPM's signed TPMS_ATTEST names this client, this exact document
  * and this key, and cannot be replayed into another attestation.
  */
-int attest_binding(const char *client_id, const char *cimd_hex, const char *kid,
-		   uint8_t ret[32])
+int attest_binding(const char *client_id, const char *cimd_hex, const char *kid, uint8_t ret[32])
 {
 	EVP_MD_CTX *c = EVP_MD_CTX_new();
 	int ok;
@@ -82,8 +81,8 @@ static const json_t *jwks_find(const json_t *jwks, const char *kid)
 	const json_t *k;
 	size_t i;
 
-	json_array_foreach(json_object_get(jwks, "keys"), i, k)
-	    if (strcmp(str(k, "kid"), kid) == 0) return k;
+	json_array_foreach(json_object_get(jwks, "keys"), i,
+			   k) if (strcmp(str(k, "kid"), kid) == 0) return k;
 	return NULL;
 }
 
@@ -114,8 +113,8 @@ static void verify_tpm2(struct vctx *v, const json_t *ev, const json_t *trust,
 	if (!check(v,
 		   b64u(ak, "tpm2_public", &akpub, &akpub_len) == 0 &&
 		       tpm2_public_jwk(akpub, akpub_len, &ak_from_tpm, &restricted) == 0 &&
-		       jwk_thumbprint(ak_from_tpm, aktp) == 0 && strcmp(aktp, str(ak, "kid")) == 0 &&
-		       restricted,
+		       jwk_thumbprint(ak_from_tpm, aktp) == 0 &&
+		       strcmp(aktp, str(ak, "kid")) == 0 && restricted,
 		   what, "key %s: the attestation key %s is a restricted TPM key (its TPMT_PUBLIC)",
 		   kid, str(ak, "kid")))
 		goto out;
@@ -157,8 +156,9 @@ static void verify_pkcs11(struct vctx *v, const json_t *ev, const char *kid)
 		const char *attr;
 		int want;
 	} want[] = {
-	    {"CKA_SENSITIVE", 1},	  {"CKA_ALWAYS_SENSITIVE", 1}, {"CKA_EXTRACTABLE", 0},
-	    {"CKA_NEVER_EXTRACTABLE", 1}, {"CKA_LOCAL", 1},
+	    {"CKA_SENSITIVE", 1},   {"CKA_ALWAYS_SENSITIVE", 1},
+	    {"CKA_EXTRACTABLE", 0}, {"CKA_NEVER_EXTRACTABLE", 1},
+	    {"CKA_LOCAL", 1},
 	};
 	const json_t *a = json_object_get(ev, "attributes"), *t = json_object_get(ev, "token");
 	char what[96];
@@ -179,8 +179,7 @@ static void verify_pkcs11(struct vctx *v, const json_t *ev, const char *kid)
 }
 
 static void verify_custody(struct vctx *v, const json_t *st, const json_t *trust,
-			   const uint8_t *doc, size_t doc_len, const uint8_t *jwks,
-			   size_t jwks_len)
+			   const uint8_t *doc, size_t doc_len, const uint8_t *jwks, size_t jwks_len)
 {
 	const json_t *sub = json_object_get(st, "subject"), *p = json_object_get(st, "predicate");
 	const json_t *s0 = json_array_get(sub, 0), *s1 = json_array_get(sub, 1), *keys, *k;
@@ -216,8 +215,8 @@ static void verify_custody(struct vctx *v, const json_t *st, const json_t *trust
 			const json_t *a = NULL, *x;
 			size_t j;
 
-			json_array_foreach(keys, j, x) if (strcmp(str(x, "kid"), str(k, "kid")) ==
-							   0) a = x;
+			json_array_foreach(keys, j,
+					   x) if (strcmp(str(x, "kid"), str(k, "kid")) == 0) a = x;
 			check(v,
 			      a != NULL && jwk_thumbprint(k, tp) == 0 &&
 				  strcmp(tp, str(k, "kid")) == 0 &&
@@ -259,8 +258,7 @@ static void verify_revocation(struct vctx *v, const json_t *st)
 		hex_encode(tp, tp_len, hex);
 	free(tp);
 	check(v,
-	      hex[0] != '\0' &&
-		  strcmp(str(json_object_get(s0, "digest"), "sha256"), hex) == 0 &&
+	      hex[0] != '\0' && strcmp(str(json_object_get(s0, "digest"), "sha256"), hex) == 0 &&
 		  strcmp(str(p, "thumbprint"), kid) == 0,
 	      "revocation", "key %s of %s revoked by %s: %s", kid, str(p, "client_id"),
 	      str(p, "operator"), str(p, "reason"));
@@ -279,8 +277,7 @@ int attest_verify(const char *envelope, size_t len, const json_t *trust, const u
 
 	if (!check(&v, json_is_object(env), "envelope", "a JSON object"))
 		goto out;
-	if (!check(&v,
-		   dsse_verify(env, trust, &type, &payload, &plen, &kid, err, sizeof(err)) == 0,
+	if (!check(&v, dsse_verify(env, trust, &type, &payload, &plen, &kid, err, sizeof(err)) == 0,
 		   "signature", "%s", err[0] ? err : "DSSE signature by a trusted key"))
 		goto out;
 	check(&v, 1, "signature", "DSSE signature over the PAE by %s", kid);
