@@ -194,7 +194,7 @@ struct signer {
 	pthread_mutex_t pub_mu;
 	char (*pub_kids)[CIMD_KID_LEN + 1];
 	size_t n_pub_kids;
-	int all_published, have_published;
+	int all_published;
 
 	pthread_mutex_t stats_mu;
 	struct stat_ent *stats;
@@ -548,7 +548,6 @@ void signer_published(struct signer *s, struct store *st, int all)
 	s->pub_kids = kids;
 	s->n_pub_kids = n;
 	s->all_published = all;
-	s->have_published = 1;
 	pthread_mutex_unlock(&s->pub_mu);
 	signer_invalidate(s); /* policies refused for an unpublished key look again */
 }
