@@ -42,8 +42,13 @@ static struct {
 	char kid[64];
 	char *jwt; /* an assertion it signed before */
 } revs[REVOCATIONS];
-/* The latest assertion of agent-a and its kid (the signer keeps it). */
-static char *last_jwt, last_kid[64];
+/* One assertion of agent-a per kid that signed (the signer keeps them). */
+#define KIDS_MAX 64
+static struct {
+	char kid[64];
+	char *jwt;
+} seen[KIDS_MAX];
+static int n_seen;
 static int n_revs;
 static pthread_mutex_t rev_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -92,10 +97,16 @@ static void *signer_main(void *arg)
 		it->exp = info.exp;
 		signed_n[client]++;
 		if (client == 0) {
+			int k;
+
 			pthread_mutex_lock(&rev_mu);
-			free(last_jwt);
-			last_jwt = strdup(jwt);
-			snprintf(last_kid, sizeof(last_kid), "%s", info.kid);
+			for (k = 0; k < n_seen && strcmp(seen[k].kid, info.kid) != 0; k++)
+				;
+			if (k == n_seen && n_seen < KIDS_MAX) {
+				snprintf(seen[k].kid, sizeof(seen[k].kid), "%s", info.kid);
+				seen[k].jwt = strdup(jwt);
+				n_seen++;
+			}
 			pthread_mutex_unlock(&rev_mu);
 		}
 		pthread_mutex_lock(&q_mu);
@@ -304,8 +315,9 @@ int main(void)
 					kid) == 0) {
 					pthread_mutex_lock(&rev_mu);
 					snprintf(revs[n_revs].kid, sizeof(revs[0].kid), "%s", kid);
-					if (last_jwt != NULL && strcmp(last_kid, kid) == 0)
-						revs[n_revs].jwt = strdup(last_jwt);
+					for (i = 0; i < n_seen; i++)
+						if (strcmp(seen[i].kid, kid) == 0 && seen[i].jwt)
+							revs[n_revs].jwt = strdup(seen[i].jwt);
 					n_revs++;
 					pthread_mutex_unlock(&rev_mu);
 					revocations++;
@@ -356,7 +368,8 @@ int main(void)
 		}
 		json_decref(now.jwks);
 	}
-	free(last_jwt);
+	for (i = 0; i < n_seen; i++)
+		free(seen[i].jwt);
 	t_ok(revoked_checked == n_revs && revoked_ok == 0,
 	     "no assertion by a revoked key verifies against the JWKS published after its "
 	     "revocation (%ld checked, %ld verified; during the run %ld more refused)",
