@@ -169,7 +169,8 @@ int store_commit(struct store *st);
 void store_rollback(struct store *st);
 
 /*
- * Appends a journal record inside the current transaction.  The record is the
+ * Appends a journal record inside the current transaction (-EINVAL outside
+ * one).  The record is the
  * compact JSON object {"seq","time","prev","kind","actor", ...fields}; prev is the
  * hex SHA-256 of the previous record's bytes (64 zeros for the first), and the
  * record's own hash is SHA-256 of its bytes.  fields may be NULL and must not
@@ -177,8 +178,9 @@ void store_rollback(struct store *st);
  */
 int journal_append(struct store *st, const char *kind, const char *actor, const json_t *fields,
 		   int64_t *ret_seq);
-/* Recomputes the chain; on the first record that does not hold, *ret_bad_seq
- * is set and -CIMD_EVERIFY returned.  *ret_count gets the number of records. */
+/* Recomputes the chain and the leaf hashes; on the first record that does not
+ * hold, *ret_bad_seq is set and -CIMD_EVERIFY returned (count + 1 when the
+ * records hold but the stored tree head is not theirs).  *ret_count gets the number of records. */
 int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq);
 /* Records with seq >= since, oldest first, as a JSON array of the parsed records:
  * at most max records and about max_bytes of record bytes. */
@@ -186,6 +188,13 @@ int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes,
 		 json_t **ret_records);
 /* The latest record's seq and hex hash (seq 0 and 64 zeros when empty). */
 int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65]);
+/* The journal as a Merkle tree (docs/audit.md): record seq is leaf seq - 1,
+ * its leaf hash SHA-256(0x00 || record bytes).  The committed tree's size and
+ * root; the leaf hashes of records 1..size (malloc'd); one record's bytes
+ * (malloc'd, NUL-terminated; -ENOENT when there is no such record). */
+int journal_tree_head(struct store *st, uint64_t *ret_size, uint8_t ret_root[32]);
+int journal_leaves(struct store *st, uint64_t size, uint8_t (**ret_leaves)[32]);
+int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_len);
 
 /* ---- CIMD documents (cimd_doc.c) ---- */
 

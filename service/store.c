@@ -9,6 +9,7 @@
  * are custody references (firmware/fw.h).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,13 @@ struct store {
 	/* The journal's two statements, prepared once: appending is the hot
 	 * path of the signing socket. */
 	sqlite3_stmt *head, *insert;
+	/* The Merkle tree head of the journal (RFC 9162 §2.1.1; docs/audit.md),
+	 * cached while this handle is the one appending: tree_valid says the
+	 * cache equals what the database holds plus this transaction's appends;
+	 * tree_dirty that those appends are not yet written to journal_tree
+	 * (they are, once, at store_commit). */
+	struct merkle_frontier tree;
+	int tree_valid, tree_dirty;
 };
 
 /* Migration N takes the schema from version N - 1 to N. */
@@ -136,6 +144,23 @@ static const char *const migrations[] = {
     ");"
     "CREATE INDEX revocations_kid ON revocations(kid, id);"
     "ALTER TABLE keys ADD COLUMN revoked_by TEXT;",
+    /* 6: the journal as a Merkle tree (docs/audit.md): each record's leaf
+     * hash, the tree's frontier, and the signed checkpoints. */
+    "ALTER TABLE journal ADD COLUMN leaf BLOB;" /* SHA-256(0x00 || record) */
+    "CREATE TABLE journal_tree ("
+    "  id    INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  size  INTEGER NOT NULL,"
+    "  nodes BLOB NOT NULL" /* the frontier's subtree roots, lowest size bit first */
+    ");"
+    "CREATE TABLE checkpoints ("
+    "  id      INTEGER PRIMARY KEY,"
+    "  size    INTEGER NOT NULL,"
+    "  root    BLOB NOT NULL,"
+    "  counter INTEGER," /* the TPM NV counter it carries, if any */
+    "  note    TEXT NOT NULL,"
+    "  seq     INTEGER NOT NULL," /* its checkpoint journal record */
+    "  created INTEGER NOT NULL"
+    ");",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -200,6 +225,144 @@ static int migrate(struct store *st, char *errbuf, size_t errlen)
 	return 0;
 }
 
+/* ---- the journal's Merkle tree (RFC 9162 §2.1; docs/audit.md) ---- */
+
+/* The frontier as stored: the subtree roots for the set bits of size, lowest
+ * first, 32 bytes each. */
+static int tree_read(struct store *st, int *ret_found, struct merkle_frontier *ret)
+{
+	sqlite3_stmt *s;
+	const uint8_t *p;
+	int64_t size;
+	unsigned i;
+	int rc, r = -EIO;
+
+	if (sqlite3_prepare_v2(st->db, "SELECT size, nodes FROM journal_tree WHERE id = 1", -1, &s,
+			       NULL) != SQLITE_OK)
+		return -EIO;
+	if ((rc = sqlite3_step(s)) == SQLITE_DONE) {
+		merkle_frontier_init(ret);
+		*ret_found = 0;
+		r = 0;
+	} else if (rc == SQLITE_ROW) {
+		size = sqlite3_column_int64(s, 0);
+		p = sqlite3_column_blob(s, 1);
+		if (size < 0 || sqlite3_column_bytes(s, 1) !=
+				    32 * __builtin_popcountll((unsigned long long)size)) {
+			r = -CIMD_EVERIFY;
+			goto out;
+		}
+		merkle_frontier_init(ret);
+		ret->size = (uint64_t)size;
+		for (i = 0; i < 64; i++)
+			if (ret->size & (1ULL << i)) {
+				memcpy(ret->nodes[i], p, 32);
+				p += 32;
+			}
+		*ret_found = 1;
+		r = 0;
+	}
+out:
+	sqlite3_finalize(s);
+	return r;
+}
+
+static int tree_write(struct store *st, const struct merkle_frontier *f)
+{
+	uint8_t nodes[64 * 32], *p = nodes;
+	unsigned i;
+
+	for (i = 0; i < 64; i++)
+		if (f->size & (1ULL << i)) {
+			memcpy(p, f->nodes[i], 32);
+			p += 32;
+		}
+	return store_exec(st,
+			  "INSERT OR REPLACE INTO journal_tree (id, size, nodes) VALUES (1, ?, ?)",
+			  "ib", (int64_t)f->size, nodes, (size_t)(p - nodes)) == 1
+		   ? 0
+		   : -EIO;
+}
+
+/* RFC 9162 §2.1.1: the leaf hash of a record's bytes. */
+static void leaf_of(const void *bytes, size_t n, uint8_t ret[32])
+{
+	merkle_leaf_hash(bytes, n, ret);
+}
+
+/*
+ * At open: a database from before the tree (schema 5) gets its leaf hashes
+ * and frontier computed once.  A stored frontier that does not match the
+ * records means the database was changed outside cimdd: refused, since
+ * appending to it would sign over the change.
+ */
+static int tree_prepare(struct store *st, char *errbuf, size_t errlen)
+{
+	struct merkle_frontier f;
+	sqlite3_stmt *s = NULL;
+	uint8_t leaf[32];
+	int64_t head = 0;
+	int found, rc, r;
+
+	if (exec(st, "BEGIN IMMEDIATE") < 0)
+		return sql_fail(st, errbuf, errlen, "opening the journal");
+	if ((r = tree_read(st, &found, &f)) < 0)
+		goto fail;
+	if (sqlite3_prepare_v2(st->db, "SELECT seq, record, leaf FROM journal ORDER BY seq", -1, &s,
+			       NULL) != SQLITE_OK) {
+		r = -EIO;
+		goto fail;
+	}
+	if (found) {
+		sqlite3_finalize(s);
+		s = NULL;
+		r = journal_head(st, &head, (char[65]){0});
+		if (r == 0 && (uint64_t)head != f.size) {
+			if (errbuf != NULL)
+				snprintf(
+				    errbuf, errlen,
+				    "the journal's tree head covers %" PRIu64
+				    " records but the journal holds %" PRId64
+				    ": the database was changed outside cimdd (restore it from "
+				    "a backup; docs/audit.md)",
+				    f.size, head);
+			r = -CIMD_EVERIFY;
+		}
+		goto done;
+	}
+	merkle_frontier_init(&f);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		leaf_of(sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1), leaf);
+		merkle_frontier_append(&f, leaf);
+		if (sqlite3_column_type(s, 2) == SQLITE_NULL &&
+		    store_exec(st, "UPDATE journal SET leaf = ? WHERE seq = ?", "bi", leaf,
+			       sizeof(leaf), sqlite3_column_int64(s, 0)) != 1) {
+			r = -EIO;
+			goto fail;
+		}
+	}
+	if (rc != SQLITE_DONE || (r = tree_write(st, &f)) < 0) {
+		r = -EIO;
+		goto fail;
+	}
+	r = 0;
+done:
+	sqlite3_finalize(s);
+	if (r < 0) {
+		exec(st, "ROLLBACK");
+		return r;
+	}
+	if (exec(st, "COMMIT") < 0)
+		return sql_fail(st, errbuf, errlen, "committing the journal's tree");
+	return 0;
+fail:
+	sqlite3_finalize(s);
+	exec(st, "ROLLBACK");
+	return errbuf != NULL && r == -EIO
+		   ? sql_fail(st, errbuf, errlen, "building the journal's tree")
+		   : r;
+}
+
 int store_open(const char *path, struct store **ret_st, char *errbuf, size_t errlen)
 {
 	struct store *st;
@@ -224,7 +387,7 @@ int store_open(const char *path, struct store **ret_st, char *errbuf, size_t err
 		r = sql_fail(st, errbuf, errlen, path);
 		goto out;
 	}
-	if ((r = migrate(st, errbuf, errlen)) < 0)
+	if ((r = migrate(st, errbuf, errlen)) < 0 || (r = tree_prepare(st, errbuf, errlen)) < 0)
 		goto out;
 	*ret_st = st;
 	st = NULL;
@@ -343,11 +506,23 @@ int store_begin(struct store *st)
 
 int store_commit(struct store *st)
 {
-	return exec(st, "COMMIT");
+	/* The tree head goes with the records it covers, in their transaction. */
+	if (st->tree_dirty && tree_write(st, &st->tree) < 0) {
+		store_rollback(st);
+		return -EIO;
+	}
+	st->tree_dirty = 0;
+	if (exec(st, "COMMIT") < 0) {
+		st->tree_valid = 0;
+		return -EIO;
+	}
+	return 0;
 }
 
 void store_rollback(struct store *st)
 {
+	st->tree_valid = 0;
+	st->tree_dirty = 0;
 	if (!sqlite3_get_autocommit(st->db))
 		exec(st, "ROLLBACK");
 }
@@ -391,7 +566,7 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 		   int64_t *ret_seq)
 {
 	char prev[65], *bytes = NULL;
-	uint8_t md[SHA256_DIGEST_LENGTH];
+	uint8_t md[SHA256_DIGEST_LENGTH], leaf[32];
 	sqlite3_stmt *s = NULL;
 	json_t *rec = NULL;
 	int64_t seq;
@@ -403,8 +578,21 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 		for (i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
 			if (json_object_get(fields, reserved[i]) != NULL)
 				return -EINVAL;
+	/* A record and the tree head that covers it are one transaction. */
+	if (sqlite3_get_autocommit(st->db))
+		return -EINVAL;
 	if ((r = journal_head(st, &seq, prev)) < 0)
 		return r;
+	/* Another handle may have appended since this one last did. */
+	if (!st->tree_valid || st->tree.size != (uint64_t)seq) {
+		int found;
+
+		if ((r = tree_read(st, &found, &st->tree)) < 0)
+			return r;
+		if (st->tree.size != (uint64_t)seq)
+			return -CIMD_EVERIFY; /* changed outside cimdd: tree_prepare */
+		st->tree_valid = 1;
+	}
 	seq++;
 	/* The five fixed members first, in this order, then the fields. */
 	rec = json_pack("{sIsIssssss}", "seq", (json_int_t)seq, "time", (json_int_t)now, "prev",
@@ -422,9 +610,10 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 		goto out;
 	}
 	SHA256((const uint8_t *)bytes, n, md);
+	leaf_of(bytes, n, leaf);
 	if ((s = cached(st, &st->insert,
-			"INSERT INTO journal (seq, time, kind, record, hash) "
-			"VALUES (?, ?, ?, ?, ?)")) == NULL) {
+			"INSERT INTO journal (seq, time, kind, record, hash, leaf) "
+			"VALUES (?, ?, ?, ?, ?, ?)")) == NULL) {
 		r = -EIO;
 		goto out;
 	}
@@ -433,10 +622,13 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 	sqlite3_bind_text(s, 3, kind, -1, SQLITE_STATIC);
 	sqlite3_bind_blob(s, 4, bytes, (int)n, SQLITE_STATIC);
 	sqlite3_bind_blob(s, 5, md, sizeof(md), SQLITE_STATIC);
+	sqlite3_bind_blob(s, 6, leaf, sizeof(leaf), SQLITE_STATIC);
 	if (sqlite3_step(s) != SQLITE_DONE) {
 		r = -EIO;
 		goto out;
 	}
+	merkle_frontier_append(&st->tree, leaf);
+	st->tree_dirty = 1;
 	if (ret_seq != NULL)
 		*ret_seq = seq;
 	r = 0;
@@ -445,6 +637,8 @@ out:
 		sqlite3_reset(s);
 		sqlite3_clear_bindings(s);
 	}
+	if (r < 0 && r != -EINVAL && r != -E2BIG)
+		st->tree_valid = 0;
 	free(bytes);
 	json_decref(rec);
 	return r;
@@ -452,8 +646,9 @@ out:
 
 int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 {
+	struct merkle_frontier tree, stored;
 	char prev[65];
-	uint8_t md[SHA256_DIGEST_LENGTH];
+	uint8_t md[SHA256_DIGEST_LENGTH], leaf[32];
 	sqlite3_stmt *s;
 	json_t *rec;
 	int64_t seq, count = 0, bad = 0;
@@ -461,9 +656,10 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 	int rc, r = 0;
 
 	memcpy(prev, zero_hash, sizeof(prev));
-	if (sqlite3_prepare_v2(st->db, "SELECT seq, record, hash FROM journal ORDER BY seq", -1, &s,
-			       NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(st->db, "SELECT seq, record, hash, leaf FROM journal ORDER BY seq",
+			       -1, &s, NULL) != SQLITE_OK)
 		return -EIO;
+	merkle_frontier_init(&tree);
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
 		const void *bytes = sqlite3_column_blob(s, 1);
 		int n = sqlite3_column_bytes(s, 1);
@@ -478,7 +674,9 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 		if (seq != count || rec == NULL ||
 		    json_integer_value(json_object_get(rec, "seq")) != seq || p == NULL ||
 		    strcmp(p, prev) != 0 || sqlite3_column_bytes(s, 2) != (int)sizeof(md) ||
-		    CRYPTO_memcmp(sqlite3_column_blob(s, 2), md, sizeof(md)) != 0) {
+		    CRYPTO_memcmp(sqlite3_column_blob(s, 2), md, sizeof(md)) != 0 ||
+		    (leaf_of(bytes, (size_t)n, leaf), sqlite3_column_bytes(s, 3) != 32) ||
+		    CRYPTO_memcmp(sqlite3_column_blob(s, 3), leaf, 32) != 0) {
 			json_decref(rec);
 			bad = seq;
 			r = -CIMD_EVERIFY;
@@ -486,10 +684,25 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 		}
 		json_decref(rec);
 		hex_encode(md, sizeof(md), prev);
+		merkle_frontier_append(&tree, leaf);
 	}
 	if (r == 0 && rc != SQLITE_DONE)
 		r = -EIO;
 	sqlite3_finalize(s);
+	/* The stored tree head must be the head of exactly these records. */
+	if (r == 0) {
+		uint8_t a[32], b[32];
+		int found;
+
+		if ((r = tree_read(st, &found, &stored)) == 0) {
+			merkle_frontier_root(&tree, a);
+			merkle_frontier_root(&stored, b);
+			if (!found || stored.size != tree.size || memcmp(a, b, 32) != 0) {
+				bad = count + 1; /* the tree head, after the last record */
+				r = -CIMD_EVERIFY;
+			}
+		}
+	}
 	if (r == -CIMD_EVERIFY && ret_bad_seq != NULL)
 		*ret_bad_seq = bad;
 	if (r == 0 && ret_count != NULL)
@@ -536,4 +749,83 @@ int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes,
 	}
 	*ret_records = arr;
 	return 0;
+}
+
+int journal_tree_head(struct store *st, uint64_t *ret_size, uint8_t ret_root[32])
+{
+	struct merkle_frontier f;
+	int found, r;
+
+	if ((r = tree_read(st, &found, &f)) < 0)
+		return r;
+	*ret_size = f.size;
+	merkle_frontier_root(&f, ret_root);
+	return 0;
+}
+
+int journal_leaves(struct store *st, uint64_t size, uint8_t (**ret_leaves)[32])
+{
+	uint8_t(*leaves)[32];
+	sqlite3_stmt *s = NULL;
+	uint64_t i = 0;
+	int rc, r = -EIO;
+
+	if (size == 0 || size > MERKLE_LEAVES_MAX)
+		return -EINVAL;
+	if ((leaves = malloc(size * 32)) == NULL)
+		return -ENOMEM;
+	if (sqlite3_prepare_v2(st->db, "SELECT seq, leaf FROM journal WHERE seq <= ? ORDER BY seq",
+			       -1, &s, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(s, 1, (sqlite3_int64)size);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		if ((uint64_t)sqlite3_column_int64(s, 0) != i + 1 ||
+		    sqlite3_column_bytes(s, 1) != 32) {
+			r = -CIMD_EVERIFY;
+			goto out;
+		}
+		memcpy(leaves[i++], sqlite3_column_blob(s, 1), 32);
+	}
+	if (rc != SQLITE_DONE)
+		goto out;
+	if (i != size) {
+		r = -CIMD_EVERIFY;
+		goto out;
+	}
+	*ret_leaves = leaves;
+	leaves = NULL;
+	r = 0;
+out:
+	sqlite3_finalize(s);
+	free(leaves);
+	return r;
+}
+
+int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_len)
+{
+	sqlite3_stmt *s = NULL;
+	char *b;
+	size_t n;
+	int rc, r;
+
+	if (store_query(st, &s, "SELECT record FROM journal WHERE seq = ?", "i", seq) < 0)
+		return -EIO;
+	if ((rc = sqlite3_step(s)) == SQLITE_DONE) {
+		r = -ENOENT;
+	} else if (rc != SQLITE_ROW) {
+		r = -EIO;
+	} else {
+		n = (size_t)sqlite3_column_bytes(s, 0);
+		if ((b = malloc(n + 1)) == NULL) {
+			r = -ENOMEM;
+		} else {
+			memcpy(b, sqlite3_column_blob(s, 0), n);
+			b[n] = '\0';
+			*ret_bytes = b;
+			*ret_len = n;
+			r = 0;
+		}
+	}
+	sqlite3_finalize(s);
+	return r;
 }

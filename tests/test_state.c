@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <openssl/sha.h>
 #include <sqlite3.h>
 
 #include "harness.h"
@@ -188,6 +189,71 @@ static void tamper(const char *db, const char *sql)
 	sqlite3_close(h);
 }
 
+/* Whether the stored tree head is the RFC 9162 head of the records, computed
+ * here from their bytes with merkle_tree_build (size 0: whatever size). */
+static int tree_matches(struct store *st, int64_t size, uint8_t ret_root[32])
+{
+	struct merkle_tree *t = NULL;
+	uint8_t(*leaves)[32] = NULL, root[32], want[32];
+	uint64_t n = 0;
+	sqlite3_stmt *s;
+	int ok = 0;
+
+	if (journal_tree_head(st, &n, root) < 0 || (size > 0 && n != (uint64_t)size) || n == 0 ||
+	    (leaves = calloc(n, 32)) == NULL)
+		return 0;
+	if (sqlite3_prepare_v2(store_db(st), "SELECT record FROM journal ORDER BY seq", -1, &s,
+			       NULL) != SQLITE_OK) {
+		free(leaves);
+		return 0;
+	}
+	for (size_t i = 0; i < n && sqlite3_step(s) == SQLITE_ROW; i++) {
+		uint8_t buf[CIMD_JOURNAL_RECORD_MAX + 1];
+		size_t len = (size_t)sqlite3_column_bytes(s, 0);
+
+		/* RFC 9162 §2.1.1: SHA-256(0x00 || entry), written out here. */
+		buf[0] = 0;
+		memcpy(buf + 1, sqlite3_column_blob(s, 0), len);
+		SHA256(buf, len + 1, leaves[i]);
+	}
+	sqlite3_finalize(s);
+	if (merkle_tree_build((const uint8_t(*)[32])leaves, n, &t) == 0 &&
+	    merkle_tree_root(t, n, want) == 0)
+		ok = memcmp(root, want, 32) == 0;
+	if (ok && ret_root != NULL)
+		memcpy(ret_root, root, 32);
+	merkle_tree_free(&t);
+	free(leaves);
+	return ok;
+}
+
+/* Two handles appending in turn (the daemon's main thread and the signer's
+ * journal thread do): each picks up the other's records in the tree. */
+static void test_tree_two_handles(const char *path, struct store *a)
+{
+	struct store *b = NULL;
+	char err[256];
+	int i, ok = 1;
+
+	if (!t_ok(store_open(path, &b, err, sizeof(err)) == 0, "a second handle opens"))
+		return;
+	for (i = 0; i < 6; i++) {
+		struct store *w = i % 3 == 0 ? b : a;
+
+		ok &= store_begin(w) == 0 && journal_append(w, "test", "bob", NULL, NULL) == 0 &&
+		      journal_append(w, "test", "bob", NULL, NULL) == 0 && store_commit(w) == 0;
+	}
+	/* A rollback on one handle forgets what it had appended. */
+	store_begin(b);
+	journal_append(b, "test", "bob", NULL, NULL);
+	store_rollback(b);
+	ok &= store_begin(b) == 0 && journal_append(b, "test", "bob", NULL, NULL) == 0 &&
+	      store_commit(b) == 0;
+	t_ok(ok && tree_matches(a, 5 + 13, NULL) && tree_matches(b, 5 + 13, NULL),
+	     "two handles appending in turn, one rolling back: the tree head is the 18 records'");
+	store_free(&b);
+}
+
 static void test_store(void)
 {
 	struct store *st = NULL;
@@ -200,7 +266,7 @@ static void test_store(void)
 	r = store_open(path, &st, err, sizeof(err));
 	if (!t_ok(r == 0, "store opens a new database (%s)", r < 0 ? err : "ok"))
 		return;
-	t_ok(store_schema_version(st) == 5, "schema version 5 (every migration ran)");
+	t_ok(store_schema_version(st) == 6, "schema version 6 (every migration ran)");
 	t_ok(pragma_text(store_db(st), "PRAGMA journal_mode", mode, sizeof(mode)) == 0 &&
 		 strcmp(mode, "wal") == 0,
 	     "journal_mode is WAL (%s)", mode);
@@ -227,18 +293,52 @@ static void test_store(void)
 	store_rollback(st);
 	r = journal_verify(st, &count, &bad);
 	t_ok(r == 0 && count == 5, "chain verifies: %lld records", (long long)count);
+	t_ok(journal_append(st, "test", "alice", NULL, NULL) == -EINVAL,
+	     "no record outside a transaction (its tree head would not go with it)");
+	t_ok(tree_matches(st, 5, NULL), "tree head: size 5, the RFC 9162 root of the 5 records");
 	t_ok(journal_list(st, 4, 10, 1 << 20, &list) == 0 && json_array_size(list) == 2 &&
 		 json_integer_value(json_object_get(json_array_get(list, 0), "seq")) == 4 &&
 		 strcmp(json_string_value(json_object_get(json_array_get(list, 1), "actor")),
 			"alice") == 0,
 	     "journal_list from seq 4");
 	json_decref(list);
+	test_tree_two_handles(path, st);
 	store_free(&st);
 
 	/* Restart: the records and the chain are still there. */
 	r = store_open(path, &st, err, sizeof(err));
-	t_ok(r == 0 && journal_verify(st, &count, &bad) == 0 && count == 5,
-	     "after reopening: 5 records, chain intact");
+	t_ok(r == 0 && journal_verify(st, &count, &bad) == 0 && count == 18,
+	     "after reopening: 18 records, chain and tree intact");
+	store_free(&st);
+
+	/* Tampering with the tree head itself, or cutting off the last record:
+	 * refused at open (appending would sign over the change). */
+	tamper(path, "UPDATE journal_tree SET size = size - 1");
+	r = store_open(path, &st, err, sizeof(err));
+	t_ok(r == -CIMD_EVERIFY && strstr(err, "changed outside cimdd"),
+	     "a tree head that is not the records' is refused at open: %s", err);
+	store_free(&st);
+	tamper(path, "UPDATE journal_tree SET size = size + 1");
+	tamper(path, "CREATE TABLE saved AS SELECT * FROM journal WHERE seq = (SELECT max(seq) "
+		     "FROM journal)");
+	tamper(path, "DELETE FROM journal WHERE seq = (SELECT max(seq) FROM journal)");
+	r = store_open(path, &st, err, sizeof(err));
+	t_ok(r == -CIMD_EVERIFY && strstr(err, "covers"),
+	     "the last record cut off is refused at open: %s", err);
+	store_free(&st);
+	tamper(path, "INSERT INTO journal SELECT * FROM saved");
+	tamper(path, "DROP TABLE saved");
+	tamper(path, "UPDATE journal SET leaf = zeroblob(32) WHERE seq = 4");
+	store_open(path, &st, err, sizeof(err));
+	r = journal_verify(st, &count, &bad);
+	t_ok(r == -CIMD_EVERIFY && bad == 4, "a changed leaf hash is named: seq %lld",
+	     (long long)bad);
+	store_free(&st);
+	tamper(path, "UPDATE journal SET leaf = NULL WHERE seq = 4");
+	tamper(path, "DELETE FROM journal_tree");
+	r = store_open(path, &st, err, sizeof(err));
+	t_ok(r == 0 && journal_verify(st, &count, &bad) == 0 && tree_matches(st, count, NULL),
+	     "a missing tree head and leaf are rebuilt from the records at open");
 	store_free(&st);
 
 	/* Tampering: a changed record, a changed hash, a missing record. */
@@ -275,13 +375,18 @@ static void test_store(void)
 	tamper(path, "DROP TABLE attestations");
 	tamper(path, "DROP TABLE revocations");
 	tamper(path, "ALTER TABLE keys DROP COLUMN revoked_by");
+	tamper(path, "ALTER TABLE journal DROP COLUMN leaf");
+	tamper(path, "DROP TABLE journal_tree");
+	tamper(path, "DROP TABLE checkpoints");
 	r = store_open(path, &st, err, sizeof(err));
-	t_ok(r == 0 && store_schema_version(st) == 5 &&
+	t_ok(r == 0 && store_schema_version(st) == 6 &&
 		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
 		     SQLITE_OK &&
 		 sqlite3_exec(store_db(st), "SELECT assertion_ttl, rate_limit FROM clients", NULL,
 			      NULL, NULL) == SQLITE_OK,
-	     "a version 1 database migrates to version 5 (%s)", r < 0 ? err : "ok");
+	     "a version 1 database migrates to version 6 (%s)", r < 0 ? err : "ok");
+	t_ok(r == 0 && tree_matches(st, 0, NULL),
+	     "its journal's leaves and tree head are computed at migration");
 	store_free(&st);
 }
 
