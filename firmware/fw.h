@@ -231,6 +231,20 @@ struct ks_p11_evidence {
 /* -ENOTSUP on a TPM store. */
 int key_store_p11_evidence(struct key_store *ks, struct ks_key *key, struct ks_p11_evidence *ret);
 
+/*
+ * The appliance's monotonic counter in the hardware, for detecting a restored
+ * old state database (docs/audit.md).  On a TPM: an NV counter index
+ * (TPMA_NV_COUNTER, TPM 2.0 Part 1 §37.2.1; NV_DefineSpace Part 3 §31.3,
+ * NV_Increment §31.8, NV_Read §31.13), index from the backend configuration's
+ * nv-counter parameter (default 0x01C1DD01), owner-authorised.  key_store_counter_read
+ * gives its value, defining and first incrementing it if it does not exist yet
+ * (an NV counter has no value before its first increment); key_store_counter_increment
+ * increments it and gives the new value.  -ENOTSUP on PKCS#11 (no standard monotonic
+ * counter object).
+ */
+int key_store_counter_read(struct key_store *ks, uint64_t *ret_value);
+int key_store_counter_increment(struct key_store *ks, uint64_t *ret_value);
+
 /* ---- DSSE and TPM evidence, offline (dsse.c, tpm2_verify.c) ---- */
 
 /* Standard base64 with padding (RFC 4648 §4), as DSSE envelopes use it. */
@@ -376,6 +390,9 @@ struct ks_backend {
 		       struct ks_certify *ret);
 	int (*p11_evidence)(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len,
 			    struct ks_p11_evidence *ret);
+	/* The monotonic counter (key_store_counter_*): its value after one increment
+	 * when increment is 1, its value otherwise; -ENOTSUP where there is none. */
+	int (*counter)(struct key_store *ks, void *be, int increment, uint64_t *ret_value);
 	/* Pure functions of a reference, no hardware call: they may run on any
 	 * thread.  ref_restricted: 1 for a restricted key (a TPM AK), 0 otherwise;
 	 * tpm_public: the marshalled TPMT_PUBLIC (malloc'd), or -ENOTSUP. */

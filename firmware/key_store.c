@@ -10,11 +10,11 @@
  * ignores ESAPI timeouts, a network HSM can stall.  So each key store owns one
  * worker thread, the only thread that ever calls its backend after open.  A
  * caller hands the worker a job (with its own copies of the inputs) and waits
- * at most the job's deadline: `timeout-ms` (default 1500) for load, sign and
- * destroy, 60 s for key generation.  A job that misses its deadline is
- * abandoned to the worker, which frees it when the hardware finally answers;
- * until then every call fails at once with CIMD_EUNAVAILABLE, and afterwards
- * the store works again by itself.  Callers are serialised by ks->lock, within
+ * at most the job's deadline: `timeout-ms` (default 1500) for load, sign,
+ * destroy and the counter, 60 s for key generation.  A job that misses its
+ * deadline is abandoned to the worker, which frees it when the hardware finally
+ * answers; until then every call fails at once with CIMD_EUNAVAILABLE, and
+ * afterwards the store works again by itself.  Callers are serialised by ks->lock, within
  * the same deadline: one key store is one serial device, and a process has at
  * most one key store per module or TPM (see the registry below).
  */
@@ -52,6 +52,8 @@ enum ks_op {
 	KS_GENERATE_ATTEST,
 	KS_CERTIFY,
 	KS_P11_EVIDENCE,
+	KS_COUNTER_READ,
+	KS_COUNTER_INCREMENT,
 };
 
 /* One call handed to the worker.  Inputs are the job's own copies, so an
@@ -74,6 +76,7 @@ struct ks_job {
 	size_t nrefs;
 	struct ks_certify cert;	   /* out: certify */
 	struct ks_p11_evidence ev; /* out: p11 evidence */
+	uint64_t counter;	   /* out: counter read, counter increment */
 	char errmsg[KS_ERRMSG_MAX];
 	int done;
 	int abandoned;
@@ -246,6 +249,10 @@ static void job_run(struct key_store *ks, struct ks_job *j)
 		break;
 	case KS_P11_EVIDENCE:
 		j->r = ks->be_ops->p11_evidence(ks, ks->be, j->ref, j->ref_len, &j->ev);
+		break;
+	case KS_COUNTER_READ:
+	case KS_COUNTER_INCREMENT:
+		j->r = ks->be_ops->counter(ks, ks->be, j->op == KS_COUNTER_INCREMENT, &j->counter);
 		break;
 	}
 	ks->be_errmsg = ks->scratch;
@@ -802,6 +809,33 @@ int key_store_p11_evidence(struct key_store *ks, struct ks_key *key, struct ks_p
 		*ret = j->ev;
 	job_free(j);
 	return r;
+}
+
+/* ---- the monotonic counter ---- */
+
+/* A counter job, within the store's timeout-ms like a signature: a hung TPM
+ * makes it -CIMD_EUNAVAILABLE, never a hang of the caller. */
+static int run_counter(struct key_store *ks, enum ks_op op, uint64_t *ret_value)
+{
+	struct ks_job *j;
+	int r;
+
+	if ((j = job_new(op, CIMD_ALG_NONE, NULL, 0, NULL, 0)) == NULL)
+		return -ENOMEM;
+	if ((r = ks_run(ks, &j, ks->timeout_ms)) == 0)
+		*ret_value = j->counter;
+	job_free(j);
+	return r;
+}
+
+int key_store_counter_read(struct key_store *ks, uint64_t *ret_value)
+{
+	return run_counter(ks, KS_COUNTER_READ, ret_value);
+}
+
+int key_store_counter_increment(struct key_store *ks, uint64_t *ret_value)
+{
+	return run_counter(ks, KS_COUNTER_INCREMENT, ret_value);
 }
 
 void ks_refs_free(struct ks_ref **prefs, size_t n)

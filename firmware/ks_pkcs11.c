@@ -886,6 +886,17 @@ static int p11_certify(struct key_store *ks, void *be, const uint8_t *ak_ref, si
 	return ks_fail(ks, -ENOTSUP, "pkcs11: a token has no TPM2_Certify (use its evidence)");
 }
 
+/* PKCS#11 has no standard monotonic counter to rely on: the hardware feature
+ * object CKH_MONOTONIC_COUNTER is optional, few tokens (not SoftHSM2) have it,
+ * and no standard call advances it on request.  So no counter on a token. */
+static int p11_counter(struct key_store *ks, void *be, int increment, uint64_t *ret_value)
+{
+	(void)be, (void)increment, (void)ret_value;
+	return ks_fail(ks, -ENOTSUP,
+		       "pkcs11: a token has no standard monotonic counter (use a tpm2 backend "
+		       "for rollback detection)");
+}
+
 static int p11_evidence(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len,
 			struct ks_p11_evidence *ret)
 {
@@ -927,6 +938,7 @@ const struct ks_backend ks_pkcs11_backend = {
     .generate_attest = p11_generate_attest,
     .certify = p11_certify,
     .p11_evidence = p11_evidence,
+    .counter = p11_counter,
     .ref_restricted = p11_ref_restricted,
     .tpm_public = p11_tpm_public,
 };

@@ -32,12 +32,14 @@
 
 #include "fw.h"
 
-#define TPM_TIMEOUT_FAST_MS 1500  /* load, sign, flush: unavailable within 2 s */
-#define TPM_TIMEOUT_SLOW_MS 60000 /* CreatePrimary, Create (RSA key generation) */
+#define TPM_TIMEOUT_FAST_MS 1500       /* load, sign, flush: unavailable within 2 s */
+#define TPM_TIMEOUT_SLOW_MS 60000      /* CreatePrimary, Create (RSA key generation) */
+#define NV_COUNTER_DEFAULT 0x01C1DD01u /* the nv-counter parameter's default */
 
 struct tpm {
 	char *tcti_conf;
-	TPM2_HANDLE parent; /* persistent parent, or 0 for the SRK from its template */
+	TPM2_HANDLE parent;	/* persistent parent, or 0 for the SRK from its template */
+	TPM2_HANDLE nv_counter; /* the NV index of the monotonic counter */
 	TSS2_TCTI_CONTEXT *tcti;
 	ESYS_CONTEXT *ectx;
 	ESYS_TR primary;
@@ -61,6 +63,24 @@ struct tpm {
  * never one of data beginning with TPM_GENERATED_VALUE (Part 2 §6.2): it cannot
  * be made to sign something that looks like a TPM attestation it did not make. */
 #define AK_ATTRS (KEY_ATTRS | TPMA_OBJECT_RESTRICTED)
+
+/* The monotonic counter's NV index (TPM 2.0 Part 2, TPMA_NV): type TPM_NT_COUNTER,
+ * 8 bytes that only TPM2_NV_Increment changes, and that do not go back even when
+ * the index is undefined and defined again (Part 1 §37.2.1: a counter's first
+ * increment starts it no lower than any counter the TPM has deleted; tested).
+ * Written and read with the owner hierarchy's authorisation, as the SRK is
+ * created: advancing it (which makes a daemon with an older database refuse to
+ * start) needs the owner's authority, the same that could undefine it.
+ * authRead as well: the value is no secret, and an operator may read it with
+ * the index's own empty authValue.  noDA: a failed authorisation of the index
+ * never counts toward lockout.  Not orderly: every value reaches NV exactly (an
+ * orderly counter may jump ahead after a power cut), at the cost of an NV write
+ * per increment: increment at checkpoints, not per signature. */
+#define NV_COUNTER_ATTRS                                                                           \
+	((TPMA_NV)(TPM2_NT_COUNTER << TPMA_NV_TPM2_NT_SHIFT) | TPMA_NV_OWNERWRITE |                \
+	 TPMA_NV_OWNERREAD | TPMA_NV_AUTHREAD | TPMA_NV_NO_DA)
+/* What an existing index must have to be used as our counter. */
+#define NV_COUNTER_NEEDED (TPMA_NV_OWNERWRITE | TPMA_NV_OWNERREAD)
 
 /* A TSS2_RC that says the TPM did not answer, rather than refused. */
 static int rc_is_unavailable(TSS2_RC rc)
@@ -268,6 +288,7 @@ static int tpm_open(struct key_store *ks, const struct ks_param *params, size_t 
 		return -ENOMEM;
 	t->primary = ESYS_TR_NONE;
 	t->loaded = ESYS_TR_NONE;
+	t->nv_counter = NV_COUNTER_DEFAULT;
 	for (i = 0; i < n; i++) {
 		if (strcmp(params[i].name, "tcti") == 0) {
 			free(t->tcti_conf);
@@ -287,6 +308,18 @@ static int tpm_open(struct key_store *ks, const struct ks_param *params, size_t 
 				goto out;
 			}
 			t->parent = (TPM2_HANDLE)h;
+		} else if (strcmp(params[i].name, "nv-counter") == 0) {
+			errno = 0;
+			h = strtoul(params[i].value, &end, 0);
+			/* TPM 2.0 Part 2 §7.2: NV indexes are 0x01xxxxxx. */
+			if (errno != 0 || *end != '\0' || (h >> 24) != TPM2_HT_NV_INDEX) {
+				r = ks_fail(ks, -CIMD_ECONFIG,
+					    "tpm2: nv-counter '%s' is not an NV index handle "
+					    "(0x01000000..0x01FFFFFF)",
+					    params[i].value);
+				goto out;
+			}
+			t->nv_counter = (TPM2_HANDLE)h;
 		} else {
 			r = ks_fail(ks, -CIMD_ECONFIG, "tpm2: unknown parameter '%s'",
 				    params[i].name);
@@ -903,6 +936,163 @@ static int tpm_p11_evidence(struct key_store *ks, void *be, const uint8_t *ref, 
 	return ks_fail(ks, -ENOTSUP, "tpm2: no PKCS#11 evidence on a TPM (use TPM2_Certify)");
 }
 
+/* TPM_RC_HANDLE (Part 2 §6.6, a format-one code): for an NV index, that no
+ * index is defined at the handle. */
+static int rc_is_absent(TSS2_RC rc)
+{
+	return (rc & TSS2_RC_LAYER_MASK) == TSS2_TPM_RC_LAYER && (rc & TPM2_RC_FMT1) != 0 &&
+	       (rc & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_HANDLE;
+}
+
+/*
+ * The ESYS_TR of the counter's index, defined if it does not exist yet (Part 3
+ * §31.3 TPM2_NV_DefineSpace, empty authValue, nameAlg SHA-256, 8 bytes).  An
+ * index already at the handle must be a counter of 8 bytes that the owner may
+ * read and write: anything else is another party's index, which we neither use
+ * nor touch.  *ret_defined says whether we defined it.
+ */
+static int counter_index(struct key_store *ks, struct tpm *t, ESYS_TR *ret_nv, int *ret_defined)
+{
+	TPM2B_AUTH auth = {0};
+	TPM2B_NV_PUBLIC want = {0}, *pub = NULL;
+	ESYS_TR nv = ESYS_TR_NONE;
+	TPMA_NV type;
+	TSS2_RC rc;
+	int r;
+
+	rc = Esys_TR_FromTPMPublic(t->ectx, t->nv_counter, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+				   &nv);
+	if (rc == TSS2_RC_SUCCESS) {
+		rc = Esys_NV_ReadPublic(t->ectx, nv, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub,
+					NULL);
+		if (rc != TSS2_RC_SUCCESS) {
+			r = tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_NV_ReadPublic (nv-counter)");
+			goto out;
+		}
+		type = (pub->nvPublic.attributes & TPMA_NV_TPM2_NT_MASK) >> TPMA_NV_TPM2_NT_SHIFT;
+		if (type != TPM2_NT_COUNTER || pub->nvPublic.dataSize != 8 ||
+		    (pub->nvPublic.attributes & NV_COUNTER_NEEDED) != NV_COUNTER_NEEDED) {
+			r = ks_fail(
+			    ks, -CIMD_ECONFIG,
+			    "tpm2: NV index 0x%08x (nv-counter) is another party's: type %u, "
+			    "%u bytes, attributes 0x%08x, where a counter (type %u) of 8 "
+			    "bytes that the owner may read and write is needed",
+			    t->nv_counter, (unsigned)type, (unsigned)pub->nvPublic.dataSize,
+			    (unsigned)pub->nvPublic.attributes, (unsigned)TPM2_NT_COUNTER);
+			goto out;
+		}
+		*ret_defined = 0;
+	} else if (rc_is_absent(rc)) {
+		nv = ESYS_TR_NONE;
+		want.nvPublic.nvIndex = t->nv_counter;
+		want.nvPublic.nameAlg = TPM2_ALG_SHA256;
+		want.nvPublic.attributes = NV_COUNTER_ATTRS;
+		want.nvPublic.dataSize = 8;
+		rc = Esys_NV_DefineSpace(t->ectx, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+					 ESYS_TR_NONE, &auth, &want, &nv);
+		if (rc != TSS2_RC_SUCCESS) {
+			nv = ESYS_TR_NONE;
+			/* Defined by another party since we looked: look again. */
+			if (rc == TPM2_RC_NV_DEFINED)
+				r = ks_fail(ks, -EAGAIN, "tpm2: NV index 0x%08x defined meanwhile",
+					    t->nv_counter);
+			else
+				r = tpm_fail(ks, t, rc, -CIMD_EBACKEND,
+					     "TPM2_NV_DefineSpace (nv-counter)");
+			goto out;
+		}
+		*ret_defined = 1;
+	} else {
+		nv = ESYS_TR_NONE;
+		r = tpm_fail(ks, t, rc, -CIMD_EBACKEND, "NV index of nv-counter");
+		goto out;
+	}
+	*ret_nv = nv;
+	nv = ESYS_TR_NONE;
+	r = 0;
+out:
+	if (nv != ESYS_TR_NONE && t->ectx != NULL)
+		Esys_TR_Close(t->ectx, &nv);
+	Esys_Free(pub);
+	return r;
+}
+
+/*
+ * One attempt at the counter: its index found or defined, incremented when
+ * *pending says an increment is owed (cleared once the TPM did it, so that a
+ * second attempt does not increment again), and read (Part 3 §31.8
+ * TPM2_NV_Increment, §31.13 TPM2_NV_Read).  A counter never incremented has no
+ * value (TPM_RC_NV_UNINITIALIZED): it is incremented once, as one we just
+ * defined is.  TPM_RC_RETRY, _YIELDED and _TESTING are resubmitted by ESAPI
+ * itself, as for every other command of this backend.
+ */
+static int tpm_counter_once(struct key_store *ks, struct tpm *t, int *pending, uint64_t *ret_value)
+{
+	TPM2B_MAX_NV_BUFFER *data = NULL;
+	ESYS_TR nv = ESYS_TR_NONE;
+	uint64_t v = 0;
+	TSS2_RC rc;
+	int defined = 0, r;
+	size_t i;
+
+	if ((r = tpm_ready(ks, t)) < 0 || (r = counter_index(ks, t, &nv, &defined)) < 0)
+		return r;
+	if (defined)
+		*pending = 1;
+	for (;;) {
+		if (*pending) {
+			rc = Esys_NV_Increment(t->ectx, ESYS_TR_RH_OWNER, nv, ESYS_TR_PASSWORD,
+					       ESYS_TR_NONE, ESYS_TR_NONE);
+			if (rc != TSS2_RC_SUCCESS) {
+				r = tpm_fail(ks, t, rc, -CIMD_EBACKEND,
+					     "TPM2_NV_Increment (nv-counter)");
+				goto out;
+			}
+			*pending = 0;
+		}
+		rc = Esys_NV_Read(t->ectx, ESYS_TR_RH_OWNER, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+				  ESYS_TR_NONE, 8, 0, &data);
+		if (rc == TPM2_RC_NV_UNINITIALIZED && !defined) {
+			defined = 1; /* at most one increment for this */
+			*pending = 1;
+			continue;
+		}
+		break;
+	}
+	if (rc != TSS2_RC_SUCCESS) {
+		r = tpm_fail(ks, t, rc, -CIMD_EBACKEND, "TPM2_NV_Read (nv-counter)");
+		goto out;
+	}
+	if (data->size != 8) {
+		r = ks_fail(ks, -CIMD_EFORMAT, "tpm2: the counter read gave %u bytes, not 8",
+			    (unsigned)data->size);
+		goto out;
+	}
+	/* A counter reads as a UINT64, big-endian as the TPM marshals every integer. */
+	for (i = 0; i < 8; i++)
+		v = v << 8 | data->buffer[i];
+	*ret_value = v;
+	r = 0;
+out:
+	if (nv != ESYS_TR_NONE && t->ectx != NULL)
+		Esys_TR_Close(t->ectx, &nv);
+	Esys_Free(data);
+	return r;
+}
+
+static int tpm_counter(struct key_store *ks, void *be, int increment, uint64_t *ret_value)
+{
+	struct tpm *t = be;
+	int pending = increment, r;
+
+	r = tpm_counter_once(ks, t, &pending, ret_value);
+	/* A TPM that restarted behind our back (TPM_RC_INITIALIZE), or an index
+	 * defined by another party as we defined ours: once more, afresh. */
+	if (r == -EAGAIN)
+		r = tpm_counter_once(ks, t, &pending, ret_value);
+	return tpm_final(r);
+}
+
 static int tpm_ref_restricted(const uint8_t *ref, size_t ref_len)
 {
 	TPM2B_PUBLIC pub;
@@ -987,6 +1177,7 @@ const struct ks_backend ks_tpm2_backend = {
     .generate_attest = tpm_generate_attest,
     .certify = tpm_certify,
     .p11_evidence = tpm_p11_evidence,
+    .counter = tpm_counter,
     .ref_restricted = tpm_ref_restricted,
     .tpm_public = tpm_public,
 };

@@ -293,6 +293,7 @@ static void test_attest(const struct t_softhsm *h)
 	struct ks_certify cert = {0};
 	struct ks_ref *refs = NULL;
 	uint8_t q[32] = {1}, *pub = NULL;
+	uint64_t counter;
 	const uint8_t *ref;
 	size_t ref_len, nrefs = 0, i, pub_len;
 	char err[256];
@@ -330,6 +331,12 @@ static void test_attest(const struct t_softhsm *h)
 	r = ks_key_tpm_public(ak, &pub, &pub_len);
 	t_ok(r == -ENOTSUP && pub == NULL, "attest: no TPMT_PUBLIC for a token key: %s",
 	     cimd_strerror(r));
+	counter = 42;
+	r = key_store_counter_read(ks, &counter);
+	t_ok(r == -ENOTSUP && key_store_counter_increment(ks, &counter) == -ENOTSUP &&
+		 counter == 42 && strstr(key_store_errmsg(ks), "monotonic counter") != NULL,
+	     "attest: no monotonic counter on a token (read, increment): %s (%s)", cimd_strerror(r),
+	     key_store_errmsg(ks));
 	check_evidence(ks, ak, "AK");
 	if (t_ok(key_store_generate(ks, CIMD_ALG_PS256, NULL, &key) == 0, "attest: a PS256 key"))
 		check_evidence(ks, key, "PS256");

@@ -209,6 +209,208 @@ out:
 	key_store_free(&ks);
 }
 
+/* Whether tpm2-tools lists an NV index at handle on this TPM. */
+static int nv_listed(const struct t_swtpm *s, unsigned handle)
+{
+	return t_sh("TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=%d' tpm2_getcap handles-nv-index "
+		    "| grep -qix -- '- 0x%x'",
+		    s->port, handle) == 0;
+}
+
+/* The key store on conf with nv-counter=handle appended (handle 0: the default). */
+static int counter_open(const struct t_swtpm *s, unsigned handle, struct key_store **ret_ks)
+{
+	char conf[300], err[256];
+	int r;
+
+	if (handle != 0)
+		snprintf(conf, sizeof(conf), "%s;nv-counter=0x%08x", s->conf, handle);
+	else
+		snprintf(conf, sizeof(conf), "%s", s->conf);
+	if ((r = key_store_open(conf, ret_ks, err, sizeof(err))) < 0)
+		printf("# key_store_open(%s): %s\n", conf, err);
+	return r;
+}
+
+/* Reads the counter of nv-counter=handle in a key store of its own. */
+static int counter_read_at(const struct t_swtpm *s, unsigned handle, uint64_t *ret_value)
+{
+	struct key_store *ks = NULL;
+	int r;
+
+	if ((r = counter_open(s, handle, &ks)) == 0 &&
+	    (r = key_store_counter_read(ks, ret_value)) < 0)
+		printf("# counter 0x%08x: %s\n", handle, key_store_errmsg(ks));
+	key_store_free(&ks);
+	return r;
+}
+
+/*
+ * The monotonic counter (an NV counter index): defined by the first read,
+ * incremented by one, unchanged by reads, by a new key store and by a TPM
+ * restart; a second index counts on its own; an ordinary index at the handle is
+ * refused and left alone; a hung TPM answers CIMD_EUNAVAILABLE within the
+ * deadline, and the counter works again when the TPM does.
+ */
+static void test_counter(struct t_swtpm *s)
+{
+	const unsigned nv_a = 0x01C1DD01, nv_b = 0x01C1DD02, nv_ordinary = 0x01C1DD09;
+	struct key_store *ks = NULL;
+	uint64_t v0 = 0, v1 = 0, v = 0, b0 = 0, b1 = 0, sentinel = 0xdeadbeef;
+	char err[256], out[2048];
+	double t0, dt;
+	int r;
+
+	r = key_store_open("tpm2:tcti=device:/dev/null;nv-counter=0x81000001", &ks, err,
+			   sizeof(err));
+	t_ok(r == -CIMD_ECONFIG && strstr(err, "nv-counter") != NULL,
+	     "counter: a persistent handle as nv-counter is refused: %s", err);
+	r = key_store_open("tpm2:tcti=device:/dev/null;nv-counter=0x02000000", &ks, err,
+			   sizeof(err));
+	t_ok(r == -CIMD_ECONFIG && strstr(err, "nv-counter") != NULL,
+	     "counter: a handle outside 0x01000000..0x01FFFFFF is refused: %s", err);
+	r = key_store_open("tpm2:tcti=device:/dev/null;nv-counter=0x01C1DD0G", &ks, err,
+			   sizeof(err));
+	t_ok(r == -CIMD_ECONFIG && strstr(err, "nv-counter") != NULL,
+	     "counter: a malformed nv-counter is refused: %s", err);
+	key_store_free(&ks);
+
+	t_ok(!nv_listed(s, nv_a), "counter: no NV index at 0x%08x before the first read", nv_a);
+	if (!t_ok(counter_open(s, 0, &ks) == 0, "counter: key store with the default nv-counter"))
+		goto out;
+	r = key_store_counter_read(ks, &v0);
+	t_ok(r == 0, "counter: the first read defines the index and gives %llu (%s)",
+	     (unsigned long long)v0, r < 0 ? key_store_errmsg(ks) : "ok");
+	t_ok(nv_listed(s, nv_a), "counter: tpm2_getcap lists NV index 0x%08x now", nv_a);
+	/* Attributes as tpm2-tools reads them (TPMA_NV, Part 2): a counter (nt=0x1)
+	 * of 8 bytes, owner read and write, noDA, written by its first increment. */
+	r = t_sh_out(out, sizeof(out),
+		     "TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=%d' tpm2_nvreadpublic 0x%x",
+		     s->port, nv_a);
+	t_ok(r == 0 && strstr(out, "nt=0x1") && strstr(out, "ownerwrite") &&
+		 strstr(out, "ownerread") && strstr(out, "authread") && strstr(out, "no_da") &&
+		 strstr(out, "written") && strstr(out, "size: 8") && strstr(out, "sha256"),
+	     "counter: tpm2_nvreadpublic shows an 8-byte sha256 counter, owner read/write, "
+	     "authread, noDA, written");
+	r = key_store_counter_increment(ks, &v1);
+	t_ok(r == 0 && v1 == v0 + 1, "counter: increment gives %llu = %llu + 1 (%s)",
+	     (unsigned long long)v1, (unsigned long long)v0, r < 0 ? key_store_errmsg(ks) : "ok");
+	r = key_store_counter_read(ks, &v);
+	t_ok(r == 0 && v == v1, "counter: a read gives the incremented value %llu (%llu)",
+	     (unsigned long long)v1, (unsigned long long)v);
+	r = key_store_counter_read(ks, &v);
+	t_ok(r == 0 && v == v1, "counter: a second read does not advance it (%llu)",
+	     (unsigned long long)v);
+
+	key_store_free(&ks);
+	v = 0;
+	r = counter_open(s, 0, &ks) == 0 ? key_store_counter_read(ks, &v) : -1;
+	t_ok(r == 0 && v == v1, "counter: a new key store reads %llu (%llu)",
+	     (unsigned long long)v1, (unsigned long long)v);
+
+	/* The value is in the TPM's NV: it survives the TPM's power cycle. */
+	t_swtpm_kill(s);
+	if (!t_ok(t_swtpm_restart(s) == 0, "counter: swtpm restarted on its state"))
+		goto out;
+	v = 0;
+	for (t0 = t_now_ms(); t_now_ms() - t0 < 5000; usleep(50000))
+		if ((r = key_store_counter_read(ks, &v)) == 0)
+			break;
+	t_ok(r == 0 && v == v1,
+	     "counter: after the TPM restart the same key store reads %llu (%llu)",
+	     (unsigned long long)v1, (unsigned long long)v);
+	key_store_free(&ks);
+
+	/* A second index counts on its own. */
+	r = counter_open(s, nv_b, &ks) == 0 ? key_store_counter_read(ks, &b0) : -1;
+	t_ok(r == 0, "counter: a second index 0x%08x reads %llu (%s)", nv_b, (unsigned long long)b0,
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	r = key_store_counter_increment(ks, &b1);
+	if (r == 0)
+		r = key_store_counter_increment(ks, &b1);
+	t_ok(r == 0 && b1 == b0 + 2, "counter: 0x%08x incremented twice gives %llu", nv_b,
+	     (unsigned long long)b1);
+	key_store_free(&ks);
+	v = 0;
+	r = counter_read_at(s, nv_a, &v);
+	t_ok(r == 0 && v == v1, "counter: 0x%08x is unchanged by them (%llu)", nv_a,
+	     (unsigned long long)v);
+	r = counter_open(s, nv_a, &ks) == 0 ? key_store_counter_increment(ks, &v) : -1;
+	t_ok(r == 0 && v == v1 + 1, "counter: 0x%08x incremented gives %llu", nv_a,
+	     (unsigned long long)v);
+	v1 = v;
+	key_store_free(&ks);
+	v = 0;
+	r = counter_read_at(s, nv_b, &v);
+	t_ok(r == 0 && v == b1, "counter: 0x%08x is unchanged by it (%llu)", nv_b,
+	     (unsigned long long)v);
+
+	/* Undefined behind our back (with the owner's authority) and defined again by
+	 * the next read: it does not go back (Part 1, NV counters: a counter's first
+	 * increment starts it no lower than any counter the TPM has deleted). */
+	t_ok(t_sh("TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=%d' tpm2_nvundefine -C o 0x%x",
+		  s->port, nv_a) == 0 &&
+		 !nv_listed(s, nv_a),
+	     "counter: tpm2_nvundefine removed 0x%08x", nv_a);
+	v = 0;
+	r = counter_read_at(s, nv_a, &v);
+	t_ok(r == 0 && v > v1 && nv_listed(s, nv_a),
+	     "counter: defined again, it reads %llu > %llu: undefining does not roll it back",
+	     (unsigned long long)v, (unsigned long long)v1);
+	v1 = v;
+
+	/* Another party's ordinary index at the handle: refused, and left alone. */
+	t_ok(t_sh("TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=%d' tpm2_nvdefine -C o -s 8 0x%x "
+		  ">/dev/null",
+		  s->port, nv_ordinary) == 0,
+	     "counter: tpm2_nvdefine made an ordinary 8-byte index at 0x%08x", nv_ordinary);
+	if (!t_ok(counter_open(s, nv_ordinary, &ks) == 0, "counter: key store on nv-counter=0x%08x",
+		  nv_ordinary))
+		goto out;
+	v = sentinel;
+	r = key_store_counter_read(ks, &v);
+	t_ok(r == -CIMD_ECONFIG && v == sentinel && strstr(key_store_errmsg(ks), "1c1dd09"),
+	     "counter: an ordinary index is refused: %s (%s)", cimd_strerror(r),
+	     key_store_errmsg(ks));
+	r = key_store_counter_increment(ks, &v);
+	t_ok(r == -CIMD_ECONFIG && v == sentinel, "counter: and not incremented: %s",
+	     cimd_strerror(r));
+	r = t_sh_out(out, sizeof(out),
+		     "TPM2TOOLS_TCTI='swtpm:host=127.0.0.1,port=%d' tpm2_nvreadpublic 0x%x",
+		     s->port, nv_ordinary);
+	t_ok(r == 0 && strstr(out, "size: 8") && !strstr(out, "nt=") && !strstr(out, "written"),
+	     "counter: the ordinary index is still there, unwritten");
+	key_store_free(&ks);
+
+	/* A hung TPM: CIMD_EUNAVAILABLE within timeout-ms, then at once. */
+	if (!t_ok(counter_open(s, nv_a, &ks) == 0 && key_store_counter_read(ks, &v) == 0 && v == v1,
+		  "counter: reads %llu before the TPM hangs", (unsigned long long)v1))
+		goto out;
+	kill(s->pid, SIGSTOP);
+	v = sentinel;
+	t0 = t_now_ms();
+	r = key_store_counter_read(ks, &v);
+	dt = t_now_ms() - t0;
+	t_ok(r == -CIMD_EUNAVAILABLE && dt < 2000 && v == sentinel,
+	     "counter: hung TPM: read gives %s after %.0f ms (%s)", cimd_strerror(r), dt,
+	     key_store_errmsg(ks));
+	t0 = t_now_ms();
+	r = key_store_counter_increment(ks, &v);
+	dt = t_now_ms() - t0;
+	t_ok(r == -CIMD_EUNAVAILABLE && dt < 100 && v == sentinel,
+	     "counter: still hung: increment gives %s at once (%.0f ms)", cimd_strerror(r), dt);
+	kill(s->pid, SIGCONT);
+	for (t0 = t_now_ms(); t_now_ms() - t0 < 5000; usleep(50000))
+		if ((r = key_store_counter_read(ks, &v)) == 0)
+			break;
+	t_ok(r == 0 && v == v1,
+	     "counter: TPM answers again: reads %llu, not advanced by the refused increment (%llu)",
+	     (unsigned long long)v1, (unsigned long long)v);
+out:
+	kill(s->pid, SIGCONT);
+	key_store_free(&ks);
+}
+
 /* ES256 raw r||s over data, checked by OpenSSL itself (not by our verifier). */
 static int ossl_verify_es256(const json_t *jwk, const uint8_t *data, size_t len, const uint8_t *sig,
 			     size_t sig_len)
@@ -422,6 +624,7 @@ int main(void)
 	test_errors(&s);
 	test_stale_handles(&s);
 	test_deadline_covers_lock(&s);
+	test_counter(&s);
 	test_faults(&s);
 	t_swtpm_kill(&s);
 	return t_done();
