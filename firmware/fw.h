@@ -236,11 +236,12 @@ int key_store_p11_evidence(struct key_store *ks, struct ks_key *key, struct ks_p
  * old state database (docs/audit.md).  On a TPM: an NV counter index
  * (TPMA_NV_COUNTER, TPM 2.0 Part 1 §37.2.1; NV_DefineSpace Part 3 §31.3,
  * NV_Increment §31.8, NV_Read §31.13), index from the backend configuration's
- * nv-counter parameter (default 0x01C1DD01), owner-authorised.  key_store_counter_read
- * gives its value, defining and first incrementing it if it does not exist yet
- * (an NV counter has no value before its first increment); key_store_counter_increment
- * increments it and gives the new value.  -ENOTSUP on PKCS#11 (no standard monotonic
- * counter object).
+ * nv-counter parameter (default 0x0100C1DD, in the TPM owner's range of the
+ * TCG registry of reserved handles), owner-authorised.  key_store_counter_read
+ * gives its value, defining and first incrementing it if it does not exist
+ * yet (an NV counter has no value before its first increment);
+ * key_store_counter_increment increments it and gives the new value.
+ * -ENOTSUP on PKCS#11 (no standard monotonic counter object).
  */
 int key_store_counter_read(struct key_store *ks, uint64_t *ret_value);
 int key_store_counter_increment(struct key_store *ks, uint64_t *ret_value);
@@ -326,6 +327,8 @@ struct merkle_tree {
 };
 int merkle_tree_build(const uint8_t (*leaves)[32], uint64_t n, struct merkle_tree **ret);
 void merkle_tree_free(struct merkle_tree **t);
+/* Appends k leaf hashes to the tree; on failure the tree is unchanged. */
+int merkle_tree_extend(struct merkle_tree *t, const uint8_t (*leaves)[32], uint64_t k);
 /* MTH of the first size leaves (size <= n). */
 int merkle_tree_root(const struct merkle_tree *t, uint64_t size, uint8_t ret[32]);
 /* PATH(index, D[size]) (§2.1.3.1) and PROOF(old_size, D[size]) (§2.1.4.1), each at
@@ -339,6 +342,39 @@ int merkle_verify_inclusion(uint64_t index, uint64_t size, const uint8_t leaf[32
 			    const uint8_t (*proof)[32], size_t len, const uint8_t root[32]);
 int merkle_verify_consistency(uint64_t old_size, uint64_t size, const uint8_t (*proof)[32],
 			      size_t len, const uint8_t old_root[32], const uint8_t root[32]);
+
+/* ---- C2SP signed notes and tlog checkpoints (note.c, docs/audit.md) ---- */
+
+#define NOTE_MAX 8192	  /* a signed note we write or read */
+#define NOTE_NAME_MAX 255 /* a key name, a checkpoint origin */
+
+/* Key ID of a P-256 JWK for signature type 0x02: SHA-256(DER SPKI)[:4]. */
+int note_key_id(const json_t *jwk, uint8_t ret[4]);
+/* The signature line "\u2014 NAME base64(key ID || DER ECDSA)\n" of key over
+ * text (len bytes, ending in a newline); key must be an ES256 key. */
+int note_sign_line(struct key_store *ks, struct ks_key *key, const char *name, const char *text,
+		   size_t len, char **ret_line);
+/* Verifies that note carries a valid signature by (name, jwk); the text
+ * length (through its last newline before the blank line) in *ret_text_len.
+ * -CIMD_EFORMAT or -CIMD_EVERIFY with errbuf naming what failed. */
+int note_verify(const char *note, size_t len, const char *name, const json_t *jwk,
+		size_t *ret_text_len, char *errbuf, size_t errlen);
+
+struct checkpoint {
+	char origin[NOTE_NAME_MAX + 1];
+	uint64_t size;
+	uint8_t root[32];
+	size_t extensions; /* offset of the first extension line in the text */
+};
+/* "ORIGIN\nSIZE\nbase64(ROOT)\n" followed by extensions (NULL, or lines each
+ * ending in a newline). */
+int checkpoint_format(const char *origin, uint64_t size, const uint8_t root[32],
+		      const char *extensions, char **ret_text);
+/* Parses a checkpoint's text (not the signatures). */
+int checkpoint_parse(const char *text, size_t len, struct checkpoint *ret);
+/* The decimal value of extension line "KEY VALUE"; -ENOENT when absent. */
+int checkpoint_extension(const char *text, size_t len, const struct checkpoint *c, const char *key,
+			 uint64_t *ret_value);
 
 /* ---- JWS compact serialisation, RFC 7515 §7.1 ---- */
 

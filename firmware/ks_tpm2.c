@@ -34,7 +34,7 @@
 
 #define TPM_TIMEOUT_FAST_MS 1500       /* load, sign, flush: unavailable within 2 s */
 #define TPM_TIMEOUT_SLOW_MS 60000      /* CreatePrimary, Create (RSA key generation) */
-#define NV_COUNTER_DEFAULT 0x01C1DD01u /* the nv-counter parameter's default */
+#define NV_COUNTER_DEFAULT 0x0100C1DDu /* the nv-counter parameter's default */
 
 struct tpm {
 	char *tcti_conf;

@@ -109,29 +109,47 @@ void merkle_frontier_root(const struct merkle_frontier *f, uint8_t ret[32])
 int merkle_tree_build(const uint8_t (*leaves)[32], uint64_t n, struct merkle_tree **ret)
 {
 	struct merkle_tree *t;
-	uint64_t count, i;
-	unsigned l;
+	int r;
 
-	if (n > MERKLE_LEAVES_MAX)
-		return -E2BIG;
 	if ((t = calloc(1, sizeof(*t))) == NULL)
 		return -ENOMEM;
-	t->n = n;
+	if ((r = merkle_tree_extend(t, leaves, n)) < 0) {
+		merkle_tree_free(&t);
+		return r;
+	}
+	*ret = t;
+	return 0;
+}
+
+/* Level l holds the n >> l aligned perfect subtrees of 2^l leaves; growing
+ * the tree computes only the ones the new leaves complete. */
+int merkle_tree_extend(struct merkle_tree *t, const uint8_t (*leaves)[32], uint64_t k)
+{
+	uint64_t n = t->n + k, old, count, i;
+	uint8_t(*p)[32];
+	unsigned l;
+
+	if (k > MERKLE_LEAVES_MAX || n > MERKLE_LEAVES_MAX)
+		return -E2BIG;
+	/* Allocate every level first, so that a failure changes nothing. */
 	for (l = 0, count = n; l < 64 && count > 0; l++, count >>= 1) {
-		if ((t->level[l] = malloc((size_t)(count ? count : 1) * 32)) == NULL) {
-			merkle_tree_free(&t);
+		if (count == t->n >> l)
+			continue;
+		if ((p = realloc(t->level[l], (size_t)count * 32)) == NULL)
 			return -ENOMEM;
-		}
-		for (i = 0; i < count; i++) {
+		t->level[l] = p;
+	}
+	for (l = 0, count = n; l < 64 && count > 0; l++, count >>= 1) {
+		for (i = old = t->n >> l; i < count; i++) {
 			if (l == 0)
-				memcpy(t->level[0][i], leaves[i], 32);
+				memcpy(t->level[0][i], leaves[i - old], 32);
 			else
 				merkle_node_hash(t->level[l - 1][2 * i], t->level[l - 1][2 * i + 1],
 						 t->level[l][i]);
 		}
 		t->levels = l + 1;
 	}
-	*ret = t;
+	t->n = n;
 	return 0;
 }
 

@@ -152,6 +152,9 @@ static const struct {
     {"key.revoke", CIMD_ROLE_REVOKE, keys_revoke},
     {"journal.show", CIMD_ROLE_READ, op_journal_show},
     {"journal.verify", CIMD_ROLE_READ, op_journal_verify},
+    {"journal.prove", CIMD_ROLE_READ, tlog_admin_prove},
+    {"journal.consistency", CIMD_ROLE_READ, tlog_admin_consistency},
+    {"audit.export", CIMD_ROLE_READ, tlog_admin_export},
 };
 
 /* One journal record per request, in a transaction of its own (the handler's

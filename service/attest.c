@@ -57,6 +57,12 @@ static int active_key(struct cimdd *d, const char *backend, char ret_kid[CIMD_KI
 	return r;
 }
 
+int attest_active_key(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
+		      struct ks_key **ret_key)
+{
+	return active_key(d, backend, ret_kid, ret_key);
+}
+
 /* Makes a new attestation key on backend and records it active (the previous
  * one, if any, retiring), in one transaction with its journal record. */
 static int new_attest_key(struct cimdd *d, const char *backend, const char *actor,

@@ -332,6 +332,12 @@ int main(int argc, char **argv)
 	open_key_stores(&d, 0);
 	keys_reconcile(&d);
 	attest_keys_ensure(&d);
+	/* Before anything can append: a database older than the TPM's counter is
+	 * refused here (tlog.c). */
+	if (tlog_open(&d, &d.tlog, err, sizeof(err)) < 0) {
+		log_err("journal: %s", err);
+		goto out;
+	}
 	/* Before the admin socket: once an operator can connect, so can workloads. */
 	if (signer_start(&d, &d.signer, err, sizeof(err)) < 0) {
 		log_err("sign socket: %s", err);
@@ -388,6 +394,10 @@ int main(int argc, char **argv)
 			last_tick = time(NULL);
 			open_key_stores(&d, 1);
 			keys_tick(&d, last_tick);
+			if (tlog_tick(&d, d.tlog, 0) == -CIMD_EVERIFY) {
+				rc = 1; /* rollback found once the TPM answered */
+				break;
+			}
 			/* Is the hardware there?  Reflected in /healthz, /metrics and
 			 * status within PROBE_EVERY seconds. */
 			if (last_tick - probed_at >= PROBE_EVERY) {
@@ -432,9 +442,13 @@ int main(int argc, char **argv)
 		store_commit(d.st);
 	else
 		store_rollback(d.st);
+	/* Everything up to the stop, under a checkpoint. */
+	if (rc == 0)
+		tlog_tick(&d, d.tlog, 1);
 out:
 	signer_stop(&d.signer);
 	publisher_stop(&pub);
+	tlog_free(&d.tlog);
 	if (sfd >= 0)
 		close(sfd);
 	if (lockfd >= 0)

@@ -266,6 +266,7 @@ enum {
 	K_CLOCK_SKEW,
 	K_DESTROY_DELAY,
 	K_ROTATE_EVERY,
+	K_CHECKPOINT_INTERVAL,
 	K_BACKEND, /* repeatable from here on */
 	K_OPERATOR,
 };
@@ -294,6 +295,7 @@ static const char *const keys[] = {
     [K_CLOCK_SKEW] = "clock_skew",
     [K_DESTROY_DELAY] = "destroy_delay",
     [K_ROTATE_EVERY] = "rotate_every",
+    [K_CHECKPOINT_INTERVAL] = "checkpoint_interval",
     [K_BACKEND] = "backend",
     [K_OPERATOR] = "operator",
 };
@@ -378,6 +380,8 @@ static int parse_setting(struct parse *p, int k, const char *v)
 		return set_duration(p, keys[k], &c->clock_skew, v, 0);
 	case K_DESTROY_DELAY:
 		return set_duration(p, keys[k], &c->destroy_delay, v, 0);
+	case K_CHECKPOINT_INTERVAL:
+		return set_duration(p, keys[k], &c->checkpoint_interval, v, 1);
 	case K_ROTATE_EVERY:
 		return set_duration(p, keys[k], &c->rotate_every, v, 0);
 	case K_BACKEND:
@@ -487,6 +491,7 @@ static void defaults(struct cimd_config *c)
 	c->clock_skew = 60;
 	c->destroy_delay = 86400;
 	c->rotate_every = 0;
+	c->checkpoint_interval = 60;
 }
 
 int config_parse(const char *label, const char *text, size_t len, struct cimd_config **ret_cfg,

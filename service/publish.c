@@ -165,8 +165,87 @@ static char *render_metrics(struct cimdd *d)
 	return out;
 }
 
+/* Bytes of one path that differ from what was last recorded for it. */
+struct pub_change {
+	char path[CIMD_URL_MAX];
+	char client[CIMD_NAME_MAX + 1];
+	char hex[65];
+	char *bytes;
+	size_t len;
+};
+
+/* Whether bytes (digest hex) differ from the last publication of path. */
+static int pub_changed(struct store *st, const char *path, const char *hex)
+{
+	sqlite3_stmt *s = NULL;
+	int changed = 1;
+
+	if (store_query(st, &s,
+			"SELECT sha256 FROM publications WHERE path = ? ORDER BY id DESC LIMIT 1",
+			"s", path) < 0)
+		return 1;
+	if (sqlite3_step(s) == SQLITE_ROW)
+		changed = strcmp((const char *)sqlite3_column_text(s, 0), hex) != 0;
+	sqlite3_finalize(s);
+	return changed;
+}
+
+static void pub_note(struct pub_change **v, size_t *n, const char *path, const char *client,
+		     const char *hex, const void *bytes, size_t len)
+{
+	struct pub_change *nv, *c;
+
+	if ((nv = realloc(*v, (*n + 1) * sizeof(**v))) == NULL)
+		return;
+	*v = nv;
+	c = &nv[*n];
+	if ((c->bytes = malloc(len ? len : 1)) == NULL)
+		return;
+	memcpy(c->bytes, bytes, len);
+	c->len = len;
+	snprintf(c->path, sizeof(c->path), "%s", path);
+	snprintf(c->client, sizeof(c->client), "%s", client);
+	snprintf(c->hex, sizeof(c->hex), "%s", hex);
+	(*n)++;
+}
+
+/*
+ * Records the documents and JWKS that changed since their last publication,
+ * each with a publish journal record (docs/audit.md): the audit bundle carries
+ * every version ever handed to the publisher, and the record's place in the
+ * journal is where an auditor replays the key states that JWKS must show.
+ * Only this thread changes key states, so none changed since the render.
+ */
+static void pub_record(struct cimdd *d, struct pub_change *v, size_t n)
+{
+	json_t *f;
+	int64_t seq;
+	size_t i;
+	int ok;
+
+	if (n == 0 || store_begin(d->st) < 0)
+		return;
+	for (i = 0, ok = 1; ok && i < n; i++) {
+		f = json_pack("{ssssss}", "client", v[i].client, "path", v[i].path, "sha256",
+			      v[i].hex);
+		ok = f != NULL && journal_append(d->st, "publish", "cimdd", f, &seq) == 0 &&
+		     store_exec(d->st,
+				"INSERT INTO publications (path, client, sha256, bytes, seq, "
+				"created) VALUES (?, ?, ?, ?, ?, strftime('%s', 'now'))",
+				"sssbi", v[i].path, v[i].client, v[i].hex, v[i].bytes, v[i].len,
+				seq) == 1;
+		json_decref(f);
+	}
+	if (!ok || store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		log_err("publication: cannot record what is published (database error)");
+	}
+}
+
 int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 {
+	struct pub_change *changes = NULL;
+	size_t n_changes = 0;
 	struct buf b = {0}, e = {0};
 	sqlite3_stmt *s = NULL;
 	char path[CIMD_URL_MAX], *jwks, *metrics;
@@ -191,6 +270,9 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 			  (size_t)sqlite3_column_bytes(s, 1));
 		SHA256(sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1), md);
 		hex_encode(md, sizeof(md), cimd_hex);
+		if (pub_changed(d->st, path, cimd_hex))
+			pub_note(&changes, &n_changes, path, name, cimd_hex,
+				 sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1));
 		if ((jwks = publish_jwks(d->st, name)) == NULL) {
 			e.failed = 1;
 			break;
@@ -200,6 +282,8 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 		put_entry(&e, path, "application/json", jwks_age, jwks_age, jwks, strlen(jwks));
 		SHA256((const uint8_t *)jwks, strlen(jwks), md);
 		hex_encode(md, sizeof(md), jwks_hex);
+		if (pub_changed(d->st, path, jwks_hex))
+			pub_note(&changes, &n_changes, path, name, jwks_hex, jwks, strlen(jwks));
 		free(jwks);
 		count += 2;
 		/* The attestation only while it names exactly these bytes (attest.c):
@@ -220,9 +304,21 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 		}
 	}
 	sqlite3_finalize(s);
+	pub_record(d, changes, n_changes);
+	while (n_changes > 0)
+		free(changes[--n_changes].bytes);
+	free(changes);
 	if ((jwks = attest_keys_jwks(d)) != NULL) {
 		put_entry(&e, "/.well-known/cimdd/attestation-keys.json", "application/json",
 			  jwks_age, jwks_age, jwks, strlen(jwks));
+		free(jwks);
+		count++;
+	}
+	/* The latest signed checkpoint of the journal (tlog.c): never cached,
+	 * it moves every checkpoint_interval. */
+	if (d->tlog != NULL && (jwks = tlog_checkpoint(d->tlog)) != NULL) {
+		put_entry(&e, "/.well-known/cimdd/checkpoint", "text/plain; charset=utf-8", 0, 0,
+			  jwks, strlen(jwks));
 		free(jwks);
 		count++;
 	}

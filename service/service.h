@@ -117,7 +117,8 @@ struct cimd_config {
 	long assertion_rate_limit; /* assertions per second per client, 0: none */
 	long clock_skew;
 	long destroy_delay;
-	long rotate_every; /* 0: no scheduled rotation unless a client sets one */
+	long rotate_every;	  /* 0: no scheduled rotation unless a client sets one */
+	long checkpoint_interval; /* a signed checkpoint at least this often (tlog.c) */
 };
 
 /* Reads and checks a configuration file.  On failure errbuf holds
@@ -190,10 +191,10 @@ int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes,
 int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65]);
 /* The journal as a Merkle tree (docs/audit.md): record seq is leaf seq - 1,
  * its leaf hash SHA-256(0x00 || record bytes).  The committed tree's size and
- * root; the leaf hashes of records 1..size (malloc'd); one record's bytes
+ * root; the leaf hashes of records first..first+count-1 (malloc'd); one record's bytes
  * (malloc'd, NUL-terminated; -ENOENT when there is no such record). */
 int journal_tree_head(struct store *st, uint64_t *ret_size, uint8_t ret_root[32]);
-int journal_leaves(struct store *st, uint64_t size, uint8_t (**ret_leaves)[32]);
+int journal_leaves(struct store *st, uint64_t first, uint64_t count, uint8_t (**ret_leaves)[32]);
 int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_len);
 
 /* ---- CIMD documents (cimd_doc.c) ---- */
@@ -227,6 +228,7 @@ struct cimdd {
 	/* per backend: 1 the hardware answered the last probe, 0 it did not,
 	 * -1 not probed yet (attest_probe) */
 	int backend_ok[CIMD_BACKENDS_MAX];
+	struct tlog *tlog; /* checkpoints and proofs (tlog.c) */
 };
 
 /* The key store of a backend by name, or NULL when it is not configured/open. */
@@ -378,14 +380,51 @@ enum admin_err attest_show(struct admin_req *q);
  * records in d->backend_ok whether it answered; 1 when any changed. */
 int attest_probe(struct cimdd *d);
 enum admin_err attest_key_rotate(struct admin_req *q);
+/* The active attestation key of backend, loaded, and its kid; -ENOENT when
+ * it has none, -CIMD_EUNAVAILABLE when the backend is not open. */
+int attest_active_key(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
+		      struct ks_key **ret_key);
+
+/* ---- the transparency log: checkpoints and proofs (tlog.c, docs/audit.md) ---- */
+
+struct tlog;
+/* At start, after the key stores and attestation keys: the latest checkpoint
+ * and the proof tree up to it; on a TPM backend, the rollback check against
+ * the TPM's counter (-CIMD_EVERIFY, err saying why, when the database is older
+ * than the TPM). */
+int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen);
+void tlog_free(struct tlog **tl);
+/* Once a second: a checkpoint when checkpoint_interval has passed since the
+ * last one and the journal grew beyond it (force: whenever it grew).  1 when
+ * one was issued, 0 when none was due, a negative code when it could not be
+ * (-CIMD_EVERIFY: rollback found, the daemon must stop). */
+int tlog_tick(struct cimdd *d, struct tlog *tl, int force);
+/* The latest signed checkpoint (malloc'd), NULL when there is none yet. */
+char *tlog_checkpoint(struct tlog *tl);
+/* {"seq","leaf_index","tree_size","record","proof":[base64...],"checkpoint"}:
+ * record seq's inclusion proof in the latest checkpoint, read through st
+ * (any handle: the signer's reader calls it from its own thread).
+ * -ENOENT no such record, -EAGAIN not covered by a checkpoint yet. */
+int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret);
+/* {"old_size","tree_size","proof":[...],"checkpoint"}: a consistency proof
+ * from a tree of old_size records to the latest checkpoint. */
+int tlog_consistency(struct tlog *tl, uint64_t old_size, json_t **ret);
+enum admin_err tlog_admin_prove(struct admin_req *q);
+enum admin_err tlog_admin_consistency(struct admin_req *q);
+/* audit.export {"kind","after"}: one page of checkpoints, publications,
+ * attestations, revocations or attestation keys (all ever), oldest first. */
+enum admin_err tlog_admin_export(struct admin_req *q);
 
 /* ---- signing socket (signer.c, sign_request.c) ---- */
 
 /* One request line, parsed and checked (sign_request.c): a JSON object with
  * exactly op ("assert"), client_id and aud (strings) and optionally ttl (whole
  * seconds, 1..max_ttl).  The strings point into json, which the request holds. */
+#define CIMD_JTI_MAX 64 /* a jti in a receipt request (ours are 22 characters) */
 struct sign_request {
 	json_t *json;
+	enum { SIGN_OP_ASSERT, SIGN_OP_RECEIPT } op;
+	const char *jti; /* receipt */
 	const char *client_id;
 	const char *aud;
 	long ttl; /* 0: the request names none */

@@ -17,6 +17,7 @@
 #include "service.h"
 
 static const char *const members[] = {"op", "client_id", "aud", "ttl"};
+static const char *const receipt_members[] = {"op", "jti"};
 #define N_MEMBERS (sizeof(members) / sizeof(members[0]))
 
 static int refuse(char *msg, size_t msglen, const char *fmt, ...)
@@ -54,23 +55,45 @@ int sign_request_parse(const char *line, size_t len, long max_ttl, struct sign_r
 		r = refuse(msg, msglen, "not a JSON object: %s", req ? "" : jerr.text);
 		goto out;
 	}
-	json_object_foreach(req, key, v)
-	{
-		for (i = 0; i < N_MEMBERS; i++)
-			if (strcmp(key, members[i]) == 0)
-				break;
-		if (i == N_MEMBERS) {
-			r = refuse(msg, msglen, "unknown member \"%.64s\"", key);
-			goto out;
-		}
-	}
 	if ((op = json_string_value(json_object_get(req, "op"))) == NULL) {
 		r = refuse(msg, msglen, "op %s",
 			   json_object_get(req, "op") ? "must be a string" : "is missing");
 		goto out;
 	}
-	if (strcmp(op, "assert") != 0) {
+	if (strcmp(op, "assert") != 0 && strcmp(op, "receipt") != 0) {
 		r = refuse(msg, msglen, "unknown op \"%.64s\"", op);
+		goto out;
+	}
+	json_object_foreach(req, key, v)
+	{
+		const char *const *m = op[0] == 'a' ? members : receipt_members;
+		size_t n = op[0] == 'a' ? N_MEMBERS : 2;
+
+		for (i = 0; i < n; i++)
+			if (strcmp(key, m[i]) == 0)
+				break;
+		if (i == n) {
+			r = refuse(msg, msglen, "unknown member \"%.64s\" for op %s", key, op);
+			goto out;
+		}
+	}
+	/* {"op":"receipt","jti":"..."}: the proof of an assertion issued before. */
+	if (op[0] == 'r') {
+		v = json_object_get(req, "jti");
+		if (!json_is_string(v) || json_string_length(v) == 0 ||
+		    json_string_length(v) > CIMD_JTI_MAX) {
+			r = refuse(msg, msglen, "jti %s",
+				   v == NULL ? "is missing"
+					     : "must be the string an assertion carried");
+			goto out;
+		}
+		ret_req->json = req;
+		ret_req->op = SIGN_OP_RECEIPT;
+		ret_req->jti = json_string_value(v);
+		ret_req->client_id = ret_req->aud = NULL;
+		ret_req->ttl = 0;
+		req = NULL;
+		r = 0;
 		goto out;
 	}
 	for (i = 1; i <= 2; i++) {
@@ -94,6 +117,8 @@ int sign_request_parse(const char *line, size_t len, long max_ttl, struct sign_r
 		ttl = (long)json_integer_value(v);
 	}
 	ret_req->json = req;
+	ret_req->op = SIGN_OP_ASSERT;
+	ret_req->jti = NULL;
 	ret_req->client_id = json_string_value(json_object_get(req, "client_id"));
 	ret_req->aud = json_string_value(json_object_get(req, "aud"));
 	ret_req->ttl = ttl;

@@ -52,6 +52,8 @@ enum serr {
 	SE_UNAVAILABLE,
 	SE_RATE_LIMITED,
 	SE_INTERNAL,
+	SE_NOT_FOUND,
+	SE_NOT_CHECKPOINTED,
 	SE_N
 };
 
@@ -67,6 +69,8 @@ static const char *const serr_name[SE_N] = {
     [SE_UNAVAILABLE] = "backend_unavailable",
     [SE_RATE_LIMITED] = "rate_limited",
     [SE_INTERNAL] = "internal",
+    [SE_NOT_FOUND] = "not_found",
+    [SE_NOT_CHECKPOINTED] = "not_checkpointed",
 };
 
 /* One client's policy as the io thread caches it; shared with the jobs that
@@ -752,6 +756,59 @@ static int build_claims(struct job *j, const char *client_id)
 }
 
 /*
+ * {"op":"receipt","jti"}: the journal record of an assertion this uid was
+ * issued, its inclusion proof and the checkpoint it is proved against
+ * (tlog.c, docs/audit.md).  Answered here: a lookup by an index and a proof
+ * from the tree in memory.  Another uid's jti is "not_found", like an unknown
+ * one: a receipt does not tell who else was issued what.
+ */
+static void receipt(struct signer *s, struct conn *c, const char *jti)
+{
+	sqlite3_stmt *q = NULL;
+	json_t *o = NULL, *ans;
+	char msg[256], *text;
+	int64_t seq = 0, uid = -1;
+	int r;
+
+	if (store_query(s->reader, &q,
+			"SELECT seq, json_extract(CAST(record AS TEXT), '$.uid') FROM journal "
+			"WHERE jti = ?",
+			"s", jti) < 0) {
+		conn_error(c, SE_INTERNAL, "database error");
+		return;
+	}
+	if (sqlite3_step(q) == SQLITE_ROW) {
+		seq = sqlite3_column_int64(q, 0);
+		uid = sqlite3_column_type(q, 1) == SQLITE_INTEGER ? sqlite3_column_int64(q, 1) : -1;
+	}
+	sqlite3_finalize(q);
+	if (seq == 0 || uid != (int64_t)c->cred.uid) {
+		snprintf(msg, sizeof(msg), "no assertion %.64s was issued to uid %u", jti,
+			 (unsigned)c->cred.uid);
+		conn_error(c, SE_NOT_FOUND, msg);
+		return;
+	}
+	if ((r = tlog_inclusion(s->d->tlog, s->reader, seq, &o)) == -EAGAIN) {
+		snprintf(msg, sizeof(msg),
+			 "journal record %lld is not under a checkpoint yet; ask again within "
+			 "checkpoint_interval",
+			 (long long)seq);
+		conn_error(c, SE_NOT_CHECKPOINTED, msg);
+		return;
+	}
+	if (r < 0 || (ans = json_pack("{sbso}", "ok", 1, "receipt", o)) == NULL) {
+		json_decref(o);
+		conn_error(c, SE_INTERNAL, "could not build the receipt");
+		return;
+	}
+	if ((text = json_dumps(ans, JSON_COMPACT)) == NULL ||
+	    conn_send(c, text, strlen(text)) < 0 || conn_send(c, "\n", 1) < 0)
+		conn_error(c, SE_INTERNAL, "out of memory");
+	free(text);
+	json_decref(ans);
+}
+
+/*
  * One request line.  Either answers at once (into c->out) or hands a job on and
  * marks the connection busy.
  */
@@ -770,6 +827,10 @@ static void handle_line(struct signer *s, struct conn *c, const char *line, size
 	max_ttl = __atomic_load_n(&s->max_ttl, __ATOMIC_RELAXED);
 	if (sign_request_parse(line, len, max_ttl, &rq, msg, sizeof(msg)) < 0)
 		goto refuse;
+	if (rq.op == SIGN_OP_RECEIPT) {
+		receipt(s, c, rq.jti);
+		goto out;
+	}
 	client_id = rq.client_id;
 	aud = rq.aud;
 	ttl = rq.ttl;

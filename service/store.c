@@ -160,7 +160,24 @@ static const char *const migrations[] = {
     "  note    TEXT NOT NULL,"
     "  seq     INTEGER NOT NULL," /* its checkpoint journal record */
     "  created INTEGER NOT NULL"
-    ");",
+    ");"
+    /* An issued assertion found by its jti, for receipts. */
+    "ALTER TABLE journal ADD COLUMN jti TEXT;"
+    "UPDATE journal SET jti = json_extract(CAST(record AS TEXT), '$.jti') "
+    "  WHERE kind = 'assertion.issue';"
+    "CREATE UNIQUE INDEX journal_jti ON journal(jti) WHERE jti IS NOT NULL;"
+    /* Every distinct CIMD document and JWKS handed to the publisher, for the
+     * audit bundle: its publish journal record orders it among key changes. */
+    "CREATE TABLE publications ("
+    "  id      INTEGER PRIMARY KEY,"
+    "  path    TEXT NOT NULL,"
+    "  client  TEXT NOT NULL,"
+    "  sha256  TEXT NOT NULL,"
+    "  bytes   BLOB NOT NULL,"
+    "  seq     INTEGER NOT NULL,"
+    "  created INTEGER NOT NULL"
+    ");"
+    "CREATE INDEX publications_path ON publications(path, id);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -612,8 +629,8 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 	SHA256((const uint8_t *)bytes, n, md);
 	leaf_of(bytes, n, leaf);
 	if ((s = cached(st, &st->insert,
-			"INSERT INTO journal (seq, time, kind, record, hash, leaf) "
-			"VALUES (?, ?, ?, ?, ?, ?)")) == NULL) {
+			"INSERT INTO journal (seq, time, kind, record, hash, leaf, jti) "
+			"VALUES (?, ?, ?, ?, ?, ?, ?)")) == NULL) {
 		r = -EIO;
 		goto out;
 	}
@@ -623,6 +640,10 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 	sqlite3_bind_blob(s, 4, bytes, (int)n, SQLITE_STATIC);
 	sqlite3_bind_blob(s, 5, md, sizeof(md), SQLITE_STATIC);
 	sqlite3_bind_blob(s, 6, leaf, sizeof(leaf), SQLITE_STATIC);
+	if (strcmp(kind, "assertion.issue") == 0 && fields != NULL &&
+	    json_is_string(json_object_get(fields, "jti")))
+		sqlite3_bind_text(s, 7, json_string_value(json_object_get(fields, "jti")), -1,
+				  SQLITE_STATIC);
 	if (sqlite3_step(s) != SQLITE_DONE) {
 		r = -EIO;
 		goto out;
@@ -763,23 +784,25 @@ int journal_tree_head(struct store *st, uint64_t *ret_size, uint8_t ret_root[32]
 	return 0;
 }
 
-int journal_leaves(struct store *st, uint64_t size, uint8_t (**ret_leaves)[32])
+int journal_leaves(struct store *st, uint64_t first, uint64_t count, uint8_t (**ret_leaves)[32])
 {
 	uint8_t(*leaves)[32];
 	sqlite3_stmt *s = NULL;
-	uint64_t i = 0;
+	uint64_t i = 0, size = count;
 	int rc, r = -EIO;
 
-	if (size == 0 || size > MERKLE_LEAVES_MAX)
+	if (first == 0 || count == 0 || count > MERKLE_LEAVES_MAX || first > MERKLE_LEAVES_MAX)
 		return -EINVAL;
-	if ((leaves = malloc(size * 32)) == NULL)
+	if ((leaves = malloc(count * 32)) == NULL)
 		return -ENOMEM;
-	if (sqlite3_prepare_v2(st->db, "SELECT seq, leaf FROM journal WHERE seq <= ? ORDER BY seq",
-			       -1, &s, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(
+		st->db, "SELECT seq, leaf FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", -1,
+		&s, NULL) != SQLITE_OK)
 		goto out;
-	sqlite3_bind_int64(s, 1, (sqlite3_int64)size);
+	sqlite3_bind_int64(s, 1, (sqlite3_int64)first);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)(first + count));
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		if ((uint64_t)sqlite3_column_int64(s, 0) != i + 1 ||
+		if ((uint64_t)sqlite3_column_int64(s, 0) != first + i ||
 		    sqlite3_column_bytes(s, 1) != 32) {
 			r = -CIMD_EVERIFY;
 			goto out;

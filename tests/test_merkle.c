@@ -192,9 +192,10 @@ static void test_vectors(void)
 	merkle_tree_free(&t);
 }
 
+enum { N = 300 };
+
 static void test_sizes(void)
 {
-	enum { N = 300 };
 	static uint8_t leaves[N][32];
 	uint8_t root[32], naive[32], old[32], bad[32], proof[MERKLE_PROOF_MAX][32];
 	struct merkle_frontier f;
@@ -265,9 +266,60 @@ static void test_sizes(void)
 	     "sizes that make no sense are refused");
 }
 
+/* A tree grown in uneven steps (as the daemon grows its proof tree at each
+ * checkpoint) is the tree built at once: every level, every size. */
+static void test_extend(void)
+{
+	static uint8_t leaves[N][32];
+	struct merkle_tree *grown = NULL, *t = NULL;
+	uint8_t a[32], b[32], data[8];
+	size_t i, n = 0, step = 1, same = 0, steps = 0;
+
+	for (i = 0; i < N; i++) {
+		memcpy(data, &i, sizeof(data));
+		merkle_leaf_hash(data, sizeof(data), leaves[i]);
+	}
+	if (!t_ok(merkle_tree_build(NULL, 0, &grown) == 0 && grown->n == 0, "an empty tree"))
+		return;
+	while (n < N) {
+		step = step % 7 + 1 + (n % 3 == 0 ? 13 : 0); /* 1..20, uneven */
+		if (n + step > N)
+			step = N - n;
+		if (merkle_tree_extend(grown, (const uint8_t(*)[32])leaves + n, step) < 0)
+			break;
+		n += step;
+		steps++;
+		if (merkle_tree_build((const uint8_t(*)[32])leaves, n, &t) < 0)
+			break;
+		for (i = 1; i <= n; i++)
+			if (merkle_tree_root(grown, i, a) == 0 && merkle_tree_root(t, i, b) == 0 &&
+			    memcmp(a, b, 32) == 0)
+				same++;
+		merkle_tree_free(&t);
+	}
+	t_ok(n == N && grown->n == N, "grown to %d leaves in %zu uneven steps", N, steps);
+	{
+		size_t want = 0, k;
+
+		for (k = 0, n = 0, step = 1; n < N; k++) {
+			step = step % 7 + 1 + (n % 3 == 0 ? 13 : 0);
+			if (n + step > N)
+				step = N - n;
+			n += step;
+			want += n;
+		}
+		t_ok(
+		    same == want,
+		    "after every step, the head at every size equals the built tree's (%zu of %zu)",
+		    same, want);
+	}
+	merkle_tree_free(&grown);
+}
+
 int main(void)
 {
 	test_vectors();
 	test_sizes();
+	test_extend();
 	return t_done();
 }

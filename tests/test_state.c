@@ -378,6 +378,9 @@ static void test_store(void)
 	tamper(path, "ALTER TABLE journal DROP COLUMN leaf");
 	tamper(path, "DROP TABLE journal_tree");
 	tamper(path, "DROP TABLE checkpoints");
+	tamper(path, "DROP TABLE publications");
+	tamper(path, "DROP INDEX journal_jti");
+	tamper(path, "ALTER TABLE journal DROP COLUMN jti");
 	r = store_open(path, &st, err, sizeof(err));
 	t_ok(r == 0 && store_schema_version(st) == 6 &&
 		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==

@@ -254,7 +254,7 @@ static int counter_read_at(const struct t_swtpm *s, unsigned handle, uint64_t *r
  */
 static void test_counter(struct t_swtpm *s)
 {
-	const unsigned nv_a = 0x01C1DD01, nv_b = 0x01C1DD02, nv_ordinary = 0x01C1DD09;
+	const unsigned nv_a = 0x0100C1DD, nv_b = 0x0100C1DE, nv_ordinary = 0x0100C1E5;
 	struct key_store *ks = NULL;
 	uint64_t v0 = 0, v1 = 0, v = 0, b0 = 0, b1 = 0, sentinel = 0xdeadbeef;
 	char err[256], out[2048];
@@ -369,7 +369,7 @@ static void test_counter(struct t_swtpm *s)
 		goto out;
 	v = sentinel;
 	r = key_store_counter_read(ks, &v);
-	t_ok(r == -CIMD_ECONFIG && v == sentinel && strstr(key_store_errmsg(ks), "1c1dd09"),
+	t_ok(r == -CIMD_ECONFIG && v == sentinel && strstr(key_store_errmsg(ks), "100c1e5"),
 	     "counter: an ordinary index is refused: %s (%s)", cimd_strerror(r),
 	     key_store_errmsg(ks));
 	r = key_store_counter_increment(ks, &v);

@@ -1,0 +1,597 @@
+/*
+ * tlog.c — the journal as a transparency log (docs/audit.md): signed
+ * checkpoints, inclusion and consistency proofs, and the rollback check.
+ *
+ * The journal's records are the leaves of an RFC 9162 Merkle tree whose head
+ * store.c keeps with every commit.  Here that head is signed, at least every
+ * checkpoint_interval seconds while the journal grows, as a C2SP
+ * tlog-checkpoint in a C2SP signed note by each backend's attestation key
+ * (firmware/note.c); each checkpoint is itself a journal record.  On a TPM
+ * backend the checkpoint also carries the value of an NV counter that is
+ * incremented after it commits, so that a database restored from an older copy
+ * (whose latest checkpoint carries a smaller value than the TPM now holds) is
+ * refused at start.
+ *
+ * Proofs are answered from a tree of every leaf up to the latest checkpoint,
+ * grown at each checkpoint by the leaves it adds (O(new records), 64 bytes of
+ * memory per record).  The signer's io thread asks for receipts from its own
+ * thread, hence the mutex.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "service.h"
+
+#define COUNTER_EXT "nv-counter"
+#define TIME_EXT "time"
+/* A TPM counter behind the database by more than this was not left behind by
+ * a crash between a checkpoint's commit and its increment (one each). */
+#define COUNTER_LAG_MAX 4
+
+struct tlog {
+	pthread_mutex_t mu;	  /* everything below; the signer's thread reads it */
+	struct merkle_tree *tree; /* leaf hashes of records 1..tree->n */
+	char *note;		  /* the latest checkpoint, NULL before the first */
+	uint64_t size;		  /* its tree size */
+	int64_t record_seq;	  /* its own journal record */
+	time_t issued;		  /* when it was issued */
+	uint64_t counter;	  /* the counter it carries, 0: none */
+	int counter_backend;	  /* index of the TPM backend, -1 none */
+	int counter_checked;	  /* the rollback check has passed */
+	char origin[NOTE_NAME_MAX + 1];
+	time_t complained;
+};
+
+/* The checkpoint origin and key name: base_url without its scheme
+ * (tlog-checkpoint: "a schema-less URL"). */
+static void origin_of(const char *base_url, char *out, size_t len)
+{
+	const char *p = strstr(base_url, "://");
+
+	snprintf(out, len, "%s", p != NULL ? p + 3 : base_url);
+}
+
+static int latest_counter(struct store *st, int *ret_found, uint64_t *ret)
+{
+	sqlite3_stmt *s = NULL;
+	int r = -EIO;
+
+	if (store_query(st, &s, "SELECT max(counter) FROM checkpoints", "") < 0)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		*ret_found = sqlite3_column_type(s, 0) != SQLITE_NULL;
+		*ret = (uint64_t)sqlite3_column_int64(s, 0);
+		r = 0;
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+/*
+ * The rollback check (docs/audit.md, "Rollback"): the database's latest
+ * checkpoint counter against the TPM's.  TPM ahead: this database is older
+ * than the TPM's last checkpoint, refused.  TPM behind by a little: a crash
+ * came between a checkpoint's commit and its increment; it catches up.
+ */
+static int check_counter(struct cimdd *d, struct tlog *tl, char *err, size_t errlen)
+{
+	struct key_store *ks = d->ks[tl->counter_backend];
+	uint64_t nv, db;
+	int found, r;
+
+	if (ks == NULL)
+		return -CIMD_EUNAVAILABLE;
+	if ((r = key_store_counter_read(ks, &nv)) < 0) {
+		snprintf(err, errlen, "reading the TPM counter: %s (%s)", cimd_strerror(r),
+			 key_store_errmsg(ks));
+		return r;
+	}
+	if ((r = latest_counter(d->st, &found, &db)) < 0) {
+		snprintf(err, errlen, "reading the checkpoints: database error");
+		return r;
+	}
+	if (found && nv > db) {
+		snprintf(
+		    err, errlen,
+		    "rollback: the state database's latest checkpoint carries TPM counter %" PRIu64
+		    " but the TPM's counter is %" PRIu64
+		    ": this database is older than the one the TPM last vouched for (restored "
+		    "from a backup?); refusing to run on it (docs/audit.md, \"Rollback\")",
+		    db, nv);
+		return -CIMD_EVERIFY;
+	}
+	if (found && db - nv > COUNTER_LAG_MAX) {
+		snprintf(err, errlen,
+			 "the TPM's counter (%" PRIu64 ") is %" PRIu64
+			 " behind the state database's (%" PRIu64
+			 "): another TPM, or its NV index was redefined; refusing to run "
+			 "(docs/audit.md, \"Rollback\")",
+			 nv, db - nv, db);
+		return -CIMD_EVERIFY;
+	}
+	while (found && nv < db)
+		if ((r = key_store_counter_increment(ks, &nv)) < 0) {
+			snprintf(err, errlen, "catching the TPM counter up: %s", cimd_strerror(r));
+			return r;
+		}
+	tl->counter_checked = 1;
+	return 0;
+}
+
+static int load_latest(struct cimdd *d, struct tlog *tl)
+{
+	sqlite3_stmt *s = NULL;
+	int r = 0;
+
+	if (store_query(d->st, &s,
+			"SELECT size, counter, note, seq, created FROM checkpoints ORDER BY id "
+			"DESC LIMIT 1",
+			"") < 0)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		tl->size = (uint64_t)sqlite3_column_int64(s, 0);
+		tl->counter = (uint64_t)sqlite3_column_int64(s, 1);
+		tl->record_seq = sqlite3_column_int64(s, 3);
+		tl->issued = (time_t)sqlite3_column_int64(s, 4);
+		if ((tl->note = strdup((const char *)sqlite3_column_text(s, 2))) == NULL)
+			r = -ENOMEM;
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+/* Grows the proof tree to size leaves. */
+static int grow(struct store *st, struct tlog *tl, uint64_t size)
+{
+	uint8_t(*leaves)[32] = NULL;
+	uint64_t have = tl->tree->n;
+	int r;
+
+	if (size <= have)
+		return 0;
+	if ((r = journal_leaves(st, have + 1, size - have, &leaves)) < 0)
+		return r;
+	r = merkle_tree_extend(tl->tree, (const uint8_t(*)[32])leaves, size - have);
+	free(leaves);
+	return r;
+}
+
+int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen)
+{
+	struct tlog *tl;
+	size_t i;
+	int r;
+
+	if ((tl = calloc(1, sizeof(*tl))) == NULL)
+		return -ENOMEM;
+	pthread_mutex_init(&tl->mu, NULL);
+	tl->counter_backend = -1;
+	origin_of(d->cfg->base_url, tl->origin, sizeof(tl->origin));
+	for (i = 0; i < d->cfg->n_backends; i++)
+		if (strcmp(d->cfg->backends[i].name, "tpm2") == 0) {
+			tl->counter_backend = (int)i;
+			break;
+		}
+	if ((r = merkle_tree_build(NULL, 0, &tl->tree)) < 0 || (r = load_latest(d, tl)) < 0 ||
+	    (r = grow(d->st, tl, tl->size)) < 0) {
+		snprintf(err, errlen, "loading the journal's checkpoints: %s", cimd_strerror(r));
+		goto fail;
+	}
+	/* The TPM absent now: checked before the first checkpoint it answers. */
+	if (tl->counter_backend >= 0 && (r = check_counter(d, tl, err, errlen)) < 0 &&
+	    r != -CIMD_EUNAVAILABLE)
+		goto fail;
+	*ret = tl;
+	return 0;
+fail:
+	tlog_free(&tl);
+	return r;
+}
+
+void tlog_free(struct tlog **ptl)
+{
+	struct tlog *tl = *ptl;
+
+	if (tl == NULL)
+		return;
+	merkle_tree_free(&tl->tree);
+	free(tl->note);
+	pthread_mutex_destroy(&tl->mu);
+	free(tl);
+	*ptl = NULL;
+}
+
+/* The signature lines of every open backend's attestation key over text. */
+static int sign_all(struct cimdd *d, struct tlog *tl, const char *text, char **ret_lines)
+{
+	char kid[CIMD_KID_LEN + 1], *line = NULL, *all = NULL, *n;
+	struct ks_key *ak = NULL;
+	size_t i, len = 0;
+	int r = -CIMD_EUNAVAILABLE;
+
+	for (i = 0; i < d->cfg->n_backends; i++) {
+		if (d->ks[i] == NULL ||
+		    attest_active_key(d, d->cfg->backends[i].name, kid, &ak) < 0)
+			continue;
+		r = note_sign_line(d->ks[i], ak, tl->origin, text, strlen(text), &line);
+		ks_key_free(&ak);
+		if (r < 0)
+			continue;
+		if ((n = realloc(all, len + strlen(line) + 1)) == NULL) {
+			free(line);
+			free(all);
+			return -ENOMEM;
+		}
+		all = n;
+		memcpy(all + len, line, strlen(line) + 1);
+		len += strlen(line);
+		free(line);
+		line = NULL;
+	}
+	if (all == NULL)
+		return r < 0 ? r : -CIMD_EUNAVAILABLE;
+	*ret_lines = all;
+	return 0;
+}
+
+int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
+{
+	char err[512], ext[96], hex[65], cnum[24], *text = NULL, *lines = NULL, *note = NULL;
+	uint8_t root[32];
+	uint64_t size, nv = 0, counter = 0, after;
+	time_t now = time(NULL);
+	struct key_store *cks = NULL;
+	json_t *f = NULL;
+	int64_t seq;
+	int r;
+
+	if (!force && tl->note != NULL && now - tl->issued < d->cfg->checkpoint_interval)
+		return 0;
+	if ((r = journal_tree_head(d->st, &size, root)) < 0)
+		return r;
+	/* Grown beyond the last checkpoint's own record: otherwise each
+	 * checkpoint would call for the next. */
+	if (size <= (uint64_t)tl->record_seq)
+		return 0;
+	if (tl->counter_backend >= 0) {
+		cks = d->ks[tl->counter_backend];
+		if (!tl->counter_checked && (r = check_counter(d, tl, err, sizeof(err))) < 0) {
+			if (r == -CIMD_EVERIFY)
+				log_err("%s", err);
+			goto fail;
+		}
+		if ((r = key_store_counter_read(cks, &nv)) < 0) {
+			snprintf(err, sizeof(err), "reading the TPM counter: %s (%s)",
+				 cimd_strerror(r), key_store_errmsg(cks));
+			goto fail;
+		}
+		counter = (nv > tl->counter ? nv : tl->counter) + 1;
+		snprintf(cnum, sizeof(cnum), "%" PRIu64, counter);
+		snprintf(ext, sizeof(ext), TIME_EXT " %lld\n" COUNTER_EXT " %" PRIu64 "\n",
+			 (long long)now, counter);
+	} else {
+		snprintf(ext, sizeof(ext), TIME_EXT " %lld\n", (long long)now);
+	}
+	if ((r = checkpoint_format(tl->origin, size, root, ext, &text)) < 0)
+		goto fail;
+	if ((r = sign_all(d, tl, text, &lines)) < 0) {
+		snprintf(err, sizeof(err), "no attestation key could sign it (%s)",
+			 cimd_strerror(r));
+		goto fail;
+	}
+	if (asprintf(&note, "%s\n%s", text, lines) < 0) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	hex_encode(root, sizeof(root), hex);
+	f = json_pack("{sIssss}", "size", (json_int_t)size, "root", hex, "note", note);
+	if (f == NULL ||
+	    (counter > 0 &&
+	     json_object_set_new(f, "counter", json_integer((json_int_t)counter)) < 0)) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	/* The proof tree first: once the checkpoint is committed, receipts for it
+	 * must be answerable. */
+	pthread_mutex_lock(&tl->mu);
+	r = grow(d->st, tl, size);
+	pthread_mutex_unlock(&tl->mu);
+	if (r < 0) {
+		snprintf(err, sizeof(err), "growing the proof tree: %s", cimd_strerror(r));
+		goto fail;
+	}
+	if ((r = store_begin(d->st)) < 0 ||
+	    (r = journal_append(d->st, "checkpoint", "cimdd", f, &seq)) < 0 ||
+	    (r = store_exec(d->st,
+			    "INSERT INTO checkpoints (size, root, counter, note, seq, created) "
+			    "VALUES (?, ?, CAST(? AS INTEGER), ?, ?, ?)",
+			    "ibssii", (int64_t)size, root, sizeof(root), counter > 0 ? cnum : NULL,
+			    note, seq, (int64_t)now)) < 0 ||
+	    (r = store_commit(d->st)) < 0) {
+		store_rollback(d->st);
+		snprintf(err, sizeof(err), "recording it: database error");
+		goto fail;
+	}
+	/* After the commit: a crash in between leaves the TPM one behind, which
+	 * the next start catches up (check_counter). */
+	if (cks != NULL && ((r = key_store_counter_increment(cks, &after)) < 0 || after != counter))
+		log_err("checkpoint %" PRIu64 ": the TPM counter is %s, not %" PRIu64
+			"; it is caught up at the next checkpoint or start",
+			size, r < 0 ? cimd_strerror(r) : "elsewhere", counter);
+	pthread_mutex_lock(&tl->mu);
+	free(tl->note);
+	tl->note = note;
+	note = NULL;
+	tl->size = size;
+	tl->record_seq = seq;
+	tl->issued = now;
+	if (counter > 0)
+		tl->counter = counter;
+	pthread_mutex_unlock(&tl->mu);
+	r = 1;
+	goto out;
+fail:
+	/* Retried every second while it fails: said once a minute. */
+	if (r != -CIMD_EVERIFY && now - tl->complained >= 60) {
+		log_err("checkpoint of %" PRIu64 " records: %s; retrying", size, err);
+		tl->complained = now;
+	}
+out:
+	json_decref(f);
+	free(text);
+	free(lines);
+	free(note);
+	return r;
+}
+
+char *tlog_checkpoint(struct tlog *tl)
+{
+	char *out;
+
+	pthread_mutex_lock(&tl->mu);
+	out = tl->note != NULL ? strdup(tl->note) : NULL;
+	pthread_mutex_unlock(&tl->mu);
+	return out;
+}
+
+static json_t *proof_array(const uint8_t (*proof)[32], size_t n)
+{
+	json_t *arr = json_array();
+	char *b64;
+	size_t i;
+
+	for (i = 0; arr != NULL && i < n; i++) {
+		if (b64_encode_alloc(proof[i], 32, &b64) < 0) {
+			json_decref(arr);
+			return NULL;
+		}
+		json_array_append_new(arr, json_string(b64));
+		free(b64);
+	}
+	return arr;
+}
+
+int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret)
+{
+	uint8_t proof[MERKLE_PROOF_MAX][32];
+	char *rec = NULL;
+	size_t len, n;
+	json_t *o = NULL;
+	int r;
+
+	if (seq < 1)
+		return -ENOENT;
+	if ((r = journal_record(st, seq, &rec, &len)) < 0)
+		return r;
+	pthread_mutex_lock(&tl->mu);
+	if (tl->note == NULL || (uint64_t)seq > tl->size) {
+		r = -EAGAIN;
+		goto out;
+	}
+	if ((r = merkle_inclusion_proof(tl->tree, (uint64_t)seq - 1, tl->size, proof, &n)) < 0)
+		goto out;
+	o = json_pack("{sIsIsIsssoss}", "seq", (json_int_t)seq, "leaf_index", (json_int_t)(seq - 1),
+		      "tree_size", (json_int_t)tl->size, "record", rec, "proof",
+		      proof_array((const uint8_t(*)[32])proof, n), "checkpoint", tl->note);
+	if (o == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	*ret = o;
+	r = 0;
+out:
+	pthread_mutex_unlock(&tl->mu);
+	free(rec);
+	return r;
+}
+
+int tlog_consistency(struct tlog *tl, uint64_t old_size, json_t **ret)
+{
+	uint8_t proof[MERKLE_PROOF_MAX][32];
+	json_t *o = NULL;
+	size_t n;
+	int r;
+
+	pthread_mutex_lock(&tl->mu);
+	if (tl->note == NULL) {
+		r = -EAGAIN;
+		goto out;
+	}
+	if (old_size == 0 || old_size > tl->size) {
+		r = -EINVAL;
+		goto out;
+	}
+	if ((r = merkle_consistency_proof(tl->tree, old_size, tl->size, proof, &n)) < 0)
+		goto out;
+	o = json_pack("{sIsIsoss}", "old_size", (json_int_t)old_size, "tree_size",
+		      (json_int_t)tl->size, "proof", proof_array((const uint8_t(*)[32])proof, n),
+		      "checkpoint", tl->note);
+	if (o == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	*ret = o;
+	r = 0;
+out:
+	pthread_mutex_unlock(&tl->mu);
+	return r;
+}
+
+/* ---- admin: journal.prove, journal.consistency ---- */
+
+enum admin_err tlog_admin_prove(struct admin_req *q)
+{
+	const json_t *seq = json_object_get(q->args, "seq");
+	int r;
+
+	if (!json_is_integer(seq) || json_integer_value(seq) < 1)
+		return admin_fail(q, AE_BAD_REQUEST, "seq must be a record number (1 or more)");
+	r = tlog_inclusion(q->d->tlog, q->d->st, json_integer_value(seq), &q->result);
+	if (r == -ENOENT)
+		return admin_fail(q, AE_NOT_FOUND, "no journal record %lld",
+				  (long long)json_integer_value(seq));
+	if (r == -EAGAIN)
+		return admin_fail(q, AE_NOT_FOUND,
+				  "record %lld is not covered by a checkpoint yet (one is issued "
+				  "within checkpoint_interval = %ld s)",
+				  (long long)json_integer_value(seq),
+				  q->d->cfg->checkpoint_interval);
+	return r < 0 ? admin_fail(q, AE_INTERNAL, "%s", cimd_strerror(r)) : AE_OK;
+}
+
+enum admin_err tlog_admin_consistency(struct admin_req *q)
+{
+	const json_t *size = json_object_get(q->args, "old_size");
+	int r;
+
+	if (!json_is_integer(size) || json_integer_value(size) < 1)
+		return admin_fail(q, AE_BAD_REQUEST, "old_size must be a tree size (1 or more)");
+	r = tlog_consistency(q->d->tlog, (uint64_t)json_integer_value(size), &q->result);
+	if (r == -EAGAIN)
+		return admin_fail(q, AE_NOT_FOUND, "no checkpoint has been issued yet");
+	if (r == -EINVAL)
+		return admin_fail(q, AE_BAD_REQUEST,
+				  "old_size %lld is larger than the latest checkpoint's tree",
+				  (long long)json_integer_value(size));
+	return r < 0 ? admin_fail(q, AE_INTERNAL, "%s", cimd_strerror(r)) : AE_OK;
+}
+
+/* ---- admin: audit.export, one kind of artifact a page at a time ---- */
+
+#define EXPORT_PAGE 256
+
+static json_t *export_row(const char *kind, sqlite3_stmt *s)
+{
+	const char *t;
+	json_t *o, *env;
+	char *b64 = NULL;
+
+	if (strcmp(kind, "checkpoints") == 0)
+		return json_pack("{sIsIsosssIsI}", "id", (json_int_t)sqlite3_column_int64(s, 0),
+				 "size", (json_int_t)sqlite3_column_int64(s, 1), "counter",
+				 sqlite3_column_type(s, 2) == SQLITE_NULL
+				     ? json_null()
+				     : json_integer(sqlite3_column_int64(s, 2)),
+				 "note", (const char *)sqlite3_column_text(s, 3), "seq",
+				 (json_int_t)sqlite3_column_int64(s, 4), "created",
+				 (json_int_t)sqlite3_column_int64(s, 5));
+	if (strcmp(kind, "publications") == 0)
+		return json_pack("{sIsssssssIsIss#}", "id", (json_int_t)sqlite3_column_int64(s, 0),
+				 "path", (const char *)sqlite3_column_text(s, 1), "client",
+				 (const char *)sqlite3_column_text(s, 2), "sha256",
+				 (const char *)sqlite3_column_text(s, 3), "seq",
+				 (json_int_t)sqlite3_column_int64(s, 4), "created",
+				 (json_int_t)sqlite3_column_int64(s, 5), "bytes",
+				 (const char *)sqlite3_column_blob(s, 6),
+				 (size_t)sqlite3_column_bytes(s, 6));
+	if (strcmp(kind, "attest_keys") == 0) {
+		if ((o = json_loads((const char *)sqlite3_column_text(s, 2), 0, NULL)) == NULL)
+			return NULL;
+		json_object_set_new(o, "backend",
+				    json_string((const char *)sqlite3_column_text(s, 1)));
+		json_object_set_new(o, "state",
+				    json_string((const char *)sqlite3_column_text(s, 4)));
+		json_object_set_new(o, "created", json_integer(sqlite3_column_int64(s, 5)));
+		if (sqlite3_column_bytes(s, 3) > 0 &&
+		    b64url_encode_alloc(sqlite3_column_blob(s, 3),
+					(size_t)sqlite3_column_bytes(s, 3), &b64) == 0) {
+			json_object_set_new(o, "tpm2_public", json_string(b64));
+			free(b64);
+		}
+		json_object_set_new(o, "id", json_integer(sqlite3_column_int64(s, 0)));
+		return o;
+	}
+	/* attestations and revocations: the envelope as it was served */
+	t = (const char *)sqlite3_column_text(s, 4);
+	if ((env = json_loads(t, 0, NULL)) == NULL)
+		return NULL;
+	return json_pack("{sIsssIsIso}", "id", (json_int_t)sqlite3_column_int64(s, 0),
+			 strcmp(kind, "attestations") == 0 ? "client" : "kid",
+			 (const char *)sqlite3_column_text(s, 1), "seq",
+			 (json_int_t)sqlite3_column_int64(s, 2), "created",
+			 (json_int_t)sqlite3_column_int64(s, 3), "envelope", env);
+}
+
+enum admin_err tlog_admin_export(struct admin_req *q)
+{
+	static const struct {
+		const char *kind, *sql;
+	} kinds[] = {
+	    {"checkpoints", "SELECT id, size, counter, note, seq, created FROM checkpoints "
+			    "WHERE id > ? ORDER BY id LIMIT ?"},
+	    {"publications", "SELECT id, path, client, sha256, seq, created, bytes FROM "
+			     "publications WHERE id > ? ORDER BY id LIMIT ?"},
+	    {"attestations", "SELECT id, client, seq, created, envelope FROM attestations "
+			     "WHERE id > ? ORDER BY id LIMIT ?"},
+	    /* A revocation record has no journal record of its own beyond
+	     * attest.revocation: seq 0. */
+	    {"revocations", "SELECT id, kid, 0, created, envelope FROM revocations WHERE id > "
+			    "? ORDER BY id LIMIT ?"},
+	    {"attest_keys", "SELECT rowid, backend, jwk, tpm_public, state, created FROM "
+			    "attest_keys WHERE rowid > ? ORDER BY rowid LIMIT ?"},
+	};
+	const char *kind = json_string_value(json_object_get(q->args, "kind"));
+	const json_t *after = json_object_get(q->args, "after");
+	sqlite3_stmt *s = NULL;
+	json_t *items, *o;
+	int64_t last = 0;
+	size_t i;
+
+	for (i = 0; kind != NULL && i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if (strcmp(kind, kinds[i].kind) == 0)
+			break;
+	if (kind == NULL || i == sizeof(kinds) / sizeof(kinds[0]))
+		return admin_fail(q, AE_BAD_REQUEST,
+				  "kind must be checkpoints, publications, attestations, "
+				  "revocations or attest_keys");
+	if (after != NULL && (!json_is_integer(after) || json_integer_value(after) < 0))
+		return admin_fail(q, AE_BAD_REQUEST, "after must be an id (0 or more)");
+	if ((items = json_array()) == NULL ||
+	    store_query(q->d->st, &s, kinds[i].sql, "ii",
+			(int64_t)(after != NULL ? json_integer_value(after) : 0),
+			(int64_t)EXPORT_PAGE) < 0) {
+		json_decref(items);
+		return admin_fail(q, AE_INTERNAL, "database error");
+	}
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		if ((o = export_row(kind, s)) == NULL) {
+			sqlite3_finalize(s);
+			json_decref(items);
+			return admin_fail(q, AE_INTERNAL, "a stored %s row is unreadable", kind);
+		}
+		last = sqlite3_column_int64(s, 0);
+		json_array_append_new(items, o);
+	}
+	sqlite3_finalize(s);
+	q->result =
+	    json_pack("{soso}", "items", items, "next",
+		      json_array_size(items) == EXPORT_PAGE ? json_integer(last) : json_null());
+	return q->result != NULL ? AE_OK : AE_INTERNAL;
+}
