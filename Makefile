@@ -74,7 +74,7 @@ $(BUILD)/bin/cimdd: $(BUILD)/obj/service/cimdd.o $(SVC_LIB) $(FW_LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(FW_LIB)
+$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(BUILD)/obj/tools/audit.o $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

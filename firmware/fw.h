@@ -356,7 +356,8 @@ int note_sign_line(struct key_store *ks, struct ks_key *key, const char *name, c
 		   size_t len, char **ret_line);
 /* Verifies that note carries a valid signature by (name, jwk); the text
  * length (through its last newline before the blank line) in *ret_text_len.
- * -CIMD_EFORMAT or -CIMD_EVERIFY with errbuf naming what failed. */
+ * -ENOENT when no signature line is by that key; -CIMD_EFORMAT or
+ * -CIMD_EVERIFY with errbuf naming what failed. */
 int note_verify(const char *note, size_t len, const char *name, const json_t *jwk,
 		size_t *ret_text_len, char *errbuf, size_t errlen);
 
@@ -372,6 +373,12 @@ int checkpoint_format(const char *origin, uint64_t size, const uint8_t root[32],
 		      const char *extensions, char **ret_text);
 /* Parses a checkpoint's text (not the signatures). */
 int checkpoint_parse(const char *text, size_t len, struct checkpoint *ret);
+/* A signed checkpoint: parsed, and signed as its origin by a key of the JWKS
+ * trust ({"keys":[...]}, P-256); the kid that verified in *ret_kid (a pointer
+ * into trust).  -CIMD_EFORMAT or -CIMD_EVERIFY with errbuf saying why. */
+int checkpoint_verify(const char *note, size_t len, const json_t *trust,
+		      struct checkpoint *ret_checkpoint, const char **ret_kid, char *errbuf,
+		      size_t errlen);
 /* The decimal value of extension line "KEY VALUE"; -ENOENT when absent. */
 int checkpoint_extension(const char *text, size_t len, const struct checkpoint *c, const char *key,
 			 uint64_t *ret_value);

@@ -183,7 +183,7 @@ int note_verify(const char *note, size_t len, const char *name, const json_t *jw
 		}
 	}
 	if (!found) {
-		r = fail(errbuf, errlen, -CIMD_EVERIFY, "no signature by the key %s", name);
+		r = fail(errbuf, errlen, -ENOENT, "no signature by this key named %s", name);
 		goto out;
 	}
 	if (ret_text_len != NULL)
@@ -293,4 +293,54 @@ int checkpoint_extension(const char *text, size_t len, const struct checkpoint *
 		return 0;
 	}
 	return -ENOENT;
+}
+
+int checkpoint_verify(const char *note, size_t len, const json_t *trust,
+		      struct checkpoint *ret_checkpoint, const char **ret_kid, char *errbuf,
+		      size_t errlen)
+{
+	const json_t *keys = json_object_get(trust, "keys"), *k;
+	const char *kid = NULL;
+	struct checkpoint c;
+	size_t text_len = 0, i;
+	char why[256];
+	int r;
+
+	if (len == 0 || len > NOTE_MAX)
+		return fail(errbuf, errlen, -CIMD_EFORMAT, "not a signed note");
+	if (checkpoint_parse(note, len, &c) < 0)
+		return fail(errbuf, errlen, -CIMD_EFORMAT,
+			    "not a checkpoint (origin, decimal size, base64 root hash)");
+	/* The key name is the origin (tlog-checkpoint: the log's key signs as
+	 * the origin).  Signatures by unknown keys are ignored; one by a known
+	 * key that does not verify condemns the note (signed-note). */
+	json_array_foreach(keys, i, k)
+	{
+		const char *kty = json_string_value(json_object_get(k, "kty"));
+		const char *crv = json_string_value(json_object_get(k, "crv"));
+
+		/* Type 0x02 keys only: others cannot have signed. */
+		if (kty == NULL || crv == NULL || strcmp(kty, "EC") != 0 ||
+		    strcmp(crv, "P-256") != 0)
+			continue;
+		r = note_verify(note, len, c.origin, k, &text_len, why, sizeof(why));
+		if (r == -ENOENT)
+			continue;
+		if (r < 0)
+			return fail(errbuf, errlen, r, "%s", why);
+		if (kid == NULL)
+			kid = json_string_value(json_object_get(k, "kid"));
+	}
+	if (kid == NULL)
+		return fail(errbuf, errlen, -CIMD_EVERIFY, "no signature by a trusted key named %s",
+			    c.origin);
+	/* The checkpoint is the whole note text: nothing after its lines. */
+	if (c.extensions > text_len)
+		return fail(errbuf, errlen, -CIMD_EFORMAT,
+			    "the checkpoint runs into the signatures");
+	if (ret_checkpoint != NULL)
+		*ret_checkpoint = c;
+	if (ret_kid != NULL)
+		*ret_kid = kid;
+	return 0;
 }

@@ -102,7 +102,8 @@ static enum admin_err op_journal_show(struct admin_req *q)
 		return AE_BAD_REQUEST;
 	}
 	if (journal_list(q->d->st, since ? json_integer_value(since) : 1, CIMD_JOURNAL_SHOW_MAX,
-			 CIMD_JOURNAL_SHOW_BYTES, &recs) < 0) {
+			 CIMD_JOURNAL_SHOW_BYTES, json_is_true(json_object_get(q->args, "raw")),
+			 &recs) < 0) {
 		snprintf(q->msg, sizeof(q->msg), "database error");
 		return AE_INTERNAL;
 	}

@@ -183,9 +183,10 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
  * hold, *ret_bad_seq is set and -CIMD_EVERIFY returned (count + 1 when the
  * records hold but the stored tree head is not theirs).  *ret_count gets the number of records. */
 int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq);
-/* Records with seq >= since, oldest first, as a JSON array of the parsed records:
- * at most max records and about max_bytes of record bytes. */
-int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes,
+/* Records with seq >= since, oldest first, as a JSON array of the parsed records
+ * (raw: of strings holding each record's exact bytes): at most max records and
+ * about max_bytes of record bytes. */
+int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes, int raw,
 		 json_t **ret_records);
 /* The latest record's seq and hex hash (seq 0 and 64 zeros when empty). */
 int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65]);

@@ -731,7 +731,7 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 	return r;
 }
 
-int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes,
+int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes, int raw,
 		 json_t **ret_records)
 {
 	size_t bytes = 0;
@@ -754,8 +754,11 @@ int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes,
 		if ((rc = sqlite3_step(s)) != SQLITE_ROW)
 			break;
 		bytes += (size_t)sqlite3_column_bytes(s, 0);
-		rec = json_loadb(sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), 0,
-				 NULL);
+		/* raw: the exact bytes the chain and the tree hash, as a string */
+		rec = raw ? json_stringn(sqlite3_column_blob(s, 0),
+					 (size_t)sqlite3_column_bytes(s, 0))
+			  : json_loadb(sqlite3_column_blob(s, 0),
+				       (size_t)sqlite3_column_bytes(s, 0), 0, NULL);
 		if (rec == NULL || json_array_append_new(arr, rec) < 0) {
 			r = -EIO;
 			break;

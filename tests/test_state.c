@@ -296,7 +296,7 @@ static void test_store(void)
 	t_ok(journal_append(st, "test", "alice", NULL, NULL) == -EINVAL,
 	     "no record outside a transaction (its tree head would not go with it)");
 	t_ok(tree_matches(st, 5, NULL), "tree head: size 5, the RFC 9162 root of the 5 records");
-	t_ok(journal_list(st, 4, 10, 1 << 20, &list) == 0 && json_array_size(list) == 2 &&
+	t_ok(journal_list(st, 4, 10, 1 << 20, 0, &list) == 0 && json_array_size(list) == 2 &&
 		 json_integer_value(json_object_get(json_array_get(list, 0), "seq")) == 4 &&
 		 strcmp(json_string_value(json_object_get(json_array_get(list, 1), "actor")),
 			"alice") == 0,

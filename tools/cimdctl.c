@@ -23,6 +23,7 @@
 
 #include <jansson.h>
 
+#include "audit.h"
 #include "fw.h"
 
 #define DEFAULT_SOCKET "/run/cimdd/admin.sock"
@@ -732,6 +733,351 @@ static int cmd_journal_verify(int argc, char **argv)
 	return rc;
 }
 
+/* ---- proofs (docs/audit.md) ---- */
+
+/* A whole file, at most max bytes; NULL with a message on failure. */
+static uint8_t *slurp(const char *path, size_t max, size_t *ret_len);
+
+/* The trusted attestation keys of --trust, or NULL (with rc 2) on failure. */
+static json_t *load_trust(const char *path, int *rc)
+{
+	uint8_t *bytes;
+	size_t len = 0;
+	json_t *t = NULL;
+
+	if ((bytes = slurp(path, 1 << 20, &len)) != NULL &&
+	    ((t = json_loadb((const char *)bytes, len, 0, NULL)) == NULL ||
+	     !json_is_array(json_object_get(t, "keys")))) {
+		fprintf(stderr, "cimdctl: %s is not a JWKS\n", path);
+		json_decref(t);
+		t = NULL;
+	}
+	free(bytes);
+	if (t == NULL)
+		*rc = 2;
+	return t;
+}
+
+/* The members of an answer that make the proof, as a file would keep it. */
+static json_t *proof_of(const json_t *resp, const char *const *members, size_t n)
+{
+	json_t *o = json_object();
+	size_t i;
+
+	for (i = 0; o != NULL && i < n; i++)
+		if (json_object_get(resp, members[i]) != NULL)
+			json_object_set(o, members[i], json_object_get(resp, members[i]));
+	return o;
+}
+
+static const char U_JOURNAL_PROVE[] = "journal prove SEQ [--trust ATTESTATION_KEYS_JWKS]";
+static int cmd_journal_prove(int argc, char **argv)
+{
+	static const char *const members[] = {"seq",	"leaf_index", "tree_size",
+					      "record", "proof",      "checkpoint"};
+	struct opt o[] = {OPT("--trust", 1), OPT_END};
+	const char *pos[1];
+	json_t *resp = NULL, *proof = NULL, *trust = NULL;
+	char err[512];
+	long seq;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_JOURNAL_PROVE, o, pos, 1, 1)) != 0)
+		return rc;
+	if ((seq = number(pos[0], "SEQ", U_JOURNAL_PROVE, &rc)) < 0 || rc != 0)
+		return rc ? rc : 2;
+	if (o[0].set && (trust = load_trust(o[0].value, &rc)) == NULL)
+		return rc;
+	if ((rc = call(json_pack("{sssI}", "op", "journal.prove", "seq", (json_int_t)seq),
+		       &resp)) != 0) {
+		if (rc != 3)
+			fprintf(stderr, "cimdctl: %s: %s\n",
+				json_string_value(json_object_get(resp, "error")),
+				json_string_value(json_object_get(resp, "message")));
+		goto out;
+	}
+	/* The proof on stdout, to keep; the verdict of checking it here on stderr. */
+	proof = proof_of(resp, members, sizeof(members) / sizeof(members[0]));
+	json_dumpf(proof, stdout, JSON_INDENT(2));
+	printf("\n");
+	if (audit_check_inclusion(proof, trust, err, sizeof(err)) < 0) {
+		fprintf(stderr, "cimdctl: NOT verified: %s\n", err);
+		rc = 1;
+		goto out;
+	}
+	fprintf(stderr, "verified: record %ld is in the journal's tree of %lld records%s\n", seq,
+		(long long)json_integer_value(json_object_get(proof, "tree_size")),
+		trust ? ", whose checkpoint a trusted attestation key signed"
+		      : " (the checkpoint's signature was not checked: give --trust)");
+out:
+	json_decref(resp);
+	json_decref(proof);
+	json_decref(trust);
+	return rc;
+}
+
+static const char U_JOURNAL_CONSISTENCY[] =
+    "journal consistency OLD_CHECKPOINT [--trust ATTESTATION_KEYS_JWKS]";
+static int cmd_journal_consistency(int argc, char **argv)
+{
+	static const char *const members[] = {"old_size", "tree_size", "proof", "checkpoint"};
+	struct opt o[] = {OPT("--trust", 1), OPT_END};
+	const char *pos[1];
+	json_t *resp = NULL, *proof = NULL, *trust = NULL;
+	struct checkpoint c;
+	uint8_t *old = NULL;
+	size_t old_len = 0;
+	char err[512];
+	int rc;
+
+	if ((rc = parse(argc, argv, U_JOURNAL_CONSISTENCY, o, pos, 1, 1)) != 0)
+		return rc;
+	if (o[0].set && (trust = load_trust(o[0].value, &rc)) == NULL)
+		return rc;
+	if ((old = slurp(pos[0], NOTE_MAX, &old_len)) == NULL ||
+	    checkpoint_parse((const char *)old, old_len, &c) < 0) {
+		if (old != NULL)
+			fprintf(stderr, "cimdctl: %s is not a checkpoint\n", pos[0]);
+		rc = 2;
+		goto out;
+	}
+	if ((rc = call(
+		 json_pack("{sssI}", "op", "journal.consistency", "old_size", (json_int_t)c.size),
+		 &resp)) != 0) {
+		if (rc != 3)
+			fprintf(stderr, "cimdctl: %s: %s\n",
+				json_string_value(json_object_get(resp, "error")),
+				json_string_value(json_object_get(resp, "message")));
+		goto out;
+	}
+	proof = proof_of(resp, members, sizeof(members) / sizeof(members[0]));
+	json_dumpf(proof, stdout, JSON_INDENT(2));
+	printf("\n");
+	if (audit_check_consistency((const char *)old, old_len, proof, trust, err, sizeof(err)) <
+	    0) {
+		fprintf(stderr, "cimdctl: NOT verified: %s\n", err);
+		rc = 1;
+		goto out;
+	}
+	fprintf(stderr,
+		"verified: the journal of %llu records at %s is a prefix of the latest "
+		"checkpoint's %lld%s\n",
+		(unsigned long long)c.size, pos[0],
+		(long long)json_integer_value(json_object_get(proof, "tree_size")),
+		trust ? "; both checkpoints signed by trusted attestation keys"
+		      : " (signatures not checked: give --trust)");
+out:
+	free(old);
+	json_decref(resp);
+	json_decref(proof);
+	json_decref(trust);
+	return rc;
+}
+
+/* ---- the audit bundle (docs/audit.md) ---- */
+
+static int write_line(FILE *f, const json_t *o)
+{
+	char *s = json_dumps(o, JSON_COMPACT);
+	int ok = s != NULL && fputs(s, f) >= 0 && fputc('\n', f) != EOF;
+
+	free(s);
+	return ok ? 0 : -1;
+}
+
+static FILE *bundle_file(const char *dir, const char *name)
+{
+	char path[4096];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0) {
+		fprintf(stderr, "cimdctl: %s: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	return fdopen(fd, "w");
+}
+
+/* Every item of one audit.export kind; items after the journal's end (seq >
+ * last) are left out, so that the bundle is one consistent cut. */
+static int export_kind(const char *dir, const char *kind, const char *file, int64_t last,
+		       json_t *keys_out, size_t *ret_n)
+{
+	json_t *resp = NULL, *items, *it, *next;
+	json_int_t after = 0;
+	FILE *f = NULL;
+	size_t i, n = 0;
+	int rc;
+
+	if (file != NULL && (f = bundle_file(dir, file)) == NULL)
+		return 1;
+	for (;;) {
+		if ((rc = call(
+			 json_pack("{sssssI}", "op", "audit.export", "kind", kind, "after", after),
+			 &resp)) != 0) {
+			if (rc != 3)
+				fprintf(stderr, "cimdctl: %s: %s\n",
+					json_string_value(json_object_get(resp, "error")),
+					json_string_value(json_object_get(resp, "message")));
+			goto out;
+		}
+		items = json_object_get(resp, "items");
+		json_array_foreach(items, i, it)
+		{
+			json_int_t seq = json_integer_value(json_object_get(it, "seq"));
+
+			if (seq > last)
+				continue;
+			if (keys_out != NULL) {
+				json_object_del(it, "id");
+				json_array_append(keys_out, it);
+			} else if (write_line(f, it) < 0) {
+				fprintf(stderr, "cimdctl: %s/%s: %s\n", dir, file, strerror(errno));
+				rc = 1;
+				goto out;
+			}
+			n++;
+		}
+		next = json_object_get(resp, "next");
+		if (!json_is_integer(next))
+			break;
+		after = json_integer_value(next);
+		json_decref(resp);
+		resp = NULL;
+	}
+	rc = 0;
+	*ret_n = n;
+out:
+	json_decref(resp);
+	if (f != NULL && fclose(f) != 0 && rc == 0) {
+		fprintf(stderr, "cimdctl: %s/%s: %s\n", dir, file, strerror(errno));
+		rc = 1;
+	}
+	return rc;
+}
+
+static const char U_AUDIT_EXPORT[] = "audit export DIR";
+static int cmd_audit_export(int argc, char **argv)
+{
+	static const struct {
+		const char *kind, *file;
+	} kinds[] = {
+	    {"checkpoints", "checkpoints.jsonl"},
+	    {"publications", "publications.jsonl"},
+	    {"attestations", "attestations.jsonl"},
+	    {"revocations", "revocations.jsonl"},
+	};
+	const char *pos[1];
+	json_t *resp = NULL, *recs, *v, *keys = NULL, *doc = NULL;
+	json_int_t since = 1, last = 0, head;
+	size_t i, n = 0, counts[4] = {0};
+	FILE *f = NULL;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_AUDIT_EXPORT, NULL, pos, 1, 1)) != 0)
+		return rc;
+	if (mkdir(pos[0], 0700) < 0) {
+		fprintf(stderr, "cimdctl: %s: %s (give a directory that does not exist yet)\n",
+			pos[0], strerror(errno));
+		return 1;
+	}
+	/* The journal first, up to its head now: it decides the cut (every
+	 * request, this one's too, adds a record). */
+	if ((rc = call(json_pack("{ss}", "op", "status"), &resp)) != 0) {
+		if (rc != 3)
+			fprintf(stderr, "cimdctl: %s\n",
+				json_string_value(json_object_get(resp, "message")));
+		json_decref(resp);
+		return rc;
+	}
+	head = json_integer_value(json_object_get(json_object_get(resp, "journal"), "seq"));
+	json_decref(resp);
+	resp = NULL;
+	if ((f = bundle_file(pos[0], "journal.jsonl")) == NULL)
+		return 1;
+	while (last < head) {
+		if ((rc =
+			 call(json_pack("{sssIsb}", "op", "journal.show", "since", since, "raw", 1),
+			      &resp)) != 0) {
+			if (rc != 3)
+				fprintf(stderr, "cimdctl: %s\n",
+					json_string_value(json_object_get(resp, "message")));
+			goto out;
+		}
+		recs = json_object_get(resp, "records");
+		if (json_array_size(recs) == 0)
+			break;
+		json_array_foreach(recs, i, v)
+		{
+			if (last == head)
+				break;
+			if (!json_is_string(v) ||
+			    fwrite(json_string_value(v), 1, json_string_length(v), f) !=
+				json_string_length(v) ||
+			    fputc('\n', f) == EOF) {
+				fprintf(stderr, "cimdctl: writing the journal failed\n");
+				rc = 1;
+				goto out;
+			}
+			last++;
+		}
+		since = last + 1;
+		json_decref(resp);
+		resp = NULL;
+	}
+	if (fclose(f) != 0) {
+		f = NULL;
+		fprintf(stderr, "cimdctl: %s/journal.jsonl: %s\n", pos[0], strerror(errno));
+		rc = 1;
+		goto out;
+	}
+	f = NULL;
+	for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if ((rc = export_kind(pos[0], kinds[i].kind, kinds[i].file, last, NULL,
+				      &counts[i])) != 0)
+			goto out;
+	/* Every attestation key ever, so that old signatures still verify. */
+	keys = json_array();
+	if ((rc = export_kind(pos[0], "attest_keys", NULL, last, keys, &n)) != 0)
+		goto out;
+	doc = json_pack("{sO}", "keys", keys);
+	if ((f = bundle_file(pos[0], "attestation-keys.json")) == NULL || write_line(f, doc) < 0 ||
+	    fclose(f) != 0) {
+		f = NULL;
+		rc = 1;
+		goto out;
+	}
+	f = NULL;
+	printf("audit bundle in %s: %lld journal records, %zu checkpoints, %zu publications, %zu "
+	       "attestations, %zu revocation records, %zu attestation keys\n"
+	       "check it anywhere with: cimdctl audit verify %s\n",
+	       pos[0], (long long)last, counts[0], counts[1], counts[2], counts[3], n, pos[0]);
+	rc = 0;
+out:
+	if (f != NULL)
+		fclose(f);
+	json_decref(resp);
+	json_decref(keys);
+	json_decref(doc);
+	return rc;
+}
+
+static const char U_AUDIT_VERIFY[] = "audit verify DIR";
+static void report_line(void *arg, int ok, const char *check, const char *detail);
+static int cmd_audit_verify(int argc, char **argv)
+{
+	const char *pos[1];
+	int rc;
+
+	if ((rc = parse(argc, argv, U_AUDIT_VERIFY, NULL, pos, 1, 1)) != 0)
+		return rc;
+	/* Offline: nothing here talks to a daemon or the network. */
+	rc = audit_verify_dir(pos[0], report_line, NULL);
+	printf("%s\n",
+	       rc == 0 ? "verified: every check held" : "NOT verified: see the FAIL line above");
+	return rc == 0 ? 0 : 1;
+}
+
 /* ---- attestations ---- */
 
 /* A whole file, at most max bytes; NULL with a message on failure. */
@@ -888,6 +1234,10 @@ static const struct cmd cmds[] = {
     {"key", "revoke", U_KEY_REVOKE, cmd_key_revoke},
     {"journal", "show", U_JOURNAL_SHOW, cmd_journal_show},
     {"journal", "verify", U_JOURNAL_VERIFY, cmd_journal_verify},
+    {"journal", "prove", U_JOURNAL_PROVE, cmd_journal_prove},
+    {"journal", "consistency", U_JOURNAL_CONSISTENCY, cmd_journal_consistency},
+    {"audit", "export", U_AUDIT_EXPORT, cmd_audit_export},
+    {"audit", "verify", U_AUDIT_VERIFY, cmd_audit_verify},
     {"attest", "show", U_ATTEST_SHOW, cmd_attest_show},
     {"attest", "verify", U_ATTEST_VERIFY, cmd_attest_verify},
     {"attest-key", "rotate", U_ATTEST_KEY_ROTATE, cmd_attest_key_rotate},

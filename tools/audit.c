@@ -1,0 +1,775 @@
+/*
+ * audit.c — offline verification of receipts, proofs and audit bundles
+ * (docs/audit.md, "Verification").
+ *
+ * A bundle is what `cimdctl audit export` wrote: the journal (one record's
+ * exact bytes per line), every checkpoint, every published document and JWKS,
+ * every attestation and revocation record, and every attestation key the
+ * appliance ever had.  audit_verify_dir checks, in order:
+ *   keys          each attestation key is a P-256 JWK whose kid is its RFC 7638
+ *                 thumbprint
+ *   journal       records numbered 1..N, each naming the previous one's hash
+ *   checkpoints   each signed by a trusted key, its root the RFC 9162 head of
+ *                 the first size records, sizes and TPM counters increasing,
+ *                 each consistent with the one before (§2.1.4), each the
+ *                 note of its own journal record, and every checkpoint record
+ *                 of the journal in the bundle
+ *   publications  each the bytes its publish record names; each JWKS exactly
+ *                 the keys the journal's key records leave next, active or
+ *                 retiring at that record, with no private member
+ *   attestations  each verified (attest_verify) against the published bytes
+ *                 it names, and recorded by an attest.issue record
+ *   revocations   each verified
+ * and names the first thing that does not hold.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/sha.h>
+
+#include "audit.h"
+#include "fw.h"
+
+#define BUNDLE_FILE_MAX (1024L * 1024 * 1024) /* one file of a bundle */
+
+static int failf(char *err, size_t errlen, int r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int failf(char *err, size_t errlen, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err != NULL && errlen > 0) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return r;
+}
+
+/* A string member, "" when absent. */
+static const char *sget(const json_t *o, const char *k)
+{
+	const char *s = json_string_value(json_object_get(o, k));
+
+	return s != NULL ? s : "";
+}
+
+/* base64 of exactly 32 bytes into out. */
+static int hash32(const json_t *v, uint8_t out[32])
+{
+	const char *s = json_string_value(v);
+	uint8_t *b = NULL;
+	size_t n = 0;
+
+	if (s == NULL || b64_decode(s, strlen(s), &b, &n) < 0 || n != 32) {
+		free(b);
+		return -CIMD_EFORMAT;
+	}
+	memcpy(out, b, 32);
+	free(b);
+	return 0;
+}
+
+static int proof_nodes(const json_t *arr, uint8_t (*out)[32], size_t *ret_n)
+{
+	const json_t *v;
+	size_t i;
+
+	if (!json_is_array(arr) || json_array_size(arr) > MERKLE_PROOF_MAX)
+		return -CIMD_EFORMAT;
+	json_array_foreach(arr, i, v) if (hash32(v, out[i]) < 0) return -CIMD_EFORMAT;
+	*ret_n = json_array_size(arr);
+	return 0;
+}
+
+/* The checkpoint of a note: verified by trust, or only parsed (trust NULL). */
+static int checkpoint_of(const char *note, size_t len, const json_t *trust, struct checkpoint *c,
+			 char *err, size_t errlen)
+{
+	if (trust != NULL)
+		return checkpoint_verify(note, len, trust, c, NULL, err, errlen);
+	if (checkpoint_parse(note, len, c) < 0)
+		return failf(err, errlen, -CIMD_EFORMAT, "not a checkpoint");
+	return 0;
+}
+
+int audit_check_inclusion(const json_t *a, const json_t *trust, char *err, size_t errlen)
+{
+	const char *note = json_string_value(json_object_get(a, "checkpoint"));
+	const char *rec = json_string_value(json_object_get(a, "record"));
+	json_int_t seq = json_integer_value(json_object_get(a, "seq"));
+	json_int_t idx = json_integer_value(json_object_get(a, "leaf_index"));
+	json_int_t size = json_integer_value(json_object_get(a, "tree_size"));
+	uint8_t proof[MERKLE_PROOF_MAX][32], leaf[32];
+	struct checkpoint c;
+	json_t *parsed;
+	size_t n = 0;
+	int r;
+
+	if (note == NULL || rec == NULL || seq < 1 || idx != seq - 1 || size < seq ||
+	    proof_nodes(json_object_get(a, "proof"), proof, &n) < 0)
+		return failf(err, errlen, -CIMD_EFORMAT,
+			     "not a proof: seq, leaf_index = seq - 1, tree_size, record, proof, "
+			     "checkpoint");
+	if ((r = checkpoint_of(note, strlen(note), trust, &c, err, errlen)) < 0)
+		return r;
+	if (c.size != (uint64_t)size)
+		return failf(
+		    err, errlen, -CIMD_EVERIFY,
+		    "the proof is for a tree of %lld records, the checkpoint's has %" PRIu64,
+		    (long long)size, c.size);
+	/* The record says which it is: its seq member is the proof's. */
+	parsed = json_loads(rec, 0, NULL);
+	r = json_integer_value(json_object_get(parsed, "seq")) == seq;
+	json_decref(parsed);
+	if (!r)
+		return failf(err, errlen, -CIMD_EVERIFY, "the record is not record %lld",
+			     (long long)seq);
+	merkle_leaf_hash((const uint8_t *)rec, strlen(rec), leaf);
+	if (merkle_verify_inclusion((uint64_t)idx, (uint64_t)size, leaf,
+				    (const uint8_t(*)[32])proof, n, c.root) < 0)
+		return failf(err, errlen, -CIMD_EVERIFY,
+			     "record %lld is not in the checkpoint's tree: the inclusion proof "
+			     "does not lead to its root",
+			     (long long)seq);
+	return 0;
+}
+
+int audit_check_consistency(const char *old_note, size_t old_len, const json_t *a,
+			    const json_t *trust, char *err, size_t errlen)
+{
+	const char *note = json_string_value(json_object_get(a, "checkpoint"));
+	json_int_t old_size = json_integer_value(json_object_get(a, "old_size"));
+	uint8_t proof[MERKLE_PROOF_MAX][32];
+	struct checkpoint o, c;
+	size_t n = 0;
+	int r;
+
+	if (note == NULL || proof_nodes(json_object_get(a, "proof"), proof, &n) < 0)
+		return failf(err, errlen, -CIMD_EFORMAT, "not a consistency proof");
+	if ((r = checkpoint_of(old_note, old_len, trust, &o, err, errlen)) < 0 ||
+	    (r = checkpoint_of(note, strlen(note), trust, &c, err, errlen)) < 0)
+		return r;
+	if (strcmp(o.origin, c.origin) != 0)
+		return failf(err, errlen, -CIMD_EVERIFY, "the checkpoints are of two logs: %s, %s",
+			     o.origin, c.origin);
+	if (o.size != (uint64_t)old_size ||
+	    (uint64_t)json_integer_value(json_object_get(a, "tree_size")) != c.size)
+		return failf(err, errlen, -CIMD_EVERIFY,
+			     "the proof's sizes are not the checkpoints' (%" PRIu64 ", %" PRIu64
+			     ")",
+			     o.size, c.size);
+	if (merkle_verify_consistency(o.size, c.size, (const uint8_t(*)[32])proof, n, o.root,
+				      c.root) < 0)
+		return failf(err, errlen, -CIMD_EVERIFY,
+			     "the tree of %" PRIu64
+			     " records is not a prefix of the tree of %" PRIu64
+			     ": the journal was rewritten between the two checkpoints",
+			     o.size, c.size);
+	return 0;
+}
+
+/* ---- bundles ---- */
+
+struct bundle {
+	const char *dir;
+	char *journal; /* the file; records point into it */
+	const char **rec;
+	size_t *rec_len, n;
+	struct merkle_tree *tree;
+	json_t *keys, *checkpoints, *publications, *attestations, *revocations;
+};
+
+static int slurp(const char *dir, const char *name, char **ret, size_t *ret_len, char *err,
+		 size_t errlen)
+{
+	char path[4096], *buf = NULL;
+	long n;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if ((f = fopen(path, "rb")) == NULL)
+		return failf(err, errlen, -errno, "%s: %s", name, strerror(errno));
+	if (fseek(f, 0, SEEK_END) < 0 || (n = ftell(f)) < 0 || n > BUNDLE_FILE_MAX ||
+	    fseek(f, 0, SEEK_SET) < 0 || (buf = malloc((size_t)n + 1)) == NULL ||
+	    fread(buf, 1, (size_t)n, f) != (size_t)n) {
+		fclose(f);
+		free(buf);
+		return failf(err, errlen, -EIO, "%s: unreadable or over %ld bytes", name,
+			     BUNDLE_FILE_MAX);
+	}
+	fclose(f);
+	buf[n] = '\0';
+	*ret = buf;
+	*ret_len = (size_t)n;
+	return 0;
+}
+
+/* A file of one JSON object per line, as an array. */
+static int read_lines(const char *dir, const char *name, json_t **ret, char *err, size_t errlen)
+{
+	char *buf = NULL, *p, *nl;
+	size_t len, line = 0;
+	json_t *arr, *o;
+	int r;
+
+	if ((r = slurp(dir, name, &buf, &len, err, errlen)) < 0)
+		return r;
+	arr = json_array();
+	for (p = buf; arr != NULL && p < buf + len; p = nl + 1) {
+		line++;
+		if ((nl = memchr(p, '\n', (size_t)(buf + len - p))) == NULL)
+			nl = buf + len;
+		if ((o = json_loadb(p, (size_t)(nl - p), JSON_REJECT_DUPLICATES, NULL)) == NULL ||
+		    !json_is_object(o)) {
+			json_decref(o);
+			json_decref(arr);
+			free(buf);
+			return failf(err, errlen, -CIMD_EFORMAT, "%s line %zu: not a JSON object",
+				     name, line);
+		}
+		json_array_append_new(arr, o);
+	}
+	free(buf);
+	if (arr == NULL)
+		return -ENOMEM;
+	*ret = arr;
+	return 0;
+}
+
+static void bundle_free(struct bundle *b)
+{
+	free(b->journal);
+	free(b->rec);
+	free(b->rec_len);
+	merkle_tree_free(&b->tree);
+	json_decref(b->keys);
+	json_decref(b->checkpoints);
+	json_decref(b->publications);
+	json_decref(b->attestations);
+	json_decref(b->revocations);
+}
+
+/* keys: attestation-keys.json, every key a P-256 JWK named by its thumbprint;
+ * an AK's TPMT_PUBLIC, when given, a restricted key with that public key. */
+static int check_keys(struct bundle *b, char *err, size_t errlen)
+{
+	const json_t *k;
+	char tp[CIMD_KID_LEN + 1];
+	size_t i;
+
+	if (!json_is_array(json_object_get(b->keys, "keys")) ||
+	    json_array_size(json_object_get(b->keys, "keys")) == 0)
+		return failf(err, errlen, -CIMD_EFORMAT, "attestation-keys.json holds no keys");
+	json_array_foreach(json_object_get(b->keys, "keys"), i, k)
+	{
+		const char *kid = json_string_value(json_object_get(k, "kid"));
+		const char *pub = json_string_value(json_object_get(k, "tpm2_public"));
+
+		if (kid == NULL || jwk_thumbprint(k, tp) < 0 || strcmp(tp, kid) != 0)
+			return failf(err, errlen, -CIMD_EVERIFY,
+				     "attestation key %zu: its kid is not its RFC 7638 thumbprint",
+				     i + 1);
+		if (pub != NULL) {
+			uint8_t *raw = NULL;
+			size_t n = 0;
+			json_t *jwk = NULL;
+			int restricted = 0, ok;
+
+			ok = b64url_decode(pub, strlen(pub), &raw, &n) == 0 &&
+			     tpm2_public_jwk(raw, n, &jwk, &restricted) == 0 && restricted &&
+			     jwk_thumbprint(jwk, tp) == 0 && strcmp(tp, kid) == 0;
+			free(raw);
+			json_decref(jwk);
+			if (!ok)
+				return failf(err, errlen, -CIMD_EVERIFY,
+					     "attestation key %s: its TPMT_PUBLIC is not a "
+					     "restricted key with this public key",
+					     kid);
+		}
+	}
+	return 0;
+}
+
+/* journal: journal.jsonl, the hash chain, and the tree of its leaves. */
+static int check_journal(struct bundle *b, char *err, size_t errlen)
+{
+	char prev[65], hex[65];
+	uint8_t md[32], (*leaves)[32] = NULL;
+	size_t len, cap = 0, i;
+	char *p, *nl;
+	int r;
+
+	if ((r = slurp(b->dir, "journal.jsonl", &b->journal, &len, err, errlen)) < 0)
+		return r;
+	for (p = b->journal; p < b->journal + len; p = nl + 1) {
+		if ((nl = memchr(p, '\n', (size_t)(b->journal + len - p))) == NULL)
+			nl = b->journal + len;
+		if (b->n == cap) {
+			cap = cap ? 2 * cap : 1024;
+			const char **nr = realloc(b->rec, cap * sizeof(*nr));
+			size_t *nlen = realloc(b->rec_len, cap * sizeof(*nlen));
+			if (nr != NULL)
+				b->rec = nr;
+			if (nlen != NULL)
+				b->rec_len = nlen;
+			if (nr == NULL || nlen == NULL)
+				return -ENOMEM;
+		}
+		*nl = '\0';
+		b->rec[b->n] = p;
+		b->rec_len[b->n++] = (size_t)(nl - p);
+	}
+	if (b->n == 0)
+		return failf(err, errlen, -CIMD_EFORMAT, "journal.jsonl holds no record");
+	if ((leaves = malloc(b->n * 32)) == NULL)
+		return -ENOMEM;
+	memset(prev, '0', 64);
+	prev[64] = '\0';
+	for (i = 0; i < b->n; i++) {
+		json_t *rec = json_loadb(b->rec[i], b->rec_len[i], JSON_REJECT_DUPLICATES, NULL);
+		const char *pv = json_string_value(json_object_get(rec, "prev"));
+		int ok = rec != NULL &&
+			 json_integer_value(json_object_get(rec, "seq")) == (json_int_t)(i + 1);
+
+		ok = ok && pv != NULL && strcmp(pv, prev) == 0;
+		json_decref(rec);
+		if (!ok) {
+			free(leaves);
+			return failf(err, errlen, -CIMD_EVERIFY, "journal record %zu: %s", i + 1,
+				     rec == NULL ? "not JSON"
+						 : "not numbered in order, or its prev is not the "
+						   "previous record's hash (a record was changed, "
+						   "removed or inserted before it)");
+		}
+		SHA256((const uint8_t *)b->rec[i], b->rec_len[i], md);
+		hex_encode(md, 32, hex);
+		memcpy(prev, hex, 65);
+		merkle_leaf_hash((const uint8_t *)b->rec[i], b->rec_len[i], leaves[i]);
+	}
+	r = merkle_tree_build((const uint8_t(*)[32])leaves, b->n, &b->tree);
+	free(leaves);
+	return r;
+}
+
+static json_t *record(struct bundle *b, int64_t seq)
+{
+	if (seq < 1 || (uint64_t)seq > b->n)
+		return NULL;
+	return json_loadb(b->rec[seq - 1], b->rec_len[seq - 1], 0, NULL);
+}
+
+static int record_kind_is(struct bundle *b, int64_t seq, const char *kind)
+{
+	json_t *r = record(b, seq);
+	const char *k = json_string_value(json_object_get(r, "kind"));
+	int ok = k != NULL && strcmp(k, kind) == 0;
+
+	json_decref(r);
+	return ok;
+}
+
+/* checkpoints: signatures, roots, order, counters, consistency, records. */
+static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t *ret_covered)
+{
+	uint8_t root[32], proof[MERKLE_PROOF_MAX][32], prev_root[32];
+	uint64_t prev_size = 0, prev_counter = 0, counter;
+	char first_origin[NOTE_NAME_MAX + 1] = "", why[256];
+	struct checkpoint c;
+	const json_t *cp;
+	size_t i, n, records = 0;
+	int r;
+
+	if (json_array_size(b->checkpoints) == 0)
+		return failf(err, errlen, -CIMD_EVERIFY, "the bundle holds no checkpoint");
+	json_array_foreach(b->checkpoints, i, cp)
+	{
+		const char *note = json_string_value(json_object_get(cp, "note"));
+		int64_t seq = json_integer_value(json_object_get(cp, "seq"));
+		json_t *rec;
+
+		if (note == NULL)
+			return failf(err, errlen, -CIMD_EFORMAT, "checkpoint %zu: no note", i + 1);
+		if ((r = checkpoint_verify(note, strlen(note), b->keys, &c, NULL, why,
+					   sizeof(why))) < 0)
+			return failf(err, errlen, r, "checkpoint %zu: %s", i + 1, why);
+		if (first_origin[0] == '\0')
+			snprintf(first_origin, sizeof(first_origin), "%s", c.origin);
+		else if (strcmp(first_origin, c.origin) != 0)
+			return failf(err, errlen, -CIMD_EVERIFY,
+				     "checkpoint %zu (size %" PRIu64 "): origin %s, not %s", i + 1,
+				     c.size, c.origin, first_origin);
+		if (c.size > b->n)
+			return failf(err, errlen, -CIMD_EVERIFY,
+				     "checkpoint %zu signs a tree of %" PRIu64
+				     " records but the journal has %zu: records were removed "
+				     "from its end",
+				     i + 1, c.size, b->n);
+		if (c.size <= prev_size)
+			return failf(
+			    err, errlen, -CIMD_EVERIFY,
+			    "checkpoint %zu (size %" PRIu64 ") does not follow the one before "
+			    "(size %" PRIu64 "): an older checkpoint in a newer one's place",
+			    i + 1, c.size, prev_size);
+		merkle_tree_root(b->tree, c.size, root);
+		if (memcmp(root, c.root, 32) != 0)
+			return failf(
+			    err, errlen, -CIMD_EVERIFY,
+			    "checkpoint %zu (size %" PRIu64
+			    "): its signed root is not the head of the journal's first %" PRIu64
+			    " records: a record among them was changed",
+			    i + 1, c.size, c.size);
+		/* §2.1.4: what the tree was at the previous checkpoint is a prefix
+		 * of what it is now, by the proof an auditor without the journal
+		 * would be given. */
+		if (prev_size > 0 &&
+		    (merkle_consistency_proof(b->tree, prev_size, c.size, proof, &n) < 0 ||
+		     merkle_verify_consistency(prev_size, c.size, (const uint8_t(*)[32])proof, n,
+					       prev_root, c.root) < 0))
+			return failf(err, errlen, -CIMD_EVERIFY,
+				     "checkpoint %zu is not consistent with checkpoint %zu", i + 1,
+				     i);
+		r = checkpoint_extension(note, strlen(note), &c, "nv-counter", &counter);
+		if (r == 0) {
+			if (counter <= prev_counter)
+				return failf(err, errlen, -CIMD_EVERIFY,
+					     "checkpoint %zu: TPM counter %" PRIu64
+					     " after %" PRIu64 ": not increasing",
+					     i + 1, counter, prev_counter);
+			prev_counter = counter;
+		} else if (r != -ENOENT) {
+			return failf(err, errlen, -CIMD_EFORMAT,
+				     "checkpoint %zu: a malformed nv-counter line", i + 1);
+		}
+		/* Each checkpoint is itself journaled, with its note. */
+		rec = record(b, seq);
+		r = rec != NULL && strcmp(sget(rec, "kind"), "checkpoint") == 0 &&
+		    strcmp(sget(rec, "note"), note) == 0;
+		json_decref(rec);
+		if (!r)
+			return failf(err, errlen, -CIMD_EVERIFY,
+				     "checkpoint %zu is not the one journal record %lld holds",
+				     i + 1, (long long)seq);
+		prev_size = c.size;
+		memcpy(prev_root, c.root, 32);
+	}
+	/* And every checkpoint the journal records is in the bundle. */
+	for (i = 0; i < b->n; i++)
+		if (record_kind_is(b, (int64_t)i + 1, "checkpoint"))
+			records++;
+	if (records != json_array_size(b->checkpoints))
+		return failf(err, errlen, -CIMD_EVERIFY,
+			     "the journal records %zu checkpoints, the bundle holds %zu", records,
+			     json_array_size(b->checkpoints));
+	*ret_covered = (size_t)prev_size;
+	return 0;
+}
+
+/* The kids a JWKS publishes; -1 when one carries a private member. */
+static int jwks_kids(const char *bytes, size_t len, json_t **ret)
+{
+	static const char *const priv[] = {"d", "p", "q", "dp", "dq", "qi", "k"};
+	json_t *j = json_loadb(bytes, len, 0, NULL), *set = json_object(), *k;
+	size_t i, m;
+
+	if (j == NULL || set == NULL || !json_is_array(json_object_get(j, "keys"))) {
+		json_decref(j);
+		json_decref(set);
+		return -CIMD_EFORMAT;
+	}
+	json_array_foreach(json_object_get(j, "keys"), i, k)
+	{
+		for (m = 0; m < sizeof(priv) / sizeof(priv[0]); m++)
+			if (json_object_get(k, priv[m]) != NULL) {
+				json_decref(j);
+				json_decref(set);
+				return -1;
+			}
+		if (json_is_string(json_object_get(k, "kid")))
+			json_object_set_new(set, json_string_value(json_object_get(k, "kid")),
+					    json_true());
+	}
+	json_decref(j);
+	*ret = set;
+	return 0;
+}
+
+/* Applies the key records of the journal up to (not including) seq. */
+static void replay_keys(struct bundle *b, size_t *next, int64_t seq, json_t *states)
+{
+	for (; *next < b->n && (int64_t)*next + 1 < seq; (*next)++) {
+		json_t *rec = record(b, (int64_t)*next + 1);
+		const char *kind = json_string_value(json_object_get(rec, "kind"));
+		const char *kid = json_string_value(json_object_get(rec, "kid"));
+		const char *client = json_string_value(json_object_get(rec, "client"));
+		const char *to = NULL;
+
+		if (kind != NULL && kid != NULL && client != NULL) {
+			if (strcmp(kind, "key.create") == 0)
+				to = json_string_value(json_object_get(rec, "state"));
+			else if (strcmp(kind, "key.state") == 0)
+				to = json_string_value(json_object_get(rec, "to"));
+			if (to != NULL)
+				json_object_set_new(
+				    states, kid,
+				    json_pack("{ssss}", "client", client, "state", to));
+		}
+		json_decref(rec);
+	}
+}
+
+static int published_state(const char *s)
+{
+	return s != NULL &&
+	       (strcmp(s, "next") == 0 || strcmp(s, "active") == 0 || strcmp(s, "retiring") == 0);
+}
+
+/* publications: bytes, records, and each JWKS against the replayed key states. */
+static int check_publications(struct bundle *b, char *err, size_t errlen)
+{
+	json_t *states = json_object(), *kids = NULL, *v;
+	const char *kid;
+	size_t i, next = 0, publish_records = 0;
+	const json_t *p;
+	int r = 0;
+
+	if (states == NULL)
+		return -ENOMEM;
+	json_array_foreach(b->publications, i, p)
+	{
+		const char *path = json_string_value(json_object_get(p, "path"));
+		const char *client = json_string_value(json_object_get(p, "client"));
+		const char *hex = json_string_value(json_object_get(p, "sha256"));
+		const char *bytes = json_string_value(json_object_get(p, "bytes"));
+		int64_t seq = json_integer_value(json_object_get(p, "seq"));
+		size_t len = json_string_length(json_object_get(p, "bytes"));
+		uint8_t md[32];
+		char mhex[65];
+		json_t *rec;
+
+		if (path == NULL || client == NULL || hex == NULL || bytes == NULL) {
+			r = failf(err, errlen, -CIMD_EFORMAT, "publication %zu: malformed", i + 1);
+			goto out;
+		}
+		SHA256((const uint8_t *)bytes, len, md);
+		hex_encode(md, 32, mhex);
+		rec = record(b, seq);
+		r = rec != NULL && strcmp(sget(rec, "kind"), "publish") == 0 &&
+		    strcmp(sget(rec, "path"), path) == 0 &&
+		    strcmp(sget(rec, "sha256"), mhex) == 0 && strcmp(hex, mhex) == 0;
+		json_decref(rec);
+		if (!r) {
+			r = failf(
+			    err, errlen, -CIMD_EVERIFY,
+			    "publication %zu (%s): its bytes are not what journal record %lld "
+			    "says was published",
+			    i + 1, path, (long long)seq);
+			goto out;
+		}
+		r = 0;
+		if (strlen(path) < 10 || strcmp(path + strlen(path) - 10, "/jwks.json") != 0)
+			continue;
+		/* The key states the journal implies at the publish record. */
+		replay_keys(b, &next, seq, states);
+		if ((r = jwks_kids(bytes, len, &kids)) < 0) {
+			r = failf(err, errlen, -CIMD_EVERIFY, "publication %zu (%s): %s", i + 1,
+				  path, r == -1 ? "a key with a private member" : "not a JWKS");
+			goto out;
+		}
+		json_object_foreach(states, kid, v)
+		{
+			const char *st = json_string_value(json_object_get(v, "state"));
+
+			if (strcmp(json_string_value(json_object_get(v, "client")), client) != 0)
+				continue;
+			if (published_state(st) != (json_object_get(kids, kid) != NULL)) {
+				r = failf(err, errlen, -CIMD_EVERIFY,
+					  "publication %zu (%s, journal record %lld): key %s is %s "
+					  "by the journal but %s in the JWKS",
+					  i + 1, path, (long long)seq, kid, st,
+					  json_object_get(kids, kid) ? "published" : "missing");
+				goto out;
+			}
+			json_object_del(kids, kid);
+		}
+		if (json_object_size(kids) > 0) {
+			json_object_foreach(kids, kid, v) break;
+			r = failf(err, errlen, -CIMD_EVERIFY,
+				  "publication %zu (%s): key %s is published but the journal never "
+				  "made it for %s",
+				  i + 1, path, kid, client);
+			goto out;
+		}
+		json_decref(kids);
+		kids = NULL;
+	}
+	for (i = 0; i < b->n; i++)
+		if (record_kind_is(b, (int64_t)i + 1, "publish"))
+			publish_records++;
+	if (publish_records != json_array_size(b->publications))
+		r = failf(err, errlen, -CIMD_EVERIFY,
+			  "the journal records %zu publications, the bundle holds %zu",
+			  publish_records, json_array_size(b->publications));
+out:
+	json_decref(kids);
+	json_decref(states);
+	return r;
+}
+
+/* The published bytes whose SHA-256 is hex (from the statement's subject). */
+static const json_t *publication_by_digest(struct bundle *b, const char *hex)
+{
+	const json_t *p;
+	size_t i;
+
+	json_array_foreach(b->publications, i, p)
+	{
+		const char *h = json_string_value(json_object_get(p, "sha256"));
+		if (h != NULL && hex != NULL && strcmp(h, hex) == 0)
+			return p;
+	}
+	return NULL;
+}
+
+struct first_fail {
+	char what[512];
+};
+
+static void capture(void *arg, int ok, const char *check, const char *detail)
+{
+	struct first_fail *f = arg;
+
+	if (!ok && f->what[0] == '\0')
+		snprintf(f->what, sizeof(f->what), "%s: %s", check, detail);
+}
+
+static int check_envelopes(struct bundle *b, const json_t *list, int attestations, char *err,
+			   size_t errlen)
+{
+	const char *what = attestations ? "attestation" : "revocation record";
+	const json_t *a;
+	size_t i;
+
+	json_array_foreach(list, i, a)
+	{
+		const json_t *env = json_object_get(a, "envelope");
+		const json_t *doc = NULL, *jwks = NULL;
+		struct first_fail f = {""};
+		char *text = json_dumps(env, JSON_COMPACT);
+		int r;
+
+		if (text == NULL)
+			return failf(err, errlen, -CIMD_EFORMAT, "%s %zu: no envelope", what,
+				     i + 1);
+		if (attestations) {
+			/* Its subjects: the document and the JWKS it names, which
+			 * must be bytes that were published. */
+			const char *payload = json_string_value(json_object_get(env, "payload"));
+			uint8_t *body = NULL;
+			size_t blen = 0;
+			json_t *st = NULL, *subj;
+
+			if (payload != NULL &&
+			    b64_decode(payload, strlen(payload), &body, &blen) == 0)
+				st = json_loadb((const char *)body, blen, 0, NULL);
+			free(body);
+			subj = json_object_get(st, "subject");
+			doc = publication_by_digest(
+			    b, json_string_value(json_object_get(
+				   json_object_get(json_array_get(subj, 0), "digest"), "sha256")));
+			jwks = publication_by_digest(
+			    b, json_string_value(json_object_get(
+				   json_object_get(json_array_get(subj, 1), "digest"), "sha256")));
+			json_decref(st);
+			if (doc == NULL || jwks == NULL) {
+				free(text);
+				return failf(err, errlen, -CIMD_EVERIFY,
+					     "%s %zu (%s): it names a %s that was never published",
+					     what, i + 1,
+					     json_string_value(json_object_get(a, "client")),
+					     doc == NULL ? "document" : "JWKS");
+			}
+			if (!record_kind_is(b, json_integer_value(json_object_get(a, "seq")),
+					    "attest.issue")) {
+				free(text);
+				return failf(
+				    err, errlen, -CIMD_EVERIFY,
+				    "%s %zu: journal record %lld is not its attest.issue", what,
+				    i + 1,
+				    (long long)json_integer_value(json_object_get(a, "seq")));
+			}
+		}
+		r = attest_verify(
+		    text, strlen(text), b->keys,
+		    doc ? (const uint8_t *)json_string_value(json_object_get(doc, "bytes")) : NULL,
+		    doc ? json_string_length(json_object_get(doc, "bytes")) : 0,
+		    jwks ? (const uint8_t *)json_string_value(json_object_get(jwks, "bytes"))
+			 : NULL,
+		    jwks ? json_string_length(json_object_get(jwks, "bytes")) : 0, capture, &f);
+		free(text);
+		if (r < 0)
+			return failf(err, errlen, -CIMD_EVERIFY, "%s %zu: %s", what, i + 1,
+				     f.what[0] ? f.what : cimd_strerror(r));
+	}
+	return 0;
+}
+
+int audit_verify_dir(const char *dir, audit_report_fn report, void *arg)
+{
+	struct bundle b = {.dir = dir};
+	char err[1024], detail[256], *keys = NULL;
+	size_t keys_len, covered = 0;
+	int r;
+
+	err[0] = '\0';
+#define STEP(name, call, ...)                                                                      \
+	do {                                                                                       \
+		if ((r = (call)) < 0) {                                                            \
+			report(arg, 0, name, err[0] ? err : cimd_strerror(r));                     \
+			goto out;                                                                  \
+		}                                                                                  \
+		snprintf(detail, sizeof(detail), __VA_ARGS__);                                     \
+		report(arg, 1, name, detail);                                                      \
+	} while (0)
+
+	if ((r = slurp(dir, "attestation-keys.json", &keys, &keys_len, err, sizeof(err))) == 0 &&
+	    (b.keys = json_loadb(keys, keys_len, 0, NULL)) == NULL)
+		r = failf(err, sizeof(err), -CIMD_EFORMAT, "attestation-keys.json is not JSON");
+	free(keys);
+	if (r == 0)
+		r = read_lines(dir, "checkpoints.jsonl", &b.checkpoints, err, sizeof(err));
+	if (r == 0)
+		r = read_lines(dir, "publications.jsonl", &b.publications, err, sizeof(err));
+	if (r == 0)
+		r = read_lines(dir, "attestations.jsonl", &b.attestations, err, sizeof(err));
+	if (r == 0)
+		r = read_lines(dir, "revocations.jsonl", &b.revocations, err, sizeof(err));
+	if (r < 0) {
+		report(arg, 0, "bundle", err);
+		goto out;
+	}
+	STEP("keys", check_keys(&b, err, sizeof(err)), "%zu attestation keys, each its thumbprint",
+	     json_array_size(json_object_get(b.keys, "keys")));
+	STEP("journal", check_journal(&b, err, sizeof(err)), "%zu records, hash chain intact", b.n);
+	STEP("checkpoints", check_checkpoints(&b, err, sizeof(err), &covered),
+	     "%zu, each signed by a trusted key, each root the journal's, each consistent with "
+	     "the one before; the last covers %zu of %zu records",
+	     json_array_size(b.checkpoints), covered, b.n);
+	STEP("publications", check_publications(&b, err, sizeof(err)),
+	     "%zu documents and JWKS, each as journaled, each JWKS the keys the journal "
+	     "implies",
+	     json_array_size(b.publications));
+	STEP("attestations", check_envelopes(&b, b.attestations, 1, err, sizeof(err)),
+	     "%zu, each verified against published bytes", json_array_size(b.attestations));
+	STEP("revocations", check_envelopes(&b, b.revocations, 0, err, sizeof(err)),
+	     "%zu, each verified", json_array_size(b.revocations));
+#undef STEP
+	r = 0;
+out:
+	bundle_free(&b);
+	return r < 0 ? -CIMD_EVERIFY : 0;
+}
