@@ -96,7 +96,7 @@ $(BUILD)/bin/cimd-assert: $(BUILD)/obj/tools/cimd-assert.o $(CIMD_A)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(CIMD_LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(FW_LIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(BUILD)/obj/tools/audit.o $(CIMD_A) $(SVC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

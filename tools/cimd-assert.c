@@ -18,6 +18,7 @@
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: cimd-assert [-s SOCKET] --client-id URL --aud URL [--ttl SECONDS]\n"
+		   "       cimd-assert [-s SOCKET] --receipt JTI\n"
 		   "\n"
 		   "Prints a client assertion (RFC 7523) signed by cimdd for CLIENT_ID, to be\n"
 		   "presented to AUD, the authorization server's token endpoint or issuer.\n"
@@ -27,25 +28,33 @@ static void usage(FILE *f)
 		   "  -c, --client-id URL  the client's client_id (its CIMD document URL)\n"
 		   "  -a, --aud URL        the audience, one of the client's allowed audiences\n"
 		   "  -t, --ttl SECONDS    lifetime (default: the client's policy)\n"
+		   "  -r, --receipt JTI    print instead the receipt of an assertion this uid\n"
+		   "                       was issued: its journal record, inclusion proof and\n"
+		   "                       signed checkpoint (JSON; docs/audit.md)\n"
 		   "  -h, --help           this text\n"
 		   "\n"
-		   "Exit status: 0 printed, 1 refused, 2 usage, 3 unavailable.\n");
+		   "Exit status: 0 printed, 1 refused, 2 usage, 3 unavailable (or, for a\n"
+		   "receipt, not under a checkpoint yet: ask again).\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"socket", required_argument, NULL, 's'}, {"client-id", required_argument, NULL, 'c'},
-	    {"aud", required_argument, NULL, 'a'},    {"ttl", required_argument, NULL, 't'},
-	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0},
+	    {"socket", required_argument, NULL, 's'},
+	    {"client-id", required_argument, NULL, 'c'},
+	    {"aud", required_argument, NULL, 'a'},
+	    {"ttl", required_argument, NULL, 't'},
+	    {"receipt", required_argument, NULL, 'r'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
-	const char *sock = NULL, *client_id = NULL, *aud = NULL;
+	const char *sock = NULL, *client_id = NULL, *aud = NULL, *jti = NULL;
 	struct cimd *c = NULL;
 	char *jwt = NULL, *end;
 	long ttl = 0;
 	int o, r;
 
-	while ((o = getopt_long(argc, argv, "s:c:a:t:h", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "s:c:a:t:r:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 's':
 			sock = optarg;
@@ -55,6 +64,9 @@ int main(int argc, char **argv)
 			break;
 		case 'a':
 			aud = optarg;
+			break;
+		case 'r':
+			jti = optarg;
 			break;
 		case 't':
 			errno = 0;
@@ -74,12 +86,14 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind != argc || client_id == NULL || aud == NULL) {
+	if (optind != argc || (jti == NULL && (client_id == NULL || aud == NULL)) ||
+	    (jti != NULL && (client_id != NULL || aud != NULL || ttl != 0))) {
 		usage(stderr);
 		return 2;
 	}
 	if ((r = cimd_open(sock, &c)) == CIMD_OK)
-		r = cimd_assert(c, client_id, aud, ttl, &jwt, NULL);
+		r = jti != NULL ? cimd_receipt(c, jti, &jwt)
+				: cimd_assert(c, client_id, aud, ttl, &jwt, NULL);
 	if (r != CIMD_OK) {
 		fprintf(stderr, "cimd-assert: %s\n", cimd_message(c));
 		cimd_close(&c);

@@ -36,11 +36,14 @@ enum cimd_status {
 	CIMD_AUDIENCE_NOT_ALLOWED = 5,
 	CIMD_NO_ACTIVE_KEY = 6,
 	CIMD_RATE_LIMITED = 7,
+	CIMD_NOT_FOUND = 8, /* receipt: no such assertion issued to this uid */
+
 	CIMD_BACKEND_UNAVAILABLE = 20,
 	CIMD_INTERNAL = 21,
 	CIMD_UNREACHABLE = 22, /* no daemon on the socket, or the connection broke */
 	CIMD_PROTOCOL = 23,    /* the daemon's answer was not understood */
 	CIMD_NOMEM = 24,
+	CIMD_NOT_CHECKPOINTED = 25, /* receipt: not under a checkpoint yet; ask again */
 };
 
 /* What an assertion answer carries besides the assertion. */
@@ -65,6 +68,14 @@ void cimd_close(struct cimd **c);
  * JWS (free() it) and *ret_info, if not NULL, is filled. */
 int cimd_assert(struct cimd *c, const char *client_id, const char *aud, long ttl,
 		char **ret_assertion, struct cimd_info *ret_info);
+
+/* The receipt of an assertion this process's uid was issued (its jti, from
+ * cimd_info): on CIMD_OK *ret_receipt (free() it) is the JSON object
+ * {"seq","leaf_index","tree_size","record","proof","checkpoint"}: the
+ * assertion's journal record, its RFC 9162 inclusion proof and the signed
+ * checkpoint it leads to (docs/audit.md).  CIMD_NOT_CHECKPOINTED until the
+ * next checkpoint covers it. */
+int cimd_receipt(struct cimd *c, const char *jti, char **ret_receipt);
 
 /* The last failure's message (the daemon's, or the library's); never NULL. */
 const char *cimd_message(const struct cimd *c);

@@ -39,6 +39,8 @@ static const struct {
     {CIMD_AUDIENCE_NOT_ALLOWED, "audience_not_allowed"},
     {CIMD_NO_ACTIVE_KEY, "no_active_key"},
     {CIMD_RATE_LIMITED, "rate_limited"},
+    {CIMD_NOT_FOUND, "not_found"},
+    {CIMD_NOT_CHECKPOINTED, "not_checkpointed"},
     {CIMD_BACKEND_UNAVAILABLE, "backend_unavailable"},
     {CIMD_INTERNAL, "internal"},
     {CIMD_UNREACHABLE, "unreachable"},
@@ -58,7 +60,7 @@ const char *cimd_status_name(int status)
 
 int cimd_status_refused(int status)
 {
-	return status >= CIMD_BAD_REQUEST && status <= CIMD_RATE_LIMITED;
+	return status >= CIMD_BAD_REQUEST && status <= CIMD_NOT_FOUND;
 }
 
 static int status_of(const char *name)
@@ -66,7 +68,8 @@ static int status_of(const char *name)
 	size_t i;
 
 	for (i = 0; name != NULL && i < sizeof(names) / sizeof(names[0]); i++)
-		if (strcmp(names[i].name, name) == 0 && names[i].status < CIMD_UNREACHABLE)
+		if (strcmp(names[i].name, name) == 0 && names[i].status != CIMD_UNREACHABLE &&
+		    names[i].status != CIMD_PROTOCOL && names[i].status != CIMD_NOMEM)
 			return names[i].status;
 	return CIMD_PROTOCOL;
 }
@@ -277,6 +280,54 @@ int cimd_assert(struct cimd *c, const char *client_id, const char *aud, long ttl
 	}
 	c->msg[0] = '\0';
 	*ret_assertion = copy;
+	r = CIMD_OK;
+out:
+	free(line);
+	json_decref(req);
+	json_decref(ans);
+	return r;
+}
+
+int cimd_receipt(struct cimd *c, const char *jti, char **ret_receipt)
+{
+	json_t *req = NULL, *ans = NULL;
+	const char *err, *msg;
+	char *line = NULL, *copy;
+	size_t n;
+	int r;
+
+	if (c == NULL)
+		return CIMD_NOMEM;
+	if (jti == NULL || *jti == '\0')
+		return fail(c, CIMD_BAD_REQUEST, "%s", "a jti is required");
+	req = json_pack("{ssss}", "op", "receipt", "jti", jti);
+	if (req == NULL || (line = json_dumps(req, JSON_COMPACT)) == NULL) {
+		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
+		goto out;
+	}
+	n = strlen(line);
+	if ((copy = realloc(line, n + 2)) == NULL) {
+		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
+		goto out;
+	}
+	line = copy;
+	memcpy(line + n, "\n", 2);
+	if ((r = exchange(c, line, &ans)) != CIMD_OK)
+		goto out;
+	if (!json_is_true(json_object_get(ans, "ok"))) {
+		err = json_string_value(json_object_get(ans, "error"));
+		msg = json_string_value(json_object_get(ans, "message"));
+		r = status_of(err);
+		snprintf(c->msg, sizeof(c->msg), "%s: %s", err ? err : "error", msg ? msg : "");
+		goto out;
+	}
+	if (!json_is_object(json_object_get(ans, "receipt")) ||
+	    (copy = json_dumps(json_object_get(ans, "receipt"), JSON_COMPACT)) == NULL) {
+		r = fail(c, CIMD_PROTOCOL, "%s", "an answer without a receipt");
+		goto out;
+	}
+	c->msg[0] = '\0';
+	*ret_receipt = copy;
 	r = CIMD_OK;
 out:
 	free(line);
