@@ -43,6 +43,10 @@ static void usage(FILE *f)
 		   "                      DIR, in the foreground\n"
 		   "      --backend NAME  key store of a new dev instance (default pkcs11)\n"
 		   "      --port N        HTTPS port of a new dev instance (default 8443)\n"
+		   "      --accept-rollback\n"
+		   "                      start on a state database older than the TPM's counter\n"
+		   "                      (a restored backup), journaling that it was accepted\n"
+		   "                      (docs/audit.md, \"Rollback\")\n"
 		   "  -h, --help          this text\n"
 		   "  -V, --version       the version\n");
 }
@@ -203,10 +207,15 @@ static void banner(const struct cimdd *d)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
-	    {"dev", required_argument, NULL, 'D'},    {"backend", required_argument, NULL, 'B'},
-	    {"port", required_argument, NULL, 'P'},   {"help", no_argument, NULL, 'h'},
-	    {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+	    {"config", required_argument, NULL, 'c'},
+	    {"foreground", no_argument, NULL, 'f'},
+	    {"dev", required_argument, NULL, 'D'},
+	    {"backend", required_argument, NULL, 'B'},
+	    {"port", required_argument, NULL, 'P'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"accept-rollback", no_argument, NULL, 'R'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
 	struct publisher *pub = NULL;
@@ -245,6 +254,9 @@ int main(int argc, char **argv)
 			break;
 		case 'B':
 			backend = optarg;
+			break;
+		case 'R':
+			d.accept_rollback = 1;
 			break;
 		case 'P':
 			port = (int)strtol(optarg, &end, 10);

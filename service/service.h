@@ -229,7 +229,8 @@ struct cimdd {
 	/* per backend: 1 the hardware answered the last probe, 0 it did not,
 	 * -1 not probed yet (attest_probe) */
 	int backend_ok[CIMD_BACKENDS_MAX];
-	struct tlog *tlog; /* checkpoints and proofs (tlog.c) */
+	struct tlog *tlog;   /* checkpoints and proofs (tlog.c) */
+	int accept_rollback; /* --accept-rollback: an older database is journaled, not refused */
 };
 
 /* The key store of a backend by name, or NULL when it is not configured/open. */

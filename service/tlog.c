@@ -97,13 +97,36 @@ static int check_counter(struct cimdd *d, struct tlog *tl, char *err, size_t err
 		snprintf(err, errlen, "reading the checkpoints: database error");
 		return r;
 	}
+	if (found && nv > db && d->accept_rollback) {
+		/* The operator restored a backup on purpose: said, journaled, and
+		 * the next checkpoint carries the TPM's counter onward. */
+		json_t *f = json_pack("{sIsI}", "database_counter", (json_int_t)db, "tpm_counter",
+				      (json_int_t)nv);
+
+		if (f == NULL || store_begin(d->st) < 0 ||
+		    journal_append(d->st, "rollback.accepted", "cimdd", f, NULL) < 0 ||
+		    store_commit(d->st) < 0) {
+			store_rollback(d->st);
+			json_decref(f);
+			snprintf(err, errlen, "journaling the accepted rollback: database error");
+			return -EIO;
+		}
+		json_decref(f);
+		log_err("--accept-rollback: running on a state database older than the TPM's "
+			"counter (%" PRIu64 " < %" PRIu64 "); journaled as rollback.accepted",
+			db, nv);
+		tl->counter = nv;
+		tl->counter_checked = 1;
+		return 0;
+	}
 	if (found && nv > db) {
 		snprintf(
 		    err, errlen,
 		    "rollback: the state database's latest checkpoint carries TPM counter %" PRIu64
 		    " but the TPM's counter is %" PRIu64
 		    ": this database is older than the one the TPM last vouched for (restored "
-		    "from a backup?); refusing to run on it (docs/audit.md, \"Rollback\")",
+		    "from a backup?); refusing to run on it, unless started with --accept-rollback "
+		    "(docs/audit.md, \"Rollback\")",
 		    db, nv);
 		return -CIMD_EVERIFY;
 	}

@@ -202,7 +202,7 @@ int t_daemon_start(struct t_daemon *d)
 			dup2(fd, 2);
 			close(fd);
 		}
-		execl(bin, "cimdd", "-c", d->conf, "-f", (char *)NULL);
+		execl(bin, "cimdd", "-c", d->conf, "-f", d->arg, (char *)NULL);
 		_exit(127);
 	}
 	for (t0 = t_now_ms(); t_now_ms() - t0 < 10000; usleep(20000)) {

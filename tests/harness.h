@@ -41,6 +41,7 @@ struct t_daemon {
 	char conf[600];
 	char log[600];
 	char sock[600];
+	const char *arg; /* one more argument for cimdd, or NULL */
 };
 int t_daemon_start(struct t_daemon *d);
 /* Sends sig and waits; the exit status (or 128 + signal). */
