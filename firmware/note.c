@@ -153,10 +153,12 @@ int note_verify(const char *note, size_t len, const char *name, const json_t *jw
 		return fail(errbuf, errlen, r, "the trusted key is not a usable public key");
 	for (p = sep + 2; p < end; p = nl + 1) {
 		nl = memchr(p, '\n', (size_t)(end - p));
-		if ((size_t)(nl - p) < 4 + nlen + 1 || memcmp(p, em_dash, 3) != 0 || p[3] != ' ')
-			return fail(
+		if ((size_t)(nl - p) < 4 + nlen + 1 || memcmp(p, em_dash, 3) != 0 || p[3] != ' ') {
+			r = fail(
 			    errbuf, errlen, -CIMD_EFORMAT,
 			    "a signature line that is not an em dash, a key name and a signature");
+			goto out;
+		}
 		/* Signatures by other keys are ignored (signed-note: "Verifiers
 		 * MUST ignore signatures from unknown keys"). */
 		if (memcmp(p + 4, name, nlen) != 0 || p[4 + nlen] != ' ')

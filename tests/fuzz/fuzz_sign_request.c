@@ -22,8 +22,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char msg[512] = "";
 
 	if (sign_request_parse((const char *)data, size, MAX_TTL, &rq, msg, sizeof(msg)) == 0) {
-		if (rq.json == NULL || rq.client_id == NULL || rq.aud == NULL || rq.ttl < 0 ||
-		    rq.ttl > MAX_TTL)
+		/* An assertion request names a client and an audience; a receipt
+		 * request a jti of at most CIMD_JTI_MAX characters, and nothing else. */
+		if (rq.json == NULL || rq.ttl < 0 || rq.ttl > MAX_TTL)
+			abort();
+		if (rq.op == SIGN_OP_ASSERT && (rq.client_id == NULL || rq.aud == NULL || rq.jti))
+			abort();
+		if (rq.op == SIGN_OP_RECEIPT &&
+		    (rq.jti == NULL || strlen(rq.jti) == 0 || strlen(rq.jti) > CIMD_JTI_MAX ||
+		     rq.client_id != NULL || rq.aud != NULL || rq.ttl != 0))
 			abort();
 		sign_request_clear(&rq);
 		if (rq.json != NULL)
