@@ -319,12 +319,24 @@ void merkle_frontier_init(struct merkle_frontier *f);
 void merkle_frontier_append(struct merkle_frontier *f, const uint8_t leaf[32]);
 void merkle_frontier_root(const struct merkle_frontier *f, uint8_t ret[32]);
 
-/* A whole tree of leaf hashes, for proofs (every aligned perfect subtree kept). */
+/* A tree of leaf hashes, for proofs: every aligned perfect subtree of 2^base
+ * leaves or more is kept; smaller ones are hashed when a proof needs them,
+ * from the last block's leaves (kept) or from leaves the fetch callback reads
+ * (count <= 2^(base-1) leaves from index first; 0 or a negative code). */
+#define MERKLE_BASE_MAX 10
+typedef int (*merkle_fetch_fn)(void *arg, uint64_t first, uint64_t count, uint8_t (*ret)[32]);
 struct merkle_tree {
 	uint64_t n;
-	unsigned levels;
+	unsigned levels, base;
 	uint8_t (*level[64])[32];
+	uint8_t (*pending)[32]; /* base > 0: the leaves of the last, incomplete block */
+	merkle_fetch_fn fetch;
+	void *fetch_arg;
 };
+/* An empty tree keeping levels >= base (0..MERKLE_BASE_MAX). */
+int merkle_tree_new(unsigned base, struct merkle_tree **ret);
+void merkle_tree_set_fetch(struct merkle_tree *t, merkle_fetch_fn fn, void *arg);
+/* A tree of n leaves keeping every level. */
 int merkle_tree_build(const uint8_t (*leaves)[32], uint64_t n, struct merkle_tree **ret);
 void merkle_tree_free(struct merkle_tree **t);
 /* Appends k leaf hashes to the tree; on failure the tree is unchanged. */
@@ -332,7 +344,7 @@ int merkle_tree_extend(struct merkle_tree *t, const uint8_t (*leaves)[32], uint6
 /* MTH of the first size leaves (size <= n). */
 int merkle_tree_root(const struct merkle_tree *t, uint64_t size, uint8_t ret[32]);
 /* PATH(index, D[size]) (§2.1.3.1) and PROOF(old_size, D[size]) (§2.1.4.1), each at
- * most MERKLE_PROOF_MAX nodes into ret. */
+ * most MERKLE_PROOF_MAX nodes into ret; a fetch callback's error is returned. */
 int merkle_inclusion_proof(const struct merkle_tree *t, uint64_t index, uint64_t size,
 			   uint8_t (*ret)[32], size_t *ret_len);
 int merkle_consistency_proof(const struct merkle_tree *t, uint64_t old_size, uint64_t size,

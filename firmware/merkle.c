@@ -8,10 +8,11 @@
  *   MTH({})    SHA-256("")
  *   MTH(D[n])  node(MTH(D[0:k]), MTH(D[k:n])), k the largest power of two < n
  *
- * Proofs are generated from the leaf hashes of the whole tree (struct
- * merkle_tree keeps every aligned perfect subtree, so a proof costs O(log² n)
- * after an O(n) build) and verified with the iterative algorithms of §2.1.3.2
- * and §2.1.4.2, which need nothing but the proof.
+ * Proofs are generated from a struct merkle_tree, which keeps the aligned
+ * perfect subtrees at or above a base level (every level for base 0): a proof
+ * costs O(log² n) hashes plus at most 2^base leaf hashes read back, and memory
+ * is 2n / 2^base nodes.  They are verified with the iterative algorithms of
+ * §2.1.3.2 and §2.1.4.2, which need nothing but the proof.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -106,13 +107,43 @@ void merkle_frontier_root(const struct merkle_frontier *f, uint8_t ret[32])
 
 /* ---- a whole tree, for proofs ---- */
 
+/*
+ * Level l holds the n >> l aligned perfect subtrees of 2^l leaves, for l at
+ * or above the tree's base.  Below the base nothing is kept but the leaves of
+ * the last, incomplete block of 2^base; the few smaller subtrees a proof needs
+ * elsewhere are hashed from leaves the fetch callback reads (at most 2^base - 1
+ * per proof side).  Base 0 keeps everything.
+ */
+int merkle_tree_new(unsigned base, struct merkle_tree **ret)
+{
+	struct merkle_tree *t;
+
+	if (base > MERKLE_BASE_MAX)
+		return -EINVAL;
+	if ((t = calloc(1, sizeof(*t))) == NULL)
+		return -ENOMEM;
+	t->base = base;
+	if (base > 0 && (t->pending = malloc((1ULL << base) * 32)) == NULL) {
+		free(t);
+		return -ENOMEM;
+	}
+	*ret = t;
+	return 0;
+}
+
+void merkle_tree_set_fetch(struct merkle_tree *t, merkle_fetch_fn fn, void *arg)
+{
+	t->fetch = fn;
+	t->fetch_arg = arg;
+}
+
 int merkle_tree_build(const uint8_t (*leaves)[32], uint64_t n, struct merkle_tree **ret)
 {
 	struct merkle_tree *t;
 	int r;
 
-	if ((t = calloc(1, sizeof(*t))) == NULL)
-		return -ENOMEM;
+	if ((r = merkle_tree_new(0, &t)) < 0)
+		return r;
 	if ((r = merkle_tree_extend(t, leaves, n)) < 0) {
 		merkle_tree_free(&t);
 		return r;
@@ -121,34 +152,54 @@ int merkle_tree_build(const uint8_t (*leaves)[32], uint64_t n, struct merkle_tre
 	return 0;
 }
 
-/* Level l holds the n >> l aligned perfect subtrees of 2^l leaves; growing
- * the tree computes only the ones the new leaves complete. */
+/* MTH of a perfect run of 2^lv leaf hashes, hashed up in place. */
+static void perfect_root(uint8_t (*h)[32], unsigned lv, uint8_t ret[32])
+{
+	uint64_t count = 1ULL << lv, i;
+
+	for (; count > 1; count >>= 1)
+		for (i = 0; i < count / 2; i++)
+			merkle_node_hash(h[2 * i], h[2 * i + 1], h[i]);
+	memcpy(ret, h[0], 32);
+}
+
+/* Growing the tree computes only the subtrees the new leaves complete. */
 int merkle_tree_extend(struct merkle_tree *t, const uint8_t (*leaves)[32], uint64_t k)
 {
-	uint64_t n = t->n + k, old, count, i;
-	uint8_t(*p)[32];
+	uint64_t n = t->n + k, count, i, block = 1ULL << t->base;
+	uint8_t(*p)[32], tmp[(1U << MERKLE_BASE_MAX)][32];
 	unsigned l;
 
 	if (k > MERKLE_LEAVES_MAX || n > MERKLE_LEAVES_MAX)
 		return -E2BIG;
 	/* Allocate every level first, so that a failure changes nothing. */
-	for (l = 0, count = n; l < 64 && count > 0; l++, count >>= 1) {
+	for (l = t->base, count = n >> l; l < 64 && count > 0; l++, count >>= 1) {
 		if (count == t->n >> l)
 			continue;
 		if ((p = realloc(t->level[l], (size_t)count * 32)) == NULL)
 			return -ENOMEM;
 		t->level[l] = p;
 	}
-	for (l = 0, count = n; l < 64 && count > 0; l++, count >>= 1) {
-		for (i = old = t->n >> l; i < count; i++) {
-			if (l == 0)
-				memcpy(t->level[0][i], leaves[i - old], 32);
-			else
-				merkle_node_hash(t->level[l - 1][2 * i], t->level[l - 1][2 * i + 1],
-						 t->level[l][i]);
+	if (t->base == 0) {
+		for (i = 0; i < k; i++)
+			memcpy(t->level[0][t->n + i], leaves[i], 32);
+	} else {
+		/* Leaves go through the last block; each full block gives one
+		 * node of the base level. */
+		for (i = 0; i < k; i++) {
+			memcpy(t->pending[(t->n + i) % block], leaves[i], 32);
+			if ((t->n + i + 1) % block == 0) {
+				memcpy(tmp, t->pending, block * 32);
+				perfect_root(tmp, t->base, t->level[t->base][(t->n + i) / block]);
+			}
 		}
-		t->levels = l + 1;
 	}
+	for (l = t->base + 1, count = n >> l; l < 64 && count > 0; l++, count >>= 1)
+		for (i = t->n >> l; i < count; i++)
+			merkle_node_hash(t->level[l - 1][2 * i], t->level[l - 1][2 * i + 1],
+					 t->level[l][i]);
+	for (l = t->base; l < 64 && n >> l > 0; l++)
+		t->levels = l + 1;
 	t->n = n;
 	return 0;
 }
@@ -161,103 +212,132 @@ void merkle_tree_free(struct merkle_tree **pt)
 		return;
 	for (l = 0; l < 64; l++)
 		free((*pt)->level[l]);
+	free((*pt)->pending);
 	free(*pt);
 	*pt = NULL;
 }
 
+/* An aligned perfect subtree below the base: from the last block's leaves in
+ * memory, or from leaves the fetch callback reads. */
+static int low_hash(const struct merkle_tree *t, uint64_t a, unsigned lv, uint8_t ret[32])
+{
+	uint8_t tmp[(1U << MERKLE_BASE_MAX)][32];
+	uint64_t block = 1ULL << t->base, count = 1ULL << lv;
+	int r;
+
+	if (a >= t->n / block * block) {
+		memcpy(tmp, t->pending[a % block], count * 32);
+	} else {
+		if (t->fetch == NULL)
+			return -EINVAL;
+		if ((r = t->fetch(t->fetch_arg, a, count, tmp)) < 0)
+			return r;
+	}
+	perfect_root(tmp, lv, ret);
+	return 0;
+}
+
 /* MTH of leaves [a, b) (b > a): an aligned perfect subtree is looked up, any
  * other range split as §2.1.1 splits it. */
-static void range_hash(const struct merkle_tree *t, uint64_t a, uint64_t b, uint8_t ret[32])
+static int range_hash(const struct merkle_tree *t, uint64_t a, uint64_t b, uint8_t ret[32])
 {
 	uint64_t n = b - a, k;
 	uint8_t l[32], r[32];
 	unsigned lv = 0;
+	int e;
 
 	if ((n & (n - 1)) == 0) {
 		while ((1ULL << lv) < n)
 			lv++;
 		if (a % n == 0) {
+			if (lv < t->base)
+				return low_hash(t, a, lv, ret);
 			memcpy(ret, t->level[lv][a >> lv], 32);
-			return;
+			return 0;
 		}
 	}
 	k = split(n);
-	range_hash(t, a, a + k, l);
-	range_hash(t, a + k, b, r);
+	if ((e = range_hash(t, a, a + k, l)) < 0 || (e = range_hash(t, a + k, b, r)) < 0)
+		return e;
 	merkle_node_hash(l, r, ret);
+	return 0;
 }
 
 int merkle_tree_root(const struct merkle_tree *t, uint64_t size, uint8_t ret[32])
 {
 	if (size > t->n)
 		return -EINVAL;
-	if (size == 0)
+	if (size == 0) {
 		sha256_parts(NULL, 0, NULL, 0, NULL, 0, ret);
-	else
-		range_hash(t, 0, size, ret);
-	return 0;
+		return 0;
+	}
+	return range_hash(t, 0, size, ret);
 }
 
 /* PATH(m, D[a:b]) of §2.1.3.1, appended to out. */
-static void path(const struct merkle_tree *t, uint64_t m, uint64_t a, uint64_t b,
-		 uint8_t (*out)[32], size_t *n)
+static int path(const struct merkle_tree *t, uint64_t m, uint64_t a, uint64_t b, uint8_t (*out)[32],
+		size_t *n)
 {
 	uint64_t k;
+	int r;
 
 	if (b - a <= 1)
-		return;
+		return 0;
 	k = split(b - a);
 	if (m < k) {
-		path(t, m, a, a + k, out, n);
-		range_hash(t, a + k, b, out[(*n)++]);
-	} else {
-		path(t, m - k, a + k, b, out, n);
-		range_hash(t, a, a + k, out[(*n)++]);
+		if ((r = path(t, m, a, a + k, out, n)) < 0)
+			return r;
+		return range_hash(t, a + k, b, out[(*n)++]);
 	}
+	if ((r = path(t, m - k, a + k, b, out, n)) < 0)
+		return r;
+	return range_hash(t, a, a + k, out[(*n)++]);
 }
 
 int merkle_inclusion_proof(const struct merkle_tree *t, uint64_t index, uint64_t size,
 			   uint8_t (*ret)[32], size_t *ret_len)
 {
 	size_t n = 0;
+	int r;
 
 	if (size > t->n || index >= size)
 		return -EINVAL;
-	path(t, index, 0, size, ret, &n);
+	if ((r = path(t, index, 0, size, ret, &n)) < 0)
+		return r;
 	*ret_len = n;
 	return 0;
 }
 
 /* SUBPROOF(m, D[a:b], b) of §2.1.4.1. */
-static void subproof(const struct merkle_tree *t, uint64_t m, uint64_t a, uint64_t b, int whole,
-		     uint8_t (*out)[32], size_t *n)
+static int subproof(const struct merkle_tree *t, uint64_t m, uint64_t a, uint64_t b, int whole,
+		    uint8_t (*out)[32], size_t *n)
 {
 	uint64_t k, size = b - a;
+	int r;
 
-	if (m == size) {
-		if (!whole)
-			range_hash(t, a, b, out[(*n)++]);
-		return;
-	}
+	if (m == size)
+		return whole ? 0 : range_hash(t, a, b, out[(*n)++]);
 	k = split(size);
 	if (m <= k) {
-		subproof(t, m, a, a + k, whole, out, n);
-		range_hash(t, a + k, b, out[(*n)++]);
-	} else {
-		subproof(t, m - k, a + k, b, 0, out, n);
-		range_hash(t, a, a + k, out[(*n)++]);
+		if ((r = subproof(t, m, a, a + k, whole, out, n)) < 0)
+			return r;
+		return range_hash(t, a + k, b, out[(*n)++]);
 	}
+	if ((r = subproof(t, m - k, a + k, b, 0, out, n)) < 0)
+		return r;
+	return range_hash(t, a, a + k, out[(*n)++]);
 }
 
 int merkle_consistency_proof(const struct merkle_tree *t, uint64_t old_size, uint64_t size,
 			     uint8_t (*ret)[32], size_t *ret_len)
 {
 	size_t n = 0;
+	int r;
 
 	if (size > t->n || old_size > size || old_size == 0)
 		return -EINVAL;
-	if (old_size < size)
-		subproof(t, old_size, 0, size, 1, ret, &n);
+	if (old_size < size && (r = subproof(t, old_size, 0, size, 1, ret, &n)) < 0)
+		return r;
 	*ret_len = n;
 	return 0;
 }

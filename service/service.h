@@ -410,7 +410,7 @@ char *tlog_checkpoint(struct tlog *tl);
 int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret);
 /* {"old_size","tree_size","proof":[...],"checkpoint"}: a consistency proof
  * from a tree of old_size records to the latest checkpoint. */
-int tlog_consistency(struct tlog *tl, uint64_t old_size, json_t **ret);
+int tlog_consistency(struct tlog *tl, struct store *st, uint64_t old_size, json_t **ret);
 enum admin_err tlog_admin_prove(struct admin_req *q);
 enum admin_err tlog_admin_consistency(struct admin_req *q);
 /* audit.export {"kind","after"}: one page of checkpoints, publications,

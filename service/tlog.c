@@ -12,9 +12,11 @@
  * (whose latest checkpoint carries a smaller value than the TPM now holds) is
  * refused at start.
  *
- * Proofs are answered from a tree of every leaf up to the latest checkpoint,
- * grown at each checkpoint by the leaves it adds (O(new records), 64 bytes of
- * memory per record).  The signer's io thread asks for receipts from its own
+ * Proofs are answered from a tree up to the latest checkpoint that keeps the
+ * subtrees of 256 leaves and more (TREE_BASE), grown at each checkpoint by
+ * the leaves it adds (O(new records); memory 0.25 byte per record); the few
+ * smaller subtrees a proof needs are hashed from leaf hashes read back (at
+ * most 2 x 255).  The signer's io thread asks for receipts from its own
  * thread, hence the mutex.
  */
 #include <errno.h>
@@ -29,6 +31,9 @@
 
 #include "service.h"
 
+/* The proof tree keeps subtrees of 256 leaves and up: 0.25 bytes of memory
+ * per record; a proof reads back at most 2 x 255 leaf hashes. */
+#define TREE_BASE 8
 #define COUNTER_EXT "nv-counter"
 #define TIME_EXT "time"
 /* A TPM counter behind the database by more than this was not left behind by
@@ -37,7 +42,8 @@
 
 struct tlog {
 	pthread_mutex_t mu;	  /* everything below; the signer's thread reads it */
-	struct merkle_tree *tree; /* leaf hashes of records 1..tree->n */
+	struct merkle_tree *tree; /* over records 1..tree->n, from TREE_BASE up */
+	struct store *fetch_st;	  /* where the proof being made reads old leaves */
 	char *note;		  /* the latest checkpoint, NULL before the first */
 	uint64_t size;		  /* its tree size */
 	int64_t record_seq;	  /* its own journal record */
@@ -170,6 +176,20 @@ static int load_latest(struct cimdd *d, struct tlog *tl)
 	return r;
 }
 
+/* The proof tree's fetch callback: leaf i is record i + 1's. */
+static int fetch_leaves(void *arg, uint64_t first, uint64_t count, uint8_t (*ret)[32])
+{
+	struct tlog *tl = arg;
+	uint8_t(*leaves)[32] = NULL;
+	int r;
+
+	if ((r = journal_leaves(tl->fetch_st, first + 1, count, &leaves)) < 0)
+		return r;
+	memcpy(ret, leaves, count * 32);
+	free(leaves);
+	return 0;
+}
+
 /* Grows the proof tree to size leaves. */
 static int grow(struct store *st, struct tlog *tl, uint64_t size)
 {
@@ -202,8 +222,10 @@ int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen)
 			tl->counter_backend = (int)i;
 			break;
 		}
-	if ((r = merkle_tree_build(NULL, 0, &tl->tree)) < 0 || (r = load_latest(d, tl)) < 0 ||
-	    (r = grow(d->st, tl, tl->size)) < 0) {
+	if ((r = merkle_tree_new(TREE_BASE, &tl->tree)) < 0)
+		goto fail;
+	merkle_tree_set_fetch(tl->tree, fetch_leaves, tl);
+	if ((r = load_latest(d, tl)) < 0 || (r = grow(d->st, tl, tl->size)) < 0) {
 		snprintf(err, errlen, "loading the journal's checkpoints: %s", cimd_strerror(r));
 		goto fail;
 	}
@@ -418,6 +440,7 @@ int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret)
 		r = -EAGAIN;
 		goto out;
 	}
+	tl->fetch_st = st;
 	if ((r = merkle_inclusion_proof(tl->tree, (uint64_t)seq - 1, tl->size, proof, &n)) < 0)
 		goto out;
 	o = json_pack("{sIsIsIsssoss}", "seq", (json_int_t)seq, "leaf_index", (json_int_t)(seq - 1),
@@ -435,7 +458,7 @@ out:
 	return r;
 }
 
-int tlog_consistency(struct tlog *tl, uint64_t old_size, json_t **ret)
+int tlog_consistency(struct tlog *tl, struct store *st, uint64_t old_size, json_t **ret)
 {
 	uint8_t proof[MERKLE_PROOF_MAX][32];
 	json_t *o = NULL;
@@ -451,6 +474,7 @@ int tlog_consistency(struct tlog *tl, uint64_t old_size, json_t **ret)
 		r = -EINVAL;
 		goto out;
 	}
+	tl->fetch_st = st;
 	if ((r = merkle_consistency_proof(tl->tree, old_size, tl->size, proof, &n)) < 0)
 		goto out;
 	o = json_pack("{sIsIsoss}", "old_size", (json_int_t)old_size, "tree_size",
@@ -496,7 +520,7 @@ enum admin_err tlog_admin_consistency(struct admin_req *q)
 
 	if (!json_is_integer(size) || json_integer_value(size) < 1)
 		return admin_fail(q, AE_BAD_REQUEST, "old_size must be a tree size (1 or more)");
-	r = tlog_consistency(q->d->tlog, (uint64_t)json_integer_value(size), &q->result);
+	r = tlog_consistency(q->d->tlog, q->d->st, (uint64_t)json_integer_value(size), &q->result);
 	if (r == -EAGAIN)
 		return admin_fail(q, AE_NOT_FOUND, "no checkpoint has been issued yet");
 	if (r == -EINVAL)

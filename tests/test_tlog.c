@@ -194,6 +194,37 @@ static void test_interval(void)
 	     "each checkpoint is itself a journal record");
 }
 
+/* Beyond the proof tree's base (256 leaves): proofs read old leaves back. */
+static void test_beyond_base(void)
+{
+	char jti[64], out[16384];
+	int64_t n;
+	int i, ok = 0, r;
+
+	double t0;
+
+	for (i = 0; i < 600; i++)
+		ok += assertion(jti) == CIMD_OK;
+	for (t0 = t_now_ms();
+	     (n = sql_int("SELECT max(size) FROM checkpoints")) <= 600 && t_now_ms() - t0 < 4000;)
+		usleep(100 * 1000);
+	t_ok(ok == 600 && n > 600,
+	     "600 assertions (%d issued), then a checkpoint over %lld records", ok, (long long)n);
+	for (i = 0; i < 3; i++) {
+		int64_t seq = i == 0   ? 3
+			      : i == 1 ? 300
+				       : sql_int("SELECT max(size) FROM checkpoints");
+
+		r = ctl(out, sizeof(out), "journal prove %lld --trust %s/ak.json", (long long)seq,
+			cd.dir);
+		t_ok(r == 0 && strstr(out, "verified: record") != NULL,
+		     "journal prove %lld (of a tree over 512 records) verifies", (long long)seq);
+	}
+	r = ctl(out, sizeof(out), "journal consistency %s/cp0 --trust %s/ak.json", cd.dir, cd.dir);
+	t_ok(r == 0 && strstr(out, "is a prefix of the latest") != NULL,
+	     "consistency from the first checkpoint to one over 600 records");
+}
+
 static void test_proofs(void)
 {
 	char out[16384], p[700];
@@ -492,6 +523,7 @@ static void suite(int tpm_mode)
 	test_interval();
 	test_proofs();
 	test_receipts();
+	test_beyond_base();
 	test_rotation_replayed();
 	test_audit();
 	if (on_tpm)
