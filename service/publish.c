@@ -314,7 +314,7 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 		free(jwks);
 		count++;
 	}
-	/* The latest signed checkpoint of the journal (tlog.c): never cached,
+	/* The latest signed checkpoint of the journal (tlog.c): no-store,
 	 * it moves every checkpoint_interval. */
 	if (d->tlog != NULL && (jwks = tlog_checkpoint(d->tlog)) != NULL) {
 		put_entry(&e, "/.well-known/cimdd/checkpoint", "text/plain; charset=utf-8", 0, 0,

@@ -538,6 +538,16 @@ static void test_publication(void)
 		 strstr(out, "Cache-Control: public, max-age=2, stale-if-error=2") &&
 		 strstr(out, "Content-Type: application/json"),
 	     "HEAD on the JWKS: headers, max-age = jwks_max_age with stale-if-error");
+	/* The journal's latest signed checkpoint (docs/audit.md): never cached. */
+	snprintf(args, sizeof(args), "-i %s/.well-known/cimdd/checkpoint", base);
+	rc = http(out, sizeof(out), args);
+	t_ok(rc == 0 && strncmp(out, "HTTP/1.1 200", 12) == 0 &&
+		 strstr(out, "Content-Type: text/plain; charset=utf-8\r\n") &&
+		 strstr(out, "Cache-Control: no-store") && (p = strstr(out, "\r\n\r\n")) != NULL &&
+		 strstr(p, "\n\n\xe2\x80\x94 keys.example.com ") != NULL &&
+		 strncmp(p + 4, "keys.example.com\n", 17) == 0,
+	     "GET /.well-known/cimdd/checkpoint: text/plain, no-store, a note signed as its "
+	     "origin, base_url without its scheme");
 	/* agent-a's last key was revoked in the story: give it a new one. */
 	ctl(0, out, sizeof(out), "key rotate agent-a");
 	ctl(0, out, sizeof(out), "key activate agent-a --force");
@@ -637,7 +647,8 @@ static void test_export(void)
 {
 	char conf[2048], a[65536], b[65536], args[1024], etag[128] = "", *p;
 	int port = dev_free_port_pair(), rc;
-	static const char *const paths[] = {"/clients/agent-a", "/clients/agent-a/jwks.json"};
+	static const char *const paths[] = {"/.well-known/cimdd/checkpoint", "/clients/agent-a",
+					    "/clients/agent-a/jwks.json"};
 	size_t i;
 
 	snprintf(conf, sizeof(conf),
@@ -660,8 +671,10 @@ static void test_export(void)
 		t_sh_out(b, sizeof(b), "curl -s -i http://127.0.0.1:%d%s", port, paths[i]);
 		t_ok(strcmp(strstr(a, "\r\n\r\n"), strstr(b, "\r\n\r\n") ?: "") == 0,
 		     "%s: nginx serves the same bytes as the publisher", paths[i]);
-		t_ok(strstr(b, "Content-Type: application/json") && strstr(a, "ETag: ") &&
-			 strstr(b, "ETag: ") &&
+		t_ok(strstr(a, "Content-Type: ") && strstr(b, "Content-Type: ") &&
+			 strncmp(strstr(a, "Content-Type: "), strstr(b, "Content-Type: "),
+				 strcspn(strstr(a, "Content-Type: "), "\r")) == 0 &&
+			 strstr(a, "ETag: ") && strstr(b, "ETag: ") &&
 			 strncmp(strstr(a, "ETag: "), strstr(b, "ETag: "), 52) == 0 &&
 			 strstr(a, "Cache-Control: ") && strstr(b, "Cache-Control: ") &&
 			 strncmp(strstr(a, "Cache-Control: "), strstr(b, "Cache-Control: "), 50) ==
