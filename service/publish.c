@@ -148,6 +148,21 @@ static char *render_metrics(struct cimdd *d)
 		"# HELP cimdd_journal_records Records in the audit journal.\n"
 		"# TYPE cimdd_journal_records gauge\ncimdd_journal_records %lld\n",
 		(long long)head);
+	if (d->tlog != NULL) {
+		uint64_t size = 0;
+		time_t issued = 0;
+
+		tlog_latest(d->tlog, &size, &issued);
+		fprintf(f,
+			"# HELP cimdd_checkpoint_size Records under the latest signed checkpoint.\n"
+			"# TYPE cimdd_checkpoint_size gauge\ncimdd_checkpoint_size %llu\n"
+			"# HELP cimdd_checkpoint_timestamp_seconds When the latest checkpoint was "
+			"issued (alert when it falls behind checkpoint_interval while the journal "
+			"grows).\n"
+			"# TYPE cimdd_checkpoint_timestamp_seconds gauge\n"
+			"cimdd_checkpoint_timestamp_seconds %lld\n",
+			(unsigned long long)size, (long long)issued);
+	}
 	fprintf(f, "# HELP cimdd_backend_up Whether a key store backend is open.\n"
 		   "# TYPE cimdd_backend_up gauge\n");
 	for (i = 0; i < d->cfg->n_backends; i++)

@@ -403,6 +403,8 @@ void tlog_free(struct tlog **tl);
 int tlog_tick(struct cimdd *d, struct tlog *tl, int force);
 /* The latest signed checkpoint (malloc'd), NULL when there is none yet. */
 char *tlog_checkpoint(struct tlog *tl);
+/* Its tree size and issue time (0 and 0 before the first), for /metrics. */
+void tlog_latest(struct tlog *tl, uint64_t *ret_size, time_t *ret_issued);
 /* {"seq","leaf_index","tree_size","record","proof":[base64...],"checkpoint"}:
  * record seq's inclusion proof in the latest checkpoint, read through st
  * (any handle: the signer's reader calls it from its own thread).

@@ -396,6 +396,14 @@ out:
 	return r;
 }
 
+void tlog_latest(struct tlog *tl, uint64_t *ret_size, time_t *ret_issued)
+{
+	pthread_mutex_lock(&tl->mu);
+	*ret_size = tl->note != NULL ? tl->size : 0;
+	*ret_issued = tl->note != NULL ? tl->issued : 0;
+	pthread_mutex_unlock(&tl->mu);
+}
+
 char *tlog_checkpoint(struct tlog *tl)
 {
 	char *out;

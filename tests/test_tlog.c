@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -192,6 +193,26 @@ static void test_interval(void)
 	t_ok(sql_int("SELECT count(*) FROM checkpoints c JOIN journal j ON j.seq = c.seq AND "
 		     "j.kind = 'checkpoint'") == n1,
 	     "each checkpoint is itself a journal record");
+	{
+		char m[65536], want[96];
+		size_t len = 0;
+		char *body;
+
+		fetch("/metrics", "metrics");
+		body = read_all("metrics", &len);
+		snprintf(want, sizeof(want), "\ncimdd_checkpoint_size %lld\n",
+			 (long long)sql_int("SELECT max(size) FROM checkpoints"));
+		snprintf(m, sizeof(m), "%s", body ? body : "");
+		long long ts = 0;
+		const char *at = strstr(m, "\ncimdd_checkpoint_timestamp_seconds ");
+
+		if (at != NULL)
+			sscanf(at + strlen("\ncimdd_checkpoint_timestamp_seconds "), "%lld", &ts);
+		t_ok(strstr(m, want) != NULL && ts > (long long)time(NULL) - 60 &&
+			 ts <= (long long)time(NULL),
+		     "/metrics: the latest checkpoint's size and time (alerting on a stalled log)");
+		free(body);
+	}
 }
 
 /* Beyond the proof tree's base (256 leaves): proofs read old leaves back. */
