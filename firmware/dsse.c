@@ -10,7 +10,6 @@
  * P-384: SHA-384, RFC 7518 §3.4).
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,21 +211,6 @@ out:
 	return r;
 }
 
-static int fail(char *errbuf, size_t errlen, int r, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (errbuf != NULL && errlen > 0) {
-		va_start(ap, fmt);
-		vsnprintf(errbuf, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
-
 /* The ECDSA algorithm of a trusted JWK: its crv decides the hash (P-256:
  * SHA-256, P-384: SHA-384); an alg member, if any, must agree. */
 static enum cimd_alg jwk_ecdsa_alg(const json_t *jwk)
@@ -260,28 +244,28 @@ static int verify_one(const json_t *jwk, const char *kid, const char *sig_b64, c
 	int r;
 
 	if (alg == CIMD_ALG_NONE)
-		return fail(errbuf, errlen, -CIMD_EVERIFY,
-			    "trusted key %s is not an ECDSA P-256 or P-384 key", kid);
+		return cimd_fail(errbuf, errlen, -CIMD_EVERIFY,
+				 "trusted key %s is not an ECDSA P-256 or P-384 key", kid);
 	if ((r = b64_decode(sig_b64, strlen(sig_b64), &der, &der_len)) < 0) {
-		r = fail(errbuf, errlen, r == -ENOMEM ? r : -CIMD_EVERIFY,
-			 "signature by %s is not base64", kid);
+		r = cimd_fail(errbuf, errlen, r == -ENOMEM ? r : -CIMD_EVERIFY,
+			      "signature by %s is not base64", kid);
 		goto out;
 	}
 	/* SEC 1 §C.5, strict DER with r and s within the field size. */
 	if (ecdsa_der_to_raw(der, der_len, size, raw) < 0) {
-		r = fail(errbuf, errlen, -CIMD_EVERIFY,
-			 "signature by %s is not a DER ECDSA signature for %s", kid,
-			 cimd_alg_name(alg));
+		r = cimd_fail(errbuf, errlen, -CIMD_EVERIFY,
+			      "signature by %s is not a DER ECDSA signature for %s", kid,
+			      cimd_alg_name(alg));
 		goto out;
 	}
 	r = jws_verify_signature(jwk, alg, pae, pae_len, raw, 2 * size);
 	if (r == -CIMD_EVERIFY)
-		r = fail(errbuf, errlen, r, "signature by %s does not verify", kid);
+		r = cimd_fail(errbuf, errlen, r, "signature by %s does not verify", kid);
 	else if (r == -ENOMEM)
 		goto out;
 	else if (r < 0)
-		r = fail(errbuf, errlen, -CIMD_EVERIFY, "trusted key %s is unusable (%s)", kid,
-			 cimd_strerror(r));
+		r = cimd_fail(errbuf, errlen, -CIMD_EVERIFY, "trusted key %s is unusable (%s)", kid,
+			      cimd_strerror(r));
 out:
 	free(der);
 	return r;
@@ -304,52 +288,54 @@ int dsse_verify(const json_t *envelope, const json_t *trust_jwks, const char **r
 		return -EINVAL;
 	keys = json_object_get(trust_jwks, "keys");
 	if (!json_is_array(keys))
-		return fail(errbuf, errlen, -EINVAL, "trust JWKS has no \"keys\" array");
+		return cimd_fail(errbuf, errlen, -EINVAL, "trust JWKS has no \"keys\" array");
 
 	/* envelope.md: {"payload": string, "payloadType": string,
 	 * "signatures": [{"keyid": string, "sig": string}, ...]}; other members
 	 * are ignored ("Consumers MUST ignore unrecognized fields"). */
 	if (!json_is_object(envelope))
-		return fail(errbuf, errlen, -CIMD_EFORMAT, "envelope is not a JSON object");
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT, "envelope is not a JSON object");
 	jpayload = json_object_get(envelope, "payload");
 	jtype = json_object_get(envelope, "payloadType");
 	sigs = json_object_get(envelope, "signatures");
 	if (!json_is_string(jpayload))
-		return fail(errbuf, errlen, -CIMD_EFORMAT, "payload is not a string");
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT, "payload is not a string");
 	if (!json_is_string(jtype))
-		return fail(errbuf, errlen, -CIMD_EFORMAT, "payloadType is not a string");
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT, "payloadType is not a string");
 	type = json_string_value(jtype);
 	/* The PAE takes type as bytes; a NUL inside would cut it short here. */
 	if (json_string_length(jtype) != strlen(type) || strlen(type) > DSSE_TYPE_MAX)
-		return fail(errbuf, errlen, -CIMD_EFORMAT,
-			    "payloadType has a NUL or is longer than %d bytes", DSSE_TYPE_MAX);
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+				 "payloadType has a NUL or is longer than %d bytes", DSSE_TYPE_MAX);
 	if (!json_is_array(sigs) || (n = json_array_size(sigs)) == 0)
-		return fail(errbuf, errlen, -CIMD_EFORMAT, "signatures is not a non-empty array");
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+				 "signatures is not a non-empty array");
 	if (n > DSSE_SIGS_MAX)
-		return fail(errbuf, errlen, -E2BIG, "more than %d signatures", DSSE_SIGS_MAX);
+		return cimd_fail(errbuf, errlen, -E2BIG, "more than %d signatures", DSSE_SIGS_MAX);
 	json_array_foreach(sigs, i, s)
 	{
 		if (!json_is_object(s))
-			return fail(errbuf, errlen, -CIMD_EFORMAT,
-				    "signatures[%zu] is not an object", i);
+			return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+					 "signatures[%zu] is not an object", i);
 		/* envelope.md "Parsing rules": keyid may be unset, meaning "". */
 		if (json_object_get(s, "keyid") != NULL &&
 		    !json_is_string(json_object_get(s, "keyid")))
-			return fail(errbuf, errlen, -CIMD_EFORMAT,
-				    "signatures[%zu].keyid is not a string", i);
+			return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+					 "signatures[%zu].keyid is not a string", i);
 		if (!json_is_string(json_object_get(s, "sig")) ||
 		    json_string_length(json_object_get(s, "sig")) > DSSE_SIG_B64_MAX)
-			return fail(errbuf, errlen, -CIMD_EFORMAT,
-				    "signatures[%zu].sig is not a string of at most %d characters",
-				    i, DSSE_SIG_B64_MAX);
+			return cimd_fail(
+			    errbuf, errlen, -CIMD_EFORMAT,
+			    "signatures[%zu].sig is not a string of at most %d characters", i,
+			    DSSE_SIG_B64_MAX);
 	}
 	payload_b64 = json_string_value(jpayload);
 	if (json_string_length(jpayload) > (DSSE_PAYLOAD_MAX + 2) / 3 * 4)
-		return fail(errbuf, errlen, -E2BIG, "payload is larger than %d bytes",
-			    DSSE_PAYLOAD_MAX);
+		return cimd_fail(errbuf, errlen, -E2BIG, "payload is larger than %d bytes",
+				 DSSE_PAYLOAD_MAX);
 	if ((r = b64_decode(payload_b64, json_string_length(jpayload), &payload, &payload_len)) <
 	    0) {
-		r = fail(errbuf, errlen, r, "payload is not base64");
+		r = cimd_fail(errbuf, errlen, r, "payload is not base64");
 		goto out;
 	}
 	/* DSSE protocol, "To verify": the signature is over
@@ -386,9 +372,10 @@ int dsse_verify(const json_t *envelope, const json_t *trust_jwks, const char **r
 	}
 	if (ok_kid == NULL) {
 		if (trusted == 0)
-			r = fail(errbuf, errlen, -CIMD_EVERIFY, "no signature by a trusted key");
+			r = cimd_fail(errbuf, errlen, -CIMD_EVERIFY,
+				      "no signature by a trusted key");
 		else
-			r = fail(errbuf, errlen, -CIMD_EVERIFY, "%s", first);
+			r = cimd_fail(errbuf, errlen, -CIMD_EVERIFY, "%s", first);
 		goto out;
 	}
 	*ret_type = type;

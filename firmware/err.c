@@ -1,4 +1,6 @@
 /* err.c — the one function that turns an error code into words. */
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "fw.h"
@@ -28,4 +30,16 @@ const char *cimd_strerror(int r)
 	if (e < CIMD_EBASE)
 		return strerror(e);
 	return "unknown error";
+}
+
+int cimd_fail(char *errbuf, size_t errlen, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (errbuf != NULL && errlen > 0) {
+		va_start(ap, fmt);
+		vsnprintf(errbuf, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return r;
 }

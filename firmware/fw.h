@@ -41,6 +41,10 @@ enum {
 
 /* Words for a code from this project or for a negative errno. */
 const char *cimd_strerror(int r);
+/* Writes the reason into errbuf (may be NULL) and returns r: the one line of
+ * a verifier's failure path. */
+int cimd_fail(char *errbuf, size_t errlen, int r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Caps that bound firmware inputs and outputs. */
 #define CIMD_SIG_MAX 512     /* RSA-4096 or ECDSA P-521 raw, with room */

@@ -15,7 +15,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,21 +27,6 @@
 #include "fw.h"
 
 static const char em_dash[] = "\xe2\x80\x94"; /* U+2014 in UTF-8 */
-
-static int fail(char *errbuf, size_t errlen, int r, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errbuf, size_t errlen, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (errbuf != NULL && errlen > 0) {
-		va_start(ap, fmt);
-		vsnprintf(errbuf, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
 
 /* A key name: non-empty, no space, no '+' (signed-note: "Key names ... MUST
  * NOT contain spaces or plus signs"), printable ASCII. */
@@ -130,31 +114,32 @@ int note_verify(const char *note, size_t len, const char *name, const json_t *jw
 	int found = 0, r;
 
 	if (len == 0 || len > NOTE_MAX || note[len - 1] != '\n')
-		return fail(errbuf, errlen, -CIMD_EFORMAT,
-			    "not a signed note (empty, over %d bytes, or no final newline)",
-			    NOTE_MAX);
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+				 "not a signed note (empty, over %d bytes, or no final newline)",
+				 NOTE_MAX);
 	/* signed-note: valid UTF-8 without control characters but newline; we
 	 * write and accept ASCII only, the em dash of signature lines aside. */
 	for (i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)note[i];
 
 		if ((c < 0x20 && c != '\n') || c == 0x7f)
-			return fail(errbuf, errlen, -CIMD_EFORMAT,
-				    "a control character at byte %zu", i);
+			return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+					 "a control character at byte %zu", i);
 	}
 	/* The text ends at the last blank line; signature lines follow it. */
 	for (p = note; p + 1 < end; p++)
 		if (p[0] == '\n' && p[1] == '\n')
 			sep = p;
 	if (sep == NULL)
-		return fail(errbuf, errlen, -CIMD_EFORMAT, "no blank line before the signatures");
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+				 "no blank line before the signatures");
 	text_len = (size_t)(sep - note) + 1;
 	if ((r = note_key_id(jwk, id)) < 0)
-		return fail(errbuf, errlen, r, "the trusted key is not a usable public key");
+		return cimd_fail(errbuf, errlen, r, "the trusted key is not a usable public key");
 	for (p = sep + 2; p < end; p = nl + 1) {
 		nl = memchr(p, '\n', (size_t)(end - p));
 		if ((size_t)(nl - p) < 4 + nlen + 1 || memcmp(p, em_dash, 3) != 0 || p[3] != ' ') {
-			r = fail(
+			r = cimd_fail(
 			    errbuf, errlen, -CIMD_EFORMAT,
 			    "a signature line that is not an em dash, a key name and a signature");
 			goto out;
@@ -167,8 +152,8 @@ int note_verify(const char *note, size_t len, const char *name, const json_t *jw
 		free(blob);
 		blob = NULL;
 		if (b64_decode(p + 5 + nlen, b64_len, &blob, &blob_len) < 0 || blob_len < 5) {
-			r = fail(errbuf, errlen, -CIMD_EFORMAT, "a signature by %s is not base64",
-				 name);
+			r = cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+				      "a signature by %s is not base64", name);
 			goto out;
 		}
 		if (CRYPTO_memcmp(blob, id, 4) != 0)
@@ -179,13 +164,13 @@ int note_verify(const char *note, size_t len, const char *name, const json_t *jw
 					 sizeof(raw)) < 0) {
 			/* "If a signature from a known key fails to verify, clients
 			 * SHOULD reject the whole note." */
-			r = fail(errbuf, errlen, -CIMD_EVERIFY,
-				 "the signature by %s does not verify", name);
+			r = cimd_fail(errbuf, errlen, -CIMD_EVERIFY,
+				      "the signature by %s does not verify", name);
 			goto out;
 		}
 	}
 	if (!found) {
-		r = fail(errbuf, errlen, -ENOENT, "no signature by this key named %s", name);
+		r = cimd_fail(errbuf, errlen, -ENOENT, "no signature by this key named %s", name);
 		goto out;
 	}
 	if (ret_text_len != NULL)
@@ -309,10 +294,10 @@ int checkpoint_verify(const char *note, size_t len, const json_t *trust,
 	int r;
 
 	if (len == 0 || len > NOTE_MAX)
-		return fail(errbuf, errlen, -CIMD_EFORMAT, "not a signed note");
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT, "not a signed note");
 	if (checkpoint_parse(note, len, &c) < 0)
-		return fail(errbuf, errlen, -CIMD_EFORMAT,
-			    "not a checkpoint (origin, decimal size, base64 root hash)");
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+				 "not a checkpoint (origin, decimal size, base64 root hash)");
 	/* The key name is the origin (tlog-checkpoint: the log's key signs as
 	 * the origin).  Signatures by unknown keys are ignored; one by a known
 	 * key that does not verify condemns the note (signed-note). */
@@ -329,17 +314,17 @@ int checkpoint_verify(const char *note, size_t len, const json_t *trust,
 		if (r == -ENOENT)
 			continue;
 		if (r < 0)
-			return fail(errbuf, errlen, r, "%s", why);
+			return cimd_fail(errbuf, errlen, r, "%s", why);
 		if (kid == NULL)
 			kid = json_string_value(json_object_get(k, "kid"));
 	}
 	if (kid == NULL)
-		return fail(errbuf, errlen, -CIMD_EVERIFY, "no signature by a trusted key named %s",
-			    c.origin);
+		return cimd_fail(errbuf, errlen, -CIMD_EVERIFY,
+				 "no signature by a trusted key named %s", c.origin);
 	/* The checkpoint is the whole note text: nothing after its lines. */
 	if (c.extensions > text_len)
-		return fail(errbuf, errlen, -CIMD_EFORMAT,
-			    "the checkpoint runs into the signatures");
+		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT,
+				 "the checkpoint runs into the signatures");
 	if (ret_checkpoint != NULL)
 		*ret_checkpoint = c;
 	if (ret_kid != NULL)

@@ -23,7 +23,6 @@
  * and names the first thing that does not hold.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,20 +34,6 @@
 #include "fw.h"
 
 #define BUNDLE_FILE_MAX (1024L * 1024 * 1024) /* one file of a bundle */
-
-static int failf(char *err, size_t errlen, int r, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int failf(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err != NULL && errlen > 0) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
 
 /* A string member, "" when absent. */
 static const char *sget(const json_t *o, const char *k)
@@ -93,7 +78,7 @@ static int checkpoint_of(const char *note, size_t len, const json_t *trust, stru
 	if (trust != NULL)
 		return checkpoint_verify(note, len, trust, c, NULL, err, errlen);
 	if (checkpoint_parse(note, len, c) < 0)
-		return failf(err, errlen, -CIMD_EFORMAT, "not a checkpoint");
+		return cimd_fail(err, errlen, -CIMD_EFORMAT, "not a checkpoint");
 	return 0;
 }
 
@@ -112,13 +97,14 @@ int audit_check_inclusion(const json_t *a, const json_t *trust, char *err, size_
 
 	if (note == NULL || rec == NULL || seq < 1 || idx != seq - 1 || size < seq ||
 	    proof_nodes(json_object_get(a, "proof"), proof, &n) < 0)
-		return failf(err, errlen, -CIMD_EFORMAT,
-			     "not a proof: seq, leaf_index = seq - 1, tree_size, record, proof, "
-			     "checkpoint");
+		return cimd_fail(
+		    err, errlen, -CIMD_EFORMAT,
+		    "not a proof: seq, leaf_index = seq - 1, tree_size, record, proof, "
+		    "checkpoint");
 	if ((r = checkpoint_of(note, strlen(note), trust, &c, err, errlen)) < 0)
 		return r;
 	if (c.size != (uint64_t)size)
-		return failf(
+		return cimd_fail(
 		    err, errlen, -CIMD_EVERIFY,
 		    "the proof is for a tree of %lld records, the checkpoint's has %" PRIu64,
 		    (long long)size, c.size);
@@ -127,15 +113,15 @@ int audit_check_inclusion(const json_t *a, const json_t *trust, char *err, size_
 	r = json_integer_value(json_object_get(parsed, "seq")) == seq;
 	json_decref(parsed);
 	if (!r)
-		return failf(err, errlen, -CIMD_EVERIFY, "the record is not record %lld",
-			     (long long)seq);
+		return cimd_fail(err, errlen, -CIMD_EVERIFY, "the record is not record %lld",
+				 (long long)seq);
 	merkle_leaf_hash((const uint8_t *)rec, strlen(rec), leaf);
 	if (merkle_verify_inclusion((uint64_t)idx, (uint64_t)size, leaf,
 				    (const uint8_t(*)[32])proof, n, c.root) < 0)
-		return failf(err, errlen, -CIMD_EVERIFY,
-			     "record %lld is not in the checkpoint's tree: the inclusion proof "
-			     "does not lead to its root",
-			     (long long)seq);
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "record %lld is not in the checkpoint's tree: the inclusion proof "
+				 "does not lead to its root",
+				 (long long)seq);
 	return 0;
 }
 
@@ -150,26 +136,26 @@ int audit_check_consistency(const char *old_note, size_t old_len, const json_t *
 	int r;
 
 	if (note == NULL || proof_nodes(json_object_get(a, "proof"), proof, &n) < 0)
-		return failf(err, errlen, -CIMD_EFORMAT, "not a consistency proof");
+		return cimd_fail(err, errlen, -CIMD_EFORMAT, "not a consistency proof");
 	if ((r = checkpoint_of(old_note, old_len, trust, &o, err, errlen)) < 0 ||
 	    (r = checkpoint_of(note, strlen(note), trust, &c, err, errlen)) < 0)
 		return r;
 	if (strcmp(o.origin, c.origin) != 0)
-		return failf(err, errlen, -CIMD_EVERIFY, "the checkpoints are of two logs: %s, %s",
-			     o.origin, c.origin);
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "the checkpoints are of two logs: %s, %s", o.origin, c.origin);
 	if (o.size != (uint64_t)old_size ||
 	    (uint64_t)json_integer_value(json_object_get(a, "tree_size")) != c.size)
-		return failf(err, errlen, -CIMD_EVERIFY,
-			     "the proof's sizes are not the checkpoints' (%" PRIu64 ", %" PRIu64
-			     ")",
-			     o.size, c.size);
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "the proof's sizes are not the checkpoints' (%" PRIu64 ", %" PRIu64
+				 ")",
+				 o.size, c.size);
 	if (merkle_verify_consistency(o.size, c.size, (const uint8_t(*)[32])proof, n, o.root,
 				      c.root) < 0)
-		return failf(err, errlen, -CIMD_EVERIFY,
-			     "the tree of %" PRIu64
-			     " records is not a prefix of the tree of %" PRIu64
-			     ": the journal was rewritten between the two checkpoints",
-			     o.size, c.size);
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "the tree of %" PRIu64
+				 " records is not a prefix of the tree of %" PRIu64
+				 ": the journal was rewritten between the two checkpoints",
+				 o.size, c.size);
 	return 0;
 }
 
@@ -193,14 +179,14 @@ static int slurp(const char *dir, const char *name, char **ret, size_t *ret_len,
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	if ((f = fopen(path, "rb")) == NULL)
-		return failf(err, errlen, -errno, "%s: %s", name, strerror(errno));
+		return cimd_fail(err, errlen, -errno, "%s: %s", name, strerror(errno));
 	if (fseek(f, 0, SEEK_END) < 0 || (n = ftell(f)) < 0 || n > BUNDLE_FILE_MAX ||
 	    fseek(f, 0, SEEK_SET) < 0 || (buf = malloc((size_t)n + 1)) == NULL ||
 	    fread(buf, 1, (size_t)n, f) != (size_t)n) {
 		fclose(f);
 		free(buf);
-		return failf(err, errlen, -EIO, "%s: unreadable or over %ld bytes", name,
-			     BUNDLE_FILE_MAX);
+		return cimd_fail(err, errlen, -EIO, "%s: unreadable or over %ld bytes", name,
+				 BUNDLE_FILE_MAX);
 	}
 	fclose(f);
 	buf[n] = '\0';
@@ -229,8 +215,8 @@ static int read_lines(const char *dir, const char *name, json_t **ret, char *err
 			json_decref(o);
 			json_decref(arr);
 			free(buf);
-			return failf(err, errlen, -CIMD_EFORMAT, "%s line %zu: not a JSON object",
-				     name, line);
+			return cimd_fail(err, errlen, -CIMD_EFORMAT,
+					 "%s line %zu: not a JSON object", name, line);
 		}
 		json_array_append_new(arr, o);
 	}
@@ -264,16 +250,16 @@ static int check_keys(struct bundle *b, char *err, size_t errlen)
 
 	if (!json_is_array(json_object_get(b->keys, "keys")) ||
 	    json_array_size(json_object_get(b->keys, "keys")) == 0)
-		return failf(err, errlen, -CIMD_EFORMAT, "attestation-keys.json holds no keys");
+		return cimd_fail(err, errlen, -CIMD_EFORMAT, "attestation-keys.json holds no keys");
 	json_array_foreach(json_object_get(b->keys, "keys"), i, k)
 	{
 		const char *kid = json_string_value(json_object_get(k, "kid"));
 		const char *pub = json_string_value(json_object_get(k, "tpm2_public"));
 
 		if (kid == NULL || jwk_thumbprint(k, tp) < 0 || strcmp(tp, kid) != 0)
-			return failf(err, errlen, -CIMD_EVERIFY,
-				     "attestation key %zu: its kid is not its RFC 7638 thumbprint",
-				     i + 1);
+			return cimd_fail(
+			    err, errlen, -CIMD_EVERIFY,
+			    "attestation key %zu: its kid is not its RFC 7638 thumbprint", i + 1);
 		if (pub != NULL) {
 			uint8_t *raw = NULL;
 			size_t n = 0;
@@ -286,10 +272,10 @@ static int check_keys(struct bundle *b, char *err, size_t errlen)
 			free(raw);
 			json_decref(jwk);
 			if (!ok)
-				return failf(err, errlen, -CIMD_EVERIFY,
-					     "attestation key %s: its TPMT_PUBLIC is not a "
-					     "restricted key with this public key",
-					     kid);
+				return cimd_fail(err, errlen, -CIMD_EVERIFY,
+						 "attestation key %s: its TPMT_PUBLIC is not a "
+						 "restricted key with this public key",
+						 kid);
 		}
 	}
 	return 0;
@@ -325,7 +311,7 @@ static int check_journal(struct bundle *b, char *err, size_t errlen)
 		b->rec_len[b->n++] = (size_t)(nl - p);
 	}
 	if (b->n == 0)
-		return failf(err, errlen, -CIMD_EFORMAT, "journal.jsonl holds no record");
+		return cimd_fail(err, errlen, -CIMD_EFORMAT, "journal.jsonl holds no record");
 	if ((leaves = malloc(b->n * 32)) == NULL)
 		return -ENOMEM;
 	memset(prev, '0', 64);
@@ -340,11 +326,12 @@ static int check_journal(struct bundle *b, char *err, size_t errlen)
 		json_decref(rec);
 		if (!ok) {
 			free(leaves);
-			return failf(err, errlen, -CIMD_EVERIFY, "journal record %zu: %s", i + 1,
-				     rec == NULL ? "not JSON"
-						 : "not numbered in order, or its prev is not the "
-						   "previous record's hash (a record was changed, "
-						   "removed or inserted before it)");
+			return cimd_fail(
+			    err, errlen, -CIMD_EVERIFY, "journal record %zu: %s", i + 1,
+			    rec == NULL ? "not JSON"
+					: "not numbered in order, or its prev is not the "
+					  "previous record's hash (a record was changed, "
+					  "removed or inserted before it)");
 		}
 		SHA256((const uint8_t *)b->rec[i], b->rec_len[i], md);
 		hex_encode(md, 32, hex);
@@ -385,7 +372,7 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 	int r;
 
 	if (json_array_size(b->checkpoints) == 0)
-		return failf(err, errlen, -CIMD_EVERIFY, "the bundle holds no checkpoint");
+		return cimd_fail(err, errlen, -CIMD_EVERIFY, "the bundle holds no checkpoint");
 	json_array_foreach(b->checkpoints, i, cp)
 	{
 		const char *note = json_string_value(json_object_get(cp, "note"));
@@ -393,31 +380,32 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 		json_t *rec;
 
 		if (note == NULL)
-			return failf(err, errlen, -CIMD_EFORMAT, "checkpoint %zu: no note", i + 1);
+			return cimd_fail(err, errlen, -CIMD_EFORMAT, "checkpoint %zu: no note",
+					 i + 1);
 		if ((r = checkpoint_verify(note, strlen(note), b->keys, &c, NULL, why,
 					   sizeof(why))) < 0)
-			return failf(err, errlen, r, "checkpoint %zu: %s", i + 1, why);
+			return cimd_fail(err, errlen, r, "checkpoint %zu: %s", i + 1, why);
 		if (first_origin[0] == '\0')
 			snprintf(first_origin, sizeof(first_origin), "%s", c.origin);
 		else if (strcmp(first_origin, c.origin) != 0)
-			return failf(err, errlen, -CIMD_EVERIFY,
-				     "checkpoint %zu (size %" PRIu64 "): origin %s, not %s", i + 1,
-				     c.size, c.origin, first_origin);
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "checkpoint %zu (size %" PRIu64 "): origin %s, not %s",
+					 i + 1, c.size, c.origin, first_origin);
 		if (c.size > b->n)
-			return failf(err, errlen, -CIMD_EVERIFY,
-				     "checkpoint %zu signs a tree of %" PRIu64
-				     " records but the journal has %zu: records were removed "
-				     "from its end",
-				     i + 1, c.size, b->n);
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "checkpoint %zu signs a tree of %" PRIu64
+					 " records but the journal has %zu: records were removed "
+					 "from its end",
+					 i + 1, c.size, b->n);
 		if (c.size <= prev_size)
-			return failf(
+			return cimd_fail(
 			    err, errlen, -CIMD_EVERIFY,
 			    "checkpoint %zu (size %" PRIu64 ") does not follow the one before "
 			    "(size %" PRIu64 "): an older checkpoint in a newer one's place",
 			    i + 1, c.size, prev_size);
 		merkle_tree_root(b->tree, c.size, root);
 		if (memcmp(root, c.root, 32) != 0)
-			return failf(
+			return cimd_fail(
 			    err, errlen, -CIMD_EVERIFY,
 			    "checkpoint %zu (size %" PRIu64
 			    "): its signed root is not the head of the journal's first %" PRIu64
@@ -430,20 +418,20 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 		    (merkle_consistency_proof(b->tree, prev_size, c.size, proof, &n) < 0 ||
 		     merkle_verify_consistency(prev_size, c.size, (const uint8_t(*)[32])proof, n,
 					       prev_root, c.root) < 0))
-			return failf(err, errlen, -CIMD_EVERIFY,
-				     "checkpoint %zu is not consistent with checkpoint %zu", i + 1,
-				     i);
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "checkpoint %zu is not consistent with checkpoint %zu",
+					 i + 1, i);
 		r = checkpoint_extension(note, strlen(note), &c, "nv-counter", &counter);
 		if (r == 0) {
 			if (counter <= prev_counter)
-				return failf(err, errlen, -CIMD_EVERIFY,
-					     "checkpoint %zu: TPM counter %" PRIu64
-					     " after %" PRIu64 ": not increasing",
-					     i + 1, counter, prev_counter);
+				return cimd_fail(err, errlen, -CIMD_EVERIFY,
+						 "checkpoint %zu: TPM counter %" PRIu64
+						 " after %" PRIu64 ": not increasing",
+						 i + 1, counter, prev_counter);
 			prev_counter = counter;
 		} else if (r != -ENOENT) {
-			return failf(err, errlen, -CIMD_EFORMAT,
-				     "checkpoint %zu: a malformed nv-counter line", i + 1);
+			return cimd_fail(err, errlen, -CIMD_EFORMAT,
+					 "checkpoint %zu: a malformed nv-counter line", i + 1);
 		}
 		/* Each checkpoint is itself journaled, with its note. */
 		rec = record(b, seq);
@@ -451,9 +439,9 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 		    strcmp(sget(rec, "note"), note) == 0;
 		json_decref(rec);
 		if (!r)
-			return failf(err, errlen, -CIMD_EVERIFY,
-				     "checkpoint %zu is not the one journal record %lld holds",
-				     i + 1, (long long)seq);
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "checkpoint %zu is not the one journal record %lld holds",
+					 i + 1, (long long)seq);
 		prev_size = c.size;
 		memcpy(prev_root, c.root, 32);
 	}
@@ -462,9 +450,9 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 		if (record_kind_is(b, (int64_t)i + 1, "checkpoint"))
 			records++;
 	if (records != json_array_size(b->checkpoints))
-		return failf(err, errlen, -CIMD_EVERIFY,
-			     "the journal records %zu checkpoints, the bundle holds %zu", records,
-			     json_array_size(b->checkpoints));
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "the journal records %zu checkpoints, the bundle holds %zu",
+				 records, json_array_size(b->checkpoints));
 	*ret_covered = (size_t)prev_size;
 	return 0;
 }
@@ -552,7 +540,8 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 		json_t *rec;
 
 		if (path == NULL || client == NULL || hex == NULL || bytes == NULL) {
-			r = failf(err, errlen, -CIMD_EFORMAT, "publication %zu: malformed", i + 1);
+			r = cimd_fail(err, errlen, -CIMD_EFORMAT, "publication %zu: malformed",
+				      i + 1);
 			goto out;
 		}
 		SHA256((const uint8_t *)bytes, len, md);
@@ -563,7 +552,7 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 		    strcmp(sget(rec, "sha256"), mhex) == 0 && strcmp(hex, mhex) == 0;
 		json_decref(rec);
 		if (!r) {
-			r = failf(
+			r = cimd_fail(
 			    err, errlen, -CIMD_EVERIFY,
 			    "publication %zu (%s): its bytes are not what journal record %lld "
 			    "says was published",
@@ -576,8 +565,8 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 		/* The key states the journal implies at the publish record. */
 		replay_keys(b, &next, seq, states);
 		if ((r = jwks_kids(bytes, len, &kids)) < 0) {
-			r = failf(err, errlen, -CIMD_EVERIFY, "publication %zu (%s): %s", i + 1,
-				  path, r == -1 ? "a key with a private member" : "not a JWKS");
+			r = cimd_fail(err, errlen, -CIMD_EVERIFY, "publication %zu (%s): %s", i + 1,
+				      path, r == -1 ? "a key with a private member" : "not a JWKS");
 			goto out;
 		}
 		json_object_foreach(states, kid, v)
@@ -587,21 +576,23 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 			if (strcmp(json_string_value(json_object_get(v, "client")), client) != 0)
 				continue;
 			if (published_state(st) != (json_object_get(kids, kid) != NULL)) {
-				r = failf(err, errlen, -CIMD_EVERIFY,
-					  "publication %zu (%s, journal record %lld): key %s is %s "
-					  "by the journal but %s in the JWKS",
-					  i + 1, path, (long long)seq, kid, st,
-					  json_object_get(kids, kid) ? "published" : "missing");
+				r = cimd_fail(
+				    err, errlen, -CIMD_EVERIFY,
+				    "publication %zu (%s, journal record %lld): key %s is %s "
+				    "by the journal but %s in the JWKS",
+				    i + 1, path, (long long)seq, kid, st,
+				    json_object_get(kids, kid) ? "published" : "missing");
 				goto out;
 			}
 			json_object_del(kids, kid);
 		}
 		if (json_object_size(kids) > 0) {
 			json_object_foreach(kids, kid, v) break;
-			r = failf(err, errlen, -CIMD_EVERIFY,
-				  "publication %zu (%s): key %s is published but the journal never "
-				  "made it for %s",
-				  i + 1, path, kid, client);
+			r = cimd_fail(
+			    err, errlen, -CIMD_EVERIFY,
+			    "publication %zu (%s): key %s is published but the journal never "
+			    "made it for %s",
+			    i + 1, path, kid, client);
 			goto out;
 		}
 		json_decref(kids);
@@ -611,9 +602,9 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 		if (record_kind_is(b, (int64_t)i + 1, "publish"))
 			publish_records++;
 	if (publish_records != json_array_size(b->publications))
-		r = failf(err, errlen, -CIMD_EVERIFY,
-			  "the journal records %zu publications, the bundle holds %zu",
-			  publish_records, json_array_size(b->publications));
+		r = cimd_fail(err, errlen, -CIMD_EVERIFY,
+			      "the journal records %zu publications, the bundle holds %zu",
+			      publish_records, json_array_size(b->publications));
 out:
 	json_decref(kids);
 	json_decref(states);
@@ -663,8 +654,8 @@ static int check_envelopes(struct bundle *b, const json_t *list, int attestation
 		int r;
 
 		if (text == NULL)
-			return failf(err, errlen, -CIMD_EFORMAT, "%s %zu: no envelope", what,
-				     i + 1);
+			return cimd_fail(err, errlen, -CIMD_EFORMAT, "%s %zu: no envelope", what,
+					 i + 1);
 		if (attestations) {
 			/* Its subjects: the document and the JWKS it names, which
 			 * must be bytes that were published. */
@@ -687,16 +678,16 @@ static int check_envelopes(struct bundle *b, const json_t *list, int attestation
 			json_decref(st);
 			if (doc == NULL || jwks == NULL) {
 				free(text);
-				return failf(err, errlen, -CIMD_EVERIFY,
-					     "%s %zu (%s): it names a %s that was never published",
-					     what, i + 1,
-					     json_string_value(json_object_get(a, "client")),
-					     doc == NULL ? "document" : "JWKS");
+				return cimd_fail(
+				    err, errlen, -CIMD_EVERIFY,
+				    "%s %zu (%s): it names a %s that was never published", what,
+				    i + 1, json_string_value(json_object_get(a, "client")),
+				    doc == NULL ? "document" : "JWKS");
 			}
 			if (!record_kind_is(b, json_integer_value(json_object_get(a, "seq")),
 					    "attest.issue")) {
 				free(text);
-				return failf(
+				return cimd_fail(
 				    err, errlen, -CIMD_EVERIFY,
 				    "%s %zu: journal record %lld is not its attest.issue", what,
 				    i + 1,
@@ -712,8 +703,8 @@ static int check_envelopes(struct bundle *b, const json_t *list, int attestation
 		    jwks ? json_string_length(json_object_get(jwks, "bytes")) : 0, capture, &f);
 		free(text);
 		if (r < 0)
-			return failf(err, errlen, -CIMD_EVERIFY, "%s %zu: %s", what, i + 1,
-				     f.what[0] ? f.what : cimd_strerror(r));
+			return cimd_fail(err, errlen, -CIMD_EVERIFY, "%s %zu: %s", what, i + 1,
+					 f.what[0] ? f.what : cimd_strerror(r));
 	}
 	return 0;
 }
@@ -738,7 +729,7 @@ int audit_verify_dir(const char *dir, audit_report_fn report, void *arg)
 
 	if ((r = slurp(dir, "attestation-keys.json", &keys, &keys_len, err, sizeof(err))) == 0 &&
 	    (b.keys = json_loadb(keys, keys_len, 0, NULL)) == NULL)
-		r = failf(err, sizeof(err), -CIMD_EFORMAT, "attestation-keys.json is not JSON");
+		r = cimd_fail(err, sizeof(err), -CIMD_EFORMAT, "attestation-keys.json is not JSON");
 	free(keys);
 	if (r == 0)
 		r = read_lines(dir, "checkpoints.jsonl", &b.checkpoints, err, sizeof(err));

@@ -141,6 +141,25 @@ static int run(json_t *req, json_t **ret_resp)
 	return rc == 0 && ret_resp != NULL ? -1 : rc; /* -1: done, nothing more to print */
 }
 
+/* Runs req whatever --json says; a refusal is said on stderr.  *ret_resp only
+ * when the daemon said ok. */
+static int call_said(json_t *req, json_t **ret_resp)
+{
+	json_t *resp = NULL;
+	int rc = call(req, &resp);
+
+	if (rc == 1)
+		fprintf(stderr, "cimdctl: %s: %s\n",
+			json_string_value(json_object_get(resp, "error")),
+			json_string_value(json_object_get(resp, "message")));
+	if (rc != 0) {
+		json_decref(resp);
+		return rc;
+	}
+	*ret_resp = resp;
+	return 0;
+}
+
 static const char *str(const json_t *o, const char *k)
 {
 	const char *s = json_string_value(json_object_get(o, k));
@@ -788,14 +807,9 @@ static int cmd_journal_prove(int argc, char **argv)
 		return rc ? rc : 2;
 	if (o[0].set && (trust = load_trust(o[0].value, &rc)) == NULL)
 		return rc;
-	if ((rc = call(json_pack("{sssI}", "op", "journal.prove", "seq", (json_int_t)seq),
-		       &resp)) != 0) {
-		if (rc != 3)
-			fprintf(stderr, "cimdctl: %s: %s\n",
-				json_string_value(json_object_get(resp, "error")),
-				json_string_value(json_object_get(resp, "message")));
+	if ((rc = call_said(json_pack("{sssI}", "op", "journal.prove", "seq", (json_int_t)seq),
+			    &resp)) != 0)
 		goto out;
-	}
 	/* The proof on stdout, to keep; the verdict of checking it here on stderr. */
 	proof = proof_of(resp, members, sizeof(members) / sizeof(members[0]));
 	json_dumpf(proof, stdout, JSON_INDENT(2));
@@ -841,15 +855,10 @@ static int cmd_journal_consistency(int argc, char **argv)
 		rc = 2;
 		goto out;
 	}
-	if ((rc = call(
+	if ((rc = call_said(
 		 json_pack("{sssI}", "op", "journal.consistency", "old_size", (json_int_t)c.size),
-		 &resp)) != 0) {
-		if (rc != 3)
-			fprintf(stderr, "cimdctl: %s: %s\n",
-				json_string_value(json_object_get(resp, "error")),
-				json_string_value(json_object_get(resp, "message")));
+		 &resp)) != 0)
 		goto out;
-	}
 	proof = proof_of(resp, members, sizeof(members) / sizeof(members[0]));
 	json_dumpf(proof, stdout, JSON_INDENT(2));
 	printf("\n");
@@ -912,15 +921,10 @@ static int export_kind(const char *dir, const char *kind, const char *file, int6
 	if (file != NULL && (f = bundle_file(dir, file)) == NULL)
 		return 1;
 	for (;;) {
-		if ((rc = call(
+		if ((rc = call_said(
 			 json_pack("{sssssI}", "op", "audit.export", "kind", kind, "after", after),
-			 &resp)) != 0) {
-			if (rc != 3)
-				fprintf(stderr, "cimdctl: %s: %s\n",
-					json_string_value(json_object_get(resp, "error")),
-					json_string_value(json_object_get(resp, "message")));
+			 &resp)) != 0)
 			goto out;
-		}
 		items = json_object_get(resp, "items");
 		json_array_foreach(items, i, it)
 		{
@@ -983,27 +987,18 @@ static int cmd_audit_export(int argc, char **argv)
 	}
 	/* The journal first, up to its head now: it decides the cut (every
 	 * request, this one's too, adds a record). */
-	if ((rc = call(json_pack("{ss}", "op", "status"), &resp)) != 0) {
-		if (rc != 3)
-			fprintf(stderr, "cimdctl: %s\n",
-				json_string_value(json_object_get(resp, "message")));
-		json_decref(resp);
+	if ((rc = call_said(json_pack("{ss}", "op", "status"), &resp)) != 0)
 		return rc;
-	}
 	head = json_integer_value(json_object_get(json_object_get(resp, "journal"), "seq"));
 	json_decref(resp);
 	resp = NULL;
 	if ((f = bundle_file(pos[0], "journal.jsonl")) == NULL)
 		return 1;
 	while (last < head) {
-		if ((rc =
-			 call(json_pack("{sssIsb}", "op", "journal.show", "since", since, "raw", 1),
-			      &resp)) != 0) {
-			if (rc != 3)
-				fprintf(stderr, "cimdctl: %s\n",
-					json_string_value(json_object_get(resp, "message")));
+		if ((rc = call_said(
+			 json_pack("{sssIsb}", "op", "journal.show", "since", since, "raw", 1),
+			 &resp)) != 0)
 			goto out;
-		}
 		recs = json_object_get(resp, "records");
 		if (json_array_size(recs) == 0)
 			break;

@@ -226,13 +226,47 @@ static int exchange(struct cimd *c, const char *req, json_t **ret_answer)
 	return r;
 }
 
+/* Sends req as one line and takes the answer; a refusal becomes its status
+ * with the daemon's words in c->msg.  *ret_answer (ok:true) on CIMD_OK. */
+static int request(struct cimd *c, const json_t *req, json_t **ret_answer)
+{
+	const char *err, *msg;
+	char *line = NULL, *copy;
+	json_t *ans = NULL;
+	size_t n;
+	int r;
+
+	if (req == NULL || (line = json_dumps(req, JSON_COMPACT)) == NULL)
+		return fail(c, CIMD_NOMEM, "%s", "out of memory");
+	n = strlen(line);
+	if ((copy = realloc(line, n + 2)) == NULL) {
+		free(line);
+		return fail(c, CIMD_NOMEM, "%s", "out of memory");
+	}
+	line = copy;
+	memcpy(line + n, "\n", 2);
+	r = exchange(c, line, &ans);
+	free(line);
+	if (r != CIMD_OK)
+		return r;
+	if (!json_is_true(json_object_get(ans, "ok"))) {
+		err = json_string_value(json_object_get(ans, "error"));
+		msg = json_string_value(json_object_get(ans, "message"));
+		snprintf(c->msg, sizeof(c->msg), "%s: %s", err ? err : "error", msg ? msg : "");
+		r = status_of(err); /* before err goes with ans */
+		json_decref(ans);
+		return r;
+	}
+	*ret_answer = ans;
+	return CIMD_OK;
+}
+
 int cimd_assert(struct cimd *c, const char *client_id, const char *aud, long ttl,
 		char **ret_assertion, struct cimd_info *ret_info)
 {
 	json_t *req = NULL, *ans = NULL;
-	const char *jws, *err, *msg;
-	char *line = NULL, *copy;
-	size_t n;
+	const char *jws;
+	char *copy;
 	int r;
 
 	if (c == NULL)
@@ -242,26 +276,8 @@ int cimd_assert(struct cimd *c, const char *client_id, const char *aud, long ttl
 	req = json_pack("{ssssss}", "op", "assert", "client_id", client_id, "aud", aud);
 	if (req != NULL && ttl > 0)
 		json_object_set_new(req, "ttl", json_integer(ttl));
-	if (req == NULL || (line = json_dumps(req, JSON_COMPACT)) == NULL) {
-		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
+	if ((r = request(c, req, &ans)) != CIMD_OK)
 		goto out;
-	}
-	n = strlen(line);
-	if ((copy = realloc(line, n + 2)) == NULL) {
-		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
-		goto out;
-	}
-	line = copy;
-	memcpy(line + n, "\n", 2);
-	if ((r = exchange(c, line, &ans)) != CIMD_OK)
-		goto out;
-	if (!json_is_true(json_object_get(ans, "ok"))) {
-		err = json_string_value(json_object_get(ans, "error"));
-		msg = json_string_value(json_object_get(ans, "message"));
-		r = status_of(err);
-		snprintf(c->msg, sizeof(c->msg), "%s: %s", err ? err : "error", msg ? msg : "");
-		goto out;
-	}
 	if ((jws = json_string_value(json_object_get(ans, "assertion"))) == NULL) {
 		r = fail(c, CIMD_PROTOCOL, "%s", "an answer without an assertion");
 		goto out;
@@ -282,7 +298,6 @@ int cimd_assert(struct cimd *c, const char *client_id, const char *aud, long ttl
 	*ret_assertion = copy;
 	r = CIMD_OK;
 out:
-	free(line);
 	json_decref(req);
 	json_decref(ans);
 	return r;
@@ -291,9 +306,7 @@ out:
 int cimd_receipt(struct cimd *c, const char *jti, char **ret_receipt)
 {
 	json_t *req = NULL, *ans = NULL;
-	const char *err, *msg;
-	char *line = NULL, *copy;
-	size_t n;
+	char *copy;
 	int r;
 
 	if (c == NULL)
@@ -301,26 +314,8 @@ int cimd_receipt(struct cimd *c, const char *jti, char **ret_receipt)
 	if (jti == NULL || *jti == '\0')
 		return fail(c, CIMD_BAD_REQUEST, "%s", "a jti is required");
 	req = json_pack("{ssss}", "op", "receipt", "jti", jti);
-	if (req == NULL || (line = json_dumps(req, JSON_COMPACT)) == NULL) {
-		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
+	if ((r = request(c, req, &ans)) != CIMD_OK)
 		goto out;
-	}
-	n = strlen(line);
-	if ((copy = realloc(line, n + 2)) == NULL) {
-		r = fail(c, CIMD_NOMEM, "%s", "out of memory");
-		goto out;
-	}
-	line = copy;
-	memcpy(line + n, "\n", 2);
-	if ((r = exchange(c, line, &ans)) != CIMD_OK)
-		goto out;
-	if (!json_is_true(json_object_get(ans, "ok"))) {
-		err = json_string_value(json_object_get(ans, "error"));
-		msg = json_string_value(json_object_get(ans, "message"));
-		r = status_of(err);
-		snprintf(c->msg, sizeof(c->msg), "%s: %s", err ? err : "error", msg ? msg : "");
-		goto out;
-	}
 	if (!json_is_object(json_object_get(ans, "receipt")) ||
 	    (copy = json_dumps(json_object_get(ans, "receipt"), JSON_COMPACT)) == NULL) {
 		r = fail(c, CIMD_PROTOCOL, "%s", "an answer without a receipt");
@@ -330,7 +325,6 @@ int cimd_receipt(struct cimd *c, const char *jti, char **ret_receipt)
 	*ret_receipt = copy;
 	r = CIMD_OK;
 out:
-	free(line);
 	json_decref(req);
 	json_decref(ans);
 	return r;
