@@ -427,6 +427,7 @@ static int issue_revocation(struct cimdd *d, const char *kid, struct key_store *
 	sqlite3_stmt *s = NULL;
 	json_t *st = NULL, *rec = NULL;
 	char client[CIMD_NAME_MAX + 1];
+	int64_t jseq = 0;
 	int r = -EIO;
 
 	if (store_query(d->st, &s,
@@ -458,11 +459,11 @@ static int issue_revocation(struct cimdd *d, const char *kid, struct key_store *
 	rec = json_pack("{ssssss}", "client", client, "kid", kid, "attest_kid", attest_kid);
 	if (rec == NULL || store_begin(d->st) < 0)
 		goto out;
-	if (journal_append(d->st, "attest.revocation", "cimdd", rec, NULL) < 0 ||
+	if (journal_append(d->st, "attest.revocation", "cimdd", rec, &jseq) < 0 ||
 	    store_exec(d->st,
-		       "INSERT INTO revocations (kid, client, attest_kid, envelope, created) "
-		       "VALUES (?, ?, ?, ?, ?)",
-		       "ssssi", kid, client, attest_kid, env, (int64_t)time(NULL)) != 1 ||
+		       "INSERT INTO revocations (kid, client, attest_kid, envelope, created, seq) "
+		       "VALUES (?, ?, ?, ?, ?, ?)",
+		       "ssssii", kid, client, attest_kid, env, (int64_t)time(NULL), jseq) != 1 ||
 	    store_commit(d->st) < 0) {
 		store_rollback(d->st);
 		goto out;

@@ -177,7 +177,9 @@ static const char *const migrations[] = {
     "  seq     INTEGER NOT NULL,"
     "  created INTEGER NOT NULL"
     ");"
-    "CREATE INDEX publications_path ON publications(path, id);",
+    "CREATE INDEX publications_path ON publications(path, id);"
+    /* A revocation record's attest.revocation journal record (0: before 6). */
+    "ALTER TABLE revocations ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -677,9 +679,15 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 	int rc, r = 0;
 
 	memcpy(prev, zero_hash, sizeof(prev));
-	if (sqlite3_prepare_v2(st->db, "SELECT seq, record, hash, leaf FROM journal ORDER BY seq",
-			       -1, &s, NULL) != SQLITE_OK)
+	/* One read transaction: the records and the tree head from one snapshot,
+	 * while the signer's handle keeps appending. */
+	if (exec(st, "BEGIN") < 0)
 		return -EIO;
+	if (sqlite3_prepare_v2(st->db, "SELECT seq, record, hash, leaf FROM journal ORDER BY seq",
+			       -1, &s, NULL) != SQLITE_OK) {
+		exec(st, "ROLLBACK");
+		return -EIO;
+	}
 	merkle_frontier_init(&tree);
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
 		const void *bytes = sqlite3_column_blob(s, 1);
@@ -724,6 +732,7 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 			}
 		}
 	}
+	exec(st, "COMMIT");
 	if (r == -CIMD_EVERIFY && ret_bad_seq != NULL)
 		*ret_bad_seq = bad;
 	if (r == 0 && ret_count != NULL)

@@ -605,9 +605,7 @@ enum admin_err tlog_admin_export(struct admin_req *q)
 			     "publications WHERE id > ? ORDER BY id LIMIT ?"},
 	    {"attestations", "SELECT id, client, seq, created, envelope FROM attestations "
 			     "WHERE id > ? ORDER BY id LIMIT ?"},
-	    /* A revocation record has no journal record of its own beyond
-	     * attest.revocation: seq 0. */
-	    {"revocations", "SELECT id, kid, 0, created, envelope FROM revocations WHERE id > "
+	    {"revocations", "SELECT id, kid, seq, created, envelope FROM revocations WHERE id > "
 			    "? ORDER BY id LIMIT ?"},
 	    {"attest_keys", "SELECT rowid, backend, jwk, tpm_public, state, created FROM "
 			    "attest_keys WHERE rowid > ? ORDER BY rowid LIMIT ?"},

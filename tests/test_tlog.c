@@ -362,7 +362,7 @@ static int export_verify(const char *name, char *out, size_t len)
 		snprintf(out, len, "export failed: %s", tmp);
 		return -1;
 	}
-	return ctl(out, len, "audit verify %s/%s", cd.dir, name);
+	return ctl(out, len, "audit verify %s/%s --trust %s/ak.json", cd.dir, name, cd.dir);
 }
 
 static void test_audit(void)
@@ -407,7 +407,7 @@ static void test_audit(void)
 		 "fs.writeFileSync(f,L.join('\\n')+'\\n');\"",
 		 cd.dir);
 	t_ok(r == 0, "the bundle's chain recomputed after the changed record");
-	r = ctl(out, sizeof(out), "audit verify %s/b1", cd.dir);
+	r = ctl(out, sizeof(out), "audit verify %s/b1 --trust %s/ak.json", cd.dir, cd.dir);
 	t_ok(r == 1 && strstr(out, "ok   journal") && strstr(out, "FAIL checkpoints") &&
 		 strstr(out, "a record among them was changed"),
 	     "audit verify: the chain holds, the first checkpoint over it does not");
@@ -462,6 +462,49 @@ static void test_audit(void)
 
 	r = export_verify("b6", out, sizeof(out));
 	t_ok(r == 0, "restored: every check holds again");
+
+	/* The bundle's own keys prove nothing: only the keys the auditor pinned. */
+	r = ctl(out, sizeof(out), "audit verify %s/b6", cd.dir);
+	t_ok(r == 2 && strstr(out, "--trust is required"), "audit verify without --trust: usage");
+	t_sh("openssl ecparam -name prime256v1 -genkey -noout -out %s/other.pem 2>/dev/null && "
+	     "node -e \"const c=require('crypto');const k=c.createPublicKey(require('fs')."
+	     "readFileSync('%s/other.pem')).export({format:'jwk'});console.log(JSON.stringify("
+	     "{keys:[k]}))\" > %s/other.json",
+	     cd.dir, cd.dir, cd.dir);
+	r = ctl(out, sizeof(out), "audit verify %s/b6 --trust %s/other.json", cd.dir, cd.dir);
+	t_ok(r == 1 && strstr(out, "FAIL checkpoints") &&
+		 strstr(out, "no signature by a trusted key"),
+	     "with another key pinned, the first checkpoint is refused");
+	/* A checkpoint the auditor saved: the bundle must extend it. */
+	r = ctl(out, sizeof(out), "audit verify %s/b6 --trust %s/ak.json --checkpoint %s/cp0",
+		cd.dir, cd.dir, cd.dir);
+	t_ok(r == 0 && strstr(out, "ok   saved"), "a checkpoint saved at start is a prefix of it");
+	{
+		char jti[64];
+		int64_t n = sql_int("SELECT count(*) FROM checkpoints");
+
+		assertion(jti);
+		wait_checkpoints(n, 4000);
+		fetch("/.well-known/cimdd/checkpoint", "cp-later");
+	}
+	r = ctl(out, sizeof(out), "audit verify %s/b6 --trust %s/ak.json --checkpoint %s/cp-later",
+		cd.dir, cd.dir, cd.dir);
+	t_ok(r == 1 && strstr(out, "FAIL saved") && strstr(out, "older than what you saw"),
+	     "an older bundle against a later saved checkpoint is refused: %s",
+	     strstr(out, "FAIL") ?: out);
+	/* A publication hidden behind a copy of another; an attestation dropped. */
+	t_sh("cd %s && cp -r b6 b7 && head -1 b7/publications.jsonl > b7/p && "
+	     "tail -n +2 b7/publications.jsonl | sed '1d' > b7/rest && "
+	     "(head -1 b7/publications.jsonl; head -1 b7/publications.jsonl; cat b7/rest) > "
+	     "b7/publications.jsonl.new && mv b7/publications.jsonl.new b7/publications.jsonl",
+	     cd.dir);
+	r = ctl(out, sizeof(out), "audit verify %s/b7 --trust %s/ak.json", cd.dir, cd.dir);
+	t_ok(r == 1 && strstr(out, "FAIL publications") && strstr(out, "repeated or out of order"),
+	     "a publication replaced by a copy of another is named");
+	t_sh("cd %s && cp -r b6 b8 && sed -i '$d' b8/attestations.jsonl", cd.dir);
+	r = ctl(out, sizeof(out), "audit verify %s/b8 --trust %s/ak.json", cd.dir, cd.dir);
+	t_ok(r == 1 && strstr(out, "FAIL attestations") && strstr(out, "attest.issue records"),
+	     "an attestation left out is named");
 	r = ctl(out, sizeof(out), "audit export %s/b6", cd.dir);
 	t_ok(r == 1 && strstr(out, "does not exist yet"), "export refuses an existing directory");
 }

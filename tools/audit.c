@@ -168,6 +168,8 @@ struct bundle {
 	size_t *rec_len, n;
 	struct merkle_tree *tree;
 	json_t *keys, *checkpoints, *publications, *attestations, *revocations;
+	const json_t *trust; /* the attestation keys the auditor pinned */
+	uint64_t last_size;  /* the latest checkpoint's size */
 };
 
 static int slurp(const char *dir, const char *name, char **ret, size_t *ret_len, char *err,
@@ -382,7 +384,7 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 		if (note == NULL)
 			return cimd_fail(err, errlen, -CIMD_EFORMAT, "checkpoint %zu: no note",
 					 i + 1);
-		if ((r = checkpoint_verify(note, strlen(note), b->keys, &c, NULL, why,
+		if ((r = checkpoint_verify(note, strlen(note), b->trust, &c, NULL, why,
 					   sizeof(why))) < 0)
 			return cimd_fail(err, errlen, r, "checkpoint %zu: %s", i + 1, why);
 		if (first_origin[0] == '\0')
@@ -454,6 +456,61 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 				 "the journal records %zu checkpoints, the bundle holds %zu",
 				 records, json_array_size(b->checkpoints));
 	*ret_covered = (size_t)prev_size;
+	b->last_size = prev_size;
+	return 0;
+}
+
+/* A checkpoint the auditor saved earlier: signed by a trusted key, and its
+ * tree a prefix of the bundle's (the bundle is not older, nor another history). */
+static int check_saved(struct bundle *b, const char *note, size_t len, char *err, size_t errlen)
+{
+	struct checkpoint c;
+	uint8_t root[32];
+	char why[256];
+	int r;
+
+	if ((r = checkpoint_verify(note, len, b->trust, &c, NULL, why, sizeof(why))) < 0)
+		return cimd_fail(err, errlen, r, "the saved checkpoint: %s", why);
+	if (c.size > b->last_size)
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "the saved checkpoint covers %" PRIu64
+				 " records, the bundle's latest only %" PRIu64
+				 ": the bundle is older than what you saw, or cut short",
+				 c.size, b->last_size);
+	if (merkle_tree_root(b->tree, c.size, root) < 0 || memcmp(root, c.root, 32) != 0)
+		return cimd_fail(
+		    err, errlen, -CIMD_EVERIFY,
+		    "the saved checkpoint's root is not the head of the bundle's first %" PRIu64
+		    " records: the journal was rewritten since you saved it",
+		    c.size);
+	return 0;
+}
+
+/* Each record of kind has exactly one entry, in journal order. */
+static int check_complete(struct bundle *b, const json_t *list, const char *kind, const char *what,
+			  char *err, size_t errlen)
+{
+	size_t i, records = 0;
+	int64_t last = 0, seq;
+	const json_t *a;
+
+	json_array_foreach(list, i, a)
+	{
+		seq = json_integer_value(json_object_get(a, "seq"));
+		if (seq <= last || !record_kind_is(b, seq, kind))
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "%s %zu: journal record %lld is not its %s record, or not "
+					 "after the one before",
+					 what, i + 1, (long long)seq, kind);
+		last = seq;
+	}
+	for (i = 0; i < b->n; i++)
+		if (record_kind_is(b, (int64_t)i + 1, kind))
+			records++;
+	if (records != json_array_size(list))
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "the journal records %zu %s records, the bundle holds %zu %ss",
+				 records, kind, json_array_size(list), what);
 	return 0;
 }
 
@@ -522,6 +579,7 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 	json_t *states = json_object(), *kids = NULL, *v;
 	const char *kid;
 	size_t i, next = 0, publish_records = 0;
+	int64_t last_seq = 0;
 	const json_t *p;
 	int r = 0;
 
@@ -546,8 +604,19 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 		}
 		SHA256((const uint8_t *)bytes, len, md);
 		hex_encode(md, 32, mhex);
+		/* One publication per publish record, in journal order: with the
+		 * count below, every record has exactly its own. */
+		if (seq <= last_seq) {
+			r = cimd_fail(err, errlen, -CIMD_EVERIFY,
+				      "publication %zu (journal record %lld) is not after the one "
+				      "before (record %lld): publications repeated or out of order",
+				      i + 1, (long long)seq, (long long)last_seq);
+			goto out;
+		}
+		last_seq = seq;
 		rec = record(b, seq);
-		r = rec != NULL && strcmp(sget(rec, "kind"), "publish") == 0 &&
+		r = rec != NULL && strcmp(sget(rec, "client"), client) == 0 &&
+		    strcmp(sget(rec, "kind"), "publish") == 0 &&
 		    strcmp(sget(rec, "path"), path) == 0 &&
 		    strcmp(sget(rec, "sha256"), mhex) == 0 && strcmp(hex, mhex) == 0;
 		json_decref(rec);
@@ -695,7 +764,7 @@ static int check_envelopes(struct bundle *b, const json_t *list, int attestation
 			}
 		}
 		r = attest_verify(
-		    text, strlen(text), b->keys,
+		    text, strlen(text), b->trust,
 		    doc ? (const uint8_t *)json_string_value(json_object_get(doc, "bytes")) : NULL,
 		    doc ? json_string_length(json_object_get(doc, "bytes")) : 0,
 		    jwks ? (const uint8_t *)json_string_value(json_object_get(jwks, "bytes"))
@@ -709,9 +778,10 @@ static int check_envelopes(struct bundle *b, const json_t *list, int attestation
 	return 0;
 }
 
-int audit_verify_dir(const char *dir, audit_report_fn report, void *arg)
+int audit_verify_dir(const char *dir, const json_t *trust, const char *saved, size_t saved_len,
+		     audit_report_fn report, void *arg)
 {
-	struct bundle b = {.dir = dir};
+	struct bundle b = {.dir = dir, .trust = trust};
 	char err[1024], detail[256], *keys = NULL;
 	size_t keys_len, covered = 0;
 	int r;
@@ -750,14 +820,26 @@ int audit_verify_dir(const char *dir, audit_report_fn report, void *arg)
 	     "%zu, each signed by a trusted key, each root the journal's, each consistent with "
 	     "the one before; the last covers %zu of %zu records",
 	     json_array_size(b.checkpoints), covered, b.n);
+	if (saved != NULL)
+		STEP("saved", check_saved(&b, saved, saved_len, err, sizeof(err)),
+		     "the checkpoint you saved is a prefix of this journal");
 	STEP("publications", check_publications(&b, err, sizeof(err)),
 	     "%zu documents and JWKS, each as journaled, each JWKS the keys the journal "
 	     "implies",
 	     json_array_size(b.publications));
-	STEP("attestations", check_envelopes(&b, b.attestations, 1, err, sizeof(err)),
-	     "%zu, each verified against published bytes", json_array_size(b.attestations));
-	STEP("revocations", check_envelopes(&b, b.revocations, 0, err, sizeof(err)),
-	     "%zu, each verified", json_array_size(b.revocations));
+	STEP("attestations",
+	     check_complete(&b, b.attestations, "attest.issue", "attestation", err, sizeof(err)) < 0
+		 ? -CIMD_EVERIFY
+		 : check_envelopes(&b, b.attestations, 1, err, sizeof(err)),
+	     "%zu, one per attest.issue record, each verified against published bytes",
+	     json_array_size(b.attestations));
+	STEP("revocations",
+	     check_complete(&b, b.revocations, "attest.revocation", "revocation record", err,
+			    sizeof(err)) < 0
+		 ? -CIMD_EVERIFY
+		 : check_envelopes(&b, b.revocations, 0, err, sizeof(err)),
+	     "%zu, one per attest.revocation record, each verified",
+	     json_array_size(b.revocations));
 #undef STEP
 	r = 0;
 out:

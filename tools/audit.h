@@ -24,8 +24,11 @@ int audit_check_inclusion(const json_t *answer, const json_t *trust, char *err, 
  * signed checkpoint old_note to the answer's checkpoint (§2.1.4.2). */
 int audit_check_consistency(const char *old_note, size_t old_len, const json_t *answer,
 			    const json_t *trust, char *err, size_t errlen);
-/* Every check of an audit bundle directory, in the order docs/audit.md gives;
- * stops at the first that fails.  0 when all held, -CIMD_EVERIFY otherwise. */
-int audit_verify_dir(const char *dir, audit_report_fn report, void *arg);
+/* Every check of an audit bundle directory, in the order docs/audit.md gives,
+ * against the attestation keys the auditor trusts ({"keys":[...]}), and, when
+ * saved is not NULL, against a checkpoint the auditor saved earlier; stops at
+ * the first that fails.  0 when all held, -CIMD_EVERIFY otherwise. */
+int audit_verify_dir(const char *dir, const json_t *trust, const char *saved, size_t saved_len,
+		     audit_report_fn report, void *arg);
 
 #endif

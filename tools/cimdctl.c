@@ -1057,17 +1057,36 @@ out:
 	return rc;
 }
 
-static const char U_AUDIT_VERIFY[] = "audit verify DIR";
+static const char U_AUDIT_VERIFY[] =
+    "audit verify DIR --trust ATTESTATION_KEYS_JWKS [--checkpoint SAVED_CHECKPOINT]";
 static void report_line(void *arg, int ok, const char *check, const char *detail);
 static int cmd_audit_verify(int argc, char **argv)
 {
+	struct opt o[] = {OPT("--trust", 1), OPT("--checkpoint", 1), OPT_END};
 	const char *pos[1];
+	uint8_t *saved = NULL;
+	size_t saved_len = 0;
+	json_t *trust;
 	int rc;
 
-	if ((rc = parse(argc, argv, U_AUDIT_VERIFY, NULL, pos, 1, 1)) != 0)
+	if ((rc = parse(argc, argv, U_AUDIT_VERIFY, o, pos, 1, 1)) != 0)
 		return rc;
+	/* The bundle's own keys prove nothing: anyone can make a bundle with
+	 * keys of their own.  The keys the auditor pinned do. */
+	if (!o[0].set)
+		return usage_error(U_AUDIT_VERIFY,
+				   "--trust is required: the attestation keys you pinned "
+				   "(attestation-keys.json, obtained over a channel you trust)");
+	if ((trust = load_trust(o[0].value, &rc)) == NULL)
+		return rc;
+	if (o[1].set && (saved = slurp(o[1].value, NOTE_MAX, &saved_len)) == NULL) {
+		json_decref(trust);
+		return 2;
+	}
 	/* Offline: nothing here talks to a daemon or the network. */
-	rc = audit_verify_dir(pos[0], report_line, NULL);
+	rc = audit_verify_dir(pos[0], trust, (const char *)saved, saved_len, report_line, NULL);
+	json_decref(trust);
+	free(saved);
 	printf("%s\n",
 	       rc == 0 ? "verified: every check held" : "NOT verified: see the FAIL line above");
 	return rc == 0 ? 0 : 1;
