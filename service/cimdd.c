@@ -63,7 +63,7 @@ struct key_store *cimdd_key_store(struct cimdd *d, const char *backend)
 
 /* Opens every configured key store that is not open; a failure is logged and
  * retried later (the daemon keeps serving what does not need that hardware). */
-static void open_key_stores(struct cimdd *d, int quiet)
+static int open_key_stores(struct cimdd *d, int quiet)
 {
 	struct key_store *ks;
 	char err[256];
@@ -84,12 +84,7 @@ static void open_key_stores(struct cimdd *d, int quiet)
 			log_err("backend %s: %s (%s); retrying every second",
 				d->cfg->backends[i].name, cimd_strerror(r), err);
 	}
-	/* A backend that comes up after start is reconciled as it opens, and
-	 * gets its attestation key. */
-	if (opened && quiet) {
-		keys_reconcile(d);
-		attest_keys_ensure(d);
-	}
+	return opened;
 }
 
 /* SIGHUP: operators, two-person rule and durations take effect now; what
@@ -342,14 +337,14 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	open_key_stores(&d, 0);
-	keys_reconcile(&d);
-	attest_keys_ensure(&d);
-	/* Before anything can append: a database older than the TPM's counter is
-	 * refused here (tlog.c). */
+	/* Before anything appends or touches hardware keys: a database older
+	 * than the TPM's counter is refused here (tlog.c). */
 	if (tlog_open(&d, &d.tlog, err, sizeof(err)) < 0) {
 		log_err("journal: %s", err);
 		goto out;
 	}
+	keys_reconcile(&d);
+	attest_keys_ensure(&d);
 	/* Before the admin socket: once an operator can connect, so can workloads. */
 	if (signer_start(&d, &d.signer, err, sizeof(err)) < 0) {
 		log_err("sign socket: %s", err);
@@ -404,7 +399,17 @@ int main(int argc, char **argv)
 		admin_server_dispatch(admin, fds + 1, n - 1);
 		if (time(NULL) != last_tick) {
 			last_tick = time(NULL);
-			open_key_stores(&d, 1);
+			/* A backend that comes up after start: the rollback check
+			 * first (if it is the TPM), then it is reconciled and gets
+			 * its attestation key. */
+			if (open_key_stores(&d, 1)) {
+				if (tlog_check_rollback(&d, d.tlog) == -CIMD_EVERIFY) {
+					rc = 1;
+					break;
+				}
+				keys_reconcile(&d);
+				attest_keys_ensure(&d);
+			}
 			keys_tick(&d, last_tick);
 			if (tlog_tick(&d, d.tlog, 0) == -CIMD_EVERIFY) {
 				rc = 1; /* rollback found once the TPM answered */
@@ -450,6 +455,8 @@ int main(int argc, char **argv)
 				signer_published(d.signer, d.st, 0);
 		}
 	}
+	/* No assertion after the stop record and its checkpoint. */
+	signer_stop(&d.signer);
 	if (store_begin(d.st) == 0 && journal_append(d.st, "daemon.stop", "cimdd", NULL, NULL) == 0)
 		store_commit(d.st);
 	else

@@ -205,23 +205,24 @@ static int pub_changed(struct store *st, const char *path, const char *hex)
 	return changed;
 }
 
-static void pub_note(struct pub_change **v, size_t *n, const char *path, const char *client,
-		     const char *hex, const void *bytes, size_t len)
+static int pub_note(struct pub_change **v, size_t *n, const char *path, const char *client,
+		    const char *hex, const void *bytes, size_t len)
 {
 	struct pub_change *nv, *c;
 
 	if ((nv = realloc(*v, (*n + 1) * sizeof(**v))) == NULL)
-		return;
+		return -ENOMEM;
 	*v = nv;
 	c = &nv[*n];
 	if ((c->bytes = malloc(len ? len : 1)) == NULL)
-		return;
+		return -ENOMEM;
 	memcpy(c->bytes, bytes, len);
 	c->len = len;
 	snprintf(c->path, sizeof(c->path), "%s", path);
 	snprintf(c->client, sizeof(c->client), "%s", client);
 	snprintf(c->hex, sizeof(c->hex), "%s", hex);
 	(*n)++;
+	return 0;
 }
 
 /*
@@ -231,15 +232,17 @@ static void pub_note(struct pub_change **v, size_t *n, const char *path, const c
  * journal is where an auditor replays the key states that JWKS must show.
  * Only this thread changes key states, so none changed since the render.
  */
-static void pub_record(struct cimdd *d, struct pub_change *v, size_t n)
+static int pub_record(struct cimdd *d, struct pub_change *v, size_t n)
 {
 	json_t *f;
 	int64_t seq;
 	size_t i;
 	int ok;
 
-	if (n == 0 || store_begin(d->st) < 0)
-		return;
+	if (n == 0)
+		return 0;
+	if (store_begin(d->st) < 0)
+		return -EIO;
 	for (i = 0, ok = 1; ok && i < n; i++) {
 		f = json_pack("{ssssss}", "client", v[i].client, "path", v[i].path, "sha256",
 			      v[i].hex);
@@ -253,14 +256,18 @@ static void pub_record(struct cimdd *d, struct pub_change *v, size_t n)
 	}
 	if (!ok || store_commit(d->st) < 0) {
 		store_rollback(d->st);
-		log_err("publication: cannot record what is published (database error)");
+		log_err("publication: cannot record what is published (database error); "
+			"nothing new is published until it can be");
+		return -EIO;
 	}
+	return 0;
 }
 
 int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 {
 	struct pub_change *changes = NULL;
 	size_t n_changes = 0;
+	int rec_failed = 0;
 	struct buf b = {0}, e = {0};
 	sqlite3_stmt *s = NULL;
 	char path[CIMD_URL_MAX], *jwks, *metrics;
@@ -285,9 +292,10 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 			  (size_t)sqlite3_column_bytes(s, 1));
 		SHA256(sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1), md);
 		hex_encode(md, sizeof(md), cimd_hex);
-		if (pub_changed(d->st, path, cimd_hex))
-			pub_note(&changes, &n_changes, path, name, cimd_hex,
-				 sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1));
+		if (pub_changed(d->st, path, cimd_hex) &&
+		    pub_note(&changes, &n_changes, path, name, cimd_hex, sqlite3_column_blob(s, 1),
+			     (size_t)sqlite3_column_bytes(s, 1)) < 0)
+			e.failed = 1;
 		if ((jwks = publish_jwks(d->st, name)) == NULL) {
 			e.failed = 1;
 			break;
@@ -297,8 +305,9 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 		put_entry(&e, path, "application/json", jwks_age, jwks_age, jwks, strlen(jwks));
 		SHA256((const uint8_t *)jwks, strlen(jwks), md);
 		hex_encode(md, sizeof(md), jwks_hex);
-		if (pub_changed(d->st, path, jwks_hex))
-			pub_note(&changes, &n_changes, path, name, jwks_hex, jwks, strlen(jwks));
+		if (pub_changed(d->st, path, jwks_hex) &&
+		    pub_note(&changes, &n_changes, path, name, jwks_hex, jwks, strlen(jwks)) < 0)
+			e.failed = 1;
 		free(jwks);
 		count += 2;
 		/* The attestation only while it names exactly these bytes (attest.c):
@@ -319,7 +328,10 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 		}
 	}
 	sqlite3_finalize(s);
-	pub_record(d, changes, n_changes);
+	/* Recorded only for a set that will be handed on; a set whose changes
+	 * cannot be recorded is not handed on (fail closed, retried). */
+	if (!e.failed && pub_record(d, changes, n_changes) < 0)
+		rec_failed = 1;
 	while (n_changes > 0)
 		free(changes[--n_changes].bytes);
 	free(changes);
@@ -366,9 +378,9 @@ int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
 	put_u32(&b, count);
 	put(&b, e.p, e.len);
 	free(e.p);
-	if (e.failed || b.failed) {
+	if (e.failed || b.failed || rec_failed) {
 		free(b.p);
-		return -E2BIG;
+		return rec_failed ? -EIO : -E2BIG;
 	}
 	*ret_set = b.p;
 	*ret_len = b.len;

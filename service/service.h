@@ -396,6 +396,9 @@ struct tlog;
  * than the TPM). */
 int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen);
 void tlog_free(struct tlog **tl);
+/* The rollback check, when the TPM opened after start: 0 passed (or no TPM),
+ * -CIMD_EVERIFY rollback (logged: the daemon must stop), another code: not yet. */
+int tlog_check_rollback(struct cimdd *d, struct tlog *tl);
 /* Once a second: a checkpoint when checkpoint_interval has passed since the
  * last one and the journal grew beyond it (force: whenever it grew).  1 when
  * one was issued, 0 when none was due, a negative code when it could not be

@@ -64,19 +64,90 @@ static void origin_of(const char *base_url, char *out, size_t len)
 	snprintf(out, len, "%s", p != NULL ? p + 3 : base_url);
 }
 
-static int latest_counter(struct store *st, int *ret_found, uint64_t *ret)
+static int grow(struct store *st, struct tlog *tl, uint64_t size);
+
+/* Every attestation key the database knows, as a JWKS: who may have signed
+ * a checkpoint it holds. */
+static json_t *attest_trust(struct store *st)
+{
+	json_t *keys = json_array(), *k;
+	sqlite3_stmt *s = NULL;
+
+	if (keys == NULL || store_query(st, &s, "SELECT jwk FROM attest_keys", "") < 0) {
+		json_decref(keys);
+		return NULL;
+	}
+	while (sqlite3_step(s) == SQLITE_ROW)
+		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
+			json_array_append_new(keys, k);
+	sqlite3_finalize(s);
+	return json_pack("{so}", "keys", keys);
+}
+
+/*
+ * The TPM counter the database vouches for: the one in the note of its latest
+ * checkpoint journal record, taken only if that note is signed by one of its
+ * attestation keys and its root is the head of its own first records.  The
+ * checkpoints table is not consulted: it is an unsigned copy, easy to edit.
+ * No such record (a new appliance, or one from before checkpoints): not found.
+ */
+static int signed_counter(struct cimdd *d, struct tlog *tl, int *ret_found, uint64_t *ret,
+			  char *err, size_t errlen)
 {
 	sqlite3_stmt *s = NULL;
-	int r = -EIO;
+	json_t *rec = NULL, *trust = NULL;
+	struct checkpoint c;
+	uint8_t root[32];
+	uint64_t head;
+	const char *note;
+	char why[256];
+	int r = 0;
 
-	if (store_query(st, &s, "SELECT max(counter) FROM checkpoints", "") < 0)
+	*ret_found = 0;
+	if (store_query(
+		d->st, &s,
+		"SELECT CAST(record AS TEXT) FROM journal WHERE kind = 'checkpoint' ORDER BY "
+		"seq DESC LIMIT 1",
+		"") < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		*ret_found = sqlite3_column_type(s, 0) != SQLITE_NULL;
-		*ret = (uint64_t)sqlite3_column_int64(s, 0);
-		r = 0;
-	}
+	if (sqlite3_step(s) == SQLITE_ROW)
+		rec = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
 	sqlite3_finalize(s);
+	if (rec == NULL)
+		return 0;
+	note = json_string_value(json_object_get(rec, "note"));
+	if ((trust = attest_trust(d->st)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if (note == NULL ||
+	    checkpoint_verify(note, strlen(note), trust, &c, NULL, why, sizeof(why)) < 0) {
+		snprintf(err, errlen,
+			 "the latest checkpoint in the journal is not signed by an attestation key "
+			 "of this database (%s): the database was changed outside cimdd",
+			 note == NULL ? "no note" : why);
+		r = -CIMD_EVERIFY;
+		goto out;
+	}
+	if ((r = journal_tree_head(d->st, &head, root)) < 0)
+		goto out;
+	if (c.size > head || (r = grow(d->st, tl, c.size)) < 0 ||
+	    (r = merkle_tree_root(tl->tree, c.size, root)) < 0 || memcmp(root, c.root, 32) != 0) {
+		snprintf(
+		    err, errlen,
+		    "the latest checkpoint in the journal signs a tree of %" PRIu64
+		    " records that is not this journal's: the database was changed outside cimdd",
+		    c.size);
+		r = -CIMD_EVERIFY;
+		goto out;
+	}
+	r = checkpoint_extension(note, strlen(note), &c, COUNTER_EXT, ret);
+	if (r == 0)
+		*ret_found = 1;
+	r = r == -ENOENT ? 0 : r;
+out:
+	json_decref(rec);
+	json_decref(trust);
 	return r;
 }
 
@@ -99,8 +170,10 @@ static int check_counter(struct cimdd *d, struct tlog *tl, char *err, size_t err
 			 key_store_errmsg(ks));
 		return r;
 	}
-	if ((r = latest_counter(d->st, &found, &db)) < 0) {
-		snprintf(err, errlen, "reading the checkpoints: database error");
+	if ((r = signed_counter(d, tl, &found, &db, err, errlen)) < 0) {
+		if (r != -CIMD_EVERIFY)
+			snprintf(err, errlen, "reading the latest checkpoint: %s",
+				 cimd_strerror(r));
 		return r;
 	}
 	if (found && nv > db && d->accept_rollback) {
@@ -190,19 +263,23 @@ static int fetch_leaves(void *arg, uint64_t first, uint64_t count, uint8_t (*ret
 	return 0;
 }
 
-/* Grows the proof tree to size leaves. */
+/* Grows the proof tree to size leaves, reading them a bounded chunk at a time
+ * (a first start over millions of records). */
+#define GROW_CHUNK 65536
 static int grow(struct store *st, struct tlog *tl, uint64_t size)
 {
 	uint8_t(*leaves)[32] = NULL;
-	uint64_t have = tl->tree->n;
-	int r;
+	uint64_t n;
+	int r = 0;
 
-	if (size <= have)
-		return 0;
-	if ((r = journal_leaves(st, have + 1, size - have, &leaves)) < 0)
-		return r;
-	r = merkle_tree_extend(tl->tree, (const uint8_t(*)[32])leaves, size - have);
-	free(leaves);
+	while (r == 0 && tl->tree->n < size) {
+		n = size - tl->tree->n < GROW_CHUNK ? size - tl->tree->n : GROW_CHUNK;
+		if ((r = journal_leaves(st, tl->tree->n + 1, n, &leaves)) < 0)
+			break;
+		r = merkle_tree_extend(tl->tree, (const uint8_t(*)[32])leaves, n);
+		free(leaves);
+		leaves = NULL;
+	}
 	return r;
 }
 
@@ -237,6 +314,18 @@ int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen)
 	return 0;
 fail:
 	tlog_free(&tl);
+	return r;
+}
+
+int tlog_check_rollback(struct cimdd *d, struct tlog *tl)
+{
+	char err[512] = "";
+	int r;
+
+	if (tl->counter_backend < 0 || tl->counter_checked)
+		return 0;
+	if ((r = check_counter(d, tl, err, sizeof(err))) == -CIMD_EVERIFY)
+		log_err("journal: %s", err);
 	return r;
 }
 
@@ -288,7 +377,7 @@ static int sign_all(struct cimdd *d, struct tlog *tl, const char *text, char **r
 
 int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 {
-	char err[512], ext[96], hex[65], cnum[24], *text = NULL, *lines = NULL, *note = NULL;
+	char err[512] = "", ext[96], hex[65], cnum[24], *text = NULL, *lines = NULL, *note = NULL;
 	uint8_t root[32];
 	uint64_t size, nv = 0, counter = 0, after;
 	time_t now = time(NULL);
@@ -310,6 +399,8 @@ int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 		if (!tl->counter_checked && (r = check_counter(d, tl, err, sizeof(err))) < 0) {
 			if (r == -CIMD_EVERIFY)
 				log_err("%s", err);
+			else if (err[0] == '\0')
+				snprintf(err, sizeof(err), "the TPM is not open yet");
 			goto fail;
 		}
 		if ((r = key_store_counter_read(cks, &nv)) < 0) {
@@ -317,15 +408,26 @@ int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 				 cimd_strerror(r), key_store_errmsg(cks));
 			goto fail;
 		}
-		counter = (nv > tl->counter ? nv : tl->counter) + 1;
+		/* An increment that failed after its checkpoint committed: caught up
+		 * first, so that the TPM never falls further behind. */
+		while (nv < tl->counter)
+			if ((r = key_store_counter_increment(cks, &nv)) < 0) {
+				snprintf(err, sizeof(err), "catching the TPM counter up: %s",
+					 cimd_strerror(r));
+				goto fail;
+			}
+		counter = nv + 1;
 		snprintf(cnum, sizeof(cnum), "%" PRIu64, counter);
 		snprintf(ext, sizeof(ext), TIME_EXT " %lld\n" COUNTER_EXT " %" PRIu64 "\n",
 			 (long long)now, counter);
 	} else {
 		snprintf(ext, sizeof(ext), TIME_EXT " %lld\n", (long long)now);
 	}
-	if ((r = checkpoint_format(tl->origin, size, root, ext, &text)) < 0)
+	if ((r = checkpoint_format(tl->origin, size, root, ext, &text)) < 0) {
+		snprintf(err, sizeof(err), "origin %s is not a checkpoint origin (%s)", tl->origin,
+			 cimd_strerror(r));
 		goto fail;
+	}
 	if ((r = sign_all(d, tl, text, &lines)) < 0) {
 		snprintf(err, sizeof(err), "no attestation key could sign it (%s)",
 			 cimd_strerror(r));
@@ -346,9 +448,22 @@ int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 	/* The proof tree first: once the checkpoint is committed, receipts for it
 	 * must be answerable. */
 	pthread_mutex_lock(&tl->mu);
-	r = grow(d->st, tl, size);
+	if ((r = grow(d->st, tl, size)) == 0) {
+		uint8_t mine[32];
+
+		/* The stored tree head must be the head of the stored leaves, or
+		 * the appliance would sign what it cannot prove: refused, and the
+		 * daemon stops (the database was changed outside cimdd). */
+		tl->fetch_st = d->st;
+		if ((r = merkle_tree_root(tl->tree, size, mine)) == 0 &&
+		    memcmp(mine, root, 32) != 0)
+			r = -CIMD_EVERIFY;
+	}
 	pthread_mutex_unlock(&tl->mu);
 	if (r < 0) {
+		if (r == -CIMD_EVERIFY)
+			log_err("journal: its stored tree head is not the head of its records: the "
+				"database was changed outside cimdd; no checkpoint will sign it");
 		snprintf(err, sizeof(err), "growing the proof tree: %s", cimd_strerror(r));
 		goto fail;
 	}

@@ -266,8 +266,9 @@ static void test_proofs(void)
 	     "cimdctl journal consistency from the first served checkpoint");
 	/* A forged old checkpoint (another root, same size) is not a prefix. */
 	snprintf(p, sizeof(p), "%s/cp0", cd.dir);
-	t_sh("sed '3s/^./%c/' %s > %s/cp-forged", 'A', p, cd.dir);
-	t_sh("grep -q '^A' %s/cp-forged || sed -i '3s/^./B/' %s/cp-forged", cd.dir, cd.dir);
+	t_sh("awk 'NR==3{c=substr($0,1,1); $0=(c==\"A\"?\"B\":\"A\") substr($0,2)} 1' %s > "
+	     "%s/cp-forged",
+	     p, cd.dir);
 	r = ctl(out, sizeof(out), "journal consistency %s/cp-forged", cd.dir);
 	t_ok(r == 1 && strstr(out, "NOT verified") != NULL,
 	     "a checkpoint with another root is refused: %s", strstr(out, "NOT") ?: out);
@@ -548,6 +549,14 @@ static void test_rollback(void)
 	     "and says why: a rollback, with both counters");
 	t_sh_out(out, sizeof(out), "grep rollback %s | tail -1", cd.dm.log);
 	t_ok(strstr(out, "restored from a backup") != NULL, "%s", out);
+	/* The checkpoints table is an unsigned copy: editing it changes nothing. */
+	t_ok(sql("UPDATE checkpoints SET counter = 999999; DELETE FROM checkpoints WHERE id > 1") ==
+		 0,
+	     "the old database's checkpoints table edited (counter raised, rows deleted)");
+	r = t_daemon_start(&cd.dm);
+	t_ok(r == -ECHILD && t_log_count(&cd.dm, "rollback: the state database") >= 2,
+	     "still refused: the counter is read from the signed note of the journal's "
+	     "latest checkpoint record");
 	/* The operator's explicit override: run on it, and say so in the journal. */
 	cd.dm.arg = "--accept-rollback";
 	r = t_daemon_start(&cd.dm);
