@@ -114,16 +114,18 @@ static void reload(struct cimdd *d)
 	o->clock_skew = n->clock_skew;
 	o->destroy_delay = n->destroy_delay;
 	o->rotate_every = n->rotate_every;
+	o->checkpoint_interval = n->checkpoint_interval;
 	config_free(&n);
 	signer_configure(d->signer, o);
 	log_info("reload: %zu operators, two-person rule %s", o->n_operators,
 		 o->two_person_rule ? "on" : "off");
 	/* What an auditor needs to see changed: who may do what, and the rules. */
-	f = json_pack("{sbsIsIsIsIsIsI}", "two_person_rule", o->two_person_rule, "jwks_max_age",
+	f = json_pack("{sbsIsIsIsIsIsIsI}", "two_person_rule", o->two_person_rule, "jwks_max_age",
 		      (json_int_t)o->jwks_max_age, "assertion_max_ttl",
 		      (json_int_t)o->assertion_max_ttl, "clock_skew", (json_int_t)o->clock_skew,
 		      "destroy_delay", (json_int_t)o->destroy_delay, "rotate_every",
-		      (json_int_t)o->rotate_every, "cimd_max_age", (json_int_t)o->cimd_max_age);
+		      (json_int_t)o->rotate_every, "cimd_max_age", (json_int_t)o->cimd_max_age,
+		      "checkpoint_interval", (json_int_t)o->checkpoint_interval);
 	ops = json_array();
 	for (i = 0; f != NULL && ops != NULL && i < o->n_operators; i++)
 		json_array_append_new(

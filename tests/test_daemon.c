@@ -706,6 +706,24 @@ static void test_reload(void)
 	usleep(500000);
 	rc = ctl(1002, out, sizeof(out), "status");
 	t_ok(rc == 0 && strstr(out, "dave"), "after SIGHUP the new operator is known");
+	{
+		sqlite3 *h = NULL;
+		sqlite3_stmt *q = NULL;
+		int n = 0;
+
+		if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+		    sqlite3_prepare_v2(
+			h,
+			"SELECT count(*) FROM journal WHERE kind = 'config.reload' AND "
+			"json_extract(CAST(record AS TEXT), '$.checkpoint_interval') = 60",
+			-1, &q, NULL) == SQLITE_OK &&
+		    sqlite3_step(q) == SQLITE_ROW)
+			n = sqlite3_column_int(q, 0);
+		sqlite3_finalize(q);
+		sqlite3_close(h);
+		t_ok(n >= 1, "the reload is journaled with the rules in force, checkpoint_interval "
+			     "among them");
+	}
 	write_conf("colour = blue\n");
 	kill(dm.pid, SIGHUP);
 	usleep(500000);
