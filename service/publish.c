@@ -97,22 +97,15 @@ static void put_entry(struct buf *b, const char *path, const char *ctype, uint32
 char *publish_jwks(struct store *st, const char *client)
 {
 	sqlite3_stmt *s = NULL;
-	json_t *keys = json_array(), *jwks, *k;
+	json_t *jwks;
 	char *out = NULL;
 
-	if (keys == NULL ||
-	    store_query(st, &s,
+	if (store_query(st, &s,
 			"SELECT jwk FROM keys WHERE client = ? AND state IN ('next', 'active', "
 			"'retiring') AND jwk IS NOT NULL ORDER BY created, kid",
-			"s", client) < 0) {
-		json_decref(keys);
+			"s", client) < 0)
 		return NULL;
-	}
-	while (sqlite3_step(s) == SQLITE_ROW)
-		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
-			json_array_append_new(keys, k);
-	sqlite3_finalize(s);
-	if ((jwks = json_pack("{so}", "keys", keys)) != NULL)
+	if ((jwks = store_jwks(s)) != NULL)
 		out = json_dumps(jwks, JSON_COMPACT);
 	json_decref(jwks);
 	return out;

@@ -163,6 +163,9 @@ struct sqlite3 *store_db(struct store *st);
 int store_exec(struct store *st, const char *sql, const char *types, ...);
 int store_query(struct store *st, struct sqlite3_stmt **ret_stmt, const char *sql,
 		const char *types, ...);
+/* {"keys":[...]} of the JWK text in column 0 of each row of s, which it
+ * finalizes; NULL when out of memory. */
+json_t *store_jwks(struct sqlite3_stmt *s);
 
 /* Every state change is one transaction: begin, change, journal, commit. */
 int store_begin(struct store *st);

@@ -70,18 +70,11 @@ static int grow(struct store *st, struct tlog *tl, uint64_t size);
  * a checkpoint it holds. */
 static json_t *attest_trust(struct store *st)
 {
-	json_t *keys = json_array(), *k;
 	sqlite3_stmt *s = NULL;
 
-	if (keys == NULL || store_query(st, &s, "SELECT jwk FROM attest_keys", "") < 0) {
-		json_decref(keys);
+	if (store_query(st, &s, "SELECT jwk FROM attest_keys", "") < 0)
 		return NULL;
-	}
-	while (sqlite3_step(s) == SQLITE_ROW)
-		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
-			json_array_append_new(keys, k);
-	sqlite3_finalize(s);
-	return json_pack("{so}", "keys", keys);
+	return store_jwks(s);
 }
 
 /*
@@ -223,6 +216,7 @@ static int check_counter(struct cimdd *d, struct tlog *tl, char *err, size_t err
 			snprintf(err, errlen, "catching the TPM counter up: %s", cimd_strerror(r));
 			return r;
 		}
+	tl->counter = found ? db : 0;
 	tl->counter_checked = 1;
 	return 0;
 }
@@ -233,16 +227,16 @@ static int load_latest(struct cimdd *d, struct tlog *tl)
 	int r = 0;
 
 	if (store_query(d->st, &s,
-			"SELECT size, counter, note, seq, created FROM checkpoints ORDER BY id "
-			"DESC LIMIT 1",
+			"SELECT size, note, seq, created FROM checkpoints ORDER BY id DESC LIMIT 1",
 			"") < 0)
 		return -EIO;
+	/* What is served and when the next is due; the counter is not read from
+	 * this unsigned copy but from the signed note (check_counter). */
 	if (sqlite3_step(s) == SQLITE_ROW) {
 		tl->size = (uint64_t)sqlite3_column_int64(s, 0);
-		tl->counter = (uint64_t)sqlite3_column_int64(s, 1);
-		tl->record_seq = sqlite3_column_int64(s, 3);
-		tl->issued = (time_t)sqlite3_column_int64(s, 4);
-		if ((tl->note = strdup((const char *)sqlite3_column_text(s, 2))) == NULL)
+		tl->record_seq = sqlite3_column_int64(s, 2);
+		tl->issued = (time_t)sqlite3_column_int64(s, 3);
+		if ((tl->note = strdup((const char *)sqlite3_column_text(s, 1))) == NULL)
 			r = -ENOMEM;
 	}
 	sqlite3_finalize(s);
@@ -410,6 +404,15 @@ int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 		}
 		/* An increment that failed after its checkpoint committed: caught up
 		 * first, so that the TPM never falls further behind. */
+		if (tl->counter > nv + COUNTER_LAG_MAX) {
+			snprintf(err, sizeof(err),
+				 "the TPM's counter (%" PRIu64
+				 ") is far behind the last checkpoint's "
+				 "(%" PRIu64 "): not caught up by hand",
+				 nv, tl->counter);
+			r = -CIMD_EBACKEND;
+			goto fail;
+		}
 		while (nv < tl->counter)
 			if ((r = key_store_counter_increment(cks, &nv)) < 0) {
 				snprintf(err, sizeof(err), "catching the TPM counter up: %s",

@@ -663,3 +663,13 @@ int t_cimdd_get(struct t_cimdd *c, const char *path, char *out, size_t len)
 {
 	return t_sh_out(out, len, "curl -s --max-time 5 --cacert %s %s%s", c->ca, c->base, path);
 }
+
+int t_cimdd_fetch(struct t_cimdd *c, const char *path, const char *file)
+{
+	char out[64];
+
+	t_sh_out(out, sizeof(out),
+		 "curl -s --max-time 5 --cacert %s -o %s/%s -w '%%{http_code}' %s%s", c->ca, c->dir,
+		 file, c->base, path);
+	return atoi(out);
+}

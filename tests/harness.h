@@ -107,6 +107,8 @@ int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
 /* Client name: an approved client_credentials document, our uid allowed, aud
  * its audience.  0, or -1 with the failing answer printed. */
 int t_cimdd_client(struct t_cimdd *c, const char *name, const char *aud);
+/* GET BASE PATH over TLS into DIR/file; the HTTP status. */
+int t_cimdd_fetch(struct t_cimdd *c, const char *path, const char *file);
 /* curl -s --cacert CA BASE PATH into out; curl's exit status. */
 int t_cimdd_get(struct t_cimdd *c, const char *path, char *out, size_t len);
 

@@ -29,17 +29,6 @@ static int on_tpm;
 
 #define ctl(out, len, ...) t_cimdd_ctl(&cd, out, len, __VA_ARGS__)
 
-/* GET base+path into dir/file; the HTTP status. */
-static int fetch(const char *path, const char *file)
-{
-	char out[64];
-
-	t_sh_out(out, sizeof(out),
-		 "curl -s --max-time 5 --cacert %s -o %s/%s -w '%%{http_code}' %s%s", ca, dir, file,
-		 base, path);
-	return atoi(out);
-}
-
 /* Waits until path is served and contains needle (or, needle NULL, differs
  * from the bytes in dir/prev); 1 when it happened within ms. */
 static int wait_served(const char *path, const char *file, const char *needle, double ms)
@@ -52,7 +41,7 @@ static int wait_served(const char *path, const char *file, const char *needle, d
 
 	snprintf(p, sizeof(p), "%s/%s", dir, file);
 	while (t_now_ms() - t0 < ms) {
-		if (fetch(path, file) == 200 && (f = fopen(p, "r")) != NULL) {
+		if (t_cimdd_fetch(&cd, path, file) == 200 && (f = fopen(p, "r")) != NULL) {
 			buf = calloc(1, 1 << 20);
 			n = buf ? (long)fread(buf, 1, (1 << 20) - 1, f) : 0;
 			fclose(f);
@@ -245,9 +234,9 @@ static void test_served(void)
 
 	t_ok(wait_served("/clients/agent-a/attestation.json", "att.json", NULL, 8000),
 	     "the attestation is served once the document is approved");
-	t_ok(fetch("/.well-known/cimdd/attestation-keys.json", "ak.json") == 200 &&
-		 fetch("/clients/agent-a", "doc.json") == 200 &&
-		 fetch("/clients/agent-a/jwks.json", "jwks.json") == 200,
+	t_ok(t_cimdd_fetch(&cd, "/.well-known/cimdd/attestation-keys.json", "ak.json") == 200 &&
+		 t_cimdd_fetch(&cd, "/clients/agent-a", "doc.json") == 200 &&
+		 t_cimdd_fetch(&cd, "/clients/agent-a/jwks.json", "jwks.json") == 200,
 	     "attestation-keys.json, the document and the JWKS are served beside it");
 	t = load("ak.json");
 	t_ok(json_array_size(json_object_get(t, "keys")) == 1 &&
@@ -404,9 +393,9 @@ static void test_lifecycle(void)
 		 wait_served("/clients/agent-a/jwks.json", "jwks.json", kid, 5000),
 	     "after a rotation the JWKS has the next key %s", kid);
 	for (i = 0, rc = 1; i < 50 && rc != 0; i++) {
-		fetch("/clients/agent-a/attestation.json", "att2.json");
-		fetch("/clients/agent-a/jwks.json", "jwks.json");
-		fetch("/clients/agent-a", "doc.json");
+		t_cimdd_fetch(&cd, "/clients/agent-a/attestation.json", "att2.json");
+		t_cimdd_fetch(&cd, "/clients/agent-a/jwks.json", "jwks.json");
+		t_cimdd_fetch(&cd, "/clients/agent-a", "doc.json");
 		rc = verify(out, sizeof(out), "att2.json", "ak.json", "doc.json", "jwks.json");
 		if (rc != 0)
 			usleep(100 * 1000);
@@ -431,8 +420,8 @@ static void test_lifecycle(void)
 		      "node tests/interop/dsse-verify.mjs %s/rev0.json %s/ak.json", dir, dir);
 	t_ok(rc == 0 && strstr(out, "revocation/v1"), "and the independent verifier agrees");
 	for (i = 0, rc = 1; i < 50 && rc != 0; i++) {
-		fetch("/clients/agent-a/attestation.json", "att3.json");
-		fetch("/clients/agent-a/jwks.json", "jwks.json");
+		t_cimdd_fetch(&cd, "/clients/agent-a/attestation.json", "att3.json");
+		t_cimdd_fetch(&cd, "/clients/agent-a/jwks.json", "jwks.json");
 		rc = verify(out, sizeof(out), "att3.json", "ak.json", "doc.json", "jwks.json");
 		if (rc != 0 || strstr(out, kid) != NULL)
 			rc = 1, usleep(100 * 1000);
@@ -450,9 +439,9 @@ static void test_lifecycle(void)
 	t_ok(rc == 0 && strstr(out, "is now active"), "cimdctl attest-key rotate");
 	for (i = 0, rc = 1; i < 80 && rc != 0; i++) {
 		usleep(100 * 1000);
-		fetch("/.well-known/cimdd/attestation-keys.json", "ak2.json");
-		fetch("/clients/agent-a/attestation.json", "att4.json");
-		fetch("/clients/agent-a/revocations.json", "rev2.json");
+		t_cimdd_fetch(&cd, "/.well-known/cimdd/attestation-keys.json", "ak2.json");
+		t_cimdd_fetch(&cd, "/clients/agent-a/attestation.json", "att4.json");
+		t_cimdd_fetch(&cd, "/clients/agent-a/revocations.json", "rev2.json");
 		r = load("rev2.json");
 		save("rev1.json", json_array_get(json_object_get(r, "revocations"), 0));
 		json_decref(r);

@@ -33,17 +33,6 @@ static char client_id[200];
 
 #define ctl(out, len, ...) t_cimdd_ctl(&cd, out, len, __VA_ARGS__)
 
-/* GET path into cd.dir/file; the HTTP status. */
-static int fetch(const char *path, const char *file)
-{
-	char out[64];
-
-	t_sh_out(out, sizeof(out),
-		 "curl -s --max-time 5 --cacert %s -o %s/%s -w '%%{http_code}' %s%s", cd.ca, cd.dir,
-		 file, cd.base, path);
-	return atoi(out);
-}
-
 static char *read_all(const char *file, size_t *ret_len)
 {
 	char p[700], *buf;
@@ -135,14 +124,14 @@ static void test_checkpoint_served(void)
 	int r;
 
 	t_ok(wait_checkpoints(0, 5000) >= 1, "a checkpoint is issued at start");
-	t_ok(fetch("/.well-known/cimdd/checkpoint", "cp0") == 200,
+	t_ok(t_cimdd_fetch(&cd, "/.well-known/cimdd/checkpoint", "cp0") == 200,
 	     "GET /.well-known/cimdd/checkpoint: 200");
 	t_sh_out(ctype, sizeof(ctype),
 		 "curl -s --cacert %s -o /dev/null -w '%%{content_type}' "
 		 "%s/.well-known/cimdd/checkpoint",
 		 cd.ca, cd.base);
 	t_ok(strncmp(ctype, "text/plain", 10) == 0, "served as %s", ctype);
-	t_ok(fetch("/.well-known/cimdd/attestation-keys.json", "ak.json") == 200,
+	t_ok(t_cimdd_fetch(&cd, "/.well-known/cimdd/attestation-keys.json", "ak.json") == 200,
 	     "attestation keys fetched");
 	note = read_all("cp0", &len);
 	trust = trust_keys();
@@ -198,7 +187,7 @@ static void test_interval(void)
 		size_t len = 0;
 		char *body;
 
-		fetch("/metrics", "metrics");
+		t_cimdd_fetch(&cd, "/metrics", "metrics");
 		body = read_all("metrics", &len);
 		snprintf(want, sizeof(want), "\ncimdd_checkpoint_size %lld\n",
 			 (long long)sql_int("SELECT max(size) FROM checkpoints"));
@@ -486,7 +475,7 @@ static void test_audit(void)
 
 		assertion(jti);
 		wait_checkpoints(n, 4000);
-		fetch("/.well-known/cimdd/checkpoint", "cp-later");
+		t_cimdd_fetch(&cd, "/.well-known/cimdd/checkpoint", "cp-later");
 	}
 	r = ctl(out, sizeof(out), "audit verify %s/b6 --trust %s/ak.json --checkpoint %s/cp-later",
 		cd.dir, cd.dir, cd.dir);
