@@ -180,6 +180,63 @@ static const char *const migrations[] = {
     "CREATE INDEX publications_path ON publications(path, id);"
     /* A revocation record's attest.revocation journal record (0: before 6). */
     "ALTER TABLE revocations ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
+    /* 7: scale (docs/scaling.md).  Every per-client lookup by an index, so
+     * that no operation costs in proportion to all clients. */
+    "CREATE INDEX keys_client ON keys(client, state);"
+    "CREATE INDEX keys_ref ON keys(backend, ref);"
+    "CREATE INDEX keys_state ON keys(state);"
+    "CREATE INDEX attest_keys_ref ON attest_keys(backend, ref);"
+    "CREATE INDEX revocations_client ON revocations(client, id);"
+    "CREATE INDEX documents_approved ON documents(client) WHERE state = 'approved';"
+    /* When a JWKS naming the key was first recorded as published (publish.c):
+     * the signer signs only with published keys.  Keys a migrated database
+     * already served count as published. */
+    "ALTER TABLE keys ADD COLUMN published INTEGER;"
+    "UPDATE keys SET published = created WHERE state IN ('next', 'active', 'retiring');"
+    /* The change marker: a client whose published facts may have changed
+     * (its document, keys, callers, audiences, policy, attestation or
+     * revocation records), written by triggers in the same transaction as
+     * the change, whoever makes it, and taken by the main loop, which issues
+     * the client's attestation, publishes what changed and drops the
+     * client's cached signing policy (cimdd.c).  The name '' stands for
+     * what is not a client's: the attestation keys and the checkpoint. */
+    "CREATE TABLE dirty (client TEXT PRIMARY KEY) WITHOUT ROWID;"
+    "INSERT INTO dirty SELECT name FROM clients;"
+    "INSERT INTO dirty VALUES ('');"
+    "CREATE TRIGGER clients_dirty_i AFTER INSERT ON clients BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.name); END;"
+    "CREATE TRIGGER clients_dirty_u AFTER UPDATE ON clients BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.name); END;"
+    "CREATE TRIGGER callers_dirty_i AFTER INSERT ON client_callers BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.client); END;"
+    "CREATE TRIGGER callers_dirty_d AFTER DELETE ON client_callers BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (OLD.client); END;"
+    "CREATE TRIGGER audiences_dirty_i AFTER INSERT ON client_audiences BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.client); END;"
+    "CREATE TRIGGER audiences_dirty_d AFTER DELETE ON client_audiences BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (OLD.client); END;"
+    "CREATE TRIGGER documents_dirty_i AFTER INSERT ON documents BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.client); END;"
+    "CREATE TRIGGER documents_dirty_u AFTER UPDATE ON documents BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.client); END;"
+    "CREATE TRIGGER keys_dirty_i AFTER INSERT ON keys BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.client); END;"
+    /* Not on published or the lifecycle's times: they change nothing served. */
+    "CREATE TRIGGER keys_dirty_u AFTER UPDATE OF state, jwk, client, alg ON keys BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.client); END;"
+    "CREATE TRIGGER attestations_dirty_i AFTER INSERT ON attestations BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.client); END;"
+    "CREATE TRIGGER revocations_dirty_i AFTER INSERT ON revocations BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (NEW.client); END;"
+    /* A new active attestation key: every client of its backend is attested
+     * again (the one change that is about all of them). */
+    "CREATE TRIGGER attest_keys_dirty_i AFTER INSERT ON attest_keys BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES ('');"
+    "  INSERT OR IGNORE INTO dirty SELECT name FROM clients WHERE backend = NEW.backend; END;"
+    "CREATE TRIGGER attest_keys_dirty_u AFTER UPDATE ON attest_keys BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (''); END;"
+    "CREATE TRIGGER checkpoints_dirty_i AFTER INSERT ON checkpoints BEGIN "
+    "  INSERT OR IGNORE INTO dirty VALUES (''); END;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
