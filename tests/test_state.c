@@ -180,6 +180,14 @@ static int pragma_text(sqlite3 *db, const char *sql, char *out, size_t len)
 	return r;
 }
 
+/* The triggers of schema 7. */
+static const char *const v7_triggers[] = {
+    "clients_dirty_i",	  "clients_dirty_u",	  "callers_dirty_i",	 "callers_dirty_d",
+    "audiences_dirty_i",  "audiences_dirty_d",	  "documents_dirty_i",	 "documents_dirty_u",
+    "keys_dirty_i",	  "keys_dirty_u",	  "attestations_dirty_i", "revocations_dirty_i",
+    "attest_keys_dirty_i", "attest_keys_dirty_u", "checkpoints_dirty_i",
+};
+
 static void tamper(const char *db, const char *sql)
 {
 	sqlite3 *h;
@@ -367,6 +375,18 @@ static void test_store(void)
 	/* A version 1 database (as the first cimdd wrote it) migrates forward,
 	 * keeping its journal. */
 	tamper(path, "PRAGMA user_version = 1");
+	tamper(path, "DROP TABLE dirty");
+	for (size_t k = 0; k < sizeof(v7_triggers) / sizeof(v7_triggers[0]); k++) {
+		char sql[128];
+
+		snprintf(sql, sizeof(sql), "DROP TRIGGER %s", v7_triggers[k]);
+		tamper(path, sql);
+	}
+	tamper(path, "DROP INDEX keys_client");
+	tamper(path, "DROP INDEX keys_ref");
+	tamper(path, "DROP INDEX keys_state");
+	tamper(path, "DROP INDEX documents_approved");
+	tamper(path, "ALTER TABLE keys DROP COLUMN published");
 	tamper(path, "DROP TABLE key_intents");
 	tamper(path, "ALTER TABLE keys DROP COLUMN jwk");
 	tamper(path, "ALTER TABLE clients DROP COLUMN assertion_ttl");
