@@ -11,9 +11,9 @@
  * account of itself and of each key is carried, marked self-reported.
  *
  * Attestations are issued here, before each publication, when what they state
- * changed (attest_refresh); publish.c serves the stored envelope only while
- * its subject digests equal the bytes being served, so the CIMD document, the
- * JWKS and the attestation served together always agree.
+ * changed (attest_client, for each client marked changed); publish.c serves the stored envelope
+ * only while its subject digests equal the bytes being served, so the CIMD document, the JWKS and
+ * the attestation served together always agree.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -479,10 +479,18 @@ out:
 }
 
 /* Retires attestation keys that no current attestation or revocation record
- * names any more: they leave attestation-keys.json. */
-static void retire_unused(struct cimdd *d)
+ * names any more: they leave attestation-keys.json.  Only while a retiring key
+ * exists (after an attestation key rotation) does this look further. */
+void attest_retire_unused(struct cimdd *d)
 {
-	if (store_begin(d->st) < 0)
+	sqlite3_stmt *s = NULL;
+	int retiring = 0;
+
+	if (store_query(d->st, &s, "SELECT 1 FROM attest_keys WHERE state = 'retiring' LIMIT 1",
+			"") == 0)
+		retiring = sqlite3_step(s) == SQLITE_ROW;
+	sqlite3_finalize(s);
+	if (!retiring || store_begin(d->st) < 0)
 		return;
 	if (store_exec(
 		d->st,
@@ -500,150 +508,106 @@ static void retire_unused(struct cimdd *d)
 		store_rollback(d->st);
 }
 
-/* A client or a revoked key to look at, read before anything is written. */
-struct todo {
-	char name[CIMD_KID_LEN + 1]; /* client name, or kid */
-	size_t backend;
-	uint8_t inputs[32];
-	int has_inputs;
-};
-
-static int todo_load(struct cimdd *d, const char *sql, int with_inputs, struct todo **ret,
-		     size_t *ret_n)
+void attest_batch_end(struct attest_batch *b)
 {
-	sqlite3_stmt *s = NULL;
-	struct todo *t = NULL, *nt;
-	size_t n = 0, cap = 0, b;
+	size_t i;
 
-	if (store_query(d->st, &s, sql, "") < 0)
-		return -EIO;
-	while (sqlite3_step(s) == SQLITE_ROW) {
-		const char *be = (const char *)sqlite3_column_text(s, 1);
-
-		for (b = 0; b < d->cfg->n_backends; b++)
-			if (be != NULL && strcmp(d->cfg->backends[b].name, be) == 0)
-				break;
-		if (b == d->cfg->n_backends)
-			continue;
-		if (n == cap) {
-			cap = cap ? 2 * cap : 64;
-			if ((nt = realloc(t, cap * sizeof(*t))) == NULL) {
-				free(t);
-				sqlite3_finalize(s);
-				return -ENOMEM;
-			}
-			t = nt;
-		}
-		memset(&t[n], 0, sizeof(t[n]));
-		snprintf(t[n].name, sizeof(t[n].name), "%s", sqlite3_column_text(s, 0));
-		t[n].backend = b;
-		if (with_inputs && sqlite3_column_bytes(s, 2) == 32) {
-			memcpy(t[n].inputs, sqlite3_column_blob(s, 2), 32);
-			t[n].has_inputs = 1;
-		}
-		n++;
-	}
-	sqlite3_finalize(s);
-	*ret = t;
-	*ret_n = n;
-	return 0;
+	for (i = 0; i < CIMD_BACKENDS_MAX; i++)
+		ks_key_free(&b->ak[i].key);
+	memset(b, 0, sizeof(*b));
 }
 
-int attest_refresh(struct cimdd *d, size_t max, int *ret_pending)
+/* The active attestation key of backend b, loaded once per batch. */
+static int batch_key(struct cimdd *d, struct attest_batch *bt, size_t b)
+{
+	if (bt->ak[b].state == 0)
+		bt->ak[b].state =
+		    active_key(d, d->cfg->backends[b].name, bt->ak[b].kid, &bt->ak[b].key) == 0
+			? 1
+			: -1;
+	return bt->ak[b].state > 0 ? 0 : -CIMD_EUNAVAILABLE;
+}
+
+int attest_client(struct cimdd *d, struct attest_batch *bt, const char *name)
 {
 	static time_t last_complaint;
-	struct {
-		char kid[CIMD_KID_LEN + 1];
-		struct ks_key *key;
-		int state; /* 0 not tried, 1 loaded, -1 unavailable */
-	} ak[CIMD_BACKENDS_MAX];
-	struct todo *t = NULL;
+	char backend[16] = "", kid[CIMD_KID_LEN + 1];
+	uint8_t inputs[32];
+	sqlite3_stmt *s = NULL;
 	struct facts f;
-	size_t done = 0, i, n = 0, b;
-	int pending = 0, r;
+	size_t b;
+	int has_inputs = 0, approved = 0, r;
 
-	memset(ak, 0, sizeof(ak));
-	/* Clients with an approved document, and their latest attestation's inputs. */
-	if ((r = todo_load(d,
-			   "SELECT c.name, c.backend, a.inputs FROM clients c JOIN documents d ON "
-			   "d.client = c.name AND d.state = 'approved' LEFT JOIN attestations a ON "
-			   "a.id = (SELECT max(id) FROM attestations x WHERE x.client = c.name) "
-			   "ORDER BY c.name",
-			   1, &t, &n)) < 0)
-		return r;
-	for (i = 0; i < n; i++) {
-		b = t[i].backend;
-		if (ak[b].state == 0)
-			ak[b].state =
-			    active_key(d, d->cfg->backends[b].name, ak[b].kid, &ak[b].key) == 0
-				? 1
-				: -1;
-		if (ak[b].state < 0) {
-			pending = 1;
-			continue;
+	/* The client's backend, and its latest attestation's inputs. */
+	if (store_query(
+		d->st, &s,
+		"SELECT c.backend, (SELECT 1 FROM documents d WHERE d.client = c.name AND "
+		"d.state = 'approved'), (SELECT inputs FROM attestations a WHERE a.client = "
+		"c.name ORDER BY id DESC LIMIT 1) FROM clients c WHERE c.name = ?",
+		"s", name) < 0)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		snprintf(backend, sizeof(backend), "%s", sqlite3_column_text(s, 0));
+		approved = sqlite3_column_type(s, 1) != SQLITE_NULL;
+		if (sqlite3_column_bytes(s, 2) == 32) {
+			memcpy(inputs, sqlite3_column_blob(s, 2), 32);
+			has_inputs = 1;
 		}
-		if (facts_load(d, t[i].name, ak[b].kid, &f) < 0)
-			continue;
-		if (t[i].has_inputs && memcmp(t[i].inputs, f.inputs, 32) == 0) {
-			facts_clear(&f);
-			continue;
-		}
-		if (done == max) {
-			facts_clear(&f);
-			pending = 1;
+	}
+	sqlite3_finalize(s);
+	for (b = 0; b < d->cfg->n_backends; b++)
+		if (strcmp(d->cfg->backends[b].name, backend) == 0)
 			break;
-		}
-		if ((r = issue(d, &f, ak[b].key, ak[b].kid)) < 0) {
-			/* Retried every second while it fails: said once a minute. */
-			if (time(NULL) - last_complaint >= 60) {
-				log_err("attestation of %s: %s (%s); retrying", t[i].name,
-					cimd_strerror(r), key_store_errmsg(d->ks[b]));
-				last_complaint = time(NULL);
-			}
-			pending = 1;
-		} else {
-			done++;
-		}
+	if (b == d->cfg->n_backends)
+		return 0; /* no such client, or its backend is no longer configured */
+	if (approved) {
+		if ((r = batch_key(d, bt, b)) < 0)
+			return r;
+		if ((r = facts_load(d, name, bt->ak[b].kid, &f)) < 0)
+			return r == -ENOENT ? 0 : r;
+		r = 0;
+		if (!has_inputs || memcmp(inputs, f.inputs, 32) != 0)
+			r = issue(d, &f, bt->ak[b].key, bt->ak[b].kid);
 		facts_clear(&f);
+		if (r < 0)
+			goto fail;
 	}
-	free(t);
-	t = NULL;
-
-	/* Revoked keys without a record signed by their backend's active key. */
-	if (done < max &&
-	    todo_load(d,
-		      "SELECT k.kid, k.backend FROM keys k WHERE k.state = 'revoked' AND NOT "
-		      "EXISTS (SELECT 1 FROM revocations r JOIN attest_keys t ON t.kid = "
-		      "r.attest_kid AND t.state = 'active' AND t.backend = k.backend WHERE "
-		      "r.kid = k.kid) ORDER BY k.revoked",
-		      0, &t, &n) == 0) {
-		for (i = 0; i < n; i++) {
-			b = t[i].backend;
-			if (done == max) {
-				pending = 1;
-				break;
-			}
-			if (ak[b].state == 0)
-				ak[b].state = active_key(d, d->cfg->backends[b].name, ak[b].kid,
-							 &ak[b].key) == 0
-						  ? 1
-						  : -1;
-			if (ak[b].state < 0 || (r = issue_revocation(d, t[i].name, d->ks[b],
-								     ak[b].key, ak[b].kid)) < 0) {
-				pending = 1;
-				continue;
-			}
-			done++;
+	/* Its revoked keys without a record signed by their backend's active key. */
+	for (;;) {
+		if (store_query(
+			d->st, &s,
+			"SELECT k.kid, k.backend FROM keys k WHERE k.client = ? AND k.state = "
+			"'revoked' AND NOT EXISTS (SELECT 1 FROM revocations r JOIN "
+			"attest_keys t ON t.kid = r.attest_kid AND t.state = 'active' AND "
+			"t.backend = k.backend WHERE r.kid = k.kid) ORDER BY k.revoked LIMIT 1",
+			"s", name) < 0)
+			return -EIO;
+		r = sqlite3_step(s) == SQLITE_ROW;
+		if (r) {
+			snprintf(kid, sizeof(kid), "%s", sqlite3_column_text(s, 0));
+			snprintf(backend, sizeof(backend), "%s", sqlite3_column_text(s, 1));
 		}
-		free(t);
+		sqlite3_finalize(s);
+		if (!r)
+			break;
+		for (b = 0; b < d->cfg->n_backends; b++)
+			if (strcmp(d->cfg->backends[b].name, backend) == 0)
+				break;
+		if (b == d->cfg->n_backends)
+			break; /* its backend is no longer configured */
+		if ((r = batch_key(d, bt, b)) < 0 ||
+		    (r = issue_revocation(d, kid, d->ks[b], bt->ak[b].key, bt->ak[b].kid)) < 0)
+			goto fail;
 	}
-	for (i = 0; i < CIMD_BACKENDS_MAX; i++)
-		ks_key_free(&ak[i].key);
-	if (!pending)
-		retire_unused(d);
-	if (ret_pending != NULL)
-		*ret_pending = pending;
-	return (int)done;
+	return 0;
+fail:
+	/* Retried every second while it fails: said once a minute. */
+	if (time(NULL) - last_complaint >= 60) {
+		log_err("attestation of %s: %s (%s); retrying", name, cimd_strerror(r),
+			d->ks[b] ? key_store_errmsg(d->ks[b]) : "backend not open");
+		last_complaint = time(NULL);
+	}
+	return r;
 }
 
 /* ---- health ---- */

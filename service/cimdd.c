@@ -29,8 +29,7 @@
 
 #include "service.h"
 
-#define METRICS_EVERY 5 /* seconds between publications for counters alone */
-#define PROBE_EVERY 2	/* seconds between probes of the hardware */
+#define PROBE_EVERY 2 /* seconds between probes of the hardware */
 
 static void usage(FILE *f)
 {
@@ -215,13 +214,9 @@ int main(int argc, char **argv)
 	    {NULL, 0, NULL, 0},
 	};
 	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
-	struct publisher *pub = NULL;
-	int64_t published_at = -1, signer_at = -1, attested_at = -1;
-	int attest_pending = 0;
+	struct publication *pub = NULL;
 	time_t probed_at = 0;
-	time_t attest_tried = 0;
-	uint64_t answers_at = 0;
-	time_t metrics_at = 0;
+	int more = 0;
 	char devconf[1200], err[512], dbpath[1100];
 	struct cimdd d = {0};
 	struct admin_server *admin = NULL;
@@ -360,7 +355,7 @@ int main(int argc, char **argv)
 		log_err("signalfd: %s", strerror(errno));
 		goto out;
 	}
-	if ((r = publisher_start(&d, &pub)) < 0) {
+	if ((r = publication_new(&d, &pub)) < 0) {
 		log_err("publisher: %s", strerror(-r));
 		goto out;
 	}
@@ -370,8 +365,8 @@ int main(int argc, char **argv)
 	else
 		store_rollback(d.st);
 	/* Nothing published anywhere: no key waits for publication. */
-	if (pub == NULL && d.cfg->export_dir == NULL)
-		signer_published(d.signer, d.st, 1);
+	if (d.cfg->listen == NULL && d.cfg->export_dir == NULL)
+		signer_publish_nothing(d.signer);
 	log_info("cimdd %s: %s, admin socket %s, two-person rule %s", CIMD_VERSION, d.cfg->base_url,
 		 d.cfg->admin_socket, d.cfg->two_person_rule ? "on" : "off");
 	if (d.dev)
@@ -380,7 +375,8 @@ int main(int argc, char **argv)
 	for (;;) {
 		fds[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
 		n = 1 + admin_server_pollfds(admin, fds + 1, sizeof(fds) / sizeof(fds[0]) - 1);
-		if (poll(fds, n, admin_server_busy(admin) ? 0 : 1000) < 0 && errno != EINTR) {
+		if (poll(fds, n, admin_server_busy(admin) || more ? 0 : 1000) < 0 &&
+		    errno != EINTR) {
 			log_err("poll: %s", strerror(errno));
 			break;
 		}
@@ -388,9 +384,9 @@ int main(int argc, char **argv)
 			if (read(sfd, &si, sizeof(si)) == sizeof(si)) {
 				if (si.ssi_signo == SIGHUP) {
 					reload(&d);
+					publication_reconfigured(pub);
 				} else if (si.ssi_signo == SIGCHLD) {
-					publisher_check(&d, pub);
-					published_at = -1; /* a new publisher needs the set */
+					publication_child(pub);
 				} else {
 					log_info("signal %d: shutting down", (int)si.ssi_signo);
 					rc = 0;
@@ -422,40 +418,15 @@ int main(int argc, char **argv)
 			if (last_tick - probed_at >= PROBE_EVERY) {
 				probed_at = last_tick;
 				if (attest_probe(&d))
-					published_at = -1; /* health is public */
+					publication_health(pub); /* health is public */
 			}
 		}
-		/* A change to the state may change who may sign and with which key. */
-		if (store_changes(d.st) != signer_at) {
-			signer_at = store_changes(d.st);
-			signer_invalidate(d.signer);
-		}
-		/* Any change to the state may change what is public: render the set
-		 * again, and send it when its bytes differ (publish.c).  Signing
-		 * moves only counters: those are sent at most every few seconds. */
-		/* Attestations follow what they attest (attest.c): issued before
-		 * the set that serves them is rendered.  A few per turn, so that a
-		 * mass reissue (an attestation key rotation) does not stall the
-		 * admin socket; what is left, or what the hardware refused, is
-		 * tried again next turn or next second. */
-		if (store_changes(d.st) != attested_at ||
-		    (attest_pending && time(NULL) != attest_tried)) {
-			attest_refresh(&d, 32, &attest_pending);
-			attested_at = store_changes(d.st);
-			attest_tried = time(NULL);
-		}
-		if ((pub != NULL || d.cfg->export_dir != NULL) &&
-		    (store_changes(d.st) != published_at ||
-		     (signer_answers(d.signer) != answers_at &&
-		      time(NULL) - metrics_at >= METRICS_EVERY))) {
-			published_at = store_changes(d.st);
-			answers_at = signer_answers(d.signer);
-			metrics_at = time(NULL);
-			if (publisher_publish(&d, pub) < 0)
-				published_at = -1;
-			else if (pub == NULL || publisher_serving(pub))
-				signer_published(d.signer, d.st, 0);
-		}
+		/* Whatever changed since the last turn (the change markers of
+		 * schema 7): the signer drops those clients' policies, their
+		 * attestations are issued before what they attest is published,
+		 * and what changed is recorded and handed to the publisher and
+		 * export_dir (publish.c), a bounded slice per turn. */
+		more = publication_step(pub);
 	}
 	/* No assertion after the stop record and its checkpoint. */
 	signer_stop(&d.signer);
@@ -468,7 +439,7 @@ int main(int argc, char **argv)
 		tlog_tick(&d, d.tlog, 1);
 out:
 	signer_stop(&d.signer);
-	publisher_stop(&pub);
+	publication_free(&pub);
 	tlog_free(&d.tlog);
 	if (sfd >= 0)
 		close(sfd);

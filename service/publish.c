@@ -1,17 +1,19 @@
 /*
- * publish.c — the custody side of publication: renders the complete
- * publication set (every public byte the publisher may serve) from the
- * database, and hands it to the publisher process over a one-way pipe.
+ * publish.c — the custody side of publication: takes the per-client change
+ * markers (the dirty table, written by triggers in every transaction that
+ * changes what a client publishes: store.c, schema 7), issues the changed
+ * clients' attestations (attest.c), renders their public bytes, records
+ * what changed (publish journal records, docs/audit.md), and hands exactly
+ * what changed to the publisher process and to export_dir.  Every step costs
+ * what changed, not what exists (docs/scaling.md).
  *
  * The publisher (publisher.c) is a separate program image (fork + exec of this
- * binary): it holds no key handle and no database handle, receives only
- * complete sets, and never sends anything back.  If it dies it is started again
- * and given the current set; if we die, it reads end-of-file and exits.
- *
- * Wire format of one set, all integers big-endian (docs/protocol.md):
- *   "CPS1" u32 body_len | u32 count | count × entry
- *   entry: u16 path_len path | u8 ctype_len ctype | u8 etag_len etag |
- *          u32 max_age | u32 stale_if_error | u32 len bytes
+ * binary): it holds no key handle and no database handle, receives messages of
+ * one codec (pubset.c) on a one-way pipe, and never sends anything back.  A
+ * new publisher is given the full table, in chunks; after that, only updates.
+ * If it dies it is started again after a backoff that grows while it keeps
+ * dying at once (a timer of the main loop, which never sleeps); if we die, it
+ * reads end-of-file and exits.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,70 +30,17 @@
 #include <openssl/sha.h>
 #include <sqlite3.h>
 
+#include "hmap.h"
+#include "pubset.h"
 #include "service.h"
 
-struct buf {
-	uint8_t *p;
-	size_t len, cap;
-	int failed;
-};
-
-static void put(struct buf *b, const void *data, size_t n)
-{
-	uint8_t *np;
-	size_t cap;
-
-	if (b->failed)
-		return;
-	if (b->len + n > CIMD_PUBSET_MAX) {
-		b->failed = 1;
-		return;
-	}
-	if (b->len + n > b->cap) {
-		for (cap = b->cap ? b->cap : 4096; cap < b->len + n; cap *= 2)
-			;
-		if ((np = realloc(b->p, cap)) == NULL) {
-			b->failed = 1;
-			return;
-		}
-		b->p = np;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, data, n);
-	b->len += n;
-}
-
-static void put_u32(struct buf *b, uint32_t v)
-{
-	uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
-	put(b, x, 4);
-}
-
-/* One entry; the ETag is the strong validator "base64url(SHA-256(bytes))". */
-static void put_entry(struct buf *b, const char *path, const char *ctype, uint32_t max_age,
-		      uint32_t stale, const void *body, size_t len)
-{
-	uint8_t md[SHA256_DIGEST_LENGTH], l16[2], l8;
-	char etag[CIMD_KID_LEN + 3];
-
-	SHA256(body, len, md);
-	etag[0] = '"';
-	b64url_encode(md, sizeof(md), etag + 1);
-	strcat(etag, "\"");
-	l16[0] = (uint8_t)(strlen(path) >> 8), l16[1] = (uint8_t)strlen(path);
-	put(b, l16, 2);
-	put(b, path, strlen(path));
-	l8 = (uint8_t)strlen(ctype);
-	put(b, &l8, 1);
-	put(b, ctype, l8);
-	l8 = (uint8_t)strlen(etag);
-	put(b, &l8, 1);
-	put(b, etag, l8);
-	put_u32(b, max_age);
-	put_u32(b, stale);
-	put_u32(b, (uint32_t)len);
-	put(b, body, len);
-}
+#define TURN_MS 50	  /* at most this long on changed clients per main-loop turn */
+#define TURN_CLIENTS 256  /* changed clients read per turn */
+#define METRICS_EVERY 5	  /* seconds between publications for counters alone */
+#define RESTART_MAX 32	  /* seconds: the longest wait before a new publisher */
+#define RESTART_STABLE 10 /* seconds: a publisher that lived this long died by chance */
+#define FULL_CLIENTS 256  /* clients rendered, recorded and sent per chunk of a full table */
+#define RETIRE_EVERY 10	  /* seconds between looks at retiring attestation keys */
 
 /* {"keys":[...]} of the client's keys in states next, active, retiring. */
 char *publish_jwks(struct store *st, const char *client)
@@ -173,82 +122,317 @@ static char *render_metrics(struct cimdd *d)
 	return out;
 }
 
-/* Bytes of one path that differ from what was last recorded for it. */
-struct pub_change {
-	char path[CIMD_URL_MAX];
-	char client[CIMD_NAME_MAX + 1];
-	char hex[65];
-	char *bytes;
-	size_t len;
+/* ---- what is published ---- */
+
+/* One path as last handed on: what export_dir's snippet and the next change
+ * are compared with. */
+struct pub_path {
+	struct hmap_item it;
+	char *path;
+	uint8_t sha[32];
+	const char *ctype;
+	uint32_t max_age;
 };
 
-/* Whether bytes (digest hex) differ from the last publication of path. */
-static int pub_changed(struct store *st, const char *path, const char *hex)
+/* A client whose served document and JWKS have no attestation naming them:
+ * tried again every second (hardware that was away). */
+struct due {
+	struct hmap_item it;
+	char name[CIMD_NAME_MAX + 1];
+};
+
+struct publication {
+	struct cimdd *d;
+	struct hmap paths; /* path -> struct pub_path */
+	struct hmap due;   /* client -> struct due */
+	int full;	   /* the next turn renders and sends everything */
+	int health;	   /* /healthz and /metrics to render again */
+	time_t metrics_at, due_at, retire_at;
+	uint64_t answers_at;
+	int64_t changes_at;
+	int64_t seen_seq; /* the signer has dropped the policies of changes up to here */
+
+	/* the publisher process (none without `listen`) */
+	char exe[1024];
+	pid_t pid;
+	int fd; /* write end of the channel, or -1 */
+	time_t started, restart_at;
+	unsigned backoff;
+};
+
+/* One rendered path of this turn. */
+struct entry {
+	char path[CIMD_URL_MAX + 32];
+	char client[CIMD_NAME_MAX + 1]; /* "" for what is not a client's */
+	const char *ctype;
+	uint32_t max_age, stale;
+	char *body; /* NULL: the path is no longer published */
+	size_t len;
+	uint8_t sha[32];
+	int changed; /* differs from what was handed on (or, first time, recorded) */
+	int record;  /* a document or JWKS: recorded in the audit journal */
+	int jwks;
+};
+
+struct entries {
+	struct entry *v;
+	size_t n, cap;
+};
+
+static void entries_clear(struct entries *l)
+{
+	while (l->n > 0)
+		free(l->v[--l->n].body);
+}
+
+static void entries_free(struct entries *l)
+{
+	entries_clear(l);
+	free(l->v);
+	memset(l, 0, sizeof(*l));
+}
+
+static struct entry *entry_add(struct entries *l, const char *path, const char *client)
+{
+	struct entry *nv, *e;
+	size_t cap;
+
+	if (l->n == l->cap) {
+		cap = l->cap ? 2 * l->cap : 64;
+		if ((nv = realloc(l->v, cap * sizeof(*nv))) == NULL)
+			return NULL;
+		l->v = nv;
+		l->cap = cap;
+	}
+	e = &l->v[l->n++];
+	memset(e, 0, sizeof(*e));
+	snprintf(e->path, sizeof(e->path), "%s", path);
+	snprintf(e->client, sizeof(e->client), "%s", client);
+	return e;
+}
+
+/* Whether a document or JWKS differs from its latest publish record (the
+ * first time a path is seen in this process). */
+static int recorded_differs(struct store *st, const char *path, const uint8_t sha[32])
 {
 	sqlite3_stmt *s = NULL;
-	int changed = 1;
+	char hex[65];
+	int differs = 1;
 
+	hex_encode(sha, 32, hex);
 	if (store_query(st, &s,
 			"SELECT sha256 FROM publications WHERE path = ? ORDER BY id DESC LIMIT 1",
 			"s", path) < 0)
 		return 1;
 	if (sqlite3_step(s) == SQLITE_ROW)
-		changed = strcmp((const char *)sqlite3_column_text(s, 0), hex) != 0;
+		differs = strcmp((const char *)sqlite3_column_text(s, 0), hex) != 0;
 	sqlite3_finalize(s);
-	return changed;
+	return differs;
 }
 
-static int pub_note(struct pub_change **v, size_t *n, const char *path, const char *client,
-		    const char *hex, const void *bytes, size_t len)
+/* Sets path's bytes (body owned by the entry from now on; NULL: not
+ * published) and whether they changed. */
+static int entry_set(struct publication *p, struct entries *l, const char *path, const char *client,
+		     const char *ctype, uint32_t max_age, char *body, size_t len, int record)
 {
-	struct pub_change *nv, *c;
+	struct pub_path *pp = hmap_get(&p->paths, path);
+	struct entry *e;
 
-	if ((nv = realloc(*v, (*n + 1) * sizeof(**v))) == NULL)
+	if (body == NULL && pp == NULL)
+		return 0; /* not published, and never was */
+	if ((e = entry_add(l, path, client)) == NULL) {
+		free(body);
 		return -ENOMEM;
-	*v = nv;
-	c = &nv[*n];
-	if ((c->bytes = malloc(len ? len : 1)) == NULL)
-		return -ENOMEM;
-	memcpy(c->bytes, bytes, len);
-	c->len = len;
-	snprintf(c->path, sizeof(c->path), "%s", path);
-	snprintf(c->client, sizeof(c->client), "%s", client);
-	snprintf(c->hex, sizeof(c->hex), "%s", hex);
-	(*n)++;
+	}
+	e->ctype = ctype;
+	e->max_age = e->stale = max_age;
+	e->body = body;
+	e->len = len;
+	e->record = record;
+	e->jwks = record && strstr(path, "/jwks.json") != NULL;
+	if (body == NULL) {
+		e->changed = 1;
+		return 0;
+	}
+	SHA256((const uint8_t *)body, len, e->sha);
+	if (pp != NULL)
+		e->changed = memcmp(pp->sha, e->sha, 32) != 0;
+	else
+		e->changed = record ? recorded_differs(p->d->st, path, e->sha) : 1;
 	return 0;
 }
 
-/*
- * Records the documents and JWKS that changed since their last publication,
- * each with a publish journal record (docs/audit.md): the audit bundle carries
- * every version ever handed to the publisher, and the record's place in the
- * journal is where an auditor replays the key states that JWKS must show.
- * Only this thread changes key states, so none changed since the render.
- */
-static int pub_record(struct cimdd *d, struct pub_change *v, size_t n)
+static void due_add(struct publication *p, const char *name)
 {
-	json_t *f;
-	int64_t seq;
-	size_t i;
-	int ok;
+	struct hmap_item *old;
+	struct due *x;
 
-	if (n == 0)
-		return 0;
-	if (store_begin(d->st) < 0)
+	if (hmap_get(&p->due, name) != NULL || (x = calloc(1, sizeof(*x))) == NULL)
+		return;
+	snprintf(x->name, sizeof(x->name), "%s", name);
+	if (hmap_put(&p->due, &x->it, x->name, &old) < 0)
+		free(x);
+}
+
+static void due_drop(struct publication *p, const char *name)
+{
+	free(hmap_del(&p->due, name));
+}
+
+/* The public bytes of one client: its approved document, JWKS, attestation
+ * (only while it names exactly these bytes: served document, JWKS and
+ * attestation always agree) and revocation records.  A client without an
+ * approved document publishes nothing. */
+static int render_client(struct publication *p, const char *name, struct entries *l)
+{
+	struct cimdd *d = p->d;
+	uint32_t jwks_age = (uint32_t)d->cfg->jwks_max_age,
+		 doc_age = (uint32_t)d->cfg->cimd_max_age;
+	char path[CIMD_URL_MAX + 32], cimd_hex[65], jwks_hex[65], *doc = NULL, *jwks = NULL, *att,
+								  *rev;
+	sqlite3_stmt *s = NULL;
+	size_t doc_len = 0, first = l->n;
+	int r;
+
+	if (store_query(d->st, &s,
+			"SELECT bytes FROM documents WHERE client = ? AND state = 'approved'", "s",
+			name) < 0)
 		return -EIO;
-	for (i = 0, ok = 1; ok && i < n; i++) {
-		f = json_pack("{ssssss}", "client", v[i].client, "path", v[i].path, "sha256",
-			      v[i].hex);
-		ok = f != NULL && journal_append(d->st, "publish", "cimdd", f, &seq) == 0 &&
-		     store_exec(d->st,
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		doc_len = (size_t)sqlite3_column_bytes(s, 0);
+		if ((doc = malloc(doc_len + 1)) != NULL)
+			memcpy(doc, sqlite3_column_blob(s, 0), doc_len);
+	}
+	sqlite3_finalize(s);
+	if (doc_len > 0 && doc == NULL)
+		return -ENOMEM;
+	if (doc != NULL && (jwks = publish_jwks(d->st, name)) == NULL) {
+		free(doc);
+		return -EIO;
+	}
+	snprintf(path, sizeof(path), "/clients/%s", name);
+	if ((r = entry_set(p, l, path, name, "application/json", doc_age, doc, doc_len, 1)) < 0) {
+		free(jwks);
+		return r;
+	}
+	snprintf(path, sizeof(path), "/clients/%s/jwks.json", name);
+	/* max-age is exactly jwks_max_age: the activation rule relies on it. */
+	if ((r = entry_set(p, l, path, name, "application/json", jwks_age, jwks,
+			   jwks ? strlen(jwks) : 0, 1)) < 0)
+		return r;
+	att = rev = NULL;
+	if (doc != NULL) {
+		hex_encode(l->v[first].sha, 32, cimd_hex);
+		hex_encode(l->v[first + 1].sha, 32, jwks_hex);
+		if ((att = attest_envelope(d, name, cimd_hex, jwks_hex)) == NULL)
+			due_add(p, name);
+		else
+			due_drop(p, name);
+		rev = attest_revocations(d, name);
+	} else {
+		due_drop(p, name);
+	}
+	snprintf(path, sizeof(path), "/clients/%s/attestation.json", name);
+	if ((r = entry_set(p, l, path, name, "application/json", jwks_age, att,
+			   att ? strlen(att) : 0, 0)) < 0) {
+		free(rev);
+		return r;
+	}
+	snprintf(path, sizeof(path), "/clients/%s/revocations.json", name);
+	return entry_set(p, l, path, name, "application/json", jwks_age, rev, rev ? strlen(rev) : 0,
+			 0);
+}
+
+/* What is not a client's: the attestation keys and the latest checkpoint. */
+static int render_globals(struct publication *p, struct entries *l)
+{
+	uint32_t jwks_age = (uint32_t)p->d->cfg->jwks_max_age;
+	char *b;
+	int r;
+
+	b = attest_keys_jwks(p->d);
+	if ((r = entry_set(p, l, "/.well-known/cimdd/attestation-keys.json", "", "application/json",
+			   jwks_age, b, b ? strlen(b) : 0, 0)) < 0)
+		return r;
+	/* No-store: it moves every checkpoint_interval. */
+	b = p->d->tlog != NULL ? tlog_checkpoint(p->d->tlog) : NULL;
+	return entry_set(p, l, "/.well-known/cimdd/checkpoint", "", "text/plain; charset=utf-8", 0,
+			 b, b ? strlen(b) : 0, 0);
+}
+
+/* "ok", or which hardware does not answer: documents and JWKS are still
+ * served; signing and issuing attestations for its clients are not.  And the
+ * custody process's part of /metrics (the publisher adds its own). */
+static int render_health(struct publication *p, struct entries *l)
+{
+	struct cimdd *d = p->d;
+	char health[256] = "ok", *m;
+	size_t i, n = 0;
+	int r;
+
+	for (i = 0; i < d->cfg->n_backends; i++)
+		if (d->backend_ok[i] == 0)
+			n += (size_t)snprintf(health + n, sizeof(health) - n, "%s%s",
+					      n == 0 ? "degraded: unavailable backend " : ", ",
+					      d->cfg->backends[i].name);
+	if ((m = strdup(health)) == NULL)
+		return -ENOMEM;
+	if ((r = entry_set(p, l, "/healthz", "", "text/plain", 0, m, strlen(m), 0)) < 0)
+		return r;
+	if ((m = render_metrics(d)) == NULL)
+		return -ENOMEM;
+	return entry_set(p, l, "/metrics", "", "text/plain; version=0.0.4", 0, m, strlen(m), 0);
+}
+
+/*
+ * Records the documents and JWKS that changed, each with a publish journal
+ * record (docs/audit.md): the audit bundle carries every version ever handed
+ * to the publisher, and the record's place in the journal is where an auditor
+ * replays the key states that JWKS must show.  A JWKS recorded marks its keys
+ * published (the signer signs only with those).  The change markers of the
+ * clients taken this turn go in the same transaction: a crash before it
+ * leaves them marked, to be done again.
+ */
+static int record(struct publication *p, const struct entries *l, char (*taken)[CIMD_NAME_MAX + 1],
+		  size_t n_taken)
+{
+	struct store *st = p->d->st;
+	char hex[65];
+	int64_t seq, now = (int64_t)time(NULL);
+	size_t i;
+	json_t *f;
+	int ok = 1;
+
+	for (i = 0; i < l->n && !l->v[i].record; i++)
+		;
+	if (i == l->n && n_taken == 0)
+		return 0;
+	if (store_begin(st) < 0)
+		return -EIO;
+	for (i = 0; ok && i < l->n; i++) {
+		const struct entry *e = &l->v[i];
+
+		if (!e->record || !e->changed || e->body == NULL)
+			continue;
+		hex_encode(e->sha, 32, hex);
+		f = json_pack("{ssssss}", "client", e->client, "path", e->path, "sha256", hex);
+		ok = f != NULL && journal_append(st, "publish", "cimdd", f, &seq) == 0 &&
+		     store_exec(st,
 				"INSERT INTO publications (path, client, sha256, bytes, seq, "
-				"created) VALUES (?, ?, ?, ?, ?, strftime('%s', 'now'))",
-				"sssbi", v[i].path, v[i].client, v[i].hex, v[i].bytes, v[i].len,
-				seq) == 1;
+				"created) VALUES (?, ?, ?, ?, ?, ?)",
+				"sssbii", e->path, e->client, hex, e->body, e->len, seq, now) == 1;
+		if (ok && e->jwks)
+			ok = store_exec(st,
+					"UPDATE keys SET published = ? WHERE client = ? AND "
+					"published IS NULL AND state IN ('next', 'active', "
+					"'retiring')",
+					"is", now, e->client) >= 0;
 		json_decref(f);
 	}
-	if (!ok || store_commit(d->st) < 0) {
-		store_rollback(d->st);
+	for (i = 0; ok && i < n_taken; i++)
+		ok = store_exec(st, "DELETE FROM dirty WHERE client = ?", "s", taken[i]) >= 0;
+	if (!ok || store_commit(st) < 0) {
+		store_rollback(st);
 		log_err("publication: cannot record what is published (database error); "
 			"nothing new is published until it can be");
 		return -EIO;
@@ -256,138 +440,34 @@ static int pub_record(struct cimdd *d, struct pub_change *v, size_t n)
 	return 0;
 }
 
-int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len)
+/* ---- export_dir: the same bytes as static files, for nginx or a CDN ---- */
+
+/* Writes path atomically (a temporary file beside it, fsync, rename), unless
+ * it already holds exactly these bytes. */
+static int write_file(const char *path, const void *data, size_t len)
 {
-	struct pub_change *changes = NULL;
-	size_t n_changes = 0;
-	int rec_failed = 0;
-	struct buf b = {0}, e = {0};
-	sqlite3_stmt *s = NULL;
-	char path[CIMD_URL_MAX], *jwks, *metrics;
-	uint32_t count = 0;
-	uint32_t jwks_age = (uint32_t)d->cfg->jwks_max_age,
-		 doc_age = (uint32_t)d->cfg->cimd_max_age;
-
-	/* Documents and JWKS of every client with an approved document. */
-	if (store_query(
-		d->st, &s,
-		"SELECT c.name, d.bytes FROM clients c JOIN documents d ON d.client = c.name "
-		"AND d.state = 'approved' ORDER BY c.name",
-		"") < 0)
-		return -EIO;
-	while (sqlite3_step(s) == SQLITE_ROW && !e.failed) {
-		const char *name = (const char *)sqlite3_column_text(s, 0);
-		char cimd_hex[65], jwks_hex[65], *att, *rev;
-		uint8_t md[SHA256_DIGEST_LENGTH];
-
-		snprintf(path, sizeof(path), "/clients/%s", name);
-		put_entry(&e, path, "application/json", doc_age, doc_age, sqlite3_column_blob(s, 1),
-			  (size_t)sqlite3_column_bytes(s, 1));
-		SHA256(sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1), md);
-		hex_encode(md, sizeof(md), cimd_hex);
-		if (pub_changed(d->st, path, cimd_hex) &&
-		    pub_note(&changes, &n_changes, path, name, cimd_hex, sqlite3_column_blob(s, 1),
-			     (size_t)sqlite3_column_bytes(s, 1)) < 0)
-			e.failed = 1;
-		if ((jwks = publish_jwks(d->st, name)) == NULL) {
-			e.failed = 1;
-			break;
-		}
-		snprintf(path, sizeof(path), "/clients/%s/jwks.json", name);
-		/* max-age is exactly jwks_max_age: the activation rule relies on it. */
-		put_entry(&e, path, "application/json", jwks_age, jwks_age, jwks, strlen(jwks));
-		SHA256((const uint8_t *)jwks, strlen(jwks), md);
-		hex_encode(md, sizeof(md), jwks_hex);
-		if (pub_changed(d->st, path, jwks_hex) &&
-		    pub_note(&changes, &n_changes, path, name, jwks_hex, jwks, strlen(jwks)) < 0)
-			e.failed = 1;
-		free(jwks);
-		count += 2;
-		/* The attestation only while it names exactly these bytes (attest.c):
-		 * served document, JWKS and attestation always agree. */
-		if ((att = attest_envelope(d, name, cimd_hex, jwks_hex)) != NULL) {
-			snprintf(path, sizeof(path), "/clients/%s/attestation.json", name);
-			put_entry(&e, path, "application/json", jwks_age, jwks_age, att,
-				  strlen(att));
-			free(att);
-			count++;
-		}
-		if ((rev = attest_revocations(d, name)) != NULL) {
-			snprintf(path, sizeof(path), "/clients/%s/revocations.json", name);
-			put_entry(&e, path, "application/json", jwks_age, jwks_age, rev,
-				  strlen(rev));
-			free(rev);
-			count++;
-		}
-	}
-	sqlite3_finalize(s);
-	/* Recorded only for a set that will be handed on; a set whose changes
-	 * cannot be recorded is not handed on (fail closed, retried). */
-	if (!e.failed && pub_record(d, changes, n_changes) < 0)
-		rec_failed = 1;
-	while (n_changes > 0)
-		free(changes[--n_changes].bytes);
-	free(changes);
-	if ((jwks = attest_keys_jwks(d)) != NULL) {
-		put_entry(&e, "/.well-known/cimdd/attestation-keys.json", "application/json",
-			  jwks_age, jwks_age, jwks, strlen(jwks));
-		free(jwks);
-		count++;
-	}
-	/* The latest signed checkpoint of the journal (tlog.c): no-store,
-	 * it moves every checkpoint_interval. */
-	if (d->tlog != NULL && (jwks = tlog_checkpoint(d->tlog)) != NULL) {
-		put_entry(&e, "/.well-known/cimdd/checkpoint", "text/plain; charset=utf-8", 0, 0,
-			  jwks, strlen(jwks));
-		free(jwks);
-		count++;
-	}
-	{
-		/* "ok", or which hardware does not answer: documents and JWKS are
-		 * still served; signing and issuing attestations for its clients
-		 * are not. */
-		char health[256] = "ok";
-		size_t i, n = 0;
-
-		for (i = 0; i < d->cfg->n_backends; i++)
-			if (d->backend_ok[i] == 0)
-				n += (size_t)snprintf(health + n, sizeof(health) - n, "%s%s",
-						      n == 0 ? "degraded: unavailable backend "
-							     : ", ",
-						      d->cfg->backends[i].name);
-		put_entry(&e, "/healthz", "text/plain", 0, 0, health, strlen(health));
-	}
-	count++;
-	if ((metrics = render_metrics(d)) == NULL) {
-		e.failed = 1;
-	} else {
-		put_entry(&e, "/metrics", "text/plain; version=0.0.4", 0, 0, metrics,
-			  strlen(metrics));
-		count++;
-		free(metrics);
-	}
-	put(&b, "CPS1", 4);
-	put_u32(&b, (uint32_t)(e.len + 4));
-	put_u32(&b, count);
-	put(&b, e.p, e.len);
-	free(e.p);
-	if (e.failed || b.failed || rec_failed) {
-		free(b.p);
-		return rec_failed ? -EIO : -E2BIG;
-	}
-	*ret_set = b.p;
-	*ret_len = b.len;
-	return 0;
-}
-
-/* ---- export_dir: the same set as static files, for nginx or a CDN ---- */
-
-/* Writes path atomically: a temporary file beside it, fsync, rename. */
-static int write_atomic(const char *path, const void *data, size_t len)
-{
-	char tmp[2 * CIMD_URL_MAX + 128];
+	char tmp[2 * CIMD_URL_MAX + 128], cur[4096];
+	struct stat sb;
 	int fd, r = 0;
 
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) >= 0) {
+		int same = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && (size_t)sb.st_size == len;
+		size_t off = 0;
+		ssize_t k;
+
+		while (same && off < len) {
+			size_t want = len - off < sizeof(cur) ? len - off : sizeof(cur);
+
+			if ((k = read(fd, cur, want)) <= 0 ||
+			    memcmp(cur, (const uint8_t *)data + off, (size_t)k) != 0)
+				same = 0;
+			else
+				off += (size_t)k;
+		}
+		close(fd);
+		if (same)
+			return 0;
+	}
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644)) < 0)
 		return -errno;
@@ -418,81 +498,57 @@ static int mkdirs(const char *path)
 			return -errno;
 		*p = '/';
 	}
-	if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-		return -errno;
-	return chmod(buf, 0755) < 0 ? -errno : 0;
+	if (mkdir(buf, 0755) == 0)
+		return chmod(buf, 0755) < 0 ? -errno : 0;
+	return errno == EEXIST ? 0 : -errno;
 }
 
-/*
- * The files of a set and an nginx snippet (nginx.conf, to include inside a
- * server block) that serves them with the publisher's headers: the same
- * ETag, Cache-Control, Content-Type, and 304 for a matching If-None-Match.
- * Documents are files under clients/NAME/ (cimd.json beside jwks.json,
- * attestation.json, revocations.json): a path cannot be both a file and a
- * directory.  /metrics stays with the publisher.
- */
-static int export_set(const char *dir, const uint8_t *set, size_t len)
+/* Where path lives under export_dir: documents are files under clients/NAME/
+ * (cimd.json beside jwks.json, attestation.json, revocations.json), since a
+ * path cannot be both a file and a directory. */
+static void export_file(const char *dir, const char *path, char *out, size_t len)
 {
-	char file[2 * CIMD_URL_MAX + 64], rel[CIMD_URL_MAX + 32], path[CIMD_URL_MAX], ctype[256],
-	    etag[64];
-	size_t off = 12, pl, cl, el, bl;
-	uint32_t max_age, stale, count, i;
-	char *conf = NULL;
-	size_t conf_len = 0;
+	size_t n = strlen(path);
+
+	if (strcmp(path, "/healthz") == 0)
+		snprintf(out, len, "%s/healthz.txt", dir);
+	else if (n > 5 && strcmp(path + n - 5, ".json") == 0)
+		snprintf(out, len, "%s%s", dir, path); /* a file: jwks.json, ... */
+	else
+		snprintf(out, len, "%s%s/cimd.json", dir, path);
+}
+
+/* The nginx locations of one client's paths (or, client "", of what is not a
+ * client's), with the publisher's headers: the same ETag, Cache-Control,
+ * Content-Type, and 304 for a matching If-None-Match.  One file per client
+ * under conf/, so that a change rewrites what changed; nginx reads them at
+ * its next reload (docs/scaling.md). */
+static int export_conf(struct publication *p, const char *client)
+{
+	static const char *const client_paths[] = {"", "/jwks.json", "/attestation.json",
+						   "/revocations.json"};
+	static const char *const global_paths[] = {"/.well-known/cimdd/attestation-keys.json",
+						   "/.well-known/cimdd/checkpoint", "/healthz"};
+	const char *dir = p->d->cfg->export_dir;
+	char file[2 * CIMD_URL_MAX + 64], path[CIMD_URL_MAX + 32], etag[48], *conf = NULL;
+	size_t conf_len = 0, i, n = client[0] ? 4 : 3, locations = 0;
+	struct pub_path *pp;
 	FILE *f = open_memstream(&conf, &conf_len);
-	int r = 0;
+	int r;
 
 	if (f == NULL)
 		return -ENOMEM;
-	if (len < 12) {
-		fclose(f);
-		free(conf);
-		return -EINVAL;
-	}
-	fprintf(f,
-		"# Made by cimdd from its publication set: include inside a server block.\n"
-		"# It serves %s with the headers the publisher sends.\n",
-		dir);
-	count = (uint32_t)set[8] << 24 | (uint32_t)set[9] << 16 | (uint32_t)set[10] << 8 | set[11];
-	for (i = 0; i < count && r == 0; i++) {
-		/* The set was made by publish_render a moment ago: its lengths hold. */
-		pl = (size_t)set[off] << 8 | set[off + 1];
-		memcpy(path, set + off + 2, pl);
-		path[pl] = '\0';
-		off += 2 + pl;
-		cl = set[off];
-		memcpy(ctype, set + off + 1, cl);
-		ctype[cl] = '\0';
-		off += 1 + cl;
-		el = set[off];
-		memcpy(etag, set + off + 1, el);
-		etag[el] = '\0';
-		off += 1 + el;
-		max_age = (uint32_t)set[off] << 24 | (uint32_t)set[off + 1] << 16 |
-			  (uint32_t)set[off + 2] << 8 | set[off + 3];
-		stale = (uint32_t)set[off + 4] << 24 | (uint32_t)set[off + 5] << 16 |
-			(uint32_t)set[off + 6] << 8 | set[off + 7];
-		bl = (size_t)set[off + 8] << 24 | (size_t)set[off + 9] << 16 |
-		     (size_t)set[off + 10] << 8 | set[off + 11];
-		off += 12;
-		if (strcmp(path, "/metrics") == 0) {
-			off += bl;
-			continue;
-		}
-		if (strcmp(path, "/healthz") == 0)
-			snprintf(rel, sizeof(rel), "healthz.txt");
-		else if (strlen(path) > 5 && strcmp(path + strlen(path) - 5, ".json") == 0)
-			snprintf(rel, sizeof(rel), "%s", path + 1); /* a file: jwks.json, ... */
+	for (i = 0; i < n; i++) {
+		if (client[0])
+			snprintf(path, sizeof(path), "/clients/%s%s", client, client_paths[i]);
 		else
-			snprintf(rel, sizeof(rel), "%s/cimd.json", path + 1);
-		snprintf(file, sizeof(file), "%s/%s", dir, rel);
-		*strrchr(file, '/') = '\0';
-		if ((r = mkdirs(file)) < 0)
-			break;
-		snprintf(file, sizeof(file), "%s/%s", dir, rel);
-		if ((r = write_atomic(file, set + off, bl)) < 0)
-			break;
-		off += bl;
+			snprintf(path, sizeof(path), "%s", global_paths[i]);
+		if ((pp = hmap_get(&p->paths, path)) == NULL)
+			continue;
+		etag[0] = '"';
+		b64url_encode(pp->sha, 32, etag + 1);
+		strcat(etag, "\"");
+		export_file(dir, path, file, sizeof(file));
 		fprintf(f,
 			"location = %s {\n"
 			"    alias %s;\n"
@@ -500,45 +556,378 @@ static int export_set(const char *dir, const uint8_t *set, size_t len)
 			"    etag off;\n"
 			"    if ($http_if_none_match = '%s') { return 304; }\n"
 			"    add_header ETag '%s' always;\n",
-			path, file, ctype, etag, etag);
-		if (max_age == 0)
+			path, file, pp->ctype, etag, etag);
+		if (pp->max_age == 0)
 			fprintf(f, "    add_header Cache-Control \"no-store\" always;\n");
 		else
 			fprintf(f,
 				"    add_header Cache-Control \"public, max-age=%u, "
-				"stale-if-error=%u\" "
-				"always;\n",
-				max_age, stale);
+				"stale-if-error=%u\" always;\n",
+				pp->max_age, pp->max_age);
 		fprintf(f, "    add_header X-Content-Type-Options nosniff always;\n"
 			   "    limit_except GET { deny all; }\n}\n");
+		locations++;
 	}
-	fprintf(f, "location / { return 404; }\n");
-	if (fclose(f) != 0 && r == 0)
-		r = -ENOMEM;
-	if (r == 0) {
-		snprintf(file, sizeof(file), "%s/nginx.conf", dir);
-		r = write_atomic(file, conf, conf_len);
+	if (fclose(f) != 0) {
+		free(conf);
+		return -ENOMEM;
 	}
+	/* "_" sorts nothing and names no client ([a-z0-9]...). */
+	snprintf(file, sizeof(file), "%s/conf/%s.conf", dir, client[0] ? client : "_appliance");
+	if (locations == 0)
+		r = unlink(file) < 0 && errno != ENOENT ? -errno : 0;
+	else
+		r = write_file(file, conf, conf_len);
 	free(conf);
 	return r;
 }
 
+/* The files of this turn's entries that changed (all: every one, for an
+ * export_dir that may not hold them yet; a file that holds the same bytes is
+ * not written), then the snippets of the clients they belong to.  /metrics
+ * stays with the publisher. */
+static int export_entries(struct publication *p, const struct entries *l, int all)
+{
+	const char *dir = p->d->cfg->export_dir;
+	char file[2 * CIMD_URL_MAX + 64], *slash;
+	const char *last = NULL;
+	size_t i;
+	int r = 0;
+
+	for (i = 0; i < l->n && r == 0; i++) {
+		const struct entry *e = &l->v[i];
+
+		if (strcmp(e->path, "/metrics") == 0 || !(e->changed || all))
+			continue;
+		export_file(dir, e->path, file, sizeof(file));
+		if (e->body == NULL) {
+			if (unlink(file) < 0 && errno != ENOENT)
+				r = -errno;
+			continue;
+		}
+		slash = strrchr(file, '/');
+		*slash = '\0';
+		r = mkdirs(file);
+		*slash = '/';
+		if (r == 0)
+			r = write_file(file, e->body, e->len);
+	}
+	/* Entries come grouped by client. */
+	for (i = 0; i < l->n && r == 0; i++) {
+		if (!(l->v[i].changed || all) || strcmp(l->v[i].path, "/metrics") == 0 ||
+		    (last != NULL && strcmp(last, l->v[i].client) == 0))
+			continue;
+		last = l->v[i].client;
+		r = export_conf(p, last);
+	}
+	return r;
+}
+
+/* nginx.conf, to include inside a server block: every snippet under conf/,
+ * and 404 for anything else. */
+static int export_start(struct publication *p)
+{
+	const char *dir = p->d->cfg->export_dir;
+	char file[2 * CIMD_URL_MAX + 64], conf[3 * CIMD_URL_MAX];
+	int r;
+
+	snprintf(file, sizeof(file), "%s/conf", dir);
+	if ((r = mkdirs(file)) < 0)
+		return r;
+	snprintf(conf, sizeof(conf),
+		 "# Made by cimdd: include inside a server block.  It serves %s with the\n"
+		 "# headers the publisher sends; reload nginx when conf/ changes.\n"
+		 "include %s/conf/*.conf;\n"
+		 "location / { return 404; }\n",
+		 dir, dir);
+	snprintf(file, sizeof(file), "%s/nginx.conf", dir);
+	return write_file(file, conf, strlen(conf));
+}
+
+/* ---- handing on ---- */
+
+static void paths_update(struct publication *p, const struct entries *l)
+{
+	struct hmap_item *old;
+	struct pub_path *pp;
+	size_t i;
+
+	for (i = 0; i < l->n; i++) {
+		const struct entry *e = &l->v[i];
+
+		if (e->body == NULL) {
+			if ((pp = hmap_del(&p->paths, e->path)) != NULL) {
+				free(pp->path);
+				free(pp);
+			}
+			continue;
+		}
+		if ((pp = hmap_get(&p->paths, e->path)) == NULL) {
+			if ((pp = calloc(1, sizeof(*pp))) == NULL ||
+			    (pp->path = strdup(e->path)) == NULL ||
+			    hmap_put(&p->paths, &pp->it, pp->path, &old) < 0) {
+				if (pp != NULL)
+					free(pp->path);
+				free(pp);
+				continue; /* compared as new next time: recorded again at worst */
+			}
+		}
+		memcpy(pp->sha, e->sha, 32);
+		pp->ctype = e->ctype;
+		pp->max_age = e->max_age;
+	}
+}
+
+static void channel_lost(struct publication *p, const char *why)
+{
+	log_err("publisher: channel: %s", why);
+	close(p->fd);
+	p->fd = -1; /* the publisher is ended and started again (publication_child) */
+	if (p->pid > 0)
+		kill(p->pid, SIGTERM);
+}
+
+static int channel_write(struct publication *p, const uint8_t *msg, size_t len)
+{
+	size_t off;
+	ssize_t n;
+
+	for (off = 0; off < len; off += (size_t)n)
+		if ((n = write(p->fd, msg + off, len - off)) <= 0) {
+			if (n < 0 && errno == EINTR) {
+				n = 0;
+				continue;
+			}
+			channel_lost(p, n < 0 ? strerror(errno) : "closed");
+			return -EPIPE;
+		}
+	return 0;
+}
+
+/* Sends a message of the entries (only changed ones unless all), flags as
+ * given; nothing for an update with nothing in it. */
+static int send_entries(struct publication *p, const struct entries *l, uint8_t flags, int all)
+{
+	struct pubset_buf b = {0};
+	const uint8_t *msg;
+	char etag[48];
+	size_t i, len;
+	int r;
+
+	if (p->fd < 0)
+		return 0;
+	pubset_begin(&b, flags);
+	for (i = 0; i < l->n; i++) {
+		const struct entry *e = &l->v[i];
+
+		if (!all && !e->changed)
+			continue;
+		if (e->body == NULL) {
+			if (!all)
+				pubset_delete(&b, e->path);
+			continue;
+		}
+		etag[0] = '"';
+		b64url_encode(e->sha, 32, etag + 1);
+		strcat(etag, "\"");
+		pubset_put(&b, e->path, e->ctype, etag, e->max_age, e->stale, e->body, e->len);
+	}
+	if (b.count == 0 && flags == 0) {
+		pubset_buf_free(&b);
+		return 0;
+	}
+	if ((r = pubset_finish(&b, &msg, &len)) == 0)
+		r = channel_write(p, msg, len);
+	else
+		log_err("publisher: cannot encode a publication message: %s", strerror(-r));
+	pubset_buf_free(&b);
+	return r;
+}
+
+/* Records, sends, exports and remembers one turn's entries, and drops the
+ * signer's policies whose keys became published. */
+static int hand_on(struct publication *p, struct entries *l, uint8_t flags, int all,
+		   char (*taken)[CIMD_NAME_MAX + 1], size_t n_taken)
+{
+	const char *last = NULL;
+	size_t i;
+	int r;
+
+	if ((r = record(p, l, taken, n_taken)) < 0)
+		return r;
+	send_entries(p, l, flags, all); /* a lost channel: a new publisher gets everything */
+	paths_update(p, l);
+	if (p->d->cfg->export_dir != NULL && (r = export_entries(p, l, all)) < 0)
+		log_err("export_dir %s: %s", p->d->cfg->export_dir, strerror(-r));
+	for (i = 0; i < l->n; i++)
+		if (l->v[i].jwks && l->v[i].changed &&
+		    (last == NULL || strcmp(last, l->v[i].client) != 0))
+			signer_invalidate_client(p->d->signer, last = l->v[i].client);
+	return 0;
+}
+
+static int publishing(const struct publication *p)
+{
+	return p->d->cfg->listen != NULL || p->d->cfg->export_dir != NULL;
+}
+
+/* Everything, for a new publisher (or a new configuration): every client with
+ * an approved document, in chunks that are rendered, recorded and sent one at
+ * a time (BEGIN on the first, COMMIT on the last), so that neither process
+ * holds the whole table twice. */
+static int publish_full(struct publication *p)
+{
+	struct entries l = {0};
+	sqlite3_stmt *s = NULL;
+	char after[CIMD_NAME_MAX + 1] = "", (*names)[CIMD_NAME_MAX + 1] = NULL;
+	uint8_t flags = PUBSET_BEGIN;
+	size_t n, i;
+	int r = 0;
+
+	if ((names = calloc(FULL_CLIENTS, sizeof(*names))) == NULL)
+		return -ENOMEM;
+	for (;;) {
+		n = 0;
+		if (store_query(p->d->st, &s,
+				"SELECT client FROM documents WHERE state = 'approved' AND client "
+				"> ? ORDER BY client LIMIT ?",
+				"si", after, (int64_t)FULL_CLIENTS) < 0) {
+			r = -EIO;
+			break;
+		}
+		while (n < FULL_CLIENTS && sqlite3_step(s) == SQLITE_ROW)
+			snprintf(names[n++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
+		sqlite3_finalize(s);
+		s = NULL;
+		for (i = 0; i < n && r == 0; i++)
+			r = render_client(p, names[i], &l);
+		if (n < FULL_CLIENTS && r == 0 &&
+		    ((r = render_globals(p, &l)) == 0 && (r = render_health(p, &l)) == 0))
+			flags |= PUBSET_COMMIT;
+		if (r < 0 || (r = hand_on(p, &l, flags, 1, NULL, 0)) < 0)
+			break;
+		entries_clear(&l);
+		flags = 0;
+		if (n < FULL_CLIENTS)
+			break;
+		snprintf(after, sizeof(after), "%s", names[n - 1]);
+	}
+	entries_free(&l);
+	free(names);
+	if (r < 0)
+		log_err("publication: cannot render the full table: %s", strerror(-r));
+	return r;
+}
+
+/* The signer drops the cached policy of every client changed since it last
+ * looked: callers, audiences, lifetime, rate and active key are read again. */
+static void follow_changes(struct publication *p)
+{
+	sqlite3_stmt *s = NULL;
+
+	if (store_query(p->d->st, &s, "SELECT seq, client FROM dirty WHERE seq > ? ORDER BY seq",
+			"i", p->seen_seq) < 0)
+		return;
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		p->seen_seq = sqlite3_column_int64(s, 0);
+		if (sqlite3_column_bytes(s, 1) > 0)
+			signer_invalidate_client(p->d->signer,
+						 (const char *)sqlite3_column_text(s, 1));
+	}
+	sqlite3_finalize(s);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The changed clients, oldest change first, for at most TURN_MS: each one's
+ * attestation issued if what it states changed, then what it publishes
+ * rendered; what changed is recorded and handed on, and the markers taken
+ * are cleared in the same transaction.  1 when more remain. */
+static int publish_changes(struct publication *p)
+{
+	struct attest_batch ab = {0};
+	struct entries l = {0};
+	sqlite3_stmt *s = NULL;
+	char(*names)[CIMD_NAME_MAX + 1] = NULL;
+	int64_t deadline = now_ms() + TURN_MS;
+	size_t n = 0, i;
+	int more = 0, r = 0, globals = 0;
+
+	if ((names = calloc(TURN_CLIENTS, sizeof(*names))) == NULL)
+		return 1;
+	if (store_query(p->d->st, &s, "SELECT client FROM dirty ORDER BY seq LIMIT ?", "i",
+			(int64_t)TURN_CLIENTS) < 0) {
+		free(names);
+		return 1;
+	}
+	while (n < TURN_CLIENTS && sqlite3_step(s) == SQLITE_ROW)
+		snprintf(names[n++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
+	sqlite3_finalize(s);
+	more = n == TURN_CLIENTS;
+	for (i = 0; i < n && r == 0; i++) {
+		if (i > 0 && now_ms() > deadline) {
+			more = 1;
+			break;
+		}
+		if (names[i][0] == '\0') {
+			globals = 1;
+			continue;
+		}
+		if (attest_client(p->d, &ab, names[i]) < 0)
+			due_add(p, names[i]);
+		if (publishing(p))
+			r = render_client(p, names[i], &l);
+	}
+	n = i;
+	attest_batch_end(&ab);
+	if (r == 0 && globals && publishing(p))
+		r = render_globals(p, &l);
+	if (r == 0)
+		r = hand_on(p, &l, 0, 0, names, n);
+	entries_free(&l);
+	free(names);
+	return r < 0 ? 1 : more;
+}
+
+/* Clients still without an attestation for what they serve (their hardware
+ * was away): tried again, at most once a second. */
+static void retry_due(struct publication *p, time_t now)
+{
+	struct attest_batch ab = {0};
+	struct hmap_item *it;
+	int64_t deadline = now_ms() + TURN_MS;
+	char(*names)[CIMD_NAME_MAX + 1];
+	size_t pos = 0, n = 0, i;
+
+	if (p->due.n == 0 || now == p->due_at)
+		return;
+	p->due_at = now;
+	if ((names = calloc(p->due.n, sizeof(*names))) == NULL)
+		return;
+	while ((it = hmap_next(&p->due, &pos)) != NULL)
+		snprintf(names[n++], sizeof(names[0]), "%s", it->key);
+	for (i = 0; i < n && now_ms() <= deadline; i++)
+		if (attest_client(p->d, &ab, names[i]) == 0)
+			due_drop(p, names[i]); /* an attestation issued marks it changed */
+		else if (ab.ak[0].state < 0 && p->d->cfg->n_backends == 1)
+			break; /* the one backend is away: no use asking for the rest */
+	attest_batch_end(&ab);
+	free(names);
+}
+
 /* ---- the publisher process ---- */
 
-struct publisher {
-	pid_t pid;
-	int fd;		  /* write end of the channel */
-	uint8_t last[32]; /* SHA-256 of the last set sent */
-	int sent;
-	time_t started;
-	char exe[1024];
-};
-
-static int spawn(struct cimdd *d, struct publisher *p)
+static int spawn(struct publication *p)
 {
-	int fds[2];
-	char fdarg[16];
+	const struct cimd_config *cfg = p->d->cfg;
 	sigset_t none;
+	int fds[2];
 	pid_t pid;
 
 	if (pipe2(fds, O_CLOEXEC) < 0)
@@ -556,52 +945,70 @@ static int spawn(struct cimdd *d, struct publisher *p)
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		if (dup2(fds[0], 3) < 0)
 			_exit(127);
-		snprintf(fdarg, sizeof(fdarg), "3");
-		if (d->cfg->allow_http && d->cfg->tls_cert == NULL)
-			execl(p->exe, "cimdd-publisher", "--publisher", fdarg, "--listen",
-			      d->cfg->listen, "--plain", (char *)NULL);
+		if (cfg->allow_http && cfg->tls_cert == NULL)
+			execl(p->exe, "cimdd-publisher", "--publisher", "3", "--listen",
+			      cfg->listen, "--plain", (char *)NULL);
 		else
-			execl(p->exe, "cimdd-publisher", "--publisher", fdarg, "--listen",
-			      d->cfg->listen, "--tls-cert", d->cfg->tls_cert, "--tls-key",
-			      d->cfg->tls_key, (char *)NULL);
+			execl(p->exe, "cimdd-publisher", "--publisher", "3", "--listen",
+			      cfg->listen, "--tls-cert", cfg->tls_cert, "--tls-key", cfg->tls_key,
+			      (char *)NULL);
 		_exit(127);
 	}
 	close(fds[0]);
 	p->pid = pid;
 	p->fd = fds[1];
-	p->sent = 0;
 	p->started = time(NULL);
-	log_info("publisher: started (pid %d) on %s", (int)pid, d->cfg->listen);
+	p->full = 1; /* a new publisher holds nothing */
+	log_info("publisher: started (pid %d) on %s", (int)pid, cfg->listen);
 	return 0;
 }
 
-int publisher_start(struct cimdd *d, struct publisher **ret)
+int publication_new(struct cimdd *d, struct publication **ret)
 {
-	struct publisher *p;
+	struct publication *p;
 	ssize_t n;
 	int r;
 
-	if (d->cfg->listen == NULL)
-		return 0; /* nothing to serve */
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		return -ENOMEM;
-	if ((n = readlink("/proc/self/exe", p->exe, sizeof(p->exe) - 1)) < 0) {
-		free(p);
-		return -errno;
-	}
-	p->exe[n] = '\0';
+	p->d = d;
 	p->fd = -1;
-	if ((r = spawn(d, p)) < 0) {
-		free(p);
-		return r;
+	p->full = 1;
+	p->health = 1;
+	if (d->cfg->listen != NULL) {
+		if ((n = readlink("/proc/self/exe", p->exe, sizeof(p->exe) - 1)) < 0) {
+			r = -errno;
+			goto fail;
+		}
+		p->exe[n] = '\0';
+		if ((r = spawn(p)) < 0)
+			goto fail;
+	}
+	if (d->cfg->export_dir != NULL && (r = export_start(p)) < 0) {
+		log_err("export_dir %s: %s", d->cfg->export_dir, strerror(-r));
+		goto fail;
 	}
 	*ret = p;
 	return 0;
+fail:
+	free(p);
+	return r;
 }
 
-void publisher_stop(struct publisher **pp)
+static void free_path(struct hmap_item *it)
 {
-	struct publisher *p = *pp;
+	free(((struct pub_path *)it)->path);
+	free(it);
+}
+
+static void free_due(struct hmap_item *it)
+{
+	free(it);
+}
+
+void publication_free(struct publication **pp)
+{
+	struct publication *p = *pp;
 
 	if (p == NULL)
 		return;
@@ -611,74 +1018,87 @@ void publisher_stop(struct publisher **pp)
 		kill(p->pid, SIGTERM);
 		waitpid(p->pid, NULL, 0);
 	}
+	hmap_clear(&p->paths, free_path);
+	hmap_clear(&p->due, free_due);
 	free(p);
 	*pp = NULL;
 }
 
-void publisher_check(struct cimdd *d, struct publisher *p)
+void publication_child(struct publication *p)
 {
+	time_t now = time(NULL);
 	int st;
 
-	if (p == NULL || p->pid <= 0)
+	if (p == NULL || p->pid <= 0 || waitpid(p->pid, &st, WNOHANG) != p->pid)
 		return;
-	if (waitpid(p->pid, &st, WNOHANG) != p->pid)
-		return;
-	log_err("publisher: pid %d %s %d; starting it again", (int)p->pid,
+	/* One that lived a while died by chance: again at once.  One that dies
+	 * at once is started again after 1, 2, 4 ... RESTART_MAX seconds. */
+	if (now - p->started >= RESTART_STABLE)
+		p->backoff = 0;
+	else
+		p->backoff = p->backoff == 0
+				 ? 1
+				 : (p->backoff * 2 > RESTART_MAX ? RESTART_MAX : p->backoff * 2);
+	p->restart_at = now + p->backoff;
+	log_err("publisher: pid %d %s %d; starting it again in %u s", (int)p->pid,
 		WIFSIGNALED(st) ? "killed by signal" : "exited with",
-		WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-	close(p->fd);
+		WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), p->backoff);
+	if (p->fd >= 0)
+		close(p->fd);
 	p->fd = -1;
 	p->pid = 0;
-	if (time(NULL) == p->started)
-		sleep(1); /* a publisher that dies at once is not restarted in a tight loop */
-	if (spawn(d, p) < 0)
+}
+
+void publication_reconfigured(struct publication *p)
+{
+	if (p != NULL)
+		p->full = 1; /* max-age values are in every entry */
+}
+
+void publication_health(struct publication *p)
+{
+	if (p != NULL)
+		p->health = 2; /* at once */
+}
+
+int publication_step(struct publication *p)
+{
+	struct entries l = {0};
+	time_t now = time(NULL);
+	int more = 0;
+
+	if (p == NULL)
+		return 0;
+	if (store_changes(p->d->st) != p->changes_at) {
+		p->changes_at = store_changes(p->d->st);
+		follow_changes(p);
+		p->health = 1; /* key counts, journal size: /metrics */
+	}
+	if (p->d->cfg->listen != NULL && p->pid == 0 && now >= p->restart_at && spawn(p) < 0)
 		log_err("publisher: cannot start it: %s", strerror(errno));
-}
-
-int publisher_serving(const struct publisher *p)
-{
-	return p != NULL && p->fd >= 0 && p->sent;
-}
-
-int publisher_publish(struct cimdd *d, struct publisher *p)
-{
-	uint8_t *set = NULL, md[SHA256_DIGEST_LENGTH];
-	size_t len, off;
-	ssize_t n;
-	int r;
-
-	if ((p == NULL || p->fd < 0) && d->cfg->export_dir == NULL)
-		return 0;
-	if ((r = publish_render(d, &set, &len)) < 0) {
-		log_err("publisher: cannot render the publication set: %s", strerror(-r));
-		return r;
+	if (p->full && publishing(p)) {
+		if (publish_full(p) < 0)
+			return 0; /* tried again next turn */
+		p->full = 0;
+		p->health = 0;
+		p->metrics_at = now;
 	}
-	SHA256(set, len, md);
-	if (d->export_sent == 0 || memcmp(md, d->export_last, sizeof(md)) != 0) {
-		if (d->cfg->export_dir != NULL &&
-		    (r = export_set(d->cfg->export_dir, set, len)) < 0)
-			log_err("export_dir %s: %s", d->cfg->export_dir, strerror(-r));
-		else {
-			memcpy(d->export_last, md, sizeof(md));
-			d->export_sent = 1;
-		}
+	more = publish_changes(p);
+	retry_due(p, now);
+	/* Health and metrics: health at once, counters every METRICS_EVERY. */
+	if (publishing(p) &&
+	    (p->health == 2 || ((p->health || signer_answers(p->d->signer) != p->answers_at) &&
+				now - p->metrics_at >= METRICS_EVERY))) {
+		p->answers_at = signer_answers(p->d->signer);
+		p->metrics_at = now;
+		p->health = 0;
+		if (render_health(p, &l) == 0)
+			hand_on(p, &l, 0, 0, NULL, 0);
+		entries_free(&l);
 	}
-	if (p == NULL || p->fd < 0 || (p->sent && memcmp(md, p->last, sizeof(md)) == 0)) {
-		free(set);
-		return 0;
+	if (!more && p->due.n == 0 && now - p->retire_at >= RETIRE_EVERY) {
+		p->retire_at = now;
+		attest_retire_unused(p->d);
 	}
-	for (off = 0; off < len; off += (size_t)n)
-		if ((n = write(p->fd, set + off, len - off)) <= 0) {
-			if (n < 0 && errno == EINTR) {
-				n = 0;
-				continue;
-			}
-			free(set);
-			log_err("publisher: channel: %s", strerror(errno));
-			return -EPIPE; /* publisher_check restarts it */
-		}
-	free(set);
-	memcpy(p->last, md, sizeof(md));
-	p->sent = 1;
-	return 1;
+	return more;
 }

@@ -36,17 +36,19 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- bounds: every resource an outside party controls is capped here ---- */
 
-#define CIMD_CONF_MAX (64 * 1024)	   /* configuration file */
-#define CIMD_CONF_LINE_MAX 1024		   /* one configuration line */
-#define CIMD_OPERATORS_MAX 256		   /* operators in the configuration */
-#define CIMD_BACKENDS_MAX 4		   /* key store backends in the configuration */
-#define CIMD_NAME_MAX 63		   /* client and operator names */
-#define CIMD_URL_MAX 512		   /* base_url and every URL a client may name */
-#define CIMD_DURATION_MAX 31536000	   /* one year, in seconds */
-#define CIMD_JOURNAL_RECORD_MAX 8192	   /* one journal record, serialised */
-#define CIMD_DOC_MAX 5120		   /* a CIMD document as served */
-#define CIMD_PUBSET_MAX (64 * 1024 * 1024) /* one publication set on the channel */
-#define CIMD_PUBSET_ENTRIES_MAX (3 * CIMD_CLIENTS_MAX + 16)
+#define CIMD_CONF_MAX (64 * 1024)    /* configuration file */
+#define CIMD_CONF_LINE_MAX 1024	     /* one configuration line */
+#define CIMD_OPERATORS_MAX 256	     /* operators in the configuration */
+#define CIMD_BACKENDS_MAX 4	     /* key store backends in the configuration */
+#define CIMD_NAME_MAX 63	     /* client and operator names */
+#define CIMD_URL_MAX 512	     /* base_url and every URL a client may name */
+#define CIMD_DURATION_MAX 31536000   /* one year, in seconds */
+#define CIMD_JOURNAL_RECORD_MAX 8192 /* one journal record, serialised */
+#define CIMD_DOC_MAX 5120	     /* a CIMD document as served */
+/* Paths the publisher serves: four per client (document, JWKS, attestation,
+ * revocations) and the appliance's own.  One message on the channel:
+ * PUBSET_MSG_MAX (pubset.h). */
+#define CIMD_PUBSET_ENTRIES_MAX (4 * CIMD_CLIENTS_MAX + 16)
 #define CIMD_ADMIN_LINE_MAX 16384  /* one admin request line (a document and then some) */
 #define CIMD_ADMIN_CONNS_MAX 32	   /* admin connections at once */
 #define CIMD_ADMIN_IDLE_SEC 60	   /* an admin connection idle this long is closed */
@@ -226,9 +228,7 @@ struct cimdd {
 	struct key_store *ks[CIMD_BACKENDS_MAX]; /* by index into cfg->backends */
 	int dev;				 /* a --dev instance */
 	unsigned long backend_errors;		 /* hardware calls that failed, for /metrics */
-	uint8_t export_last[32];		 /* SHA-256 of the set last written to export_dir */
-	int export_sent;
-	struct signer *signer; /* the signing socket (signer.c), or NULL */
+	struct signer *signer;			 /* the signing socket (signer.c), or NULL */
 	/* per backend: 1 the hardware answered the last probe, 0 it did not,
 	 * -1 not probed yet (attest_probe) */
 	int backend_ok[CIMD_BACKENDS_MAX];
@@ -310,21 +310,25 @@ int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor
 
 /* ---- publication (publish.c, publisher.c) ---- */
 
-struct publisher;
+struct publication;
 /* {"keys":[...]} of a client's keys in states next, active, retiring: the
  * JWKS bytes as served (malloc'd). */
 char *publish_jwks(struct store *st, const char *client);
-/* The complete publication set, serialised for the channel. */
-int publish_render(struct cimdd *d, uint8_t **ret_set, size_t *ret_len);
-/* Starts the publisher process (nothing when no `listen` is configured). */
-int publisher_start(struct cimdd *d, struct publisher **ret);
-void publisher_stop(struct publisher **p);
-/* Restarts a publisher that died. */
-void publisher_check(struct cimdd *d, struct publisher *p);
-/* Whether a running publisher holds the last set sent to it. */
-int publisher_serving(const struct publisher *p);
-/* Sends the current set if it changed; 1 sent, 0 unchanged, < 0 error. */
-int publisher_publish(struct cimdd *d, struct publisher *p);
+/* What is published and the publisher process (publish.c): starts the
+ * publisher when `listen` is configured, prepares export_dir when it is. */
+int publication_new(struct cimdd *d, struct publication **ret);
+void publication_free(struct publication **p);
+/* One turn of the main loop: the changes marked since the last turn (the
+ * signer's cached policies dropped, attestations issued, what changed
+ * recorded and handed on), a publisher started again when its backoff is
+ * over, health and metrics.  1 when changes remain for the next turn. */
+int publication_step(struct publication *p);
+/* SIGCHLD: a publisher that died is started again after its backoff. */
+void publication_child(struct publication *p);
+/* The hardware's health changed: /healthz at the next turn. */
+void publication_health(struct publication *p);
+/* Durations changed (SIGHUP): everything is rendered again. */
+void publication_reconfigured(struct publication *p);
 /* `cimdd --publisher FD ...`: the publisher program. */
 int publisher_main(int argc, char **argv);
 /* What the publisher decides from a request before any lookup (publisher.c),
@@ -368,10 +372,23 @@ int dev_swtpm_spawn(const char *state_dir, int port, const char *log, pid_t *ret
 /* Each open backend gets an attestation key if it has none (first start, or a
  * backend that came up later).  Returns how many were made. */
 int attest_keys_ensure(struct cimdd *d);
-/* Issues what publication needs: an attestation for each client whose stated
- * facts changed, a signed record for each revocation lacking one; at most max
- * signatures.  *ret_pending: more remain, or some hardware was unavailable. */
-int attest_refresh(struct cimdd *d, size_t max, int *ret_pending);
+/* Attestation keys loaded once for a batch of attest_client calls. */
+struct attest_batch {
+	struct {
+		char kid[CIMD_KID_LEN + 1];
+		struct ks_key *key;
+		int state; /* 0 not tried, 1 loaded, -1 unavailable */
+	} ak[CIMD_BACKENDS_MAX];
+};
+/* Issues the attestation of client name if what it states changed since its
+ * latest one, and the signed record of each of its revoked keys that has none
+ * by its backend's active attestation key.  0, or < 0 when the hardware
+ * refused or is not there (the caller tries again later). */
+int attest_client(struct cimdd *d, struct attest_batch *b, const char *name);
+void attest_batch_end(struct attest_batch *b);
+/* Retires the attestation keys that no current record names (cheap unless an
+ * attestation key is retiring). */
+void attest_retire_unused(struct cimdd *d);
 /* The latest attestation envelope of name if its subjects are these digests
  * (hex SHA-256 of the served CIMD and JWKS bytes), else NULL; malloc'd. */
 char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex,
@@ -455,12 +472,13 @@ void signer_invalidate(struct signer *s);
 void signer_configure(struct signer *s, const struct cimd_config *cfg);
 /* Requests answered so far (to tell when metrics moved). */
 uint64_t signer_answers(struct signer *s);
-/* The keys the world can fetch now (next, active, retiring, as st holds them
- * after a publication reached the publisher): the signer signs only with a
- * published key, so that no assertion is handed out that its verifier cannot
- * check yet (a replacement activated at once by a revocation).  With
- * all = 1 (nothing is published: no listen, no export_dir) every key counts. */
-void signer_published(struct signer *s, struct store *st, int all);
+/* Client name changed: its cached policy is read again at its next request. */
+void signer_invalidate_client(struct signer *s, const char *name);
+/* Nothing is published (no listen, no export_dir): every key may sign.
+ * Otherwise a key signs only once a JWKS naming it was recorded as handed on
+ * (keys.published, publish.c), so that no assertion is handed out that its
+ * verifier cannot check yet (a replacement activated at once by a revocation). */
+void signer_publish_nothing(struct signer *s);
 /* Appends the signer's Prometheus metrics to f. */
 int signer_metrics(struct signer *s, FILE *f);
 

@@ -88,6 +88,7 @@ struct policy {
 	long ttl;  /* 0: the configuration's default */
 	long rate; /* -1: the configuration's default, 0: none */
 	int has_key;
+	int published; /* a JWKS naming the key was handed on (keys.published) */
 	char kid[CIMD_KID_LEN + 1];
 	enum cimd_alg alg;
 	uint8_t *ref;
@@ -150,6 +151,7 @@ struct uid_count {
 };
 
 #define CACHE_CAP 16384 /* > CIMD_CLIENTS_MAX, a power of two */
+#define INVAL_MAX 4096	/* client invalidations held before the whole cache is dropped */
 #define TAG_LISTEN UINT64_MAX
 #define TAG_DONE (UINT64_MAX - 1)
 
@@ -193,12 +195,14 @@ struct signer {
 
 	struct queue done;
 
-	/* kids the publisher serves (signer_published), sorted; all_published:
-	 * nothing is published, every key counts */
-	pthread_mutex_t pub_mu;
-	char (*pub_kids)[CIMD_KID_LEN + 1];
-	size_t n_pub_kids;
+	/* nothing is published: every key counts (signer_publish_nothing) */
 	int all_published;
+	/* clients whose cached policy the io thread drops at its next look
+	 * (signer_invalidate_client); more than INVAL_MAX at once: all of them */
+	pthread_mutex_t inval_mu;
+	char (*inval)[CIMD_NAME_MAX + 1];
+	size_t n_inval;
+	int inval_pending;
 
 	pthread_mutex_t stats_mu;
 	struct stat_ent *stats;
@@ -468,8 +472,9 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 	q = NULL;
 
 	if (store_query(s->reader, &q,
-			"SELECT kid, alg, ref FROM keys WHERE client = ? AND state = 'active'", "s",
-			name) < 0)
+			"SELECT kid, alg, ref, published FROM keys WHERE client = ? AND state = "
+			"'active'",
+			"s", name) < 0)
 		goto out;
 	if ((rc = sqlite3_step(q)) == SQLITE_ROW) {
 		const char *kid = (const char *)sqlite3_column_text(q, 0);
@@ -482,6 +487,7 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 		memcpy(p->kid, kid, CIMD_KID_LEN + 1);
 		memcpy(p->ref, sqlite3_column_blob(q, 2), (size_t)n);
 		p->ref_len = (size_t)n;
+		p->published = sqlite3_column_type(q, 3) != SQLITE_NULL;
 		/* RFC 7523 §3 and draft-ietf-oauth-rfc7523bis: typ names the use. */
 		hdr = json_pack("{ssssss}", "alg", cimd_alg_name(p->alg), "kid", p->kid, "typ",
 				"client-authentication+jwt");
@@ -505,55 +511,65 @@ out:
 	return r;
 }
 
-static int kid_cmp(const void *a, const void *b)
+void signer_publish_nothing(struct signer *s)
 {
-	return strcmp((const char *)a, (const char *)b);
+	if (s != NULL)
+		__atomic_store_n(&s->all_published, 1, __ATOMIC_RELEASE);
 }
 
-static int kid_published(struct signer *s, const char *kid)
+void signer_invalidate_client(struct signer *s, const char *name)
 {
-	int r;
-
-	pthread_mutex_lock(&s->pub_mu);
-	r = s->all_published ||
-	    (s->n_pub_kids > 0 &&
-	     bsearch(kid, s->pub_kids, s->n_pub_kids, sizeof(s->pub_kids[0]), kid_cmp) != NULL);
-	pthread_mutex_unlock(&s->pub_mu);
-	return r;
-}
-
-void signer_published(struct signer *s, struct store *st, int all)
-{
-	char(*kids)[CIMD_KID_LEN + 1] = NULL, (*nk)[CIMD_KID_LEN + 1];
-	sqlite3_stmt *q = NULL;
-	size_t n = 0, cap = 0;
-
 	if (s == NULL)
 		return;
-	if (!all &&
-	    store_query(st, &q,
-			"SELECT kid FROM keys WHERE state IN ('next', 'active', 'retiring')",
-			"") < 0)
+	pthread_mutex_lock(&s->inval_mu);
+	if (s->n_inval < INVAL_MAX)
+		snprintf(s->inval[s->n_inval], sizeof(s->inval[0]), "%s", name);
+	s->n_inval++;
+	__atomic_store_n(&s->inval_pending, 1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&s->inval_mu);
+}
+
+/* Removes name's policy from the cache (linear probing: the entries after
+ * it shift back, so that every lookup still ends at the first empty slot). */
+static void cache_drop(struct signer *s, const char *name)
+{
+	size_t i = (size_t)hash_name(name) & (CACHE_CAP - 1), j, k, n;
+
+	for (n = 0; n < CACHE_CAP && s->cache[i] != NULL; n++, i = (i + 1) & (CACHE_CAP - 1))
+		if (strcmp(s->cache[i]->name, name) == 0)
+			break;
+	if (n == CACHE_CAP || s->cache[i] == NULL)
 		return;
-	while (!all && sqlite3_step(q) == SQLITE_ROW) {
-		if (n == cap) {
-			cap = cap ? 2 * cap : 256;
-			if ((nk = realloc(kids, cap * sizeof(*kids))) == NULL)
-				break;
-			kids = nk;
-		}
-		snprintf(kids[n++], sizeof(kids[0]), "%s", sqlite3_column_text(q, 0));
+	policy_unref(s->cache[i]);
+	s->cache[i] = NULL;
+	s->n_cached--;
+	for (j = (i + 1) & (CACHE_CAP - 1); s->cache[j] != NULL; j = (j + 1) & (CACHE_CAP - 1)) {
+		k = (size_t)hash_name(s->cache[j]->name) & (CACHE_CAP - 1);
+		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+			continue;
+		s->cache[i] = s->cache[j];
+		s->cache[j] = NULL;
+		i = j;
 	}
-	sqlite3_finalize(q);
-	if (n > 0)
-		qsort(kids, n, sizeof(kids[0]), kid_cmp);
-	pthread_mutex_lock(&s->pub_mu);
-	free(s->pub_kids);
-	s->pub_kids = kids;
-	s->n_pub_kids = n;
-	s->all_published = all;
-	pthread_mutex_unlock(&s->pub_mu);
-	signer_invalidate(s); /* policies refused for an unpublished key look again */
+}
+
+/* The io thread takes the names invalidated since it last looked. */
+static void cache_follow(struct signer *s)
+{
+	size_t i, n;
+
+	if (!__atomic_load_n(&s->inval_pending, __ATOMIC_ACQUIRE))
+		return;
+	pthread_mutex_lock(&s->inval_mu);
+	n = s->n_inval;
+	if (n > INVAL_MAX)
+		cache_flush(s);
+	else
+		for (i = 0; i < n; i++)
+			cache_drop(s, s->inval[i]);
+	s->n_inval = 0;
+	__atomic_store_n(&s->inval_pending, 0, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&s->inval_mu);
 }
 
 /* The cached policy of name, loaded on a miss; a new reference. */
@@ -568,6 +584,7 @@ static int policy_get(struct signer *s, const char *name, struct policy **ret)
 		cache_flush(s);
 		s->cached_generation = g;
 	}
+	cache_follow(s);
 	i = (size_t)hash_name(name) & (CACHE_CAP - 1);
 	for (k = 0; k < CACHE_CAP && s->cache[i] != NULL; k++, i = (i + 1) & (CACHE_CAP - 1))
 		if (strcmp(s->cache[i]->name, name) == 0) {
@@ -884,7 +901,7 @@ static void handle_line(struct signer *s, struct conn *c, const char *line, size
 	}
 	/* A key activated at once (a revocation's replacement) signs only once
 	 * the JWKS that carries it has reached the publisher. */
-	if (!kid_published(s, j->pol->kid)) {
+	if (!j->pol->published && !__atomic_load_n(&s->all_published, __ATOMIC_ACQUIRE)) {
 		e = SE_NO_ACTIVE_KEY;
 		snprintf(msg, sizeof(msg),
 			 "%s: its new key %s is not published yet; ask again in a moment", name,
@@ -1367,7 +1384,7 @@ int signer_start(struct cimdd *d, struct signer **ret, char *err, size_t errlen)
 	queue_init(&s->jq);
 	queue_init(&s->done);
 	pthread_mutex_init(&s->stats_mu, NULL);
-	pthread_mutex_init(&s->pub_mu, NULL);
+	pthread_mutex_init(&s->inval_mu, NULL);
 	signer_configure(s, d->cfg);
 	snprintf(s->prefix, sizeof(s->prefix), "%s/clients/", d->cfg->base_url);
 	s->prefix_len = strlen(s->prefix);
@@ -1376,8 +1393,10 @@ int signer_start(struct cimdd *d, struct signer **ret, char *err, size_t errlen)
 	s->uids = calloc(CIMD_SIGN_CONNS_MAX, sizeof(*s->uids));
 	s->cache = calloc(CACHE_CAP, sizeof(*s->cache));
 	s->stats = calloc(STATS_CAP, sizeof(*s->stats));
+	s->inval = calloc(INVAL_MAX, sizeof(*s->inval));
 	s->path = strdup(d->cfg->sign_socket);
-	if (!s->conns || !s->free_slots || !s->uids || !s->cache || !s->stats || !s->path) {
+	if (!s->conns || !s->free_slots || !s->uids || !s->cache || !s->stats || !s->inval ||
+	    !s->path) {
 		r = -ENOMEM;
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -1495,7 +1514,7 @@ void signer_stop(struct signer **ps)
 	free(s->uids);
 	free(s->cache);
 	free(s->stats);
-	free(s->pub_kids);
+	free(s->inval);
 	free(s->path);
 	free(s);
 	*ps = NULL;
