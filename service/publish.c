@@ -1085,10 +1085,12 @@ int publication_step(struct publication *p)
 	}
 	more = publish_changes(p);
 	retry_due(p, now);
-	/* Health and metrics: health at once, counters every METRICS_EVERY. */
-	if (publishing(p) &&
-	    (p->health == 2 || ((p->health || signer_answers(p->d->signer) != p->answers_at) &&
-				now - p->metrics_at >= METRICS_EVERY))) {
+	/* Health at once; gauges of the state (keys, journal, checkpoint) at
+	 * most once a second while it changes; the signer's counters alone
+	 * every METRICS_EVERY. */
+	if (publishing(p) && (p->health == 2 || (p->health == 1 && now != p->metrics_at) ||
+			      (signer_answers(p->d->signer) != p->answers_at &&
+			       now - p->metrics_at >= METRICS_EVERY))) {
 		p->answers_at = signer_answers(p->d->signer);
 		p->metrics_at = now;
 		p->health = 0;
