@@ -132,30 +132,73 @@ static int mkdir_p(const char *path)
 	return 0;
 }
 
+/* Both ports of the pair at p listen on loopback now, with SO_REUSEADDR. */
+static int pair_free(int p)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	int s[2], i, one = 1, ok = 1;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	for (i = 0; i < 2; i++) {
+		s[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		a.sin_port = htons((uint16_t)(p + i));
+		ok = ok && s[i] >= 0 &&
+		     setsockopt(s[i], SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+		     bind(s[i], (struct sockaddr *)&a, sizeof(a)) == 0 && listen(s[i], 1) == 0;
+	}
+	for (i = 0; i < 2; i++)
+		if (s[i] >= 0)
+			close(s[i]);
+	return ok;
+}
+
+/*
+ * A pair because swtpm's TCTI uses PORT for commands and PORT + 1 for control.
+ * The pairs come from below the kernel's ephemeral range
+ * (net.ipv4.ip_local_port_range), from 1024 up: the kernel takes the local
+ * port of every connect() and bind(0) from that range, so a port below it is
+ * held only by someone who asked for it by number.  Probing with bind(0), as
+ * this did before, got an even port from the ephemeral range whose odd
+ * neighbour was often the local end of one of the suite's own connections, or
+ * its TIME_WAIT (connect() prefers odd ports, bind(0) even ones), and gave up
+ * after 50 tries.  Both ports are bound with SO_REUSEADDR, as swtpm, nginx and
+ * libmicrohttpd bind theirs: a TIME_WAIT left by an earlier listener on the
+ * port does not stop them, so it must not stop us.  The walk starts at a
+ * random pair (tests run side by side) and goes through the whole range, so
+ * it fails only when every pair in it is taken.
+ */
 int dev_free_port_pair(void)
 {
-	struct sockaddr_in a;
-	socklen_t alen = sizeof(a);
-	int s1, s2, port = -1, tries;
+	unsigned lo = 32768, hi = 60999, first = 1024, n, start, i;
+	unsigned char rnd[4];
+	FILE *f;
 
-	/* swtpm's TCTI uses PORT for commands and PORT + 1 for control. */
-	for (tries = 0; tries < 50 && port < 0; tries++) {
-		memset(&a, 0, sizeof(a));
-		a.sin_family = AF_INET;
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		s1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (bind(s1, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-		    getsockname(s1, (struct sockaddr *)&a, &alen) == 0 &&
-		    ntohs(a.sin_port) < 65535) {
-			a.sin_port = htons((uint16_t)(ntohs(a.sin_port) + 1));
-			if (bind(s2, (struct sockaddr *)&a, sizeof(a)) == 0)
-				port = ntohs(a.sin_port) - 1;
+	if ((f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "re")) != NULL) {
+		if (fscanf(f, "%u %u", &lo, &hi) != 2 || lo > hi || hi > 65535) {
+			lo = 32768;
+			hi = 60999;
 		}
-		close(s1);
-		close(s2);
+		fclose(f);
 	}
-	return port;
+	/* n candidates p = first .. first + n - 1, with p + 1 below lo; when the
+	 * ephemeral range starts too low, the ports above it instead; when it is
+	 * everything, everything (then only less likely to succeed). */
+	if (lo >= first + 2) {
+		n = lo - 1 - first;
+	} else {
+		if (hi <= 65533)
+			first = hi + 1;
+		n = 65535 - first;
+	}
+	if (RAND_bytes(rnd, sizeof(rnd)) == 1)
+		start = (unsigned)rnd[0] << 24 | (unsigned)rnd[1] << 16 | (unsigned)rnd[2] << 8 |
+			rnd[3];
+	else
+		start = (unsigned)getpid() ^ (unsigned)time(NULL);
+	for (i = 0; i < n; i++)
+		if (pair_free((int)(first + (start + i) % n)))
+			return (int)(first + (start + i) % n);
+	return -EADDRNOTAVAIL;
 }
 
 static int port_open(int port)

@@ -1,4 +1,5 @@
 /* harness.c — see harness.h. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -23,8 +24,22 @@
 #include "harness.h"
 #include "service.h"
 
+/* Under a sanitizer its report, not our handler, ends the process (make asan). */
+#if defined(__SANITIZE_ADDRESS__)
+#define T_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+#define T_SANITIZED 1
+#endif
+#endif
+#ifdef T_SANITIZED
+#include <dlfcn.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 static int n_pass, n_fail, n_tests;
 static char prefix[64];
+static pid_t main_pid; /* the test binary; not the children it forks */
 
 void t_set_prefix(const char *p)
 {
@@ -53,8 +68,13 @@ int t_ok(int cond, const char *fmt, ...)
 	return cond;
 }
 
+static void logs_check_all(void);
+static void kill_and_report(void);
+
 int t_done(void)
 {
+	if (getpid() == main_pid)
+		logs_check_all();
 	t_cleanup();
 	printf("# %d passed, %d failed\n", n_pass, n_fail);
 	fflush(stdout);
@@ -93,6 +113,10 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 
 void t_cleanup(void)
 {
+	/* Nothing the test started outlives it, nor runs in a removed directory;
+	 * pid files are read before the directory goes. */
+	if (getpid() == main_pid)
+		kill_and_report();
 	if (tmp_root[0] == '\0' || getenv("CIMD_TEST_KEEP") != NULL)
 		return;
 	if (nftw(tmp_root, rm_one, 16, FTW_DEPTH | FTW_PHYS) < 0)
@@ -127,6 +151,7 @@ int t_sh(const char *fmt, ...)
 		return -1;
 	while (fgets(line, sizeof(line), f) != NULL)
 		printf("#   %s", line);
+	fflush(stdout); /* before a crash can lose it */
 	st = pclose(f);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
@@ -139,6 +164,9 @@ int t_sh_out(char *out, size_t len, const char *fmt, ...)
 	FILE *f;
 	int st;
 
+	if (len == 0)
+		return -1;
+	out[0] = '\0'; /* whatever fails below, the output is defined */
 	va_start(ap, fmt);
 	vsnprintf(cmd, sizeof(cmd), fmt, ap);
 	va_end(ap);
@@ -172,6 +200,537 @@ const char *t_bin(const char *name, char *buf, size_t len)
 	return buf;
 }
 
+/* ---- a test owns what it starts (STYLE.md 21) ----
+ *
+ * Before main(), t_init() makes the test binary the leader of a process group
+ * of its own (tests/run.sh starts each binary as a session of its own
+ * already).  What it starts stays in that group: cimdd runs with -f, so it
+ * does not call setsid(); the publisher is forked by cimdd and keeps its group;
+ * swtpm, curl, openssl, setpriv and the shells of t_sh() are plain children,
+ * and a process a shell put in the background stays in the group when the
+ * shell is gone.  nginx daemonizes (fork, then setsid() in the child): it is
+ * found by the pid file it writes under our temporary directory.
+ *
+ * At exit, at t_cleanup() and on a fatal signal, kill_leftovers() sends SIGKILL
+ * to every process of the group but the test itself, to every descendant that
+ * left the group (setsid), and to every process named by a pid file under the
+ * temporary directory that started after the test did (with its group, when
+ * it leads one: nginx's workers).  It runs in signal handlers, so it makes
+ * only async-signal-safe calls: no stdio, no malloc, /proc read with
+ * getdents64 and read.
+ *
+ * Whose group it is decides what of it is ours.  A session of our own
+ * (tests/run.sh), or a group we made: all of it.  A group a job-control shell
+ * made us the leader of may hold the rest of a pipeline ("test_daemon | tee"):
+ * there a member is ours unless it descends from our parent through another
+ * of its children.  A test that is one job of a terminal's foreground group
+ * (make, by hand) stays in it, so that ^C still reaches it: then only its
+ * descendants and the pid files are found.
+ */
+
+#define T_PROCS_MAX 16384 /* processes looked at in one sweep of /proc */
+#define T_HASH_SIZE 32768 /* pid -> entry, open addressing; a power of 2 > T_PROCS_MAX */
+#define T_DEPTH_MAX 64	  /* ancestors followed */
+#define T_VICTIMS_MAX 32  /* processes named in the report */
+
+enum t_group {
+	T_GROUP_NONE,	/* a job of someone else's group: descendants only */
+	T_GROUP_OWN,	/* a session or a group we made: every member is ours */
+	T_GROUP_SHARED, /* we lead it, but a job-control shell made it */
+};
+
+struct t_proc {
+	pid_t pid, ppid, pgrp;
+	char state;
+	unsigned long long start; /* clock ticks after boot, /proc/PID/stat field 22 */
+	char comm[16];
+};
+
+static enum t_group group;
+static pid_t main_ppid;
+static unsigned long long main_start;
+static struct sigaction old_act[NSIG];
+static char alt_stack[256 * 1024] __attribute__((aligned(16)));
+static struct t_proc procs[T_PROCS_MAX];
+static int proc_hash[T_HASH_SIZE]; /* index + 1 into procs, 0: free */
+static pid_t victims[T_VICTIMS_MAX];
+static char victims_comm[T_VICTIMS_MAX][16];
+static int n_victims;
+
+static char *put_str(char *p, const char *end, const char *s)
+{
+	while (*s != '\0' && p < end)
+		*p++ = *s++;
+	return p;
+}
+
+static char *put_num(char *p, const char *end, unsigned long long v)
+{
+	char d[24];
+	int n = 0;
+
+	do
+		d[n++] = (char)('0' + v % 10);
+	while ((v /= 10) > 0);
+	while (n > 0 && p < end)
+		*p++ = d[--n];
+	return p;
+}
+
+static unsigned long long get_num(const char **p)
+{
+	unsigned long long v = 0;
+
+	while (**p >= '0' && **p <= '9')
+		v = v * 10 + (unsigned long long)(*(*p)++ - '0');
+	return v;
+}
+
+/* A whole small file, NUL-terminated; its length or -1. */
+static ssize_t read_small(int dfd, const char *path, char *buf, size_t len)
+{
+	ssize_t n, got = 0;
+	int fd;
+
+	if ((fd = openat(dfd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+		return -1;
+	while ((size_t)got + 1 < len && (n = read(fd, buf + got, len - 1 - (size_t)got)) > 0)
+		got += n;
+	close(fd);
+	buf[got] = '\0';
+	return got;
+}
+
+/* proc(5): /proc/PID/stat, "pid (comm) state ppid pgrp ..."; comm may hold
+ * spaces and parentheses, so the fields start after the last ')'. */
+static int proc_read(pid_t pid, struct t_proc *ret)
+{
+	char path[40], buf[1024], *p = path, *end = path + sizeof(path) - 1;
+	const char *q, *c;
+	int field;
+
+	p = put_str(p, end, "/proc/");
+	p = put_num(p, end, (unsigned long long)pid);
+	p = put_str(p, end, "/stat");
+	*p = '\0';
+	if (read_small(AT_FDCWD, path, buf, sizeof(buf)) <= 0 || (c = strchr(buf, '(')) == NULL ||
+	    (q = strrchr(buf, ')')) == NULL || q[1] != ' ' || q[2] == '\0')
+		return -1;
+	memset(ret, 0, sizeof(*ret));
+	ret->pid = pid;
+	memcpy(ret->comm, c + 1, (size_t)(q - c - 1) < 15 ? (size_t)(q - c - 1) : 15);
+	ret->state = q[2];
+	for (q += 3, field = 4; field <= 22; field++) {
+		if (*q++ != ' ')
+			return -1;
+		if (*q == '-') /* only tty_nr and the like, never a field read here */
+			q++;
+		if (field == 4)
+			ret->ppid = (pid_t)get_num(&q);
+		else if (field == 5)
+			ret->pgrp = (pid_t)get_num(&q);
+		else if (field == 22)
+			ret->start = get_num(&q);
+		else
+			get_num(&q);
+	}
+	return 0;
+}
+
+static void kill_one(const struct t_proc *p, pid_t target)
+{
+	int i;
+
+	kill(target, SIGKILL);
+	for (i = 0; i < n_victims && i < T_VICTIMS_MAX; i++)
+		if (victims[i] == p->pid)
+			return;
+	if (n_victims < T_VICTIMS_MAX) {
+		victims[n_victims] = p->pid;
+		memcpy(victims_comm[n_victims], p->comm, sizeof(p->comm));
+	}
+	n_victims++;
+}
+
+static const struct t_proc *proc_find(pid_t pid)
+{
+	unsigned h = (unsigned)pid & (T_HASH_SIZE - 1);
+
+	for (; proc_hash[h] != 0; h = (h + 1) & (T_HASH_SIZE - 1))
+		if (procs[proc_hash[h] - 1].pid == pid)
+			return &procs[proc_hash[h] - 1];
+	return NULL;
+}
+
+/* Ours: a descendant of the test, or a member of our group (or a descendant
+ * of one) whose line does not lead to our parent by another way. */
+static int proc_ours(const struct t_proc *p)
+{
+	int in_group = group != T_GROUP_NONE && p->pgrp == main_pid, depth;
+	pid_t up = p->ppid;
+
+	for (depth = 0; depth < T_DEPTH_MAX && up > 1; depth++) {
+		if (up == main_pid)
+			return 1;
+		if (group == T_GROUP_SHARED && up == main_ppid)
+			return 0; /* the rest of the pipeline, and what it started */
+		if ((p = proc_find(up)) == NULL)
+			break;
+		in_group |= group != T_GROUP_NONE && p->pgrp == main_pid;
+		up = p->ppid;
+	}
+	return in_group;
+}
+
+/* One look at every process; those that are ours are killed.  How many. */
+static int sweep(void)
+{
+	char buf[4096] __attribute__((aligned(8))); /* struct dirent64 records */
+	size_t n_procs = 0, i;
+	ssize_t n, off;
+	int dfd, killed = 0;
+	unsigned h;
+	pid_t pid;
+
+	if ((dfd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+		return 0;
+	while ((n = getdents64(dfd, buf, sizeof(buf))) > 0) {
+		for (off = 0; off < n; off += ((struct dirent64 *)(buf + off))->d_reclen) {
+			const char *name = ((struct dirent64 *)(buf + off))->d_name;
+
+			/* Zombies are left out: dead, and their children went to a reaper. */
+			if (n_procs < T_PROCS_MAX && (pid = (pid_t)get_num(&name)) > 0 &&
+			    *name == '\0' && pid != main_pid &&
+			    proc_read(pid, &procs[n_procs]) == 0 && procs[n_procs].state != 'Z' &&
+			    procs[n_procs].state != 'X')
+				n_procs++;
+		}
+	}
+	close(dfd);
+	memset(proc_hash, 0, sizeof(proc_hash));
+	for (i = 0; i < n_procs; i++) {
+		for (h = (unsigned)procs[i].pid & (T_HASH_SIZE - 1); proc_hash[h] != 0;
+		     h = (h + 1) & (T_HASH_SIZE - 1))
+			;
+		proc_hash[h] = (int)i + 1;
+	}
+	for (i = 0; i < n_procs; i++)
+		if (proc_ours(&procs[i])) {
+			kill_one(&procs[i], procs[i].pid);
+			killed++;
+		}
+	return killed;
+}
+
+/* Processes named by NAME.pid files under dfd (nginx's pid file), down to
+ * depth 4, that started after the test did. */
+static int pid_files(int dfd, int depth)
+{
+	char buf[2048] __attribute__((aligned(8))), txt[32];
+	struct t_proc p;
+	ssize_t n, off;
+	size_t len;
+	int fd, killed = 0;
+	pid_t pid;
+
+	while ((n = getdents64(dfd, buf, sizeof(buf))) > 0) {
+		for (off = 0; off < n; off += ((struct dirent64 *)(buf + off))->d_reclen) {
+			const struct dirent64 *d = (const struct dirent64 *)(buf + off);
+			const char *q = txt;
+
+			if (d->d_name[0] == '.')
+				continue;
+			len = strlen(d->d_name);
+			if (d->d_type == DT_DIR && depth < 4) {
+				fd = openat(dfd, d->d_name,
+					    O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+				if (fd >= 0) {
+					killed += pid_files(fd, depth + 1);
+					close(fd);
+				}
+			} else if (d->d_type == DT_REG && len > 4 &&
+				   strcmp(d->d_name + len - 4, ".pid") == 0 &&
+				   read_small(dfd, d->d_name, txt, sizeof(txt)) > 0 &&
+				   (pid = (pid_t)get_num(&q)) > 1 && pid != main_pid &&
+				   proc_read(pid, &p) == 0 && p.state != 'Z' && p.state != 'X' &&
+				   p.start >= main_start) {
+				kill_one(&p, p.pgrp == pid ? -pid : pid);
+				killed++;
+			}
+		}
+	}
+	return killed;
+}
+
+/* Until a look finds none left (at most 3 s: a process in an uninterruptible
+ * sleep dies when it wakes).  How many processes were killed. */
+static int kill_leftovers(void)
+{
+	struct timespec ts = {0, 10 * 1000 * 1000};
+	int round, n, dfd;
+
+	if (getpid() != main_pid)
+		return 0;
+	n_victims = 0;
+	for (round = 0; round < 300; round++) {
+		n = sweep();
+		if (tmp_root[0] != '\0' &&
+		    (dfd = open(tmp_root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+			n += pid_files(dfd, 0);
+			close(dfd);
+		}
+		if (n == 0)
+			break;
+		nanosleep(&ts, NULL);
+	}
+	return n_victims;
+}
+
+static void kill_and_report(void)
+{
+	int n = kill_leftovers(), i;
+
+	if (n == 0)
+		return;
+	printf("# the test left %d process%s running, killed:", n, n == 1 ? "" : "es");
+	for (i = 0; i < n && i < T_VICTIMS_MAX; i++)
+		printf(" %d (%s)", (int)victims[i], victims_comm[i]);
+	printf("\n");
+	fflush(stdout);
+}
+
+static void on_exit_kill(void)
+{
+	kill_and_report();
+}
+
+/* On the way out of a dying test: kills, and says so on stderr. */
+static void kill_dying(const char *why, int sig)
+{
+	char msg[160], *p = msg, *end = msg + sizeof(msg) - 1;
+	int n;
+
+	if (getpid() != main_pid || (n = kill_leftovers()) == 0)
+		return;
+	p = put_str(p, end, "harness: ");
+	p = put_str(p, end, why);
+	if (sig > 0)
+		p = put_num(p, end, (unsigned long long)sig);
+	p = put_str(p, end, ": killed ");
+	p = put_num(p, end, (unsigned long long)n);
+	p = put_str(p, end, " process(es) the test started\n");
+	if (write(2, msg, (size_t)(p - msg)) < 0) {
+		/* nothing more to do */
+	}
+}
+
+#ifdef T_SANITIZED
+static void on_sanitizer_death(void)
+{
+	kill_dying("sanitizer report", 0);
+}
+#endif
+
+/* The test dies: what it started dies first, then the signal's own action
+ * (a sanitizer's report, a core dump) runs as it would have. */
+static void on_fatal(int sig, siginfo_t *si, void *uc)
+{
+	const struct sigaction *old = &old_act[sig];
+	int saved = errno;
+
+	kill_dying("signal ", sig);
+	if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction != NULL)
+		old->sa_sigaction(sig, si, uc);
+	else if (!(old->sa_flags & SA_SIGINFO) && old->sa_handler != SIG_DFL &&
+		 old->sa_handler != SIG_IGN)
+		old->sa_handler(sig);
+	signal(sig, SIG_DFL);
+	raise(sig);
+	errno = saved;
+}
+
+/* One job of a terminal's foreground process group, not its leader. */
+static int in_foreground_job(void)
+{
+	int fd = open("/dev/tty", O_RDONLY | O_NOCTTY | O_CLOEXEC), r;
+
+	if (fd < 0)
+		return 0;
+	r = tcgetpgrp(fd) == getpgrp();
+	close(fd);
+	return r;
+}
+
+__attribute__((constructor)) static void t_init(void)
+{
+	static const int fatal[] = {SIGSEGV, SIGBUS,  SIGFPE, SIGILL, SIGABRT,
+				    SIGSYS,  SIGTERM, SIGINT, SIGHUP, SIGQUIT};
+	struct sigaction sa, cur;
+	struct t_proc self;
+	stack_t ss;
+	size_t i;
+
+	main_pid = getpid();
+	main_ppid = getppid();
+	if (proc_read(main_pid, &self) == 0)
+		main_start = self.start;
+	if (getsid(0) == main_pid)
+		group = T_GROUP_OWN;
+	else if (getpgrp() == main_pid)
+		group = T_GROUP_SHARED;
+	else if (!in_foreground_job() && setpgid(0, 0) == 0)
+		group = T_GROUP_OWN;
+	/* A stack overflow must still reach the handler. */
+	if (sigaltstack(NULL, &ss) == 0 && (ss.ss_flags & SS_DISABLE)) {
+		ss.ss_sp = alt_stack;
+		ss.ss_size = sizeof(alt_stack);
+		ss.ss_flags = 0;
+		sigaltstack(&ss, NULL);
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_fatal;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER | SA_RESETHAND;
+	sigemptyset(&sa.sa_mask);
+	for (i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++) {
+		/* nohup and the like: an interrupt ignored when we started stays so */
+		if ((fatal[i] == SIGHUP || fatal[i] == SIGINT || fatal[i] == SIGQUIT) &&
+		    sigaction(fatal[i], NULL, &cur) == 0 && cur.sa_handler == SIG_IGN)
+			continue;
+		sigaction(fatal[i], &sa, &old_act[fatal[i]]);
+	}
+	atexit(on_exit_kill);
+#ifdef T_SANITIZED
+	/* The sanitizer may keep SIGSEGV for itself and ends the process with
+	 * _exit after its report: no handler of ours, no atexit.  gcc links ASan
+	 * and UBSan as two libraries, each with its own callback: both are set. */
+	__sanitizer_set_death_callback(on_sanitizer_death);
+	{
+		void *ubsan = dlopen("libubsan.so.1", RTLD_NOW | RTLD_NOLOAD);
+		void (*set)(void (*)(void)) = NULL;
+
+		if (ubsan != NULL)
+			*(void **)&set = dlsym(ubsan, "__sanitizer_set_death_callback");
+		if (set != NULL && set != __sanitizer_set_death_callback)
+			set(on_sanitizer_death);
+	}
+#endif
+}
+
+/* ---- the daemons' logs: the publisher's seccomp filter ----
+ *
+ * The publisher writes "cimdd-publisher: forbidden system call N" (and its
+ * backtrace) to the daemon's stderr, the log, when its filter refuses a call
+ * (publisher.c, on_sigsys); cimdd logs "killed by signal 31" if it died of
+ * SIGSYS without that.  Either fails a check when the daemon is stopped and at
+ * t_done(), whatever the test itself checks: each log is read from where the
+ * last look ended. */
+
+#define T_LOGS_MAX 64
+
+static struct t_log {
+	char path[600];
+	long off;
+} logs[T_LOGS_MAX];
+static int n_logs, n_forbidden;
+
+static struct t_log *log_entry(const char *path)
+{
+	int i;
+
+	if (path[0] == '\0')
+		return NULL;
+	for (i = 0; i < n_logs; i++)
+		if (strcmp(logs[i].path, path) == 0)
+			return &logs[i];
+	if (n_logs == T_LOGS_MAX)
+		return NULL;
+	snprintf(logs[n_logs].path, sizeof(logs[n_logs].path), "%s", path);
+	logs[n_logs].off = 0;
+	return &logs[n_logs++];
+}
+
+/* The lines about a forbidden system call from *off on, printed when print;
+ * *off moves to the end of the last whole line.  Their count. */
+static int log_forbidden(const char *path, long *off, int print)
+{
+	char line[1024], sigsys[32];
+	int n = 0, trail = 0;
+	struct stat st;
+	long pos;
+	FILE *f;
+
+	snprintf(sigsys, sizeof(sigsys), "killed by signal %d", SIGSYS);
+	if ((f = fopen(path, "re")) == NULL)
+		return 0;
+	if (fstat(fileno(f), &st) == 0 && st.st_size < *off)
+		*off = 0; /* a new log under the same name */
+	if (fseek(f, *off, SEEK_SET) < 0) {
+		fclose(f);
+		return 0;
+	}
+	for (pos = *off; fgets(line, sizeof(line), f) != NULL; pos = ftell(f)) {
+		if (strchr(line, '\n') == NULL && feof(f))
+			break; /* a line being written: the next look reads it whole */
+		if (strstr(line, "forbidden system call") != NULL || strstr(line, sigsys) != NULL) {
+			n++;
+			trail = 32; /* its backtrace follows */
+		} else if (trail > 0 && strstr(line, "[0x") != NULL) {
+			trail--;
+		} else {
+			trail = 0;
+			continue;
+		}
+		if (print)
+			printf("#   %s%s", line, strchr(line, '\n') ? "" : "\n");
+	}
+	*off = pos;
+	fclose(f);
+	return n;
+}
+
+/* A failed check, with the lines, when the log tells of a forbidden system
+ * call since the last look. */
+static void log_check(const char *path)
+{
+	struct t_log *e = log_entry(path);
+	long off = e ? e->off : 0, again = off;
+	int n;
+
+	if ((n = log_forbidden(path, &off, 0)) > 0) {
+		n_forbidden += n;
+		t_ok(0,
+		     "no forbidden system call in cimdd's log (the publisher's seccomp filter): "
+		     "%d in %s",
+		     n, path);
+		log_forbidden(path, &again, 1);
+	}
+	if (e != NULL)
+		e->off = off;
+}
+
+/* At the end of the test: every log, stopped daemon or not, to its end. */
+static void logs_check_all(void)
+{
+	long off[T_LOGS_MAX];
+	int i, n = 0, k[T_LOGS_MAX];
+
+	if (n_logs == 0)
+		return;
+	for (i = 0; i < n_logs; i++) {
+		off[i] = logs[i].off;
+		n += k[i] = log_forbidden(logs[i].path, &logs[i].off, 0);
+	}
+	t_ok(n == 0,
+	     "no forbidden system call in cimdd's log (the publisher's seccomp filter): the %d "
+	     "log%s of this test, to the end%s",
+	     n_logs, n_logs == 1 ? "" : "s",
+	     n_forbidden > 0 ? " (besides those reported when a daemon stopped)" : "");
+	for (i = 0; i < n_logs; i++)
+		if (k[i] > 0)
+			log_forbidden(logs[i].path, &off[i], 1);
+	n_forbidden += n;
+}
+
 static int unix_open(const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -193,6 +752,7 @@ int t_daemon_start(struct t_daemon *d)
 	int fd, st;
 
 	t_bin("cimdd", bin, sizeof(bin));
+	log_entry(d->log); /* read when it stops and at t_done() */
 	if ((d->pid = fork()) < 0)
 		return -errno;
 	if (d->pid == 0) {
@@ -218,14 +778,17 @@ int t_daemon_start(struct t_daemon *d)
 
 int t_daemon_stop(struct t_daemon *d, int sig)
 {
-	int st = 0;
+	int st = 0, r = -1;
 
-	if (d->pid <= 0)
-		return -1;
-	kill(d->pid, sig);
-	waitpid(d->pid, &st, 0);
-	d->pid = 0;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	if (d->pid > 0) {
+		kill(d->pid, sig);
+		waitpid(d->pid, &st, 0);
+		d->pid = 0;
+		r = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	}
+	/* Also when it had died already: its log says why. */
+	log_check(d->log);
+	return r;
 }
 
 int t_log_count(const struct t_daemon *d, const char *needle)
@@ -295,8 +858,11 @@ int t_swtpm_start(struct t_swtpm *s)
 	/* Another process may take the ports between our probe and swtpm's bind:
 	 * then swtpm exits and we try other ports. */
 	for (tries = 0; tries < 5 && r == -EADDRINUSE; tries++) {
-		if ((s->port = dev_free_port_pair()) < 0)
-			return -EADDRINUSE;
+		if ((s->port = dev_free_port_pair()) < 0) {
+			t_ok(0, "a free pair of loopback ports for swtpm (%s)",
+			     cimd_strerror(s->port));
+			return s->port;
+		}
 		r = swtpm_spawn(s);
 	}
 	snprintf(s->conf, sizeof(s->conf), "tpm2:tcti=swtpm:host=127.0.0.1,port=%d", s->port);
@@ -599,7 +1165,10 @@ int t_cimdd_start(struct t_cimdd *c, const char *name, const char *backend_conf,
 	snprintf(c->db, sizeof(c->db), "%s/state/cimdd.db", c->dir);
 	snprintf(c->ca, sizeof(c->ca), "%s/tls.crt", c->dir);
 	t_bin("cimdctl", c->ctl, sizeof(c->ctl));
-	c->port = dev_free_port_pair();
+	if ((c->port = dev_free_port_pair()) < 0) {
+		t_ok(0, "a free loopback port for cimdd's publisher (%s)", cimd_strerror(c->port));
+		return c->port;
+	}
 	snprintf(c->base, sizeof(c->base), "https://127.0.0.1:%d", c->port);
 	if (t_sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
 		 "%s/tls.key -out %s/tls.crt -days 2 -subj /CN=127.0.0.1 -addext "
@@ -661,15 +1230,35 @@ int t_cimdd_client(struct t_cimdd *c, const char *name, const char *aud)
 
 int t_cimdd_get(struct t_cimdd *c, const char *path, char *out, size_t len)
 {
-	return t_sh_out(out, len, "curl -s --max-time 5 --cacert %s %s%s", c->ca, c->base, path);
+	int rc = t_sh_out(out, len, "curl -s --max-time 5 --cacert %s %s%s", c->ca, c->base, path);
+
+	/* No complete answer: no part of one either. */
+	if (rc != 0 && len > 0)
+		out[0] = '\0';
+	return rc;
 }
 
 int t_cimdd_fetch(struct t_cimdd *c, const char *path, const char *file)
 {
-	char out[64];
+	char out[64], dst[1100];
+	int rc, status = 0, fd;
 
-	t_sh_out(out, sizeof(out),
-		 "curl -s --max-time 5 --cacert %s -o %s/%s -w '%%{http_code}' %s%s", c->ca, c->dir,
-		 file, c->base, path);
-	return atoi(out);
+	snprintf(dst, sizeof(dst), "%s/%s", c->dir, file);
+	/* Emptied first: curl leaves the file alone when no answer comes, and a
+	 * caller must not read an earlier answer as this one's. */
+	if ((fd = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+		return 0;
+	close(fd);
+	rc = t_sh_out(out, sizeof(out),
+		      "curl -s --max-time 5 --cacert %s -o %s -w '%%{http_code}' %s%s", c->ca, dst,
+		      c->base, path);
+	if (strlen(out) == 3 && strspn(out, "0123456789") == 3)
+		status = atoi(out);
+	if (rc != 0 || status < 100) {
+		/* No answer, or a part of one (curl's time limit, a reset). */
+		if ((fd = open(dst, O_WRONLY | O_TRUNC | O_CLOEXEC)) >= 0)
+			close(fd);
+		return 0;
+	}
+	return status;
 }

@@ -4,6 +4,14 @@
  *
  * Every test binary prints "ok N - ..." / "not ok N - ..." lines and a last line
  * "# N passed, N failed"; tests/run.sh adds them up.
+ *
+ * A test owns what it starts (STYLE.md 21).  Linking the harness makes the
+ * test binary, before main(), the leader of a process group of its own; when it
+ * ends (exit, t_cleanup(), or a fatal signal: SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+ * SIGABRT, SIGSYS, SIGTERM, SIGINT, SIGHUP, SIGQUIT) everything it started is
+ * killed: the rest of its group, its descendants that left the group, and the
+ * processes named by NAME.pid files under t_tmpdir() (nginx) that started after
+ * it.  Children it forks without exec are not the test: their exit kills nothing.
  */
 #ifndef CIMD_TEST_HARNESS_H
 #define CIMD_TEST_HARNESS_H
@@ -17,12 +25,15 @@
 int t_ok(int cond, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A text put before every following result ("tpm2: "), or NULL. */
 void t_set_prefix(const char *prefix);
-/* Prints the totals; the exit status of main. */
+/* Checks the logs of every daemon t_daemon_start() started (below), kills
+ * what the test left running, removes the directory, prints the totals; the
+ * exit status of main. */
 int t_done(void);
 /* Monotonic milliseconds. */
 double t_now_ms(void);
 
-/* A fresh directory under $TMPDIR (or /tmp); removed by t_cleanup(). */
+/* A fresh directory under $TMPDIR (or /tmp); removed by t_cleanup(), which
+ * first kills what the test left running. */
 const char *t_tmpdir(void);
 void t_cleanup(void);
 /* Writes a file (mode 0600); 0 or -errno. */
@@ -30,7 +41,8 @@ int t_write_file(const char *path, const void *buf, size_t len);
 /* Runs a shell command, its output to stdout prefixed "# "; its exit status. */
 int t_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Like t_sh, and the output (at most len - 1 bytes) into out. */
+/* Like t_sh, and the output (at most len - 1 bytes) into out, which is a
+ * string whatever happens. */
 int t_sh_out(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* build/bin/NAME of the build this test binary belongs to, into buf. */
 const char *t_bin(const char *name, char *buf, size_t len);
@@ -44,7 +56,10 @@ struct t_daemon {
 	const char *arg; /* one more argument for cimdd, or NULL */
 };
 int t_daemon_start(struct t_daemon *d);
-/* Sends sig and waits; the exit status (or 128 + signal). */
+/* Sends sig and waits; the exit status (or 128 + signal), -1 if it was not
+ * running.  Then reads the log from where the last look ended: a line about a
+ * forbidden system call (the publisher's seccomp filter) is a failed check,
+ * printed.  t_done() reads every such log to its end the same way. */
 int t_daemon_stop(struct t_daemon *d, int sig);
 /* Counts lines of the daemon's log that contain needle. */
 int t_log_count(const struct t_daemon *d, const char *needle);
@@ -58,7 +73,8 @@ struct t_softhsm {
 #define T_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 int t_softhsm_init(struct t_softhsm *h, const char *label, const char *pin);
 
-/* swtpm on a fresh pair of loopback ports, its state in a fresh directory. */
+/* swtpm on a fresh pair of loopback ports, its state in a fresh directory.
+ * No free pair is a failed check and a negative return. */
 struct t_swtpm {
 	pid_t pid;
 	int port; /* the TPM command port; port + 1 is the control port */
@@ -100,6 +116,7 @@ struct t_cimdd {
 	char db[600];
 	char ctl[700]; /* this build's cimdctl */
 };
+/* No free port is a failed check and a negative return. */
 int t_cimdd_start(struct t_cimdd *c, const char *name, const char *backend_conf, const char *extra);
 /* cimdctl -s ADMIN_SOCKET ARGS (stderr included) into out; its exit status. */
 int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
@@ -107,9 +124,11 @@ int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
 /* Client name: an approved client_credentials document, our uid allowed, aud
  * its audience.  0, or -1 with the failing answer printed. */
 int t_cimdd_client(struct t_cimdd *c, const char *name, const char *aud);
-/* GET BASE PATH over TLS into DIR/file; the HTTP status. */
+/* GET BASE PATH over TLS into DIR/file; the HTTP status.  No complete answer
+ * (refused, reset, timed out) is status 0 and an empty file. */
 int t_cimdd_fetch(struct t_cimdd *c, const char *path, const char *file);
-/* curl -s --cacert CA BASE PATH into out; curl's exit status. */
+/* curl -s --cacert CA BASE PATH into out; curl's exit status.  When curl fails,
+ * out is empty. */
 int t_cimdd_get(struct t_cimdd *c, const char *path, char *out, size_t len);
 
 #endif

@@ -334,20 +334,6 @@ static void sysusers(void)
 
 /* ---- the installed daemon as an unprivileged user (root only) ---- */
 
-static int free_port(void)
-{
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(sa);
-	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = 0;
-
-	if (s >= 0 && bind(s, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-	    getsockname(s, (struct sockaddr *)&sa, &len) == 0)
-		port = ntohs(sa.sin_port);
-	if (s >= 0)
-		close(s);
-	return port;
-}
-
 /* The installed example, made to run here: the changes are only paths, the
  * backend, the port and alice's uid (root, who runs cimdctl below). */
 static int make_config(const char *base, const struct t_softhsm *hsm, const char *adm, int port,
@@ -564,7 +550,10 @@ static void run_unprivileged(void)
 		     base, base, user, base) == 0,
 		"TLS certificate"))
 		goto out;
-	port = free_port();
+	/* The suite's one allocator (service/dev.c): below the ephemeral range. */
+	port = dev_free_port_pair();
+	if (!t_ok(port > 0, "a free loopback port for the publisher (%s)", cimd_strerror(port)))
+		goto out;
 	snprintf(conf, sizeof(conf), "%s/cimdd.conf", base);
 	if (!t_ok(make_config(base, &hsm, adm, port, conf) == 0 &&
 		      chown(conf, pw->pw_uid, pw->pw_gid) == 0 && chmod(conf, 0600) == 0,
