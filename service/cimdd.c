@@ -273,6 +273,12 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* A signal ignored by whoever started us (a shell's background job
+	 * ignores SIGINT) would be discarded, never reaching the signalfd. */
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	signal(SIGCHLD, SIG_DFL);
 	/* Blocked before any thread exists (key stores start workers), so that
 	 * every thread inherits the mask and only the signalfd sees them. */
 	sigemptyset(&mask);
