@@ -216,7 +216,7 @@ int main(int argc, char **argv)
 	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
 	struct publication *pub = NULL;
 	time_t probed_at = 0;
-	int more = 0;
+	int more = 1; /* the first turn publishes at once */
 	char devconf[1200], err[512], dbpath[1100];
 	struct cimdd d = {0};
 	struct admin_server *admin = NULL;
