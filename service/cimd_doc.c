@@ -112,52 +112,82 @@ static int loopback(const char *host)
 	       strcmp(host, "localhost") == 0;
 }
 
+/* Whether s came earlier in its array: seen holds the strings before it (as C
+ * strings, what strcmp would compare), so that an array of k strings costs
+ * O(k), not O(k^2); an admin line holds thousands of short ones.  1 seen, 0
+ * not (and now it is), -ENOMEM. */
+static int seen_before(json_t *seen, const char *s)
+{
+	if (json_object_get(seen, s) != NULL)
+		return 1;
+	return json_object_set_new_nocheck(seen, s, json_true()) == 0 ? 0 : -ENOMEM;
+}
+
 static int check_redirect_uris(const json_t *v, char *err, size_t len)
 {
+	json_t *seen = NULL;
 	struct uri u;
-	size_t i, j;
+	size_t i;
 	const char *s;
+	int r = -EINVAL;
 
 	if (!json_is_array(v) || json_array_size(v) == 0)
 		return fail(err, len, "redirect_uris: must be a non-empty array of strings");
+	if ((seen = json_object()) == NULL)
+		return -ENOMEM;
 	for (i = 0; i < json_array_size(v); i++) {
-		if ((s = json_string_value(json_array_get(v, i))) == NULL)
-			return fail(err, len, "redirect_uris[%zu]: not a string", i);
-		if (strchr(s, '*') != NULL)
-			return fail(err, len,
-				    "redirect_uris: '%s' has a wildcard: redirect URIs are "
-				    "compared as exact strings",
-				    s);
-		if (uri_parse("redirect_uris", s, &u, err, len) < 0)
-			return -EINVAL;
-		if (!u.https && !loopback(u.host))
-			return fail(err, len,
-				    "redirect_uris: '%s' must be https, or http on a loopback host "
-				    "(127.0.0.1, [::1], localhost)",
-				    s);
-		for (j = 0; j < i; j++)
-			if (strcmp(s, json_string_value(json_array_get(v, j))) == 0)
-				return fail(err, len, "redirect_uris: '%s' appears twice", s);
+		if ((s = json_string_value(json_array_get(v, i))) == NULL) {
+			r = fail(err, len, "redirect_uris[%zu]: not a string", i);
+			goto out;
+		}
+		if (strchr(s, '*') != NULL) {
+			r = fail(err, len,
+				 "redirect_uris: '%s' has a wildcard: redirect URIs are "
+				 "compared as exact strings",
+				 s);
+			goto out;
+		}
+		if ((r = uri_parse("redirect_uris", s, &u, err, len)) < 0)
+			goto out;
+		if (!u.https && !loopback(u.host)) {
+			r = fail(err, len,
+				 "redirect_uris: '%s' must be https, or http on a loopback host "
+				 "(127.0.0.1, [::1], localhost)",
+				 s);
+			goto out;
+		}
+		if ((r = seen_before(seen, s)) != 0) {
+			if (r > 0)
+				r = fail(err, len, "redirect_uris: '%s' appears twice", s);
+			goto out;
+		}
 	}
-	return 0;
+	r = 0;
+out:
+	json_decref(seen);
+	return r;
 }
 
-/* Array of unique strings; *ret_has reports members of interest. */
+/* Array of unique strings. */
 static int string_set(const char *member, const json_t *v, int may_be_empty, char *err, size_t len)
 {
-	size_t i, j;
+	json_t *seen = NULL;
+	size_t i;
 	const char *s;
+	int r = 0;
 
 	if (!json_is_array(v) || (json_array_size(v) == 0 && !may_be_empty))
 		return fail(err, len, "%s: must be a non-empty array of strings", member);
-	for (i = 0; i < json_array_size(v); i++) {
+	if ((seen = json_object()) == NULL)
+		return -ENOMEM;
+	for (i = 0; i < json_array_size(v) && r == 0; i++) {
 		if ((s = json_string_value(json_array_get(v, i))) == NULL || *s == '\0')
-			return fail(err, len, "%s[%zu]: not a non-empty string", member, i);
-		for (j = 0; j < i; j++)
-			if (strcmp(s, json_string_value(json_array_get(v, j))) == 0)
-				return fail(err, len, "%s: '%s' appears twice", member, s);
+			r = fail(err, len, "%s[%zu]: not a non-empty string", member, i);
+		else if ((r = seen_before(seen, s)) > 0)
+			r = fail(err, len, "%s: '%s' appears twice", member, s);
 	}
-	return 0;
+	json_decref(seen);
+	return r;
 }
 
 static int has(const json_t *arr, const char *s)

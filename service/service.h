@@ -57,6 +57,8 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_JOURNAL_SHOW_BYTES (1024 * 1024) /* record bytes in one journal.show answer */
 #define CIMD_KEYS_PER_CLIENT_MAX 16	      /* keys a client holds outside retired/destroyed */
 #define CIMD_CLIENTS_MAX 10000
+#define CIMD_LIST_PAGE_DEFAULT 100   /* clients in one client.list answer, unless asked */
+#define CIMD_LIST_PAGE_MAX 1000	     /* and at most */
 #define CIMD_CALLERS_MAX 64	     /* uids and gids allowed to sign for one client */
 #define CIMD_AUDIENCES_MAX 64	     /* audiences of one client */
 #define CIMD_JOURNAL_SHOW_MAX 1000   /* records in one journal.show answer */

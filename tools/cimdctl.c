@@ -345,32 +345,103 @@ static int cmd_client_add(int argc, char **argv)
 	return 0;
 }
 
-static const char U_CLIENT_LIST[] = "client list";
-static int cmd_client_list(int argc, char **argv)
-{
-	const char *pos[1];
-	json_t *r = NULL, *c;
-	size_t i;
-	int rc;
+static const char U_CLIENT_LIST[] = "client list [--after NAME] [--limit N] [--all]";
 
-	if ((rc = parse(argc, argv, U_CLIENT_LIST, NULL, pos, 0, 0)) != 0)
-		return rc;
-	if ((rc = run(json_pack("{ss}", "op", "client.list"), &r)) != 0)
-		return rc < 0 ? 0 : rc;
-	printf("%-24s %-16s %-7s %-6s %-8s %s\n", "NAME", "OWNER", "BACKEND", "ALG", "VERSION",
-	       "ACTIVE KEY");
-	json_array_foreach(json_object_get(r, "clients"), i, c)
+/* Prints one page's clients: a table row each, or with --json each client as
+ * an element of the one "clients" array that --all prints. */
+static void print_clients(const json_t *clients, size_t *count)
+{
+	json_t *c;
+	char *line;
+	size_t i;
+
+	json_array_foreach(clients, i, c)
 	{
 		char v[24] = "-";
+
+		if (json_out) {
+			if ((line = json_dumps(c, JSON_COMPACT)) != NULL)
+				printf("%s\n    %s", *count ? "," : "", line);
+			free(line);
+			(*count)++;
+			continue;
+		}
 		if (json_is_integer(json_object_get(c, "version")))
 			snprintf(v, sizeof(v), "%lld",
 				 (long long)json_integer_value(json_object_get(c, "version")));
 		printf("%-24s %-16s %-7s %-6s %-8s %s%s\n", str(c, "name"), str(c, "owner"),
 		       str(c, "backend"), str(c, "alg"), v, str(c, "active_kid"),
 		       json_is_true(json_object_get(c, "degraded")) ? "  DEGRADED" : "");
+		(*count)++;
 	}
-	json_decref(r);
-	return 0;
+}
+
+static int cmd_client_list(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--after", 1), OPT("--limit", 1), OPT("--all", 0), OPT_END};
+	const char *pos[1];
+	char *after = NULL;
+	json_t *req, *r = NULL;
+	size_t count = 0;
+	long limit = -1;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_CLIENT_LIST, o, pos, 0, 0)) != 0)
+		return rc;
+	if (o[1].set && (limit = number(o[1].value, "--limit", U_CLIENT_LIST, &rc)) < 0)
+		return rc;
+	if (!o[2].set) {
+		/* One page, as the daemon answers it. */
+		req = json_pack("{ss}", "op", "client.list");
+		if (req != NULL && o[0].set)
+			json_object_set_new(req, "after", json_string(o[0].value));
+		if (req != NULL && limit >= 0)
+			json_object_set_new(req, "limit", json_integer(limit));
+		if ((rc = run(req, &r)) != 0)
+			return rc < 0 ? 0 : rc;
+		printf("%-24s %-16s %-7s %-6s %-8s %s\n", "NAME", "OWNER", "BACKEND", "ALG",
+		       "VERSION", "ACTIVE KEY");
+		print_clients(json_object_get(r, "clients"), &count);
+		if (json_is_string(json_object_get(r, "next")))
+			fprintf(stderr, "cimdctl: more follow: --after %s, or --all\n",
+				str(r, "next"));
+		json_decref(r);
+		return 0;
+	}
+	/* --all: page after page, each printed as it comes, until no next. */
+	if (o[0].set && (after = strdup(o[0].value)) == NULL)
+		return 1;
+	if (json_out)
+		printf("{\n  \"ok\": true,\n  \"clients\": [");
+	else
+		printf("%-24s %-16s %-7s %-6s %-8s %s\n", "NAME", "OWNER", "BACKEND", "ALG",
+		       "VERSION", "ACTIVE KEY");
+	for (;;) {
+		req = json_pack("{ss}", "op", "client.list");
+		if (req != NULL && after != NULL)
+			json_object_set_new(req, "after", json_string(after));
+		if (req != NULL && limit >= 0)
+			json_object_set_new(req, "limit", json_integer(limit));
+		if ((rc = call_said(req, &r)) != 0)
+			break;
+		print_clients(json_object_get(r, "clients"), &count);
+		fflush(stdout);
+		free(after);
+		after = NULL;
+		if (json_is_string(json_object_get(r, "next")) &&
+		    (after = strdup(str(r, "next"))) == NULL)
+			rc = 1;
+		json_decref(r);
+		r = NULL;
+		if (after == NULL)
+			break;
+	}
+	if (json_out && rc == 0)
+		printf("\n  ]\n}\n");
+	else if (json_out)
+		printf("\n");
+	free(after);
+	return rc;
 }
 
 static const char U_CLIENT_SHOW[] = "client show NAME";
