@@ -165,13 +165,34 @@ struct ks_ref {
 	uint8_t *ref;
 	size_t len;
 	char tag[CIMD_TAG_MAX + 1]; /* "" when the key has none */
+	int whole; /* the hardware holds all of it, as key_store_load needs it (PKCS#11:
+		      exactly one private and one public object with the CKA_ID) */
 };
 /* The references of every key this appliance made that the hardware itself
- * holds (PKCS#11: the private keys labelled "cimdd"), at most max.  A TPM keeps
- * no keys of ours (they are blobs the caller stores), so a TPM store lists none.
- * Free with ks_refs_free. */
+ * holds (PKCS#11: the private keys labelled "cimdd", each whole or not), at most
+ * max, in one pass over the hardware: what reconciliation matches the database
+ * against.  On PKCS#11 the store remembers the objects of every key listed, so
+ * that no later call on one searches the token.  A TPM keeps no keys of ours
+ * (they are blobs the caller stores), so a TPM store lists none.  The listing
+ * has a deadline of its own, longer than timeout-ms: it reads every object on a
+ * token.  Free with ks_refs_free. */
 int key_store_list(struct key_store *ks, size_t max, struct ks_ref **ret_refs, size_t *ret_n);
 void ks_refs_free(struct ks_ref **refs, size_t n);
+/* 1 when the hardware holds the keys themselves, so that key_store_list shows
+ * every key there is (PKCS#11); 0 when a key exists only as the reference the
+ * caller stores (TPM: a wrapped blob), so that a listing proves nothing. */
+int key_store_holds_keys(const struct key_store *ks);
+/* What can be known of a stored reference without the hardware (no call to
+ * it, any thread): 0 when it is well formed for this backend and alg,
+ * -CIMD_ENOKEY when it is malformed (key_store_load would say the same),
+ * -CIMD_EALG when it is a key for another algorithm. */
+int key_store_ref_check(const struct key_store *ks, enum cimd_alg alg, const uint8_t *ref,
+			size_t ref_len);
+/* Destroys the hardware key of a stored reference without loading it first, as
+ * key_store_destroy does (PKCS#11: every object with the CKA_ID, even half a
+ * pair; TPM: flushed if loaded, the caller deletes the blob).  -CIMD_ENOKEY
+ * when the hardware holds nothing under it. */
+int key_store_destroy_ref(struct key_store *ks, const uint8_t *ref, size_t ref_len);
 
 void ks_key_free(struct ks_key **key);
 /* The reference to persist; valid while the key handle lives. */
@@ -425,6 +446,8 @@ struct ks_backend {
 	const char *name;
 	/* The parameter naming the hardware: one key store per value per process. */
 	const char *exclusive_param;
+	/* key_store_holds_keys: whether list shows every key there is. */
+	int holds_keys;
 	int (*open)(struct key_store *ks, const struct ks_param *params, size_t nparams,
 		    void **ret_be);
 	void (*close)(void *be);
@@ -456,6 +479,8 @@ struct ks_backend {
 	 * thread.  ref_restricted: 1 for a restricted key (a TPM AK), 0 otherwise;
 	 * tpm_public: the marshalled TPMT_PUBLIC (malloc'd), or -ENOTSUP. */
 	int (*ref_restricted)(const uint8_t *ref, size_t ref_len);
+	/* key_store_ref_check: load's checks that need no hardware. */
+	int (*ref_check)(enum cimd_alg alg, const uint8_t *ref, size_t ref_len);
 	int (*tpm_public)(const uint8_t *ref, size_t ref_len, uint8_t **ret_pub, size_t *ret_len);
 };
 

@@ -11,7 +11,7 @@
  * worker thread, the only thread that ever calls its backend after open.  A
  * caller hands the worker a job (with its own copies of the inputs) and waits
  * at most the job's deadline: `timeout-ms` (default 1500) for load, sign,
- * destroy and the counter, 60 s for key generation.  A job that misses its
+ * destroy and the counter, 60 s for key generation and for a listing.  A job that misses its
  * deadline is abandoned to the worker, which frees it when the hardware finally
  * answers; until then every call fails at once with CIMD_EUNAVAILABLE, and
  * afterwards the store works again by itself.  Callers are serialised by ks->lock, within
@@ -39,7 +39,11 @@
 #define KS_TIMEOUT_DEFAULT_MS 1500 /* "backend unavailable" within 2 s */
 #define KS_TIMEOUT_MAX_MS 600000
 #define KS_GENERATE_TIMEOUT_MS 60000 /* RSA key generation on a real TPM */
-#define KS_MSG_MAX (1024 * 1024)     /* a message to sign */
+/* A listing reads every object on the token (1 s for 20,000 objects on
+ * SoftHSM2's file store; more on a network HSM): a long command, like RSA
+ * generation. */
+#define KS_LIST_TIMEOUT_MS 60000
+#define KS_MSG_MAX (1024 * 1024) /* a message to sign */
 #define KS_ERRMSG_MAX 256
 #define KS_QUALIFYING_MAX 64 /* TPM2_Certify's qualifyingData: a nonce or a digest */
 
@@ -719,12 +723,44 @@ int key_store_list(struct key_store *ks, size_t max, struct ks_ref **ret_refs, s
 	if ((j = job_new(KS_LIST, CIMD_ALG_NONE, NULL, 0, NULL, 0)) == NULL)
 		return -ENOMEM;
 	j->msg_len = max; /* the cap travels in the job */
-	if ((r = ks_run(ks, &j, ks->timeout_ms)) == 0) {
+	if ((r = ks_run(ks, &j,
+			KS_LIST_TIMEOUT_MS > ks->timeout_ms ? KS_LIST_TIMEOUT_MS
+							    : ks->timeout_ms)) == 0) {
 		*ret_refs = j->refs;
 		*ret_n = j->nrefs;
 		j->refs = NULL;
 		j->nrefs = 0;
 	}
+	job_free(j);
+	return r;
+}
+
+int key_store_holds_keys(const struct key_store *ks)
+{
+	return ks->be_ops->holds_keys;
+}
+
+int key_store_ref_check(const struct key_store *ks, enum cimd_alg alg, const uint8_t *ref,
+			size_t ref_len)
+{
+	/* In the order key_store_load checks, so that both say the same. */
+	if (cimd_alg_name(alg) == NULL)
+		return -CIMD_EALG;
+	if (ref == NULL || ref_len == 0 || ref_len > CIMD_KEYREF_MAX)
+		return -CIMD_ENOKEY;
+	return ks->be_ops->ref_check(alg, ref, ref_len);
+}
+
+int key_store_destroy_ref(struct key_store *ks, const uint8_t *ref, size_t ref_len)
+{
+	struct ks_job *j;
+	int r;
+
+	if (ref == NULL || ref_len == 0 || ref_len > CIMD_KEYREF_MAX)
+		return caller_fail(-CIMD_ENOKEY, "key reference of %zu bytes", ref_len);
+	if ((j = job_new(KS_DESTROY, CIMD_ALG_NONE, ref, ref_len, NULL, 0)) == NULL)
+		return -ENOMEM;
+	r = ks_run(ks, &j, ks->timeout_ms);
 	job_free(j);
 	return r;
 }

@@ -1,24 +1,36 @@
 /*
- * ks_pkcs11.c — PKCS#11 backend (libp11 for module loading, token discovery,
- * login and signing; the module's own function list for what libp11 0.4.12
- * lacks).
+ * ks_pkcs11.c — PKCS#11 backend (libp11 for module loading, token discovery and
+ * login; the module's own function list for everything done with keys).
  *
- * libp11 0.4.12 generates only RSA keys and reads no object attributes, so key
- * generation (C_GenerateKeyPair), attribute reads (C_GetAttributeValue), lookup
- * by CKA_ID and destruction go through the module's CK_FUNCTION_LIST on a
- * session of our own.  Those raw calls live in the p11_raw_* functions below
- * and nowhere else.  The function list is the one of the module instance that
- * libp11 loaded (dlopen RTLD_NOLOAD), so login state is shared: PKCS#11 v2.40
- * §5.6 makes login per application, not per session, which is why our C_Login
- * answers CKR_USER_ALREADY_LOGGED_IN and why that counts as success.
+ * libp11 0.4.12 generates only RSA keys, reads no object attributes, and finds a
+ * key only by enumerating every key on the token (which reads every object:
+ * seconds at 20,000 objects on SoftHSM2), so key generation (C_GenerateKeyPair),
+ * attribute reads (C_GetAttributeValue), lookup by CKA_ID, signing (C_Sign) and
+ * destruction go through the module's CK_FUNCTION_LIST on a session of our own.
+ * Those raw calls live in the p11_raw_* functions below and nowhere else.  The
+ * function list is the one of the module instance that libp11 loaded (dlopen
+ * RTLD_NOLOAD), so login state is shared: PKCS#11 v2.40 §5.6 makes login per
+ * application, not per session, which is why our C_Login answers
+ * CKR_USER_ALREADY_LOGGED_IN and why that counts as success.
+ *
+ * Keys by CKA_ID without a search.  A C_FindObjects search reads every object on
+ * the token (SoftHSM2 checks each object's file: 0.4 s at 20,000 objects), so a
+ * key is searched for at most once per connection: the objects of every key met
+ * (generated, listed, searched for) are remembered by CKA_ID, and one listing
+ * of the token fills that index for all of them (p11_raw_index).  A remembered
+ * handle is used for a load, an evidence read or a destruction only after
+ * C_GetAttributeValue confirms it still names an object of its class with that
+ * CKA_ID (PKCS#11 v2.40 §2.4: a handle may come to name another object once its
+ * own is destroyed); a signature trusts a handle confirmed on this connection,
+ * as libp11's cached keys did.
  *
  * Threads: libp11 0.4.12 is not thread-safe; key_store.c serialises every call
  * to this backend with the key store's mutex (one session per key store).
  *
  * Faults: any failure that can come from a lost session or a stale object handle
  * (the token was removed and reinserted, the module was reset) makes the backend
- * drop every session and cached key, log in again, look the key up again by its
- * CKA_ID and retry once.
+ * drop every session and remembered key, log in again, look the key up again by
+ * its CKA_ID and retry once.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -31,23 +43,26 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <openssl/rsa.h>
 #include <p11-kit/pkcs11.h>
 
 #include "fw.h"
 
-#define P11_ID_LEN 16	 /* CKA_ID of keys we generate: 128 random bits */
-#define P11_CACHE_MAX 64 /* private keys kept resolved to an EVP_PKEY */
-#define P11_FIND_MAX 16	 /* objects one CKA_ID may name (a pair, normally) */
+#define P11_ID_LEN 16	/* CKA_ID of keys we generate: 128 random bits */
+#define P11_FIND_MAX 16 /* objects one CKA_ID may name (a pair, normally) */
 #define P11_RSA_BITS 2048
+#define P11_KEYS_MAX (1 << 20)	/* keys remembered by CKA_ID */
+#define P11_OBJECTS_MAX 1000000 /* objects on a token we list */
 
 /* DER OIDs for CKA_EC_PARAMS (RFC 5480 §2.1.1.1). */
 static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 static const uint8_t oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
 
-struct p11_cached {
+/* A key's two objects, remembered by CKA_ID (see the top of this file). */
+struct p11_obj {
 	uint8_t id[P11_ID_LEN];
-	EVP_PKEY *pkey;
+	CK_OBJECT_HANDLE priv, pub; /* CK_INVALID_HANDLE: forgotten */
+	int used;		    /* the slot holds an id (forgotten ones too) */
+	int confirmed;		    /* the handles were confirmed on this connection */
 };
 
 struct p11 {
@@ -61,8 +76,9 @@ struct p11 {
 	CK_FUNCTION_LIST_PTR fl;
 	CK_SESSION_HANDLE sess;
 	int have_sess;
-	struct p11_cached cache[P11_CACHE_MAX];
-	size_t ncache;
+	struct p11_obj *objs; /* open addressing on the CKA_ID */
+	size_t objs_cap, objs_n;
+	int indexed;	 /* a listing of the token filled objs on this connection */
 	time_t reloaded; /* last full reload of the module (p11_reload) */
 };
 
@@ -91,7 +107,10 @@ static const struct {
     CKR(CKR_DEVICE_REMOVED, 1),
     CKR(CKR_TOKEN_NOT_PRESENT, 1),
     CKR(CKR_CRYPTOKI_NOT_INITIALIZED, 1),
+    CKR(CKR_OPERATION_ACTIVE, 1),
     CKR(CKR_MECHANISM_INVALID, 0),
+    CKR(CKR_KEY_TYPE_INCONSISTENT, 0),
+    CKR(CKR_KEY_FUNCTION_NOT_PERMITTED, 0),
     CKR(CKR_TEMPLATE_INCONSISTENT, 0),
     CKR(CKR_ATTRIBUTE_VALUE_INVALID, 0),
     CKR(CKR_DEVICE_MEMORY, 0),
@@ -128,18 +147,107 @@ static int p11_fail(struct key_store *ks, CK_RV rv, int r, const char *what)
 	return ks_fail(ks, r, "pkcs11: %s: %s (0x%lx)", what, ckr_name(rv), (unsigned long)rv);
 }
 
-static void p11_drop_cache(struct p11 *p)
-{
-	size_t i;
+/* ---- keys remembered by CKA_ID ---- */
 
-	for (i = 0; i < p->ncache; i++)
-		EVP_PKEY_free(p->cache[i].pkey);
-	p->ncache = 0;
+static size_t p11_obj_hash(const uint8_t *id)
+{
+	uint64_t h;
+
+	memcpy(&h, id, sizeof(h)); /* our CKA_IDs are random: any 64 bits hash */
+	return (size_t)(h ^ (h >> 31));
+}
+
+/* The slot of id: the one holding it, or the empty one where it would go. */
+static struct p11_obj *p11_obj_slot(const struct p11 *p, const uint8_t *id)
+{
+	size_t i = p11_obj_hash(id) & (p->objs_cap - 1);
+
+	while (p->objs[i].used && memcmp(p->objs[i].id, id, P11_ID_LEN) != 0)
+		i = (i + 1) & (p->objs_cap - 1);
+	return &p->objs[i];
+}
+
+static struct p11_obj *p11_obj_get(const struct p11 *p, const uint8_t *id, size_t id_len)
+{
+	struct p11_obj *o;
+
+	if (p->objs_cap == 0 || id_len != P11_ID_LEN)
+		return NULL;
+	o = p11_obj_slot(p, id);
+	return o->used ? o : NULL;
+}
+
+static void p11_obj_drop(struct p11 *p)
+{
+	free(p->objs);
+	p->objs = NULL;
+	p->objs_cap = p->objs_n = 0;
+	p->indexed = 0;
+}
+
+/* Remembers a key's objects.  Best effort: without memory, or past
+ * P11_KEYS_MAX, keys are searched for as they would be without it. */
+static void p11_obj_put(struct p11 *p, const uint8_t *id, CK_OBJECT_HANDLE priv,
+			CK_OBJECT_HANDLE pub, int confirmed)
+{
+	struct p11_obj *old = p->objs, *o;
+	size_t i, cap = p->objs_cap;
+
+	if ((p->objs_n + 1) * 2 > p->objs_cap) {
+		if (p->objs_n >= P11_KEYS_MAX) {
+			p11_obj_drop(p);
+			return;
+		}
+		p->objs_cap = cap ? 2 * cap : 1024;
+		if ((p->objs = calloc(p->objs_cap, sizeof(*p->objs))) == NULL) {
+			p->objs = old;
+			p->objs_cap = cap;
+			p11_obj_drop(p);
+			return;
+		}
+		/* Forgotten ones are not moved. */
+		for (i = p->objs_n = 0; i < cap; i++)
+			if (old[i].used && old[i].priv != CK_INVALID_HANDLE) {
+				*p11_obj_slot(p, old[i].id) = old[i];
+				p->objs_n++;
+			}
+		free(old);
+	}
+	o = p11_obj_slot(p, id);
+	if (!o->used)
+		p->objs_n++;
+	memcpy(o->id, id, P11_ID_LEN);
+	o->used = 1;
+	o->priv = priv;
+	o->pub = pub;
+	o->confirmed = confirmed;
+}
+
+static void p11_obj_forget(struct p11_obj *o)
+{
+	if (o == NULL)
+		return;
+	o->priv = o->pub = CK_INVALID_HANDLE;
+	o->confirmed = 0;
+}
+
+/* Whether handle h names an object of class cls with CKA_ID id, now. */
+static int p11_obj_is(struct p11 *p, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, const uint8_t *id)
+{
+	CK_OBJECT_CLASS c = (CK_OBJECT_CLASS)-1;
+	uint8_t got[P11_ID_LEN];
+	CK_ATTRIBUTE a[2] = {
+	    {CKA_CLASS, &c, sizeof(c)},
+	    {CKA_ID, got, sizeof(got)},
+	};
+
+	return h != CK_INVALID_HANDLE && p->fl->C_GetAttributeValue(p->sess, h, a, 2) == CKR_OK &&
+	       c == cls && a[1].ulValueLen == P11_ID_LEN && memcmp(got, id, P11_ID_LEN) == 0;
 }
 
 static void p11_disconnect(struct p11 *p)
 {
-	p11_drop_cache(p);
+	p11_obj_drop(p);
 	if (p->have_sess && p->fl != NULL)
 		p->fl->C_CloseSession(p->sess);
 	p->have_sess = 0;
@@ -474,39 +582,92 @@ static int p11_raw_generate(struct key_store *ks, struct p11 *p, enum cimd_alg a
 	if ((r = p11_raw_public_jwk(ks, p, hpub, alg, ret_jwk)) < 0) {
 		p->fl->C_DestroyObject(p->sess, hpriv);
 		p->fl->C_DestroyObject(p->sess, hpub);
+		return r;
 	}
-	return r;
+	p11_obj_put(p, id, hpriv, hpub, 1);
+	return 0;
 }
 
-static int p11_raw_load(struct key_store *ks, struct p11 *p, enum cimd_alg alg, const uint8_t *id,
-			size_t id_len, json_t **ret_jwk)
+static int p11_raw_index(struct key_store *ks, struct p11 *p, size_t max, struct ks_ref **ret_refs,
+			 size_t *ret_n);
+
+/*
+ * The private and public key objects of the key id: remembered ones, confirmed
+ * now unless trust allows one confirmed on this connection; otherwise, once per
+ * connection, the token is listed (which remembers every key on it); otherwise
+ * searched for by CKA_ID, exactly one of each, and remembered.
+ */
+static int p11_key_objs(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len,
+			int trust, CK_OBJECT_HANDLE *ret_priv, CK_OBJECT_HANDLE *ret_pub)
 {
-	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
+	CK_OBJECT_HANDLE objs[P11_FIND_MAX], priv;
+	struct p11_obj *o = p11_obj_get(p, id, id_len);
 	CK_ULONG n;
 	int r;
 
+	if (o == NULL && !p->indexed && id_len == P11_ID_LEN) {
+		if ((r = p11_raw_index(ks, p, 0, NULL, NULL)) < 0)
+			return r;
+		o = p11_obj_get(p, id, id_len);
+	}
+	if (o != NULL && o->priv != CK_INVALID_HANDLE &&
+	    ((trust && o->confirmed) || (p11_obj_is(p, o->priv, CKO_PRIVATE_KEY, id) &&
+					 p11_obj_is(p, o->pub, CKO_PUBLIC_KEY, id)))) {
+		o->confirmed = 1;
+		*ret_priv = o->priv;
+		*ret_pub = o->pub;
+		return 0;
+	}
+	p11_obj_forget(o);
 	if ((r = p11_raw_find(ks, p, id, id_len, CKO_PRIVATE_KEY, objs, &n)) < 0)
 		return r;
 	if (n != 1)
 		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: %lu private keys with this CKA_ID",
 			       (unsigned long)n);
+	priv = objs[0];
 	if ((r = p11_raw_find(ks, p, id, id_len, CKO_PUBLIC_KEY, objs, &n)) < 0)
 		return r;
 	if (n != 1)
 		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: %lu public keys with this CKA_ID",
 			       (unsigned long)n);
-	return p11_raw_public_jwk(ks, p, objs[0], alg, ret_jwk);
+	if (id_len == P11_ID_LEN)
+		p11_obj_put(p, id, priv, objs[0], 1);
+	*ret_priv = priv;
+	*ret_pub = objs[0];
+	return 0;
+}
+
+static int p11_raw_load(struct key_store *ks, struct p11 *p, enum cimd_alg alg, const uint8_t *id,
+			size_t id_len, json_t **ret_jwk)
+{
+	CK_OBJECT_HANDLE priv, pub;
+	int r;
+
+	if ((r = p11_key_objs(ks, p, id, id_len, 0, &priv, &pub)) < 0)
+		return r;
+	return p11_raw_public_jwk(ks, p, pub, alg, ret_jwk);
 }
 
 static int p11_raw_destroy(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len)
 {
 	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
+	struct p11_obj *o = p11_obj_get(p, id, id_len);
 	CK_ULONG i, n;
 	CK_RV rv;
-	int r;
+	int r, found = 0;
 
-	int found = 0;
-
+	/* The two objects we know, when they are still what we knew. */
+	if (o != NULL && p11_obj_is(p, o->priv, CKO_PRIVATE_KEY, id) &&
+	    p11_obj_is(p, o->pub, CKO_PUBLIC_KEY, id)) {
+		if ((rv = p->fl->C_DestroyObject(p->sess, o->priv)) != CKR_OK ||
+		    (rv = p->fl->C_DestroyObject(p->sess, o->pub)) != CKR_OK) {
+			p11_obj_forget(o);
+			return p11_fail(ks, rv, -CIMD_EBACKEND, "C_DestroyObject");
+		}
+		p11_obj_forget(o);
+		return 0;
+	}
+	p11_obj_forget(o);
 	/* In rounds of P11_FIND_MAX, until nothing carries the CKA_ID. */
 	do {
 		if ((r = p11_raw_find(ks, p, id, id_len, (CK_ULONG)-1, objs, &n)) < 0)
@@ -521,70 +682,166 @@ static int p11_raw_destroy(struct key_store *ks, struct p11 *p, const uint8_t *i
 	return 0;
 }
 
-/* CKA_IDs (and tags) of the private keys labelled "cimdd" or "cimdd:TAG", at
- * most max.  PKCS#11 finds by whole attribute values only, so every private key
- * is read and the label prefix checked here. */
-static int p11_raw_list(struct key_store *ks, struct p11 *p, size_t max, struct ks_ref **ret_refs,
-			size_t *ret_n)
-{
-	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-	CK_ATTRIBUTE tmpl[1] = {
-	    {CKA_CLASS, &cls, sizeof(cls)},
-	};
-	char label[P11_LABEL_MAX + 8];
-	size_t llen;
-	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
-	struct ks_ref *refs = NULL, *nr;
-	size_t n = 0, len;
+/* One private or public key object, as a listing of the token saw it. */
+struct p11_seen {
+	CK_OBJECT_HANDLE h;
+	CK_OBJECT_CLASS cls;
 	uint8_t id[P11_ID_LEN * 4];
-	CK_ULONG k, i;
+	size_t id_len;
+	int ours;		    /* a private key labelled "cimdd" or "cimdd:TAG" */
+	char tag[CIMD_TAG_MAX + 1]; /* "" when none */
+};
+
+static int p11_seen_cmp(const void *a, const void *b)
+{
+	const struct p11_seen *x = a, *y = b;
+
+	if (x->id_len != y->id_len)
+		return x->id_len < y->id_len ? -1 : 1;
+	return memcmp(x->id, y->id, x->id_len);
+}
+
+/*
+ * One listing of the token: every object read once.  One C_FindObjectsInit
+ * for all objects, their handles fetched P11_LIST_BATCH at a time, and one
+ * C_GetAttributeValue per object for its class, CKA_ID and label together: a
+ * module may cost a lot per call (SoftHSM2 checks each object's file on every
+ * call), so the calls are what this keeps low.  From it:
+ *
+ *   - every key with exactly one private and one public object is remembered
+ *     (p11_obj_put), so that no later call on it searches the token;
+ *   - when ret_refs is not NULL, the CKA_IDs (and tags) of the private keys
+ *     labelled "cimdd" or "cimdd:TAG" (PKCS#11 finds by whole attribute values
+ *     only, so the label is checked here), at most max, each whole when its
+ *     CKA_ID names exactly one private and one public object, as a load needs.
+ *
+ * The listing is what reconciliation believes about the whole token, so it is
+ * all or nothing: an attribute that cannot be ours (too long, sensitive,
+ * absent) makes that object not ours, any other failure fails the listing.
+ */
+#define P11_LIST_BATCH 1024
+static int p11_raw_index(struct key_store *ks, struct p11 *p, size_t max, struct ks_ref **ret_refs,
+			 size_t *ret_n)
+{
+	char label[P11_LABEL_MAX + 1];
+	CK_OBJECT_CLASS cls;
+	CK_ATTRIBUTE a[3];
+	CK_OBJECT_HANDLE *objs;
+	struct p11_seen *seen = NULL, *ns, *e;
+	struct ks_ref *refs = NULL;
+	size_t n = 0, cap = 0, nrefs = 0, i, j, g, npriv, npub, tlen;
+	CK_ULONG k, o;
 	CK_RV rv;
 	int r = 0;
 
-	if ((rv = p->fl->C_FindObjectsInit(p->sess, tmpl, 1)) != CKR_OK)
+	if ((objs = calloc(P11_LIST_BATCH, sizeof(*objs))) == NULL)
+		return -ENOMEM;
+	if ((rv = p->fl->C_FindObjectsInit(p->sess, NULL, 0)) != CKR_OK) {
+		free(objs);
 		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_FindObjectsInit");
+	}
 	do {
-		if ((rv = p->fl->C_FindObjects(p->sess, objs, P11_FIND_MAX, &k)) != CKR_OK) {
+		if ((rv = p->fl->C_FindObjects(p->sess, objs, P11_LIST_BATCH, &k)) != CKR_OK) {
 			r = p11_fail(ks, rv, -CIMD_EBACKEND, "C_FindObjects");
 			break;
 		}
-		for (i = 0; i < k && n < max && r == 0; i++) {
-			llen = sizeof(label) - 1;
-			if (p11_raw_attr(ks, p, objs[i], CKA_LABEL, label, &llen) < 0 ||
-			    llen >= sizeof(label))
-				continue; /* no label, or too long to be ours */
-			label[llen] = '\0';
-			if (strcmp(label, P11_LABEL) != 0 &&
-			    strncmp(label, P11_LABEL ":", sizeof(P11_LABEL)) != 0)
-				continue;
-			len = sizeof(id);
-			if ((r = p11_raw_attr(ks, p, objs[i], CKA_ID, id, &len)) < 0)
+		for (o = 0; o < k && r == 0; o++) {
+			if (n == cap) {
+				cap = cap ? 2 * cap : 1024;
+				if (cap > P11_OBJECTS_MAX) {
+					r = ks_fail(ks, -E2BIG, "pkcs11: more than %d objects",
+						    P11_OBJECTS_MAX);
+					break;
+				}
+				if ((ns = realloc(seen, cap * sizeof(*seen))) == NULL) {
+					r = -ENOMEM;
+					break;
+				}
+				seen = ns;
+			}
+			e = &seen[n];
+			cls = (CK_OBJECT_CLASS)-1;
+			a[0] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
+			a[1] = (CK_ATTRIBUTE){CKA_ID, e->id, sizeof(e->id)};
+			a[2] = (CK_ATTRIBUTE){CKA_LABEL, label, sizeof(label) - 1};
+			rv = p->fl->C_GetAttributeValue(p->sess, objs[o], a, 3);
+			/* PKCS#11 v2.40 §5.7.5: with these three, each attribute that
+			 * could not be returned has the length CK_UNAVAILABLE_INFORMATION,
+			 * and the others are filled in. */
+			if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL &&
+			    rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID) {
+				r = p11_fail(ks, rv, -CIMD_EBACKEND, "C_GetAttributeValue");
 				break;
-			if ((nr = realloc(refs, (n + 1) * sizeof(*refs))) == NULL ||
-			    (nr[n].ref = malloc(len ? len : 1)) == NULL) {
-				if (nr != NULL)
-					refs = nr;
+			}
+			if (a[0].ulValueLen != sizeof(cls) ||
+			    (cls != CKO_PRIVATE_KEY && cls != CKO_PUBLIC_KEY) ||
+			    a[1].ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+			    a[1].ulValueLen > sizeof(e->id))
+				continue; /* no key, or no CKA_ID a key of ours has */
+			e->h = objs[o];
+			e->cls = cls;
+			e->id_len = a[1].ulValueLen;
+			e->ours = 0;
+			e->tag[0] = '\0';
+			if (cls == CKO_PRIVATE_KEY && a[2].ulValueLen < sizeof(label)) {
+				label[a[2].ulValueLen] = '\0';
+				tlen = a[2].ulValueLen > sizeof(P11_LABEL)
+					   ? a[2].ulValueLen - sizeof(P11_LABEL)
+					   : 0;
+				e->ours = strcmp(label, P11_LABEL) == 0 ||
+					  strncmp(label, P11_LABEL ":", sizeof(P11_LABEL)) == 0;
+				if (e->ours && label[sizeof(P11_LABEL) - 1] == ':' &&
+				    tlen <= CIMD_TAG_MAX)
+					memcpy(e->tag, label + sizeof(P11_LABEL), tlen + 1);
+			}
+			n++;
+		}
+	} while (r == 0 && k == P11_LIST_BATCH);
+	p->fl->C_FindObjectsFinal(p->sess);
+	free(objs);
+	if (r == 0 && n > 0)
+		qsort(seen, n, sizeof(*seen), p11_seen_cmp);
+	/* By CKA_ID: how many private and public objects carry it. */
+	for (g = 0; r == 0 && g < n; g = j) {
+		for (j = g, npriv = npub = 0; j < n && p11_seen_cmp(&seen[g], &seen[j]) == 0; j++)
+			*(seen[j].cls == CKO_PRIVATE_KEY ? &npriv : &npub) += 1;
+		if (npriv == 1 && npub == 1 && seen[g].id_len == P11_ID_LEN)
+			p11_obj_put(p, seen[g].id,
+				    seen[g].cls == CKO_PRIVATE_KEY ? seen[g].h : seen[g + 1].h,
+				    seen[g].cls == CKO_PRIVATE_KEY ? seen[g + 1].h : seen[g].h, 1);
+		for (i = g; ret_refs != NULL && i < j && nrefs < max; i++) {
+			if (!seen[i].ours)
+				continue;
+			if (nrefs % 64 == 0) {
+				struct ks_ref *nr = realloc(refs, (nrefs + 64) * sizeof(*refs));
+				if (nr == NULL) {
+					r = -ENOMEM;
+					break;
+				}
+				refs = nr;
+			}
+			if ((refs[nrefs].ref = malloc(seen[i].id_len ? seen[i].id_len : 1)) ==
+			    NULL) {
 				r = -ENOMEM;
 				break;
 			}
-			refs = nr;
-			memcpy(refs[n].ref, id, len);
-			refs[n].len = len;
-			refs[n].tag[0] = '\0';
-			if (label[sizeof(P11_LABEL) - 1] == ':' &&
-			    strlen(label + sizeof(P11_LABEL)) <= CIMD_TAG_MAX)
-				memcpy(refs[n].tag, label + sizeof(P11_LABEL),
-				       strlen(label + sizeof(P11_LABEL)) + 1);
-			n++;
+			memcpy(refs[nrefs].ref, seen[i].id, seen[i].id_len);
+			refs[nrefs].len = seen[i].id_len;
+			memcpy(refs[nrefs].tag, seen[i].tag, sizeof(refs[nrefs].tag));
+			refs[nrefs].whole = npriv == 1 && npub == 1;
+			nrefs++;
 		}
-	} while (r == 0 && k == P11_FIND_MAX && n < max);
-	p->fl->C_FindObjectsFinal(p->sess);
+	}
+	free(seen);
 	if (r < 0) {
-		ks_refs_free(&refs, n);
+		ks_refs_free(&refs, nrefs);
 		return r;
 	}
-	*ret_refs = refs;
-	*ret_n = n;
+	p->indexed = 1;
+	if (ret_refs != NULL) {
+		*ret_refs = refs;
+		*ret_n = nrefs;
+	}
 	return 0;
 }
 
@@ -626,9 +883,8 @@ static int p11_raw_evidence(struct key_store *ks, struct p11 *p, const uint8_t *
 			    struct ks_p11_evidence *ret)
 {
 	struct ks_p11_evidence ev;
-	CK_OBJECT_HANDLE objs[P11_FIND_MAX];
+	CK_OBJECT_HANDLE priv, pub;
 	CK_TOKEN_INFO ti;
-	CK_ULONG n;
 	CK_RV rv;
 	int r;
 
@@ -640,99 +896,67 @@ static int p11_raw_evidence(struct key_store *ks, struct p11 *p, const uint8_t *
 	p11_field(ti.model, sizeof(ti.model), ev.model);
 	p11_field(ti.serialNumber, sizeof(ti.serialNumber), ev.serial);
 	p11_field(ti.label, sizeof(ti.label), ev.label);
-	if ((r = p11_raw_find(ks, p, id, id_len, CKO_PRIVATE_KEY, objs, &n)) < 0)
+	if ((r = p11_key_objs(ks, p, id, id_len, 0, &priv, &pub)) < 0)
 		return r;
-	if (n != 1)
-		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: %lu private keys with this CKA_ID",
-			       (unsigned long)n);
-	if ((r = p11_raw_bool(ks, p, objs[0], CKA_SENSITIVE, &ev.sensitive)) < 0 ||
-	    (r = p11_raw_bool(ks, p, objs[0], CKA_ALWAYS_SENSITIVE, &ev.always_sensitive)) < 0 ||
-	    (r = p11_raw_bool(ks, p, objs[0], CKA_EXTRACTABLE, &ev.extractable)) < 0 ||
-	    (r = p11_raw_bool(ks, p, objs[0], CKA_NEVER_EXTRACTABLE, &ev.never_extractable)) < 0 ||
-	    (r = p11_raw_bool(ks, p, objs[0], CKA_LOCAL, &ev.local)) < 0)
+	if ((r = p11_raw_bool(ks, p, priv, CKA_SENSITIVE, &ev.sensitive)) < 0 ||
+	    (r = p11_raw_bool(ks, p, priv, CKA_ALWAYS_SENSITIVE, &ev.always_sensitive)) < 0 ||
+	    (r = p11_raw_bool(ks, p, priv, CKA_EXTRACTABLE, &ev.extractable)) < 0 ||
+	    (r = p11_raw_bool(ks, p, priv, CKA_NEVER_EXTRACTABLE, &ev.never_extractable)) < 0 ||
+	    (r = p11_raw_bool(ks, p, priv, CKA_LOCAL, &ev.local)) < 0)
 		return r;
 	*ret = ev;
 	return 0;
 }
 
-/* ---- signing through libp11 and OpenSSL ---- */
+/* ---- signing: C_Sign on the key's private object ---- */
 
-static int p11_private_key(struct key_store *ks, struct p11 *p, const uint8_t *id, size_t id_len,
-			   EVP_PKEY **ret_pkey)
-{
-	PKCS11_KEY *keys;
-	unsigned int i, n;
-	EVP_PKEY *pk = NULL;
-	size_t c;
-
-	for (c = 0; c < p->ncache; c++)
-		if (memcmp(p->cache[c].id, id, P11_ID_LEN) == 0) {
-			*ret_pkey = p->cache[c].pkey;
-			return 0;
-		}
-	/* libp11 re-enumerates here, and so sees keys we generated since. */
-	if (PKCS11_enumerate_keys(p->slot->token, &keys, &n) < 0)
-		return ks_fail(ks, -EAGAIN, "pkcs11: cannot enumerate keys");
-	for (i = 0; i < n; i++)
-		if (keys[i].id_len == id_len && memcmp(keys[i].id, id, id_len) == 0)
-			break;
-	if (i == n)
-		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: no private key with this CKA_ID");
-	if ((pk = PKCS11_get_private_key(&keys[i])) == NULL)
-		return ks_fail(ks, -EAGAIN, "pkcs11: libp11 cannot use the private key");
-	if (p->ncache == P11_CACHE_MAX)
-		p11_drop_cache(p);
-	memcpy(p->cache[p->ncache].id, id, P11_ID_LEN);
-	p->cache[p->ncache++].pkey = pk;
-	*ret_pkey = pk;
-	return 0;
-}
-
+/*
+ * The digest is computed here and signed by the token (PKCS#11 v2.40 §2.3.6,
+ * CKM_ECDSA: the signature is r || s, each as long as the curve's order, which
+ * is what JWS wants, RFC 7518 §3.4; §2.1.14, CKM_RSA_PKCS_PSS on the digest with
+ * MGF1 of the same hash and a salt as long as the hash, RFC 7518 §3.5).
+ */
 static int p11_sign_once(struct key_store *ks, struct p11 *p, enum cimd_alg alg, const uint8_t *id,
 			 size_t id_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
 			 size_t *ret_len)
 {
 	const EVP_MD *md = alg == CIMD_ALG_ES384 ? EVP_sha384() : EVP_sha256();
-	size_t size = cimd_alg_ec_size(alg), siglen;
-	uint8_t der[CIMD_SIG_MAX];
-	EVP_MD_CTX *mctx = NULL;
-	EVP_PKEY_CTX *pctx = NULL;
-	EVP_PKEY *pk = NULL;
+	size_t size = cimd_alg_ec_size(alg);
+	CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+	CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
+	CK_OBJECT_HANDLE priv, pub;
+	uint8_t digest[EVP_MAX_MD_SIZE], sig[CIMD_SIG_MAX];
+	unsigned int dlen = 0;
+	CK_ULONG siglen = sizeof(sig);
+	CK_RV rv;
 	int r;
 
-	if ((r = p11_private_key(ks, p, id, id_len, &pk)) < 0)
+	if ((r = p11_key_objs(ks, p, id, id_len, 1, &priv, &pub)) < 0)
 		return r;
-	if ((size == 0) != (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA))
-		return ks_fail(ks, -CIMD_EALG, "pkcs11: key type does not match %s",
-			       cimd_alg_name(alg));
-	if ((mctx = EVP_MD_CTX_new()) == NULL)
-		return -ENOMEM;
-	r = ks_fail(ks, -EAGAIN, "pkcs11: signing failed");
-	if (EVP_DigestSignInit(mctx, &pctx, md, NULL, pk) != 1)
-		goto out;
-	/* RFC 7518 §3.5: PSS with MGF1-SHA-256 and a 32-byte salt. */
-	if (size == 0 && (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-			  EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
-			  EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) != 1))
-		goto out;
-	siglen = sizeof(der);
-	if (EVP_DigestSign(mctx, der, &siglen, msg, len) != 1)
-		goto out;
-	if (size == 0) {
-		memcpy(ret_sig, der, siglen);
-		*ret_len = siglen;
-	} else {
-		if ((r = ecdsa_der_to_raw(der, siglen, size, ret_sig)) < 0) {
-			ks_fail(ks, r, "pkcs11: token returned a malformed ECDSA signature");
-			goto out;
-		}
-		*ret_len = 2 * size;
+	if (EVP_Digest(msg, len, digest, &dlen, md, NULL) != 1) {
+		ERR_clear_error();
+		return ks_fail(ks, -CIMD_ECRYPTO, "pkcs11: cannot hash the message");
 	}
-	r = 0;
-out:
-	ERR_clear_error();
-	EVP_MD_CTX_free(mctx);
-	return r;
+	if (size == 0) {
+		mech = (CK_MECHANISM){CKM_RSA_PKCS_PSS, &pss, sizeof(pss)};
+		if (dlen != pss.sLen)
+			return ks_fail(ks, -CIMD_EALG, "pkcs11: no PSS for %s", cimd_alg_name(alg));
+	}
+	if ((rv = p->fl->C_SignInit(p->sess, &mech, priv)) != CKR_OK)
+		return p11_fail(ks, rv,
+				rv == CKR_KEY_TYPE_INCONSISTENT ? -CIMD_EALG : -CIMD_EBACKEND,
+				"C_SignInit");
+	/* C_Sign ends the operation whatever it answers, but for a buffer too
+	 * small (§5.2): ours holds any signature of ours. */
+	if ((rv = p->fl->C_Sign(p->sess, digest, dlen, sig, &siglen)) != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_Sign");
+	/* A key of another curve or size signs, but not at the length alg needs. */
+	if ((size != 0 && siglen != 2 * size) || (size == 0 && siglen != P11_RSA_BITS / 8))
+		return ks_fail(ks, -CIMD_EALG, "pkcs11: a %lu-byte signature is not one of %s",
+			       (unsigned long)siglen, cimd_alg_name(alg));
+	memcpy(ret_sig, sig, siglen);
+	*ret_len = siglen;
+	return 0;
 }
 
 /* ---- backend operations: each retries once on a fresh session ---- */
@@ -836,19 +1060,12 @@ static int p11_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 static int p11_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len)
 {
 	struct p11 *p = be;
-	size_t c;
 	int r;
 
 	if (ref_len != P11_ID_LEN)
 		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: malformed key reference");
 	if ((r = p11_ready(ks, p)) < 0)
 		return r;
-	for (c = 0; c < p->ncache; c++)
-		if (memcmp(p->cache[c].id, ref, P11_ID_LEN) == 0) {
-			EVP_PKEY_free(p->cache[c].pkey);
-			p->cache[c] = p->cache[--p->ncache];
-			break;
-		}
 	r = p11_raw_destroy(ks, p, ref, ref_len);
 	if (p11_again(ks, p, &r))
 		r = p11_raw_destroy(ks, p, ref, ref_len);
@@ -863,9 +1080,9 @@ static int p11_list(struct key_store *ks, void *be, size_t max, struct ks_ref **
 
 	if ((r = p11_ready(ks, p)) < 0)
 		return r;
-	r = p11_raw_list(ks, p, max, ret_refs, ret_n);
+	r = p11_raw_index(ks, p, max, ret_refs, ret_n);
 	if (p11_again(ks, p, &r))
-		r = p11_raw_list(ks, p, max, ret_refs, ret_n);
+		r = p11_raw_index(ks, p, max, ret_refs, ret_n);
 	return p11_final(r);
 }
 
@@ -919,6 +1136,13 @@ static int p11_ref_restricted(const uint8_t *ref, size_t ref_len)
 	return 0;
 }
 
+/* What load checks before asking the token: a reference is a CKA_ID of ours. */
+static int p11_ref_check(enum cimd_alg alg, const uint8_t *ref, size_t ref_len)
+{
+	(void)alg, (void)ref;
+	return ref_len == P11_ID_LEN ? 0 : -CIMD_ENOKEY;
+}
+
 static int p11_tpm_public(const uint8_t *ref, size_t ref_len, uint8_t **ret_pub, size_t *ret_len)
 {
 	(void)ref, (void)ref_len, (void)ret_pub, (void)ret_len;
@@ -928,6 +1152,7 @@ static int p11_tpm_public(const uint8_t *ref, size_t ref_len, uint8_t **ret_pub,
 const struct ks_backend ks_pkcs11_backend = {
     .name = "pkcs11",
     .exclusive_param = "module",
+    .holds_keys = 1,
     .open = p11_open,
     .close = p11_close,
     .generate = p11_generate,
@@ -940,5 +1165,6 @@ const struct ks_backend ks_pkcs11_backend = {
     .p11_evidence = p11_evidence,
     .counter = p11_counter,
     .ref_restricted = p11_ref_restricted,
+    .ref_check = p11_ref_check,
     .tpm_public = p11_tpm_public,
 };

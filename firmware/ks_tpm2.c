@@ -1103,6 +1103,22 @@ static int tpm_ref_restricted(const uint8_t *ref, size_t ref_len)
 	return (pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED) != 0;
 }
 
+/* What load checks before asking the TPM: the reference parses, and its public
+ * area is exactly what cimdd creates for alg.  What only the TPM can check (that
+ * it wrapped the private part, TPM 2.0 Part 1 §23.7) is left to TPM2_Load. */
+static int tpm_ref_check(enum cimd_alg alg, const uint8_t *ref, size_t ref_len)
+{
+	TPM2B_PUBLIC pub;
+	TPM2B_PRIVATE priv;
+	int r;
+
+	if (ref_parse(ref, ref_len, &pub, &priv) < 0)
+		return -CIMD_ENOKEY;
+	r = check_public(&pub, alg) < 0 ? -CIMD_EALG : 0;
+	OPENSSL_cleanse(&priv, sizeof(priv));
+	return r;
+}
+
 /* The TPMT_PUBLIC as TPM 2.0 Part 2 §12.2.4 marshals it: what the key's name
  * is the digest of (Part 1 §16). */
 static int tpm_public(const uint8_t *ref, size_t ref_len, uint8_t **ret_pub, size_t *ret_len)
@@ -1152,7 +1168,8 @@ static int tpm_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_
 }
 
 /* The TPM holds no keys of ours between calls: they are the blobs the caller
- * stores, so there is nothing in the hardware that the caller does not know. */
+ * stores, so there is nothing in the hardware that the caller does not know
+ * (holds_keys is 0: a listing says nothing about which keys exist). */
 static int tpm_list(struct key_store *ks, void *be, size_t max, struct ks_ref **ret_refs,
 		    size_t *ret_n)
 {
@@ -1167,6 +1184,7 @@ static int tpm_list(struct key_store *ks, void *be, size_t max, struct ks_ref **
 const struct ks_backend ks_tpm2_backend = {
     .name = "tpm2",
     .exclusive_param = "tcti",
+    .holds_keys = 0,
     .open = tpm_open,
     .close = tpm_close,
     .generate = tpm_generate,
@@ -1179,5 +1197,6 @@ const struct ks_backend ks_tpm2_backend = {
     .p11_evidence = tpm_p11_evidence,
     .counter = tpm_counter,
     .ref_restricted = tpm_ref_restricted,
+    .ref_check = tpm_ref_check,
     .tpm_public = tpm_public,
 };

@@ -38,6 +38,44 @@ struct client_info {
 	int64_t rotate_every;
 };
 
+/*
+ * When the scheduler next has something to do, so that a tick with nothing due
+ * runs no query at all: a tick costs what is due, not what exists (issue 13).
+ * Per kind of transition, the earliest time one can fall due; 0 when that is
+ * not known (the next tick looks), INT64_MAX when nothing is pending.  A look is
+ * one query that returns the due rows and, after them, the time the next one
+ * falls due.  Keys and the degraded mark change only through this file
+ * (keys_insert, transition, reconciliation, keys_recheck_degraded), and every
+ * change that can make something due sooner brings that time forward
+ * (sched_soon); the durations come from the configuration, and a reload that
+ * changes one makes every time unknown.  One daemon per process: one schedule.
+ *
+ * The looks themselves read every key in the state concerned (schema 7 indexes
+ * keys by state, not by the time in that state), but only when something is
+ * due or changed, not every second.  Partial indexes on the times (keys(retiring)
+ * WHERE state = 'retiring', likewise retired, revoked AND destroyed IS NULL,
+ * and activated WHERE state = 'active') would make each look cost what is due.
+ */
+enum { SCHED_RETIRE, SCHED_DESTROY, SCHED_REVOKED, SCHED_ROTATE, SCHED_KINDS };
+static struct {
+	int64_t at[SCHED_KINDS];
+	long grace, destroy_delay, rotate_every, jwks_max_age; /* what the times assume */
+} sched;
+
+static void sched_soon(int kind, int64_t t)
+{
+	if (t < sched.at[kind])
+		sched.at[kind] = t;
+}
+
+/* One second more than the sum: times are kept in whole seconds, so a key that
+ * turned retiring at T.9 is recorded at T, and its last assertion (signed just
+ * before) must stay verifiable for its whole lifetime. */
+static int64_t retire_grace(const struct cimd_config *c)
+{
+	return (int64_t)c->assertion_max_ttl + c->jwks_max_age + c->clock_skew + 1;
+}
+
 static int client_info(struct store *st, const char *name, struct client_info *ret)
 {
 	sqlite3_stmt *s = NULL;
@@ -213,6 +251,8 @@ int keys_insert(struct cimdd *d, const char *client, const char *alg, const char
 		       "ssssbssii", ks_key_kid(key), client, alg, backend, ref, ref_len, pub, state,
 		       (int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0));
 	free(pub);
+	if (strcmp(state, "active") == 0)
+		sched_soon(SCHED_ROTATE, 0);
 	return r;
 }
 
@@ -286,6 +326,15 @@ static int transition(struct cimdd *d, const char *client, const char *kid, cons
 	else if (r >= 0)
 		r = -ESTALE;
 	json_decref(f);
+	/* Whether or not the transaction commits: a look too many costs one query. */
+	if (strcmp(to, "retiring") == 0)
+		sched_soon(SCHED_RETIRE, (int64_t)time(NULL) + retire_grace(d->cfg));
+	else if (strcmp(to, "retired") == 0)
+		sched_soon(SCHED_DESTROY, (int64_t)time(NULL) + d->cfg->destroy_delay);
+	else if (strcmp(to, "revoked") == 0)
+		sched_soon(SCHED_REVOKED, 0);
+	else if (strcmp(to, "active") == 0)
+		sched_soon(SCHED_ROTATE, 0);
 	return r;
 }
 
@@ -405,31 +454,26 @@ enum admin_err keys_activate(struct admin_req *q)
 	return AE_OK;
 }
 
-/* Destroys the hardware key of kid; its row must already say revoked or retired. */
+/* Destroys the hardware key of kid; its row must already say revoked or
+ * retired.  By its reference, without loading it first: a load is a lookup of
+ * its own (two on PKCS#11), and a key of which half is gone must go too. */
 static int destroy_hw(struct cimdd *d, const char *kid)
 {
 	struct key_store *ks;
-	struct ks_key *key = NULL;
 	sqlite3_stmt *s = NULL;
 	int r = -ENOENT;
 
-	if (store_query(d->st, &s, "SELECT backend, alg, ref FROM keys WHERE kid = ?", "s", kid) <
-	    0)
+	if (store_query(d->st, &s, "SELECT backend, ref FROM keys WHERE kid = ?", "s", kid) < 0)
 		return -EIO;
 	if (sqlite3_step(s) == SQLITE_ROW) {
 		ks = cimdd_key_store(d, (const char *)sqlite3_column_text(s, 0));
-		r = ks == NULL
-			? -CIMD_EUNAVAILABLE
-			: key_store_load(
-			      ks, cimd_alg_from_name((const char *)sqlite3_column_text(s, 1)),
-			      sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &key);
-		if (r == 0)
-			r = key_store_destroy(ks, &key);
-		else if (r == -CIMD_ENOKEY)
+		r = ks == NULL ? -CIMD_EUNAVAILABLE
+			       : key_store_destroy_ref(ks, sqlite3_column_blob(s, 1),
+						       (size_t)sqlite3_column_bytes(s, 1));
+		if (r == -CIMD_ENOKEY)
 			r = 0; /* gone already */
 	}
 	sqlite3_finalize(s);
-	ks_key_free(&key);
 	return r;
 }
 
@@ -540,20 +584,44 @@ enum admin_err keys_revoke(struct admin_req *q)
 struct due {
 	char client[CIMD_NAME_MAX + 1];
 	char kid[CIMD_KID_LEN + 1];
+	int64_t t;     /* when it falls due */
+	int64_t every; /* rotation: the client's period */
 };
 
-#define DUE_MAX 64 /* transitions of one kind per tick; the rest wait a second */
+#define DUE_MAX 64     /* transitions of one kind per tick; the rest wait a second */
+#define TICK_HW_MS 250 /* no hardware step starts after a tick has run this long */
 
-static size_t collect(struct store *st, const char *sql, int64_t t, struct due *out)
+/*
+ * One look: the first DUE_MAX + 1 rows of sql (client, kid, time due[, the
+ * client's period]) in the order they fall due, with a and b bound to ?1 and
+ * ?2 and the limit to ?3.  Those due by now go to out; *ret_next is when the
+ * first one that is not falls due (INT64_MAX: none is pending; now: more are
+ * due than one tick takes, or the query failed).  Returns how many are due.
+ */
+static int look(struct store *st, const char *sql, int64_t a, int64_t b, int64_t now,
+		struct due *out, int64_t *ret_next)
 {
 	sqlite3_stmt *s = NULL;
-	size_t n = 0;
+	int64_t t;
+	int n = 0, rows = 0;
 
-	if (store_query(st, &s, sql, "i", t) < 0)
+	*ret_next = now;
+	if (store_query(st, &s, sql, "iii", a, b, (int64_t)DUE_MAX + 1) < 0)
 		return 0;
-	while (n < DUE_MAX && sqlite3_step(s) == SQLITE_ROW) {
+	*ret_next = INT64_MAX;
+	while (rows++ <= DUE_MAX && sqlite3_step(s) == SQLITE_ROW) {
+		if ((t = sqlite3_column_int64(s, 2)) > now) {
+			*ret_next = t;
+			break;
+		}
+		if (n == DUE_MAX) {
+			*ret_next = now;
+			break;
+		}
 		snprintf(out[n].client, sizeof(out[n].client), "%s", sqlite3_column_text(s, 0));
 		snprintf(out[n].kid, sizeof(out[n].kid), "%s", sqlite3_column_text(s, 1));
+		out[n].t = t;
+		out[n].every = sqlite3_column_count(s) > 3 ? sqlite3_column_int64(s, 3) : 0;
 		n++;
 	}
 	sqlite3_finalize(s);
@@ -600,119 +668,866 @@ static int rotate_due(struct cimdd *d, const struct client_info *ci, int64_t eve
 	return 1;
 }
 
+static double tick_ms(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* Each kind of transition is looked at only when its time has come (sched).
+ * Each query below is bounded (LIMIT) and reads one state's keys through the
+ * keys_state index; the rotation query reads the active keys through it, with
+ * the client and the next key by their indexes (keys_client). */
 int keys_tick(struct cimdd *d, time_t tnow)
 {
 	const struct cimd_config *c = d->cfg;
-	/* One second more than the sum: times are kept in whole seconds, so a key
-	 * that turned retiring at T.9 is recorded at T, and its last assertion
-	 * (signed just before) must stay verifiable for its whole lifetime. */
-	int64_t now = (int64_t)tnow,
-		grace = c->assertion_max_ttl + c->jwks_max_age + c->clock_skew + 1;
+	int64_t now = (int64_t)tnow, grace = retire_grace(c), next;
 	struct due due[DUE_MAX];
-	struct {
-		char client[CIMD_NAME_MAX + 1];
-		int64_t every;
-	} rot[DUE_MAX];
 	struct client_info ci;
-	sqlite3_stmt *s = NULL;
-	size_t i, n;
-	int done = 0, r;
+	struct timespec t0;
+	int i, n, done = 0, r;
 
-	n = collect(d->st,
-		    "SELECT client, kid FROM keys WHERE state = 'retiring' AND retiring <= ?",
-		    now - grace, due);
-	for (i = 0; i < n; i++)
-		if (step(d, &due[i], "retiring", "retired") > 0)
-			done++;
-	n = collect(d->st, "SELECT client, kid FROM keys WHERE state = 'retired' AND retired <= ?",
-		    now - c->destroy_delay, due);
-	for (i = 0; i < n; i++)
-		if (destroy_hw(d, due[i].kid) == 0 && step(d, &due[i], "retired", "destroyed") > 0)
-			done++;
-	n = collect(d->st,
-		    "SELECT client, kid FROM keys WHERE state = 'revoked' AND destroyed IS NULL "
-		    "AND revoked <= ?",
-		    now, due);
-	for (i = 0; i < n; i++)
-		if (destroy_revoked(d, due[i].client, due[i].kid, "scheduler") == 0)
-			done++;
-	/* Clients with a rotation period: their own, or the appliance's. */
-	n = 0;
-	/* Only the clients that are due (their next key to create or to activate),
-	 * most overdue first: a tick's cap then delays the rest by a second, never
-	 * starves them. */
-	if (store_query(d->st, &s,
-			"SELECT c.name, coalesce(c.rotate_every, ?1) AS every FROM clients c "
-			"JOIN keys k ON k.client = c.name AND k.state = 'active' "
-			"WHERE c.degraded = 0 AND coalesce(c.rotate_every, ?1) > 0 "
-			"AND k.activated + coalesce(c.rotate_every, ?1) - ?2 <= ?3 "
-			"ORDER BY k.activated + coalesce(c.rotate_every, ?1) LIMIT ?4",
-			"iiii", (int64_t)c->rotate_every, (int64_t)c->jwks_max_age, now,
-			(int64_t)DUE_MAX) == 0) {
-		while (sqlite3_step(s) == SQLITE_ROW && n < DUE_MAX) {
-			snprintf(rot[n].client, sizeof(rot[n].client), "%s",
-				 sqlite3_column_text(s, 0));
-			rot[n].every = sqlite3_column_int64(s, 1);
-			n++;
-		}
-		sqlite3_finalize(s);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (sched.grace != grace || sched.destroy_delay != c->destroy_delay ||
+	    sched.rotate_every != c->rotate_every || sched.jwks_max_age != c->jwks_max_age) {
+		memset(&sched, 0, sizeof(sched)); /* a reload changed the durations */
+		sched.grace = grace;
+		sched.destroy_delay = c->destroy_delay;
+		sched.rotate_every = c->rotate_every;
+		sched.jwks_max_age = c->jwks_max_age;
 	}
-	for (i = 0; i < n; i++)
-		if (client_info(d->st, rot[i].client, &ci) == 0 &&
-		    (r = rotate_due(d, &ci, rot[i].every, now)) != 0) {
-			if (r > 0)
-				done += r;
-			else if (r == -CIMD_EUNAVAILABLE)
-				d->backend_errors++;
+	if (sched.at[SCHED_RETIRE] <= now) {
+		n = look(d->st,
+			 "SELECT client, kid, retiring + ?1 FROM keys WHERE state = 'retiring' "
+			 "AND retiring IS NOT NULL ORDER BY retiring LIMIT ?3",
+			 grace, 0, now, due, &next);
+		sched.at[SCHED_RETIRE] = next;
+		for (i = 0; i < n; i++) {
+			if (step(d, &due[i], "retiring", "retired") > 0)
+				done++;
+			else
+				sched.at[SCHED_RETIRE] = now;
 		}
+	}
+	if (sched.at[SCHED_DESTROY] <= now) {
+		n = look(d->st,
+			 "SELECT client, kid, retired + ?1 FROM keys WHERE state = 'retired' "
+			 "AND retired IS NOT NULL ORDER BY retired LIMIT ?3",
+			 (int64_t)c->destroy_delay, 0, now, due, &next);
+		sched.at[SCHED_DESTROY] = next;
+		for (i = 0; i < n; i++) {
+			if (i > 0 && tick_ms(&t0) > TICK_HW_MS) {
+				sched.at[SCHED_DESTROY] = now; /* the rest at the next tick */
+				break;
+			}
+			if (destroy_hw(d, due[i].kid) == 0 &&
+			    step(d, &due[i], "retired", "destroyed") > 0)
+				done++;
+			else
+				sched.at[SCHED_DESTROY] = now;
+		}
+	}
+	if (sched.at[SCHED_REVOKED] <= now) {
+		n = look(d->st,
+			 "SELECT client, kid, revoked + ?1 FROM keys WHERE state = 'revoked' AND "
+			 "destroyed IS NULL AND revoked IS NOT NULL ORDER BY revoked LIMIT ?3",
+			 0, 0, now, due, &next);
+		sched.at[SCHED_REVOKED] = next;
+		for (i = 0; i < n; i++) {
+			if (i > 0 && tick_ms(&t0) > TICK_HW_MS) {
+				sched.at[SCHED_REVOKED] = now;
+				break;
+			}
+			if (destroy_revoked(d, due[i].client, due[i].kid, "scheduler") == 0)
+				done++;
+			else
+				sched.at[SCHED_REVOKED] = now; /* the hardware is away: again */
+		}
+	}
+	if (sched.at[SCHED_ROTATE] <= now) {
+		/* Clients with a rotation period (their own, or the appliance's), by
+		 * when their next step falls due: the next key's creation
+		 * jwks_max_age before the active key's period ends, its activation
+		 * when the period has ended and it has been published for
+		 * jwks_max_age.  Most overdue first: a tick's cap then delays the
+		 * rest by a second, never starves them. */
+		n = look(d->st,
+			 "SELECT c.name, '', CASE WHEN n.created IS NULL "
+			 "THEN k.activated + coalesce(c.rotate_every, ?1) - ?2 "
+			 "ELSE max(k.activated + coalesce(c.rotate_every, ?1), n.created + ?2) "
+			 "END AS due, coalesce(c.rotate_every, ?1) "
+			 "FROM keys k JOIN clients c ON c.name = k.client "
+			 "LEFT JOIN keys n ON n.client = k.client AND n.state = 'next' "
+			 "WHERE k.state = 'active' AND k.activated IS NOT NULL AND "
+			 "c.degraded = 0 AND coalesce(c.rotate_every, ?1) > 0 "
+			 "ORDER BY due LIMIT ?3",
+			 (int64_t)c->rotate_every, (int64_t)c->jwks_max_age, now, due, &next);
+		/* A client that took a step has a next one (its next key's activation):
+		 * known after another look. */
+		sched.at[SCHED_ROTATE] = n > 0 ? now : next;
+		for (i = 0; i < n; i++) {
+			if (i > 0 && tick_ms(&t0) > TICK_HW_MS) {
+				sched.at[SCHED_ROTATE] = now;
+				break;
+			}
+			if (client_info(d->st, due[i].client, &ci) < 0)
+				continue;
+			if ((r = rotate_due(d, &ci, due[i].every, now)) > 0) {
+				done += r;
+			} else if (r == -CIMD_EUNAVAILABLE || r == -EIO) {
+				sched.at[SCHED_ROTATE] = now; /* again at the next tick */
+				if (r == -CIMD_EUNAVAILABLE)
+					d->backend_errors++;
+			}
+		}
+	}
 	return done;
 }
 
 /* ---- start-up reconciliation ---- */
 
-/* Destroys the hardware key behind ref (loaded as alg or, not knowing it, as
- * each algorithm in turn). */
-static int destroy_ref(struct key_store *ks, const char *alg, const uint8_t *ref, size_t len)
-{
-	static const enum cimd_alg all[] = {CIMD_ALG_ES256, CIMD_ALG_ES384, CIMD_ALG_PS256};
-	struct ks_key *key = NULL;
-	size_t i;
-	int r = -CIMD_ENOKEY;
+/*
+ * One listing per backend, matched by hash lookup, no hardware search per key
+ * (issue 13).  Each backend's keys are listed once (key_store_list) into a
+ * set; the database's live keys (next, active, retiring, retired) are read
+ * once and each is looked up in the set; what the hardware holds that no live
+ * key matched is looked up by its reference, one indexed query each (normally
+ * the attestation keys alone).  What is found is what the per-key loads of
+ * before found: a missing key marks its client degraded and is journaled; a
+ * retired key gone is recorded destroyed; a revoked or destroyed key still
+ * there, or a key of a live generation intent without a row, is destroyed; an
+ * unknown key is reported and left; a degraded client whose published keys
+ * are all there again is restored.
+ *
+ * A TPM holds no keys of ours (key_store_holds_keys is 0): a key is a blob
+ * wrapped under the parent, and the TPM loads it as long as that parent is the
+ * one that wrapped it (TPM 2.0 Part 1 §23.7: the blob's integrity key derives
+ * from the parent's seed).  What makes blobs unloadable is a change of parent
+ * -- the TPM cleared or replaced (a new owner seed: a new SRK), a persistent
+ * parent evicted or replaced, the `parent` setting changed -- and such a change
+ * makes every blob made before it unloadable at once.  So rather than load
+ * every key, each blob is checked without the hardware (key_store_ref_check:
+ * it parses, its public area is what cimdd creates), and two are loaded: the
+ * oldest and the newest live key of the backend.  Both load: the parent is the
+ * one that wrapped the oldest, and no change since has made the newest
+ * unloadable.  One is refused: the backend's keys are loaded one by one, as
+ * before, so that each missing key is reported.  What this does not find at
+ * start is one blob damaged in the database while the others are intact (or
+ * a parent changed and changed back between the two): its first use does (the
+ * signer answers the error).  docs/custody.md, "Reconciliation".
+ */
 
-	for (i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-		if (alg != NULL && all[i] != cimd_alg_from_name(alg))
-			continue;
-		if ((r = key_store_load(ks, all[i], ref, len, &key)) == 0)
-			break;
+/* A set of byte strings (references, client names) owned by the caller:
+ * open addressing, linear probing, FNV-1a. */
+struct bkey {
+	const uint8_t *p;
+	size_t len;
+	int hit;   /* a live row matched it */
+	int whole; /* a listed key: all of it is there */
+};
+
+struct bset {
+	struct bkey **slot;
+	size_t cap; /* a power of two, at least twice the keys */
+};
+
+static size_t bhash(const uint8_t *p, size_t len)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		h = (h ^ p[i]) * 0x100000001b3ULL;
+	return (size_t)(h ^ (h >> 32));
+}
+
+static int bset_init(struct bset *s, size_t n)
+{
+	s->cap = 16;
+	while (s->cap < 2 * n)
+		s->cap *= 2;
+	return (s->slot = calloc(s->cap, sizeof(*s->slot))) == NULL ? -ENOMEM : 0;
+}
+
+static struct bkey **bset_find(const struct bset *s, const uint8_t *p, size_t len)
+{
+	size_t i = bhash(p, len) & (s->cap - 1);
+
+	while (s->slot[i] != NULL && (s->slot[i]->len != len || memcmp(s->slot[i]->p, p, len) != 0))
+		i = (i + 1) & (s->cap - 1);
+	return &s->slot[i];
+}
+
+/* A key already there stays (a reference listed twice is one key). */
+static void bset_add(struct bset *s, struct bkey *k)
+{
+	struct bkey **slot = bset_find(s, k->p, k->len);
+
+	if (*slot == NULL)
+		*slot = k;
+}
+
+static struct bkey *bset_get(const struct bset *s, const uint8_t *p, size_t len)
+{
+	return s->cap == 0 ? NULL : *bset_find(s, p, len);
+}
+
+static void bset_free(struct bset *s)
+{
+	free(s->slot);
+	s->slot = NULL;
+	s->cap = 0;
+}
+
+/* What a backend's keys can be checked against. */
+enum recon_mode {
+	RC_DONE,    /* reconciled already by this process: not again */
+	RC_CLOSED,  /* no key store: nothing checked */
+	RC_UNKNOWN, /* the hardware did not answer: nothing concluded */
+	RC_LISTED,  /* it holds its keys: a key is there when it is listed */
+	RC_BLOBS,   /* keys are blobs: each checked without the hardware, two loaded */
+	RC_LOADS,   /* a sample blob was refused: every key is loaded */
+};
+
+struct recon_backend {
+	const char *name;
+	struct key_store *ks;
+	enum recon_mode mode;
+	struct ks_ref *refs; /* the listing */
+	size_t n;
+	int listed; /* all of it: strays looked at, intents dropped */
+	struct bkey *keys;
+	struct bset set;
+	size_t rows, unchecked;
+};
+
+/* A live key whose hardware key is not there. */
+struct recon_miss {
+	char client[CIMD_NAME_MAX + 1];
+	char kid[CIMD_KID_LEN + 1];
+	char state[16];
+	char why[160];
+};
+
+struct recon {
+	struct recon_backend b[CIMD_BACKENDS_MAX];
+	size_t nb;
+	struct recon_miss *miss;
+	size_t nmiss, capmiss;
+	/* Clients with a published key missing or not checked: not restored. */
+	char (*bad)[CIMD_NAME_MAX + 1];
+	size_t nbad, capbad;
+	struct bkey *badkeys;
+	struct bset badset;
+};
+
+#define LIVE_STATES "('next', 'active', 'retiring', 'retired')"
+
+/* An array of size-byte items with room for item n: p itself, a larger copy,
+ * or NULL (p is left as it was). */
+static void *grow(void *p, size_t *cap, size_t n, size_t size)
+{
+	size_t c = *cap ? 2 * *cap : 64;
+
+	if (n < *cap)
+		return p;
+	if ((p = realloc(p, c * size)) != NULL)
+		*cap = c;
+	return p;
+}
+
+static int recon_bad(struct recon *rc, const char *client)
+{
+	void *p;
+
+	if (rc->nbad > 0 && strcmp(rc->bad[rc->nbad - 1], client) == 0)
+		return 0; /* a client's keys are often next to each other */
+	if ((p = grow(rc->bad, &rc->capbad, rc->nbad, sizeof(*rc->bad))) == NULL)
+		return -ENOMEM;
+	rc->bad = p;
+	snprintf(rc->bad[rc->nbad++], sizeof(rc->bad[0]), "%s", client);
+	return 0;
+}
+
+static int recon_miss(struct recon *rc, const char *client, const char *kid, const char *state,
+		      const char *why)
+{
+	struct recon_miss *m;
+	void *p;
+
+	if ((p = grow(rc->miss, &rc->capmiss, rc->nmiss, sizeof(*rc->miss))) == NULL)
+		return -ENOMEM;
+	rc->miss = p;
+	m = &rc->miss[rc->nmiss++];
+	snprintf(m->client, sizeof(m->client), "%s", client);
+	snprintf(m->kid, sizeof(m->kid), "%s", kid);
+	snprintf(m->state, sizeof(m->state), "%s", state);
+	snprintf(m->why, sizeof(m->why), "%s", why);
+	return strcmp(state, "retired") == 0 ? 0 : recon_bad(rc, client);
+}
+
+static void recon_free(struct recon *rc)
+{
+	size_t i;
+
+	for (i = 0; i < rc->nb; i++) {
+		ks_refs_free(&rc->b[i].refs, rc->b[i].n);
+		free(rc->b[i].keys);
+		bset_free(&rc->b[i].set);
 	}
-	if (r == 0)
-		r = key_store_destroy(ks, &key);
-	ks_key_free(&key);
+	free(rc->miss);
+	free(rc->bad);
+	free(rc->badkeys);
+	bset_free(&rc->badset);
+}
+
+/* One live key of a backend whose blob is well formed. */
+struct recon_sample {
+	int64_t rowid; /* 0: none */
+	char kid[CIMD_KID_LEN + 1];
+	enum cimd_alg alg;
+	uint8_t ref[CIMD_KEYREF_MAX];
+	size_t len;
+};
+
+/* The first (or, newest, last) key the backend recorded, by rowid, of those in
+ * a live state with a well-formed blob: per state one query through the
+ * keys_state index, which holds each state's keys in rowid order, so that each
+ * stops at its first well-formed row. */
+static void recon_pick(struct cimdd *d, struct recon_backend *rb, int newest,
+		       struct recon_sample *ret)
+{
+	static const char *const states[] = {"next", "active", "retiring", "retired"};
+	sqlite3_stmt *s = NULL;
+	enum cimd_alg alg;
+	const uint8_t *ref;
+	int64_t rowid;
+	size_t i, len;
+
+	ret->rowid = 0;
+	for (i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+		/* +backend: the backend is a filter here, not the index to use. */
+		if (store_query(d->st, &s,
+				newest
+				    ? "SELECT rowid, alg, ref, kid FROM keys WHERE state = ? AND "
+				      "+backend = ? ORDER BY rowid DESC"
+				    : "SELECT rowid, alg, ref, kid FROM keys WHERE state = ? AND "
+				      "+backend = ? ORDER BY rowid",
+				"ss", states[i], rb->name) < 0)
+			continue;
+		while (sqlite3_step(s) == SQLITE_ROW) {
+			rowid = sqlite3_column_int64(s, 0);
+			if (ret->rowid != 0 && (newest ? rowid < ret->rowid : rowid > ret->rowid))
+				break; /* no better than the one we have */
+			alg = cimd_alg_from_name((const char *)sqlite3_column_text(s, 1));
+			ref = sqlite3_column_blob(s, 2);
+			len = (size_t)sqlite3_column_bytes(s, 2);
+			if (key_store_ref_check(rb->ks, alg, ref, len) < 0)
+				continue;
+			ret->rowid = rowid;
+			snprintf(ret->kid, sizeof(ret->kid), "%s", sqlite3_column_text(s, 3));
+			ret->alg = alg;
+			memcpy(ret->ref, ref, len);
+			ret->len = len;
+			break;
+		}
+		sqlite3_finalize(s);
+		s = NULL;
+	}
+}
+
+/*
+ * A TPM backend's two samples, the first and the last live key it recorded,
+ * loaded.  RC_BLOBS when both load (or there is none), RC_LOADS when one is
+ * refused (-CIMD_ENOKEY), RC_UNKNOWN when the TPM did not answer.
+ */
+static enum recon_mode recon_samples(struct cimdd *d, struct recon_backend *rb)
+{
+	struct recon_sample sample;
+	struct ks_key *key = NULL;
+	int64_t first = 0;
+	int i, r;
+
+	for (i = 0; i < 2; i++) {
+		recon_pick(d, rb, i, &sample);
+		if (sample.rowid == 0 || sample.rowid == first)
+			continue; /* none, or one key: loaded already */
+		first = sample.rowid;
+		r = key_store_load(rb->ks, sample.alg, sample.ref, sample.len, &key);
+		ks_key_free(&key);
+		if (r == -CIMD_ENOKEY) {
+			log_warn("reconcile: the %s key %s of backend %s does not load (%s): "
+				 "every key of the backend is loaded",
+				 i == 0 ? "oldest" : "newest", sample.kid, rb->name,
+				 key_store_errmsg(rb->ks));
+			return RC_LOADS;
+		}
+		if (r < 0) {
+			log_warn("reconcile: backend %s does not answer (%s)", rb->name,
+				 key_store_errmsg(rb->ks));
+			return RC_UNKNOWN;
+		}
+	}
+	return RC_BLOBS;
+}
+
+/* The key stores reconciled so far.  A key store lives as long as the daemon
+ * (cimdd.c opens each once, late or not, and never closes one while running),
+ * so one that opens late is reconciled alone: the others were at their own
+ * opening, and have changed since only through this daemon. */
+static const struct key_store *reconciled[CIMD_BACKENDS_MAX];
+
+/* Each backend: its key store, its listing in a set, or its samples. */
+static void recon_prepare(struct cimdd *d, struct recon *rc)
+{
+	const size_t max = (size_t)CIMD_CLIENTS_MAX * CIMD_KEYS_PER_CLIENT_MAX;
+	struct recon_backend *rb;
+	size_t i;
+	int r;
+
+	for (rc->nb = 0; rc->nb < d->cfg->n_backends && rc->nb < CIMD_BACKENDS_MAX; rc->nb++) {
+		rb = &rc->b[rc->nb];
+		rb->name = d->cfg->backends[rc->nb].name;
+		if ((rb->ks = d->ks[rc->nb]) == NULL) {
+			rb->mode = RC_CLOSED;
+			continue;
+		}
+		if (reconciled[rc->nb] == rb->ks) {
+			rb->mode = RC_DONE;
+			rb->ks = NULL;
+			continue;
+		}
+		rb->mode = RC_UNKNOWN;
+		if ((r = key_store_list(rb->ks, max, &rb->refs, &rb->n)) < 0) {
+			log_warn("reconcile: cannot list the keys of backend %s: %s", rb->name,
+				 key_store_errmsg(rb->ks));
+			continue;
+		}
+		if (rb->n == max) {
+			log_warn("reconcile: backend %s lists %zu keys or more: not all checked",
+				 rb->name, max);
+		} else {
+			rb->listed = 1;
+		}
+		if ((rb->keys = calloc(rb->n ? rb->n : 1, sizeof(*rb->keys))) == NULL ||
+		    bset_init(&rb->set, rb->n) < 0) {
+			log_warn("reconcile: backend %s: out of memory: its keys are not checked",
+				 rb->name);
+			free(rb->keys);
+			rb->keys = NULL;
+			rb->listed = 0;
+			continue;
+		}
+		for (i = 0; i < rb->n; i++) {
+			rb->keys[i].p = rb->refs[i].ref;
+			rb->keys[i].len = rb->refs[i].len;
+			rb->keys[i].whole = rb->refs[i].whole;
+			bset_add(&rb->set, &rb->keys[i]);
+		}
+		if (!key_store_holds_keys(rb->ks))
+			rb->mode = recon_samples(d, rb);
+		else if (rb->listed)
+			rb->mode = RC_LISTED;
+	}
+}
+
+/* One live row against its backend. */
+static int recon_row(struct recon *rc, struct recon_backend *rb, const char *client,
+		     const char *kid, const char *alg, const char *state, const uint8_t *ref,
+		     size_t len)
+{
+	int published = strcmp(state, "retired") != 0;
+	struct ks_key *key = NULL;
+	struct bkey *k;
+	int r;
+
+	if (rb != NULL && rb->mode == RC_DONE)
+		return published ? recon_bad(rc, client) : 0; /* restored then, or not */
+	if (rb != NULL)
+		rb->rows++;
+	if (rb == NULL || rb->mode == RC_CLOSED || rb->mode == RC_UNKNOWN) {
+		if (rb != NULL)
+			rb->unchecked++;
+		return published ? recon_bad(rc, client) : 0;
+	}
+	/* Load's own checks first: a malformed reference is missing anywhere. */
+	r = key_store_ref_check(rb->ks, cimd_alg_from_name(alg), ref, len);
+	if (r == -CIMD_ENOKEY)
+		return recon_miss(rc, client, kid, state, "malformed reference");
+	if (r < 0) /* a key of another algorithm: not missing, not usable */
+		return published ? recon_bad(rc, client) : 0;
+	switch (rb->mode) {
+	case RC_LISTED:
+		if ((k = bset_get(&rb->set, ref, len)) == NULL)
+			return recon_miss(rc, client, kid, state, "not held by the token");
+		k->hit = 1;
+		/* Half a pair (a destruction cut short) does not load either. */
+		return k->whole
+			   ? 0
+			   : recon_miss(rc, client, kid, state, "the token holds only part of it");
+	case RC_LOADS:
+		r = key_store_load(rb->ks, cimd_alg_from_name(alg), ref, len, &key);
+		ks_key_free(&key);
+		if (r == -CIMD_ENOKEY)
+			return recon_miss(rc, client, kid, state, key_store_errmsg(rb->ks));
+		return r < 0 && published ? recon_bad(rc, client) : 0;
+	default: /* RC_BLOBS: the samples loaded */
+		return 0;
+	}
+}
+
+/* The live rows, read once. */
+static int recon_walk(struct cimdd *d, struct recon *rc)
+{
+	struct recon_backend *rb;
+	sqlite3_stmt *s = NULL;
+	const char *backend;
+	size_t i;
+	int r = 0;
+
+	if (store_query(d->st, &s,
+			"SELECT client, kid, backend, alg, state, ref FROM keys WHERE state "
+			"IN " LIVE_STATES,
+			"") < 0)
+		return -EIO;
+	while (r == 0 && sqlite3_step(s) == SQLITE_ROW) {
+		backend = (const char *)sqlite3_column_text(s, 2);
+		for (i = 0, rb = NULL; i < rc->nb && rb == NULL; i++)
+			if (strcmp(rc->b[i].name, backend) == 0)
+				rb = &rc->b[i];
+		r = recon_row(rc, rb, (const char *)sqlite3_column_text(s, 0),
+			      (const char *)sqlite3_column_text(s, 1),
+			      (const char *)sqlite3_column_text(s, 3),
+			      (const char *)sqlite3_column_text(s, 4), sqlite3_column_blob(s, 5),
+			      (size_t)sqlite3_column_bytes(s, 5));
+	}
+	sqlite3_finalize(s);
 	return r;
 }
 
-static void reconcile_record(struct cimdd *d, const char *client, const char *kid,
-			     const char *problem, const char *action)
+/* The missing keys recorded, in one transaction: never silently dropped. */
+static int recon_apply(struct cimdd *d, struct recon *rc)
 {
-	json_t *f = json_pack("{ssssssss}", "client", client, "kid", kid, "problem", problem,
-			      "action", action);
+	struct recon_miss *m;
+	json_t *f;
+	size_t i;
+	int r = 0;
 
-	if (f == NULL || store_begin(d->st) < 0 ||
-	    journal_append(d->st, "reconcile", "cimdd", f, NULL) < 0 || store_commit(d->st) < 0)
+	if (rc->nmiss == 0)
+		return 0;
+	if (store_begin(d->st) < 0)
+		return -EIO;
+	for (i = 0; i < rc->nmiss && r == 0; i++) {
+		m = &rc->miss[i];
+		if (strcmp(m->state, "retired") == 0) {
+			/* Destroyed in hardware, and the crash came before the row said so. */
+			log_info("reconcile: retired key %s of %s is gone from the hardware: "
+				 "recorded as destroyed",
+				 m->kid, m->client);
+			if ((r = transition(d, m->client, m->kid, "retired", "destroyed", "cimdd",
+					    NULL)) == -ESTALE)
+				r = 0;
+			continue;
+		}
+		/* The record stays, the client is marked. */
+		log_err("reconcile: key %s (%s) of client %s has NO hardware key (%s); client %s "
+			"is marked degraded",
+			m->kid, m->state, m->client, m->why, m->client);
+		f = json_pack("{ssssssss}", "client", m->client, "kid", m->kid, "problem",
+			      "hardware key missing", "action", "client marked degraded");
+		if (f == NULL ||
+		    store_exec(d->st, "UPDATE clients SET degraded = 1 WHERE name = ?", "s",
+			       m->client) < 0 ||
+		    journal_append(d->st, "reconcile", "cimdd", f, NULL) < 0)
+			r = -EIO;
+		json_decref(f);
+	}
+	if (r < 0 || store_commit(d->st) < 0) {
 		store_rollback(d->st);
-	json_decref(f);
+		log_err("reconcile: recording %zu missing keys failed: nothing was recorded",
+			rc->nmiss);
+		return -EIO;
+	}
+	sched_soon(SCHED_ROTATE, 0); /* degraded clients do not rotate */
+	return 0;
 }
 
-/* Keys the database holds: each must be in its hardware. */
+/* A client marked degraded whose published keys are all there again is no
+ * longer degraded: cleared and journaled.  1 cleared, 0 it was not degraded. */
+static int restore_client(struct cimdd *d, const char *client, const char *actor)
+{
+	json_t *f;
+	int rc;
+
+	if ((f = json_pack("{ssss}", "client", client, "reason",
+			   "every published key is in the hardware")) == NULL)
+		return -ENOMEM;
+	if (store_begin(d->st) < 0 ||
+	    (rc = store_exec(d->st,
+			     "UPDATE clients SET degraded = 0 WHERE name = ? AND degraded = 1", "s",
+			     client)) < 0 ||
+	    (rc == 1 && journal_append(d->st, "client.restored", actor, f, NULL) < 0) ||
+	    store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		json_decref(f);
+		return -EIO;
+	}
+	json_decref(f);
+	if (rc == 1) {
+		log_info("client %s is no longer degraded: every published key is in the hardware",
+			 client);
+		sched_soon(SCHED_ROTATE, 0);
+	}
+	return rc == 1;
+}
+
+/* Degraded clients none of whose published keys is missing or unchecked. */
+static void recon_restore(struct cimdd *d, struct recon *rc)
+{
+	char(*names)[CIMD_NAME_MAX + 1] = NULL;
+	size_t i, m = 0, cap = 0;
+	sqlite3_stmt *s = NULL;
+	void *p;
+
+	if ((rc->badkeys = calloc(rc->nbad ? rc->nbad : 1, sizeof(*rc->badkeys))) == NULL ||
+	    bset_init(&rc->badset, rc->nbad) < 0)
+		return; /* nobody restored this time */
+	for (i = 0; i < rc->nbad; i++) {
+		rc->badkeys[i].p = (const uint8_t *)rc->bad[i];
+		rc->badkeys[i].len = strlen(rc->bad[i]);
+		bset_add(&rc->badset, &rc->badkeys[i]);
+	}
+	/* No index on degraded: one read of the clients, at start only. */
+	if (store_query(d->st, &s, "SELECT name FROM clients WHERE degraded = 1", "") < 0)
+		return;
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(s, 0);
+		if (bset_get(&rc->badset, (const uint8_t *)name, strlen(name)) != NULL ||
+		    (p = grow(names, &cap, m, sizeof(*names))) == NULL)
+			continue;
+		names = p;
+		snprintf(names[m++], sizeof(names[0]), "%s", name);
+	}
+	sqlite3_finalize(s);
+	for (i = 0; i < m; i++)
+		restore_client(d, names[i], "cimdd");
+	free(names);
+}
+
+/* What reconciliation did about a hardware key, journaled with the others. */
+struct recon_rec {
+	char client[CIMD_NAME_MAX + 1];
+	char kid[CIMD_KID_LEN + 1];
+	const char *problem, *action;
+	int revoked; /* a revoked key destroyed: its row says when */
+};
+
+static int recon_rec(struct recon_rec **recs, size_t *n, size_t *cap, const char *client,
+		     const char *kid, const char *problem, const char *action, int revoked)
+{
+	struct recon_rec *x;
+
+	if ((x = grow(*recs, cap, *n, sizeof(**recs))) == NULL)
+		return -ENOMEM;
+	*recs = x;
+	x = &x[(*n)++];
+	snprintf(x->client, sizeof(x->client), "%s", client);
+	snprintf(x->kid, sizeof(x->kid), "%s", kid);
+	x->problem = problem;
+	x->action = action;
+	x->revoked = revoked;
+	return 0;
+}
+
+/*
+ * A key the hardware lists that no live row matched: one indexed query for its
+ * row (keys_ref), and for an attestation key's (attest_keys_ref), and for its
+ * intent (key_intents' key).  What was done goes to recs, journaled after the
+ * hardware calls (no write lock is held across them).  1 when it was destroyed.
+ */
+static int recon_stray(struct cimdd *d, struct recon_backend *rb, const struct ks_ref *ref,
+		       struct recon_rec **recs, size_t *n, size_t *cap)
+{
+	char state[16] = "", kid[CIMD_KID_LEN + 1] = "", client[CIMD_NAME_MAX + 1] = "";
+	sqlite3_stmt *s = NULL;
+	int known = 0, intent = 0, r;
+
+	if (store_query(d->st, &s,
+			"SELECT state, kid, client FROM keys WHERE backend = ? AND ref = ?", "sb",
+			rb->name, ref->ref, ref->len) == 0) {
+		if (sqlite3_step(s) == SQLITE_ROW) {
+			snprintf(state, sizeof(state), "%s", sqlite3_column_text(s, 0));
+			snprintf(kid, sizeof(kid), "%s", sqlite3_column_text(s, 1));
+			snprintf(client, sizeof(client), "%s", sqlite3_column_text(s, 2));
+		}
+		sqlite3_finalize(s);
+		s = NULL;
+	}
+	/* The appliance's attestation keys are known too (attest.c). */
+	if (state[0] == '\0' &&
+	    store_query(d->st, &s, "SELECT 1 FROM attest_keys WHERE backend = ? AND ref = ?", "sb",
+			rb->name, ref->ref, ref->len) == 0) {
+		known = sqlite3_step(s) == SQLITE_ROW;
+		sqlite3_finalize(s);
+		s = NULL;
+	}
+	if (known ||
+	    (state[0] != '\0' && strcmp(state, "destroyed") != 0 && strcmp(state, "revoked") != 0))
+		return 0;
+	if (state[0] != '\0') {
+		/* A record that says it must be gone. */
+		r = key_store_destroy_ref(rb->ks, ref->ref, ref->len);
+		log_warn("reconcile: %s key %s of %s was still in the hardware: %s", state, kid,
+			 client, r == 0 ? "destroyed" : key_store_errmsg(rb->ks));
+		recon_rec(recs, n, cap, client, kid, "hardware key of a gone key",
+			  r == 0 ? "destroyed" : "destroy failed",
+			  r == 0 && strcmp(state, "revoked") == 0);
+		return r == 0;
+	}
+	/* No record.  Ours from a crash between generating and recording (its tag
+	 * is a live intent): destroy it.  Not ours by this database (a restored or
+	 * wrong database, or another appliance's token): report it and leave it. */
+	if (ref->tag[0] != '\0' &&
+	    store_query(d->st, &s, "SELECT 1 FROM key_intents WHERE tag = ? AND backend = ?", "ss",
+			ref->tag, rb->name) == 0) {
+		intent = sqlite3_step(s) == SQLITE_ROW;
+		sqlite3_finalize(s);
+	}
+	if (!intent) {
+		log_err(
+		    "reconcile: a %s key labelled cimdd%s%s is not known to this database: left "
+		    "in place (a restored or wrong database?)",
+		    rb->name, ref->tag[0] ? ":" : "", ref->tag);
+		recon_rec(recs, n, cap, "-", "-", "unknown hardware key", "left in place", 0);
+		return 0;
+	}
+	r = key_store_destroy_ref(rb->ks, ref->ref, ref->len);
+	log_warn("reconcile: a %s key whose generation was never recorded (intent %s) was in the "
+		 "hardware: %s",
+		 rb->name, ref->tag, r == 0 ? "destroyed" : key_store_errmsg(rb->ks));
+	recon_rec(recs, n, cap, "-", "-", "hardware key without a record",
+		  r == 0 ? "destroyed" : "destroy failed", 0);
+	return r == 0;
+}
+
+/* Keys the hardware holds: each must have a row that wants it kept.  What was
+ * done is journaled in one transaction, with the intents dropped. */
+static int recon_hardware(struct cimdd *d, struct recon *rc)
+{
+	struct recon_backend *rb;
+	struct recon_rec *recs = NULL;
+	size_t b, i, n = 0, cap = 0;
+	json_t *f;
+	int removed = 0, r = 0;
+
+	for (b = 0; b < rc->nb; b++) {
+		rb = &rc->b[b];
+		if (rb->ks == NULL || rb->keys == NULL)
+			continue;
+		for (i = 0; i < rb->n; i++)
+			if (!rb->keys[i].hit &&
+			    bset_get(&rb->set, rb->keys[i].p, rb->keys[i].len)->hit == 0)
+				removed += recon_stray(d, rb, &rb->refs[i], &recs, &n, &cap);
+	}
+	if (store_begin(d->st) < 0) {
+		free(recs);
+		return removed;
+	}
+	for (i = 0; i < n && r == 0; i++) {
+		if (recs[i].revoked &&
+		    store_exec(d->st,
+			       "UPDATE keys SET destroyed = coalesce(destroyed, ?) WHERE kid = ?",
+			       "is", (int64_t)time(NULL), recs[i].kid) < 0)
+			r = -EIO;
+		f = json_pack("{ssssssss}", "client", recs[i].client, "kid", recs[i].kid, "problem",
+			      recs[i].problem, "action", recs[i].action);
+		if (f == NULL || journal_append(d->st, "reconcile", "cimdd", f, NULL) < 0)
+			r = -EIO;
+		json_decref(f);
+	}
+	/* What intents remain had no key made, or their key was just destroyed:
+	 * none is in progress while we reconcile.  Only after a whole listing: an
+	 * intent whose key was not listed must stay. */
+	for (b = 0; b < rc->nb && r == 0; b++)
+		if (rc->b[b].ks != NULL && rc->b[b].listed &&
+		    store_exec(d->st, "DELETE FROM key_intents WHERE backend = ?", "s",
+			       rc->b[b].name) < 0)
+			r = -EIO;
+	if (r < 0 || store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		log_err("reconcile: journaling what was done with %zu hardware keys failed", n);
+	}
+	free(recs);
+	return removed;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+int keys_reconcile(struct cimdd *d)
+{
+	struct recon rc;
+	struct timespec t0;
+	double hw_ms;
+	size_t b, rows = 0, missing = 0, checked = 0;
+	int removed, applied;
+
+	memset(&rc, 0, sizeof(rc));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	recon_prepare(d, &rc);
+	hw_ms = ms_since(&t0);
+	if (recon_walk(d, &rc) < 0) {
+		log_err("reconcile: cannot read the keys: nothing was reconciled");
+		recon_free(&rc);
+		return 0;
+	}
+	for (b = 0; b < rc.nb; b++) {
+		rows += rc.b[b].rows;
+		if (rc.b[b].unchecked > 0)
+			log_warn("reconcile: backend %s is %s: %zu of its keys not checked",
+				 rc.b[b].name,
+				 rc.b[b].mode == RC_CLOSED ? "not open" : "not answering",
+				 rc.b[b].unchecked);
+	}
+	for (b = 0; b < rc.nmiss; b++)
+		if (strcmp(rc.miss[b].state, "retired") != 0)
+			missing++;
+	applied = recon_apply(d, &rc) == 0;
+	recon_restore(d, &rc);
+	removed = recon_hardware(d, &rc);
+	for (b = 0; b < rc.nb; b++)
+		if (rc.b[b].mode == RC_LISTED || rc.b[b].mode == RC_BLOBS ||
+		    rc.b[b].mode == RC_LOADS) {
+			checked++;
+			if (applied) /* else again when the next backend opens */
+				reconciled[b] = d->ks[b];
+		}
+	if (missing > 0 || removed > 0)
+		log_warn("reconcile: %zu keys missing from the hardware, %d stray hardware keys "
+			 "destroyed",
+			 missing, removed);
+	log_info("reconcile: %zu live keys on %zu backends checked in %.0f ms (hardware %.0f ms)",
+		 rows, checked, ms_since(&t0), hw_ms);
+	recon_free(&rc);
+	return (int)missing;
+}
+
 /* A degraded client whose published keys (next, active, retiring) are all in
- * the hardware again — the missing ones revoked and replaced, or the token
- * back — is no longer degraded.  1 cleared, 0 still degraded, < 0 error. */
+ * the hardware again -- the missing ones revoked and replaced, or the token
+ * back -- is no longer degraded.  One client's keys, each loaded (a revocation
+ * calls this).  1 cleared, 0 still degraded, < 0 error. */
 int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor)
 {
 	struct ks_key *key = NULL;
 	struct key_store *ks;
 	sqlite3_stmt *s = NULL;
-	json_t *f;
 	int rc, r = 1;
 
 	if (store_query(d->st, &s,
@@ -732,247 +1547,5 @@ int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor
 	sqlite3_finalize(s);
 	if (r == 0)
 		return 0;
-	if ((f = json_pack("{ssss}", "client", client, "reason",
-			   "every published key is in the hardware")) == NULL)
-		return -ENOMEM;
-	if (store_begin(d->st) < 0 ||
-	    (rc = store_exec(d->st,
-			     "UPDATE clients SET degraded = 0 WHERE name = ? AND degraded = 1", "s",
-			     client)) < 0 ||
-	    (rc == 1 && journal_append(d->st, "client.restored", actor, f, NULL) < 0) ||
-	    store_commit(d->st) < 0) {
-		store_rollback(d->st);
-		json_decref(f);
-		return -EIO;
-	}
-	json_decref(f);
-	if (rc == 1)
-		log_info("client %s is no longer degraded: every published key is in the hardware",
-			 client);
-	return rc == 1;
-}
-
-static int reconcile_rows(struct cimdd *d)
-{
-	struct row {
-		char client[CIMD_NAME_MAX + 1];
-		char kid[CIMD_KID_LEN + 1];
-		char backend[16];
-		char alg[16];
-		char state[16];
-		uint8_t ref[CIMD_KEYREF_MAX];
-		size_t ref_len;
-	} *k = NULL, *nk;
-	struct key_store *ks;
-	struct ks_key *key = NULL;
-	sqlite3_stmt *s = NULL;
-	size_t n = 0, i;
-	int missing = 0, r;
-
-	if (store_query(d->st, &s,
-			"SELECT client, kid, backend, alg, state, ref FROM keys WHERE state IN "
-			"('next', 'active', 'retiring', 'retired')",
-			"") < 0)
-		return -EIO;
-	while (sqlite3_step(s) == SQLITE_ROW) {
-		if ((size_t)sqlite3_column_bytes(s, 5) > CIMD_KEYREF_MAX ||
-		    (nk = realloc(k, (n + 1) * sizeof(*k))) == NULL)
-			continue;
-		k = nk;
-		snprintf(k[n].client, sizeof(k[n].client), "%s", sqlite3_column_text(s, 0));
-		snprintf(k[n].kid, sizeof(k[n].kid), "%s", sqlite3_column_text(s, 1));
-		snprintf(k[n].backend, sizeof(k[n].backend), "%s", sqlite3_column_text(s, 2));
-		snprintf(k[n].alg, sizeof(k[n].alg), "%s", sqlite3_column_text(s, 3));
-		snprintf(k[n].state, sizeof(k[n].state), "%s", sqlite3_column_text(s, 4));
-		k[n].ref_len = (size_t)sqlite3_column_bytes(s, 5);
-		memcpy(k[n].ref, sqlite3_column_blob(s, 5), k[n].ref_len);
-		n++;
-	}
-	sqlite3_finalize(s);
-	for (i = 0; i < n; i++) {
-		if ((ks = cimdd_key_store(d, k[i].backend)) == NULL) {
-			log_warn("reconcile: backend %s is not open: key %s of %s not checked",
-				 k[i].backend, k[i].kid, k[i].client);
-			continue;
-		}
-		r = key_store_load(ks, cimd_alg_from_name(k[i].alg), k[i].ref, k[i].ref_len, &key);
-		ks_key_free(&key);
-		if (r != -CIMD_ENOKEY)
-			continue;
-		if (strcmp(k[i].state, "retired") == 0) {
-			/* Destroyed in hardware, and the crash came before the row said so. */
-			log_info("reconcile: retired key %s of %s is gone from the hardware: "
-				 "recorded as destroyed",
-				 k[i].kid, k[i].client);
-			if (store_begin(d->st) == 0 &&
-			    transition(d, k[i].client, k[i].kid, "retired", "destroyed", "cimdd",
-				       NULL) == 0 &&
-			    store_commit(d->st) == 0)
-				continue;
-			store_rollback(d->st);
-			continue;
-		}
-		/* Never silently dropped: the record stays, the client is marked. */
-		log_err("reconcile: key %s (%s) of client %s has NO hardware key (%s); client %s "
-			"is marked degraded",
-			k[i].kid, k[i].state, k[i].client, key_store_errmsg(ks), k[i].client);
-		missing++;
-		if (store_begin(d->st) == 0 &&
-		    store_exec(d->st, "UPDATE clients SET degraded = 1 WHERE name = ?", "s",
-			       k[i].client) >= 0 &&
-		    store_commit(d->st) == 0)
-			reconcile_record(d, k[i].client, k[i].kid, "hardware key missing",
-					 "client marked degraded");
-		else
-			store_rollback(d->st);
-	}
-	free(k);
-	/* Degraded clients whose keys are all there again are restored. */
-	if (store_query(d->st, &s, "SELECT name FROM clients WHERE degraded = 1", "") == 0) {
-		char(*names)[CIMD_NAME_MAX + 1] = NULL, (*nn)[CIMD_NAME_MAX + 1];
-		size_t m = 0;
-
-		while (sqlite3_step(s) == SQLITE_ROW &&
-		       (nn = realloc(names, (m + 1) * sizeof(*names))) != NULL) {
-			names = nn;
-			snprintf(names[m++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
-		}
-		sqlite3_finalize(s);
-		for (i = 0; i < m; i++)
-			keys_recheck_degraded(d, names[i], "cimdd");
-		free(names);
-	}
-	return missing;
-}
-
-/* Keys the hardware holds: each must have a row that wants it kept. */
-static int reconcile_hardware(struct cimdd *d)
-{
-	struct ks_ref *refs = NULL;
-	struct key_store *ks;
-	sqlite3_stmt *s = NULL;
-	char state[16], kid[CIMD_KID_LEN + 1], client[CIMD_NAME_MAX + 1], alg[16];
-	size_t b, i, n = 0;
-	int removed = 0, r;
-
-	for (b = 0; b < d->cfg->n_backends; b++) {
-		if ((ks = d->ks[b]) == NULL)
-			continue;
-		if ((r = key_store_list(ks, CIMD_CLIENTS_MAX * CIMD_KEYS_PER_CLIENT_MAX, &refs,
-					&n)) < 0) {
-			log_warn("reconcile: cannot list the keys of backend %s: %s",
-				 d->cfg->backends[b].name, key_store_errmsg(ks));
-			continue;
-		}
-		for (i = 0; i < n; i++) {
-			state[0] = '\0';
-			if (store_query(
-				d->st, &s,
-				"SELECT state, kid, client, alg FROM keys WHERE backend = ? AND "
-				"ref = ?",
-				"sb", d->cfg->backends[b].name, refs[i].ref, refs[i].len) == 0) {
-				if (sqlite3_step(s) == SQLITE_ROW) {
-					snprintf(state, sizeof(state), "%s",
-						 sqlite3_column_text(s, 0));
-					snprintf(kid, sizeof(kid), "%s", sqlite3_column_text(s, 1));
-					snprintf(client, sizeof(client), "%s",
-						 sqlite3_column_text(s, 2));
-					snprintf(alg, sizeof(alg), "%s", sqlite3_column_text(s, 3));
-				}
-				sqlite3_finalize(s);
-				s = NULL;
-			}
-			/* The appliance's attestation keys are known too (attest.c). */
-			if (state[0] == '\0' &&
-			    store_query(d->st, &s,
-					"SELECT 1 FROM attest_keys WHERE backend = ? AND ref = ?",
-					"sb", d->cfg->backends[b].name, refs[i].ref,
-					refs[i].len) == 0) {
-				int known = sqlite3_step(s) == SQLITE_ROW;
-
-				sqlite3_finalize(s);
-				s = NULL;
-				if (known)
-					continue;
-			}
-			if (state[0] != '\0' && strcmp(state, "destroyed") != 0 &&
-			    strcmp(state, "revoked") != 0)
-				continue;
-			if (state[0] == '\0') {
-				/* No record.  Ours from a crash between generating and
-				 * recording (its tag is a live intent): destroy it.  Not
-				 * ours by this database (a restored or wrong database, or
-				 * another appliance's token): report it and leave it. */
-				int intent = 0;
-				if (refs[i].tag[0] != '\0' &&
-				    store_query(
-					d->st, &s,
-					"SELECT 1 FROM key_intents WHERE tag = ? AND backend = ?",
-					"ss", refs[i].tag, d->cfg->backends[b].name) == 0) {
-					intent = sqlite3_step(s) == SQLITE_ROW;
-					sqlite3_finalize(s);
-					s = NULL;
-				}
-				if (!intent) {
-					log_err("reconcile: a %s key labelled cimdd%s%s is not "
-						"known to "
-						"this database: left in place (a restored or wrong "
-						"database?)",
-						d->cfg->backends[b].name, refs[i].tag[0] ? ":" : "",
-						refs[i].tag);
-					reconcile_record(d, "-", "-", "unknown hardware key",
-							 "left in place");
-					continue;
-				}
-				r = destroy_ref(ks, NULL, refs[i].ref, refs[i].len);
-				log_warn("reconcile: a %s key whose generation was never recorded "
-					 "(intent %s) was in the hardware: %s",
-					 d->cfg->backends[b].name, refs[i].tag,
-					 r == 0 ? "destroyed" : key_store_errmsg(ks));
-				reconcile_record(d, "-", "-", "hardware key without a record",
-						 r == 0 ? "destroyed" : "destroy failed");
-			} else {
-				/* A record that says it must be gone. */
-				r = destroy_ref(ks, alg, refs[i].ref, refs[i].len);
-				log_warn("reconcile: %s key %s of %s was still in the hardware: %s",
-					 state, kid, client,
-					 r == 0 ? "destroyed" : key_store_errmsg(ks));
-				if (r == 0 && strcmp(state, "revoked") == 0 &&
-				    store_begin(d->st) == 0) {
-					if (store_exec(d->st,
-						       "UPDATE keys SET destroyed = "
-						       "coalesce(destroyed, ?) "
-						       "WHERE kid = ?",
-						       "is", (int64_t)time(NULL), kid) < 0 ||
-					    store_commit(d->st) < 0)
-						store_rollback(d->st);
-				}
-				reconcile_record(d, client, kid, "hardware key of a gone key",
-						 r == 0 ? "destroyed" : "destroy failed");
-			}
-			if (r == 0)
-				removed++;
-		}
-		ks_refs_free(&refs, n);
-		/* What intents remain had no key made, or their key was just
-		 * destroyed: none is in progress while we reconcile. */
-		if (store_begin(d->st) == 0 &&
-		    store_exec(d->st, "DELETE FROM key_intents WHERE backend = ?", "s",
-			       d->cfg->backends[b].name) >= 0 &&
-		    store_commit(d->st) == 0)
-			continue;
-		store_rollback(d->st);
-	}
-	return removed;
-}
-
-int keys_reconcile(struct cimdd *d)
-{
-	int missing = reconcile_rows(d), removed = reconcile_hardware(d);
-
-	if (missing > 0 || removed > 0)
-		log_warn("reconcile: %d keys missing from the hardware, %d stray hardware keys "
-			 "destroyed",
-			 missing, removed);
-	return missing;
+	return restore_client(d, client, actor);
 }

@@ -356,6 +356,207 @@ out:
 	key_store_free(&ks);
 }
 
+/* The module's function list and a session of this process (logged in by the
+ * key store, PKCS#11 §5.6), for changing objects behind the key store's back. */
+static int raw_session(CK_FUNCTION_LIST_PTR *ret_fl, CK_SESSION_HANDLE *ret_sess)
+{
+	CK_C_GetFunctionList get;
+	CK_SLOT_ID slots[16];
+	CK_ULONG n = 16;
+	void *dl = dlopen(T_SOFTHSM_MODULE, RTLD_NOW | RTLD_NOLOAD);
+	int r = -1;
+
+	if (dl != NULL && (get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList")) != NULL &&
+	    get(ret_fl) == CKR_OK && (*ret_fl)->C_GetSlotList(CK_TRUE, slots, &n) == CKR_OK &&
+	    n > 0 &&
+	    (*ret_fl)->C_OpenSession(slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+				     ret_sess) == CKR_OK)
+		r = 0;
+	if (dl != NULL)
+		dlclose(dl); /* the key store keeps the module loaded */
+	return r;
+}
+
+/* The one object of class cls with CKA_ID ref, or CK_INVALID_HANDLE. */
+static CK_OBJECT_HANDLE raw_find(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE sess,
+				 const uint8_t *ref, size_t len, CK_OBJECT_CLASS cls)
+{
+	CK_ATTRIBUTE tmpl[] = {{CKA_ID, (void *)ref, len}, {CKA_CLASS, &cls, sizeof(cls)}};
+	CK_OBJECT_HANDLE obj[2];
+	CK_ULONG n = 0;
+
+	if (fl->C_FindObjectsInit(sess, tmpl, 2) != CKR_OK)
+		return CK_INVALID_HANDLE;
+	fl->C_FindObjects(sess, obj, 2, &n);
+	fl->C_FindObjectsFinal(sess);
+	return n == 1 ? obj[0] : CK_INVALID_HANDLE;
+}
+
+static int listed(const struct ks_ref *refs, size_t n, const uint8_t *ref, size_t len,
+		  const char *tag)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (refs[i].len == len && memcmp(refs[i].ref, ref, len) == 0)
+			return tag == NULL || strcmp(refs[i].tag, tag) == 0;
+	return 0;
+}
+
+/*
+ * What reconciliation relies on (service/keys.c, docs/custody.md
+ * "Reconciliation"): one listing shows every key of ours with its tag, past a
+ * batch of handles (1024), and nothing that is not labelled ours; a reference
+ * is checked without the token as load checks it; a key is destroyed by its
+ * reference, even when half of it is gone.
+ */
+#define LIST_KEYS 1100
+static void test_listing(const struct t_softhsm *h)
+{
+	struct key_store *ks = NULL;
+	struct ks_key *key = NULL, *foreign = NULL, *longer = NULL, *half = NULL, *again = NULL;
+	struct ks_ref *refs = NULL;
+	uint8_t first[16], last[16], fref[16], lref[16], href[16];
+	CK_FUNCTION_LIST_PTR fl = NULL;
+	CK_SESSION_HANDLE sess = 0;
+	CK_OBJECT_HANDLE obj;
+	CK_RV rv;
+	char err[256], tag[CIMD_TAG_MAX + 1];
+	char label[] = "cimdd:this-label-is-longer-than-any-tag-cimdd-writes";
+	const uint8_t *ref;
+	size_t len, n = 0, n0 = 0, i, j;
+	double t0;
+	int r, made = 0, tagged = 1;
+
+	if (!t_ok(key_store_open(h->conf, &ks, err, sizeof(err)) == 0, "listing: key store (%s)",
+		  err))
+		goto out;
+	t_ok(key_store_holds_keys(ks) == 1, "listing: a token holds its keys");
+	if (key_store_list(ks, 1000000, &refs, &n0) == 0)
+		ks_refs_free(&refs, n0);
+	for (i = 0; i < LIST_KEYS; i++, made++) {
+		snprintf(tag, sizeof(tag), "list-%04zu", i);
+		if (key_store_generate(ks, CIMD_ALG_ES256, tag, &key) < 0)
+			break;
+		ks_key_ref(key, &ref, &len);
+		if (i == 0)
+			memcpy(first, ref, sizeof(first));
+		memcpy(last, ref, sizeof(last));
+		ks_key_free(&key);
+	}
+	if (!t_ok(made == LIST_KEYS, "listing: %d keys made with tags", made))
+		goto out;
+	/* Two more whose private key's label is not ours: another application's
+	 * label, and a label too long to be one cimdd writes. */
+	if (!t_ok(key_store_generate(ks, CIMD_ALG_ES256, NULL, &foreign) == 0 &&
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &longer) == 0 &&
+		      raw_session(&fl, &sess) == 0,
+		  "listing: two keys to relabel"))
+		goto out;
+	ks_key_ref(foreign, &ref, &len);
+	memcpy(fref, ref, sizeof(fref));
+	ks_key_ref(longer, &ref, &len);
+	memcpy(lref, ref, sizeof(lref));
+	{
+		CK_ATTRIBUTE a = {CKA_LABEL, "other-app", 9};
+		CK_ATTRIBUTE b = {CKA_LABEL, label, sizeof(label) - 1};
+		t_ok((obj = raw_find(fl, sess, fref, 16, CKO_PRIVATE_KEY)) != CK_INVALID_HANDLE &&
+			 fl->C_SetAttributeValue(sess, obj, &a, 1) == CKR_OK &&
+			 (obj = raw_find(fl, sess, lref, 16, CKO_PRIVATE_KEY)) !=
+			     CK_INVALID_HANDLE &&
+			 fl->C_SetAttributeValue(sess, obj, &b, 1) == CKR_OK,
+		     "listing: relabelled 'other-app' and a %zu-character 'cimdd:...'",
+		     sizeof(label) - 1);
+	}
+	t0 = t_now_ms();
+	r = key_store_list(ks, 1000000, &refs, &n);
+	printf("# listing %zu keys (%zu objects or more) took %.0f ms\n", n, 2 * n,
+	       t_now_ms() - t0);
+	t_ok(r == 0 && n == n0 + LIST_KEYS, "listing: one listing shows every key of ours (%zu)",
+	     n);
+	for (i = 0; i < LIST_KEYS && tagged; i++) {
+		snprintf(tag, sizeof(tag), "list-%04zu", i);
+		tagged = 0;
+		for (j = 0; j < n && !tagged; j++)
+			tagged = strcmp(refs[j].tag, tag) == 0 && refs[j].len == 16;
+	}
+	for (i = 0, j = 0; i < n; i++)
+		j += refs[i].whole == 1;
+	t_ok(tagged && listed(refs, n, first, 16, "list-0000") &&
+		 listed(refs, n, last, 16, "list-1099") && j == n,
+	     "listing: each with its CKA_ID and tag, whole (%zu of %zu)", j, n);
+	t_ok(!listed(refs, n, fref, 16, NULL) && !listed(refs, n, lref, 16, NULL),
+	     "listing: not the keys labelled otherwise");
+	ks_refs_free(&refs, n);
+	r = key_store_list(ks, 10, &refs, &n);
+	t_ok(r == 0 && n == 10, "listing: at most max (%zu)", n);
+	ks_refs_free(&refs, n);
+
+	t_ok(key_store_ref_check(ks, CIMD_ALG_ES256, first, 16) == 0 &&
+		 key_store_ref_check(ks, CIMD_ALG_PS256, first, 16) == 0,
+	     "listing: a 16-byte reference checks out without the token (whatever it holds)");
+	t_ok(key_store_ref_check(ks, CIMD_ALG_ES256, first, 5) == -CIMD_ENOKEY &&
+		 key_store_load(ks, CIMD_ALG_ES256, first, 5, &again) == -CIMD_ENOKEY,
+	     "listing: a 5-byte reference is malformed, as load says");
+	t_ok(key_store_ref_check(ks, (enum cimd_alg)99, first, 16) == -CIMD_EALG,
+	     "listing: an unknown algorithm");
+
+	r = key_store_destroy_ref(ks, first, 16);
+	t_ok(r == 0, "listing: destroyed by its reference (%s)",
+	     r < 0 ? key_store_errmsg(ks) : "ok");
+	/* The raw search first: a load that finds no key reloads the module
+	 * (ks_pkcs11.c, p11_reload), which closes every session of this process. */
+	obj = raw_find(fl, sess, first, 16, CKO_PUBLIC_KEY);
+	t_ok(obj == CK_INVALID_HANDLE &&
+		 raw_find(fl, sess, last, 16, CKO_PUBLIC_KEY) != CK_INVALID_HANDLE &&
+		 key_store_load(ks, CIMD_ALG_ES256, first, 16, &again) == -CIMD_ENOKEY,
+	     "listing: both halves are gone");
+	r = key_store_destroy_ref(ks, first, 16);
+	t_ok(r == -CIMD_ENOKEY, "listing: destroying it again: %s", cimd_strerror(r));
+	/* Half a pair, as a destruction interrupted half way leaves it: load
+	 * refuses it, destruction by reference still removes it. */
+	if (t_ok(key_store_generate(ks, CIMD_ALG_ES256, "half", &half) == 0 &&
+		     raw_session(&fl, &sess) == 0,
+		 "listing: a key, and a session of our own again")) {
+		ks_key_ref(half, &ref, &len);
+		memcpy(href, ref, sizeof(href));
+		obj = raw_find(fl, sess, href, 16, CKO_PUBLIC_KEY);
+		rv = obj != CK_INVALID_HANDLE ? fl->C_DestroyObject(sess, obj) : CKR_GENERAL_ERROR;
+		r = key_store_load(ks, CIMD_ALG_ES256, href, 16, &again);
+		t_ok(rv == CKR_OK && r == -CIMD_ENOKEY,
+		     "listing: its public half destroyed behind our back (0x%lx): load refuses it "
+		     "(%s: %s)",
+		     (unsigned long)rv, cimd_strerror(r), key_store_errmsg(ks));
+		j = 2;
+		if (key_store_list(ks, 1000000, &refs, &n) == 0)
+			for (i = 0; i < n; i++)
+				if (refs[i].len == 16 && memcmp(refs[i].ref, href, 16) == 0)
+					j = (size_t)refs[i].whole;
+		ks_refs_free(&refs, n);
+		t_ok(j == 0, "listing: it is listed, not whole (%zu)", j);
+		r = key_store_destroy_ref(ks, href, 16);
+		j = 2;
+		if (key_store_list(ks, 1000000, &refs, &n) == 0)
+			for (i = 0; i < n; i++)
+				if (refs[i].len == 16 && memcmp(refs[i].ref, href, 16) == 0)
+					j = (size_t)refs[i].whole;
+		ks_refs_free(&refs, n);
+		t_ok(r == 0 && j == 2,
+		     "listing: destruction by reference removes the private half (%s)",
+		     cimd_strerror(r));
+	}
+out:
+	if (fl != NULL)
+		fl->C_CloseSession(sess);
+	ks_refs_free(&refs, n);
+	ks_key_free(&again);
+	ks_key_free(&half);
+	ks_key_free(&longer);
+	ks_key_free(&foreign);
+	ks_key_free(&key);
+	key_store_free(&ks);
+}
+
 int main(void)
 {
 	struct t_softhsm h;
@@ -373,5 +574,6 @@ int main(void)
 	test_errors(&h);
 	test_exclusive(&h);
 	test_session_recovery(&h);
+	test_listing(&h);
 	return t_done();
 }

@@ -59,6 +59,75 @@ out:
 	key_store_free(&ks);
 }
 
+/* What reconciliation relies on (service/keys.c, docs/custody.md
+ * "Reconciliation"): a TPM holds no keys, so its listing is empty and says
+ * nothing; a blob is checked without the TPM as load checks it; a blob whose
+ * parent changed does not load. */
+static void test_reconcile_api(struct t_swtpm *s)
+{
+	struct key_store *ks = NULL;
+	struct ks_key *key = NULL, *ak = NULL, *again = NULL;
+	struct ks_ref *refs = NULL;
+	uint8_t copy[CIMD_KEYREF_MAX];
+	const uint8_t *ref;
+	size_t len, n = 7;
+	char err[256], cmd[700];
+	int r;
+
+	if (!t_ok(key_store_open(s->conf, &ks, err, sizeof(err)) == 0 &&
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0 &&
+		      key_store_generate_attest(ks, "ak", &ak) == 0,
+		  "reconcile: key store, a key and an AK"))
+		goto out;
+	t_ok(key_store_holds_keys(ks) == 0, "reconcile: a TPM holds no keys (its listing proves "
+					    "nothing)");
+	r = key_store_list(ks, 100, &refs, &n);
+	t_ok(r == 0 && n == 0, "reconcile: and lists none (%zu)", n);
+	ks_key_ref(key, &ref, &len);
+	memcpy(copy, ref, len);
+	t_ok(key_store_ref_check(ks, CIMD_ALG_ES256, copy, len) == 0,
+	     "reconcile: a blob cimdd made checks out without the TPM");
+	r = key_store_ref_check(ks, CIMD_ALG_ES256, copy, len - 1);
+	t_ok(r == -CIMD_ENOKEY && key_store_load(ks, CIMD_ALG_ES256, copy, len - 1, &again) == r,
+	     "reconcile: a truncated blob is malformed, as load says: %s", cimd_strerror(r));
+	r = key_store_ref_check(ks, CIMD_ALG_PS256, copy, len);
+	t_ok(r == -CIMD_EALG && key_store_load(ks, CIMD_ALG_PS256, copy, len, &again) == r,
+	     "reconcile: an ES256 blob checked as PS256 is another algorithm's, as load says: %s",
+	     cimd_strerror(r));
+	t_ok(key_store_ref_check(ks, (enum cimd_alg)99, copy, len) == -CIMD_EALG,
+	     "reconcile: an unknown algorithm");
+	ks_key_ref(ak, &ref, &len);
+	t_ok(key_store_ref_check(ks, CIMD_ALG_ES256, ref, len) == 0,
+	     "reconcile: an AK's blob checks out as ES256");
+	ks_key_ref(key, &ref, &len);
+	r = key_store_destroy_ref(ks, ref, len);
+	t_ok(r == 0, "reconcile: destroy by reference: the blob is flushed, nothing else (%s)",
+	     cimd_strerror(r));
+	t_ok(key_store_destroy_ref(ks, copy, 3) == -CIMD_ENOKEY,
+	     "reconcile: destroy of a malformed reference: no key");
+	/* A new owner seed: every blob made before is refused by TPM2_Load, while
+	 * the check without the TPM still passes (hence the sample loads). */
+	key_store_free(&ks);
+	t_swtpm_kill(s);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'/*", s->dir);
+	if (!t_ok(system(cmd) == 0 && t_swtpm_restart(s) == 0, "reconcile: the TPM cleared"))
+		goto out;
+	if (!t_ok(key_store_open(s->conf, &ks, err, sizeof(err)) == 0,
+		  "reconcile: key store on the cleared TPM (%s)", err))
+		goto out;
+	t_ok(key_store_ref_check(ks, CIMD_ALG_ES256, copy, len) == 0,
+	     "reconcile: the old blob still checks out without the TPM");
+	r = key_store_load(ks, CIMD_ALG_ES256, copy, len, &again);
+	t_ok(r == -CIMD_ENOKEY, "reconcile: but the cleared TPM does not load it: %s (%s)",
+	     cimd_strerror(r), key_store_errmsg(ks));
+out:
+	ks_refs_free(&refs, n);
+	ks_key_free(&again);
+	ks_key_free(&ak);
+	ks_key_free(&key);
+	key_store_free(&ks);
+}
+
 static void test_faults(struct t_swtpm *s)
 {
 	struct key_store *ks = NULL;
@@ -626,6 +695,7 @@ int main(void)
 	test_deadline_covers_lock(&s);
 	test_counter(&s);
 	test_faults(&s);
+	test_reconcile_api(&s);
 	t_swtpm_kill(&s);
 	return t_done();
 }
