@@ -5,6 +5,7 @@
 #   make asan     the same tests under AddressSanitizer + UBSan
 #   make fuzz     libFuzzer targets (clang), FUZZ_SECONDS each (docs/fuzzing.md)
 #   make bench    benchmarks against peers measured in the same run
+#   make bench-scale  the appliance at 1 client and at SCALE_N clients (docs/benchmarks.md)
 #   make run      install what is missing, build, run a development instance
 #   make install  programs and man pages under PREFIX
 #   make clean
@@ -44,7 +45,7 @@ TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps check test asan fuzz fuzz-build bench run clean format install
+.PHONY: all deps check test asan fuzz fuzz-build bench bench-scale run clean format install
 .SECONDARY:
 BINS      := $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(BUILD)/bin/cimd-assert
 
@@ -145,9 +146,17 @@ $(BUILD)/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(BUILD)/obj/tests/fuzz/common
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
 
+# bench/bench_scale measures at 1 client and at each of SCALE_N clients (at most
+# 10000, the appliance's bound); bench/run.sh runs it last.
+SCALE_N   ?= 1000 10000
+
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@bash bench/run.sh $(BUILD)/bench
+	@CIMD_BENCH_SCALE_N="$(SCALE_N)" bash bench/run.sh $(BUILD)/bench
+
+bench-scale: deps
+	@$(MAKE) --no-print-directory all
+	@CIMD_BENCH_SCALE_N="$(SCALE_N)" $(BUILD)/bench/bench_scale
 
 run: deps
 	@$(MAKE) --no-print-directory all
