@@ -50,11 +50,12 @@ struct client_info {
  * (sched_soon); the durations come from the configuration, and a reload that
  * changes one makes every time unknown.  One daemon per process: one schedule.
  *
- * The looks themselves read every key in the state concerned (schema 7 indexes
- * keys by state, not by the time in that state), but only when something is
- * due or changed, not every second.  Partial indexes on the times (keys(retiring)
- * WHERE state = 'retiring', likewise retired, revoked AND destroyed IS NULL,
- * and activated WHERE state = 'active') would make each look cost what is due.
+ * The looks for retiring, retired and revoked keys read what is due first by
+ * a partial index on the time in that state (schema 7; INDEXED BY, since
+ * without statistics SQLite would prefer the index on state alone).  The look
+ * for rotations computes each client's due time from its own period, so it
+ * reads every active key: only when something is due or changed, not every
+ * second.
  */
 enum { SCHED_RETIRE, SCHED_DESTROY, SCHED_REVOKED, SCHED_ROTATE, SCHED_KINDS };
 static struct {
@@ -699,10 +700,12 @@ int keys_tick(struct cimdd *d, time_t tnow)
 		sched.jwks_max_age = c->jwks_max_age;
 	}
 	if (sched.at[SCHED_RETIRE] <= now) {
-		n = look(d->st,
-			 "SELECT client, kid, retiring + ?1 FROM keys WHERE state = 'retiring' "
-			 "AND retiring IS NOT NULL ORDER BY retiring LIMIT ?3",
-			 grace, 0, now, due, &next);
+		n = look(
+		    d->st,
+		    "SELECT client, kid, retiring + ?1 FROM keys INDEXED BY keys_retiring WHERE "
+		    "state = 'retiring' "
+		    "AND retiring IS NOT NULL ORDER BY retiring LIMIT ?3",
+		    grace, 0, now, due, &next);
 		sched.at[SCHED_RETIRE] = next;
 		for (i = 0; i < n; i++) {
 			if (step(d, &due[i], "retiring", "retired") > 0)
@@ -713,7 +716,8 @@ int keys_tick(struct cimdd *d, time_t tnow)
 	}
 	if (sched.at[SCHED_DESTROY] <= now) {
 		n = look(d->st,
-			 "SELECT client, kid, retired + ?1 FROM keys WHERE state = 'retired' "
+			 "SELECT client, kid, retired + ?1 FROM keys INDEXED BY keys_retired WHERE "
+			 "state = 'retired' "
 			 "AND retired IS NOT NULL ORDER BY retired LIMIT ?3",
 			 (int64_t)c->destroy_delay, 0, now, due, &next);
 		sched.at[SCHED_DESTROY] = next;
@@ -731,7 +735,8 @@ int keys_tick(struct cimdd *d, time_t tnow)
 	}
 	if (sched.at[SCHED_REVOKED] <= now) {
 		n = look(d->st,
-			 "SELECT client, kid, revoked + ?1 FROM keys WHERE state = 'revoked' AND "
+			 "SELECT client, kid, revoked + ?1 FROM keys INDEXED BY keys_revoked WHERE "
+			 "state = 'revoked' AND "
 			 "destroyed IS NULL AND revoked IS NOT NULL ORDER BY revoked LIMIT ?3",
 			 0, 0, now, due, &next);
 		sched.at[SCHED_REVOKED] = next;

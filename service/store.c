@@ -185,6 +185,10 @@ static const char *const migrations[] = {
     "CREATE INDEX keys_client ON keys(client, state);"
     "CREATE INDEX keys_ref ON keys(backend, ref);"
     "CREATE INDEX keys_state ON keys(state);"
+    /* The scheduler's looks (keys.c, keys_tick): what falls due first. */
+    "CREATE INDEX keys_retiring ON keys(retiring) WHERE state = 'retiring';"
+    "CREATE INDEX keys_retired ON keys(retired) WHERE state = 'retired';"
+    "CREATE INDEX keys_revoked ON keys(revoked) WHERE state = 'revoked' AND destroyed IS NULL;"
     "CREATE INDEX attest_keys_ref ON attest_keys(backend, ref);"
     "CREATE INDEX revocations_client ON revocations(client, id);"
     "CREATE INDEX documents_approved ON documents(client) WHERE state = 'approved';"

@@ -385,6 +385,9 @@ static void test_store(void)
 	tamper(path, "DROP INDEX keys_client");
 	tamper(path, "DROP INDEX keys_ref");
 	tamper(path, "DROP INDEX keys_state");
+	tamper(path, "DROP INDEX keys_retiring");
+	tamper(path, "DROP INDEX keys_retired");
+	tamper(path, "DROP INDEX keys_revoked");
 	tamper(path, "DROP INDEX documents_approved");
 	tamper(path, "ALTER TABLE keys DROP COLUMN published");
 	tamper(path, "DROP TABLE key_intents");
