@@ -31,7 +31,8 @@ static void put(struct pubset_buf *b, const void *data, size_t n)
 		b->p = np;
 		b->cap = cap;
 	}
-	memcpy(b->p + b->len, data, n);
+	if (n > 0)
+		memcpy(b->p + b->len, data, n);
 	b->len += n;
 }
 
