@@ -363,7 +363,8 @@ int dev_prepare(const char *dir, const char *backend, int port, char *ret_conf, 
 /* Starts what the instance needs beside cimdd: its swtpm simulator, when it has
  * one (*ret_swtpm is then its pid, else 0). */
 int dev_start(const char *dir, pid_t *ret_swtpm, char *errbuf, size_t errlen);
-/* A loopback port p with p and p + 1 free now (swtpm: commands, control). */
+/* A loopback port p with p and p + 1 free now (swtpm: commands, control), from
+ * below the kernel's ephemeral range; -EADDRNOTAVAIL when every pair is taken. */
 int dev_free_port_pair(void);
 /* swtpm on 127.0.0.1:port and port + 1, its state in dir, output to log; it
  * dies with its parent.  Returns when both ports answer. */
