@@ -860,11 +860,11 @@ static int publish_changes(struct publication *p)
 	int more = 0, r = 0, globals = 0;
 
 	if ((names = calloc(TURN_CLIENTS, sizeof(*names))) == NULL)
-		return 1;
+		return 0;
 	if (store_query(p->d->st, &s, "SELECT client FROM dirty ORDER BY seq LIMIT ?", "i",
 			(int64_t)TURN_CLIENTS) < 0) {
 		free(names);
-		return 1;
+		return 0;
 	}
 	while (n < TURN_CLIENTS && sqlite3_step(s) == SQLITE_ROW)
 		snprintf(names[n++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
@@ -892,7 +892,9 @@ static int publish_changes(struct publication *p)
 		r = hand_on(p, &l, 0, 0, names, n);
 	entries_free(&l);
 	free(names);
-	return r < 0 ? 1 : more;
+	/* A database that refuses (locked, full): tried again next turn, not in
+	 * a tight loop. */
+	return r < 0 ? 0 : more;
 }
 
 /* Clients still without an attestation for what they serve (their hardware
