@@ -40,7 +40,7 @@
 #define RESTART_MAX 32	  /* seconds: the longest wait before a new publisher */
 #define RESTART_STABLE 10 /* seconds: a publisher that lived this long died by chance */
 #define FULL_CLIENTS 256  /* clients rendered, recorded and sent per chunk of a full table */
-#define RETIRE_EVERY 1 	  /* seconds between looks at retiring attestation keys */
+#define RETIRE_EVERY 1	  /* seconds between looks at retiring attestation keys */
 
 /* {"keys":[...]} of the client's keys in states next, active, retiring. */
 char *publish_jwks(struct store *st, const char *client)
