@@ -182,9 +182,9 @@ static int pragma_text(sqlite3 *db, const char *sql, char *out, size_t len)
 
 /* The triggers of schema 7. */
 static const char *const v7_triggers[] = {
-    "clients_dirty_i",	  "clients_dirty_u",	  "callers_dirty_i",	 "callers_dirty_d",
-    "audiences_dirty_i",  "audiences_dirty_d",	  "documents_dirty_i",	 "documents_dirty_u",
-    "keys_dirty_i",	  "keys_dirty_u",	  "attestations_dirty_i", "revocations_dirty_i",
+    "clients_dirty_i",	   "clients_dirty_u",	  "callers_dirty_i",	  "callers_dirty_d",
+    "audiences_dirty_i",   "audiences_dirty_d",	  "documents_dirty_i",	  "documents_dirty_u",
+    "keys_dirty_i",	   "keys_dirty_u",	  "attestations_dirty_i", "revocations_dirty_i",
     "attest_keys_dirty_i", "attest_keys_dirty_u", "checkpoints_dirty_i",
 };
 
