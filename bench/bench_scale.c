@@ -13,9 +13,11 @@
  *   key rotate    key.rotate of 12 clients spread over the set (at 1 client,
  *                 12 times the same), each activated afterwards (untimed)
  *   restart       SIGTERM, start again, until GET of the last client's JWKS
- *                 answers 200: reconciliation with the hardware included (at
- *                 most 300 s; a longer one is printed as a lower bound)
- *   RSS           VmRSS and VmHWM of cimdd and of its publisher after the loads
+ *                 answers 200 (at most 300 s; a longer one is printed as a
+ *                 lower bound), and until an assertion is signed: the key
+ *                 stores open and reconciled with the database
+ *   RSS           VmRSS and VmHWM of cimdd and of its publisher after the
+ *                 loads, and SoftHSM2's share of cimdd's (module_mb)
  *   JWKS          wrk -t2 -c64 keep-alive over TLS, each request for a client
  *                 drawn at random: requests/s and p99
  *   assertions    8 libcimd connections asking in a loop, for 8 clients spread
@@ -29,11 +31,14 @@
  * 3600), after which the sizes not reached are left out.
  */
 #include <dirent.h>
+#include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+
+#include <p11-kit/pkcs11.h>
 
 #include "cimd.h"
 
@@ -64,8 +69,9 @@ struct figures {
 	int died;	  /* publisher deaths in the daemon's log so far */
 	int restart_over; /* not served within RESTART_WAIT_MS: restart_ms is a lower bound */
 	long as_fail, jwks_bad;
-	double add_p50, add_p99, rot_p50, rot_max, restart_ms;
+	double add_p50, add_p99, rot_p50, rot_max, restart_ms, restart_sign_ms;
 	double rss_cimdd, hwm_cimdd, rss_pub, hwm_pub; /* MB */
+	double module, own;			       /* MB: SoftHSM2's share, the rest */
 	double jwks_rps, jwks_p99, as_rps, as_p99;
 };
 
@@ -83,8 +89,11 @@ static const struct row {
     {"key rotate p50 ms", offsetof(struct figures, rot_p50), T_NONE, 0},
     {"key rotate max of 12 ms", offsetof(struct figures, rot_max), T_AT_MOST, 20},
     {"restart to JWKS ms", offsetof(struct figures, restart_ms), T_AT_MOST, 2000},
+    {"restart to signing ms", offsetof(struct figures, restart_sign_ms), T_AT_MOST, 2000},
     {"cimdd RSS MB", offsetof(struct figures, rss_cimdd), T_NONE, 0},
     {"cimdd peak RSS MB", offsetof(struct figures, hwm_cimdd), T_AT_MOST, 100},
+    {"  of it SoftHSM2 MB", offsetof(struct figures, module), T_NONE, 0},
+    {"  cimdd's own MB", offsetof(struct figures, own), T_NONE, 0},
     {"publisher RSS MB", offsetof(struct figures, rss_pub), T_NONE, 0},
     {"publisher peak RSS MB", offsetof(struct figures, hwm_pub), T_AT_MOST, 100},
     {"JWKS req/s", offsetof(struct figures, jwks_rps), T_RATIO_AT_LEAST, 1 / 1.2},
@@ -118,6 +127,44 @@ static long proc_kb(pid_t pid, const char *field)
 			kb = strtol(line + strlen(field), NULL, 10);
 	fclose(f);
 	return kb;
+}
+
+/*
+ * What the SoftHSM2 module holds once it has read the token.  cimdd runs the
+ * module in its own process, and SoftHSM2's file store keeps every object of
+ * the token in memory from C_Initialize on, so part of cimdd's RSS is the
+ * token's.  A child initialises the module on the same token, as cimdd does
+ * when it opens the store, and reports how much its RSS grew from before the
+ * module was loaded.  -1 when it cannot.
+ */
+static double module_mb(void)
+{
+	CK_C_GetFunctionList get;
+	CK_FUNCTION_LIST_PTR fl;
+	long kb = -1, before;
+	int fds[2];
+	void *h;
+	pid_t pid;
+
+	if (pipe(fds) < 0)
+		return -1;
+	if ((pid = fork()) == 0) {
+		before = proc_kb(getpid(), "VmRSS:");
+		if ((h = dlopen(T_SOFTHSM_MODULE, RTLD_NOW)) != NULL &&
+		    (get = (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList")) != NULL &&
+		    get(&fl) == CKR_OK && fl->C_Initialize(NULL) == CKR_OK && before >= 0)
+			kb = proc_kb(getpid(), "VmRSS:") - before;
+		if (write(fds[1], &kb, sizeof(kb)) != (ssize_t)sizeof(kb))
+			_exit(1);
+		_exit(0);
+	}
+	close(fds[1]);
+	if (pid < 0 || read(fds[0], &kb, sizeof(kb)) != (ssize_t)sizeof(kb))
+		kb = -1;
+	close(fds[0]);
+	if (pid > 0)
+		waitpid(pid, NULL, 0);
+	return kb < 0 ? -1 : (double)kb / 1024;
 }
 
 /* cimdd's publisher: its child whose argv[0] is cimdd-publisher; or -1. */
@@ -462,6 +509,41 @@ static int port_open(void)
 	return r;
 }
 
+/* After a restart: until an assertion is signed for a client our uid may
+ * sign for.  The signing socket opens once the hardware is open and
+ * reconciled with the database, so this is the whole start-up. */
+static void restart_sign(struct figures *f, double t0)
+{
+	char client_id[256], name[16], *jwt;
+	struct cimd *c = NULL;
+	double end;
+	int i;
+
+	f->restart_sign_ms = -1;
+	for (i = 0; i < n_clients && !signer_ready[i]; i++)
+		;
+	if (i == n_clients)
+		return;
+	scale_name(i, name);
+	snprintf(client_id, sizeof(client_id), "%s/clients/%s", cd.base, name);
+	for (end = t0 + RESTART_WAIT_MS; t_now_ms() < end; usleep(2000)) {
+		jwt = NULL;
+		if ((c != NULL || cimd_open(cd.sign_sock, &c) == CIMD_OK) &&
+		    cimd_assert(c, client_id, aud, 0, &jwt, NULL) == CIMD_OK) {
+			free(jwt);
+			f->restart_sign_ms = t_now_ms() - t0;
+			break;
+		}
+		cimd_close(&c);
+	}
+	cimd_close(&c);
+	if (f->restart_sign_ms < 0)
+		printf("  restart: no assertion within %d s\n", RESTART_WAIT_MS / 1000);
+	else
+		printf("  restart: an assertion signed %.0f ms after cimdd started\n",
+		       f->restart_sign_ms);
+}
+
 static void restart_load(struct figures *f)
 {
 	char name[16], path[64], err[256];
@@ -512,6 +594,7 @@ static void restart_load(struct figures *f)
 		f->restart_over = 1;
 	} else
 		printf("  restart: %s served %.0f ms after cimdd started\n", path, f->restart_ms);
+	restart_sign(f, t0);
 	if ((r = scale_admin_connect(&adm, 30000)) < 0) {
 		snprintf(err, sizeof(err), "%s", strerror(-r));
 		printf("  restart: admin socket: %s\n", err);
@@ -534,6 +617,8 @@ static void measure(struct figures *f)
 	f->hwm_cimdd = (double)proc_kb(cd.dm.pid, "VmHWM:") / 1024;
 	f->rss_pub = (double)proc_kb(pub, "VmRSS:") / 1024;
 	f->hwm_pub = (double)proc_kb(pub, "VmHWM:") / 1024;
+	if ((f->module = module_mb()) >= 0 && f->hwm_cimdd >= 0)
+		f->own = f->hwm_cimdd - f->module;
 	rotate_load(n, f);
 	restart_load(f);
 	f->died = scale_publisher_died(&cd.dm);

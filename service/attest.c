@@ -53,7 +53,7 @@ static int active_key(struct cimdd *d, const char *backend, char ret_kid[CIMD_KI
 		r = key_store_load(ks, CIMD_ALG_ES256, sqlite3_column_blob(s, 1),
 				   (size_t)sqlite3_column_bytes(s, 1), ret_key);
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	return r;
 }
 
@@ -277,7 +277,7 @@ static int facts_load(struct cimdd *d, const char *name, const char *attest_kid,
 			  (json_int_t)sqlite3_column_int64(s, 4), "approver",
 			  sqlite3_column_text(s, 5) ? (const char *)sqlite3_column_text(s, 5) : "",
 			  "approved", (json_int_t)sqlite3_column_int64(s, 6));
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	s = NULL;
 	if (f.doc == NULL || (jwks = publish_jwks(d->st, name)) == NULL) {
 		r = -ENOMEM;
@@ -299,7 +299,7 @@ static int facts_load(struct cimdd *d, const char *name, const char *attest_kid,
 			      (const char *)sqlite3_column_text(s, 1), "state",
 			      (const char *)sqlite3_column_text(s, 2), "backend",
 			      (const char *)sqlite3_column_text(s, 3)));
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	s = NULL;
 	/* What the statement says, but for evidence and times: when this changes,
 	 * the attestation is issued again. */
@@ -314,7 +314,7 @@ static int facts_load(struct cimdd *d, const char *name, const char *attest_kid,
 	memset(&f, 0, sizeof(f));
 	r = 0;
 out:
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	json_decref(in);
 	free(canon);
 	free(jwks);
@@ -366,7 +366,7 @@ static int issue(struct cimdd *d, struct facts *f, struct ks_key *ak, const char
 		r = evidence(ks, ak, json_string_value(json_object_get(k, "alg")),
 			     sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0),
 			     f->client_id, f->cimd_hex, kid, &ev);
-		sqlite3_finalize(s);
+		store_done(d->st, s);
 		s = NULL;
 		if (r < 0)
 			goto out;
@@ -409,7 +409,7 @@ static int issue(struct cimdd *d, struct facts *f, struct ks_key *ak, const char
 	}
 	r = 0;
 out:
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	json_decref(keys);
 	json_decref(st);
 	json_decref(rec);
@@ -451,7 +451,7 @@ static int issue_revocation(struct cimdd *d, const char *kid, struct key_store *
 	    sqlite3_column_text(s, 2) ? (const char *)sqlite3_column_text(s, 2) : "", "operator",
 	    sqlite3_column_text(s, 3) ? (const char *)sqlite3_column_text(s, 3) : "", "revoked",
 	    (json_int_t)sqlite3_column_int64(s, 4), "issued", (json_int_t)time(NULL));
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	s = NULL;
 	if (st == NULL || (r = seal(ks, ak, st, &env)) < 0)
 		goto out;
@@ -470,7 +470,7 @@ static int issue_revocation(struct cimdd *d, const char *kid, struct key_store *
 	}
 	r = 0;
 out:
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	json_decref(st);
 	json_decref(rec);
 	free(env);
@@ -489,7 +489,7 @@ void attest_retire_unused(struct cimdd *d)
 	if (store_query(d->st, &s, "SELECT 1 FROM attest_keys WHERE state = 'retiring' LIMIT 1",
 			"") == 0)
 		retiring = sqlite3_step(s) == SQLITE_ROW;
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	if (!retiring || store_begin(d->st) < 0)
 		return;
 	if (store_exec(
@@ -554,7 +554,7 @@ int attest_client(struct cimdd *d, struct attest_batch *bt, const char *name)
 			has_inputs = 1;
 		}
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	for (b = 0; b < d->cfg->n_backends; b++)
 		if (strcmp(d->cfg->backends[b].name, backend) == 0)
 			break;
@@ -587,7 +587,7 @@ int attest_client(struct cimdd *d, struct attest_batch *bt, const char *name)
 			snprintf(kid, sizeof(kid), "%s", sqlite3_column_text(s, 0));
 			snprintf(backend, sizeof(backend), "%s", sqlite3_column_text(s, 1));
 		}
-		sqlite3_finalize(s);
+		store_done(d->st, s);
 		if (!r)
 			break;
 		for (b = 0; b < d->cfg->n_backends; b++)
@@ -663,7 +663,7 @@ char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex, c
 	    strcmp((const char *)sqlite3_column_text(s, 1), cimd_hex) == 0 &&
 	    strcmp((const char *)sqlite3_column_text(s, 2), jwks_hex) == 0)
 		out = strdup((const char *)sqlite3_column_text(s, 0));
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	return out;
 }
 
@@ -684,7 +684,7 @@ char *attest_revocations(struct cimdd *d, const char *name)
 	while (sqlite3_step(s) == SQLITE_ROW)
 		if ((e = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
 			json_array_append_new(arr, e);
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	if ((o = json_pack("{so}", "revocations", arr)) != NULL)
 		out = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
@@ -724,7 +724,7 @@ char *attest_keys_jwks(struct cimdd *d)
 		}
 		json_array_append_new(arr, k);
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	if ((o = json_pack("{so}", "keys", arr)) != NULL)
 		out = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
@@ -747,7 +747,7 @@ enum admin_err attest_show(struct admin_req *q)
 	if (sqlite3_step(s) == SQLITE_ROW)
 		env = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
 	if (env == NULL) {
-		sqlite3_finalize(s);
+		store_done(q->d->st, s);
 		return admin_fail(q, AE_NOT_FOUND,
 				  "%s has no attestation (no approved document, or its "
 				  "hardware has not been available since)",
@@ -756,6 +756,6 @@ enum admin_err attest_show(struct admin_req *q)
 	q->result =
 	    json_pack("{sosIsI}", "envelope", env, "seq", (json_int_t)sqlite3_column_int64(s, 1),
 		      "issued", (json_int_t)sqlite3_column_int64(s, 2));
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	return q->result ? AE_OK : AE_INTERNAL;
 }

@@ -54,8 +54,8 @@ struct client_info {
  * a partial index on the time in that state (schema 7; INDEXED BY, since
  * without statistics SQLite would prefer the index on state alone).  The look
  * for rotations computes each client's due time from its own period, so it
- * reads every active key: only when something is due or changed, not every
- * second.
+ * reads every active key: only when a step is due, never because a key was
+ * made active (sched_rotation knows when that key's first step can be).
  */
 enum { SCHED_RETIRE, SCHED_DESTROY, SCHED_REVOKED, SCHED_ROTATE, SCHED_KINDS };
 static struct {
@@ -67,6 +67,26 @@ static void sched_soon(int kind, int64_t t)
 {
 	if (t < sched.at[kind])
 		sched.at[kind] = t;
+}
+
+/* A key of client became active at t.  The client's next rotation step falls
+ * due no sooner than t + its period - jwks_max_age (the next key's creation;
+ * its activation comes later), so a new active key costs one indexed read, not
+ * a look over every active key at the next tick. */
+static void sched_rotation(struct cimdd *d, const char *client, int64_t t)
+{
+	sqlite3_stmt *s = NULL;
+	int64_t every = -1;
+
+	if (store_query(d->st, &s, "SELECT coalesce(rotate_every, ?) FROM clients WHERE name = ?",
+			"is", (int64_t)d->cfg->rotate_every, client) == 0 &&
+	    sqlite3_step(s) == SQLITE_ROW)
+		every = sqlite3_column_int64(s, 0);
+	store_done(d->st, s);
+	if (every < 0)
+		sched_soon(SCHED_ROTATE, 0); /* not known: look at the next tick */
+	else if (every > 0)
+		sched_soon(SCHED_ROTATE, t + every - (int64_t)d->cfg->jwks_max_age);
 }
 
 /* One second more than the sum: times are kept in whole seconds, so a key that
@@ -92,7 +112,7 @@ static int client_info(struct store *st, const char *name, struct client_info *r
 		ret->rotate_every = sqlite3_column_int64(s, 2);
 		r = 0;
 	}
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return r;
 }
 
@@ -118,7 +138,7 @@ static int64_t count_keys(struct store *st, const char *client, const char *wher
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM keys WHERE client = ? AND %s", where);
 	if (store_query(st, &s, sql, "s", client) == 0 && sqlite3_step(s) == SQLITE_ROW)
 		n = sqlite3_column_int64(s, 0);
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return n;
 }
 
@@ -142,7 +162,7 @@ static int key_in_state(struct store *st, const char *client, const char *state,
 			*ret_since = sqlite3_column_int64(s, 1);
 		r = 0;
 	}
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return r;
 }
 
@@ -252,8 +272,8 @@ int keys_insert(struct cimdd *d, const char *client, const char *alg, const char
 		       "ssssbssii", ks_key_kid(key), client, alg, backend, ref, ref_len, pub, state,
 		       (int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0));
 	free(pub);
-	if (strcmp(state, "active") == 0)
-		sched_soon(SCHED_ROTATE, 0);
+	if (r == 1 && strcmp(state, "active") == 0)
+		sched_rotation(d, client, (int64_t)now);
 	return r;
 }
 
@@ -335,7 +355,7 @@ static int transition(struct cimdd *d, const char *client, const char *kid, cons
 	else if (strcmp(to, "revoked") == 0)
 		sched_soon(SCHED_REVOKED, 0);
 	else if (strcmp(to, "active") == 0)
-		sched_soon(SCHED_ROTATE, 0);
+		sched_rotation(d, client, (int64_t)time(NULL));
 	return r;
 }
 
@@ -375,7 +395,7 @@ enum admin_err keys_list(struct admin_req *q)
 					    json_string((const char *)sqlite3_column_text(s, 10)));
 		json_array_append_new(arr, k);
 	}
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	q->result = json_pack("{so}", "keys", arr);
 	return AE_OK;
 }
@@ -474,7 +494,7 @@ static int destroy_hw(struct cimdd *d, const char *kid)
 		if (r == -CIMD_ENOKEY)
 			r = 0; /* gone already */
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	return r;
 }
 
@@ -521,7 +541,7 @@ enum admin_err keys_revoke(struct admin_req *q)
 		return admin_fail(q, AE_INTERNAL, "database error");
 	if (sqlite3_step(s) == SQLITE_ROW)
 		snprintf(state, sizeof(state), "%s", sqlite3_column_text(s, 0));
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	if (state[0] == '\0')
 		return admin_fail(q, AE_NOT_FOUND, "%s has no key %.64s", ci.name, kid);
 	if (strcmp(state, "revoked") == 0 || strcmp(state, "destroyed") == 0)
@@ -625,7 +645,7 @@ static int look(struct store *st, const char *sql, int64_t a, int64_t b, int64_t
 		out[n].every = sqlite3_column_count(s) > 3 ? sqlite3_column_int64(s, 3) : 0;
 		n++;
 	}
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return n;
 }
 
@@ -1038,7 +1058,7 @@ static void recon_pick(struct cimdd *d, struct recon_backend *rb, int newest,
 			ret->len = len;
 			break;
 		}
-		sqlite3_finalize(s);
+		store_done(d->st, s);
 		s = NULL;
 	}
 }
@@ -1208,7 +1228,7 @@ static int recon_walk(struct cimdd *d, struct recon *rc)
 			      (const char *)sqlite3_column_text(s, 4), sqlite3_column_blob(s, 5),
 			      (size_t)sqlite3_column_bytes(s, 5));
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	return r;
 }
 
@@ -1315,7 +1335,7 @@ static void recon_restore(struct cimdd *d, struct recon *rc)
 		names = p;
 		snprintf(names[m++], sizeof(names[0]), "%s", name);
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	for (i = 0; i < m; i++)
 		restore_client(d, names[i], "cimdd");
 	free(names);
@@ -1367,7 +1387,7 @@ static int recon_stray(struct cimdd *d, struct recon_backend *rb, const struct k
 			snprintf(kid, sizeof(kid), "%s", sqlite3_column_text(s, 1));
 			snprintf(client, sizeof(client), "%s", sqlite3_column_text(s, 2));
 		}
-		sqlite3_finalize(s);
+		store_done(d->st, s);
 		s = NULL;
 	}
 	/* The appliance's attestation keys are known too (attest.c). */
@@ -1375,7 +1395,7 @@ static int recon_stray(struct cimdd *d, struct recon_backend *rb, const struct k
 	    store_query(d->st, &s, "SELECT 1 FROM attest_keys WHERE backend = ? AND ref = ?", "sb",
 			rb->name, ref->ref, ref->len) == 0) {
 		known = sqlite3_step(s) == SQLITE_ROW;
-		sqlite3_finalize(s);
+		store_done(d->st, s);
 		s = NULL;
 	}
 	if (known ||
@@ -1398,7 +1418,7 @@ static int recon_stray(struct cimdd *d, struct recon_backend *rb, const struct k
 	    store_query(d->st, &s, "SELECT 1 FROM key_intents WHERE tag = ? AND backend = ?", "ss",
 			ref->tag, rb->name) == 0) {
 		intent = sqlite3_step(s) == SQLITE_ROW;
-		sqlite3_finalize(s);
+		store_done(d->st, s);
 	}
 	if (!intent) {
 		log_err(
@@ -1549,7 +1569,7 @@ int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor
 			r = 0;
 		ks_key_free(&key);
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	if (r == 0)
 		return 0;
 	return restore_client(d, client, actor);

@@ -54,7 +54,7 @@ char *publish_jwks(struct store *st, const char *client)
 			"'retiring') AND jwk IS NOT NULL ORDER BY created, kid",
 			"s", client) < 0)
 		return NULL;
-	if ((jwks = store_jwks(s)) != NULL)
+	if ((jwks = store_jwks(st, s)) != NULL)
 		out = json_dumps(jwks, JSON_COMPACT);
 	json_decref(jwks);
 	return out;
@@ -81,7 +81,7 @@ static char *render_metrics(struct cimdd *d)
 				states[i]) == 0 &&
 		    sqlite3_step(s) == SQLITE_ROW)
 			n = sqlite3_column_int64(s, 0);
-		sqlite3_finalize(s);
+		store_done(d->st, s);
 		s = NULL;
 		fprintf(f, "cimdd_keys{state=\"%s\"} %lld\n", states[i], (long long)n);
 	}
@@ -226,7 +226,7 @@ static int recorded_differs(struct store *st, const char *path, const uint8_t sh
 		return 1;
 	if (sqlite3_step(s) == SQLITE_ROW)
 		differs = strcmp((const char *)sqlite3_column_text(s, 0), hex) != 0;
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return differs;
 }
 
@@ -303,7 +303,7 @@ static int render_client(struct publication *p, const char *name, struct entries
 		if ((doc = malloc(doc_len + 1)) != NULL)
 			memcpy(doc, sqlite3_column_blob(s, 0), doc_len);
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	if (doc_len > 0 && doc == NULL)
 		return -ENOMEM;
 	if (doc != NULL && (jwks = publish_jwks(d->st, name)) == NULL) {
@@ -403,10 +403,10 @@ static int record(struct publication *p, const struct entries *l, char (*taken)[
 	json_t *f;
 	int ok = 1;
 
-	for (i = 0; i < l->n && !l->v[i].record; i++)
+	for (i = 0; i < l->n && !(l->v[i].record && l->v[i].changed && l->v[i].body != NULL); i++)
 		;
 	if (i == l->n && n_taken == 0)
-		return 0;
+		return 0; /* nothing to write: no transaction, no fsync */
 	if (store_begin(st) < 0)
 		return -EIO;
 	for (i = 0; ok && i < l->n; i++) {
@@ -797,13 +797,16 @@ static int publish_full(struct publication *p)
 		}
 		while (n < FULL_CLIENTS && sqlite3_step(s) == SQLITE_ROW)
 			snprintf(names[n++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
-		sqlite3_finalize(s);
+		store_done(p->d->st, s);
 		s = NULL;
+		/* One snapshot per chunk: its queries take the lock once. */
+		(void)store_read_begin(p->d->st);
 		for (i = 0; i < n && r == 0; i++)
 			r = render_client(p, names[i], &l);
 		if (n < FULL_CLIENTS && r == 0 &&
 		    ((r = render_globals(p, &l)) == 0 && (r = render_health(p, &l)) == 0))
 			flags |= PUBSET_COMMIT;
+		store_read_end(p->d->st);
 		if (r < 0 || (r = hand_on(p, &l, flags, 1, NULL, 0)) < 0)
 			break;
 		entries_clear(&l);
@@ -834,7 +837,7 @@ static void follow_changes(struct publication *p)
 			signer_invalidate_client(p->d->signer,
 						 (const char *)sqlite3_column_text(s, 1));
 	}
-	sqlite3_finalize(s);
+	store_done(p->d->st, s);
 }
 
 static int64_t now_ms(void)
@@ -868,7 +871,7 @@ static int publish_changes(struct publication *p)
 	}
 	while (n < TURN_CLIENTS && sqlite3_step(s) == SQLITE_ROW)
 		snprintf(names[n++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
-	sqlite3_finalize(s);
+	store_done(p->d->st, s);
 	more = n == TURN_CLIENTS;
 	for (i = 0; i < n && r == 0; i++) {
 		if (i > 0 && now_ms() > deadline) {
@@ -941,11 +944,14 @@ static int spawn(struct publication *p)
 	}
 	if (pid == 0) {
 		/* A fresh program image: nothing of the custody process (key stores,
-		 * database, sockets: all close-on-exec) survives into it. */
+		 * database, sockets) survives into it.  Ours are close-on-exec; a
+		 * module's may not be (SoftHSM2 reading its object files in the
+		 * thread that opens the store at start-up), so every descriptor
+		 * above the channel is closed here. */
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (dup2(fds[0], 3) < 0)
+		if (dup2(fds[0], 3) < 0 || close_range(4, ~0U, 0) < 0)
 			_exit(127);
 		if (cfg->allow_http && cfg->tls_cert == NULL)
 			execl(p->exe, "cimdd-publisher", "--publisher", "3", "--listen",
@@ -1061,6 +1067,18 @@ void publication_health(struct publication *p)
 {
 	if (p != NULL)
 		p->health = 2; /* at once */
+}
+
+int publication_start(struct publication *p)
+{
+	if (p->d->cfg->listen != NULL && p->pid == 0 && spawn(p) < 0)
+		log_err("publisher: cannot start it: %s", strerror(errno));
+	if (!p->full || !publishing(p) || publish_full(p) < 0)
+		return 0; /* publication_step does it */
+	p->full = 0;
+	p->health = 0;
+	p->metrics_at = time(NULL);
+	return 0;
 }
 
 int publication_step(struct publication *p)

@@ -49,7 +49,7 @@ static enum admin_err client_arg(struct admin_req *q, int must_exist, const char
 		    0)
 			return admin_fail(q, AE_INTERNAL, "database error");
 		rc = sqlite3_step(s);
-		sqlite3_finalize(s);
+		store_done(q->d->st, s);
 		if (rc != SQLITE_ROW)
 			return admin_fail(q, AE_UNKNOWN_CLIENT, "no client named %s", name);
 	}
@@ -85,7 +85,7 @@ static int client_count(struct store *st, int64_t *ret)
 		*ret = sqlite3_column_int64(s, 0);
 		r = 0;
 	}
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return r;
 }
 
@@ -284,7 +284,7 @@ static int client_page(struct store *st, const char *after, int64_t limit, json_
 	*ret_more = more;
 	r = 0;
 out:
-	sqlite3_finalize(s);
+	store_done(st, s);
 	json_decref(arr);
 	return r;
 }
@@ -330,7 +330,7 @@ static json_t *column_list(struct store *st, const char *sql, const char *name, 
 		json_array_append_new(
 		    arr, as_int ? json_integer(sqlite3_column_int64(s, 0))
 				: json_string((const char *)sqlite3_column_text(s, 0)));
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return arr;
 }
 
@@ -358,7 +358,7 @@ static json_t *documents_of(struct store *st, const char *name)
 			      (json_int_t)sqlite3_column_int64(s, 4), "approver",
 			      text_or_null(s, 5), "approved", int_or_null(s, 6)));
 	}
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return arr;
 }
 
@@ -374,11 +374,11 @@ enum admin_err reg_client_show(struct admin_req *q)
 		return e;
 	if (store_query(q->d->st, &s, CLIENT_SELECT "WHERE name = ?", "s", name) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
-		sqlite3_finalize(s);
+		store_done(q->d->st, s);
 		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	o = client_row(s);
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	if (o == NULL)
 		return admin_fail(q, AE_INTERNAL, "out of memory");
 	json_object_set_new(o, "client_id",
@@ -414,7 +414,7 @@ enum admin_err reg_client_show(struct admin_req *q)
 						     ? q->d->cfg->assertion_rate_limit
 						     : sqlite3_column_int64(s, 1)));
 	}
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	q->result = json_pack("{so}", "client", o);
 	return AE_OK;
 }
@@ -426,7 +426,7 @@ static int64_t count_of(struct store *st, const char *sql, const char *name)
 
 	if (store_query(st, &s, sql, "s", name) == 0 && sqlite3_step(s) == SQLITE_ROW)
 		n = sqlite3_column_int64(s, 0);
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return n;
 }
 
@@ -594,7 +594,7 @@ static int64_t latest_version(struct store *st, const char *name, int approved)
 
 	if (r == 0 && sqlite3_step(s) == SQLITE_ROW)
 		v = sqlite3_column_int64(s, 0);
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return v;
 }
 
@@ -612,7 +612,7 @@ enum admin_err reg_doc_submit(struct admin_req *q)
 		return e;
 	if (store_query(q->d->st, &s, "SELECT alg FROM clients WHERE name = ?", "s", name) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
-		sqlite3_finalize(s);
+		store_done(q->d->st, s);
 		return admin_fail(q, AE_INTERNAL, "database error");
 	}
 	alg = (const char *)sqlite3_column_text(s, 0);
@@ -620,10 +620,10 @@ enum admin_err reg_doc_submit(struct admin_req *q)
 			     reg_client_id(q->d->cfg, name, cid, sizeof(cid)),
 			     jwks_uri(q->d->cfg, name, juri, sizeof(juri)), alg, &bytes, &len, err,
 			     sizeof(err)) < 0) {
-		sqlite3_finalize(s);
+		store_done(q->d->st, s);
 		return admin_fail(q, AE_INVALID_DOCUMENT, "%s", err);
 	}
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	if (store_begin(q->d->st) < 0) {
 		free(bytes);
 		return admin_fail(q, AE_INTERNAL, "database error");
@@ -665,7 +665,7 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 		"SELECT state, submitter, sha256 FROM documents WHERE client = ? AND version = ?",
 		"si", name, version) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
-		sqlite3_finalize(s);
+		store_done(q->d->st, s);
 		store_rollback(q->d->st);
 		return admin_fail(q, AE_NOT_FOUND, "%s has no document version %lld", name,
 				  (long long)version);
@@ -676,11 +676,11 @@ enum admin_err reg_doc_approve(struct admin_req *q)
 	if (strcmp(state, "submitted") != 0) {
 		e = admin_fail(q, AE_CONFLICT, "version %lld of %s is %s, not awaiting approval",
 			       (long long)version, name, state);
-		sqlite3_finalize(s);
+		store_done(q->d->st, s);
 		store_rollback(q->d->st);
 		return e;
 	}
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	if (q->d->cfg->two_person_rule && strcmp(submitter, q->op->name) == 0) {
 		store_rollback(q->d->st);
 		return admin_fail(
@@ -739,7 +739,7 @@ enum admin_err reg_doc_show(struct admin_req *q)
 		"FROM documents WHERE client = ? AND version = ?",
 		"si", name, version) < 0 ||
 	    sqlite3_step(s) != SQLITE_ROW) {
-		sqlite3_finalize(s);
+		store_done(q->d->st, s);
 		return admin_fail(q, AE_NOT_FOUND, "%s has no document version %lld", name,
 				  (long long)version);
 	}
@@ -751,6 +751,6 @@ enum admin_err reg_doc_show(struct admin_req *q)
 	    hash, "submitter", (const char *)sqlite3_column_text(s, 4), "submitted",
 	    (json_int_t)sqlite3_column_int64(s, 5), "approver", text_or_null(s, 6), "approved",
 	    int_or_null(s, 7));
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	return q->result ? AE_OK : admin_fail(q, AE_INTERNAL, "out of memory");
 }

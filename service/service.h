@@ -162,19 +162,28 @@ struct sqlite3 *store_db(struct store *st);
  *   i  int64_t
  *   b  const void *, size_t    (blob)
  * store_exec runs a statement that returns no rows and gives the number of rows
- * changed; store_query prepares one for sqlite3_step by the caller.
+ * changed; store_query prepares one for sqlite3_step by the caller, who hands
+ * it back with store_done (never sqlite3_finalize).  Statements are prepared
+ * once per SQL text and kept: sql should be a constant, or one of a few
+ * texts a module builds.
  */
 int store_exec(struct store *st, const char *sql, const char *types, ...);
 int store_query(struct store *st, struct sqlite3_stmt **ret_stmt, const char *sql,
 		const char *types, ...);
+/* Resets a statement of store_query for its next use; NULL is ignored. */
+void store_done(struct store *st, struct sqlite3_stmt *s);
 /* {"keys":[...]} of the JWK text in column 0 of each row of s, which it
- * finalizes; NULL when out of memory. */
-json_t *store_jwks(struct sqlite3_stmt *s);
+ * hands back (store_done); NULL when out of memory. */
+json_t *store_jwks(struct store *st, struct sqlite3_stmt *s);
 
 /* Every state change is one transaction: begin, change, journal, commit. */
 int store_begin(struct store *st);
 int store_commit(struct store *st);
 void store_rollback(struct store *st);
+/* A read transaction: the queries between see one snapshot and take the
+ * database's lock once rather than once each.  Nothing is written inside. */
+int store_read_begin(struct store *st);
+void store_read_end(struct store *st);
 
 /*
  * Appends a journal record inside the current transaction (-EINVAL outside
@@ -324,6 +333,9 @@ void publication_free(struct publication **p);
  * signer's cached policies dropped, attestations issued, what changed
  * recorded and handed on), a publisher started again when its backoff is
  * over, health and metrics.  1 when changes remain for the next turn. */
+/* At start-up: the publisher started and the full table handed to it, from
+ * the database alone (no hardware, no attestation issued). */
+int publication_start(struct publication *p);
 int publication_step(struct publication *p);
 /* SIGCHLD: a publisher that died is started again after its backoff. */
 void publication_child(struct publication *p);

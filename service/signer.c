@@ -435,7 +435,7 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 	p->backend = i; /* n_backends: a backend no longer configured */
 	p->ttl = sqlite3_column_type(q, 1) == SQLITE_NULL ? 0 : sqlite3_column_int64(q, 1);
 	p->rate = sqlite3_column_type(q, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(q, 2);
-	sqlite3_finalize(q);
+	store_done(s->reader, q);
 	q = NULL;
 
 	if (store_query(s->reader, &q, "SELECT kind, id FROM client_callers WHERE client = ?", "s",
@@ -452,7 +452,7 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 	}
 	if (rc != SQLITE_DONE)
 		goto out;
-	sqlite3_finalize(q);
+	store_done(s->reader, q);
 	q = NULL;
 
 	if (store_query(s->reader, &q, "SELECT aud FROM client_audiences WHERE client = ?", "s",
@@ -468,7 +468,7 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 	}
 	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
 		goto out;
-	sqlite3_finalize(q);
+	store_done(s->reader, q);
 	q = NULL;
 
 	if (store_query(s->reader, &q,
@@ -504,7 +504,7 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 	p = NULL;
 	r = 0;
 out:
-	sqlite3_finalize(q);
+	store_done(s->reader, q);
 	json_decref(hdr);
 	free(hj);
 	policy_unref(p);
@@ -798,7 +798,7 @@ static void receipt(struct signer *s, struct conn *c, const char *jti)
 		seq = sqlite3_column_int64(q, 0);
 		uid = sqlite3_column_type(q, 1) == SQLITE_INTEGER ? sqlite3_column_int64(q, 1) : -1;
 	}
-	sqlite3_finalize(q);
+	store_done(s->reader, q);
 	if (seq == 0 || uid != (int64_t)c->cred.uid) {
 		snprintf(msg, sizeof(msg), "no assertion %.64s was issued to uid %u", jti,
 			 (unsigned)c->cred.uid);
@@ -1266,7 +1266,7 @@ static int key_signs(struct store *st, const char *kid)
 		ok = state != NULL &&
 		     (strcmp(state, "active") == 0 || strcmp(state, "retiring") == 0);
 	}
-	sqlite3_finalize(q);
+	store_done(st, q);
 	return ok;
 }
 

@@ -22,6 +22,8 @@
 
 #include "service.h"
 
+#define STORE_STMTS 64
+
 struct store {
 	sqlite3 *db;
 	int version;
@@ -35,6 +37,18 @@ struct store {
 	 * (they are, once, at store_commit). */
 	struct merkle_frontier tree;
 	int tree_valid, tree_dirty;
+	/* The statements of store_query and store_exec, prepared once per SQL
+	 * text and reused: SQLite spends longer parsing most of them than
+	 * running them (issue 13, docs/scaling.md).  A statement is busy from
+	 * store_query until store_done; the least recently used one that is not
+	 * busy makes room for a new text. */
+	struct stmt_slot {
+		sqlite3_stmt *s;
+		uint32_t hash; /* FNV-1a of the SQL text */
+		int busy;
+		uint64_t used;
+	} stmts[STORE_STMTS];
+	uint64_t stmt_clock;
 };
 
 /* Migration N takes the schema from version N - 1 to N. */
@@ -494,11 +508,14 @@ out:
 void store_free(struct store **pst)
 {
 	struct store *st = *pst;
+	size_t i;
 
 	if (st == NULL)
 		return;
 	sqlite3_finalize(st->head);
 	sqlite3_finalize(st->insert);
+	for (i = 0; i < STORE_STMTS; i++)
+		sqlite3_finalize(st->stmts[i].s);
 	sqlite3_close_v2(st->db);
 	free(st);
 	*pst = NULL;
@@ -548,6 +565,64 @@ static int bind_va(sqlite3_stmt *s, const char *types, va_list ap)
 	return rc == SQLITE_OK ? 0 : -EIO;
 }
 
+static uint32_t sql_hash(const char *sql)
+{
+	uint32_t h = 2166136261u;
+
+	while (*sql != '\0')
+		h = (h ^ (uint8_t)*sql++) * 16777619u;
+	return h;
+}
+
+/* The statement for sql, from the cache or prepared (and cached, unless every
+ * slot is busy: then it is finalized by store_done). */
+static sqlite3_stmt *stmt_get(struct store *st, const char *sql)
+{
+	struct stmt_slot *e, *victim = NULL;
+	uint32_t h = sql_hash(sql);
+	sqlite3_stmt *s;
+	size_t i;
+
+	for (i = 0; i < STORE_STMTS; i++) {
+		e = &st->stmts[i];
+		if (e->s != NULL && !e->busy && e->hash == h &&
+		    strcmp(sqlite3_sql(e->s), sql) == 0) {
+			e->busy = 1;
+			e->used = ++st->stmt_clock;
+			return e->s;
+		}
+		if (!e->busy && (victim == NULL || e->s == NULL ||
+				 (victim->s != NULL && e->used < victim->used)))
+			victim = e;
+	}
+	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
+		return NULL;
+	if (victim != NULL) {
+		sqlite3_finalize(victim->s);
+		victim->s = s;
+		victim->hash = h;
+		victim->busy = 1;
+		victim->used = ++st->stmt_clock;
+	}
+	return s;
+}
+
+void store_done(struct store *st, sqlite3_stmt *s)
+{
+	size_t i;
+
+	if (s == NULL)
+		return;
+	for (i = 0; i < STORE_STMTS; i++)
+		if (st->stmts[i].s == s) {
+			sqlite3_reset(s);
+			sqlite3_clear_bindings(s);
+			st->stmts[i].busy = 0;
+			return;
+		}
+	sqlite3_finalize(s);
+}
+
 /* Prepares sql and binds its parameters; *ret_stmt only on success. */
 static int prepare_va(struct store *st, sqlite3_stmt **ret_stmt, const char *sql, const char *types,
 		      va_list ap)
@@ -555,10 +630,10 @@ static int prepare_va(struct store *st, sqlite3_stmt **ret_stmt, const char *sql
 	sqlite3_stmt *s;
 	int r;
 
-	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+	if ((s = stmt_get(st, sql)) == NULL)
 		return -EIO;
 	if ((r = bind_va(s, types, ap)) < 0) {
-		sqlite3_finalize(s);
+		store_done(st, s);
 		return r;
 	}
 	*ret_stmt = s;
@@ -588,7 +663,7 @@ int store_exec(struct store *st, const char *sql, const char *types, ...)
 	if (r < 0)
 		return r;
 	r = sqlite3_step(s) == SQLITE_DONE ? sqlite3_changes(st->db) : -EIO;
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return r;
 }
 
@@ -611,6 +686,17 @@ int store_commit(struct store *st)
 		return -EIO;
 	}
 	return 0;
+}
+
+int store_read_begin(struct store *st)
+{
+	return exec(st, "BEGIN DEFERRED");
+}
+
+void store_read_end(struct store *st)
+{
+	if (!sqlite3_get_autocommit(st->db))
+		exec(st, "ROLLBACK"); /* nothing was written: ends the snapshot */
 }
 
 void store_rollback(struct store *st)
@@ -936,17 +1022,17 @@ int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_
 			r = 0;
 		}
 	}
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return r;
 }
 
-json_t *store_jwks(struct sqlite3_stmt *s)
+json_t *store_jwks(struct store *st, struct sqlite3_stmt *s)
 {
 	json_t *keys = json_array(), *k;
 
 	while (keys != NULL && sqlite3_step(s) == SQLITE_ROW)
 		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
 			json_array_append_new(keys, k);
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return keys != NULL ? json_pack("{so}", "keys", keys) : NULL;
 }

@@ -74,7 +74,7 @@ static json_t *attest_trust(struct store *st)
 
 	if (store_query(st, &s, "SELECT jwk FROM attest_keys", "") < 0)
 		return NULL;
-	return store_jwks(s);
+	return store_jwks(st, s);
 }
 
 /*
@@ -105,7 +105,7 @@ static int signed_counter(struct cimdd *d, struct tlog *tl, int *ret_found, uint
 		return -EIO;
 	if (sqlite3_step(s) == SQLITE_ROW)
 		rec = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	if (rec == NULL)
 		return 0;
 	note = json_string_value(json_object_get(rec, "note"));
@@ -239,7 +239,7 @@ static int load_latest(struct cimdd *d, struct tlog *tl)
 		if ((tl->note = strdup((const char *)sqlite3_column_text(s, 1))) == NULL)
 			r = -ENOMEM;
 	}
-	sqlite3_finalize(s);
+	store_done(d->st, s);
 	return r;
 }
 
@@ -753,14 +753,14 @@ enum admin_err tlog_admin_export(struct admin_req *q)
 	}
 	while (sqlite3_step(s) == SQLITE_ROW) {
 		if ((o = export_row(kind, s)) == NULL) {
-			sqlite3_finalize(s);
+			store_done(q->d->st, s);
 			json_decref(items);
 			return admin_fail(q, AE_INTERNAL, "a stored %s row is unreadable", kind);
 		}
 		last = sqlite3_column_int64(s, 0);
 		json_array_append_new(items, o);
 	}
-	sqlite3_finalize(s);
+	store_done(q->d->st, s);
 	q->result =
 	    json_pack("{soso}", "items", items, "next",
 		      json_array_size(items) == EXPORT_PAGE ? json_integer(last) : json_null());
