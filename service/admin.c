@@ -43,16 +43,6 @@ struct admin_server {
 	struct conn conns[CIMD_ADMIN_CONNS_MAX];
 };
 
-enum admin_err admin_fail(struct admin_req *q, enum admin_err e, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(q->msg, sizeof(q->msg), fmt, ap);
-	va_end(ap);
-	return e;
-}
-
 const char *admin_err_name(enum admin_err e)
 {
 	static const char *const names[] = {
@@ -78,10 +68,10 @@ static enum admin_err op_status(struct admin_req *q)
 	size_t i;
 
 	for (i = 0; i < c->n_backends; i++)
-		json_array_append_new(be,
-				      json_pack("{sssbsb}", "name", c->backends[i].name, "open",
-						q->d->ks[i] != NULL, "answers",
-						q->d->ks[i] != NULL && q->d->backend_ok[i] != 0));
+		json_array_append_new(be, json_pack("{sssbsb}", "name", c->backends[i].name, "open",
+						    custody_at(q->d->custody, i) != NULL, "answers",
+						    custody_at(q->d->custody, i) != NULL &&
+							custody_health(q->d->custody, i) != 0));
 	journal_head(q->d->st, &seq, head);
 	q->result = json_pack(
 	    "{sssssssssosbs{sIss}sIsIsIsI}", "version", CIMD_VERSION, "base_url", c->base_url,
@@ -238,7 +228,7 @@ done:
 		q.op = &stranger;
 	}
 	if (e == AE_BACKEND_UNAVAILABLE)
-		d->backend_errors++;
+		custody_failed(d->custody);
 	journal_request(d, q.op->name, cr, opname, req, e);
 	if (e != AE_OK) {
 		log_info("admin: %s: %s refused (%s): %s", q.op->name, opname ? opname : "request",

@@ -33,36 +33,6 @@
 
 /* ---- attestation keys ---- */
 
-/* The active attestation key of backend: its kid (into ret_kid) and the loaded
- * key.  -ENOENT when the backend has none yet. */
-static int active_key(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
-		      struct ks_key **ret_key)
-{
-	struct key_store *ks = cimdd_key_store(d, backend);
-	sqlite3_stmt *s = NULL;
-	int r = -ENOENT;
-
-	if (ks == NULL)
-		return -CIMD_EUNAVAILABLE;
-	if (store_query(d->st, &s,
-			"SELECT kid, ref FROM attest_keys WHERE backend = ? AND state = 'active'",
-			"s", backend) < 0)
-		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", sqlite3_column_text(s, 0));
-		r = key_store_load(ks, CIMD_ALG_ES256, sqlite3_column_blob(s, 1),
-				   (size_t)sqlite3_column_bytes(s, 1), ret_key);
-	}
-	store_done(d->st, s);
-	return r;
-}
-
-int attest_active_key(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
-		      struct ks_key **ret_key)
-{
-	return active_key(d, backend, ret_kid, ret_key);
-}
-
 /* Makes a new attestation key on backend and records it active (the previous
  * one, if any, retiring), in one transaction with its journal record. */
 static int new_attest_key(struct cimdd *d, const char *backend, const char *actor,
@@ -113,7 +83,7 @@ static int new_attest_key(struct cimdd *d, const char *backend, const char *acto
 	goto out;
 fail:
 	/* Not recorded: the key must not stay behind in the hardware. */
-	key_store_destroy(cimdd_key_store(d, backend), &key);
+	key_store_destroy(custody_store(d->custody, backend), &key);
 	keys_intent_drop(d, tag);
 out:
 	ks_key_free(&key);
@@ -132,15 +102,15 @@ int attest_keys_ensure(struct cimdd *d)
 	int r, made = 0;
 
 	for (i = 0; i < d->cfg->n_backends; i++) {
-		if (d->ks[i] == NULL)
+		if (custody_at(d->custody, i) == NULL)
 			continue;
-		r = active_key(d, d->cfg->backends[i].name, kid, &key);
+		r = keys_attest_active(d, d->cfg->backends[i].name, kid, &key);
 		ks_key_free(&key);
 		if (r == -ENOENT) {
 			if ((r = new_attest_key(d, d->cfg->backends[i].name, "cimdd", kid)) < 0)
 				log_err("backend %s: cannot create an attestation key: %s (%s)",
 					d->cfg->backends[i].name, cimd_strerror(r),
-					key_store_errmsg(d->ks[i]));
+					key_store_errmsg(custody_at(d->custody, i)));
 			else
 				made++;
 		}
@@ -158,7 +128,7 @@ enum admin_err attest_key_rotate(struct admin_req *q)
 		backend = q->d->cfg->default_backend;
 	if (config_backend(q->d->cfg, backend) == NULL)
 		return admin_fail(q, AE_BAD_REQUEST, "no backend %.32s is configured", backend);
-	if (cimdd_key_store(q->d, backend) == NULL)
+	if (custody_store(q->d->custody, backend) == NULL)
 		return admin_fail(q, AE_BACKEND_UNAVAILABLE, "backend %s is not open", backend);
 	if ((r = new_attest_key(q->d, backend, q->op->name, kid)) < 0)
 		return admin_fail(q, r == -CIMD_EUNAVAILABLE ? AE_BACKEND_UNAVAILABLE : AE_INTERNAL,
@@ -279,7 +249,7 @@ static int facts_load(struct cimdd *d, const char *name, const char *attest_kid,
 			  "approved", (json_int_t)sqlite3_column_int64(s, 6));
 	store_done(d->st, s);
 	s = NULL;
-	if (f.doc == NULL || (jwks = publish_jwks(d->st, name)) == NULL) {
+	if (f.doc == NULL || (jwks = jwks_client(d->st, name)) == NULL) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -344,7 +314,7 @@ out:
 /* Issues the attestation of one client from its facts. */
 static int issue(struct cimdd *d, struct facts *f, struct ks_key *ak, const char *attest_kid)
 {
-	struct key_store *ks = cimdd_key_store(d, f->backend);
+	struct key_store *ks = custody_store(d->custody, f->backend);
 	json_t *keys = NULL, *st = NULL, *k, *ev = NULL, *rec = NULL;
 	sqlite3_stmt *s = NULL;
 	char head[65], env_hex[65], *env = NULL;
@@ -521,10 +491,10 @@ void attest_batch_end(struct attest_batch *b)
 static int batch_key(struct cimdd *d, struct attest_batch *bt, size_t b)
 {
 	if (bt->ak[b].state == 0)
-		bt->ak[b].state =
-		    active_key(d, d->cfg->backends[b].name, bt->ak[b].kid, &bt->ak[b].key) == 0
-			? 1
-			: -1;
+		bt->ak[b].state = keys_attest_active(d, d->cfg->backends[b].name, bt->ak[b].kid,
+						     &bt->ak[b].key) == 0
+				      ? 1
+				      : -1;
 	return bt->ak[b].state > 0 ? 0 : -CIMD_EUNAVAILABLE;
 }
 
@@ -596,7 +566,8 @@ int attest_client(struct cimdd *d, struct attest_batch *bt, const char *name)
 		if (b == d->cfg->n_backends)
 			break; /* its backend is no longer configured */
 		if ((r = batch_key(d, bt, b)) < 0 ||
-		    (r = issue_revocation(d, kid, d->ks[b], bt->ak[b].key, bt->ak[b].kid)) < 0)
+		    (r = issue_revocation(d, kid, custody_at(d->custody, b), bt->ak[b].key,
+					  bt->ak[b].kid)) < 0)
 			goto fail;
 	}
 	return 0;
@@ -604,48 +575,14 @@ fail:
 	/* Retried every second while it fails: said once a minute. */
 	if (time(NULL) - last_complaint >= 60) {
 		log_err("attestation of %s: %s (%s); retrying", name, cimd_strerror(r),
-			d->ks[b] ? key_store_errmsg(d->ks[b]) : "backend not open");
+			custody_at(d->custody, b) ? key_store_errmsg(custody_at(d->custody, b))
+						  : "backend not open");
 		last_complaint = time(NULL);
 	}
 	return r;
 }
 
 /* ---- health ---- */
-
-int attest_probe(struct cimdd *d)
-{
-	static const uint8_t msg[] = "cimdd health probe";
-	uint8_t sig[CIMD_SIG_MAX];
-	char kid[CIMD_KID_LEN + 1];
-	struct ks_key *key = NULL;
-	size_t i, sl;
-	int ok, changed = 0, r;
-
-	for (i = 0; i < d->cfg->n_backends; i++) {
-		if (d->ks[i] == NULL) {
-			ok = 0;
-		} else {
-			/* A real signature: it exercises everything a client needs. */
-			r = active_key(d, d->cfg->backends[i].name, kid, &key);
-			ok = r == 0 &&
-			     key_store_sign(d->ks[i], key, msg, sizeof(msg) - 1, sig, &sl) == 0;
-			if (r == -ENOENT)
-				ok = 1; /* no attestation key yet: said by attest_keys_ensure */
-			ks_key_free(&key);
-		}
-		if (ok != d->backend_ok[i]) {
-			if (ok)
-				log_info("backend %s: the hardware answers",
-					 d->cfg->backends[i].name);
-			else if (d->ks[i] != NULL)
-				log_err("backend %s: the hardware does not answer (%s)",
-					d->cfg->backends[i].name, key_store_errmsg(d->ks[i]));
-			d->backend_ok[i] = ok;
-			changed = 1;
-		}
-	}
-	return changed;
-}
 
 /* ---- what publish.c serves ---- */
 

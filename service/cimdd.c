@@ -14,7 +14,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,118 +50,12 @@ static void usage(FILE *f)
 		   "  -V, --version       the version\n");
 }
 
-struct key_store *cimdd_key_store(struct cimdd *d, const char *backend)
+/* /metrics: the daemon owns every input. */
+static char *daemon_metrics(void *arg)
 {
-	size_t i;
+	struct cimdd *d = arg;
 
-	for (i = 0; i < d->cfg->n_backends; i++)
-		if (strcmp(d->cfg->backends[i].name, backend) == 0)
-			return d->ks[i];
-	return NULL;
-}
-
-/* A key store opened (r 0) or not: installed, or the failure logged. */
-static int opened(struct cimdd *d, size_t i, int r, struct key_store *ks, const char *err,
-		  int quiet)
-{
-	if (r == 0) {
-		/* The signer's backend threads read it without a lock. */
-		__atomic_store_n(&d->ks[i], ks, __ATOMIC_RELEASE);
-		log_info("backend %s: open", d->cfg->backends[i].name);
-		return 1;
-	}
-	if (!quiet)
-		log_err("backend %s: %s (%s); retrying every second", d->cfg->backends[i].name,
-			cimd_strerror(r), err);
-	return 0;
-}
-
-/* Opens every configured key store that is not open, except skip (-1: none);
- * a failure is logged and retried later (the daemon keeps serving what does
- * not need that hardware). */
-static int open_key_stores(struct cimdd *d, int quiet, int skip)
-{
-	struct key_store *ks;
-	char err[256];
-	size_t i;
-	int r, n = 0;
-
-	for (i = 0; i < d->cfg->n_backends; i++) {
-		if (d->ks[i] != NULL || (int)i == skip)
-			continue;
-		ks = NULL;
-		r = key_store_open(d->cfg->backends[i].conf, &ks, err, sizeof(err));
-		n += opened(d, i, r, ks, err, quiet);
-	}
-	return n > 0;
-}
-
-/*
- * At start-up the stores other than the TPM open in a thread while the
- * database's publication goes out: SoftHSM2's C_Initialize reads every object
- * file of the token (1.2 s at 20,000 objects, docs/scaling.md), and serving
- * what the database already publishes does not need the hardware.  The TPM
- * opens first, on the main thread: the journal's rollback check needs it.
- * One thread opens the others in order, as open_key_stores does, since two
- * may load the same module.  The thread touches only its own struct; what it
- * opened is installed by opening_join, on the main thread.
- */
-struct opening {
-	struct cimdd *d;
-	pthread_t t;
-	int started, tpm; /* tpm: the index of the TPM backend, or -1 */
-	struct key_store *ks[CIMD_BACKENDS_MAX];
-	int r[CIMD_BACKENDS_MAX];
-	char err[CIMD_BACKENDS_MAX][256];
-};
-
-static void *opening_run(void *arg)
-{
-	struct opening *o = arg;
-	size_t i;
-
-	for (i = 0; i < o->d->cfg->n_backends; i++)
-		if ((int)i != o->tpm)
-			o->r[i] = key_store_open(o->d->cfg->backends[i].conf, &o->ks[i], o->err[i],
-						 sizeof(o->err[i]));
-	return NULL;
-}
-
-static void opening_start(struct cimdd *d, struct opening *o)
-{
-	struct key_store *ks = NULL;
-	char err[256];
-	size_t i;
-	int r;
-
-	memset(o, 0, sizeof(*o));
-	o->d = d;
-	o->tpm = -1;
-	for (i = 0; i < d->cfg->n_backends; i++)
-		if (strcmp(d->cfg->backends[i].name, "tpm2") == 0)
-			o->tpm = (int)i;
-	if (d->cfg->n_backends > (o->tpm >= 0 ? 1u : 0u) &&
-	    !(o->started = pthread_create(&o->t, NULL, opening_run, o) == 0))
-		opening_run(o); /* no thread: in order, here */
-	if (o->tpm >= 0) {
-		r = key_store_open(d->cfg->backends[o->tpm].conf, &ks, err, sizeof(err));
-		opened(d, (size_t)o->tpm, r, ks, err, 0);
-	}
-}
-
-/* Waits for the thread and installs what it opened. */
-static void opening_join(struct cimdd *d, struct opening *o)
-{
-	size_t i;
-
-	if (o->d == NULL)
-		return; /* not started, or joined */
-	if (o->started)
-		pthread_join(o->t, NULL);
-	for (i = 0; i < d->cfg->n_backends; i++)
-		if ((int)i != o->tpm && d->ks[i] == NULL)
-			opened(d, i, o->r[i], o->ks[i], o->err[i], 0);
-	o->d = NULL;
+	return metrics_render(d->st, d->custody, d->tlog, d->signer);
 }
 
 /* SIGHUP: operators, two-person rule and durations take effect now; what
@@ -294,7 +187,6 @@ int main(int argc, char **argv)
 	};
 	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
 	struct publication *pub = NULL;
-	struct opening opening = {0};
 	time_t probed_at = 0;
 	int more = 1; /* the first turn publishes at once */
 	char devconf[1200], err[512], dbpath[1100];
@@ -306,7 +198,7 @@ int main(int argc, char **argv)
 	sigset_t mask;
 	int c, fg = 0, port = 8443, sfd = -1, lockfd = -1, rc = 1, r;
 	time_t last_tick = 0;
-	size_t n, i;
+	size_t n;
 	char *end;
 
 	/* The publisher is this binary in another role, started by us (publish.c). */
@@ -392,8 +284,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	d.dev = dev != NULL;
-	for (i = 0; i < CIMD_BACKENDS_MAX; i++)
-		d.backend_ok[i] = -1; /* not probed yet */
+	if ((r = custody_new(d.cfg, &d.custody)) < 0) {
+		log_err("backends: %s", strerror(-r));
+		goto out;
+	}
 	/* Detach before any thread, database handle or socket exists: a fork
 	 * keeps only the calling thread, and SQLite handles must not cross it. */
 	if (!fg && (r = daemonize()) < 0) {
@@ -419,7 +313,9 @@ int main(int argc, char **argv)
 		log_err("state database: %s", err);
 		goto out;
 	}
-	opening_start(&d, &opening);
+	/* The TPM now; the other stores in a thread while the database's
+	 * publication goes out (custody.c). */
+	custody_open_start(d.custody);
 	/* Before anything appends or touches hardware keys: a database older
 	 * than the TPM's counter is refused here (tlog.c). */
 	if (tlog_open(&d, &d.tlog, err, sizeof(err)) < 0) {
@@ -434,8 +330,9 @@ int main(int argc, char **argv)
 		log_err("publisher: %s", strerror(-r));
 		goto out;
 	}
+	publication_set_metrics(pub, daemon_metrics, &d);
 	publication_start(pub);
-	opening_join(&d, &opening);
+	custody_open_join(d.custody);
 	publication_step(pub);
 	keys_reconcile(&d);
 	attest_keys_ensure(&d);
@@ -493,7 +390,7 @@ int main(int argc, char **argv)
 			/* A backend that comes up after start: the rollback check
 			 * first (if it is the TPM), then it is reconciled and gets
 			 * its attestation key. */
-			if (open_key_stores(&d, 1, -1)) {
+			if (custody_open_missing(d.custody)) {
 				if (tlog_check_rollback(&d, d.tlog) == -CIMD_EVERIFY) {
 					rc = 1;
 					break;
@@ -510,7 +407,7 @@ int main(int argc, char **argv)
 			 * status within PROBE_EVERY seconds. */
 			if (last_tick - probed_at >= PROBE_EVERY) {
 				probed_at = last_tick;
-				if (attest_probe(&d))
+				if (custody_probe(d.custody, keys_probe_key, &d))
 					publication_health(pub); /* health is public */
 			}
 		}
@@ -531,7 +428,6 @@ int main(int argc, char **argv)
 	if (rc == 0)
 		tlog_tick(&d, d.tlog, 1);
 out:
-	opening_join(&d, &opening); /* a failed start: what it opened is freed below */
 	signer_stop(&d.signer);
 	publication_free(&pub);
 	tlog_free(&d.tlog);
@@ -540,8 +436,7 @@ out:
 	if (lockfd >= 0)
 		close(lockfd);
 	admin_server_free(&admin);
-	for (i = 0; d.cfg != NULL && i < d.cfg->n_backends; i++)
-		key_store_free(&d.ks[i]);
+	custody_free(&d.custody);
 	store_free(&d.st);
 	config_free(&d.cfg);
 	if (swtpm > 0) {

@@ -207,7 +207,7 @@ static int intent_begin(struct cimdd *d, const char *client, const char *backend
 int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
 		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key)
 {
-	struct key_store *ks = cimdd_key_store(d, backend);
+	struct key_store *ks = custody_store(d->custody, backend);
 	char tag[CIMD_TAG_MAX + 1];
 	int r;
 
@@ -226,7 +226,7 @@ int keys_generate(struct cimdd *d, const char *client, const char *backend, cons
 int keys_generate_attest(struct cimdd *d, const char *backend, char ret_tag[CIMD_TAG_MAX + 1],
 			 struct ks_key **ret_key)
 {
-	struct key_store *ks = cimdd_key_store(d, backend);
+	struct key_store *ks = custody_store(d->custody, backend);
 	char tag[CIMD_TAG_MAX + 1];
 	int r;
 
@@ -282,7 +282,7 @@ int keys_insert(struct cimdd *d, const char *client, const char *alg, const char
 static int create_key(struct cimdd *d, const struct client_info *ci, const char *state,
 		      const char *actor, char *ret_kid)
 {
-	struct key_store *ks = cimdd_key_store(d, ci->backend);
+	struct key_store *ks = custody_store(d->custody, ci->backend);
 	struct ks_key *key = NULL;
 	char tag[CIMD_TAG_MAX + 1];
 	json_t *f = NULL;
@@ -487,7 +487,7 @@ static int destroy_hw(struct cimdd *d, const char *kid)
 	if (store_query(d->st, &s, "SELECT backend, ref FROM keys WHERE kid = ?", "s", kid) < 0)
 		return -EIO;
 	if (sqlite3_step(s) == SQLITE_ROW) {
-		ks = cimdd_key_store(d, (const char *)sqlite3_column_text(s, 0));
+		ks = custody_store(d->custody, (const char *)sqlite3_column_text(s, 0));
 		r = ks == NULL ? -CIMD_EUNAVAILABLE
 			       : key_store_destroy_ref(ks, sqlite3_column_blob(s, 1),
 						       (size_t)sqlite3_column_bytes(s, 1));
@@ -804,11 +804,44 @@ int keys_tick(struct cimdd *d, time_t tnow)
 			} else if (r == -CIMD_EUNAVAILABLE || r == -EIO) {
 				sched.at[SCHED_ROTATE] = now; /* again at the next tick */
 				if (r == -CIMD_EUNAVAILABLE)
-					d->backend_errors++;
+					custody_failed(d->custody);
 			}
 		}
 	}
 	return done;
+}
+
+/* ---- attestation keys: which one is active ---- */
+
+int keys_attest_active(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
+		       struct ks_key **ret_key)
+{
+	struct key_store *ks = custody_store(d->custody, backend);
+	sqlite3_stmt *s = NULL;
+	int r = -ENOENT;
+
+	if (ks == NULL)
+		return -CIMD_EUNAVAILABLE;
+	if (store_query(d->st, &s,
+			"SELECT kid, ref FROM attest_keys WHERE backend = ? AND state = 'active'",
+			"s", backend) < 0)
+		return -EIO;
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", sqlite3_column_text(s, 0));
+		r = key_store_load(ks, CIMD_ALG_ES256, sqlite3_column_blob(s, 1),
+				   (size_t)sqlite3_column_bytes(s, 1), ret_key);
+	}
+	store_done(d->st, s);
+	return r;
+}
+
+int keys_probe_key(void *arg, size_t i, struct key_store *ks, struct ks_key **ret_key)
+{
+	struct cimdd *d = arg;
+	char kid[CIMD_KID_LEN + 1];
+
+	(void)ks;
+	return keys_attest_active(d, custody_name(d->custody, i), kid, ret_key);
 }
 
 /* ---- start-up reconciliation ---- */
@@ -1115,7 +1148,7 @@ static void recon_prepare(struct cimdd *d, struct recon *rc)
 	for (rc->nb = 0; rc->nb < d->cfg->n_backends && rc->nb < CIMD_BACKENDS_MAX; rc->nb++) {
 		rb = &rc->b[rc->nb];
 		rb->name = d->cfg->backends[rc->nb].name;
-		if ((rb->ks = d->ks[rc->nb]) == NULL) {
+		if ((rb->ks = custody_at(d->custody, rc->nb)) == NULL) {
 			rb->mode = RC_CLOSED;
 			continue;
 		}
@@ -1532,7 +1565,7 @@ int keys_reconcile(struct cimdd *d)
 		    rc.b[b].mode == RC_LOADS) {
 			checked++;
 			if (applied) /* else again when the next backend opens */
-				reconciled[b] = d->ks[b];
+				reconciled[b] = custody_at(d->custody, b);
 		}
 	if (missing > 0 || removed > 0)
 		log_warn("reconcile: %zu keys missing from the hardware, %d stray hardware keys "
@@ -1562,7 +1595,8 @@ int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor
 			"s", client) < 0)
 		return -EIO;
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW && r == 1) {
-		if ((ks = cimdd_key_store(d, (const char *)sqlite3_column_text(s, 0))) == NULL ||
+		if ((ks = custody_store(d->custody, (const char *)sqlite3_column_text(s, 0))) ==
+			NULL ||
 		    key_store_load(ks, cimd_alg_from_name((const char *)sqlite3_column_text(s, 1)),
 				   sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2),
 				   &key) < 0)

@@ -42,86 +42,6 @@
 #define FULL_CLIENTS 256  /* clients rendered, recorded and sent per chunk of a full table */
 #define RETIRE_EVERY 1	  /* seconds between looks at retiring attestation keys */
 
-/* {"keys":[...]} of the client's keys in states next, active, retiring. */
-char *publish_jwks(struct store *st, const char *client)
-{
-	sqlite3_stmt *s = NULL;
-	json_t *jwks;
-	char *out = NULL;
-
-	if (store_query(st, &s,
-			"SELECT jwk FROM keys WHERE client = ? AND state IN ('next', 'active', "
-			"'retiring') AND jwk IS NOT NULL ORDER BY created, kid",
-			"s", client) < 0)
-		return NULL;
-	if ((jwks = store_jwks(st, s)) != NULL)
-		out = json_dumps(jwks, JSON_COMPACT);
-	json_decref(jwks);
-	return out;
-}
-
-/* The custody process's part of /metrics (the publisher adds its own). */
-static char *render_metrics(struct cimdd *d)
-{
-	static const char *const states[] = {"next",	"active",    "retiring",
-					     "retired", "destroyed", "revoked"};
-	sqlite3_stmt *s = NULL;
-	char *out = NULL;
-	size_t len = 0, i;
-	FILE *f = open_memstream(&out, &len);
-	int64_t head = 0;
-	char hash[65];
-
-	if (f == NULL)
-		return NULL;
-	fprintf(f, "# HELP cimdd_keys Keys by lifecycle state.\n# TYPE cimdd_keys gauge\n");
-	for (i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
-		int64_t n = 0;
-		if (store_query(d->st, &s, "SELECT count(*) FROM keys WHERE state = ?", "s",
-				states[i]) == 0 &&
-		    sqlite3_step(s) == SQLITE_ROW)
-			n = sqlite3_column_int64(s, 0);
-		store_done(d->st, s);
-		s = NULL;
-		fprintf(f, "cimdd_keys{state=\"%s\"} %lld\n", states[i], (long long)n);
-	}
-	journal_head(d->st, &head, hash);
-	fprintf(f,
-		"# HELP cimdd_journal_records Records in the audit journal.\n"
-		"# TYPE cimdd_journal_records gauge\ncimdd_journal_records %lld\n",
-		(long long)head);
-	if (d->tlog != NULL) {
-		uint64_t size = 0;
-		time_t issued = 0;
-
-		tlog_latest(d->tlog, &size, &issued);
-		fprintf(f,
-			"# HELP cimdd_checkpoint_size Records under the latest signed checkpoint.\n"
-			"# TYPE cimdd_checkpoint_size gauge\ncimdd_checkpoint_size %llu\n"
-			"# HELP cimdd_checkpoint_timestamp_seconds When the latest checkpoint was "
-			"issued (alert when it falls behind checkpoint_interval while the journal "
-			"grows).\n"
-			"# TYPE cimdd_checkpoint_timestamp_seconds gauge\n"
-			"cimdd_checkpoint_timestamp_seconds %lld\n",
-			(unsigned long long)size, (long long)issued);
-	}
-	fprintf(f, "# HELP cimdd_backend_up Whether a key store backend is open.\n"
-		   "# TYPE cimdd_backend_up gauge\n");
-	for (i = 0; i < d->cfg->n_backends; i++)
-		fprintf(f, "cimdd_backend_up{backend=\"%s\"} %d\n", d->cfg->backends[i].name,
-			d->ks[i] != NULL && d->backend_ok[i] != 0);
-	fprintf(f,
-		"# HELP cimdd_backend_errors_total Hardware calls that failed.\n"
-		"# TYPE cimdd_backend_errors_total counter\ncimdd_backend_errors_total %llu\n",
-		(unsigned long long)d->backend_errors);
-	signer_metrics(d->signer, f);
-	if (fclose(f) != 0) {
-		free(out);
-		return NULL;
-	}
-	return out;
-}
-
 /* ---- what is published ---- */
 
 /* One path as last handed on: what export_dir's snippet and the next change
@@ -143,6 +63,8 @@ struct due {
 
 struct publication {
 	struct cimdd *d;
+	publication_metrics_fn metrics; /* the custody process's part of /metrics */
+	void *metrics_arg;
 	struct hmap paths; /* path -> struct pub_path */
 	struct hmap due;   /* client -> struct due */
 	int full;	   /* the next turn renders and sends everything */
@@ -306,7 +228,7 @@ static int render_client(struct publication *p, const char *name, struct entries
 	store_done(d->st, s);
 	if (doc_len > 0 && doc == NULL)
 		return -ENOMEM;
-	if (doc != NULL && (jwks = publish_jwks(d->st, name)) == NULL) {
+	if (doc != NULL && (jwks = jwks_client(d->st, name)) == NULL) {
 		free(doc);
 		return -EIO;
 	}
@@ -371,7 +293,7 @@ static int render_health(struct publication *p, struct entries *l)
 	int r;
 
 	for (i = 0; i < d->cfg->n_backends; i++)
-		if (d->backend_ok[i] == 0)
+		if (custody_health(d->custody, i) == 0)
 			n += (size_t)snprintf(health + n, sizeof(health) - n, "%s%s",
 					      n == 0 ? "degraded: unavailable backend " : ", ",
 					      d->cfg->backends[i].name);
@@ -379,7 +301,9 @@ static int render_health(struct publication *p, struct entries *l)
 		return -ENOMEM;
 	if ((r = entry_set(p, l, "/healthz", "", "text/plain", 0, m, strlen(m), 0)) < 0)
 		return r;
-	if ((m = render_metrics(d)) == NULL)
+	if (p->metrics == NULL)
+		return 0;
+	if ((m = p->metrics(p->metrics_arg)) == NULL)
 		return -ENOMEM;
 	return entry_set(p, l, "/metrics", "", "text/plain; version=0.0.4", 0, m, strlen(m), 0);
 }
@@ -1067,6 +991,12 @@ void publication_health(struct publication *p)
 {
 	if (p != NULL)
 		p->health = 2; /* at once */
+}
+
+void publication_set_metrics(struct publication *p, publication_metrics_fn fn, void *arg)
+{
+	p->metrics = fn;
+	p->metrics_arg = arg;
 }
 
 int publication_start(struct publication *p)

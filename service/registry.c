@@ -130,7 +130,7 @@ enum admin_err reg_client_add(struct admin_req *q)
 		backend = d->cfg->default_backend;
 	if (config_backend(d->cfg, backend) == NULL)
 		return admin_fail(q, AE_BAD_REQUEST, "backend '%s' is not configured", backend);
-	if ((ks = cimdd_key_store(d, backend)) == NULL)
+	if ((ks = custody_store(d->custody, backend)) == NULL)
 		return admin_fail(q, AE_BACKEND_UNAVAILABLE, "backend '%s' is not available now",
 				  backend);
 	if ((jr = json_object_get(q->args, "rotate_every")) != NULL) {

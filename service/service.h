@@ -172,9 +172,6 @@ int store_query(struct store *st, struct sqlite3_stmt **ret_stmt, const char *sq
 		const char *types, ...);
 /* Resets a statement of store_query for its next use; NULL is ignored. */
 void store_done(struct store *st, struct sqlite3_stmt *s);
-/* {"keys":[...]} of the JWK text in column 0 of each row of s, which it
- * hands back (store_done); NULL when out of memory. */
-json_t *store_jwks(struct store *st, struct sqlite3_stmt *s);
 
 /* Every state change is one transaction: begin, change, journal, commit. */
 int store_begin(struct store *st);
@@ -231,24 +228,63 @@ int cimd_valid_name(const char *name);
 /* An absolute https URL with a host, no userinfo, no fragment, no spaces. */
 int cimd_https_url(const char *member, const char *url, char *errbuf, size_t errlen);
 
+/* ---- JWK Sets from the database (jwks.c) ---- */
+
+/* {"keys":[...]} of the JWK text in column 0 of each row of s, which it
+ * hands back (store_done); NULL when out of memory. */
+json_t *jwks_rows(struct store *st, struct sqlite3_stmt *s);
+/* A client's keys in states next, active, retiring: the JWKS bytes as its
+ * jwks_uri serves them (malloc'd), or NULL. */
+char *jwks_client(struct store *st, const char *client);
+
+/* ---- custody: the key stores (custody.c) ---- */
+
+/*
+ * The one holder of the key stores: the configured backends (by index into
+ * cfg->backends, and by name), opening them, whether each answers, and how
+ * many hardware calls failed.  A store is NULL while it is not open.
+ */
+struct custody;
+int custody_new(const struct cimd_config *cfg, struct custody **ret);
+void custody_free(struct custody **c);
+/* Start-up: the TPM opens on the caller's thread, the others in a thread of
+ * their own until custody_open_join installs them (failures are logged). */
+void custody_open_start(struct custody *c);
+void custody_open_join(struct custody *c);
+/* Opens what is not open, quietly: 1 when one opened. */
+int custody_open_missing(struct custody *c);
+size_t custody_count(const struct custody *c);
+const char *custody_name(const struct custody *c, size_t i);
+/* The index of a backend by name, or -1. */
+int custody_index(const struct custody *c, const char *backend);
+/* The TPM backend's index (the journal's rollback counter), or -1. */
+int custody_tpm(const struct custody *c);
+/* A backend's open store, or NULL; from any thread. */
+struct key_store *custody_at(struct custody *c, size_t i);
+struct key_store *custody_store(struct custody *c, const char *backend);
+/* 1 the hardware answered the last probe, 0 it did not, -1 not probed yet. */
+int custody_health(const struct custody *c, size_t i);
+/* The key a backend's probe signs with: 0 and *ret_key, -ENOENT when there
+ * is none yet (an open store is then healthy), another code on failure. */
+typedef int (*custody_key_fn)(void *arg, size_t i, struct key_store *ks, struct ks_key **ret_key);
+/* Signs with each open backend's key; 1 when any backend's health changed
+ * (logged). */
+int custody_probe(struct custody *c, custody_key_fn key_of, void *arg);
+/* A hardware call failed; how many have, for /metrics. */
+void custody_failed(struct custody *c);
+unsigned long custody_failures(const struct custody *c);
+
 /* ---- the daemon's state: registry, keys, lifecycle (registry.c, keys.c) ---- */
 
 struct cimdd {
 	struct cimd_config *cfg;
 	struct store *st;
-	struct key_store *ks[CIMD_BACKENDS_MAX]; /* by index into cfg->backends */
-	int dev;				 /* a --dev instance */
-	unsigned long backend_errors;		 /* hardware calls that failed, for /metrics */
-	struct signer *signer;			 /* the signing socket (signer.c), or NULL */
-	/* per backend: 1 the hardware answered the last probe, 0 it did not,
-	 * -1 not probed yet (attest_probe) */
-	int backend_ok[CIMD_BACKENDS_MAX];
-	struct tlog *tlog;   /* checkpoints and proofs (tlog.c) */
+	struct custody *custody; /* the key stores (custody.c) */
+	int dev;		 /* a --dev instance */
+	struct signer *signer;	 /* the signing socket (signer.c), or NULL */
+	struct tlog *tlog;	 /* checkpoints and proofs (tlog.c) */
 	int accept_rollback; /* --accept-rollback: an older database is journaled, not refused */
 };
-
-/* The key store of a backend by name, or NULL when it is not configured/open. */
-struct key_store *cimdd_key_store(struct cimdd *d, const char *backend);
 
 /* Every admin operation: the caller is an operator; inputs are the request's
  * members; on success *ret_result holds what the answer carries besides ok.
@@ -315,6 +351,12 @@ int keys_tick(struct cimdd *d, time_t now);
 /* At start: every key the database holds must exist in its hardware; a missing
  * one is reported and its client marked degraded.  Returns how many are missing. */
 int keys_reconcile(struct cimdd *d);
+/* The active attestation key of backend, loaded, and its kid; -ENOENT when
+ * it has none, -CIMD_EUNAVAILABLE when the backend is not open. */
+int keys_attest_active(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
+		       struct ks_key **ret_key);
+/* custody_probe's key: backend i's active attestation key (arg: the daemon). */
+int keys_probe_key(void *arg, size_t i, struct key_store *ks, struct ks_key **ret_key);
 /* A degraded client whose published keys are all in the hardware again is
  * restored (journal client.restored): 1 restored, 0 still degraded. */
 int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor);
@@ -322,9 +364,6 @@ int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor
 /* ---- publication (publish.c, publisher.c) ---- */
 
 struct publication;
-/* {"keys":[...]} of a client's keys in states next, active, retiring: the
- * JWKS bytes as served (malloc'd). */
-char *publish_jwks(struct store *st, const char *client);
 /* What is published and the publisher process (publish.c): starts the
  * publisher when `listen` is configured, prepares export_dir when it is. */
 int publication_new(struct cimdd *d, struct publication **ret);
@@ -333,6 +372,10 @@ void publication_free(struct publication **p);
  * signer's cached policies dropped, attestations issued, what changed
  * recorded and handed on), a publisher started again when its backoff is
  * over, health and metrics.  1 when changes remain for the next turn. */
+/* What the custody process puts in /metrics (malloc'd text), asked for
+ * whenever the health or the gauges change. */
+typedef char *(*publication_metrics_fn)(void *arg);
+void publication_set_metrics(struct publication *p, publication_metrics_fn fn, void *arg);
 /* At start-up: the publisher started and the full table handed to it, from
  * the database alone (no hardware, no attestation issued). */
 int publication_start(struct publication *p);
@@ -413,14 +456,7 @@ char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex,
 char *attest_revocations(struct cimdd *d, const char *name);
 char *attest_keys_jwks(struct cimdd *d);
 enum admin_err attest_show(struct admin_req *q);
-/* Asks each open backend's hardware to sign with its attestation key and
- * records in d->backend_ok whether it answered; 1 when any changed. */
-int attest_probe(struct cimdd *d);
 enum admin_err attest_key_rotate(struct admin_req *q);
-/* The active attestation key of backend, loaded, and its kid; -ENOENT when
- * it has none, -CIMD_EUNAVAILABLE when the backend is not open. */
-int attest_active_key(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
-		      struct ks_key **ret_key);
 
 /* ---- the transparency log: checkpoints and proofs (tlog.c, docs/audit.md) ---- */
 
@@ -496,6 +532,13 @@ void signer_invalidate_client(struct signer *s, const char *name);
 void signer_publish_nothing(struct signer *s);
 /* Appends the signer's Prometheus metrics to f. */
 int signer_metrics(struct signer *s, FILE *f);
+
+/* ---- /metrics (metrics.c) ---- */
+
+/* The custody process's part of /metrics from its four inputs (tl and sg may
+ * be NULL): keys by state, journal size, the latest checkpoint, each
+ * backend's health and failures, the signer's counters.  malloc'd. */
+char *metrics_render(struct store *st, struct custody *c, struct tlog *tl, struct signer *sg);
 
 /* ---- listening Unix sockets (unixsock.c) ---- */
 

@@ -1202,7 +1202,7 @@ static void *backend_main(void *arg)
 	while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
 		/* What is queued, up to a batch: one handoff to the hardware. */
 		j = queue_take(&w->q, CIMD_SIGN_BATCH, &s->stop);
-		ks = __atomic_load_n(&s->d->ks[w->idx], __ATOMIC_ACQUIRE);
+		ks = custody_at(s->d->custody, w->idx);
 		for (n = 0; j != NULL; j = next) {
 			next = j->next;
 			if (ks == NULL || elapsed_ns(&j->queued, &failed_at) >= 0) {

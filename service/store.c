@@ -1025,14 +1025,3 @@ int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_
 	store_done(st, s);
 	return r;
 }
-
-json_t *store_jwks(struct store *st, struct sqlite3_stmt *s)
-{
-	json_t *keys = json_array(), *k;
-
-	while (keys != NULL && sqlite3_step(s) == SQLITE_ROW)
-		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
-			json_array_append_new(keys, k);
-	store_done(st, s);
-	return keys != NULL ? json_pack("{so}", "keys", keys) : NULL;
-}

@@ -74,7 +74,7 @@ static json_t *attest_trust(struct store *st)
 
 	if (store_query(st, &s, "SELECT jwk FROM attest_keys", "") < 0)
 		return NULL;
-	return store_jwks(st, s);
+	return jwks_rows(st, s);
 }
 
 /*
@@ -152,7 +152,7 @@ out:
  */
 static int check_counter(struct cimdd *d, struct tlog *tl, char *err, size_t errlen)
 {
-	struct key_store *ks = d->ks[tl->counter_backend];
+	struct key_store *ks = custody_at(d->custody, (size_t)tl->counter_backend);
 	uint64_t nv, db;
 	int found, r;
 
@@ -280,19 +280,13 @@ static int grow(struct store *st, struct tlog *tl, uint64_t size)
 int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen)
 {
 	struct tlog *tl;
-	size_t i;
 	int r;
 
 	if ((tl = calloc(1, sizeof(*tl))) == NULL)
 		return -ENOMEM;
 	pthread_mutex_init(&tl->mu, NULL);
-	tl->counter_backend = -1;
+	tl->counter_backend = custody_tpm(d->custody);
 	origin_of(d->cfg->base_url, tl->origin, sizeof(tl->origin));
-	for (i = 0; i < d->cfg->n_backends; i++)
-		if (strcmp(d->cfg->backends[i].name, "tpm2") == 0) {
-			tl->counter_backend = (int)i;
-			break;
-		}
 	if ((r = merkle_tree_new(TREE_BASE, &tl->tree)) < 0)
 		goto fail;
 	merkle_tree_set_fetch(tl->tree, fetch_leaves, tl);
@@ -345,10 +339,11 @@ static int sign_all(struct cimdd *d, struct tlog *tl, const char *text, char **r
 	int r = -CIMD_EUNAVAILABLE;
 
 	for (i = 0; i < d->cfg->n_backends; i++) {
-		if (d->ks[i] == NULL ||
-		    attest_active_key(d, d->cfg->backends[i].name, kid, &ak) < 0)
+		if (custody_at(d->custody, i) == NULL ||
+		    keys_attest_active(d, d->cfg->backends[i].name, kid, &ak) < 0)
 			continue;
-		r = note_sign_line(d->ks[i], ak, tl->origin, text, strlen(text), &line);
+		r = note_sign_line(custody_at(d->custody, i), ak, tl->origin, text, strlen(text),
+				   &line);
 		ks_key_free(&ak);
 		if (r < 0)
 			continue;
@@ -389,7 +384,7 @@ int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 	if (size <= (uint64_t)tl->record_seq)
 		return 0;
 	if (tl->counter_backend >= 0) {
-		cks = d->ks[tl->counter_backend];
+		cks = custody_at(d->custody, (size_t)tl->counter_backend);
 		if (!tl->counter_checked && (r = check_counter(d, tl, err, sizeof(err))) < 0) {
 			if (r == -CIMD_EVERIFY)
 				log_err("%s", err);
