@@ -59,7 +59,7 @@ int pub_etag_matches(const char *if_none_match, const char *etag);
 /* ---- confinement (confine.c) ---- */
 
 /* The user `nobody` when started as root, and the parent-death signal again:
- * 0, or -1 (logged). */
+ * 0, or -1. */
 int pub_drop_privileges(void);
 /* no_new_privs and the seccomp filter, for every thread: 0, or -1 (logged). */
 int pub_confine(void);

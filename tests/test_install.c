@@ -622,7 +622,7 @@ static void run_unprivileged(void)
 		}
 		t_ok(strcmp(exe, want) == 0 && strcmp(cmd, "cimdd-publisher") == 0,
 		     "the publisher is %s, argv[0] %s", exe, cmd);
-		/* Under ASan the publisher skips its filter (publisher.c: the
+		/* Under ASan the publisher skips its filter (publisher/confine.c: the
 		 * sanitizer's own system calls would be refused). */
 		if (sc >= 0 && getenv("CIMD_TEST_SANITIZED") == NULL)
 			t_ok(psc == sc + 1, "the publisher added its own seccomp filter");
