@@ -7,7 +7,7 @@
 #   make bench    benchmarks against peers measured in the same run
 #   make bench-scale  the appliance at 1 client and at SCALE_N clients (docs/benchmarks.md)
 #   make run      install what is missing, build, run a development instance
-#   make install  programs and man pages under PREFIX
+#   make install  programs (cimdd-publisher in PREFIX/libexec/cimdd) and man pages under PREFIX
 #   make clean
 
 PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3 libmicrohttpd libseccomp
@@ -18,14 +18,35 @@ SAN       ?=
 WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              -Wformat=2 -Wvla
 HARDEN    := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIC
-CFLAGS    += -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE $(OPT) $(WARN) $(HARDEN) $(SAN) \
-             -Ifirmware -Iservice -Itools $(shell pkg-config --cflags $(PKGS) p11-kit-1)
+BASE_CFLAGS := -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE $(OPT) $(WARN) $(HARDEN) $(SAN)
+CFLAGS    += $(BASE_CFLAGS) -Ifirmware -Iservice -Icodec -Ipublisher -Itools \
+             $(shell pkg-config --cflags $(PKGS) p11-kit-1)
 LDLIBS    += $(shell pkg-config --libs $(PKGS)) -ldl -lpthread
 LDFLAGS   += $(SAN) -Wl,-z,relro,-z,now
 
 FW_SRC    := $(wildcard firmware/*.c)
 FW_OBJ    := $(FW_SRC:%.c=$(BUILD)/obj/%.o)
 FW_LIB    := $(BUILD)/lib/libcimdfw.a
+
+# codec/: the publication channel's codec and the hash table, which both the
+# daemon and the publisher link (libc only).
+CODEC_SRC := $(wildcard codec/*.c)
+CODEC_OBJ := $(CODEC_SRC:%.c=$(BUILD)/obj/%.o)
+CODEC_LIB := $(BUILD)/lib/libcimdcodec.a
+
+# publisher/: cimdd-publisher, its own program, exec'd by cimdd from
+# ../libexec/cimdd/ beside its bin/ (service/publish.c).  It links codec/,
+# libmicrohttpd (GnuTLS) and libseccomp only, and is compiled without
+# service/ or firmware/ on the include path, so that no custody library can
+# reach its image (tests/test_publisher.c).  Everything but its main() is a
+# library the fuzz targets link.
+PUB_PKGS  := libmicrohttpd libseccomp
+PUB_SRC   := $(filter-out publisher/publisher.c,$(wildcard publisher/*.c))
+PUB_OBJ   := $(PUB_SRC:%.c=$(BUILD)/obj/%.o)
+PUB_LIB   := $(BUILD)/lib/libcimdpub.a
+PUB_BIN   := $(BUILD)/libexec/cimdd/cimdd-publisher
+$(CODEC_OBJ) $(PUB_OBJ) $(BUILD)/obj/publisher/publisher.o: \
+	CFLAGS = $(BASE_CFLAGS) -Icodec -Ipublisher $(shell pkg-config --cflags $(PUB_PKGS))
 
 # service/: everything but the daemon's main() is a library the tests link.
 SVC_SRC   := $(filter-out service/cimdd.c,$(wildcard service/*.c))
@@ -49,7 +70,8 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 .SECONDARY:
 BINS      := $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(BUILD)/bin/cimd-assert
 
-all: $(FW_LIB) $(SVC_LIB) $(CIMD_A) $(CIMD_SO) $(BINS) $(TEST_BIN) $(BENCH_BIN)
+all: $(FW_LIB) $(CODEC_LIB) $(SVC_LIB) $(PUB_LIB) $(CIMD_A) $(CIMD_SO) $(BINS) $(PUB_BIN) \
+	$(TEST_BIN) $(BENCH_BIN)
 
 deps:
 	@bash scripts/deps.sh
@@ -70,10 +92,27 @@ $(SVC_LIB): $(SVC_OBJ)
 	@rm -f $@
 	@$(AR) rcs $@ $^
 
-$(BUILD)/bin/cimdd: $(BUILD)/obj/service/cimdd.o $(SVC_LIB) $(FW_LIB)
+$(CODEC_LIB): $(CODEC_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  AR      $@"
+	@rm -f $@
+	@$(AR) rcs $@ $^
+
+$(PUB_LIB): $(PUB_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  AR      $@"
+	@rm -f $@
+	@$(AR) rcs $@ $^
+
+$(BUILD)/bin/cimdd: $(BUILD)/obj/service/cimdd.o $(SVC_LIB) $(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(PUB_BIN): $(BUILD)/obj/publisher/publisher.o $(PUB_LIB) $(CODEC_LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs $(PUB_PKGS)) -lpthread
 
 $(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(BUILD)/obj/tools/audit.o $(FW_LIB)
 	@mkdir -p $(dir $@)
@@ -97,12 +136,13 @@ $(BUILD)/bin/cimd-assert: $(BUILD)/obj/tools/cimd-assert.o $(CIMD_A)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(CIMD_LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(BUILD)/obj/tools/audit.o $(CIMD_A) $(SVC_LIB) $(FW_LIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(BUILD)/obj/tools/audit.o $(CIMD_A) $(SVC_LIB) \
+		$(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(FW_LIB)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -141,7 +181,7 @@ fuzz: deps
 fuzz-build: $(FUZZ_BIN)
 
 $(BUILD)/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(BUILD)/obj/tests/fuzz/common.o \
-		$(SVC_LIB) $(FW_LIB)
+		$(PUB_LIB) $(SVC_LIB) $(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
@@ -164,6 +204,9 @@ run: deps
 
 PREFIX    ?= /usr/local
 LIBDIR    ?= $(PREFIX)/lib
+# cimdd-publisher: cimdd looks for it in ../libexec/cimdd/ from its own bin/
+# (service/publish.c), so this stays PREFIX/libexec.
+LIBEXECDIR ?= $(PREFIX)/libexec
 # /etc for a system installation (PREFIX=/usr), PREFIX/etc otherwise.
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 # systemd reads units, sysusers.d and tmpfiles.d from /usr/lib and /usr/local/lib alike.
@@ -172,7 +215,8 @@ SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCDIR    ?= $(PREFIX)/share/doc/cimdd
 # dist/ names /usr/bin/cimdd and /etc/cimdd; this makes them the installation's own.
-DIST_SED  := sed -e 's|/usr/bin/|$(PREFIX)/bin/|g' -e 's|/etc/cimdd|$(SYSCONFDIR)/cimdd|g'
+DIST_SED  := sed -e 's|/usr/bin/|$(PREFIX)/bin/|g' -e 's|/usr/libexec/|$(LIBEXECDIR)/|g' \
+	     -e 's|/etc/cimdd|$(SYSCONFDIR)/cimdd|g'
 .PHONY: install-files
 install: all
 	@$(MAKE) --no-print-directory install-files
@@ -184,6 +228,8 @@ install-files:
 		$(DESTDIR)$(PREFIX)/include $(DESTDIR)$(LIBDIR)/pkgconfig
 	install -m 0755 $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(BUILD)/bin/cimd-assert \
 		$(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(LIBEXECDIR)/cimdd
+	install -m 0755 $(PUB_BIN) $(DESTDIR)$(LIBEXECDIR)/cimdd/
 	install -m 0644 tools/cimd.h $(DESTDIR)$(PREFIX)/include/
 	install -m 0644 $(CIMD_A) $(DESTDIR)$(LIBDIR)/
 	install -m 0755 $(CIMD_SO) $(DESTDIR)$(LIBDIR)/

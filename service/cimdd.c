@@ -201,9 +201,6 @@ int main(int argc, char **argv)
 	size_t n;
 	char *end;
 
-	/* The publisher is this binary in another role, started by us (publish.c). */
-	if (argc > 1 && strcmp(argv[1], "--publisher") == 0)
-		return publisher_main(argc, argv);
 	while ((c = getopt_long(argc, argv, "c:fhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':

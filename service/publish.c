@@ -7,9 +7,11 @@
  * what changed to the publisher process and to export_dir.  Every step costs
  * what changed, not what exists (docs/scaling.md).
  *
- * The publisher (publisher.c) is a separate program image (fork + exec of this
- * binary): it holds no key handle and no database handle, receives messages of
- * one codec (pubset.c) on a one-way pipe, and never sends anything back.  A
+ * The publisher is its own program, cimdd-publisher (publisher/), forked and
+ * exec'd from ../libexec/cimdd/ beside this binary's directory: it holds no key
+ * handle and no database handle, links none of the custody libraries, receives
+ * messages of one codec (codec/pubset.c) on a one-way pipe, and never sends
+ * anything back.  A
  * new publisher is given the full table, in chunks; after that, only updates.
  * If it dies it is started again after a backoff that grows while it keeps
  * dying at once (a timer of the main loop, which never sleeps); if we die, it
@@ -852,6 +854,41 @@ static void retry_due(struct publication *p, time_t now)
 
 /* ---- the publisher process ---- */
 
+/*
+ * Where cimdd-publisher is: PREFIX/libexec/cimdd/cimdd-publisher for this
+ * binary's PREFIX/bin/cimdd, from /proc/self/exe (resolved by the kernel, so
+ * its parent is the real PREFIX): build/bin/cimdd finds build/libexec/..., an
+ * installed cimdd what `make install` put beside it.  Checked at start-up,
+ * where a missing program ends the start with its path, rather than in a
+ * child that could only exit 127 again and again.
+ */
+static int publisher_exe(char *out, size_t len)
+{
+	char self[1024], *slash;
+	ssize_t n;
+	int i, r;
+
+	if ((n = readlink("/proc/self/exe", self, sizeof(self) - 1)) < 0) {
+		r = -errno;
+		log_err("publisher: cannot read /proc/self/exe: %s", strerror(errno));
+		return r;
+	}
+	self[n] = '\0';
+	for (i = 0; i < 2; i++) /* PREFIX/bin/cimdd -> PREFIX */
+		if ((slash = strrchr(self, '/')) != NULL)
+			*slash = '\0';
+		else
+			self[0] = '\0';
+	if ((size_t)snprintf(out, len, "%s/libexec/cimdd/cimdd-publisher", self) >= len)
+		return -ENAMETOOLONG;
+	if (access(out, X_OK) < 0) {
+		r = -errno;
+		log_err("publisher: cannot run %s: %s", out, strerror(errno));
+		return r;
+	}
+	return 0;
+}
+
 static int spawn(struct publication *p)
 {
 	const struct cimd_config *cfg = p->d->cfg;
@@ -898,7 +935,6 @@ static int spawn(struct publication *p)
 int publication_new(struct cimdd *d, struct publication **ret)
 {
 	struct publication *p;
-	ssize_t n;
 	int r;
 
 	if ((p = calloc(1, sizeof(*p))) == NULL)
@@ -908,12 +944,7 @@ int publication_new(struct cimdd *d, struct publication **ret)
 	p->full = 1;
 	p->health = 1;
 	if (d->cfg->listen != NULL) {
-		if ((n = readlink("/proc/self/exe", p->exe, sizeof(p->exe) - 1)) < 0) {
-			r = -errno;
-			goto fail;
-		}
-		p->exe[n] = '\0';
-		if ((r = spawn(p)) < 0)
+		if ((r = publisher_exe(p->exe, sizeof(p->exe))) < 0 || (r = spawn(p)) < 0)
 			goto fail;
 	}
 	if (d->cfg->export_dir != NULL && (r = export_start(p)) < 0) {

@@ -21,6 +21,7 @@
 #include <jansson.h>
 
 #include "fw.h"
+#include "pubset.h"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -45,18 +46,19 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_DURATION_MAX 31536000   /* one year, in seconds */
 #define CIMD_JOURNAL_RECORD_MAX 8192 /* one journal record, serialised */
 #define CIMD_DOC_MAX 5120	     /* a CIMD document as served */
-/* Paths the publisher serves: four per client (document, JWKS, attestation,
- * revocations) and the appliance's own.  One message on the channel:
- * PUBSET_MSG_MAX (pubset.h). */
-#define CIMD_PUBSET_ENTRIES_MAX (4 * CIMD_CLIENTS_MAX + 16)
-#define CIMD_ADMIN_LINE_MAX 16384  /* one admin request line (a document and then some) */
-#define CIMD_ADMIN_CONNS_MAX 32	   /* admin connections at once */
-#define CIMD_ADMIN_IDLE_SEC 60	   /* an admin connection idle this long is closed */
-#define CIMD_ADMIN_LINE_SEC 10	   /* a request line must be complete this soon after it begins */
-#define CIMD_ADMIN_CONNS_PER_UID 4 /* admin connections one operator uid may hold */
+#define CIMD_ADMIN_LINE_MAX 16384    /* one admin request line (a document and then some) */
+#define CIMD_ADMIN_CONNS_MAX 32	     /* admin connections at once */
+#define CIMD_ADMIN_IDLE_SEC 60	     /* an admin connection idle this long is closed */
+#define CIMD_ADMIN_LINE_SEC 10	     /* a request line must be complete this soon after it begins */
+#define CIMD_ADMIN_CONNS_PER_UID 4   /* admin connections one operator uid may hold */
 #define CIMD_JOURNAL_SHOW_BYTES (1024 * 1024) /* record bytes in one journal.show answer */
 #define CIMD_KEYS_PER_CLIENT_MAX 16	      /* keys a client holds outside retired/destroyed */
 #define CIMD_CLIENTS_MAX 10000
+/* Paths the publisher serves: four per client (document, JWKS, attestation,
+ * revocations) and the appliance's own.  The publisher's bound is the codec's
+ * (pubset.h), which cannot see this header. */
+_Static_assert(PUBSET_ENTRIES_MAX == 4 * CIMD_CLIENTS_MAX + 16,
+	       "PUBSET_ENTRIES_MAX (pubset.h) follows CIMD_CLIENTS_MAX");
 #define CIMD_LIST_PAGE_DEFAULT 100   /* clients in one client.list answer, unless asked */
 #define CIMD_LIST_PAGE_MAX 1000	     /* and at most */
 #define CIMD_CALLERS_MAX 64	     /* uids and gids allowed to sign for one client */
@@ -361,7 +363,7 @@ int keys_probe_key(void *arg, size_t i, struct key_store *ks, struct ks_key **re
  * restored (journal client.restored): 1 restored, 0 still degraded. */
 int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor);
 
-/* ---- publication (publish.c, publisher.c) ---- */
+/* ---- publication (publish.c; the publisher is publisher/) ---- */
 
 struct publication;
 /* What is published and the publisher process (publish.c): starts the
@@ -386,28 +388,6 @@ void publication_child(struct publication *p);
 void publication_health(struct publication *p);
 /* Durations changed (SIGHUP): everything is rendered again. */
 void publication_reconfigured(struct publication *p);
-/* `cimdd --publisher FD ...`: the publisher program. */
-int publisher_main(int argc, char **argv);
-/* What the publisher decides from a request before any lookup (publisher.c),
- * pure functions of the request, fuzzed on their own.  The route a path counts
- * under in the metrics: */
-enum pub_route {
-	PUB_ROUTE_DOCUMENT,
-	PUB_ROUTE_JWKS,
-	PUB_ROUTE_ATTESTATION,
-	PUB_ROUTE_HEALTHZ,
-	PUB_ROUTE_METRICS,
-	PUB_ROUTE_OTHER,
-	PUB_ROUTE_N
-};
-enum pub_route pub_route_of(const char *url);
-/* 0 when the path may be looked up, else the HTTP status that refuses it: 405
- * for a method other than GET and HEAD, 400 for a body, 414 for a path longer
- * than 1 KiB, 400 for a path that is not "/" then [A-Za-z0-9/._-] without ".."
- * or "//" (so no '%': nothing is ever percent-decoded). */
-int pub_request_check(const char *method, const char *url, int has_body);
-/* If-None-Match (RFC 9110 §13.1.2) against a strong ETag: "*" or a list. */
-int pub_etag_matches(const char *if_none_match, const char *etag);
 
 /* ---- development instance (dev.c) ---- */
 

@@ -620,7 +620,7 @@ __attribute__((constructor)) static void t_init(void)
  *
  * The publisher writes "cimdd-publisher: forbidden system call N" (and its
  * backtrace) to the daemon's stderr, the log, when its filter refuses a call
- * (publisher.c, on_sigsys); cimdd logs "killed by signal 31" if it died of
+ * (publisher/confine.c, on_sigsys); cimdd logs "killed by signal 31" if it died of
  * SIGSYS without that.  Either fails a check when the daemon is stopped and at
  * t_done(), whatever the test itself checks: each log is read from where the
  * last look ended. */

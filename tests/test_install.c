@@ -105,6 +105,8 @@ static void files(void)
 	    {"/usr/bin/cimdd", 0755},
 	    {"/usr/bin/cimdctl", 0755},
 	    {"/usr/bin/cimd-assert", 0755},
+	    /* cimdd runs it from ../libexec/cimdd/ beside its bin/ (publish.c). */
+	    {"/usr/libexec/cimdd/cimdd-publisher", 0755},
 	    {"/usr/include/cimd.h", 0644},
 	    {"/usr/lib/libcimd.a", 0644},
 	    {"/usr/lib/libcimd.so.0", 0755},
@@ -202,6 +204,9 @@ static void other_prefix(void)
 			  "ExecStart=/usr/local/bin/cimdd -c /usr/local/etc/cimdd/cimdd.conf -f"),
 	     "PREFIX=/usr/local: ExecStart names /usr/local/bin and /usr/local/etc");
 	free(text);
+	snprintf(path, sizeof(path), "%s/usr/local/libexec/cimdd/cimdd-publisher", d2);
+	t_ok(access(path, X_OK) == 0,
+	     "PREFIX=/usr/local: the publisher in /usr/local/libexec/cimdd");
 	snprintf(path, sizeof(path), "%s/usr/local/lib/tmpfiles.d/cimdd.conf", d2);
 	text = slurp(path);
 	t_ok(text != NULL && has_line(text, "d /usr/local/etc/cimdd 0750 root cimdd -"),
@@ -599,8 +604,25 @@ static void run_unprivileged(void)
 	if (allow[0] && sc >= 0)
 		t_ok(sc == 1, "cimdd runs under the unit's seccomp filter");
 	if (t_ok(pub > 0 && proc_ids(pub, &puid, &psc, NULL) == 0, "the publisher runs")) {
+		char proc[64], exe[PATH_MAX], want[PATH_MAX], cmd[64] = "";
+		ssize_t n;
+		FILE *f;
+
 		t_ok(puid == uid, "the publisher runs as %s too", user);
-		/* Under ASan the publisher skips its filter (publisher.c: the
+		/* The installed program, found from the installed cimdd. */
+		snprintf(proc, sizeof(proc), "/proc/%d/exe", (int)pub);
+		n = readlink(proc, exe, sizeof(exe) - 1);
+		exe[n < 0 ? 0 : n] = '\0';
+		snprintf(want, sizeof(want), "%s/usr/libexec/cimdd/cimdd-publisher", dest);
+		snprintf(proc, sizeof(proc), "/proc/%d/cmdline", (int)pub);
+		if ((f = fopen(proc, "re")) != NULL) {
+			n = (ssize_t)fread(cmd, 1, sizeof(cmd) - 1, f);
+			cmd[n < 0 ? 0 : n] = '\0';
+			fclose(f);
+		}
+		t_ok(strcmp(exe, want) == 0 && strcmp(cmd, "cimdd-publisher") == 0,
+		     "the publisher is %s, argv[0] %s", exe, cmd);
+		/* Under ASan the publisher skips its filter (publisher/confine.c: the
 		 * sanitizer's own system calls would be refused). */
 		if (sc >= 0 && getenv("CIMD_TEST_SANITIZED") == NULL)
 			t_ok(psc == sc + 1, "the publisher added its own seccomp filter");

@@ -1,6 +1,7 @@
 /*
- * test_pubset — the publication channel's codec (service/pubset.c) and the
- * hash table both processes keep their tables in (service/hmap.c).
+ * test_pubset — the publication channel's codec (codec/pubset.c) and the
+ * hash table both processes keep their tables in (codec/hmap.c); the round
+ * trip through the custody process and a recorded channel: test_publisher.
  *
  * Codec: what the encoder makes, the decoder gives back entry for entry;
  * every truncation, a count the body cannot hold, an unknown op or flag, a NUL

@@ -1,5 +1,5 @@
 /*
- * fuzz_http_path — the publisher's request rules (service/publisher.c):
+ * fuzz_http_path — the publisher's request rules (publisher/request.c):
  * pub_request_check, pub_route_of and pub_etag_matches.
  *
  * Input: byte 0 selects the method (GET, HEAD, or the text up to the first NUL
@@ -15,7 +15,7 @@
 
 #include <microhttpd.h>
 
-#include "service.h"
+#include "publisher.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_pubset — the publication channel's decoder (service/pubset.c), which
+ * fuzz_pubset — the publication channel's decoder (codec/pubset.c), which
  * the network-facing publisher runs on every message the custody process
  * sends.  Input: a message body.  Beyond "no crash": every entry the decoder
  * hands on has a NUL-free path of 1..1024 bytes and a body inside the input,

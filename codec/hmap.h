@@ -1,7 +1,7 @@
 /*
  * hmap.h — a string-keyed hash table of caller-owned items (open addressing,
  * linear probing, backward-shift deletion): what the publication tables of
- * both processes are kept in (publish.c, publisher.c).  An item embeds
+ * both processes are kept in (service/publish.c, publisher/publisher.c).  An item embeds
  * struct hmap_item first; the table owns no memory but its slots.  Depends on
  * nothing but libc, and never sorts (the publisher's seccomp filter: glibc's
  * qsort asks the kernel for the machine's memory size).

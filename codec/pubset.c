@@ -2,7 +2,7 @@
  * pubset.c — the publication channel's codec (pubset.h): the custody
  * process's encoder and the publisher's decoder, one implementation of the
  * format for both sides.  The decoder checks every length against what
- * remains before it reads; tests/fuzz/fuzz_publisher_set.c runs on it.
+ * remains before it reads; tests/fuzz/fuzz_pubset.c runs on it.
  */
 #include <errno.h>
 #include <stdlib.h>

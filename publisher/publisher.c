@@ -1,6 +1,8 @@
 /*
- * publisher.c — the network-facing publisher: `cimdd --publisher FD ...`, a
- * separate program image started by the custody process (publish.c).
+ * publisher.c — cimdd-publisher: the network-facing program, started by the
+ * custody process (service/publish.c) as
+ *   cimdd-publisher --publisher FD --listen HOST:PORT (--tls-cert FILE --tls-key FILE | --plain)
+ * with the read end of the publication channel on FD (3).
  *
  * It holds no key handle, no database handle and no socket but its listening
  * socket and the read end of the publication channel.  It serves only
@@ -13,11 +15,10 @@
  * at most 1 KiB of [A-Za-z0-9/._-] without "..", never percent-decoded (400
  * for any '%', so no encoded dot, slash or NUL can ever reach a lookup); 404
  * for unknown paths; never a redirect.  If-None-Match with the strong ETag (or
- * "*") answers 304.
+ * "*") answers 304.  The rules: request.c; confinement: confine.c.
  */
 #include <errno.h>
 #include <stdarg.h>
-#include <execinfo.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -29,23 +30,11 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include <grp.h>
-#include <pwd.h>
-#include <seccomp.h>
-#include <sys/prctl.h>
-
 #include <microhttpd.h>
 
 #include "hmap.h"
+#include "publisher.h"
 #include "pubset.h"
-#include "service.h"
-
-#define PUB_PATH_MAX 1024
-#define PUB_CONNS_MAX 1024   /* connections at once */
-#define PUB_CONNS_PER_IP 64  /* from one address */
-#define PUB_TIMEOUT_SEC 10   /* idle or slow connection */
-#define PUB_CONN_MEMORY 8192 /* per-connection memory: request line and headers */
-#define PUB_THREADS 2
 
 struct route {
 	struct hmap_item it; /* key: path */
@@ -74,79 +63,6 @@ static const char *const m_route[PUB_ROUTE_N] = {"document", "jwks",	"attestatio
 						 "healthz",  "metrics", "other"};
 static atomic_ulong counts[PUB_ROUTE_N][M_N];
 static _Thread_local int cur_route; /* the route of the request this thread answers */
-
-enum pub_route pub_route_of(const char *url)
-{
-	size_t n = strlen(url);
-
-	if (strncmp(url, "/clients/", 9) == 0 && strchr(url + 9, '/') == NULL)
-		return PUB_ROUTE_DOCUMENT;
-	if (strncmp(url, "/clients/", 9) == 0 && n > 10 && strcmp(url + n - 10, "/jwks.json") == 0)
-		return PUB_ROUTE_JWKS;
-	if ((strncmp(url, "/clients/", 9) == 0 && n > 17 &&
-	     (strcmp(url + n - 17, "/attestation.json") == 0 ||
-	      strcmp(url + n - 17, "/revocations.json") == 0)) ||
-	    strncmp(url, "/.well-known/cimdd/", 19) == 0)
-		return PUB_ROUTE_ATTESTATION;
-	if (strcmp(url, "/healthz") == 0)
-		return PUB_ROUTE_HEALTHZ;
-	if (strcmp(url, "/metrics") == 0)
-		return PUB_ROUTE_METRICS;
-	return PUB_ROUTE_OTHER;
-}
-
-static int path_ok(const char *url)
-{
-	const char *c;
-	size_t n = strlen(url);
-
-	if (n == 0 || url[0] != '/' || strstr(url, "..") != NULL || strstr(url, "//") != NULL)
-		return 0;
-	for (c = url; *c; c++)
-		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-		      (*c >= '0' && *c <= '9') || *c == '/' || *c == '.' || *c == '_' || *c == '-'))
-			return 0;
-	return 1;
-}
-
-int pub_etag_matches(const char *inm, const char *etag)
-{
-	const char *p = inm;
-	size_t el = strlen(etag);
-
-	/* RFC 9110 §13.1.2: "*" or a list of entity tags; weak comparison, so a
-	 * W/ prefix is ignored. */
-	while (*p) {
-		while (*p == ' ' || *p == ',' || *p == '\t')
-			p++;
-		if (*p == '*')
-			return 1;
-		if (p[0] == 'W' && p[1] == '/')
-			p += 2;
-		if (strncmp(p, etag, el) == 0 && (p[el] == '\0' || p[el] == ',' || p[el] == ' '))
-			return 1;
-		while (*p && *p != ',')
-			p++;
-	}
-	return 0;
-}
-
-/* The rules a request meets before any lookup, in the order they are applied:
- * the method, then a body, then the path's length, then its characters. */
-int pub_request_check(const char *method, const char *url, int has_body)
-{
-	if (method == NULL || url == NULL)
-		return MHD_HTTP_BAD_REQUEST;
-	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-		return MHD_HTTP_METHOD_NOT_ALLOWED;
-	if (has_body)
-		return MHD_HTTP_BAD_REQUEST;
-	if (strnlen(url, PUB_PATH_MAX + 1) > PUB_PATH_MAX)
-		return MHD_HTTP_URI_TOO_LONG;
-	if (!path_ok(url))
-		return MHD_HTTP_BAD_REQUEST;
-	return 0;
-}
 
 static struct MHD_Response *fixed(const char *text, const char *allow)
 {
@@ -256,7 +172,7 @@ bad:
 
 /* Applies a list of changes to t; what they replace or delete goes on
  * *ret_old, to be freed once no request can see it.  -ENOMEM, or -E2BIG when
- * the table would hold more than CIMD_PUBSET_ENTRIES_MAX routes. */
+ * the table would hold more than PUBSET_ENTRIES_MAX routes. */
 static int apply(struct table *t, struct route **list, struct route **ret_old)
 {
 	struct hmap_item *old;
@@ -274,7 +190,7 @@ static int apply(struct table *t, struct route **list, struct route **ret_old)
 			route_free(r);
 			continue;
 		}
-		if (t->routes.n >= CIMD_PUBSET_ENTRIES_MAX && hmap_get(&t->routes, r->path) == NULL)
+		if (t->routes.n >= PUBSET_ENTRIES_MAX && hmap_get(&t->routes, r->path) == NULL)
 			rc = -E2BIG;
 		if (rc < 0 || hmap_put(&t->routes, &r->it, r->path, &old) < 0) {
 			route_free(r);
@@ -393,70 +309,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 }
 
 /*
- * Confinement, once the socket is bound and the certificate read: the user
- * `nobody` (when started as root), no new privileges, and a seccomp filter
- * that allows what serving needs and kills the process on anything else (the
- * custody process then starts a new one).  What it keeps and why:
- * docs/threat-model.md.
- */
-static int drop_privileges(void)
-{
-	struct passwd *pw;
-
-	if (geteuid() != 0)
-		return 0;
-	if ((pw = getpwnam("nobody")) == NULL) {
-		log_err("publisher: no user nobody to run as");
-		return -1;
-	}
-	if (setgroups(0, NULL) < 0 || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
-	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0) {
-		log_err("publisher: cannot drop to nobody: %s", strerror(errno));
-		return -1;
-	}
-	if (setuid(0) == 0) { /* must fail now */
-		log_err("publisher: privileges were not dropped");
-		return -1;
-	}
-	/* A change of credentials clears the parent-death signal: set it again,
-	 * so that the publisher still ends with the custody process. */
-	if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() == 1)
-		return -1;
-	return 0;
-}
-
-/* A system call outside the filter: say which, and end the process (the
- * custody process starts a new one).  Only async-signal-safe calls here. */
-static void on_sigsys(int sig, siginfo_t *si, void *uc)
-{
-	char msg[80] = "cimdd-publisher: forbidden system call ";
-	char num[16];
-	int n = si->si_syscall, i = 0, len;
-
-	(void)sig;
-	(void)uc;
-	do
-		num[i++] = (char)('0' + n % 10);
-	while ((n /= 10) > 0 && i < (int)sizeof(num));
-	len = (int)strlen(msg);
-	while (i > 0 && len < (int)sizeof(msg) - 2)
-		msg[len++] = num[--i];
-	msg[len++] = '\n';
-	if (write(2, msg, (size_t)len) < 0) {
-		/* nothing more to do */
-	}
-	/* Where it came from, for the bug report (backtrace() was warmed up
-	 * before the filter, so it loads nothing now). */
-	{
-		void *frames[32];
-		int nf = backtrace(frames, 32);
-
-		backtrace_symbols_fd(frames, nf, 2);
-	}
-	_exit(3);
-}
-
-/*
  * libmicrohttpd's messages (a TLS handshake that failed, a malformed request):
  * each says what a peer did, and a hostile peer can make thousands a second.
  * At most one a second reaches the log, with the count of those dropped.
@@ -483,136 +335,12 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 	while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
 		msg[--n] = '\0';
 	if (dropped > 0)
-		log_warn("publisher: %s (and %lu more since the last such message)", msg, dropped);
+		pub_log_warn("publisher: %s (and %lu more since the last such message)", msg,
+			     dropped);
 	else
-		log_warn("publisher: %s", msg);
+		pub_log_warn("publisher: %s", msg);
 	dropped = 0;
 	pthread_mutex_unlock(&mu);
-}
-
-static int confine(void)
-{
-	void *warm[1];
-
-	/* backtrace() loads its unwinder on first use: now, not in on_sigsys. */
-	backtrace(warm, 1);
-	/* Serving: sockets (accept, read, write, epoll), memory, time, futexes,
-	 * signals delivered to threads, randomness for TLS, and exit.
-	 *
-	 * What glibc would call behind our back is kept out of reach rather than
-	 * admitted: nothing here sorts (glibc's qsort asks sysinfo(2) for the
-	 * machine's memory once an array passes 1 KiB, which killed the
-	 * publisher at 14 clients), tables are hash tables (hmap.c), and large
-	 * allocations only need mmap, munmap and mremap, allowed below.
-	 * tests/test_scale.c serves 2,000 clients and test_daemon a JWKS of 16
-	 * keys through this filter; the harness fails any test whose daemon log
-	 * says "forbidden system call". */
-	static const int allow[] = {
-	    SCMP_SYS(read),
-	    SCMP_SYS(write),
-	    SCMP_SYS(readv),
-	    SCMP_SYS(writev),
-	    SCMP_SYS(close),
-	    SCMP_SYS(accept),
-	    SCMP_SYS(accept4),
-	    SCMP_SYS(shutdown),
-	    SCMP_SYS(recvfrom),
-	    SCMP_SYS(sendto),
-	    SCMP_SYS(recvmsg),
-	    SCMP_SYS(sendmsg),
-	    SCMP_SYS(sendfile),
-	    SCMP_SYS(setsockopt),
-	    SCMP_SYS(getsockopt),
-	    SCMP_SYS(getsockname),
-	    SCMP_SYS(getpeername),
-	    SCMP_SYS(epoll_wait),
-	    SCMP_SYS(epoll_pwait),
-	    SCMP_SYS(epoll_ctl),
-	    SCMP_SYS(poll),
-	    SCMP_SYS(ppoll),
-	    SCMP_SYS(select),
-	    SCMP_SYS(pselect6),
-	    SCMP_SYS(fcntl),
-	    SCMP_SYS(futex),
-	    SCMP_SYS(clock_gettime),
-	    SCMP_SYS(clock_nanosleep),
-	    SCMP_SYS(nanosleep),
-	    SCMP_SYS(gettimeofday),
-	    SCMP_SYS(time),
-	    SCMP_SYS(mmap),
-	    SCMP_SYS(munmap),
-	    SCMP_SYS(mremap),
-	    SCMP_SYS(brk),
-	    SCMP_SYS(madvise),
-	    SCMP_SYS(mprotect),
-	    SCMP_SYS(rt_sigprocmask),
-	    SCMP_SYS(rt_sigreturn),
-	    SCMP_SYS(rt_sigaction),
-	    SCMP_SYS(getpid),
-	    SCMP_SYS(gettid),
-	    SCMP_SYS(tgkill),
-	    SCMP_SYS(getrandom),
-	    SCMP_SYS(sched_yield),
-	    SCMP_SYS(restart_syscall),
-	    SCMP_SYS(exit),
-	    SCMP_SYS(exit_group),
-	    SCMP_SYS(lseek),
-	    SCMP_SYS(fstat),
-	    SCMP_SYS(newfstatat),
-	    SCMP_SYS(eventfd2),
-	    SCMP_SYS(membarrier),
-	    SCMP_SYS(rseq),
-	    SCMP_SYS(set_robust_list),
-	    SCMP_SYS(getuid),
-	    SCMP_SYS(geteuid),
-	    SCMP_SYS(getgid),
-	    SCMP_SYS(getegid),
-	};
-	scmp_filter_ctx ctx;
-	size_t i;
-	int r = -1;
-
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-		log_err("publisher: no_new_privs: %s", strerror(errno));
-		return -1;
-	}
-#if defined(__SANITIZE_ADDRESS__)
-	/* A sanitizer build (make asan) needs system calls of its own (leak
-	 * checking stops the world with ptrace): confinement stays off there. */
-	return 0;
-#endif
-	{
-		struct sigaction sa = {.sa_sigaction = on_sigsys, .sa_flags = SA_SIGINFO};
-		sigemptyset(&sa.sa_mask);
-		if (sigaction(SIGSYS, &sa, NULL) < 0)
-			return -1;
-	}
-	if ((ctx = seccomp_init(SCMP_ACT_TRAP)) == NULL)
-		return -1;
-	for (i = 0; i < sizeof(allow) / sizeof(allow[0]); i++)
-		if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0) < 0)
-			goto out;
-	/* Opening a file fails (EACCES) instead of killing the process: glibc's
-	 * malloc, shrinking a thread arena under load, reads
-	 * /proc/sys/vm/overcommit_memory once (arena.c, check_may_shrink_heap) and
-	 * copes with the failure.  Nothing can be opened either way. */
-	if (seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(openat), 0) < 0 ||
-	    seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(open), 0) < 0)
-		goto out;
-	/* libmicrohttpd's pool threads name themselves as they start, which can
-	 * be after the filter is in place: prctl(PR_SET_NAME) only. */
-	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
-			     SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME, 0)) < 0)
-		goto out;
-	/* Every thread of libmicrohttpd's pool, not only this one. */
-	if (seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) < 0 || seccomp_load(ctx) < 0)
-		goto out;
-	r = 0;
-out:
-	if (r < 0)
-		log_err("publisher: cannot install the seccomp filter");
-	seccomp_release(ctx);
-	return r;
 }
 
 /* No percent-decoding at all: the path we look up is the path that was sent. */
@@ -644,7 +372,7 @@ static char *slurp(const char *path)
 	return buf;
 }
 
-int publisher_main(int argc, char **argv)
+int main(int argc, char **argv)
 {
 	const char *listen = NULL, *cert = NULL, *key = NULL;
 	char *certpem = NULL, *keypem = NULL, host[256], *colon;
@@ -657,7 +385,6 @@ int publisher_main(int argc, char **argv)
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
 	int fd = -1, plain = 0, i, port, rc = 1;
 
-	log_init("cimdd-publisher", 1);
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--publisher") == 0 && i + 1 < argc)
 			fd = atoi(argv[++i]);
@@ -670,19 +397,20 @@ int publisher_main(int argc, char **argv)
 		else if (strcmp(argv[i], "--plain") == 0)
 			plain = 1;
 		else {
-			log_err("publisher: unexpected argument %s", argv[i]);
+			pub_log_err("publisher: unexpected argument %s", argv[i]);
 			return 2;
 		}
 	}
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
 	signal(SIGPIPE, SIG_IGN);
 	if (fd < 3 || listen == NULL || (!plain && (cert == NULL || key == NULL))) {
-		log_err("publisher: needs --publisher FD --listen HOST:PORT and TLS or --plain");
+		pub_log_err(
+		    "publisher: needs --publisher FD --listen HOST:PORT and TLS or --plain");
 		return 2;
 	}
 	snprintf(host, sizeof(host), "%s", listen);
 	if ((colon = strrchr(host, ':')) == NULL || (port = atoi(colon + 1)) <= 0 || port > 65535) {
-		log_err("publisher: listen %s is not HOST:PORT", listen);
+		pub_log_err("publisher: listen %s is not HOST:PORT", listen);
 		return 2;
 	}
 	*colon = '\0';
@@ -691,16 +419,16 @@ int publisher_main(int argc, char **argv)
 		memmove(host, host + 1, strlen(host));
 	}
 	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0) {
-		log_err("publisher: listen %s: not a numeric address", listen);
+		pub_log_err("publisher: listen %s: not a numeric address", listen);
 		return 2;
 	}
 	if (plain)
-		log_warn("publisher: serving plain HTTP on %s (allow_http): only behind a "
-			 "TLS-terminating proxy",
-			 listen);
+		pub_log_warn("publisher: serving plain HTTP on %s (allow_http): only behind a "
+			     "TLS-terminating proxy",
+			     listen);
 	if (!plain) {
 		if ((certpem = slurp(cert)) == NULL || (keypem = slurp(key)) == NULL) {
-			log_err("publisher: cannot read %s or %s", cert, key);
+			pub_log_err("publisher: cannot read %s or %s", cert, key);
 			goto out;
 		}
 		flags |= MHD_USE_TLS;
@@ -723,7 +451,7 @@ int publisher_main(int argc, char **argv)
 			       NULL, plain ? MHD_OPTION_END : MHD_OPTION_HTTPS_MEM_CERT, certpem,
 			       MHD_OPTION_HTTPS_MEM_KEY, keypem, MHD_OPTION_END);
 	if (mhd == NULL) {
-		log_err("publisher: cannot serve on %s", listen);
+		pub_log_err("publisher: cannot serve on %s", listen);
 		goto out;
 	}
 	if (keypem != NULL) {
@@ -737,7 +465,7 @@ int publisher_main(int argc, char **argv)
 		tzset();
 		localtime_r(&now, &tm);
 	}
-	if (drop_privileges() < 0 || confine() < 0)
+	if (pub_drop_privileges() < 0 || pub_confine() < 0)
 		goto out;
 	/* The channel: messages until end of file (the custody process is gone).
 	 * A full table is built aside (BEGIN ... COMMIT) while the old one is
@@ -751,7 +479,7 @@ int publisher_main(int argc, char **argv)
 		if (read_full(fd, hdr, PUBSET_HDR_LEN) < 0)
 			break;
 		if (pubset_header(hdr, &len) < 0) {
-			log_err("publisher: malformed publication message header");
+			pub_log_err("publisher: malformed publication message header");
 			break;
 		}
 		if ((set = malloc(len)) == NULL || read_full(fd, set, len) < 0)
@@ -759,15 +487,15 @@ int publisher_main(int argc, char **argv)
 		/* Checked whole before anything is built from it. */
 		if (pubset_decode(set, len, &mflags, NULL, NULL, NULL) < 0 ||
 		    ((mflags & PUBSET_BEGIN) && building != NULL)) {
-			log_err("publisher: malformed publication message");
+			pub_log_err("publisher: malformed publication message");
 			break;
 		}
 		if ((mflags & PUBSET_BEGIN) && (building = calloc(1, sizeof(*building))) == NULL)
 			break;
 		if ((r = pubset_decode(set, len, NULL, NULL, build_route, &list)) < 0) {
 			free_list(list);
-			log_err("publisher: cannot build the published responses: %s",
-				strerror(-r));
+			pub_log_err("publisher: cannot build the published responses: %s",
+				    strerror(-r));
 			break;
 		}
 		free(set);
@@ -791,7 +519,8 @@ int publisher_main(int argc, char **argv)
 		}
 		free_list(gone);
 		if (r < 0) {
-			log_err("publisher: cannot apply a publication message: %s", strerror(-r));
+			pub_log_err("publisher: cannot apply a publication message: %s",
+				    strerror(-r));
 			break;
 		}
 	}

@@ -1,7 +1,9 @@
 /*
  * pubset.h — the publication channel's one codec (docs/protocol.md,
- * "Publication channel"), used by the custody process to encode and by the
- * publisher to decode.  It depends on nothing but libc.
+ * "Publication channel"), used by the custody process (service/publish.c) to
+ * encode and by cimdd-publisher (publisher/) to decode.  It depends on nothing
+ * but libc, and lives in codec/ (libcimdcodec.a) so that the publisher links
+ * it without anything of service/.
  *
  * The custody process sends messages on a one-way pipe; each carries entries
  * that put (add or replace) or delete one path:
@@ -38,6 +40,10 @@
  * PUBSET_CHUNK bytes each. */
 #define PUBSET_MSG_MAX (16 * 1024 * 1024)
 #define PUBSET_CHUNK (1024 * 1024)
+/* Paths a table may hold: four per client (document, JWKS, attestation,
+ * revocations) and the appliance's own.  The client bound is the custody
+ * process's (CIMD_CLIENTS_MAX, service.h, which checks that the two agree). */
+#define PUBSET_ENTRIES_MAX (4 * 10000 + 16)
 
 /* One entry as decoded: strings NUL-terminated, body pointing into the message. */
 struct pubset_entry {
