@@ -33,7 +33,10 @@ SVC_OBJ   := $(SVC_SRC:%.c=$(BUILD)/obj/%.o)
 SVC_LIB   := $(BUILD)/lib/libcimdsvc.a
 
 # tools/libcimd: the signing socket's client library, static and shared.
-CIMD_OBJ  := $(BUILD)/obj/tools/libcimd.o
+# tools/lineio.o, the client side of the line protocol, is in it but hidden
+# from the .so's exports (lineio.h); cimdctl and the tests link it too.
+LINEIO_OBJ := $(BUILD)/obj/tools/lineio.o
+CIMD_OBJ  := $(BUILD)/obj/tools/libcimd.o $(LINEIO_OBJ)
 CIMD_A    := $(BUILD)/lib/libcimd.a
 CIMD_SO   := $(BUILD)/lib/libcimd.so.0
 CIMD_LIBS := $(shell pkg-config --libs jansson)
@@ -75,7 +78,7 @@ $(BUILD)/bin/cimdd: $(BUILD)/obj/service/cimdd.o $(SVC_LIB) $(FW_LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(BUILD)/obj/tools/audit.o $(FW_LIB)
+$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(BUILD)/obj/tools/audit.o $(LINEIO_OBJ) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
