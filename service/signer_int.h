@@ -95,7 +95,8 @@ struct stat_ent {
 	struct timespec last;
 };
 
-/* Written by the io thread only (sign_io.c). */
+/* Written by the io thread only (sign_io.c); made before it starts and freed
+ * after it ends (sign_io_init, sign_io_free). */
 struct sign_io {
 	pthread_t thread;
 	int lfd, epfd;
@@ -106,7 +107,7 @@ struct sign_io {
 	struct store *reader; /* policies and receipts */
 };
 
-/* Written by the io thread only (sign_policy.c). */
+/* Written by the io thread only (sign_policy.c), as struct sign_io. */
 struct sign_policies {
 	struct policy **cache; /* open addressing by name */
 	size_t n_cached;
