@@ -54,7 +54,10 @@ SVC_OBJ   := $(SVC_SRC:%.c=$(BUILD)/obj/%.o)
 SVC_LIB   := $(BUILD)/lib/libcimdsvc.a
 
 # tools/libcimd: the signing socket's client library, static and shared.
-CIMD_OBJ  := $(BUILD)/obj/tools/libcimd.o
+# tools/lineio.o, the client side of the line protocol, is in it but hidden
+# from the .so's exports (lineio.h); cimdctl and the tests link it too.
+LINEIO_OBJ := $(BUILD)/obj/tools/lineio.o
+CIMD_OBJ  := $(BUILD)/obj/tools/libcimd.o $(LINEIO_OBJ)
 CIMD_A    := $(BUILD)/lib/libcimd.a
 CIMD_SO   := $(BUILD)/lib/libcimd.so.0
 CIMD_LIBS := $(shell pkg-config --libs jansson)
@@ -114,7 +117,7 @@ $(PUB_BIN): $(BUILD)/obj/publisher/publisher.o $(PUB_LIB) $(CODEC_LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs $(PUB_PKGS)) -lpthread
 
-$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(BUILD)/obj/tools/audit.o $(FW_LIB)
+$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(BUILD)/obj/tools/audit.o $(LINEIO_OBJ) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -23,17 +23,11 @@
 
 #include "service.h"
 
+/* An admin connection: the line server's (lineserv.c) and whether its uid is
+ * no operator (one answer, then closed). */
 struct conn {
-	int fd;
-	struct ucred cred;
-	char *in;
-	size_t in_len;
-	char *out;
-	size_t out_len, out_off;
-	time_t last;
-	time_t line_start; /* when the unfinished line in `in` began */
-	int stranger;	   /* the uid is no operator: one answer, then closed */
-	int closing;	   /* close once out is written */
+	struct ls_conn ls;
+	int stranger;
 };
 
 struct admin_server {
@@ -41,22 +35,13 @@ struct admin_server {
 	int lfd;
 	char *path;
 	struct conn conns[CIMD_ADMIN_CONNS_MAX];
+	struct ls_uids uids; /* connections per uid */
 };
 
+/* The admin socket's codes are a subset of the protocol's (proto_err.c). */
 const char *admin_err_name(enum admin_err e)
 {
-	static const char *const names[] = {
-	    [AE_OK] = "ok",
-	    [AE_BAD_REQUEST] = "bad_request",
-	    [AE_FORBIDDEN] = "forbidden",
-	    [AE_UNKNOWN_CLIENT] = "unknown_client",
-	    [AE_NOT_FOUND] = "not_found",
-	    [AE_CONFLICT] = "conflict",
-	    [AE_INVALID_DOCUMENT] = "invalid_document",
-	    [AE_BACKEND_UNAVAILABLE] = "backend_unavailable",
-	    [AE_INTERNAL] = "internal",
-	};
-	return (size_t)e < sizeof(names) / sizeof(names[0]) ? names[e] : "internal";
+	return proto_err_name((enum proto_err)e);
 }
 
 static enum admin_err op_status(struct admin_req *q)
@@ -248,57 +233,39 @@ done:
 	return out;
 }
 
-static void conn_close(struct conn *c)
+static void conn_close(struct admin_server *srv, struct conn *c)
 {
-	if (c->fd >= 0)
-		close(c->fd);
-	free(c->in);
-	free(c->out);
-	memset(c, 0, sizeof(*c));
-	c->fd = -1;
+	ls_uids_release(&srv->uids, c->ls.cred.uid);
+	ls_conn_close(&c->ls);
+	c->stranger = 0;
 }
 
+/* Queues an answer line; NULL (no answer could be made) closes. */
 static void queue(struct conn *c, char *resp)
 {
-	size_t n;
-	char *nb;
-
 	if (resp == NULL) {
-		c->closing = 1;
+		c->ls.closing = 1;
 		return;
 	}
-	n = strlen(resp);
-	if ((nb = realloc(c->out, c->out_len + n + 1)) == NULL) {
-		free(resp);
-		c->closing = 1;
-		return;
-	}
-	c->out = nb;
-	memcpy(c->out + c->out_len, resp, n);
-	c->out[c->out_len + n] = '\n';
-	c->out_len += n + 1;
+	if (ls_conn_send(&c->ls, resp, strlen(resp)) < 0 || ls_conn_send(&c->ls, "\n", 1) < 0)
+		c->ls.closing = 1;
 	free(resp);
 }
 
 static void conn_read(struct conn *c)
 {
-	ssize_t n;
+	int n = ls_conn_read(&c->ls, CIMD_ADMIN_LINE_MAX, time(NULL));
 
-	n = read(c->fd, c->in + c->in_len, CIMD_ADMIN_LINE_MAX + 1 - c->in_len);
-	if (n <= 0) {
-		if (n == 0 || (errno != EAGAIN && errno != EINTR))
-			c->closing = 1, c->in_len = 0;
+	if (n < 0) {
+		if (n != -EAGAIN && n != -EINTR)
+			c->ls.closing = 1, c->ls.in_len = 0;
 		return;
 	}
-	if (c->in_len == 0)
-		c->line_start = time(NULL);
-	c->in_len += (size_t)n;
-	c->last = time(NULL);
-	if (c->in_len > CIMD_ADMIN_LINE_MAX && memchr(c->in, '\n', c->in_len) == NULL) {
+	if (ls_conn_overlong(&c->ls, CIMD_ADMIN_LINE_MAX)) {
 		queue(c, strdup("{\"ok\":false,\"error\":\"too_large\",\"message\":\"request line "
 				"over 16384 bytes\"}"));
-		c->closing = 1;
-		c->in_len = 0;
+		c->ls.closing = 1;
+		c->ls.in_len = 0;
 	}
 }
 
@@ -307,62 +274,52 @@ static void conn_read(struct conn *c)
  * the daemon buffer answers without bound or starve the others. */
 static void conn_handle(struct admin_server *srv, struct conn *c)
 {
-	char *nl;
-	size_t used;
+	const char *line;
+	size_t len;
 
-	if (c->closing || c->out_len != 0 || (nl = memchr(c->in, '\n', c->in_len)) == NULL)
+	if (c->ls.closing || c->ls.out_len != 0 || (line = ls_conn_line(&c->ls, &len)) == NULL)
 		return;
-	used = (size_t)(nl - c->in) + 1;
-	queue(c, handle(srv->d, &c->cred, c->in, used - 1, &c->closing));
-	memmove(c->in, c->in + used, c->in_len - used);
-	c->in_len -= used;
-	c->line_start = time(NULL);
+	queue(c, handle(srv->d, &c->ls.cred, line, len, &c->ls.closing));
+	ls_conn_consume(&c->ls, len, time(NULL));
 	if (c->stranger)
-		c->closing = 1;
+		c->ls.closing = 1;
 }
 
 int admin_server_busy(const struct admin_server *srv)
 {
-	size_t j;
+	size_t j, len;
 
 	for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
 		const struct conn *c = &srv->conns[j];
-		if (c->fd >= 0 && !c->closing && c->out_len == 0 &&
-		    memchr(c->in, '\n', c->in_len) != NULL)
+		if (c->ls.fd >= 0 && !c->ls.closing && c->ls.out_len == 0 &&
+		    ls_conn_line(&c->ls, &len) != NULL)
 			return 1;
 	}
 	return 0;
 }
 
-static void conn_write(struct conn *c)
+/* Writes what the peer can take; -1 when it is gone. */
+static int conn_write(struct conn *c)
 {
-	ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
+	int r = ls_conn_flush(&c->ls);
 
-	if (n < 0) {
-		if (errno != EAGAIN && errno != EINTR)
-			c->closing = 1, c->out_off = c->out_len;
-		return;
-	}
-	c->out_off += (size_t)n;
-	c->last = time(NULL);
-	if (c->out_off == c->out_len) {
-		free(c->out);
-		c->out = NULL;
-		c->out_len = c->out_off = 0;
-	}
+	if (r > 0)
+		c->ls.last = time(NULL);
+	return r < 0 ? -1 : 0;
 }
 
 static void accept_one(struct admin_server *srv)
 {
 	struct conn *c = NULL;
-	socklen_t len = sizeof(struct ucred);
-	int fd;
-	size_t i, same;
+	struct ucred cred;
+	unsigned same;
+	int fd, stranger;
+	size_t i;
 
-	if ((fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) < 0)
+	if (ls_accept(srv->lfd, &fd, &cred) < 0)
 		return;
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
-		if (srv->conns[i].fd < 0) {
+		if (srv->conns[i].ls.fd < 0) {
 			c = &srv->conns[i];
 			break;
 		}
@@ -371,26 +328,19 @@ static void accept_one(struct admin_server *srv)
 		close(fd);
 		return;
 	}
-	c->fd = fd;
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0 ||
-	    (c->in = malloc(CIMD_ADMIN_LINE_MAX + 1)) == NULL) {
-		conn_close(c);
-		return;
-	}
 	/* Bounded per uid, so that one uid cannot take every connection: an
 	 * operator may hold a few; a stranger one, for one answer. */
-	c->stranger = config_operator(srv->d->cfg, c->cred.uid) == NULL;
-	for (i = 0, same = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
-		if (srv->conns[i].fd >= 0 && &srv->conns[i] != c &&
-		    srv->conns[i].cred.uid == c->cred.uid)
-			same++;
-	if (same >= (c->stranger ? 1 : CIMD_ADMIN_CONNS_PER_UID)) {
-		log_warn("admin: uid %d holds %zu connections; refusing another", (int)c->cred.uid,
+	stranger = config_operator(srv->d->cfg, cred.uid) == NULL;
+	same = ls_uids_count(&srv->uids, cred.uid);
+	if (!ls_uids_take(&srv->uids, cred.uid, stranger ? 1 : CIMD_ADMIN_CONNS_PER_UID)) {
+		log_warn("admin: uid %d holds %u connections; refusing another", (int)cred.uid,
 			 same);
-		conn_close(c);
+		close(fd);
 		return;
 	}
-	c->last = c->line_start = time(NULL);
+	ls_conn_open(&c->ls, fd, &cred, time(NULL));
+	c->ls.line_start = c->ls.last;
+	c->stranger = stranger;
 }
 
 int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size_t errlen)
@@ -403,15 +353,21 @@ int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size
 		return -ENOMEM;
 	srv->d = d;
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
-		srv->conns[i].fd = -1;
+		srv->conns[i].ls.fd = -1;
+	if (ls_uids_init(&srv->uids, CIMD_ADMIN_CONNS_MAX) < 0) {
+		free(srv);
+		return -ENOMEM;
+	}
 	if ((r = unix_listen(d->cfg->admin_socket, d->cfg->admin_socket_mode,
 			     d->cfg->admin_socket_gid, 16, &srv->lfd, err, errlen)) < 0) {
+		ls_uids_free(&srv->uids);
 		free(srv);
 		return r;
 	}
 	if ((srv->path = strdup(d->cfg->admin_socket)) == NULL) {
 		close(srv->lfd);
 		unlink(d->cfg->admin_socket);
+		ls_uids_free(&srv->uids);
 		free(srv);
 		return -ENOMEM;
 	}
@@ -427,10 +383,11 @@ void admin_server_free(struct admin_server **psrv)
 	if (srv == NULL)
 		return;
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
-		if (srv->conns[i].fd >= 0)
-			conn_close(&srv->conns[i]);
+		if (srv->conns[i].ls.fd >= 0)
+			conn_close(srv, &srv->conns[i]);
 	close(srv->lfd);
 	unlink(srv->path);
+	ls_uids_free(&srv->uids);
 	free(srv->path);
 	free(srv);
 	*psrv = NULL;
@@ -445,11 +402,12 @@ size_t admin_server_pollfds(struct admin_server *srv, struct pollfd *fds, size_t
 	fds[n++] = (struct pollfd){.fd = srv->lfd, .events = POLLIN};
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX && n < max; i++) {
 		struct conn *c = &srv->conns[i];
-		if (c->fd < 0)
+		if (c->ls.fd < 0)
 			continue;
 		/* Stop reading while answers are pending: a peer that never reads
 		 * cannot make us buffer without bound. */
-		fds[n++] = (struct pollfd){.fd = c->fd, .events = c->out_len ? POLLOUT : POLLIN};
+		fds[n++] =
+		    (struct pollfd){.fd = c->ls.fd, .events = c->ls.out_len ? POLLOUT : POLLIN};
 	}
 	return n;
 }
@@ -461,25 +419,25 @@ void admin_server_dispatch(struct admin_server *srv, const struct pollfd *fds, s
 
 	for (i = 1; i < n; i++) {
 		for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++)
-			if (srv->conns[j].fd == fds[i].fd)
+			if (srv->conns[j].ls.fd == fds[i].fd)
 				break;
 		if (j == CIMD_ADMIN_CONNS_MAX)
 			continue;
-		if (fds[i].revents & POLLOUT)
-			conn_write(&srv->conns[j]);
-		else if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+		if (fds[i].revents & POLLOUT) {
+			if (conn_write(&srv->conns[j]) < 0)
+				conn_close(srv, &srv->conns[j]);
+		} else if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
 			conn_read(&srv->conns[j]);
 	}
 	for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
 		struct conn *c = &srv->conns[j];
-		if (c->fd < 0)
+		if (c->ls.fd < 0)
 			continue;
 		conn_handle(srv, c);
-		/* Idle too long, or a line begun and not finished in time (a
-		 * stalled writer holds a connection no longer than this). */
-		if ((c->closing && c->out_len == 0) || now - c->last > CIMD_ADMIN_IDLE_SEC ||
-		    (c->in_len > 0 && now - c->line_start > CIMD_ADMIN_LINE_SEC))
-			conn_close(c);
+		/* Idle too long, or a line begun and not finished in time. */
+		if ((c->ls.closing && c->ls.out_len == 0) ||
+		    ls_conn_stalled(&c->ls, now, CIMD_ADMIN_LINE_SEC, CIMD_ADMIN_IDLE_SEC))
+			conn_close(srv, c);
 	}
 	if (n > 0 && (fds[0].revents & POLLIN))
 		accept_one(srv);

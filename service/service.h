@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -288,19 +289,45 @@ struct cimdd {
 	int accept_rollback; /* --accept-rollback: an older database is journaled, not refused */
 };
 
+/* ---- the protocol's error names, both sockets (proto_err.c) ---- */
+
+/* One table for docs/protocol.md's error names: what either socket answers in
+ * "error" and what the signer's metrics count under "result".  The signing
+ * socket's come first: its counters are indexed by them, up to PE_SIGN_N. */
+enum proto_err {
+	PE_OK = 0,
+	PE_BAD_REQUEST,
+	PE_TOO_LARGE,
+	PE_FORBIDDEN,
+	PE_UNKNOWN_CLIENT,
+	PE_AUDIENCE,
+	PE_NO_ACTIVE_KEY,
+	PE_UNAVAILABLE,
+	PE_RATE_LIMITED,
+	PE_INTERNAL,
+	PE_NOT_FOUND,
+	PE_NOT_CHECKPOINTED,
+	PE_SIGN_N, /* the signing socket answers only the codes above */
+	PE_CONFLICT = PE_SIGN_N,
+	PE_INVALID_DOCUMENT,
+	PE_N
+};
+/* The name on the wire; "internal" for a code out of range. */
+const char *proto_err_name(enum proto_err e);
+
 /* Every admin operation: the caller is an operator; inputs are the request's
  * members; on success *ret_result holds what the answer carries besides ok.
- * Failure codes are the protocol's error names (admin.c maps them). */
+ * Failure codes are the protocol's error names (proto_err.c names them). */
 enum admin_err {
-	AE_OK = 0,
-	AE_BAD_REQUEST,
-	AE_FORBIDDEN,
-	AE_UNKNOWN_CLIENT,
-	AE_NOT_FOUND,
-	AE_CONFLICT,
-	AE_INVALID_DOCUMENT,
-	AE_BACKEND_UNAVAILABLE,
-	AE_INTERNAL,
+	AE_OK = PE_OK,
+	AE_BAD_REQUEST = PE_BAD_REQUEST,
+	AE_FORBIDDEN = PE_FORBIDDEN,
+	AE_UNKNOWN_CLIENT = PE_UNKNOWN_CLIENT,
+	AE_NOT_FOUND = PE_NOT_FOUND,
+	AE_CONFLICT = PE_CONFLICT,
+	AE_INVALID_DOCUMENT = PE_INVALID_DOCUMENT,
+	AE_BACKEND_UNAVAILABLE = PE_UNAVAILABLE,
+	AE_INTERNAL = PE_INTERNAL,
 };
 const char *admin_err_name(enum admin_err e);
 
@@ -526,6 +553,67 @@ char *metrics_render(struct store *st, struct custody *c, struct tlog *tl, struc
  * (gid -1: the daemon's own); a stale socket is replaced, a live one refused. */
 int unix_listen(const char *path, mode_t mode, long gid, int backlog, int *ret_fd, char *err,
 		size_t errlen);
+
+/* ---- bounded line server (lineserv.c): admin.sock and sign.sock ---- */
+
+/* One connection of a line server: who the kernel says the peer is, its
+ * input (at most max + 1 bytes: a line and its newline, or proof that the line
+ * is too long) and its answers not yet written.  Written by the thread that
+ * serves the socket only. */
+struct ls_conn {
+	int fd; /* -1: a free slot */
+	struct ucred cred;
+	char *in;
+	size_t in_len;
+	char *out;
+	size_t out_len, out_off;
+	time_t last;	   /* the last request line or read */
+	time_t line_start; /* when the unfinished line in `in` began */
+	int closing;	   /* close once out is written */
+};
+/* Open connections per uid, for a cap per uid (sorted, by binary search). */
+struct ls_uids {
+	struct ls_uid_count {
+		uid_t uid;
+		unsigned n;
+	} * v;
+	size_t n, cap;
+};
+
+/* Room for cap different uids (a socket's connection limit). */
+int ls_uids_init(struct ls_uids *u, size_t cap);
+void ls_uids_free(struct ls_uids *u);
+/* Connections uid holds. */
+unsigned ls_uids_count(const struct ls_uids *u, uid_t uid);
+/* Counts one more connection of uid: 1, or 0 when uid holds max already. */
+int ls_uids_take(struct ls_uids *u, uid_t uid, unsigned max);
+void ls_uids_release(struct ls_uids *u, uid_t uid);
+/* One waiting connection, non-blocking and close-on-exec, with the peer's
+ * credentials (SO_PEERCRED).  -EAGAIN when none waits, -ENOTCONN when one was
+ * taken and closed without its credentials (accept(2) never says ENOTCONN),
+ * accept(2)'s own code otherwise. */
+int ls_accept(int lfd, int *ret_fd, struct ucred *ret_cred);
+/* c (free) takes fd. */
+void ls_conn_open(struct ls_conn *c, int fd, const struct ucred *cred, time_t now);
+/* Closes fd, frees the buffers and leaves c a free slot (fd -1). */
+void ls_conn_close(struct ls_conn *c);
+/* One read(2) into what is left of max + 1 bytes: the bytes read, -EAGAIN or
+ * -EINTR (try later, or again), or another negative code: the peer is gone
+ * (-ECONNRESET at its end of file). */
+int ls_conn_read(struct ls_conn *c, size_t max, time_t now);
+/* The first complete line (without its newline), or NULL. */
+const char *ls_conn_line(const struct ls_conn *c, size_t *ret_len);
+/* Drops the first line (len bytes and the newline). */
+void ls_conn_consume(struct ls_conn *c, size_t len, time_t now);
+/* More than max bytes and no newline: a line over the cap. */
+int ls_conn_overlong(const struct ls_conn *c, size_t max);
+/* A line begun and not finished within line_sec, or nothing for idle_sec. */
+int ls_conn_stalled(const struct ls_conn *c, time_t now, long line_sec, long idle_sec);
+/* Queues n bytes of answer. */
+int ls_conn_send(struct ls_conn *c, const char *text, size_t n);
+/* Writes what is queued until done or the peer must read first: 1 when
+ * something was written, 0 when nothing was, -EPIPE when the peer is gone. */
+int ls_conn_flush(struct ls_conn *c);
 
 /* ---- admin socket (admin.c) ---- */
 

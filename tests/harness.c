@@ -22,6 +22,7 @@
 #include <openssl/pem.h>
 
 #include "harness.h"
+#include "lineio.h"
 #include "service.h"
 
 /* Under a sanitizer its report, not our handler, ends the process (make asan). */
@@ -1261,4 +1262,41 @@ int t_cimdd_fetch(struct t_cimdd *c, const char *path, const char *file)
 		return 0;
 	}
 	return status;
+}
+
+/* ---- cimdd's sockets ---- */
+
+#define T_LINE_MAX (64 * 1024 * 1024) /* an answer line, as cimdctl takes it */
+
+int t_line_connect(const char *path, int *ret_fd)
+{
+	return lineio_connect(path, ret_fd);
+}
+
+int t_line_call(int fd, json_t *req, char *out, size_t len, int timeout_ms)
+{
+	struct lineio_buf b = {0};
+	char *line = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
+	size_t n;
+	int r = -ENOMEM;
+
+	json_decref(req);
+	if (len > 0)
+		out[0] = '\0';
+	if (line == NULL || len < 2)
+		goto out;
+	n = strlen(line);
+	line[n] = '\n'; /* json_dumps's NUL becomes the line's end */
+	if ((r = lineio_send(fd, line, n + 1, timeout_ms)) < 0 ||
+	    (r = lineio_read(fd, &b, T_LINE_MAX, timeout_ms, &n)) < 0)
+		goto out;
+	if (n > len - 1)
+		n = len - 1; /* the caller looks at the beginning only */
+	memcpy(out, b.buf, n);
+	out[n] = '\0';
+	r = 0;
+out:
+	free(line);
+	lineio_buf_free(&b);
+	return r;
 }

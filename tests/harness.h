@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include <jansson.h>
+
 #include "fw.h"
 
 /* Records one check; returns cond so a test can stop early. */
@@ -130,5 +132,16 @@ int t_cimdd_fetch(struct t_cimdd *c, const char *path, const char *file);
 /* curl -s --cacert CA BASE PATH into out; curl's exit status.  When curl fails,
  * out is empty. */
 int t_cimdd_get(struct t_cimdd *c, const char *path, char *out, size_t len);
+
+/* ---- cimdd's sockets, one JSON line each way (tools/lineio.c, as cimdctl
+ * and libcimd talk) ---- */
+
+/* A connection to the Unix socket at path: 0 and *ret_fd, or -errno. */
+int t_line_connect(const char *path, int *ret_fd);
+/* Sends req (taken) as one line on fd and reads the whole answer line, as
+ * much of it as fits into out (NUL-terminated, without its newline), waiting
+ * at most timeout_ms each time the socket is not ready.  0, or -ETIMEDOUT,
+ * -ECONNRESET, -EMSGSIZE (over 64 MiB) or another negative code. */
+int t_line_call(int fd, json_t *req, char *out, size_t len, int timeout_ms);
 
 #endif

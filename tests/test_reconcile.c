@@ -49,21 +49,9 @@ static int admin_fd = -1;
 
 static int admin_connect(void)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-
 	if (admin_fd >= 0)
 		return 0;
-	if (strlen(cd.dm.sock) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	memcpy(sa.sun_path, cd.dm.sock, strlen(cd.dm.sock) + 1);
-	if ((admin_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-		return -errno;
-	if (connect(admin_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		close(admin_fd);
-		admin_fd = -1;
-		return -errno;
-	}
-	return 0;
+	return t_line_connect(cd.dm.sock, &admin_fd);
 }
 
 static void admin_close(void)
@@ -76,36 +64,16 @@ static void admin_close(void)
 /* Sends req (taken) and reads the answer line; 0 when it says ok. */
 static int admin(json_t *req, char *out, size_t len)
 {
-	struct pollfd p;
-	char *line = req ? json_dumps(req, JSON_COMPACT) : NULL;
-	size_t off = 0, n;
-	ssize_t k;
-	int r = -EIO;
-
-	json_decref(req);
 	out[0] = '\0';
-	if (line == NULL || admin_connect() < 0)
-		goto out;
-	n = strlen(line);
-	line[n] = '\n'; /* json_dumps's NUL becomes the line's end */
-	if (write(admin_fd, line, n + 1) != (ssize_t)(n + 1))
-		goto fail;
-	while (off + 1 < len) {
-		p = (struct pollfd){.fd = admin_fd, .events = POLLIN};
-		if (poll(&p, 1, 60000) <= 0 || (k = read(admin_fd, out + off, len - 1 - off)) <= 0)
-			goto fail;
-		off += (size_t)k;
-		out[off] = '\0';
-		if (strchr(out, '\n') != NULL)
-			break;
+	if (admin_connect() < 0) {
+		json_decref(req);
+		return -EIO;
 	}
-	r = strstr(out, "\"ok\":true") != NULL ? 0 : -EREMOTEIO;
-	goto out;
-fail:
-	admin_close();
-out:
-	free(line);
-	return r;
+	if (t_line_call(admin_fd, req, out, len, 60000) < 0) {
+		admin_close();
+		return -EIO;
+	}
+	return strstr(out, "\"ok\":true") != NULL ? 0 : -EREMOTEIO;
 }
 
 /* n_keys keys: two thirds clients (an active key each), one third rotations

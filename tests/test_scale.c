@@ -47,7 +47,7 @@
 #include "service.h"
 
 #define SCALE_ADMIN_ANSWER_MAX (64 * 1024) /* one admin answer line we accept */
-#define SCALE_ADMIN_TIMEOUT_MS 120000	   /* one admin request, answer included */
+#define SCALE_ADMIN_TIMEOUT_MS 120000	   /* one wait of an admin request, for room or answer */
 #define SCALE_ADMIN_IDLE_MS 30000	   /* reconnect before the daemon's 60 s idle close */
 #define SCALE_HTTP_HEAD_MAX (16 * 1024)	   /* status line and headers of one answer */
 #define SCALE_HTTP_BODY_MAX (1024 * 1024)  /* one body: a document or a JWKS */
@@ -60,7 +60,6 @@ struct scale_admin {
 	int fd;
 	char path[600];
 	double last_ms; /* when the connection was last used */
-	size_t in_len;
 	char in[SCALE_ADMIN_ANSWER_MAX];
 };
 
@@ -69,7 +68,6 @@ static void scale_admin_close(struct scale_admin *a)
 	if (a->fd >= 0)
 		close(a->fd);
 	a->fd = -1;
-	a->in_len = 0;
 }
 
 /* Connects, trying again for up to wait_ms (a daemon that is starting). */
@@ -107,24 +105,6 @@ static int scale_admin_open(struct scale_admin *a, const char *path)
 	return scale_admin_connect(a, 10000);
 }
 
-/* Waits until fd is ready for events, at most until end (monotonic ms). */
-static int wait_fd(int fd, short events, double end)
-{
-	struct pollfd p = {.fd = fd, .events = events};
-	double left;
-	int n;
-
-	for (;;) {
-		if ((left = end - t_now_ms()) <= 0)
-			return -ETIMEDOUT;
-		n = poll(&p, 1, (int)left + 1);
-		if (n > 0)
-			return 0;
-		if (n < 0 && errno != EINTR)
-			return -errno;
-	}
-}
-
 /*
  * One request; takes req.  0 and *ret_answer (the answer object; NULL allowed)
  * when the daemon answered ok; -EREMOTEIO with "error: message" in err when it
@@ -133,53 +113,29 @@ static int wait_fd(int fd, short events, double end)
 static int scale_admin_call(struct scale_admin *a, json_t *req, json_t **ret_answer, char *err,
 			    size_t errlen)
 {
-	double end = t_now_ms() + SCALE_ADMIN_TIMEOUT_MS;
-	char *line = NULL, *nl = NULL;
 	json_t *ans = NULL;
-	size_t len, off = 0;
-	ssize_t k;
 	int r;
 
 	err[0] = '\0';
-	if (req == NULL || (line = json_dumps(req, JSON_COMPACT)) == NULL) {
+	if (req == NULL) {
 		r = -ENOMEM;
 		goto out;
 	}
-	len = strlen(line);
 	if ((a->fd < 0 || t_now_ms() - a->last_ms > SCALE_ADMIN_IDLE_MS) &&
 	    (r = scale_admin_connect(a, 10000)) < 0) {
 		snprintf(err, errlen, "connect %.300s: %s", a->path, strerror(-r));
 		goto out;
 	}
-	/* The line and its newline, written in full. */
-	while (off <= len) {
-		if ((r = wait_fd(a->fd, POLLOUT, end)) < 0)
-			goto io_fail;
-		k = off < len ? write(a->fd, line + off, len - off) : write(a->fd, "\n", 1);
-		if (k < 0 && errno != EAGAIN && errno != EINTR) {
-			r = -errno;
-			goto io_fail;
-		}
-		off += k > 0 ? (size_t)k : 0;
-	}
-	a->in_len = 0;
-	while ((nl = memchr(a->in, '\n', a->in_len)) == NULL) {
-		if (a->in_len == sizeof(a->in)) {
-			r = -EMSGSIZE;
-			goto io_fail;
-		}
-		if ((r = wait_fd(a->fd, POLLIN, end)) < 0)
-			goto io_fail;
-		k = read(a->fd, a->in + a->in_len, sizeof(a->in) - a->in_len);
-		if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) {
-			r = k == 0 ? -ECONNRESET : -errno;
-			goto io_fail;
-		}
-		a->in_len += k > 0 ? (size_t)k : 0;
+	/* The line and its newline out, the answer line in (tools/lineio.c). */
+	r = t_line_call(a->fd, req, a->in, sizeof(a->in), SCALE_ADMIN_TIMEOUT_MS);
+	req = NULL;
+	if (r < 0) {
+		snprintf(err, errlen, "admin socket: %s", strerror(-r));
+		scale_admin_close(a);
+		goto out;
 	}
 	a->last_ms = t_now_ms();
-	if ((ans = json_loadb(a->in, (size_t)(nl - a->in), 0, NULL)) == NULL ||
-	    !json_is_object(ans)) {
+	if ((ans = json_loads(a->in, 0, NULL)) == NULL || !json_is_object(ans)) {
 		snprintf(err, errlen, "an answer that is not a JSON object");
 		r = -EPROTO;
 		scale_admin_close(a);
@@ -198,14 +154,9 @@ static int scale_admin_call(struct scale_admin *a, json_t *req, json_t **ret_ans
 		ans = NULL;
 	}
 	r = 0;
-	goto out;
-io_fail:
-	snprintf(err, errlen, "admin socket: %s", strerror(-r));
-	scale_admin_close(a);
 out:
 	json_decref(ans);
 	json_decref(req);
-	free(line);
 	return r;
 }
 

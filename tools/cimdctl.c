@@ -15,9 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +23,7 @@
 
 #include "audit.h"
 #include "fw.h"
+#include "lineio.h"
 
 #define DEFAULT_SOCKET "/run/cimdd/admin.sock"
 #define METADATA_MAX (64 * 1024)
@@ -56,52 +55,35 @@ static int usage_error(const char *usage, const char *fmt, ...)
 /* Sends req (stolen) and reads one answer; 0 ok, 1 refused, 3 unreachable. */
 static int call(json_t *req, json_t **ret_resp)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	char *line = NULL, *buf = NULL, *nl;
-	size_t len = 0, cap = 0, off = 0, n;
+	struct lineio_buf in = {0};
+	char *line = NULL;
+	size_t n;
 	json_t *resp;
-	ssize_t k;
-	int fd = -1, rc = 3;
+	int fd = -1, rc = 3, r;
 
-	if (strlen(sock_path) >= sizeof(sa.sun_path)) {
+	if ((r = lineio_connect(sock_path, &fd)) == -ENAMETOOLONG) {
 		fprintf(stderr, "cimdctl: socket path too long: %s\n", sock_path);
 		goto out;
 	}
-	strcpy(sa.sun_path, sock_path);
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
-	    connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fprintf(stderr, "cimdctl: cannot reach cimdd at %s: %s\n", sock_path,
-			strerror(errno));
+	if (r < 0) {
+		fprintf(stderr, "cimdctl: cannot reach cimdd at %s: %s\n", sock_path, strerror(-r));
 		goto out;
 	}
 	if ((line = json_dumps(req, JSON_COMPACT)) == NULL)
 		goto out;
 	n = strlen(line);
 	line[n] = '\n'; /* json_dumps leaves room for the NUL we overwrite */
-	for (off = 0; off < n + 1; off += (size_t)k)
-		if ((k = write(fd, line + off, n + 1 - off)) <= 0) {
-			fprintf(stderr, "cimdctl: writing to %s: %s\n", sock_path, strerror(errno));
-			goto out;
-		}
-	for (;;) {
-		if (len + 4096 + 1 > cap) {
-			char *nb;
-			if (cap >= RESPONSE_MAX ||
-			    (nb = realloc(buf, cap = cap ? 2 * cap : 65536)) == NULL) {
-				fprintf(stderr, "cimdctl: answer too large\n");
-				goto out;
-			}
-			buf = nb;
-		}
-		if ((k = read(fd, buf + len, cap - len - 1)) <= 0) {
-			fprintf(stderr, "cimdctl: cimdd closed the connection without an answer\n");
-			goto out;
-		}
-		len += (size_t)k;
-		if ((nl = memchr(buf, '\n', len)) != NULL)
-			break;
+	if ((r = lineio_send(fd, line, n + 1, -1)) < 0) {
+		fprintf(stderr, "cimdctl: writing to %s: %s\n", sock_path, strerror(-r));
+		goto out;
 	}
-	if ((resp = json_loadb(buf, (size_t)(nl - buf), 0, NULL)) == NULL) {
+	if ((r = lineio_read(fd, &in, RESPONSE_MAX, -1, &n)) < 0) {
+		fprintf(stderr, r == -EMSGSIZE || r == -ENOMEM
+				    ? "cimdctl: answer too large\n"
+				    : "cimdctl: cimdd closed the connection without an answer\n");
+		goto out;
+	}
+	if ((resp = json_loadb(in.buf, n, 0, NULL)) == NULL) {
 		fprintf(stderr, "cimdctl: malformed answer from cimdd\n");
 		goto out;
 	}
@@ -111,7 +93,7 @@ out:
 	if (fd >= 0)
 		close(fd);
 	free(line);
-	free(buf);
+	lineio_buf_free(&in);
 	json_decref(req);
 	return rc;
 }

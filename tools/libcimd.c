@@ -3,7 +3,6 @@
  * socket"): one request line out, one answer line back.
  */
 #include <errno.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 #include <jansson.h>
 
 #include "cimd.h"
+#include "lineio.h"
 
 #define LINE_MAX_IN (64 * 1024) /* an answer; assertions are far smaller */
 #define ANSWER_MS 10000		/* the daemon answers within its deadlines */
@@ -23,8 +23,7 @@ struct cimd {
 	int fd;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char msg[512];
-	char *in;
-	size_t in_len;
+	struct lineio_buf in; /* the answer being read */
 };
 
 static const struct {
@@ -92,19 +91,16 @@ static void disconnect(struct cimd *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
-	c->in_len = 0;
+	c->in.len = 0;
 }
 
 static int connect_to(struct cimd *c)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int r;
 
-	memcpy(sa.sun_path, c->path, sizeof(sa.sun_path));
-	if ((c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-		return fail(c, CIMD_UNREACHABLE, "socket: %s", strerror(errno));
-	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		snprintf(c->msg, sizeof(c->msg), "%s: %s", c->path, strerror(errno));
-		disconnect(c);
+	if ((r = lineio_connect(c->path, &c->fd)) < 0) {
+		c->fd = -1;
+		snprintf(c->msg, sizeof(c->msg), "%s: %s", c->path, strerror(-r));
 		return CIMD_UNREACHABLE;
 	}
 	return CIMD_OK;
@@ -133,7 +129,7 @@ void cimd_close(struct cimd **pc)
 	if (c == NULL)
 		return;
 	disconnect(c);
-	free(c->in);
+	lineio_buf_free(&c->in);
 	free(c);
 	*pc = NULL;
 }
@@ -143,51 +139,24 @@ const char *cimd_message(const struct cimd *c)
 	return c != NULL ? c->msg : "out of memory";
 }
 
-static int send_all(int fd, const char *p, size_t n)
-{
-	ssize_t w;
-
-	while (n > 0) {
-		w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* One answer line into *ret_line (NUL-terminated, inside c->in). */
 static int read_line(struct cimd *c, char **ret_line)
 {
-	struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-	char *nl;
-	ssize_t n;
+	size_t len;
+	int r;
 
-	if (c->in == NULL && (c->in = malloc(LINE_MAX_IN + 1)) == NULL)
+	switch ((r = lineio_read(c->fd, &c->in, LINE_MAX_IN, ANSWER_MS, &len))) {
+	case 0:
+		*ret_line = c->in.buf;
+		return CIMD_OK;
+	case -ENOMEM:
 		return CIMD_NOMEM;
-	c->in_len = 0;
-	for (;;) {
-		if ((nl = memchr(c->in, '\n', c->in_len)) != NULL) {
-			*nl = '\0';
-			*ret_line = c->in;
-			return CIMD_OK;
-		}
-		if (c->in_len == LINE_MAX_IN)
-			return fail(c, CIMD_PROTOCOL, "%s", "answer line too long");
-		n = poll(&pfd, 1, ANSWER_MS);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0)
-			return fail(c, CIMD_UNREACHABLE, "%s", "no answer from the daemon");
-		n = read(c->fd, c->in + c->in_len, LINE_MAX_IN - c->in_len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return fail(c, CIMD_UNREACHABLE, "%s", "the daemon closed the connection");
-		c->in_len += (size_t)n;
+	case -EMSGSIZE:
+		return fail(c, CIMD_PROTOCOL, "%s", "answer line too long");
+	case -ETIMEDOUT:
+		return fail(c, CIMD_UNREACHABLE, "%s", "no answer from the daemon");
+	default:
+		return fail(c, CIMD_UNREACHABLE, "%s", "the daemon closed the connection");
 	}
 }
 
@@ -202,13 +171,13 @@ static int exchange(struct cimd *c, const char *req, json_t **ret_answer)
 	for (attempt = 0; attempt < 2; attempt++) {
 		if (c->fd < 0 && (r = connect_to(c)) != CIMD_OK)
 			return r;
-		if (send_all(c->fd, req, strlen(req)) < 0) {
-			r = fail(c, CIMD_UNREACHABLE, "send: %s", strerror(errno));
+		if ((r = lineio_send(c->fd, req, strlen(req), -1)) < 0) {
+			r = fail(c, CIMD_UNREACHABLE, "send: %s", strerror(-r));
 			disconnect(c);
 			continue;
 		}
 		if ((r = read_line(c, &line)) != CIMD_OK) {
-			int retry = r == CIMD_UNREACHABLE && c->in_len == 0;
+			int retry = r == CIMD_UNREACHABLE && c->in.len == 0;
 
 			disconnect(c);
 			if (retry)
