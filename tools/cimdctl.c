@@ -24,7 +24,7 @@
 #include <jansson.h>
 
 #include "audit.h"
-#include "fw.h"
+#include "fmt.h"
 
 #define DEFAULT_SOCKET "/run/cimdd/admin.sock"
 #define METADATA_MAX (64 * 1024)
