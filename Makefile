@@ -19,14 +19,41 @@ WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-protot
              -Wformat=2 -Wvla
 HARDEN    := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIC
 BASE_CFLAGS := -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE $(OPT) $(WARN) $(HARDEN) $(SAN)
-CFLAGS    += $(BASE_CFLAGS) -Ifirmware -Iservice -Icodec -Ipublisher -Itools \
+CFLAGS    += $(BASE_CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) p11-kit-1)
 LDLIBS    += $(shell pkg-config --libs $(PKGS)) -ldl -lpthread
 LDFLAGS   += $(SAN) -Wl,-z,relro,-z,now
 
-FW_SRC    := $(wildcard firmware/*.c)
-FW_OBJ    := $(FW_SRC:%.c=$(BUILD)/obj/%.o)
-FW_LIB    := $(BUILD)/lib/libcimdfw.a
+# Include paths, one per layer, so that a layer cannot include a header of a
+# layer above it: firmware/ sees only itself; libcimd only tools/; cimdctl
+# and audit.c firmware/ and tools/; service/ firmware/, codec/ and itself;
+# codec/ itself, publisher/ codec/ and itself.  tests/,
+# bench/ and the fuzz targets (tests/fuzz/) see every layer: INC's default.
+# Pattern-specific, so the asan, fuzz and bench builds (BUILD=...) get them too.
+INC       := -Ifirmware -Iservice -Icodec -Ipublisher -Itools
+$(BUILD)/obj/firmware/%.o: INC := -Ifirmware
+$(BUILD)/obj/service/%.o: INC := -Ifirmware -Iservice -Icodec
+$(BUILD)/obj/tools/%.o: INC := -Ifirmware -Itools
+$(BUILD)/obj/tools/libcimd.o $(BUILD)/obj/tools/cimd-assert.o $(BUILD)/obj/tools/lineio.o: INC := -Itools
+$(BUILD)/obj/codec/%.o: INC := -Icodec
+$(BUILD)/obj/publisher/%.o: INC := -Icodec -Ipublisher
+
+# firmware/ is two libraries (fmt.h, ks.h): libcimdfmt.a, the formats and
+# their verifiers, touches no hardware; libcimdks.a is the key store, its
+# backends and the signing halves of the formats, built on libcimdfmt.a.
+# cimdctl links libcimdfmt.a alone (tests/test_links.c checks it).  A new
+# firmware file goes to libcimdfmt.a unless it is named here.
+KS_SRC    := firmware/key_store.c firmware/ks_pkcs11.c firmware/ks_tpm2.c \
+             firmware/jws_sign.c firmware/dsse_sign.c firmware/note_sign.c
+FMT_SRC   := $(filter-out $(KS_SRC),$(wildcard firmware/*.c))
+FMT_OBJ   := $(FMT_SRC:%.c=$(BUILD)/obj/%.o)
+FMT_LIB   := $(BUILD)/lib/libcimdfmt.a
+KS_OBJ    := $(KS_SRC:%.c=$(BUILD)/obj/%.o)
+KS_LIB    := $(BUILD)/lib/libcimdks.a
+FW_LIB    := $(KS_LIB) $(FMT_LIB)
+# What libcimdfmt.a needs, and no more: no libp11, tss2-esys/tctildr, sqlite
+# or libmicrohttpd in a program that verifies the appliance offline.
+FMT_LIBS  := $(shell pkg-config --libs libcrypto jansson tss2-mu)
 
 # codec/: the publication channel's codec and the hash table, which both the
 # daemon and the publisher link (libc only).
@@ -46,7 +73,7 @@ PUB_OBJ   := $(PUB_SRC:%.c=$(BUILD)/obj/%.o)
 PUB_LIB   := $(BUILD)/lib/libcimdpub.a
 PUB_BIN   := $(BUILD)/libexec/cimdd/cimdd-publisher
 $(CODEC_OBJ) $(PUB_OBJ) $(BUILD)/obj/publisher/publisher.o: \
-	CFLAGS = $(BASE_CFLAGS) -Icodec -Ipublisher $(shell pkg-config --cflags $(PUB_PKGS))
+	CFLAGS = $(BASE_CFLAGS) $(shell pkg-config --cflags $(PUB_PKGS))
 
 # service/: everything but the daemon's main() is a library the tests link.
 SVC_SRC   := $(filter-out service/cimdd.c,$(wildcard service/*.c))
@@ -82,11 +109,18 @@ deps:
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	@$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	@$(CC) $(CFLAGS) $(INC) -MMD -MP -c $< -o $@
 
-$(FW_LIB): $(FW_OBJ)
+$(FMT_LIB): $(FMT_OBJ)
 	@mkdir -p $(dir $@)
 	@echo "  AR      $@"
+	@rm -f $@
+	@$(AR) rcs $@ $^
+
+$(KS_LIB): $(KS_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  AR      $@"
+	@rm -f $@
 	@$(AR) rcs $@ $^
 
 $(SVC_LIB): $(SVC_OBJ)
@@ -117,10 +151,10 @@ $(PUB_BIN): $(BUILD)/obj/publisher/publisher.o $(PUB_LIB) $(CODEC_LIB)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs $(PUB_PKGS)) -lpthread
 
-$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(BUILD)/obj/tools/audit.o $(LINEIO_OBJ) $(FW_LIB)
+$(BUILD)/bin/cimdctl: $(BUILD)/obj/tools/cimdctl.o $(BUILD)/obj/tools/audit.o $(LINEIO_OBJ) $(FMT_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(FMT_LIBS)
 
 $(CIMD_A): $(CIMD_OBJ)
 	@mkdir -p $(dir $@)

@@ -11,7 +11,7 @@
 
 #include <openssl/evp.h>
 
-#include "fw.h"
+#include "fmt.h"
 
 #define BINDING_LABEL "cimdd certify binding v1"
 

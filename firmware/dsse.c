@@ -1,7 +1,8 @@
 /*
  * dsse.c — DSSE v1 envelopes (github.com/secure-systems-lab/dsse, protocol.md
- * and envelope.md) signed with a key store key, verified offline against a
- * JWKS; and the standard base64 with padding (RFC 4648 §4) that envelopes use.
+ * and envelope.md): the pre-authentication encoding, and verification offline
+ * against a JWKS.  Signing with a key store key is dsse_sign.c; the standard
+ * base64 with padding (RFC 4648 §4) that envelopes use is b64.c's BASE64_STD.
  *
  * The signature covers the pre-authentication encoding (PAE) of payloadType and
  * payload, never the JSON, so the envelope's serialisation does not matter.
@@ -14,121 +15,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fw.h"
+#include "fmt.h"
 
 /* Caps for what a verifier accepts: an envelope's payload (decoded) and its
- * signatures.  What dsse_sign builds stays within them. */
+ * signatures.  What dsse_sign builds stays within them: it builds on dsse_pae,
+ * which holds payload and type to these caps. */
 #define DSSE_PAYLOAD_MAX (1024 * 1024)
 #define DSSE_TYPE_MAX 256
 #define DSSE_SIGS_MAX 16
 #define DSSE_SIG_B64_MAX 256 /* base64 of a DER ECDSA P-384 signature is 140 */
-
-/* ---- base64, RFC 4648 §4 ---- */
-
-static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-int b64_encode_alloc(const uint8_t *in, size_t n, char **ret_s)
-{
-	size_t i, o = 0;
-	uint32_t v;
-	char *s;
-
-	if (n > (SIZE_MAX - 1) / 4 * 3 - 3)
-		return -EOVERFLOW;
-	if ((s = malloc((n + 2) / 3 * 4 + 1)) == NULL)
-		return -ENOMEM;
-	for (i = 0; i + 3 <= n; i += 3) {
-		v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-		s[o++] = b64_std[v >> 18 & 63];
-		s[o++] = b64_std[v >> 12 & 63];
-		s[o++] = b64_std[v >> 6 & 63];
-		s[o++] = b64_std[v & 63];
-	}
-	/* RFC 4648 §4: a final quantum of 8 or 16 bits is padded with "=". */
-	if (n - i == 1) {
-		v = (uint32_t)in[i] << 16;
-		s[o++] = b64_std[v >> 18 & 63];
-		s[o++] = b64_std[v >> 12 & 63];
-		s[o++] = '=';
-		s[o++] = '=';
-	} else if (n - i == 2) {
-		v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-		s[o++] = b64_std[v >> 18 & 63];
-		s[o++] = b64_std[v >> 12 & 63];
-		s[o++] = b64_std[v >> 6 & 63];
-		s[o++] = '=';
-	}
-	s[o] = '\0';
-	*ret_s = s;
-	return 0;
-}
-
-/* The value of a character of either alphabet (RFC 4648 §4 and §5); which
- * alphabet it belongs to in *alpha (1 standard, 2 URL-safe, 0 both). */
-static int b64_value(char c, int *alpha)
-{
-	*alpha = 0;
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+' || c == '/') {
-		*alpha = 1;
-		return c == '+' ? 62 : 63;
-	}
-	if (c == '-' || c == '_') {
-		*alpha = 2;
-		return c == '-' ? 62 : 63;
-	}
-	return -1;
-}
-
-int b64_decode(const char *in, size_t len, uint8_t **ret_buf, size_t *ret_n)
-{
-	uint8_t *buf;
-	size_t i, n = 0, pad = 0;
-	uint32_t acc = 0;
-	int bits = 0, v, alpha, seen = 0, r = -CIMD_EFORMAT;
-
-	if (in == NULL && len > 0)
-		return -EINVAL;
-	/* RFC 4648 §4: padded to whole 4-character quanta, at most two "=",
-	 * and only at the end. */
-	if (len % 4 != 0)
-		return -CIMD_EFORMAT;
-	if (len > 0 && in[len - 1] == '=')
-		pad = len > 1 && in[len - 2] == '=' ? 2 : 1;
-	if ((buf = malloc(len / 4 * 3 + 1)) == NULL)
-		return -ENOMEM;
-	for (i = 0; i < len - pad; i++) {
-		if ((v = b64_value(in[i], &alpha)) < 0)
-			goto out;
-		/* One encoding per string: "+/" and "-_" together is neither. */
-		if (alpha != 0) {
-			if (seen != 0 && seen != alpha)
-				goto out;
-			seen = alpha;
-		}
-		acc = acc << 6 | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			buf[n++] = (uint8_t)(acc >> bits);
-		}
-	}
-	/* RFC 4648 §3.5: the pad bits of the last quantum must be zero. */
-	if (bits > 0 && (acc & ((1u << bits) - 1)) != 0)
-		goto out;
-	*ret_buf = buf;
-	*ret_n = n;
-	buf = NULL;
-	r = 0;
-out:
-	free(buf);
-	return r;
-}
 
 /* ---- DSSE ---- */
 
@@ -157,58 +52,6 @@ int dsse_pae(const char *type, const uint8_t *body, size_t len, uint8_t **ret, s
 	*ret = out;
 	*ret_len = (size_t)n + len;
 	return 0;
-}
-
-int dsse_sign(struct key_store *ks, struct ks_key *key, const char *type, const uint8_t *body,
-	      size_t len, json_t **ret_envelope)
-{
-	enum cimd_alg alg = ks_key_alg(key);
-	size_t size = cimd_alg_ec_size(alg), pae_len, sig_len, der_len;
-	uint8_t *pae = NULL, *der = NULL, sig[CIMD_SIG_MAX];
-	char *b64_body = NULL, *b64_sig = NULL;
-	json_t *env = NULL, *jtype = NULL;
-	int r;
-
-	/* DSSE signatures here are ECDSA in DER; RSASSA-PSS keys stay with JWS. */
-	if (alg != CIMD_ALG_ES256 && alg != CIMD_ALG_ES384)
-		return -CIMD_EALG;
-	if ((r = dsse_pae(type, body, len, &pae, &pae_len)) < 0)
-		goto out;
-	/* payloadType is a JSON string: UTF-8 (RFC 8259 §8.1). */
-	if ((jtype = json_string(type)) == NULL) {
-		r = -EINVAL;
-		goto out;
-	}
-	/* The key store hashes with the key's hash (ES256: SHA-256) and gives
-	 * r||s (RFC 7518 §3.4); DSSE carries the DER form. */
-	if ((r = key_store_sign(ks, key, pae, pae_len, sig, &sig_len)) < 0)
-		goto out;
-	if (sig_len != 2 * size) {
-		r = -CIMD_EBACKEND;
-		goto out;
-	}
-	if ((r = ecdsa_raw_to_der(sig, size, &der, &der_len)) < 0 ||
-	    (r = b64_encode_alloc(body, len, &b64_body)) < 0 ||
-	    (r = b64_encode_alloc(der, der_len, &b64_sig)) < 0)
-		goto out;
-	/* envelope.md: payload, payloadType, signatures [{keyid, sig}]. */
-	env = json_pack("{s:s, s:O, s:[{s:s, s:s}]}", "payload", b64_body, "payloadType", jtype,
-			"signatures", "keyid", ks_key_kid(key), "sig", b64_sig);
-	if (env == NULL) {
-		r = -ENOMEM;
-		goto out;
-	}
-	*ret_envelope = env;
-	env = NULL;
-	r = 0;
-out:
-	free(pae);
-	free(der);
-	free(b64_body);
-	free(b64_sig);
-	json_decref(env);
-	json_decref(jtype);
-	return r;
 }
 
 /* The ECDSA algorithm of a trusted JWK: its crv decides the hash (P-256:

@@ -13,7 +13,7 @@
 #include <openssl/bn.h>
 #include <openssl/ecdsa.h>
 
-#include "fw.h"
+#include "fmt.h"
 
 int ecdsa_der_to_raw(const uint8_t *der, size_t der_len, size_t size, uint8_t *ret_raw)
 {

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "fw.h"
+#include "fmt.h"
 
 static const char *const msgs[CIMD_ELAST - CIMD_EBASE] = {
     [CIMD_ECONFIG - CIMD_EBASE] = "bad key store configuration",

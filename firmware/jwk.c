@@ -12,7 +12,7 @@
 #include <openssl/param_build.h>
 #include <openssl/sha.h>
 
-#include "fw.h"
+#include "fmt.h"
 
 static const struct {
 	enum cimd_alg alg;

@@ -31,7 +31,7 @@
 
 #include <openssl/crypto.h>
 
-#include "fw.h"
+#include "ks.h"
 
 #define KS_MAX_PARAMS 8
 #define KS_CONF_MAX 1024

@@ -45,7 +45,7 @@
 #include <openssl/rand.h>
 #include <p11-kit/pkcs11.h>
 
-#include "fw.h"
+#include "ks.h"
 
 #define P11_ID_LEN 16	/* CKA_ID of keys we generate: 128 random bits */
 #define P11_FIND_MAX 16 /* objects one CKA_ID may name (a pair, normally) */

@@ -30,7 +30,7 @@
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
 
-#include "fw.h"
+#include "ks.h"
 
 #define TPM_TIMEOUT_FAST_MS 1500       /* load, sign, flush: unavailable within 2 s */
 #define TPM_TIMEOUT_SLOW_MS 60000      /* CreatePrimary, Create (RSA key generation) */

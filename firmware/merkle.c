@@ -21,7 +21,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "fw.h"
+#include "fmt.h"
 
 static void sha256_parts(const uint8_t *a, size_t an, const uint8_t *b, size_t bn, const uint8_t *c,
 			 size_t cn, uint8_t out[32])

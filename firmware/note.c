@@ -10,6 +10,8 @@
  * implemented by github.com/transparency-dev/witness"), a DER ECDSA-Sig-Value
  * over SHA-256 of the note text, key ID = SHA-256(DER SubjectPublicKeyInfo)[:4].
  *
+ * Signature lines are written by note_sign.c, through the key store.
+ *
  * A checkpoint's text is the origin line, the tree size in decimal, the root
  * hash in base64, then optional extension lines.
  */
@@ -24,13 +26,11 @@
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
-#include "fw.h"
-
-static const char em_dash[] = "\xe2\x80\x94"; /* U+2014 in UTF-8 */
+#include "fmt.h"
 
 /* A key name: non-empty, no space, no '+' (signed-note: "Key names ... MUST
  * NOT contain spaces or plus signs"), printable ASCII. */
-static int valid_name(const char *name)
+int note_name_valid(const char *name)
 {
 	const char *p;
 
@@ -62,46 +62,6 @@ int note_key_id(const json_t *jwk, uint8_t ret[4])
 out:
 	OPENSSL_free(der);
 	EVP_PKEY_free(pk);
-	return r;
-}
-
-int note_sign_line(struct key_store *ks, struct ks_key *key, const char *name, const char *text,
-		   size_t len, char **ret_line)
-{
-	enum cimd_alg alg = ks_key_alg(key);
-	size_t size = cimd_alg_ec_size(alg), der_len, sl;
-	uint8_t sig[CIMD_SIG_MAX], *der = NULL, *blob = NULL;
-	char *b64 = NULL, *line = NULL;
-	json_t *jwk = NULL;
-	int r;
-
-	if (!valid_name(name) || len == 0 || text[len - 1] != '\n' || alg != CIMD_ALG_ES256)
-		return -EINVAL;
-	if ((jwk = ks_key_jwk(key)) == NULL)
-		return -ENOMEM;
-	if ((r = key_store_sign(ks, key, (const uint8_t *)text, len, sig, &sl)) < 0 ||
-	    (r = ecdsa_raw_to_der(sig, size, &der, &der_len)) < 0)
-		goto out;
-	if ((blob = malloc(4 + der_len)) == NULL) {
-		r = -ENOMEM;
-		goto out;
-	}
-	if ((r = note_key_id(jwk, blob)) < 0)
-		goto out;
-	memcpy(blob + 4, der, der_len);
-	if ((r = b64_encode_alloc(blob, 4 + der_len, &b64)) < 0)
-		goto out;
-	if (asprintf(&line, "%s %s %s\n", em_dash, name, b64) < 0) {
-		r = -ENOMEM;
-		goto out;
-	}
-	*ret_line = line;
-	r = 0;
-out:
-	free(b64);
-	free(blob);
-	free(der);
-	json_decref(jwk);
 	return r;
 }
 
@@ -138,7 +98,8 @@ int note_verify(const char *note, size_t len, const char *name, const json_t *jw
 		return cimd_fail(errbuf, errlen, r, "the trusted key is not a usable public key");
 	for (p = sep + 2; p < end; p = nl + 1) {
 		nl = memchr(p, '\n', (size_t)(end - p));
-		if ((size_t)(nl - p) < 4 + nlen + 1 || memcmp(p, em_dash, 3) != 0 || p[3] != ' ') {
+		if ((size_t)(nl - p) < 4 + nlen + 1 || memcmp(p, NOTE_EM_DASH, 3) != 0 ||
+		    p[3] != ' ') {
 			r = cimd_fail(
 			    errbuf, errlen, -CIMD_EFORMAT,
 			    "a signature line that is not an em dash, a key name and a signature");
@@ -189,9 +150,10 @@ int checkpoint_format(const char *origin, uint64_t size, const uint8_t root[32],
 	char *b64 = NULL, *text = NULL;
 	int r;
 
-	if (!valid_name(origin) || (extensions != NULL && *extensions != '\0' &&
-				    (extensions[strlen(extensions) - 1] != '\n' ||
-				     strstr(extensions, "\n\n") != NULL || extensions[0] == '\n')))
+	if (!note_name_valid(origin) ||
+	    (extensions != NULL && *extensions != '\0' &&
+	     (extensions[strlen(extensions) - 1] != '\n' || strstr(extensions, "\n\n") != NULL ||
+	      extensions[0] == '\n')))
 		return -EINVAL;
 	if ((r = b64_encode_alloc(root, 32, &b64)) < 0)
 		return r;
@@ -228,7 +190,7 @@ int checkpoint_parse(const char *text, size_t len, struct checkpoint *ret)
 	struct checkpoint c;
 
 	memset(&c, 0, sizeof(c));
-	if (take_line(&p, end, c.origin, sizeof(c.origin)) < 0 || !valid_name(c.origin))
+	if (take_line(&p, end, c.origin, sizeof(c.origin)) < 0 || !note_name_valid(c.origin))
 		return -CIMD_EFORMAT;
 	/* Size: decimal, no sign, no leading zero (tlog-checkpoint: "ASCII
 	 * decimal"; a canonical form keeps one checkpoint one text). */

@@ -21,7 +21,7 @@
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_tpm2_types.h>
 
-#include "fw.h"
+#include "fmt.h"
 
 /* The attributes a key must have for its evidence to mean "made in this TPM
  * and never leaves it" (Part 2 §8.3 TPMA_OBJECT: fixedTPM and fixedParent, it

@@ -1,7 +1,7 @@
 /*
  * test_formats.c — the encodings against published vectors: base64url
- * (RFC 4648 §10), RFC 7638 §3.1 and RFC 8037 A.3 thumbprints, JWK member
- * padding (RFC 7518 §6.2.1.2, §6.3.1.1), and ECDSA DER <-> raw r||s
+ * (RFC 4648 §10), and the one base64 codec in both its forms (§4, §5), RFC 7638 §3.1 and RFC 8037
+ * A.3 thumbprints, JWK member padding (RFC 7518 §6.2.1.2, §6.3.1.1), and ECDSA DER <-> raw r||s
  * (RFC 7518 §3.4) including short r and s.
  */
 #include <errno.h>
@@ -46,6 +46,109 @@ static void test_b64url(void)
 		t_ok(b64url_decode(bad[i], strlen(bad[i]), &dec, &n) == -CIMD_EFORMAT,
 		     "base64url rejects \"%s\"", out);
 	}
+}
+
+/* The one codec (b64.c) in both forms: RFC 4648 §10 through the form-generic
+ * calls, lengths as encoded, every length 0..64 round trip, and each decoder
+ * as strict as its form: neither accepts what only the other writes, but for
+ * the standard form's acceptance of the URL-safe alphabet (DSSE). */
+static void test_base64_forms(void)
+{
+	static const struct {
+		const char *in, *url, *std;
+	} v[] = {
+	    {"", "", ""},
+	    {"f", "Zg", "Zg=="},
+	    {"fo", "Zm8", "Zm8="},
+	    {"foo", "Zm9v", "Zm9v"},
+	    {"foob", "Zm9vYg", "Zm9vYg=="},
+	    {"fooba", "Zm9vYmE", "Zm9vYmE="},
+	    {"foobar", "Zm9vYmFy", "Zm9vYmFy"},
+	};
+	static const enum base64_form forms[] = {BASE64_URL, BASE64_STD};
+	static const char *const names[] = {"url", "std"};
+	static const uint8_t hi[] = {0xfb, 0xff, 0xbf};
+	uint8_t bytes[64], *dec = NULL;
+	char out[128], *s = NULL;
+	size_t i, f, n, len;
+	int ok, r;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+		for (f = 0; f < 2; f++) {
+			const char *want = forms[f] == BASE64_URL ? v[i].url : v[i].std;
+
+			len = strlen(v[i].in);
+			base64_encode(forms[f], (const uint8_t *)v[i].in, len, out);
+			ok = strcmp(out, want) == 0 &&
+			     base64_encoded_len(forms[f], len) == strlen(want);
+			ok =
+			    ok &&
+			    base64_encode_alloc(forms[f], (const uint8_t *)v[i].in, len, &s) == 0 &&
+			    strcmp(s, want) == 0;
+			free(s);
+			s = NULL;
+			t_ok(ok, "base64 %s: encode \"%s\" -> %s (RFC 4648 §10)", names[f], v[i].in,
+			     out);
+			ok = base64_decode(forms[f], want, strlen(want), &dec, &n) == 0 &&
+			     n == len && memcmp(dec, v[i].in, n) == 0;
+			free(dec);
+			dec = NULL;
+			t_ok(ok, "base64 %s: decode %s (RFC 4648 §10)", names[f], want);
+		}
+	/* Each form's alphabet: 0xfb 0xff 0xbf is 62 63 62 63. */
+	base64_encode(BASE64_URL, hi, sizeof(hi), out);
+	t_ok(strcmp(out, "-_-_") == 0, "base64 url: 62 and 63 are - and _ (%s)", out);
+	base64_encode(BASE64_STD, hi, sizeof(hi), out);
+	t_ok(strcmp(out, "+/+/") == 0, "base64 std: 62 and 63 are + and / (%s)", out);
+
+	/* Every length and every final quantum, both forms, against each other. */
+	for (i = 0; i < sizeof(bytes); i++)
+		bytes[i] = (uint8_t)(i * 151 + 7);
+	ok = 1;
+	for (len = 0; len <= sizeof(bytes) && ok; len++)
+		for (f = 0; f < 2 && ok; f++) {
+			base64_encode(forms[f], bytes, len, out);
+			ok = strlen(out) == base64_encoded_len(forms[f], len) &&
+			     base64_decode(forms[f], out, strlen(out), &dec, &n) == 0 && n == len &&
+			     memcmp(dec, bytes, len) == 0;
+			free(dec);
+			dec = NULL;
+			/* The standard form padded to a multiple of 4; the URL form
+			 * the same characters without the "=". */
+			if (ok && forms[f] == BASE64_STD) {
+				char url[128];
+
+				base64_encode(BASE64_URL, bytes, len, url);
+				ok = strlen(out) % 4 == 0 &&
+				     strspn(out + strlen(url), "=") == strlen(out) - strlen(url);
+			}
+		}
+	t_ok(ok, "base64: lengths 0..%zu round trip in both forms, padding only in std",
+	     sizeof(bytes));
+
+	/* Strict by form: what one writes, the other refuses where it must. */
+	r = base64_decode(BASE64_URL, "Zg==", 4, &dec, &n);
+	t_ok(r == -CIMD_EFORMAT, "base64 url refuses the padded \"Zg==\"");
+	r = base64_decode(BASE64_URL, "+/+/", 4, &dec, &n);
+	t_ok(r == -CIMD_EFORMAT, "base64 url refuses the standard alphabet \"+/+/\"");
+	r = base64_decode(BASE64_STD, "Zg", 2, &dec, &n);
+	t_ok(r == -CIMD_EFORMAT, "base64 std refuses the unpadded \"Zg\"");
+	r = base64_decode(BASE64_STD, "-_-_", 4, &dec, &n);
+	t_ok(r == 0 && n == 3 && memcmp(dec, hi, 3) == 0,
+	     "base64 std accepts the URL-safe alphabet \"-_-_\" (DSSE)");
+	if (r == 0)
+		free(dec);
+	r = base64_decode(BASE64_STD, "+/-_", 4, &dec, &n);
+	t_ok(r == -CIMD_EFORMAT, "base64 std refuses both alphabets in one string \"+/-_\"");
+	r = base64_decode(BASE64_URL, NULL, 4, &dec, &n);
+	t_ok(r == -EINVAL, "base64 refuses NULL with a length (%s)", cimd_strerror(r));
+
+	/* The named calls are the forms. */
+	b64url_encode(hi, sizeof(hi), out);
+	ok = strcmp(out, "-_-_") == 0 && b64url_encoded_len(5) == base64_encoded_len(BASE64_URL, 5);
+	ok = ok && b64_encode_alloc((const uint8_t *)"f", 1, &s) == 0 && strcmp(s, "Zg==") == 0;
+	free(s);
+	t_ok(ok, "b64url_* is BASE64_URL and b64_* is BASE64_STD");
 }
 
 static void test_thumbprints(void)
@@ -200,6 +303,7 @@ static void test_alg_names(void)
 int main(void)
 {
 	test_b64url();
+	test_base64_forms();
 	test_thumbprints();
 	test_jwk_padding();
 	test_ecdsa();

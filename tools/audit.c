@@ -31,7 +31,7 @@
 #include <openssl/sha.h>
 
 #include "audit.h"
-#include "fw.h"
+#include "fmt.h"
 
 #define BUNDLE_FILE_MAX (1024L * 1024 * 1024) /* one file of a bundle */
 

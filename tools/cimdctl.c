@@ -22,7 +22,7 @@
 #include <jansson.h>
 
 #include "audit.h"
-#include "fw.h"
+#include "fmt.h"
 #include "lineio.h"
 
 #define DEFAULT_SOCKET "/run/cimdd/admin.sock"
