@@ -309,19 +309,35 @@ int main(void)
 
 				while (p != NULL && p > out && p[-1] != '\n')
 					p--;
-				if (p != NULL && sscanf(p, "%63s", kid) == 1 &&
+				char *jwt = NULL;
+
+				/* Revoked only once the verifier has seen an
+				 * assertion by it: that one is checked again at
+				 * the end.  A key made active a moment ago may not
+				 * have signed one yet (a loaded machine): then the
+				 * next look, 200 ms on. */
+				if (p != NULL && sscanf(p, "%63s", kid) == 1) {
+					pthread_mutex_lock(&rev_mu);
+					for (i = 0; i < n_seen; i++)
+						if (strcmp(seen[i].kid, kid) == 0 && seen[i].jwt) {
+							free(jwt);
+							jwt = strdup(seen[i].jwt);
+						}
+					pthread_mutex_unlock(&rev_mu);
+				}
+				if (jwt != NULL &&
 				    ctl(out, sizeof(out),
 					"key revoke agent-a %s --reason rotation-test --replace",
 					kid) == 0) {
 					pthread_mutex_lock(&rev_mu);
 					snprintf(revs[n_revs].kid, sizeof(revs[0].kid), "%s", kid);
-					for (i = 0; i < n_seen; i++)
-						if (strcmp(seen[i].kid, kid) == 0 && seen[i].jwt)
-							revs[n_revs].jwt = strdup(seen[i].jwt);
+					revs[n_revs].jwt = jwt;
+					jwt = NULL;
 					n_revs++;
 					pthread_mutex_unlock(&rev_mu);
 					revocations++;
 				}
+				free(jwt);
 			}
 		}
 		usleep(200 * 1000);
