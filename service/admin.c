@@ -44,93 +44,34 @@ const char *admin_err_name(enum admin_err e)
 	return proto_err_name((enum proto_err)e);
 }
 
-static enum admin_err op_status(struct admin_req *q)
-{
-	const struct cimd_config *c = q->d->cfg;
-	char head[65], roles[64];
-	int64_t seq = 0;
-	json_t *be = json_array();
-	size_t i;
-
-	for (i = 0; i < c->n_backends; i++)
-		json_array_append_new(be, json_pack("{sssbsb}", "name", c->backends[i].name, "open",
-						    custody_at(q->d->custody, i) != NULL, "answers",
-						    custody_at(q->d->custody, i) != NULL &&
-							custody_health(q->d->custody, i) != 0));
-	journal_head(q->d->st, &seq, head);
-	q->result = json_pack(
-	    "{sssssssssosbs{sIss}sIsIsIsI}", "version", CIMD_VERSION, "base_url", c->base_url,
-	    "operator", q->op->name, "roles", config_roles_str(q->op->roles, roles, sizeof(roles)),
-	    "backends", be, "two_person_rule", c->two_person_rule, "journal", "seq",
-	    (json_int_t)seq, "head", head, "jwks_max_age", (json_int_t)c->jwks_max_age,
-	    "assertion_max_ttl", (json_int_t)c->assertion_max_ttl, "clock_skew",
-	    (json_int_t)c->clock_skew, "destroy_delay", (json_int_t)c->destroy_delay);
-	return q->result ? AE_OK : AE_INTERNAL;
-}
-
-static enum admin_err op_journal_show(struct admin_req *q)
-{
-	json_t *since = json_object_get(q->args, "since"), *recs = NULL;
-
-	if (since != NULL && (!json_is_integer(since) || json_integer_value(since) < 0)) {
-		snprintf(q->msg, sizeof(q->msg), "since must be a record number");
-		return AE_BAD_REQUEST;
-	}
-	if (journal_list(q->d->st, since ? json_integer_value(since) : 1, CIMD_JOURNAL_SHOW_MAX,
-			 CIMD_JOURNAL_SHOW_BYTES, json_is_true(json_object_get(q->args, "raw")),
-			 &recs) < 0) {
-		snprintf(q->msg, sizeof(q->msg), "database error");
-		return AE_INTERNAL;
-	}
-	q->result = json_pack("{so}", "records", recs);
-	return AE_OK;
-}
-
-static enum admin_err op_journal_verify(struct admin_req *q)
-{
-	int64_t count = 0, bad = 0;
-	int r = journal_verify(q->d->st, &count, &bad);
-
-	if (r == -CIMD_EVERIFY) {
-		q->result = json_pack("{sbsI}", "intact", 0, "first_bad", (json_int_t)bad);
-		snprintf(q->msg, sizeof(q->msg), "the chain breaks at record %lld", (long long)bad);
-		return AE_OK;
-	}
-	if (r < 0) {
-		snprintf(q->msg, sizeof(q->msg), "database error");
-		return AE_INTERNAL;
-	}
-	q->result = json_pack("{sbsI}", "intact", 1, "records", (json_int_t)count);
-	return AE_OK;
-}
-
-/* The handler table: every operation, the role it needs, its handler. */
+/* The handler table: every operation, the role it needs, its wire handler
+ * (admin_ops.c). */
 static const struct {
 	const char *op;
 	unsigned role;
 	enum admin_err (*fn)(struct admin_req *q);
 } ops[] = {
-    {"status", CIMD_ROLE_READ, op_status},
-    {"client.add", CIMD_ROLE_SUBMIT, reg_client_add},
-    {"client.list", CIMD_ROLE_READ, reg_client_list},
-    {"client.show", CIMD_ROLE_READ, reg_client_show},
-    {"client.allow", CIMD_ROLE_SUBMIT, reg_client_allow},
-    {"client.audience", CIMD_ROLE_SUBMIT, reg_client_audience},
-    {"client.policy", CIMD_ROLE_SUBMIT, reg_client_policy},
-    {"attest.show", CIMD_ROLE_READ, attest_show},
-    {"attest_key.rotate", CIMD_ROLE_ROTATE, attest_key_rotate},
-    {"doc.submit", CIMD_ROLE_SUBMIT, reg_doc_submit},
-    {"doc.approve", CIMD_ROLE_APPROVE, reg_doc_approve},
-    {"doc.show", CIMD_ROLE_READ, reg_doc_show},
-    {"key.list", CIMD_ROLE_READ, keys_list},
-    {"key.rotate", CIMD_ROLE_ROTATE, keys_rotate},
-    {"key.activate", CIMD_ROLE_ROTATE, keys_activate},
-    {"key.revoke", CIMD_ROLE_REVOKE, keys_revoke},
-    {"journal.show", CIMD_ROLE_READ, op_journal_show},
-    {"journal.verify", CIMD_ROLE_READ, op_journal_verify},
-    {"journal.prove", CIMD_ROLE_READ, tlog_admin_prove},
-    {"journal.consistency", CIMD_ROLE_READ, tlog_admin_consistency},
-    {"audit.export", CIMD_ROLE_READ, tlog_admin_export},
+    {"status", CIMD_ROLE_READ, admin_op_status},
+    {"client.add", CIMD_ROLE_SUBMIT, admin_op_client_add},
+    {"client.list", CIMD_ROLE_READ, admin_op_client_list},
+    {"client.show", CIMD_ROLE_READ, admin_op_client_show},
+    {"client.allow", CIMD_ROLE_SUBMIT, admin_op_client_allow},
+    {"client.audience", CIMD_ROLE_SUBMIT, admin_op_client_audience},
+    {"client.policy", CIMD_ROLE_SUBMIT, admin_op_client_policy},
+    {"attest.show", CIMD_ROLE_READ, admin_op_attest_show},
+    {"attest_key.rotate", CIMD_ROLE_ROTATE, admin_op_attest_key_rotate},
+    {"doc.submit", CIMD_ROLE_SUBMIT, admin_op_doc_submit},
+    {"doc.approve", CIMD_ROLE_APPROVE, admin_op_doc_approve},
+    {"doc.show", CIMD_ROLE_READ, admin_op_doc_show},
+    {"key.list", CIMD_ROLE_READ, admin_op_key_list},
+    {"key.rotate", CIMD_ROLE_ROTATE, admin_op_key_rotate},
+    {"key.activate", CIMD_ROLE_ROTATE, admin_op_key_activate},
+    {"key.revoke", CIMD_ROLE_REVOKE, admin_op_key_revoke},
+    {"journal.show", CIMD_ROLE_READ, admin_op_journal_show},
+    {"journal.verify", CIMD_ROLE_READ, admin_op_journal_verify},
+    {"journal.prove", CIMD_ROLE_READ, admin_op_journal_prove},
+    {"journal.consistency", CIMD_ROLE_READ, admin_op_journal_consistency},
+    {"audit.export", CIMD_ROLE_READ, admin_op_audit_export},
 };
 
 /* One journal record per request, in a transaction of its own (the handler's

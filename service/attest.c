@@ -118,23 +118,26 @@ int attest_keys_ensure(struct cimdd *d)
 	return made;
 }
 
-enum admin_err attest_key_rotate(struct admin_req *q)
+int attest_key_rotate(struct cimdd *d, const char *actor, const char *backend,
+		      const char **ret_backend, char ret_kid[CIMD_KID_LEN + 1], char *err,
+		      size_t errlen)
 {
-	const char *backend = json_string_value(json_object_get(q->args, "backend"));
 	char kid[CIMD_KID_LEN + 1];
 	int r;
 
 	if (backend == NULL)
-		backend = q->d->cfg->default_backend;
-	if (config_backend(q->d->cfg, backend) == NULL)
-		return admin_fail(q, AE_BAD_REQUEST, "no backend %.32s is configured", backend);
-	if (custody_store(q->d->custody, backend) == NULL)
-		return admin_fail(q, AE_BACKEND_UNAVAILABLE, "backend %s is not open", backend);
-	if ((r = new_attest_key(q->d, backend, q->op->name, kid)) < 0)
-		return admin_fail(q, r == -CIMD_EUNAVAILABLE ? AE_BACKEND_UNAVAILABLE : AE_INTERNAL,
-				  "%s: %s", backend, cimd_strerror(r));
-	q->result = json_pack("{ssss}", "backend", backend, "kid", kid);
-	return AE_OK;
+		backend = d->cfg->default_backend;
+	if (config_backend(d->cfg, backend) == NULL)
+		return cimd_fail(err, errlen, -EINVAL, "no backend %.32s is configured", backend);
+	if (custody_store(d->custody, backend) == NULL)
+		return cimd_fail(err, errlen, -CIMD_EUNAVAILABLE, "backend %s is not open",
+				 backend);
+	if ((r = new_attest_key(d, backend, actor, kid)) < 0)
+		return cimd_fail(err, errlen, r == -CIMD_EUNAVAILABLE ? r : -EIO, "%s: %s", backend,
+				 cimd_strerror(r));
+	*ret_backend = backend;
+	memcpy(ret_kid, kid, sizeof(kid));
+	return 0;
 }
 
 /* ---- statements ---- */
@@ -668,31 +671,31 @@ char *attest_keys_jwks(struct cimdd *d)
 	return out;
 }
 
-enum admin_err attest_show(struct admin_req *q)
+int attest_show(struct cimdd *d, const char *name, json_t **ret_envelope, int64_t *ret_seq,
+		int64_t *ret_issued, char *err, size_t errlen)
 {
-	const char *name = json_string_value(json_object_get(q->args, "name"));
 	sqlite3_stmt *s = NULL;
 	json_t *env = NULL;
 
 	if (name == NULL || !cimd_valid_name(name))
-		return admin_fail(q, AE_BAD_REQUEST, "name must be a client name");
-	if (store_query(q->d->st, &s,
+		return cimd_fail(err, errlen, -EINVAL, "name must be a client name");
+	if (store_query(d->st, &s,
 			"SELECT envelope, seq, created FROM attestations WHERE client = ? ORDER BY "
 			"id DESC LIMIT 1",
 			"s", name) < 0)
-		return admin_fail(q, AE_INTERNAL, "database error");
+		return cimd_fail(err, errlen, -EIO, "database error");
 	if (sqlite3_step(s) == SQLITE_ROW)
 		env = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
 	if (env == NULL) {
-		store_done(q->d->st, s);
-		return admin_fail(q, AE_NOT_FOUND,
-				  "%s has no attestation (no approved document, or its "
-				  "hardware has not been available since)",
-				  name);
+		store_done(d->st, s);
+		return cimd_fail(err, errlen, -ENOENT,
+				 "%s has no attestation (no approved document, or its "
+				 "hardware has not been available since)",
+				 name);
 	}
-	q->result =
-	    json_pack("{sosIsI}", "envelope", env, "seq", (json_int_t)sqlite3_column_int64(s, 1),
-		      "issued", (json_int_t)sqlite3_column_int64(s, 2));
-	store_done(q->d->st, s);
-	return q->result ? AE_OK : AE_INTERNAL;
+	*ret_envelope = env;
+	*ret_seq = sqlite3_column_int64(s, 1);
+	*ret_issued = sqlite3_column_int64(s, 2);
+	store_done(d->st, s);
+	return 0;
 }

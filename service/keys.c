@@ -116,17 +116,18 @@ static int client_info(struct store *st, const char *name, struct client_info *r
 	return r;
 }
 
-static enum admin_err client_of(struct admin_req *q, struct client_info *ci)
+/* The client an operation names (NULL: none), known. */
+static int client_of(struct store *st, const char *name, struct client_info *ci, char *err,
+		     size_t errlen)
 {
-	const char *name = json_string_value(json_object_get(q->args, "name"));
 	int r;
 
 	if (name == NULL || !cimd_valid_name(name))
-		return admin_fail(q, AE_BAD_REQUEST,
-				  "a client name [a-z0-9][a-z0-9-]{0,62} is required");
-	if ((r = client_info(q->d->st, name, ci)) == -ENOENT)
-		return admin_fail(q, AE_UNKNOWN_CLIENT, "no client named %s", name);
-	return r < 0 ? admin_fail(q, AE_INTERNAL, "database error") : AE_OK;
+		return cimd_fail(err, errlen, -EINVAL,
+				 "a client name [a-z0-9][a-z0-9-]{0,62} is required");
+	if ((r = client_info(st, name, ci)) == -ENOENT)
+		return cimd_fail(err, errlen, -CIMD_ENOCLIENT, "no client named %s", name);
+	return r < 0 ? cimd_fail(err, errlen, -EIO, "database error") : 0;
 }
 
 static int64_t count_keys(struct store *st, const char *client, const char *where)
@@ -314,16 +315,17 @@ static int create_key(struct cimdd *d, const struct client_info *ci, const char 
 	return r;
 }
 
-static enum admin_err key_err(struct admin_req *q, int r, const char *what)
+/* A key that could not be made or changed: the hardware away and the bound
+ * on keys are the operator's to hear of; anything else is ours (-EIO). */
+static int key_fail(int r, const char *what, char *err, size_t errlen)
 {
 	if (r == -CIMD_EUNAVAILABLE)
-		return admin_fail(q, AE_BACKEND_UNAVAILABLE,
-				  "%s: the key's hardware is unavailable", what);
+		return cimd_fail(err, errlen, r, "%s: the key's hardware is unavailable", what);
 	if (r == -EMLINK)
-		return admin_fail(q, AE_CONFLICT,
-				  "%s: the client holds its maximum of %d published keys", what,
-				  CIMD_KEYS_PER_CLIENT_MAX);
-	return admin_fail(q, AE_INTERNAL, "%s: %s", what, cimd_strerror(r));
+		return cimd_fail(err, errlen, r,
+				 "%s: the client holds its maximum of %d published keys", what,
+				 CIMD_KEYS_PER_CLIENT_MAX);
+	return cimd_fail(err, errlen, -EIO, "%s: %s", what, cimd_strerror(r));
 }
 
 /* Moves kid to a new state inside an open transaction, with its journal record. */
@@ -359,23 +361,23 @@ static int transition(struct cimdd *d, const char *client, const char *kid, cons
 	return r;
 }
 
-enum admin_err keys_list(struct admin_req *q)
+int keys_list(struct cimdd *d, const char *name, json_t **ret_keys, char *err, size_t errlen)
 {
 	struct client_info ci;
 	sqlite3_stmt *s = NULL;
 	json_t *arr;
-	enum admin_err e;
+	int r;
 
-	if ((e = client_of(q, &ci)) != AE_OK)
-		return e;
+	if ((r = client_of(d->st, name, &ci, err, errlen)) < 0)
+		return r;
 	if ((arr = json_array()) == NULL ||
 	    store_query(
-		q->d->st, &s,
+		d->st, &s,
 		"SELECT kid, alg, backend, state, created, activated, retiring, retired, "
 		"destroyed, revoked, revoke_reason FROM keys WHERE client = ? ORDER BY created",
 		"s", ci.name) < 0) {
 		json_decref(arr);
-		return admin_fail(q, AE_INTERNAL, "database error");
+		return cimd_fail(err, errlen, -EIO, "database error");
 	}
 	while (sqlite3_step(s) == SQLITE_ROW) {
 		json_t *k =
@@ -395,32 +397,33 @@ enum admin_err keys_list(struct admin_req *q)
 					    json_string((const char *)sqlite3_column_text(s, 10)));
 		json_array_append_new(arr, k);
 	}
-	store_done(q->d->st, s);
-	q->result = json_pack("{so}", "keys", arr);
-	return AE_OK;
+	store_done(d->st, s);
+	*ret_keys = arr;
+	return 0;
 }
 
-enum admin_err keys_rotate(struct admin_req *q)
+int keys_rotate(struct cimdd *d, const char *actor, const char *name,
+		char ret_kid[CIMD_KID_LEN + 1], int64_t *ret_activate_after, char *err,
+		size_t errlen)
 {
 	struct client_info ci;
 	char kid[CIMD_KID_LEN + 1];
-	enum admin_err e;
 	int r;
 
-	if ((e = client_of(q, &ci)) != AE_OK)
-		return e;
-	if (count_keys(q->d->st, ci.name, "state = 'next'") != 0)
-		return admin_fail(q, AE_CONFLICT, "%s already has a next key: activate it first",
-				  ci.name);
-	if (count_keys(q->d->st, ci.name, "state IN ('next', 'active', 'retiring')") >=
+	if ((r = client_of(d->st, name, &ci, err, errlen)) < 0)
+		return r;
+	if (count_keys(d->st, ci.name, "state = 'next'") != 0)
+		return cimd_fail(err, errlen, -EEXIST,
+				 "%s already has a next key: activate it first", ci.name);
+	if (count_keys(d->st, ci.name, "state IN ('next', 'active', 'retiring')") >=
 	    CIMD_KEYS_PER_CLIENT_MAX)
-		return admin_fail(q, AE_CONFLICT, "%s holds its maximum of %d published keys",
-				  ci.name, CIMD_KEYS_PER_CLIENT_MAX);
-	if ((r = create_key(q->d, &ci, "next", q->op->name, kid)) < 0)
-		return key_err(q, r, "creating the next key");
-	q->result = json_pack("{sssssI}", "kid", kid, "state", "next", "activate_after",
-			      (json_int_t)(time(NULL) + q->d->cfg->jwks_max_age));
-	return AE_OK;
+		return cimd_fail(err, errlen, -EMLINK, "%s holds its maximum of %d published keys",
+				 ci.name, CIMD_KEYS_PER_CLIENT_MAX);
+	if ((r = create_key(d, &ci, "next", actor, kid)) < 0)
+		return key_fail(r, "creating the next key", err, errlen);
+	memcpy(ret_kid, kid, sizeof(kid));
+	*ret_activate_after = (int64_t)time(NULL) + d->cfg->jwks_max_age;
+	return 0;
 }
 
 /* Activates next key kid (active key, if any, becomes retiring), in an open
@@ -440,39 +443,37 @@ static int activate(struct cimdd *d, const char *client, const char *kid, const 
 	return r;
 }
 
-enum admin_err keys_activate(struct admin_req *q)
+int keys_activate(struct cimdd *d, const char *actor, const char *name, const char *want, int force,
+		  char ret_kid[CIMD_KID_LEN + 1], int *ret_forced, char *err, size_t errlen)
 {
 	struct client_info ci;
-	const char *want = json_string_value(json_object_get(q->args, "kid"));
-	int force = json_is_true(json_object_get(q->args, "force"));
 	char kid[CIMD_KID_LEN + 1];
 	int64_t since = 0, age;
-	enum admin_err e;
+	int r, forced;
 
-	if ((e = client_of(q, &ci)) != AE_OK)
-		return e;
-	if (key_in_state(q->d->st, ci.name, "next", kid, &since) < 0)
-		return admin_fail(q, AE_NOT_FOUND, "%s has no next key: rotate first", ci.name);
+	if ((r = client_of(d->st, name, &ci, err, errlen)) < 0)
+		return r;
+	if (key_in_state(d->st, ci.name, "next", kid, &since) < 0)
+		return cimd_fail(err, errlen, -ENOENT, "%s has no next key: rotate first", ci.name);
 	if (want != NULL && strcmp(want, kid) != 0)
-		return admin_fail(q, AE_NOT_FOUND, "%.64s is not the next key of %s (%s is)", want,
-				  ci.name, kid);
+		return cimd_fail(err, errlen, -ENOENT, "%.64s is not the next key of %s (%s is)",
+				 want, ci.name, kid);
 	age = (int64_t)time(NULL) - since;
-	if (age < q->d->cfg->jwks_max_age && !force)
-		return admin_fail(
-		    q, AE_CONFLICT,
-		    "the next key has been published for %llds; jwks_max_age is %lds: "
-		    "activate after %llds more, or use --force",
-		    (long long)age, q->d->cfg->jwks_max_age,
-		    (long long)(q->d->cfg->jwks_max_age - age));
-	if (store_begin(q->d->st) < 0 ||
-	    activate(q->d, ci.name, kid, q->op->name, force && age < q->d->cfg->jwks_max_age) < 0 ||
-	    store_commit(q->d->st) < 0) {
-		store_rollback(q->d->st);
-		return admin_fail(q, AE_INTERNAL, "database error: nothing was changed");
+	if (age < d->cfg->jwks_max_age && !force)
+		return cimd_fail(err, errlen, -EBUSY,
+				 "the next key has been published for %llds; jwks_max_age is %lds: "
+				 "activate after %llds more, or use --force",
+				 (long long)age, d->cfg->jwks_max_age,
+				 (long long)(d->cfg->jwks_max_age - age));
+	forced = force && age < d->cfg->jwks_max_age;
+	if (store_begin(d->st) < 0 || activate(d, ci.name, kid, actor, forced) < 0 ||
+	    store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		return cimd_fail(err, errlen, -EIO, "database error: nothing was changed");
 	}
-	q->result = json_pack("{sssssb}", "kid", kid, "state", "active", "forced",
-			      force && age < q->d->cfg->jwks_max_age);
-	return AE_OK;
+	memcpy(ret_kid, kid, sizeof(kid));
+	*ret_forced = forced;
+	return 0;
 }
 
 /* Destroys the hardware key of kid; its row must already say revoked or
@@ -518,86 +519,83 @@ static int destroy_revoked(struct cimdd *d, const char *client, const char *kid,
 	return r;
 }
 
-enum admin_err keys_revoke(struct admin_req *q)
+int keys_revoke(struct cimdd *d, const char *actor, const char *name, const char *kid,
+		const char *reason, int replace, struct keys_revoked *ret, char *err, size_t errlen)
 {
 	struct client_info ci;
-	const char *kid = json_string_value(json_object_get(q->args, "kid"));
-	const char *reason = json_string_value(json_object_get(q->args, "reason"));
-	int replace = json_is_true(json_object_get(q->args, "replace"));
 	char state[16] = "", newkid[CIMD_KID_LEN + 1] = "";
 	sqlite3_stmt *s = NULL;
 	json_t *x;
-	enum admin_err e;
 	int r;
 
-	if ((e = client_of(q, &ci)) != AE_OK)
-		return e;
+	if ((r = client_of(d->st, name, &ci, err, errlen)) < 0)
+		return r;
 	if (kid == NULL)
-		return admin_fail(q, AE_BAD_REQUEST, "the kid to revoke is required");
+		return cimd_fail(err, errlen, -EINVAL, "the kid to revoke is required");
 	if (reason == NULL || *reason == '\0' || strlen(reason) > 512)
-		return admin_fail(q, AE_BAD_REQUEST, "a reason (1 to 512 characters) is required");
-	if (store_query(q->d->st, &s, "SELECT state FROM keys WHERE client = ? AND kid = ?", "ss",
+		return cimd_fail(err, errlen, -EINVAL,
+				 "a reason (1 to 512 characters) is required");
+	if (store_query(d->st, &s, "SELECT state FROM keys WHERE client = ? AND kid = ?", "ss",
 			ci.name, kid) < 0)
-		return admin_fail(q, AE_INTERNAL, "database error");
+		return cimd_fail(err, errlen, -EIO, "database error");
 	if (sqlite3_step(s) == SQLITE_ROW)
 		snprintf(state, sizeof(state), "%s", sqlite3_column_text(s, 0));
-	store_done(q->d->st, s);
+	store_done(d->st, s);
 	if (state[0] == '\0')
-		return admin_fail(q, AE_NOT_FOUND, "%s has no key %.64s", ci.name, kid);
+		return cimd_fail(err, errlen, -ENOENT, "%s has no key %.64s", ci.name, kid);
 	if (strcmp(state, "revoked") == 0 || strcmp(state, "destroyed") == 0)
-		return admin_fail(q, AE_CONFLICT, "key %s is %s already", kid, state);
+		return cimd_fail(err, errlen, -EALREADY, "key %s is %s already", kid, state);
 	if (replace && strcmp(state, "active") != 0)
-		return admin_fail(q, AE_BAD_REQUEST,
-				  "--replace applies to the active key; %s is %s", kid, state);
-	if (store_begin(q->d->st) < 0)
-		return admin_fail(q, AE_INTERNAL, "database error");
+		return cimd_fail(err, errlen, -EINVAL,
+				 "--replace applies to the active key; %s is %s", kid, state);
+	if (store_begin(d->st) < 0)
+		return cimd_fail(err, errlen, -EIO, "database error");
 	x = json_pack("{ss}", "reason", reason);
-	r = transition(q->d, ci.name, kid, state, "revoked", q->op->name, x);
+	r = transition(d, ci.name, kid, state, "revoked", actor, x);
 	json_decref(x);
 	if (r == 0)
-		r = store_exec(q->d->st,
+		r = store_exec(d->st,
 			       "UPDATE keys SET revoke_reason = ?, revoked_by = ? WHERE kid = ?",
-			       "sss", reason, q->op->name, kid) == 1
+			       "sss", reason, actor, kid) == 1
 			? 0
 			: -EIO;
 	/* The revocation stands on its own: it is committed before anything that
 	 * could fail on the hardware, so a failed replacement never keeps a
 	 * compromised key alive. */
-	if (r < 0 || store_commit(q->d->st) < 0) {
-		store_rollback(q->d->st);
-		return key_err(q, r < 0 ? r : -EIO, "revoking");
+	if (r < 0 || store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		return key_fail(r < 0 ? r : -EIO, "revoking", err, errlen);
 	}
 	/* Destroying the hardware key comes after the commit: the row already says
 	 * revoked, so a failure here leaves a key that can never be used again and
 	 * that the scheduler destroys when the hardware answers. */
-	if ((r = destroy_revoked(q->d, ci.name, kid, q->op->name)) < 0)
-		snprintf(q->msg, sizeof(q->msg),
+	if ((r = destroy_revoked(d, ci.name, kid, actor)) < 0)
+		snprintf(err, errlen,
 			 "revoked; destroying the hardware key failed (%s), "
 			 "it will be retried",
 			 cimd_strerror(r));
 	/* The replacement is active at once: there is no time to pre-publish it,
 	 * and the journal records it as forced. */
 	if (replace) {
-		if ((r = create_key(q->d, &ci, "next", q->op->name, newkid)) == 0 &&
-		    store_begin(q->d->st) == 0) {
-			if ((r = activate(q->d, ci.name, newkid, q->op->name, 1)) < 0 ||
-			    store_commit(q->d->st) < 0) {
-				store_rollback(q->d->st);
+		if ((r = create_key(d, &ci, "next", actor, newkid)) == 0 &&
+		    store_begin(d->st) == 0) {
+			if ((r = activate(d, ci.name, newkid, actor, 1)) < 0 ||
+			    store_commit(d->st) < 0) {
+				store_rollback(d->st);
 				r = r < 0 ? r : -EIO;
 			}
 		}
 		if (r < 0)
-			snprintf(q->msg, sizeof(q->msg),
+			snprintf(err, errlen,
 				 "revoked; the replacement key could not be made (%s): rotate and "
 				 "activate one",
 				 cimd_strerror(r));
 	}
 	/* Revoking the key that went missing is how a degraded client recovers. */
-	keys_recheck_degraded(q->d, ci.name, q->op->name);
-	q->result = json_pack("{sssssssb}", "kid", kid, "state", "revoked", "replacement",
-			      newkid[0] ? newkid : "", "client_has_active_key",
-			      count_keys(q->d->st, ci.name, "state = 'active'") > 0);
-	return AE_OK;
+	keys_recheck_degraded(d, ci.name, actor);
+	memcpy(ret->replacement, newkid, sizeof(newkid));
+	ret->client_has_active_key = count_keys(d->st, ci.name, "state = 'active'") > 0;
+	return 0;
 }
 
 /* ---- the scheduler ---- */

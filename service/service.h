@@ -315,47 +315,98 @@ enum proto_err {
 /* The name on the wire; "internal" for a code out of range. */
 const char *proto_err_name(enum proto_err e);
 
-/* Every admin operation: the caller is an operator; inputs are the request's
- * members; on success *ret_result holds what the answer carries besides ok.
- * Failure codes are the protocol's error names (proto_err.c names them). */
-enum admin_err {
-	AE_OK = PE_OK,
-	AE_BAD_REQUEST = PE_BAD_REQUEST,
-	AE_FORBIDDEN = PE_FORBIDDEN,
-	AE_UNKNOWN_CLIENT = PE_UNKNOWN_CLIENT,
-	AE_NOT_FOUND = PE_NOT_FOUND,
-	AE_CONFLICT = PE_CONFLICT,
-	AE_INVALID_DOCUMENT = PE_INVALID_DOCUMENT,
-	AE_BACKEND_UNAVAILABLE = PE_UNAVAILABLE,
-	AE_INTERNAL = PE_INTERNAL,
-};
-const char *admin_err_name(enum admin_err e);
-
-struct admin_req {
-	struct cimdd *d;
-	const struct cimd_operator *op;
-	const json_t *args;
-	json_t *result; /* set by the handler on success */
-	char msg[512];	/* set by the handler on failure (and may be on success) */
+/*
+ * The admin operations' domain functions (docs/protocol.md names the
+ * operations; the wire handlers that decode, call and encode are in
+ * admin_ops.c).  They take C values and return 0 or a negative code:
+ *   -EINVAL            an input breaks a rule
+ *   -CIMD_ENOCLIENT    no client by that name
+ *   -ENOENT, -EAGAIN   no such thing (version, key, record), or not yet
+ *   -EEXIST, -EMLINK, -ESTALE, -EBUSY   a conflict with what exists
+ *   -EPERM             the two-person rule
+ *   -CIMD_EDOCUMENT    the document breaks a rule of docs/governance.md
+ *   -CIMD_EUNAVAILABLE the hardware is away
+ *   another code       the database or memory failed
+ * and on failure the words an operator is told in err (which the caller
+ * empties first).  actor is the operator the journal records name.
+ */
+enum {
+	CIMD_ESVC = 2000, /* the daemon's own codes, beyond firmware's (fw.h) */
+	CIMD_ENOCLIENT,	  /* no client by that name */
+	CIMD_EDOCUMENT,	  /* a CIMD document breaks a rule */
 };
 
-/* Sets the request's message and returns e: every handler's way to fail. */
-enum admin_err admin_fail(struct admin_req *q, enum admin_err e, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* Words that both a wire handler (a member of the wrong type) and its domain
+ * function (a value out of range) say, so that an operator reads one sentence
+ * for one rule. */
+#define REG_ROTATE_EVERY_WORDS                                                                     \
+	"rotate_every must be 0 (never) or more than jwks_max_age (%ld) seconds, up to %d"
+#define REG_AFTER_WORDS "after must be a client name ([a-z0-9][a-z0-9-]{0,62})"
+#define REG_LIMIT_WORDS "limit must be an integer from 1 to %d"
+#define REG_TTL_WORDS "ttl must be 0 (the default, %ld s) to assertion_max_ttl (%ld s)"
+#define REG_RATE_WORDS "rate must be 0 (no limit) to %d assertions per second"
+#define REG_VERSION_WORDS "version must be 1, 2, ..."
+#define TLOG_AFTER_WORDS "after must be an id (0 or more)"
 
-enum admin_err reg_client_add(struct admin_req *q);
-enum admin_err reg_client_list(struct admin_req *q);
-enum admin_err reg_client_show(struct admin_req *q);
-enum admin_err reg_client_allow(struct admin_req *q);
-enum admin_err reg_client_audience(struct admin_req *q);
-enum admin_err reg_client_policy(struct admin_req *q);
-enum admin_err reg_doc_submit(struct admin_req *q);
-enum admin_err reg_doc_approve(struct admin_req *q);
-enum admin_err reg_doc_show(struct admin_req *q);
-enum admin_err keys_list(struct admin_req *q);
-enum admin_err keys_rotate(struct admin_req *q);
-enum admin_err keys_activate(struct admin_req *q);
-enum admin_err keys_revoke(struct admin_req *q);
+/* A document version as an operation left it (hex SHA-256 of its bytes). */
+struct reg_doc_result {
+	int64_t version;
+	const char *state; /* "submitted", "approved" (a constant) */
+	char sha256[65];
+};
+
+/* client.add: the client, its first key in hardware (*ret_kid) and document
+ * version 1 (*ret_doc).  backend NULL: the configuration's default; alg NULL:
+ * ES256; rotate_every NULL: the appliance's period; metadata the document. */
+int reg_client_add(struct cimdd *d, const char *actor, const char *name, const char *owner,
+		   const char *backend, const char *alg, const int64_t *rotate_every,
+		   const json_t *metadata, char ret_kid[CIMD_KID_LEN + 1],
+		   struct reg_doc_result *ret_doc, char *err, size_t errlen);
+/* client.list: up to *limit (NULL: CIMD_LIST_PAGE_DEFAULT) clients whose
+ * names sort after `after` (NULL: from the first); ret_next the last one's
+ * name when others follow, else "". */
+int reg_client_page(struct cimdd *d, const char *after, const int64_t *limit, json_t **ret_clients,
+		    char ret_next[CIMD_NAME_MAX + 1], char *err, size_t errlen);
+/* client.show: the client, its callers, audiences, documents and policy. */
+int reg_client_show(struct cimdd *d, const char *name, json_t **ret_client, char *err,
+		    size_t errlen);
+/* client.allow: kind "uid" or "gid" id may sign for name (remove: no longer). */
+int reg_client_allow(struct cimdd *d, const char *actor, const char *name, const char *kind,
+		     int64_t id, int remove, char *err, size_t errlen);
+/* client.policy: ttl and rate (NULL: unchanged; 0: the configuration's). */
+int reg_client_policy(struct cimdd *d, const char *actor, const char *name, const int64_t *ttl,
+		      const int64_t *rate, char *err, size_t errlen);
+/* client.audience: one of add and del, the other NULL. */
+int reg_client_audience(struct cimdd *d, const char *actor, const char *name, const char *add,
+			const char *del, char *err, size_t errlen);
+/* doc.submit, doc.approve: a new version; approving one. */
+int reg_doc_submit(struct cimdd *d, const char *actor, const char *name, const json_t *metadata,
+		   struct reg_doc_result *ret_doc, char *err, size_t errlen);
+int reg_doc_approve(struct cimdd *d, const char *actor, const char *name, int64_t version,
+		    struct reg_doc_result *ret_doc, char *err, size_t errlen);
+/* doc.show: version *version (NULL: the approved one, else the latest). */
+int reg_doc_show(struct cimdd *d, const char *name, const int64_t *version, json_t **ret_document,
+		 char *err, size_t errlen);
+
+/* key.list: the client's keys, oldest first. */
+int keys_list(struct cimdd *d, const char *name, json_t **ret_keys, char *err, size_t errlen);
+/* key.rotate: a next key, which may be activated from *ret_activate_after. */
+int keys_rotate(struct cimdd *d, const char *actor, const char *name,
+		char ret_kid[CIMD_KID_LEN + 1], int64_t *ret_activate_after, char *err,
+		size_t errlen);
+/* key.activate: the next key (which must be kid, unless NULL); force: before
+ * it has been published for jwks_max_age (*ret_forced: it was). */
+int keys_activate(struct cimdd *d, const char *actor, const char *name, const char *kid, int force,
+		  char ret_kid[CIMD_KID_LEN + 1], int *ret_forced, char *err, size_t errlen);
+/* key.revoke: kid revoked at once (replace: a new active key made too).  On
+ * success err holds a note when a later step failed (else ""). */
+struct keys_revoked {
+	char replacement[CIMD_KID_LEN + 1]; /* "" without one */
+	int client_has_active_key;
+};
+int keys_revoke(struct cimdd *d, const char *actor, const char *name, const char *kid,
+		const char *reason, int replace, struct keys_revoked *ret, char *err,
+		size_t errlen);
 
 /* A key for client made in hardware under a committed intent (keys.c): the
  * caller records the key and deletes the intent row (tag) in one transaction,
@@ -373,6 +424,8 @@ int keys_insert(struct cimdd *d, const char *client, const char *alg, const char
 
 /* client_id of NAME: base_url + "/clients/" + NAME, into buf. */
 const char *reg_client_id(const struct cimd_config *cfg, const char *name, char *buf, size_t len);
+/* jwks_uri of NAME: client_id + "/jwks.json", into buf. */
+const char *reg_jwks_uri(const struct cimd_config *cfg, const char *name, char *buf, size_t len);
 
 /* Runs the lifecycle's timed transitions (retire, destroy, scheduled rotation);
  * called about once a second.  Returns the number of transitions made. */
@@ -462,8 +515,15 @@ char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex,
  * keys in states active and retiring.  malloc'd. */
 char *attest_revocations(struct cimdd *d, const char *name);
 char *attest_keys_jwks(struct cimdd *d);
-enum admin_err attest_show(struct admin_req *q);
-enum admin_err attest_key_rotate(struct admin_req *q);
+/* attest.show: name's latest attestation envelope, its journal record and
+ * when it was issued. */
+int attest_show(struct cimdd *d, const char *name, json_t **ret_envelope, int64_t *ret_seq,
+		int64_t *ret_issued, char *err, size_t errlen);
+/* attest_key.rotate: a new active attestation key on backend (NULL: the
+ * default; *ret_backend the one used). */
+int attest_key_rotate(struct cimdd *d, const char *actor, const char *backend,
+		      const char **ret_backend, char ret_kid[CIMD_KID_LEN + 1], char *err,
+		      size_t errlen);
 
 /* ---- the transparency log: checkpoints and proofs (tlog.c, docs/audit.md) ---- */
 
@@ -494,11 +554,17 @@ int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret)
 /* {"old_size","tree_size","proof":[...],"checkpoint"}: a consistency proof
  * from a tree of old_size records to the latest checkpoint. */
 int tlog_consistency(struct tlog *tl, struct store *st, uint64_t old_size, json_t **ret);
-enum admin_err tlog_admin_prove(struct admin_req *q);
-enum admin_err tlog_admin_consistency(struct admin_req *q);
-/* audit.export {"kind","after"}: one page of checkpoints, publications,
- * attestations, revocations or attestation keys (all ever), oldest first. */
-enum admin_err tlog_admin_export(struct admin_req *q);
+/* journal.prove and journal.consistency: tlog_inclusion and
+ * tlog_consistency with the words an operator is told. */
+int tlog_prove(struct cimdd *d, int64_t seq, json_t **ret, char *err, size_t errlen);
+int tlog_prove_consistency(struct cimdd *d, int64_t old_size, json_t **ret, char *err,
+			   size_t errlen);
+/* audit.export: one page of kind (checkpoints, publications, attestations,
+ * revocations or attest_keys: attestation keys, all ever), oldest first,
+ * after id `after`; *ret_next the id to ask after for the next page, -1 when
+ * none follows. */
+int tlog_export(struct cimdd *d, const char *kind, int64_t after, json_t **ret_items,
+		int64_t *ret_next, char *err, size_t errlen);
 
 /* ---- signing socket (signer.c, sign_request.c) ---- */
 
@@ -615,7 +681,54 @@ int ls_conn_send(struct ls_conn *c, const char *text, size_t n);
  * something was written, 0 when nothing was, -EPIPE when the peer is gone. */
 int ls_conn_flush(struct ls_conn *c);
 
-/* ---- admin socket (admin.c) ---- */
+/* ---- admin socket (admin.c) and its wire handlers (admin_ops.c) ---- */
+
+/* The admin socket's error names: a subset of the protocol's (proto_err.c);
+ * admin_ops.c maps the domain functions' codes to them. */
+enum admin_err {
+	AE_OK = PE_OK,
+	AE_BAD_REQUEST = PE_BAD_REQUEST,
+	AE_FORBIDDEN = PE_FORBIDDEN,
+	AE_UNKNOWN_CLIENT = PE_UNKNOWN_CLIENT,
+	AE_NOT_FOUND = PE_NOT_FOUND,
+	AE_CONFLICT = PE_CONFLICT,
+	AE_INVALID_DOCUMENT = PE_INVALID_DOCUMENT,
+	AE_BACKEND_UNAVAILABLE = PE_UNAVAILABLE,
+	AE_INTERNAL = PE_INTERNAL,
+};
+const char *admin_err_name(enum admin_err e);
+
+struct admin_req {
+	struct cimdd *d;
+	const struct cimd_operator *op;
+	const json_t *args;
+	json_t *result; /* set by the handler on success */
+	char msg[512];	/* set by the handler on failure (and may be on success) */
+};
+
+/* The wire handlers (admin_ops.c): each decodes the request's members, calls
+ * its domain function and encodes the answer; admin.c's table names them. */
+enum admin_err admin_op_status(struct admin_req *q);
+enum admin_err admin_op_client_add(struct admin_req *q);
+enum admin_err admin_op_client_list(struct admin_req *q);
+enum admin_err admin_op_client_show(struct admin_req *q);
+enum admin_err admin_op_client_allow(struct admin_req *q);
+enum admin_err admin_op_client_audience(struct admin_req *q);
+enum admin_err admin_op_client_policy(struct admin_req *q);
+enum admin_err admin_op_attest_show(struct admin_req *q);
+enum admin_err admin_op_attest_key_rotate(struct admin_req *q);
+enum admin_err admin_op_doc_submit(struct admin_req *q);
+enum admin_err admin_op_doc_approve(struct admin_req *q);
+enum admin_err admin_op_doc_show(struct admin_req *q);
+enum admin_err admin_op_key_list(struct admin_req *q);
+enum admin_err admin_op_key_rotate(struct admin_req *q);
+enum admin_err admin_op_key_activate(struct admin_req *q);
+enum admin_err admin_op_key_revoke(struct admin_req *q);
+enum admin_err admin_op_journal_show(struct admin_req *q);
+enum admin_err admin_op_journal_verify(struct admin_req *q);
+enum admin_err admin_op_journal_prove(struct admin_req *q);
+enum admin_err admin_op_journal_consistency(struct admin_req *q);
+enum admin_err admin_op_audit_export(struct admin_req *q);
 
 struct admin_server;
 int admin_server_new(struct cimdd *d, struct admin_server **ret_srv, char *errbuf, size_t errlen);

@@ -614,41 +614,38 @@ out:
 
 /* ---- admin: journal.prove, journal.consistency ---- */
 
-enum admin_err tlog_admin_prove(struct admin_req *q)
+int tlog_prove(struct cimdd *d, int64_t seq, json_t **ret, char *err, size_t errlen)
 {
-	const json_t *seq = json_object_get(q->args, "seq");
 	int r;
 
-	if (!json_is_integer(seq) || json_integer_value(seq) < 1)
-		return admin_fail(q, AE_BAD_REQUEST, "seq must be a record number (1 or more)");
-	r = tlog_inclusion(q->d->tlog, q->d->st, json_integer_value(seq), &q->result);
+	if (seq < 1)
+		return cimd_fail(err, errlen, -EINVAL, "seq must be a record number (1 or more)");
+	r = tlog_inclusion(d->tlog, d->st, seq, ret);
 	if (r == -ENOENT)
-		return admin_fail(q, AE_NOT_FOUND, "no journal record %lld",
-				  (long long)json_integer_value(seq));
+		return cimd_fail(err, errlen, r, "no journal record %lld", (long long)seq);
 	if (r == -EAGAIN)
-		return admin_fail(q, AE_NOT_FOUND,
-				  "record %lld is not covered by a checkpoint yet (one is issued "
-				  "within checkpoint_interval = %ld s)",
-				  (long long)json_integer_value(seq),
-				  q->d->cfg->checkpoint_interval);
-	return r < 0 ? admin_fail(q, AE_INTERNAL, "%s", cimd_strerror(r)) : AE_OK;
+		return cimd_fail(err, errlen, r,
+				 "record %lld is not covered by a checkpoint yet (one is issued "
+				 "within checkpoint_interval = %ld s)",
+				 (long long)seq, d->cfg->checkpoint_interval);
+	return r < 0 ? cimd_fail(err, errlen, -EIO, "%s", cimd_strerror(r)) : 0;
 }
 
-enum admin_err tlog_admin_consistency(struct admin_req *q)
+int tlog_prove_consistency(struct cimdd *d, int64_t old_size, json_t **ret, char *err,
+			   size_t errlen)
 {
-	const json_t *size = json_object_get(q->args, "old_size");
 	int r;
 
-	if (!json_is_integer(size) || json_integer_value(size) < 1)
-		return admin_fail(q, AE_BAD_REQUEST, "old_size must be a tree size (1 or more)");
-	r = tlog_consistency(q->d->tlog, q->d->st, (uint64_t)json_integer_value(size), &q->result);
+	if (old_size < 1)
+		return cimd_fail(err, errlen, -EINVAL, "old_size must be a tree size (1 or more)");
+	r = tlog_consistency(d->tlog, d->st, (uint64_t)old_size, ret);
 	if (r == -EAGAIN)
-		return admin_fail(q, AE_NOT_FOUND, "no checkpoint has been issued yet");
+		return cimd_fail(err, errlen, r, "no checkpoint has been issued yet");
 	if (r == -EINVAL)
-		return admin_fail(q, AE_BAD_REQUEST,
-				  "old_size %lld is larger than the latest checkpoint's tree",
-				  (long long)json_integer_value(size));
-	return r < 0 ? admin_fail(q, AE_INTERNAL, "%s", cimd_strerror(r)) : AE_OK;
+		return cimd_fail(err, errlen, r,
+				 "old_size %lld is larger than the latest checkpoint's tree",
+				 (long long)old_size);
+	return r < 0 ? cimd_fail(err, errlen, -EIO, "%s", cimd_strerror(r)) : 0;
 }
 
 /* ---- admin: audit.export, one kind of artifact a page at a time ---- */
@@ -707,7 +704,8 @@ static json_t *export_row(const char *kind, sqlite3_stmt *s)
 			 (json_int_t)sqlite3_column_int64(s, 3), "envelope", env);
 }
 
-enum admin_err tlog_admin_export(struct admin_req *q)
+int tlog_export(struct cimdd *d, const char *kind, int64_t after, json_t **ret_items,
+		int64_t *ret_next, char *err, size_t errlen)
 {
 	static const struct {
 		const char *kind, *sql;
@@ -723,8 +721,6 @@ enum admin_err tlog_admin_export(struct admin_req *q)
 	    {"attest_keys", "SELECT rowid, backend, jwk, tpm_public, state, created FROM "
 			    "attest_keys WHERE rowid > ? ORDER BY rowid LIMIT ?"},
 	};
-	const char *kind = json_string_value(json_object_get(q->args, "kind"));
-	const json_t *after = json_object_get(q->args, "after");
 	sqlite3_stmt *s = NULL;
 	json_t *items, *o;
 	int64_t last = 0;
@@ -734,30 +730,28 @@ enum admin_err tlog_admin_export(struct admin_req *q)
 		if (strcmp(kind, kinds[i].kind) == 0)
 			break;
 	if (kind == NULL || i == sizeof(kinds) / sizeof(kinds[0]))
-		return admin_fail(q, AE_BAD_REQUEST,
-				  "kind must be checkpoints, publications, attestations, "
-				  "revocations or attest_keys");
-	if (after != NULL && (!json_is_integer(after) || json_integer_value(after) < 0))
-		return admin_fail(q, AE_BAD_REQUEST, "after must be an id (0 or more)");
+		return cimd_fail(err, errlen, -EINVAL,
+				 "kind must be checkpoints, publications, attestations, "
+				 "revocations or attest_keys");
+	if (after < 0)
+		return cimd_fail(err, errlen, -EINVAL, TLOG_AFTER_WORDS);
 	if ((items = json_array()) == NULL ||
-	    store_query(q->d->st, &s, kinds[i].sql, "ii",
-			(int64_t)(after != NULL ? json_integer_value(after) : 0),
-			(int64_t)EXPORT_PAGE) < 0) {
+	    store_query(d->st, &s, kinds[i].sql, "ii", after, (int64_t)EXPORT_PAGE) < 0) {
 		json_decref(items);
-		return admin_fail(q, AE_INTERNAL, "database error");
+		return cimd_fail(err, errlen, -EIO, "database error");
 	}
 	while (sqlite3_step(s) == SQLITE_ROW) {
 		if ((o = export_row(kind, s)) == NULL) {
-			store_done(q->d->st, s);
+			store_done(d->st, s);
 			json_decref(items);
-			return admin_fail(q, AE_INTERNAL, "a stored %s row is unreadable", kind);
+			return cimd_fail(err, errlen, -EIO, "a stored %s row is unreadable", kind);
 		}
 		last = sqlite3_column_int64(s, 0);
 		json_array_append_new(items, o);
 	}
-	store_done(q->d->st, s);
-	q->result =
-	    json_pack("{soso}", "items", items, "next",
-		      json_array_size(items) == EXPORT_PAGE ? json_integer(last) : json_null());
-	return q->result != NULL ? AE_OK : AE_INTERNAL;
+	store_done(d->st, s);
+	*ret_items = items;
+	/* A full page: more may follow, after the last id. */
+	*ret_next = json_array_size(items) == EXPORT_PAGE ? last : -1;
+	return 0;
 }
