@@ -183,7 +183,7 @@ int t_sh_out(char *out, size_t len, const char *fmt, ...)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
-const char *t_bin(const char *name, char *buf, size_t len)
+const char *t_build_dir(char *buf, size_t len)
 {
 	char exe[PATH_MAX];
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -192,12 +192,20 @@ const char *t_bin(const char *name, char *buf, size_t len)
 	if (n < 0)
 		n = 0;
 	exe[n] = '\0';
-	/* BUILD/tests/test_x -> BUILD/bin/NAME */
+	/* BUILD/tests/test_x -> BUILD */
 	if ((slash = strrchr(exe, '/')) != NULL)
 		*slash = '\0';
 	if ((slash = strrchr(exe, '/')) != NULL)
 		*slash = '\0';
-	snprintf(buf, len, "%s/bin/%s", exe, name);
+	snprintf(buf, len, "%s", exe);
+	return buf;
+}
+
+const char *t_bin(const char *name, char *buf, size_t len)
+{
+	char build[PATH_MAX];
+
+	snprintf(buf, len, "%s/bin/%s", t_build_dir(build, sizeof(build)), name);
 	return buf;
 }
 

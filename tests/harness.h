@@ -46,6 +46,8 @@ int t_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Like t_sh, and the output (at most len - 1 bytes) into out, which is a
  * string whatever happens. */
 int t_sh_out(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The build this test binary belongs to (BUILD of BUILD/tests/test_x), into buf. */
+const char *t_build_dir(char *buf, size_t len);
 /* build/bin/NAME of the build this test binary belongs to, into buf. */
 const char *t_bin(const char *name, char *buf, size_t len);
 

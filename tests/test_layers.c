@@ -94,21 +94,13 @@ static int circle_from(int u, char *out, size_t len)
 
 int main(void)
 {
-	char exe[PATH_MAX], dir[PATH_MAX + 32], obj[PATH_MAX + 300], circle[4096] = "", *slash;
+	char exe[PATH_MAX], dir[PATH_MAX + 32], obj[PATH_MAX + 300], circle[4096] = "";
 	struct dirent *e;
 	DIR *dp;
-	ssize_t n;
 	size_t i, j, k;
 	int main_file = -1, up = 0, ok = 1;
 
-	/* build/tests/test_layers -> build/obj/service */
-	if ((n = readlink("/proc/self/exe", exe, sizeof(exe) - 1)) < 0)
-		return t_ok(0, "readlink /proc/self/exe"), t_done();
-	exe[n] = '\0';
-	if ((slash = strrchr(exe, '/')) != NULL)
-		*slash = '\0';
-	if ((slash = strrchr(exe, '/')) != NULL)
-		*slash = '\0';
+	t_build_dir(exe, sizeof(exe));
 	snprintf(dir, sizeof(dir), "%s/obj/service", exe);
 	if (!t_ok((dp = opendir(dir)) != NULL, "the service objects are in %s", dir))
 		return t_done();

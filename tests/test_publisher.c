@@ -43,18 +43,9 @@
 
 static char build[1024];
 
-/* BUILD/tests/test_publisher -> BUILD */
 static void build_dir(void)
 {
-	char exe[PATH_MAX], *slash;
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-
-	exe[n < 0 ? 0 : n] = '\0';
-	if ((slash = strrchr(exe, '/')) != NULL)
-		*slash = '\0';
-	if ((slash = strrchr(exe, '/')) != NULL)
-		*slash = '\0';
-	snprintf(build, sizeof(build), "%.1000s", exe);
+	t_build_dir(build, sizeof(build));
 }
 
 static char *slurp(const char *path, size_t *ret_len)
