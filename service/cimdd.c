@@ -172,7 +172,14 @@ static void banner(const struct cimdd *d)
 		d->cfg->base_url);
 }
 
-int main(int argc, char **argv)
+/* What the command line asks for. */
+struct args {
+	const char *conf, *dev, *backend;
+	int fg, port, accept_rollback;
+};
+
+/* -1: go on; otherwise the exit status (--help, --version, a bad argument). */
+static int parse_args(int argc, char **argv, struct args *a)
 {
 	static const struct option opts[] = {
 	    {"config", required_argument, NULL, 'c'},
@@ -185,43 +192,31 @@ int main(int argc, char **argv)
 	    {"accept-rollback", no_argument, NULL, 'R'},
 	    {NULL, 0, NULL, 0},
 	};
-	const char *conf = NULL, *dev = NULL, *backend = "pkcs11";
-	struct publication *pub = NULL;
-	time_t probed_at = 0;
-	int more = 1; /* the first turn publishes at once */
-	char devconf[1200], err[512], dbpath[1100];
-	struct cimdd d = {0};
-	struct admin_server *admin = NULL;
-	struct pollfd fds[CIMD_ADMIN_CONNS_MAX + 2];
-	struct signalfd_siginfo si;
-	pid_t swtpm = 0;
-	sigset_t mask;
-	int c, fg = 0, port = 8443, sfd = -1, lockfd = -1, rc = 1, r;
-	time_t last_tick = 0;
-	size_t n;
 	char *end;
+	int c;
 
+	*a = (struct args){.backend = "pkcs11", .port = 8443};
 	while ((c = getopt_long(argc, argv, "c:fhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
-			conf = optarg;
+			a->conf = optarg;
 			break;
 		case 'f':
-			fg = 1;
+			a->fg = 1;
 			break;
 		case 'D':
-			dev = optarg;
-			fg = 1;
+			a->dev = optarg;
+			a->fg = 1;
 			break;
 		case 'B':
-			backend = optarg;
+			a->backend = optarg;
 			break;
 		case 'R':
-			d.accept_rollback = 1;
+			a->accept_rollback = 1;
 			break;
 		case 'P':
-			port = (int)strtol(optarg, &end, 10);
-			if (*end != '\0' || port < 1 || port > 65535) {
+			a->port = (int)strtol(optarg, &end, 10);
+			if (*end != '\0' || a->port < 1 || a->port > 65535) {
 				fprintf(stderr, "cimdd: --port %s is not a port number\n", optarg);
 				return 2;
 			}
@@ -237,208 +232,284 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind != argc || (conf == NULL) == (dev == NULL)) {
+	if (optind != argc || (a->conf == NULL) == (a->dev == NULL)) {
 		usage(stderr);
 		return 2;
 	}
+	return -1;
+}
+
+/* SIGTERM, SIGINT, SIGHUP and SIGCHLD go to the signalfd alone: blocked before
+ * any thread exists (key stores start workers), so that every thread inherits
+ * the mask.  A signal ignored by whoever started us (a shell's background job
+ * ignores SIGINT) would be discarded, never reaching the signalfd: each is
+ * reset to its default first. */
+static int block_signals(sigset_t *ret_mask)
+{
+	static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
+	size_t i;
+
 	signal(SIGPIPE, SIG_IGN);
-	/* A signal ignored by whoever started us (a shell's background job
-	 * ignores SIGINT) would be discarded, never reaching the signalfd. */
-	signal(SIGTERM, SIG_DFL);
-	signal(SIGINT, SIG_DFL);
-	signal(SIGHUP, SIG_DFL);
-	signal(SIGCHLD, SIG_DFL);
-	/* Blocked before any thread exists (key stores start workers), so that
-	 * every thread inherits the mask and only the signalfd sees them. */
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGHUP);
-	sigaddset(&mask, SIGCHLD);
-	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0) {
-		fprintf(stderr, "cimdd: sigprocmask: %s\n", strerror(errno));
-		return 1;
+	sigemptyset(ret_mask);
+	for (i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+		signal(sigs[i], SIG_DFL);
+		sigaddset(ret_mask, sigs[i]);
 	}
-	setenv("TSS2_LOG", "all+none", 0); /* we log hardware errors ourselves, once */
-	umask(077);
-	log_init("cimdd", fg);
-	if (dev != NULL) {
-		if (dev_prepare(dev, backend, port, devconf, sizeof(devconf), err, sizeof(err)) <
-		    0) {
-			log_err("--dev %s: %s", dev, err);
-			return 1;
+	return sigprocmask(SIG_BLOCK, ret_mask, NULL) < 0 ? -errno : 0;
+}
+
+/* The running daemon: what main owns and frees. */
+struct daemon {
+	struct cimdd d;
+	struct publication *pub;
+	struct admin_server *admin;
+	sigset_t mask;
+	int sfd, lockfd;
+	pid_t swtpm; /* --dev tpm2: the simulator we started */
+	time_t probed_at;
+};
+
+static void journal_daemon(struct cimdd *d, const char *kind)
+{
+	if (store_begin(d->st) == 0 && journal_append(d->st, kind, "cimdd", NULL, NULL) == 0)
+		store_commit(d->st);
+	else
+		store_rollback(d->st);
+}
+
+/* The state directory, its lock (one daemon per directory: a second one would
+ * share the database and the hardware and take over the admin socket), and the
+ * database. */
+static int open_state(struct daemon *m)
+{
+	struct cimdd *d = &m->d;
+	char path[1100], err[512];
+
+	if (mkdir(d->cfg->state_dir, 0700) < 0 && errno != EEXIST) {
+		log_err("state_dir %s: %s", d->cfg->state_dir, strerror(errno));
+		return -1;
+	}
+	snprintf(path, sizeof(path), "%s/cimdd.lock", d->cfg->state_dir);
+	if ((m->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
+	    flock(m->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		log_err("%s: %s", path,
+			errno == EWOULDBLOCK ? "another cimdd runs on this state directory"
+					     : strerror(errno));
+		return -1;
+	}
+	snprintf(path, sizeof(path), "%s/cimdd.db", d->cfg->state_dir);
+	if (store_open(path, &d->st, err, sizeof(err)) < 0) {
+		log_err("state database: %s", err);
+		return -1;
+	}
+	return 0;
+}
+
+/* Start-up, in the order the appliance's guarantees need (docs/scaling.md,
+ * docs/audit.md): -1 when it cannot start (logged). */
+static int daemon_start(struct daemon *m, const struct args *a)
+{
+	struct cimdd *d = &m->d;
+	char devconf[1200], err[512];
+	const char *conf = a->conf;
+	int r;
+
+	if (a->dev != NULL) {
+		if (dev_prepare(a->dev, a->backend, a->port, devconf, sizeof(devconf), err,
+				sizeof(err)) < 0 ||
+		    dev_start(a->dev, &m->swtpm, err, sizeof(err)) < 0) {
+			log_err("--dev %s: %s", a->dev, err);
+			return -1;
 		}
 		conf = devconf;
-		if (dev_start(dev, &swtpm, err, sizeof(err)) < 0) {
-			log_err("--dev %s: %s", dev, err);
-			return 1;
-		}
-		if (swtpm > 0)
-			log_info("swtpm simulator started (pid %d)", (int)swtpm);
+		if (m->swtpm > 0)
+			log_info("swtpm simulator started (pid %d)", (int)m->swtpm);
 	}
-	if (config_load(conf, &d.cfg, err, sizeof(err)) < 0) {
+	if (config_load(conf, &d->cfg, err, sizeof(err)) < 0) {
 		log_err("%s", err);
-		return 1;
+		return -1;
 	}
-	d.dev = dev != NULL;
-	if ((r = custody_new(d.cfg, &d.custody)) < 0) {
+	d->dev = a->dev != NULL;
+	d->accept_rollback = a->accept_rollback;
+	if ((r = custody_new(d->cfg, &d->custody)) < 0) {
 		log_err("backends: %s", strerror(-r));
-		goto out;
+		return -1;
 	}
 	/* Detach before any thread, database handle or socket exists: a fork
 	 * keeps only the calling thread, and SQLite handles must not cross it. */
-	if (!fg && (r = daemonize()) < 0) {
+	if (!a->fg && (r = daemonize()) < 0) {
 		log_err("daemonize: %s", strerror(-r));
-		goto out;
+		return -1;
 	}
-	if (mkdir(d.cfg->state_dir, 0700) < 0 && errno != EEXIST) {
-		log_err("state_dir %s: %s", d.cfg->state_dir, strerror(errno));
-		goto out;
-	}
-	/* One daemon per state directory: a second one would share the database
-	 * and the hardware and take over the admin socket. */
-	snprintf(dbpath, sizeof(dbpath), "%s/cimdd.lock", d.cfg->state_dir);
-	if ((lockfd = open(dbpath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
-	    flock(lockfd, LOCK_EX | LOCK_NB) < 0) {
-		log_err("%s: %s", dbpath,
-			errno == EWOULDBLOCK ? "another cimdd runs on this state directory"
-					     : strerror(errno));
-		goto out;
-	}
-	snprintf(dbpath, sizeof(dbpath), "%s/cimdd.db", d.cfg->state_dir);
-	if (store_open(dbpath, &d.st, err, sizeof(err)) < 0) {
-		log_err("state database: %s", err);
-		goto out;
-	}
+	if (open_state(m) < 0)
+		return -1;
 	/* The TPM now; the other stores in a thread while the database's
 	 * publication goes out (custody.c). */
-	custody_open_start(d.custody);
+	custody_open_start(d->custody);
 	/* Before anything appends or touches hardware keys: a database older
 	 * than the TPM's counter is refused here (tlog.c). */
-	if (tlog_open(&d, &d.tlog, err, sizeof(err)) < 0) {
+	if (tlog_open(d, &d->tlog, err, sizeof(err)) < 0) {
 		log_err("journal: %s", err);
-		goto out;
+		return -1;
 	}
 	/* What the database says is published while the other key stores
 	 * open and before the hardware is listed (each a second at 20,000
 	 * objects on SoftHSM2): reconciliation marks what it changes, and the
 	 * next turns publish that (docs/scaling.md). */
-	if ((r = publication_new(&d, &pub)) < 0) {
+	if ((r = publication_new(d, &m->pub)) < 0) {
 		log_err("publisher: %s", strerror(-r));
-		goto out;
+		return -1;
 	}
-	publication_set_metrics(pub, daemon_metrics, &d);
-	publication_start(pub);
-	custody_open_join(d.custody);
-	publication_step(pub);
-	keys_reconcile(&d);
-	attest_keys_ensure(&d);
+	publication_set_metrics(m->pub, daemon_metrics, d);
+	publication_start(m->pub);
+	custody_open_join(d->custody);
+	publication_step(m->pub);
+	keys_reconcile(d);
+	attest_keys_ensure(d);
 	/* Before the admin socket: once an operator can connect, so can workloads. */
-	if (signer_start(&d, &d.signer, err, sizeof(err)) < 0) {
+	if (signer_start(d, &d->signer, err, sizeof(err)) < 0) {
 		log_err("sign socket: %s", err);
-		goto out;
+		return -1;
 	}
-	if (admin_server_new(&d, &admin, err, sizeof(err)) < 0) {
+	if (admin_server_new(d, &m->admin, err, sizeof(err)) < 0) {
 		log_err("admin socket: %s", err);
-		goto out;
+		return -1;
 	}
-	if ((sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
+	if ((m->sfd = signalfd(-1, &m->mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
 		log_err("signalfd: %s", strerror(errno));
-		goto out;
+		return -1;
 	}
-	if (store_begin(d.st) == 0 &&
-	    journal_append(d.st, "daemon.start", "cimdd", NULL, NULL) == 0)
-		store_commit(d.st);
-	else
-		store_rollback(d.st);
+	journal_daemon(d, "daemon.start");
 	/* Nothing published anywhere: no key waits for publication. */
-	if (d.cfg->listen == NULL && d.cfg->export_dir == NULL)
-		signer_publish_nothing(d.signer);
-	log_info("cimdd %s: %s, admin socket %s, two-person rule %s", CIMD_VERSION, d.cfg->base_url,
-		 d.cfg->admin_socket, d.cfg->two_person_rule ? "on" : "off");
-	if (d.dev)
-		banner(&d);
+	if (d->cfg->listen == NULL && d->cfg->export_dir == NULL)
+		signer_publish_nothing(d->signer);
+	log_info("cimdd %s: %s, admin socket %s, two-person rule %s", CIMD_VERSION,
+		 d->cfg->base_url, d->cfg->admin_socket, d->cfg->two_person_rule ? "on" : "off");
+	if (d->dev)
+		banner(d);
+	return 0;
+}
+
+/* Once a second: hardware that came back, the lifecycle scheduler, the
+ * checkpoint, the health probe.  -1: a rollback was found (stop, status 1). */
+static int daemon_tick(struct daemon *m, time_t now)
+{
+	struct cimdd *d = &m->d;
+
+	/* A backend that comes up after start: the rollback check first (if it
+	 * is the TPM), then it is reconciled and gets its attestation key. */
+	if (custody_open_missing(d->custody)) {
+		if (tlog_check_rollback(d, d->tlog) == -CIMD_EVERIFY)
+			return -1;
+		keys_reconcile(d);
+		attest_keys_ensure(d);
+	}
+	keys_tick(d, now);
+	if (tlog_tick(d, d->tlog, 0) == -CIMD_EVERIFY)
+		return -1; /* rollback found once the TPM answered */
+	/* Is the hardware there?  Reflected in /healthz, /metrics and status
+	 * within PROBE_EVERY seconds. */
+	if (now - m->probed_at >= PROBE_EVERY) {
+		m->probed_at = now;
+		if (custody_probe(d->custody, keys_probe_key, d))
+			publication_health(m->pub); /* health is public */
+	}
+	return 0;
+}
+
+/* The loop: poll(2) on the signalfd and the admin socket.  The exit status:
+ * 0 on SIGTERM/SIGINT, 1 on a failure. */
+static int daemon_run(struct daemon *m)
+{
+	struct pollfd fds[CIMD_ADMIN_CONNS_MAX + 2];
+	struct signalfd_siginfo si;
+	time_t last_tick = 0;
+	int more = 1; /* the first turn publishes at once */
+	size_t n;
 
 	for (;;) {
-		fds[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
-		n = 1 + admin_server_pollfds(admin, fds + 1, sizeof(fds) / sizeof(fds[0]) - 1);
-		if (poll(fds, n, admin_server_busy(admin) || more ? 0 : 1000) < 0 &&
+		fds[0] = (struct pollfd){.fd = m->sfd, .events = POLLIN};
+		n = 1 + admin_server_pollfds(m->admin, fds + 1, sizeof(fds) / sizeof(fds[0]) - 1);
+		if (poll(fds, n, admin_server_busy(m->admin) || more ? 0 : 1000) < 0 &&
 		    errno != EINTR) {
 			log_err("poll: %s", strerror(errno));
-			break;
+			return 1;
 		}
-		if (fds[0].revents & POLLIN) {
-			if (read(sfd, &si, sizeof(si)) == sizeof(si)) {
-				if (si.ssi_signo == SIGHUP) {
-					reload(&d);
-					publication_reconfigured(pub);
-				} else if (si.ssi_signo == SIGCHLD) {
-					publication_child(pub);
-				} else {
-					log_info("signal %d: shutting down", (int)si.ssi_signo);
-					rc = 0;
-					break;
-				}
+		if ((fds[0].revents & POLLIN) && read(m->sfd, &si, sizeof(si)) == sizeof(si)) {
+			if (si.ssi_signo == SIGHUP) {
+				reload(&m->d);
+				publication_reconfigured(m->pub);
+			} else if (si.ssi_signo == SIGCHLD) {
+				publication_child(m->pub);
+			} else {
+				log_info("signal %d: shutting down", (int)si.ssi_signo);
+				return 0;
 			}
 		}
-		admin_server_dispatch(admin, fds + 1, n - 1);
+		admin_server_dispatch(m->admin, fds + 1, n - 1);
 		if (time(NULL) != last_tick) {
 			last_tick = time(NULL);
-			/* A backend that comes up after start: the rollback check
-			 * first (if it is the TPM), then it is reconciled and gets
-			 * its attestation key. */
-			if (custody_open_missing(d.custody)) {
-				if (tlog_check_rollback(&d, d.tlog) == -CIMD_EVERIFY) {
-					rc = 1;
-					break;
-				}
-				keys_reconcile(&d);
-				attest_keys_ensure(&d);
-			}
-			keys_tick(&d, last_tick);
-			if (tlog_tick(&d, d.tlog, 0) == -CIMD_EVERIFY) {
-				rc = 1; /* rollback found once the TPM answered */
-				break;
-			}
-			/* Is the hardware there?  Reflected in /healthz, /metrics and
-			 * status within PROBE_EVERY seconds. */
-			if (last_tick - probed_at >= PROBE_EVERY) {
-				probed_at = last_tick;
-				if (custody_probe(d.custody, keys_probe_key, &d))
-					publication_health(pub); /* health is public */
-			}
+			if (daemon_tick(m, last_tick) < 0)
+				return 1;
 		}
 		/* Whatever changed since the last turn (the change markers of
 		 * schema 7): the signer drops those clients' policies, their
 		 * attestations are issued before what they attest is published,
 		 * and what changed is recorded and handed to the publisher and
 		 * export_dir (publish.c), a bounded slice per turn. */
-		more = publication_step(pub);
+		more = publication_step(m->pub);
 	}
-	/* No assertion after the stop record and its checkpoint. */
-	signer_stop(&d.signer);
-	if (store_begin(d.st) == 0 && journal_append(d.st, "daemon.stop", "cimdd", NULL, NULL) == 0)
-		store_commit(d.st);
-	else
-		store_rollback(d.st);
-	/* Everything up to the stop, under a checkpoint. */
+}
+
+/* After the loop: no assertion after the stop record and, on a clean stop,
+ * everything up to it under a checkpoint. */
+static void daemon_stop(struct daemon *m, int rc)
+{
+	signer_stop(&m->d.signer);
+	journal_daemon(&m->d, "daemon.stop");
 	if (rc == 0)
-		tlog_tick(&d, d.tlog, 1);
-out:
-	signer_stop(&d.signer);
-	publication_free(&pub);
-	tlog_free(&d.tlog);
-	if (sfd >= 0)
-		close(sfd);
-	if (lockfd >= 0)
-		close(lockfd);
-	admin_server_free(&admin);
-	custody_free(&d.custody);
-	store_free(&d.st);
-	config_free(&d.cfg);
-	if (swtpm > 0) {
-		kill(swtpm, SIGTERM);
-		waitpid(swtpm, NULL, 0);
+		tlog_tick(&m->d, m->d.tlog, 1);
+}
+
+static void daemon_free(struct daemon *m)
+{
+	signer_stop(&m->d.signer);
+	publication_free(&m->pub);
+	tlog_free(&m->d.tlog);
+	if (m->sfd >= 0)
+		close(m->sfd);
+	if (m->lockfd >= 0)
+		close(m->lockfd);
+	admin_server_free(&m->admin);
+	custody_free(&m->d.custody);
+	store_free(&m->d.st);
+	config_free(&m->d.cfg);
+	if (m->swtpm > 0) {
+		kill(m->swtpm, SIGTERM);
+		waitpid(m->swtpm, NULL, 0);
 	}
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon m = {.sfd = -1, .lockfd = -1};
+	struct args a;
+	int rc;
+
+	if ((rc = parse_args(argc, argv, &a)) >= 0)
+		return rc;
+	if ((rc = block_signals(&m.mask)) < 0) {
+		fprintf(stderr, "cimdd: sigprocmask: %s\n", strerror(-rc));
+		return 1;
+	}
+	setenv("TSS2_LOG", "all+none", 0); /* we log hardware errors ourselves, once */
+	umask(077);
+	log_init("cimdd", a.fg);
+	rc = 1;
+	if (daemon_start(&m, &a) == 0) {
+		rc = daemon_run(&m);
+		daemon_stop(&m, rc);
+	}
+	daemon_free(&m);
 	return rc;
 }
