@@ -92,6 +92,48 @@ static int circle_from(int u, char *out, size_t len)
 	return 0;
 }
 
+/* Each file's level: 0 calls no other file, n calls one of level n - 1 at
+ * most.  Printed from the top, as docs/architecture.md draws them. */
+static int level_of(size_t u, int *memo)
+{
+	size_t v;
+	int l = 0, lv;
+
+	if (memo[u] >= 0)
+		return memo[u];
+	for (v = 0; v < nfiles; v++)
+		if (files[u].dep[v] && (lv = level_of(v, memo) + 1) > l)
+			l = lv;
+	return memo[u] = l;
+}
+
+static int by_name(const void *a, const void *b)
+{
+	return strcmp(files[*(const size_t *)a].name, files[*(const size_t *)b].name);
+}
+
+static void print_levels(void)
+{
+	int memo[FILES_MAX], top = 0, l;
+	size_t i, order[FILES_MAX];
+
+	for (i = 0; i < nfiles; i++)
+		memo[i] = -1;
+	for (i = 0; i < nfiles; i++)
+		if (level_of(i, memo) > top)
+			top = memo[i];
+	for (i = 0; i < nfiles; i++)
+		order[i] = i;
+	qsort(order, nfiles, sizeof(order[0]), by_name);
+	for (l = top; l >= 0; l--) {
+		printf("# level %d:", l);
+		for (i = 0; i < nfiles; i++)
+			if (memo[order[i]] == l)
+				printf(" %s", files[order[i]].name);
+		printf("\n");
+	}
+}
+
 int main(void)
 {
 	char exe[PATH_MAX], dir[PATH_MAX + 32], obj[PATH_MAX + 300], circle[4096] = "";
@@ -146,6 +188,8 @@ int main(void)
 	if (circle[0] != '\0')
 		printf("# circle: %s\n", circle);
 	t_ok(circle[0] == '\0', "the files of service/ call each other in no circle");
+	if (circle[0] == '\0')
+		print_levels();
 	/* The check itself: the main file depends on others, and a circle made
 	 * up here is found. */
 	for (j = 0, k = 0; main_file >= 0 && j < nfiles; j++)
