@@ -16,8 +16,12 @@
  *     CIMD_TEST_SCALE_BASE clients (default 200): the median of the 100 operations
  *     that end at each size, a ratio within this run, never an absolute time.
  *
- * Adding stops after CIMD_TEST_SCALE_SECONDS (default 240, three times that under
- * sanitizers), which fails the test instead of hanging it.
+ * A stuck daemon fails the test rather than hanging it: each admin request
+ * waits at most SCALE_ADMIN_TIMEOUT_MS.  Slowness alone does not: a loaded
+ * machine (other suites, sanitizers, fuzzing on the same cores) once made each
+ * add+approve 135 ms instead of 16, and a budget of 240 s for the whole
+ * growth failed a run that was correct.  CIMD_TEST_SCALE_SECONDS (default
+ * 1800) is only a last bound on the growth, well within CI's clock.
  *
  * The admin and HTTPS clients and the helpers above main() are shared with
  * bench/bench_scale.c, which includes this file with SCALE_NO_MAIN defined.
@@ -513,8 +517,7 @@ int main(void)
 	double *ms = NULL, t0, add_s, fetch_s, small_med, big_med, w_small[SCALE_WINDOW_MAX],
 	       w_big[SCALE_WINDOW_MAX];
 	long n = env_long("CIMD_TEST_SCALE_N", 2000), base = env_long("CIMD_TEST_SCALE_BASE", 200);
-	long limit_s =
-	    env_long("CIMD_TEST_SCALE_SECONDS", getenv("CIMD_TEST_SANITIZED") ? 720 : 240);
+	long limit_s = env_long("CIMD_TEST_SCALE_SECONDS", 1800);
 	char err[512], why[256] = "", path[64], name[16];
 	int i, added = 0, good = 0, rc, r = 0;
 	size_t w;
