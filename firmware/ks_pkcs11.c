@@ -701,25 +701,8 @@ static int p11_seen_cmp(const void *a, const void *b)
 	return memcmp(x->id, y->id, x->id_len);
 }
 
-/*
- * One listing of the token: every object read once.  One C_FindObjectsInit
- * for all objects, their handles fetched P11_LIST_BATCH at a time, and one
- * C_GetAttributeValue per object for its class, CKA_ID and label together: a
- * module may cost a lot per call (SoftHSM2 checks each object's file on every
- * call), so the calls are what this keeps low.  From it:
- *
- *   - every key with exactly one private and one public object is remembered
- *     (p11_obj_put), so that no later call on it searches the token;
- *   - when ret_refs is not NULL, the CKA_IDs (and tags) of the private keys
- *     labelled "cimdd" or "cimdd:TAG" (PKCS#11 finds by whole attribute values
- *     only, so the label is checked here), at most max, each whole when its
- *     CKA_ID names exactly one private and one public object, as a load needs.
- *
- * The listing is what reconciliation believes about the whole token, so it is
- * all or nothing: an attribute that cannot be ours (too long, sensitive,
- * absent) makes that object not ours, any other failure fails the listing.
- */
-#define P11_LIST_BATCH 1024
+#define P11_LIST_BATCH 1024 /* handles fetched per C_FindObjects */
+
 /* One object's class, CKA_ID and label into e, in one C_GetAttributeValue:
  * 1 when it is a key with a CKA_ID a key of ours could have, 0 when it is
  * anything else (e then holds nothing of use). */
@@ -853,6 +836,24 @@ static int p11_refs_add(const struct p11_seen *grp, size_t count, int whole, siz
 	return 0;
 }
 
+/*
+ * One listing of the token: every object read once.  One C_FindObjectsInit
+ * for all objects, their handles fetched P11_LIST_BATCH at a time, and one
+ * C_GetAttributeValue per object for its class, CKA_ID and label together: a
+ * module may cost a lot per call (SoftHSM2 checks each object's file on every
+ * call), so the calls are what this keeps low.  From it:
+ *
+ *   - every key with exactly one private and one public object is remembered
+ *     (p11_obj_put), so that no later call on it searches the token;
+ *   - when ret_refs is not NULL, the CKA_IDs (and tags) of the private keys
+ *     labelled "cimdd" or "cimdd:TAG" (PKCS#11 finds by whole attribute values
+ *     only, so the label is checked here), at most max, each whole when its
+ *     CKA_ID names exactly one private and one public object, as a load needs.
+ *
+ * The listing is what reconciliation believes about the whole token, so it is
+ * all or nothing: an attribute that cannot be ours (too long, sensitive,
+ * absent) makes that object not ours, any other failure fails the listing.
+ */
 static int p11_raw_index(struct key_store *ks, struct p11 *p, size_t max, struct ks_ref **ret_refs,
 			 size_t *ret_n)
 {
