@@ -114,28 +114,17 @@ out:
 	return r;
 }
 
-int dsse_verify(const json_t *envelope, const json_t *trust_jwks, const char **ret_type,
-		uint8_t **ret_payload, size_t *ret_len, const char **ret_kid, char *errbuf,
-		size_t errlen)
+/* envelope.md: {"payload": string, "payloadType": string,
+ * "signatures": [{"keyid": string, "sig": string}, ...]}; other members are
+ * ignored ("Consumers MUST ignore unrecognized fields").  Every member is
+ * checked, and capped, before anything is decoded. */
+static int envelope_check(const json_t *envelope, const json_t **ret_payload, const char **ret_type,
+			  const json_t **ret_sigs, char *errbuf, size_t errlen)
 {
-	const json_t *jpayload, *jtype, *sigs, *keys, *s, *k;
-	const char *type, *payload_b64, *keyid, *sig_b64, *kid, *ok_kid = NULL;
-	uint8_t *payload = NULL, *pae = NULL;
-	size_t payload_len = 0, pae_len, i, j, n, trusted = 0;
-	char first[256] = "";
-	int r;
+	const json_t *jpayload, *jtype, *sigs, *s;
+	const char *type;
+	size_t i, n;
 
-	if (errbuf != NULL && errlen > 0)
-		errbuf[0] = '\0';
-	if (ret_type == NULL || ret_payload == NULL || ret_len == NULL || ret_kid == NULL)
-		return -EINVAL;
-	keys = json_object_get(trust_jwks, "keys");
-	if (!json_is_array(keys))
-		return cimd_fail(errbuf, errlen, -EINVAL, "trust JWKS has no \"keys\" array");
-
-	/* envelope.md: {"payload": string, "payloadType": string,
-	 * "signatures": [{"keyid": string, "sig": string}, ...]}; other members
-	 * are ignored ("Consumers MUST ignore unrecognized fields"). */
 	if (!json_is_object(envelope))
 		return cimd_fail(errbuf, errlen, -CIMD_EFORMAT, "envelope is not a JSON object");
 	jpayload = json_object_get(envelope, "payload");
@@ -172,24 +161,29 @@ int dsse_verify(const json_t *envelope, const json_t *trust_jwks, const char **r
 			    "signatures[%zu].sig is not a string of at most %d characters", i,
 			    DSSE_SIG_B64_MAX);
 	}
-	payload_b64 = json_string_value(jpayload);
 	if (json_string_length(jpayload) > (DSSE_PAYLOAD_MAX + 2) / 3 * 4)
 		return cimd_fail(errbuf, errlen, -E2BIG, "payload is larger than %d bytes",
 				 DSSE_PAYLOAD_MAX);
-	if ((r = b64_decode(payload_b64, json_string_length(jpayload), &payload, &payload_len)) <
-	    0) {
-		r = cimd_fail(errbuf, errlen, r, "payload is not base64");
-		goto out;
-	}
-	/* DSSE protocol, "To verify": the signature is over
-	 * PAE(UTF8(PAYLOAD_TYPE), SERIALIZED_BODY), rebuilt from what was received. */
-	if ((r = dsse_pae(type, payload, payload_len, &pae, &pae_len)) < 0)
-		goto out;
+	*ret_payload = jpayload;
+	*ret_type = type;
+	*ret_sigs = sigs;
+	return 0;
+}
 
-	/* DSSE protocol, "Multi-signature Verification" with t = 1: keyid only
-	 * narrows the choice of trusted keys (it is unauthenticated); one
-	 * signature that verifies with a trusted key accepts the envelope, and
-	 * signatures by keys we do not trust are skipped. */
+/* DSSE protocol, "Multi-signature Verification" with t = 1: keyid only
+ * narrows the choice of trusted keys (it is unauthenticated); one signature
+ * that verifies with a trusted key accepts the envelope, and signatures by
+ * keys we do not trust are skipped.  The kid of the key that verified into
+ * *ret_kid; otherwise the first reason a trusted key gave. */
+static int find_signature(const json_t *sigs, const json_t *keys, const uint8_t *pae,
+			  size_t pae_len, const char **ret_kid, char *errbuf, size_t errlen)
+{
+	const json_t *s, *k;
+	const char *keyid, *sig_b64, *kid, *ok_kid = NULL;
+	size_t i, j, trusted = 0;
+	char first[256] = "";
+	int r;
+
 	json_array_foreach(sigs, i, s)
 	{
 		if ((keyid = json_string_value(json_object_get(s, "keyid"))) == NULL)
@@ -221,6 +215,41 @@ int dsse_verify(const json_t *envelope, const json_t *trust_jwks, const char **r
 			r = cimd_fail(errbuf, errlen, -CIMD_EVERIFY, "%s", first);
 		goto out;
 	}
+	*ret_kid = ok_kid;
+	r = 0;
+out:
+	return r;
+}
+
+int dsse_verify(const json_t *envelope, const json_t *trust_jwks, const char **ret_type,
+		uint8_t **ret_payload, size_t *ret_len, const char **ret_kid, char *errbuf,
+		size_t errlen)
+{
+	const json_t *jpayload = NULL, *sigs = NULL, *keys;
+	const char *type = NULL, *ok_kid = NULL;
+	uint8_t *payload = NULL, *pae = NULL;
+	size_t payload_len = 0, pae_len;
+	int r;
+
+	if (errbuf != NULL && errlen > 0)
+		errbuf[0] = '\0';
+	if (ret_type == NULL || ret_payload == NULL || ret_len == NULL || ret_kid == NULL)
+		return -EINVAL;
+	keys = json_object_get(trust_jwks, "keys");
+	if (!json_is_array(keys))
+		return cimd_fail(errbuf, errlen, -EINVAL, "trust JWKS has no \"keys\" array");
+	if ((r = envelope_check(envelope, &jpayload, &type, &sigs, errbuf, errlen)) < 0)
+		return r;
+	if ((r = b64_decode(json_string_value(jpayload), json_string_length(jpayload), &payload,
+			    &payload_len)) < 0) {
+		r = cimd_fail(errbuf, errlen, r, "payload is not base64");
+		goto out;
+	}
+	/* DSSE protocol, "To verify": the signature is over
+	 * PAE(UTF8(PAYLOAD_TYPE), SERIALIZED_BODY), rebuilt from what was received. */
+	if ((r = dsse_pae(type, payload, payload_len, &pae, &pae_len)) < 0 ||
+	    (r = find_signature(sigs, keys, pae, pae_len, &ok_kid, errbuf, errlen)) < 0)
+		goto out;
 	*ret_type = type;
 	*ret_payload = payload;
 	*ret_len = payload_len;

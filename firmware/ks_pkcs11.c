@@ -701,38 +701,68 @@ static int p11_seen_cmp(const void *a, const void *b)
 	return memcmp(x->id, y->id, x->id_len);
 }
 
-/*
- * One listing of the token: every object read once.  One C_FindObjectsInit
- * for all objects, their handles fetched P11_LIST_BATCH at a time, and one
- * C_GetAttributeValue per object for its class, CKA_ID and label together: a
- * module may cost a lot per call (SoftHSM2 checks each object's file on every
- * call), so the calls are what this keeps low.  From it:
- *
- *   - every key with exactly one private and one public object is remembered
- *     (p11_obj_put), so that no later call on it searches the token;
- *   - when ret_refs is not NULL, the CKA_IDs (and tags) of the private keys
- *     labelled "cimdd" or "cimdd:TAG" (PKCS#11 finds by whole attribute values
- *     only, so the label is checked here), at most max, each whole when its
- *     CKA_ID names exactly one private and one public object, as a load needs.
- *
- * The listing is what reconciliation believes about the whole token, so it is
- * all or nothing: an attribute that cannot be ours (too long, sensitive,
- * absent) makes that object not ours, any other failure fails the listing.
- */
-#define P11_LIST_BATCH 1024
-static int p11_raw_index(struct key_store *ks, struct p11 *p, size_t max, struct ks_ref **ret_refs,
-			 size_t *ret_n)
+#define P11_LIST_BATCH 1024 /* handles fetched per C_FindObjects */
+
+/* One object's class, CKA_ID and label into e, in one C_GetAttributeValue:
+ * 1 when it is a key with a CKA_ID a key of ours could have, 0 when it is
+ * anything else (e then holds nothing of use). */
+static int p11_seen_read(struct key_store *ks, struct p11 *p, CK_OBJECT_HANDLE h,
+			 struct p11_seen *e)
 {
 	char label[P11_LABEL_MAX + 1];
-	CK_OBJECT_CLASS cls;
+	CK_OBJECT_CLASS cls = (CK_OBJECT_CLASS)-1;
 	CK_ATTRIBUTE a[3];
+	size_t tlen;
+	CK_RV rv;
+	int r;
+
+	a[0] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
+	a[1] = (CK_ATTRIBUTE){CKA_ID, e->id, sizeof(e->id)};
+	a[2] = (CK_ATTRIBUTE){CKA_LABEL, label, sizeof(label) - 1};
+	rv = p->fl->C_GetAttributeValue(p->sess, h, a, 3);
+	/* PKCS#11 v2.40 §5.7.5: with these three, each attribute that could not
+	 * be returned has the length CK_UNAVAILABLE_INFORMATION, and the others
+	 * are filled in. */
+	if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL && rv != CKR_ATTRIBUTE_SENSITIVE &&
+	    rv != CKR_ATTRIBUTE_TYPE_INVALID) {
+		r = p11_fail(ks, rv, -CIMD_EBACKEND, "C_GetAttributeValue");
+		goto out;
+	}
+	if (a[0].ulValueLen != sizeof(cls) || (cls != CKO_PRIVATE_KEY && cls != CKO_PUBLIC_KEY) ||
+	    a[1].ulValueLen == CK_UNAVAILABLE_INFORMATION || a[1].ulValueLen > sizeof(e->id)) {
+		r = 0; /* no key, or no CKA_ID a key of ours has */
+		goto out;
+	}
+	e->h = h;
+	e->cls = cls;
+	e->id_len = a[1].ulValueLen;
+	e->ours = 0;
+	e->tag[0] = '\0';
+	if (cls == CKO_PRIVATE_KEY && a[2].ulValueLen < sizeof(label)) {
+		label[a[2].ulValueLen] = '\0';
+		tlen =
+		    a[2].ulValueLen > sizeof(P11_LABEL) ? a[2].ulValueLen - sizeof(P11_LABEL) : 0;
+		e->ours = strcmp(label, P11_LABEL) == 0 ||
+			  strncmp(label, P11_LABEL ":", sizeof(P11_LABEL)) == 0;
+		if (e->ours && label[sizeof(P11_LABEL) - 1] == ':' && tlen <= CIMD_TAG_MAX)
+			memcpy(e->tag, label + sizeof(P11_LABEL), tlen + 1);
+	}
+	r = 1;
+out:
+	return r;
+}
+
+/* Every key object on the token, unsorted: one C_FindObjectsInit, handles
+ * P11_LIST_BATCH at a time, at most P11_OBJECTS_MAX objects. */
+static int p11_list_keys(struct key_store *ks, struct p11 *p, struct p11_seen **ret_seen,
+			 size_t *ret_n)
+{
 	CK_OBJECT_HANDLE *objs;
-	struct p11_seen *seen = NULL, *ns, *e;
-	struct ks_ref *refs = NULL;
-	size_t n = 0, cap = 0, nrefs = 0, i, j, g, npriv, npub, tlen;
+	struct p11_seen *seen = NULL, *ns;
+	size_t n = 0, cap = 0;
 	CK_ULONG k, o;
 	CK_RV rv;
-	int r = 0;
+	int r = 0, key;
 
 	if ((objs = calloc(P11_LIST_BATCH, sizeof(*objs))) == NULL)
 		return -ENOMEM;
@@ -759,47 +789,82 @@ static int p11_raw_index(struct key_store *ks, struct p11 *p, size_t max, struct
 				}
 				seen = ns;
 			}
-			e = &seen[n];
-			cls = (CK_OBJECT_CLASS)-1;
-			a[0] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
-			a[1] = (CK_ATTRIBUTE){CKA_ID, e->id, sizeof(e->id)};
-			a[2] = (CK_ATTRIBUTE){CKA_LABEL, label, sizeof(label) - 1};
-			rv = p->fl->C_GetAttributeValue(p->sess, objs[o], a, 3);
-			/* PKCS#11 v2.40 §5.7.5: with these three, each attribute that
-			 * could not be returned has the length CK_UNAVAILABLE_INFORMATION,
-			 * and the others are filled in. */
-			if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL &&
-			    rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID) {
-				r = p11_fail(ks, rv, -CIMD_EBACKEND, "C_GetAttributeValue");
+			if ((key = p11_seen_read(ks, p, objs[o], &seen[n])) < 0) {
+				r = key;
 				break;
 			}
-			if (a[0].ulValueLen != sizeof(cls) ||
-			    (cls != CKO_PRIVATE_KEY && cls != CKO_PUBLIC_KEY) ||
-			    a[1].ulValueLen == CK_UNAVAILABLE_INFORMATION ||
-			    a[1].ulValueLen > sizeof(e->id))
-				continue; /* no key, or no CKA_ID a key of ours has */
-			e->h = objs[o];
-			e->cls = cls;
-			e->id_len = a[1].ulValueLen;
-			e->ours = 0;
-			e->tag[0] = '\0';
-			if (cls == CKO_PRIVATE_KEY && a[2].ulValueLen < sizeof(label)) {
-				label[a[2].ulValueLen] = '\0';
-				tlen = a[2].ulValueLen > sizeof(P11_LABEL)
-					   ? a[2].ulValueLen - sizeof(P11_LABEL)
-					   : 0;
-				e->ours = strcmp(label, P11_LABEL) == 0 ||
-					  strncmp(label, P11_LABEL ":", sizeof(P11_LABEL)) == 0;
-				if (e->ours && label[sizeof(P11_LABEL) - 1] == ':' &&
-				    tlen <= CIMD_TAG_MAX)
-					memcpy(e->tag, label + sizeof(P11_LABEL), tlen + 1);
-			}
-			n++;
+			n += (size_t)key;
 		}
 	} while (r == 0 && k == P11_LIST_BATCH);
 	p->fl->C_FindObjectsFinal(p->sess);
 	free(objs);
-	if (r == 0 && n > 0)
+	if (r < 0) {
+		free(seen);
+		return r;
+	}
+	*ret_seen = seen;
+	*ret_n = n;
+	return 0;
+}
+
+/* The private keys of ours among one CKA_ID's objects appended to *refs
+ * (*nrefs of them, at most max); whole when the CKA_ID names exactly one
+ * private and one public object. */
+static int p11_refs_add(const struct p11_seen *grp, size_t count, int whole, size_t max,
+			struct ks_ref **refs, size_t *nrefs)
+{
+	struct ks_ref *nr;
+	size_t i;
+
+	for (i = 0; i < count && *nrefs < max; i++) {
+		if (!grp[i].ours)
+			continue;
+		if (*nrefs % 64 == 0) {
+			if ((nr = realloc(*refs, (*nrefs + 64) * sizeof(**refs))) == NULL)
+				return -ENOMEM;
+			*refs = nr;
+		}
+		nr = &(*refs)[*nrefs];
+		if ((nr->ref = malloc(grp[i].id_len ? grp[i].id_len : 1)) == NULL)
+			return -ENOMEM;
+		memcpy(nr->ref, grp[i].id, grp[i].id_len);
+		nr->len = grp[i].id_len;
+		memcpy(nr->tag, grp[i].tag, sizeof(nr->tag));
+		nr->whole = whole;
+		(*nrefs)++;
+	}
+	return 0;
+}
+
+/*
+ * One listing of the token: every object read once.  One C_FindObjectsInit
+ * for all objects, their handles fetched P11_LIST_BATCH at a time, and one
+ * C_GetAttributeValue per object for its class, CKA_ID and label together: a
+ * module may cost a lot per call (SoftHSM2 checks each object's file on every
+ * call), so the calls are what this keeps low.  From it:
+ *
+ *   - every key with exactly one private and one public object is remembered
+ *     (p11_obj_put), so that no later call on it searches the token;
+ *   - when ret_refs is not NULL, the CKA_IDs (and tags) of the private keys
+ *     labelled "cimdd" or "cimdd:TAG" (PKCS#11 finds by whole attribute values
+ *     only, so the label is checked here), at most max, each whole when its
+ *     CKA_ID names exactly one private and one public object, as a load needs.
+ *
+ * The listing is what reconciliation believes about the whole token, so it is
+ * all or nothing: an attribute that cannot be ours (too long, sensitive,
+ * absent) makes that object not ours, any other failure fails the listing.
+ */
+static int p11_raw_index(struct key_store *ks, struct p11 *p, size_t max, struct ks_ref **ret_refs,
+			 size_t *ret_n)
+{
+	struct p11_seen *seen = NULL;
+	struct ks_ref *refs = NULL;
+	size_t n = 0, nrefs = 0, j, g, npriv, npub;
+	int r;
+
+	if ((r = p11_list_keys(ks, p, &seen, &n)) < 0)
+		goto out;
+	if (n > 0)
 		qsort(seen, n, sizeof(*seen), p11_seen_cmp);
 	/* By CKA_ID: how many private and public objects carry it. */
 	for (g = 0; r == 0 && g < n; g = j) {
@@ -809,40 +874,23 @@ static int p11_raw_index(struct key_store *ks, struct p11 *p, size_t max, struct
 			p11_obj_put(p, seen[g].id,
 				    seen[g].cls == CKO_PRIVATE_KEY ? seen[g].h : seen[g + 1].h,
 				    seen[g].cls == CKO_PRIVATE_KEY ? seen[g + 1].h : seen[g].h, 1);
-		for (i = g; ret_refs != NULL && i < j && nrefs < max; i++) {
-			if (!seen[i].ours)
-				continue;
-			if (nrefs % 64 == 0) {
-				struct ks_ref *nr = realloc(refs, (nrefs + 64) * sizeof(*refs));
-				if (nr == NULL) {
-					r = -ENOMEM;
-					break;
-				}
-				refs = nr;
-			}
-			if ((refs[nrefs].ref = malloc(seen[i].id_len ? seen[i].id_len : 1)) ==
-			    NULL) {
-				r = -ENOMEM;
-				break;
-			}
-			memcpy(refs[nrefs].ref, seen[i].id, seen[i].id_len);
-			refs[nrefs].len = seen[i].id_len;
-			memcpy(refs[nrefs].tag, seen[i].tag, sizeof(refs[nrefs].tag));
-			refs[nrefs].whole = npriv == 1 && npub == 1;
-			nrefs++;
-		}
+		if (ret_refs != NULL)
+			r = p11_refs_add(seen + g, j - g, npriv == 1 && npub == 1, max, &refs,
+					 &nrefs);
 	}
-	free(seen);
-	if (r < 0) {
-		ks_refs_free(&refs, nrefs);
-		return r;
-	}
+	if (r < 0)
+		goto out;
 	p->indexed = 1;
 	if (ret_refs != NULL) {
 		*ret_refs = refs;
 		*ret_n = nrefs;
+		refs = NULL;
 	}
-	return 0;
+	r = 0;
+out:
+	free(seen);
+	ks_refs_free(&refs, nrefs);
+	return r;
 }
 
 /* A blank-padded CK_UTF8CHAR field (PKCS#11 v2.40 §3.2, CK_TOKEN_INFO) as a C

@@ -130,25 +130,20 @@ int tpm2_public_jwk(const uint8_t *pub, size_t pub_len, json_t **ret_jwk, int *r
 	return 0;
 }
 
-int tpm2_verify_certify(const uint8_t *attest, size_t attest_len, const uint8_t *sig,
-			size_t sig_len, const json_t *ak_jwk, const uint8_t *pub, size_t pub_len,
-			const json_t *key_jwk, const uint8_t *expected_extra, size_t extra_len,
-			char *errbuf, size_t errlen)
+/*
+ * The evidence itself (TPM 2.0 Part 2 §10.12.8, checked in the order of its
+ * fields): a whole TPMS_ATTEST made by the TPM, the answer of TPM2_Certify,
+ * signed by the AK, over the qualifying data the verifier asked for.  The
+ * parsed structure into *ret_attest.
+ */
+static int certify_evidence(const uint8_t *attest, size_t attest_len, const uint8_t *sig,
+			    size_t sig_len, const json_t *ak_jwk, const uint8_t *expected_extra,
+			    size_t extra_len, TPMS_ATTEST **ret_attest, char *errbuf, size_t errlen)
 {
 	TPMS_ATTEST *a = NULL;
-	TPMT_PUBLIC p;
-	const TPM2B_NAME *name;
-	uint8_t want[2 + SHA256_DIGEST_LENGTH];
-	char tp_have[CIMD_KID_LEN + 1], tp_want[CIMD_KID_LEN + 1];
-	json_t *have = NULL;
 	size_t off = 0;
 	int r;
 
-	if (errbuf != NULL && errlen > 0)
-		errbuf[0] = '\0';
-	if (attest == NULL || sig == NULL || ak_jwk == NULL || pub == NULL || key_jwk == NULL ||
-	    (expected_extra == NULL && extra_len > 0))
-		return -EINVAL;
 	/* Part 2 §10.12.9: a TPM2B_ATTEST holds at most sizeof(TPMS_ATTEST). */
 	if (attest_len == 0 || attest_len > sizeof(TPMS_ATTEST)) {
 		r = fail(errbuf, errlen, "attest: %zu bytes is not a TPMS_ATTEST", attest_len);
@@ -199,6 +194,29 @@ int tpm2_verify_certify(const uint8_t *attest, size_t attest_len, const uint8_t 
 		r = fail(errbuf, errlen, "extraData: not the expected qualifying data");
 		goto out;
 	}
+	*ret_attest = a;
+	a = NULL;
+	r = 0;
+out:
+	free(a);
+	return r;
+}
+
+/*
+ * The key it certifies: pub is the public area whose Name was certified
+ * (Part 1 §16), of a key the TPM made and keeps (Part 2 §8.3), and the very
+ * key of key_jwk (RFC 7638 thumbprints compared).
+ */
+static int certified_key(const TPMS_ATTEST *a, const uint8_t *pub, size_t pub_len,
+			 const json_t *key_jwk, char *errbuf, size_t errlen)
+{
+	TPMT_PUBLIC p;
+	const TPM2B_NAME *name;
+	uint8_t want[2 + SHA256_DIGEST_LENGTH];
+	char tp_have[CIMD_KID_LEN + 1], tp_want[CIMD_KID_LEN + 1];
+	json_t *have = NULL;
+	int r;
+
 	if (parse_public(pub, pub_len, &p) < 0) {
 		r = fail(errbuf, errlen, "public: does not parse as a TPMT_PUBLIC");
 		goto out;
@@ -250,7 +268,29 @@ int tpm2_verify_certify(const uint8_t *attest, size_t attest_len, const uint8_t 
 	}
 	r = 0;
 out:
-	free(a);
 	json_decref(have);
+	return r;
+}
+
+int tpm2_verify_certify(const uint8_t *attest, size_t attest_len, const uint8_t *sig,
+			size_t sig_len, const json_t *ak_jwk, const uint8_t *pub, size_t pub_len,
+			const json_t *key_jwk, const uint8_t *expected_extra, size_t extra_len,
+			char *errbuf, size_t errlen)
+{
+	TPMS_ATTEST *a = NULL;
+	int r;
+
+	if (errbuf != NULL && errlen > 0)
+		errbuf[0] = '\0';
+	if (attest == NULL || sig == NULL || ak_jwk == NULL || pub == NULL || key_jwk == NULL ||
+	    (expected_extra == NULL && extra_len > 0))
+		return -EINVAL;
+	if ((r = certify_evidence(attest, attest_len, sig, sig_len, ak_jwk, expected_extra,
+				  extra_len, &a, errbuf, errlen)) < 0 ||
+	    (r = certified_key(a, pub, pub_len, key_jwk, errbuf, errlen)) < 0)
+		goto out;
+	r = 0;
+out:
+	free(a);
 	return r;
 }

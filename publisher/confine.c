@@ -80,107 +80,91 @@ static void on_sigsys(int sig, siginfo_t *si, void *uc)
 	_exit(3);
 }
 
-int pub_confine(void)
-{
-	void *warm[1];
+/* Serving: sockets (accept, read, write, epoll), memory, time, futexes,
+ * signals delivered to threads, randomness for TLS, and exit.
+ *
+ * What glibc would call behind our back is kept out of reach rather than
+ * admitted: nothing here sorts (glibc's qsort asks sysinfo(2) for the
+ * machine's memory once an array passes 1 KiB, which killed the
+ * publisher at 14 clients), tables are hash tables (hmap.c), and large
+ * allocations only need mmap, munmap and mremap, allowed below.
+ * tests/test_scale.c serves 2,000 clients and test_daemon a JWKS of 16
+ * keys through this filter; the harness fails any test whose daemon log
+ * says "forbidden system call". */
+static const int serve_allow[] = {
+    SCMP_SYS(read),
+    SCMP_SYS(write),
+    SCMP_SYS(readv),
+    SCMP_SYS(writev),
+    SCMP_SYS(close),
+    SCMP_SYS(accept),
+    SCMP_SYS(accept4),
+    SCMP_SYS(shutdown),
+    SCMP_SYS(recvfrom),
+    SCMP_SYS(sendto),
+    SCMP_SYS(recvmsg),
+    SCMP_SYS(sendmsg),
+    SCMP_SYS(sendfile),
+    SCMP_SYS(setsockopt),
+    SCMP_SYS(getsockopt),
+    SCMP_SYS(getsockname),
+    SCMP_SYS(getpeername),
+    SCMP_SYS(epoll_wait),
+    SCMP_SYS(epoll_pwait),
+    SCMP_SYS(epoll_ctl),
+    SCMP_SYS(poll),
+    SCMP_SYS(ppoll),
+    SCMP_SYS(select),
+    SCMP_SYS(pselect6),
+    SCMP_SYS(fcntl),
+    SCMP_SYS(futex),
+    SCMP_SYS(clock_gettime),
+    SCMP_SYS(clock_nanosleep),
+    SCMP_SYS(nanosleep),
+    SCMP_SYS(gettimeofday),
+    SCMP_SYS(time),
+    SCMP_SYS(mmap),
+    SCMP_SYS(munmap),
+    SCMP_SYS(mremap),
+    SCMP_SYS(brk),
+    SCMP_SYS(madvise),
+    SCMP_SYS(mprotect),
+    SCMP_SYS(rt_sigprocmask),
+    SCMP_SYS(rt_sigreturn),
+    SCMP_SYS(rt_sigaction),
+    SCMP_SYS(getpid),
+    SCMP_SYS(gettid),
+    SCMP_SYS(tgkill),
+    SCMP_SYS(getrandom),
+    SCMP_SYS(sched_yield),
+    SCMP_SYS(restart_syscall),
+    SCMP_SYS(exit),
+    SCMP_SYS(exit_group),
+    SCMP_SYS(lseek),
+    SCMP_SYS(fstat),
+    SCMP_SYS(newfstatat),
+    SCMP_SYS(eventfd2),
+    SCMP_SYS(membarrier),
+    SCMP_SYS(rseq),
+    SCMP_SYS(set_robust_list),
+    SCMP_SYS(getuid),
+    SCMP_SYS(geteuid),
+    SCMP_SYS(getgid),
+    SCMP_SYS(getegid),
+};
 
-	/* backtrace() loads its unwinder on first use: now, not in on_sigsys. */
-	backtrace(warm, 1);
-	/* Serving: sockets (accept, read, write, epoll), memory, time, futexes,
-	 * signals delivered to threads, randomness for TLS, and exit.
-	 *
-	 * What glibc would call behind our back is kept out of reach rather than
-	 * admitted: nothing here sorts (glibc's qsort asks sysinfo(2) for the
-	 * machine's memory once an array passes 1 KiB, which killed the
-	 * publisher at 14 clients), tables are hash tables (hmap.c), and large
-	 * allocations only need mmap, munmap and mremap, allowed below.
-	 * tests/test_scale.c serves 2,000 clients and test_daemon a JWKS of 16
-	 * keys through this filter; the harness fails any test whose daemon log
-	 * says "forbidden system call". */
-	static const int allow[] = {
-	    SCMP_SYS(read),
-	    SCMP_SYS(write),
-	    SCMP_SYS(readv),
-	    SCMP_SYS(writev),
-	    SCMP_SYS(close),
-	    SCMP_SYS(accept),
-	    SCMP_SYS(accept4),
-	    SCMP_SYS(shutdown),
-	    SCMP_SYS(recvfrom),
-	    SCMP_SYS(sendto),
-	    SCMP_SYS(recvmsg),
-	    SCMP_SYS(sendmsg),
-	    SCMP_SYS(sendfile),
-	    SCMP_SYS(setsockopt),
-	    SCMP_SYS(getsockopt),
-	    SCMP_SYS(getsockname),
-	    SCMP_SYS(getpeername),
-	    SCMP_SYS(epoll_wait),
-	    SCMP_SYS(epoll_pwait),
-	    SCMP_SYS(epoll_ctl),
-	    SCMP_SYS(poll),
-	    SCMP_SYS(ppoll),
-	    SCMP_SYS(select),
-	    SCMP_SYS(pselect6),
-	    SCMP_SYS(fcntl),
-	    SCMP_SYS(futex),
-	    SCMP_SYS(clock_gettime),
-	    SCMP_SYS(clock_nanosleep),
-	    SCMP_SYS(nanosleep),
-	    SCMP_SYS(gettimeofday),
-	    SCMP_SYS(time),
-	    SCMP_SYS(mmap),
-	    SCMP_SYS(munmap),
-	    SCMP_SYS(mremap),
-	    SCMP_SYS(brk),
-	    SCMP_SYS(madvise),
-	    SCMP_SYS(mprotect),
-	    SCMP_SYS(rt_sigprocmask),
-	    SCMP_SYS(rt_sigreturn),
-	    SCMP_SYS(rt_sigaction),
-	    SCMP_SYS(getpid),
-	    SCMP_SYS(gettid),
-	    SCMP_SYS(tgkill),
-	    SCMP_SYS(getrandom),
-	    SCMP_SYS(sched_yield),
-	    SCMP_SYS(restart_syscall),
-	    SCMP_SYS(exit),
-	    SCMP_SYS(exit_group),
-	    SCMP_SYS(lseek),
-	    SCMP_SYS(fstat),
-	    SCMP_SYS(newfstatat),
-	    SCMP_SYS(eventfd2),
-	    SCMP_SYS(membarrier),
-	    SCMP_SYS(rseq),
-	    SCMP_SYS(set_robust_list),
-	    SCMP_SYS(getuid),
-	    SCMP_SYS(geteuid),
-	    SCMP_SYS(getgid),
-	    SCMP_SYS(getegid),
-	};
+/* The filter itself: the table above allowed, opening refused, thread
+ * naming allowed, on every thread; anything else traps into on_sigsys. */
+static int load_filter(void)
+{
 	scmp_filter_ctx ctx;
 	size_t i;
 	int r = -1;
 
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-		pub_log_err("publisher: no_new_privs: %s", strerror(errno));
-		return -1;
-	}
-#if defined(__SANITIZE_ADDRESS__)
-	/* A sanitizer build (make asan) needs system calls of its own (leak
-	 * checking stops the world with ptrace): confinement stays off there. */
-	return 0;
-#endif
-	{
-		struct sigaction sa = {.sa_sigaction = on_sigsys, .sa_flags = SA_SIGINFO};
-		sigemptyset(&sa.sa_mask);
-		if (sigaction(SIGSYS, &sa, NULL) < 0)
-			return -1;
-	}
 	if ((ctx = seccomp_init(SCMP_ACT_TRAP)) == NULL)
 		return -1;
-	for (i = 0; i < sizeof(allow) / sizeof(allow[0]); i++)
-		if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allow[i], 0) < 0)
+	for (i = 0; i < sizeof(serve_allow) / sizeof(serve_allow[0]); i++)
+		if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, serve_allow[i], 0) < 0)
 			goto out;
 	/* Opening a file fails (EACCES) instead of killing the process: glibc's
 	 * malloc, shrinking a thread arena under load, reads
@@ -203,4 +187,28 @@ out:
 		pub_log_err("publisher: cannot install the seccomp filter");
 	seccomp_release(ctx);
 	return r;
+}
+
+int pub_confine(void)
+{
+	void *warm[1];
+
+	/* backtrace() loads its unwinder on first use: now, not in on_sigsys. */
+	backtrace(warm, 1);
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+		pub_log_err("publisher: no_new_privs: %s", strerror(errno));
+		return -1;
+	}
+#if defined(__SANITIZE_ADDRESS__)
+	/* A sanitizer build (make asan) needs system calls of its own (leak
+	 * checking stops the world with ptrace): confinement stays off there. */
+	return 0;
+#endif
+	{
+		struct sigaction sa = {.sa_sigaction = on_sigsys, .sa_flags = SA_SIGINFO};
+		sigemptyset(&sa.sa_mask);
+		if (sigaction(SIGSYS, &sa, NULL) < 0)
+			return -1;
+	}
+	return load_filter();
 }

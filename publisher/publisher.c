@@ -372,46 +372,56 @@ static char *slurp(const char *path)
 	return buf;
 }
 
-int main(int argc, char **argv)
+/* What the command line names: the channel from custody, the address to
+ * serve on and the TLS files, or --plain for behind a TLS-terminating proxy. */
+struct pub_args {
+	const char *listen, *cert, *key;
+	int fd, plain;
+};
+
+/* -EINVAL, logged, on an argument it does not know. */
+static int parse_args(int argc, char **argv, struct pub_args *ret_args)
 {
-	const char *listen = NULL, *cert = NULL, *key = NULL;
-	char *certpem = NULL, *keypem = NULL, host[256], *colon;
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST},
-			*ai = NULL;
-	struct MHD_Daemon *mhd = NULL;
-	struct table *t, *building = NULL;
-	uint8_t hdr[PUBSET_HDR_LEN], *set = NULL;
-	uint32_t len;
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
-	int fd = -1, plain = 0, i, port, rc = 1;
+	struct pub_args a = {.fd = -1};
+	int i, r;
 
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--publisher") == 0 && i + 1 < argc)
-			fd = atoi(argv[++i]);
+			a.fd = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
-			listen = argv[++i];
+			a.listen = argv[++i];
 		else if (strcmp(argv[i], "--tls-cert") == 0 && i + 1 < argc)
-			cert = argv[++i];
+			a.cert = argv[++i];
 		else if (strcmp(argv[i], "--tls-key") == 0 && i + 1 < argc)
-			key = argv[++i];
+			a.key = argv[++i];
 		else if (strcmp(argv[i], "--plain") == 0)
-			plain = 1;
+			a.plain = 1;
 		else {
 			pub_log_err("publisher: unexpected argument %s", argv[i]);
-			return 2;
+			r = -EINVAL;
+			goto out;
 		}
 	}
-	prctl(PR_SET_PDEATHSIG, SIGTERM);
-	signal(SIGPIPE, SIG_IGN);
-	if (fd < 3 || listen == NULL || (!plain && (cert == NULL || key == NULL))) {
-		pub_log_err(
-		    "publisher: needs --publisher FD --listen HOST:PORT and TLS or --plain");
-		return 2;
-	}
+	*ret_args = a;
+	r = 0;
+out:
+	return r;
+}
+
+/* HOST:PORT or [HOST]:PORT, the host a numeric address: the publisher is
+ * confined before it could ask a resolver, and must not depend on one. */
+static int parse_listen(const char *listen, struct addrinfo **ret_ai, int *ret_port)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST},
+			*ai = NULL;
+	char host[256], *colon;
+	int port, r;
+
 	snprintf(host, sizeof(host), "%s", listen);
 	if ((colon = strrchr(host, ':')) == NULL || (port = atoi(colon + 1)) <= 0 || port > 65535) {
 		pub_log_err("publisher: listen %s is not HOST:PORT", listen);
-		return 2;
+		r = -EINVAL;
+		goto out;
 	}
 	*colon = '\0';
 	if (host[0] == '[' && colon[-1] == ']') {
@@ -420,24 +430,38 @@ int main(int argc, char **argv)
 	}
 	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0) {
 		pub_log_err("publisher: listen %s: not a numeric address", listen);
-		return 2;
+		r = -EINVAL;
+		goto out;
 	}
-	if (plain)
-		pub_log_warn("publisher: serving plain HTTP on %s (allow_http): only behind a "
-			     "TLS-terminating proxy",
-			     listen);
-	if (!plain) {
-		if ((certpem = slurp(cert)) == NULL || (keypem = slurp(key)) == NULL) {
-			pub_log_err("publisher: cannot read %s or %s", cert, key);
-			goto out;
-		}
-		flags |= MHD_USE_TLS;
-	}
+	*ret_ai = ai;
+	*ret_port = port;
+	r = 0;
+out:
+	return r;
+}
+
+/* The answers that are the same for every request, made once. */
+static int fixed_responses(void)
+{
 	if ((r400 = fixed("bad request\n", NULL)) == NULL ||
 	    (r404 = fixed("not found\n", NULL)) == NULL ||
 	    (r405 = fixed("method not allowed\n", "GET, HEAD")) == NULL ||
 	    (r414 = fixed("path too long\n", NULL)) == NULL)
-		goto out;
+		return -ENOMEM;
+	return 0;
+}
+
+/* libmicrohttpd serving on ai with every limit from the bounds header; with
+ * TLS unless a->plain (then certpem and keypem are NULL). */
+static int start_daemon(const struct pub_args *a, const struct addrinfo *ai, int port,
+			const char *certpem, const char *keypem, struct MHD_Daemon **ret_mhd)
+{
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	struct MHD_Daemon *mhd;
+	int r;
+
+	if (!a->plain)
+		flags |= MHD_USE_TLS;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL,
@@ -448,41 +472,67 @@ int main(int argc, char **argv)
 			       (unsigned)PUB_TIMEOUT_SEC, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
 			       (size_t)PUB_CONN_MEMORY, MHD_OPTION_THREAD_POOL_SIZE,
 			       (unsigned)PUB_THREADS, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
-			       NULL, plain ? MHD_OPTION_END : MHD_OPTION_HTTPS_MEM_CERT, certpem,
+			       NULL, a->plain ? MHD_OPTION_END : MHD_OPTION_HTTPS_MEM_CERT, certpem,
 			       MHD_OPTION_HTTPS_MEM_KEY, keypem, MHD_OPTION_END);
 	if (mhd == NULL) {
-		pub_log_err("publisher: cannot serve on %s", listen);
+		pub_log_err("publisher: cannot serve on %s", a->listen);
+		r = -EIO;
 		goto out;
 	}
-	if (keypem != NULL) {
-		memset(keypem, 0, strlen(keypem)); /* libmicrohttpd has its own copy */
-	}
-	/* Whatever the C library would open later (the time zone for Date
-	 * headers) is opened now, before the filter forbids opening anything. */
-	{
-		time_t now = time(NULL);
-		struct tm tm;
-		tzset();
-		localtime_r(&now, &tm);
-	}
-	if (pub_drop_privileges() < 0 || pub_confine() < 0)
+	*ret_mhd = mhd;
+	r = 0;
+out:
+	return r;
+}
+
+/* Reads one publication message whole: the header, then exactly the length
+ * it gives.  Negative at end of file (the custody process is gone) and on a
+ * malformed header. */
+static int read_message(int fd, uint8_t **ret_set, uint32_t *ret_len)
+{
+	uint8_t hdr[PUBSET_HDR_LEN], *set = NULL;
+	uint32_t len;
+	int r;
+
+	if ((r = read_full(fd, hdr, PUBSET_HDR_LEN)) < 0)
 		goto out;
-	/* The channel: messages until end of file (the custody process is gone).
-	 * A full table is built aside (BEGIN ... COMMIT) while the old one is
-	 * served; an update changes the served table under the write lock, for
-	 * as long as it takes to swap a few pointers. */
+	if ((r = pubset_header(hdr, &len)) < 0) {
+		pub_log_err("publisher: malformed publication message header");
+		goto out;
+	}
+	if ((set = malloc(len)) == NULL) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((r = read_full(fd, set, len)) < 0)
+		goto out;
+	*ret_set = set;
+	set = NULL;
+	*ret_len = len;
+	r = 0;
+out:
+	free(set);
+	return r;
+}
+
+/*
+ * The channel: messages until end of file (the custody process is gone), or
+ * until one that cannot be applied.  A full table is built aside (BEGIN ...
+ * COMMIT) while the old one is served; an update changes the served table
+ * under the write lock, for as long as it takes to swap a few pointers.
+ */
+static void serve_channel(int fd)
+{
+	struct table *t, *building = NULL;
+	uint8_t *set = NULL;
+	uint32_t len;
+
 	for (;;) {
 		struct route *list = NULL, *gone = NULL;
 		uint8_t mflags;
 		int r;
 
-		if (read_full(fd, hdr, PUBSET_HDR_LEN) < 0)
-			break;
-		if (pubset_header(hdr, &len) < 0) {
-			pub_log_err("publisher: malformed publication message header");
-			break;
-		}
-		if ((set = malloc(len)) == NULL || read_full(fd, set, len) < 0)
+		if (read_message(fd, &set, &len) < 0)
 			break;
 		/* Checked whole before anything is built from it. */
 		if (pubset_decode(set, len, &mflags, NULL, NULL, NULL) < 0 ||
@@ -524,10 +574,57 @@ int main(int argc, char **argv)
 			break;
 		}
 	}
-	rc = 0;
-out:
 	table_free(building);
 	free(set);
+}
+
+int main(int argc, char **argv)
+{
+	struct pub_args a;
+	struct addrinfo *ai = NULL;
+	struct MHD_Daemon *mhd = NULL;
+	char *certpem = NULL, *keypem = NULL;
+	int port, rc = 1;
+
+	if (parse_args(argc, argv, &a) < 0)
+		return 2;
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	signal(SIGPIPE, SIG_IGN);
+	if (a.fd < 3 || a.listen == NULL || (!a.plain && (a.cert == NULL || a.key == NULL))) {
+		pub_log_err(
+		    "publisher: needs --publisher FD --listen HOST:PORT and TLS or --plain");
+		return 2;
+	}
+	if (parse_listen(a.listen, &ai, &port) < 0)
+		return 2;
+	if (a.plain)
+		pub_log_warn("publisher: serving plain HTTP on %s (allow_http): only behind a "
+			     "TLS-terminating proxy",
+			     a.listen);
+	if (!a.plain) {
+		if ((certpem = slurp(a.cert)) == NULL || (keypem = slurp(a.key)) == NULL) {
+			pub_log_err("publisher: cannot read %s or %s", a.cert, a.key);
+			goto out;
+		}
+	}
+	if (fixed_responses() < 0 || start_daemon(&a, ai, port, certpem, keypem, &mhd) < 0)
+		goto out;
+	if (keypem != NULL) {
+		memset(keypem, 0, strlen(keypem)); /* libmicrohttpd has its own copy */
+	}
+	/* Whatever the C library would open later (the time zone for Date
+	 * headers) is opened now, before the filter forbids opening anything. */
+	{
+		time_t now = time(NULL);
+		struct tm tm;
+		tzset();
+		localtime_r(&now, &tm);
+	}
+	if (pub_drop_privileges() < 0 || pub_confine() < 0)
+		goto out;
+	serve_channel(a.fd);
+	rc = 0;
+out:
 	if (mhd != NULL)
 		MHD_stop_daemon(mhd);
 	if (ai != NULL)

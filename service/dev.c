@@ -290,72 +290,72 @@ int dev_start(const char *dir_arg, pid_t *ret_swtpm, char *err, size_t errlen)
 	return 0;
 }
 
-int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_conf, size_t len,
-		char *err, size_t errlen)
+/* DIR made if need be, as its real path in ret_dir (room for DEV_PATH_MAX):
+ * the instance names the PKCS#11 module we load and who is an operator, so
+ * only a directory of the caller's own, that nobody else may write, is
+ * trusted. */
+static int dev_dir(const char *dir_arg, char *ret_dir, char *err, size_t errlen)
 {
-	char dir[DEV_PATH_MAX], p[DEV_PATH_MAX + 64], pin[33], sopin[33], name[CIMD_NAME_MAX + 1];
-	char conf[4096], portarg[64], san[64], be[DEV_PATH_MAX + 128];
 	struct stat st;
-	int n, r;
+	char *rp = NULL;
+	int r;
 
-	if (strcmp(backend, "pkcs11") != 0 && strcmp(backend, "tpm2") != 0) {
-		snprintf(err, errlen, "--backend %s: not pkcs11 or tpm2", backend);
-		return -EINVAL;
-	}
 	if ((r = mkdir_p(dir_arg)) < 0) {
 		snprintf(err, errlen, "%s: %s", dir_arg, strerror(-r));
-		return r;
+		goto out;
 	}
-	{
-		char *rp = realpath(dir_arg, NULL);
-		if (rp == NULL || strlen(rp) > DEV_PATH_MAX - 100) {
-			snprintf(err, errlen, "%s: %s", dir_arg,
-				 rp ? "path too long" : strerror(errno));
-			free(rp);
-			return -EINVAL;
-		}
-		snprintf(dir, sizeof(dir), "%s", rp);
-		free(rp);
+	rp = realpath(dir_arg, NULL);
+	if (rp == NULL || strlen(rp) > DEV_PATH_MAX - 100) {
+		snprintf(err, errlen, "%s: %s", dir_arg, rp ? "path too long" : strerror(errno));
+		r = -EINVAL;
+		goto out;
 	}
-	/* The instance names the PKCS#11 module we load and who is an operator:
-	 * only a directory and files of the caller's own, that nobody else may
-	 * write, are trusted. */
-	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+	if (lstat(rp, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
 	    (st.st_mode & 022) != 0) {
 		snprintf(err, errlen,
-			 "%s must be a directory owned by you and writable by nobody else", dir);
-		return -EPERM;
+			 "%s must be a directory owned by you and writable by nobody else", rp);
+		r = -EPERM;
+		goto out;
 	}
-	snprintf(p, sizeof(p), "%s/softhsm2.conf", dir);
-	setenv("SOFTHSM2_CONF", p, 1);
-	snprintf(ret_conf, len, "%s/cimdd.conf", dir);
-	if (lstat(ret_conf, &st) == 0) {
-		if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) != 0) {
-			snprintf(
-			    err, errlen,
-			    "%s must be a regular file owned by you and writable by nobody else",
-			    ret_conf);
-			return -EPERM;
-		}
-		return 0; /* made before: use it as it is */
-	}
+	snprintf(ret_dir, DEV_PATH_MAX, "%s", rp);
+	r = 0;
+out:
+	free(rp);
+	return r;
+}
 
-	/* SoftHSM2 token. */
+/* DIR/NAME written afresh with text, readable by the caller only. */
+static int dev_write(const char *dir, const char *name, const char *text, char *err, size_t errlen)
+{
+	char p[DEV_PATH_MAX + 64];
+	int r;
+
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	unlink(p);
+	if ((r = write_secret(p, text)) < 0)
+		snprintf(err, errlen, "%s: %s", p, strerror(-r));
+	return r;
+}
+
+/* A SoftHSM2 token of its own in DIR/tokens, its user PIN in DIR/token.pin;
+ * the SO PIN is used once here and kept nowhere. */
+static int dev_token(const char *dir, char *err, size_t errlen)
+{
+	char conf[4096], p[DEV_PATH_MAX + 64], pin[33], sopin[33];
+	int r;
+
 	snprintf(
 	    conf, sizeof(conf),
 	    "directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
 	    dir);
 	snprintf(p, sizeof(p), "%s/tokens", dir);
 	if ((mkdir(p, 0700) < 0 && errno != EEXIST)) {
-		snprintf(err, errlen, "%s: %s", p, strerror(errno));
-		return -errno;
-	}
-	snprintf(p, sizeof(p), "%s/softhsm2.conf", dir);
-	unlink(p);
-	if ((r = write_secret(p, conf)) < 0) {
+		r = -errno;
 		snprintf(err, errlen, "%s: %s", p, strerror(-r));
-		return r;
+		goto out;
 	}
+	if ((r = dev_write(dir, "softhsm2.conf", conf, err, errlen)) < 0)
+		goto out;
 	random_hex(pin, 16);
 	random_hex(sopin, 16);
 	{
@@ -365,69 +365,91 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		if ((r = run(dir, argv)) < 0) {
 			snprintf(err, errlen,
 				 "softhsm2-util --init-token failed (see %s/dev-setup.log)", dir);
-			return r;
+			goto out;
 		}
 	}
-	snprintf(p, sizeof(p), "%s/token.pin", dir);
-	unlink(p);
-	if ((r = write_secret(p, pin)) < 0) {
-		snprintf(err, errlen, "%s: %s", p, strerror(-r));
-		return r;
-	}
+	r = dev_write(dir, "token.pin", pin, err, errlen);
+out:
+	return r;
+}
 
-	/* Self-signed TLS certificate for 127.0.0.1. */
-	{
-		char crt[DEV_PATH_MAX + 16], key[DEV_PATH_MAX + 16];
-		snprintf(crt, sizeof(crt), "%s/tls.crt", dir);
-		snprintf(key, sizeof(key), "%s/tls.key", dir);
-		snprintf(san, sizeof(san), "subjectAltName=IP:127.0.0.1,DNS:localhost");
-		char *argv[] = {"openssl",
-				"req",
-				"-x509",
-				"-newkey",
-				"ec",
-				"-pkeyopt",
-				"ec_paramgen_curve:P-256",
-				"-nodes",
-				"-keyout",
-				key,
-				"-out",
-				crt,
-				"-days",
-				"825",
-				"-subj",
-				"/CN=127.0.0.1",
-				"-addext",
-				san,
-				NULL};
-		if ((r = run(dir, argv)) < 0) {
-			snprintf(err, errlen, "openssl req failed (see %s/dev-setup.log)", dir);
-			return r;
-		}
-		chmod(key, 0600);
-	}
+/* A self-signed TLS certificate for 127.0.0.1 in DIR/tls.crt, its key in
+ * DIR/tls.key. */
+static int dev_tls(const char *dir, char *err, size_t errlen)
+{
+	char crt[DEV_PATH_MAX + 16], key[DEV_PATH_MAX + 16], san[64];
+	int r;
 
-	if (strcmp(backend, "tpm2") == 0) {
-		/* The simulator's state and the ports it will use on every run. */
-		char pbuf[16];
-		int tport = dev_free_port_pair();
-		snprintf(p, sizeof(p), "%s/swtpm", dir);
-		if (tport < 0 || (mkdir(p, 0700) < 0 && errno != EEXIST)) {
-			snprintf(err, errlen, "cannot prepare the swtpm simulator in %s", p);
-			return -EIO;
-		}
-		snprintf(p, sizeof(p), "%s/swtpm.port", dir);
-		snprintf(pbuf, sizeof(pbuf), "%d\n", tport);
-		unlink(p);
-		if ((r = write_secret(p, pbuf)) < 0) {
-			snprintf(err, errlen, "%s: %s", p, strerror(-r));
-			return r;
-		}
-		snprintf(be, sizeof(be), "tpm2:tcti=swtpm:host=127.0.0.1,port=%d", tport);
-	} else {
-		snprintf(be, sizeof(be), "pkcs11:module=%s;token=%s;pin-file=%s/token.pin",
+	snprintf(crt, sizeof(crt), "%s/tls.crt", dir);
+	snprintf(key, sizeof(key), "%s/tls.key", dir);
+	snprintf(san, sizeof(san), "subjectAltName=IP:127.0.0.1,DNS:localhost");
+	char *argv[] = {"openssl",
+			"req",
+			"-x509",
+			"-newkey",
+			"ec",
+			"-pkeyopt",
+			"ec_paramgen_curve:P-256",
+			"-nodes",
+			"-keyout",
+			key,
+			"-out",
+			crt,
+			"-days",
+			"825",
+			"-subj",
+			"/CN=127.0.0.1",
+			"-addext",
+			san,
+			NULL};
+	if ((r = run(dir, argv)) < 0) {
+		snprintf(err, errlen, "openssl req failed (see %s/dev-setup.log)", dir);
+		goto out;
+	}
+	chmod(key, 0600);
+	r = 0;
+out:
+	return r;
+}
+
+/* The configuration's backend line into ret_be: for tpm2, the simulator's
+ * state directory and the ports it will use on every run, chosen now. */
+static int dev_backend(const char *dir, const char *backend, char *ret_be, size_t belen, char *err,
+		       size_t errlen)
+{
+	char p[DEV_PATH_MAX + 64], pbuf[16];
+	int tport, r;
+
+	if (strcmp(backend, "tpm2") != 0) {
+		snprintf(ret_be, belen, "pkcs11:module=%s;token=%s;pin-file=%s/token.pin",
 			 DEV_MODULE, DEV_TOKEN, dir);
+		r = 0;
+		goto out;
 	}
+	tport = dev_free_port_pair();
+	snprintf(p, sizeof(p), "%s/swtpm", dir);
+	if (tport < 0 || (mkdir(p, 0700) < 0 && errno != EEXIST)) {
+		snprintf(err, errlen, "cannot prepare the swtpm simulator in %s", p);
+		r = -EIO;
+		goto out;
+	}
+	snprintf(pbuf, sizeof(pbuf), "%d\n", tport);
+	if ((r = dev_write(dir, "swtpm.port", pbuf, err, errlen)) < 0)
+		goto out;
+	snprintf(ret_be, belen, "tpm2:tcti=swtpm:host=127.0.0.1,port=%d", tport);
+	r = 0;
+out:
+	return r;
+}
+
+/* The instance's cimdd.conf(5), written to path: the caller as the one
+ * operator, so the two-person rule is off, and says so. */
+static int dev_conf(const char *dir, int port, const char *be, const char *path, char *err,
+		    size_t errlen)
+{
+	char conf[4096], portarg[64], name[CIMD_NAME_MAX + 1];
+	int n, r;
+
 	operator_name(name, sizeof(name));
 	snprintf(portarg, sizeof(portarg), "%d", port);
 	n = snprintf(conf, sizeof(conf),
@@ -452,11 +474,52 @@ int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_co
 		     dir, portarg, portarg, dir, dir, be, dir, dir, name, (int)getuid());
 	if (n < 0 || (size_t)n >= sizeof(conf)) {
 		snprintf(err, errlen, "configuration too long");
-		return -E2BIG;
+		r = -E2BIG;
+		goto out;
 	}
-	if ((r = write_secret(ret_conf, conf)) < 0) {
-		snprintf(err, errlen, "%s: %s", ret_conf, strerror(-r));
-		return r;
+	if ((r = write_secret(path, conf)) < 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(-r));
+		goto out;
 	}
-	return 0;
+	r = 0;
+out:
+	return r;
+}
+
+int dev_prepare(const char *dir_arg, const char *backend, int port, char *ret_conf, size_t len,
+		char *err, size_t errlen)
+{
+	char dir[DEV_PATH_MAX], p[DEV_PATH_MAX + 64], be[DEV_PATH_MAX + 128];
+	struct stat st;
+	int r;
+
+	if (strcmp(backend, "pkcs11") != 0 && strcmp(backend, "tpm2") != 0) {
+		snprintf(err, errlen, "--backend %s: not pkcs11 or tpm2", backend);
+		r = -EINVAL;
+		goto out;
+	}
+	if ((r = dev_dir(dir_arg, dir, err, errlen)) < 0)
+		goto out;
+	snprintf(p, sizeof(p), "%s/softhsm2.conf", dir);
+	setenv("SOFTHSM2_CONF", p, 1);
+	snprintf(ret_conf, len, "%s/cimdd.conf", dir);
+	if (lstat(ret_conf, &st) == 0) {
+		if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) != 0) {
+			snprintf(
+			    err, errlen,
+			    "%s must be a regular file owned by you and writable by nobody else",
+			    ret_conf);
+			r = -EPERM;
+			goto out;
+		}
+		r = 0; /* made before: use it as it is */
+		goto out;
+	}
+	if ((r = dev_token(dir, err, errlen)) < 0 || (r = dev_tls(dir, err, errlen)) < 0 ||
+	    (r = dev_backend(dir, backend, be, sizeof(be), err, errlen)) < 0 ||
+	    (r = dev_conf(dir, port, be, ret_conf, err, errlen)) < 0)
+		goto out;
+	r = 0;
+out:
+	return r;
 }

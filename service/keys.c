@@ -695,117 +695,161 @@ static double tick_ms(const struct timespec *t0)
 	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
-/* Each kind of transition is looked at only when its time has come (sched).
- * Each query below is bounded (LIMIT) and reads one state's keys through the
- * keys_state index; the rotation query reads the active keys through it, with
- * the client and the next key by their indexes (keys_client). */
-int keys_tick(struct cimdd *d, time_t tnow)
+/* A reload that changed the durations makes every time in sched stale. */
+static void sched_refresh(const struct cimd_config *c, int64_t grace)
 {
-	const struct cimd_config *c = d->cfg;
-	int64_t now = (int64_t)tnow, grace = retire_grace(c), next;
-	struct due due[DUE_MAX];
-	struct client_info ci;
-	struct timespec t0;
-	int i, n, done = 0, r;
-
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	if (sched.grace != grace || sched.destroy_delay != c->destroy_delay ||
 	    sched.rotate_every != c->rotate_every || sched.jwks_max_age != c->jwks_max_age) {
-		memset(&sched, 0, sizeof(sched)); /* a reload changed the durations */
+		memset(&sched, 0, sizeof(sched));
 		sched.grace = grace;
 		sched.destroy_delay = c->destroy_delay;
 		sched.rotate_every = c->rotate_every;
 		sched.jwks_max_age = c->jwks_max_age;
 	}
-	if (sched.at[SCHED_RETIRE] <= now) {
-		n = look(
-		    d->st,
-		    "SELECT client, kid, retiring + ?1 FROM keys INDEXED BY keys_retiring WHERE "
-		    "state = 'retiring' "
-		    "AND retiring IS NOT NULL ORDER BY retiring LIMIT ?3",
-		    grace, 0, now, due, &next);
-		sched.at[SCHED_RETIRE] = next;
-		for (i = 0; i < n; i++) {
-			if (step(d, &due[i], "retiring", "retired") > 0)
-				done++;
-			else
-				sched.at[SCHED_RETIRE] = now;
+}
+
+/* Retiring keys past their grace become retired: no hardware involved. */
+static int tick_retire(struct cimdd *d, int64_t now, int64_t grace)
+{
+	struct due due[DUE_MAX];
+	int64_t next;
+	int i, n, done = 0;
+
+	n = look(d->st,
+		 "SELECT client, kid, retiring + ?1 FROM keys INDEXED BY keys_retiring WHERE "
+		 "state = 'retiring' "
+		 "AND retiring IS NOT NULL ORDER BY retiring LIMIT ?3",
+		 grace, 0, now, due, &next);
+	sched.at[SCHED_RETIRE] = next;
+	for (i = 0; i < n; i++) {
+		if (step(d, &due[i], "retiring", "retired") > 0)
+			done++;
+		else
+			sched.at[SCHED_RETIRE] = now;
+	}
+	return done;
+}
+
+/* Retired keys past destroy_delay are destroyed in the hardware, then
+ * marked so; for as long as TICK_HW_MS allows, the rest at the next tick. */
+static int tick_destroy(struct cimdd *d, int64_t now, const struct timespec *t0)
+{
+	struct due due[DUE_MAX];
+	int64_t next;
+	int i, n, done = 0;
+
+	n = look(d->st,
+		 "SELECT client, kid, retired + ?1 FROM keys INDEXED BY keys_retired WHERE "
+		 "state = 'retired' "
+		 "AND retired IS NOT NULL ORDER BY retired LIMIT ?3",
+		 (int64_t)d->cfg->destroy_delay, 0, now, due, &next);
+	sched.at[SCHED_DESTROY] = next;
+	for (i = 0; i < n; i++) {
+		if (i > 0 && tick_ms(t0) > TICK_HW_MS) {
+			sched.at[SCHED_DESTROY] = now; /* the rest at the next tick */
+			break;
+		}
+		if (destroy_hw(d, due[i].kid) == 0 && step(d, &due[i], "retired", "destroyed") > 0)
+			done++;
+		else
+			sched.at[SCHED_DESTROY] = now;
+	}
+	return done;
+}
+
+/* Revoked keys not yet destroyed in the hardware, within TICK_HW_MS. */
+static int tick_revoked(struct cimdd *d, int64_t now, const struct timespec *t0)
+{
+	struct due due[DUE_MAX];
+	int64_t next;
+	int i, n, done = 0;
+
+	n = look(d->st,
+		 "SELECT client, kid, revoked + ?1 FROM keys INDEXED BY keys_revoked WHERE "
+		 "state = 'revoked' AND "
+		 "destroyed IS NULL AND revoked IS NOT NULL ORDER BY revoked LIMIT ?3",
+		 0, 0, now, due, &next);
+	sched.at[SCHED_REVOKED] = next;
+	for (i = 0; i < n; i++) {
+		if (i > 0 && tick_ms(t0) > TICK_HW_MS) {
+			sched.at[SCHED_REVOKED] = now;
+			break;
+		}
+		if (destroy_revoked(d, due[i].client, due[i].kid, "scheduler") == 0)
+			done++;
+		else
+			sched.at[SCHED_REVOKED] = now; /* the hardware is away: again */
+	}
+	return done;
+}
+
+/* Scheduled rotation, within TICK_HW_MS: the steps taken. */
+static int tick_rotate(struct cimdd *d, int64_t now, const struct timespec *t0)
+{
+	const struct cimd_config *c = d->cfg;
+	struct due due[DUE_MAX];
+	struct client_info ci;
+	int64_t next;
+	int i, n, done = 0, r;
+
+	/* Clients with a rotation period (their own, or the appliance's), by
+	 * when their next step falls due: the next key's creation jwks_max_age
+	 * before the active key's period ends, its activation when the period
+	 * has ended and it has been published for jwks_max_age.  Most overdue
+	 * first: a tick's cap then delays the rest by a second, never starves
+	 * them. */
+	n = look(d->st,
+		 "SELECT c.name, '', CASE WHEN n.created IS NULL "
+		 "THEN k.activated + coalesce(c.rotate_every, ?1) - ?2 "
+		 "ELSE max(k.activated + coalesce(c.rotate_every, ?1), n.created + ?2) "
+		 "END AS due, coalesce(c.rotate_every, ?1) "
+		 "FROM keys k JOIN clients c ON c.name = k.client "
+		 "LEFT JOIN keys n ON n.client = k.client AND n.state = 'next' "
+		 "WHERE k.state = 'active' AND k.activated IS NOT NULL AND "
+		 "c.degraded = 0 AND coalesce(c.rotate_every, ?1) > 0 "
+		 "ORDER BY due LIMIT ?3",
+		 (int64_t)c->rotate_every, (int64_t)c->jwks_max_age, now, due, &next);
+	/* A client that took a step has a next one (its next key's activation):
+	 * known after another look. */
+	sched.at[SCHED_ROTATE] = n > 0 ? now : next;
+	for (i = 0; i < n; i++) {
+		if (i > 0 && tick_ms(t0) > TICK_HW_MS) {
+			sched.at[SCHED_ROTATE] = now;
+			break;
+		}
+		if (client_info(d->st, due[i].client, &ci) < 0)
+			continue;
+		if ((r = rotate_due(d, &ci, due[i].every, now)) > 0) {
+			done += r;
+		} else if (r == -CIMD_EUNAVAILABLE || r == -EIO) {
+			sched.at[SCHED_ROTATE] = now; /* again at the next tick */
+			if (r == -CIMD_EUNAVAILABLE)
+				custody_failed(d->custody);
 		}
 	}
-	if (sched.at[SCHED_DESTROY] <= now) {
-		n = look(d->st,
-			 "SELECT client, kid, retired + ?1 FROM keys INDEXED BY keys_retired WHERE "
-			 "state = 'retired' "
-			 "AND retired IS NOT NULL ORDER BY retired LIMIT ?3",
-			 (int64_t)c->destroy_delay, 0, now, due, &next);
-		sched.at[SCHED_DESTROY] = next;
-		for (i = 0; i < n; i++) {
-			if (i > 0 && tick_ms(&t0) > TICK_HW_MS) {
-				sched.at[SCHED_DESTROY] = now; /* the rest at the next tick */
-				break;
-			}
-			if (destroy_hw(d, due[i].kid) == 0 &&
-			    step(d, &due[i], "retired", "destroyed") > 0)
-				done++;
-			else
-				sched.at[SCHED_DESTROY] = now;
-		}
-	}
-	if (sched.at[SCHED_REVOKED] <= now) {
-		n = look(d->st,
-			 "SELECT client, kid, revoked + ?1 FROM keys INDEXED BY keys_revoked WHERE "
-			 "state = 'revoked' AND "
-			 "destroyed IS NULL AND revoked IS NOT NULL ORDER BY revoked LIMIT ?3",
-			 0, 0, now, due, &next);
-		sched.at[SCHED_REVOKED] = next;
-		for (i = 0; i < n; i++) {
-			if (i > 0 && tick_ms(&t0) > TICK_HW_MS) {
-				sched.at[SCHED_REVOKED] = now;
-				break;
-			}
-			if (destroy_revoked(d, due[i].client, due[i].kid, "scheduler") == 0)
-				done++;
-			else
-				sched.at[SCHED_REVOKED] = now; /* the hardware is away: again */
-		}
-	}
-	if (sched.at[SCHED_ROTATE] <= now) {
-		/* Clients with a rotation period (their own, or the appliance's), by
-		 * when their next step falls due: the next key's creation
-		 * jwks_max_age before the active key's period ends, its activation
-		 * when the period has ended and it has been published for
-		 * jwks_max_age.  Most overdue first: a tick's cap then delays the
-		 * rest by a second, never starves them. */
-		n = look(d->st,
-			 "SELECT c.name, '', CASE WHEN n.created IS NULL "
-			 "THEN k.activated + coalesce(c.rotate_every, ?1) - ?2 "
-			 "ELSE max(k.activated + coalesce(c.rotate_every, ?1), n.created + ?2) "
-			 "END AS due, coalesce(c.rotate_every, ?1) "
-			 "FROM keys k JOIN clients c ON c.name = k.client "
-			 "LEFT JOIN keys n ON n.client = k.client AND n.state = 'next' "
-			 "WHERE k.state = 'active' AND k.activated IS NOT NULL AND "
-			 "c.degraded = 0 AND coalesce(c.rotate_every, ?1) > 0 "
-			 "ORDER BY due LIMIT ?3",
-			 (int64_t)c->rotate_every, (int64_t)c->jwks_max_age, now, due, &next);
-		/* A client that took a step has a next one (its next key's activation):
-		 * known after another look. */
-		sched.at[SCHED_ROTATE] = n > 0 ? now : next;
-		for (i = 0; i < n; i++) {
-			if (i > 0 && tick_ms(&t0) > TICK_HW_MS) {
-				sched.at[SCHED_ROTATE] = now;
-				break;
-			}
-			if (client_info(d->st, due[i].client, &ci) < 0)
-				continue;
-			if ((r = rotate_due(d, &ci, due[i].every, now)) > 0) {
-				done += r;
-			} else if (r == -CIMD_EUNAVAILABLE || r == -EIO) {
-				sched.at[SCHED_ROTATE] = now; /* again at the next tick */
-				if (r == -CIMD_EUNAVAILABLE)
-					custody_failed(d->custody);
-			}
-		}
-	}
+	return done;
+}
+
+/* Each kind of transition is looked at only when its time has come (sched).
+ * Each query is bounded (LIMIT) and reads one state's keys through the
+ * keys_state index; the rotation query reads the active keys through it, with
+ * the client and the next key by their indexes (keys_client). */
+int keys_tick(struct cimdd *d, time_t tnow)
+{
+	int64_t now = (int64_t)tnow, grace = retire_grace(d->cfg);
+	struct timespec t0;
+	int done = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	sched_refresh(d->cfg, grace);
+	if (sched.at[SCHED_RETIRE] <= now)
+		done += tick_retire(d, now, grace);
+	if (sched.at[SCHED_DESTROY] <= now)
+		done += tick_destroy(d, now, &t0);
+	if (sched.at[SCHED_REVOKED] <= now)
+		done += tick_revoked(d, now, &t0);
+	if (sched.at[SCHED_ROTATE] <= now)
+		done += tick_rotate(d, now, &t0);
 	return done;
 }
 

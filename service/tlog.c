@@ -364,11 +364,136 @@ static int sign_all(struct cimdd *d, struct tlog *tl, const char *text, char **r
 	return 0;
 }
 
+/*
+ * The TPM counter value this checkpoint will carry: the counter checked
+ * against the journal (once), read, and caught up with the last checkpoint
+ * when an increment failed after its checkpoint committed, so that the TPM
+ * never falls further behind.  *ret_counter is one past the counter now.
+ */
+static int counter_next(struct cimdd *d, struct tlog *tl, struct key_store *cks,
+			uint64_t *ret_counter, char *err, size_t errlen)
+{
+	uint64_t nv = 0;
+	int r;
+
+	if (!tl->counter_checked && (r = check_counter(d, tl, err, errlen)) < 0) {
+		if (r == -CIMD_EVERIFY)
+			log_err("%s", err);
+		else if (err[0] == '\0')
+			snprintf(err, errlen, "the TPM is not open yet");
+		goto out;
+	}
+	if ((r = key_store_counter_read(cks, &nv)) < 0) {
+		snprintf(err, errlen, "reading the TPM counter: %s (%s)", cimd_strerror(r),
+			 key_store_errmsg(cks));
+		goto out;
+	}
+	if (tl->counter > nv + COUNTER_LAG_MAX) {
+		snprintf(err, errlen,
+			 "the TPM's counter (%" PRIu64 ") is far behind the last checkpoint's "
+			 "(%" PRIu64 "): not caught up by hand",
+			 nv, tl->counter);
+		r = -CIMD_EBACKEND;
+		goto out;
+	}
+	while (nv < tl->counter)
+		if ((r = key_store_counter_increment(cks, &nv)) < 0) {
+			snprintf(err, errlen, "catching the TPM counter up: %s", cimd_strerror(r));
+			goto out;
+		}
+	*ret_counter = nv + 1;
+	r = 0;
+out:
+	return r;
+}
+
+/* The journal record of a checkpoint: its size, root and note, and its
+ * counter when there is one. */
+static int checkpoint_fields(uint64_t size, const uint8_t root[32], const char *note,
+			     uint64_t counter, json_t **ret_f)
+{
+	char hex[65];
+	json_t *f;
+	int r;
+
+	hex_encode(root, 32, hex);
+	f = json_pack("{sIssss}", "size", (json_int_t)size, "root", hex, "note", note);
+	if (f == NULL ||
+	    (counter > 0 &&
+	     json_object_set_new(f, "counter", json_integer((json_int_t)counter)) < 0)) {
+		r = -ENOMEM;
+		goto out;
+	}
+	*ret_f = f;
+	f = NULL;
+	r = 0;
+out:
+	json_decref(f);
+	return r;
+}
+
+/* The proof tree grown to size, before the checkpoint is committed: once it
+ * is, receipts for it must be answerable. */
+static int tree_grow_checked(struct cimdd *d, struct tlog *tl, uint64_t size,
+			     const uint8_t root[32], char *err, size_t errlen)
+{
+	int r;
+
+	pthread_mutex_lock(&tl->mu);
+	if ((r = grow(d->st, tl, size)) == 0) {
+		uint8_t mine[32];
+
+		/* The stored tree head must be the head of the stored leaves, or
+		 * the appliance would sign what it cannot prove: refused, and the
+		 * daemon stops (the database was changed outside cimdd). */
+		tl->fetch_st = d->st;
+		if ((r = merkle_tree_root(tl->tree, size, mine)) == 0 &&
+		    memcmp(mine, root, 32) != 0)
+			r = -CIMD_EVERIFY;
+	}
+	pthread_mutex_unlock(&tl->mu);
+	if (r < 0) {
+		if (r == -CIMD_EVERIFY)
+			log_err("journal: its stored tree head is not the head of its records: the "
+				"database was changed outside cimdd; no checkpoint will sign it");
+		snprintf(err, errlen, "growing the proof tree: %s", cimd_strerror(r));
+	}
+	return r;
+}
+
+/* The checkpoint's journal record and its row, in one transaction. */
+static int checkpoint_store(struct cimdd *d, uint64_t size, const uint8_t root[32],
+			    uint64_t counter, const char *note, const json_t *f, time_t now,
+			    int64_t *ret_seq, char *err, size_t errlen)
+{
+	char cnum[24];
+	int64_t seq;
+	int r;
+
+	snprintf(cnum, sizeof(cnum), "%" PRIu64, counter);
+	if ((r = store_begin(d->st)) < 0 ||
+	    (r = journal_append(d->st, "checkpoint", "cimdd", f, &seq)) < 0 ||
+	    (r = store_exec(d->st,
+			    "INSERT INTO checkpoints (size, root, counter, note, seq, created) "
+			    "VALUES (?, ?, CAST(? AS INTEGER), ?, ?, ?)",
+			    "ibssii", (int64_t)size, root, (size_t)32, counter > 0 ? cnum : NULL,
+			    note, seq, (int64_t)now)) < 0 ||
+	    (r = store_commit(d->st)) < 0) {
+		store_rollback(d->st);
+		snprintf(err, errlen, "recording it: database error");
+		goto out;
+	}
+	*ret_seq = seq;
+	r = 0;
+out:
+	return r;
+}
+
 int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 {
-	char err[512] = "", ext[96], hex[65], cnum[24], *text = NULL, *lines = NULL, *note = NULL;
+	char err[512] = "", ext[96], *text = NULL, *lines = NULL, *note = NULL;
 	uint8_t root[32];
-	uint64_t size, nv = 0, counter = 0, after;
+	uint64_t size, counter = 0, after;
 	time_t now = time(NULL);
 	struct key_store *cks = NULL;
 	json_t *f = NULL;
@@ -385,37 +510,8 @@ int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 		return 0;
 	if (tl->counter_backend >= 0) {
 		cks = custody_at(d->custody, (size_t)tl->counter_backend);
-		if (!tl->counter_checked && (r = check_counter(d, tl, err, sizeof(err))) < 0) {
-			if (r == -CIMD_EVERIFY)
-				log_err("%s", err);
-			else if (err[0] == '\0')
-				snprintf(err, sizeof(err), "the TPM is not open yet");
+		if ((r = counter_next(d, tl, cks, &counter, err, sizeof(err))) < 0)
 			goto fail;
-		}
-		if ((r = key_store_counter_read(cks, &nv)) < 0) {
-			snprintf(err, sizeof(err), "reading the TPM counter: %s (%s)",
-				 cimd_strerror(r), key_store_errmsg(cks));
-			goto fail;
-		}
-		/* An increment that failed after its checkpoint committed: caught up
-		 * first, so that the TPM never falls further behind. */
-		if (tl->counter > nv + COUNTER_LAG_MAX) {
-			snprintf(err, sizeof(err),
-				 "the TPM's counter (%" PRIu64
-				 ") is far behind the last checkpoint's "
-				 "(%" PRIu64 "): not caught up by hand",
-				 nv, tl->counter);
-			r = -CIMD_EBACKEND;
-			goto fail;
-		}
-		while (nv < tl->counter)
-			if ((r = key_store_counter_increment(cks, &nv)) < 0) {
-				snprintf(err, sizeof(err), "catching the TPM counter up: %s",
-					 cimd_strerror(r));
-				goto fail;
-			}
-		counter = nv + 1;
-		snprintf(cnum, sizeof(cnum), "%" PRIu64, counter);
 		snprintf(ext, sizeof(ext), TIME_EXT " %lld\n" COUNTER_EXT " %" PRIu64 "\n",
 			 (long long)now, counter);
 	} else {
@@ -435,48 +531,11 @@ int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
 		r = -ENOMEM;
 		goto fail;
 	}
-	hex_encode(root, sizeof(root), hex);
-	f = json_pack("{sIssss}", "size", (json_int_t)size, "root", hex, "note", note);
-	if (f == NULL ||
-	    (counter > 0 &&
-	     json_object_set_new(f, "counter", json_integer((json_int_t)counter)) < 0)) {
-		r = -ENOMEM;
+	if ((r = checkpoint_fields(size, root, note, counter, &f)) < 0 ||
+	    (r = tree_grow_checked(d, tl, size, root, err, sizeof(err))) < 0 ||
+	    (r = checkpoint_store(d, size, root, counter, note, f, now, &seq, err, sizeof(err))) <
+		0)
 		goto fail;
-	}
-	/* The proof tree first: once the checkpoint is committed, receipts for it
-	 * must be answerable. */
-	pthread_mutex_lock(&tl->mu);
-	if ((r = grow(d->st, tl, size)) == 0) {
-		uint8_t mine[32];
-
-		/* The stored tree head must be the head of the stored leaves, or
-		 * the appliance would sign what it cannot prove: refused, and the
-		 * daemon stops (the database was changed outside cimdd). */
-		tl->fetch_st = d->st;
-		if ((r = merkle_tree_root(tl->tree, size, mine)) == 0 &&
-		    memcmp(mine, root, 32) != 0)
-			r = -CIMD_EVERIFY;
-	}
-	pthread_mutex_unlock(&tl->mu);
-	if (r < 0) {
-		if (r == -CIMD_EVERIFY)
-			log_err("journal: its stored tree head is not the head of its records: the "
-				"database was changed outside cimdd; no checkpoint will sign it");
-		snprintf(err, sizeof(err), "growing the proof tree: %s", cimd_strerror(r));
-		goto fail;
-	}
-	if ((r = store_begin(d->st)) < 0 ||
-	    (r = journal_append(d->st, "checkpoint", "cimdd", f, &seq)) < 0 ||
-	    (r = store_exec(d->st,
-			    "INSERT INTO checkpoints (size, root, counter, note, seq, created) "
-			    "VALUES (?, ?, CAST(? AS INTEGER), ?, ?, ?)",
-			    "ibssii", (int64_t)size, root, sizeof(root), counter > 0 ? cnum : NULL,
-			    note, seq, (int64_t)now)) < 0 ||
-	    (r = store_commit(d->st)) < 0) {
-		store_rollback(d->st);
-		snprintf(err, sizeof(err), "recording it: database error");
-		goto fail;
-	}
 	/* After the commit: a crash in between leaves the TPM one behind, which
 	 * the next start catches up (check_counter). */
 	if (cks != NULL && ((r = key_store_counter_increment(cks, &after)) < 0 || after != counter))

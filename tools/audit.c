@@ -573,11 +573,83 @@ static int published_state(const char *s)
 	       (strcmp(s, "next") == 0 || strcmp(s, "active") == 0 || strcmp(s, "retiring") == 0);
 }
 
+/* Publication i is what publish record seq says was published: the same
+ * client and path, and bytes with the SHA-256 the record names (and the
+ * publication itself claims). */
+static int publication_is_record(struct bundle *b, size_t i, int64_t seq, const char *path,
+				 const char *client, const char *hex, const char *bytes, size_t len,
+				 char *err, size_t errlen)
+{
+	uint8_t md[32];
+	char mhex[65];
+	json_t *rec;
+	int ok;
+
+	SHA256((const uint8_t *)bytes, len, md);
+	hex_encode(md, 32, mhex);
+	rec = record(b, seq);
+	ok = rec != NULL && strcmp(sget(rec, "client"), client) == 0 &&
+	     strcmp(sget(rec, "kind"), "publish") == 0 && strcmp(sget(rec, "path"), path) == 0 &&
+	     strcmp(sget(rec, "sha256"), mhex) == 0 && strcmp(hex, mhex) == 0;
+	json_decref(rec);
+	if (!ok)
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "publication %zu (%s): its bytes are not what journal record %lld "
+				 "says was published",
+				 i + 1, path, (long long)seq);
+	return 0;
+}
+
+/* A published JWKS (publication i, record seq) holds exactly the keys of its
+ * client that the journal's key states at that record (states) publish, and
+ * no private member. */
+static int jwks_matches_states(size_t i, int64_t seq, const char *path, const char *client,
+			       const char *bytes, size_t len, json_t *states, char *err,
+			       size_t errlen)
+{
+	json_t *kids = NULL, *v;
+	const char *kid;
+	int r;
+
+	if ((r = jwks_kids(bytes, len, &kids)) < 0) {
+		r = cimd_fail(err, errlen, -CIMD_EVERIFY, "publication %zu (%s): %s", i + 1, path,
+			      r == -1 ? "a key with a private member" : "not a JWKS");
+		goto out;
+	}
+	json_object_foreach(states, kid, v)
+	{
+		const char *st = json_string_value(json_object_get(v, "state"));
+
+		if (strcmp(json_string_value(json_object_get(v, "client")), client) != 0)
+			continue;
+		if (published_state(st) != (json_object_get(kids, kid) != NULL)) {
+			r = cimd_fail(err, errlen, -CIMD_EVERIFY,
+				      "publication %zu (%s, journal record %lld): key %s is %s "
+				      "by the journal but %s in the JWKS",
+				      i + 1, path, (long long)seq, kid, st,
+				      json_object_get(kids, kid) ? "published" : "missing");
+			goto out;
+		}
+		json_object_del(kids, kid);
+	}
+	if (json_object_size(kids) > 0) {
+		json_object_foreach(kids, kid, v) break;
+		r = cimd_fail(err, errlen, -CIMD_EVERIFY,
+			      "publication %zu (%s): key %s is published but the journal never "
+			      "made it for %s",
+			      i + 1, path, kid, client);
+		goto out;
+	}
+	r = 0;
+out:
+	json_decref(kids);
+	return r;
+}
+
 /* publications: bytes, records, and each JWKS against the replayed key states. */
 static int check_publications(struct bundle *b, char *err, size_t errlen)
 {
-	json_t *states = json_object(), *kids = NULL, *v;
-	const char *kid;
+	json_t *states = json_object();
 	size_t i, next = 0, publish_records = 0;
 	int64_t last_seq = 0;
 	const json_t *p;
@@ -593,17 +665,12 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 		const char *bytes = json_string_value(json_object_get(p, "bytes"));
 		int64_t seq = json_integer_value(json_object_get(p, "seq"));
 		size_t len = json_string_length(json_object_get(p, "bytes"));
-		uint8_t md[32];
-		char mhex[65];
-		json_t *rec;
 
 		if (path == NULL || client == NULL || hex == NULL || bytes == NULL) {
 			r = cimd_fail(err, errlen, -CIMD_EFORMAT, "publication %zu: malformed",
 				      i + 1);
 			goto out;
 		}
-		SHA256((const uint8_t *)bytes, len, md);
-		hex_encode(md, 32, mhex);
 		/* One publication per publish record, in journal order: with the
 		 * count below, every record has exactly its own. */
 		if (seq <= last_seq) {
@@ -614,58 +681,16 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 			goto out;
 		}
 		last_seq = seq;
-		rec = record(b, seq);
-		r = rec != NULL && strcmp(sget(rec, "client"), client) == 0 &&
-		    strcmp(sget(rec, "kind"), "publish") == 0 &&
-		    strcmp(sget(rec, "path"), path) == 0 &&
-		    strcmp(sget(rec, "sha256"), mhex) == 0 && strcmp(hex, mhex) == 0;
-		json_decref(rec);
-		if (!r) {
-			r = cimd_fail(
-			    err, errlen, -CIMD_EVERIFY,
-			    "publication %zu (%s): its bytes are not what journal record %lld "
-			    "says was published",
-			    i + 1, path, (long long)seq);
+		if ((r = publication_is_record(b, i, seq, path, client, hex, bytes, len, err,
+					       errlen)) < 0)
 			goto out;
-		}
-		r = 0;
 		if (strlen(path) < 10 || strcmp(path + strlen(path) - 10, "/jwks.json") != 0)
 			continue;
 		/* The key states the journal implies at the publish record. */
 		replay_keys(b, &next, seq, states);
-		if ((r = jwks_kids(bytes, len, &kids)) < 0) {
-			r = cimd_fail(err, errlen, -CIMD_EVERIFY, "publication %zu (%s): %s", i + 1,
-				      path, r == -1 ? "a key with a private member" : "not a JWKS");
+		if ((r = jwks_matches_states(i, seq, path, client, bytes, len, states, err,
+					     errlen)) < 0)
 			goto out;
-		}
-		json_object_foreach(states, kid, v)
-		{
-			const char *st = json_string_value(json_object_get(v, "state"));
-
-			if (strcmp(json_string_value(json_object_get(v, "client")), client) != 0)
-				continue;
-			if (published_state(st) != (json_object_get(kids, kid) != NULL)) {
-				r = cimd_fail(
-				    err, errlen, -CIMD_EVERIFY,
-				    "publication %zu (%s, journal record %lld): key %s is %s "
-				    "by the journal but %s in the JWKS",
-				    i + 1, path, (long long)seq, kid, st,
-				    json_object_get(kids, kid) ? "published" : "missing");
-				goto out;
-			}
-			json_object_del(kids, kid);
-		}
-		if (json_object_size(kids) > 0) {
-			json_object_foreach(kids, kid, v) break;
-			r = cimd_fail(
-			    err, errlen, -CIMD_EVERIFY,
-			    "publication %zu (%s): key %s is published but the journal never "
-			    "made it for %s",
-			    i + 1, path, kid, client);
-			goto out;
-		}
-		json_decref(kids);
-		kids = NULL;
 	}
 	for (i = 0; i < b->n; i++)
 		if (record_kind_is(b, (int64_t)i + 1, "publish"))
@@ -675,7 +700,6 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 			      "the journal records %zu publications, the bundle holds %zu",
 			      publish_records, json_array_size(b->publications));
 out:
-	json_decref(kids);
 	json_decref(states);
 	return r;
 }
