@@ -31,7 +31,8 @@ struct conn {
 };
 
 struct admin_server {
-	struct cimdd *d;
+	struct svc *d;
+	struct tlog *tlog;
 	int lfd;
 	char *path;
 	struct conn conns[CIMD_ADMIN_CONNS_MAX];
@@ -76,7 +77,7 @@ static const struct {
 
 /* One journal record per request, in a transaction of its own (the handler's
  * own changes are committed, or rolled back, by then). */
-static void journal_request(struct cimdd *d, const char *actor, const struct ucred *cr,
+static void journal_request(struct svc *d, const char *actor, const struct ucred *cr,
 			    const char *op, const json_t *args, enum admin_err e)
 {
 	const char *client = json_string_value(json_object_get(args, "name"));
@@ -99,10 +100,11 @@ static void journal_request(struct cimdd *d, const char *actor, const struct ucr
 }
 
 /* Handles one request line; returns the response (without newline). */
-static char *handle(struct cimdd *d, const struct ucred *cr, const char *line, size_t len,
+static char *handle(struct admin_server *srv, const struct ucred *cr, const char *line, size_t len,
 		    int *ret_close)
 {
-	struct admin_req q = {.d = d};
+	struct svc *d = srv->d;
+	struct admin_req q = {.d = d, .tlog = srv->tlog};
 	const struct cimd_operator *op;
 	struct cimd_operator stranger = {0};
 	const char *opname = NULL;
@@ -220,7 +222,7 @@ static void conn_handle(struct admin_server *srv, struct conn *c)
 
 	if (c->ls.closing || c->ls.out_len != 0 || (line = ls_conn_line(&c->ls, &len)) == NULL)
 		return;
-	queue(c, handle(srv->d, &c->ls.cred, line, len, &c->ls.closing));
+	queue(c, handle(srv, &c->ls.cred, line, len, &c->ls.closing));
 	ls_conn_consume(&c->ls, len, time(NULL));
 	if (c->stranger)
 		c->ls.closing = 1;
@@ -284,7 +286,8 @@ static void accept_one(struct admin_server *srv)
 	c->stranger = stranger;
 }
 
-int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size_t errlen)
+int admin_server_new(struct svc *d, struct tlog *tl, struct admin_server **ret, char *err,
+		     size_t errlen)
 {
 	struct admin_server *srv;
 	size_t i;
@@ -293,6 +296,7 @@ int admin_server_new(struct cimdd *d, struct admin_server **ret, char *err, size
 	if ((srv = calloc(1, sizeof(*srv))) == NULL)
 		return -ENOMEM;
 	srv->d = d;
+	srv->tlog = tl;
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
 		srv->conns[i].ls.fd = -1;
 	if (ls_uids_init(&srv->uids, CIMD_ADMIN_CONNS_MAX) < 0) {

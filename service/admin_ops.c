@@ -171,7 +171,7 @@ enum admin_err admin_op_journal_verify(struct admin_req *q)
 enum admin_err admin_op_journal_prove(struct admin_req *q)
 {
 	json_t *proof = NULL;
-	int r = tlog_prove(q->d, number_arg(q, "seq"), &proof, q->msg, sizeof(q->msg));
+	int r = tlog_prove(q->d, q->tlog, number_arg(q, "seq"), &proof, q->msg, sizeof(q->msg));
 
 	return r < 0 ? admin_code(r) : answer(q, proof);
 }
@@ -179,8 +179,8 @@ enum admin_err admin_op_journal_prove(struct admin_req *q)
 enum admin_err admin_op_journal_consistency(struct admin_req *q)
 {
 	json_t *proof = NULL;
-	int r =
-	    tlog_prove_consistency(q->d, number_arg(q, "old_size"), &proof, q->msg, sizeof(q->msg));
+	int r = tlog_prove_consistency(q->d, q->tlog, number_arg(q, "old_size"), &proof, q->msg,
+				       sizeof(q->msg));
 
 	return r < 0 ? admin_code(r) : answer(q, proof);
 }

@@ -35,7 +35,7 @@
 
 /* Makes a new attestation key on backend and records it active (the previous
  * one, if any, retiring), in one transaction with its journal record. */
-static int new_attest_key(struct cimdd *d, const char *backend, const char *actor,
+static int new_attest_key(struct svc *d, const char *backend, const char *actor,
 			  char ret_kid[CIMD_KID_LEN + 1])
 {
 	char tag[CIMD_TAG_MAX + 1], *jwks = NULL;
@@ -94,7 +94,7 @@ out:
 	return r;
 }
 
-int attest_keys_ensure(struct cimdd *d)
+int attest_keys_ensure(struct svc *d)
 {
 	char kid[CIMD_KID_LEN + 1];
 	struct ks_key *key = NULL;
@@ -118,7 +118,7 @@ int attest_keys_ensure(struct cimdd *d)
 	return made;
 }
 
-int attest_key_rotate(struct cimdd *d, const char *actor, const char *backend,
+int attest_key_rotate(struct svc *d, const char *actor, const char *backend,
 		      const char **ret_backend, char ret_kid[CIMD_KID_LEN + 1], char *err,
 		      size_t errlen)
 {
@@ -221,7 +221,7 @@ static void facts_clear(struct facts *f)
 	memset(f, 0, sizeof(*f));
 }
 
-static int facts_load(struct cimdd *d, const char *name, const char *attest_kid, struct facts *ret)
+static int facts_load(struct svc *d, const char *name, const char *attest_kid, struct facts *ret)
 {
 	struct facts f = {0};
 	sqlite3_stmt *s = NULL;
@@ -315,7 +315,7 @@ out:
 }
 
 /* Issues the attestation of one client from its facts. */
-static int issue(struct cimdd *d, struct facts *f, struct ks_key *ak, const char *attest_kid)
+static int issue(struct svc *d, struct facts *f, struct ks_key *ak, const char *attest_kid)
 {
 	struct key_store *ks = custody_store(d->custody, f->backend);
 	json_t *keys = NULL, *st = NULL, *k, *ev = NULL, *rec = NULL;
@@ -391,8 +391,8 @@ out:
 }
 
 /* The signed record of one revocation. */
-static int issue_revocation(struct cimdd *d, const char *kid, struct key_store *ks,
-			    struct ks_key *ak, const char *attest_kid)
+static int issue_revocation(struct svc *d, const char *kid, struct key_store *ks, struct ks_key *ak,
+			    const char *attest_kid)
 {
 	char client_id[CIMD_URL_MAX], juri[CIMD_URL_MAX + 80], digest[65], *env = NULL;
 	uint8_t *tp = NULL;
@@ -454,7 +454,7 @@ out:
 /* Retires attestation keys that no current attestation or revocation record
  * names any more: they leave attestation-keys.json.  Only while a retiring key
  * exists (after an attestation key rotation) does this look further. */
-void attest_retire_unused(struct cimdd *d)
+void attest_retire_unused(struct svc *d)
 {
 	sqlite3_stmt *s = NULL;
 	int retiring = 0;
@@ -491,7 +491,7 @@ void attest_batch_end(struct attest_batch *b)
 }
 
 /* The active attestation key of backend b, loaded once per batch. */
-static int batch_key(struct cimdd *d, struct attest_batch *bt, size_t b)
+static int batch_key(struct svc *d, struct attest_batch *bt, size_t b)
 {
 	if (bt->ak[b].state == 0)
 		bt->ak[b].state = keys_attest_active(d, d->cfg->backends[b].name, bt->ak[b].kid,
@@ -501,7 +501,7 @@ static int batch_key(struct cimdd *d, struct attest_batch *bt, size_t b)
 	return bt->ak[b].state > 0 ? 0 : -CIMD_EUNAVAILABLE;
 }
 
-int attest_client(struct cimdd *d, struct attest_batch *bt, const char *name)
+int attest_client(struct svc *d, struct attest_batch *bt, const char *name)
 {
 	static time_t last_complaint;
 	char backend[16] = "", kid[CIMD_KID_LEN + 1];
@@ -589,7 +589,7 @@ fail:
 
 /* ---- what publish.c serves ---- */
 
-char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex, const char *jwks_hex)
+char *attest_envelope(struct svc *d, const char *name, const char *cimd_hex, const char *jwks_hex)
 {
 	sqlite3_stmt *s = NULL;
 	char *out = NULL;
@@ -607,7 +607,7 @@ char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex, c
 	return out;
 }
 
-char *attest_revocations(struct cimdd *d, const char *name)
+char *attest_revocations(struct svc *d, const char *name)
 {
 	sqlite3_stmt *s = NULL;
 	json_t *arr = json_array(), *o = NULL, *e;
@@ -631,7 +631,7 @@ char *attest_revocations(struct cimdd *d, const char *name)
 	return out;
 }
 
-char *attest_keys_jwks(struct cimdd *d)
+char *attest_keys_jwks(struct svc *d)
 {
 	sqlite3_stmt *s = NULL;
 	json_t *arr = json_array(), *o = NULL, *k;
@@ -671,7 +671,7 @@ char *attest_keys_jwks(struct cimdd *d)
 	return out;
 }
 
-int attest_show(struct cimdd *d, const char *name, json_t **ret_envelope, int64_t *ret_seq,
+int attest_show(struct svc *d, const char *name, json_t **ret_envelope, int64_t *ret_seq,
 		int64_t *ret_issued, char *err, size_t errlen)
 {
 	sqlite3_stmt *s = NULL;

@@ -31,6 +31,17 @@
 
 #define PROBE_EVERY 2 /* seconds between probes of the hardware */
 
+/* The daemon: what the modules work on (struct svc: the configuration, the
+ * database, the key stores), which each is given when it is made, and what
+ * this file alone holds. */
+struct cimdd {
+	struct svc svc;
+	struct signer *signer; /* the signing socket (signer.c), or NULL */
+	struct tlog *tlog;     /* checkpoints and proofs (tlog.c) */
+	int dev;	       /* a --dev instance */
+	int accept_rollback;   /* --accept-rollback: an older database is journaled, not refused */
+};
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: cimdd -c FILE [-f]\n"
@@ -55,14 +66,14 @@ static char *daemon_metrics(void *arg)
 {
 	struct cimdd *d = arg;
 
-	return metrics_render(d->st, d->custody, d->tlog, d->signer);
+	return metrics_render(d->svc.st, d->svc.custody, d->tlog, d->signer);
 }
 
 /* SIGHUP: operators, two-person rule and durations take effect now; what
  * needs a restart (paths, backends, base_url) is reported and kept. */
 static void reload(struct cimdd *d)
 {
-	struct cimd_config *n = NULL, *o = d->cfg;
+	struct cimd_config *n = NULL, *o = d->svc.cfg;
 	char err[512], roles[64];
 	json_t *f, *ops;
 	size_t i;
@@ -107,11 +118,11 @@ static void reload(struct cimdd *d)
 		json_object_set_new(f, "operators", ops);
 	else
 		json_decref(ops);
-	if (store_begin(d->st) == 0 &&
-	    journal_append(d->st, "config.reload", "cimdd", f, NULL) == 0)
-		store_commit(d->st);
+	if (store_begin(d->svc.st) == 0 &&
+	    journal_append(d->svc.st, "config.reload", "cimdd", f, NULL) == 0)
+		store_commit(d->svc.st);
 	else
-		store_rollback(d->st);
+		store_rollback(d->svc.st);
 	json_decref(f);
 }
 
@@ -165,11 +176,12 @@ static void banner(const struct cimdd *d)
 		"  build/bin/cimdctl -s %s client audience agent-a --add https://as.example.com\n"
 		"  build/bin/cimd-assert -s %s --client-id %s/clients/agent-a --aud "
 		"https://as.example.com\n\n",
-		CIMD_VERSION, d->cfg->base_url, d->cfg->tls_cert ? d->cfg->tls_cert : "-",
-		d->cfg->admin_socket, d->cfg->sign_socket, d->cfg->path, d->cfg->admin_socket,
-		d->cfg->admin_socket, d->cfg->tls_cert ? d->cfg->tls_cert : "-", d->cfg->base_url,
-		d->cfg->admin_socket, (unsigned)getuid(), d->cfg->admin_socket, d->cfg->sign_socket,
-		d->cfg->base_url);
+		CIMD_VERSION, d->svc.cfg->base_url,
+		d->svc.cfg->tls_cert ? d->svc.cfg->tls_cert : "-", d->svc.cfg->admin_socket,
+		d->svc.cfg->sign_socket, d->svc.cfg->path, d->svc.cfg->admin_socket,
+		d->svc.cfg->admin_socket, d->svc.cfg->tls_cert ? d->svc.cfg->tls_cert : "-",
+		d->svc.cfg->base_url, d->svc.cfg->admin_socket, (unsigned)getuid(),
+		d->svc.cfg->admin_socket, d->svc.cfg->sign_socket, d->svc.cfg->base_url);
 }
 
 /* What the command line asks for. */
@@ -271,10 +283,11 @@ struct daemon {
 
 static void journal_daemon(struct cimdd *d, const char *kind)
 {
-	if (store_begin(d->st) == 0 && journal_append(d->st, kind, "cimdd", NULL, NULL) == 0)
-		store_commit(d->st);
+	if (store_begin(d->svc.st) == 0 &&
+	    journal_append(d->svc.st, kind, "cimdd", NULL, NULL) == 0)
+		store_commit(d->svc.st);
 	else
-		store_rollback(d->st);
+		store_rollback(d->svc.st);
 }
 
 /* The state directory, its lock (one daemon per directory: a second one would
@@ -285,11 +298,11 @@ static int open_state(struct daemon *m)
 	struct cimdd *d = &m->d;
 	char path[1100], err[512];
 
-	if (mkdir(d->cfg->state_dir, 0700) < 0 && errno != EEXIST) {
-		log_err("state_dir %s: %s", d->cfg->state_dir, strerror(errno));
+	if (mkdir(d->svc.cfg->state_dir, 0700) < 0 && errno != EEXIST) {
+		log_err("state_dir %s: %s", d->svc.cfg->state_dir, strerror(errno));
 		return -1;
 	}
-	snprintf(path, sizeof(path), "%s/cimdd.lock", d->cfg->state_dir);
+	snprintf(path, sizeof(path), "%s/cimdd.lock", d->svc.cfg->state_dir);
 	if ((m->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 ||
 	    flock(m->lockfd, LOCK_EX | LOCK_NB) < 0) {
 		log_err("%s: %s", path,
@@ -297,8 +310,8 @@ static int open_state(struct daemon *m)
 					     : strerror(errno));
 		return -1;
 	}
-	snprintf(path, sizeof(path), "%s/cimdd.db", d->cfg->state_dir);
-	if (store_open(path, &d->st, err, sizeof(err)) < 0) {
+	snprintf(path, sizeof(path), "%s/cimdd.db", d->svc.cfg->state_dir);
+	if (store_open(path, &d->svc.st, err, sizeof(err)) < 0) {
 		log_err("state database: %s", err);
 		return -1;
 	}
@@ -325,13 +338,13 @@ static int daemon_start(struct daemon *m, const struct args *a)
 		if (m->swtpm > 0)
 			log_info("swtpm simulator started (pid %d)", (int)m->swtpm);
 	}
-	if (config_load(conf, &d->cfg, err, sizeof(err)) < 0) {
+	if (config_load(conf, &d->svc.cfg, err, sizeof(err)) < 0) {
 		log_err("%s", err);
 		return -1;
 	}
 	d->dev = a->dev != NULL;
 	d->accept_rollback = a->accept_rollback;
-	if ((r = custody_new(d->cfg, &d->custody)) < 0) {
+	if ((r = custody_new(d->svc.cfg, &d->svc.custody)) < 0) {
 		log_err("backends: %s", strerror(-r));
 		return -1;
 	}
@@ -345,10 +358,10 @@ static int daemon_start(struct daemon *m, const struct args *a)
 		return -1;
 	/* The TPM now; the other stores in a thread while the database's
 	 * publication goes out (custody.c). */
-	custody_open_start(d->custody);
+	custody_open_start(d->svc.custody);
 	/* Before anything appends or touches hardware keys: a database older
 	 * than the TPM's counter is refused here (tlog.c). */
-	if (tlog_open(d, &d->tlog, err, sizeof(err)) < 0) {
+	if (tlog_open(&d->svc, d->accept_rollback, &d->tlog, err, sizeof(err)) < 0) {
 		log_err("journal: %s", err);
 		return -1;
 	}
@@ -356,22 +369,23 @@ static int daemon_start(struct daemon *m, const struct args *a)
 	 * open and before the hardware is listed (each a second at 20,000
 	 * objects on SoftHSM2): reconciliation marks what it changes, and the
 	 * next turns publish that (docs/scaling.md). */
-	if ((r = publication_new(d, &m->pub)) < 0) {
+	if ((r = publication_new(&d->svc, d->tlog, &m->pub)) < 0) {
 		log_err("publisher: %s", strerror(-r));
 		return -1;
 	}
 	publication_set_metrics(m->pub, daemon_metrics, d);
 	publication_start(m->pub);
-	custody_open_join(d->custody);
+	custody_open_join(d->svc.custody);
 	publication_step(m->pub);
-	keys_reconcile(d);
-	attest_keys_ensure(d);
+	keys_reconcile(&d->svc);
+	attest_keys_ensure(&d->svc);
 	/* Before the admin socket: once an operator can connect, so can workloads. */
-	if (signer_start(d, &d->signer, err, sizeof(err)) < 0) {
+	if (signer_start(&d->svc, d->tlog, &d->signer, err, sizeof(err)) < 0) {
 		log_err("sign socket: %s", err);
 		return -1;
 	}
-	if (admin_server_new(d, &m->admin, err, sizeof(err)) < 0) {
+	publication_set_signer(m->pub, d->signer);
+	if (admin_server_new(&d->svc, d->tlog, &m->admin, err, sizeof(err)) < 0) {
 		log_err("admin socket: %s", err);
 		return -1;
 	}
@@ -381,10 +395,11 @@ static int daemon_start(struct daemon *m, const struct args *a)
 	}
 	journal_daemon(d, "daemon.start");
 	/* Nothing published anywhere: no key waits for publication. */
-	if (d->cfg->listen == NULL && d->cfg->export_dir == NULL)
+	if (d->svc.cfg->listen == NULL && d->svc.cfg->export_dir == NULL)
 		signer_publish_nothing(d->signer);
 	log_info("cimdd %s: %s, admin socket %s, two-person rule %s", CIMD_VERSION,
-		 d->cfg->base_url, d->cfg->admin_socket, d->cfg->two_person_rule ? "on" : "off");
+		 d->svc.cfg->base_url, d->svc.cfg->admin_socket,
+		 d->svc.cfg->two_person_rule ? "on" : "off");
 	if (d->dev)
 		banner(d);
 	return 0;
@@ -398,20 +413,20 @@ static int daemon_tick(struct daemon *m, time_t now)
 
 	/* A backend that comes up after start: the rollback check first (if it
 	 * is the TPM), then it is reconciled and gets its attestation key. */
-	if (custody_open_missing(d->custody)) {
-		if (tlog_check_rollback(d, d->tlog) == -CIMD_EVERIFY)
+	if (custody_open_missing(d->svc.custody)) {
+		if (tlog_check_rollback(&d->svc, d->tlog) == -CIMD_EVERIFY)
 			return -1;
-		keys_reconcile(d);
-		attest_keys_ensure(d);
+		keys_reconcile(&d->svc);
+		attest_keys_ensure(&d->svc);
 	}
-	keys_tick(d, now);
-	if (tlog_tick(d, d->tlog, 0) == -CIMD_EVERIFY)
+	keys_tick(&d->svc, now);
+	if (tlog_tick(&d->svc, d->tlog, 0) == -CIMD_EVERIFY)
 		return -1; /* rollback found once the TPM answered */
 	/* Is the hardware there?  Reflected in /healthz, /metrics and status
 	 * within PROBE_EVERY seconds. */
 	if (now - m->probed_at >= PROBE_EVERY) {
 		m->probed_at = now;
-		if (custody_probe(d->custody, keys_probe_key, d))
+		if (custody_probe(d->svc.custody, keys_probe_key, &d->svc))
 			publication_health(m->pub); /* health is public */
 	}
 	return 0;
@@ -468,7 +483,7 @@ static void daemon_stop(struct daemon *m, int rc)
 	signer_stop(&m->d.signer);
 	journal_daemon(&m->d, "daemon.stop");
 	if (rc == 0)
-		tlog_tick(&m->d, m->d.tlog, 1);
+		tlog_tick(&m->d.svc, m->d.tlog, 1);
 }
 
 static void daemon_free(struct daemon *m)
@@ -481,9 +496,9 @@ static void daemon_free(struct daemon *m)
 	if (m->lockfd >= 0)
 		close(m->lockfd);
 	admin_server_free(&m->admin);
-	custody_free(&m->d.custody);
-	store_free(&m->d.st);
-	config_free(&m->d.cfg);
+	custody_free(&m->d.svc.custody);
+	store_free(&m->d.svc.st);
+	config_free(&m->d.svc.cfg);
 	if (m->swtpm > 0) {
 		kill(m->swtpm, SIGTERM);
 		waitpid(m->swtpm, NULL, 0);

@@ -73,7 +73,7 @@ static void sched_soon(int kind, int64_t t)
  * due no sooner than t + its period - jwks_max_age (the next key's creation;
  * its activation comes later), so a new active key costs one indexed read, not
  * a look over every active key at the next tick. */
-static void sched_rotation(struct cimdd *d, const char *client, int64_t t)
+static void sched_rotation(struct svc *d, const char *client, int64_t t)
 {
 	sqlite3_stmt *s = NULL;
 	int64_t every = -1;
@@ -177,7 +177,7 @@ static int key_in_state(struct store *st, const char *client, const char *state,
  */
 /* A fresh random tag, committed as an intent before the hardware makes the key
  * (so that a crash in between leaves a key reconciliation can recognise). */
-static int intent_begin(struct cimdd *d, const char *client, const char *backend,
+static int intent_begin(struct svc *d, const char *client, const char *backend,
 			char ret_tag[CIMD_TAG_MAX + 1])
 {
 	static const char digits[] = "0123456789abcdef";
@@ -205,7 +205,7 @@ static int intent_begin(struct cimdd *d, const char *client, const char *backend
 	return 0;
 }
 
-int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
+int keys_generate(struct svc *d, const char *client, const char *backend, const char *alg,
 		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key)
 {
 	struct key_store *ks = custody_store(d->custody, backend);
@@ -224,7 +224,7 @@ int keys_generate(struct cimdd *d, const char *client, const char *backend, cons
 	return 0;
 }
 
-int keys_generate_attest(struct cimdd *d, const char *backend, char ret_tag[CIMD_TAG_MAX + 1],
+int keys_generate_attest(struct svc *d, const char *backend, char ret_tag[CIMD_TAG_MAX + 1],
 			 struct ks_key **ret_key)
 {
 	struct key_store *ks = custody_store(d->custody, backend);
@@ -243,7 +243,7 @@ int keys_generate_attest(struct cimdd *d, const char *backend, char ret_tag[CIMD
 	return 0;
 }
 
-void keys_intent_drop(struct cimdd *d, const char *tag)
+void keys_intent_drop(struct svc *d, const char *tag)
 {
 	if (store_begin(d->st) == 0 &&
 	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) >= 0 &&
@@ -252,7 +252,7 @@ void keys_intent_drop(struct cimdd *d, const char *tag)
 	store_rollback(d->st);
 }
 
-int keys_insert(struct cimdd *d, const char *client, const char *alg, const char *backend,
+int keys_insert(struct svc *d, const char *client, const char *alg, const char *backend,
 		struct ks_key *key, const char *state)
 {
 	const uint8_t *ref;
@@ -280,7 +280,7 @@ int keys_insert(struct cimdd *d, const char *client, const char *alg, const char
 
 /* Creates a key for the client in hardware and records it in state `state`
  * (next or active) in a transaction of its own. */
-static int create_key(struct cimdd *d, const struct client_info *ci, const char *state,
+static int create_key(struct svc *d, const struct client_info *ci, const char *state,
 		      const char *actor, char *ret_kid)
 {
 	struct key_store *ks = custody_store(d->custody, ci->backend);
@@ -329,7 +329,7 @@ static int key_fail(int r, const char *what, char *err, size_t errlen)
 }
 
 /* Moves kid to a new state inside an open transaction, with its journal record. */
-static int transition(struct cimdd *d, const char *client, const char *kid, const char *from,
+static int transition(struct svc *d, const char *client, const char *kid, const char *from,
 		      const char *to, const char *actor, json_t *extra)
 {
 	char sql[160];
@@ -361,7 +361,7 @@ static int transition(struct cimdd *d, const char *client, const char *kid, cons
 	return r;
 }
 
-int keys_list(struct cimdd *d, const char *name, json_t **ret_keys, char *err, size_t errlen)
+int keys_list(struct svc *d, const char *name, json_t **ret_keys, char *err, size_t errlen)
 {
 	struct client_info ci;
 	sqlite3_stmt *s = NULL;
@@ -402,9 +402,8 @@ int keys_list(struct cimdd *d, const char *name, json_t **ret_keys, char *err, s
 	return 0;
 }
 
-int keys_rotate(struct cimdd *d, const char *actor, const char *name,
-		char ret_kid[CIMD_KID_LEN + 1], int64_t *ret_activate_after, char *err,
-		size_t errlen)
+int keys_rotate(struct svc *d, const char *actor, const char *name, char ret_kid[CIMD_KID_LEN + 1],
+		int64_t *ret_activate_after, char *err, size_t errlen)
 {
 	struct client_info ci;
 	char kid[CIMD_KID_LEN + 1];
@@ -428,7 +427,7 @@ int keys_rotate(struct cimdd *d, const char *actor, const char *name,
 
 /* Activates next key kid (active key, if any, becomes retiring), in an open
  * transaction. */
-static int activate(struct cimdd *d, const char *client, const char *kid, const char *actor,
+static int activate(struct svc *d, const char *client, const char *kid, const char *actor,
 		    int forced)
 {
 	char old[CIMD_KID_LEN + 1];
@@ -443,7 +442,7 @@ static int activate(struct cimdd *d, const char *client, const char *kid, const 
 	return r;
 }
 
-int keys_activate(struct cimdd *d, const char *actor, const char *name, const char *want, int force,
+int keys_activate(struct svc *d, const char *actor, const char *name, const char *want, int force,
 		  char ret_kid[CIMD_KID_LEN + 1], int *ret_forced, char *err, size_t errlen)
 {
 	struct client_info ci;
@@ -479,7 +478,7 @@ int keys_activate(struct cimdd *d, const char *actor, const char *name, const ch
 /* Destroys the hardware key of kid; its row must already say revoked or
  * retired.  By its reference, without loading it first: a load is a lookup of
  * its own (two on PKCS#11), and a key of which half is gone must go too. */
-static int destroy_hw(struct cimdd *d, const char *kid)
+static int destroy_hw(struct svc *d, const char *kid)
 {
 	struct key_store *ks;
 	sqlite3_stmt *s = NULL;
@@ -500,7 +499,7 @@ static int destroy_hw(struct cimdd *d, const char *kid)
 }
 
 /* Destroys a revoked key's hardware key and records when. */
-static int destroy_revoked(struct cimdd *d, const char *client, const char *kid, const char *actor)
+static int destroy_revoked(struct svc *d, const char *client, const char *kid, const char *actor)
 {
 	json_t *f;
 	int r;
@@ -519,7 +518,7 @@ static int destroy_revoked(struct cimdd *d, const char *client, const char *kid,
 	return r;
 }
 
-int keys_revoke(struct cimdd *d, const char *actor, const char *name, const char *kid,
+int keys_revoke(struct svc *d, const char *actor, const char *name, const char *kid,
 		const char *reason, int replace, struct keys_revoked *ret, char *err, size_t errlen)
 {
 	struct client_info ci;
@@ -647,7 +646,7 @@ static int look(struct store *st, const char *sql, int64_t a, int64_t b, int64_t
 	return n;
 }
 
-static int step(struct cimdd *d, const struct due *x, const char *from, const char *to)
+static int step(struct svc *d, const struct due *x, const char *from, const char *to)
 {
 	if (store_begin(d->st) < 0)
 		return -EIO;
@@ -661,7 +660,7 @@ static int step(struct cimdd *d, const struct due *x, const char *from, const ch
 
 /* Scheduled rotation of one client: create the next key jwks_max_age before the
  * active key is due, activate it when due (and published long enough). */
-static int rotate_due(struct cimdd *d, const struct client_info *ci, int64_t every, int64_t now)
+static int rotate_due(struct svc *d, const struct client_info *ci, int64_t every, int64_t now)
 {
 	char active[CIMD_KID_LEN + 1], next[CIMD_KID_LEN + 1];
 	int64_t activated = 0, created = 0;
@@ -709,7 +708,7 @@ static void sched_refresh(const struct cimd_config *c, int64_t grace)
 }
 
 /* Retiring keys past their grace become retired: no hardware involved. */
-static int tick_retire(struct cimdd *d, int64_t now, int64_t grace)
+static int tick_retire(struct svc *d, int64_t now, int64_t grace)
 {
 	struct due due[DUE_MAX];
 	int64_t next;
@@ -732,7 +731,7 @@ static int tick_retire(struct cimdd *d, int64_t now, int64_t grace)
 
 /* Retired keys past destroy_delay are destroyed in the hardware, then
  * marked so; for as long as TICK_HW_MS allows, the rest at the next tick. */
-static int tick_destroy(struct cimdd *d, int64_t now, const struct timespec *t0)
+static int tick_destroy(struct svc *d, int64_t now, const struct timespec *t0)
 {
 	struct due due[DUE_MAX];
 	int64_t next;
@@ -758,7 +757,7 @@ static int tick_destroy(struct cimdd *d, int64_t now, const struct timespec *t0)
 }
 
 /* Revoked keys not yet destroyed in the hardware, within TICK_HW_MS. */
-static int tick_revoked(struct cimdd *d, int64_t now, const struct timespec *t0)
+static int tick_revoked(struct svc *d, int64_t now, const struct timespec *t0)
 {
 	struct due due[DUE_MAX];
 	int64_t next;
@@ -784,7 +783,7 @@ static int tick_revoked(struct cimdd *d, int64_t now, const struct timespec *t0)
 }
 
 /* Scheduled rotation, within TICK_HW_MS: the steps taken. */
-static int tick_rotate(struct cimdd *d, int64_t now, const struct timespec *t0)
+static int tick_rotate(struct svc *d, int64_t now, const struct timespec *t0)
 {
 	const struct cimd_config *c = d->cfg;
 	struct due due[DUE_MAX];
@@ -834,7 +833,7 @@ static int tick_rotate(struct cimdd *d, int64_t now, const struct timespec *t0)
  * Each query is bounded (LIMIT) and reads one state's keys through the
  * keys_state index; the rotation query reads the active keys through it, with
  * the client and the next key by their indexes (keys_client). */
-int keys_tick(struct cimdd *d, time_t tnow)
+int keys_tick(struct svc *d, time_t tnow)
 {
 	int64_t now = (int64_t)tnow, grace = retire_grace(d->cfg);
 	struct timespec t0;
@@ -855,7 +854,7 @@ int keys_tick(struct cimdd *d, time_t tnow)
 
 /* ---- attestation keys: which one is active ---- */
 
-int keys_attest_active(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
+int keys_attest_active(struct svc *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
 		       struct ks_key **ret_key)
 {
 	struct key_store *ks = custody_store(d->custody, backend);
@@ -879,7 +878,7 @@ int keys_attest_active(struct cimdd *d, const char *backend, char ret_kid[CIMD_K
 
 int keys_probe_key(void *arg, size_t i, struct key_store *ks, struct ks_key **ret_key)
 {
-	struct cimdd *d = arg;
+	struct svc *d = arg;
 	char kid[CIMD_KID_LEN + 1];
 
 	(void)ks;
@@ -1096,7 +1095,7 @@ struct recon_sample {
  * a live state with a well-formed blob: per state one query through the
  * keys_state index, which holds each state's keys in rowid order, so that each
  * stops at its first well-formed row. */
-static void recon_pick(struct cimdd *d, struct recon_backend *rb, int newest,
+static void recon_pick(struct svc *d, struct recon_backend *rb, int newest,
 		       struct recon_sample *ret)
 {
 	static const char *const states[] = {"next", "active", "retiring", "retired"};
@@ -1143,7 +1142,7 @@ static void recon_pick(struct cimdd *d, struct recon_backend *rb, int newest,
  * loaded.  RC_BLOBS when both load (or there is none), RC_LOADS when one is
  * refused (-CIMD_ENOKEY), RC_UNKNOWN when the TPM did not answer.
  */
-static enum recon_mode recon_samples(struct cimdd *d, struct recon_backend *rb)
+static enum recon_mode recon_samples(struct svc *d, struct recon_backend *rb)
 {
 	struct recon_sample sample;
 	struct ks_key *key = NULL;
@@ -1180,7 +1179,7 @@ static enum recon_mode recon_samples(struct cimdd *d, struct recon_backend *rb)
 static const struct key_store *reconciled[CIMD_BACKENDS_MAX];
 
 /* Each backend: its key store, its listing in a set, or its samples. */
-static void recon_prepare(struct cimdd *d, struct recon *rc)
+static void recon_prepare(struct svc *d, struct recon *rc)
 {
 	const size_t max = (size_t)CIMD_CLIENTS_MAX * CIMD_KEYS_PER_CLIENT_MAX;
 	struct recon_backend *rb;
@@ -1279,7 +1278,7 @@ static int recon_row(struct recon *rc, struct recon_backend *rb, const char *cli
 }
 
 /* The live rows, read once. */
-static int recon_walk(struct cimdd *d, struct recon *rc)
+static int recon_walk(struct svc *d, struct recon *rc)
 {
 	struct recon_backend *rb;
 	sqlite3_stmt *s = NULL;
@@ -1308,7 +1307,7 @@ static int recon_walk(struct cimdd *d, struct recon *rc)
 }
 
 /* The missing keys recorded, in one transaction: never silently dropped. */
-static int recon_apply(struct cimdd *d, struct recon *rc)
+static int recon_apply(struct svc *d, struct recon *rc)
 {
 	struct recon_miss *m;
 	json_t *f;
@@ -1356,7 +1355,7 @@ static int recon_apply(struct cimdd *d, struct recon *rc)
 
 /* A client marked degraded whose published keys are all there again is no
  * longer degraded: cleared and journaled.  1 cleared, 0 it was not degraded. */
-static int restore_client(struct cimdd *d, const char *client, const char *actor)
+static int restore_client(struct svc *d, const char *client, const char *actor)
 {
 	json_t *f;
 	int rc;
@@ -1384,7 +1383,7 @@ static int restore_client(struct cimdd *d, const char *client, const char *actor
 }
 
 /* Degraded clients none of whose published keys is missing or unchecked. */
-static void recon_restore(struct cimdd *d, struct recon *rc)
+static void recon_restore(struct svc *d, struct recon *rc)
 {
 	char(*names)[CIMD_NAME_MAX + 1] = NULL;
 	size_t i, m = 0, cap = 0;
@@ -1447,7 +1446,7 @@ static int recon_rec(struct recon_rec **recs, size_t *n, size_t *cap, const char
  * intent (key_intents' key).  What was done goes to recs, journaled after the
  * hardware calls (no write lock is held across them).  1 when it was destroyed.
  */
-static int recon_stray(struct cimdd *d, struct recon_backend *rb, const struct ks_ref *ref,
+static int recon_stray(struct svc *d, struct recon_backend *rb, const struct ks_ref *ref,
 		       struct recon_rec **recs, size_t *n, size_t *cap)
 {
 	char state[16] = "", kid[CIMD_KID_LEN + 1] = "", client[CIMD_NAME_MAX + 1] = "";
@@ -1514,7 +1513,7 @@ static int recon_stray(struct cimdd *d, struct recon_backend *rb, const struct k
 
 /* Keys the hardware holds: each must have a row that wants it kept.  What was
  * done is journaled in one transaction, with the intents dropped. */
-static int recon_hardware(struct cimdd *d, struct recon *rc)
+static int recon_hardware(struct svc *d, struct recon *rc)
 {
 	struct recon_backend *rb;
 	struct recon_rec *recs = NULL;
@@ -1571,7 +1570,7 @@ static double ms_since(const struct timespec *t0)
 	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
-int keys_reconcile(struct cimdd *d)
+int keys_reconcile(struct svc *d)
 {
 	struct recon rc;
 	struct timespec t0;
@@ -1623,7 +1622,7 @@ int keys_reconcile(struct cimdd *d)
  * the hardware again -- the missing ones revoked and replaced, or the token
  * back -- is no longer degraded.  One client's keys, each loaded (a revocation
  * calls this).  1 cleared, 0 still degraded, < 0 error. */
-int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor)
+int keys_recheck_degraded(struct svc *d, const char *client, const char *actor)
 {
 	struct ks_key *key = NULL;
 	struct key_store *ks;

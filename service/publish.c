@@ -64,7 +64,9 @@ struct due {
 };
 
 struct publication {
-	struct cimdd *d;
+	struct svc *d;
+	struct tlog *tlog;		/* its latest checkpoint is published, or NULL */
+	struct signer *signer;		/* told which clients changed, or NULL (not started yet) */
 	publication_metrics_fn metrics; /* the custody process's part of /metrics */
 	void *metrics_arg;
 	struct hmap paths; /* path -> struct pub_path */
@@ -209,7 +211,7 @@ static void due_drop(struct publication *p, const char *name)
  * approved document publishes nothing. */
 static int render_client(struct publication *p, const char *name, struct entries *l)
 {
-	struct cimdd *d = p->d;
+	struct svc *d = p->d;
 	uint32_t jwks_age = (uint32_t)d->cfg->jwks_max_age,
 		 doc_age = (uint32_t)d->cfg->cimd_max_age;
 	char path[CIMD_URL_MAX + 32], cimd_hex[65], jwks_hex[65], *doc = NULL, *jwks = NULL, *att,
@@ -279,7 +281,7 @@ static int render_globals(struct publication *p, struct entries *l)
 			   jwks_age, b, b ? strlen(b) : 0, 0)) < 0)
 		return r;
 	/* No-store: it moves every checkpoint_interval. */
-	b = p->d->tlog != NULL ? tlog_checkpoint(p->d->tlog) : NULL;
+	b = p->tlog != NULL ? tlog_checkpoint(p->tlog) : NULL;
 	return entry_set(p, l, "/.well-known/cimdd/checkpoint", "", "text/plain; charset=utf-8", 0,
 			 b, b ? strlen(b) : 0, 0);
 }
@@ -289,7 +291,7 @@ static int render_globals(struct publication *p, struct entries *l)
  * custody process's part of /metrics (the publisher adds its own). */
 static int render_health(struct publication *p, struct entries *l)
 {
-	struct cimdd *d = p->d;
+	struct svc *d = p->d;
 	char health[256] = "ok", *m;
 	size_t i, n = 0;
 	int r;
@@ -688,7 +690,7 @@ static int hand_on(struct publication *p, struct entries *l, uint8_t flags, int 
 	for (i = 0; i < l->n; i++)
 		if (l->v[i].jwks && l->v[i].changed &&
 		    (last == NULL || strcmp(last, l->v[i].client) != 0))
-			signer_invalidate_client(p->d->signer, last = l->v[i].client);
+			signer_invalidate_client(p->signer, last = l->v[i].client);
 	return 0;
 }
 
@@ -760,7 +762,7 @@ static void follow_changes(struct publication *p)
 	while (sqlite3_step(s) == SQLITE_ROW) {
 		p->seen_seq = sqlite3_column_int64(s, 0);
 		if (sqlite3_column_bytes(s, 1) > 0)
-			signer_invalidate_client(p->d->signer,
+			signer_invalidate_client(p->signer,
 						 (const char *)sqlite3_column_text(s, 1));
 	}
 	store_done(p->d->st, s);
@@ -932,7 +934,7 @@ static int spawn(struct publication *p)
 	return 0;
 }
 
-int publication_new(struct cimdd *d, struct publication **ret)
+int publication_new(struct svc *d, struct tlog *tl, struct publication **ret)
 {
 	struct publication *p;
 	int r;
@@ -940,6 +942,7 @@ int publication_new(struct cimdd *d, struct publication **ret)
 	if ((p = calloc(1, sizeof(*p))) == NULL)
 		return -ENOMEM;
 	p->d = d;
+	p->tlog = tl;
 	p->fd = -1;
 	p->full = 1;
 	p->health = 1;
@@ -1024,6 +1027,11 @@ void publication_health(struct publication *p)
 		p->health = 2; /* at once */
 }
 
+void publication_set_signer(struct publication *p, struct signer *sg)
+{
+	p->signer = sg;
+}
+
 void publication_set_metrics(struct publication *p, publication_metrics_fn fn, void *arg)
 {
 	p->metrics = fn;
@@ -1070,9 +1078,9 @@ int publication_step(struct publication *p)
 	 * most once a second while it changes; the signer's counters alone
 	 * every METRICS_EVERY. */
 	if (publishing(p) && (p->health == 2 || (p->health == 1 && now != p->metrics_at) ||
-			      (signer_answers(p->d->signer) != p->answers_at &&
+			      (signer_answers(p->signer) != p->answers_at &&
 			       now - p->metrics_at >= METRICS_EVERY))) {
-		p->answers_at = signer_answers(p->d->signer);
+		p->answers_at = signer_answers(p->signer);
 		p->metrics_at = now;
 		p->health = 0;
 		if (render_health(p, &l) == 0)

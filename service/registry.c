@@ -58,7 +58,7 @@ static int client_check(struct store *st, const char *name, int must_exist, char
 }
 
 /* Commits the open transaction after journaling kind with fields (stolen). */
-static int commit(struct cimdd *d, const char *actor, const char *kind, json_t *fields, char *err,
+static int commit(struct svc *d, const char *actor, const char *kind, json_t *fields, char *err,
 		  size_t errlen)
 {
 	/* No record, no change: a record that could not be built fails the change. */
@@ -90,7 +90,7 @@ static int client_count(struct store *st, int64_t *ret)
 }
 
 /* Inserts document version `version` (state submitted) inside a transaction. */
-static int insert_doc(struct cimdd *d, const char *actor, const char *name, int64_t version,
+static int insert_doc(struct svc *d, const char *actor, const char *name, int64_t version,
 		      const char *bytes, size_t len, uint8_t md[SHA256_DIGEST_LENGTH])
 {
 	SHA256((const uint8_t *)bytes, len, md);
@@ -102,7 +102,7 @@ static int insert_doc(struct cimdd *d, const char *actor, const char *name, int6
 	    (int64_t)time(NULL));
 }
 
-int reg_client_add(struct cimdd *d, const char *actor, const char *name, const char *owner,
+int reg_client_add(struct svc *d, const char *actor, const char *name, const char *owner,
 		   const char *backend, const char *alg_name, const int64_t *rotate_every,
 		   const json_t *metadata, char ret_kid[CIMD_KID_LEN + 1],
 		   struct reg_doc_result *ret_doc, char *err, size_t errlen)
@@ -281,7 +281,7 @@ out:
 	return r;
 }
 
-int reg_client_page(struct cimdd *d, const char *after, const int64_t *limit, json_t **ret_clients,
+int reg_client_page(struct svc *d, const char *after, const int64_t *limit, json_t **ret_clients,
 		    char ret_next[CIMD_NAME_MAX + 1], char *err, size_t errlen)
 {
 	json_t *arr = NULL;
@@ -347,8 +347,7 @@ static json_t *documents_of(struct store *st, const char *name)
 	return arr;
 }
 
-int reg_client_show(struct cimdd *d, const char *name, json_t **ret_client, char *err,
-		    size_t errlen)
+int reg_client_show(struct svc *d, const char *name, json_t **ret_client, char *err, size_t errlen)
 {
 	sqlite3_stmt *s = NULL;
 	json_t *o;
@@ -414,7 +413,7 @@ static int64_t count_of(struct store *st, const char *sql, const char *name)
 	return n;
 }
 
-int reg_client_allow(struct cimdd *d, const char *actor, const char *name, const char *kind,
+int reg_client_allow(struct svc *d, const char *actor, const char *name, const char *kind,
 		     int64_t v, int remove, char *err, size_t errlen)
 {
 	int r;
@@ -453,7 +452,7 @@ int reg_client_allow(struct cimdd *d, const char *actor, const char *name, const
 		      json_pack("{sssI}", "client", name, kind, (json_int_t)v), err, errlen);
 }
 
-int reg_client_policy(struct cimdd *d, const char *actor, const char *name, const int64_t *ttl,
+int reg_client_policy(struct svc *d, const char *actor, const char *name, const int64_t *ttl,
 		      const int64_t *rate, char *err, size_t errlen)
 {
 	json_t *f;
@@ -490,7 +489,7 @@ int reg_client_policy(struct cimdd *d, const char *actor, const char *name, cons
 	return commit(d, actor, "client.policy", f, err, errlen);
 }
 
-int reg_client_audience(struct cimdd *d, const char *actor, const char *name, const char *add,
+int reg_client_audience(struct svc *d, const char *actor, const char *name, const char *add,
 			const char *del, char *err, size_t errlen)
 {
 	int r;
@@ -560,7 +559,7 @@ static void doc_result(struct reg_doc_result *ret, int64_t version, const char *
 	memcpy(ret->sha256, hash, sizeof(ret->sha256));
 }
 
-int reg_doc_submit(struct cimdd *d, const char *actor, const char *name, const json_t *metadata,
+int reg_doc_submit(struct svc *d, const char *actor, const char *name, const json_t *metadata,
 		   struct reg_doc_result *ret_doc, char *err, size_t errlen)
 {
 	const char *alg;
@@ -607,7 +606,7 @@ int reg_doc_submit(struct cimdd *d, const char *actor, const char *name, const j
 	return 0;
 }
 
-int reg_doc_approve(struct cimdd *d, const char *actor, const char *name, int64_t version,
+int reg_doc_approve(struct svc *d, const char *actor, const char *name, int64_t version,
 		    struct reg_doc_result *ret_doc, char *err, size_t errlen)
 {
 	const char *state;
@@ -680,7 +679,7 @@ int reg_doc_approve(struct cimdd *d, const char *actor, const char *name, int64_
 	return 0;
 }
 
-int reg_doc_show(struct cimdd *d, const char *name, const int64_t *want, json_t **ret_document,
+int reg_doc_show(struct svc *d, const char *name, const int64_t *want, json_t **ret_document,
 		 char *err, size_t errlen)
 {
 	int64_t version;

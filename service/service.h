@@ -279,14 +279,16 @@ unsigned long custody_failures(const struct custody *c);
 
 /* ---- the daemon's state: registry, keys, lifecycle (registry.c, keys.c) ---- */
 
-struct cimdd {
+/*
+ * What the modules work on, given to each when it is made: the configuration
+ * (a reload changes its durations in place: cimdd.c), the database and the
+ * key stores.  The daemon as a whole (struct svc: these, the signer, the
+ * transparency log, the loop) is cimdd.c's alone.
+ */
+struct svc {
 	struct cimd_config *cfg;
 	struct store *st;
 	struct custody *custody; /* the key stores (custody.c) */
-	int dev;		 /* a --dev instance */
-	struct signer *signer;	 /* the signing socket (signer.c), or NULL */
-	struct tlog *tlog;	 /* checkpoints and proofs (tlog.c) */
-	int accept_rollback; /* --accept-rollback: an older database is journaled, not refused */
 };
 
 /* ---- the protocol's error names, both sockets (proto_err.c) ---- */
@@ -358,45 +360,43 @@ struct reg_doc_result {
 /* client.add: the client, its first key in hardware (*ret_kid) and document
  * version 1 (*ret_doc).  backend NULL: the configuration's default; alg NULL:
  * ES256; rotate_every NULL: the appliance's period; metadata the document. */
-int reg_client_add(struct cimdd *d, const char *actor, const char *name, const char *owner,
+int reg_client_add(struct svc *d, const char *actor, const char *name, const char *owner,
 		   const char *backend, const char *alg, const int64_t *rotate_every,
 		   const json_t *metadata, char ret_kid[CIMD_KID_LEN + 1],
 		   struct reg_doc_result *ret_doc, char *err, size_t errlen);
 /* client.list: up to *limit (NULL: CIMD_LIST_PAGE_DEFAULT) clients whose
  * names sort after `after` (NULL: from the first); ret_next the last one's
  * name when others follow, else "". */
-int reg_client_page(struct cimdd *d, const char *after, const int64_t *limit, json_t **ret_clients,
+int reg_client_page(struct svc *d, const char *after, const int64_t *limit, json_t **ret_clients,
 		    char ret_next[CIMD_NAME_MAX + 1], char *err, size_t errlen);
 /* client.show: the client, its callers, audiences, documents and policy. */
-int reg_client_show(struct cimdd *d, const char *name, json_t **ret_client, char *err,
-		    size_t errlen);
+int reg_client_show(struct svc *d, const char *name, json_t **ret_client, char *err, size_t errlen);
 /* client.allow: kind "uid" or "gid" id may sign for name (remove: no longer). */
-int reg_client_allow(struct cimdd *d, const char *actor, const char *name, const char *kind,
+int reg_client_allow(struct svc *d, const char *actor, const char *name, const char *kind,
 		     int64_t id, int remove, char *err, size_t errlen);
 /* client.policy: ttl and rate (NULL: unchanged; 0: the configuration's). */
-int reg_client_policy(struct cimdd *d, const char *actor, const char *name, const int64_t *ttl,
+int reg_client_policy(struct svc *d, const char *actor, const char *name, const int64_t *ttl,
 		      const int64_t *rate, char *err, size_t errlen);
 /* client.audience: one of add and del, the other NULL. */
-int reg_client_audience(struct cimdd *d, const char *actor, const char *name, const char *add,
+int reg_client_audience(struct svc *d, const char *actor, const char *name, const char *add,
 			const char *del, char *err, size_t errlen);
 /* doc.submit, doc.approve: a new version; approving one. */
-int reg_doc_submit(struct cimdd *d, const char *actor, const char *name, const json_t *metadata,
+int reg_doc_submit(struct svc *d, const char *actor, const char *name, const json_t *metadata,
 		   struct reg_doc_result *ret_doc, char *err, size_t errlen);
-int reg_doc_approve(struct cimdd *d, const char *actor, const char *name, int64_t version,
+int reg_doc_approve(struct svc *d, const char *actor, const char *name, int64_t version,
 		    struct reg_doc_result *ret_doc, char *err, size_t errlen);
 /* doc.show: version *version (NULL: the approved one, else the latest). */
-int reg_doc_show(struct cimdd *d, const char *name, const int64_t *version, json_t **ret_document,
+int reg_doc_show(struct svc *d, const char *name, const int64_t *version, json_t **ret_document,
 		 char *err, size_t errlen);
 
 /* key.list: the client's keys, oldest first. */
-int keys_list(struct cimdd *d, const char *name, json_t **ret_keys, char *err, size_t errlen);
+int keys_list(struct svc *d, const char *name, json_t **ret_keys, char *err, size_t errlen);
 /* key.rotate: a next key, which may be activated from *ret_activate_after. */
-int keys_rotate(struct cimdd *d, const char *actor, const char *name,
-		char ret_kid[CIMD_KID_LEN + 1], int64_t *ret_activate_after, char *err,
-		size_t errlen);
+int keys_rotate(struct svc *d, const char *actor, const char *name, char ret_kid[CIMD_KID_LEN + 1],
+		int64_t *ret_activate_after, char *err, size_t errlen);
 /* key.activate: the next key (which must be kid, unless NULL); force: before
  * it has been published for jwks_max_age (*ret_forced: it was). */
-int keys_activate(struct cimdd *d, const char *actor, const char *name, const char *kid, int force,
+int keys_activate(struct svc *d, const char *actor, const char *name, const char *kid, int force,
 		  char ret_kid[CIMD_KID_LEN + 1], int *ret_forced, char *err, size_t errlen);
 /* key.revoke: kid revoked at once (replace: a new active key made too).  On
  * success err holds a note when a later step failed (else ""). */
@@ -404,22 +404,22 @@ struct keys_revoked {
 	char replacement[CIMD_KID_LEN + 1]; /* "" without one */
 	int client_has_active_key;
 };
-int keys_revoke(struct cimdd *d, const char *actor, const char *name, const char *kid,
+int keys_revoke(struct svc *d, const char *actor, const char *name, const char *kid,
 		const char *reason, int replace, struct keys_revoked *ret, char *err,
 		size_t errlen);
 
 /* A key for client made in hardware under a committed intent (keys.c): the
  * caller records the key and deletes the intent row (tag) in one transaction,
  * or, failing, destroys the key and calls keys_intent_drop. */
-int keys_generate(struct cimdd *d, const char *client, const char *backend, const char *alg,
+int keys_generate(struct svc *d, const char *client, const char *backend, const char *alg,
 		  char ret_tag[CIMD_TAG_MAX + 1], struct ks_key **ret_key);
-void keys_intent_drop(struct cimdd *d, const char *tag);
+void keys_intent_drop(struct svc *d, const char *tag);
 /* The same for an attestation key of backend (attest.c records it). */
-int keys_generate_attest(struct cimdd *d, const char *backend, char ret_tag[CIMD_TAG_MAX + 1],
+int keys_generate_attest(struct svc *d, const char *backend, char ret_tag[CIMD_TAG_MAX + 1],
 			 struct ks_key **ret_key);
 /* Inserts the row of a new key (with its public JWK) inside an open transaction;
  * the number of rows inserted (1) or a negative code. */
-int keys_insert(struct cimdd *d, const char *client, const char *alg, const char *backend,
+int keys_insert(struct svc *d, const char *client, const char *alg, const char *backend,
 		struct ks_key *key, const char *state);
 
 /* client_id of NAME: base_url + "/clients/" + NAME, into buf. */
@@ -429,26 +429,30 @@ const char *reg_jwks_uri(const struct cimd_config *cfg, const char *name, char *
 
 /* Runs the lifecycle's timed transitions (retire, destroy, scheduled rotation);
  * called about once a second.  Returns the number of transitions made. */
-int keys_tick(struct cimdd *d, time_t now);
+int keys_tick(struct svc *d, time_t now);
 /* At start: every key the database holds must exist in its hardware; a missing
  * one is reported and its client marked degraded.  Returns how many are missing. */
-int keys_reconcile(struct cimdd *d);
+int keys_reconcile(struct svc *d);
 /* The active attestation key of backend, loaded, and its kid; -ENOENT when
  * it has none, -CIMD_EUNAVAILABLE when the backend is not open. */
-int keys_attest_active(struct cimdd *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
+int keys_attest_active(struct svc *d, const char *backend, char ret_kid[CIMD_KID_LEN + 1],
 		       struct ks_key **ret_key);
 /* custody_probe's key: backend i's active attestation key (arg: the daemon). */
 int keys_probe_key(void *arg, size_t i, struct key_store *ks, struct ks_key **ret_key);
 /* A degraded client whose published keys are all in the hardware again is
  * restored (journal client.restored): 1 restored, 0 still degraded. */
-int keys_recheck_degraded(struct cimdd *d, const char *client, const char *actor);
+int keys_recheck_degraded(struct svc *d, const char *client, const char *actor);
 
 /* ---- publication (publish.c; the publisher is publisher/) ---- */
 
 struct publication;
 /* What is published and the publisher process (publish.c): starts the
  * publisher when `listen` is configured, prepares export_dir when it is. */
-int publication_new(struct cimdd *d, struct publication **ret);
+struct tlog;
+struct signer;
+int publication_new(struct svc *d, struct tlog *tl, struct publication **ret);
+/* The signer, once started, is told which clients changed. */
+void publication_set_signer(struct publication *p, struct signer *sg);
 void publication_free(struct publication **p);
 /* One turn of the main loop: the changes marked since the last turn (the
  * signer's cached policies dropped, attestations issued, what changed
@@ -489,7 +493,7 @@ int dev_swtpm_spawn(const char *state_dir, int port, const char *log, pid_t *ret
 
 /* Each open backend gets an attestation key if it has none (first start, or a
  * backend that came up later).  Returns how many were made. */
-int attest_keys_ensure(struct cimdd *d);
+int attest_keys_ensure(struct svc *d);
 /* Attestation keys loaded once for a batch of attest_client calls. */
 struct attest_batch {
 	struct {
@@ -502,26 +506,25 @@ struct attest_batch {
  * latest one, and the signed record of each of its revoked keys that has none
  * by its backend's active attestation key.  0, or < 0 when the hardware
  * refused or is not there (the caller tries again later). */
-int attest_client(struct cimdd *d, struct attest_batch *b, const char *name);
+int attest_client(struct svc *d, struct attest_batch *b, const char *name);
 void attest_batch_end(struct attest_batch *b);
 /* Retires the attestation keys that no current record names (cheap unless an
  * attestation key is retiring). */
-void attest_retire_unused(struct cimdd *d);
+void attest_retire_unused(struct svc *d);
 /* The latest attestation envelope of name if its subjects are these digests
  * (hex SHA-256 of the served CIMD and JWKS bytes), else NULL; malloc'd. */
-char *attest_envelope(struct cimdd *d, const char *name, const char *cimd_hex,
-		      const char *jwks_hex);
+char *attest_envelope(struct svc *d, const char *name, const char *cimd_hex, const char *jwks_hex);
 /* {"revocations":[envelope...]} of name; {"keys":[...]} of the attestation
  * keys in states active and retiring.  malloc'd. */
-char *attest_revocations(struct cimdd *d, const char *name);
-char *attest_keys_jwks(struct cimdd *d);
+char *attest_revocations(struct svc *d, const char *name);
+char *attest_keys_jwks(struct svc *d);
 /* attest.show: name's latest attestation envelope, its journal record and
  * when it was issued. */
-int attest_show(struct cimdd *d, const char *name, json_t **ret_envelope, int64_t *ret_seq,
+int attest_show(struct svc *d, const char *name, json_t **ret_envelope, int64_t *ret_seq,
 		int64_t *ret_issued, char *err, size_t errlen);
 /* attest_key.rotate: a new active attestation key on backend (NULL: the
  * default; *ret_backend the one used). */
-int attest_key_rotate(struct cimdd *d, const char *actor, const char *backend,
+int attest_key_rotate(struct svc *d, const char *actor, const char *backend,
 		      const char **ret_backend, char ret_kid[CIMD_KID_LEN + 1], char *err,
 		      size_t errlen);
 
@@ -532,16 +535,16 @@ struct tlog;
  * and the proof tree up to it; on a TPM backend, the rollback check against
  * the TPM's counter (-CIMD_EVERIFY, err saying why, when the database is older
  * than the TPM). */
-int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen);
+int tlog_open(struct svc *d, int accept_rollback, struct tlog **ret, char *err, size_t errlen);
 void tlog_free(struct tlog **tl);
 /* The rollback check, when the TPM opened after start: 0 passed (or no TPM),
  * -CIMD_EVERIFY rollback (logged: the daemon must stop), another code: not yet. */
-int tlog_check_rollback(struct cimdd *d, struct tlog *tl);
+int tlog_check_rollback(struct svc *d, struct tlog *tl);
 /* Once a second: a checkpoint when checkpoint_interval has passed since the
  * last one and the journal grew beyond it (force: whenever it grew).  1 when
  * one was issued, 0 when none was due, a negative code when it could not be
  * (-CIMD_EVERIFY: rollback found, the daemon must stop). */
-int tlog_tick(struct cimdd *d, struct tlog *tl, int force);
+int tlog_tick(struct svc *d, struct tlog *tl, int force);
 /* The latest signed checkpoint (malloc'd), NULL when there is none yet. */
 char *tlog_checkpoint(struct tlog *tl);
 /* Its tree size and issue time (0 and 0 before the first), for /metrics. */
@@ -556,14 +559,14 @@ int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret)
 int tlog_consistency(struct tlog *tl, struct store *st, uint64_t old_size, json_t **ret);
 /* journal.prove and journal.consistency: tlog_inclusion and
  * tlog_consistency with the words an operator is told. */
-int tlog_prove(struct cimdd *d, int64_t seq, json_t **ret, char *err, size_t errlen);
-int tlog_prove_consistency(struct cimdd *d, int64_t old_size, json_t **ret, char *err,
-			   size_t errlen);
+int tlog_prove(struct svc *d, struct tlog *tl, int64_t seq, json_t **ret, char *err, size_t errlen);
+int tlog_prove_consistency(struct svc *d, struct tlog *tl, int64_t old_size, json_t **ret,
+			   char *err, size_t errlen);
 /* audit.export: one page of kind (checkpoints, publications, attestations,
  * revocations or attest_keys: attestation keys, all ever), oldest first,
  * after id `after`; *ret_next the id to ask after for the next page, -1 when
  * none follows. */
-int tlog_export(struct cimdd *d, const char *kind, int64_t after, json_t **ret_items,
+int tlog_export(struct svc *d, const char *kind, int64_t after, json_t **ret_items,
 		int64_t *ret_next, char *err, size_t errlen);
 
 /* ---- signing socket (signer.c, sign_request.c) ---- */
@@ -588,7 +591,7 @@ void sign_request_clear(struct sign_request *req);
 
 struct signer;
 /* Opens sign.sock and starts its threads (io, one per backend, journal). */
-int signer_start(struct cimdd *d, struct signer **ret, char *err, size_t errlen);
+int signer_start(struct svc *d, struct tlog *tl, struct signer **ret, char *err, size_t errlen);
 void signer_stop(struct signer **s);
 /* The custody state changed: cached client policies are read again. */
 void signer_invalidate(struct signer *s);
@@ -699,7 +702,8 @@ enum admin_err {
 const char *admin_err_name(enum admin_err e);
 
 struct admin_req {
-	struct cimdd *d;
+	struct svc *d;
+	struct tlog *tlog; /* proofs and the audit bundle */
 	const struct cimd_operator *op;
 	const json_t *args;
 	json_t *result; /* set by the handler on success */
@@ -731,7 +735,8 @@ enum admin_err admin_op_journal_consistency(struct admin_req *q);
 enum admin_err admin_op_audit_export(struct admin_req *q);
 
 struct admin_server;
-int admin_server_new(struct cimdd *d, struct admin_server **ret_srv, char *errbuf, size_t errlen);
+int admin_server_new(struct svc *d, struct tlog *tl, struct admin_server **ret_srv, char *errbuf,
+		     size_t errlen);
 void admin_server_free(struct admin_server **srv);
 /* poll(2) set: fills at most max entries, returns how many. */
 size_t admin_server_pollfds(struct admin_server *srv, struct pollfd *fds, size_t max);

@@ -243,7 +243,7 @@ static void receipt(struct signer *s, struct conn *c, const char *jti)
 		conn_error(c, PE_NOT_FOUND, msg);
 		return;
 	}
-	if ((r = tlog_inclusion(s->d->tlog, s->io.reader, seq, &o)) == -EAGAIN) {
+	if ((r = tlog_inclusion(s->tlog, s->io.reader, seq, &o)) == -EAGAIN) {
 		snprintf(msg, sizeof(msg),
 			 "journal record %lld is not under a checkpoint yet; ask again within "
 			 "checkpoint_interval",

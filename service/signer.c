@@ -72,7 +72,7 @@ void signer_invalidate(struct signer *s)
 		__atomic_add_fetch(&s->generation, 1, __ATOMIC_RELEASE);
 }
 
-int signer_start(struct cimdd *d, struct signer **ret, char *err, size_t errlen)
+int signer_start(struct svc *d, struct tlog *tl, struct signer **ret, char *err, size_t errlen)
 {
 	struct signer *s;
 	char dbpath[1100];
@@ -82,6 +82,7 @@ int signer_start(struct cimdd *d, struct signer **ret, char *err, size_t errlen)
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return -ENOMEM;
 	s->d = d;
+	s->tlog = tl;
 	s->donefd = -1;
 	s->io.lfd = s->io.epfd = -1;
 	signq_init(&s->jr.q);

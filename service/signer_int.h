@@ -149,7 +149,8 @@ struct sign_journal {
 
 struct signer {
 	/* Written by signer_start before any thread runs; read-only after. */
-	struct cimdd *d;
+	struct svc *d;
+	struct tlog *tlog; /* receipts' inclusion proofs (set at start, read by io) */
 	char *path;
 	int donefd;		   /* written by backends and journal, read by io */
 	char prefix[CIMD_URL_MAX]; /* base_url "/clients/" */

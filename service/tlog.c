@@ -51,6 +51,7 @@ struct tlog {
 	uint64_t counter;	  /* the counter it carries, 0: none */
 	int counter_backend;	  /* index of the TPM backend, -1 none */
 	int counter_checked;	  /* the rollback check has passed */
+	int accept_rollback;	  /* --accept-rollback: an older database is journaled */
 	char origin[NOTE_NAME_MAX + 1];
 	time_t complained;
 };
@@ -84,8 +85,8 @@ static json_t *attest_trust(struct store *st)
  * checkpoints table is not consulted: it is an unsigned copy, easy to edit.
  * No such record (a new appliance, or one from before checkpoints): not found.
  */
-static int signed_counter(struct cimdd *d, struct tlog *tl, int *ret_found, uint64_t *ret,
-			  char *err, size_t errlen)
+static int signed_counter(struct svc *d, struct tlog *tl, int *ret_found, uint64_t *ret, char *err,
+			  size_t errlen)
 {
 	sqlite3_stmt *s = NULL;
 	json_t *rec = NULL, *trust = NULL;
@@ -150,7 +151,7 @@ out:
  * than the TPM's last checkpoint, refused.  TPM behind by a little: a crash
  * came between a checkpoint's commit and its increment; it catches up.
  */
-static int check_counter(struct cimdd *d, struct tlog *tl, char *err, size_t errlen)
+static int check_counter(struct svc *d, struct tlog *tl, char *err, size_t errlen)
 {
 	struct key_store *ks = custody_at(d->custody, (size_t)tl->counter_backend);
 	uint64_t nv, db;
@@ -169,7 +170,7 @@ static int check_counter(struct cimdd *d, struct tlog *tl, char *err, size_t err
 				 cimd_strerror(r));
 		return r;
 	}
-	if (found && nv > db && d->accept_rollback) {
+	if (found && nv > db && tl->accept_rollback) {
 		/* The operator restored a backup on purpose: said, journaled, and
 		 * the next checkpoint carries the TPM's counter onward. */
 		json_t *f = json_pack("{sIsI}", "database_counter", (json_int_t)db, "tpm_counter",
@@ -221,7 +222,7 @@ static int check_counter(struct cimdd *d, struct tlog *tl, char *err, size_t err
 	return 0;
 }
 
-static int load_latest(struct cimdd *d, struct tlog *tl)
+static int load_latest(struct svc *d, struct tlog *tl)
 {
 	sqlite3_stmt *s = NULL;
 	int r = 0;
@@ -277,7 +278,7 @@ static int grow(struct store *st, struct tlog *tl, uint64_t size)
 	return r;
 }
 
-int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen)
+int tlog_open(struct svc *d, int accept_rollback, struct tlog **ret, char *err, size_t errlen)
 {
 	struct tlog *tl;
 	int r;
@@ -285,6 +286,7 @@ int tlog_open(struct cimdd *d, struct tlog **ret, char *err, size_t errlen)
 	if ((tl = calloc(1, sizeof(*tl))) == NULL)
 		return -ENOMEM;
 	pthread_mutex_init(&tl->mu, NULL);
+	tl->accept_rollback = accept_rollback;
 	tl->counter_backend = custody_tpm(d->custody);
 	origin_of(d->cfg->base_url, tl->origin, sizeof(tl->origin));
 	if ((r = merkle_tree_new(TREE_BASE, &tl->tree)) < 0)
@@ -305,7 +307,7 @@ fail:
 	return r;
 }
 
-int tlog_check_rollback(struct cimdd *d, struct tlog *tl)
+int tlog_check_rollback(struct svc *d, struct tlog *tl)
 {
 	char err[512] = "";
 	int r;
@@ -331,7 +333,7 @@ void tlog_free(struct tlog **ptl)
 }
 
 /* The signature lines of every open backend's attestation key over text. */
-static int sign_all(struct cimdd *d, struct tlog *tl, const char *text, char **ret_lines)
+static int sign_all(struct svc *d, struct tlog *tl, const char *text, char **ret_lines)
 {
 	char kid[CIMD_KID_LEN + 1], *line = NULL, *all = NULL, *n;
 	struct ks_key *ak = NULL;
@@ -370,7 +372,7 @@ static int sign_all(struct cimdd *d, struct tlog *tl, const char *text, char **r
  * when an increment failed after its checkpoint committed, so that the TPM
  * never falls further behind.  *ret_counter is one past the counter now.
  */
-static int counter_next(struct cimdd *d, struct tlog *tl, struct key_store *cks,
+static int counter_next(struct svc *d, struct tlog *tl, struct key_store *cks,
 			uint64_t *ret_counter, char *err, size_t errlen)
 {
 	uint64_t nv = 0;
@@ -434,8 +436,8 @@ out:
 
 /* The proof tree grown to size, before the checkpoint is committed: once it
  * is, receipts for it must be answerable. */
-static int tree_grow_checked(struct cimdd *d, struct tlog *tl, uint64_t size,
-			     const uint8_t root[32], char *err, size_t errlen)
+static int tree_grow_checked(struct svc *d, struct tlog *tl, uint64_t size, const uint8_t root[32],
+			     char *err, size_t errlen)
 {
 	int r;
 
@@ -462,9 +464,9 @@ static int tree_grow_checked(struct cimdd *d, struct tlog *tl, uint64_t size,
 }
 
 /* The checkpoint's journal record and its row, in one transaction. */
-static int checkpoint_store(struct cimdd *d, uint64_t size, const uint8_t root[32],
-			    uint64_t counter, const char *note, const json_t *f, time_t now,
-			    int64_t *ret_seq, char *err, size_t errlen)
+static int checkpoint_store(struct svc *d, uint64_t size, const uint8_t root[32], uint64_t counter,
+			    const char *note, const json_t *f, time_t now, int64_t *ret_seq,
+			    char *err, size_t errlen)
 {
 	char cnum[24];
 	int64_t seq;
@@ -489,7 +491,7 @@ out:
 	return r;
 }
 
-int tlog_tick(struct cimdd *d, struct tlog *tl, int force)
+int tlog_tick(struct svc *d, struct tlog *tl, int force)
 {
 	char err[512] = "", ext[96], *text = NULL, *lines = NULL, *note = NULL;
 	uint8_t root[32];
@@ -673,13 +675,13 @@ out:
 
 /* ---- admin: journal.prove, journal.consistency ---- */
 
-int tlog_prove(struct cimdd *d, int64_t seq, json_t **ret, char *err, size_t errlen)
+int tlog_prove(struct svc *d, struct tlog *tl, int64_t seq, json_t **ret, char *err, size_t errlen)
 {
 	int r;
 
 	if (seq < 1)
 		return cimd_fail(err, errlen, -EINVAL, "seq must be a record number (1 or more)");
-	r = tlog_inclusion(d->tlog, d->st, seq, ret);
+	r = tlog_inclusion(tl, d->st, seq, ret);
 	if (r == -ENOENT)
 		return cimd_fail(err, errlen, r, "no journal record %lld", (long long)seq);
 	if (r == -EAGAIN)
@@ -690,14 +692,14 @@ int tlog_prove(struct cimdd *d, int64_t seq, json_t **ret, char *err, size_t err
 	return r < 0 ? cimd_fail(err, errlen, -EIO, "%s", cimd_strerror(r)) : 0;
 }
 
-int tlog_prove_consistency(struct cimdd *d, int64_t old_size, json_t **ret, char *err,
-			   size_t errlen)
+int tlog_prove_consistency(struct svc *d, struct tlog *tl, int64_t old_size, json_t **ret,
+			   char *err, size_t errlen)
 {
 	int r;
 
 	if (old_size < 1)
 		return cimd_fail(err, errlen, -EINVAL, "old_size must be a tree size (1 or more)");
-	r = tlog_consistency(d->tlog, d->st, (uint64_t)old_size, ret);
+	r = tlog_consistency(tl, d->st, (uint64_t)old_size, ret);
 	if (r == -EAGAIN)
 		return cimd_fail(err, errlen, r, "no checkpoint has been issued yet");
 	if (r == -EINVAL)
@@ -763,7 +765,7 @@ static json_t *export_row(const char *kind, sqlite3_stmt *s)
 			 (json_int_t)sqlite3_column_int64(s, 3), "envelope", env);
 }
 
-int tlog_export(struct cimdd *d, const char *kind, int64_t after, json_t **ret_items,
+int tlog_export(struct svc *d, const char *kind, int64_t after, json_t **ret_items,
 		int64_t *ret_next, char *err, size_t errlen)
 {
 	static const struct {

@@ -17,7 +17,7 @@
 #include "service.h"
 
 static struct t_softhsm hsm;
-static struct cimdd d;
+static struct svc d;
 
 static json_t *doc_ok(void)
 {

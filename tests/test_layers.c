@@ -180,6 +180,16 @@ int main(void)
 					}
 				}
 	t_ok(!up, "no file of service/ calls a function defined in cimdd.c");
+	/* The daemon as a whole is cimdd.c's: the modules are given struct svc. */
+	if (access("service/service.h", F_OK) == 0) {
+		char out[2048] = "";
+
+		t_sh_out(out, sizeof(out),
+			 "grep -l 'struct cimdd\\b' service/*.c service/*.h | grep -v "
+			 "'^service/cimdd.c$' || true");
+		t_ok(out[0] == '\0', "only cimdd.c names struct cimdd%s%s", out[0] ? ": " : "",
+		     out);
+	}
 	for (i = 0; i < nfiles && circle[0] == '\0'; i++)
 		if (color[i] == 0) {
 			npath = 0;
