@@ -480,6 +480,7 @@ static int daemon_run(struct daemon *m)
  * everything up to it under a checkpoint. */
 static void daemon_stop(struct daemon *m, int rc)
 {
+	publication_set_signer(m->pub, NULL); /* it holds no pointer to what is freed */
 	signer_stop(&m->d.signer);
 	journal_daemon(&m->d, "daemon.stop");
 	if (rc == 0)
@@ -488,6 +489,8 @@ static void daemon_stop(struct daemon *m, int rc)
 
 static void daemon_free(struct daemon *m)
 {
+	if (m->pub != NULL)
+		publication_set_signer(m->pub, NULL);
 	signer_stop(&m->d.signer);
 	publication_free(&m->pub);
 	tlog_free(&m->d.tlog);
