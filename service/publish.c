@@ -1038,15 +1038,26 @@ void publication_set_metrics(struct publication *p, publication_metrics_fn fn, v
 	p->metrics_arg = arg;
 }
 
+/* A publisher started when none runs and its backoff is over, and the full
+ * table for a new one (or a new configuration).  -1: the table could not be
+ * handed on (tried again next turn). */
+static int start_and_fill(struct publication *p, time_t now)
+{
+	if (p->d->cfg->listen != NULL && p->pid == 0 && now >= p->restart_at && spawn(p) < 0)
+		log_err("publisher: cannot start it: %s", strerror(errno));
+	if (p->full && publishing(p)) {
+		if (publish_full(p) < 0)
+			return -1;
+		p->full = 0;
+		p->health = 0;
+		p->metrics_at = now;
+	}
+	return 0;
+}
+
 int publication_start(struct publication *p)
 {
-	if (p->d->cfg->listen != NULL && p->pid == 0 && spawn(p) < 0)
-		log_err("publisher: cannot start it: %s", strerror(errno));
-	if (!p->full || !publishing(p) || publish_full(p) < 0)
-		return 0; /* publication_step does it */
-	p->full = 0;
-	p->health = 0;
-	p->metrics_at = time(NULL);
+	start_and_fill(p, time(NULL)); /* a failure: publication_step does it again */
 	return 0;
 }
 
@@ -1063,15 +1074,8 @@ int publication_step(struct publication *p)
 		follow_changes(p);
 		p->health = 1; /* key counts, journal size: /metrics */
 	}
-	if (p->d->cfg->listen != NULL && p->pid == 0 && now >= p->restart_at && spawn(p) < 0)
-		log_err("publisher: cannot start it: %s", strerror(errno));
-	if (p->full && publishing(p)) {
-		if (publish_full(p) < 0)
-			return 0; /* tried again next turn */
-		p->full = 0;
-		p->health = 0;
-		p->metrics_at = now;
-	}
+	if (start_and_fill(p, now) < 0)
+		return 0; /* tried again next turn */
 	more = publish_changes(p);
 	retry_due(p, now);
 	/* Health at once; gauges of the state (keys, journal, checkpoint) at

@@ -740,15 +740,15 @@ static void logs_check_all(void)
 	n_forbidden += n;
 }
 
-static int unix_open(const char *path)
+int t_unix_up(const char *path)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int s, r;
 
-	if (strlen(path) >= sizeof(sa.sun_path))
+	if (strlen(path) >= sizeof(sa.sun_path) ||
+	    (s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
 		return 0;
 	memcpy(sa.sun_path, path, strlen(path) + 1);
-	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	r = connect(s, (struct sockaddr *)&sa, sizeof(sa));
 	close(s);
 	return r == 0;
@@ -779,7 +779,7 @@ int t_daemon_start(struct t_daemon *d)
 			d->pid = 0;
 			return -ECHILD;
 		}
-		if (unix_open(d->sock))
+		if (t_unix_up(d->sock))
 			return 0;
 	}
 	return -ETIMEDOUT;

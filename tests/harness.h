@@ -140,6 +140,8 @@ int t_cimdd_get(struct t_cimdd *c, const char *path, char *out, size_t len);
 
 /* A connection to the Unix socket at path: 0 and *ret_fd, or -errno. */
 int t_line_connect(const char *path, int *ret_fd);
+/* 1 when a Unix socket at path accepts a connection (a daemon is up). */
+int t_unix_up(const char *path);
 /* Sends req (taken) as one line on fd and reads the whole answer line, as
  * much of it as fits into out (NUL-terminated, without its newline), waiting
  * at most timeout_ms each time the socket is not ready.  0, or -ETIMEDOUT,

@@ -452,18 +452,6 @@ static void child(const struct passwd *pw, const char *allow, const char *conf, 
 	_exit(127);
 }
 
-static int sock_up(const char *path)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), r;
-
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	r = s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	if (s >= 0)
-		close(s);
-	return r;
-}
-
 /* The uid of a process and how many seccomp filters it is under (Linux 5.9), from
  * /proc; and its first child. */
 static int proc_ids(pid_t pid, long *ret_uid, int *ret_filters, pid_t *ret_child)
@@ -577,14 +565,14 @@ static void run_unprivileged(void)
 	if (pid == 0)
 		child(pw, allow[0] ? allow : NULL, conf, log);
 	snprintf(sock, sizeof(sock), "%s/run/admin.sock", base);
-	for (i = 0; i < 500 && !sock_up(sock); i++) {
+	for (i = 0; i < 500 && !t_unix_up(sock); i++) {
 		if (waitpid(pid, &status, WNOHANG) == pid) {
 			pid = 0;
 			break;
 		}
 		usleep(20000);
 	}
-	if (!t_ok(pid > 0 && sock_up(sock), "installed cimdd runs as %s%s", user,
+	if (!t_ok(pid > 0 && t_unix_up(sock), "installed cimdd runs as %s%s", user,
 		  allow[0] ? " under the unit's filter and MDWE" : "")) {
 		t_sh("cat '%s'", log);
 		goto out;

@@ -282,18 +282,6 @@ static int agrees(struct table *t, const char *exp, char *why, size_t whylen)
 	return ok;
 }
 
-static int sock_up(const char *path)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), r;
-
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	r = s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	if (s >= 0)
-		close(s);
-	return r;
-}
-
 /* A copy of this build's cimdd at ROOT/bin/cimdd, started on conf with its
  * log at log: its pid once its admin socket answers, 0 if it exited first
  * (its status in *ret_status), -1 otherwise. */
@@ -318,7 +306,7 @@ static pid_t start_copy(const char *root, const char *conf, const char *log, con
 	for (i = 0; i < 500; i++) {
 		if (waitpid(pid, ret_status, WNOHANG) == pid)
 			return 0;
-		if (sock_up(sock))
+		if (t_unix_up(sock))
 			return pid;
 		usleep(20000);
 	}
