@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+
 #include "service.h"
 
 static int fail(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -51,19 +53,140 @@ struct uri {
 	char host[256];
 };
 
-/* Splits an absolute http(s) URI far enough to judge it.  Refuses what no
- * member of ours may carry: controls and spaces, userinfo, a fragment. */
-static int uri_parse(const char *member, const char *u, struct uri *ret, char *err, size_t len)
+/* The code point of the UTF-8 sequence at s, for a message; -1 when the bytes
+ * are no valid sequence (jansson hands us valid UTF-8, so only defensively). */
+static long utf8_at(const unsigned char *s)
 {
-	const char *a, *end, *p;
-	size_t n;
+	int n = s[0] >= 0xf0 ? 3 : s[0] >= 0xe0 ? 2 : s[0] >= 0xc0 ? 1 : -1;
+	long cp = n == 3 ? s[0] & 0x07 : n == 2 ? s[0] & 0x0f : s[0] & 0x1f;
+	int i;
+
+	if (n < 0 || s[0] > 0xf4)
+		return -1;
+	for (i = 1; i <= n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return -1;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	return cp;
+}
+
+/* RFC 3986 §2: the characters a URI may hold, all ASCII.  Anything else --
+ * a look-alike letter, U+3002 (an ideographic full stop some resolvers treat
+ * as a dot), a zero-width space, U+202E, a backslash -- is refused by name,
+ * so that the approver reads exactly the bytes a client will be sent to. */
+static int uri_chars(const char *member, const char *u, char *err, size_t len)
+{
+	static const char allowed[] = "-._~:/?#[]@!$&'()*+,;=%";
+	const unsigned char *p;
+	long cp;
 
 	if (strlen(u) > CIMD_URL_MAX)
 		return fail(err, len, "%s: longer than %d characters", member, CIMD_URL_MAX);
-	for (p = u; *p; p++)
-		if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+	for (p = (const unsigned char *)u; *p; p++) {
+		if (*p >= 0x80) {
+			if ((cp = utf8_at(p)) < 0)
+				return fail(err, len, "%s: '%s' holds the byte 0x%02x", member, u,
+					    *p);
+			return fail(err, len,
+				    "%s: '%s' holds U+%04lX at byte %zu: a URI is ASCII "
+				    "(RFC 3986 §2); write an internationalised host in its "
+				    "punycode form (xn--...)",
+				    member, u, cp, (size_t)(p - (const unsigned char *)u));
+		}
+		if (*p <= 0x20 || *p == 0x7f)
 			return fail(err, len, "%s: '%s' contains a space or control character",
 				    member, u);
+		if (!isalnum(*p) && strchr(allowed, *p) == NULL)
+			return fail(err, len, "%s: '%s' holds '%c', which no URI may (RFC 3986 §2)",
+				    member, u, *p);
+		if (*p == '%' && !(isxdigit(p[1]) && isxdigit(p[2])))
+			return fail(err, len,
+				    "%s: '%s' has a '%%' not followed by two hex digits (RFC 3986 "
+				    "§2.1)",
+				    member, u);
+	}
+	return 0;
+}
+
+/* A host name of LDH labels (RFC 1123 §2.1, RFC 3986 §3.2.2 reg-name kept to
+ * what DNS can hold): letters, digits and inner hyphens, 1 to 63 per label,
+ * no empty label; or an IPv4 address, which is such a name too. */
+static int host_ldh(const char *h)
+{
+	size_t label = 0;
+
+	for (; *h; h++) {
+		if (*h == '.') {
+			if (label == 0 || h[-1] == '-')
+				return 0;
+			label = 0;
+		} else if (isalnum((unsigned char)*h) || (*h == '-' && label > 0)) {
+			if (++label > 63)
+				return 0;
+		} else {
+			return 0;
+		}
+	}
+	return label > 0 && h[-1] != '-';
+}
+
+/* The authority's host into ret->host, its port (when given) checked: the
+ * bracketed IPv6 literal with its brackets, or LDH labels. */
+static int uri_host(const char *member, const char *u, const char *a, const char *end,
+		    struct uri *ret, char *err, size_t len)
+{
+	char lit[64];
+	const char *p, *port;
+	struct in6_addr in6;
+	size_t n;
+	long v;
+
+	if (*a == '[') {
+		if ((p = memchr(a, ']', (size_t)(end - a))) == NULL)
+			return fail(err, len, "%s: '%s' has an unclosed IPv6 literal", member, u);
+		if (p + 1 != end && p[1] != ':')
+			return fail(err, len, "%s: '%s' has text after its IPv6 literal", member,
+				    u);
+		n = (size_t)(p - a) - 1;
+		if (n < sizeof(lit))
+			memcpy(lit, a + 1, n), lit[n] = '\0';
+		if (n >= sizeof(lit) || inet_pton(AF_INET6, lit, &in6) != 1)
+			return fail(err, len, "%s: '%s' has no valid IPv6 literal", member, u);
+		port = p + 1 < end ? p + 1 : NULL;
+		n += 2;
+	} else {
+		port = memchr(a, ':', (size_t)(end - a));
+		n = (size_t)((port ? port : end) - a);
+	}
+	if (n == 0 || n >= sizeof(ret->host))
+		return fail(err, len, "%s: '%s' has no host", member, u);
+	memcpy(ret->host, a, n);
+	ret->host[n] = '\0';
+	if (*a != '[' && !host_ldh(ret->host))
+		return fail(err, len,
+			    "%s: '%s': the host '%s' is not letters, digits, hyphens and dots "
+			    "(RFC 1123 §2.1)",
+			    member, u, ret->host);
+	if (port == NULL)
+		return 0;
+	/* RFC 3986 §3.2.3: port = *DIGIT; we want one a socket can have. */
+	for (p = port + 1, v = 0; p < end && isdigit((unsigned char)*p) && v <= 65535; p++)
+		v = v * 10 + (*p - '0');
+	if (p != end || p == port + 1 || v < 1 || v > 65535)
+		return fail(err, len, "%s: '%s' has no valid port (1 to 65535)", member, u);
+	return 0;
+}
+
+/* Splits an absolute http(s) URI far enough to judge it.  Refuses what no
+ * member of ours may carry: anything but RFC 3986's ASCII, userinfo, a
+ * fragment, a host that is no DNS name or IP literal, a port no socket has. */
+static int uri_parse(const char *member, const char *u, struct uri *ret, char *err, size_t len)
+{
+	const char *a, *end;
+
+	if (uri_chars(member, u, err, len) < 0)
+		return -EINVAL;
 	if (strncmp(u, "https://", 8) == 0)
 		ret->https = 1, a = u + 8;
 	else if (strncmp(u, "http://", 7) == 0)
@@ -75,24 +198,7 @@ static int uri_parse(const char *member, const char *u, struct uri *ret, char *e
 		return fail(err, len, "%s: '%s' carries userinfo", member, u);
 	if (strchr(u, '#') != NULL)
 		return fail(err, len, "%s: '%s' has a fragment", member, u);
-	/* host: up to the port, or the bracketed IPv6 literal with its brackets */
-	if (*a == '[') {
-		p = memchr(a, ']', (size_t)(end - a));
-		if (p == NULL)
-			return fail(err, len, "%s: '%s' has an unclosed IPv6 literal", member, u);
-		if (p + 1 != end && p[1] != ':')
-			return fail(err, len, "%s: '%s' has text after its IPv6 literal", member,
-				    u);
-		n = (size_t)(p - a) + 1;
-	} else {
-		p = memchr(a, ':', (size_t)(end - a));
-		n = (size_t)((p ? p : end) - a);
-	}
-	if (n == 0 || n >= sizeof(ret->host))
-		return fail(err, len, "%s: '%s' has no host", member, u);
-	memcpy(ret->host, a, n);
-	ret->host[n] = '\0';
-	return 0;
+	return uri_host(member, u, a, end, ret, err, len);
 }
 
 int cimd_https_url(const char *member, const char *url, char *err, size_t len)

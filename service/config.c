@@ -549,6 +549,51 @@ out:
 	return r;
 }
 
+/*
+ * The files and directories the configuration names, held to the standard of
+ * the configuration file itself and the PIN file (key_store.c): tls_key, a
+ * private key, is a regular file of root or this daemon's user that others
+ * cannot read and nobody else can write (its group may read it only when that
+ * group is the daemon's own: root:cimdd 0640, docs/operations.md); state_dir,
+ * which holds the database and the lock, is this daemon's user's and writable
+ * by nobody else.  A state_dir that does not exist yet is made 0700 at start.
+ */
+static int check_paths(struct parse *p)
+{
+	const struct cimd_config *c = p->cfg;
+	struct stat st;
+
+	p->line = 0;
+	if (c->tls_key != NULL) {
+		if (stat(c->tls_key, &st) < 0)
+			return perr(p, "tls_key %s: %s", c->tls_key, strerror(errno));
+		if (!S_ISREG(st.st_mode))
+			return perr(p, "tls_key %s: not a regular file", c->tls_key);
+		if (st.st_uid != 0 && st.st_uid != geteuid())
+			return perr(p,
+				    "tls_key %s: owned by uid %ld, neither root nor this "
+				    "daemon's user",
+				    c->tls_key, (long)st.st_uid);
+		if ((st.st_mode & 037) != 0 || ((st.st_mode & 040) && st.st_gid != getegid()))
+			return perr(p,
+				    "tls_key %s: readable or writable by others (mode %04o): "
+				    "0600, or 0640 to the daemon's own group",
+				    c->tls_key, (unsigned)(st.st_mode & 07777));
+	}
+	if (stat(c->state_dir, &st) < 0)
+		return errno == ENOENT ? 0
+				       : perr(p, "state_dir %s: %s", c->state_dir, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return perr(p, "state_dir %s: not a directory", c->state_dir);
+	if (st.st_uid != geteuid())
+		return perr(p, "state_dir %s: owned by uid %ld, not this daemon's user (%ld)",
+			    c->state_dir, (long)st.st_uid, (long)geteuid());
+	if (st.st_mode & 022)
+		return perr(p, "state_dir %s: writable by group or others (mode %04o)",
+			    c->state_dir, (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
 int config_load(const char *path, struct cimd_config **ret_cfg, char *errbuf, size_t errlen)
 {
 	struct parse p = {.path = path, .err = errbuf, .errlen = errlen};
@@ -586,8 +631,14 @@ int config_load(const char *path, struct cimd_config **ret_cfg, char *errbuf, si
 		r = perr(&p, "short read");
 		goto out;
 	}
-	r = config_parse(path, buf, (size_t)n, ret_cfg, errbuf, errlen);
+	if ((r = config_parse(path, buf, (size_t)n, &p.cfg, errbuf, errlen)) < 0)
+		goto out;
+	if ((r = check_paths(&p)) < 0)
+		goto out;
+	*ret_cfg = p.cfg;
+	p.cfg = NULL;
 out:
+	config_free(&p.cfg);
 	if (fd >= 0)
 		close(fd);
 	free(buf);

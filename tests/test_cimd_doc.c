@@ -152,6 +152,59 @@ static void test_rules(void)
 		free(bytes);
 }
 
+/* Issue 15, item 9: redirect URIs that could fool the approver are refused by
+ * name; strict RFC 3986 ASCII URIs with a valid port pass. */
+static void test_uris(void)
+{
+	static const struct {
+		const char *uri, *want; /* the URI as JSON string text; NULL: accepted */
+	} v[] = {
+	    {"https://\\u0430pple.com/cb", "holds U+0430 at byte 8"},
+	    {"https://example.com\\u3002evil.net/cb", "holds U+3002"},
+	    {"https://exa\\u200bmple.com/cb", "holds U+200B"},
+	    {"https://example.com/\\u202Ebc", "holds U+202E"},
+	    {"https://ex\\\\ample.com/cb", "holds '\\', which no URI may"},
+	    {"https://example.com:99999/cb", "no valid port (1 to 65535)"},
+	    {"https://example.com:-1/cb", "no valid port"},
+	    {"https://example.com:0/cb", "no valid port"},
+	    {"https://example.com:/cb", "no valid port"},
+	    {"https://example.com:443x/cb", "no valid port"},
+	    {"https://exa_mple.com/cb", "is not letters, digits, hyphens and dots"},
+	    {"https://-a.example/cb", "is not letters, digits, hyphens and dots"},
+	    {"https://a..example/cb", "is not letters, digits, hyphens and dots"},
+	    {"https://a.example./cb", "is not letters, digits, hyphens and dots"},
+	    {"https://a%2eexample/cb", "is not letters, digits, hyphens and dots"},
+	    {"https://a.example/%zz", "not followed by two hex digits"},
+	    {"https://a.example/<script>", "holds '<'"},
+	    {"https://[::g]/cb", "no valid IPv6 literal"},
+	    {"https://xn--pple-43d.com/cb", NULL},
+	    {"https://a.example:8443/cb?x=1&y=%20z", NULL},
+	    {"http://[::1]:8080/cb", NULL},
+	    {"https://192.0.2.1/cb", NULL},
+	    {"https://[2001:db8::1]/cb", NULL},
+	};
+	char doc[512], err[512], *bytes = NULL;
+	size_t i;
+	int r;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		snprintf(doc, sizeof(doc), "{\"redirect_uris\":[\"%s\"]}", v[i].uri);
+		err[0] = '\0';
+		r = prepare(doc, &bytes, err, sizeof(err));
+		if (v[i].want == NULL)
+			t_ok(r == 0, "accepted: %s (%s)", v[i].uri, r < 0 ? err : "ok");
+		else
+			t_ok(r < 0 && strstr(err, v[i].want) != NULL, "refused: %s: %s (got: %s)",
+			     v[i].uri, v[i].want, err);
+		if (r == 0)
+			free(bytes);
+	}
+	/* The same rules hold for every URI member and for an audience. */
+	r = cimd_https_url("audience", "https://as.ex\xd0\xb0mple.com", err, sizeof(err));
+	t_ok(r < 0 && strstr(err, "U+0430") != NULL, "an audience with a look-alike letter: %s",
+	     err);
+}
+
 static void test_names(void)
 {
 	static const char *const good[] = {"a", "agent-a", "0agent", "a-b-c-1", NULL};
@@ -176,6 +229,7 @@ int main(void)
 {
 	test_valid();
 	test_rules();
+	test_uris();
 	test_names();
 	return t_done();
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/sha.h>
 #include <sqlite3.h>
@@ -164,6 +165,97 @@ static void test_config_errors(void)
 	t_write_file(path, "state_dir = /s\0x\n", 17);
 	r = config_load(path, &c, err, sizeof(err));
 	t_ok(r < 0 && strstr(err, "NUL"), "NUL byte: %s", err);
+}
+
+/* Issue 15, item 11: the private key and the state directory the file names are
+ * held to the standard of the file itself and the PIN file. */
+static void config_with(const char *name, const char *state, const char *key, char *path,
+			size_t len)
+{
+	char text[1500];
+
+	snprintf(text, sizeof(text),
+		 "state_dir = %s\nbase_url = https://keys.example.com\nbackend = tpm2:t=x\n"
+		 "listen = 127.0.0.1:8443\ntls_cert = /c\ntls_key = %s\n",
+		 state, key);
+	write_conf(name, text, path, len);
+}
+
+static void test_config_paths(void)
+{
+	static const struct {
+		mode_t mode;
+		const char *want; /* NULL: loads */
+	} keys[] = {
+	    {0600, NULL},
+	    {0400, NULL},
+	    {0640, NULL}, /* the group is ours: the file is made by us */
+	    {0644, "readable or writable by others (mode 0644)"},
+	    {0660, "readable or writable by others (mode 0660)"},
+	    {0604, "readable or writable by others (mode 0604)"},
+	};
+	struct cimd_config *c = NULL;
+	char path[600], err[512], key[600], state[600], sub[600];
+	size_t i;
+	int r;
+
+	snprintf(key, sizeof(key), "%s/tls.key", t_tmpdir());
+	snprintf(state, sizeof(state), "%s/state", t_tmpdir());
+	t_write_file(key, "k", 1);
+	mkdir(state, 0700);
+	for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		chmod(key, keys[i].mode);
+		config_with("paths", state, key, path, sizeof(path));
+		r = config_load(path, &c, err, sizeof(err));
+		if (keys[i].want == NULL)
+			t_ok(r == 0, "tls_key at %04o loads (%s)", (unsigned)keys[i].mode,
+			     r < 0 ? err : "ok");
+		else
+			t_ok(r < 0 && c == NULL && strstr(err, keys[i].want) != NULL,
+			     "tls_key at %04o is refused: %s", (unsigned)keys[i].mode, err);
+		config_free(&c);
+	}
+	chmod(key, 0600);
+	if (chown(key, 1234, 1234) == 0) {
+		r = config_load(path, &c, err, sizeof(err));
+		t_ok(r < 0 && strstr(err, "owned by uid 1234, neither root nor"),
+		     "a tls_key of another user is refused: %s", err);
+		config_free(&c);
+		if (chown(key, geteuid(), getegid()) < 0)
+			t_ok(0, "chown back: %s", strerror(errno));
+	}
+	snprintf(sub, sizeof(sub), "%s/missing.key", t_tmpdir());
+	config_with("paths", state, sub, path, sizeof(path));
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r < 0 && strstr(err, "No such file"), "a missing tls_key is refused: %s", err);
+	config_free(&c);
+
+	chmod(state, 0777);
+	config_with("paths", state, key, path, sizeof(path));
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r < 0 && strstr(err, "writable by group or others (mode 0777)"),
+	     "a state_dir at 0777 is refused: %s", err);
+	config_free(&c);
+	chmod(state, 0755);
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r == 0, "a state_dir at 0755 loads (%s)", r < 0 ? err : "ok");
+	config_free(&c);
+	if (chown(state, 1234, 1234) == 0) {
+		r = config_load(path, &c, err, sizeof(err));
+		t_ok(r < 0 && strstr(err, "owned by uid 1234, not this daemon's user"),
+		     "a state_dir of another user is refused: %s", err);
+		config_free(&c);
+	}
+	config_with("paths", key, key, path, sizeof(path));
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r < 0 && strstr(err, "not a directory"), "a state_dir that is a file: %s", err);
+	config_free(&c);
+	snprintf(sub, sizeof(sub), "%s/not-yet", t_tmpdir());
+	config_with("paths", sub, key, path, sizeof(path));
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r == 0, "a state_dir that does not exist yet loads (made 0700 at start) (%s)",
+	     r < 0 ? err : "ok");
+	config_free(&c);
 }
 
 static int pragma_text(sqlite3 *db, const char *sql, char *out, size_t len)
@@ -420,6 +512,7 @@ int main(void)
 {
 	test_config_good();
 	test_config_errors();
+	test_config_paths();
 	test_store();
 	return t_done();
 }
