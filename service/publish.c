@@ -891,38 +891,75 @@ static int publisher_exe(char *out, size_t len)
 	return 0;
 }
 
+/* The TLS certificate and key, opened here with the custody process's
+ * rights and handed to the publisher as descriptors 4 and 5: the publisher's
+ * own user cannot read the key file (docs/operations.md).  -errno, logged. */
+static int open_tls(const struct cimd_config *cfg, int *ret_cert, int *ret_key)
+{
+	int cert, key, r;
+
+	if ((cert = open(cfg->tls_cert, O_RDONLY | O_CLOEXEC)) < 0) {
+		r = -errno;
+		log_err("publisher: cannot open tls_cert %s: %s", cfg->tls_cert, strerror(errno));
+		return r;
+	}
+	if ((key = open(cfg->tls_key, O_RDONLY | O_CLOEXEC)) < 0) {
+		r = -errno;
+		log_err("publisher: cannot open tls_key %s: %s", cfg->tls_key, strerror(errno));
+		close(cert);
+		return r;
+	}
+	*ret_cert = cert;
+	*ret_key = key;
+	return 0;
+}
+
+/* In the child, before exec: the channel on 3, the TLS files on 4 and 5
+ * (dup2 clears close-on-exec), nothing above.  Only async-signal-safe calls:
+ * the custody process has threads. */
+static void child_fds(int chan, int cert, int key)
+{
+	if (dup2(chan, 3) < 0 || (cert >= 0 && (dup2(cert, 4) < 0 || dup2(key, 5) < 0)) ||
+	    close_range(cert >= 0 ? 6 : 4, ~0U, 0) < 0)
+		_exit(127);
+}
+
 static int spawn(struct publication *p)
 {
 	const struct cimd_config *cfg = p->d->cfg;
+	int plain = cfg->allow_http && cfg->tls_cert == NULL;
+	int fds[2], cert = -1, key = -1, r;
 	sigset_t none;
-	int fds[2];
 	pid_t pid;
 
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return -errno;
+	if (!plain && (r = open_tls(cfg, &cert, &key)) < 0)
+		return r;
+	if (pipe2(fds, O_CLOEXEC) < 0) {
+		r = -errno;
+		goto out;
+	}
 	if ((pid = fork()) < 0) {
+		r = -errno;
 		close(fds[0]);
 		close(fds[1]);
-		return -errno;
+		goto out;
 	}
 	if (pid == 0) {
 		/* A fresh program image: nothing of the custody process (key stores,
 		 * database, sockets) survives into it.  Ours are close-on-exec; a
 		 * module's may not be (SoftHSM2 reading its object files in the
 		 * thread that opens the store at start-up), so every descriptor
-		 * above the channel is closed here. */
+		 * above the ones handed on is closed here. */
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (dup2(fds[0], 3) < 0 || close_range(4, ~0U, 0) < 0)
-			_exit(127);
-		if (cfg->allow_http && cfg->tls_cert == NULL)
+		child_fds(fds[0], cert, key);
+		if (plain)
 			execl(p->exe, "cimdd-publisher", "--publisher", "3", "--listen",
 			      cfg->listen, "--plain", (char *)NULL);
 		else
 			execl(p->exe, "cimdd-publisher", "--publisher", "3", "--listen",
-			      cfg->listen, "--tls-cert", cfg->tls_cert, "--tls-key", cfg->tls_key,
-			      (char *)NULL);
+			      cfg->listen, "--tls-cert-fd", "4", "--tls-key-fd", "5", (char *)NULL);
 		_exit(127);
 	}
 	close(fds[0]);
@@ -931,7 +968,13 @@ static int spawn(struct publication *p)
 	p->started = time(NULL);
 	p->full = 1; /* a new publisher holds nothing */
 	log_info("publisher: started (pid %d) on %s", (int)pid, cfg->listen);
-	return 0;
+	r = 0;
+out:
+	if (cert >= 0)
+		close(cert);
+	if (key >= 0)
+		close(key);
+	return r;
 }
 
 int publication_new(struct svc *d, struct tlog *tl, struct publication **ret)
@@ -1043,8 +1086,10 @@ void publication_set_metrics(struct publication *p, publication_metrics_fn fn, v
  * handed on (tried again next turn). */
 static int start_and_fill(struct publication *p, time_t now)
 {
-	if (p->d->cfg->listen != NULL && p->pid == 0 && now >= p->restart_at && spawn(p) < 0)
-		log_err("publisher: cannot start it: %s", strerror(errno));
+	int r;
+
+	if (p->d->cfg->listen != NULL && p->pid == 0 && now >= p->restart_at && (r = spawn(p)) < 0)
+		log_err("publisher: cannot start it: %s", strerror(-r));
 	if (p->full && publishing(p)) {
 		if (publish_full(p) < 0)
 			return -1;
