@@ -119,8 +119,9 @@ void pub_conns_stats(struct pub_conns_stats *ret);
 
 /* ---- confinement (confine.c) ---- */
 
-/* The user `nobody` when started as root, and the parent-death signal again:
- * 0, or -1. */
+/* cimdd-publish (else nobody) when started as root; then, whatever the way it
+ * was started, refuses (-1, logged) to serve as root or with a capability in
+ * any set; and the parent-death signal again: 0, or -1. */
 int pub_drop_privileges(void);
 /* no_new_privs and the seccomp filter, for every thread: 0, or -1 (logged). */
 int pub_confine(void);
