@@ -594,7 +594,7 @@ static void run_unprivileged(void)
 	char user[32], pubuser[48], adm[40], base[1024], conf[PATH_MAX], log[PATH_MAX],
 	    sock[PATH_MAX], allow[PATH_MAX], unitpath[PATH_MAX], out[4096];
 	struct t_softhsm hsm;
-	struct passwd *pw;
+	struct passwd *pw = NULL;
 	struct group *gr;
 	struct stat st;
 	long uid, puid, pubuid = -1;
