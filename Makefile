@@ -179,6 +179,9 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(BUILD)/obj/tools/audit.o
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# test_publisher also checks the publisher's own functions (publisher/conns.c).
+$(BUILD)/tests/test_publisher: $(PUB_LIB)
+
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"

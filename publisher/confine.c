@@ -1,6 +1,7 @@
 /*
- * confine.c — the publisher's confinement (publisher.h): the drop to `nobody`
- * when started as root, no_new_privs, and the seccomp filter that every thread
+ * confine.c — the publisher's confinement (publisher.h): its own user (the
+ * drop to cimdd-publish or nobody when started as root), no capability,
+ * no_new_privs, and the seccomp filter that every thread
  * serves under.
  */
 #include <errno.h>
@@ -9,7 +10,9 @@
 #include <pwd.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <seccomp.h>
@@ -17,29 +20,61 @@
 #include "publisher.h"
 
 /*
- * Confinement, once the socket is bound and the certificate read: the user
- * `nobody` (when started as root), no new privileges, and a seccomp filter
- * that allows what serving needs and kills the process on anything else (the
- * custody process then starts a new one).  What it keeps and why:
+ * Confinement, once the socket is bound and the certificate read: its own
+ * user, no capability, no new privileges, and a seccomp filter that allows
+ * what serving needs and kills the process on anything else (the custody
+ * process then starts a new one).  What it keeps and why:
  * docs/threat-model.md.
+ *
+ * Started as root (development, tests), it drops itself: to cimdd-publish
+ * when that user exists, else nobody.  Under the shipped unit the custody
+ * process has already started it as cimdd-publish, with no capability
+ * (service/publish.c).  Either way it refuses to serve as root or with a
+ * capability left.
  */
-int pub_drop_privileges(void)
+static int drop_root(void)
 {
 	struct passwd *pw;
 
-	if (geteuid() != 0)
-		return 0;
-	if ((pw = getpwnam("nobody")) == NULL) {
-		pub_log_err("publisher: no user nobody to run as");
+	if ((pw = getpwnam("cimdd-publish")) == NULL && (pw = getpwnam("nobody")) == NULL) {
+		pub_log_err("publisher: no user cimdd-publish or nobody to run as");
 		return -1;
 	}
-	if (setgroups(0, NULL) < 0 || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
+	if (pw->pw_uid == 0 || setgroups(0, NULL) < 0 ||
+	    setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
 	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0) {
-		pub_log_err("publisher: cannot drop to nobody: %s", strerror(errno));
+		pub_log_err("publisher: cannot drop to %s: %s", pw->pw_name, strerror(errno));
 		return -1;
 	}
-	if (setuid(0) == 0) { /* must fail now */
-		pub_log_err("publisher: privileges were not dropped");
+	return 0;
+}
+
+/* Whether any capability is left in any set (permitted, effective,
+ * inheritable, ambient). */
+static int holds_caps(void)
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2] = {{0}};
+	int c;
+
+	if (syscall(SYS_capget, &h, d) < 0)
+		return 1;
+	if (d[0].permitted | d[0].effective | d[0].inheritable | d[1].permitted | d[1].effective |
+	    d[1].inheritable)
+		return 1;
+	for (c = 0; c <= CAP_LAST_CAP; c++)
+		if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, c, 0, 0) == 1)
+			return 1;
+	return 0;
+}
+
+int pub_drop_privileges(void)
+{
+	if (geteuid() == 0 && drop_root() < 0)
+		return -1;
+	if (getuid() == 0 || geteuid() == 0 || setuid(0) == 0 || holds_caps()) {
+		pub_log_err("publisher: privileges were not dropped (root, or a capability "
+			    "left): refusing to serve");
 		return -1;
 	}
 	/* A change of credentials clears the parent-death signal: set it again,

@@ -1,8 +1,10 @@
 /*
  * publisher.c — cimdd-publisher: the network-facing program, started by the
  * custody process (service/publish.c) as
- *   cimdd-publisher --publisher FD --listen HOST:PORT (--tls-cert FILE --tls-key FILE | --plain)
- * with the read end of the publication channel on FD (3).
+ *   cimdd-publisher --publisher FD --listen HOST:PORT (--tls-cert-fd FD --tls-key-fd FD | --plain)
+ * with the read end of the publication channel on FD (3), and the TLS
+ * certificate and key open on the other two (4 and 5): the custody process
+ * opens them, so that the publisher's own user need not be able to.
  *
  * It holds no key handle, no database handle and no socket but its listening
  * socket and the read end of the publication channel.  It serves only
@@ -15,7 +17,10 @@
  * at most 1 KiB of [A-Za-z0-9/._-] without "..", never percent-decoded (400
  * for any '%', so no encoded dot, slash or NUL can ever reach a lookup); 404
  * for unknown paths; never a redirect.  If-None-Match with the strong ETag (or
- * "*") answers 304.  The rules: request.c; confinement: confine.c.
+ * "*") answers 304.  A head in doubt (a NUL in the target, Host missing or
+ * twice, two Content-Lengths) is a 400 that closes the connection.  TLS 1.2
+ * and 1.3 only, with AEAD ciphers.  The rules: request.c; which connections
+ * are kept: conns.c; confinement: confine.c.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -27,6 +32,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -64,7 +70,7 @@ static const char *const m_route[PUB_ROUTE_N] = {"document", "jwks",	"attestatio
 static atomic_ulong counts[PUB_ROUTE_N][M_N];
 static _Thread_local int cur_route; /* the route of the request this thread answers */
 
-static struct MHD_Response *fixed(const char *text, const char *allow)
+static struct MHD_Response *fixed(const char *text, const char *allow, int close)
 {
 	struct MHD_Response *r =
 	    MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
@@ -76,6 +82,10 @@ static struct MHD_Response *fixed(const char *text, const char *allow)
 	MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
 	if (allow != NULL)
 		MHD_add_response_header(r, "Allow", allow);
+	/* After a request we could not read, what follows on the connection
+	 * cannot be framed with confidence (RFC 9112 §6.3 item 5). */
+	if (close)
+		MHD_add_response_header(r, "Connection", "close");
 	return r;
 }
 
@@ -217,6 +227,50 @@ static void free_list(struct route *r)
 
 /* ---- serving ---- */
 
+/*
+ * TLS 1.2 and 1.3 only, AEAD ciphers only (AES-GCM, ChaCha20-Poly1305), ECDHE
+ * key exchange and no SHA-1 signatures: RFC 9325 (BCP 195) §4.1-4.2.  Clients
+ * here are authorization servers and verifiers, none of them from before 2008.
+ */
+#define TLS_PRIORITIES                                                                             \
+	"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"        \
+	"+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:-SIGN-RSA-SHA1:"        \
+	"-SIGN-ECDSA-SHA1:%SERVER_PRECEDENCE"
+
+static enum MHD_Result count_field(void *cls, enum MHD_ValueKind kind, const char *key,
+				   const char *value)
+{
+	struct pub_request_head *h = cls;
+
+	(void)kind;
+	(void)value;
+	if (strcasecmp(key, "Host") == 0)
+		h->hosts++;
+	else if (strcasecmp(key, "Content-Length") == 0)
+		h->content_lengths++;
+	return MHD_YES;
+}
+
+/*
+ * What the head held.  libmicrohttpd 0.9 parses the request line in place:
+ * the version string starts one byte after the target's end (the space it
+ * turns into a NUL), so the target was version - 1 - url bytes long, and
+ * pub_conns_uri saw how far strlen() got on it before any split.  Shorter:
+ * a NUL byte cut the target (the URL handed to us ends there).  Should a
+ * libmicrohttpd ever keep these strings elsewhere, every request fails this
+ * check: closed, never open (tests/test_publisher.c serves requests).
+ */
+static void head_of(struct MHD_Connection *c, const char *url, const char *version,
+		    struct pub_request_head *ret)
+{
+	size_t seen = pub_conns_uri_len(c);
+
+	*ret = (struct pub_request_head){.http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0};
+	MHD_get_connection_values(c, MHD_HEADER_KIND, count_field, ret);
+	ret->target_cut =
+	    version[0] == '\0' || version <= url || (size_t)(version - 1 - url) != seen;
+}
+
 static enum MHD_Result queue(struct MHD_Connection *c, unsigned status, struct MHD_Response *r,
 			     int m)
 {
@@ -229,12 +283,29 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c, const struct rout
 	char *out = NULL;
 	size_t len = 0, i, j;
 	FILE *f = open_memstream(&out, &len);
+	struct pub_conns_stats cs;
 	struct MHD_Response *r;
 	enum MHD_Result ret;
 
 	if (f == NULL)
 		return MHD_NO;
 	fwrite(rt->body, 1, rt->len, f);
+	pub_conns_stats(&cs);
+	fprintf(f,
+		"# HELP cimdd_http_connections Publisher connections open.\n"
+		"# TYPE cimdd_http_connections gauge\n"
+		"cimdd_http_connections %lu\n"
+		"# HELP cimdd_http_connections_refused_total Connections closed at once, by "
+		"reason.\n"
+		"# TYPE cimdd_http_connections_refused_total counter\n"
+		"cimdd_http_connections_refused_total{reason=\"prefix\"} %lu\n"
+		"cimdd_http_connections_refused_total{reason=\"reserve\"} %lu\n"
+		"cimdd_http_connections_refused_total{reason=\"full\"} %lu\n"
+		"# HELP cimdd_http_connections_evicted_total Idle connections closed to make "
+		"room.\n"
+		"# TYPE cimdd_http_connections_evicted_total counter\n"
+		"cimdd_http_connections_evicted_total %lu\n",
+		cs.open, cs.refused_prefix, cs.refused_reserve, cs.refused_full, cs.evicted);
 	fprintf(f, "# HELP cimdd_http_requests_total Publisher requests by route and status.\n"
 		   "# TYPE cimdd_http_requests_total counter\n");
 	for (j = 0; j < PUB_ROUTE_N; j++)
@@ -260,17 +331,21 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 {
 	static int first;
 	const char *inm, *cl;
+	struct pub_request_head head;
 	struct route *rt;
 	enum MHD_Result ret;
 	int has_body;
 
 	(void)cls;
-	(void)version;
 	(void)upload_data;
 	/* Two phases: the first call only sees the headers.  Answering on the
 	 * second keeps the connection alive (an answer queued on the first call
-	 * makes libmicrohttpd close it). */
+	 * makes libmicrohttpd close it).  A connection that conns.c does not
+	 * track was refused (shut down): it gets no answer. */
 	if (*con_cls == NULL) {
+		if (pub_conns_uri_len(c) == (size_t)-1)
+			return MHD_NO;
+		pub_conns_busy(c);
 		*con_cls = &first;
 		return MHD_YES;
 	}
@@ -283,6 +358,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
 	has_body = *con_cls != &first || (cl != NULL && strcmp(cl, "0") != 0) ||
 		   MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding") != NULL;
+	head_of(c, url, version, &head);
+	if (pub_request_head_check(&head) != 0)
+		return queue(c, MHD_HTTP_BAD_REQUEST, r400, M_400);
 	switch (pub_request_check(method, url, has_body)) {
 	case 0:
 		break;
@@ -351,9 +429,10 @@ static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
 	return strlen(s);
 }
 
-static char *slurp(const char *path)
+/* All of an inherited descriptor (at most 1 MiB), which is then closed. */
+static char *slurp_fd(int fd)
 {
-	FILE *f = fopen(path, "re");
+	FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *m;
@@ -367,6 +446,7 @@ static char *slurp(const char *path)
 	}
 	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0 && len < 1024 * 1024)
 		fwrite(chunk, 1, n, m);
+	explicit_bzero(chunk, sizeof(chunk)); /* the key passed through here */
 	fclose(f);
 	fclose(m);
 	return buf;
@@ -375,14 +455,14 @@ static char *slurp(const char *path)
 /* What the command line names: the channel from custody, the address to
  * serve on and the TLS files, or --plain for behind a TLS-terminating proxy. */
 struct pub_args {
-	const char *listen, *cert, *key;
-	int fd, plain;
+	const char *listen;
+	int fd, cert, key, plain;
 };
 
 /* -EINVAL, logged, on an argument it does not know. */
 static int parse_args(int argc, char **argv, struct pub_args *ret_args)
 {
-	struct pub_args a = {.fd = -1};
+	struct pub_args a = {.fd = -1, .cert = -1, .key = -1};
 	int i, r;
 
 	for (i = 1; i < argc; i++) {
@@ -390,10 +470,10 @@ static int parse_args(int argc, char **argv, struct pub_args *ret_args)
 			a.fd = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
 			a.listen = argv[++i];
-		else if (strcmp(argv[i], "--tls-cert") == 0 && i + 1 < argc)
-			a.cert = argv[++i];
-		else if (strcmp(argv[i], "--tls-key") == 0 && i + 1 < argc)
-			a.key = argv[++i];
+		else if (strcmp(argv[i], "--tls-cert-fd") == 0 && i + 1 < argc)
+			a.cert = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--tls-key-fd") == 0 && i + 1 < argc)
+			a.key = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--plain") == 0)
 			a.plain = 1;
 		else {
@@ -443,10 +523,10 @@ out:
 /* The answers that are the same for every request, made once. */
 static int fixed_responses(void)
 {
-	if ((r400 = fixed("bad request\n", NULL)) == NULL ||
-	    (r404 = fixed("not found\n", NULL)) == NULL ||
-	    (r405 = fixed("method not allowed\n", "GET, HEAD")) == NULL ||
-	    (r414 = fixed("path too long\n", NULL)) == NULL)
+	if ((r400 = fixed("bad request\n", NULL, 1)) == NULL ||
+	    (r404 = fixed("not found\n", NULL, 0)) == NULL ||
+	    (r405 = fixed("method not allowed\n", "GET, HEAD", 0)) == NULL ||
+	    (r414 = fixed("path too long\n", NULL, 1)) == NULL)
 		return -ENOMEM;
 	return 0;
 }
@@ -464,16 +544,23 @@ static int start_daemon(const struct pub_args *a, const struct addrinfo *ai, int
 		flags |= MHD_USE_TLS;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
-	mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL,
-			       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: all of them */
-			       MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
-			       (unsigned)PUB_CONNS_MAX, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-			       (unsigned)PUB_CONNS_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT,
-			       (unsigned)PUB_TIMEOUT_SEC, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-			       (size_t)PUB_CONN_MEMORY, MHD_OPTION_THREAD_POOL_SIZE,
-			       (unsigned)PUB_THREADS, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
-			       NULL, a->plain ? MHD_OPTION_END : MHD_OPTION_HTTPS_MEM_CERT, certpem,
-			       MHD_OPTION_HTTPS_MEM_KEY, keypem, MHD_OPTION_END);
+	/* conns.c decides which connections are kept; libmicrohttpd's own
+	 * limit (split between its threads) is set so that it never binds
+	 * first, and a per-address limit would only be weaker than conns.c's
+	 * per-prefix one. */
+	mhd = MHD_start_daemon(
+	    flags, (uint16_t)port, pub_conns_accept, NULL, handler, NULL,
+	    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: all of them */
+	    MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+	    (unsigned)(PUB_THREADS * (PUB_CONNS_MAX + PUB_CONNS_SLACK)),
+	    MHD_OPTION_NOTIFY_CONNECTION, pub_conns_notify, NULL, MHD_OPTION_NOTIFY_COMPLETED,
+	    pub_conns_done, NULL, MHD_OPTION_URI_LOG_CALLBACK, pub_conns_uri, NULL,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)PUB_TIMEOUT_SEC,
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)PUB_CONN_MEMORY,
+	    MHD_OPTION_THREAD_POOL_SIZE, (unsigned)PUB_THREADS, MHD_OPTION_UNESCAPE_CALLBACK,
+	    no_unescape, NULL, a->plain ? MHD_OPTION_END : MHD_OPTION_HTTPS_PRIORITIES,
+	    TLS_PRIORITIES, MHD_OPTION_HTTPS_MEM_CERT, certpem, MHD_OPTION_HTTPS_MEM_KEY, keypem,
+	    MHD_OPTION_END);
 	if (mhd == NULL) {
 		pub_log_err("publisher: cannot serve on %s", a->listen);
 		r = -EIO;
@@ -590,9 +677,9 @@ int main(int argc, char **argv)
 		return 2;
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
 	signal(SIGPIPE, SIG_IGN);
-	if (a.fd < 3 || a.listen == NULL || (!a.plain && (a.cert == NULL || a.key == NULL))) {
-		pub_log_err(
-		    "publisher: needs --publisher FD --listen HOST:PORT and TLS or --plain");
+	if (a.fd < 3 || a.listen == NULL || (!a.plain && (a.cert < 3 || a.key < 3))) {
+		pub_log_err("publisher: needs --publisher FD --listen HOST:PORT and "
+			    "--tls-cert-fd FD --tls-key-fd FD or --plain");
 		return 2;
 	}
 	if (parse_listen(a.listen, &ai, &port) < 0)
@@ -602,8 +689,14 @@ int main(int argc, char **argv)
 			     "TLS-terminating proxy",
 			     a.listen);
 	if (!a.plain) {
-		if ((certpem = slurp(a.cert)) == NULL || (keypem = slurp(a.key)) == NULL) {
-			pub_log_err("publisher: cannot read %s or %s", a.cert, a.key);
+		/* Both read (and their descriptors closed) whatever happens: no
+		 * descriptor of the key file stays open in the confined process. */
+		certpem = slurp_fd(a.cert);
+		keypem = slurp_fd(a.key);
+		if (certpem == NULL || keypem == NULL) {
+			pub_log_err("publisher: cannot read the TLS certificate (fd %d) or key "
+				    "(fd %d)",
+				    a.cert, a.key);
 			goto out;
 		}
 	}

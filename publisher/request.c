@@ -5,7 +5,9 @@
  *
  * GET and HEAD only (405 otherwise); no body; a path of at most 1 KiB of
  * [A-Za-z0-9/._-] without ".." or "//", never percent-decoded (400 for any
- * '%', so no encoded dot, slash or NUL can ever reach a lookup).
+ * '%', so no encoded dot, slash or NUL can ever reach a lookup).  Before
+ * those, the head: no NUL byte in the request target, exactly one Host in
+ * HTTP/1.1 (at most one in HTTP/1.0), at most one Content-Length.
  */
 #include <string.h>
 
@@ -82,6 +84,19 @@ int pub_request_check(const char *method, const char *url, int has_body)
 	if (strnlen(url, PUB_PATH_MAX + 1) > PUB_PATH_MAX)
 		return MHD_HTTP_URI_TOO_LONG;
 	if (!path_ok(url))
+		return MHD_HTTP_BAD_REQUEST;
+	return 0;
+}
+
+/* The head's rules, before the method and the path: a request whose framing
+ * or target is in doubt is not looked at further. */
+int pub_request_head_check(const struct pub_request_head *h)
+{
+	if (h->target_cut)
+		return MHD_HTTP_BAD_REQUEST;
+	if (h->hosts > 1 || (h->http11 && h->hosts == 0))
+		return MHD_HTTP_BAD_REQUEST;
+	if (h->content_lengths > 1)
 		return MHD_HTTP_BAD_REQUEST;
 	return 0;
 }

@@ -523,6 +523,7 @@ int main(int argc, char **argv)
 	setenv("TSS2_LOG", "all+none", 0); /* we log hardware errors ourselves, once */
 	umask(077);
 	log_init("cimdd", a.fg);
+	publication_caps_init(); /* before any thread: every thread inherits it */
 	rc = 1;
 	if (daemon_start(&m, &a) == 0) {
 		rc = daemon_run(&m);

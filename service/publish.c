@@ -23,11 +23,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <pwd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <seccomp.h>
 
 #include <openssl/sha.h>
 #include <sqlite3.h>
@@ -84,6 +89,9 @@ struct publication {
 	int fd; /* write end of the channel, or -1 */
 	time_t started, restart_at;
 	unsigned backoff;
+	int switch_user; /* the child becomes uid/gid before exec (CAP_SETUID mode) */
+	uid_t uid;
+	gid_t gid;
 };
 
 /* One rendered path of this turn. */
@@ -891,38 +899,242 @@ static int publisher_exe(char *out, size_t len)
 	return 0;
 }
 
+/* ---- the publisher's own user ----
+ *
+ * Three ways cimdd can be started (docs/operations.md, "The publisher's
+ * user"):
+ *   - as root (development, tests): the publisher drops itself, to
+ *     cimdd-publish if that user exists, else nobody (publisher/confine.c);
+ *   - as a user with CAP_SETUID and CAP_SETGID permitted (the shipped unit:
+ *     User=cimdd, AmbientCapabilities=): the forked child becomes the user
+ *     named USER-publish (cimdd-publish), drops every capability and execs;
+ *     no such user, and cimdd refuses to start;
+ *   - as a user without them: the publisher runs as that same user, unless
+ *     USER-publish exists, in which case it should not, and cimdd refuses to
+ *     start.
+ * Whatever the mode, the publisher refuses to serve as root or with any
+ * capability left (confine.c).
+ */
+
+#define CAP_BIT(c) (1u << (c))
+#define SWITCH_CAPS (CAP_BIT(CAP_SETUID) | CAP_BIT(CAP_SETGID))
+
+static int caps_get(struct __user_cap_data_struct d[2])
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+
+	return (int)syscall(SYS_capget, &h, d);
+}
+
+static int caps_set(uint32_t permitted, uint32_t effective)
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2] = {{.permitted = permitted, .effective = effective}};
+
+	return (int)syscall(SYS_capset, &h, d);
+}
+
+/* Whether this process may start its publisher as another user. */
+static int caps_permitted(void)
+{
+	struct __user_cap_data_struct d[2] = {{0}};
+
+	return caps_get(d) == 0 && (d[0].permitted & SWITCH_CAPS) == SWITCH_CAPS;
+}
+
+void publication_caps_init(void)
+{
+	if (geteuid() == 0 || !caps_permitted())
+		return;
+	/* Permitted only: raised again in the publisher's child alone.  No
+	 * inheritable capability, hence no ambient one: nothing this process
+	 * execs inherits them. */
+	if (caps_set(SWITCH_CAPS, 0) < 0 ||
+	    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+		log_warn("publisher: cannot lower CAP_SETUID and CAP_SETGID: %s", strerror(errno));
+}
+
+/*
+ * CAP_SETUID lets a process take any uid, root's included.  cimdd needs it
+ * for one thing, so a filter on every thread (TSYNC) lets the set*id calls
+ * through only to become the publisher's user: a compromised custody
+ * process gains no identity but one with less than its own.
+ */
+static int guard_ids(uid_t uid, gid_t gid)
+{
+	static const int uids[] = {SCMP_SYS(setuid), SCMP_SYS(setreuid), SCMP_SYS(setresuid),
+				   SCMP_SYS(setfsuid)};
+	static const int gids[] = {SCMP_SYS(setgid), SCMP_SYS(setregid), SCMP_SYS(setresgid),
+				   SCMP_SYS(setfsgid)};
+	static const unsigned nargs[] = {1, 2, 3, 1};
+	scmp_filter_ctx ctx;
+	unsigned i, a;
+	int r = -EPERM;
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+	    (ctx = seccomp_init(SCMP_ACT_ALLOW)) == NULL)
+		return -EPERM;
+	for (i = 0; i < 4; i++)
+		for (a = 0; a < nargs[i]; a++)
+			if (seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), uids[i], 1,
+					     SCMP_CMP32(a, SCMP_CMP_NE, (uint32_t)uid)) < 0 ||
+			    seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), gids[i], 1,
+					     SCMP_CMP32(a, SCMP_CMP_NE, (uint32_t)gid)) < 0)
+				goto out;
+	/* setgroups: only to none at all. */
+	if (seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(setgroups), 1,
+			     SCMP_A0(SCMP_CMP_NE, 0)) < 0 ||
+	    seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) < 0 || seccomp_load(ctx) < 0)
+		goto out;
+	r = 0;
+out:
+	seccomp_release(ctx);
+	return r;
+}
+
+/* Which way the publisher is started (above), decided once at start-up:
+ * 0, or a negative code with the reason logged. */
+static int publisher_user(struct publication *p)
+{
+	struct passwd *me, *pw;
+	char name[256];
+	int caps = caps_permitted(), r;
+
+	if (geteuid() == 0)
+		return 0; /* it drops itself (confine.c) */
+	if ((me = getpwuid(getuid())) == NULL) {
+		log_err("publisher: uid %d has no name", (int)getuid());
+		return -ENOENT;
+	}
+	snprintf(name, sizeof(name), "%s-publish", me->pw_name);
+	pw = getpwnam(name);
+	if (!caps) {
+		if (pw != NULL) {
+			log_err(
+			    "publisher: it must run as %s, but cimdd holds no CAP_SETUID and "
+			    "CAP_SETGID to start it so (dist/systemd/cimdd.service grants them)",
+			    name);
+			return -EPERM;
+		}
+		log_warn("publisher: runs as %s, cimdd's own user: there is no user %s",
+			 me->pw_name, name);
+		return 0;
+	}
+	if (pw == NULL || pw->pw_uid == 0 || pw->pw_uid == getuid() || pw->pw_gid == 0) {
+		log_err("publisher: no user %s of its own to run as (dist/sysusers.d/cimdd.conf)",
+			name);
+		return -ENOENT;
+	}
+	p->switch_user = 1;
+	p->uid = pw->pw_uid;
+	p->gid = pw->pw_gid;
+	if ((r = guard_ids(p->uid, p->gid)) < 0) {
+		log_err("publisher: cannot confine CAP_SETUID to %s: %s", name, strerror(-r));
+		return r;
+	}
+	log_info("publisher: runs as %s (uid %d)", name, (int)p->uid);
+	return 0;
+}
+
+/* In the child, before exec (only async-signal-safe calls, raw system calls:
+ * the custody process has threads): the publisher's user, no supplementary
+ * group, then no capability in any set, checked; exit 126 otherwise. */
+static void child_become(const struct publication *p)
+{
+	static const char fail[] = "cimdd: publisher: cannot become its own user\n";
+	struct __user_cap_data_struct d[2] = {{0}};
+	uid_t ru, eu, su;
+	gid_t rg, eg, sg;
+
+	if (caps_set(SWITCH_CAPS, SWITCH_CAPS) < 0 || syscall(SYS_setgroups, 0, NULL) < 0 ||
+	    syscall(SYS_setresgid, p->gid, p->gid, p->gid) < 0 ||
+	    syscall(SYS_setresuid, p->uid, p->uid, p->uid) < 0 || caps_set(0, 0) < 0 ||
+	    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 ||
+	    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || caps_get(d) < 0 || d[0].permitted != 0 ||
+	    d[0].effective != 0 || d[1].permitted != 0 || d[1].effective != 0 ||
+	    syscall(SYS_getresuid, &ru, &eu, &su) < 0 ||
+	    syscall(SYS_getresgid, &rg, &eg, &sg) < 0 || ru != p->uid || eu != p->uid ||
+	    su != p->uid || rg != p->gid || eg != p->gid || sg != p->gid) {
+		if (write(2, fail, sizeof(fail) - 1) < 0) {
+			/* nothing more to say */
+		}
+		_exit(126);
+	}
+}
+
+/* The TLS certificate and key, opened here with the custody process's
+ * rights and handed to the publisher as descriptors 4 and 5: the publisher's
+ * own user cannot read the key file (docs/operations.md).  -errno, logged. */
+static int open_tls(const struct cimd_config *cfg, int *ret_cert, int *ret_key)
+{
+	int cert, key, r;
+
+	if ((cert = open(cfg->tls_cert, O_RDONLY | O_CLOEXEC)) < 0) {
+		r = -errno;
+		log_err("publisher: cannot open tls_cert %s: %s", cfg->tls_cert, strerror(errno));
+		return r;
+	}
+	if ((key = open(cfg->tls_key, O_RDONLY | O_CLOEXEC)) < 0) {
+		r = -errno;
+		log_err("publisher: cannot open tls_key %s: %s", cfg->tls_key, strerror(errno));
+		close(cert);
+		return r;
+	}
+	*ret_cert = cert;
+	*ret_key = key;
+	return 0;
+}
+
+/* In the child, before exec: the channel on 3, the TLS files on 4 and 5
+ * (dup2 clears close-on-exec), nothing above.  Only async-signal-safe calls:
+ * the custody process has threads. */
+static void child_fds(int chan, int cert, int key)
+{
+	if (dup2(chan, 3) < 0 || (cert >= 0 && (dup2(cert, 4) < 0 || dup2(key, 5) < 0)) ||
+	    close_range(cert >= 0 ? 6 : 4, ~0U, 0) < 0)
+		_exit(127);
+}
+
 static int spawn(struct publication *p)
 {
 	const struct cimd_config *cfg = p->d->cfg;
+	int plain = cfg->allow_http && cfg->tls_cert == NULL;
+	int fds[2], cert = -1, key = -1, r;
 	sigset_t none;
-	int fds[2];
 	pid_t pid;
 
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return -errno;
+	if (!plain && (r = open_tls(cfg, &cert, &key)) < 0)
+		return r;
+	if (pipe2(fds, O_CLOEXEC) < 0) {
+		r = -errno;
+		goto out;
+	}
 	if ((pid = fork()) < 0) {
+		r = -errno;
 		close(fds[0]);
 		close(fds[1]);
-		return -errno;
+		goto out;
 	}
 	if (pid == 0) {
 		/* A fresh program image: nothing of the custody process (key stores,
 		 * database, sockets) survives into it.  Ours are close-on-exec; a
 		 * module's may not be (SoftHSM2 reading its object files in the
 		 * thread that opens the store at start-up), so every descriptor
-		 * above the channel is closed here. */
+		 * above the ones handed on is closed here. */
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (dup2(fds[0], 3) < 0 || close_range(4, ~0U, 0) < 0)
-			_exit(127);
-		if (cfg->allow_http && cfg->tls_cert == NULL)
+		child_fds(fds[0], cert, key);
+		/* A change of credentials clears the parent-death signal: set
+		 * again by the publisher itself (confine.c). */
+		if (p->switch_user)
+			child_become(p);
+		if (plain)
 			execl(p->exe, "cimdd-publisher", "--publisher", "3", "--listen",
 			      cfg->listen, "--plain", (char *)NULL);
 		else
 			execl(p->exe, "cimdd-publisher", "--publisher", "3", "--listen",
-			      cfg->listen, "--tls-cert", cfg->tls_cert, "--tls-key", cfg->tls_key,
-			      (char *)NULL);
+			      cfg->listen, "--tls-cert-fd", "4", "--tls-key-fd", "5", (char *)NULL);
 		_exit(127);
 	}
 	close(fds[0]);
@@ -931,7 +1143,13 @@ static int spawn(struct publication *p)
 	p->started = time(NULL);
 	p->full = 1; /* a new publisher holds nothing */
 	log_info("publisher: started (pid %d) on %s", (int)pid, cfg->listen);
-	return 0;
+	r = 0;
+out:
+	if (cert >= 0)
+		close(cert);
+	if (key >= 0)
+		close(key);
+	return r;
 }
 
 int publication_new(struct svc *d, struct tlog *tl, struct publication **ret)
@@ -947,7 +1165,8 @@ int publication_new(struct svc *d, struct tlog *tl, struct publication **ret)
 	p->full = 1;
 	p->health = 1;
 	if (d->cfg->listen != NULL) {
-		if ((r = publisher_exe(p->exe, sizeof(p->exe))) < 0 || (r = spawn(p)) < 0)
+		if ((r = publisher_exe(p->exe, sizeof(p->exe))) < 0 ||
+		    (r = publisher_user(p)) < 0 || (r = spawn(p)) < 0)
 			goto fail;
 	}
 	if (d->cfg->export_dir != NULL && (r = export_start(p)) < 0) {
@@ -981,6 +1200,8 @@ void publication_free(struct publication **pp)
 	if (p->fd >= 0)
 		close(p->fd); /* end of file: it exits */
 	if (p->pid > 0) {
+		/* Refused (EPERM) when it runs as its own user and we are not
+		 * root: then the end of file above is what ends it. */
 		kill(p->pid, SIGTERM);
 		waitpid(p->pid, NULL, 0);
 	}
@@ -1043,8 +1264,10 @@ void publication_set_metrics(struct publication *p, publication_metrics_fn fn, v
  * handed on (tried again next turn). */
 static int start_and_fill(struct publication *p, time_t now)
 {
-	if (p->d->cfg->listen != NULL && p->pid == 0 && now >= p->restart_at && spawn(p) < 0)
-		log_err("publisher: cannot start it: %s", strerror(errno));
+	int r;
+
+	if (p->d->cfg->listen != NULL && p->pid == 0 && now >= p->restart_at && (r = spawn(p)) < 0)
+		log_err("publisher: cannot start it: %s", strerror(-r));
 	if (p->full && publishing(p)) {
 		if (publish_full(p) < 0)
 			return -1;

@@ -451,6 +451,10 @@ struct publication;
 struct tlog;
 struct signer;
 int publication_new(struct svc *d, struct tlog *tl, struct publication **ret);
+/* main(), before any thread: CAP_SETUID and CAP_SETGID (granted by the unit to
+ * start the publisher as its own user) leave the effective and ambient sets of
+ * the first thread, which every later thread inherits (docs/operations.md). */
+void publication_caps_init(void);
 /* The signer, once started, is told which clients changed. */
 void publication_set_signer(struct publication *p, struct signer *sg);
 void publication_free(struct publication **p);

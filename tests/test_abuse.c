@@ -56,9 +56,9 @@ static int unix_connect(void)
 	return fd;
 }
 
-/* From 127.0.0.2 ... 127.0.0.9 in turn: hostile peers are other addresses
- * than the verifier's (127.0.0.1), as on a network; the publisher's per-address
- * limit is then theirs, not the verifier's. */
+/* From 127.0.2.1 ... 127.0.9.1 in turn: hostile peers are other networks
+ * than the verifier's (127.0.0.1), as on the Internet; the publisher's
+ * per-prefix (/24) limit is then theirs, not the verifier's. */
 static int tcp_connect(void)
 {
 	static unsigned next;
@@ -67,8 +67,8 @@ static int tcp_connect(void)
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	me.sin_addr.s_addr =
-	    htonl(INADDR_LOOPBACK + 2 + (__atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) % 8));
+	me.sin_addr.s_addr = htonl(INADDR_LOOPBACK +
+				   ((2 + __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) % 8) << 8));
 	if (fd >= 0 && (bind(fd, (struct sockaddr *)&me, sizeof(me)) < 0 ||
 			connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)) {
 		close(fd);

@@ -6,6 +6,7 @@
  * and reconciliation of a key missing from the hardware.
  */
 #include <errno.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -624,14 +625,27 @@ static void test_publication(void)
 	t_ok(kid[0] && strstr(out, kid) == NULL,
 	     "a revoked key is gone from the JWKS at the first fetch after cimdctl returned");
 
-	/* The publisher is confined: another user, no new privileges, seccomp. */
-	rc = t_sh_out(out, sizeof(out),
-		      "P=$(pgrep -f -- '[-]-publisher 3 --listen %s' | head -1); "
-		      "grep -E '^(Uid|NoNewPrivs|Seccomp):' /proc/$P/status",
-		      base + 8);
-	t_ok(rc == 0 && strstr(out, "Uid:\t65534\t65534\t65534") && strstr(out, "NoNewPrivs:\t1") &&
-		 (strstr(out, "Seccomp:\t2") || getenv("CIMD_TEST_SANITIZED")),
-	     "the publisher runs as nobody with no_new_privs and a seccomp filter");
+	/* The publisher is confined: another user (cimdd-publish if there is
+	 * one, else nobody: cimdd runs as root here), no capability, no new
+	 * privileges, seccomp. */
+	{
+		struct passwd *pw = getpwnam("cimdd-publish");
+		char uid[64];
+
+		snprintf(uid, sizeof(uid), "Uid:\t%d\t%d\t%d", pw ? (int)pw->pw_uid : 65534,
+			 pw ? (int)pw->pw_uid : 65534, pw ? (int)pw->pw_uid : 65534);
+		rc = t_sh_out(out, sizeof(out),
+			      "P=$(pgrep -f -- '[-]-publisher 3 --listen %s' | head -1); "
+			      "grep -E '^(Uid|NoNewPrivs|Seccomp|CapPrm|CapEff):' /proc/$P/status",
+			      base + 8);
+		t_ok(rc == 0 && strstr(out, uid) && strstr(out, "NoNewPrivs:\t1") &&
+			 strstr(out, "CapPrm:\t0000000000000000") &&
+			 strstr(out, "CapEff:\t0000000000000000") &&
+			 (strstr(out, "Seccomp:\t2") || getenv("CIMD_TEST_SANITIZED")),
+		     "the publisher runs as %s, with no capability, no_new_privs and a seccomp "
+		     "filter",
+		     pw ? "cimdd-publish" : "nobody");
+	}
 
 	/* The publisher killed: cimdd starts it again and republishes. */
 	t_sh("pkill -9 -f -- '[-]-publisher 3 --listen %s'", base + 8);

@@ -6,7 +6,11 @@
  * from the installed example configuration as a throwaway unprivileged user, under
  * what the unit imposes that a process can impose on itself (no_new_privs,
  * MemoryDenyWriteExecute through PR_SET_MDWE, the unit's SystemCallFilter= lines
- * expanded by systemd-analyze, UMask, LimitNOFILE), answering `cimdctl status`.
+ * expanded by systemd-analyze, UMask, LimitNOFILE, CapabilityBoundingSet= and
+ * AmbientCapabilities=), answering `cimdctl status`, with its publisher running as
+ * the user of its own that sysusers.d makes for it (USER-publish), holding no
+ * capability; and without the capabilities, a cimdd that refuses to start
+ * rather than run its publisher as its own user.
  *
  * The test runs `make install-files` (which builds nothing) with the BUILD this
  * binary belongs to, from the repository root.
@@ -21,8 +25,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -139,7 +145,8 @@ static void unit(void)
 	    "RuntimeDirectoryMode=0755",
 	    "RuntimeDirectoryPreserve=no",
 	    "NoNewPrivileges=yes",
-	    "CapabilityBoundingSet=",
+	    "CapabilityBoundingSet=CAP_SETUID CAP_SETGID",
+	    "AmbientCapabilities=CAP_SETUID CAP_SETGID",
 	    "ProtectSystem=strict",
 	    "ProtectHome=yes",
 	    "PrivateTmp=yes",
@@ -168,6 +175,9 @@ static void unit(void)
 		return;
 	for (i = 0; i < sizeof(want) / sizeof(want[0]); i++)
 		t_ok(has_line(text, want[i]), "unit: %s", want[i]);
+	/* The publisher's child calls setresuid (publish.c); cimdd filters it. */
+	t_ok(strstr(text, "\nSystemCallFilter=~@setuid") == NULL,
+	     "unit: @setuid is not denied (the publisher's child changes its uid)");
 	/* The signing socket's connections, the admin socket's and some room
 	 * (signer.c raises its soft limit to this; it must fit the hard one). */
 	if ((p = strstr(text, "\nLimitNOFILE=")) != NULL)
@@ -311,6 +321,21 @@ static void sysusers(void)
 	t_ok(t_sh("grep -Eq '^cimdd-admin:[^:]*:[0-9]+:(.*,)?cimdd(,|$)' '%s/etc/group'", root) ==
 		 0,
 	     "cimdd is a member of cimdd-admin (it gives the admin socket that group)");
+	{
+		long puid = -1, pgid = -1;
+
+		snprintf(path, sizeof(path), "%s/etc/passwd", root);
+		if ((f = fopen(path, "re")) != NULL) {
+			while (fgets(line, sizeof(line), f) != NULL)
+				if (strncmp(line, "cimdd-publish:", 14) == 0)
+					sscanf(line, "cimdd-publish:%*[^:]:%ld:%ld:", &puid, &pgid);
+			fclose(f);
+		}
+		t_ok(puid > 0 && puid < 1000 && puid != uid && pgid > 0 && pgid != gid,
+		     "system user cimdd-publish (uid %ld, gid %ld), not cimdd's", puid, pgid);
+		t_ok(t_sh("! grep -Eq ':(.*,)?cimdd-publish(,|$)' '%s/etc/group'", root) == 0,
+		     "cimdd-publish is in no other group (not tss, not cimdd-admin)");
+	}
 	if (!t_ok(t_sh("systemd-tmpfiles --root='%s' --create '%s/usr/lib/tmpfiles.d/cimdd.conf'",
 		       root, dest) == 0,
 		  "systemd-tmpfiles applies tmpfiles.d/cimdd.conf"))
@@ -413,9 +438,39 @@ static int allow_list(const char *unitpath, const char *out)
 		    unitpath, unitpath, out, out, out, out, out, out);
 }
 
-/* In the child, as the unit would start it: user, groups, umask, descriptor
- * limit, no_new_privs, MDWE, the system call filter; then the daemon. */
-static void child(const struct passwd *pw, const char *allow, const char *conf, const char *log)
+/* CapabilityBoundingSet=CAP_SETUID CAP_SETGID, and (caps) AmbientCapabilities= the
+ * same, as systemd applies them: the bounding set now, as root; keep the permitted
+ * set across the change of uid; then inheritable and ambient.  0, or -1. */
+static int unit_caps_before(void)
+{
+	int c;
+
+	for (c = 0; c <= CAP_LAST_CAP; c++)
+		if (c != CAP_SETUID && c != CAP_SETGID && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0)
+			return -1;
+	return prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0);
+}
+
+static int unit_caps_after(int caps)
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	uint32_t set = caps ? (1u << CAP_SETUID) | (1u << CAP_SETGID) : 0;
+	struct __user_cap_data_struct d[2] = {
+	    {.permitted = set, .effective = set, .inheritable = set}};
+
+	if (syscall(SYS_capset, &h, d) < 0)
+		return -1;
+	if (caps && (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SETUID, 0, 0) < 0 ||
+		     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SETGID, 0, 0) < 0))
+		return -1;
+	return 0;
+}
+
+/* In the child, as the unit would start it: user, groups, capabilities (none when
+ * caps is 0), umask, descriptor limit, no_new_privs, MDWE, the system call filter;
+ * then the daemon. */
+static void child(const struct passwd *pw, const char *allow, const char *conf, const char *log,
+		  int caps)
 {
 	struct rlimit rl = {16384, 16384};
 	scmp_filter_ctx ctx = NULL;
@@ -435,9 +490,10 @@ static void child(const struct passwd *pw, const char *allow, const char *conf, 
 				seccomp_rule_add(ctx, SCMP_ACT_ALLOW, s, 0);
 		fclose(f);
 	}
-	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || initgroups(pw->pw_name, pw->pw_gid) < 0 ||
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || unit_caps_before() < 0 ||
+	    initgroups(pw->pw_name, pw->pw_gid) < 0 ||
 	    setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
-	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0)
+	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0 || unit_caps_after(caps) < 0)
 		_exit(121);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	umask(077);
@@ -487,27 +543,80 @@ static int proc_ids(pid_t pid, long *ret_uid, int *ret_filters, pid_t *ret_child
 	return 0;
 }
 
+/* Whether /proc/PID/status has this line (e.g. "CapEff:\t0000000000000000"). */
+static int status_has(pid_t pid, const char *line)
+{
+	char path[64], l[512];
+	size_t n = strlen(line);
+	int r = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	if ((f = fopen(path, "re")) == NULL) /* its size reads 0: no slurp() */
+		return 0;
+	while (!r && fgets(l, sizeof(l), f) != NULL)
+		r = strncmp(l, line, n) == 0 && l[n] == '\n';
+	fclose(f);
+	return r;
+}
+
+/* The unit without its capabilities, while USER-publish exists: cimdd must not
+ * run its publisher as its own user, so it refuses to start, and says why. */
+static void run_without_caps(const struct passwd *pw, const char *allow, const char *conf,
+			     const char *base, const char *pub)
+{
+	char log[PATH_MAX], want[256];
+	int status = 0, i;
+	pid_t pid;
+
+	snprintf(log, sizeof(log), "%s/nocaps.log", base);
+	if ((pid = fork()) < 0)
+		return;
+	if (pid == 0)
+		child(pw, allow, conf, log, 0);
+	for (i = 0; i < 500 && waitpid(pid, &status, WNOHANG) != pid; i++)
+		usleep(20000);
+	if (i == 500) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	snprintf(want, sizeof(want), "publisher: it must run as %s, but cimdd holds no CAP_SETUID",
+		 pub);
+	t_ok(i < 500 && WIFEXITED(status) && WEXITSTATUS(status) != 0 &&
+		 t_sh("grep -qF '%s' '%s'", want, log) == 0,
+	     "without CAP_SETUID and CAP_SETGID, cimdd refuses to start (its publisher would "
+	     "share its uid) and says so");
+}
+
 static void run_unprivileged(void)
 {
 	const char *tmp = t_tmpdir();
-	char user[32], adm[40], base[1024], conf[PATH_MAX], log[PATH_MAX], sock[PATH_MAX],
-	    allow[PATH_MAX], unitpath[PATH_MAX], out[4096];
+	char user[32], pubuser[48], adm[40], base[1024], conf[PATH_MAX], log[PATH_MAX],
+	    sock[PATH_MAX], allow[PATH_MAX], unitpath[PATH_MAX], out[4096];
 	struct t_softhsm hsm;
-	struct passwd *pw;
+	struct passwd *pw = NULL;
 	struct group *gr;
 	struct stat st;
-	long uid, puid;
+	long uid, puid, pubuid = -1;
 	int port, sc, psc, status, i;
 	pid_t pid = 0, pub = 0;
 	gid_t admgid;
 
 	snprintf(user, sizeof(user), "cimdt%d", (int)getpid() % 100000);
+	snprintf(pubuser, sizeof(pubuser), "%s-publish", user);
 	snprintf(adm, sizeof(adm), "%s-adm", user);
 	if (!t_ok(t_sh("groupadd -r '%s' && useradd -r -M -d /nonexistent -s /usr/sbin/nologin "
 		       "-U -G '%s' '%s'",
 		       adm, adm, user) == 0,
 		  "throwaway user %s, in group %s", user, adm))
 		goto out;
+	/* Its publisher's user, as sysusers.d makes cimdd-publish for cimdd. */
+	if (!t_ok(t_sh("useradd -r -M -d /nonexistent -s /usr/sbin/nologin -U '%s'", pubuser) ==
+			  0 &&
+		      (pw = getpwnam(pubuser)) != NULL,
+		  "throwaway user %s, for the publisher", pubuser))
+		goto out;
+	pubuid = (long)pw->pw_uid;
 	if ((pw = getpwnam(user)) == NULL || (gr = getgrnam(adm)) == NULL)
 		goto out;
 	uid = (long)pw->pw_uid;
@@ -559,11 +668,12 @@ static void run_unprivileged(void)
 		goto out;
 	}
 
+	run_without_caps(pw, allow[0] ? allow : NULL, conf, base, pubuser);
 	snprintf(log, sizeof(log), "%s/cimdd.log", base);
 	if ((pid = fork()) < 0)
 		goto out;
 	if (pid == 0)
-		child(pw, allow[0] ? allow : NULL, conf, log);
+		child(pw, allow[0] ? allow : NULL, conf, log, 1);
 	snprintf(sock, sizeof(sock), "%s/run/admin.sock", base);
 	for (i = 0; i < 500 && !t_unix_up(sock); i++) {
 		if (waitpid(pid, &status, WNOHANG) == pid) {
@@ -580,14 +690,37 @@ static void run_unprivileged(void)
 	usleep(300000); /* the publisher's start */
 	proc_ids(pid, &puid, &sc, &pub);
 	t_ok(puid == uid, "cimdd's uid is %ld (not root)", puid);
+	/* The unit's capabilities: permitted, never effective nor ambient. */
+	t_ok(status_has(pid, "CapPrm:\t00000000000000c0") &&
+		 status_has(pid, "CapEff:\t0000000000000000") &&
+		 status_has(pid, "CapAmb:\t0000000000000000") &&
+		 status_has(pid, "CapBnd:\t00000000000000c0"),
+	     "cimdd holds CAP_SETUID and CAP_SETGID permitted only (not effective, not "
+	     "ambient)");
 	if (allow[0] && sc >= 0)
-		t_ok(sc == 1, "cimdd runs under the unit's seccomp filter");
+		t_ok(sc == 2,
+		     "cimdd runs under the unit's seccomp filter and its own on set*id "
+		     "calls (%d filters)",
+		     sc);
 	if (t_ok(pub > 0 && proc_ids(pub, &puid, &psc, NULL) == 0, "the publisher runs")) {
 		char proc[64], exe[PATH_MAX], want[PATH_MAX], cmd[64] = "";
 		ssize_t n;
 		FILE *f;
 
-		t_ok(puid == uid, "the publisher runs as %s too", user);
+		char ids[64];
+
+		snprintf(ids, sizeof(ids), "Uid:\t%ld\t%ld\t%ld\t%ld", pubuid, pubuid, pubuid,
+			 pubuid);
+		t_ok(puid == pubuid && status_has(pub, ids),
+		     "the publisher runs as %s (uid %ld), not as %s (uid %ld)", pubuser, puid, user,
+		     uid);
+		t_ok(status_has(pub, "CapPrm:\t0000000000000000") &&
+			 status_has(pub, "CapEff:\t0000000000000000") &&
+			 status_has(pub, "CapInh:\t0000000000000000") &&
+			 status_has(pub, "CapAmb:\t0000000000000000") &&
+			 status_has(pub, "NoNewPrivs:\t1") &&
+			 (status_has(pub, "Groups:\t") || status_has(pub, "Groups:\t ")),
+		     "the publisher holds no capability, no supplementary group, no_new_privs");
 		/* The installed program, found from the installed cimdd. */
 		snprintf(proc, sizeof(proc), "/proc/%d/exe", (int)pub);
 		n = readlink(proc, exe, sizeof(exe) - 1);
@@ -638,7 +771,9 @@ out:
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
 	}
-	t_sh("userdel '%s' >/dev/null 2>&1; groupdel '%s' >/dev/null 2>&1; true", user, adm);
+	t_sh("userdel '%s' >/dev/null 2>&1; groupdel '%s' >/dev/null 2>&1; userdel '%s' "
+	     ">/dev/null 2>&1; true",
+	     user, adm, pubuser);
 }
 
 int main(void)

@@ -17,6 +17,15 @@
  * custody process itself, without the codec), its content type, ETag and
  * max-age equal export_dir's nginx snippet, the ETag is the SHA-256 of the
  * bytes, and the max-ages are the configured ones.
+ *
+ * Hostile peers on the network, against a real publisher: TLS 1.0 and 1.1
+ * refused (a local openssl s_server shows the client could speak them), CBC
+ * suites refused on TLS 1.2, AEAD ones served; a raw NUL in the target, Host
+ * missing or twice and two Content-Lengths each a 400; 17 addresses x 64 idle
+ * TLS connections (the flood of issue 15) and more prefixes after them leave
+ * /healthz answering within 1 s, through the per-prefix cap, the reserve and
+ * eviction (counted in /metrics); one /24 holds at most 64 connections; the
+ * /24 and /64 prefixes themselves (pub_peer_prefix).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,10 +40,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
 
 #include "harness.h"
 #include "hmap.h"
+#include "publisher.h"
 #include "pubset.h"
 #include "service.h"
 
@@ -429,8 +444,7 @@ static void test_channel(void)
 	/* The spawn protocol: the channel on fd 3, the same arguments. */
 	snprintf(path, sizeof(path), "%s/argv", c.dir);
 	snprintf(want, sizeof(want),
-		 "--publisher 3 --listen 127.0.0.1:%d --tls-cert %s/tls.crt --tls-key %s/tls.key\n",
-		 port, c.dir, c.dir);
+		 "--publisher 3 --listen 127.0.0.1:%d --tls-cert-fd 4 --tls-key-fd 5\n", port);
 	text = slurp(path, NULL);
 	t_ok(text != NULL && strcmp(text, want) == 0, "the publisher's arguments: %s",
 	     text ? text : "(none)");
@@ -458,12 +472,452 @@ out:
 		stop(pid);
 }
 
+/* ---- hostile peers on the network ---- */
+
+static SSL_CTX *cctx;
+static int hport;
+
+/* A TCP connection to the publisher from src (a loopback address), with a 5 s
+ * timeout on each read and write: the descriptor, or -1. */
+static int tcp_from(const char *src)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)hport)};
+	struct sockaddr_in me = {.sin_family = AF_INET};
+	struct timeval tv = {5, 0};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+	inet_pton(AF_INET, src, &me.sin_addr);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (bind(fd, (struct sockaddr *)&me, sizeof(me)) < 0 ||
+	    connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* A TLS session from src, handshake done: it, or NULL (refused or closed). */
+static SSL *tls_from(const char *src)
+{
+	int fd = tcp_from(src);
+	SSL *s;
+
+	if (fd < 0)
+		return NULL;
+	if ((s = SSL_new(cctx)) == NULL || SSL_set_fd(s, fd) != 1 || SSL_connect(s) != 1) {
+		SSL_free(s);
+		close(fd);
+		return NULL;
+	}
+	return s;
+}
+
+static void tls_close(SSL **s)
+{
+	if (*s == NULL)
+		return;
+	close(SSL_get_fd(*s));
+	SSL_free(*s);
+	*s = NULL;
+}
+
+/* The status of the answer to raw request bytes over TLS, read until the
+ * publisher closes (each request asks it to): 0 when there is none. */
+static int raw_status(const char *req, size_t len)
+{
+	char buf[4096];
+	int n, got = 0, st = 0;
+	SSL *s = tls_from("127.0.0.1");
+
+	if (s == NULL)
+		return 0;
+	if (SSL_write(s, req, (int)len) == (int)len)
+		while (got < (int)sizeof(buf) - 1 &&
+		       (n = SSL_read(s, buf + got, (int)sizeof(buf) - 1 - got)) > 0)
+			got += n;
+	buf[got] = '\0';
+	if (strncmp(buf, "HTTP/1.", 7) == 0)
+		st = atoi(buf + 9);
+	tls_close(&s);
+	return st;
+}
+
+/* What openssl s_client makes of a handshake with these options: 1 done, 0
+ * refused. */
+static int s_client(int port, const char *opts)
+{
+	return t_sh("openssl s_client -connect 127.0.0.1:%d %s </dev/null >/dev/null 2>&1", port,
+		    opts) == 0;
+}
+
+/* Whether something accepts connections on 127.0.0.1:port. */
+static int port_up(int port)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), up;
+
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	up = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	if (fd >= 0)
+		close(fd);
+	return up;
+}
+
+/* The control: the same client options do speak TLS 1.0, 1.1 and a CBC suite
+ * to an openssl s_server that allows them, so a refusal below is the
+ * publisher's, not the client's. */
+static void tls_control(struct t_cimdd *c)
+{
+	char key[600], ps[16];
+	int port = dev_free_port_pair(), i, fd;
+	pid_t srv;
+
+	if (!t_ok(port > 0, "a free port for openssl s_server (%s)", cimd_strerror(port)))
+		return;
+	snprintf(key, sizeof(key), "%s/tls.key", c->dir);
+	snprintf(ps, sizeof(ps), "%d", port);
+	if ((srv = fork()) == 0) {
+		if ((fd = open("/dev/null", O_RDWR)) >= 0) {
+			dup2(fd, 0);
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execlp("openssl", "openssl", "s_server", "-accept", ps, "-cert", c->ca, "-key", key,
+		       "-cipher", "DEFAULT@SECLEVEL=0", "-quiet", (char *)NULL);
+		_exit(127);
+	}
+	for (i = 0; i < 250 && srv > 0 && !port_up(port); i++)
+		usleep(20000);
+	t_ok(s_client(port, "-tls1 -cipher 'DEFAULT@SECLEVEL=0'") &&
+		 s_client(port, "-tls1_1 -cipher 'DEFAULT@SECLEVEL=0'") &&
+		 s_client(port, "-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA"),
+	     "control: openssl s_client speaks TLS 1.0, 1.1 and CBC to an s_server that "
+	     "allows them");
+	if (srv > 0) {
+		kill(srv, SIGKILL);
+		waitpid(srv, NULL, 0);
+	}
+}
+
+static void test_tls(struct t_cimdd *c)
+{
+	tls_control(c);
+	t_ok(!s_client(c->port, "-tls1 -cipher 'DEFAULT@SECLEVEL=0'"), "TLS 1.0: refused");
+	t_ok(!s_client(c->port, "-tls1_1 -cipher 'DEFAULT@SECLEVEL=0'"), "TLS 1.1: refused");
+	t_ok(!s_client(c->port, "-tls1_2 -cipher AES128-SHA"), "TLS 1.2, AES128-SHA: refused");
+	t_ok(!s_client(c->port, "-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA"),
+	     "TLS 1.2, ECDHE-ECDSA-AES128-SHA (CBC, SHA-1): refused");
+	t_ok(!s_client(c->port, "-tls1_2 -cipher ECDHE-ECDSA-AES256-SHA384"),
+	     "TLS 1.2, ECDHE-ECDSA-AES256-SHA384 (CBC): refused");
+	t_ok(s_client(c->port, "-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256"),
+	     "TLS 1.2, ECDHE-ECDSA-AES128-GCM-SHA256 (AEAD): served");
+	t_ok(s_client(c->port, "-tls1_2 -cipher ECDHE-ECDSA-CHACHA20-POLY1305"),
+	     "TLS 1.2, ECDHE-ECDSA-CHACHA20-POLY1305 (AEAD): served");
+	t_ok(s_client(c->port, "-tls1_3"), "TLS 1.3: served");
+}
+
+static void test_router(void)
+{
+	static const struct {
+		const char *req;
+		size_t len;
+		int status;
+		const char *what;
+	} v[] = {
+#define R(s) s, sizeof(s) - 1
+	    {R("GET /healthz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"), 200,
+	     "a plain request (the control)"},
+	    {R("GET /healthz HTTP/1.0\r\n\r\n"), 200, "HTTP/1.0 without Host"},
+	    {R("GET /healthz\0x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"), 400,
+	     "a raw NUL in the request target"},
+	    {R("GET /healthz\0 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"), 400,
+	     "a raw NUL at the end of the request target"},
+	    {R("GET /healthz\0HTTP/1.1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"), 400,
+	     "a raw NUL, then what looks like a version"},
+	    {R("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n"), 400, "HTTP/1.1 without Host"},
+	    {R("GET /healthz HTTP/1.1\r\nHost: h\r\nHost: evil\r\nConnection: close\r\n\r\n"), 400,
+	     "two Host lines"},
+	    {R("GET /healthz HTTP/1.0\r\nHost: h\r\nhost: h\r\n\r\n"), 400,
+	     "two Host lines in HTTP/1.0, one in lower case"},
+	    {R("GET /healthz HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: "
+	       "5\r\nConnection: close\r\n\r\nxxxxx"),
+	     400, "two Content-Lengths that disagree"},
+	    {R("GET /healthz HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: "
+	       "0\r\nConnection: close\r\n\r\n"),
+	     400, "two Content-Lengths"},
+#undef R
+	};
+	size_t i;
+	int st;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		st = raw_status(v[i].req, v[i].len);
+		t_ok(st == v[i].status, "%s: %d (got %d)", v[i].what, v[i].status, st);
+	}
+}
+
+/* A number from the publisher's /metrics: the value of the line starting
+ * with name, or -1. */
+static long metric(struct t_cimdd *c, const char *name)
+{
+	static char out[65536];
+	char *p;
+
+	if (t_cimdd_get(c, "/metrics", out, sizeof(out)) != 0)
+		return -1;
+	for (p = out; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+		if (strncmp(p, name, strlen(name)) == 0 && p[strlen(name)] == ' ')
+			return strtol(p + strlen(name) + 1, NULL, 10);
+	return -1;
+}
+
+/* /healthz from 127.0.0.1 five times: the slowest, in ms, or -1 if one failed. */
+static double healthz_worst(struct t_cimdd *c)
+{
+	char out[256];
+	double worst = 0, t0;
+	int i;
+
+	for (i = 0; i < 5; i++) {
+		t0 = t_now_ms();
+		if (t_sh_out(out, sizeof(out), "curl -s --max-time 5 --cacert %s %s/healthz", c->ca,
+			     c->base) != 0 ||
+		    strncmp(out, "ok", 2) != 0)
+			return -1;
+		if (t_now_ms() - t0 > worst)
+			worst = t_now_ms() - t0;
+	}
+	return worst;
+}
+
+#define FLOOD_MAX 1400
+
+/* n TLS sessions from each of 127.0.x.1 .. 127.0.x.ny, handshake done: how
+ * many were kept, appended to held. */
+static int hold_tls(SSL **held, int *nheld, int x, int ny, int n)
+{
+	char src[32];
+	int y, k, kept = 0;
+
+	for (y = 1; y <= ny; y++)
+		for (k = 0; k < n && *nheld < FLOOD_MAX; k++) {
+			snprintf(src, sizeof(src), "127.0.%d.%d", x, y);
+			if ((held[*nheld] = tls_from(src)) != NULL) {
+				(*nheld)++;
+				kept++;
+			}
+		}
+	return kept;
+}
+
+/* n idle connections from each of 127.0.x.1, x from x0 to x0 + nx - 1, as a
+ * flood opens them: connected (the kernel completes that whatever the
+ * publisher does), no byte sent, appended to fds. */
+static void hold_tcp(int *fds, int *nfds, int x0, int nx, int n)
+{
+	char src[32];
+	int x, k;
+
+	for (x = x0; x < x0 + nx; x++)
+		for (k = 0; k < n && *nfds < FLOOD_MAX; k++) {
+			snprintf(src, sizeof(src), "127.0.%d.1", x);
+			fds[(*nfds)++] = tcp_from(src);
+		}
+}
+
+/* Whether the publisher has closed this connection (end of file or reset). */
+static int closed_by_peer(int fd)
+{
+	struct pollfd pf = {.fd = fd, .events = POLLIN};
+	char b;
+
+	return fd < 0 || (poll(&pf, 1, 0) == 1 && recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) <= 0);
+}
+
+static int count_closed(const int *fds, int from, int to)
+{
+	int i, n = 0;
+
+	for (i = from; i < to; i++)
+		n += closed_by_peer(fds[i]);
+	return n;
+}
+
+/* Waits (5 s at most) until the publisher counts as open exactly the
+ * connections we hold that it has not closed, and the one asking /metrics. */
+static int settle(struct t_cimdd *c, const int *fds, int nfds)
+{
+	double t0 = t_now_ms();
+	long open;
+
+	do {
+		open = metric(c, "cimdd_http_connections");
+		if (open == nfds - count_closed(fds, 0, nfds) + 1)
+			return 1;
+		usleep(10000);
+	} while (t_now_ms() - t0 < 5000);
+	return 0;
+}
+
+static void release_tls(struct t_cimdd *c, SSL **held, int *nheld)
+{
+	while (*nheld > 0)
+		tls_close(&held[--*nheld]);
+	settle(c, NULL, 0);
+}
+
+static void release_tcp(struct t_cimdd *c, int *fds, int *nfds)
+{
+	while (*nfds > 0)
+		if (fds[--*nfds] >= 0)
+			close(fds[*nfds]);
+	settle(c, NULL, 0);
+}
+
+/* One /24: 17 addresses x 8 TLS connections, at most 64 kept. */
+static void test_prefix_cap(struct t_cimdd *c)
+{
+	static SSL *held[FLOOD_MAX];
+	int nheld = 0, kept;
+	long refused;
+
+	kept = hold_tls(held, &nheld, 200, 17, 8);
+	t_ok(kept == PUB_CONNS_PER_PREFIX,
+	     "17 addresses of one /24, 136 TLS connections: %d kept (%d)", kept,
+	     PUB_CONNS_PER_PREFIX);
+	refused = metric(c, "cimdd_http_connections_refused_total{reason=\"prefix\"}");
+	t_ok(refused >= 136 - PUB_CONNS_PER_PREFIX, "counted in /metrics (refused, prefix): %ld",
+	     refused);
+	release_tls(c, held, &nheld);
+}
+
+/*
+ * Issue 15's flood: 17 addresses, each in a /24 of its own, 64 idle
+ * connections each, opened as fast as the kernel completes them; /healthz
+ * from 127.0.0.1 at once.  Then more prefixes until every place is taken and
+ * newcomers must evict: 13 more /24s x 8 fill the reserve, 20 more x 1 take
+ * the places of idle connections of the heaviest prefixes (the first 14 of the
+ * flood, 64 each).
+ */
+static void test_flood(struct t_cimdd *c)
+{
+	static int fds[FLOOD_MAX];
+	int nfds = 0, heavy = 14 * 64, flood = 17 * 64, kept, ev_old, ev_light, new_gone;
+	double worst, t0;
+	long ev0;
+
+	t0 = t_now_ms();
+	hold_tcp(fds, &nfds, 10, 17, 64);
+	worst = healthz_worst(c);
+	printf("# the flood opened in %.0f ms; /healthz at once: slowest of 5 in %.0f ms\n",
+	       t_now_ms() - t0, worst);
+	t_ok(worst >= 0 && worst < 1000,
+	     "17 addresses x 64 idle connections: /healthz answers, slowest of 5 in %.0f ms "
+	     "(< 1000)",
+	     worst);
+	t_ok(settle(c, fds, nfds), "the publisher's count of open connections agrees with ours");
+	kept = nfds - count_closed(fds, 0, nfds);
+	printf("# the flood: %d of %d connections kept\n", kept, flood);
+	t_ok(kept <= PUB_CONNS_MAX - PUB_CONNS_RESERVE + 3 * PUB_CONNS_LIGHT,
+	     "the reserve held: %d kept, at most %d (14 prefixes x 64, then light ones only)", kept,
+	     PUB_CONNS_MAX - PUB_CONNS_RESERVE + 3 * PUB_CONNS_LIGHT);
+
+	ev0 = metric(c, "cimdd_http_connections_evicted_total");
+	ev_old = count_closed(fds, 0, heavy);
+	ev_light = count_closed(fds, heavy, flood);
+	hold_tcp(fds, &nfds, 40, 13, PUB_CONNS_LIGHT);
+	hold_tcp(fds, &nfds, 60, 20, 1);
+	t_ok(settle(c, fds, nfds), "the publisher's count agrees again");
+	ev_old = count_closed(fds, 0, heavy) - ev_old;
+	ev_light = count_closed(fds, heavy, flood) - ev_light;
+	new_gone = count_closed(fds, flood, nfds);
+	/* Each connection past PUB_CONNS_MAX evicted one. */
+	t_ok(kept + nfds - flood > PUB_CONNS_MAX && ev_old >= kept + nfds - flood - PUB_CONNS_MAX &&
+		 ev_light == 0 && new_gone == 0,
+	     "then 13 more /24s x 8 and 20 /24s x 1: all %d kept (%d closed); %d idle "
+	     "connections of the heaviest prefixes evicted, none of the light ones (%d)",
+	     nfds - flood, new_gone, ev_old, ev_light);
+	t_ok(metric(c, "cimdd_http_connections_evicted_total") - ev0 >= ev_old &&
+		 metric(c, "cimdd_http_connections") <= PUB_CONNS_MAX,
+	     "/metrics: the evictions counted, at most %d open", PUB_CONNS_MAX);
+	worst = healthz_worst(c);
+	t_ok(worst >= 0 && worst < 1000,
+	     "with every place taken, /healthz still answers, slowest of 5 in %.0f ms (< 1000)",
+	     worst);
+	printf("# /healthz with every place taken: slowest of 5 in %.0f ms\n", worst);
+	release_tcp(c, fds, &nfds);
+}
+
+static void test_prefixes(void)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET}, b = a;
+	struct sockaddr_in6 x = {.sin6_family = AF_INET6}, y = x;
+	struct sockaddr_un u = {.sun_family = AF_UNIX};
+	uint8_t ka[PUB_PREFIX_LEN], kb[PUB_PREFIX_LEN];
+
+	inet_pton(AF_INET, "192.0.2.5", &a.sin_addr);
+	inet_pton(AF_INET, "192.0.2.250", &b.sin_addr);
+	pub_peer_prefix((struct sockaddr *)&a, sizeof(a), ka);
+	pub_peer_prefix((struct sockaddr *)&b, sizeof(b), kb);
+	t_ok(memcmp(ka, kb, sizeof(ka)) == 0, "192.0.2.5 and 192.0.2.250: one /24");
+	inet_pton(AF_INET, "192.0.3.5", &b.sin_addr);
+	pub_peer_prefix((struct sockaddr *)&b, sizeof(b), kb);
+	t_ok(memcmp(ka, kb, sizeof(ka)) != 0, "192.0.2.5 and 192.0.3.5: two");
+	inet_pton(AF_INET6, "::ffff:192.0.2.77", &x.sin6_addr);
+	pub_peer_prefix((struct sockaddr *)&x, sizeof(x), kb);
+	t_ok(memcmp(ka, kb, sizeof(ka)) == 0, "::ffff:192.0.2.77 (IPv4-mapped) is in 192.0.2.0/24");
+	inet_pton(AF_INET6, "2001:db8:0:1::1", &x.sin6_addr);
+	inet_pton(AF_INET6, "2001:db8:0:1:ffff:ffff:ffff:ffff", &y.sin6_addr);
+	pub_peer_prefix((struct sockaddr *)&x, sizeof(x), ka);
+	pub_peer_prefix((struct sockaddr *)&y, sizeof(y), kb);
+	t_ok(memcmp(ka, kb, sizeof(ka)) == 0, "2001:db8:0:1::1 and 2001:db8:0:1:ffff:...: one /64");
+	inet_pton(AF_INET6, "2001:db8:0:2::1", &y.sin6_addr);
+	pub_peer_prefix((struct sockaddr *)&y, sizeof(y), kb);
+	t_ok(memcmp(ka, kb, sizeof(ka)) != 0, "2001:db8:0:1::1 and 2001:db8:0:2::1: two");
+	inet_pton(AF_INET6, "2001:db8::1", &y.sin6_addr);
+	pub_peer_prefix((struct sockaddr *)&y, sizeof(y), kb);
+	t_ok(memcmp(ka, kb, sizeof(ka)) != 0, "2001:db8::1 is another /64 again");
+	t_ok(pub_peer_prefix((struct sockaddr *)&u, sizeof(u), kb) == -EAFNOSUPPORT,
+	     "another family: -EAFNOSUPPORT");
+}
+
+static void test_hostile(void)
+{
+	struct t_cimdd c = {0};
+	struct t_softhsm hsm;
+	int rc;
+
+	test_prefixes();
+	if (!t_ok(t_softhsm_init(&hsm, "hostile", "654321") == 0, "SoftHSM2 token"))
+		return;
+	rc = t_cimdd_start(&c, "hostile", hsm.conf, NULL);
+	if (!t_ok(rc == 0, "cimdd starts with its publisher (%s)", cimd_strerror(rc)))
+		return;
+	hport = c.port;
+	if ((cctx = SSL_CTX_new(TLS_client_method())) == NULL)
+		goto out;
+	SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+	test_tls(&c);
+	test_router();
+	test_prefix_cap(&c);
+	test_flood(&c);
+	t_ok(t_log_count(&c.dm, "publisher: pid") == 0, "the publisher never died under all of it");
+out:
+	SSL_CTX_free(cctx);
+	t_daemon_stop(&c.dm, SIGTERM);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
 	build_dir();
 	test_image();
 	test_channel();
+	test_hostile();
 	t_cleanup();
 	return t_done();
 }
