@@ -95,6 +95,29 @@ void ls_uids_release(struct ls_uids *u, uid_t uid)
 	}
 }
 
+/* ---- refusals, logged once per interval ---- */
+
+int ls_refusal_note(struct ls_refusals *r, uid_t uid, time_t now, long interval)
+{
+	r->last_uid = uid;
+	if (r->n == 0 && now - r->since >= interval) {
+		r->since = now;
+		return 1;
+	}
+	r->n++;
+	return 0;
+}
+
+int ls_refusal_due(struct ls_refusals *r, time_t now, long interval, unsigned long *ret_n)
+{
+	if (r->n == 0 || now - r->since < interval)
+		return 0;
+	*ret_n = r->n;
+	r->n = 0;
+	r->since = now; /* the next interval counts from this line */
+	return 1;
+}
+
 /* ---- connections ---- */
 
 int ls_accept(int lfd, int *ret_fd, struct ucred *ret_cred)
