@@ -4,7 +4,8 @@
  * one request per line): accepting with the peer's credentials from the kernel
  * (SO_PEERCRED) and a cap of connections per uid, reading lines into a buffer
  * of the line cap plus one byte (so an over-long line is seen without reading
- * further), queueing and writing answers.
+ * further), queueing and writing answers; refused connections counted, so that
+ * a connect loop writes a log line per interval rather than one per connection.
  *
  * What stays with each socket, because it differs on purpose:
  *   - the wait: the admin socket is polled by the main thread, whose handlers

@@ -1,7 +1,10 @@
 /*
  * registry.c — clients and their CIMD documents: what the admin operations
- * client.add/list/show/allow/audience/policy and doc.submit/approve/show do,
- * as functions of C values (their wire handlers are in admin_ops.c).
+ * client.add/list/show/allow/audience/policy, change.list/approve/reject and
+ * doc.submit/approve/show do, as functions of C values (their wire handlers
+ * are in admin_ops.c).  Under the two-person rule, changes to who may sign
+ * (callers, audiences, policies) are proposed and made on another operator's
+ * approval, as documents are.
  *
  * Every change is one transaction that also appends its journal record, so the
  * journal and the state never disagree.  A client's first key is created in
@@ -552,7 +555,9 @@ static const struct change_op *change_op_named(const char *op)
 static int propose(struct svc *d, const char *actor, const struct change_op *op, json_t *fields,
 		   int64_t *ret_change, char *err, size_t errlen)
 {
-	char *text = json_dumps(fields, JSON_COMPACT | JSON_SORT_KEYS);
+	/* The fields as their record will have them (this file builds each
+	 * operation's in one order, so equal changes are equal texts). */
+	char *text = json_dumps(fields, JSON_COMPACT);
 	sqlite3_stmt *s = NULL;
 	json_t *rec = NULL;
 	int64_t id = 0, n = -1;
