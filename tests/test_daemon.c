@@ -1329,8 +1329,8 @@ static void verify_four(struct t_cimdd *cd, long ticks_one)
 
 static void test_admin_verify(struct t_cimdd *cd)
 {
-	double ms = 0;
-	long ticks = 0;
+	double ms = 0, again = 0;
+	long ticks = 0, ticks2 = 0;
 	int total = 0, n = 200000, rc;
 
 	/* Enough records that a verify takes well over a second here: the
@@ -1348,6 +1348,10 @@ static void test_admin_verify(struct t_cimdd *cd)
 	}
 	if (!t_ok(ms >= 1500, "a verify takes over 1.5 s (%.0f ms at %d records)", ms, total))
 		return;
+	/* One verify's cost, the lesser of two: the first after the filling
+	 * may share the daemon's time with a checkpoint over the new records. */
+	if (verify_alone(cd, &again, &ticks2) == 0 && ticks2 < ticks)
+		ticks = ticks2;
 	verify_and_status(cd, ms);
 	verify_four(cd, ticks);
 }
@@ -1424,6 +1428,34 @@ static void test_admin_refusals(struct t_cimdd *cd)
 		close(fd);
 }
 
+/* SIGTERM while a verify runs: the run is interrupted and joined, and the
+ * daemon stops cleanly (under ASan: nothing leaked). */
+static void stop_during_verify(struct t_cimdd *cd)
+{
+	char out[4096];
+	int a = admin_connect(cd->dm.sock), b = admin_connect(cd->dm.sock), rc;
+	double t0;
+
+	if (a < 0 || b < 0 ||
+	    write(a, verify_line, strlen(verify_line)) != (ssize_t)strlen(verify_line) ||
+	    t_line_call(b, json_pack("{ss}", "op", "status"), out, sizeof(out), 60000) < 0) {
+		t_ok(0, "a verify under way");
+		close(a), close(b);
+		t_daemon_stop(&cd->dm, SIGTERM);
+		return;
+	}
+	/* The status answer comes from a turn that had read the verify's line,
+	 * sent before it: the run is under way. */
+	t0 = t_now_ms();
+	rc = t_daemon_stop(&cd->dm, SIGTERM);
+	t_ok(rc == 0 && read_answer(a, out, sizeof(out), 5000) < 0,
+	     "SIGTERM during a verify: cimdd stops cleanly in %.0f ms, the verify unanswered "
+	     "(exit %d)",
+	     t_now_ms() - t0, rc);
+	close(a);
+	close(b);
+}
+
 /* Both on an appliance of their own. */
 static void test_admin_load(void)
 {
@@ -1439,6 +1471,8 @@ static void test_admin_load(void)
 		goto out;
 	test_admin_refusals(&cd);
 	test_admin_verify(&cd);
+	stop_during_verify(&cd);
+	return;
 out:
 	if (cd.dm.pid > 0)
 		t_ok(t_daemon_stop(&cd.dm, SIGTERM) == 0, "cimdd stops cleanly");
