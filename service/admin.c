@@ -10,24 +10,62 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "service.h"
 
-/* An admin connection: the line server's (lineserv.c) and whether its uid is
- * no operator (one answer, then closed). */
+/* A request handed to the slow operations' thread (below): waiting for the
+ * next run, or answered by the one under way. */
+enum { SLOW_NONE, SLOW_WAITING, SLOW_RUNNING };
+
+/* An admin connection: the line server's (lineserv.c), whether its uid is
+ * no operator (one answer, then closed), and a slow request it waits on (its
+ * parsed line, the operation's index in ops[] and the operator who sent it,
+ * copied: a reload may change the configuration's operators meanwhile). */
 struct conn {
 	struct ls_conn ls;
 	int stranger;
+	int slow;
+	json_t *req;
+	size_t opi;
+	struct cimd_operator who;
+};
+
+/*
+ * The slow operations' thread: an operation that reads the whole journal
+ * (journal.verify: 8.1 s at 1.79M records, issue 15) runs here, on a database
+ * handle of its own that writes nothing (PRAGMA query_only), so that the main
+ * loop (other operators, the scheduler, publication) never waits for it.  One
+ * run at a time: requests that arrive during a run wait for the next one, and
+ * every waiting request with the same operation and members is answered by
+ * that one run, so that many verifies cost at most two runs, never one each.
+ * The main thread writes every field but q.result, q.msg and e, which the
+ * thread writes during a run; pthread_create and pthread_join order the two.
+ */
+struct slow_run {
+	pthread_t thread;
+	int running;
+	int efd;	      /* eventfd: the thread is done */
+	struct store *reader; /* the thread's handle */
+	struct svc svc;	      /* the reader alone: a slow operation reads nothing else */
+	struct cimd_operator who;
+	struct admin_req q;
+	json_t *req;
+	size_t opi;
+	enum admin_err e;
 };
 
 struct admin_server {
@@ -36,7 +74,9 @@ struct admin_server {
 	int lfd;
 	char *path;
 	struct conn conns[CIMD_ADMIN_CONNS_MAX];
-	struct ls_uids uids; /* connections per uid */
+	struct ls_uids uids;	     /* connections per uid */
+	struct ls_refusals refusals; /* refused connections, for the log */
+	struct slow_run slow;
 };
 
 /* The admin socket's codes are a subset of the protocol's (proto_err.c). */
@@ -45,35 +85,44 @@ const char *admin_err_name(enum admin_err e)
 	return proto_err_name((enum proto_err)e);
 }
 
-/* The handler table: every operation, the role it needs, its wire handler
- * (admin_ops.c). */
+/* The handler table: every operation, the role it needs (any one of them),
+ * its wire handler (admin_ops.c), and whether it is slow: run on the slow
+ * operations' thread, where q->d holds the thread's read-only database handle
+ * and nothing else (no configuration, no custody, no transparency log). */
 static const struct {
 	const char *op;
 	unsigned role;
 	enum admin_err (*fn)(struct admin_req *q);
+	int slow;
 } ops[] = {
-    {"status", CIMD_ROLE_READ, admin_op_status},
-    {"client.add", CIMD_ROLE_SUBMIT, admin_op_client_add},
-    {"client.list", CIMD_ROLE_READ, admin_op_client_list},
-    {"client.show", CIMD_ROLE_READ, admin_op_client_show},
-    {"client.allow", CIMD_ROLE_SUBMIT, admin_op_client_allow},
-    {"client.audience", CIMD_ROLE_SUBMIT, admin_op_client_audience},
-    {"client.policy", CIMD_ROLE_SUBMIT, admin_op_client_policy},
-    {"attest.show", CIMD_ROLE_READ, admin_op_attest_show},
-    {"attest_key.rotate", CIMD_ROLE_ROTATE, admin_op_attest_key_rotate},
-    {"doc.submit", CIMD_ROLE_SUBMIT, admin_op_doc_submit},
-    {"doc.approve", CIMD_ROLE_APPROVE, admin_op_doc_approve},
-    {"doc.show", CIMD_ROLE_READ, admin_op_doc_show},
-    {"key.list", CIMD_ROLE_READ, admin_op_key_list},
-    {"key.rotate", CIMD_ROLE_ROTATE, admin_op_key_rotate},
-    {"key.activate", CIMD_ROLE_ROTATE, admin_op_key_activate},
-    {"key.revoke", CIMD_ROLE_REVOKE, admin_op_key_revoke},
-    {"journal.show", CIMD_ROLE_READ, admin_op_journal_show},
-    {"journal.verify", CIMD_ROLE_READ, admin_op_journal_verify},
-    {"journal.prove", CIMD_ROLE_READ, admin_op_journal_prove},
-    {"journal.consistency", CIMD_ROLE_READ, admin_op_journal_consistency},
-    {"audit.export", CIMD_ROLE_READ, admin_op_audit_export},
+    {"status", CIMD_ROLE_READ, admin_op_status, 0},
+    {"client.add", CIMD_ROLE_SUBMIT, admin_op_client_add, 0},
+    {"client.list", CIMD_ROLE_READ, admin_op_client_list, 0},
+    {"client.show", CIMD_ROLE_READ, admin_op_client_show, 0},
+    {"client.allow", CIMD_ROLE_SUBMIT, admin_op_client_allow, 0},
+    {"client.audience", CIMD_ROLE_SUBMIT, admin_op_client_audience, 0},
+    {"client.policy", CIMD_ROLE_SUBMIT, admin_op_client_policy, 0},
+    {"change.list", CIMD_ROLE_READ, admin_op_change_list, 0},
+    {"change.approve", CIMD_ROLE_APPROVE, admin_op_change_approve, 0},
+    /* Its submitter withdraws a change; an approver rejects anyone's. */
+    {"change.reject", CIMD_ROLE_SUBMIT | CIMD_ROLE_APPROVE, admin_op_change_reject, 0},
+    {"attest.show", CIMD_ROLE_READ, admin_op_attest_show, 0},
+    {"attest_key.rotate", CIMD_ROLE_ROTATE, admin_op_attest_key_rotate, 0},
+    {"doc.submit", CIMD_ROLE_SUBMIT, admin_op_doc_submit, 0},
+    {"doc.approve", CIMD_ROLE_APPROVE, admin_op_doc_approve, 0},
+    {"doc.show", CIMD_ROLE_READ, admin_op_doc_show, 0},
+    {"key.list", CIMD_ROLE_READ, admin_op_key_list, 0},
+    {"key.rotate", CIMD_ROLE_ROTATE, admin_op_key_rotate, 0},
+    {"key.activate", CIMD_ROLE_ROTATE, admin_op_key_activate, 0},
+    {"key.revoke", CIMD_ROLE_REVOKE, admin_op_key_revoke, 0},
+    {"journal.show", CIMD_ROLE_READ, admin_op_journal_show, 0},
+    {"journal.verify", CIMD_ROLE_READ, admin_op_journal_verify, 1},
+    {"journal.prove", CIMD_ROLE_READ, admin_op_journal_prove, 0},
+    {"journal.consistency", CIMD_ROLE_READ, admin_op_journal_consistency, 0},
+    {"audit.export", CIMD_ROLE_READ, admin_op_audit_export, 0},
 };
+
+#define N_OPS (sizeof(ops) / sizeof(ops[0]))
 
 /* One journal record per request, in a transaction of its own (the handler's
  * own changes are committed, or rolled back, by then). */
@@ -99,36 +148,68 @@ static void journal_request(struct svc *d, const char *actor, const struct ucred
 	json_decref(f);
 }
 
-/* Handles one request line; returns the response (without newline). */
-static char *handle(struct admin_server *srv, const struct ucred *cr, const char *line, size_t len,
-		    int *ret_close)
+/* The answer to a request once its handler ran, or once it was refused
+ * before: the request's journal record, a refusal's log line, and the answer
+ * line (malloc'd, without newline; NULL when none could be made).  q->result
+ * stays the caller's. */
+static char *answer(struct svc *d, const struct ucred *cr, const char *actor, const char *opname,
+		    const json_t *req, const struct admin_req *q, enum admin_err e)
+{
+	json_t *resp;
+	char *out;
+
+	if (e == AE_BACKEND_UNAVAILABLE)
+		custody_failed(d->custody);
+	journal_request(d, actor, cr, opname, req, e);
+	if (e != AE_OK) {
+		log_info("admin: %s: %s refused (%s): %s", actor, opname ? opname : "request",
+			 admin_err_name(e), q->msg);
+		resp =
+		    json_pack("{sbssss}", "ok", 0, "error", admin_err_name(e), "message", q->msg);
+	} else {
+		resp = json_pack("{sb}", "ok", 1);
+		if (q->result != NULL)
+			json_object_update(resp, q->result);
+		if (q->msg[0] != '\0')
+			json_object_set_new(resp, "message", json_string(q->msg));
+	}
+	out = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
+	json_decref(resp);
+	return out;
+}
+
+/* Handles one request line of c: returns the answer (without newline), or
+ * NULL with *ret_deferred set when the request went to the slow operations'
+ * thread (c then holds it). */
+static char *handle(struct admin_server *srv, struct conn *c, const char *line, size_t len,
+		    int *ret_deferred)
 {
 	struct svc *d = srv->d;
 	struct admin_req q = {.d = d, .tlog = srv->tlog};
 	const struct cimd_operator *op;
 	struct cimd_operator stranger = {0};
 	const char *opname = NULL;
-	json_t *req = NULL, *resp;
+	json_t *req = NULL;
 	enum admin_err e;
 	char *out;
 	size_t i;
 
 	/* Who asks is known before what is asked: even a malformed request is
 	 * journaled under its operator's name. */
-	q.op = config_operator(d->cfg, cr->uid);
+	q.op = config_operator(d->cfg, c->ls.cred.uid);
 	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
 	if (req == NULL || !json_is_object(req) ||
 	    (opname = json_string_value(json_object_get(req, "op"))) == NULL) {
 		e = AE_BAD_REQUEST;
 		snprintf(q.msg, sizeof(q.msg), "expected a JSON object with an \"op\" member");
 		opname = NULL;
-		*ret_close = 1; /* a malformed message ends the connection (STYLE.md 7) */
+		c->ls.closing = 1; /* a malformed message ends the connection (STYLE.md 7) */
 		goto done;
 	}
-	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+	for (i = 0; i < N_OPS; i++)
 		if (strcmp(ops[i].op, opname) == 0)
 			break;
-	if (i == sizeof(ops) / sizeof(ops[0])) {
+	if (i == N_OPS) {
 		e = AE_BAD_REQUEST;
 		snprintf(q.msg, sizeof(q.msg), "unknown operation '%.40s'", opname);
 		goto done;
@@ -136,10 +217,9 @@ static char *handle(struct admin_server *srv, const struct ucred *cr, const char
 	if ((op = q.op) == NULL) {
 		e = AE_FORBIDDEN;
 		snprintf(q.msg, sizeof(q.msg), "uid %d is not an operator of this appliance",
-			 (int)cr->uid);
+			 (int)c->ls.cred.uid);
 		goto done;
 	}
-	q.op = op;
 	if (!(op->roles & ops[i].role)) {
 		char have[64], need[64];
 		e = AE_FORBIDDEN;
@@ -148,31 +228,25 @@ static char *handle(struct admin_server *srv, const struct ucred *cr, const char
 			 config_roles_str(ops[i].role, need, sizeof(need)), opname);
 		goto done;
 	}
+	if (ops[i].slow) {
+		/* Answered, and journaled, when its run is over. */
+		c->slow = SLOW_WAITING;
+		c->req = req;
+		c->opi = i;
+		c->who = *op;
+		*ret_deferred = 1;
+		return NULL;
+	}
 	q.args = req;
 	e = ops[i].fn(&q);
 done:
 	if (q.op == NULL) {
-		snprintf(stranger.name, sizeof(stranger.name), "uid:%d", (int)cr->uid);
+		snprintf(stranger.name, sizeof(stranger.name), "uid:%d", (int)c->ls.cred.uid);
 		q.op = &stranger;
 	}
-	if (e == AE_BACKEND_UNAVAILABLE)
-		custody_failed(d->custody);
-	journal_request(d, q.op->name, cr, opname, req, e);
-	if (e != AE_OK) {
-		log_info("admin: %s: %s refused (%s): %s", q.op->name, opname ? opname : "request",
-			 admin_err_name(e), q.msg);
-		resp = json_pack("{sbssss}", "ok", 0, "error", admin_err_name(e), "message", q.msg);
-	} else {
-		resp = json_pack("{sb}", "ok", 1);
-		if (q.result != NULL)
-			json_object_update(resp, q.result);
-		if (q.msg[0] != '\0')
-			json_object_set_new(resp, "message", json_string(q.msg));
-	}
+	out = answer(d, &c->ls.cred, q.op->name, opname, req, &q, e);
 	json_decref(q.result);
 	json_decref(req);
-	out = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
-	json_decref(resp);
 	return out;
 }
 
@@ -180,6 +254,9 @@ static void conn_close(struct admin_server *srv, struct conn *c)
 {
 	ls_uids_release(&srv->uids, c->ls.cred.uid);
 	ls_conn_close(&c->ls);
+	json_decref(c->req);
+	c->req = NULL;
+	c->slow = SLOW_NONE;
 	c->stranger = 0;
 }
 
@@ -194,6 +271,100 @@ static void queue(struct conn *c, char *resp)
 		c->ls.closing = 1;
 	free(resp);
 }
+
+/* ---- the slow operations' thread ---- */
+
+static void *slow_main(void *arg)
+{
+	struct slow_run *run = arg;
+	uint64_t one = 1;
+	ssize_t n;
+
+	run->e = ops[run->opi].fn(&run->q);
+	/* Wakes the main loop, which joins and answers (an eventfd takes one
+	 * write per run without blocking). */
+	n = write(run->efd, &one, sizeof(one));
+	(void)n;
+	return NULL;
+}
+
+/* Every request the run answers gets its answer and its journal record, in
+ * its own operator's name. */
+static void slow_answer(struct admin_server *srv)
+{
+	struct slow_run *run = &srv->slow;
+	time_t now = time(NULL);
+	size_t j;
+
+	for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
+		struct conn *c = &srv->conns[j];
+		if (c->ls.fd < 0 || c->slow != SLOW_RUNNING)
+			continue;
+		queue(c, answer(srv->d, &c->ls.cred, c->who.name, ops[c->opi].op, c->req, &run->q,
+				run->e));
+		json_decref(c->req);
+		c->req = NULL;
+		c->slow = SLOW_NONE;
+		c->ls.last = now; /* it waited on us, not we on it */
+	}
+	json_decref(run->q.result);
+	json_decref(run->req);
+	run->req = NULL;
+	run->q = (struct admin_req){0};
+}
+
+/* Starts the next run, if none is under way and a request waits: it
+ * answers every waiting request with the same operation and members. */
+static void slow_start(struct admin_server *srv)
+{
+	struct slow_run *run = &srv->slow;
+	struct conn *first;
+	size_t j;
+	int r;
+
+	while (!run->running) {
+		for (j = 0, first = NULL; j < CIMD_ADMIN_CONNS_MAX && first == NULL; j++)
+			if (srv->conns[j].ls.fd >= 0 && srv->conns[j].slow == SLOW_WAITING)
+				first = &srv->conns[j];
+		if (first == NULL)
+			return;
+		run->opi = first->opi;
+		run->req = json_incref(first->req);
+		run->who = first->who;
+		for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
+			struct conn *c = &srv->conns[j];
+			if (c->ls.fd >= 0 && c->slow == SLOW_WAITING && c->opi == run->opi &&
+			    json_equal(c->req, run->req))
+				c->slow = SLOW_RUNNING;
+		}
+		run->q = (struct admin_req){.d = &run->svc, .op = &run->who, .args = run->req};
+		if ((r = pthread_create(&run->thread, NULL, slow_main, run)) == 0) {
+			run->running = 1;
+			return;
+		}
+		run->e = AE_INTERNAL;
+		snprintf(run->q.msg, sizeof(run->q.msg), "cannot start a thread: %s", strerror(r));
+		slow_answer(srv);
+	}
+}
+
+/* Once per turn: a run that is over is joined and answered, and the next
+ * one started.  Read here rather than from poll's answer alone, so that a
+ * full poll set cannot delay it past the loop's one-second turn. */
+static void slow_poll(struct admin_server *srv)
+{
+	struct slow_run *run = &srv->slow;
+	uint64_t v;
+
+	if (!run->running || read(run->efd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+		return;
+	pthread_join(run->thread, NULL);
+	run->running = 0;
+	slow_answer(srv);
+	slow_start(srv);
+}
+
+/* ---- connections ---- */
 
 static void conn_read(struct conn *c)
 {
@@ -214,16 +385,25 @@ static void conn_read(struct conn *c)
 
 /* Answers one complete line, if there is one and the last answer is out:
  * one request per connection per turn of the loop, so no connection can make
- * the daemon buffer answers without bound or starve the others. */
+ * the daemon buffer answers without bound or starve the others.  A
+ * connection waiting on a slow request reads nothing more until answered. */
 static void conn_handle(struct admin_server *srv, struct conn *c)
 {
 	const char *line;
 	size_t len;
+	char *resp;
+	int deferred = 0;
 
-	if (c->ls.closing || c->ls.out_len != 0 || (line = ls_conn_line(&c->ls, &len)) == NULL)
+	if (c->ls.closing || c->ls.out_len != 0 || c->slow != SLOW_NONE ||
+	    (line = ls_conn_line(&c->ls, &len)) == NULL)
 		return;
-	queue(c, handle(srv, &c->ls.cred, line, len, &c->ls.closing));
+	resp = handle(srv, c, line, len, &deferred);
 	ls_conn_consume(&c->ls, len, time(NULL));
+	if (deferred) {
+		slow_start(srv);
+		return;
+	}
+	queue(c, resp);
 	if (c->stranger)
 		c->ls.closing = 1;
 }
@@ -234,7 +414,7 @@ int admin_server_busy(const struct admin_server *srv)
 
 	for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
 		const struct conn *c = &srv->conns[j];
-		if (c->ls.fd >= 0 && !c->ls.closing && c->ls.out_len == 0 &&
+		if (c->ls.fd >= 0 && !c->ls.closing && c->ls.out_len == 0 && c->slow == SLOW_NONE &&
 		    ls_conn_line(&c->ls, &len) != NULL)
 			return 1;
 	}
@@ -249,6 +429,14 @@ static int conn_write(struct conn *c)
 	if (r > 0)
 		c->ls.last = time(NULL);
 	return r < 0 ? -1 : 0;
+}
+
+/* A connection refused by a cap: closed, and logged at most once per
+ * CIMD_REFUSAL_LOG_SEC (the rest are counted: admin_server_dispatch). */
+static int refused(struct admin_server *srv, int fd, uid_t uid)
+{
+	close(fd);
+	return ls_refusal_note(&srv->refusals, uid, time(NULL), CIMD_REFUSAL_LOG_SEC);
 }
 
 static void accept_one(struct admin_server *srv)
@@ -267,8 +455,9 @@ static void accept_one(struct admin_server *srv)
 			break;
 		}
 	if (c == NULL) {
-		log_warn("admin: %d connections open; refusing another", CIMD_ADMIN_CONNS_MAX);
-		close(fd);
+		if (refused(srv, fd, cred.uid))
+			log_warn("admin: %d connections open; refusing another (uid %d)",
+				 CIMD_ADMIN_CONNS_MAX, (int)cred.uid);
 		return;
 	}
 	/* Bounded per uid, so that one uid cannot take every connection: an
@@ -276,14 +465,37 @@ static void accept_one(struct admin_server *srv)
 	stranger = config_operator(srv->d->cfg, cred.uid) == NULL;
 	same = ls_uids_count(&srv->uids, cred.uid);
 	if (!ls_uids_take(&srv->uids, cred.uid, stranger ? 1 : CIMD_ADMIN_CONNS_PER_UID)) {
-		log_warn("admin: uid %d holds %u connections; refusing another", (int)cred.uid,
-			 same);
-		close(fd);
+		if (refused(srv, fd, cred.uid))
+			log_warn("admin: uid %d holds %u connections; refusing another",
+				 (int)cred.uid, same);
 		return;
 	}
 	ls_conn_open(&c->ls, fd, &cred, time(NULL));
 	c->ls.line_start = c->ls.last;
 	c->stranger = stranger;
+}
+
+/* The slow operations' database handle: the daemon's database, opened once
+ * more, that writes nothing. */
+static int slow_open(struct admin_server *srv, char *err, size_t errlen)
+{
+	char path[1100];
+	int r;
+
+	snprintf(path, sizeof(path), "%s/cimdd.db", srv->d->cfg->state_dir);
+	if ((r = store_open(path, &srv->slow.reader, err, errlen)) < 0)
+		return r;
+	if (store_exec(srv->slow.reader, "PRAGMA query_only = 1", "") < 0) {
+		snprintf(err, errlen, "%s: cannot make a read-only handle", path);
+		return -EIO;
+	}
+	srv->slow.svc.st = srv->slow.reader;
+	if ((srv->slow.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+		r = -errno;
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		return r;
+	}
+	return 0;
 }
 
 int admin_server_new(struct svc *d, struct tlog *tl, struct admin_server **ret, char *err,
@@ -297,27 +509,31 @@ int admin_server_new(struct svc *d, struct tlog *tl, struct admin_server **ret, 
 		return -ENOMEM;
 	srv->d = d;
 	srv->tlog = tl;
+	srv->lfd = srv->slow.efd = -1;
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
 		srv->conns[i].ls.fd = -1;
 	if (ls_uids_init(&srv->uids, CIMD_ADMIN_CONNS_MAX) < 0) {
-		free(srv);
-		return -ENOMEM;
+		r = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto fail;
 	}
-	if ((r = unix_listen(d->cfg->admin_socket, d->cfg->admin_socket_mode,
-			     d->cfg->admin_socket_gid, 16, &srv->lfd, err, errlen)) < 0) {
-		ls_uids_free(&srv->uids);
-		free(srv);
-		return r;
-	}
+	if ((r = slow_open(srv, err, errlen)) < 0 ||
+	    (r = unix_listen(d->cfg->admin_socket, d->cfg->admin_socket_mode,
+			     d->cfg->admin_socket_gid, 16, &srv->lfd, err, errlen)) < 0)
+		goto fail;
 	if ((srv->path = strdup(d->cfg->admin_socket)) == NULL) {
 		close(srv->lfd);
+		srv->lfd = -1;
 		unlink(d->cfg->admin_socket);
-		ls_uids_free(&srv->uids);
-		free(srv);
-		return -ENOMEM;
+		r = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+		goto fail;
 	}
 	*ret = srv;
 	return 0;
+fail:
+	admin_server_free(&srv);
+	return r;
 }
 
 void admin_server_free(struct admin_server **psrv)
@@ -327,11 +543,23 @@ void admin_server_free(struct admin_server **psrv)
 
 	if (srv == NULL)
 		return;
+	if (srv->slow.running) {
+		/* A run under way ends at its next step (SQLITE_INTERRUPT). */
+		sqlite3_interrupt(store_db(srv->slow.reader));
+		pthread_join(srv->slow.thread, NULL);
+		json_decref(srv->slow.q.result);
+		json_decref(srv->slow.req);
+	}
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX; i++)
 		if (srv->conns[i].ls.fd >= 0)
 			conn_close(srv, &srv->conns[i]);
-	close(srv->lfd);
-	unlink(srv->path);
+	if (srv->lfd >= 0)
+		close(srv->lfd);
+	if (srv->path != NULL)
+		unlink(srv->path);
+	if (srv->slow.efd >= 0)
+		close(srv->slow.efd);
+	store_free(&srv->slow.reader);
 	ls_uids_free(&srv->uids);
 	free(srv->path);
 	free(srv);
@@ -347,19 +575,24 @@ size_t admin_server_pollfds(struct admin_server *srv, struct pollfd *fds, size_t
 	fds[n++] = (struct pollfd){.fd = srv->lfd, .events = POLLIN};
 	for (i = 0; i < CIMD_ADMIN_CONNS_MAX && n < max; i++) {
 		struct conn *c = &srv->conns[i];
-		if (c->ls.fd < 0)
+		/* One waiting on a slow request is not read (it stays as it is). */
+		if (c->ls.fd < 0 || c->slow != SLOW_NONE)
 			continue;
 		/* Stop reading while answers are pending: a peer that never reads
 		 * cannot make us buffer without bound. */
 		fds[n++] =
 		    (struct pollfd){.fd = c->ls.fd, .events = c->ls.out_len ? POLLOUT : POLLIN};
 	}
+	/* A run's end wakes the loop at once (slow_poll reads it). */
+	if (srv->slow.running && n < max)
+		fds[n++] = (struct pollfd){.fd = srv->slow.efd, .events = POLLIN};
 	return n;
 }
 
 void admin_server_dispatch(struct admin_server *srv, const struct pollfd *fds, size_t n)
 {
 	time_t now = time(NULL);
+	unsigned long more;
 	size_t i, j;
 
 	for (i = 1; i < n; i++) {
@@ -374,16 +607,23 @@ void admin_server_dispatch(struct admin_server *srv, const struct pollfd *fds, s
 		} else if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
 			conn_read(&srv->conns[j]);
 	}
+	slow_poll(srv);
 	for (j = 0; j < CIMD_ADMIN_CONNS_MAX; j++) {
 		struct conn *c = &srv->conns[j];
 		if (c->ls.fd < 0)
 			continue;
 		conn_handle(srv, c);
-		/* Idle too long, or a line begun and not finished in time. */
+		/* Idle too long, or a line begun and not finished in time; one that
+		 * waits on a slow request waits on us. */
 		if ((c->ls.closing && c->ls.out_len == 0) ||
-		    ls_conn_stalled(&c->ls, now, CIMD_ADMIN_LINE_SEC, CIMD_ADMIN_IDLE_SEC))
+		    (c->slow == SLOW_NONE &&
+		     ls_conn_stalled(&c->ls, now, CIMD_ADMIN_LINE_SEC, CIMD_ADMIN_IDLE_SEC)))
 			conn_close(srv, c);
 	}
 	if (n > 0 && (fds[0].revents & POLLIN))
 		accept_one(srv);
+	if (ls_refusal_due(&srv->refusals, now, CIMD_REFUSAL_LOG_SEC, &more))
+		log_warn("admin: %lu more connections refused by the caps since the last such "
+			 "message (the latest from uid %d)",
+			 more, (int)srv->refusals.last_uid);
 }

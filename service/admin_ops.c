@@ -252,6 +252,20 @@ enum admin_err admin_op_client_show(struct admin_req *q)
 	return r < 0 ? admin_code(r) : answer(q, json_pack("{so}", "client", client));
 }
 
+/* A change to who may sign, made (ok, nothing to add) or, under the
+ * two-person rule, proposed: {"change": N, "state": "pending"} and words that
+ * say what happens next. */
+static enum admin_err made_or_proposed(struct admin_req *q, int r, int64_t change)
+{
+	if (r < 0 || change == 0)
+		return admin_code(r);
+	snprintf(q->msg, sizeof(q->msg),
+		 "submitted as change %lld; another operator must approve it (two-person rule)",
+		 (long long)change);
+	return answer_or_oom(q,
+			     json_pack("{sIss}", "change", (json_int_t)change, "state", "pending"));
+}
+
 enum admin_err admin_op_client_allow(struct admin_req *q)
 {
 	const json_t *uid = json_object_get(q->args, "uid"), *gid = json_object_get(q->args, "gid");
@@ -261,33 +275,64 @@ enum admin_err admin_op_client_allow(struct admin_req *q)
 			   : !json_is_integer(id)     ? NULL
 			   : uid != NULL	      ? "uid"
 						      : "gid";
+	int64_t change = 0;
 	int r = reg_client_allow(
 	    q->d, q->op->name, str_arg(q, "name"), kind, kind != NULL ? json_integer_value(id) : -1,
-	    json_is_true(json_object_get(q->args, "remove")), q->msg, sizeof(q->msg));
+	    json_is_true(json_object_get(q->args, "remove")), &change, q->msg, sizeof(q->msg));
 
-	return admin_code(r);
+	return made_or_proposed(q, r, change);
 }
 
 enum admin_err admin_op_client_policy(struct admin_req *q)
 {
-	int64_t ttl, rate;
-	int has_ttl, has_rate;
+	int64_t ttl, rate, change = 0;
+	int has_ttl, has_rate, r;
 
 	if ((has_ttl = int_arg(q, "ttl", &ttl)) < 0)
 		return bad_request(q, REG_TTL_WORDS, q->d->cfg->assertion_default_ttl,
 				   q->d->cfg->assertion_max_ttl);
 	if ((has_rate = int_arg(q, "rate", &rate)) < 0)
 		return bad_request(q, REG_RATE_WORDS, CIMD_RATE_MAX);
-	return admin_code(reg_client_policy(q->d, q->op->name, str_arg(q, "name"),
-					    has_ttl ? &ttl : NULL, has_rate ? &rate : NULL, q->msg,
-					    sizeof(q->msg)));
+	r = reg_client_policy(q->d, q->op->name, str_arg(q, "name"), has_ttl ? &ttl : NULL,
+			      has_rate ? &rate : NULL, &change, q->msg, sizeof(q->msg));
+	return made_or_proposed(q, r, change);
 }
 
 enum admin_err admin_op_client_audience(struct admin_req *q)
 {
-	return admin_code(reg_client_audience(q->d, q->op->name, str_arg(q, "name"),
-					      str_arg(q, "add"), str_arg(q, "remove"), q->msg,
-					      sizeof(q->msg)));
+	int64_t change = 0;
+	int r = reg_client_audience(q->d, q->op->name, str_arg(q, "name"), str_arg(q, "add"),
+				    str_arg(q, "remove"), &change, q->msg, sizeof(q->msg));
+
+	return made_or_proposed(q, r, change);
+}
+
+/* ---- pending changes (the two-person rule) ---- */
+
+enum admin_err admin_op_change_list(struct admin_req *q)
+{
+	json_t *changes = NULL;
+	int r = reg_change_list(q->d, str_arg(q, "name"), &changes, q->msg, sizeof(q->msg));
+
+	return r < 0 ? admin_code(r) : answer_or_oom(q, json_pack("{so}", "changes", changes));
+}
+
+enum admin_err admin_op_change_approve(struct admin_req *q)
+{
+	json_t *change = NULL;
+	int r = reg_change_approve(q->d, q->op->name, number_arg(q, "id"), &change, q->msg,
+				   sizeof(q->msg));
+
+	return r < 0 ? admin_code(r) : answer(q, change);
+}
+
+enum admin_err admin_op_change_reject(struct admin_req *q)
+{
+	/* Whose change may be rejected is the domain's rule; the role is
+	 * what the configuration gave this operator. */
+	return admin_code(
+	    reg_change_reject(q->d, q->op->name, (q->op->roles & CIMD_ROLE_APPROVE) != 0,
+			      number_arg(q, "id"), str_arg(q, "reason"), q->msg, sizeof(q->msg)));
 }
 
 /* ---- documents ---- */

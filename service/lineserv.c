@@ -4,7 +4,8 @@
  * one request per line): accepting with the peer's credentials from the kernel
  * (SO_PEERCRED) and a cap of connections per uid, reading lines into a buffer
  * of the line cap plus one byte (so an over-long line is seen without reading
- * further), queueing and writing answers.
+ * further), queueing and writing answers; refused connections counted, so that
+ * a connect loop writes a log line per interval rather than one per connection.
  *
  * What stays with each socket, because it differs on purpose:
  *   - the wait: the admin socket is polled by the main thread, whose handlers
@@ -93,6 +94,29 @@ void ls_uids_release(struct ls_uids *u, uid_t uid)
 		memmove(&u->v[pos], &u->v[pos + 1], (u->n - pos - 1) * sizeof(u->v[0]));
 		u->n--;
 	}
+}
+
+/* ---- refusals, logged once per interval ---- */
+
+int ls_refusal_note(struct ls_refusals *r, uid_t uid, time_t now, long interval)
+{
+	r->last_uid = uid;
+	if (r->n == 0 && now - r->since >= interval) {
+		r->since = now;
+		return 1;
+	}
+	r->n++;
+	return 0;
+}
+
+int ls_refusal_due(struct ls_refusals *r, time_t now, long interval, unsigned long *ret_n)
+{
+	if (r->n == 0 || now - r->since < interval)
+		return 0;
+	*ret_n = r->n;
+	r->n = 0;
+	r->since = now; /* the next interval counts from this line */
+	return 1;
 }
 
 /* ---- connections ---- */

@@ -1,7 +1,10 @@
 /*
  * registry.c — clients and their CIMD documents: what the admin operations
- * client.add/list/show/allow/audience/policy and doc.submit/approve/show do,
- * as functions of C values (their wire handlers are in admin_ops.c).
+ * client.add/list/show/allow/audience/policy, change.list/approve/reject and
+ * doc.submit/approve/show do, as functions of C values (their wire handlers
+ * are in admin_ops.c).  Under the two-person rule, changes to who may sign
+ * (callers, audiences, policies) are proposed and made on another operator's
+ * approval, as documents are.
  *
  * Every change is one transaction that also appends its journal record, so the
  * journal and the state never disagree.  A client's first key is created in
@@ -413,22 +416,32 @@ static int64_t count_of(struct store *st, const char *sql, const char *name)
 	return n;
 }
 
-int reg_client_allow(struct svc *d, const char *actor, const char *name, const char *kind,
-		     int64_t v, int remove, char *err, size_t errlen)
+/* ---- who may sign as a client, and for which audience ---- */
+
+/*
+ * client.allow, client.audience and client.policy decide who may sign as a
+ * client and for which audience.  Under the two-person rule one operator
+ * proposes such a change and another, who holds the approve role, makes it,
+ * as with documents (issue 15: one operator with the submit role alone made
+ * their own uid a caller of a client, for their own audience).  Each
+ * operation is its journal fields (the record's fields as without the rule)
+ * and a function that makes it from those fields alone inside an open
+ * transaction: the same function makes it at once when the rule is off,
+ * tries it when it is proposed (and undoes it: a change that cannot be made
+ * is refused then, not at approval), and makes it when it is approved.
+ */
+
+static int allow_apply(struct svc *d, const json_t *f, int remove, char *err, size_t errlen)
 {
+	const char *name = json_string_value(json_object_get(f, "client"));
+	const char *kind = json_object_get(f, "uid") != NULL ? "uid" : "gid";
+	int64_t v = json_integer_value(json_object_get(f, kind));
 	int r;
 
-	if ((r = client_check(d->st, name, 1, err, errlen)) < 0)
-		return r;
-	if (kind == NULL || (strcmp(kind, "uid") != 0 && strcmp(kind, "gid") != 0) || v < 0 ||
-	    v > 0x7fffffff)
-		return cimd_fail(err, errlen, -EINVAL, "give one uid or one gid (0 to 2147483647)");
 	if (!remove && count_of(d->st, "SELECT count(*) FROM client_callers WHERE client = ?",
 				name) >= CIMD_CALLERS_MAX)
 		return cimd_fail(err, errlen, -EMLINK, "%s already allows %d callers", name,
 				 CIMD_CALLERS_MAX);
-	if (store_begin(d->st) < 0)
-		return cimd_fail(err, errlen, -EIO, "database error");
 	r = remove
 		? store_exec(d->st,
 			     "DELETE FROM client_callers WHERE client = ? AND kind = ? AND id = ?",
@@ -437,23 +450,221 @@ int reg_client_allow(struct svc *d, const char *actor, const char *name, const c
 		      d->st,
 		      "INSERT OR IGNORE INTO client_callers (client, kind, id) VALUES (?, ?, ?)",
 		      "ssi", name, kind, v);
-	if (r < 0) {
-		store_rollback(d->st);
+	if (r < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
-	}
-	if (r == 0) {
-		store_rollback(d->st);
+	if (r == 0)
 		return remove ? cimd_fail(err, errlen, -ENOENT, "%s %lld was not allowed for %s",
 					  kind, (long long)v, name)
 			      : cimd_fail(err, errlen, -EEXIST, "%s %lld is already allowed for %s",
 					  kind, (long long)v, name);
+	return 0;
+}
+
+static int allow_add(struct svc *d, const json_t *f, char *err, size_t errlen)
+{
+	return allow_apply(d, f, 0, err, errlen);
+}
+
+static int allow_remove(struct svc *d, const json_t *f, char *err, size_t errlen)
+{
+	return allow_apply(d, f, 1, err, errlen);
+}
+
+static int audience_apply(struct svc *d, const json_t *f, int remove, char *err, size_t errlen)
+{
+	const char *name = json_string_value(json_object_get(f, "client"));
+	const char *aud = json_string_value(json_object_get(f, "audience"));
+	int r;
+
+	if (!remove && count_of(d->st, "SELECT count(*) FROM client_audiences WHERE client = ?",
+				name) >= CIMD_AUDIENCES_MAX)
+		return cimd_fail(err, errlen, -EMLINK, "%s already has %d audiences", name,
+				 CIMD_AUDIENCES_MAX);
+	r = remove
+		? store_exec(d->st, "DELETE FROM client_audiences WHERE client = ? AND aud = ?",
+			     "ss", name, aud)
+		: store_exec(d->st,
+			     "INSERT OR IGNORE INTO client_audiences (client, aud) VALUES (?, ?)",
+			     "ss", name, aud);
+	if (r < 0)
+		return cimd_fail(err, errlen, -EIO, "database error");
+	if (r == 0)
+		return remove ? cimd_fail(err, errlen, -ENOENT, "%s is not an audience of %s", aud,
+					  name)
+			      : cimd_fail(err, errlen, -EEXIST, "%s is already an audience of %s",
+					  aud, name);
+	return 0;
+}
+
+static int audience_add(struct svc *d, const json_t *f, char *err, size_t errlen)
+{
+	return audience_apply(d, f, 0, err, errlen);
+}
+
+static int audience_remove(struct svc *d, const json_t *f, char *err, size_t errlen)
+{
+	return audience_apply(d, f, 1, err, errlen);
+}
+
+static int policy_apply(struct svc *d, const json_t *f, char *err, size_t errlen)
+{
+	const json_t *ttl = json_object_get(f, "ttl"), *rate = json_object_get(f, "rate");
+
+	/* assertion_max_ttl may have come down since the change was proposed. */
+	if (ttl != NULL && json_integer_value(ttl) > d->cfg->assertion_max_ttl)
+		return cimd_fail(err, errlen, -EINVAL, REG_TTL_WORDS, d->cfg->assertion_default_ttl,
+				 d->cfg->assertion_max_ttl);
+	/* 0 stores NULL: back to the configuration's default; -1 leaves it. */
+	if (store_exec(
+		d->st,
+		"UPDATE clients SET "
+		"assertion_ttl = CASE WHEN ?1 < 0 THEN assertion_ttl ELSE nullif(?1, 0) END, "
+		"rate_limit = CASE WHEN ?2 < 0 THEN rate_limit ELSE ?2 END "
+		"WHERE name = ?3",
+		"iis", ttl ? (int64_t)json_integer_value(ttl) : (int64_t)-1,
+		rate ? (int64_t)json_integer_value(rate) : (int64_t)-1,
+		json_string_value(json_object_get(f, "client"))) < 0)
+		return cimd_fail(err, errlen, -EIO, "database error");
+	return 0;
+}
+
+/* The operations, by their journal records' kinds. */
+static const struct change_op {
+	const char *op;
+	int (*apply)(struct svc *d, const json_t *fields, char *err, size_t errlen);
+} change_ops[] = {
+    {"client.allow", allow_add},	   {"client.disallow", allow_remove},
+    {"client.audience.add", audience_add}, {"client.audience.remove", audience_remove},
+    {"client.policy", policy_apply},
+};
+enum { CH_ALLOW, CH_DISALLOW, CH_AUDIENCE_ADD, CH_AUDIENCE_REMOVE, CH_POLICY };
+
+static const struct change_op *change_op_named(const char *op)
+{
+	size_t i;
+
+	for (i = 0; op != NULL && i < sizeof(change_ops) / sizeof(change_ops[0]); i++)
+		if (strcmp(change_ops[i].op, op) == 0)
+			return &change_ops[i];
+	return NULL;
+}
+
+/* Inside the open transaction, which it ends: the change op with fields
+ * (stolen) recorded as pending, and its change.submit record, {"id", "op",
+ * ...fields}.  *ret_change its id. */
+static int propose(struct svc *d, const char *actor, const struct change_op *op, json_t *fields,
+		   int64_t *ret_change, char *err, size_t errlen)
+{
+	/* The fields as their record will have them (this file builds each
+	 * operation's in one order, so equal changes are equal texts). */
+	char *text = json_dumps(fields, JSON_COMPACT);
+	sqlite3_stmt *s = NULL;
+	json_t *rec = NULL;
+	int64_t id = 0, n = -1;
+	int r;
+
+	if (text == NULL) {
+		r = cimd_fail(err, errlen, -ENOMEM, "out of memory");
+		goto fail;
 	}
-	return commit(d, actor, remove ? "client.disallow" : "client.allow",
-		      json_pack("{sssI}", "client", name, kind, (json_int_t)v), err, errlen);
+	/* One proposal of one change at a time, and a bound on all of them. */
+	if (store_query(d->st, &s,
+			"SELECT (SELECT id FROM changes WHERE state = 'pending' AND op = ? AND "
+			"fields = ?), (SELECT count(*) FROM changes WHERE state = 'pending')",
+			"ss", op->op, text) == 0 &&
+	    sqlite3_step(s) == SQLITE_ROW) {
+		id = sqlite3_column_int64(s, 0);
+		n = sqlite3_column_int64(s, 1);
+	}
+	store_done(d->st, s);
+	if (id > 0) {
+		r = cimd_fail(err, errlen, -EEXIST, "change %lld already proposes this",
+			      (long long)id);
+		goto fail;
+	}
+	if (n < 0 || n >= CIMD_CHANGES_PENDING_MAX) {
+		r = n < 0 ? cimd_fail(err, errlen, -EIO, "database error")
+			  : cimd_fail(err, errlen, -EMLINK, "%d changes await approval already",
+				      CIMD_CHANGES_PENDING_MAX);
+		goto fail;
+	}
+	if (store_exec(d->st,
+		       "INSERT INTO changes (client, op, fields, state, submitter, submitted) "
+		       "VALUES (?, ?, ?, 'pending', ?, ?)",
+		       "ssssi", json_string_value(json_object_get(fields, "client")), op->op, text,
+		       actor, (int64_t)time(NULL)) != 1) {
+		r = cimd_fail(err, errlen, -EIO, "database error");
+		goto fail;
+	}
+	id = sqlite3_last_insert_rowid(store_db(d->st));
+	if ((rec = json_pack("{sIss}", "id", (json_int_t)id, "op", op->op)) == NULL ||
+	    json_object_update(rec, fields) < 0) {
+		r = cimd_fail(err, errlen, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	free(text);
+	json_decref(fields);
+	if ((r = commit(d, actor, "change.submit", rec, err, errlen)) < 0)
+		return r;
+	*ret_change = id;
+	return 0;
+fail:
+	store_rollback(d->st);
+	free(text);
+	json_decref(fields);
+	json_decref(rec);
+	return r;
+}
+
+/* The change op with fields (stolen; their client exists) made at once, or
+ * under the two-person rule tried, undone and proposed: *ret_change is then
+ * its id, else 0. */
+static int change_make(struct svc *d, const char *actor, const struct change_op *op, json_t *fields,
+		       int64_t *ret_change, char *err, size_t errlen)
+{
+	int two = d->cfg->two_person_rule, r;
+
+	if (fields == NULL)
+		return cimd_fail(err, errlen, -ENOMEM, "out of memory");
+	if (store_begin(d->st) < 0 || (two && store_exec(d->st, "SAVEPOINT proposal", "") < 0)) {
+		r = cimd_fail(err, errlen, -EIO, "database error");
+		goto fail;
+	}
+	if ((r = op->apply(d, fields, err, errlen)) < 0)
+		goto fail;
+	if (!two) {
+		*ret_change = 0;
+		return commit(d, actor, op->op, fields, err, errlen);
+	}
+	if (store_exec(d->st, "ROLLBACK TO proposal", "") < 0 ||
+	    store_exec(d->st, "RELEASE proposal", "") < 0) {
+		r = cimd_fail(err, errlen, -EIO, "database error");
+		goto fail;
+	}
+	return propose(d, actor, op, fields, ret_change, err, errlen);
+fail:
+	store_rollback(d->st);
+	json_decref(fields);
+	return r;
+}
+
+int reg_client_allow(struct svc *d, const char *actor, const char *name, const char *kind,
+		     int64_t v, int remove, int64_t *ret_change, char *err, size_t errlen)
+{
+	int r;
+
+	if ((r = client_check(d->st, name, 1, err, errlen)) < 0)
+		return r;
+	if (kind == NULL || (strcmp(kind, "uid") != 0 && strcmp(kind, "gid") != 0) || v < 0 ||
+	    v > 0x7fffffff)
+		return cimd_fail(err, errlen, -EINVAL, "give one uid or one gid (0 to 2147483647)");
+	return change_make(d, actor, &change_ops[remove ? CH_DISALLOW : CH_ALLOW],
+			   json_pack("{sssI}", "client", name, kind, (json_int_t)v), ret_change,
+			   err, errlen);
 }
 
 int reg_client_policy(struct svc *d, const char *actor, const char *name, const int64_t *ttl,
-		      const int64_t *rate, char *err, size_t errlen)
+		      const int64_t *rate, int64_t *ret_change, char *err, size_t errlen)
 {
 	json_t *f;
 	int r;
@@ -467,30 +678,16 @@ int reg_client_policy(struct svc *d, const char *actor, const char *name, const 
 		return cimd_fail(err, errlen, -EINVAL, REG_RATE_WORDS, CIMD_RATE_MAX);
 	if (ttl == NULL && rate == NULL)
 		return cimd_fail(err, errlen, -EINVAL, "give ttl, rate or both");
-	if (store_begin(d->st) < 0)
-		return cimd_fail(err, errlen, -EIO, "database error");
-	/* 0 stores NULL: back to the configuration's default; -1 leaves it. */
-	r = store_exec(
-	    d->st,
-	    "UPDATE clients SET "
-	    "assertion_ttl = CASE WHEN ?1 < 0 THEN assertion_ttl ELSE nullif(?1, 0) END, "
-	    "rate_limit = CASE WHEN ?2 < 0 THEN rate_limit ELSE ?2 END "
-	    "WHERE name = ?3",
-	    "iis", ttl ? *ttl : (int64_t)-1, rate ? *rate : (int64_t)-1, name);
-	if (r < 0) {
-		store_rollback(d->st);
-		return cimd_fail(err, errlen, -EIO, "database error");
-	}
 	f = json_pack("{ss}", "client", name);
 	if (f != NULL && ttl != NULL)
 		json_object_set_new(f, "ttl", json_integer(*ttl));
 	if (f != NULL && rate != NULL)
 		json_object_set_new(f, "rate", json_integer(*rate));
-	return commit(d, actor, "client.policy", f, err, errlen);
+	return change_make(d, actor, &change_ops[CH_POLICY], f, ret_change, err, errlen);
 }
 
 int reg_client_audience(struct svc *d, const char *actor, const char *name, const char *add,
-			const char *del, char *err, size_t errlen)
+			const char *del, int64_t *ret_change, char *err, size_t errlen)
 {
 	int r;
 
@@ -500,31 +697,179 @@ int reg_client_audience(struct svc *d, const char *actor, const char *name, cons
 		return cimd_fail(err, errlen, -EINVAL, "give one audience to add or to remove");
 	if (add != NULL && cimd_https_url("audience", add, err, errlen) < 0)
 		return -EINVAL;
-	if (add != NULL && count_of(d->st, "SELECT count(*) FROM client_audiences WHERE client = ?",
-				    name) >= CIMD_AUDIENCES_MAX)
-		return cimd_fail(err, errlen, -EMLINK, "%s already has %d audiences", name,
-				 CIMD_AUDIENCES_MAX);
+	return change_make(d, actor, &change_ops[add ? CH_AUDIENCE_ADD : CH_AUDIENCE_REMOVE],
+			   json_pack("{ssss}", "client", name, "audience", add ? add : del),
+			   ret_change, err, errlen);
+}
+
+/* ---- pending changes: list, approve, reject ---- */
+
+int reg_change_list(struct svc *d, const char *name, json_t **ret_changes, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = NULL;
+	json_t *arr, *row;
+	int rc, r;
+
+	if (name != NULL && (r = client_check(d->st, name, 1, err, errlen)) < 0)
+		return r;
+	if ((arr = json_array()) == NULL)
+		return cimd_fail(err, errlen, -ENOMEM, "out of memory");
+	/* At most CIMD_CHANGES_PENDING_MAX rows, by the partial index. */
+	if (store_query(d->st, &s,
+			"SELECT id, client, op, fields, submitter, submitted FROM changes "
+			"WHERE state = 'pending' AND (?1 IS NULL OR client = ?1) ORDER BY id",
+			"s", name) < 0) {
+		json_decref(arr);
+		return cimd_fail(err, errlen, -EIO, "database error");
+	}
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		row = json_pack("{sIsssssosssI}", "id", (json_int_t)sqlite3_column_int64(s, 0),
+				"client", (const char *)sqlite3_column_text(s, 1), "op",
+				(const char *)sqlite3_column_text(s, 2), "fields",
+				json_loads((const char *)sqlite3_column_text(s, 3), 0, NULL),
+				"submitter", (const char *)sqlite3_column_text(s, 4), "submitted",
+				(json_int_t)sqlite3_column_int64(s, 5));
+		if (row == NULL || json_array_append_new(arr, row) < 0)
+			break;
+	}
+	store_done(d->st, s);
+	if (rc != SQLITE_DONE) {
+		json_decref(arr);
+		return cimd_fail(err, errlen, -EIO, "database error");
+	}
+	*ret_changes = arr;
+	return 0;
+}
+
+/* A pending change, read inside the open transaction. */
+struct change_row {
+	const struct change_op *op;
+	char client[CIMD_NAME_MAX + 1];
+	char submitter[CIMD_NAME_MAX + 1];
+	json_t *fields;
+};
+
+static int change_load(struct svc *d, int64_t id, struct change_row *ret, char *err, size_t errlen)
+{
+	sqlite3_stmt *s = NULL;
+	const char *state;
+	int r = 0;
+
+	if (id < 1)
+		return cimd_fail(err, errlen, -EINVAL, "a change id (1, 2, ...) is required");
+	if (store_query(d->st, &s,
+			"SELECT client, op, fields, state, submitter FROM changes WHERE id = ?",
+			"i", id) < 0)
+		return cimd_fail(err, errlen, -EIO, "database error");
+	if (sqlite3_step(s) != SQLITE_ROW) {
+		store_done(d->st, s);
+		return cimd_fail(err, errlen, -ENOENT, "there is no change %lld", (long long)id);
+	}
+	state = (const char *)sqlite3_column_text(s, 3);
+	ret->op = change_op_named((const char *)sqlite3_column_text(s, 1));
+	snprintf(ret->client, sizeof(ret->client), "%s", (const char *)sqlite3_column_text(s, 0));
+	snprintf(ret->submitter, sizeof(ret->submitter), "%s",
+		 (const char *)sqlite3_column_text(s, 4));
+	if (strcmp(state, "pending") != 0)
+		r = cimd_fail(err, errlen, -EBUSY, "change %lld is %s, not pending", (long long)id,
+			      state);
+	else if (ret->op == NULL || (ret->fields = json_loads(
+					 (const char *)sqlite3_column_text(s, 2), 0, NULL)) == NULL)
+		r = cimd_fail(err, errlen, -EIO, "database error: change %lld cannot be read",
+			      (long long)id);
+	store_done(d->st, s);
+	return r;
+}
+
+int reg_change_approve(struct svc *d, const char *actor, int64_t id, json_t **ret_change, char *err,
+		       size_t errlen)
+{
+	struct change_row c = {0};
+	char why[400];
+	json_t *o;
+	int r;
+
 	if (store_begin(d->st) < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
-	r = add ? store_exec(d->st,
-			     "INSERT OR IGNORE INTO client_audiences (client, aud) VALUES (?, ?)",
-			     "ss", name, add)
-		: store_exec(d->st, "DELETE FROM client_audiences WHERE client = ? AND aud = ?",
-			     "ss", name, del);
-	if (r < 0) {
-		store_rollback(d->st);
+	if ((r = change_load(d, id, &c, err, errlen)) < 0)
+		goto fail;
+	/* The rule as for documents (reg_doc_approve). */
+	if (d->cfg->two_person_rule && strcmp(c.submitter, actor) == 0) {
+		r = cimd_fail(err, errlen, -EPERM,
+			      "two-person rule: %s proposed change %lld and may not approve it",
+			      c.submitter, (long long)id);
+		goto fail;
+	}
+	if ((r = c.op->apply(d, c.fields, why, sizeof(why))) < 0) {
+		cimd_fail(err, errlen, r, "change %lld cannot be made now: %s", (long long)id, why);
+		goto fail;
+	}
+	if (store_exec(
+		d->st,
+		"UPDATE changes SET state = 'approved', decider = ?, decided = ? WHERE id = ?",
+		"sii", actor, (int64_t)time(NULL), id) != 1) {
+		r = cimd_fail(err, errlen, -EIO, "database error");
+		goto fail;
+	}
+	o = json_pack("{sIssssss}", "id", (json_int_t)id, "client", c.client, "op", c.op->op,
+		      "state", "approved");
+	/* The operation's own record, as without the rule, and whose it was. */
+	json_object_set_new(c.fields, "change", json_integer(id));
+	json_object_set_new(c.fields, "submitter", json_string(c.submitter));
+	if ((r = commit(d, actor, c.op->op, c.fields, err, errlen)) < 0) {
+		json_decref(o);
+		return r;
+	}
+	if (o == NULL)
+		return cimd_fail(err, errlen, -ENOMEM, "change %lld made; out of memory",
+				 (long long)id);
+	*ret_change = o;
+	return 0;
+fail:
+	store_rollback(d->st);
+	json_decref(c.fields);
+	return r;
+}
+
+int reg_change_reject(struct svc *d, const char *actor, int may_reject_others, int64_t id,
+		      const char *reason, char *err, size_t errlen)
+{
+	struct change_row c = {0};
+	int withdrawn, r;
+
+	if (reason == NULL || *reason == '\0' || strlen(reason) > 512)
+		return cimd_fail(err, errlen, -EINVAL,
+				 "a reason (1 to 512 characters) is required");
+	if (store_begin(d->st) < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
+	if ((r = change_load(d, id, &c, err, errlen)) < 0)
+		goto fail;
+	withdrawn = strcmp(c.submitter, actor) == 0;
+	if (!withdrawn && !may_reject_others) {
+		r = cimd_fail(err, errlen, -EPERM,
+			      "operator %s may withdraw only their own changes: rejecting change "
+			      "%lld of %s needs the approve role",
+			      actor, (long long)id, c.submitter);
+		goto fail;
 	}
-	if (r == 0) {
-		store_rollback(d->st);
-		return add ? cimd_fail(err, errlen, -EEXIST, "%s is already an audience of %s", add,
-				       name)
-			   : cimd_fail(err, errlen, -ENOENT, "%s is not an audience of %s", del,
-				       name);
+	if (store_exec(
+		d->st,
+		"UPDATE changes SET state = 'rejected', decider = ?, decided = ?, reason = ? "
+		"WHERE id = ?",
+		"sisi", actor, (int64_t)time(NULL), reason, id) != 1) {
+		r = cimd_fail(err, errlen, -EIO, "database error");
+		goto fail;
 	}
-	return commit(d, actor, add ? "client.audience.add" : "client.audience.remove",
-		      json_pack("{ssss}", "client", name, "audience", add ? add : del), err,
-		      errlen);
+	json_decref(c.fields);
+	return commit(d, actor, "change.reject",
+		      json_pack("{sIsssssssssb}", "id", (json_int_t)id, "client", c.client, "op",
+				c.op->op, "submitter", c.submitter, "reason", reason, "withdrawn",
+				withdrawn),
+		      err, errlen);
+fail:
+	store_rollback(d->st);
+	json_decref(c.fields);
+	return r;
 }
 
 /* The client's latest document version, or with approved its approved one;

@@ -52,6 +52,8 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_ADMIN_IDLE_SEC 60	     /* an admin connection idle this long is closed */
 #define CIMD_ADMIN_LINE_SEC 10	     /* a request line must be complete this soon after it begins */
 #define CIMD_ADMIN_CONNS_PER_UID 4   /* admin connections one operator uid may hold */
+#define CIMD_REFUSAL_LOG_SEC 1	     /* refused connections: one log line per this many seconds */
+#define CIMD_CHANGES_PENDING_MAX 1000 /* changes awaiting a second operator (two-person rule) */
 #define CIMD_JOURNAL_SHOW_BYTES (1024 * 1024) /* record bytes in one journal.show answer */
 #define CIMD_KEYS_PER_CLIENT_MAX 16	      /* keys a client holds outside retired/destroyed */
 #define CIMD_CLIENTS_MAX 10000
@@ -325,7 +327,8 @@ const char *proto_err_name(enum proto_err e);
  *   -CIMD_ENOCLIENT    no client by that name
  *   -ENOENT, -EAGAIN   no such thing (version, key, record), or not yet
  *   -EEXIST, -EMLINK, -ESTALE, -EBUSY   a conflict with what exists
- *   -EPERM             the two-person rule
+ *   -EPERM             the two-person rule, or a change that is not the
+ *                      operator's to withdraw
  *   -CIMD_EDOCUMENT    the document breaks a rule of docs/governance.md
  *   -CIMD_EUNAVAILABLE the hardware is away
  *   another code       the database or memory failed
@@ -371,15 +374,35 @@ int reg_client_page(struct svc *d, const char *after, const int64_t *limit, json
 		    char ret_next[CIMD_NAME_MAX + 1], char *err, size_t errlen);
 /* client.show: the client, its callers, audiences, documents and policy. */
 int reg_client_show(struct svc *d, const char *name, json_t **ret_client, char *err, size_t errlen);
+/*
+ * client.allow, client.policy and client.audience decide who may sign as a
+ * client and for which audience.  With the two-person rule off they are made
+ * at once (*ret_change 0); with it on they are checked, tried and proposed
+ * (a change.submit record), and *ret_change is the pending change's id: another
+ * operator with the approve role makes it with reg_change_approve.
+ */
 /* client.allow: kind "uid" or "gid" id may sign for name (remove: no longer). */
 int reg_client_allow(struct svc *d, const char *actor, const char *name, const char *kind,
-		     int64_t id, int remove, char *err, size_t errlen);
+		     int64_t id, int remove, int64_t *ret_change, char *err, size_t errlen);
 /* client.policy: ttl and rate (NULL: unchanged; 0: the configuration's). */
 int reg_client_policy(struct svc *d, const char *actor, const char *name, const int64_t *ttl,
-		      const int64_t *rate, char *err, size_t errlen);
+		      const int64_t *rate, int64_t *ret_change, char *err, size_t errlen);
 /* client.audience: one of add and del, the other NULL. */
 int reg_client_audience(struct svc *d, const char *actor, const char *name, const char *add,
-			const char *del, char *err, size_t errlen);
+			const char *del, int64_t *ret_change, char *err, size_t errlen);
+/* change.list: the pending changes (of client name; NULL: of all), oldest
+ * first: [{"id","client","op","fields","submitter","submitted"}]. */
+int reg_change_list(struct svc *d, const char *name, json_t **ret_changes, char *err,
+		    size_t errlen);
+/* change.approve: change id made, by an operator other than its submitter
+ * while the rule is on; its operation's own record with "change" and
+ * "submitter".  *ret_change {"id","client","op","state"}. */
+int reg_change_approve(struct svc *d, const char *actor, int64_t id, json_t **ret_change, char *err,
+		       size_t errlen);
+/* change.reject: change id withdrawn by its submitter or rejected by another
+ * operator who may (may_reject_others: holds the approve role), with a reason. */
+int reg_change_reject(struct svc *d, const char *actor, int may_reject_others, int64_t id,
+		      const char *reason, char *err, size_t errlen);
 /* doc.submit, doc.approve: a new version; approving one. */
 int reg_doc_submit(struct svc *d, const char *actor, const char *name, const json_t *metadata,
 		   struct reg_doc_result *ret_doc, char *err, size_t errlen);
@@ -661,6 +684,20 @@ unsigned ls_uids_count(const struct ls_uids *u, uid_t uid);
 /* Counts one more connection of uid: 1, or 0 when uid holds max already. */
 int ls_uids_take(struct ls_uids *u, uid_t uid, unsigned max);
 void ls_uids_release(struct ls_uids *u, uid_t uid);
+/* Refused connections, logged at most once per interval: a connect loop
+ * must not write a log line per connection (issue 15: 846,196 lines in 8 s).
+ * The first refusal after a quiet interval is logged as it happens; those
+ * that follow are counted and said in one line per interval. */
+struct ls_refusals {
+	time_t since;	 /* when the last line was logged */
+	unsigned long n; /* refusals counted since, not logged */
+	uid_t last_uid;	 /* the latest refused peer's uid */
+};
+/* A refusal of uid at now: 1 when it is to be logged now, 0 when counted. */
+int ls_refusal_note(struct ls_refusals *r, uid_t uid, time_t now, long interval);
+/* 1 and *ret_n (the count, then reset) when refusals were counted and the
+ * interval since the last line is over: the caller logs one line. */
+int ls_refusal_due(struct ls_refusals *r, time_t now, long interval, unsigned long *ret_n);
 /* One waiting connection, non-blocking and close-on-exec, with the peer's
  * credentials (SO_PEERCRED).  -EAGAIN when none waits, -ENOTCONN when one was
  * taken and closed without its credentials (accept(2) never says ENOTCONN),
@@ -723,6 +760,9 @@ enum admin_err admin_op_client_show(struct admin_req *q);
 enum admin_err admin_op_client_allow(struct admin_req *q);
 enum admin_err admin_op_client_audience(struct admin_req *q);
 enum admin_err admin_op_client_policy(struct admin_req *q);
+enum admin_err admin_op_change_list(struct admin_req *q);
+enum admin_err admin_op_change_approve(struct admin_req *q);
+enum admin_err admin_op_change_reject(struct admin_req *q);
 enum admin_err admin_op_attest_show(struct admin_req *q);
 enum admin_err admin_op_attest_key_rotate(struct admin_req *q);
 enum admin_err admin_op_doc_submit(struct admin_req *q);

@@ -269,6 +269,24 @@ static const char *const migrations[] = {
     "  DELETE FROM dirty WHERE client = ''; INSERT INTO dirty (client) VALUES (''); END;"
     "CREATE TRIGGER checkpoints_dirty_i AFTER INSERT ON checkpoints BEGIN "
     "  DELETE FROM dirty WHERE client = ''; INSERT INTO dirty (client) VALUES (''); END;",
+    /* 8: changes to who may sign for a client and for which audience, under
+     * the two-person rule (registry.c, docs/governance.md): proposed by one
+     * operator, made when another approves.  fields are the operation's own
+     * journal fields as its change.submit record names them.  A pending
+     * change changes nothing served: no trigger marks it. */
+    "CREATE TABLE changes ("
+    "  id        INTEGER PRIMARY KEY,"
+    "  client    TEXT NOT NULL REFERENCES clients(name),"
+    "  op        TEXT NOT NULL,"
+    "  fields    TEXT NOT NULL,"
+    "  state     TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'rejected')),"
+    "  submitter TEXT NOT NULL,"
+    "  submitted INTEGER NOT NULL,"
+    "  decider   TEXT,"
+    "  decided   INTEGER,"
+    "  reason    TEXT"
+    ");"
+    "CREATE INDEX changes_pending ON changes(client, id) WHERE state = 'pending';",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -144,7 +145,7 @@ static int hw_key(const char *kid, int destroy)
 static void test_story(void)
 {
 	char out[65536], kid1[64] = "", kid2[64] = "", kid3[64] = "", cmd[1024];
-	int rc;
+	int rc, change = 0;
 	double t0;
 
 	write_doc("good",
@@ -217,12 +218,25 @@ static void test_story(void)
 	t_ok(rc == 1 && strstr(out, "is superseded, not awaiting approval"),
 	     "a superseded version cannot be approved again: %s", out);
 
-	/* Callers and audiences. */
-	t_ok(ctl(0, out, sizeof(out), "client allow agent-a --uid 1000") == 0, "allow uid 1000");
+	/* Callers and audiences: under the two-person rule alice proposes, bob
+	 * (approve) makes the change. */
+	rc = ctl(0, out, sizeof(out), "client allow agent-a --uid 1000");
+	t_ok(rc == 0 && sscanf(out, "submitted as change %d", &change) == 1,
+	     "allow uid 1000: proposed (%s)", out);
+	snprintf(cmd, sizeof(cmd), "change approve %d", change);
+	rc = ctl(0, out, sizeof(out), cmd);
+	t_ok(rc == 1 && strstr(out, "two-person rule: alice proposed change"),
+	     "its submitter cannot approve it: %s", out);
+	rc = ctl(1000, out, sizeof(out), cmd);
+	t_ok(rc == 0 && strstr(out, "approved and made: client.allow of agent-a"),
+	     "bob approves it: %s", out);
 	rc = ctl(0, out, sizeof(out), "client allow agent-a --uid 1000");
 	t_ok(rc == 1 && strstr(out, "already allowed"), "allowing twice is a conflict: %s", out);
-	t_ok(ctl(0, out, sizeof(out), "client audience agent-a --add https://as.example.com") == 0,
-	     "audience added");
+	rc = ctl(0, out, sizeof(out), "client audience agent-a --add https://as.example.com");
+	t_ok(rc == 0 && sscanf(out, "submitted as change %d", &change) == 1,
+	     "audience proposed (%s)", out);
+	snprintf(cmd, sizeof(cmd), "change approve %d", change);
+	t_ok(ctl(1000, out, sizeof(out), cmd) == 0, "and added: %s", out);
 	rc = ctl(0, out, sizeof(out), "client audience agent-a --add http://as.example.com");
 	t_ok(rc == 1 && strstr(out, "must be https"), "an http audience is refused: %s", out);
 
@@ -1169,6 +1183,316 @@ out:
 	t_set_prefix(NULL);
 }
 
+/* ---- the admin socket under a long read and a connect loop (issue 15) ---- */
+
+/* Appends n filler records to the journal of db through a handle of this
+ * process, as a second appender (store.c keeps the chain and the tree head
+ * right with two handles), in transactions of 20,000. */
+static int fill_journal(const char *dbpath, int n)
+{
+	struct store *st = NULL;
+	char err[512];
+	json_t *f = json_pack("{ss}", "note", "filler for the verify test");
+	int i, r = 0;
+
+	if (f == NULL || store_open(dbpath, &st, err, sizeof(err)) < 0) {
+		json_decref(f);
+		return -1;
+	}
+	for (i = 0; i < n && r == 0; i++) {
+		if (i % 20000 == 0 && (r = store_begin(st)) < 0)
+			break;
+		r = journal_append(st, "test.fill", "test", f, NULL);
+		if (r == 0 && (i % 20000 == 19999 || i == n - 1))
+			r = store_commit(st);
+	}
+	if (r < 0)
+		store_rollback(st);
+	store_free(&st);
+	json_decref(f);
+	return r;
+}
+
+/* The daemon's CPU time so far (all its threads), in clock ticks. */
+static long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long ut = 0, stime = 0;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((f = fopen(path, "re")) == NULL)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* Fields 14 and 15, counted after the command's closing parenthesis. */
+	if ((p = strrchr(buf, ')')) == NULL ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stime) != 2)
+		return -1;
+	return (long)(ut + stime);
+}
+
+static int admin_connect(const char *path)
+{
+	int fd = -1;
+
+	return t_line_connect(path, &fd) == 0 ? fd : -1;
+}
+
+/* Reads one answer line from fd into out, waiting at most ms. */
+static int read_answer(int fd, char *out, size_t len, int ms)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	size_t n = 0;
+	ssize_t k;
+
+	out[0] = '\0';
+	while (n + 1 < len && memchr(out, '\n', n) == NULL) {
+		if (poll(&p, 1, ms) != 1 || (k = read(fd, out + n, len - 1 - n)) <= 0)
+			return -1;
+		n += (size_t)k;
+		out[n] = '\0';
+	}
+	return 0;
+}
+
+/* One journal.verify alone: its time in ms and the daemon's CPU ticks. */
+static int verify_alone(struct t_cimdd *cd, double *ret_ms, long *ret_ticks)
+{
+	char out[4096];
+	long c0 = cpu_ticks(cd->dm.pid);
+	double t0 = t_now_ms();
+	int fd = admin_connect(cd->dm.sock), r;
+
+	r = fd >= 0 ? t_line_call(fd, json_pack("{ss}", "op", "journal.verify"), out, sizeof(out),
+				  120000)
+		    : -1;
+	*ret_ms = t_now_ms() - t0;
+	*ret_ticks = cpu_ticks(cd->dm.pid) - c0;
+	if (fd >= 0)
+		close(fd);
+	return r == 0 && strstr(out, "\"intact\":true") != NULL ? 0 : -1;
+}
+
+static const char verify_line[] = "{\"op\":\"journal.verify\"}\n";
+
+/* While one operator's journal.verify runs, another's status is answered,
+ * several times before the verify ends: the verify runs off the main loop. */
+static void verify_and_status(struct t_cimdd *cd, double t_verify)
+{
+	char out[4096];
+	struct pollfd p;
+	double t0, worst = 0;
+	int a = admin_connect(cd->dm.sock), b = admin_connect(cd->dm.sock), i, early = 0;
+
+	if (!t_ok(a >= 0 && b >= 0, "two admin connections")) {
+		close(a), close(b);
+		return;
+	}
+	if (write(a, verify_line, strlen(verify_line)) != (ssize_t)strlen(verify_line))
+		t_ok(0, "journal.verify sent");
+	for (i = 0; i < 5; i++) {
+		t0 = t_now_ms();
+		if (t_line_call(b, json_pack("{ss}", "op", "status"), out, sizeof(out), 60000) <
+			0 ||
+		    strstr(out, "\"ok\":true") == NULL)
+			break;
+		if (t_now_ms() - t0 > worst)
+			worst = t_now_ms() - t0;
+		p = (struct pollfd){.fd = a, .events = POLLIN};
+		if (poll(&p, 1, 0) == 0)
+			early++; /* answered while the verify's answer was not there */
+	}
+	t_ok(early == 5,
+	     "5 status requests answered while one journal.verify runs, each before it ends "
+	     "(%d of 5; slowest status %.1f ms, a verify alone %.0f ms)",
+	     early, worst, t_verify);
+	t_ok(read_answer(a, out, sizeof(out), 120000) == 0 && strstr(out, "\"intact\":true"),
+	     "and the verify answers: the journal is intact");
+	close(a);
+	close(b);
+}
+
+/* Four verifies at once cost at most two runs (the one under way and the
+ * next, shared): the daemon's CPU time against one verify's. */
+static void verify_four(struct t_cimdd *cd, long ticks_one)
+{
+	char out[4096];
+	int fds[4], i, answered = 0;
+	long c0 = cpu_ticks(cd->dm.pid), used;
+
+	for (i = 0; i < 4; i++)
+		if ((fds[i] = admin_connect(cd->dm.sock)) < 0 ||
+		    write(fds[i], verify_line, strlen(verify_line)) != (ssize_t)strlen(verify_line))
+			t_ok(0, "verify %d sent", i + 1);
+	for (i = 0; i < 4; i++)
+		if (fds[i] >= 0 && read_answer(fds[i], out, sizeof(out), 120000) == 0 &&
+		    strstr(out, "\"intact\":true") != NULL)
+			answered++;
+	used = cpu_ticks(cd->dm.pid) - c0;
+	t_ok(answered == 4 && used < 3 * ticks_one,
+	     "four journal.verify at once: all answered, for %ld CPU ticks against %ld for one "
+	     "(under 3x: they share runs)",
+	     used, ticks_one);
+	for (i = 0; i < 4; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+static void test_admin_verify(struct t_cimdd *cd)
+{
+	double ms = 0, again = 0;
+	long ticks = 0, ticks2 = 0;
+	int total = 0, n = 200000, rc;
+
+	/* Enough records that a verify takes well over a second here: the
+	 * journal grows until one does (or 6.4M records). */
+	for (;;) {
+		if (!t_ok(fill_journal(cd->db, n) == 0, "%d filler records appended", n))
+			return;
+		total += n;
+		rc = verify_alone(cd, &ms, &ticks);
+		if (!t_ok(rc == 0, "journal.verify of %d records: %.0f ms", total, ms))
+			return;
+		if (ms >= 1500 || total >= 6400000)
+			break;
+		n = total;
+	}
+	if (!t_ok(ms >= 1500, "a verify takes over 1.5 s (%.0f ms at %d records)", ms, total))
+		return;
+	/* One verify's cost, the lesser of two: the first after the filling
+	 * may share the daemon's time with a checkpoint over the new records. */
+	if (verify_alone(cd, &again, &ticks2) == 0 && ticks2 < ticks)
+		ticks = ticks2;
+	verify_and_status(cd, ms);
+	verify_four(cd, ticks);
+}
+
+/* The log's refusal lines, and the refusals they account for: one each for
+ * "refusing another", N for "N more connections refused". */
+static void refusal_lines(const char *log, int *ret_lines, long *ret_count)
+{
+	char line[1024], *p;
+	FILE *f = fopen(log, "re");
+
+	*ret_lines = 0;
+	*ret_count = 0;
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+		if (strstr(line, "admin: ") != NULL && strstr(line, "refusing another") != NULL) {
+			(*ret_lines)++;
+			(*ret_count)++;
+		} else if ((p = strstr(line, "admin: ")) != NULL &&
+			   strstr(line, "more connections refused") != NULL) {
+			(*ret_lines)++;
+			*ret_count += strtol(p + strlen("admin: "), NULL, 10);
+		}
+	}
+	if (f != NULL)
+		fclose(f);
+}
+
+/* A connect loop against the per-uid cap writes a line per second at most,
+ * and the lines still count every refusal. */
+static void test_admin_refusals(struct t_cimdd *cd)
+{
+	enum { N = 3000 };
+	char out[4096];
+	int held[CIMD_ADMIN_CONNS_PER_UID], i, fd, lines = 0, ok = 1;
+	long count = 0;
+	double t0, secs;
+
+	for (i = 0; i < CIMD_ADMIN_CONNS_PER_UID; i++)
+		ok = ok && (held[i] = admin_connect(cd->dm.sock)) >= 0 &&
+		     t_line_call(held[i], json_pack("{ss}", "op", "status"), out, sizeof(out),
+				 10000) == 0;
+	if (!t_ok(ok, "this uid holds its %d admin connections", CIMD_ADMIN_CONNS_PER_UID))
+		return;
+	t0 = t_now_ms();
+	for (i = 0; i < N; i++) {
+		/* Refused: closed without an answer, which read_answer sees. */
+		if ((fd = admin_connect(cd->dm.sock)) < 0)
+			break;
+		if (read_answer(fd, out, sizeof(out), 10000) == 0)
+			ok = 0;
+		close(fd);
+	}
+	secs = (t_now_ms() - t0) / 1000;
+	t_ok(i == N && ok, "%d more connections, each refused (%.1f s)", N, secs);
+	/* The count since the last line is said once its second is over. */
+	for (t0 = t_now_ms(); t_now_ms() - t0 < 5000; usleep(100000)) {
+		refusal_lines(cd->dm.log, &lines, &count);
+		if (count >= N)
+			break;
+	}
+	secs += (t_now_ms() - t0) / 1000;
+	t_ok(count == N && lines <= (int)secs + 2,
+	     "the log holds %d refusal lines in %.1f s (one per second at most), which count "
+	     "all %ld refusals",
+	     lines, secs, count);
+	for (i = 0; i < CIMD_ADMIN_CONNS_PER_UID; i++)
+		close(held[i]);
+	fd = admin_connect(cd->dm.sock);
+	t_ok(fd >= 0 &&
+		 t_line_call(fd, json_pack("{ss}", "op", "status"), out, sizeof(out), 10000) == 0 &&
+		 strstr(out, "\"ok\":true") != NULL,
+	     "the daemon keeps serving");
+	if (fd >= 0)
+		close(fd);
+}
+
+/* SIGTERM while a verify runs: the run is interrupted and joined, and the
+ * daemon stops cleanly (under ASan: nothing leaked). */
+static void stop_during_verify(struct t_cimdd *cd)
+{
+	char out[4096];
+	int a = admin_connect(cd->dm.sock), b = admin_connect(cd->dm.sock), rc;
+	double t0;
+
+	if (a < 0 || b < 0 ||
+	    write(a, verify_line, strlen(verify_line)) != (ssize_t)strlen(verify_line) ||
+	    t_line_call(b, json_pack("{ss}", "op", "status"), out, sizeof(out), 60000) < 0) {
+		t_ok(0, "a verify under way");
+		close(a), close(b);
+		t_daemon_stop(&cd->dm, SIGTERM);
+		return;
+	}
+	/* The status answer comes from a turn that had read the verify's line,
+	 * sent before it: the run is under way. */
+	t0 = t_now_ms();
+	rc = t_daemon_stop(&cd->dm, SIGTERM);
+	t_ok(rc == 0 && read_answer(a, out, sizeof(out), 5000) < 0,
+	     "SIGTERM during a verify: cimdd stops cleanly in %.0f ms, the verify unanswered "
+	     "(exit %d)",
+	     t_now_ms() - t0, rc);
+	close(a);
+	close(b);
+}
+
+/* Both on an appliance of their own. */
+static void test_admin_load(void)
+{
+	struct t_softhsm h;
+	struct t_cimdd cd = {0};
+	int rc;
+
+	t_set_prefix("admin: ");
+	if (!t_ok(t_softhsm_init(&h, "admin", "654321") == 0, "SoftHSM2 token"))
+		goto out;
+	rc = t_cimdd_start(&cd, "admin", h.conf, NULL);
+	if (!t_ok(rc == 0, "cimdd starts (%s)", cimd_strerror(rc)))
+		goto out;
+	test_admin_refusals(&cd);
+	test_admin_verify(&cd);
+	stop_during_verify(&cd);
+	return;
+out:
+	if (cd.dm.pid > 0)
+		t_ok(t_daemon_stop(&cd.dm, SIGTERM) == 0, "cimdd stops cleanly");
+	t_set_prefix(NULL);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -1188,5 +1512,6 @@ int main(void)
 	suite(0);
 	suite(1);
 	test_paging();
+	test_admin_load();
 	return t_done();
 }

@@ -149,21 +149,153 @@ static void test_clients(void)
 	     "client.show: agent-a with its client_id");
 	json_decref(o);
 
-	/* Callers: allowed once, refused twice, removed only when there. */
-	t_ok(reg_client_allow(&d, "alice", "agent-a", "uid", 1000, 0, err, sizeof(err)) == 0 &&
-		 records("client.allow", "agent-a", "alice") == 1,
-	     "client.allow uid 1000: 0, journaled");
-	t_ok(reg_client_allow(&d, "alice", "agent-a", "uid", 1000, 0, err, sizeof(err)) == -EEXIST,
-	     "allowed again: -EEXIST, %s", err);
-	t_ok(reg_client_allow(&d, "alice", "agent-a", "gid", 7, 1, err, sizeof(err)) == -ENOENT,
-	     "removing a gid never allowed: -ENOENT, %s", err);
-	t_ok(reg_client_allow(&d, "alice", "agent-a", NULL, -1, 0, err, sizeof(err)) == -EINVAL,
-	     "neither uid nor gid: -EINVAL, %s", err);
-	t_ok(reg_client_allow(&d, "alice", "ghost", "uid", 1, 0, err, sizeof(err)) ==
-		 -CIMD_ENOCLIENT,
-	     "an unknown client: -CIMD_ENOCLIENT, %s", err);
 	json_decref(md);
 	json_decref(bad);
+}
+
+/* The latest journal record of kind (a new reference), or NULL. */
+static json_t *last_record(const char *kind)
+{
+	json_t *recs = NULL, *rec, *last = NULL;
+	size_t i;
+
+	if (journal_list(d.st, 1, CIMD_JOURNAL_SHOW_MAX, CIMD_JOURNAL_SHOW_BYTES, 0, &recs) < 0)
+		return NULL;
+	json_array_foreach(recs, i, rec)
+	{
+		const char *k = json_string_value(json_object_get(rec, "kind"));
+		if (k != NULL && strcmp(k, kind) == 0)
+			last = rec;
+	}
+	json_incref(last);
+	json_decref(recs);
+	return last;
+}
+
+/* How many uids may sign for client, as client.show says. */
+static int callers(const char *client)
+{
+	char err[512];
+	json_t *o = NULL;
+	int n = -1;
+
+	if (reg_client_show(&d, client, &o, err, sizeof(err)) == 0)
+		n = (int)json_array_size(json_object_get(o, "uids"));
+	json_decref(o);
+	return n;
+}
+
+/* Callers under the two-person rule (on here): alice proposes, bob makes;
+ * the trial at proposal refuses what could not be made, and every refusal
+ * changes nothing and journals nothing. */
+static void test_callers(void)
+{
+	char err[512] = "";
+	int64_t ch = 0, ch2 = 0, n;
+	json_t *o = NULL, *rec;
+	int r;
+
+	r = reg_client_allow(&d, "alice", "agent-a", "uid", 1000, 0, &ch, err, sizeof(err));
+	rec = last_record("change.submit");
+	t_ok(r == 0 && ch > 0 && callers("agent-a") == 0 &&
+		 records("client.allow", "agent-a", "alice") == 0 &&
+		 json_integer_value(json_object_get(rec, "id")) == ch &&
+		 strcmp(json_string_value(json_object_get(rec, "op")), "client.allow") == 0 &&
+		 json_integer_value(json_object_get(rec, "uid")) == 1000,
+	     "client.allow under the rule: proposed as change %lld, not made; change.submit "
+	     "names it, with the operation's fields (%d %s)",
+	     (long long)ch, r, err);
+	json_decref(rec);
+	n = journal_size();
+	r = reg_client_allow(&d, "alice", "agent-a", "uid", 1000, 0, &ch2, err, sizeof(err));
+	t_ok(r == -EEXIST && strstr(err, "already proposes this") != NULL,
+	     "the same change proposed twice: -EEXIST, %s", err);
+	r = reg_change_approve(&d, "alice", ch, &o, err, sizeof(err));
+	t_ok(r == -EPERM && strstr(err, "two-person rule: alice proposed change") != NULL,
+	     "its submitter may not approve it: -EPERM, %s", err);
+	r = reg_change_approve(&d, "bob", 0, &o, err, sizeof(err));
+	t_ok(r == -EINVAL, "no change id: -EINVAL, %s", err);
+	r = reg_change_approve(&d, "bob", 9999, &o, err, sizeof(err));
+	t_ok(r == -ENOENT && strcmp(err, "there is no change 9999") == 0,
+	     "an unknown change: -ENOENT, %s", err);
+	t_ok(journal_size() == n && callers("agent-a") == 0,
+	     "no refusal changed or journaled anything");
+	r = reg_change_approve(&d, "bob", ch, &o, err, sizeof(err));
+	rec = last_record("client.allow");
+	t_ok(r == 0 && callers("agent-a") == 1 && records("client.allow", "agent-a", "bob") == 1 &&
+		 json_integer_value(json_object_get(rec, "change")) == ch &&
+		 strcmp(json_string_value(json_object_get(rec, "submitter")), "alice") == 0 &&
+		 json_integer_value(json_object_get(rec, "uid")) == 1000,
+	     "bob approves: uid 1000 may sign; client.allow by bob with change and submitter "
+	     "(%d %s)",
+	     r, err);
+	json_decref(rec);
+	json_decref(o);
+	r = reg_change_approve(&d, "bob", ch, &o, err, sizeof(err));
+	t_ok(r == -EBUSY && strstr(err, "is approved, not pending") != NULL,
+	     "approved twice: a conflict, %s", err);
+	n = journal_size();
+	t_ok(reg_client_allow(&d, "alice", "agent-a", "uid", 1000, 0, &ch2, err, sizeof(err)) ==
+		     -EEXIST &&
+		 strstr(err, "already allowed") != NULL,
+	     "allowing an allowed uid is refused when proposed: -EEXIST, %s", err);
+	t_ok(reg_client_allow(&d, "alice", "agent-a", "gid", 7, 1, &ch2, err, sizeof(err)) ==
+		 -ENOENT,
+	     "removing a gid never allowed: -ENOENT, %s", err);
+	t_ok(reg_client_allow(&d, "alice", "agent-a", NULL, -1, 0, &ch2, err, sizeof(err)) ==
+		 -EINVAL,
+	     "neither uid nor gid: -EINVAL, %s", err);
+	t_ok(reg_client_allow(&d, "alice", "ghost", "uid", 1, 0, &ch2, err, sizeof(err)) ==
+		 -CIMD_ENOCLIENT,
+	     "an unknown client: -CIMD_ENOCLIENT, %s", err);
+	t_ok(reg_client_audience(&d, "alice", "agent-a", "http://as.example", NULL, &ch2, err,
+				 sizeof(err)) == -EINVAL,
+	     "an http audience: -EINVAL, %s", err);
+	t_ok(journal_size() == n, "no refused proposal journaled anything");
+
+	/* Withdrawn by its submitter; rejected by an approver, not by another
+	 * submitter. */
+	r = reg_client_audience(&d, "alice", "agent-a", "https://as.example", NULL, &ch, err,
+				sizeof(err));
+	t_ok(r == 0 && ch > 0, "client.audience proposed as change %lld", (long long)ch);
+	r = reg_change_reject(&d, "alice", 0, ch, "", err, sizeof(err));
+	t_ok(r == -EINVAL, "a rejection without a reason: -EINVAL, %s", err);
+	r = reg_change_reject(&d, "alice", 0, ch, "typo", err, sizeof(err));
+	rec = last_record("change.reject");
+	t_ok(r == 0 && json_is_true(json_object_get(rec, "withdrawn")) &&
+		 json_integer_value(json_object_get(rec, "id")) == ch,
+	     "its submitter withdraws it: change.reject, withdrawn (%d %s)", r, err);
+	json_decref(rec);
+	r = reg_change_approve(&d, "bob", ch, &o, err, sizeof(err));
+	t_ok(r == -EBUSY && strstr(err, "is rejected") != NULL,
+	     "a withdrawn change cannot be approved: %s", err);
+	r = reg_client_policy(&d, "alice", "agent-a", (int64_t[]){1}, NULL, &ch, err, sizeof(err));
+	t_ok(r == 0 && ch > 0, "client.policy proposed as change %lld", (long long)ch);
+	r = reg_change_list(&d, NULL, &o, err, sizeof(err));
+	t_ok(r == 0 && json_array_size(o) == 1 &&
+		 json_integer_value(json_object_get(json_array_get(o, 0), "id")) == ch,
+	     "change.list: the one pending change");
+	json_decref(o);
+	r = reg_change_reject(&d, "carol", 0, ch, "no", err, sizeof(err));
+	t_ok(r == -EPERM && strstr(err, "needs the approve role") != NULL,
+	     "another operator without the approve role cannot reject it: -EPERM, %s", err);
+	r = reg_change_reject(&d, "bob", 1, ch, "not now", err, sizeof(err));
+	t_ok(r == 0 && records("change.reject", "agent-a", "bob") == 1,
+	     "an approver rejects it (%d %s)", r, err);
+
+	/* With the rule off, the records of before: no proposal. */
+	d.cfg->two_person_rule = 0;
+	n = journal_size();
+	r = reg_client_allow(&d, "alice", "agent-a", "gid", 7, 0, &ch, err, sizeof(err));
+	rec = last_record("client.allow");
+	t_ok(r == 0 && ch == 0 && journal_size() == n + 1 &&
+		 json_object_get(rec, "change") == NULL &&
+		 json_object_get(rec, "submitter") == NULL &&
+		 strcmp(json_string_value(json_object_get(rec, "actor")), "alice") == 0,
+	     "rule off: client.allow made at once, one client.allow record as before (%d %s)", r,
+	     err);
+	json_decref(rec);
+	d.cfg->two_person_rule = 1;
 }
 
 static void test_documents(void)
@@ -304,6 +436,13 @@ static void test_wire(void)
 	t_ok(e == AE_OK && json_is_true(json_object_get(q.result, "intact")),
 	     "journal.verify: intact");
 	t_ok(journal_size() == n, "no refusal through the wire wrote a record");
+	e = wire(admin_op_client_allow, "{\"name\":\"agent-a\",\"uid\":4242}", &q);
+	t_ok(e == AE_OK && json_integer_value(json_object_get(q.result, "change")) > 0 &&
+		 strstr(q.msg, "another operator must approve it") != NULL,
+	     "client.allow under the rule: ok, the change's id and what happens next (%s)", q.msg);
+	e = wire(admin_op_change_reject, "{\"id\":\"1\",\"reason\":\"x\"}", &q);
+	t_ok(e == AE_BAD_REQUEST && strstr(q.msg, "a change id") != NULL,
+	     "change.reject with an id that is a string: bad_request, %s", q.msg);
 	json_decref(q.result);
 }
 
@@ -311,6 +450,7 @@ int main(void)
 {
 	if (open_daemon() == 0) {
 		test_clients();
+		test_callers();
 		test_documents();
 		test_keys();
 		test_wire();

@@ -366,7 +366,7 @@ static void test_store(void)
 	r = store_open(path, &st, err, sizeof(err));
 	if (!t_ok(r == 0, "store opens a new database (%s)", r < 0 ? err : "ok"))
 		return;
-	t_ok(store_schema_version(st) == 7, "schema version 7 (every migration ran)");
+	t_ok(store_schema_version(st) == 8, "schema version 8 (every migration ran)");
 	t_ok(pragma_text(store_db(st), "PRAGMA journal_mode", mode, sizeof(mode)) == 0 &&
 		 strcmp(mode, "wal") == 0,
 	     "journal_mode is WAL (%s)", mode);
@@ -467,6 +467,7 @@ static void test_store(void)
 	/* A version 1 database (as the first cimdd wrote it) migrates forward,
 	 * keeping its journal. */
 	tamper(path, "PRAGMA user_version = 1");
+	tamper(path, "DROP TABLE changes");
 	tamper(path, "DROP TABLE dirty");
 	for (size_t k = 0; k < sizeof(v7_triggers) / sizeof(v7_triggers[0]); k++) {
 		char sql[128];
@@ -497,12 +498,12 @@ static void test_store(void)
 	tamper(path, "DROP INDEX journal_jti");
 	tamper(path, "ALTER TABLE journal DROP COLUMN jti");
 	r = store_open(path, &st, err, sizeof(err));
-	t_ok(r == 0 && store_schema_version(st) == 7 &&
+	t_ok(r == 0 && store_schema_version(st) == 8 &&
 		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
 		     SQLITE_OK &&
 		 sqlite3_exec(store_db(st), "SELECT assertion_ttl, rate_limit FROM clients", NULL,
 			      NULL, NULL) == SQLITE_OK,
-	     "a version 1 database migrates to version 7 (%s)", r < 0 ? err : "ok");
+	     "a version 1 database migrates to version 8 (%s)", r < 0 ? err : "ok");
 	t_ok(r == 0 && tree_matches(st, 0, NULL),
 	     "its journal's leaves and tree head are computed at migration");
 	store_free(&st);

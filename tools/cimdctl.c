@@ -162,6 +162,20 @@ static const char *when(const json_t *o, const char *k, char *buf, size_t len)
 	return buf;
 }
 
+/* A change to who may sign that the two-person rule made a proposal: says so
+ * and returns 1; 0 when the daemon made it at once. */
+static int proposed(const json_t *r)
+{
+	const json_t *id = json_object_get(r, "change");
+
+	if (!json_is_integer(id))
+		return 0;
+	printf("submitted as change %lld; another operator must approve it (cimdctl change "
+	       "approve %lld)\n",
+	       (long long)json_integer_value(id), (long long)json_integer_value(id));
+	return 1;
+}
+
 static json_t *read_metadata(const char *path, const char *usage, int *rc)
 {
 	json_error_t e;
@@ -476,7 +490,7 @@ static int cmd_client_allow(int argc, char **argv)
 {
 	struct opt o[] = {OPT("--uid", 1), OPT("--gid", 1), OPT("--remove", 0), OPT_END};
 	const char *pos[1];
-	json_t *req;
+	json_t *req, *r = NULL;
 	long id;
 	int rc = 0;
 
@@ -488,11 +502,12 @@ static int cmd_client_allow(int argc, char **argv)
 		return rc;
 	req = json_pack("{sssssIsb}", "op", "client.allow", "name", pos[0],
 			o[0].set ? "uid" : "gid", (json_int_t)id, "remove", o[2].set);
-	if ((rc = run(req, NULL)) != 0)
+	if ((rc = run(req, &r)) != 0)
 		return rc < 0 ? 0 : rc;
-	if (!json_out)
+	if (!proposed(r))
 		printf("%s %ld %s sign for %s\n", o[0].set ? "uid" : "gid", id,
 		       o[2].set ? "may no longer" : "may", pos[0]);
+	json_decref(r);
 	return 0;
 }
 
@@ -501,6 +516,7 @@ static int cmd_client_audience(int argc, char **argv)
 {
 	struct opt o[] = {OPT("--add", 1), OPT("--remove", 1), OPT_END};
 	const char *pos[1];
+	json_t *r = NULL;
 	int rc;
 
 	if ((rc = parse(argc, argv, U_CLIENT_AUD, o, pos, 1, 1)) != 0)
@@ -509,12 +525,13 @@ static int cmd_client_audience(int argc, char **argv)
 		return usage_error(U_CLIENT_AUD, "give exactly one of --add and --remove");
 	rc = run(json_pack("{ssssss}", "op", "client.audience", "name", pos[0],
 			   o[0].set ? "add" : "remove", o[0].set ? o[0].value : o[1].value),
-		 NULL);
+		 &r);
 	if (rc != 0)
 		return rc < 0 ? 0 : rc;
-	if (!json_out)
+	if (!proposed(r))
 		printf("%s %s the audiences of %s\n", o[0].set ? o[0].value : o[1].value,
 		       o[0].set ? "added to" : "removed from", pos[0]);
+	json_decref(r);
 	return 0;
 }
 
@@ -523,7 +540,7 @@ static int cmd_client_policy(int argc, char **argv)
 {
 	struct opt o[] = {OPT("--ttl", 1), OPT("--rate", 1), OPT_END};
 	const char *pos[1];
-	json_t *req;
+	json_t *req, *r = NULL;
 	long v;
 	int rc = 0;
 
@@ -542,14 +559,90 @@ static int cmd_client_policy(int argc, char **argv)
 			goto fail;
 		json_object_set_new(req, "rate", json_integer(v));
 	}
-	if ((rc = run(req, NULL)) != 0)
+	if ((rc = run(req, &r)) != 0)
 		return rc < 0 ? 0 : rc;
-	if (!json_out)
+	if (!proposed(r))
 		printf("policy of %s changed\n", pos[0]);
+	json_decref(r);
 	return 0;
 fail:
 	json_decref(req);
 	return rc;
+}
+
+/* ---- changes pending under the two-person rule ---- */
+
+static const char U_CHANGE_LIST[] = "change list [NAME]";
+static int cmd_change_list(int argc, char **argv)
+{
+	const char *pos[1] = {NULL};
+	json_t *req, *r = NULL, *c;
+	char t[32], *fields;
+	size_t i;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_CHANGE_LIST, NULL, pos, 0, 1)) != 0)
+		return rc;
+	req = json_pack("{ss}", "op", "change.list");
+	if (pos[0] != NULL)
+		json_object_set_new(req, "name", json_string(pos[0]));
+	if ((rc = run(req, &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("%-6s %-20s %-24s %-16s %-20s %s\n", "ID", "CLIENT", "OPERATION", "SUBMITTER",
+	       "SUBMITTED", "FIELDS");
+	json_array_foreach(json_object_get(r, "changes"), i, c)
+	{
+		fields = json_dumps(json_object_get(c, "fields"), JSON_COMPACT);
+		printf("%-6lld %-20s %-24s %-16s %-20s %s\n",
+		       (long long)json_integer_value(json_object_get(c, "id")), str(c, "client"),
+		       str(c, "op"), str(c, "submitter"), when(c, "submitted", t, sizeof(t)),
+		       fields ? fields : "-");
+		free(fields);
+	}
+	json_decref(r);
+	return 0;
+}
+
+static const char U_CHANGE_APPROVE[] = "change approve ID";
+static int cmd_change_approve(int argc, char **argv)
+{
+	const char *pos[1];
+	json_t *r = NULL;
+	long id;
+	int rc = 0;
+
+	if ((rc = parse(argc, argv, U_CHANGE_APPROVE, NULL, pos, 1, 1)) != 0)
+		return rc;
+	if ((id = number(pos[0], "change id", U_CHANGE_APPROVE, &rc)) < 0)
+		return rc;
+	if ((rc = run(json_pack("{sssI}", "op", "change.approve", "id", (json_int_t)id), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("change %ld approved and made: %s of %s\n", id, str(r, "op"), str(r, "client"));
+	json_decref(r);
+	return 0;
+}
+
+static const char U_CHANGE_REJECT[] = "change reject ID --reason TEXT";
+static int cmd_change_reject(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--reason", 1), OPT_END};
+	const char *pos[1];
+	long id;
+	int rc = 0;
+
+	if ((rc = parse(argc, argv, U_CHANGE_REJECT, o, pos, 1, 1)) != 0)
+		return rc;
+	if (!o[0].set)
+		return usage_error(U_CHANGE_REJECT, "--reason is required");
+	if ((id = number(pos[0], "change id", U_CHANGE_REJECT, &rc)) < 0)
+		return rc;
+	if ((rc = run(json_pack("{sssIss}", "op", "change.reject", "id", (json_int_t)id, "reason",
+				o[0].value),
+		      NULL)) != 0)
+		return rc < 0 ? 0 : rc;
+	if (!json_out)
+		printf("change %ld rejected; nothing was changed\n", id);
+	return 0;
 }
 
 static const char U_DOC_SUBMIT[] = "doc submit NAME --metadata FILE";
@@ -1292,6 +1385,9 @@ static const struct cmd cmds[] = {
     {"client", "allow", U_CLIENT_ALLOW, cmd_client_allow},
     {"client", "audience", U_CLIENT_AUD, cmd_client_audience},
     {"client", "policy", U_CLIENT_POLICY, cmd_client_policy},
+    {"change", "list", U_CHANGE_LIST, cmd_change_list},
+    {"change", "approve", U_CHANGE_APPROVE, cmd_change_approve},
+    {"change", "reject", U_CHANGE_REJECT, cmd_change_reject},
     {"doc", "submit", U_DOC_SUBMIT, cmd_doc_submit},
     {"doc", "approve", U_DOC_APPROVE, cmd_doc_approve},
     {"doc", "show", U_DOC_SHOW, cmd_doc_show},
