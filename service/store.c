@@ -269,6 +269,9 @@ static const char *const migrations[] = {
     "  DELETE FROM dirty WHERE client = ''; INSERT INTO dirty (client) VALUES (''); END;"
     "CREATE TRIGGER checkpoints_dirty_i AFTER INSERT ON checkpoints BEGIN "
     "  DELETE FROM dirty WHERE client = ''; INSERT INTO dirty (client) VALUES (''); END;",
+    /* 8: the records that can change a table, for the start-up check against
+     * the journal (tables.c): by the kind in the record's own bytes. */
+    "CREATE INDEX journal_tables ON journal(seq) WHERE " JOURNAL_TABLES_WHERE ";",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
