@@ -104,10 +104,11 @@ static int client_add(struct replay *rp, const json_t *rec)
 
 	if (name == NULL)
 		return 0;
-	c = json_pack("{sO?sO?sO?snsnsbs{}s{}s{}}", "owner", json_object_get(rec, "owner"),
-		      "backend", json_object_get(rec, "backend"), "alg",
-		      json_object_get(rec, "alg"), "ttl", "rate", "degraded", 0, "callers",
-		      "audiences", "documents");
+	/* callers and audiences are made when the first is added: an empty
+	 * object costs a hash table, and absent is empty (replay_diff). */
+	c = json_pack("{sO?sO?sO?snsnsbs{}}", "owner", json_object_get(rec, "owner"), "backend",
+		      json_object_get(rec, "backend"), "alg", json_object_get(rec, "alg"), "ttl",
+		      "rate", "degraded", 0, "documents");
 	if (c == NULL)
 		return -ENOMEM;
 	snprintf(v, sizeof(v), "%" JSON_INTEGER_FORMAT,

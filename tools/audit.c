@@ -269,6 +269,8 @@ static void bundle_free(struct bundle *b)
 	json_decref(b->accepted);
 }
 
+static const char *raw_kind(struct bundle *b, int64_t seq, char *buf, size_t len);
+
 /* journal: journal.jsonl, the hash chain, and the tree of its leaves. */
 static int check_journal(struct bundle *b, char *err, size_t errlen)
 {
@@ -310,7 +312,13 @@ static int check_journal(struct bundle *b, char *err, size_t errlen)
 		int ok = rec != NULL &&
 			 json_integer_value(json_object_get(rec, "seq")) == (json_int_t)(i + 1);
 
+		char kind[64];
+
 		ok = ok && pv != NULL && strcmp(pv, prev) == 0;
+		/* Its kind where the appliance writes it, right after prev: the
+		 * steps below find records by those bytes (raw_kind). */
+		ok = ok && strcmp(raw_kind(b, (int64_t)i + 1, kind, sizeof(kind)),
+				  sget(rec, "kind")) == 0;
 		json_decref(rec);
 		if (!ok) {
 			free(leaves);
@@ -319,7 +327,8 @@ static int check_journal(struct bundle *b, char *err, size_t errlen)
 			    rec == NULL ? "not JSON"
 					: "not numbered in order, or its prev is not the "
 					  "previous record's hash (a record was changed, "
-					  "removed or inserted before it)");
+					  "removed or inserted before it), or its kind is not "
+					  "the member after prev");
 		}
 		SHA256((const uint8_t *)b->rec[i], b->rec_len[i], md);
 		hex_encode(md, 32, hex);
