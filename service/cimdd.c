@@ -57,6 +57,10 @@ static void usage(FILE *f)
 		   "                      start on a state database older than the TPM's counter\n"
 		   "                      (a restored backup), journaling that it was accepted\n"
 		   "                      (docs/audit.md, \"Rollback\")\n"
+		   "      --accept-tables\n"
+		   "                      start on state tables that are not what the journal\n"
+		   "                      made them, journaling each difference accepted\n"
+		   "                      (docs/audit.md, \"The tables and the journal\")\n"
 		   "  -h, --help          this text\n"
 		   "  -V, --version       the version\n");
 }
@@ -187,22 +191,18 @@ static void banner(const struct cimdd *d)
 /* What the command line asks for. */
 struct args {
 	const char *conf, *dev, *backend;
-	int fg, port, accept_rollback;
+	int fg, port, accept_rollback, accept_tables;
 };
 
 /* -1: go on; otherwise the exit status (--help, --version, a bad argument). */
 static int parse_args(int argc, char **argv, struct args *a)
 {
 	static const struct option opts[] = {
-	    {"config", required_argument, NULL, 'c'},
-	    {"foreground", no_argument, NULL, 'f'},
-	    {"dev", required_argument, NULL, 'D'},
-	    {"backend", required_argument, NULL, 'B'},
-	    {"port", required_argument, NULL, 'P'},
-	    {"help", no_argument, NULL, 'h'},
-	    {"version", no_argument, NULL, 'V'},
-	    {"accept-rollback", no_argument, NULL, 'R'},
-	    {NULL, 0, NULL, 0},
+	    {"config", required_argument, NULL, 'c'},  {"foreground", no_argument, NULL, 'f'},
+	    {"dev", required_argument, NULL, 'D'},     {"backend", required_argument, NULL, 'B'},
+	    {"port", required_argument, NULL, 'P'},    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},       {"accept-rollback", no_argument, NULL, 'R'},
+	    {"accept-tables", no_argument, NULL, 'T'}, {NULL, 0, NULL, 0},
 	};
 	char *end;
 	int c;
@@ -225,6 +225,9 @@ static int parse_args(int argc, char **argv, struct args *a)
 			break;
 		case 'R':
 			a->accept_rollback = 1;
+			break;
+		case 'T':
+			a->accept_tables = 1;
 			break;
 		case 'P':
 			a->port = (int)strtol(optarg, &end, 10);
@@ -363,6 +366,13 @@ static int daemon_start(struct daemon *m, const struct args *a)
 	 * than the TPM's counter is refused here (tlog.c). */
 	if (tlog_open(&d->svc, d->accept_rollback, &d->tlog, err, sizeof(err)) < 0) {
 		log_err("journal: %s", err);
+		return -1;
+	}
+	/* Before anything is published, attested or signed: the tables are
+	 * what the journal made them, or the operator journals that they
+	 * stand as they are (tables.c). */
+	if (tables_check(&d->svc, a->accept_tables, err, sizeof(err)) < 0) {
+		log_err("tables: %s", err);
 		return -1;
 	}
 	/* What the database says is published while the other key stores

@@ -450,6 +450,24 @@ const char *reg_client_id(const struct cimd_config *cfg, const char *name, char 
 /* jwks_uri of NAME: client_id + "/jwks.json", into buf. */
 const char *reg_jwks_uri(const struct cimd_config *cfg, const char *name, char *buf, size_t len);
 
+/*
+ * The journal records that can change a table (firmware/replay.h), picked by
+ * the kind in the record's own bytes, which the hash chain covers (the kind
+ * column is a copy it does not cover): every record begins
+ * {"seq":N,"time":T,"prev":"<64 hex>","kind":" (store.c, journal_append), so
+ * the first '","kind":"' is the record's own.  The partial index
+ * journal_tables (schema 9) is made on exactly this expression, and a query
+ * with it in its WHERE reads by that index.
+ */
+#define JOURNAL_TABLES_WHERE                                                                       \
+	"substr(CAST(record AS TEXT), instr(CAST(record AS TEXT), '\",\"kind\":\"') + 10, 4) "     \
+	"IN ('clie', 'doc.', 'key.', 'reco', 'tabl')"
+/* At start, before anything is published or signed: the tables replayed from
+ * the journal (tables.c).  A difference is -CIMD_EVERIFY with the first named
+ * in err (each is logged), or, with accept, each journaled as a
+ * tables.accepted record, after which the tables stand. */
+int tables_check(struct svc *d, int accept, char *err, size_t errlen);
+
 /* Runs the lifecycle's timed transitions (retire, destroy, scheduled rotation);
  * called about once a second.  Returns the number of transitions made. */
 int keys_tick(struct svc *d, time_t now);

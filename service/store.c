@@ -287,6 +287,9 @@ static const char *const migrations[] = {
     "  reason    TEXT"
     ");"
     "CREATE INDEX changes_pending ON changes(client, id) WHERE state = 'pending';",
+    /* 9: the records that can change a table, for the start-up check against
+     * the journal (tables.c): by the kind in the record's own bytes. */
+    "CREATE INDEX journal_tables ON journal(seq) WHERE " JOURNAL_TABLES_WHERE ";",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -2,7 +2,10 @@
  * test_state.c — the configuration file (every rule its own error, with file
  * and line) and the state database: schema, durability settings, forward-only
  * migrations, and the hash-chained journal with tampering detected at the
- * record where it happened.
+ * record where it happened; the replay of the journal into the tables
+ * (firmware/replay.c) and the start-up check on it (service/tables.c): the
+ * policy in force at each record, the records read by their own kind through
+ * the partial index, and a difference named by table and row.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -15,6 +18,7 @@
 #include <sqlite3.h>
 
 #include "harness.h"
+#include "replay.h"
 #include "service.h"
 
 static const char good[] =
@@ -366,7 +370,7 @@ static void test_store(void)
 	r = store_open(path, &st, err, sizeof(err));
 	if (!t_ok(r == 0, "store opens a new database (%s)", r < 0 ? err : "ok"))
 		return;
-	t_ok(store_schema_version(st) == 8, "schema version 8 (every migration ran)");
+	t_ok(store_schema_version(st) == 9, "schema version 9 (every migration ran)");
 	t_ok(pragma_text(store_db(st), "PRAGMA journal_mode", mode, sizeof(mode)) == 0 &&
 		 strcmp(mode, "wal") == 0,
 	     "journal_mode is WAL (%s)", mode);
@@ -475,6 +479,7 @@ static void test_store(void)
 		snprintf(sql, sizeof(sql), "DROP TRIGGER %s", v7_triggers[k]);
 		tamper(path, sql);
 	}
+	tamper(path, "DROP INDEX journal_tables");
 	tamper(path, "DROP INDEX keys_client");
 	tamper(path, "DROP INDEX keys_ref");
 	tamper(path, "DROP INDEX keys_state");
@@ -498,14 +503,177 @@ static void test_store(void)
 	tamper(path, "DROP INDEX journal_jti");
 	tamper(path, "ALTER TABLE journal DROP COLUMN jti");
 	r = store_open(path, &st, err, sizeof(err));
-	t_ok(r == 0 && store_schema_version(st) == 8 &&
+	t_ok(r == 0 && store_schema_version(st) == 9 &&
 		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
 		     SQLITE_OK &&
 		 sqlite3_exec(store_db(st), "SELECT assertion_ttl, rate_limit FROM clients", NULL,
 			      NULL, NULL) == SQLITE_OK,
-	     "a version 1 database migrates to version 8 (%s)", r < 0 ? err : "ok");
+	     "a version 1 database migrates to version 9 (%s)", r < 0 ? err : "ok");
 	t_ok(r == 0 && tree_matches(st, 0, NULL),
 	     "its journal's leaves and tree head are computed at migration");
+	store_free(&st);
+}
+
+/* ---- the replay (firmware/replay.c) ---- */
+
+static int apply(struct replay *rp, const char *text)
+{
+	json_t *rec = json_loads(text, 0, NULL);
+	int r = rec != NULL ? replay_apply(rp, rec) : -EINVAL;
+
+	json_decref(rec);
+	return r;
+}
+
+/* An assertion.issue record of agent-a by uid for aud with key kid, lasting
+ * ttl seconds: 0, or the replay's reason in why. */
+static int assertion_ok(struct replay *rp, int uid, const char *aud, const char *kid, int ttl,
+			char *why, size_t len)
+{
+	json_t *rec = json_pack("{sssssssssisIsI}", "kind", "assertion.issue", "client", "agent-a",
+				"kid", kid, "aud", aud, "uid", uid, "iat", (json_int_t)1000, "exp",
+				(json_int_t)(1000 + ttl));
+	int by_gid = 0, r;
+
+	why[0] = '\0';
+	r = replay_check_assertion(rp, rec, &by_gid, why, len);
+	json_decref(rec);
+	return r;
+}
+
+static void test_replay(void)
+{
+	struct replay *rp = NULL;
+	char why[512];
+	const json_t *c;
+
+	if (!t_ok(replay_new(&rp) == 0, "a replay"))
+		return;
+	apply(rp, "{\"kind\":\"key.create\",\"client\":\"agent-a\",\"kid\":\"K1\","
+		  "\"state\":\"active\",\"backend\":\"pkcs11\"}");
+	apply(rp, "{\"kind\":\"client.add\",\"client\":\"agent-a\",\"owner\":\"t\","
+		  "\"backend\":\"pkcs11\",\"alg\":\"ES256\",\"version\":1,\"sha256\":\"aa\"}");
+	apply(rp, "{\"kind\":\"client.allow\",\"client\":\"agent-a\",\"uid\":1000,"
+		  "\"change\":\"c-1\",\"submitter\":\"alice\"}");
+	apply(rp, "{\"kind\":\"client.audience.add\",\"client\":\"agent-a\","
+		  "\"audience\":\"https://as.example\"}");
+	/* Pending and refused changes change nothing. */
+	apply(rp, "{\"kind\":\"change.submit\",\"client\":\"agent-a\",\"uid\":4242}");
+	apply(rp, "{\"kind\":\"change.reject\",\"client\":\"agent-a\",\"uid\":4242}");
+	c = json_object_get(json_object_get(replay_state(rp), "clients"), "agent-a");
+	t_ok(json_object_get(json_object_get(c, "callers"), "uid:1000") != NULL &&
+		 json_object_size(json_object_get(c, "callers")) == 1,
+	     "an approved change (extra members) applies; change.submit and change.reject "
+	     "change nothing");
+	t_ok(assertion_ok(rp, 1000, "https://as.example", "K1", 60, why, sizeof(why)) == 0,
+	     "an assertion within the policy in force holds (%s)", why);
+	t_ok(assertion_ok(rp, 4242, "https://as.example", "K1", 60, why, sizeof(why)) < 0 &&
+		 strstr(why, "uid 4242 is not allowed for agent-a"),
+	     "another uid: %s", why);
+	t_ok(assertion_ok(rp, 1000, "https://evil.example", "K1", 60, why, sizeof(why)) < 0 &&
+		 strstr(why, "audience https://evil.example is not one of agent-a's"),
+	     "another audience: %s", why);
+	apply(rp, "{\"kind\":\"config.reload\",\"assertion_max_ttl\":300}");
+	t_ok(assertion_ok(rp, 1000, "https://as.example", "K1", 600, why, sizeof(why)) < 0 &&
+		 strstr(why, "not within assertion_max_ttl (300 s)"),
+	     "a lifetime over the journaled assertion_max_ttl: %s", why);
+	apply(rp, "{\"kind\":\"daemon.start\"}");
+	t_ok(assertion_ok(rp, 1000, "https://as.example", "K1", 600, why, sizeof(why)) == 0,
+	     "after a start (its configuration unjournaled) the cap is not known");
+	apply(rp, "{\"kind\":\"key.state\",\"client\":\"agent-a\",\"kid\":\"K1\","
+		  "\"from\":\"active\",\"to\":\"retiring\"}");
+	t_ok(assertion_ok(rp, 1000, "https://as.example", "K1", 60, why, sizeof(why)) == 0,
+	     "a retiring key still signs");
+	apply(rp, "{\"kind\":\"key.state\",\"client\":\"agent-a\",\"kid\":\"K1\","
+		  "\"from\":\"retiring\",\"to\":\"retired\"}");
+	t_ok(assertion_ok(rp, 1000, "https://as.example", "K1", 60, why, sizeof(why)) < 0 &&
+		 strstr(why, "key K1 of agent-a is retired: it does not sign"),
+	     "a retired key: %s", why);
+	apply(rp, "{\"kind\":\"client.disallow\",\"client\":\"agent-a\",\"uid\":1000}");
+	t_ok(assertion_ok(rp, 1000, "https://as.example", "K1", 60, why, sizeof(why)) < 0 &&
+		 strstr(why, "uid 1000 is not allowed"),
+	     "after client.disallow: %s", why);
+	apply(rp, "{\"kind\":\"tables.accepted\",\"path\":[\"clients\",\"agent-a\","
+		  "\"callers\",\"uid:4242\"],\"value\":true}");
+	t_ok(json_object_get(json_object_get(c, "callers"), "uid:4242") != NULL,
+	     "a tables.accepted record sets what the operator accepted");
+	replay_free(&rp);
+}
+
+/* The start-up check on a store: the records found by their own kind through
+ * the partial index, however the kind column is edited. */
+static void test_tables(void)
+{
+	struct store *st = NULL;
+	struct svc d = {0};
+	sqlite3_stmt *s = NULL;
+	char path[600], err[1024], plan[512] = "";
+	json_t *f;
+	int r;
+
+	snprintf(path, sizeof(path), "%s/tables.db", t_tmpdir());
+	if (!t_ok(store_open(path, &st, err, sizeof(err)) == 0, "a store"))
+		return;
+	d.st = st;
+	if (sqlite3_prepare_v2(
+		store_db(st),
+		"EXPLAIN QUERY PLAN SELECT record FROM journal WHERE " JOURNAL_TABLES_WHERE
+		" ORDER BY seq",
+		-1, &s, NULL) == SQLITE_OK)
+		while (sqlite3_step(s) == SQLITE_ROW)
+			snprintf(plan + strlen(plan), sizeof(plan) - strlen(plan), "%s; ",
+				 (const char *)sqlite3_column_text(s, 3));
+	sqlite3_finalize(s);
+	t_ok(strstr(plan, "journal_tables") != NULL,
+	     "the governing records are read by the "
+	     "partial index journal_tables (%s)",
+	     plan);
+	f = json_pack("{sssssssssiss}", "client", "agent-a", "owner", "t", "backend", "pkcs11",
+		      "alg", "ES256", "version", 1, "sha256",
+		      "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	r = store_begin(st) == 0 && journal_append(st, "client.add", "alice", f, NULL) == 0;
+	json_decref(f);
+	f = json_pack("{sssi}", "client", "agent-a", "uid", 1000);
+	r = r && journal_append(st, "client.allow", "alice", f, NULL) == 0 &&
+	    store_exec(st,
+		       "INSERT INTO clients (name, owner, backend, alg, created) VALUES "
+		       "('agent-a', 't', 'pkcs11', 'ES256', 0)",
+		       "") == 1 &&
+	    store_exec(st,
+		       "INSERT INTO documents (client, version, state, bytes, sha256, submitter, "
+		       "submitted) VALUES ('agent-a', 1, 'submitted', '', ?, 'alice', 0)",
+		       "b",
+		       "\xe3\xb0\xc4\x42\x98\xfc\x1c\x14\x9a\xfb\xf4\xc8\x99\x6f\xb9\x24"
+		       "\x27\xae\x41\xe4\x64\x9b\x93\x4c\xa4\x95\x99\x1b\x78\x52\xb8\x55",
+		       (size_t)32) == 1 &&
+	    store_exec(st,
+		       "INSERT INTO client_callers (client, kind, id) VALUES ('agent-a', 'uid', "
+		       "1000)",
+		       "") == 1 &&
+	    store_commit(st) == 0;
+	json_decref(f);
+	t_ok(r, "a client with a caller, journaled");
+	r = tables_check(&d, 0, err, sizeof(err));
+	t_ok(r == 0, "the tables are the journal's (%s)", r < 0 ? err : "ok");
+	/* The kind column is not covered by the chain: a record hidden by it is
+	 * still read. */
+	t_ok(sqlite3_exec(store_db(st),
+			  "UPDATE journal SET kind = 'assertion.issue' WHERE kind = 'client.allow'",
+			  NULL, NULL, NULL) == SQLITE_OK,
+	     "the client.allow record's kind column changed to assertion.issue");
+	r = tables_check(&d, 0, err, sizeof(err));
+	t_ok(r == 0, "still read, by the kind in its bytes (%s)", r < 0 ? err : "ok");
+	t_ok(sqlite3_exec(store_db(st), "DELETE FROM client_callers", NULL, NULL, NULL) ==
+		 SQLITE_OK,
+	     "the caller deleted from the table");
+	r = tables_check(&d, 0, err, sizeof(err));
+	t_ok(r == -CIMD_EVERIFY &&
+		 strstr(err, "client_callers: uid 1000 for agent-a, which the journal holds, is "
+			     "not in the table"),
+	     "refused, naming it: %s", err);
+	r = tables_check(&d, 1, err, sizeof(err));
+	t_ok(r == 0 && tables_check(&d, 0, err, sizeof(err)) == 0,
+	     "accepted (journaled), after which the tables stand");
 	store_free(&st);
 }
 
@@ -515,5 +683,7 @@ int main(void)
 	test_config_errors();
 	test_config_paths();
 	test_store();
+	test_replay();
+	test_tables();
 	return t_done();
 }

@@ -7,7 +7,8 @@
  * refused); the audit bundle exported and verified, then each tampering the
  * issue names detected and named: a record changed, a record changed with the
  * chain rewritten after it, a record deleted, a checkpoint replaced by an
- * older one, published bytes changed; and on the TPM, the NV counter in every
+ * older one, published bytes changed, and every member of every file of the
+ * bundle changed or added (issue 15, item 7); and on the TPM, the NV counter in every
  * checkpoint and a restored old database refused at start.
  */
 #include <errno.h>
@@ -367,6 +368,52 @@ static int export_verify(const char *name, char *out, size_t len)
 	return ctl(out, len, "audit verify %s/%s --trust %s/ak.json", cd.dir, name, cd.dir);
 }
 
+/*
+ * Every member of every file of the bundle is checked against signed or
+ * journaled content, or absent (issue 15, item 7): each changed or added in a
+ * copy of a clean bundle is named.  The first line of the file, by sed.
+ */
+static void test_bundle_fields(void)
+{
+	static const struct {
+		const char *file, *sed, *step, *says, *what;
+	} t[] = {
+	    {"attestations.jsonl", "1s/\"client\":\"agent-a\"/\"client\":\"agent-y\"/",
+	     "FAIL attestations", "is not what journal record", "an attestation's client"},
+	    {"attestations.jsonl", "1s/^{/{\"created\":1,/", "FAIL attestations",
+	     "\"created\" is checked against nothing", "a member added to an attestation"},
+	    {"checkpoints.jsonl", "1s/\"size\":\\([0-9]*\\)/\"size\":1\\1/", "FAIL checkpoints",
+	     "its size member is not its note's", "a checkpoint's size"},
+	    {"checkpoints.jsonl", "1s/\"counter\":[0-9a-z]*/\"counter\":7777/", "FAIL checkpoints",
+	     "its counter member is not its note's", "a checkpoint's counter"},
+	    {"checkpoints.jsonl", "1s/^{/{\"id\":1,/", "FAIL checkpoints",
+	     "\"id\" is checked against nothing", "a member added to a checkpoint"},
+	    {"publications.jsonl", "1s/\"client\":\"agent-a\"/\"client\":\"agent-y\"/",
+	     "FAIL publications", "its bytes are not what journal record",
+	     "a publication's client"},
+	    {"publications.jsonl", "1s/^{/{\"created\":1,/", "FAIL publications",
+	     "\"created\" is checked against nothing", "a member added to a publication"},
+	    {"attestation-keys.json", "s/\"backend\":\"[a-z0-9]*\"/\"backend\":\"other\"/",
+	     "FAIL keys", "no attest.key record made it", "an attestation key's backend"},
+	    {"attestation-keys.json", "s/\"kid\":/\"state\":\"active\",\"kid\":/", "FAIL keys",
+	     "\"state\" is checked against nothing", "a member added to an attestation key"},
+	};
+	char out[16384];
+	size_t i;
+	int r;
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		if (!t_ok(t_sh("cd %s && rm -rf bf && cp -r b6 bf && sed -i '%s' bf/%s && ! cmp "
+			       "-s b6/%s bf/%s",
+			       cd.dir, t[i].sed, t[i].file, t[i].file, t[i].file) == 0,
+			  "%s: changed in a copy of the bundle", t[i].what))
+			continue;
+		r = ctl(out, sizeof(out), "audit verify %s/bf --trust %s/ak.json", cd.dir, cd.dir);
+		t_ok(r == 1 && strstr(out, t[i].step) && strstr(out, t[i].says), "%s: named (%s)",
+		     t[i].what, strstr(out, "FAIL") ? strstr(out, "FAIL") : out);
+	}
+}
+
 static void test_audit(void)
 {
 	char out[16384], q[512];
@@ -509,6 +556,7 @@ static void test_audit(void)
 	     "an attestation left out is named");
 	r = ctl(out, sizeof(out), "audit export %s/b6", cd.dir);
 	t_ok(r == 1 && strstr(out, "does not exist yet"), "export refuses an existing directory");
+	test_bundle_fields();
 }
 
 /* A key rotation shows in the JWKS publications the verifier replays. */

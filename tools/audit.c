@@ -32,6 +32,7 @@
 
 #include "audit.h"
 #include "fmt.h"
+#include "replay.h"
 
 #define BUNDLE_FILE_MAX (1024L * 1024 * 1024) /* one file of a bundle */
 
@@ -41,6 +42,29 @@ static const char *sget(const json_t *o, const char *k)
 	const char *s = json_string_value(json_object_get(o, k));
 
 	return s != NULL ? s : "";
+}
+
+/* Every member of an item of the bundle is one a check below reads: what
+ * nothing checks is not carried (docs/audit.md, "What each field is checked
+ * against"). */
+static int only_members(const json_t *o, const char *const *allowed, const char *what, size_t i,
+			char *err, size_t errlen)
+{
+	const char *k;
+	const json_t *v;
+	size_t m;
+
+	json_object_foreach((json_t *)o, k, v)
+	{
+		for (m = 0; allowed[m] != NULL && strcmp(allowed[m], k) != 0; m++)
+			;
+		if (allowed[m] == NULL)
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "%s %zu: member \"%.40s\" is checked against nothing "
+					 "signed or journaled",
+					 what, i + 1, k);
+	}
+	return 0;
 }
 
 /* base64 of exactly 32 bytes into out. */
@@ -170,6 +194,8 @@ struct bundle {
 	json_t *keys, *checkpoints, *publications, *attestations, *revocations;
 	const json_t *trust; /* the attestation keys the auditor pinned */
 	uint64_t last_size;  /* the latest checkpoint's size */
+	json_t *accepted;    /* "record S: row" of each tables.accepted record */
+	size_t assertions, by_gid;
 };
 
 static int slurp(const char *dir, const char *name, char **ret, size_t *ret_len, char *err,
@@ -240,48 +266,10 @@ static void bundle_free(struct bundle *b)
 	json_decref(b->publications);
 	json_decref(b->attestations);
 	json_decref(b->revocations);
+	json_decref(b->accepted);
 }
 
-/* keys: attestation-keys.json, every key a P-256 JWK named by its thumbprint;
- * an AK's TPMT_PUBLIC, when given, a restricted key with that public key. */
-static int check_keys(struct bundle *b, char *err, size_t errlen)
-{
-	const json_t *k;
-	char tp[CIMD_KID_LEN + 1];
-	size_t i;
-
-	if (!json_is_array(json_object_get(b->keys, "keys")) ||
-	    json_array_size(json_object_get(b->keys, "keys")) == 0)
-		return cimd_fail(err, errlen, -CIMD_EFORMAT, "attestation-keys.json holds no keys");
-	json_array_foreach(json_object_get(b->keys, "keys"), i, k)
-	{
-		const char *kid = json_string_value(json_object_get(k, "kid"));
-		const char *pub = json_string_value(json_object_get(k, "tpm2_public"));
-
-		if (kid == NULL || jwk_thumbprint(k, tp) < 0 || strcmp(tp, kid) != 0)
-			return cimd_fail(
-			    err, errlen, -CIMD_EVERIFY,
-			    "attestation key %zu: its kid is not its RFC 7638 thumbprint", i + 1);
-		if (pub != NULL) {
-			uint8_t *raw = NULL;
-			size_t n = 0;
-			json_t *jwk = NULL;
-			int restricted = 0, ok;
-
-			ok = b64url_decode(pub, strlen(pub), &raw, &n) == 0 &&
-			     tpm2_public_jwk(raw, n, &jwk, &restricted) == 0 && restricted &&
-			     jwk_thumbprint(jwk, tp) == 0 && strcmp(tp, kid) == 0;
-			free(raw);
-			json_decref(jwk);
-			if (!ok)
-				return cimd_fail(err, errlen, -CIMD_EVERIFY,
-						 "attestation key %s: its TPMT_PUBLIC is not a "
-						 "restricted key with this public key",
-						 kid);
-		}
-	}
-	return 0;
-}
+static const char *raw_kind(struct bundle *b, int64_t seq, char *buf, size_t len);
 
 /* journal: journal.jsonl, the hash chain, and the tree of its leaves. */
 static int check_journal(struct bundle *b, char *err, size_t errlen)
@@ -324,7 +312,13 @@ static int check_journal(struct bundle *b, char *err, size_t errlen)
 		int ok = rec != NULL &&
 			 json_integer_value(json_object_get(rec, "seq")) == (json_int_t)(i + 1);
 
+		char kind[64];
+
 		ok = ok && pv != NULL && strcmp(pv, prev) == 0;
+		/* Its kind where the appliance writes it, right after prev: the
+		 * steps below find records by those bytes (raw_kind). */
+		ok = ok && strcmp(raw_kind(b, (int64_t)i + 1, kind, sizeof(kind)),
+				  sget(rec, "kind")) == 0;
 		json_decref(rec);
 		if (!ok) {
 			free(leaves);
@@ -333,7 +327,8 @@ static int check_journal(struct bundle *b, char *err, size_t errlen)
 			    rec == NULL ? "not JSON"
 					: "not numbered in order, or its prev is not the "
 					  "previous record's hash (a record was changed, "
-					  "removed or inserted before it)");
+					  "removed or inserted before it), or its kind is not "
+					  "the member after prev");
 		}
 		SHA256((const uint8_t *)b->rec[i], b->rec_len[i], md);
 		hex_encode(md, 32, hex);
@@ -352,14 +347,110 @@ static json_t *record(struct bundle *b, int64_t seq)
 	return json_loadb(b->rec[seq - 1], b->rec_len[seq - 1], 0, NULL);
 }
 
+/* The kind of record seq, read from its bytes without parsing them: every
+ * record begins {"seq":N,"time":T,"prev":"<64 hex>","kind":" (the chain
+ * covers those bytes), so the first '","kind":"' is its own.  "" if none. */
+static const char *raw_kind(struct bundle *b, int64_t seq, char *buf, size_t len)
+{
+	const char *p, *q;
+
+	buf[0] = '\0';
+	if (seq < 1 || (uint64_t)seq > b->n ||
+	    (p = strstr(b->rec[seq - 1], "\",\"kind\":\"")) == NULL)
+		return buf;
+	p += 10;
+	if ((q = strchr(p, '"')) != NULL && (size_t)(q - p) < len) {
+		memcpy(buf, p, (size_t)(q - p));
+		buf[q - p] = '\0';
+	}
+	return buf;
+}
+
 static int record_kind_is(struct bundle *b, int64_t seq, const char *kind)
 {
-	json_t *r = record(b, seq);
-	const char *k = json_string_value(json_object_get(r, "kind"));
-	int ok = k != NULL && strcmp(k, kind) == 0;
+	char k[64];
 
-	json_decref(r);
-	return ok;
+	return strcmp(raw_kind(b, seq, k, sizeof(k)), kind) == 0;
+}
+
+/* The attest.key record that made attestation key kid (attest.c): its
+ * backend, and whether it is restricted (an AK).  NULL if none. */
+static json_t *attest_key_record(struct bundle *b, const char *kid)
+{
+	json_t *rec;
+	size_t i;
+
+	for (i = 0; i < b->n; i++) {
+		if (!record_kind_is(b, (int64_t)i + 1, "attest.key"))
+			continue;
+		rec = record(b, (int64_t)i + 1);
+		if (strcmp(sget(rec, "kid"), kid) == 0)
+			return rec;
+		json_decref(rec);
+	}
+	return NULL;
+}
+
+/* keys: attestation-keys.json, every key a P-256 JWK named by its thumbprint;
+ * an AK's TPMT_PUBLIC, when given, a restricted key with that public key; its
+ * backend and kind those of the attest.key record that made it. */
+static int check_keys(struct bundle *b, char *err, size_t errlen)
+{
+	static const char *const members[] = {"kty", "crv", "x",       "y",	      "kid",
+					      "alg", "use", "backend", "tpm2_public", NULL};
+	const json_t *k;
+	char tp[CIMD_KID_LEN + 1];
+	json_t *rec;
+	size_t i;
+	int r, ok;
+
+	if (!json_is_object(b->keys) || json_object_size(b->keys) != 1 ||
+	    !json_is_array(json_object_get(b->keys, "keys")) ||
+	    json_array_size(json_object_get(b->keys, "keys")) == 0)
+		return cimd_fail(err, errlen, -CIMD_EFORMAT,
+				 "attestation-keys.json is not {\"keys\": [...]} with keys");
+	json_array_foreach(json_object_get(b->keys, "keys"), i, k)
+	{
+		const char *kid = json_string_value(json_object_get(k, "kid"));
+		const char *pub = json_string_value(json_object_get(k, "tpm2_public"));
+
+		if ((r = only_members(k, members, "attestation key", i, err, errlen)) < 0)
+			return r;
+		if (kid == NULL || jwk_thumbprint(k, tp) < 0 || strcmp(tp, kid) != 0 ||
+		    strcmp(sget(k, "alg"), "ES256") != 0 || strcmp(sget(k, "use"), "sig") != 0)
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "attestation key %zu: its kid is not its RFC 7638 "
+					 "thumbprint, or it is not an ES256 signing key",
+					 i + 1);
+		if (pub != NULL) {
+			uint8_t *raw = NULL;
+			size_t n = 0;
+			json_t *jwk = NULL;
+			int restricted = 0;
+
+			ok = b64url_decode(pub, strlen(pub), &raw, &n) == 0 &&
+			     tpm2_public_jwk(raw, n, &jwk, &restricted) == 0 && restricted &&
+			     jwk_thumbprint(jwk, tp) == 0 && strcmp(tp, kid) == 0;
+			free(raw);
+			json_decref(jwk);
+			if (!ok)
+				return cimd_fail(err, errlen, -CIMD_EVERIFY,
+						 "attestation key %s: its TPMT_PUBLIC is not a "
+						 "restricted key with this public key",
+						 kid);
+		}
+		rec = attest_key_record(b, kid);
+		ok = rec != NULL && strcmp(sget(rec, "backend"), sget(k, "backend")) == 0 &&
+		     json_is_true(json_object_get(rec, "restricted")) == (pub != NULL);
+		json_decref(rec);
+		if (!ok)
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "attestation key %s: no attest.key record made it on "
+					 "backend %s%s",
+					 kid, sget(k, "backend"),
+					 pub != NULL ? " as a TPM attestation key" : "");
+	}
+	return 0;
 }
 
 /* checkpoints: signatures, roots, order, counters, consistency, records. */
@@ -377,10 +468,13 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 		return cimd_fail(err, errlen, -CIMD_EVERIFY, "the bundle holds no checkpoint");
 	json_array_foreach(b->checkpoints, i, cp)
 	{
+		static const char *const members[] = {"size", "counter", "note", "seq", NULL};
 		const char *note = json_string_value(json_object_get(cp, "note"));
 		int64_t seq = json_integer_value(json_object_get(cp, "seq"));
 		json_t *rec;
 
+		if ((r = only_members(cp, members, "checkpoint", i, err, errlen)) < 0)
+			return r;
 		if (note == NULL)
 			return cimd_fail(err, errlen, -CIMD_EFORMAT, "checkpoint %zu: no note",
 					 i + 1);
@@ -423,7 +517,20 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 			return cimd_fail(err, errlen, -CIMD_EVERIFY,
 					 "checkpoint %zu is not consistent with checkpoint %zu",
 					 i + 1, i);
+		/* Its size and counter are the signed note's: nothing else. */
+		if (json_integer_value(json_object_get(cp, "size")) != (json_int_t)c.size)
+			return cimd_fail(
+			    err, errlen, -CIMD_EVERIFY,
+			    "checkpoint %zu: its size member is not its note's (%" PRIu64 ")",
+			    i + 1, c.size);
 		r = checkpoint_extension(note, strlen(note), &c, "nv-counter", &counter);
+		if ((r == 0 &&
+		     json_integer_value(json_object_get(cp, "counter")) != (json_int_t)counter) ||
+		    (r == -ENOENT && !json_is_null(json_object_get(cp, "counter"))))
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "checkpoint %zu: its counter member is not its note's "
+					 "nv-counter",
+					 i + 1);
 		if (r == 0) {
 			if (counter <= prev_counter)
 				return cimd_fail(err, errlen, -CIMD_EVERIFY,
@@ -543,28 +650,24 @@ static int jwks_kids(const char *bytes, size_t len, json_t **ret)
 	return 0;
 }
 
-/* Applies the key records of the journal up to (not including) seq. */
-static void replay_keys(struct bundle *b, size_t *next, int64_t seq, json_t *states)
+/* Applies to rp the records from *next up to (not including) seq: the state
+ * the journal says was in force at record seq (firmware/replay.c, the replay
+ * cimdd runs at start).  Only the records that change it are parsed. */
+static int advance(struct bundle *b, struct replay *rp, size_t *next, int64_t seq)
 {
-	for (; *next < b->n && (int64_t)*next + 1 < seq; (*next)++) {
-		json_t *rec = record(b, (int64_t)*next + 1);
-		const char *kind = json_string_value(json_object_get(rec, "kind"));
-		const char *kid = json_string_value(json_object_get(rec, "kid"));
-		const char *client = json_string_value(json_object_get(rec, "client"));
-		const char *to = NULL;
+	char kind[64];
+	json_t *rec;
+	int r = 0;
 
-		if (kind != NULL && kid != NULL && client != NULL) {
-			if (strcmp(kind, "key.create") == 0)
-				to = json_string_value(json_object_get(rec, "state"));
-			else if (strcmp(kind, "key.state") == 0)
-				to = json_string_value(json_object_get(rec, "to"));
-			if (to != NULL)
-				json_object_set_new(
-				    states, kid,
-				    json_pack("{ssss}", "client", client, "state", to));
-		}
+	for (; r == 0 && *next < b->n && (int64_t)*next + 1 < seq; (*next)++) {
+		if (!replay_governs(raw_kind(b, (int64_t)*next + 1, kind, sizeof(kind))))
+			continue;
+		if ((rec = record(b, (int64_t)*next + 1)) == NULL)
+			continue;
+		r = replay_apply(rp, rec);
 		json_decref(rec);
 	}
+	return r;
 }
 
 static int published_state(const char *s)
@@ -620,7 +723,7 @@ static int jwks_matches_states(size_t i, int64_t seq, const char *path, const ch
 	{
 		const char *st = json_string_value(json_object_get(v, "state"));
 
-		if (strcmp(json_string_value(json_object_get(v, "client")), client) != 0)
+		if (strcmp(sget(v, "client"), client) != 0)
 			continue;
 		if (published_state(st) != (json_object_get(kids, kid) != NULL)) {
 			r = cimd_fail(err, errlen, -CIMD_EVERIFY,
@@ -646,16 +749,45 @@ out:
 	return r;
 }
 
-/* publications: bytes, records, and each JWKS against the replayed key states. */
+/* A published CIMD document (path /clients/NAME) is the version of its
+ * client that the journal says was approved at that record: an approved
+ * document rewritten in the database is published with its own publish
+ * record, and only the replay tells it from the approved one. */
+static int document_is_approved(const struct replay *rp, size_t i, int64_t seq, const char *path,
+				const char *client, const char *hex, char *err, size_t errlen)
+{
+	const json_t *docs = json_object_get(
+	    json_object_get(json_object_get(replay_state(rp), "clients"), client), "documents");
+	const char *v, *approved = "none";
+	const json_t *d;
+
+	json_object_foreach((json_t *)docs, v, d)
+	{
+		if (strcmp(sget(d, "state"), "approved") != 0)
+			continue;
+		approved = sget(d, "sha256");
+		if (strcmp(approved, hex) == 0)
+			return 0;
+	}
+	return cimd_fail(err, errlen, -CIMD_EVERIFY,
+			 "publication %zu (%s, journal record %lld): SHA-256 %s is not the "
+			 "document the journal approved for %s (%s)",
+			 i + 1, path, (long long)seq, hex, client, approved);
+}
+
+/* publications: bytes, records, each document the approved one and each JWKS
+ * the keys the journal implies at its record. */
 static int check_publications(struct bundle *b, char *err, size_t errlen)
 {
-	json_t *states = json_object();
+	static const char *const members[] = {"path", "client", "sha256", "seq", "bytes", NULL};
+	struct replay *rp = NULL;
 	size_t i, next = 0, publish_records = 0;
 	int64_t last_seq = 0;
 	const json_t *p;
+	char doc_path[300];
 	int r = 0;
 
-	if (states == NULL)
+	if (replay_new(&rp) < 0)
 		return -ENOMEM;
 	json_array_foreach(b->publications, i, p)
 	{
@@ -666,6 +798,8 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 		int64_t seq = json_integer_value(json_object_get(p, "seq"));
 		size_t len = json_string_length(json_object_get(p, "bytes"));
 
+		if ((r = only_members(p, members, "publication", i, err, errlen)) < 0)
+			goto out;
 		if (path == NULL || client == NULL || hex == NULL || bytes == NULL) {
 			r = cimd_fail(err, errlen, -CIMD_EFORMAT, "publication %zu: malformed",
 				      i + 1);
@@ -684,11 +818,17 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 		if ((r = publication_is_record(b, i, seq, path, client, hex, bytes, len, err,
 					       errlen)) < 0)
 			goto out;
+		/* The state the journal implies at the publish record. */
+		if ((r = advance(b, rp, &next, seq)) < 0)
+			goto out;
+		snprintf(doc_path, sizeof(doc_path), "/clients/%s", client);
+		if (strcmp(path, doc_path) == 0 &&
+		    (r = document_is_approved(rp, i, seq, path, client, hex, err, errlen)) < 0)
+			goto out;
 		if (strlen(path) < 10 || strcmp(path + strlen(path) - 10, "/jwks.json") != 0)
 			continue;
-		/* The key states the journal implies at the publish record. */
-		replay_keys(b, &next, seq, states);
-		if ((r = jwks_matches_states(i, seq, path, client, bytes, len, states, err,
+		if ((r = jwks_matches_states(i, seq, path, client, bytes, len,
+					     json_object_get(replay_state(rp), "keys"), err,
 					     errlen)) < 0)
 			goto out;
 	}
@@ -700,7 +840,46 @@ static int check_publications(struct bundle *b, char *err, size_t errlen)
 			      "the journal records %zu publications, the bundle holds %zu",
 			      publish_records, json_array_size(b->publications));
 out:
-	json_decref(states);
+	replay_free(&rp);
+	return r;
+}
+
+/* assertions: every assertion.issue record against the policy and key state
+ * the journal says were in force at it; and the tables.accepted records,
+ * which the report names. */
+static int check_assertions(struct bundle *b, char *err, size_t errlen)
+{
+	struct replay *rp = NULL;
+	char kind[64], why[512], line[640];
+	size_t next = 0, i;
+	json_t *rec;
+	int by_gid, r = 0;
+
+	if (replay_new(&rp) < 0 || (b->accepted = json_array()) == NULL) {
+		replay_free(&rp);
+		return -ENOMEM;
+	}
+	for (i = 0; r == 0 && i < b->n; i++) {
+		raw_kind(b, (int64_t)i + 1, kind, sizeof(kind));
+		if (strcmp(kind, "assertion.issue") != 0 && strcmp(kind, "tables.accepted") != 0)
+			continue;
+		if ((r = advance(b, rp, &next, (int64_t)i + 1)) < 0 ||
+		    (rec = record(b, (int64_t)i + 1)) == NULL)
+			break;
+		if (strcmp(kind, "tables.accepted") == 0) {
+			snprintf(line, sizeof(line), "record %zu: %s", i + 1, sget(rec, "row"));
+			json_array_append_new(b->accepted, json_string(line));
+		} else if (replay_check_assertion(rp, rec, &by_gid, why, sizeof(why)) < 0) {
+			r = cimd_fail(err, errlen, -CIMD_EVERIFY,
+				      "journal record %zu (assertion.issue, jti %s): %s", i + 1,
+				      sget(rec, "jti"), why);
+		} else {
+			b->assertions++;
+			b->by_gid += (size_t)by_gid;
+		}
+		json_decref(rec);
+	}
+	replay_free(&rp);
 	return r;
 }
 
@@ -731,9 +910,76 @@ static void capture(void *arg, int ok, const char *check, const char *detail)
 		snprintf(f->what, sizeof(f->what), "%s: %s", check, detail);
 }
 
+/* The in-toto statement an envelope carries (its DSSE payload); NULL if none. */
+static json_t *statement_of(const json_t *env)
+{
+	const char *payload = json_string_value(json_object_get(env, "payload"));
+	uint8_t *body = NULL;
+	size_t blen = 0;
+	json_t *st = NULL;
+
+	if (payload != NULL && b64_decode(payload, strlen(payload), &body, &blen) == 0)
+		st = json_loadb((const char *)body, blen, 0, NULL);
+	free(body);
+	return st;
+}
+
+static const char *subject_digest(const json_t *st, size_t i)
+{
+	return sget(json_object_get(json_array_get(json_object_get(st, "subject"), i), "digest"),
+		    "sha256");
+}
+
+/* Whether client_id is base_url + "/clients/" + client. */
+static int names_client(const char *client_id, const char *client)
+{
+	size_t n = strlen(client_id), m = strlen(client);
+
+	return m > 0 && n > m + 9 && strcmp(client_id + n - m, client) == 0 &&
+	       strncmp(client_id + n - m - 9, "/clients/", 9) == 0;
+}
+
+/* Envelope i's own members are what its journal record says (attest.c): an
+ * attestation's client, the envelope's hash and its subjects' digests; a
+ * revocation record's client and kid. */
+static int envelope_is_record(struct bundle *b, const json_t *a, const json_t *st, const char *text,
+			      int attestations, size_t i, char *err, size_t errlen)
+{
+	int64_t seq = json_integer_value(json_object_get(a, "seq"));
+	const json_t *pred = json_object_get(st, "predicate");
+	json_t *rec = record(b, seq);
+	uint8_t md[32];
+	char hex[65];
+	int ok;
+
+	SHA256((const uint8_t *)text, strlen(text), md);
+	hex_encode(md, 32, hex);
+	if (attestations)
+		ok = strcmp(sget(rec, "client"), sget(a, "client")) == 0 &&
+		     strcmp(sget(rec, "envelope_sha256"), hex) == 0 &&
+		     strcmp(sget(rec, "cimd_sha256"), subject_digest(st, 0)) == 0 &&
+		     strcmp(sget(rec, "jwks_sha256"), subject_digest(st, 1)) == 0 &&
+		     names_client(sget(pred, "client_id"), sget(rec, "client"));
+	else
+		ok = strcmp(sget(rec, "kid"), sget(a, "kid")) == 0 &&
+		     strcmp(sget(rec, "kid"), sget(pred, "kid")) == 0 &&
+		     names_client(sget(pred, "client_id"), sget(rec, "client"));
+	json_decref(rec);
+	if (!ok)
+		return cimd_fail(err, errlen, -CIMD_EVERIFY,
+				 "%s %zu (%s): it is not what journal record %lld says was issued "
+				 "(%s)",
+				 attestations ? "attestation" : "revocation record", i + 1,
+				 sget(a, attestations ? "client" : "kid"), (long long)seq,
+				 attestations ? "client, envelope hash, subjects" : "client, kid");
+	return 0;
+}
+
 static int check_envelopes(struct bundle *b, const json_t *list, int attestations, char *err,
 			   size_t errlen)
 {
+	static const char *const att_members[] = {"client", "seq", "envelope", NULL};
+	static const char *const rev_members[] = {"kid", "seq", "envelope", NULL};
 	const char *what = attestations ? "attestation" : "revocation record";
 	const json_t *a;
 	size_t i;
@@ -744,47 +990,26 @@ static int check_envelopes(struct bundle *b, const json_t *list, int attestation
 		const json_t *doc = NULL, *jwks = NULL;
 		struct first_fail f = {""};
 		char *text = json_dumps(env, JSON_COMPACT);
+		json_t *st = statement_of(env);
 		int r;
 
-		if (text == NULL)
-			return cimd_fail(err, errlen, -CIMD_EFORMAT, "%s %zu: no envelope", what,
-					 i + 1);
+		if ((r = only_members(a, attestations ? att_members : rev_members, what, i, err,
+				      errlen)) < 0 ||
+		    (text == NULL && (r = cimd_fail(err, errlen, -CIMD_EFORMAT,
+						    "%s %zu: no envelope", what, i + 1)) < 0) ||
+		    (r = envelope_is_record(b, a, st, text, attestations, i, err, errlen)) < 0)
+			goto next;
 		if (attestations) {
 			/* Its subjects: the document and the JWKS it names, which
 			 * must be bytes that were published. */
-			const char *payload = json_string_value(json_object_get(env, "payload"));
-			uint8_t *body = NULL;
-			size_t blen = 0;
-			json_t *st = NULL, *subj;
-
-			if (payload != NULL &&
-			    b64_decode(payload, strlen(payload), &body, &blen) == 0)
-				st = json_loadb((const char *)body, blen, 0, NULL);
-			free(body);
-			subj = json_object_get(st, "subject");
-			doc = publication_by_digest(
-			    b, json_string_value(json_object_get(
-				   json_object_get(json_array_get(subj, 0), "digest"), "sha256")));
-			jwks = publication_by_digest(
-			    b, json_string_value(json_object_get(
-				   json_object_get(json_array_get(subj, 1), "digest"), "sha256")));
-			json_decref(st);
+			doc = publication_by_digest(b, subject_digest(st, 0));
+			jwks = publication_by_digest(b, subject_digest(st, 1));
 			if (doc == NULL || jwks == NULL) {
-				free(text);
-				return cimd_fail(
-				    err, errlen, -CIMD_EVERIFY,
-				    "%s %zu (%s): it names a %s that was never published", what,
-				    i + 1, json_string_value(json_object_get(a, "client")),
-				    doc == NULL ? "document" : "JWKS");
-			}
-			if (!record_kind_is(b, json_integer_value(json_object_get(a, "seq")),
-					    "attest.issue")) {
-				free(text);
-				return cimd_fail(
-				    err, errlen, -CIMD_EVERIFY,
-				    "%s %zu: journal record %lld is not its attest.issue", what,
-				    i + 1,
-				    (long long)json_integer_value(json_object_get(a, "seq")));
+				r = cimd_fail(err, errlen, -CIMD_EVERIFY,
+					      "%s %zu (%s): it names a %s that was never published",
+					      what, i + 1, sget(a, "client"),
+					      doc == NULL ? "document" : "JWKS");
+				goto next;
 			}
 		}
 		r = attest_verify(
@@ -794,19 +1019,49 @@ static int check_envelopes(struct bundle *b, const json_t *list, int attestation
 		    jwks ? (const uint8_t *)json_string_value(json_object_get(jwks, "bytes"))
 			 : NULL,
 		    jwks ? json_string_length(json_object_get(jwks, "bytes")) : 0, capture, &f);
-		free(text);
 		if (r < 0)
-			return cimd_fail(err, errlen, -CIMD_EVERIFY, "%s %zu: %s", what, i + 1,
-					 f.what[0] ? f.what : cimd_strerror(r));
+			r = cimd_fail(err, errlen, -CIMD_EVERIFY, "%s %zu: %s", what, i + 1,
+				      f.what[0] ? f.what : cimd_strerror(r));
+	next:
+		free(text);
+		json_decref(st);
+		if (r < 0)
+			return r;
 	}
 	return 0;
+}
+
+/* What the tables step reports: the table differences the operator accepted
+ * (cimd --accept-tables), each a journal record, or none. */
+static void accepted_detail(struct bundle *b, char *out, size_t len)
+{
+	const json_t *v;
+	size_t i, n = json_array_size(b->accepted), at;
+
+	if (n == 0) {
+		snprintf(out, len,
+			 "every table as the journal's records made it: no difference "
+			 "accepted by an operator");
+		return;
+	}
+	at = (size_t)snprintf(out, len,
+			      "%zu table differences the operator accepted (cimdd "
+			      "--accept-tables): ",
+			      n);
+	json_array_foreach(b->accepted, i, v)
+	{
+		if (at >= len)
+			break;
+		at += (size_t)snprintf(out + at, len - at, "%s%s", i ? "; " : "",
+				       json_string_value(v));
+	}
 }
 
 int audit_verify_dir(const char *dir, const json_t *trust, const char *saved, size_t saved_len,
 		     audit_report_fn report, void *arg)
 {
 	struct bundle b = {.dir = dir, .trust = trust};
-	char err[1024], detail[256], *keys = NULL;
+	char err[1024], detail[2048], *keys = NULL;
 	size_t keys_len, covered = 0;
 	int r;
 
@@ -837,9 +1092,10 @@ int audit_verify_dir(const char *dir, const json_t *trust, const char *saved, si
 		report(arg, 0, "bundle", err);
 		goto out;
 	}
-	STEP("keys", check_keys(&b, err, sizeof(err)), "%zu attestation keys, each its thumbprint",
-	     json_array_size(json_object_get(b.keys, "keys")));
 	STEP("journal", check_journal(&b, err, sizeof(err)), "%zu records, hash chain intact", b.n);
+	STEP("keys", check_keys(&b, err, sizeof(err)),
+	     "%zu attestation keys, each its thumbprint, each made by an attest.key record",
+	     json_array_size(json_object_get(b.keys, "keys")));
 	STEP("checkpoints", check_checkpoints(&b, err, sizeof(err), &covered),
 	     "%zu, each signed by a trusted key, each root the journal's, each consistent with "
 	     "the one before; the last covers %zu of %zu records",
@@ -848,25 +1104,32 @@ int audit_verify_dir(const char *dir, const json_t *trust, const char *saved, si
 		STEP("saved", check_saved(&b, saved, saved_len, err, sizeof(err)),
 		     "the checkpoint you saved is a prefix of this journal");
 	STEP("publications", check_publications(&b, err, sizeof(err)),
-	     "%zu documents and JWKS, each as journaled, each JWKS the keys the journal "
-	     "implies",
+	     "%zu documents and JWKS, each as journaled, each document the one the journal "
+	     "approved, each JWKS the keys the journal implies",
 	     json_array_size(b.publications));
 	STEP("attestations",
 	     check_complete(&b, b.attestations, "attest.issue", "attestation", err, sizeof(err)) < 0
 		 ? -CIMD_EVERIFY
 		 : check_envelopes(&b, b.attestations, 1, err, sizeof(err)),
-	     "%zu, one per attest.issue record, each verified against published bytes",
+	     "%zu, one per attest.issue record and as it says, each verified against published "
+	     "bytes",
 	     json_array_size(b.attestations));
 	STEP("revocations",
 	     check_complete(&b, b.revocations, "attest.revocation", "revocation record", err,
 			    sizeof(err)) < 0
 		 ? -CIMD_EVERIFY
 		 : check_envelopes(&b, b.revocations, 0, err, sizeof(err)),
-	     "%zu, one per attest.revocation record, each verified",
+	     "%zu, one per attest.revocation record and as it says, each verified",
 	     json_array_size(b.revocations));
+	STEP("assertions", check_assertions(&b, err, sizeof(err)),
+	     "%zu, each by an allowed caller (%zu through a group the record does not name), "
+	     "for an allowed audience, with a key in a state that signs, at its record",
+	     b.assertions, b.by_gid);
+	accepted_detail(&b, detail, sizeof(detail));
+	report(arg, 1, "tables", detail);
 #undef STEP
-	r = 0;
+	r = json_array_size(b.accepted) > 0 ? 1 : 0;
 out:
 	bundle_free(&b);
-	return r < 0 ? -CIMD_EVERIFY : 0;
+	return r < 0 ? -CIMD_EVERIFY : r;
 }

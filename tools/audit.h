@@ -27,7 +27,9 @@ int audit_check_consistency(const char *old_note, size_t old_len, const json_t *
 /* Every check of an audit bundle directory, in the order docs/audit.md gives,
  * against the attestation keys the auditor trusts ({"keys":[...]}), and, when
  * saved is not NULL, against a checkpoint the auditor saved earlier; stops at
- * the first that fails.  0 when all held, -CIMD_EVERIFY otherwise. */
+ * the first that fails.  0 when all held; 1 when all held but the journal
+ * records table differences an operator accepted (cimdd --accept-tables: the
+ * "tables" report names each); -CIMD_EVERIFY otherwise. */
 int audit_verify_dir(const char *dir, const json_t *trust, const char *saved, size_t saved_len,
 		     audit_report_fn report, void *arg);
 
