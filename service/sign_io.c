@@ -6,7 +6,11 @@
  * key, writes answers.  Never blocks on a peer or on hardware.
  *
  * A connection has at most one request in flight, so answers come in order and
- * a peer that does not read its answers stalls only itself.
+ * a peer that does not read its answers stalls only itself.  A peer that
+ * pipelines as fast as it can stalls no one either: connections with work are
+ * served in turns, round-robin between uids, and bad lines slow their own uid
+ * down (sign_fair.c).  Forbidden requests are journaled in sums
+ * (sign_refuse.c).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -65,8 +69,8 @@ int sign_io_init(struct signer *s, char *err, size_t errlen)
 
 	s->io.conns = calloc(CIMD_SIGN_CONNS_MAX, sizeof(*s->io.conns));
 	s->io.free_slots = calloc(CIMD_SIGN_CONNS_MAX, sizeof(*s->io.free_slots));
-	if (!s->io.conns || !s->io.free_slots ||
-	    ls_uids_init(&s->io.uids, CIMD_SIGN_CONNS_MAX) < 0) {
+	if (!s->io.conns || !s->io.free_slots || sign_fair_init(&s->io.fair) < 0 ||
+	    sign_refuse_init(s) < 0) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
@@ -99,7 +103,8 @@ fail_errno:
 static void conn_close(struct signer *s, struct conn *c)
 {
 	epoll_ctl(s->io.epfd, EPOLL_CTL_DEL, c->ls.fd, NULL);
-	ls_uids_release(&s->io.uids, c->ls.cred.uid);
+	sign_fair_unready(&s->io.fair, s->io.conns, c);
+	sign_fair_release(&s->io.fair, c->uent);
 	ls_conn_close(&c->ls);
 	c->gen++; /* a job still in flight for it is answered to no one */
 	c->busy = 0;
@@ -123,7 +128,8 @@ void sign_io_free(struct signer *s)
 		close(s->io.epfd);
 	free(s->io.conns);
 	free(s->io.free_slots);
-	ls_uids_free(&s->io.uids);
+	sign_fair_free(&s->io.fair);
+	sign_refuse_free(s);
 	s->io.conns = NULL;
 	s->io.free_slots = NULL;
 	s->io.lfd = s->io.epfd = -1;
@@ -150,7 +156,12 @@ static void conn_error(struct conn *c, enum proto_err e, const char *msg)
 		ls_conn_send(&c->ls, line, (size_t)n);
 }
 
-static void conn_work(struct signer *s, struct conn *c);
+/* c has work: it waits for its uid's turn, not for epoll. */
+static void conn_ready(struct signer *s, struct conn *c)
+{
+	sign_fair_ready(&s->io.fair, s->io.conns, c);
+	conn_want(s, c, 0);
+}
 
 static int caller_allowed(const struct conn *c, const struct policy *p)
 {
@@ -217,7 +228,7 @@ static int build_claims(struct job *j, const char *client_id)
  * from the tree in memory.  Another uid's jti is "not_found", like an unknown
  * one: a receipt does not tell who else was issued what.
  */
-static void receipt(struct signer *s, struct conn *c, const char *jti)
+static enum proto_err receipt(struct signer *s, struct conn *c, const char *jti)
 {
 	sqlite3_stmt *q = NULL;
 	json_t *o = NULL, *ans;
@@ -230,7 +241,7 @@ static void receipt(struct signer *s, struct conn *c, const char *jti)
 			"WHERE jti = ?",
 			"s", jti) < 0) {
 		conn_error(c, PE_INTERNAL, "database error");
-		return;
+		return PE_INTERNAL;
 	}
 	if (sqlite3_step(q) == SQLITE_ROW) {
 		seq = sqlite3_column_int64(q, 0);
@@ -241,7 +252,7 @@ static void receipt(struct signer *s, struct conn *c, const char *jti)
 		snprintf(msg, sizeof(msg), "no assertion %.64s was issued to uid %u", jti,
 			 (unsigned)c->ls.cred.uid);
 		conn_error(c, PE_NOT_FOUND, msg);
-		return;
+		return PE_NOT_FOUND;
 	}
 	if ((r = tlog_inclusion(s->tlog, s->io.reader, seq, &o)) == -EAGAIN) {
 		snprintf(msg, sizeof(msg),
@@ -249,18 +260,22 @@ static void receipt(struct signer *s, struct conn *c, const char *jti)
 			 "checkpoint_interval",
 			 (long long)seq);
 		conn_error(c, PE_NOT_CHECKPOINTED, msg);
-		return;
+		return PE_NOT_CHECKPOINTED;
 	}
 	if (r < 0 || (ans = json_pack("{sbso}", "ok", 1, "receipt", o)) == NULL) {
 		json_decref(o);
 		conn_error(c, PE_INTERNAL, "could not build the receipt");
-		return;
+		return PE_INTERNAL;
 	}
+	r = 0;
 	if ((text = json_dumps(ans, JSON_COMPACT)) == NULL ||
-	    ls_conn_send(&c->ls, text, strlen(text)) < 0 || ls_conn_send(&c->ls, "\n", 1) < 0)
+	    ls_conn_send(&c->ls, text, strlen(text)) < 0 || ls_conn_send(&c->ls, "\n", 1) < 0) {
 		conn_error(c, PE_INTERNAL, "out of memory");
+		r = -ENOMEM;
+	}
 	free(text);
 	json_decref(ans);
+	return r < 0 ? PE_INTERNAL : PE_OK;
 }
 
 /*
@@ -324,58 +339,44 @@ static struct job *job_new(struct signer *s, struct conn *c, struct policy **p)
 }
 
 /*
- * One request line.  Either answers at once (into the connection's output) or
- * hands a job on and marks the connection busy.
+ * A caller who may not sign for the client gets one answer, whether the client
+ * exists, has no approved document, or exists and does not list the caller
+ * (docs/protocol.md): a stranger learns nothing of which clients exist.  The
+ * refusal is counted per (uid, client, reason) (sign_refuse.c): the first of
+ * its key is journaled before it is answered, the others are answered at once
+ * and journaled in sums.  p: the client's policy, NULL when there is none.
  */
-static void handle_line(struct signer *s, struct conn *c, const char *line, size_t len)
+static void forbid(struct signer *s, struct conn *c, struct policy *p, const char *client_id)
 {
-	struct sign_request rq = {0};
-	const char *name = NULL;
-	struct policy *p = NULL;
-	struct job *j = NULL;
-	enum proto_err e = PE_BAD_REQUEST;
+	const char *name = p != NULL ? p->name : "";
+	int64_t now = (int64_t)time(NULL);
+	struct job *j;
 	char msg[512];
-	long ttl, max_ttl;
-	int r;
 
-	max_ttl = __atomic_load_n(&s->max_ttl, __ATOMIC_RELAXED);
-	if (sign_request_parse(line, len, max_ttl, &rq, msg, sizeof(msg)) < 0)
-		goto refuse;
-	if (rq.op == SIGN_OP_RECEIPT) {
-		receipt(s, c, rq.jti);
-		goto out;
-	}
-	e = PE_UNKNOWN_CLIENT;
-	if ((name = sign_client_name(s, rq.client_id)) == NULL) {
-		snprintf(msg, sizeof(msg), "%.300s is not a client of this appliance",
-			 rq.client_id);
-		goto refuse;
-	}
-	if ((r = sign_policy_get(s, name, &p)) < 0) {
-		if (r != -ENOENT)
-			e = PE_INTERNAL;
-		snprintf(msg, sizeof(msg), r == -ENOENT ? "no client %s" : "database error", name);
-		name = NULL;
-		goto refuse;
-	}
-	if ((j = job_new(s, c, &p)) == NULL) {
-		e = PE_INTERNAL;
-		snprintf(msg, sizeof(msg), "out of memory");
-		goto refuse;
-	}
-	if (!caller_allowed(c, j->pol)) {
-		/* Journaled with the caller's uid and pid, then answered. */
-		j->refusal = 1;
-		j->err = PE_FORBIDDEN;
-		snprintf(j->msg, sizeof(j->msg), "uid %u may not sign for %.300s",
-			 (unsigned)c->ls.cred.uid, rq.client_id);
+	snprintf(msg, sizeof(msg), "uid %u may not sign for %.300s", (unsigned)c->ls.cred.uid,
+		 client_id);
+	if (sign_refuse_note(s, c->ls.cred.uid, c->ls.cred.pid, name, PE_FORBIDDEN) &&
+	    (j = sign_refuse_job(c->ls.cred.uid, c->ls.cred.pid, name, PE_FORBIDDEN, 1, now,
+				 now)) != NULL) {
+		j->slot = (uint32_t)(c - s->io.conns);
+		j->gen = c->gen;
+		if ((j->pol = p) != NULL) /* for the metrics' label */
+			__atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
+		snprintf(j->msg, sizeof(j->msg), "%s", msg);
 		c->busy = 1;
 		signq_push(&s->jr.q, j);
-		goto out;
+		return;
 	}
-	if ((e = admit(s, j, name, rq.aud, msg, sizeof(msg))) != PE_OK)
-		goto refuse;
-	ttl = rq.ttl;
+	sign_count(s, sign_metric_name(p), PE_FORBIDDEN);
+	conn_error(c, PE_FORBIDDEN, msg);
+}
+
+/* The lifetime and claims of an admitted request. */
+static enum proto_err job_claims(struct signer *s, struct job *j, const struct sign_request *rq,
+				 char *msg, size_t msglen)
+{
+	long max_ttl = __atomic_load_n(&s->max_ttl, __ATOMIC_RELAXED), ttl = rq->ttl;
+
 	if (ttl == 0)
 		ttl = j->pol->ttl > 0 ? j->pol->ttl
 				      : __atomic_load_n(&s->default_ttl, __ATOMIC_RELAXED);
@@ -383,52 +384,105 @@ static void handle_line(struct signer *s, struct conn *c, const char *line, size
 		ttl = max_ttl; /* a client policy set before the cap was lowered */
 	j->iat = (int64_t)time(NULL);
 	j->exp = j->iat + ttl;
-	if (build_claims(j, rq.client_id) < 0) {
-		e = PE_INTERNAL;
-		snprintf(msg, sizeof(msg), "could not build the assertion");
+	if (build_claims(j, rq->client_id) < 0) {
+		snprintf(msg, msglen, "could not build the assertion");
+		return PE_INTERNAL;
+	}
+	return PE_OK;
+}
+
+/*
+ * One request line.  Either answers at once (into the connection's output) or
+ * hands a job on and marks the connection busy.  Returns what the answer is
+ * (PE_OK: an assertion on its way, or a receipt).
+ */
+static enum proto_err handle_line(struct signer *s, struct conn *c, const char *line, size_t len)
+{
+	struct sign_request rq = {0};
+	const char *name;
+	struct policy *p = NULL;
+	struct job *j = NULL;
+	enum proto_err e = PE_BAD_REQUEST;
+	char msg[512];
+	int r;
+
+	if (sign_request_parse(line, len, __atomic_load_n(&s->max_ttl, __ATOMIC_RELAXED), &rq, msg,
+			       sizeof(msg)) < 0)
+		goto refuse;
+	if (rq.op == SIGN_OP_RECEIPT) {
+		e = receipt(s, c, rq.jti);
+		goto out;
+	}
+	e = PE_UNKNOWN_CLIENT; /* not even of the form of a client_id of ours */
+	if ((name = sign_client_name(s, rq.client_id)) == NULL) {
+		snprintf(msg, sizeof(msg), "%.300s is not a client_id of this appliance",
+			 rq.client_id);
 		goto refuse;
 	}
+	if ((r = sign_policy_get(s, name, &p)) < 0 && r != -ENOENT) {
+		e = PE_INTERNAL;
+		snprintf(msg, sizeof(msg), "database error");
+		goto refuse;
+	}
+	if (p == NULL || !caller_allowed(c, p)) {
+		forbid(s, c, p, rq.client_id);
+		e = PE_FORBIDDEN;
+		goto out;
+	}
+	if ((j = job_new(s, c, &p)) == NULL) {
+		e = PE_INTERNAL;
+		snprintf(msg, sizeof(msg), "out of memory");
+		goto refuse;
+	}
+	if ((e = admit(s, j, name, rq.aud, msg, sizeof(msg))) != PE_OK ||
+	    (e = job_claims(s, j, &rq, msg, sizeof(msg))) != PE_OK)
+		goto refuse;
 	c->busy = 1;
 	signq_push(&s->workers[j->pol->backend].q, j);
 	goto out;
 refuse:
-	sign_count(s, name, e);
+	sign_count(s, sign_metric_name(j != NULL ? j->pol : p), e);
 	conn_error(c, e, msg);
 	sign_job_free(j);
 out:
 	sign_policy_unref(p);
 	sign_request_clear(&rq);
+	return e;
 }
 
-/* Reads and handles lines until the connection must wait: for a job, for the
- * peer to read, or for more input. */
-static void conn_work(struct signer *s, struct conn *c)
+/*
+ * One turn of connection c (sign_fair.c): lines read and handled until it
+ * must wait -- for its job, for the peer to read, for more input -- or has
+ * had SIGN_LINES_PER_TURN lines, or its uid has no bad-line token left.
+ * 1 when it still has work (it waits for its uid's next turn), else 0.
+ */
+static int conn_turn(struct signer *s, struct conn *c)
 {
 	time_t now = time(NULL);
 	const char *line;
 	size_t len;
-	int n;
+	int n, lines = 0;
 
 	for (;;) {
-		if (ls_conn_flush(&c->ls) < 0) {
-			conn_close(s, c);
-			return;
-		}
+		if (ls_conn_flush(&c->ls) < 0)
+			goto gone;
 		if (c->ls.out_len > 0) {
 			conn_want(s, c, EPOLLOUT);
-			return;
+			return 0;
 		}
-		if (c->ls.closing) {
-			conn_close(s, c);
-			return;
-		}
+		if (c->ls.closing)
+			goto gone;
 		if (c->busy) {
 			conn_want(s, c, 0);
-			return;
+			return 0;
 		}
+		if (lines == SIGN_LINES_PER_TURN || !sign_fair_may(&s->io.fair, c->uent))
+			return 1;
 		if ((line = ls_conn_line(&c->ls, &len)) != NULL) {
 			c->ls.last = now;
-			handle_line(s, c, line, len);
+			lines++;
+			if (sign_bad_line(handle_line(s, c, line, len)))
+				sign_fair_bad(&s->io.fair, c->uent);
 			ls_conn_consume(&c->ls, len, now);
 			continue;
 		}
@@ -438,6 +492,7 @@ static void conn_work(struct signer *s, struct conn *c)
 			snprintf(msg, sizeof(msg), "a request line is at most %d bytes",
 				 CIMD_SIGN_LINE_MAX);
 			sign_count(s, NULL, PE_TOO_LARGE);
+			sign_fair_bad(&s->io.fair, c->uent);
 			conn_error(c, PE_TOO_LARGE, msg);
 			c->ls.closing = 1;
 			continue;
@@ -447,12 +502,26 @@ static void conn_work(struct signer *s, struct conn *c)
 			continue;
 		if (n == -EAGAIN) {
 			conn_want(s, c, EPOLLIN);
-			return;
+			return 0;
 		}
-		if (n < 0) {
-			conn_close(s, c);
-			return;
-		}
+		if (n < 0)
+			goto gone;
+	}
+gone:
+	conn_close(s, c);
+	return 0;
+}
+
+/* One round: each uid with work has one turn, of one of its connections. */
+static void serve_round(struct signer *s)
+{
+	size_t k = s->io.fair.n_ring;
+	uint32_t slot, u;
+	struct conn *c;
+
+	while (k-- > 0 && (slot = sign_fair_next(&s->io.fair, s->io.conns, &u)) != SIGN_NONE) {
+		c = &s->io.conns[slot];
+		sign_fair_turn_end(&s->io.fair, s->io.conns, u, conn_turn(s, c) ? c : NULL);
 	}
 }
 
@@ -461,6 +530,7 @@ static void accept_all(struct signer *s)
 	struct epoll_event ev;
 	struct conn *c;
 	struct ucred cred;
+	uint32_t u;
 	int fd, k, r;
 
 	for (k = 0; k < 256; k++) {
@@ -469,17 +539,20 @@ static void accept_all(struct signer *s)
 		if (r < 0)
 			return;
 		if (s->io.n_free == 0 ||
-		    !ls_uids_take(&s->io.uids, cred.uid, CIMD_SIGN_CONNS_PER_UID)) {
+		    (u = sign_fair_take(&s->io.fair, cred.uid, CIMD_SIGN_CONNS_PER_UID)) ==
+			SIGN_NONE) {
 			close(fd); /* full: the peer sees the connection end */
 			continue;
 		}
 		c = &s->io.conns[s->io.free_slots[--s->io.n_free]];
 		ls_conn_open(&c->ls, fd, &cred, time(NULL));
 		c->events = EPOLLIN;
+		c->uent = u;
+		c->ready = 0;
 		ev = (struct epoll_event){.events = EPOLLIN,
 					  .data.u64 = (uint64_t)(c - s->io.conns)};
 		if (epoll_ctl(s->io.epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-			ls_uids_release(&s->io.uids, cred.uid);
+			sign_fair_release(&s->io.fair, u);
 			ls_conn_close(&c->ls);
 			s->io.free_slots[s->io.n_free++] = (uint32_t)(c - s->io.conns);
 			continue;
@@ -507,7 +580,11 @@ static void deliver(struct signer *s)
 	pthread_mutex_unlock(&s->done.mu);
 	for (; j != NULL; j = next) {
 		next = j->next;
-		sign_count(s, j->pol ? j->pol->name : NULL, j->err);
+		if (j->slot == SIGN_NONE) { /* a refusal record: counted when refused */
+			sign_job_free(j);
+			continue;
+		}
+		sign_count(s, sign_metric_name(j->pol), j->err);
 		c = &s->io.conns[j->slot];
 		if (c->ls.fd < 0 || c->gen != j->gen) {
 			sign_job_free(j);
@@ -529,7 +606,7 @@ static void deliver(struct signer *s)
 			}
 		}
 		sign_job_free(j);
-		conn_work(s, c);
+		conn_ready(s, c);
 	}
 }
 
@@ -545,18 +622,30 @@ static void expire(struct signer *s, time_t now)
 		if (ls_conn_stalled(&c->ls, now, CIMD_SIGN_LINE_SEC, CIMD_SIGN_IDLE_SEC))
 			conn_close(s, c);
 	}
+	sign_fair_sweep(&s->io.fair);
+}
+
+/* What epoll_wait may wait: nothing while uids wait in the ring, until the
+ * first parked uid has a token again, else a second (expiry, refusal counts). */
+static int io_timeout(struct signer *s)
+{
+	int wake = sign_fair_wake(&s->io.fair);
+
+	if (s->io.fair.n_ring > 0)
+		return 0;
+	return wake >= 0 && wake < 1000 ? wake : 1000;
 }
 
 void *sign_io_main(void *arg)
 {
 	struct signer *s = arg;
 	struct epoll_event evs[64];
-	time_t last_expire = time(NULL);
+	time_t last_expire = time(NULL), now;
 	struct conn *c;
 	int i, n;
 
 	while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
-		n = epoll_wait(s->io.epfd, evs, 64, 1000);
+		n = epoll_wait(s->io.epfd, evs, 64, io_timeout(s));
 		for (i = 0; i < n; i++) {
 			if (evs[i].data.u64 == TAG_LISTEN) {
 				accept_all(s);
@@ -569,16 +658,20 @@ void *sign_io_main(void *arg)
 			c = &s->io.conns[evs[i].data.u64];
 			if (c->ls.fd < 0)
 				continue;
-			if (c->busy && (evs[i].events & (EPOLLHUP | EPOLLERR)))
-				/* Gone while its job runs: nothing to answer to. */
+			if (evs[i].events & (EPOLLHUP | EPOLLERR))
+				/* Gone both ways: no one to answer to. */
 				conn_close(s, c);
 			else
-				conn_work(s, c);
+				conn_ready(s, c);
 		}
-		if (time(NULL) != last_expire) {
-			last_expire = time(NULL);
-			expire(s, last_expire);
+		serve_round(s);
+		if ((now = time(NULL)) != last_expire) {
+			last_expire = now;
+			expire(s, now);
 		}
+		if (now - s->io.refusals.flushed >= SIGN_REFUSE_INTERVAL)
+			sign_refuse_flush(s);
 	}
+	sign_refuse_flush(s); /* a clean stop loses no count */
 	return NULL;
 }

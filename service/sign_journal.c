@@ -31,6 +31,23 @@ static int key_signs(struct store *st, const char *kid)
 	return ok;
 }
 
+/* A refusal record counts the refusals of one (uid, client, reason) from
+ * first to last (sign_refuse.c); a client that does not exist is not named. */
+static json_t *refusal_fields(const struct job *j)
+{
+	json_t *f =
+	    json_pack("{sssIsIsIsIsI}", "error", proto_err_name(j->err), "uid", (json_int_t)j->uid,
+		      "pid", (json_int_t)j->pid, "count", (json_int_t)j->count, "first",
+		      (json_int_t)j->first, "last", (json_int_t)j->last);
+
+	if (f != NULL && j->client[0] != '\0' &&
+	    json_object_set_new(f, "client", json_string(j->client)) < 0) {
+		json_decref(f);
+		return NULL;
+	}
+	return f;
+}
+
 static int journal_job(struct store *st, struct job *j)
 {
 	char actor[32];
@@ -39,8 +56,7 @@ static int journal_job(struct store *st, struct job *j)
 
 	snprintf(actor, sizeof(actor), "uid:%u", (unsigned)j->uid);
 	if (j->refusal)
-		f = json_pack("{sssssIsI}", "client", j->pol->name, "error", proto_err_name(j->err),
-			      "uid", (json_int_t)j->uid, "pid", (json_int_t)j->pid);
+		f = refusal_fields(j);
 	else
 		f = json_pack("{sssssssssIsIsIsI}", "client", j->pol->name, "kid", j->pol->kid,
 			      "jti", j->jti, "aud", j->aud, "iat", (json_int_t)j->iat, "exp",
@@ -60,9 +76,15 @@ void *sign_journal_main(void *arg)
 	char ok_kid[CIMD_KID_LEN + 1], bad_kid[CIMD_KID_LEN + 1];
 	int r;
 
-	while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
-		if ((batch = signq_take(&s->jr.q, CIMD_JOURNAL_BATCH_MAX, &s->stop)) == NULL)
+	/* Until the others are gone and the queue is empty: the io thread's
+	 * last refusal counts are journaled on a clean stop. */
+	for (;;) {
+		if ((batch = signq_take(&s->jr.q, CIMD_JOURNAL_BATCH_MAX, &s->journal_stop)) ==
+		    NULL) {
+			if (__atomic_load_n(&s->journal_stop, __ATOMIC_ACQUIRE))
+				break;
 			continue;
+		}
 		ok_kid[0] = bad_kid[0] = '\0';
 		r = store_begin(s->jr.writer);
 		for (j = batch; r == 0 && j != NULL; j = j->next) {

@@ -68,7 +68,8 @@ void sign_policy_flush(struct signer *s)
 		}
 }
 
-/* The clients row: backend, lifetime and rate.  -ENOENT: no such client. */
+/* The clients row: backend, lifetime, rate, and whether a document of it was
+ * approved.  -ENOENT: no such client. */
 static int load_client(struct store *st, const struct cimd_config *cfg, struct policy *p)
 {
 	sqlite3_stmt *q = NULL;
@@ -76,9 +77,12 @@ static int load_client(struct store *st, const struct cimd_config *cfg, struct p
 	size_t i;
 	int rc, r = -EIO;
 
-	if (store_query(st, &q,
-			"SELECT backend, assertion_ttl, rate_limit FROM clients WHERE name = ?",
-			"s", p->name) < 0)
+	if (store_query(
+		st, &q,
+		"SELECT backend, assertion_ttl, rate_limit, EXISTS (SELECT 1 FROM documents "
+		"WHERE client = clients.name AND state = 'approved') FROM clients WHERE "
+		"name = ?",
+		"s", p->name) < 0)
 		goto out;
 	if ((rc = sqlite3_step(q)) == SQLITE_DONE) {
 		r = -ENOENT;
@@ -93,6 +97,7 @@ static int load_client(struct store *st, const struct cimd_config *cfg, struct p
 	p->backend = i; /* n_backends: a backend no longer configured */
 	p->ttl = sqlite3_column_type(q, 1) == SQLITE_NULL ? 0 : sqlite3_column_int64(q, 1);
 	p->rate = sqlite3_column_type(q, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(q, 2);
+	p->approved = sqlite3_column_int(q, 3) != 0;
 	r = 0;
 out:
 	store_done(st, q);

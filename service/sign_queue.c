@@ -114,6 +114,13 @@ static struct stat_ent *stat_get(struct signer *s, const char *name)
 	return NULL;
 }
 
+/* A name probed on the socket never becomes a label (docs/protocol.md): only
+ * clients with an approved document are counted under their name. */
+const char *sign_metric_name(const struct policy *p)
+{
+	return p != NULL && p->approved ? p->name : NULL;
+}
+
 void sign_count(struct signer *s, const char *client, enum proto_err e)
 {
 	struct stat_ent *st;

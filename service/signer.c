@@ -161,6 +161,9 @@ void signer_stop(struct signer **ps)
 			pthread_join(s->workers[i].thread, NULL);
 		sign_jobs_free(s->workers[i].q.head);
 	}
+	/* The io thread journaled its last refusal counts on its way out; the
+	 * journal thread commits everything queued, then ends. */
+	__atomic_store_n(&s->journal_stop, 1, __ATOMIC_RELEASE);
 	signq_wake(&s->jr.q);
 	if (s->journal_started)
 		pthread_join(s->jr.thread, NULL);

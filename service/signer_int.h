@@ -7,6 +7,8 @@
  *   sign_policy.c   client policies read for the io thread and cached
  *   sign_backend.c  one signing thread per key store
  *   sign_journal.c  the journal thread (group commit)
+ *   sign_fair.c     the io thread's turns: round-robin between uids, bad lines
+ *   sign_refuse.c   refusals counted per uid, client and reason, journaled in sums
  *
  * State is grouped by the thread that writes it (STYLE.md 19): each thread's
  * own fields are a struct of their own in struct signer, and every other field
@@ -26,6 +28,28 @@
 #define INVAL_MAX 4096	/* client invalidations held before the whole cache is dropped */
 #define STATS_CAP 16384 /* > CIMD_CLIENTS_MAX, a power of two */
 
+/* Hostile callers (docs/reliability.md, "Hostile callers on the signing
+ * socket").  The io thread serves, in each round, one connection of each uid
+ * that has work, for at most SIGN_LINES_PER_TURN lines: a uid with many
+ * connections gets no more turns than a uid with one. */
+#define SIGN_LINES_PER_TURN 4
+/* Bad lines (refused for the caller's own doing: bad_request, too_large,
+ * unknown_client, forbidden, audience_not_allowed, not_found) spend a token
+ * of their uid's bucket; a uid without one is not read until it has one. */
+#define SIGN_BAD_PER_SEC 20
+#define SIGN_BAD_BURST 100
+/* uids known to the io thread: those with connections, and those without
+ * that still owe bad-line tokens (so that reconnecting forgives nothing). */
+#define SIGN_UIDS_CAP (CIMD_SIGN_CONNS_MAX + 1024)
+#define SIGN_UIDS_HASH 32768 /* >= 2 * SIGN_UIDS_CAP, a power of two */
+#define SIGN_NONE UINT32_MAX
+/* The refusal interval: forbidden requests are journaled as one
+ * assertion.refuse record per (uid, client, reason) and interval, with a count;
+ * the first of a new key at once. */
+#define SIGN_REFUSE_INTERVAL 10
+#define SIGN_REFUSE_CAP 4096	    /* keys counted at once, a power of two */
+#define SIGN_REFUSE_NAMED_PER_UID 8 /* named clients per uid; more are counted unnamed */
+
 /* One client's policy as the io thread caches it; shared with the jobs that
  * name it, freed with the last reference.  Written by the io thread while it
  * loads it (sign_policy.c), read-only after, but for key. */
@@ -43,6 +67,7 @@ struct policy {
 	long rate; /* -1: the configuration's default, 0: none */
 	int has_key;
 	int published; /* a JWKS naming the key was handed on (keys.published) */
+	int approved;  /* it has an approved document: /metrics may name it */
 	char kid[CIMD_KID_LEN + 1];
 	enum cimd_alg alg;
 	uint8_t *ref;
@@ -56,11 +81,14 @@ struct policy {
  * it, so by one thread at a time. */
 struct job {
 	struct job *next;
-	uint32_t slot, gen; /* the connection that asked */
-	struct policy *pol; /* a reference */
+	uint32_t slot, gen; /* the connection that asked; SIGN_NONE: no one to answer */
+	struct policy *pol; /* a reference (NULL in a refusal of no client) */
 	enum proto_err err;
 	char msg[512];
-	int refusal; /* journal a refusal, answer err */
+	int refusal; /* journal a refusal (count of them, first to last), answer err */
+	char client[CIMD_NAME_MAX + 1]; /* of a refusal; "": none named */
+	uint64_t count;
+	int64_t first, last;
 	uid_t uid;
 	pid_t pid;
 	char jti[24];
@@ -85,6 +113,50 @@ struct conn {
 	uint32_t gen;
 	int busy; /* a job is in flight */
 	uint32_t events;
+	uint32_t uent;	       /* its uid's entry (sign_fair.c) */
+	int ready;	       /* on its uid's list of connections with work */
+	uint32_t rprev, rnext; /* that list, by slot */
+};
+
+/* A uid as the io thread schedules it (sign_fair.c). */
+struct sign_uid {
+	int used;
+	uid_t uid;
+	unsigned conns;
+	uint32_t head, tail;  /* its ready connections, by slot */
+	uint32_t next;	      /* in the ring, the parked list or the free list */
+	int queued;	      /* in the ring, parked, or having its turn */
+	double tokens;	      /* bad lines it may still send */
+	struct timespec last; /* tokens last refilled */
+};
+
+/* Written by the io thread only, as struct sign_io. */
+struct sign_fair {
+	struct sign_uid *ents; /* SIGN_UIDS_CAP */
+	uint32_t *index;       /* SIGN_UIDS_HASH: uid -> entry, open addressing */
+	uint32_t free_head;
+	uint32_t ring_head, ring_tail; /* uids with work, in turn */
+	size_t n_ring;
+	uint32_t parked; /* uids with work but no bad-line token */
+};
+
+/* One key of counted refusals (sign_refuse.c). */
+struct refuse_ent {
+	int used;
+	uid_t uid;
+	enum proto_err err;
+	char client[CIMD_NAME_MAX + 1]; /* "": no client named */
+	pid_t pid;			/* of the latest */
+	uint64_t count;			/* since its last record */
+	int64_t first, last;
+};
+
+/* Written by the io thread only, as struct sign_io. */
+struct sign_refusals {
+	struct refuse_ent *v, *spare; /* SIGN_REFUSE_CAP each */
+	size_t n;		      /* keys in v */
+	time_t flushed;
+	uint64_t lost; /* counted nowhere: the table was full */
 };
 
 /* Per-client counters and rate bucket; the table lives as long as the signer. */
@@ -103,7 +175,8 @@ struct sign_io {
 	struct conn *conns;
 	uint32_t *free_slots;
 	size_t n_free, n_conns;
-	struct ls_uids uids;  /* connections per uid */
+	struct sign_fair fair; /* connections per uid, turns, bad lines */
+	struct sign_refusals refusals;
 	struct store *reader; /* policies and receipts */
 };
 
@@ -158,6 +231,7 @@ struct signer {
 	size_t n_workers;
 	/* Written by signer_start and signer_stop (main thread) only. */
 	int io_started, journal_started, workers_started;
+	int journal_stop; /* the others are gone: the journal drains its queue and ends */
 	/* Written by the main thread, read by the others atomically. */
 	int stop;					  /* signer_stop */
 	long default_ttl, max_ttl, rate;		  /* signer_configure */
@@ -188,6 +262,52 @@ long sign_elapsed_ns(const struct timespec *a, const struct timespec *b);
 void sign_count(struct signer *s, const char *client, enum proto_err e);
 /* Token bucket of rate per second; 0 when client is over it. */
 int sign_rate_allow(struct signer *s, const char *client, long rate);
+/* The name /metrics may count p under: published clients only, else NULL. */
+const char *sign_metric_name(const struct policy *p);
+
+/* ---- sign_fair.c (io thread) ---- */
+
+int sign_fair_init(struct sign_fair *f);
+void sign_fair_free(struct sign_fair *f);
+/* One more connection of uid: its entry, or SIGN_NONE when uid holds max
+ * already (or no entry is free). */
+uint32_t sign_fair_take(struct sign_fair *f, uid_t uid, unsigned max);
+/* A connection of entry u closed (taken off the ready list before). */
+void sign_fair_release(struct sign_fair *f, uint32_t u);
+/* Connection c has work: on its uid's list, its uid in the ring (or parked). */
+void sign_fair_ready(struct sign_fair *f, struct conn *conns, struct conn *c);
+/* Takes c off its uid's list (it closes). */
+void sign_fair_unready(struct sign_fair *f, struct conn *conns, struct conn *c);
+/* The next uid's turn: the slot of one of its ready connections, taken off
+ * the list, and *ret_u its entry; SIGN_NONE when the ring is empty. */
+uint32_t sign_fair_next(struct sign_fair *f, struct conn *conns, uint32_t *ret_u);
+/* The turn of entry u ended; c (or NULL) still has work. */
+void sign_fair_turn_end(struct sign_fair *f, struct conn *conns, uint32_t u, struct conn *c);
+/* A bad line of entry u; whether u has a token left. */
+void sign_fair_bad(struct sign_fair *f, uint32_t u);
+int sign_fair_may(struct sign_fair *f, uint32_t u);
+/* Parked uids with a token again go back to the ring; the milliseconds until
+ * the next one will (-1: none parked). */
+int sign_fair_wake(struct sign_fair *f);
+/* Forgets uids without connections that owe nothing (once a second). */
+void sign_fair_sweep(struct sign_fair *f);
+/* Whether an answer of e is a bad line (above). */
+int sign_bad_line(enum proto_err e);
+
+/* ---- sign_refuse.c (io thread) ---- */
+
+int sign_refuse_init(struct signer *s);
+void sign_refuse_free(struct signer *s);
+/* One forbidden request of uid (pid) for client ("": none named).  1 when
+ * it is the first of its key: journal it now (sign_refuse_job); 0 when it was
+ * counted. */
+int sign_refuse_note(struct signer *s, uid_t uid, pid_t pid, const char *client, enum proto_err e);
+/* A refusal record's job, to nobody (slot SIGN_NONE). */
+struct job *sign_refuse_job(uid_t uid, pid_t pid, const char *client, enum proto_err e,
+			    uint64_t count, int64_t first, int64_t last);
+/* Journals what was counted (every SIGN_REFUSE_INTERVAL, and at the end)
+ * and forgets the keys that were quiet for an interval. */
+void sign_refuse_flush(struct signer *s);
 
 /* ---- sign_policy.c (io thread) ---- */
 

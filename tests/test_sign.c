@@ -24,6 +24,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -91,6 +93,35 @@ static int raw(const char *text, size_t len, char *out, size_t outlen)
 	out[got] = '\0';
 	close(fd);
 	return 0;
+}
+
+/* raw() from a child that took uid (root only): a stranger's view. */
+static int raw_as(uid_t uid, const char *text, char *out, size_t outlen)
+{
+	int pfd[2], st = 0;
+	ssize_t n, got = 0;
+	pid_t pid;
+
+	out[0] = '\0';
+	if (pipe(pfd) < 0)
+		return -1;
+	if ((pid = fork()) == 0) {
+		close(pfd[0]);
+		if (setgroups(0, NULL) < 0 || setresgid(uid, uid, uid) < 0 ||
+		    setresuid(uid, uid, uid) < 0 || raw(text, strlen(text), out, outlen) < 0 ||
+		    write(pfd[1], out, strlen(out)) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	close(pfd[1]);
+	while (pid > 0 && got + 1 < (ssize_t)outlen &&
+	       (n = read(pfd[0], out + got, outlen - 1 - (size_t)got)) > 0)
+		got += n;
+	out[got] = '\0';
+	close(pfd[0]);
+	if (pid > 0)
+		waitpid(pid, &st, 0);
+	return pid > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
 static int has_error(const char *answer, const char *code)
@@ -360,6 +391,48 @@ static void test_bulk(void)
 	     "the journal chain verifies after 10,000 group-committed records");
 }
 
+/* ---- strangers learn nothing of which clients exist ---- */
+
+/* The answer uid 1001 gets for client name, with its client_id replaced by
+ * CID: what is left must be the same for every name. */
+static void stranger_answer(const char *name, char *out, size_t len)
+{
+	char line[1024], cid[300], *p;
+	size_t n;
+
+	snprintf(cid, sizeof(cid), "%s/clients/%s", base, name);
+	snprintf(line, sizeof(line), "{\"op\":\"assert\",\"client_id\":\"%s\",\"aud\":\"%s\"}\n",
+		 cid, aud);
+	raw_as(1001, line, out, len);
+	if ((p = strstr(out, cid)) != NULL) {
+		n = strlen(cid);
+		memmove(p + 3, p + n, strlen(p + n) + 1);
+		memcpy(p, "CID", 3);
+	}
+}
+
+static void test_strangers(void)
+{
+	char a[1024], b[1024], c[1024], path[700];
+	static const char doc[] = "{\"client_name\":\"Unpublished\",\"grant_types\":"
+				  "[\"client_credentials\"],\"response_types\":[]}\n";
+
+	if (!root)
+		return;
+	snprintf(path, sizeof(path), "%s/unpub.json", dir);
+	t_write_file(path, doc, strlen(doc));
+	ctl(a, sizeof(a), "client add unpub --owner team-a --metadata %s", path);
+	ctl(a, sizeof(a), "client allow unpub --uid %d", (int)geteuid());
+	stranger_answer("agent-a", a, sizeof(a));
+	stranger_answer("no-such-client", b, sizeof(b));
+	stranger_answer("unpub", c, sizeof(c));
+	t_ok(has_error(a, "forbidden") && strstr(a, "uid 1001 may not sign for CID") &&
+		 strcmp(a, b) == 0 && strcmp(a, c) == 0,
+	     "uid 1001 gets one answer for a client that exists (agent-a), one that does not, "
+	     "and one without an approved document: %s | %s | %s",
+	     a, b, c);
+}
+
 /* ---- every refusal its own error ---- */
 
 static void test_refusals(void)
@@ -372,13 +445,15 @@ static void test_refusals(void)
 		 "{\"op\":\"assert\",\"client_id\":\"%s/clients/nobody\",\"aud\":\"%s\"}\n", base,
 		 aud);
 	raw(line, strlen(line), out, sizeof(out));
-	t_ok(has_error(out, "unknown_client"), "unknown client: unknown_client (%s)", out);
+	t_ok(has_error(out, "forbidden") && strstr(out, "uid 0 may not sign for ") != NULL,
+	     "a client that does not exist: forbidden, as one the caller may not use (%s)", out);
 	snprintf(line, sizeof(line),
 		 "{\"op\":\"assert\",\"client_id\":\"https://other.example/clients/agent-a\","
 		 "\"aud\":\"%s\"}\n",
 		 aud);
 	raw(line, strlen(line), out, sizeof(out));
 	t_ok(has_error(out, "unknown_client"), "another origin's client_id: unknown_client");
+	test_strangers();
 	snprintf(line, sizeof(line), "{\"op\":\"assert\",\"client_id\":\"%s\",\"aud\":\"%s/\"}\n",
 		 client_id, aud);
 	raw(line, strlen(line), out, sizeof(out));
@@ -775,6 +850,43 @@ static void test_unavailable(void)
 	free(jwt);
 }
 
+/* The value of the metrics line that starts with series, or 0. */
+static long long metric(const char *text, const char *series)
+{
+	const char *p = strstr(text, series);
+
+	return p != NULL ? strtoll(p + strlen(series), NULL, 10) : 0;
+}
+
+/* Names probed on sign.sock by a stranger (one made up, one of a client
+ * without an approved document) never become labels: they are counted under
+ * client="". */
+static void test_metrics_probe(void)
+{
+	static const char series[] = "cimdd_assertions_total{client=\"\",result=\"forbidden\"} ";
+	char out[65536], args[2048], probe[64], answer[1024];
+	long long before;
+	int i, counted = 0;
+
+	snprintf(args, sizeof(args), "curl -s --max-time 5 --cacert %s %s/metrics", ca, base);
+	t_sh_out(out, sizeof(out), "%s", args);
+	before = metric(out, series);
+	snprintf(probe, sizeof(probe), "probe-%d-%ld", (int)getpid(), random() % 100000);
+	stranger_answer(probe, answer, sizeof(answer));
+	stranger_answer("unpub", answer, sizeof(answer));
+	/* The signer's counters reach /metrics at most every 5 s. */
+	for (i = 0; i < 80 && !counted; i++) {
+		t_sh_out(out, sizeof(out), "%s", args);
+		counted = metric(out, series) >= before + 2;
+		if (!counted)
+			usleep(100 * 1000);
+	}
+	t_ok(counted && strstr(out, probe) == NULL && strstr(out, "unpub") == NULL,
+	     "/metrics counts a stranger's probes under client=\"\" and names neither %s nor "
+	     "unpub (a client without an approved document)",
+	     probe);
+}
+
 static void test_metrics(void)
 {
 	char out[65536], args[2048];
@@ -790,6 +902,8 @@ static void test_metrics(void)
 			usleep(100 * 1000);
 	}
 	t_ok(found, "/metrics counts assertions by client and result");
+	if (root)
+		test_metrics_probe();
 }
 
 static void suite(int tpm_mode)
