@@ -292,6 +292,7 @@ int replay_check_assertion(const struct replay *rp, const json_t *rec, int *ret_
 	const json_t *c = json_object_get(json_object_get(rp->state, "clients"), name ? name : "");
 	const json_t *k = json_object_get(json_object_get(rp->state, "keys"), kid ? kid : "");
 	json_int_t uid = json_integer_value(json_object_get(rec, "uid"));
+	const json_t *gid = json_object_get(rec, "gid");
 	json_int_t iat = json_integer_value(json_object_get(rec, "iat"));
 	json_int_t exp = json_integer_value(json_object_get(rec, "exp"));
 	const char *ks = sget(k, "state") ? sget(k, "state") : "unknown";
@@ -302,16 +303,25 @@ int replay_check_assertion(const struct replay *rp, const json_t *rec, int *ret_
 	if (c == NULL)
 		return cimd_fail(err, errlen, -CIMD_EVERIFY, "client %s is not in the journal",
 				 name ? name : "(none)");
-	snprintf(key, sizeof(key), "uid:%" JSON_INTEGER_FORMAT, uid);
+	/* The record names the group when a group allowed the caller; records
+	 * from before it did (by_gid) can only be counted, not concluded. */
+	if (gid != NULL)
+		snprintf(key, sizeof(key), "gid:%" JSON_INTEGER_FORMAT, json_integer_value(gid));
+	else
+		snprintf(key, sizeof(key), "uid:%" JSON_INTEGER_FORMAT, uid);
 	if (json_object_get(callers, key) == NULL) {
 		const char *ck;
 		const json_t *v;
 
 		json_object_foreach((json_t *)callers, ck, v)
 		{
-			if (strncmp(ck, "gid:", 4) == 0)
+			if (gid == NULL && strncmp(ck, "gid:", 4) == 0)
 				by_gid = 1;
 		}
+		if (!by_gid && gid != NULL)
+			return cimd_fail(err, errlen, -CIMD_EVERIFY,
+					 "gid %" JSON_INTEGER_FORMAT " is not allowed for %s",
+					 json_integer_value(gid), name);
 		if (!by_gid)
 			return cimd_fail(err, errlen, -CIMD_EVERIFY,
 					 "uid %" JSON_INTEGER_FORMAT " is not allowed for %s", uid,

@@ -51,10 +51,11 @@ int64_t replay_max_ttl(const struct replay *rp);
 
 /*
  * Whether an assertion.issue record agrees with the state in force at it: the
- * client exists, the caller's uid is allowed (or, when it is not, a gid is,
- * which the record does not name: *ret_by_gid is then 1 and nothing more can
- * be said), the audience is the client's, the key is the client's and in a
- * state that signs (active or retiring), and 0 < exp - iat <= the
+ * client exists, the caller's uid is allowed, or the group the record names
+ * ("gid": the group that allowed it) is (a record from before records named
+ * the group, whose uid is not allowed while the client allows a gid:
+ * *ret_by_gid is then 1 and nothing more can be said), the audience is the client's, the key is the
+ * client's and in a state that signs (active or retiring), and 0 < exp - iat <= the
  * assertion_max_ttl in force when it is known.  0, or -CIMD_EVERIFY with the
  * reason in err.
  */

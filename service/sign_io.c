@@ -163,28 +163,36 @@ static void conn_ready(struct signer *s, struct conn *c)
 	conn_want(s, c, 0);
 }
 
-static int caller_allowed(const struct conn *c, const struct policy *p)
+/* Whether the caller may sign for the client: by its uid (*ret_gid -1), or by
+ * its primary or a supplementary group (*ret_gid that group, journaled with
+ * the assertion so that an audit can tell which entry allowed it). */
+static int caller_allowed(const struct conn *c, const struct policy *p, int64_t *ret_gid)
 {
 	gid_t groups[256];
 	socklen_t len = sizeof(groups);
 	size_t i, j, n;
 
+	*ret_gid = -1;
 	for (i = 0; i < p->n_uids; i++)
 		if (p->uids[i] == c->ls.cred.uid)
 			return 1;
 	if (p->n_gids == 0)
 		return 0;
 	for (i = 0; i < p->n_gids; i++)
-		if (p->gids[i] == c->ls.cred.gid)
+		if (p->gids[i] == c->ls.cred.gid) {
+			*ret_gid = p->gids[i];
 			return 1;
+		}
 	/* Supplementary groups, as the kernel recorded them at connect(2). */
 	if (getsockopt(c->ls.fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
 		return 0;
 	n = len / sizeof(gid_t);
 	for (i = 0; i < n; i++)
 		for (j = 0; j < p->n_gids; j++)
-			if (groups[i] == p->gids[j])
+			if (groups[i] == p->gids[j]) {
+				*ret_gid = p->gids[j];
 				return 1;
+			}
 	return 0;
 }
 
@@ -404,6 +412,7 @@ static enum proto_err handle_line(struct signer *s, struct conn *c, const char *
 	struct job *j = NULL;
 	enum proto_err e = PE_BAD_REQUEST;
 	char msg[512];
+	int64_t gid;
 	int r;
 
 	if (sign_request_parse(line, len, __atomic_load_n(&s->max_ttl, __ATOMIC_RELAXED), &rq, msg,
@@ -424,7 +433,7 @@ static enum proto_err handle_line(struct signer *s, struct conn *c, const char *
 		snprintf(msg, sizeof(msg), "database error");
 		goto refuse;
 	}
-	if (p == NULL || !caller_allowed(c, p)) {
+	if (p == NULL || !caller_allowed(c, p, &gid)) {
 		forbid(s, c, p, rq.client_id);
 		e = PE_FORBIDDEN;
 		goto out;
@@ -434,6 +443,7 @@ static enum proto_err handle_line(struct signer *s, struct conn *c, const char *
 		snprintf(msg, sizeof(msg), "out of memory");
 		goto refuse;
 	}
+	j->gid = gid;
 	if ((e = admit(s, j, name, rq.aud, msg, sizeof(msg))) != PE_OK ||
 	    (e = job_claims(s, j, &rq, msg, sizeof(msg))) != PE_OK)
 		goto refuse;

@@ -62,6 +62,11 @@ static int journal_job(struct store *st, struct job *j)
 			      "jti", j->jti, "aud", j->aud, "iat", (json_int_t)j->iat, "exp",
 			      (json_int_t)j->exp, "uid", (json_int_t)j->uid, "pid",
 			      (json_int_t)j->pid);
+	if (f != NULL && !j->refusal && j->gid >= 0 &&
+	    json_object_set_new(f, "gid", json_integer(j->gid)) < 0) {
+		json_decref(f);
+		f = NULL;
+	}
 	if (f == NULL)
 		return -ENOMEM;
 	r = journal_append(st, j->refusal ? "assertion.refuse" : "assertion.issue", actor, f, NULL);

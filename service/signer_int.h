@@ -90,6 +90,7 @@ struct job {
 	uint64_t count;
 	int64_t first, last;
 	uid_t uid;
+	int64_t gid; /* the group that allowed the caller, or -1: its uid did */
 	pid_t pid;
 	char jti[24];
 	int64_t iat, exp;

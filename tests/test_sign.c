@@ -594,6 +594,11 @@ static void test_callers(void)
 	     "cimd-assert: forbidden, exit 1 (%s)", out);
 	ctl(out, sizeof(out), "client allow agent-a --gid %d", (int)getegid());
 	t_ok(sign_once(client_id, aud, 0, &jwt, NULL) == CIMD_OK, "allowed by our gid instead");
+	snprintf(sql, sizeof(sql),
+		 "SELECT count(*) FROM journal WHERE kind = 'assertion.issue' AND "
+		 "json_extract(record, '$.gid') = %d AND json_extract(record, '$.client') = ?1",
+		 (int)getegid());
+	t_ok(db_count(sql, "agent-a") == 1, "its record names our gid");
 	free(jwt);
 	jwt = NULL;
 	ctl(out, sizeof(out), "client allow agent-a --gid %d --remove", (int)getegid());
@@ -612,6 +617,12 @@ static void test_callers(void)
 		      "--aud %s >/dev/null",
 		      assert_bin, sign_sock, client_id, aud);
 	t_ok(rc == 0, "uid 1001 with supplementary group 2345, which the policy allows: signed");
+	t_ok(db_count(
+		 "SELECT count(*) FROM journal WHERE kind = 'assertion.issue' AND "
+		 "json_extract(record, '$.uid') = 1001 AND "
+		 "json_extract(record, '$.gid') = 2345 AND json_extract(record, '$.client') = ?1",
+		 "agent-a") == 1,
+	     "its record names the group that allowed it (gid 2345)");
 	rc = t_sh_out(out, sizeof(out),
 		      "setpriv --reuid=1001 --regid=1001 --clear-groups %s -s %s --client-id %s "
 		      "--aud %s",

@@ -541,6 +541,20 @@ static int assertion_ok(struct replay *rp, int uid, const char *aud, const char 
 	return r;
 }
 
+/* The same, by uid through the group gid, which the record names. */
+static int assertion_gid_ok(struct replay *rp, int uid, int gid, char *why, size_t len)
+{
+	json_t *rec = json_pack("{sssssssssisisIsI}", "kind", "assertion.issue", "client",
+				"agent-a", "kid", "K1", "aud", "https://as.example", "uid", uid,
+				"gid", gid, "iat", (json_int_t)1000, "exp", (json_int_t)1060);
+	int by_gid = 0, r;
+
+	why[0] = '\0';
+	r = replay_check_assertion(rp, rec, &by_gid, why, len);
+	json_decref(rec);
+	return r < 0 ? r : by_gid; /* a named group is concluded, never only counted */
+}
+
 static void test_replay(void)
 {
 	struct replay *rp = NULL;
@@ -593,6 +607,17 @@ static void test_replay(void)
 	t_ok(assertion_ok(rp, 1000, "https://as.example", "K1", 60, why, sizeof(why)) < 0 &&
 		 strstr(why, "uid 1000 is not allowed"),
 	     "after client.disallow: %s", why);
+	apply(rp, "{\"kind\":\"key.state\",\"client\":\"agent-a\",\"kid\":\"K1\","
+		  "\"from\":\"retired\",\"to\":\"active\"}");
+	apply(rp, "{\"kind\":\"client.allow\",\"client\":\"agent-a\",\"gid\":77}");
+	t_ok(assertion_gid_ok(rp, 1000, 77, why, sizeof(why)) == 0,
+	     "an assertion through the group it names, which is allowed, holds (%s)", why);
+	t_ok(assertion_gid_ok(rp, 1000, 78, why, sizeof(why)) < 0 &&
+		 strstr(why, "gid 78 is not allowed for agent-a"),
+	     "through a group that is not allowed: %s", why);
+	apply(rp, "{\"kind\":\"client.disallow\",\"client\":\"agent-a\",\"gid\":77}");
+	apply(rp, "{\"kind\":\"key.state\",\"client\":\"agent-a\",\"kid\":\"K1\","
+		  "\"from\":\"active\",\"to\":\"retired\"}");
 	apply(rp, "{\"kind\":\"tables.accepted\",\"path\":[\"clients\",\"agent-a\","
 		  "\"callers\",\"uid:4242\"],\"value\":true}");
 	t_ok(json_object_get(json_object_get(c, "callers"), "uid:4242") != NULL,
