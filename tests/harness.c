@@ -1214,6 +1214,19 @@ int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
 	return t_sh_out(out, len, "%s -s %s %s 2>&1", c->ctl, c->dm.sock, args);
 }
 
+int t_cimdd_audit(struct t_cimdd *c, const char *name, char *out, size_t len)
+{
+	char tmp[4096];
+
+	t_sh("rm -rf %s/%s", c->dir, name);
+	if (t_cimdd_ctl(c, tmp, sizeof(tmp), "audit export %s/%s", c->dir, name) != 0) {
+		snprintf(out, len, "export failed: %s", tmp);
+		return -1;
+	}
+	return t_cimdd_ctl(c, out, len, "audit verify %s/%s --trust %s/ak.json", c->dir, name,
+			   c->dir);
+}
+
 int t_cimdd_client(struct t_cimdd *c, const char *name, const char *aud)
 {
 	static const char doc[] = "{\"client_name\":\"Agent\",\"grant_types\":"

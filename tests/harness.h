@@ -125,6 +125,10 @@ int t_cimdd_start(struct t_cimdd *c, const char *name, const char *backend_conf,
 /* cimdctl -s ADMIN_SOCKET ARGS (stderr included) into out; its exit status. */
 int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* cimdctl audit export into c->dir/NAME, then audit verify against the
+ * attestation keys in c->dir/ak.json: the verify's exit status and output
+ * (-1 with the reason in out when the export failed). */
+int t_cimdd_audit(struct t_cimdd *c, const char *name, char *out, size_t len);
 /* Client name: an approved client_credentials document, our uid allowed, aud
  * its audience.  0, or -1 with the failing answer printed. */
 int t_cimdd_client(struct t_cimdd *c, const char *name, const char *aud);

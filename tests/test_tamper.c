@@ -172,18 +172,6 @@ static int assertion(const char *aud)
 	return r;
 }
 
-static int export_verify(const char *name, char *out, size_t len)
-{
-	char tmp[4096];
-
-	t_sh("rm -rf %s/%s", cd.dir, name);
-	if (ctl(tmp, sizeof(tmp), "audit export %s/%s", cd.dir, name) != 0) {
-		snprintf(out, len, "export failed: %s", tmp);
-		return -1;
-	}
-	return ctl(out, len, "audit verify %s/%s --trust %s/ak.json", cd.dir, name, cd.dir);
-}
-
 /* Every kind of change the tables follow, through the admin socket. */
 static void lifecycle(void)
 {
@@ -293,7 +281,7 @@ static void test_accept(void)
 	r = t_daemon_start(&cd.dm);
 	t_ok(r == 0, "it starts again without the override: the accepted tables stand");
 
-	r = export_verify("accepted", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "accepted", out, sizeof(out));
 	t_ok(r == 0 && strstr(out, "every check held") == NULL &&
 		 strstr(out, "2 table differences the operator accepted") != NULL &&
 		 strstr(out, "client_callers: uid 4242 for agent-a") != NULL,
@@ -311,7 +299,7 @@ static void test_live(void)
 
 	t_ok(t_cimdd_fetch(&cd, "/.well-known/cimdd/attestation-keys.json", "ak.json") == 200,
 	     "the attestation keys pinned");
-	r = export_verify("clean", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "clean", out, sizeof(out));
 	t_ok(r == 0, "a bundle verifies before the live edits");
 	if (r != 0)
 		printf("# %s\n", out);
@@ -320,7 +308,7 @@ static void test_live(void)
 	     "audience https://evil2.example added to agent-a while cimdd runs");
 	t_ok(assertion("https://evil2.example") == CIMD_OK, "an assertion for it is issued");
 	seq = sql_int("SELECT max(seq) FROM journal WHERE kind = 'assertion.issue'");
-	r = export_verify("live-aud", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "live-aud", out, sizeof(out));
 	t_ok(r == 1 && strstr(out, "FAIL assertions") &&
 		 strstr(out, "audience https://evil2.example is not one of agent-a's"),
 	     "audit verify names the assertion.issue record (%lld) and why", seq);
@@ -329,7 +317,7 @@ static void test_live(void)
 
 	t_ok(doc_edit("agent-b") == 0, "agent-b's approved document rewritten while cimdd runs");
 	usleep(1500 * 1000);
-	r = export_verify("live-doc", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "live-doc", out, sizeof(out));
 	t_ok(r == 1 && strstr(out, "FAIL publications") && strstr(out, "(/clients/agent-b") &&
 		 strstr(out, "not the document the journal"),
 	     "audit verify names the publication of the rewritten document");

@@ -354,20 +354,6 @@ static void test_receipts(void)
 	cimd_close(&c);
 }
 
-/* cimdctl audit export into cd.dir/NAME, then audit verify; the verify exit
- * status and its output. */
-static int export_verify(const char *name, char *out, size_t len)
-{
-	char tmp[4096];
-
-	t_sh("rm -rf %s/%s", cd.dir, name);
-	if (ctl(tmp, sizeof(tmp), "audit export %s/%s", cd.dir, name) != 0) {
-		snprintf(out, len, "export failed: %s", tmp);
-		return -1;
-	}
-	return ctl(out, len, "audit verify %s/%s --trust %s/ak.json", cd.dir, name, cd.dir);
-}
-
 /*
  * Every member of every file of the bundle is checked against signed or
  * journaled content, or absent (issue 15, item 7): each changed or added in a
@@ -420,7 +406,7 @@ static void test_audit(void)
 	int64_t seq, cps;
 	int r;
 
-	r = export_verify("bundle", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "bundle", out, sizeof(out));
 	t_ok(r == 0 && strstr(out, "verified: every check held") != NULL,
 	     "audit export + audit verify: every check held");
 	t_ok(strstr(out, "ok   publications") != NULL && strstr(out, "ok   attestations") != NULL,
@@ -437,7 +423,7 @@ static void test_audit(void)
 	    "AS BLOB) WHERE seq = %lld",
 	    (long long)seq, (long long)seq);
 	t_ok(sql(q) == 0, "record %lld (client.add) changed in the database", (long long)seq);
-	r = export_verify("b1", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "b1", out, sizeof(out));
 	snprintf(q, sizeof(q), "journal record %lld:", (long long)seq + 1);
 	t_ok(r == 1 && strstr(out, "FAIL journal") && strstr(out, q),
 	     "audit verify names it: the chain breaks at record %lld", (long long)seq + 1);
@@ -471,7 +457,7 @@ static void test_audit(void)
 		 "DELETE FROM journal WHERE seq = %lld",
 		 (long long)seq, (long long)seq);
 	t_ok(sql(q) == 0, "record %lld (key.create) deleted", (long long)seq);
-	r = export_verify("b3", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "b3", out, sizeof(out));
 	snprintf(q, sizeof(q), "journal record %lld:", (long long)seq);
 	t_ok(r == 1 && strstr(out, "FAIL journal") && strstr(out, q),
 	     "audit verify names where the journal has a hole (record %lld)", (long long)seq);
@@ -487,7 +473,7 @@ static void test_audit(void)
 	    "(SELECT size FROM checkpoints WHERE id = 1) WHERE id = %lld",
 	    (long long)cps, (long long)cps);
 	t_ok(cps > 1 && sql(q) == 0, "checkpoint %lld replaced by checkpoint 1", (long long)cps);
-	r = export_verify("b4", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "b4", out, sizeof(out));
 	t_ok(r == 1 && strstr(out, "FAIL checkpoints") &&
 		 strstr(out, "an older checkpoint in a newer one's place"),
 	     "audit verify names it");
@@ -501,7 +487,7 @@ static void test_audit(void)
 		 "UPDATE publications SET bytes = CAST(replace(CAST(bytes AS TEXT), '\"sig\"', "
 		 "'\"enc\"') AS BLOB) WHERE id = (SELECT id FROM saved)") == 0,
 	     "a published JWKS rewritten in the database");
-	r = export_verify("b5", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "b5", out, sizeof(out));
 	t_ok(r == 1 && strstr(out, "FAIL publications") &&
 		 strstr(out, "its bytes are not what journal record"),
 	     "audit verify names it");
@@ -509,7 +495,7 @@ static void test_audit(void)
 		 "INSERT INTO publications SELECT * FROM saved; DROP TABLE saved") == 0,
 	     "publication restored");
 
-	r = export_verify("b6", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "b6", out, sizeof(out));
 	t_ok(r == 0, "restored: every check holds again");
 
 	/* The bundle's own keys prove nothing: only the keys the auditor pinned. */
@@ -568,7 +554,7 @@ static void test_rotation_replayed(void)
 	r = ctl(out, sizeof(out), "key rotate agent-a");
 	t_ok(r == 0, "key rotated");
 	usleep(1500 * 1000);
-	r = export_verify("rot", out, sizeof(out));
+	r = t_cimdd_audit(&cd, "rot", out, sizeof(out));
 	t_ok(r == 0 &&
 		 sql_int("SELECT count(*) FROM publications WHERE path LIKE '%/jwks.json'") >= 2,
 	     "a second JWKS version, matched against the key states replayed to it");
