@@ -977,13 +977,13 @@ static int guard_ids(uid_t uid, gid_t gid)
 	for (i = 0; i < 4; i++)
 		for (a = 0; a < nargs[i]; a++)
 			if (seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), uids[i], 1,
-					     SCMP_CMP32(a, SCMP_CMP_NE, (uint32_t)uid)) < 0 ||
+					     SCMP_CMP32(a, SCMP_CMP_NE, (uint32_t)uid, 0)) < 0 ||
 			    seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), gids[i], 1,
-					     SCMP_CMP32(a, SCMP_CMP_NE, (uint32_t)gid)) < 0)
+					     SCMP_CMP32(a, SCMP_CMP_NE, (uint32_t)gid, 0)) < 0)
 				goto out;
 	/* setgroups: only to none at all. */
 	if (seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(setgroups), 1,
-			     SCMP_A0(SCMP_CMP_NE, 0)) < 0 ||
+			     SCMP_A0(SCMP_CMP_NE, 0, 0)) < 0 ||
 	    seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) < 0 || seccomp_load(ctx) < 0)
 		goto out;
 	r = 0;
