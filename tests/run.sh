@@ -33,12 +33,14 @@ for t in "$dir"/test_*; do
 	echo "== $(basename "$t")"
 	# In the background, so that a signal to this script is handled at once
 	# (bash runs a trap only after a foreground command ends).
+	start=$SECONDS
 	$detach "$t" </dev/null >"$out" 2>&1 &
 	pid=$!
 	wait "$pid"
 	rc=$?
 	pid=
 	cat "$out"
+	echo "# $(basename "$t") took $((SECONDS - start)) s"
 	line=$(grep -E '^# [0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1)
 	if [ -z "$line" ]; then
 		echo "not ok - $(basename "$t") exited $rc without a summary"
