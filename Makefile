@@ -207,7 +207,7 @@ asan: deps
 # timeout or sanitizer report fails the run.  -Wno-format-nonliteral: clang,
 # unlike gcc, flags log.c's va_list helper, which has no format attribute.
 FUZZ_CC      ?= clang
-FUZZ_SECONDS ?= 60
+FUZZ_SECONDS ?= 30
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/%)
 
