@@ -707,77 +707,52 @@ static void sched_refresh(const struct cimd_config *c, int64_t grace)
 	}
 }
 
+/* What a sweep does to one key that fell due: 1 done, 0 not (again later). */
+typedef int sweep_fn(struct svc *d, const struct due *x);
+
 /* Retiring keys past their grace become retired: no hardware involved. */
-static int tick_retire(struct svc *d, int64_t now, int64_t grace)
+static int retire_one(struct svc *d, const struct due *x)
 {
-	struct due due[DUE_MAX];
-	int64_t next;
-	int i, n, done = 0;
-
-	n = look(d->st,
-		 "SELECT client, kid, retiring + ?1 FROM keys INDEXED BY keys_retiring WHERE "
-		 "state = 'retiring' "
-		 "AND retiring IS NOT NULL ORDER BY retiring LIMIT ?3",
-		 grace, 0, now, due, &next);
-	sched.at[SCHED_RETIRE] = next;
-	for (i = 0; i < n; i++) {
-		if (step(d, &due[i], "retiring", "retired") > 0)
-			done++;
-		else
-			sched.at[SCHED_RETIRE] = now;
-	}
-	return done;
+	return step(d, x, "retiring", "retired") > 0;
 }
 
-/* Retired keys past destroy_delay are destroyed in the hardware, then
- * marked so; for as long as TICK_HW_MS allows, the rest at the next tick. */
-static int tick_destroy(struct svc *d, int64_t now, const struct timespec *t0)
+/* Retired keys past destroy_delay are destroyed in the hardware, then marked
+ * so. */
+static int destroy_one(struct svc *d, const struct due *x)
 {
-	struct due due[DUE_MAX];
-	int64_t next;
-	int i, n, done = 0;
-
-	n = look(d->st,
-		 "SELECT client, kid, retired + ?1 FROM keys INDEXED BY keys_retired WHERE "
-		 "state = 'retired' "
-		 "AND retired IS NOT NULL ORDER BY retired LIMIT ?3",
-		 (int64_t)d->cfg->destroy_delay, 0, now, due, &next);
-	sched.at[SCHED_DESTROY] = next;
-	for (i = 0; i < n; i++) {
-		if (i > 0 && tick_ms(t0) > TICK_HW_MS) {
-			sched.at[SCHED_DESTROY] = now; /* the rest at the next tick */
-			break;
-		}
-		if (destroy_hw(d, due[i].kid) == 0 && step(d, &due[i], "retired", "destroyed") > 0)
-			done++;
-		else
-			sched.at[SCHED_DESTROY] = now;
-	}
-	return done;
+	return destroy_hw(d, x->kid) == 0 && step(d, x, "retired", "destroyed") > 0;
 }
 
-/* Revoked keys not yet destroyed in the hardware, within TICK_HW_MS. */
-static int tick_revoked(struct svc *d, int64_t now, const struct timespec *t0)
+/* Revoked keys not yet destroyed in the hardware. */
+static int revoked_one(struct svc *d, const struct due *x)
+{
+	return destroy_revoked(d, x->client, x->kid, "scheduler") == 0;
+}
+
+/*
+ * One kind of lifecycle step: the keys sql finds due (its ?1 is arg), each
+ * given to fn; the slot's time is when the next falls due, or now when one
+ * could not be done (the hardware is away: again next tick).  With t0, the
+ * steps touch hardware and stop after TICK_HW_MS, the rest at the next tick.
+ */
+static int sweep(struct svc *d, int slot, const char *sql, int64_t arg, sweep_fn *fn, int64_t now,
+		 const struct timespec *t0)
 {
 	struct due due[DUE_MAX];
 	int64_t next;
 	int i, n, done = 0;
 
-	n = look(d->st,
-		 "SELECT client, kid, revoked + ?1 FROM keys INDEXED BY keys_revoked WHERE "
-		 "state = 'revoked' AND "
-		 "destroyed IS NULL AND revoked IS NOT NULL ORDER BY revoked LIMIT ?3",
-		 0, 0, now, due, &next);
-	sched.at[SCHED_REVOKED] = next;
+	n = look(d->st, sql, arg, 0, now, due, &next);
+	sched.at[slot] = next;
 	for (i = 0; i < n; i++) {
-		if (i > 0 && tick_ms(t0) > TICK_HW_MS) {
-			sched.at[SCHED_REVOKED] = now;
+		if (t0 != NULL && i > 0 && tick_ms(t0) > TICK_HW_MS) {
+			sched.at[slot] = now;
 			break;
 		}
-		if (destroy_revoked(d, due[i].client, due[i].kid, "scheduler") == 0)
+		if (fn(d, &due[i]))
 			done++;
 		else
-			sched.at[SCHED_REVOKED] = now; /* the hardware is away: again */
+			sched.at[slot] = now;
 	}
 	return done;
 }
@@ -842,11 +817,25 @@ int keys_tick(struct svc *d, time_t tnow)
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	sched_refresh(d->cfg, grace);
 	if (sched.at[SCHED_RETIRE] <= now)
-		done += tick_retire(d, now, grace);
+		done +=
+		    sweep(d, SCHED_RETIRE,
+			  "SELECT client, kid, retiring + ?1 FROM keys INDEXED BY keys_retiring "
+			  "WHERE state = 'retiring' AND retiring IS NOT NULL ORDER BY retiring "
+			  "LIMIT ?3",
+			  grace, retire_one, now, NULL);
 	if (sched.at[SCHED_DESTROY] <= now)
-		done += tick_destroy(d, now, &t0);
+		done += sweep(d, SCHED_DESTROY,
+			      "SELECT client, kid, retired + ?1 FROM keys INDEXED BY keys_retired "
+			      "WHERE state = 'retired' AND retired IS NOT NULL ORDER BY retired "
+			      "LIMIT ?3",
+			      (int64_t)d->cfg->destroy_delay, destroy_one, now, &t0);
 	if (sched.at[SCHED_REVOKED] <= now)
-		done += tick_revoked(d, now, &t0);
+		done +=
+		    sweep(d, SCHED_REVOKED,
+			  "SELECT client, kid, revoked + ?1 FROM keys INDEXED BY keys_revoked "
+			  "WHERE state = 'revoked' AND destroyed IS NULL AND revoked IS NOT NULL "
+			  "ORDER BY revoked LIMIT ?3",
+			  0, revoked_one, now, &t0);
 	if (sched.at[SCHED_ROTATE] <= now)
 		done += tick_rotate(d, now, &t0);
 	return done;

@@ -21,6 +21,8 @@
 #include <arpa/inet.h>
 #include <openssl/pem.h>
 
+#include <sqlite3.h>
+
 #include "harness.h"
 #include "lineio.h"
 #include "service.h"
@@ -1212,6 +1214,26 @@ int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
 	vsnprintf(args, sizeof(args), fmt, ap);
 	va_end(ap);
 	return t_sh_out(out, len, "%s -s %s %s 2>&1", c->ctl, c->dm.sock, args);
+}
+
+int t_cimdd_sql(struct t_cimdd *c, const char *fmt, ...)
+{
+	char q[4096];
+	sqlite3 *db = NULL;
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	vsnprintf(q, sizeof(q), fmt, ap);
+	va_end(ap);
+	if ((rc = sqlite3_open(c->db, &db)) == SQLITE_OK) {
+		sqlite3_busy_timeout(db, 5000);
+		rc = sqlite3_exec(db, q, NULL, NULL, NULL);
+	}
+	if (rc != SQLITE_OK)
+		printf("# sql: %s: %s\n", q, sqlite3_errmsg(db));
+	sqlite3_close(db);
+	return rc == SQLITE_OK ? 0 : -1;
 }
 
 int t_cimdd_audit(struct t_cimdd *c, const char *name, char *out, size_t len)

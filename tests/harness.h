@@ -129,6 +129,10 @@ int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
  * attestation keys in c->dir/ak.json: the verify's exit status and output
  * (-1 with the reason in out when the export failed). */
 int t_cimdd_audit(struct t_cimdd *c, const char *name, char *out, size_t len);
+/* One SQL text (printf format) run on c's database, by a connection of its
+ * own that waits up to 5 s for a lock (WAL: a running daemon keeps serving):
+ * 0, or -1 with SQLite's message printed. */
+int t_cimdd_sql(struct t_cimdd *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Client name: an approved client_credentials document, our uid allowed, aud
  * its audience.  0, or -1 with the failing answer printed. */
 int t_cimdd_client(struct t_cimdd *c, const char *name, const char *aud);

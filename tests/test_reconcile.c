@@ -144,26 +144,7 @@ static void time_rotations(const char *prefix)
 
 /* ---- the database, read and changed while the daemon is stopped ---- */
 
-static int db_exec(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int db_exec(const char *fmt, ...)
-{
-	char sql[1024];
-	sqlite3 *h = NULL;
-	va_list ap;
-	int rc;
-
-	va_start(ap, fmt);
-	vsnprintf(sql, sizeof(sql), fmt, ap);
-	va_end(ap);
-	rc = sqlite3_open(cd.db, &h) == SQLITE_OK &&
-		     sqlite3_exec(h, sql, NULL, NULL, NULL) == SQLITE_OK
-		 ? 0
-		 : -EIO;
-	if (rc < 0)
-		printf("# %s: %s\n", sql, sqlite3_errmsg(h));
-	sqlite3_close(h);
-	return rc;
-}
+#define db_exec(...) t_cimdd_sql(&cd, __VA_ARGS__)
 
 /* The first column of the first row of a query as text into out (empty when
  * no row), or as a number. */

@@ -525,34 +525,45 @@ static int apply(struct replay *rp, const char *text)
 	return r;
 }
 
+/* The replay's verdict on an assertion.issue record (taken): 0 or its reason
+ * in why; *by_gid as replay_check_assertion says. */
+static int verdict(struct replay *rp, json_t *rec, int *by_gid, char *why, size_t len)
+{
+	int r;
+
+	why[0] = '\0';
+	*by_gid = 0;
+	r = rec != NULL ? replay_check_assertion(rp, rec, by_gid, why, len) : -ENOMEM;
+	json_decref(rec);
+	return r;
+}
+
 /* An assertion.issue record of agent-a by uid for aud with key kid, lasting
  * ttl seconds: 0, or the replay's reason in why. */
 static int assertion_ok(struct replay *rp, int uid, const char *aud, const char *kid, int ttl,
 			char *why, size_t len)
 {
-	json_t *rec = json_pack("{sssssssssisIsI}", "kind", "assertion.issue", "client", "agent-a",
-				"kid", kid, "aud", aud, "uid", uid, "iat", (json_int_t)1000, "exp",
-				(json_int_t)(1000 + ttl));
-	int by_gid = 0, r;
+	int by_gid;
 
-	why[0] = '\0';
-	r = replay_check_assertion(rp, rec, &by_gid, why, len);
-	json_decref(rec);
-	return r;
+	return verdict(rp,
+		       json_pack("{sssssssssisIsI}", "kind", "assertion.issue", "client", "agent-a",
+				 "kid", kid, "aud", aud, "uid", uid, "iat", (json_int_t)1000, "exp",
+				 (json_int_t)(1000 + ttl)),
+		       &by_gid, why, len);
 }
 
-/* The same, by uid through the group gid, which the record names. */
+/* The same, by uid through the group gid, which the record names: a named
+ * group is concluded, never only counted (1 if it were). */
 static int assertion_gid_ok(struct replay *rp, int uid, int gid, char *why, size_t len)
 {
-	json_t *rec = json_pack("{sssssssssisisIsI}", "kind", "assertion.issue", "client",
-				"agent-a", "kid", "K1", "aud", "https://as.example", "uid", uid,
-				"gid", gid, "iat", (json_int_t)1000, "exp", (json_int_t)1060);
-	int by_gid = 0, r;
+	int by_gid, r;
 
-	why[0] = '\0';
-	r = replay_check_assertion(rp, rec, &by_gid, why, len);
-	json_decref(rec);
-	return r < 0 ? r : by_gid; /* a named group is concluded, never only counted */
+	r = verdict(rp,
+		    json_pack("{sssssssssisisIsI}", "kind", "assertion.issue", "client", "agent-a",
+			      "kid", "K1", "aud", "https://as.example", "uid", uid, "gid", gid,
+			      "iat", (json_int_t)1000, "exp", (json_int_t)1060),
+		    &by_gid, why, len);
+	return r < 0 ? r : by_gid;
 }
 
 static void test_replay(void)

@@ -35,20 +35,7 @@ static struct t_softhsm hsm;
 
 #define ctl(out, len, ...) t_cimdd_ctl(&cd, out, len, __VA_ARGS__)
 
-static int sql(const char *q)
-{
-	sqlite3 *db = NULL;
-	int rc;
-
-	if (sqlite3_open(cd.db, &db) != SQLITE_OK)
-		return -1;
-	sqlite3_busy_timeout(db, 5000);
-	rc = sqlite3_exec(db, q, NULL, NULL, NULL);
-	if (rc != SQLITE_OK)
-		printf("# sql: %s: %s\n", q, sqlite3_errmsg(db));
-	sqlite3_close(db);
-	return rc == SQLITE_OK ? 0 : -1;
-}
+#define sql(q) t_cimdd_sql(&cd, "%s", q)
 
 /* The first column of the first row as text into out ("" when none). */
 static const char *sql_text(char *out, size_t len, const char *q)

@@ -51,19 +51,7 @@ static char *read_all(const char *file, size_t *ret_len)
 	return buf;
 }
 
-/* One SQL statement on the daemon's live database (WAL: it keeps running). */
-static int sql(const char *q)
-{
-	sqlite3 *db = NULL;
-	int rc;
-
-	if (sqlite3_open(cd.db, &db) != SQLITE_OK)
-		return -1;
-	sqlite3_busy_timeout(db, 5000);
-	rc = sqlite3_exec(db, q, NULL, NULL, NULL);
-	sqlite3_close(db);
-	return rc == SQLITE_OK ? 0 : -1;
-}
+#define sql(q) t_cimdd_sql(&cd, "%s", q)
 
 static int64_t sql_int(const char *q)
 {
