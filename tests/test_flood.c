@@ -219,12 +219,7 @@ static void flood_stop_st(struct flood_stats *st, pid_t pid)
 
 static void flood_stop(pid_t pid)
 {
-	fs->stop = 1;
-	if (pid > 0) {
-		usleep(200 * 1000);
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
-	}
+	flood_stop_st(fs, pid);
 }
 
 /* Two pipelined floods from uid 1001 at once: 4 KB lines that are no
