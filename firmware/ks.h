@@ -41,6 +41,10 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 void key_store_free(struct key_store **ks);
 /* "pkcs11" or "tpm2". */
 const char *key_store_backend(const struct key_store *ks);
+/* The sessions the store signs on in parallel: `sessions=N` of the
+ * configuration string, by default the number of cores, capped by what the
+ * hardware allows (a TPM: 1). */
+int key_store_sessions(const struct key_store *ks);
 /* The details of this thread's last failed key store call (never NULL). */
 const char *key_store_errmsg(const struct key_store *ks);
 
