@@ -182,6 +182,14 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(BUILD)/obj/tools/audit.o
 # test_publisher also checks the publisher's own functions (publisher/conns.c).
 $(BUILD)/tests/test_publisher: $(PUB_LIB)
 
+# test_pkcs11 loads a PKCS#11 module that hangs on demand (tests/p11hang/).
+$(BUILD)/tests/test_pkcs11: | $(BUILD)/tests/p11hang.so
+$(BUILD)/tests/p11hang.so: tests/p11hang/p11hang.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	@$(CC) -std=c11 -D_DEFAULT_SOURCE -O2 $(WARN) -fPIC -shared \
+		$(shell pkg-config --cflags p11-kit-1) -o $@ $< -ldl
+
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"

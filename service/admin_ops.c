@@ -116,11 +116,14 @@ enum admin_err admin_op_status(struct admin_req *q)
 	json_t *be = json_array();
 	size_t i;
 
-	for (i = 0; i < c->n_backends; i++)
-		json_array_append_new(be, json_pack("{sssbsb}", "name", c->backends[i].name, "open",
-						    custody_at(q->d->custody, i) != NULL, "answers",
-						    custody_at(q->d->custody, i) != NULL &&
-							custody_health(q->d->custody, i) != 0));
+	for (i = 0; i < c->n_backends; i++) {
+		struct key_store *ks = custody_at(q->d->custody, i);
+
+		json_array_append_new(
+		    be, json_pack("{sssbsbsi}", "name", c->backends[i].name, "open", ks != NULL,
+				  "answers", ks != NULL && custody_health(q->d->custody, i) != 0,
+				  "sessions", ks != NULL ? key_store_sessions(ks) : 0));
+	}
 	journal_head(q->d->st, &seq, head);
 	q->result = json_pack(
 	    "{sssssssssosbs{sIss}sIsIsIsI}", "version", CIMD_VERSION, "base_url", c->base_url,

@@ -132,7 +132,8 @@ static int install(struct custody *c, size_t i, int r, struct key_store *ks, con
 {
 	if (r == 0) {
 		__atomic_store_n(&c->b[i].ks, ks, __ATOMIC_RELEASE);
-		log_info("backend %s: open", c->b[i].name);
+		log_info("backend %s: open, %d session%s", c->b[i].name, key_store_sessions(ks),
+			 key_store_sessions(ks) == 1 ? "" : "s");
 		return 1;
 	}
 	if (!quiet)

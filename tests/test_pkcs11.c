@@ -2,11 +2,17 @@
  * test_pkcs11.c — the PKCS#11 backend against a real SoftHSM2 token in a fresh
  * directory: the key store contract for every algorithm, then each fault the
  * backend must name (wrong PIN, missing token, missing module, unknown key,
- * unsafe PIN file, bad configuration) and recovery from a lost session.
+ * unsafe PIN file, bad configuration) and recovery from a lost session; then
+ * parallel sessions: signatures from several threads on several sessions,
+ * each checked with OpenSSL, and a token that hangs mid-signature
+ * (tests/p11hang/, SoftHSM2 with a C_Sign that waits on a file).
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -557,6 +563,238 @@ out:
 	key_store_free(&ks);
 }
 
+/* ---- parallel sessions ---- */
+
+#define PAR_THREADS 4
+#define PAR_EACH 150
+
+struct par {
+	pthread_t th;
+	struct key_store *ks;
+	struct ks_key *key;
+	json_t *jwk;
+	enum cimd_alg alg;
+	int id, good, bad;
+};
+
+/* Signs PAR_EACH messages of its own, one at a time and in batches of 8,
+ * and checks each signature with OpenSSL (jws_verify_signature). */
+static void *par_main(void *arg)
+{
+	struct par *p = arg;
+	struct ks_sign_req reqs[8];
+	char msgs[8][64];
+	uint8_t sig[CIMD_SIG_MAX];
+	size_t sl, i, k;
+
+	for (i = 0; i < PAR_EACH; i += 9) {
+		snprintf(msgs[0], sizeof(msgs[0]), "thread %d message %zu", p->id, i);
+		if (key_store_sign(p->ks, p->key, (const uint8_t *)msgs[0], strlen(msgs[0]), sig,
+				   &sl) == 0 &&
+		    jws_verify_signature(p->jwk, p->alg, (const uint8_t *)msgs[0], strlen(msgs[0]),
+					 sig, sl) == 0)
+			p->good++;
+		else
+			p->bad++;
+		for (k = 0; k < 8; k++) {
+			snprintf(msgs[k], sizeof(msgs[k]), "thread %d batch %zu.%zu", p->id, i, k);
+			reqs[k] = (struct ks_sign_req){
+			    .key = p->key, .msg = (const uint8_t *)msgs[k], .len = strlen(msgs[k])};
+		}
+		if (key_store_sign_batch(p->ks, reqs, 8) < 0) {
+			p->bad += 8;
+			continue;
+		}
+		for (k = 0; k < 8; k++) {
+			if (reqs[k].r == 0 &&
+			    jws_verify_signature(p->jwk, p->alg, reqs[k].msg, reqs[k].len,
+						 reqs[k].sig, reqs[k].sig_len) == 0)
+				p->good++;
+			else
+				p->bad++;
+		}
+	}
+	return NULL;
+}
+
+static double ms_since(double t0)
+{
+	return t_now_ms() - t0;
+}
+
+/* Signs one message; its result and how long it took. */
+static int sign_timed(struct key_store *ks, struct ks_key *key, double *ms)
+{
+	uint8_t sig[CIMD_SIG_MAX];
+	size_t sl;
+	double t0 = t_now_ms();
+	int r = key_store_sign(ks, key, (const uint8_t *)"hang?", 5, sig, &sl);
+
+	*ms = ms_since(t0);
+	return r;
+}
+
+/* A batch spread over every session while the token hangs, then after. */
+static int sign_batch_all(struct key_store *ks, struct ks_key *key, size_t n)
+{
+	struct ks_sign_req reqs[CIMD_SIGN_BATCH_MAX];
+	size_t i;
+	int r;
+
+	for (i = 0; i < n; i++)
+		reqs[i] =
+		    (struct ks_sign_req){.key = key, .msg = (const uint8_t *)"batch", .len = 5};
+	if ((r = key_store_sign_batch(ks, reqs, n)) < 0)
+		return r;
+	for (i = 0; i < n; i++)
+		if (reqs[i].r < 0)
+			return reqs[i].r;
+	return 0;
+}
+
+static void test_hang(const struct t_softhsm *h, const char *shim)
+{
+	struct key_store *ks = NULL;
+	struct ks_key *key = NULL;
+	char conf[2048], err[256], flag[700];
+	double ms, t0;
+	int r;
+
+	snprintf(flag, sizeof(flag), "%s/p11hang", t_tmpdir());
+	setenv("P11HANG_FILE", flag, 1);
+	snprintf(conf, sizeof(conf),
+		 "pkcs11:module=%s;token=cimd-test;pin-file=%s;sessions=3;"
+		 "timeout-ms=300",
+		 shim, h->pin_file);
+	if (!t_ok(key_store_open(conf, &ks, err, sizeof(err)) == 0 &&
+		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0,
+		  "hang: a store of 3 sessions on a module that can hang (%s)", err))
+		goto out;
+	t_ok(sign_batch_all(ks, key, 12) == 0, "hang: 12 signatures over 3 sessions");
+	t_write_file(flag, "", 0);
+	r = sign_timed(ks, key, &ms);
+	t_ok(r == -CIMD_EUNAVAILABLE && ms >= 250 && ms < 1000,
+	     "hang: a signature the token does not answer fails at its deadline (%s after %.0f "
+	     "ms, timeout-ms 300)",
+	     cimd_strerror(r), ms);
+	r = sign_timed(ks, key, &ms);
+	t_ok(r == -CIMD_EUNAVAILABLE && ms < 50 && strstr(key_store_errmsg(ks), "not yet answered"),
+	     "hang: the next fails at once, though two sessions are idle (%s after %.1f ms: %s)",
+	     cimd_strerror(r), ms, key_store_errmsg(ks));
+	t0 = t_now_ms();
+	r = sign_batch_all(ks, key, 12);
+	t_ok(r == -CIMD_EUNAVAILABLE && ms_since(t0) < 50, "hang: so does a batch (%.1f ms)",
+	     ms_since(t0));
+	unlink(flag);
+	/* The hung call returns when the token does: the store works again by
+	 * itself, every session with it. */
+	t0 = t_now_ms();
+	while ((r = sign_batch_all(ks, key, 12)) < 0 && ms_since(t0) < 5000)
+		usleep(10000);
+	t_ok(r == 0, "hang: once the token answers, 12 signatures over 3 sessions again (%.0f ms)",
+	     ms_since(t0));
+	/* Every session hung at once: a batch spread over all three. */
+	t_write_file(flag, "", 0);
+	t0 = t_now_ms();
+	r = sign_batch_all(ks, key, 12);
+	t_ok(r == -CIMD_EUNAVAILABLE && ms_since(t0) < 1000,
+	     "hang: a batch over 3 hung sessions fails at its deadline (%.0f ms)", ms_since(t0));
+	unlink(flag);
+	t0 = t_now_ms();
+	while ((r = sign_batch_all(ks, key, 12)) < 0 && ms_since(t0) < 5000)
+		usleep(10000);
+	t_ok(r == 0, "hang: and recovers (%.0f ms)", ms_since(t0));
+	/* A store freed while the token hangs does not wait for it. */
+	t_write_file(flag, "", 0);
+	sign_timed(ks, key, &ms);
+	key_store_destroy(ks, &key);
+	t0 = t_now_ms();
+	key_store_free(&ks);
+	t_ok(ms_since(t0) < 100,
+	     "hang: freeing the store while a session hangs returns at once "
+	     "(%.1f ms)",
+	     ms_since(t0));
+	unlink(flag);
+	/* The hung worker ends when the token answers, and releases the store:
+	 * the module is free for a new store then (one store per module). */
+	t0 = t_now_ms();
+	while (key_store_open(conf, &ks, err, sizeof(err)) == -EBUSY && ms_since(t0) < 5000)
+		usleep(5000);
+	t_ok(ks != NULL,
+	     "hang: the hung worker released the store once the token answered "
+	     "(%.0f ms)",
+	     ms_since(t0));
+out:
+	ks_key_free(&key);
+	key_store_free(&ks);
+	unsetenv("P11HANG_FILE");
+}
+
+static void test_sessions(const struct t_softhsm *h)
+{
+	static const enum cimd_alg algs[] = {CIMD_ALG_ES256, CIMD_ALG_ES384, CIMD_ALG_PS256,
+					     CIMD_ALG_ES256};
+	struct par par[PAR_THREADS];
+	struct key_store *ks = NULL;
+	char conf[2048], err[256], shim[700], *slash;
+	ssize_t n;
+	int i, good = 0, bad = 0, r;
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+	/* The default: one session per core. */
+	if (key_store_open(h->conf, &ks, err, sizeof(err)) == 0)
+		t_ok(key_store_sessions(ks) == (cores < 64 ? cores : 64),
+		     "sessions: one per core by default (%d, %ld cores)", key_store_sessions(ks),
+		     cores);
+	key_store_free(&ks);
+	r = snprintf(conf, sizeof(conf), "%s;sessions=0", h->conf);
+	r = key_store_open(conf, &ks, err, sizeof(err));
+	t_ok(r == -CIMD_ECONFIG && strstr(err, "sessions"), "sessions=0 is refused (%s)", err);
+	snprintf(conf, sizeof(conf), "%s;sessions=65", h->conf);
+	r = key_store_open(conf, &ks, err, sizeof(err));
+	t_ok(r == -CIMD_ECONFIG && strstr(err, "1..64"), "sessions=65 is refused (%s)", err);
+	snprintf(conf, sizeof(conf), "%s;sessions=two", h->conf);
+	r = key_store_open(conf, &ks, err, sizeof(err));
+	t_ok(r == -CIMD_ECONFIG, "sessions=two is refused (%s)", err);
+
+	snprintf(conf, sizeof(conf), "%s;sessions=3", h->conf);
+	memset(par, 0, sizeof(par));
+	if (!t_ok(key_store_open(conf, &ks, err, sizeof(err)) == 0 && key_store_sessions(ks) == 3,
+		  "sessions=3: open (%s)", err))
+		return;
+	for (i = 0; i < PAR_THREADS; i++) {
+		par[i].ks = ks;
+		par[i].id = i;
+		par[i].alg = algs[i];
+		if (key_store_generate(ks, algs[i], NULL, &par[i].key) < 0)
+			goto out;
+		par[i].jwk = ks_key_jwk(par[i].key);
+	}
+	for (i = 0; i < PAR_THREADS; i++)
+		pthread_create(&par[i].th, NULL, par_main, &par[i]);
+	for (i = 0; i < PAR_THREADS; i++) {
+		pthread_join(par[i].th, NULL);
+		good += par[i].good;
+		bad += par[i].bad;
+	}
+	t_ok(good >= PAR_THREADS * PAR_EACH && bad == 0,
+	     "sessions=3: %d threads, ES256, ES384 and PS256 keys, one at a time and in batches: "
+	     "%d signatures, each verifies with OpenSSL (%d did not)",
+	     PAR_THREADS, good, bad);
+out:
+	for (i = 0; i < PAR_THREADS; i++) {
+		key_store_destroy(ks, &par[i].key);
+		json_decref(par[i].jwk);
+	}
+	key_store_free(&ks);
+	/* The module that hangs, built beside this test. */
+	if ((n = readlink("/proc/self/exe", shim, sizeof(shim) - 16)) > 0 &&
+	    (shim[n] = '\0', slash = strrchr(shim, '/')) != NULL) {
+		strcpy(slash, "/p11hang.so");
+		test_hang(h, shim);
+	}
+}
+
 int main(void)
 {
 	struct t_softhsm h;
@@ -575,5 +813,6 @@ int main(void)
 	test_exclusive(&h);
 	test_session_recovery(&h);
 	test_listing(&h);
+	test_sessions(&h);
 	return t_done();
 }

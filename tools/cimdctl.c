@@ -290,10 +290,16 @@ static int cmd_status(int argc, char **argv)
 	printf("two-person rule  %s\n",
 	       json_is_true(json_object_get(r, "two_person_rule")) ? "on" : "off");
 	json_array_foreach(json_object_get(r, "backends"), i, be)
-	    printf("backend          %s: %s\n", str(be, "name"),
-		   !json_is_true(json_object_get(be, "open"))	   ? "UNAVAILABLE (not open)"
-		   : !json_is_true(json_object_get(be, "answers")) ? "UNAVAILABLE (no answer)"
-								   : "open");
+	{
+		if (!json_is_true(json_object_get(be, "open")))
+			printf("backend          %s: UNAVAILABLE (not open)\n", str(be, "name"));
+		else if (!json_is_true(json_object_get(be, "answers")))
+			printf("backend          %s: UNAVAILABLE (no answer)\n", str(be, "name"));
+		else
+			printf("backend          %s: open, %lld session%s\n", str(be, "name"),
+			       (long long)json_integer_value(json_object_get(be, "sessions")),
+			       json_integer_value(json_object_get(be, "sessions")) == 1 ? "" : "s");
+	}
 	printf("journal          %lld records, head %s\n",
 	       (long long)json_integer_value(json_object_get(json_object_get(r, "journal"), "seq")),
 	       str(json_object_get(r, "journal"), "head"));
