@@ -44,7 +44,7 @@ $(BUILD)/obj/publisher/%.o: INC := -Icodec -Ipublisher
 # backends and the signing halves of the formats, built on libcimdfmt.a.
 # cimdctl links libcimdfmt.a alone (tests/test_links.c checks it).  A new
 # firmware file goes to libcimdfmt.a unless it is named here.
-KS_SRC    := firmware/key_store.c firmware/ks_pkcs11.c firmware/ks_tpm2.c \
+KS_SRC    := firmware/key_store.c firmware/ks_pool.c firmware/ks_pkcs11.c firmware/ks_tpm2.c \
              firmware/jws_sign.c firmware/dsse_sign.c firmware/note_sign.c
 FMT_SRC   := $(filter-out $(KS_SRC),$(wildcard firmware/*.c))
 FMT_OBJ   := $(FMT_SRC:%.c=$(BUILD)/obj/%.o)

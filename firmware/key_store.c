@@ -5,18 +5,29 @@
  * ks_tpm2.c), keeps the last error's details, and builds each key's public JWK
  * and kid once, when the key is generated or loaded.
  *
- * Threads and deadlines.  Neither libp11 0.4.12 nor an ESAPI context may be used
- * by two threads at once, and hardware can hang: tcti-swtpm in tpm2-tss 3.2
- * ignores ESAPI timeouts, a network HSM can stall.  So each key store owns one
- * worker thread, the only thread that ever calls its backend after open.  A
- * caller hands the worker a job (with its own copies of the inputs) and waits
- * at most the job's deadline: `timeout-ms` (default 1500) for load, sign,
- * destroy and the counter, 60 s for key generation and for a listing.  A job that misses its
- * deadline is abandoned to the worker, which frees it when the hardware finally
- * answers; until then every call fails at once with CIMD_EUNAVAILABLE, and
- * afterwards the store works again by itself.  Callers are serialised by ks->lock, within
- * the same deadline: one key store is one serial device, and a process has at
- * most one key store per module or TPM (see the registry below).
+ * Threads and deadlines.  Hardware can hang (tcti-swtpm in tpm2-tss 3.2 ignores
+ * ESAPI timeouts, a network HSM can stall), so the backend is called only on the
+ * store's workers (ks_pool.c), and a caller waits at most its deadline:
+ * `timeout-ms` (default 1500) for load, sign, destroy and the counter, 60 s for
+ * key generation and for a listing, the wait for a free worker included.  Work
+ * that misses its deadline is abandoned to its worker, which cleans up when the
+ * hardware finally answers; until then every call fails at once with
+ * CIMD_EUNAVAILABLE, and afterwards the store works again by itself.
+ *
+ * Sessions.  A store has `sessions` workers, each with a session of its own
+ * on the hardware (PKCS#11: a session per worker; a TPM is one serial device
+ * and has one).  Signatures run on them at once: a batch is spread over the
+ * idle workers.  Everything else -- generation, loading, listing, destruction,
+ * evidence, the counter, and a signature the backend cannot make shared --
+ * has the hardware to itself (the `hw` lock: signatures share it, the rest
+ * take it alone), since libp11 0.4.12 and an ESAPI context are not thread-safe
+ * and those calls change what the backend remembers.
+ *
+ * A signature's common path copies nothing but the digest and allocates
+ * nothing: the caller hashes the message (on its own core), writes the digest
+ * and a reference to the key into its worker's slots, and the worker writes the
+ * signature back.  Only a restricted key (a TPM AK, which signs only what the
+ * TPM hashed) sends the message itself, as a job with copies like the others.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,8 +41,10 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "ks.h"
+#include "ks_pool.h"
 
 #define KS_MAX_PARAMS 8
 #define KS_CONF_MAX 1024
@@ -46,11 +59,16 @@
 #define KS_MSG_MAX (1024 * 1024) /* a message to sign */
 #define KS_ERRMSG_MAX 256
 #define KS_QUALIFYING_MAX 64 /* TPM2_Certify's qualifyingData: a nonce or a digest */
+/* How long a caller polls for a job (not a signature) before it sleeps. */
+#define KS_JOB_SPIN_NS 50000
+/* A caller polls for its signatures for 5/4 of what they took of late, and
+ * at most this long: past it, a sleep's wake-up costs little in proportion. */
+#define KS_SIGN_SPIN_MAX_NS 2000000
 
 enum ks_op {
 	KS_GENERATE,
 	KS_LOAD,
-	KS_SIGN,
+	KS_SIGN, /* a restricted key's: with the message */
 	KS_DESTROY,
 	KS_LIST,
 	KS_GENERATE_ATTEST,
@@ -60,8 +78,9 @@ enum ks_op {
 	KS_COUNTER_INCREMENT,
 };
 
-/* One call handed to the worker.  Inputs are the job's own copies, so an
- * abandoned job never points into a caller's stack. */
+/* One call handed to a worker, but for an unrestricted signature.  Inputs
+ * are the job's own copies, so an abandoned job never points into a
+ * caller's stack. */
 struct ks_job {
 	enum ks_op op;
 	enum cimd_alg alg;
@@ -71,6 +90,8 @@ struct ks_job {
 	size_t ref2_len;
 	uint8_t *msg;
 	size_t msg_len;
+	uint8_t digest[EVP_MAX_MD_SIZE]; /* in: sign */
+	size_t dlen;
 	int r;
 	json_t *jwk;
 	uint8_t sig[CIMD_SIG_MAX];
@@ -82,33 +103,48 @@ struct ks_job {
 	struct ks_p11_evidence ev; /* out: p11 evidence */
 	uint64_t counter;	   /* out: counter read, counter increment */
 	char errmsg[KS_ERRMSG_MAX];
-	int done;
-	int abandoned;
-	struct ks_job *more; /* a batch: further signatures run in the same handoff */
+};
+
+/* One unrestricted signature in a worker's slots. */
+struct ks_slot {
+	struct ks_key *key; /* a reference, dropped by the worker */
+	uint8_t digest[EVP_MAX_MD_SIZE];
+	size_t dlen;
+	int r;
+	uint8_t sig[CIMD_SIG_MAX];
+	size_t sig_len;
+	char errmsg[KS_ERRMSG_MAX];
+};
+
+/* What belongs to one worker: its session and its slots.  Posted to the
+ * worker as its own work, for signatures; a job is posted instead for
+ * anything else. */
+struct ks_lane {
+	void *sess; /* the backend's session_new, or NULL */
+	size_t n;   /* slots in use */
+	struct ks_slot slots[CIMD_SIGN_BATCH_MAX];
+	int64_t ns_per_sig; /* of late, written by the worker: how long callers poll */
 };
 
 struct key_store {
-	pthread_mutex_t lock; /* serialises callers */
 	const struct ks_backend *be_ops;
 	void *be;
 	int timeout_ms;
-	char scratch[KS_ERRMSG_MAX]; /* backend messages outside a job (open) */
-	char *be_errmsg;	     /* where ks_fail() writes: the job's buffer, or scratch */
+	int sessions; /* asked for; 0: the default */
+	struct ks_pool *pool;
+	struct ks_lane *lanes; /* one per worker */
+	size_t nlanes;
+	pthread_rwlock_t hw;	     /* signatures share the hardware, all else has it alone */
+	EVP_MD *sha256, *sha384;     /* fetched once: callers hash */
+	char scratch[KS_ERRMSG_MAX]; /* backend messages outside a worker (open) */
 	char exclusive[KS_CONF_MAX]; /* "backend:module-or-tcti", see the registry */
-	pthread_t worker;
-	int have_worker;
-	pthread_mutex_t mu; /* guards job, stop, orphaned */
-	pthread_cond_t job_cv;
-	pthread_cond_t done_cv;
-	struct ks_job *job;
-	int stop;
-	int orphaned; /* freed while wedged: the worker cleans up */
 };
 
 struct ks_key {
 	const struct ks_backend *be_ops; /* the backend that made or loaded it */
 	enum cimd_alg alg;
 	int restricted; /* a TPM AK: signs only digests the TPM computed */
+	uint32_t refs;	/* the holder's, and each slot's that names it */
 	uint8_t *ref;
 	size_t ref_len;
 	json_t *jwk;
@@ -123,18 +159,21 @@ static const struct ks_backend *const backends[] = {
 /* The details of the calling thread's last failed call: a key store may be
  * shared by threads, and each must read its own failure, not another's. */
 static _Thread_local char last_err[KS_ERRMSG_MAX];
+/* On a worker: where the backend's ks_fail writes (the job's or slot's
+ * errmsg); elsewhere NULL, and it writes to the store's scratch. */
+static _Thread_local char *worker_err;
 
 int ks_fail(struct key_store *ks, int r, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(ks->be_errmsg, KS_ERRMSG_MAX, fmt, ap);
+	vsnprintf(worker_err != NULL ? worker_err : ks->scratch, KS_ERRMSG_MAX, fmt, ap);
 	va_end(ap);
 	return r;
 }
 
-/* A failure seen by the calling side (never from the worker). */
+/* A failure seen by the calling side (never from a worker). */
 static int caller_fail(int r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int caller_fail(int r, const char *fmt, ...)
 {
@@ -203,121 +242,171 @@ const char *key_store_backend(const struct key_store *ks)
 
 int key_store_sessions(const struct key_store *ks)
 {
-	(void)ks;
-	return 1;
+	return (int)ks->nlanes;
 }
 
-static void job_free(struct ks_job *job)
+static void job_free(struct ks_job *j)
 {
-	struct ks_job *more;
-
-	for (; job != NULL; job = more) {
-		more = job->more;
-		free(job->ref);
-		free(job->ref2);
-		ks_certify_clear(&job->cert);
-		if (job->msg != NULL)
-			OPENSSL_cleanse(job->msg, job->msg_len);
-		free(job->msg);
-		json_decref(job->jwk);
-		ks_refs_free(&job->refs, job->nrefs);
-		free(job);
-	}
+	if (j == NULL)
+		return;
+	free(j->ref);
+	free(j->ref2);
+	ks_certify_clear(&j->cert);
+	if (j->msg != NULL)
+		OPENSSL_cleanse(j->msg, j->msg_len);
+	free(j->msg);
+	json_decref(j->jwk);
+	ks_refs_free(&j->refs, j->nrefs);
+	free(j);
 }
 
-static void job_run(struct key_store *ks, struct ks_job *j)
+static void key_unref(struct ks_key *key)
 {
-	ks->be_errmsg = j->errmsg;
+	if (key == NULL || __atomic_sub_fetch(&key->refs, 1, __ATOMIC_ACQ_REL) != 0)
+		return;
+	free(key->ref);
+	json_decref(key->jwk);
+	free(key);
+}
+
+/* Runs a job on lane l's worker, the hardware to itself. */
+static void job_run(struct key_store *ks, struct ks_lane *l, struct ks_job *j)
+{
+	const struct ks_backend *be = ks->be_ops;
+	struct ks_tbs tbs;
+
+	worker_err = j->errmsg;
+	pthread_rwlock_wrlock(&ks->hw);
 	switch (j->op) {
 	case KS_GENERATE:
-		j->r = ks->be_ops->generate(ks, ks->be, j->alg, j->tag[0] ? j->tag : NULL, &j->ref,
-					    &j->ref_len, &j->jwk);
+		j->r = be->generate(ks, ks->be, j->alg, j->tag[0] ? j->tag : NULL, &j->ref,
+				    &j->ref_len, &j->jwk);
 		break;
 	case KS_LOAD:
-		j->r = ks->be_ops->load(ks, ks->be, j->alg, j->ref, j->ref_len, &j->jwk);
+		j->r = be->load(ks, ks->be, j->alg, j->ref, j->ref_len, &j->jwk);
 		break;
 	case KS_SIGN:
-		for (; j != NULL; j = j->more) {
-			ks->be_errmsg = j->errmsg;
-			j->r = ks->be_ops->sign(ks, ks->be, j->alg, j->ref, j->ref_len, j->msg,
-						j->msg_len, j->sig, &j->sig_len);
-		}
+		tbs = (struct ks_tbs){j->alg,  j->ref, j->ref_len, j->digest,
+				      j->dlen, j->msg, j->msg_len};
+		j->r = be->sign(ks, ks->be, l->sess, 0, &tbs, j->sig, &j->sig_len);
 		break;
 	case KS_DESTROY:
-		j->r = ks->be_ops->destroy(ks, ks->be, j->ref, j->ref_len);
+		j->r = be->destroy(ks, ks->be, j->ref, j->ref_len);
 		break;
 	case KS_LIST:
-		j->r = ks->be_ops->list(ks, ks->be, j->msg_len, &j->refs, &j->nrefs);
+		j->r = be->list(ks, ks->be, j->msg_len, &j->refs, &j->nrefs);
 		break;
 	case KS_GENERATE_ATTEST:
-		j->r = ks->be_ops->generate_attest(ks, ks->be, j->tag[0] ? j->tag : NULL, &j->ref,
-						   &j->ref_len, &j->jwk);
+		j->r = be->generate_attest(ks, ks->be, j->tag[0] ? j->tag : NULL, &j->ref,
+					   &j->ref_len, &j->jwk);
 		break;
 	case KS_CERTIFY:
-		j->r = ks->be_ops->certify(ks, ks->be, j->ref, j->ref_len, j->ref2, j->ref2_len,
-					   j->msg, j->msg_len, &j->cert);
+		j->r = be->certify(ks, ks->be, j->ref, j->ref_len, j->ref2, j->ref2_len, j->msg,
+				   j->msg_len, &j->cert);
 		break;
 	case KS_P11_EVIDENCE:
-		j->r = ks->be_ops->p11_evidence(ks, ks->be, j->ref, j->ref_len, &j->ev);
+		j->r = be->p11_evidence(ks, ks->be, j->ref, j->ref_len, &j->ev);
 		break;
 	case KS_COUNTER_READ:
 	case KS_COUNTER_INCREMENT:
-		j->r = ks->be_ops->counter(ks, ks->be, j->op == KS_COUNTER_INCREMENT, &j->counter);
+		j->r = be->counter(ks, ks->be, j->op == KS_COUNTER_INCREMENT, &j->counter);
 		break;
 	}
-	ks->be_errmsg = ks->scratch;
+	pthread_rwlock_unlock(&ks->hw);
+	worker_err = NULL;
 }
 
-static void ks_release(struct key_store *ks)
+/* Signs lane l's slots on its session, sharing the hardware with the other
+ * workers; a signature the backend cannot make so gets it alone. */
+static void slots_run(struct key_store *ks, struct ks_lane *l)
 {
+	int64_t t0 = ks_now_ns(), per;
+	struct ks_slot *s;
+	struct ks_tbs tbs;
+	size_t i;
+
+	pthread_rwlock_rdlock(&ks->hw);
+	for (i = 0; i < l->n; i++) {
+		s = &l->slots[i];
+		tbs = (struct ks_tbs){
+		    s->key->alg, s->key->ref, s->key->ref_len, s->digest, s->dlen, NULL, 0};
+		s->errmsg[0] = '\0';
+		worker_err = s->errmsg;
+		s->r = ks->be_ops->sign(ks, ks->be, l->sess, 1, &tbs, s->sig, &s->sig_len);
+		if (s->r == KS_ALONE) {
+			pthread_rwlock_unlock(&ks->hw);
+			pthread_rwlock_wrlock(&ks->hw);
+			s->r = ks->be_ops->sign(ks, ks->be, l->sess, 0, &tbs, s->sig, &s->sig_len);
+			pthread_rwlock_unlock(&ks->hw);
+			pthread_rwlock_rdlock(&ks->hw);
+		}
+	}
+	pthread_rwlock_unlock(&ks->hw);
+	worker_err = NULL;
+	for (i = 0; i < l->n; i++) {
+		key_unref(l->slots[i].key);
+		l->slots[i].key = NULL;
+	}
+	per = l->n ? (ks_now_ns() - t0) / (int64_t)l->n : 0;
+	__atomic_store_n(&l->ns_per_sig, l->ns_per_sig ? (7 * l->ns_per_sig + per) / 8 : per,
+			 __ATOMIC_RELAXED);
+}
+
+static void ks_work(void *arg, size_t idx, void *work)
+{
+	struct key_store *ks = arg;
+	struct ks_lane *l = &ks->lanes[idx];
+
+	if (work == l)
+		slots_run(ks, l);
+	else
+		job_run(ks, l, work);
+}
+
+/* Work whose caller gave up has run.  Slots dropped their keys already. */
+static void ks_abandoned(void *arg, size_t idx, void *work)
+{
+	struct key_store *ks = arg;
+	struct ks_job *j = work;
+
+	if (work == &ks->lanes[idx])
+		return;
+	if ((j->op == KS_GENERATE || j->op == KS_GENERATE_ATTEST) && j->r == 0) {
+		/* Nobody will ever hold this key's reference: remove it rather
+		 * than leave an orphan in the hardware. */
+		worker_err = j->errmsg;
+		pthread_rwlock_wrlock(&ks->hw);
+		ks->be_ops->destroy(ks, ks->be, j->ref, j->ref_len);
+		pthread_rwlock_unlock(&ks->hw);
+		worker_err = NULL;
+	}
+	job_free(j);
+}
+
+/* Frees what key_store_open made, once no worker runs. */
+static void ks_release(void *arg)
+{
+	struct key_store *ks = arg;
+	size_t i;
+
+	for (i = 0; i < ks->nlanes; i++)
+		if (ks->lanes[i].sess != NULL)
+			ks->be_ops->session_free(ks->be, ks->lanes[i].sess);
 	if (ks->be_ops != NULL && ks->be != NULL)
 		ks->be_ops->close(ks->be);
 	registry_del(ks);
-	pthread_cond_destroy(&ks->job_cv);
-	pthread_cond_destroy(&ks->done_cv);
-	pthread_mutex_destroy(&ks->mu);
-	pthread_mutex_destroy(&ks->lock);
+	free(ks->lanes);
+	EVP_MD_free(ks->sha256);
+	EVP_MD_free(ks->sha384);
+	pthread_rwlock_destroy(&ks->hw);
 	free(ks);
 }
 
-static void *ks_worker(void *arg)
-{
-	struct key_store *ks = arg;
-	struct ks_job *job;
-	int orphaned;
-
-	pthread_mutex_lock(&ks->mu);
-	for (;;) {
-		while (ks->job == NULL && !ks->stop)
-			pthread_cond_wait(&ks->job_cv, &ks->mu);
-		if (ks->job == NULL)
-			break;
-		job = ks->job;
-		pthread_mutex_unlock(&ks->mu);
-		job_run(ks, job);
-		pthread_mutex_lock(&ks->mu);
-		if (job->abandoned && (job->op == KS_GENERATE || job->op == KS_GENERATE_ATTEST) &&
-		    job->r == 0) {
-			/* Nobody will ever hold this key's reference: remove it rather
-			 * than leave an orphan in the hardware. */
-			pthread_mutex_unlock(&ks->mu);
-			ks->be_errmsg = job->errmsg;
-			ks->be_ops->destroy(ks, ks->be, job->ref, job->ref_len);
-			ks->be_errmsg = ks->scratch;
-			pthread_mutex_lock(&ks->mu);
-		}
-		ks->job = NULL;
-		job->done = 1;
-		if (job->abandoned)
-			job_free(job);
-		pthread_cond_broadcast(&ks->done_cv);
-	}
-	orphaned = ks->orphaned;
-	pthread_mutex_unlock(&ks->mu);
-	if (orphaned)
-		ks_release(ks);
-	return NULL;
-}
+static const struct ks_pool_ops ks_pool_ops = {
+    .run = ks_work,
+    .abandoned = ks_abandoned,
+    .gone = ks_release,
+};
 
 static struct timespec deadline_in(int timeout_ms)
 {
@@ -333,49 +422,47 @@ static struct timespec deadline_in(int timeout_ms)
 	return t;
 }
 
+/* Up to max workers for a call, by the deadline; their number, or the
+ * failure (with its message) when there is none. */
+static int claim(struct key_store *ks, size_t max, size_t *idx, const struct timespec *deadline,
+		 int timeout_ms)
+{
+	int k = ks_pool_claim(ks->pool, max, idx, deadline);
+
+	if (k == -EIO)
+		return caller_fail(-CIMD_EUNAVAILABLE,
+				   "%s: hardware has not yet answered an earlier command",
+				   ks->be_ops->name);
+	if (k < 0)
+		return caller_fail(-CIMD_EUNAVAILABLE, "%s: busy with other callers for %d ms",
+				   ks->be_ops->name, timeout_ms);
+	return k;
+}
+
 /*
- * Runs *pjob on the worker within timeout_ms of now, waiting for other callers
- * of the store included: the deadline covers the whole call.  On return the
- * job belongs to the caller again; when it does not (abandoned to the worker,
- * or never run), *pjob is set to NULL.
+ * Runs *pjob on a worker within timeout_ms of now, the wait for a free one
+ * included.  On return the job belongs to the caller again; when it does not
+ * (abandoned to the worker, or never run), *pjob is set to NULL.
  */
 static int ks_run(struct key_store *ks, struct ks_job **pjob, int timeout_ms)
 {
 	struct ks_job *job = *pjob;
 	struct timespec deadline = deadline_in(timeout_ms);
+	size_t idx;
 	int r;
 
-	if (pthread_mutex_clocklock(&ks->lock, CLOCK_MONOTONIC, &deadline) != 0) {
+	if ((r = claim(ks, 1, &idx, &deadline, timeout_ms)) < 0) {
 		job_free(job);
 		*pjob = NULL;
-		return caller_fail(-CIMD_EUNAVAILABLE, "%s: busy with other callers for %d ms",
-				   ks->be_ops->name, timeout_ms);
+		return r;
 	}
-	pthread_mutex_lock(&ks->mu);
-	if (ks->job != NULL) {
-		pthread_mutex_unlock(&ks->mu);
-		pthread_mutex_unlock(&ks->lock);
-		job_free(job);
-		*pjob = NULL;
-		return caller_fail(-CIMD_EUNAVAILABLE,
-				   "%s: hardware has not yet answered an earlier command",
-				   ks->be_ops->name);
-	}
-	ks->job = job;
-	pthread_cond_signal(&ks->job_cv);
-	while (!job->done)
-		if (pthread_cond_timedwait(&ks->done_cv, &ks->mu, &deadline) == ETIMEDOUT)
-			break;
-	if (!job->done) {
-		job->abandoned = 1; /* the worker frees it */
-		*pjob = NULL;
-		pthread_mutex_unlock(&ks->mu);
-		pthread_mutex_unlock(&ks->lock);
+	ks_pool_post(ks->pool, idx, job);
+	if (ks_pool_wait(ks->pool, idx, KS_JOB_SPIN_NS, &deadline) < 0) {
+		*pjob = NULL; /* the worker frees it */
 		return caller_fail(-CIMD_EUNAVAILABLE, "%s: no answer from the hardware in %d ms",
 				   ks->be_ops->name, timeout_ms);
 	}
-	pthread_mutex_unlock(&ks->mu);
-	pthread_mutex_unlock(&ks->lock);
+	ks_pool_release(ks->pool, idx);
 	r = job->r;
 	if (r < 0)
 		caller_fail(r, "%s", job->errmsg[0] ? job->errmsg : cimd_strerror(r));
@@ -408,26 +495,82 @@ static int parse_conf(char *buf, char **ret_name, struct ks_param *params, size_
 	return 0;
 }
 
-/* Takes the key store's own parameters (timeout-ms) out of the list. */
-static int take_own_params(struct key_store *ks, struct ks_param *params, size_t *n)
+/* A number parameter of the store's own, lo..hi. */
+static int own_number(struct key_store *ks, const struct ks_param *pm, long lo, long hi, int *ret)
 {
-	size_t i, j;
 	char *end;
 	long v;
 
+	errno = 0;
+	v = strtol(pm->value, &end, 10);
+	if (errno != 0 || *end != '\0' || v < lo || v > hi)
+		return ks_fail(ks, -CIMD_ECONFIG, "%s '%s' is not %ld..%ld", pm->name, pm->value,
+			       lo, hi);
+	*ret = (int)v;
+	return 0;
+}
+
+/* Takes the key store's own parameters (timeout-ms, sessions) out of the list. */
+static int take_own_params(struct key_store *ks, struct ks_param *params, size_t *n)
+{
+	size_t i, j;
+	int r;
+
 	for (i = j = 0; i < *n; i++) {
-		if (strcmp(params[i].name, "timeout-ms") != 0) {
+		if (strcmp(params[i].name, "timeout-ms") == 0)
+			r = own_number(ks, &params[i], 1, KS_TIMEOUT_MAX_MS, &ks->timeout_ms);
+		else if (strcmp(params[i].name, "sessions") == 0)
+			r = own_number(ks, &params[i], 1, KS_POOL_MAX, &ks->sessions);
+		else {
 			params[j++] = params[i];
 			continue;
 		}
-		errno = 0;
-		v = strtol(params[i].value, &end, 10);
-		if (errno != 0 || *end != '\0' || v < 1 || v > KS_TIMEOUT_MAX_MS)
-			return ks_fail(ks, -CIMD_ECONFIG, "timeout-ms '%s' is not 1..%d",
-				       params[i].value, KS_TIMEOUT_MAX_MS);
-		ks->timeout_ms = (int)v;
+		if (r < 0)
+			return r;
 	}
 	*n = j;
+	return 0;
+}
+
+/* How many workers: sessions=N when given, else one per core; never more
+ * than the hardware allows (a TPM: 1), and N above that is refused rather
+ * than quietly lowered. */
+static int session_count(struct key_store *ks, size_t *ret)
+{
+	int max = ks->be_ops->max_sessions(ks->be);
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t n;
+
+	if (ks->sessions > 0 && max > 0 && ks->sessions > max)
+		return ks_fail(ks, -CIMD_ECONFIG,
+			       "sessions=%d: this %s hardware allows %d at once%s", ks->sessions,
+			       ks->be_ops->name, max, max == 1 ? " (one serial device)" : "");
+	n = ks->sessions > 0 ? (size_t)ks->sessions : cores > 0 ? (size_t)cores : 1;
+	if (n > KS_POOL_MAX)
+		n = KS_POOL_MAX;
+	if (max > 0 && n > (size_t)max)
+		n = (size_t)max;
+	*ret = n;
+	return 0;
+}
+
+/* The backend is open: one lane per worker, each with its session, and the
+ * workers. */
+static int start_workers(struct key_store *ks)
+{
+	size_t i, n = 0;
+	int r;
+
+	if ((r = session_count(ks, &n)) < 0)
+		return r;
+	if ((ks->lanes = calloc(n, sizeof(*ks->lanes))) == NULL)
+		return -ENOMEM;
+	ks->nlanes = n;
+	for (i = 0; i < n && ks->be_ops->session_new != NULL; i++)
+		if ((ks->lanes[i].sess = ks->be_ops->session_new(ks->be)) == NULL)
+			return -ENOMEM;
+	if ((r = ks_pool_start(&ks_pool_ops, ks, n, &ks->pool)) < 0)
+		return ks_fail(ks, r, "cannot start the key store's worker threads");
 	return 0;
 }
 
@@ -435,7 +578,7 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 {
 	struct key_store *ks;
 	struct ks_param params[KS_MAX_PARAMS];
-	pthread_condattr_t ca;
+	pthread_rwlockattr_t ra;
 	char *buf = NULL, *name;
 	size_t i, n;
 	int r;
@@ -449,15 +592,19 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 	}
 	if ((ks = calloc(1, sizeof(*ks))) == NULL)
 		return -ENOMEM;
-	pthread_mutex_init(&ks->lock, NULL);
-	pthread_mutex_init(&ks->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&ks->done_cv, &ca);
-	pthread_condattr_destroy(&ca);
-	pthread_cond_init(&ks->job_cv, NULL);
-	ks->be_errmsg = ks->scratch;
+	/* A waiting generation or listing goes before signatures that come
+	 * after it, or a busy store would never run one. */
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&ks->hw, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	ks->timeout_ms = KS_TIMEOUT_DEFAULT_MS;
+	ks->sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+	ks->sha384 = EVP_MD_fetch(NULL, "SHA2-384", NULL);
+	if (ks->sha256 == NULL || ks->sha384 == NULL) {
+		r = ks_fail(ks, -CIMD_ECRYPTO, "no SHA-2 in this OpenSSL");
+		goto out;
+	}
 	if ((buf = strdup(conf)) == NULL) {
 		r = -ENOMEM;
 		goto out;
@@ -484,13 +631,8 @@ int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, si
 		ks_fail(ks, r, "%s is in use by another key store in this process", ks->exclusive);
 		goto out;
 	}
-	if ((r = ks->be_ops->open(ks, params, n, &ks->be)) < 0)
+	if ((r = ks->be_ops->open(ks, params, n, &ks->be)) < 0 || (r = start_workers(ks)) < 0)
 		goto out;
-	if ((r = -pthread_create(&ks->worker, NULL, ks_worker, ks)) < 0) {
-		ks_fail(ks, r, "cannot start the key store's worker thread");
-		goto out;
-	}
-	ks->have_worker = 1;
 	*ret_ks = ks;
 	ks = NULL;
 	r = 0;
@@ -501,7 +643,7 @@ out:
 	if (ks != NULL) {
 		if (errbuf != NULL)
 			snprintf(errbuf, errlen, "%s", ks->scratch);
-		key_store_free(&ks);
+		ks_release(ks);
 	}
 	return r;
 }
@@ -513,24 +655,9 @@ void key_store_free(struct key_store **pks)
 	if (ks == NULL)
 		return;
 	*pks = NULL;
-	if (!ks->have_worker) {
-		ks_release(ks);
-		return;
-	}
-	pthread_mutex_lock(&ks->mu);
-	ks->stop = 1;
-	if (ks->job != NULL) {
-		/* The worker is stuck in the hardware: it frees the store when (if)
-		 * the hardware answers.  We do not wait for it. */
-		ks->orphaned = 1;
-		pthread_mutex_unlock(&ks->mu);
-		pthread_detach(ks->worker);
-		return;
-	}
-	pthread_cond_signal(&ks->job_cv);
-	pthread_mutex_unlock(&ks->mu);
-	pthread_join(ks->worker, NULL);
-	ks_release(ks);
+	/* Workers the hardware holds end when it answers; the last one out
+	 * releases the store (ks_release). */
+	ks_pool_stop(ks->pool);
 }
 
 /* Builds the handle: the public JWK gets kid = RFC 7638 thumbprint, alg, use. */
@@ -553,6 +680,7 @@ static int key_new(const struct ks_backend *be_ops, enum cimd_alg alg, uint8_t *
 		return -ENOMEM;
 	}
 	k->be_ops = be_ops;
+	k->refs = 1;
 	k->alg = alg;
 	k->restricted = be_ops->ref_restricted(ref, ref_len) == 1;
 	k->ref = ref;
@@ -645,61 +773,187 @@ int key_store_load(struct key_store *ks, enum cimd_alg alg, const uint8_t *ref, 
 			   ret_key);
 }
 
+/* The digest a signature of alg signs (RFC 7518 §3.4, §3.5): SHA-256 but
+ * for ES384. */
+static int digest(struct key_store *ks, enum cimd_alg alg, const uint8_t *msg, size_t len,
+		  uint8_t *out, size_t *ret_len)
+{
+	unsigned int n = 0;
+
+	if (EVP_Digest(msg, len, out, &n, alg == CIMD_ALG_ES384 ? ks->sha384 : ks->sha256, NULL) !=
+	    1)
+		return caller_fail(-CIMD_ECRYPTO, "%s: cannot hash the message", ks->be_ops->name);
+	*ret_len = n;
+	return 0;
+}
+
+/* A restricted key's signature: a job with the message. */
+static int sign_restricted(struct key_store *ks, struct ks_sign_req *req)
+{
+	struct ks_job *j;
+	int r;
+
+	if ((j = job_new(KS_SIGN, req->key->alg, req->key->ref, req->key->ref_len, req->msg,
+			 req->len)) == NULL)
+		return -ENOMEM;
+	if ((r = digest(ks, j->alg, req->msg, req->len, j->digest, &j->dlen)) == 0 &&
+	    (r = ks_run(ks, &j, ks->timeout_ms)) == 0) {
+		memcpy(req->sig, j->sig, j->sig_len);
+		req->sig_len = j->sig_len;
+	}
+	job_free(j);
+	return req->r = r;
+}
+
+/* Lane l's slots for reqs[0..n), hashed here. */
+static int slots_fill(struct key_store *ks, struct ks_lane *l, struct ks_sign_req *reqs, size_t n)
+{
+	size_t i;
+	int r;
+
+	for (i = 0; i < n; i++) {
+		struct ks_slot *s = &l->slots[i];
+
+		if ((r = digest(ks, reqs[i].key->alg, reqs[i].msg, reqs[i].len, s->digest,
+				&s->dlen)) < 0) {
+			l->n = i;
+			return r;
+		}
+		__atomic_add_fetch(&reqs[i].key->refs, 1, __ATOMIC_RELAXED);
+		s->key = reqs[i].key;
+	}
+	l->n = n;
+	return 0;
+}
+
+/* Drops the references of slots a worker never ran. */
+static void slots_drop(struct ks_lane *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->n; i++) {
+		key_unref(l->slots[i].key);
+		l->slots[i].key = NULL;
+	}
+	l->n = 0;
+}
+
+/* How long a caller polls for k signatures on lane l. */
+static int64_t sign_spin(const struct ks_lane *l, size_t k)
+{
+	int64_t t = __atomic_load_n(&l->ns_per_sig, __ATOMIC_RELAXED) * (int64_t)k * 5 / 4;
+
+	return t < KS_SIGN_SPIN_MAX_NS ? t + 20000 : KS_SIGN_SPIN_MAX_NS;
+}
+
+/*
+ * Unrestricted signatures: reqs spread over the idle workers, up to one per
+ * signature, in runs of n / k.  Each run is posted as soon as it is hashed,
+ * so the first worker signs while the caller hashes the next run.  0 when
+ * every run finished (each req->r its own result), -CIMD_EUNAVAILABLE when
+ * one did not by the deadline.
+ */
+static int sign_spread(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
+{
+	struct timespec deadline = deadline_in(ks->timeout_ms);
+	size_t idx[KS_POOL_MAX], from[KS_POOL_MAX + 1], i, j;
+	int k, late = 0, r = 0;
+
+	if ((k = claim(ks, n < ks->nlanes ? n : ks->nlanes, idx, &deadline, ks->timeout_ms)) < 0)
+		return k;
+	for (i = 0; i <= (size_t)k; i++)
+		from[i] = n * i / (size_t)k;
+	for (i = 0; i < (size_t)k; i++) {
+		if (r == 0 && (r = slots_fill(ks, &ks->lanes[idx[i]], reqs + from[i],
+					      from[i + 1] - from[i])) == 0) {
+			ks_pool_post(ks->pool, idx[i], &ks->lanes[idx[i]]);
+			continue;
+		}
+		slots_drop(&ks->lanes[idx[i]]);
+		ks_pool_release(ks->pool, idx[i]);
+		idx[i] = SIZE_MAX; /* not posted */
+	}
+	for (i = 0; i < (size_t)k; i++) {
+		struct ks_lane *l = &ks->lanes[idx[i]];
+
+		if (idx[i] == SIZE_MAX)
+			continue;
+		if (ks_pool_wait(ks->pool, idx[i], sign_spin(l, l->n), &deadline) < 0) {
+			late = 1; /* the worker drops its slots' keys */
+			continue;
+		}
+		for (j = 0; j < l->n; j++) {
+			struct ks_sign_req *q = &reqs[from[i] + j];
+
+			q->r = l->slots[j].r;
+			if (q->r == 0) {
+				memcpy(q->sig, l->slots[j].sig, l->slots[j].sig_len);
+				q->sig_len = l->slots[j].sig_len;
+			} else if (last_err[0] == '\0') {
+				caller_fail(q->r, "%s",
+					    l->slots[j].errmsg[0] ? l->slots[j].errmsg
+								  : cimd_strerror(q->r));
+			}
+		}
+		l->n = 0;
+		ks_pool_release(ks->pool, idx[i]);
+	}
+	if (late)
+		return caller_fail(-CIMD_EUNAVAILABLE, "%s: no answer from the hardware in %d ms",
+				   ks->be_ops->name, ks->timeout_ms);
+	return r;
+}
+
 int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg, size_t len,
 		   uint8_t *ret_sig, size_t *ret_len)
 {
-	struct ks_job *j;
+	struct ks_sign_req req = {.key = key, .msg = msg, .len = len};
 	int r;
 
 	if (key == NULL || key->ref == NULL)
 		return caller_fail(-CIMD_ENOKEY, "no key");
 	if (len > KS_MSG_MAX)
 		return caller_fail(-E2BIG, "message of %zu bytes", len);
-	if ((j = job_new(KS_SIGN, key->alg, key->ref, key->ref_len, msg, len)) == NULL)
-		return -ENOMEM;
-	if ((r = ks_run(ks, &j, ks->timeout_ms)) == 0) {
-		memcpy(ret_sig, j->sig, j->sig_len);
-		*ret_len = j->sig_len;
+	last_err[0] = '\0';
+	if (key->restricted)
+		r = sign_restricted(ks, &req);
+	else if ((r = sign_spread(ks, &req, 1)) == 0)
+		r = req.r;
+	if (r == 0) {
+		memcpy(ret_sig, req.sig, req.sig_len);
+		*ret_len = req.sig_len;
 	}
-	job_free(j);
 	return r;
 }
 
 int key_store_sign_batch(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
 {
-	struct ks_job *head = NULL, **tail = &head, *j;
 	size_t i;
-	int r;
 
 	if (n == 0 || n > CIMD_SIGN_BATCH_MAX)
 		return caller_fail(-EINVAL, "a batch of %zu signatures", n);
 	for (i = 0; i < n; i++) {
-		if (reqs[i].key == NULL || reqs[i].key->ref == NULL || reqs[i].len > KS_MSG_MAX) {
-			job_free(head);
+		if (reqs[i].key == NULL || reqs[i].key->ref == NULL || reqs[i].len > KS_MSG_MAX)
 			return caller_fail(-EINVAL,
 					   "signature %zu of the batch: no key or too long", i);
-		}
-		if ((j = job_new(KS_SIGN, reqs[i].key->alg, reqs[i].key->ref, reqs[i].key->ref_len,
-				 reqs[i].msg, reqs[i].len)) == NULL) {
-			job_free(head);
-			return -ENOMEM;
-		}
-		*tail = j;
-		tail = &j->more;
+		reqs[i].r = -CIMD_EUNAVAILABLE;
 	}
-	if ((r = ks_run(ks, &head, ks->timeout_ms)) < 0 && head == NULL)
-		return r; /* not run, or abandoned to the worker */
 	last_err[0] = '\0';
-	for (i = 0, j = head; i < n && j != NULL; i++, j = j->more) {
-		reqs[i].r = j->r;
-		if (j->r == 0) {
-			memcpy(reqs[i].sig, j->sig, j->sig_len);
-			reqs[i].sig_len = j->sig_len;
-		} else if (last_err[0] == '\0') {
-			caller_fail(j->r, "%s", j->errmsg[0] ? j->errmsg : cimd_strerror(j->r));
-		}
+	for (i = 0; i < n; i++)
+		if (reqs[i].key->restricted)
+			break;
+	if (i == n)
+		return sign_spread(ks, reqs, n);
+	/* An AK among them (not how the signer uses a batch): one at a time. */
+	for (i = 0; i < n; i++) {
+		if (!reqs[i].key->restricted)
+			reqs[i].r = key_store_sign(ks, reqs[i].key, reqs[i].msg, reqs[i].len,
+						   reqs[i].sig, &reqs[i].sig_len);
+		else
+			sign_restricted(ks, &reqs[i]);
+		if (reqs[i].r == -CIMD_EUNAVAILABLE)
+			return reqs[i].r;
 	}
-	job_free(head);
 	return 0;
 }
 
@@ -895,13 +1149,7 @@ void ks_refs_free(struct ks_ref **prefs, size_t n)
 
 void ks_key_free(struct ks_key **pkey)
 {
-	struct ks_key *key = *pkey;
-
-	if (key == NULL)
-		return;
-	free(key->ref);
-	json_decref(key->jwk);
-	free(key);
+	key_unref(*pkey);
 	*pkey = NULL;
 }
 

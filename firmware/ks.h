@@ -17,6 +17,8 @@
 #ifndef CIMD_KS_H
 #define CIMD_KS_H
 
+#include <errno.h>
+
 #include "fmt.h"
 
 /* Caps of the key store. */
@@ -33,8 +35,10 @@ struct ks_key;
  *   tpm2:tcti=device:/dev/tpmrm0[;parent=0x81000001]
  *   tpm2:tcti=swtpm:host=127.0.0.1,port=2321
  * Parameters are separated by ';'; a value runs to the next ';'.  See docs/custody.md.
- * A key store serialises its calls, so it may be shared by threads; a second key
- * store on the same module or TPM in one process is refused (-EBUSY).
+ * The store's own parameters, on either backend: timeout-ms (the deadline of a
+ * call) and sessions (how many signatures run at once; key_store_sessions).
+ * A key store may be shared by threads; a second key store on the same module or
+ * TPM in one process is refused (-EBUSY).
  * On failure the details are written to errbuf (may be NULL).
  */
 int key_store_open(const char *conf, struct key_store **ret_ks, char *errbuf, size_t errlen);
@@ -215,6 +219,21 @@ struct ks_param {
 	const char *value;
 };
 
+/* One signature as a backend gets it: the digest of the message under the
+ * alg's hash, computed by the caller; the message itself only for a
+ * restricted key (a TPM AK signs only what the TPM hashed), NULL otherwise. */
+struct ks_tbs {
+	enum cimd_alg alg;
+	const uint8_t *ref;
+	size_t ref_len;
+	const uint8_t *digest;
+	size_t dlen;
+	const uint8_t *msg;
+	size_t len;
+};
+/* A shared signature that needs the hardware to itself (see sign). */
+#define KS_ALONE (-EDEADLK)
+
 struct ks_backend {
 	const char *name;
 	/* The parameter naming the hardware: one key store per value per process. */
@@ -229,9 +248,19 @@ struct ks_backend {
 			uint8_t **ret_ref, size_t *ret_ref_len, json_t **ret_jwk);
 	int (*load)(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
 		    size_t ref_len, json_t **ret_jwk);
-	int (*sign)(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
-		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
-		    size_t *ret_len);
+	/* Signs tbs on the session sess (session_new's, or NULL).  Signatures on
+	 * different sessions run at once when shared is 1: the backend may then
+	 * read its state but change nothing shared, and returns KS_ALONE when
+	 * the signature needs more (a key to look up, a session to recover): it
+	 * is then called again with shared 0, the hardware to itself. */
+	int (*sign)(struct key_store *ks, void *be, void *sess, int shared,
+		    const struct ks_tbs *tbs, uint8_t *ret_sig, size_t *ret_len);
+	/* A session for one worker (NULL where signatures do not run at once:
+	 * max_sessions 1), made before the worker starts and freed after it ends;
+	 * max_sessions: how many the hardware allows (0: no limit). */
+	void *(*session_new)(void *be);
+	void (*session_free)(void *be, void *sess);
+	int (*max_sessions)(void *be);
 	int (*destroy)(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len);
 	int (*list)(struct key_store *ks, void *be, size_t max, struct ks_ref **ret_refs,
 		    size_t *ret_n);

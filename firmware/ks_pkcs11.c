@@ -24,8 +24,16 @@
  * own is destroyed); a signature trusts a handle confirmed on this connection,
  * as libp11's cached keys did.
  *
- * Threads: libp11 0.4.12 is not thread-safe; key_store.c serialises every call
- * to this backend with the key store's mutex (one session per key store).
+ * Threads: libp11 0.4.12 is not thread-safe, but the module is: libp11 loads it
+ * with CKF_OS_LOCKING_OK (PKCS#11 v2.40 §5.4, C_Initialize), so several threads
+ * may call it on sessions of their own.  Each of the key store's workers signs
+ * on a session of its own (struct p11_sess), at once with the others ("shared",
+ * see ks.h): such a signature reads the remembered keys and changes nothing
+ * else.  Every other call, and a signature that needs a lookup or a fresh
+ * connection, has the backend to itself (key_store.c's hw lock), uses the
+ * control session p->sess, and is the only place libp11 is called.  Object
+ * handles are the same in every session of an application (PKCS#11 v2.40 §2.4),
+ * so a key looked up on the control session signs on any other.
  *
  * Faults: any failure that can come from a lost session or a stale object handle
  * (the token was removed and reinserted, the module was reset) makes the backend
@@ -65,6 +73,15 @@ struct p11_obj {
 	int confirmed;		    /* the handles were confirmed on this connection */
 };
 
+/* A worker's signing session (session_new).  Opened on its first signature,
+ * closed with the connection (p11_disconnect). */
+struct p11_sess {
+	CK_SESSION_HANDLE h;
+	int open;
+};
+
+#define P11_SESS_MAX 64 /* KS_POOL_MAX */
+
 struct p11 {
 	char *module;
 	char *token;
@@ -80,6 +97,9 @@ struct p11 {
 	size_t objs_cap, objs_n;
 	int indexed;	 /* a listing of the token filled objs on this connection */
 	time_t reloaded; /* last full reload of the module (p11_reload) */
+	struct p11_sess *sessions[P11_SESS_MAX]; /* the workers' */
+	size_t nsessions;
+	CK_ULONG max_sessions; /* the token's ulMaxSessionCount */
 };
 
 /* Return values we name in messages; stale: a fresh session and a fresh lookup
@@ -247,7 +267,14 @@ static int p11_obj_is(struct p11 *p, CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls, co
 
 static void p11_disconnect(struct p11 *p)
 {
+	size_t i;
+
 	p11_obj_drop(p);
+	for (i = 0; i < p->nsessions; i++) {
+		if (p->sessions[i]->open && p->fl != NULL)
+			p->fl->C_CloseSession(p->sessions[i]->h);
+		p->sessions[i]->open = 0;
+	}
 	if (p->have_sess && p->fl != NULL)
 		p->fl->C_CloseSession(p->sess);
 	p->have_sess = 0;
@@ -262,6 +289,7 @@ static void p11_disconnect(struct p11 *p)
 static int p11_connect(struct key_store *ks, struct p11 *p)
 {
 	CK_C_GetFunctionList get_fl;
+	CK_TOKEN_INFO ti;
 	CK_RV rv;
 	void *dl;
 	unsigned int i;
@@ -333,6 +361,8 @@ static int p11_connect(struct key_store *ks, struct p11 *p)
 				       ckr_name(rv));
 		return p11_fail(ks, rv, -CIMD_EUNAVAILABLE, "C_Login");
 	}
+	if (p->fl->C_GetTokenInfo(PKCS11_get_slotid_from_slot(p->slot), &ti) == CKR_OK)
+		p->max_sessions = ti.ulMaxSessionCount;
 	if (PKCS11_is_logged_in(p->slot, 0, &logged_in) < 0 || !logged_in) {
 		if (PKCS11_login(p->slot, 0, p->pin) < 0) {
 			ERR_clear_error();
@@ -958,53 +988,82 @@ static int p11_raw_evidence(struct key_store *ks, struct p11 *p, const uint8_t *
 
 /* ---- signing: C_Sign on the key's private object ---- */
 
-/*
- * The digest is computed here and signed by the token (PKCS#11 v2.40 §2.3.6,
- * CKM_ECDSA: the signature is r || s, each as long as the curve's order, which
- * is what JWS wants, RFC 7518 §3.4; §2.1.14, CKM_RSA_PKCS_PSS on the digest with
- * MGF1 of the same hash and a salt as long as the hash, RFC 7518 §3.5).
- */
-static int p11_sign_once(struct key_store *ks, struct p11 *p, enum cimd_alg alg, const uint8_t *id,
-			 size_t id_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
-			 size_t *ret_len)
+/* The worker's session, opened on this connection. */
+static int p11_sess_ready(struct key_store *ks, struct p11 *p, struct p11_sess *ss)
 {
-	const EVP_MD *md = alg == CIMD_ALG_ES384 ? EVP_sha384() : EVP_sha256();
-	size_t size = cimd_alg_ec_size(alg);
+	CK_RV rv;
+
+	if (ss->open)
+		return 0;
+	if (p->slot == NULL)
+		return -EAGAIN;
+	rv = p->fl->C_OpenSession(PKCS11_get_slotid_from_slot(p->slot), CKF_SERIAL_SESSION, NULL,
+				  NULL, &ss->h);
+	if (rv != CKR_OK)
+		return p11_fail(ks, rv, -CIMD_EUNAVAILABLE, "C_OpenSession");
+	ss->open = 1;
+	return 0;
+}
+
+/*
+ * The digest, computed by the caller, is signed by the token (PKCS#11 v2.40
+ * §2.3.6, CKM_ECDSA: the signature is r || s, each as long as the curve's
+ * order, which is what JWS wants, RFC 7518 §3.4; §2.1.14, CKM_RSA_PKCS_PSS on
+ * the digest with MGF1 of the same hash and a salt as long as the hash, RFC
+ * 7518 §3.5).  Shared (beside other workers): only a key remembered and
+ * confirmed on this connection, and any failure a fresh connection may cure
+ * comes back as KS_ALONE, for the call with the backend alone to look up or
+ * reconnect.
+ */
+static int p11_sign_once(struct key_store *ks, struct p11 *p, struct p11_sess *ss, int shared,
+			 const struct ks_tbs *t, uint8_t *ret_sig, size_t *ret_len)
+{
+	size_t size = cimd_alg_ec_size(t->alg);
 	CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
 	CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
 	CK_OBJECT_HANDLE priv, pub;
-	uint8_t digest[EVP_MAX_MD_SIZE], sig[CIMD_SIG_MAX];
-	unsigned int dlen = 0;
+	const struct p11_obj *o;
+	uint8_t sig[CIMD_SIG_MAX];
 	CK_ULONG siglen = sizeof(sig);
 	CK_RV rv;
 	int r;
 
-	if ((r = p11_key_objs(ks, p, id, id_len, 1, &priv, &pub)) < 0)
+	if (shared) {
+		o = p11_obj_get(p, t->ref, t->ref_len);
+		if (p->slot == NULL || o == NULL || o->priv == CK_INVALID_HANDLE || !o->confirmed)
+			return KS_ALONE;
+		priv = o->priv;
+	} else if ((r = p11_key_objs(ks, p, t->ref, t->ref_len, 1, &priv, &pub)) < 0) {
 		return r;
-	if (EVP_Digest(msg, len, digest, &dlen, md, NULL) != 1) {
-		ERR_clear_error();
-		return ks_fail(ks, -CIMD_ECRYPTO, "pkcs11: cannot hash the message");
 	}
 	if (size == 0) {
 		mech = (CK_MECHANISM){CKM_RSA_PKCS_PSS, &pss, sizeof(pss)};
-		if (dlen != pss.sLen)
-			return ks_fail(ks, -CIMD_EALG, "pkcs11: no PSS for %s", cimd_alg_name(alg));
+		if (t->dlen != pss.sLen)
+			return ks_fail(ks, -CIMD_EALG, "pkcs11: no PSS for %s",
+				       cimd_alg_name(t->alg));
 	}
-	if ((rv = p->fl->C_SignInit(p->sess, &mech, priv)) != CKR_OK)
-		return p11_fail(ks, rv,
-				rv == CKR_KEY_TYPE_INCONSISTENT ? -CIMD_EALG : -CIMD_EBACKEND,
-				"C_SignInit");
+	if ((r = p11_sess_ready(ks, p, ss)) < 0)
+		goto out;
+	if ((rv = p->fl->C_SignInit(ss->h, &mech, priv)) != CKR_OK) {
+		r = p11_fail(ks, rv, rv == CKR_KEY_TYPE_INCONSISTENT ? -CIMD_EALG : -CIMD_EBACKEND,
+			     "C_SignInit");
+		goto out;
+	}
 	/* C_Sign ends the operation whatever it answers, but for a buffer too
 	 * small (§5.2): ours holds any signature of ours. */
-	if ((rv = p->fl->C_Sign(p->sess, digest, dlen, sig, &siglen)) != CKR_OK)
-		return p11_fail(ks, rv, -CIMD_EBACKEND, "C_Sign");
+	if ((rv = p->fl->C_Sign(ss->h, (CK_BYTE_PTR)t->digest, t->dlen, sig, &siglen)) != CKR_OK) {
+		r = p11_fail(ks, rv, -CIMD_EBACKEND, "C_Sign");
+		goto out;
+	}
 	/* A key of another curve or size signs, but not at the length alg needs. */
 	if ((size != 0 && siglen != 2 * size) || (size == 0 && siglen != P11_RSA_BITS / 8))
 		return ks_fail(ks, -CIMD_EALG, "pkcs11: a %lu-byte signature is not one of %s",
-			       (unsigned long)siglen, cimd_alg_name(alg));
+			       (unsigned long)siglen, cimd_alg_name(t->alg));
 	memcpy(ret_sig, sig, siglen);
 	*ret_len = siglen;
 	return 0;
+out:
+	return shared && r == -EAGAIN ? KS_ALONE : r;
 }
 
 /* ---- backend operations: each retries once on a fresh session ---- */
@@ -1086,23 +1145,62 @@ static int p11_load(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 	return p11_final(r);
 }
 
-static int p11_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
-		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
-		    size_t *ret_len)
+static int p11_sign(struct key_store *ks, void *be, void *sess, int shared, const struct ks_tbs *t,
+		    uint8_t *ret_sig, size_t *ret_len)
 {
 	struct p11 *p = be;
 	int r;
 
-	if (ref_len != P11_ID_LEN)
+	if (t->ref_len != P11_ID_LEN)
 		return ks_fail(ks, -CIMD_ENOKEY, "pkcs11: malformed key reference");
+	if (shared)
+		return p11_sign_once(ks, p, sess, 1, t, ret_sig, ret_len);
 	if ((r = p11_ready(ks, p)) < 0)
 		return r;
-	r = p11_sign_once(ks, p, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+	r = p11_sign_once(ks, p, sess, 0, t, ret_sig, ret_len);
 	if (p11_again(ks, p, &r))
-		r = p11_sign_once(ks, p, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+		r = p11_sign_once(ks, p, sess, 0, t, ret_sig, ret_len);
 	if (p11_reload(ks, p, &r))
-		r = p11_sign_once(ks, p, alg, ref, ref_len, msg, len, ret_sig, ret_len);
+		r = p11_sign_once(ks, p, sess, 0, t, ret_sig, ret_len);
 	return p11_final(r);
+}
+
+static void *p11_session_new(void *be)
+{
+	struct p11 *p = be;
+	struct p11_sess *ss;
+
+	if (p->nsessions == P11_SESS_MAX || (ss = calloc(1, sizeof(*ss))) == NULL)
+		return NULL;
+	p->sessions[p->nsessions++] = ss;
+	return ss;
+}
+
+static void p11_session_free(void *be, void *sess)
+{
+	struct p11 *p = be;
+	struct p11_sess *ss = sess;
+	size_t i;
+
+	for (i = 0; i < p->nsessions; i++)
+		if (p->sessions[i] == ss)
+			p->sessions[i] = p->sessions[--p->nsessions];
+	if (ss->open && p->fl != NULL)
+		p->fl->C_CloseSession(ss->h);
+	free(ss);
+}
+
+/* What the token allows (CK_TOKEN_INFO.ulMaxSessionCount, PKCS#11 v2.40
+ * §3.2), less libp11's session and the control session; 0: no limit known
+ * (CK_EFFECTIVELY_INFINITE, or CK_UNAVAILABLE_INFORMATION). */
+static int p11_max_sessions(void *be)
+{
+	struct p11 *p = be;
+
+	if (p->max_sessions == CK_EFFECTIVELY_INFINITE ||
+	    p->max_sessions == CK_UNAVAILABLE_INFORMATION)
+		return 0;
+	return p->max_sessions > 3 ? (int)(p->max_sessions - 2) : 1;
 }
 
 static int p11_destroy(struct key_store *ks, void *be, const uint8_t *ref, size_t ref_len)
@@ -1212,6 +1310,9 @@ const struct ks_backend ks_pkcs11_backend = {
     .certify = p11_certify,
     .p11_evidence = p11_evidence,
     .counter = p11_counter,
+    .session_new = p11_session_new,
+    .session_free = p11_session_free,
+    .max_sessions = p11_max_sessions,
     .ref_restricted = p11_ref_restricted,
     .ref_check = p11_ref_check,
     .tpm_public = p11_tpm_public,

@@ -25,6 +25,8 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
@@ -616,20 +618,34 @@ static int tpm_load(struct key_store *ks, void *be, enum cimd_alg alg, const uin
 	return 0;
 }
 
-static int check_pss(struct key_store *ks, const uint8_t *ref, size_t ref_len, const uint8_t *msg,
-		     size_t len, const uint8_t *sig, size_t sig_len)
+/* The TPM's RSA-PSS signature over digest verifies with the salt JWS fixes. */
+static int check_pss(struct key_store *ks, const uint8_t *ref, size_t ref_len,
+		     const uint8_t *digest, size_t dlen, const uint8_t *sig, size_t sig_len)
 {
 	TPM2B_PUBLIC pub;
 	TPM2B_PRIVATE priv;
 	json_t *jwk = NULL;
-	int r;
+	EVP_PKEY *pk = NULL;
+	EVP_PKEY_CTX *ctx = NULL;
+	int ok;
 
-	if (ref_parse(ref, ref_len, &pub, &priv) < 0 || public_jwk(&pub, CIMD_ALG_PS256, &jwk) < 0)
+	if (ref_parse(ref, ref_len, &pub, &priv) < 0 ||
+	    public_jwk(&pub, CIMD_ALG_PS256, &jwk) < 0 || jwk_to_evp(jwk, &pk) < 0) {
+		json_decref(jwk);
 		return ks_fail(ks, -CIMD_EFORMAT, "tpm2: unusable public area");
-	r = jws_verify_signature(jwk, CIMD_ALG_PS256, msg, len, sig, sig_len);
+	}
+	/* RFC 7518 §3.5: MGF1 with SHA-256, a salt as long as the hash. */
+	ok = (ctx = EVP_PKEY_CTX_new(pk, NULL)) != NULL && EVP_PKEY_verify_init(ctx) == 1 &&
+	     EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+	     EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, 32) == 1 &&
+	     EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) == 1 &&
+	     EVP_PKEY_verify(ctx, sig, sig_len, digest, dlen) == 1;
+	ERR_clear_error();
+	EVP_PKEY_CTX_free(ctx);
+	EVP_PKEY_free(pk);
 	json_decref(jwk);
 	OPENSSL_cleanse(&priv, sizeof(priv));
-	if (r < 0)
+	if (!ok)
 		return ks_fail(ks, -CIMD_EBACKEND,
 			       "tpm2: the TPM's RSA-PSS signature does not verify with a %d-byte "
 			       "salt (RFC 7518 §3.5)",
@@ -716,33 +732,32 @@ out:
 	return r;
 }
 
-static int tpm_sign_once(struct key_store *ks, struct tpm *t, enum cimd_alg alg, int restricted,
-			 const uint8_t *ref, size_t ref_len, const uint8_t *msg, size_t len,
-			 uint8_t *ret_sig, size_t *ret_len)
+static int tpm_sign_once(struct key_store *ks, struct tpm *t, int restricted,
+			 const struct ks_tbs *tbs, uint8_t *ret_sig, size_t *ret_len)
 {
-	size_t size = cimd_alg_ec_size(alg);
+	const uint8_t *ref = tbs->ref;
+	size_t ref_len = tbs->ref_len, size = cimd_alg_ec_size(tbs->alg);
 	TPM2B_DIGEST digest = {0}, *tdigest = NULL;
 	TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_NULL}; /* the key's own scheme */
 	/* An unrestricted key signs an outside digest with a NULL ticket (Part 3 §20.2). */
 	TPMT_TK_HASHCHECK null_ticket = {.tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL};
 	TPMT_TK_HASHCHECK *ticket = NULL;
 	TPMT_SIGNATURE *sig = NULL;
-	unsigned int dlen = 0;
 	ESYS_TR h;
 	TSS2_RC rc;
 	int r;
 
 	if (!restricted) {
-		if (EVP_Digest(msg, len, digest.buffer, &dlen,
-			       alg == CIMD_ALG_ES384 ? EVP_sha384() : EVP_sha256(), NULL) != 1)
-			return ks_fail(ks, -CIMD_ECRYPTO, "tpm2: digest failed");
-		digest.size = (UINT16)dlen;
+		if (tbs->dlen > sizeof(digest.buffer))
+			return ks_fail(ks, -CIMD_EALG, "tpm2: a digest of %zu bytes", tbs->dlen);
+		memcpy(digest.buffer, tbs->digest, tbs->dlen);
+		digest.size = (UINT16)tbs->dlen;
 	}
 	if ((r = tpm_ready(ks, t)) < 0 || (r = tpm_load_ref(ks, t, ref, ref_len, &h)) < 0)
 		return r;
 	/* A restricted key signs only what the TPM hashed itself, with the ticket
 	 * that proves it (Part 3, TPM2_Sign). */
-	if (restricted && (r = tpm_hash_ticket(ks, t, msg, len, &tdigest, &ticket)) < 0)
+	if (restricted && (r = tpm_hash_ticket(ks, t, tbs->msg, tbs->len, &tdigest, &ticket)) < 0)
 		return r;
 	rc = Esys_Sign(t->ectx, h, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
 		       restricted ? tdigest : &digest, &scheme, restricted ? ticket : &null_ticket,
@@ -774,7 +789,9 @@ static int tpm_sign_once(struct key_store *ks, struct tpm *t, enum cimd_alg alg,
 		/* TPM 2.0 Part 1 §B.7 lets a TPM pick the PSS salt length; JWS fixes it
 		 * at the hash length (RFC 7518 §3.5).  Check before handing it out:
 		 * this also catches a faulty signature. */
-		if ((r = check_pss(ks, ref, ref_len, msg, len, s->buffer, s->size)) < 0)
+		if ((r = check_pss(ks, ref, ref_len, restricted ? tdigest->buffer : digest.buffer,
+				   restricted ? tdigest->size : digest.size, s->buffer, s->size)) <
+		    0)
 			goto out;
 		memcpy(ret_sig, s->buffer, s->size);
 		*ret_len = s->size;
@@ -787,27 +804,34 @@ out:
 	return r;
 }
 
-static int tpm_sign(struct key_store *ks, void *be, enum cimd_alg alg, const uint8_t *ref,
-		    size_t ref_len, const uint8_t *msg, size_t len, uint8_t *ret_sig,
-		    size_t *ret_len)
+/* A TPM is one serial device: one session, never shared with another. */
+static int tpm_sign(struct key_store *ks, void *be, void *sess, int shared,
+		    const struct ks_tbs *tbs, uint8_t *ret_sig, size_t *ret_len)
 {
 	struct tpm *t = be;
 	TPM2B_PUBLIC pub;
 	TPM2B_PRIVATE priv;
 	int restricted, r;
 
-	if (ref_parse(ref, ref_len, &pub, &priv) < 0)
+	(void)sess, (void)shared;
+	if (ref_parse(tbs->ref, tbs->ref_len, &pub, &priv) < 0)
 		return ks_fail(ks, -CIMD_ENOKEY, "tpm2: malformed key reference");
 	restricted = (pub.publicArea.objectAttributes & TPMA_OBJECT_RESTRICTED) != 0;
 	/* The TPM would give no ticket: refuse before asking it. */
-	if (restricted && !ticket_safe(msg, len))
+	if (restricted && (tbs->msg == NULL || !ticket_safe(tbs->msg, tbs->len)))
 		return ks_fail(ks, -CIMD_EVERIFY,
 			       "tpm2: an attestation key does not sign data that begins with "
 			       "TPM_GENERATED_VALUE (0xff544347) or is shorter than 4 bytes");
-	r = tpm_sign_once(ks, t, alg, restricted, ref, ref_len, msg, len, ret_sig, ret_len);
+	r = tpm_sign_once(ks, t, restricted, tbs, ret_sig, ret_len);
 	if (r == -EAGAIN)
-		r = tpm_sign_once(ks, t, alg, restricted, ref, ref_len, msg, len, ret_sig, ret_len);
+		r = tpm_sign_once(ks, t, restricted, tbs, ret_sig, ret_len);
 	return tpm_final(r);
+}
+
+static int tpm_max_sessions(void *be)
+{
+	(void)be;
+	return 1;
 }
 
 /*
@@ -1190,6 +1214,7 @@ const struct ks_backend ks_tpm2_backend = {
     .generate = tpm_generate,
     .load = tpm_load,
     .sign = tpm_sign,
+    .max_sessions = tpm_max_sessions,
     .destroy = tpm_destroy,
     .list = tpm_list,
     .generate_attest = tpm_generate_attest,

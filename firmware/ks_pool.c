@@ -1,0 +1,329 @@
+/*
+ * ks_pool.c — the key store's worker threads (ks_pool.h).
+ *
+ * Why workers at all: a hardware call can hang (tcti-swtpm in tpm2-tss 3.2
+ * ignores ESAPI timeouts; a network HSM can stall), and a caller must still
+ * get its answer by its deadline.  So the hardware is called only on a
+ * worker, which a caller may give up on.
+ *
+ * Why spin: on this kind of machine a thread that sleeps on a futex takes
+ * 30-50 us to run again once woken, about what SoftHSM2 takes for a P-256
+ * signature (docs/benchmarks.md).  A handoff that slept on both sides would
+ * cost two such wake-ups per signature: the key store signed at 0.42x of
+ * the token driven directly.  So each side first polls for a while,
+ * yielding the CPU on each turn, and sleeps only when the wait is long: a
+ * worker polls for IDLE_SPIN_NS after each piece of work (a caller signing
+ * in a loop posts its next one well within that), a caller for as long as
+ * its work should take (the caller says how long).
+ *
+ * The handoff is one futex word per worker, its state:
+ *
+ *   IDLE --caller posts--> POSTED --worker done--> DONE --caller releases--> IDLE
+ *                             \--caller's deadline--> ABANDONED --worker done--> IDLE
+ *
+ * Whoever moves POSTED on (the worker to DONE, the caller to ABANDONED) does
+ * so by compare-and-swap, so exactly one of them owns what follows.  Each
+ * side sleeps only after raising its flag (parked, waiting) and reading the
+ * state again; the other side reads the flag after changing the state, so a
+ * wake-up is never lost and never made when nobody sleeps.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "ks_pool.h"
+
+#define IDLE_SPIN_NS 200000 /* a worker's poll for its next work */
+#define CLAIM_SPIN_NS 50000 /* a caller's poll for an idle worker */
+
+enum { W_IDLE, W_POSTED, W_DONE, W_ABANDONED };
+
+struct ks_worker {
+	struct ks_pool *p;
+	size_t idx;
+	pthread_t thread;
+	uint32_t owned;		/* claimed: by a caller, or by the worker while abandoned */
+	uint32_t state;		/* W_*, the futex word both sides sleep on */
+	uint32_t parked;	/* the worker sleeps on state */
+	uint32_t waiting;	/* the caller sleeps on state */
+	void *work;		/* NULL: stop */
+} __attribute__((aligned(64))); /* a cache line each: workers do not share */
+
+struct ks_pool {
+	const struct ks_pool_ops *ops;
+	void *arg;
+	size_t n;
+	uint32_t refs;	   /* the owner's and each running worker's */
+	uint32_t stop;	   /* ks_pool_stop was called */
+	uint32_t wedged;   /* abandoned work not yet finished */
+	uint32_t released; /* futex word, bumped when a worker is released to a sleeper */
+	uint32_t claimers; /* callers asleep on released */
+	struct ks_worker w[];
+};
+
+int64_t ks_now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Sleeps while *addr == val, until deadline (absolute, CLOCK_MONOTONIC;
+ * NULL: none).  -ETIMEDOUT when the deadline passed. */
+static int futex_wait(uint32_t *addr, uint32_t val, const struct timespec *deadline)
+{
+	if (syscall(SYS_futex, addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, val, deadline, NULL,
+		    FUTEX_BITSET_MATCH_ANY) < 0 &&
+	    errno == ETIMEDOUT)
+		return -ETIMEDOUT;
+	return 0;
+}
+
+static void futex_wake(uint32_t *addr, int n)
+{
+	syscall(SYS_futex, addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, n);
+}
+
+static uint32_t load(const uint32_t *v)
+{
+	return __atomic_load_n(v, __ATOMIC_SEQ_CST);
+}
+
+static void store(uint32_t *v, uint32_t x)
+{
+	__atomic_store_n(v, x, __ATOMIC_SEQ_CST);
+}
+
+static int cas(uint32_t *v, uint32_t from, uint32_t to)
+{
+	return __atomic_compare_exchange_n(v, &from, to, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+static int past(const struct timespec *deadline)
+{
+	return ks_now_ns() >= (int64_t)deadline->tv_sec * 1000000000 + deadline->tv_nsec;
+}
+
+static void pool_unref(struct ks_pool *p)
+{
+	const struct ks_pool_ops *ops = p->ops;
+	void *arg = p->arg;
+
+	if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_SEQ_CST) != 0)
+		return;
+	free(p);
+	ops->gone(arg);
+}
+
+/* The worker's next work: polls, then sleeps.  NULL: stop. */
+static void *worker_next(struct ks_worker *w)
+{
+	int64_t until = ks_now_ns() + IDLE_SPIN_NS;
+	uint32_t s;
+
+	for (;;) {
+		if ((s = load(&w->state)) == W_POSTED)
+			return w->work;
+		if (ks_now_ns() < until) {
+			sched_yield();
+			continue;
+		}
+		store(&w->parked, 1);
+		if ((s = load(&w->state)) != W_POSTED)
+			futex_wait(&w->state, s, NULL);
+		store(&w->parked, 0);
+	}
+}
+
+/* The work has run: hand it back, or clean up after an abandoned one.
+ * -1 when the worker is to end (the pool stops). */
+static int worker_done(struct ks_worker *w, void *work)
+{
+	struct ks_pool *p = w->p;
+
+	if (cas(&w->state, W_POSTED, W_DONE)) {
+		if (load(&w->waiting))
+			futex_wake(&w->state, 1);
+		return 0;
+	}
+	/* ABANDONED: its caller is gone; the worker is still claimed. */
+	p->ops->abandoned(p->arg, w->idx, work);
+	__atomic_sub_fetch(&p->wedged, 1, __ATOMIC_SEQ_CST);
+	ks_pool_release(p, w->idx);
+	/* After the release: a ks_pool_stop that could not claim this worker
+	 * detached it, and then set stop before we read it here. */
+	return load(&p->stop) ? -1 : 0;
+}
+
+static void *worker_main(void *arg)
+{
+	struct ks_worker *w = arg;
+	struct ks_pool *p = w->p;
+	char name[16];
+	void *work;
+
+	snprintf(name, sizeof(name), "cimdd-ks%zu", w->idx);
+	pthread_setname_np(pthread_self(), name);
+	while ((work = worker_next(w)) != NULL) {
+		p->ops->run(p->arg, w->idx, work);
+		if (worker_done(w, work) < 0)
+			break;
+	}
+	pool_unref(p);
+	return NULL;
+}
+
+int ks_pool_start(const struct ks_pool_ops *ops, void *arg, size_t n, struct ks_pool **ret)
+{
+	struct ks_pool *p;
+	size_t i;
+	int r;
+
+	if (n == 0 || n > KS_POOL_MAX)
+		return -EINVAL;
+	if (posix_memalign((void **)&p, 64, sizeof(*p) + n * sizeof(p->w[0])) != 0)
+		return -ENOMEM;
+	memset(p, 0, sizeof(*p) + n * sizeof(p->w[0]));
+	p->ops = ops;
+	p->arg = arg;
+	p->n = n;
+	p->refs = 1;
+	for (i = 0; i < n; i++) {
+		p->w[i].p = p;
+		p->w[i].idx = i;
+		__atomic_add_fetch(&p->refs, 1, __ATOMIC_SEQ_CST);
+		if ((r = pthread_create(&p->w[i].thread, NULL, worker_main, &p->w[i])) != 0) {
+			/* Stop the ones that run; the owner's reference keeps gone()
+			 * from running: nothing was started, as far as the caller knows. */
+			while (i-- > 0) {
+				store(&p->w[i].owned, 1);
+				ks_pool_post(p, i, NULL);
+				pthread_join(p->w[i].thread, NULL);
+			}
+			free(p);
+			return -r;
+		}
+	}
+	*ret = p;
+	return 0;
+}
+
+void ks_pool_stop(struct ks_pool *p)
+{
+	size_t i;
+
+	store(&p->stop, 1);
+	for (i = 0; i < p->n; i++) {
+		if (cas(&p->w[i].owned, 0, 1)) {
+			ks_pool_post(p, i, NULL);
+			pthread_join(p->w[i].thread, NULL);
+		} else {
+			/* The hardware holds it: it ends when that answers. */
+			pthread_detach(p->w[i].thread);
+		}
+	}
+	pool_unref(p);
+}
+
+size_t ks_pool_size(const struct ks_pool *p)
+{
+	return p->n;
+}
+
+int ks_pool_wedged(struct ks_pool *p)
+{
+	return load(&p->wedged) != 0;
+}
+
+/* The lowest idle workers first: a caller signing one at a time keeps
+ * using the same worker, still polling from its last signature, and the
+ * others go to sleep rather than poll beside it. */
+static int claim_idle(struct ks_pool *p, size_t max, size_t *ret_idx)
+{
+	size_t i, k = 0;
+
+	for (i = 0; i < p->n && k < max; i++)
+		if (load(&p->w[i].owned) == 0 && cas(&p->w[i].owned, 0, 1))
+			ret_idx[k++] = i;
+	return (int)k;
+}
+
+int ks_pool_claim(struct ks_pool *p, size_t max, size_t *ret_idx, const struct timespec *deadline)
+{
+	int64_t until = ks_now_ns() + CLAIM_SPIN_NS;
+	uint32_t seq;
+	int k, r;
+
+	for (;;) {
+		if (ks_pool_wedged(p))
+			return -EIO;
+		seq = load(&p->released);
+		if ((k = claim_idle(p, max, ret_idx)) > 0)
+			return k;
+		if (ks_now_ns() < until) {
+			sched_yield();
+			continue;
+		}
+		__atomic_add_fetch(&p->claimers, 1, __ATOMIC_SEQ_CST);
+		r = (k = claim_idle(p, max, ret_idx)) > 0 ? 0
+							  : futex_wait(&p->released, seq, deadline);
+		__atomic_sub_fetch(&p->claimers, 1, __ATOMIC_SEQ_CST);
+		if (k > 0)
+			return k;
+		if (r == -ETIMEDOUT || past(deadline))
+			return (k = claim_idle(p, max, ret_idx)) > 0 ? k : -ETIMEDOUT;
+	}
+}
+
+void ks_pool_post(struct ks_pool *p, size_t idx, void *work)
+{
+	struct ks_worker *w = &p->w[idx];
+
+	w->work = work;
+	store(&w->state, W_POSTED);
+	if (load(&w->parked))
+		futex_wake(&w->state, 1);
+}
+
+int ks_pool_wait(struct ks_pool *p, size_t idx, int64_t spin_ns, const struct timespec *deadline)
+{
+	struct ks_worker *w = &p->w[idx];
+	int64_t until = ks_now_ns() + spin_ns;
+	int r = 0;
+
+	while (load(&w->state) != W_DONE && ks_now_ns() < until)
+		sched_yield();
+	while (load(&w->state) != W_DONE) {
+		store(&w->waiting, 1);
+		if (load(&w->state) == W_POSTED)
+			r = futex_wait(&w->state, W_POSTED, deadline);
+		store(&w->waiting, 0);
+		if (load(&w->state) == W_DONE)
+			break;
+		if ((r == -ETIMEDOUT || past(deadline)) && cas(&w->state, W_POSTED, W_ABANDONED)) {
+			__atomic_add_fetch(&p->wedged, 1, __ATOMIC_SEQ_CST);
+			return -ETIMEDOUT;
+		}
+	}
+	return 0;
+}
+
+void ks_pool_release(struct ks_pool *p, size_t idx)
+{
+	struct ks_worker *w = &p->w[idx];
+
+	store(&w->state, W_IDLE);
+	store(&w->owned, 0);
+	if (load(&p->claimers)) {
+		__atomic_add_fetch(&p->released, 1, __ATOMIC_SEQ_CST);
+		futex_wake(&p->released, INT_MAX);
+	}
+}

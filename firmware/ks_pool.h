@@ -1,0 +1,58 @@
+/*
+ * ks_pool.h — the key store's worker threads and how a caller hands them
+ * work (ks_pool.c).  Internal to the key store: key_store.c only.
+ *
+ * A pool is n worker threads.  A caller claims idle workers, posts work to
+ * each, and waits for it until a deadline; work that misses its deadline is
+ * abandoned to its worker, which hands it to the pool's `abandoned` callback
+ * once the hardware answers, and the pool is wedged until then.  The handoff
+ * spins before it sleeps, on both sides: a signature on a token takes tens of
+ * microseconds, a sleeping thread takes about as long to wake.
+ */
+#ifndef CIMD_KS_POOL_H
+#define CIMD_KS_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define KS_POOL_MAX 64 /* workers in a pool */
+
+struct ks_pool;
+
+struct ks_pool_ops {
+	/* Runs work on worker idx (its own thread). */
+	void (*run)(void *arg, size_t idx, void *work);
+	/* Work whose caller gave up on it has run: clean up after it. */
+	void (*abandoned)(void *arg, size_t idx, void *work);
+	/* The pool and every worker are gone (after ks_pool_stop). */
+	void (*gone)(void *arg);
+};
+
+/* Starts n workers; -errno when a thread cannot start (none then runs). */
+int ks_pool_start(const struct ks_pool_ops *ops, void *arg, size_t n, struct ks_pool **ret);
+/* Stops the pool: idle workers end now, a worker the hardware holds when
+ * it answers; ops->gone runs once all have ended (perhaps on this thread). */
+void ks_pool_stop(struct ks_pool *p);
+size_t ks_pool_size(const struct ks_pool *p);
+
+/* Abandoned work the hardware has not finished: while there is, callers
+ * fail at once rather than wait a deadline of their own. */
+int ks_pool_wedged(struct ks_pool *p);
+
+/* Claims up to max idle workers, at least one, waiting until deadline
+ * (CLOCK_MONOTONIC) for one: their indices in ret_idx, their number
+ * returned, or -ETIMEDOUT (all busy), -EIO (wedged). */
+int ks_pool_claim(struct ks_pool *p, size_t max, size_t *ret_idx, const struct timespec *deadline);
+/* Hands work to claimed worker idx. */
+void ks_pool_post(struct ks_pool *p, size_t idx, void *work);
+/* Waits for worker idx's work until deadline, spinning for up to spin_ns
+ * first.  0: done, and the worker is the caller's until ks_pool_release;
+ * -ETIMEDOUT: abandoned (the worker releases itself). */
+int ks_pool_wait(struct ks_pool *p, size_t idx, int64_t spin_ns, const struct timespec *deadline);
+void ks_pool_release(struct ks_pool *p, size_t idx);
+
+/* Nanoseconds on CLOCK_MONOTONIC. */
+int64_t ks_now_ns(void);
+
+#endif /* CIMD_KS_POOL_H */
