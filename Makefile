@@ -4,7 +4,8 @@
 #   make check    install what is missing, build, run every test
 #   make asan     the same tests under AddressSanitizer + UBSan
 #   make fuzz     libFuzzer targets (clang), FUZZ_SECONDS each (docs/fuzzing.md)
-#   make bench    benchmarks against peers measured in the same run
+#   make bench    benchmarks against peers measured in the same run, every figure
+#                 also in build/bench/results.json (bench/run.sh)
 #   make bench-scale  the appliance at 1 client and at SCALE_N clients (docs/benchmarks.md)
 #   make run      install what is missing, build, run a development instance
 #   make install  programs (cimdd-publisher in PREFIX/libexec/cimdd) and man pages under PREFIX
@@ -190,7 +191,8 @@ $(BUILD)/tests/p11hang.so: tests/p11hang/p11hang.c
 	@$(CC) -std=c11 -D_DEFAULT_SOURCE -O2 $(WARN) -fPIC -shared \
 		$(shell pkg-config --cflags p11-kit-1) -o $@ $< -ldl
 
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(CODEC_LIB) $(FW_LIB)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/obj/bench/out.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) \
+		$(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

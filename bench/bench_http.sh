@@ -3,6 +3,8 @@
 # serving the same bytes (cimdd's export_dir, the generated snippet: same
 # headers), over plain HTTP and over TLS, measured with wrk in one run:
 # keep-alive, 64 connections, 2 threads, CIMD_BENCH_SECONDS each (default 5).
+# With CIMD_BENCH_OUT set, also writes the figures to CIMD_BENCH_OUT/bench_http.json
+# (bench/out.h says how figures are named).
 set -euo pipefail
 build=${1:-build}
 secs=${CIMD_BENCH_SECONDS:-5}
@@ -78,13 +80,29 @@ measure() {
 		END { if (bad > 0) rps = -1; printf "%.0f %.2f\n", rps, ms }'
 }
 
+# a figure as JSON: wrk's -1 (non-2xx answers) is null, as bench/out.h has it
+num() { awk -v v="$1" 'BEGIN { if (v < 0) print "null"; else print v + 0 }'; }
+
 printf 'JWKS route, wrk -t2 -c64 keep-alive, %ss per figure; ratio = cimdd / nginx\n' "$secs"
 printf '%-6s %12s %10s %12s %10s %8s\n' "" "cimdd req/s" "p99 ms" "nginx req/s" "p99 ms" "ratio"
+rows=()
 for mode in plain tls; do
 	if [ $mode = plain ]; then c="http://127.0.0.1:$pplain$path"; n="http://127.0.0.1:$nplain$path";
 	else c="https://127.0.0.1:$ptls$path"; n="https://127.0.0.1:$ntls$path"; fi
 	read -r crps cp99 < <(measure "$c")
 	read -r nrps np99 < <(measure "$n")
-	printf '%-6s %12s %10s %12s %10s %8.2f\n' "$mode" "$crps" "$cp99" "$nrps" "$np99" \
-		"$(echo "$crps $nrps" | awk '{ print ($2 > 0) ? $1 / $2 : 0 }')"
+	ratio=$(echo "$crps $nrps" | awk '{ print ($1 >= 0 && $2 > 0) ? $1 / $2 : -1 }')
+	printf '%-6s %12s %10s %12s %10s %8s\n' "$mode" "$crps" "$cp99" "$nrps" "$np99" \
+		"$(awk -v r="$ratio" 'BEGIN { if (r < 0) print "-"; else printf "%.2f", r }')"
+	rows+=("$(printf '{"mode": "%s", "cimdd_req_per_s": %s, "cimdd_p99_ms": %s, "nginx_req_per_s": %s, "nginx_p99_ms": %s, "ratio_cimdd_to_nginx": %s}' \
+		"$mode" "$(num "$crps")" "$(num "$cp99")" "$(num "$nrps")" "$(num "$np99")" "$(num "$ratio")")")
 done
+if [ -n "${CIMD_BENCH_OUT:-}" ]; then
+	{
+		printf '{"seconds_per_figure": %s, "wrk": {"threads": 2, "connections": 64}, "path": "%s", "figures": [\n' "$(num "$secs")" "$path"
+		for i in "${!rows[@]}"; do
+			printf '  %s%s\n' "${rows[$i]}" "$([ "$i" -lt $((${#rows[@]} - 1)) ] && echo ,)"
+		done
+		printf ']}\n'
+	} >"$CIMD_BENCH_OUT/bench_http.json"
+fi

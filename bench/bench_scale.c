@@ -28,7 +28,8 @@
  * JWKS are served.  Benchmarks are not tests: nothing fails on speed.
  * CIMD_BENCH_SECONDS sets the time of each load (default 5);
  * CIMD_BENCH_SCALE_BUDGET the seconds that growing may take in all (default
- * 3600), after which the sizes not reached are left out.
+ * 3600), after which the sizes not reached are left out; CIMD_BENCH_OUT, a
+ * directory for bench_scale.json, the table's figures (bench/out.h).
  */
 #include <dirent.h>
 #include <dlfcn.h>
@@ -41,6 +42,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "cimd.h"
+#include "out.h"
 
 #define SCALE_NO_MAIN
 #include "../tests/test_scale.c"
@@ -79,27 +81,33 @@ struct figures {
 enum target { T_NONE, T_AT_MOST, T_RATIO_AT_MOST, T_RATIO_AT_LEAST };
 
 static const struct row {
+	const char *key; /* in bench_scale.json, its unit last (bench/out.h) */
 	const char *label;
 	size_t off;
 	enum target kind;
 	double bound;
 } rows[] = {
-    {"add+approve p50 ms", offsetof(struct figures, add_p50), T_NONE, 0},
-    {"add+approve p99 ms", offsetof(struct figures, add_p99), T_AT_MOST, 20},
-    {"key rotate p50 ms", offsetof(struct figures, rot_p50), T_NONE, 0},
-    {"key rotate max of 12 ms", offsetof(struct figures, rot_max), T_AT_MOST, 20},
-    {"restart to JWKS ms", offsetof(struct figures, restart_ms), T_AT_MOST, 2000},
-    {"restart to signing ms", offsetof(struct figures, restart_sign_ms), T_AT_MOST, 2000},
-    {"cimdd RSS MB", offsetof(struct figures, rss_cimdd), T_NONE, 0},
-    {"cimdd peak RSS MB", offsetof(struct figures, hwm_cimdd), T_AT_MOST, 100},
-    {"  of it SoftHSM2 MB", offsetof(struct figures, module), T_NONE, 0},
-    {"  cimdd's own MB", offsetof(struct figures, own), T_NONE, 0},
-    {"publisher RSS MB", offsetof(struct figures, rss_pub), T_NONE, 0},
-    {"publisher peak RSS MB", offsetof(struct figures, hwm_pub), T_AT_MOST, 100},
-    {"JWKS req/s", offsetof(struct figures, jwks_rps), T_RATIO_AT_LEAST, 1 / 1.2},
-    {"JWKS p99 ms", offsetof(struct figures, jwks_p99), T_RATIO_AT_MOST, 1.2},
-    {"assertions/s", offsetof(struct figures, as_rps), T_RATIO_AT_LEAST, 1 / 1.2},
-    {"assertion p99 ms", offsetof(struct figures, as_p99), T_NONE, 0},
+    {"add_approve_p50_ms", "add+approve p50 ms", offsetof(struct figures, add_p50), T_NONE, 0},
+    {"add_approve_p99_ms", "add+approve p99 ms", offsetof(struct figures, add_p99), T_AT_MOST, 20},
+    {"key_rotate_p50_ms", "key rotate p50 ms", offsetof(struct figures, rot_p50), T_NONE, 0},
+    {"key_rotate_max_ms", "key rotate max of 12 ms", offsetof(struct figures, rot_max), T_AT_MOST,
+     20},
+    {"restart_to_jwks_ms", "restart to JWKS ms", offsetof(struct figures, restart_ms), T_AT_MOST,
+     2000},
+    {"restart_to_signing_ms", "restart to signing ms", offsetof(struct figures, restart_sign_ms),
+     T_AT_MOST, 2000},
+    {"cimdd_rss_mb", "cimdd RSS MB", offsetof(struct figures, rss_cimdd), T_NONE, 0},
+    {"cimdd_peak_rss_mb", "cimdd peak RSS MB", offsetof(struct figures, hwm_cimdd), T_AT_MOST, 100},
+    {"softhsm2_mb", "  of it SoftHSM2 MB", offsetof(struct figures, module), T_NONE, 0},
+    {"cimdd_own_mb", "  cimdd's own MB", offsetof(struct figures, own), T_NONE, 0},
+    {"publisher_rss_mb", "publisher RSS MB", offsetof(struct figures, rss_pub), T_NONE, 0},
+    {"publisher_peak_rss_mb", "publisher peak RSS MB", offsetof(struct figures, hwm_pub), T_AT_MOST,
+     100},
+    {"jwks_req_per_s", "JWKS req/s", offsetof(struct figures, jwks_rps), T_RATIO_AT_LEAST, 1 / 1.2},
+    {"jwks_p99_ms", "JWKS p99 ms", offsetof(struct figures, jwks_p99), T_RATIO_AT_MOST, 1.2},
+    {"assertions_per_s", "assertions/s", offsetof(struct figures, as_rps), T_RATIO_AT_LEAST,
+     1 / 1.2},
+    {"assertion_p99_ms", "assertion p99 ms", offsetof(struct figures, as_p99), T_NONE, 0},
 };
 
 /* Every figure unknown (-1) until measured. */
@@ -706,6 +714,61 @@ static void print_table(const struct figures *fs, int nf)
 	}
 }
 
+/* One size's figures for bench_scale.json: each row's figure, its ratio to the
+ * 1-client figure, and whether it meets its target (null: no target, or unknown). */
+static json_t *size_json(const struct figures *b, const struct figures *f)
+{
+	json_t *o = json_pack("{s:i, s:b, s:i, s:i, s:i, s:b}", "clients", f->n, "served",
+			      f->served, "publisher_deaths", f->died, "failed_assertions",
+			      (int)f->as_fail, "wrk_errors", (int)f->jwks_bad,
+			      "restart_to_jwks_is_lower_bound", f->restart_over);
+	json_t *ratios = json_object(), *met = json_object();
+	size_t i;
+	int k;
+
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		double v = value(f, &rows[i]), v1 = value(b, &rows[i]);
+
+		json_object_set_new(o, rows[i].key, bench_num(v));
+		if (f != b)
+			json_object_set_new(ratios, rows[i].key,
+					    bench_num(v >= 0 && v1 > 0 ? v / v1 : -1));
+		if (f != b && rows[i].kind != T_NONE)
+			json_object_set_new(met, rows[i].key,
+					    (k = meets(b, f, &rows[i])) < 0 ? json_null()
+									    : json_boolean(k));
+	}
+	json_object_set_new(o, "ratio_to_1_client", ratios);
+	json_object_set_new(o, "target_met", met);
+	return o;
+}
+
+/* bench_scale.json: every figure of the table, and the targets. */
+static void write_json(const struct figures *fs, int nf, size_t w)
+{
+	static const char *const kinds[] = {[T_NONE] = "none",
+					    [T_AT_MOST] = "at_most",
+					    [T_RATIO_AT_MOST] = "ratio_at_most",
+					    [T_RATIO_AT_LEAST] = "ratio_at_least"};
+	json_t *root = json_object(), *sizes = json_array(), *targets = json_object();
+	size_t i;
+	int j;
+
+	for (j = 0; j < nf; j++)
+		json_array_append_new(sizes, size_json(&fs[0], &fs[j]));
+	for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+		if (rows[i].kind != T_NONE)
+			json_object_set_new(targets, rows[i].key,
+					    json_pack("{s:s, s:f}", "kind", kinds[rows[i].kind],
+						      "bound", rows[i].bound));
+	json_object_set_new(root, "seconds_per_load", json_real(seconds));
+	json_object_set_new(root, "cores", json_integer(sysconf(_SC_NPROCESSORS_ONLN)));
+	json_object_set_new(root, "add_approve_window", json_integer((json_int_t)w));
+	json_object_set_new(root, "sizes", sizes);
+	json_object_set_new(root, "targets", targets);
+	bench_out_write("bench_scale", root);
+}
+
 /* The sizes: arguments, else CIMD_BENCH_SCALE_N, else "1000 10000"; ascending. */
 static int parse_sizes(int argc, char **argv, int ret_sizes[SIZES_MAX])
 {
@@ -808,6 +871,7 @@ int main(int argc, char **argv)
 		nf++;
 	}
 	print_table(fs, nf);
+	write_json(fs, nf, w);
 	printf("add+approve: the last %zu operations before each size (at 1 client: the %zu "
 	       "after the first)\n",
 	       w, w);
