@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../tests/harness.h"
@@ -401,6 +402,22 @@ static void targets(const struct backend *be, const struct socket_fig *f, double
 	printf("\n");
 }
 
+/* perf record -a -g for the time of one figure, into path. */
+static pid_t perf_start(const char *path)
+{
+	char secs[32];
+	pid_t pid;
+
+	snprintf(secs, sizeof(secs), "%g", seconds);
+	if ((pid = fork()) == 0) {
+		execlp("perf", "perf", "record", "-q", "-a", "-g", "-o", path, "--", "sleep", secs,
+		       (char *)NULL);
+		_exit(127);
+	}
+	usleep(200000); /* perf is recording before the clients start */
+	return pid;
+}
+
 static void run_backend(const struct backend *be, const char *daemon_conf, double jose)
 {
 	static const int clients[] = {1, 8, 32};
@@ -412,7 +429,7 @@ static void run_backend(const struct backend *be, const char *daemon_conf, doubl
 	char conf[1200], r[4][16], sessions[16];
 	double refs[4];
 	size_t i;
-	int n;
+	int n, rc;
 
 	if (be->multi > 0)
 		snprintf(conf, sizeof(conf), "%s;sessions=%d", daemon_conf, be->multi);
@@ -427,8 +444,17 @@ static void run_backend(const struct backend *be, const char *daemon_conf, doubl
 	refs[2] = n > B_MULTI ? b[B_MULTI].rate : 0;
 	refs[3] = jose;
 	for (i = 0; i < sizeof(clients) / sizeof(clients[0]); i++) {
+		pid_t perf = -1;
+
 		f[i] = (struct socket_fig){.clients = clients[i], .rate = -1, .p50 = -1, .p99 = -1};
-		if (socket_run(clients[i], &f[i].rate, &f[i].p50, &f[i].p99, &f[i].fails) < 0) {
+		/* CIMD_BENCH_PERF=FILE: a system-wide profile of the 8-client run
+		 * (docs/benchmarks.md, where the time goes). */
+		if (clients[i] == TARGET_CLIENTS && be->multi > 0 && getenv("CIMD_BENCH_PERF"))
+			perf = perf_start(getenv("CIMD_BENCH_PERF"));
+		rc = socket_run(clients[i], &f[i].rate, &f[i].p50, &f[i].p99, &f[i].fails);
+		if (perf > 0)
+			waitpid(perf, NULL, 0);
+		if (rc < 0) {
 			printf("%-8s socket, %2d clients: no assertions\n", be->name, clients[i]);
 			continue;
 		}

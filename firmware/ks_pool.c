@@ -40,7 +40,7 @@
 
 #include "ks_pool.h"
 
-#define IDLE_SPIN_NS 200000 /* a worker's poll for its next work */
+#define IDLE_SPIN_NS 50000  /* a worker's poll for its next work */
 #define CLAIM_SPIN_NS 50000 /* a caller's poll for an idle worker */
 
 enum { W_IDLE, W_POSTED, W_DONE, W_ABANDONED };
@@ -54,17 +54,28 @@ struct ks_worker {
 	uint32_t parked;	/* the worker sleeps on state */
 	uint32_t waiting;	/* the caller sleeps on state */
 	void *work;		/* NULL: stop */
+	int64_t gap;		/* the worker's own: how long it waited for its last work */
 } __attribute__((aligned(64))); /* a cache line each: workers do not share */
+
+/* A caller asleep for a worker, in line (ks_pool_claim). */
+struct ks_waiter {
+	struct ks_waiter *next;
+	uint32_t granted; /* futex word: the index of the worker handed over, plus one */
+};
 
 struct ks_pool {
 	const struct ks_pool_ops *ops;
 	void *arg;
 	size_t n;
-	uint32_t refs;	   /* the owner's and each running worker's */
-	uint32_t stop;	   /* ks_pool_stop was called */
-	uint32_t wedged;   /* abandoned work not yet finished */
-	uint32_t released; /* futex word, bumped when a worker is released to a sleeper */
-	uint32_t claimers; /* callers asleep on released */
+	uint32_t refs;	 /* the owner's and each running worker's */
+	uint32_t stop;	 /* ks_pool_stop was called */
+	uint32_t wedged; /* abandoned work not yet finished */
+	/* Callers asleep for a worker, first come first served: a released
+	 * worker is handed to the first, so that a caller signing in a loop
+	 * cannot starve another by taking its worker back each time. */
+	pthread_mutex_t qmu;
+	struct ks_waiter *head, **tail; /* under qmu */
+	uint32_t waiters;		/* how many are in line; read without qmu */
 	struct ks_worker w[];
 };
 
@@ -119,19 +130,25 @@ static void pool_unref(struct ks_pool *p)
 
 	if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_SEQ_CST) != 0)
 		return;
+	pthread_mutex_destroy(&p->qmu);
 	free(p);
 	ops->gone(arg);
 }
 
-/* The worker's next work: polls, then sleeps.  NULL: stop. */
+/* The worker's next work: polls, then sleeps.  It polls only when its last
+ * work came within IDLE_SPIN_NS of the one before (a caller signing in a
+ * loop): polling for work that comes seldom would only take turns on a core
+ * with threads that have work.  NULL: stop. */
 static void *worker_next(struct ks_worker *w)
 {
-	int64_t until = ks_now_ns() + IDLE_SPIN_NS;
+	int64_t idle = ks_now_ns(), until = w->gap < IDLE_SPIN_NS ? idle + IDLE_SPIN_NS : 0;
 	uint32_t s;
 
 	for (;;) {
-		if ((s = load(&w->state)) == W_POSTED)
+		if ((s = load(&w->state)) == W_POSTED) {
+			w->gap = ks_now_ns() - idle;
 			return w->work;
+		}
 		if (ks_now_ns() < until) {
 			sched_yield();
 			continue;
@@ -196,6 +213,8 @@ int ks_pool_start(const struct ks_pool_ops *ops, void *arg, size_t n, struct ks_
 	p->arg = arg;
 	p->n = n;
 	p->refs = 1;
+	pthread_mutex_init(&p->qmu, NULL);
+	p->tail = &p->head;
 	for (i = 0; i < n; i++) {
 		p->w[i].p = p;
 		p->w[i].idx = i;
@@ -208,6 +227,7 @@ int ks_pool_start(const struct ks_pool_ops *ops, void *arg, size_t n, struct ks_
 				ks_pool_post(p, i, NULL);
 				pthread_join(p->w[i].thread, NULL);
 			}
+			pthread_mutex_destroy(&p->qmu);
 			free(p);
 			return -r;
 		}
@@ -256,30 +276,59 @@ static int claim_idle(struct ks_pool *p, size_t max, size_t *ret_idx)
 	return (int)k;
 }
 
+/* In line for a worker until deadline: its index, or -ETIMEDOUT. */
+static int claim_wait(struct ks_pool *p, size_t max, size_t *ret_idx,
+		      const struct timespec *deadline)
+{
+	struct ks_waiter me = {NULL, 0}, **pp;
+	uint32_t got;
+	int k;
+
+	pthread_mutex_lock(&p->qmu);
+	__atomic_add_fetch(&p->waiters, 1, __ATOMIC_SEQ_CST);
+	/* After counting ourselves: a release that did not see us has made its
+	 * worker idle before we look. */
+	if ((k = claim_idle(p, max, ret_idx)) > 0) {
+		__atomic_sub_fetch(&p->waiters, 1, __ATOMIC_SEQ_CST);
+		pthread_mutex_unlock(&p->qmu);
+		return k;
+	}
+	*p->tail = &me;
+	p->tail = &me.next;
+	pthread_mutex_unlock(&p->qmu);
+	while ((got = load(&me.granted)) == 0 && !past(deadline))
+		futex_wait(&me.granted, 0, deadline);
+	if (got == 0) {
+		pthread_mutex_lock(&p->qmu);
+		if ((got = load(&me.granted)) == 0) { /* still in line: leave it */
+			for (pp = &p->head; *pp != &me; pp = &(*pp)->next)
+				;
+			if ((*pp = me.next) == NULL)
+				p->tail = pp;
+			__atomic_sub_fetch(&p->waiters, 1, __ATOMIC_SEQ_CST);
+		}
+		pthread_mutex_unlock(&p->qmu);
+		if (got == 0)
+			return -ETIMEDOUT;
+	}
+	ret_idx[0] = got - 1;
+	return 1;
+}
+
 int ks_pool_claim(struct ks_pool *p, size_t max, size_t *ret_idx, const struct timespec *deadline)
 {
 	int64_t until = ks_now_ns() + CLAIM_SPIN_NS;
-	uint32_t seq;
-	int k, r;
+	int k;
 
 	for (;;) {
 		if (ks_pool_wedged(p))
 			return -EIO;
-		seq = load(&p->released);
-		if ((k = claim_idle(p, max, ret_idx)) > 0)
+		/* Behind those in line, never before them. */
+		if (load(&p->waiters) == 0 && (k = claim_idle(p, max, ret_idx)) > 0)
 			return k;
-		if (ks_now_ns() < until) {
-			sched_yield();
-			continue;
-		}
-		__atomic_add_fetch(&p->claimers, 1, __ATOMIC_SEQ_CST);
-		r = (k = claim_idle(p, max, ret_idx)) > 0 ? 0
-							  : futex_wait(&p->released, seq, deadline);
-		__atomic_sub_fetch(&p->claimers, 1, __ATOMIC_SEQ_CST);
-		if (k > 0)
-			return k;
-		if (r == -ETIMEDOUT || past(deadline))
-			return (k = claim_idle(p, max, ret_idx)) > 0 ? k : -ETIMEDOUT;
+		if (load(&p->waiters) != 0 || ks_now_ns() >= until)
+			return claim_wait(p, max, ret_idx, deadline);
+		sched_yield();
 	}
 }
 
@@ -319,11 +368,23 @@ int ks_pool_wait(struct ks_pool *p, size_t idx, int64_t spin_ns, const struct ti
 void ks_pool_release(struct ks_pool *p, size_t idx)
 {
 	struct ks_worker *w = &p->w[idx];
+	struct ks_waiter *first;
 
 	store(&w->state, W_IDLE);
 	store(&w->owned, 0);
-	if (load(&p->claimers)) {
-		__atomic_add_fetch(&p->released, 1, __ATOMIC_SEQ_CST);
-		futex_wake(&p->released, INT_MAX);
+	/* After making it idle: a caller that counted itself in line before
+	 * this is seen here; one that did after has seen the worker idle. */
+	if (load(&p->waiters) == 0 || !cas(&w->owned, 0, 1))
+		return;
+	pthread_mutex_lock(&p->qmu);
+	if ((first = p->head) == NULL) {
+		store(&w->owned, 0); /* it took a worker itself, or left */
+	} else {
+		if ((p->head = first->next) == NULL)
+			p->tail = &p->head;
+		__atomic_sub_fetch(&p->waiters, 1, __ATOMIC_SEQ_CST);
+		store(&first->granted, (uint32_t)idx + 1);
+		futex_wake(&first->granted, 1);
 	}
+	pthread_mutex_unlock(&p->qmu);
 }
