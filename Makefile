@@ -183,8 +183,9 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(BUILD)/obj/tools/audit.o
 # test_publisher also checks the publisher's own functions (publisher/conns.c).
 $(BUILD)/tests/test_publisher: $(PUB_LIB)
 
-# test_pkcs11 loads a PKCS#11 module that hangs on demand (tests/p11hang/).
-$(BUILD)/tests/test_pkcs11: | $(BUILD)/tests/p11hang.so
+# test_pkcs11 and test_faults load a PKCS#11 module that hangs on demand
+# (tests/p11hang/).
+$(BUILD)/tests/test_pkcs11 $(BUILD)/tests/test_faults: | $(BUILD)/tests/p11hang.so
 $(BUILD)/tests/p11hang.so: tests/p11hang/p11hang.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"

@@ -124,6 +124,10 @@ struct ks_lane {
 	size_t n;   /* slots in use */
 	struct ks_slot slots[CIMD_SIGN_BATCH_MAX];
 	int64_t ns_per_sig; /* of late, written by the worker: how long callers poll */
+	/* key_store_sign_async's: where the results go, and whom to tell. */
+	struct ks_sign_req *reqs;
+	void (*done)(void *arg);
+	void *done_arg;
 };
 
 struct key_store {
@@ -364,6 +368,25 @@ static void ks_work(void *arg, size_t idx, void *work)
 		job_run(ks, l, work);
 }
 
+/* Asynchronous signatures have run in time: the results to the caller's
+ * requests, and the caller told (on this worker's thread). */
+static void ks_completed(void *arg, size_t idx, void *work)
+{
+	struct ks_lane *l = work;
+	size_t i;
+
+	(void)arg, (void)idx;
+	for (i = 0; i < l->n; i++) {
+		l->reqs[i].r = l->slots[i].r;
+		if (l->slots[i].r == 0) {
+			memcpy(l->reqs[i].sig, l->slots[i].sig, l->slots[i].sig_len);
+			l->reqs[i].sig_len = l->slots[i].sig_len;
+		}
+	}
+	l->n = 0;
+	l->done(l->done_arg);
+}
+
 /* Work whose caller gave up has run.  Slots dropped their keys already. */
 static void ks_abandoned(void *arg, size_t idx, void *work)
 {
@@ -405,6 +428,7 @@ static void ks_release(void *arg)
 
 static const struct ks_pool_ops ks_pool_ops = {
     .run = ks_work,
+    .completed = ks_completed,
     .abandoned = ks_abandoned,
     .gone = ks_release,
 };
@@ -910,6 +934,44 @@ static int sign_spread(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
 		return caller_fail(-CIMD_EUNAVAILABLE, "%s: no answer from the hardware in %d ms",
 				   ks->be_ops->name, ks->timeout_ms);
 	return r;
+}
+
+int key_store_sign_async(struct key_store *ks, struct ks_sign_req *reqs, size_t n,
+			 void (*done)(void *arg), void *arg, struct ks_pending *ret)
+{
+	struct timespec deadline = deadline_in(ks->timeout_ms);
+	struct ks_lane *l;
+	size_t i, idx;
+	int r;
+
+	if (n == 0 || n > CIMD_SIGN_BATCH_MAX)
+		return caller_fail(-EINVAL, "a batch of %zu signatures", n);
+	for (i = 0; i < n; i++)
+		if (reqs[i].key == NULL || reqs[i].key->ref == NULL || reqs[i].len > KS_MSG_MAX ||
+		    reqs[i].key->restricted)
+			return caller_fail(
+			    -EINVAL, "signature %zu: no key, an attestation key, or too long", i);
+	last_err[0] = '\0';
+	if ((r = claim(ks, 1, &idx, &deadline, ks->timeout_ms)) < 0)
+		return r;
+	l = &ks->lanes[idx];
+	if ((r = slots_fill(ks, l, reqs, n)) < 0) {
+		slots_drop(l);
+		ks_pool_release(ks->pool, idx);
+		return r;
+	}
+	l->reqs = reqs;
+	l->done = done;
+	l->done_arg = arg;
+	ret->deadline = deadline;
+	ret->idx = idx;
+	ret->turn = ks_pool_post_async(ks->pool, idx, l);
+	return 0;
+}
+
+int key_store_sign_expire(struct key_store *ks, const struct ks_pending *p)
+{
+	return ks_pool_expire(ks->pool, p->idx, p->turn);
 }
 
 int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg, size_t len,

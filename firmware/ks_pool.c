@@ -43,7 +43,13 @@
 #define IDLE_SPIN_NS 50000  /* a worker's poll for its next work */
 #define CLAIM_SPIN_NS 50000 /* a caller's poll for an idle worker */
 
+/* The state word: the state in its low bits, the turn (a count of posts)
+ * above, so that an expiry meant for one piece of work cannot hit the next
+ * (ks_pool_expire). */
 enum { W_IDLE, W_POSTED, W_DONE, W_ABANDONED };
+#define ST_BITS 2
+#define ST_MASK 3u
+#define ST(s) ((s)&ST_MASK)
 
 struct ks_worker {
 	struct ks_pool *p;
@@ -54,6 +60,8 @@ struct ks_worker {
 	uint32_t parked;	/* the worker sleeps on state */
 	uint32_t waiting;	/* the caller sleeps on state */
 	void *work;		/* NULL: stop */
+	int async;		/* posted with ks_pool_post_async */
+	uint32_t taken;		/* the worker's own: the state it took its work in */
 	int64_t gap;		/* the worker's own: how long it waited for its last work */
 } __attribute__((aligned(64))); /* a cache line each: workers do not share */
 
@@ -145,8 +153,9 @@ static void *worker_next(struct ks_worker *w)
 	uint32_t s;
 
 	for (;;) {
-		if ((s = load(&w->state)) == W_POSTED) {
+		if (ST(s = load(&w->state)) == W_POSTED) {
 			w->gap = ks_now_ns() - idle;
+			w->taken = s;
 			return w->work;
 		}
 		if (ks_now_ns() < until) {
@@ -154,21 +163,26 @@ static void *worker_next(struct ks_worker *w)
 			continue;
 		}
 		store(&w->parked, 1);
-		if ((s = load(&w->state)) != W_POSTED)
+		if (ST(s = load(&w->state)) != W_POSTED)
 			futex_wait(&w->state, s, NULL);
 		store(&w->parked, 0);
 	}
 }
 
-/* The work has run: hand it back, or clean up after an abandoned one.
- * -1 when the worker is to end (the pool stops). */
+/* The work has run: hand it back (to its waiting caller, or, posted with
+ * ks_pool_post_async, to ops->completed), or clean up after an abandoned
+ * one.  -1 when the worker is to end (the pool stops). */
 static int worker_done(struct ks_worker *w, void *work)
 {
 	struct ks_pool *p = w->p;
 
-	if (cas(&w->state, W_POSTED, W_DONE)) {
-		if (load(&w->waiting))
+	if (cas(&w->state, w->taken, w->taken - W_POSTED + W_DONE)) {
+		if (w->async) {
+			p->ops->completed(p->arg, w->idx, work);
+			ks_pool_release(p, w->idx);
+		} else if (load(&w->waiting)) {
 			futex_wake(&w->state, 1);
+		}
 		return 0;
 	}
 	/* ABANDONED: its caller is gone; the worker is still claimed. */
@@ -332,35 +346,56 @@ int ks_pool_claim(struct ks_pool *p, size_t max, size_t *ret_idx, const struct t
 	}
 }
 
-void ks_pool_post(struct ks_pool *p, size_t idx, void *work)
+/* Posts work to claimed worker idx: the state's turn goes up by one. */
+static uint32_t post(struct ks_pool *p, size_t idx, void *work, int async)
 {
 	struct ks_worker *w = &p->w[idx];
+	uint32_t s = (load(&w->state) & ~ST_MASK) + (1u << ST_BITS) + W_POSTED;
 
 	w->work = work;
-	store(&w->state, W_POSTED);
+	w->async = async;
+	store(&w->state, s);
 	if (load(&w->parked))
 		futex_wake(&w->state, 1);
+	return s;
+}
+
+void ks_pool_post(struct ks_pool *p, size_t idx, void *work)
+{
+	post(p, idx, work, 0);
+}
+
+uint32_t ks_pool_post_async(struct ks_pool *p, size_t idx, void *work)
+{
+	return post(p, idx, work, 1);
+}
+
+int ks_pool_expire(struct ks_pool *p, size_t idx, uint32_t turn)
+{
+	if (!cas(&p->w[idx].state, turn, turn - W_POSTED + W_ABANDONED))
+		return -1;
+	__atomic_add_fetch(&p->wedged, 1, __ATOMIC_SEQ_CST);
+	return 0;
 }
 
 int ks_pool_wait(struct ks_pool *p, size_t idx, int64_t spin_ns, const struct timespec *deadline)
 {
 	struct ks_worker *w = &p->w[idx];
 	int64_t until = ks_now_ns() + spin_ns;
+	uint32_t turn = load(&w->state), s;
 	int r = 0;
 
-	while (load(&w->state) != W_DONE && ks_now_ns() < until)
+	while (ST(load(&w->state)) != W_DONE && ks_now_ns() < until)
 		sched_yield();
-	while (load(&w->state) != W_DONE) {
+	while (ST(load(&w->state)) != W_DONE) {
 		store(&w->waiting, 1);
-		if (load(&w->state) == W_POSTED)
-			r = futex_wait(&w->state, W_POSTED, deadline);
+		if ((s = load(&w->state)) == turn)
+			r = futex_wait(&w->state, s, deadline);
 		store(&w->waiting, 0);
-		if (load(&w->state) == W_DONE)
+		if (ST(load(&w->state)) == W_DONE)
 			break;
-		if ((r == -ETIMEDOUT || past(deadline)) && cas(&w->state, W_POSTED, W_ABANDONED)) {
-			__atomic_add_fetch(&p->wedged, 1, __ATOMIC_SEQ_CST);
+		if ((r == -ETIMEDOUT || past(deadline)) && ks_pool_expire(p, idx, turn) == 0)
 			return -ETIMEDOUT;
-		}
 	}
 	return 0;
 }
@@ -370,7 +405,7 @@ void ks_pool_release(struct ks_pool *p, size_t idx)
 	struct ks_worker *w = &p->w[idx];
 	struct ks_waiter *first;
 
-	store(&w->state, W_IDLE);
+	store(&w->state, (load(&w->state) & ~ST_MASK) | W_IDLE);
 	store(&w->owned, 0);
 	/* After making it idle: a caller that counted itself in line before
 	 * this is seen here; one that did after has seen the worker idle. */

@@ -23,6 +23,9 @@ struct ks_pool;
 struct ks_pool_ops {
 	/* Runs work on worker idx (its own thread). */
 	void (*run)(void *arg, size_t idx, void *work);
+	/* Work posted with ks_pool_post_async has run, in time: hand it on
+	 * (on the worker's thread; the pool then releases the worker). */
+	void (*completed)(void *arg, size_t idx, void *work);
 	/* Work whose caller gave up on it has run: clean up after it. */
 	void (*abandoned)(void *arg, size_t idx, void *work);
 	/* The pool and every worker are gone (after ks_pool_stop). */
@@ -51,6 +54,15 @@ void ks_pool_post(struct ks_pool *p, size_t idx, void *work);
  * -ETIMEDOUT: abandoned (the worker releases itself). */
 int ks_pool_wait(struct ks_pool *p, size_t idx, int64_t spin_ns, const struct timespec *deadline);
 void ks_pool_release(struct ks_pool *p, size_t idx);
+
+/* The asynchronous form, for a caller that must not wait: the worker hands
+ * the work to ops->completed when it has run, and releases itself.  Returns
+ * the work's turn, for ks_pool_expire. */
+uint32_t ks_pool_post_async(struct ks_pool *p, size_t idx, void *work);
+/* The caller gives up on the work of that turn (its deadline passed): 0 when
+ * it was abandoned to the worker (ops->abandoned will see it, not
+ * ops->completed), -1 when it had run already (ops->completed has it). */
+int ks_pool_expire(struct ks_pool *p, size_t idx, uint32_t turn);
 
 /* Nanoseconds on CLOCK_MONOTONIC. */
 int64_t ks_now_ns(void);

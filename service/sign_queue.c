@@ -19,8 +19,13 @@
 
 void signq_init(struct queue *q)
 {
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&q->mu, NULL);
-	pthread_cond_init(&q->cv, NULL);
+	pthread_cond_init(&q->cv, &ca);
+	pthread_condattr_destroy(&ca);
 	q->head = NULL;
 	q->tail = &q->head;
 	q->n = 0;
@@ -39,12 +44,21 @@ void signq_push(struct queue *q, struct job *j)
 
 struct job *signq_take(struct queue *q, size_t max, const int *stop)
 {
+	return signq_take_until(q, max, stop, NULL);
+}
+
+struct job *signq_take_until(struct queue *q, size_t max, const int *stop,
+			     const struct timespec *deadline)
+{
 	struct job *head, **p;
 	size_t n;
 
 	pthread_mutex_lock(&q->mu);
 	while (q->head == NULL && !__atomic_load_n(stop, __ATOMIC_ACQUIRE))
-		pthread_cond_wait(&q->cv, &q->mu);
+		if (deadline == NULL)
+			pthread_cond_wait(&q->cv, &q->mu);
+		else if (pthread_cond_timedwait(&q->cv, &q->mu, deadline) == ETIMEDOUT)
+			break;
 	head = q->head;
 	for (p = &q->head, n = 0; *p != NULL && n < max; p = &(*p)->next, n++)
 		;

@@ -8,10 +8,14 @@
  *            lines, parses them, checks the client's policy, builds the header
  *            and every claim, hands a job on, writes answers.  Never blocks on
  *            a peer or on hardware.
- *   backend  one per configured key store (a serial device): signs jobs in
- *            order.  When the hardware fails, every job queued before the
- *            failure is answered at once rather than waiting its own deadline,
- *            so backend_unavailable comes within one key store deadline.
+ *   backend  one per configured key store: spreads what is queued over the
+ *            store's sessions and hands each share to a worker of the store
+ *            without waiting for it; the worker hands the signed jobs
+ *            straight on to the journal.  The backend thread keeps the
+ *            deadlines: a share not signed in time is taken back and answered,
+ *            and every job queued before such a failure is answered at once
+ *            rather than waiting its own deadline, so backend_unavailable
+ *            comes within one key store deadline.
  *   journal  group commit: what the backends signed since the last commit is
  *            journaled in one transaction; answers leave only after COMMIT
  *            (synchronous = FULL), so no workload holds an assertion the
@@ -133,6 +137,11 @@ int signer_start(struct svc *d, struct tlog *tl, struct signer **ret, char *err,
 	if ((r = pthread_create(&s->io.thread, NULL, sign_io_main, s)) != 0)
 		goto fail_thread;
 	s->io_started = 1;
+	/* Named, for top -H and perf: the threads of a signature's path. */
+	for (i = 0; i < s->n_workers; i++)
+		pthread_setname_np(s->workers[i].thread, "cimdd-sign");
+	pthread_setname_np(s->jr.thread, "cimdd-journal");
+	pthread_setname_np(s->io.thread, "cimdd-signio");
 	*ret = s;
 	return 0;
 fail_thread:

@@ -5,7 +5,7 @@
  *   signer.c        start and stop, the queues between the threads, counters
  *   sign_io.c       the io thread: connections, lines, claims, answers
  *   sign_policy.c   client policies read for the io thread and cached
- *   sign_backend.c  one signing thread per key store
+ *   sign_backend.c  one thread per key store, handing shares to its workers
  *   sign_journal.c  the journal thread (group commit)
  *   sign_fair.c     the io thread's turns: round-robin between uids, bad lines
  *   sign_refuse.c   refusals counted per uid, client and reason, journaled in sums
@@ -206,12 +206,28 @@ struct sign_stats {
 	uint64_t total; /* every answer, for "did the counters move" */
 };
 
+/* Signatures in flight on one of a key store's workers (sign_backend.c):
+ * the backend thread's until it hands them over, then the worker's until
+ * done hands the jobs on (or the backend thread takes them back at the
+ * deadline). */
+#define SIGN_FLIGHTS 65 /* a key store's sessions at most, and one */
+struct flight {
+	struct backend_worker *w;
+	int busy;		/* atomic: handed over, and neither done nor taken back */
+	struct ks_pending pend; /* with the deadline */
+	size_t n;
+	struct job *jobs[CIMD_SIGN_BATCH];
+	struct ks_sign_req reqs[CIMD_SIGN_BATCH];
+};
+
 /* One per key store: the thread and its queue (pushed by the io thread). */
 struct backend_worker {
 	struct signer *s;
 	size_t idx;
 	pthread_t thread;
 	struct queue q;
+	struct flight *flights[SIGN_FLIGHTS]; /* made as they are needed */
+	struct timespec failed_at;	      /* the store last failed */
 };
 
 /* The journal thread: its handle; its queue is pushed by io and backends. */
@@ -251,8 +267,11 @@ struct signer {
 
 void signq_init(struct queue *q);
 void signq_push(struct queue *q, struct job *j);
-/* Takes up to max jobs, waiting for one unless stop is set. */
+/* Takes up to max jobs, waiting for one unless stop is set (or, _until,
+ * until deadline on CLOCK_MONOTONIC: NULL when none came). */
 struct job *signq_take(struct queue *q, size_t max, const int *stop);
+struct job *signq_take_until(struct queue *q, size_t max, const int *stop,
+			     const struct timespec *deadline);
 void signq_wake(struct queue *q);
 /* Hands a finished job to the io thread. */
 void sign_done_push(struct signer *s, struct job *j);

@@ -71,12 +71,13 @@ static double wait_signing(double ms)
 	return -1;
 }
 
-static int setup(const char *name, const char *backend)
+/* cimdd in its own directory, dir, its one backend named the same. */
+static int setup(const char *name, const char *dir, const char *backend)
 {
 	int rc;
 
 	t_set_prefix(name);
-	if ((rc = t_cimdd_start(&cd, name[0] == 'p' ? "pkcs11" : "tpm2", backend,
+	if ((rc = t_cimdd_start(&cd, dir, backend,
 				"jwks_max_age = 1\ncimd_max_age = 1\n")) < 0)
 		return rc;
 	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", cd.base);
@@ -130,7 +131,7 @@ static void test_pkcs11(void)
 	/* More sessions than this machine may have cores: every fault below
 	 * with signatures on several sessions. */
 	snprintf(conf, sizeof(conf), "%s;sessions=3", hsm.conf);
-	if (!t_ok(setup("pkcs11: ", conf) == 0, "cimdd with a client"))
+	if (!t_ok(setup("pkcs11: ", "pkcs11", conf) == 0, "cimdd with a client"))
 		return;
 	t_ok(sign_once() == CIMD_OK && wait_health("ok", 5000) >= 0, "signing, and healthz ok");
 
@@ -172,11 +173,56 @@ static void test_pkcs11(void)
 	t_daemon_stop(&cd.dm, SIGTERM);
 }
 
+/* A token that stops answering mid-signature (tests/p11hang/: SoftHSM2
+ * with a C_Sign that waits while a file exists), on three sessions: the
+ * signing socket answers backend_unavailable within the store's deadline,
+ * at once while it hangs, and signs again by itself when it answers. */
+static void test_pkcs11_hang(void)
+{
+	char conf[1400], shim[700], flag[700], *slash;
+	double t0, first, next;
+	ssize_t n;
+	int r1, r2;
+
+	if ((n = readlink("/proc/self/exe", shim, sizeof(shim) - 16)) <= 0)
+		return;
+	shim[n] = '\0';
+	if ((slash = strrchr(shim, '/')) == NULL)
+		return;
+	strcpy(slash, "/p11hang.so");
+	snprintf(flag, sizeof(flag), "%s/p11hang.flag", t_tmpdir());
+	setenv("P11HANG_FILE", flag, 1); /* the daemon inherits it */
+	snprintf(conf, sizeof(conf), "pkcs11:module=%s;token=faults;pin-file=%s;sessions=3", shim,
+		 hsm.pin_file);
+	if (!t_ok(setup("pkcs11 hang: ", "p11hang", conf) == 0, "cimdd on a module that can hang"))
+		goto out;
+	t_ok(sign_once() == CIMD_OK, "signing");
+	t_write_file(flag, "", 0);
+	t0 = t_now_ms();
+	r1 = sign_once();
+	first = t_now_ms() - t0;
+	t0 = t_now_ms();
+	r2 = sign_once();
+	next = t_now_ms() - t0;
+	t_ok(r1 == CIMD_BACKEND_UNAVAILABLE && first < 2000,
+	     "a signature the token does not answer: backend_unavailable in %.0f ms (< 2 s)",
+	     first);
+	t_ok(r2 == CIMD_BACKEND_UNAVAILABLE && next < 500,
+	     "the next, while it hangs: backend_unavailable in %.0f ms", next);
+	unlink(flag);
+	t_ok(wait_signing(5000) >= 0, "the token answers again: signing resumes by itself");
+	t_daemon_stop(&cd.dm, SIGTERM);
+out:
+	unlink(flag);
+	unsetenv("P11HANG_FILE");
+}
+
 static void test_tpm2(void)
 {
+	t_set_prefix("");
 	if (!t_ok(t_swtpm_start(&tpm) == 0, "tpm2: swtpm started"))
 		return;
-	if (!t_ok(setup("tpm2: ", tpm.conf) == 0, "cimdd with a client"))
+	if (!t_ok(setup("tpm2: ", "tpm2", tpm.conf) == 0, "cimdd with a client"))
 		return;
 	t_ok(sign_once() == CIMD_OK && wait_health("ok", 5000) >= 0, "signing, and healthz ok");
 	t_swtpm_kill(&tpm);
@@ -193,6 +239,7 @@ int main(void)
 	if (!t_ok(t_softhsm_init(&hsm, "faults", "654321") == 0, "SoftHSM2 token"))
 		return t_done();
 	test_pkcs11();
+	test_pkcs11_hang();
 	test_tpm2();
 	return t_done();
 }

@@ -660,7 +660,7 @@ static void test_hang(const struct t_softhsm *h, const char *shim)
 	double ms, t0;
 	int r;
 
-	snprintf(flag, sizeof(flag), "%s/p11hang", t_tmpdir());
+	snprintf(flag, sizeof(flag), "%s/p11hang.flag", t_tmpdir());
 	setenv("P11HANG_FILE", flag, 1);
 	snprintf(conf, sizeof(conf),
 		 "pkcs11:module=%s;token=cimd-test;pin-file=%s;sessions=3;"
