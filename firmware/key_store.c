@@ -135,7 +135,6 @@ struct key_store {
 	void *be;
 	int timeout_ms;
 	int sessions; /* asked for; 0: the default */
-	size_t cores; /* online when it opened */
 	struct ks_pool *pool;
 	struct ks_lane *lanes; /* one per worker */
 	size_t nlanes;
@@ -566,7 +565,6 @@ static int session_count(struct key_store *ks, size_t *ret)
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	size_t n;
 
-	ks->cores = cores > 0 ? (size_t)cores : 1;
 	if (ks->sessions > 0 && max > 0 && ks->sessions > max)
 		return ks_fail(ks, -CIMD_ECONFIG,
 			       "sessions=%d: this %s hardware allows %d at once%s", ks->sessions,
@@ -864,16 +862,12 @@ static void slots_drop(struct ks_lane *l)
 	l->n = 0;
 }
 
-/* How long a caller polls for k signatures on lane l, when it keeps
- * `busy` workers busy.  Polling pays only on a core of its own: beside
- * workers that use every core it would take turns with one of them, and the
- * signatures would take longer than a wake-up costs. */
-static int64_t sign_spin(const struct key_store *ks, const struct ks_lane *l, size_t k, size_t busy)
+/* How long a caller may poll for k signatures on lane l (ks_pool_wait
+ * polls only on a core that is free). */
+static int64_t sign_spin(const struct ks_lane *l, size_t k)
 {
 	int64_t t = __atomic_load_n(&l->ns_per_sig, __ATOMIC_RELAXED) * (int64_t)k * 5 / 4;
 
-	if (busy >= ks->cores)
-		return 0;
 	return t < KS_SIGN_SPIN_MAX_NS ? t + 20000 : KS_SIGN_SPIN_MAX_NS;
 }
 
@@ -909,8 +903,7 @@ static int sign_spread(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
 
 		if (idx[i] == SIZE_MAX)
 			continue;
-		if (ks_pool_wait(ks->pool, idx[i], sign_spin(ks, l, l->n, (size_t)k), &deadline) <
-		    0) {
+		if (ks_pool_wait(ks->pool, idx[i], sign_spin(l, l->n), &deadline) < 0) {
 			late = 1; /* the worker drops its slots' keys */
 			continue;
 		}

@@ -78,6 +78,13 @@ struct ks_pool {
 	uint32_t refs;	 /* the owner's and each running worker's */
 	uint32_t stop;	 /* ks_pool_stop was called */
 	uint32_t wedged; /* abandoned work not yet finished */
+	/* Polling pays only on a core of its own: beside threads that use
+	 * every core it takes turns with one of them.  So a caller polls for
+	 * its work only while running workers and polling callers leave a
+	 * core free. */
+	uint32_t cores;	  /* online at the start */
+	uint32_t running; /* workers running work */
+	uint32_t polling; /* callers polling in ks_pool_wait */
 	/* Callers asleep for a worker, first come first served: a released
 	 * worker is handed to the first, so that a caller signing in a loop
 	 * cannot starve another by taking its worker back each time. */
@@ -204,7 +211,9 @@ static void *worker_main(void *arg)
 	snprintf(name, sizeof(name), "cimdd-ks%zu", w->idx);
 	pthread_setname_np(pthread_self(), name);
 	while ((work = worker_next(w)) != NULL) {
+		__atomic_add_fetch(&p->running, 1, __ATOMIC_SEQ_CST);
 		p->ops->run(p->arg, w->idx, work);
+		__atomic_sub_fetch(&p->running, 1, __ATOMIC_SEQ_CST);
 		if (worker_done(w, work) < 0)
 			break;
 	}
@@ -227,6 +236,7 @@ int ks_pool_start(const struct ks_pool_ops *ops, void *arg, size_t n, struct ks_
 	p->arg = arg;
 	p->n = n;
 	p->refs = 1;
+	p->cores = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? (uint32_t)sysconf(_SC_NPROCESSORS_ONLN) : 1;
 	pthread_mutex_init(&p->qmu, NULL);
 	p->tail = &p->head;
 	for (i = 0; i < n; i++) {
@@ -385,8 +395,13 @@ int ks_pool_wait(struct ks_pool *p, size_t idx, int64_t spin_ns, const struct ti
 	uint32_t turn = load(&w->state), s;
 	int r = 0;
 
-	while (ST(load(&w->state)) != W_DONE && ks_now_ns() < until)
-		sched_yield();
+	if (spin_ns > 0 &&
+	    __atomic_add_fetch(&p->polling, 1, __ATOMIC_SEQ_CST) + load(&p->running) <= p->cores) {
+		while (ST(load(&w->state)) != W_DONE && ks_now_ns() < until)
+			sched_yield();
+	}
+	if (spin_ns > 0)
+		__atomic_sub_fetch(&p->polling, 1, __ATOMIC_SEQ_CST);
 	while (ST(load(&w->state)) != W_DONE) {
 		store(&w->waiting, 1);
 		if ((s = load(&w->state)) == turn)
