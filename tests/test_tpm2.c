@@ -35,6 +35,18 @@ static void test_errors(const struct t_swtpm *s)
 	t_ok(r == -CIMD_ECONFIG, "parent that is not persistent: %s", errbuf);
 	r = key_store_open("tpm2:tcti=swtpm:host=127.0.0.1,port=1", &ks, errbuf, sizeof(errbuf));
 	t_ok(r == -CIMD_EUNAVAILABLE, "no TPM at the address: %s (%s)", cimd_strerror(r), errbuf);
+	{
+		char conf[400];
+
+		snprintf(conf, sizeof(conf), "%s;sessions=2", s->conf);
+		r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+		t_ok(r == -CIMD_ECONFIG && strstr(errbuf, "one serial device"),
+		     "sessions=2 on a TPM is refused: %s", errbuf);
+		snprintf(conf, sizeof(conf), "%s;sessions=1", s->conf);
+		r = key_store_open(conf, &ks, errbuf, sizeof(errbuf));
+		t_ok(r == 0 && key_store_sessions(ks) == 1, "sessions=1 on a TPM (%s)", errbuf);
+		key_store_free(&ks);
+	}
 
 	if (!t_ok(key_store_open(s->conf, &ks, errbuf, sizeof(errbuf)) == 0 &&
 		      key_store_generate(ks, CIMD_ALG_ES256, NULL, &key) == 0,
