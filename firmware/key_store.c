@@ -447,11 +447,13 @@ static struct timespec deadline_in(int timeout_ms)
 }
 
 /* Up to max workers for a call, by the deadline; their number, or the
- * failure (with its message) when there is none. */
+ * failure (with its message) when there is none.  Without a deadline, only
+ * the message for ks_pool_claim's failure k. */
 static int claim(struct key_store *ks, size_t max, size_t *idx, const struct timespec *deadline,
-		 int timeout_ms)
+		 int timeout_ms, int k)
 {
-	int k = ks_pool_claim(ks->pool, max, idx, deadline);
+	if (deadline != NULL)
+		k = ks_pool_claim(ks->pool, max, idx, deadline);
 
 	if (k == -EIO)
 		return caller_fail(-CIMD_EUNAVAILABLE,
@@ -475,7 +477,7 @@ static int ks_run(struct key_store *ks, struct ks_job **pjob, int timeout_ms)
 	size_t idx;
 	int r;
 
-	if ((r = claim(ks, 1, &idx, &deadline, timeout_ms)) < 0) {
+	if ((r = claim(ks, 1, &idx, &deadline, timeout_ms, 0)) < 0) {
 		job_free(job);
 		*pjob = NULL;
 		return r;
@@ -884,7 +886,7 @@ static int sign_spread(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
 	size_t idx[KS_POOL_MAX], from[KS_POOL_MAX + 1], i, j;
 	int k, late = 0, r = 0;
 
-	if ((k = claim(ks, n < ks->nlanes ? n : ks->nlanes, idx, &deadline, ks->timeout_ms)) < 0)
+	if ((k = claim(ks, n < ks->nlanes ? n : ks->nlanes, idx, &deadline, ks->timeout_ms, 0)) < 0)
 		return k;
 	for (i = 0; i <= (size_t)k; i++)
 		from[i] = n * i / (size_t)k;
@@ -930,12 +932,13 @@ static int sign_spread(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
 }
 
 int key_store_sign_async(struct key_store *ks, struct ks_sign_req *reqs, size_t n,
-			 void (*done)(void *arg), void *arg, struct ks_pending *ret)
+			 const struct timespec *until, void (*done)(void *arg), void *arg,
+			 struct ks_pending *ret)
 {
 	struct timespec deadline = deadline_in(ks->timeout_ms);
 	struct ks_lane *l;
 	size_t i, idx;
-	int r;
+	int r, early = 0;
 
 	if (n == 0 || n > CIMD_SIGN_BATCH_MAX)
 		return caller_fail(-EINVAL, "a batch of %zu signatures", n);
@@ -945,8 +948,15 @@ int key_store_sign_async(struct key_store *ks, struct ks_sign_req *reqs, size_t 
 			return caller_fail(
 			    -EINVAL, "signature %zu: no key, an attestation key, or too long", i);
 	last_err[0] = '\0';
-	if ((r = claim(ks, 1, &idx, &deadline, ks->timeout_ms)) < 0)
-		return r;
+	if (until != NULL &&
+	    (until->tv_sec < deadline.tv_sec ||
+	     (until->tv_sec == deadline.tv_sec && until->tv_nsec < deadline.tv_nsec)))
+		early = 1;
+	if ((r = ks_pool_claim(ks->pool, 1, &idx, early ? until : &deadline)) == -ETIMEDOUT &&
+	    early)
+		return -ETIMEDOUT; /* the caller's own time: it may try again */
+	if (r < 0)
+		return claim(ks, 0, NULL, NULL, ks->timeout_ms, r);
 	l = &ks->lanes[idx];
 	if ((r = slots_fill(ks, l, reqs, n)) < 0) {
 		slots_drop(l);

@@ -86,18 +86,20 @@ int key_store_sign_batch(struct key_store *ks, struct ks_sign_req *reqs, size_t 
 /* The asynchronous form, for a caller that must not wait on the hardware (the
  * signing socket): reqs[0..n) are hashed now (their msg may go) and handed to
  * one worker, claimed within timeout-ms (else -CIMD_EUNAVAILABLE, as
- * key_store_sign_batch).  When the hardware has signed them, done(arg) runs
- * on that worker's thread with each reqs[i].r, sig and sig_len set; it must
- * be quick (hand the results on).  The caller keeps reqs until then, or
- * until key_store_sign_expire gives them back, which it calls once
- * ret->deadline has passed.  No attestation keys. */
+ * key_store_sign_batch), or by until (CLOCK_MONOTONIC; NULL: none) when that
+ * is sooner: -ETIMEDOUT then, and nothing was taken (a caller with deadlines
+ * of its own to keep keeps them, then tries again).  When the hardware has signed them, done(arg)
+ * runs on that worker's thread with each reqs[i].r, sig and sig_len set; it must be quick (hand the
+ * results on).  The caller keeps reqs until then, or until key_store_sign_expire gives them back,
+ * which it calls once ret->deadline has passed.  No attestation keys. */
 struct ks_pending {
 	struct timespec deadline; /* CLOCK_MONOTONIC: when a call would give up */
 	size_t idx;
 	uint32_t turn;
 };
 int key_store_sign_async(struct key_store *ks, struct ks_sign_req *reqs, size_t n,
-			 void (*done)(void *arg), void *arg, struct ks_pending *ret);
+			 const struct timespec *until, void (*done)(void *arg), void *arg,
+			 struct ks_pending *ret);
 /* The caller's deadline for p passed: 0 when the signatures were abandoned
  * (done will never run, reqs are the caller's again, and the store fails at
  * once until the hardware answers), -1 when done has run or runs now. */

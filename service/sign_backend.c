@@ -125,6 +125,7 @@ static void flight_send(struct backend_worker *w, struct key_store *ks, struct j
 {
 	struct signer *s = w->s;
 	struct flight *f = flight_free(w);
+	struct timespec next;
 	size_t i;
 	int r;
 
@@ -140,9 +141,18 @@ static void flight_send(struct backend_worker *w, struct key_store *ks, struct j
 						  .len = jobs[i]->jws_len};
 	}
 	f->n = n;
-	__atomic_store_n(&f->busy, 1, __ATOMIC_RELAXED);
-	if ((r = key_store_sign_async(ks, f->reqs, n, flight_done, f, &f->pend)) < 0) {
-		__atomic_store_n(&f->busy, 0, __ATOMIC_RELAXED);
+	/* While every worker is busy, the flights out keep their deadlines:
+	 * the wait for a worker ends at the first, which is then taken back,
+	 * and the wait begins again. */
+	do {
+		flights_expire(w, ks, &next); /* f is not out: busy is 0 */
+		__atomic_store_n(&f->busy, 1, __ATOMIC_RELAXED);
+		r = key_store_sign_async(ks, f->reqs, n, next.tv_sec != 0 ? &next : NULL,
+					 flight_done, f, &f->pend);
+		if (r < 0)
+			__atomic_store_n(&f->busy, 0, __ATOMIC_RELAXED);
+	} while (r == -ETIMEDOUT);
+	if (r < 0) {
 		if (r == -CIMD_EUNAVAILABLE)
 			clock_gettime(CLOCK_MONOTONIC, &w->failed_at);
 		for (i = 0; i < n; i++)

@@ -7,6 +7,7 @@
  * hardware returns.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -77,8 +78,7 @@ static int setup(const char *name, const char *dir, const char *backend)
 	int rc;
 
 	t_set_prefix(name);
-	if ((rc = t_cimdd_start(&cd, dir, backend,
-				"jwks_max_age = 1\ncimd_max_age = 1\n")) < 0)
+	if ((rc = t_cimdd_start(&cd, dir, backend, "jwks_max_age = 1\ncimd_max_age = 1\n")) < 0)
 		return rc;
 	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", cd.base);
 	return t_cimdd_client(&cd, "agent-a", aud) == 0 ? 0 : -EIO;
@@ -173,6 +173,25 @@ static void test_pkcs11(void)
 	t_daemon_stop(&cd.dm, SIGTERM);
 }
 
+struct late_signer {
+	pthread_t th;
+	double start_ms; /* when to ask, after t0 */
+	double t0;
+	int r;
+	double answered_ms; /* after t0 */
+};
+
+static void *late_signer_main(void *arg)
+{
+	struct late_signer *l = arg;
+
+	while (t_now_ms() - l->t0 < l->start_ms)
+		usleep(1000);
+	l->r = sign_once();
+	l->answered_ms = t_now_ms() - l->t0;
+	return NULL;
+}
+
 /* A token that stops answering mid-signature (tests/p11hang/: SoftHSM2
  * with a C_Sign that waits while a file exists), on three sessions: the
  * signing socket answers backend_unavailable within the store's deadline,
@@ -211,6 +230,30 @@ static void test_pkcs11_hang(void)
 	     "the next, while it hangs: backend_unavailable in %.0f ms", next);
 	unlink(flag);
 	t_ok(wait_signing(5000) >= 0, "the token answers again: signing resumes by itself");
+	/* Three requests hang on the three sessions; a fourth, a second later,
+	 * finds no free session.  The first three still get their answer at
+	 * their own deadline, not one deadline after the fourth came. */
+	{
+		struct late_signer l[4];
+		double start = t_now_ms();
+		int i, ok = 1;
+
+		t_write_file(flag, "", 0);
+		for (i = 0; i < 4; i++) {
+			l[i] = (struct late_signer){.start_ms = i < 3 ? 0 : 1000, .t0 = start};
+			pthread_create(&l[i].th, NULL, late_signer_main, &l[i]);
+		}
+		for (i = 0; i < 4; i++)
+			pthread_join(l[i].th, NULL);
+		for (i = 0; i < 3; i++)
+			ok &= l[i].r == CIMD_BACKEND_UNAVAILABLE && l[i].answered_ms < 2000;
+		t_ok(ok && l[3].r == CIMD_BACKEND_UNAVAILABLE && l[3].answered_ms < 3000,
+		     "three hung sessions and a fourth request a second later: the three answered "
+		     "backend_unavailable in %.0f, %.0f and %.0f ms (< 2 s), the fourth at %.0f ms",
+		     l[0].answered_ms, l[1].answered_ms, l[2].answered_ms, l[3].answered_ms);
+		unlink(flag);
+		t_ok(wait_signing(5000) >= 0, "and signing resumes by itself");
+	}
 	t_daemon_stop(&cd.dm, SIGTERM);
 out:
 	unlink(flag);
