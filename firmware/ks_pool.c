@@ -182,9 +182,10 @@ static void *worker_next(struct ks_worker *w)
 static int worker_done(struct ks_worker *w, void *work)
 {
 	struct ks_pool *p = w->p;
+	int async = w->async; /* read before DONE: after it, a caller may post again */
 
 	if (cas(&w->state, w->taken, w->taken - W_POSTED + W_DONE)) {
-		if (w->async) {
+		if (async) {
 			p->ops->completed(p->arg, w->idx, work);
 			ks_pool_release(p, w->idx);
 		} else if (load(&w->waiting)) {
