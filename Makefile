@@ -3,6 +3,7 @@
 #   make          build everything into build/
 #   make check    install what is missing, build, run every test
 #   make asan     the same tests under AddressSanitizer + UBSan
+#   make tsan     the threaded tests (key store, signer) under ThreadSanitizer
 #   make fuzz     libFuzzer targets (clang), FUZZ_SECONDS each (docs/fuzzing.md)
 #   make bench    benchmarks against peers measured in the same run, every figure
 #                 also in build/bench/results.json (bench/run.sh)
@@ -97,7 +98,7 @@ TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps check test asan fuzz fuzz-build bench bench-scale run clean format install
+.PHONY: all deps check test asan tsan fuzz fuzz-build bench bench-scale run clean format install
 .SECONDARY:
 BINS      := $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(BUILD)/bin/cimd-assert
 
@@ -210,6 +211,22 @@ asan: deps
 	@CIMD_TEST_SANITIZED=1 $(MAKE) --no-print-directory BUILD=build/asan \
 		OPT="-O1 -g -fno-omit-frame-pointer" \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" test
+
+# make tsan: the threaded parts (the key store's workers, the signer's
+# threads) under ThreadSanitizer.  Any report, from a test or from a daemon
+# it starts, fails it: every process writes its reports beside the build.
+TSAN_TESTS := test_pkcs11 test_faults test_sign
+tsan: deps
+	@$(MAKE) --no-print-directory BUILD=build/tsan OPT="-O1 -g" SAN=-fsanitize=thread \
+		all $(TSAN_TESTS:%=build/tsan/tests/%)
+	@rm -f build/tsan/tsan.log.*
+	@for t in $(TSAN_TESTS); do \
+		TSAN_OPTIONS="log_path=$(CURDIR)/build/tsan/tsan.log" build/tsan/tests/$$t \
+			>build/tsan/$$t.out 2>&1 || { tail -20 build/tsan/$$t.out; exit 1; }; \
+		tail -1 build/tsan/$$t.out; \
+	done
+	@if ls build/tsan/tsan.log.* >/dev/null 2>&1; then \
+		cat build/tsan/tsan.log.*; echo "ThreadSanitizer reported races"; exit 1; fi
 
 # Fuzzing (docs/fuzzing.md): every parser of outside input has a libFuzzer
 # target in tests/fuzz/fuzz_*.c with its seeds in tests/fuzz/corpus/TARGET/.
