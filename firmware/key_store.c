@@ -446,14 +446,12 @@ static struct timespec deadline_in(int timeout_ms)
 	return t;
 }
 
-/* Up to max workers for a call, by the deadline; their number, or the
- * failure (with its message) when there is none.  Without a deadline, only
- * the message for ks_pool_claim's failure k. */
+/* Up to max workers for a call, by the deadline: their number, or
+ * -CIMD_EUNAVAILABLE with the reason there was none. */
 static int claim(struct key_store *ks, size_t max, size_t *idx, const struct timespec *deadline,
-		 int timeout_ms, int k)
+		 int timeout_ms)
 {
-	if (deadline != NULL)
-		k = ks_pool_claim(ks->pool, max, idx, deadline);
+	int k = ks_pool_claim(ks->pool, max, idx, deadline);
 
 	if (k == -EIO)
 		return caller_fail(-CIMD_EUNAVAILABLE,
@@ -477,7 +475,7 @@ static int ks_run(struct key_store *ks, struct ks_job **pjob, int timeout_ms)
 	size_t idx;
 	int r;
 
-	if ((r = claim(ks, 1, &idx, &deadline, timeout_ms, 0)) < 0) {
+	if ((r = claim(ks, 1, &idx, &deadline, timeout_ms)) < 0) {
 		job_free(job);
 		*pjob = NULL;
 		return r;
@@ -799,6 +797,30 @@ int key_store_load(struct key_store *ks, enum cimd_alg alg, const uint8_t *ref, 
 			   ret_key);
 }
 
+/* A batch as the caller gave it: 1..CIMD_SIGN_BATCH_MAX requests, each
+ * with a key (an AK only when restricted is allowed) and a message not too
+ * long; each request's r unavailable until it is signed. */
+static int reqs_check(struct ks_sign_req *reqs, size_t n, int restricted)
+{
+	size_t i;
+
+	if (n == 0 || n > CIMD_SIGN_BATCH_MAX)
+		return caller_fail(-EINVAL, "a batch of %zu signatures", n);
+	for (i = 0; i < n; i++) {
+		if (reqs[i].key == NULL || reqs[i].key->ref == NULL || reqs[i].len > KS_MSG_MAX ||
+		    (reqs[i].key->restricted && !restricted))
+			return caller_fail(-EINVAL, "signature %zu: no key, %stoo long", i,
+					   restricted ? "or " : "an attestation key, or ");
+		reqs[i].r = -CIMD_EUNAVAILABLE;
+	}
+	return 0;
+}
+
+static int ts_before(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
 /* The digest a signature of alg signs (RFC 7518 §3.4, §3.5): SHA-256 but
  * for ES384. */
 static int digest(struct key_store *ks, enum cimd_alg alg, const uint8_t *msg, size_t len,
@@ -886,7 +908,7 @@ static int sign_spread(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
 	size_t idx[KS_POOL_MAX], from[KS_POOL_MAX + 1], i, j;
 	int k, late = 0, r = 0;
 
-	if ((k = claim(ks, n < ks->nlanes ? n : ks->nlanes, idx, &deadline, ks->timeout_ms, 0)) < 0)
+	if ((k = claim(ks, n < ks->nlanes ? n : ks->nlanes, idx, &deadline, ks->timeout_ms)) < 0)
 		return k;
 	for (i = 0; i <= (size_t)k; i++)
 		from[i] = n * i / (size_t)k;
@@ -937,26 +959,21 @@ int key_store_sign_async(struct key_store *ks, struct ks_sign_req *reqs, size_t 
 {
 	struct timespec deadline = deadline_in(ks->timeout_ms);
 	struct ks_lane *l;
-	size_t i, idx;
-	int r, early = 0;
+	size_t idx;
+	int r;
 
-	if (n == 0 || n > CIMD_SIGN_BATCH_MAX)
-		return caller_fail(-EINVAL, "a batch of %zu signatures", n);
-	for (i = 0; i < n; i++)
-		if (reqs[i].key == NULL || reqs[i].key->ref == NULL || reqs[i].len > KS_MSG_MAX ||
-		    reqs[i].key->restricted)
-			return caller_fail(
-			    -EINVAL, "signature %zu: no key, an attestation key, or too long", i);
+	if ((r = reqs_check(reqs, n, 0)) < 0)
+		return r;
 	last_err[0] = '\0';
-	if (until != NULL &&
-	    (until->tv_sec < deadline.tv_sec ||
-	     (until->tv_sec == deadline.tv_sec && until->tv_nsec < deadline.tv_nsec)))
-		early = 1;
-	if ((r = ks_pool_claim(ks->pool, 1, &idx, early ? until : &deadline)) == -ETIMEDOUT &&
-	    early)
-		return -ETIMEDOUT; /* the caller's own time: it may try again */
-	if (r < 0)
-		return claim(ks, 0, NULL, NULL, ks->timeout_ms, r);
+	/* The caller's own time, when sooner: it may try again after. */
+	if (until != NULL && ts_before(until, &deadline)) {
+		if ((r = ks_pool_claim(ks->pool, 1, &idx, until)) == -ETIMEDOUT)
+			return -ETIMEDOUT;
+		if (r < 0 && (r = claim(ks, 1, &idx, &deadline, ks->timeout_ms)) < 0)
+			return r;
+	} else if ((r = claim(ks, 1, &idx, &deadline, ks->timeout_ms)) < 0) {
+		return r;
+	}
 	l = &ks->lanes[idx];
 	if ((r = slots_fill(ks, l, reqs, n)) < 0) {
 		slots_drop(l);
@@ -1002,15 +1019,10 @@ int key_store_sign(struct key_store *ks, struct ks_key *key, const uint8_t *msg,
 int key_store_sign_batch(struct key_store *ks, struct ks_sign_req *reqs, size_t n)
 {
 	size_t i;
+	int r;
 
-	if (n == 0 || n > CIMD_SIGN_BATCH_MAX)
-		return caller_fail(-EINVAL, "a batch of %zu signatures", n);
-	for (i = 0; i < n; i++) {
-		if (reqs[i].key == NULL || reqs[i].key->ref == NULL || reqs[i].len > KS_MSG_MAX)
-			return caller_fail(-EINVAL,
-					   "signature %zu of the batch: no key or too long", i);
-		reqs[i].r = -CIMD_EUNAVAILABLE;
-	}
+	if ((r = reqs_check(reqs, n, 1)) < 0)
+		return r;
 	last_err[0] = '\0';
 	for (i = 0; i < n; i++)
 		if (reqs[i].key->restricted)
@@ -1018,15 +1030,11 @@ int key_store_sign_batch(struct key_store *ks, struct ks_sign_req *reqs, size_t 
 	if (i == n)
 		return sign_spread(ks, reqs, n);
 	/* An AK among them (not how the signer uses a batch): one at a time. */
-	for (i = 0; i < n; i++) {
-		if (!reqs[i].key->restricted)
-			reqs[i].r = key_store_sign(ks, reqs[i].key, reqs[i].msg, reqs[i].len,
-						   reqs[i].sig, &reqs[i].sig_len);
-		else
-			sign_restricted(ks, &reqs[i]);
-		if (reqs[i].r == -CIMD_EUNAVAILABLE)
+	for (i = 0; i < n; i++)
+		if ((reqs[i].r = key_store_sign(ks, reqs[i].key, reqs[i].msg, reqs[i].len,
+						reqs[i].sig, &reqs[i].sig_len)) ==
+		    -CIMD_EUNAVAILABLE)
 			return reqs[i].r;
-	}
 	return 0;
 }
 

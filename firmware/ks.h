@@ -23,7 +23,8 @@
 #include "fmt.h"
 
 /* Caps of the key store. */
-#define CIMD_KEYREF_MAX 4096 /* a stored key reference (TPM blobs are ~ 250 bytes) */
+#define CIMD_KEYREF_MAX 4096	/* a stored key reference (TPM blobs are ~ 250 bytes) */
+#define CIMD_KS_SESSIONS_MAX 64 /* sessions (workers) of one key store */
 
 /* ---- key store ---- */
 

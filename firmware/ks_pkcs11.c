@@ -80,7 +80,7 @@ struct p11_sess {
 	int open;
 };
 
-#define P11_SESS_MAX 64 /* KS_POOL_MAX */
+#define P11_SESS_MAX CIMD_KS_SESSIONS_MAX
 
 struct p11 {
 	char *module;

@@ -6,15 +6,14 @@
  * get its answer by its deadline.  So the hardware is called only on a
  * worker, which a caller may give up on.
  *
- * Why spin: on this kind of machine a thread that sleeps on a futex takes
- * 30-50 us to run again once woken, about what SoftHSM2 takes for a P-256
- * signature (docs/benchmarks.md).  A handoff that slept on both sides would
- * cost two such wake-ups per signature: the key store signed at 0.42x of
- * the token driven directly.  So each side first polls for a while,
- * yielding the CPU on each turn, and sleeps only when the wait is long: a
- * worker polls for IDLE_SPIN_NS after each piece of work (a caller signing
- * in a loop posts its next one well within that), a caller for as long as
- * its work should take (the caller says how long).
+ * Why spin: a handoff that slept on both sides cost two wake-ups per
+ * signature, and on this kind of machine that made the key store sign at
+ * 0.42x of the token driven directly (docs/benchmarks.md): some 85 us added
+ * to SoftHSM2's 60.  So each side first polls, yielding the CPU on each
+ * turn, and sleeps only when the wait is long: a worker polls for
+ * IDLE_SPIN_NS when its work comes back to back (a caller signing in a
+ * loop), a caller for as long as its work should take (the caller says how
+ * long), and only while a core is free for it (ks_pool_wait).
  *
  * The handoff is one futex word per worker, its state:
  *
@@ -278,11 +277,6 @@ void ks_pool_stop(struct ks_pool *p)
 	pool_unref(p);
 }
 
-size_t ks_pool_size(const struct ks_pool *p)
-{
-	return p->n;
-}
-
 int ks_pool_wedged(struct ks_pool *p)
 {
 	return load(&p->wedged) != 0;
@@ -396,13 +390,13 @@ int ks_pool_wait(struct ks_pool *p, size_t idx, int64_t spin_ns, const struct ti
 	uint32_t turn = load(&w->state), s;
 	int r = 0;
 
-	if (spin_ns > 0 &&
-	    __atomic_add_fetch(&p->polling, 1, __ATOMIC_SEQ_CST) + load(&p->running) <= p->cores) {
-		while (ST(load(&w->state)) != W_DONE && ks_now_ns() < until)
-			sched_yield();
-	}
-	if (spin_ns > 0)
+	if (spin_ns > 0) {
+		if (__atomic_add_fetch(&p->polling, 1, __ATOMIC_SEQ_CST) + load(&p->running) <=
+		    p->cores)
+			while (ST(load(&w->state)) != W_DONE && ks_now_ns() < until)
+				sched_yield();
 		__atomic_sub_fetch(&p->polling, 1, __ATOMIC_SEQ_CST);
+	}
 	while (ST(load(&w->state)) != W_DONE) {
 		store(&w->waiting, 1);
 		if ((s = load(&w->state)) == turn)

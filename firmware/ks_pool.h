@@ -16,7 +16,9 @@
 #include <stdint.h>
 #include <time.h>
 
-#define KS_POOL_MAX 64 /* workers in a pool */
+#include "ks.h"
+
+#define KS_POOL_MAX CIMD_KS_SESSIONS_MAX /* workers in a pool (ks.h) */
 
 struct ks_pool;
 
@@ -37,7 +39,6 @@ int ks_pool_start(const struct ks_pool_ops *ops, void *arg, size_t n, struct ks_
 /* Stops the pool: idle workers end now, a worker the hardware holds when
  * it answers; ops->gone runs once all have ended (perhaps on this thread). */
 void ks_pool_stop(struct ks_pool *p);
-size_t ks_pool_size(const struct ks_pool *p);
 
 /* Abandoned work the hardware has not finished: while there is, callers
  * fail at once rather than wait a deadline of their own. */

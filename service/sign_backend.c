@@ -189,11 +189,10 @@ static void batch_send(struct backend_worker *w, struct key_store *ks, struct jo
 	}
 	if (n == 0)
 		return;
-	/* As many shares as sessions, none over CIMD_SIGN_BATCH. */
+	/* As many shares as sessions: none over CIMD_SIGN_BATCH, since the
+	 * backend thread takes at most that many per session. */
 	sessions = (size_t)key_store_sessions(ks);
 	parts = n < sessions ? n : sessions;
-	if ((n + parts - 1) / parts > CIMD_SIGN_BATCH)
-		parts = (n + CIMD_SIGN_BATCH - 1) / CIMD_SIGN_BATCH;
 	for (i = 0, k = 0; k < parts; k++) {
 		size_t end = n * (k + 1) / parts;
 
@@ -222,8 +221,6 @@ void *sign_backend_main(void *arg)
 			continue;
 		}
 		max = CIMD_SIGN_BATCH * (ks != NULL ? (size_t)key_store_sessions(ks) : 1);
-		if (max > CIMD_SIGN_BATCH * SIGN_FLIGHTS)
-			max = CIMD_SIGN_BATCH * SIGN_FLIGHTS;
 		j = signq_take_until(&w->q, max, &s->stop, next.tv_sec != 0 ? &next : NULL);
 		if (j != NULL)
 			batch_send(w, custody_at(s->d->custody, w->idx), j);

@@ -210,7 +210,7 @@ struct sign_stats {
  * the backend thread's until it hands them over, then the worker's until
  * done hands the jobs on (or the backend thread takes them back at the
  * deadline). */
-#define SIGN_FLIGHTS 65 /* a key store's sessions at most, and one */
+#define SIGN_FLIGHTS (CIMD_KS_SESSIONS_MAX + 1) /* a key store's sessions at most, and one */
 struct flight {
 	struct backend_worker *w;
 	int busy;		/* atomic: handed over, and neither done nor taken back */
