@@ -23,8 +23,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "service.h"
 
 /* A request handed to the slow operations' thread (below): waiting for the
@@ -544,8 +542,8 @@ void admin_server_free(struct admin_server **psrv)
 	if (srv == NULL)
 		return;
 	if (srv->slow.running) {
-		/* A run under way ends at its next step (SQLITE_INTERRUPT). */
-		sqlite3_interrupt(store_db(srv->slow.reader));
+		/* A run under way ends at its next step (an interrupted statement fails). */
+		store_interrupt(srv->slow.reader);
 		pthread_join(srv->slow.thread, NULL);
 		json_decref(srv->slow.q.result);
 		json_decref(srv->slow.req);

@@ -22,7 +22,6 @@
 #include <time.h>
 
 #include <openssl/sha.h>
-#include <sqlite3.h>
 
 #include "service.h"
 
@@ -224,7 +223,7 @@ static void facts_clear(struct facts *f)
 static int facts_load(struct svc *d, const char *name, const char *attest_kid, struct facts *ret)
 {
 	struct facts f = {0};
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	char *jwks = NULL, *canon = NULL;
 	json_t *in = NULL;
 	int r = -EIO;
@@ -238,18 +237,16 @@ static int facts_load(struct svc *d, const char *name, const char *attest_kid, s
 			"d.client = c.name AND d.state = 'approved' WHERE c.name = ?",
 			"s", name) < 0)
 		goto out;
-	if (sqlite3_step(s) != SQLITE_ROW) {
+	if (store_next(s) <= 0) {
 		r = -ENOENT;
 		goto out;
 	}
-	snprintf(f.backend, sizeof(f.backend), "%s", sqlite3_column_text(s, 1));
-	sha256_hex(sqlite3_column_blob(s, 7), (size_t)sqlite3_column_bytes(s, 7), f.cimd_hex);
-	f.doc = json_pack("{sssIsssIsssI}", "owner", (const char *)sqlite3_column_text(s, 0),
-			  "version", (json_int_t)sqlite3_column_int64(s, 2), "submitter",
-			  (const char *)sqlite3_column_text(s, 3), "submitted",
-			  (json_int_t)sqlite3_column_int64(s, 4), "approver",
-			  sqlite3_column_text(s, 5) ? (const char *)sqlite3_column_text(s, 5) : "",
-			  "approved", (json_int_t)sqlite3_column_int64(s, 6));
+	snprintf(f.backend, sizeof(f.backend), "%s", store_text(s, 1));
+	sha256_hex(store_blob(s, 7), store_len(s, 7), f.cimd_hex);
+	f.doc = json_pack(
+	    "{sssIsssIsssI}", "owner", store_text(s, 0), "version", (json_int_t)store_int(s, 2),
+	    "submitter", store_text(s, 3), "submitted", (json_int_t)store_int(s, 4), "approver",
+	    store_text(s, 5) ? store_text(s, 5) : "", "approved", (json_int_t)store_int(s, 6));
 	store_done(d->st, s);
 	s = NULL;
 	if (f.doc == NULL || (jwks = jwks_client(d->st, name)) == NULL) {
@@ -264,14 +261,11 @@ static int facts_load(struct svc *d, const char *name, const char *attest_kid, s
 			"('next', 'active', 'retiring') AND jwk IS NOT NULL ORDER BY created, kid",
 			"s", name) < 0)
 		goto out;
-	while (sqlite3_step(s) == SQLITE_ROW)
-		json_array_append_new(
-		    f.keys,
-		    json_pack("{ssssssssss}", "kid", (const char *)sqlite3_column_text(s, 0),
-			      "thumbprint", (const char *)sqlite3_column_text(s, 0), "alg",
-			      (const char *)sqlite3_column_text(s, 1), "state",
-			      (const char *)sqlite3_column_text(s, 2), "backend",
-			      (const char *)sqlite3_column_text(s, 3)));
+	while (store_next(s) > 0)
+		json_array_append_new(f.keys, json_pack("{ssssssssss}", "kid", store_text(s, 0),
+							"thumbprint", store_text(s, 0), "alg",
+							store_text(s, 1), "state", store_text(s, 2),
+							"backend", store_text(s, 3)));
 	store_done(d->st, s);
 	s = NULL;
 	/* What the statement says, but for evidence and times: when this changes,
@@ -319,7 +313,7 @@ static int issue(struct svc *d, struct facts *f, struct ks_key *ak, const char *
 {
 	struct key_store *ks = custody_store(d->custody, f->backend);
 	json_t *keys = NULL, *st = NULL, *k, *ev = NULL, *rec = NULL;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	char head[65], env_hex[65], *env = NULL;
 	int64_t seq = 0, jseq;
 	size_t i;
@@ -334,11 +328,10 @@ static int issue(struct svc *d, struct facts *f, struct ks_key *ak, const char *
 		const char *kid = json_string_value(json_object_get(k, "kid"));
 
 		if (store_query(d->st, &s, "SELECT ref FROM keys WHERE kid = ?", "s", kid) < 0 ||
-		    sqlite3_step(s) != SQLITE_ROW)
+		    store_next(s) <= 0)
 			goto out;
-		r = evidence(ks, ak, json_string_value(json_object_get(k, "alg")),
-			     sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0),
-			     f->client_id, f->cimd_hex, kid, &ev);
+		r = evidence(ks, ak, json_string_value(json_object_get(k, "alg")), store_blob(s, 0),
+			     store_len(s, 0), f->client_id, f->cimd_hex, kid, &ev);
 		store_done(d->st, s);
 		s = NULL;
 		if (r < 0)
@@ -397,7 +390,7 @@ static int issue_revocation(struct svc *d, const char *kid, struct key_store *ks
 	char client_id[CIMD_URL_MAX], juri[CIMD_URL_MAX + 80], digest[65], *env = NULL;
 	uint8_t *tp = NULL;
 	size_t tp_len = 0;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *st = NULL, *rec = NULL;
 	char client[CIMD_NAME_MAX + 1];
 	int64_t jseq = 0;
@@ -407,23 +400,22 @@ static int issue_revocation(struct svc *d, const char *kid, struct key_store *ks
 			"SELECT client, alg, revoke_reason, revoked_by, revoked FROM keys "
 			"WHERE kid = ?",
 			"s", kid) < 0 ||
-	    sqlite3_step(s) != SQLITE_ROW)
+	    store_next(s) <= 0)
 		goto out;
-	snprintf(client, sizeof(client), "%s", sqlite3_column_text(s, 0));
+	snprintf(client, sizeof(client), "%s", store_text(s, 0));
 	reg_client_id(d->cfg, client, client_id, sizeof(client_id));
 	snprintf(juri, sizeof(juri), "%s/jwks.json#%s", client_id, kid);
 	/* The RFC 7638 thumbprint is a SHA-256 digest: the subject's digest. */
 	if (b64url_decode(kid, strlen(kid), &tp, &tp_len) < 0 || tp_len != 32)
 		goto out;
 	hex_encode(tp, tp_len, digest);
-	st = json_pack(
-	    "{sss[{sss{ss}}]sss{sssssssssssssIsI}}", "_type", STATEMENT_TYPE, "subject", "name",
-	    juri, "digest", "sha256", digest, "predicateType", PREDICATE_REVOCATION, "predicate",
-	    "client_id", client_id, "kid", kid, "thumbprint", kid, "alg",
-	    (const char *)sqlite3_column_text(s, 1), "reason",
-	    sqlite3_column_text(s, 2) ? (const char *)sqlite3_column_text(s, 2) : "", "operator",
-	    sqlite3_column_text(s, 3) ? (const char *)sqlite3_column_text(s, 3) : "", "revoked",
-	    (json_int_t)sqlite3_column_int64(s, 4), "issued", (json_int_t)time(NULL));
+	st = json_pack("{sss[{sss{ss}}]sss{sssssssssssssIsI}}", "_type", STATEMENT_TYPE, "subject",
+		       "name", juri, "digest", "sha256", digest, "predicateType",
+		       PREDICATE_REVOCATION, "predicate", "client_id", client_id, "kid", kid,
+		       "thumbprint", kid, "alg", store_text(s, 1), "reason",
+		       store_text(s, 2) ? store_text(s, 2) : "", "operator",
+		       store_text(s, 3) ? store_text(s, 3) : "", "revoked",
+		       (json_int_t)store_int(s, 4), "issued", (json_int_t)time(NULL));
 	store_done(d->st, s);
 	s = NULL;
 	if (st == NULL || (r = seal(ks, ak, st, &env)) < 0)
@@ -456,12 +448,12 @@ out:
  * exists (after an attestation key rotation) does this look further. */
 void attest_retire_unused(struct svc *d)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int retiring = 0;
 
 	if (store_query(d->st, &s, "SELECT 1 FROM attest_keys WHERE state = 'retiring' LIMIT 1",
 			"") == 0)
-		retiring = sqlite3_step(s) == SQLITE_ROW;
+		retiring = store_next(s) > 0;
 	store_done(d->st, s);
 	if (!retiring || store_begin(d->st) < 0)
 		return;
@@ -506,7 +498,7 @@ int attest_client(struct svc *d, struct attest_batch *bt, const char *name)
 	static time_t last_complaint;
 	char backend[16] = "", kid[CIMD_KID_LEN + 1];
 	uint8_t inputs[32];
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	struct facts f;
 	size_t b;
 	int has_inputs = 0, approved = 0, r;
@@ -519,11 +511,11 @@ int attest_client(struct svc *d, struct attest_batch *bt, const char *name)
 		"c.name ORDER BY id DESC LIMIT 1) FROM clients c WHERE c.name = ?",
 		"s", name) < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		snprintf(backend, sizeof(backend), "%s", sqlite3_column_text(s, 0));
-		approved = sqlite3_column_type(s, 1) != SQLITE_NULL;
-		if (sqlite3_column_bytes(s, 2) == 32) {
-			memcpy(inputs, sqlite3_column_blob(s, 2), 32);
+	if (store_next(s) > 0) {
+		snprintf(backend, sizeof(backend), "%s", store_text(s, 0));
+		approved = !store_null(s, 1);
+		if (store_len(s, 2) == 32) {
+			memcpy(inputs, store_blob(s, 2), 32);
 			has_inputs = 1;
 		}
 	}
@@ -555,10 +547,10 @@ int attest_client(struct svc *d, struct attest_batch *bt, const char *name)
 			"t.backend = k.backend WHERE r.kid = k.kid) ORDER BY k.revoked LIMIT 1",
 			"s", name) < 0)
 			return -EIO;
-		r = sqlite3_step(s) == SQLITE_ROW;
+		r = store_next(s) > 0;
 		if (r) {
-			snprintf(kid, sizeof(kid), "%s", sqlite3_column_text(s, 0));
-			snprintf(backend, sizeof(backend), "%s", sqlite3_column_text(s, 1));
+			snprintf(kid, sizeof(kid), "%s", store_text(s, 0));
+			snprintf(backend, sizeof(backend), "%s", store_text(s, 1));
 		}
 		store_done(d->st, s);
 		if (!r)
@@ -591,7 +583,7 @@ fail:
 
 char *attest_envelope(struct svc *d, const char *name, const char *cimd_hex, const char *jwks_hex)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	char *out = NULL;
 
 	if (store_query(
@@ -599,17 +591,16 @@ char *attest_envelope(struct svc *d, const char *name, const char *cimd_hex, con
 		"SELECT envelope, cimd_sha256, jwks_sha256 FROM attestations WHERE client = "
 		"? ORDER BY id DESC LIMIT 1",
 		"s", name) == 0 &&
-	    sqlite3_step(s) == SQLITE_ROW &&
-	    strcmp((const char *)sqlite3_column_text(s, 1), cimd_hex) == 0 &&
-	    strcmp((const char *)sqlite3_column_text(s, 2), jwks_hex) == 0)
-		out = strdup((const char *)sqlite3_column_text(s, 0));
+	    store_next(s) > 0 && strcmp(store_text(s, 1), cimd_hex) == 0 &&
+	    strcmp(store_text(s, 2), jwks_hex) == 0)
+		out = strdup(store_text(s, 0));
 	store_done(d->st, s);
 	return out;
 }
 
 char *attest_revocations(struct svc *d, const char *name)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *arr = json_array(), *o = NULL, *e;
 	char *out = NULL;
 
@@ -621,8 +612,8 @@ char *attest_revocations(struct svc *d, const char *name)
 		json_decref(arr);
 		return NULL;
 	}
-	while (sqlite3_step(s) == SQLITE_ROW)
-		if ((e = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
+	while (store_next(s) > 0)
+		if ((e = json_loads(store_text(s, 0), 0, NULL)) != NULL)
 			json_array_append_new(arr, e);
 	store_done(d->st, s);
 	if ((o = json_pack("{so}", "revocations", arr)) != NULL)
@@ -633,7 +624,7 @@ char *attest_revocations(struct svc *d, const char *name)
 
 char *attest_keys_jwks(struct svc *d)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *arr = json_array(), *o = NULL, *k;
 	char *out = NULL, *pub = NULL;
 
@@ -645,19 +636,16 @@ char *attest_keys_jwks(struct svc *d)
 		json_decref(arr);
 		return NULL;
 	}
-	while (sqlite3_step(s) == SQLITE_ROW) {
-		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) == NULL)
+	while (store_next(s) > 0) {
+		if ((k = json_loads(store_text(s, 0), 0, NULL)) == NULL)
 			continue;
-		json_object_set_new(k, "backend",
-				    json_string((const char *)sqlite3_column_text(s, 1)));
-		json_object_set_new(k, "state",
-				    json_string((const char *)sqlite3_column_text(s, 3)));
-		json_object_set_new(k, "created", json_integer(sqlite3_column_int64(s, 4)));
+		json_object_set_new(k, "backend", json_string(store_text(s, 1)));
+		json_object_set_new(k, "state", json_string(store_text(s, 3)));
+		json_object_set_new(k, "created", json_integer(store_int(s, 4)));
 		/* A TPM AK with its TPMT_PUBLIC, so a verifier can check that it is a
 		 * restricted, fixedTPM key and that the JWK is its public key. */
-		if (sqlite3_column_bytes(s, 2) > 0 &&
-		    b64url_encode_alloc(sqlite3_column_blob(s, 2),
-					(size_t)sqlite3_column_bytes(s, 2), &pub) == 0) {
+		if (store_len(s, 2) > 0 &&
+		    b64url_encode_alloc(store_blob(s, 2), store_len(s, 2), &pub) == 0) {
 			json_object_set_new(k, "tpm2_public", json_string(pub));
 			free(pub);
 			pub = NULL;
@@ -674,7 +662,7 @@ char *attest_keys_jwks(struct svc *d)
 int attest_show(struct svc *d, const char *name, json_t **ret_envelope, int64_t *ret_seq,
 		int64_t *ret_issued, char *err, size_t errlen)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *env = NULL;
 
 	if (name == NULL || !cimd_valid_name(name))
@@ -684,8 +672,8 @@ int attest_show(struct svc *d, const char *name, json_t **ret_envelope, int64_t 
 			"id DESC LIMIT 1",
 			"s", name) < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
-	if (sqlite3_step(s) == SQLITE_ROW)
-		env = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
+	if (store_next(s) > 0)
+		env = json_loads(store_text(s, 0), 0, NULL);
 	if (env == NULL) {
 		store_done(d->st, s);
 		return cimd_fail(err, errlen, -ENOENT,
@@ -694,8 +682,8 @@ int attest_show(struct svc *d, const char *name, json_t **ret_envelope, int64_t 
 				 name);
 	}
 	*ret_envelope = env;
-	*ret_seq = sqlite3_column_int64(s, 1);
-	*ret_issued = sqlite3_column_int64(s, 2);
+	*ret_seq = store_int(s, 1);
+	*ret_issued = store_int(s, 2);
 	store_done(d->st, s);
 	return 0;
 }

@@ -25,8 +25,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "service.h"
 
 #define PROBE_EVERY 2 /* seconds between probes of the hardware */

@@ -5,16 +5,15 @@
  * them here.
  */
 #include <jansson.h>
-#include <sqlite3.h>
 
 #include "service.h"
 
-json_t *jwks_rows(struct store *st, struct sqlite3_stmt *s)
+json_t *jwks_rows(struct store *st, struct store_rows *s)
 {
 	json_t *keys = json_array(), *k;
 
-	while (keys != NULL && sqlite3_step(s) == SQLITE_ROW)
-		if ((k = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL)) != NULL)
+	while (keys != NULL && store_next(s) > 0)
+		if ((k = json_loads(store_text(s, 0), 0, NULL)) != NULL)
 			json_array_append_new(keys, k);
 	store_done(st, s);
 	return keys != NULL ? json_pack("{so}", "keys", keys) : NULL;
@@ -23,7 +22,7 @@ json_t *jwks_rows(struct store *st, struct sqlite3_stmt *s)
 /* {"keys":[...]} of the client's keys in states next, active, retiring. */
 char *jwks_client(struct store *st, const char *client)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *jwks;
 	char *out = NULL;
 

@@ -27,7 +27,6 @@
 #include <time.h>
 
 #include <openssl/rand.h>
-#include <sqlite3.h>
 
 #include "service.h"
 
@@ -75,13 +74,13 @@ static void sched_soon(int kind, int64_t t)
  * a look over every active key at the next tick. */
 static void sched_rotation(struct svc *d, const char *client, int64_t t)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int64_t every = -1;
 
 	if (store_query(d->st, &s, "SELECT coalesce(rotate_every, ?) FROM clients WHERE name = ?",
 			"is", (int64_t)d->cfg->rotate_every, client) == 0 &&
-	    sqlite3_step(s) == SQLITE_ROW)
-		every = sqlite3_column_int64(s, 0);
+	    store_next(s) > 0)
+		every = store_int(s, 0);
 	store_done(d->st, s);
 	if (every < 0)
 		sched_soon(SCHED_ROTATE, 0); /* not known: look at the next tick */
@@ -99,17 +98,17 @@ static int64_t retire_grace(const struct cimd_config *c)
 
 static int client_info(struct store *st, const char *name, struct client_info *ret)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int r = -ENOENT;
 
 	if (store_query(st, &s, "SELECT backend, alg, rotate_every FROM clients WHERE name = ?",
 			"s", name) < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
+	if (store_next(s) > 0) {
 		snprintf(ret->name, sizeof(ret->name), "%s", name);
-		snprintf(ret->backend, sizeof(ret->backend), "%s", sqlite3_column_text(s, 0));
-		snprintf(ret->alg, sizeof(ret->alg), "%s", sqlite3_column_text(s, 1));
-		ret->rotate_every = sqlite3_column_int64(s, 2);
+		snprintf(ret->backend, sizeof(ret->backend), "%s", store_text(s, 0));
+		snprintf(ret->alg, sizeof(ret->alg), "%s", store_text(s, 1));
+		ret->rotate_every = store_int(s, 2);
 		r = 0;
 	}
 	store_done(st, s);
@@ -133,12 +132,12 @@ static int client_of(struct store *st, const char *name, struct client_info *ci,
 static int64_t count_keys(struct store *st, const char *client, const char *where)
 {
 	char sql[256];
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int64_t n = -1;
 
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM keys WHERE client = ? AND %s", where);
-	if (store_query(st, &s, sql, "s", client) == 0 && sqlite3_step(s) == SQLITE_ROW)
-		n = sqlite3_column_int64(s, 0);
+	if (store_query(st, &s, sql, "s", client) == 0 && store_next(s) > 0)
+		n = store_int(s, 0);
 	store_done(st, s);
 	return n;
 }
@@ -147,7 +146,7 @@ static int64_t count_keys(struct store *st, const char *client, const char *wher
 static int key_in_state(struct store *st, const char *client, const char *state, char *kid,
 			int64_t *ret_since)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int r = -ENOENT;
 
 	kid[0] = '\0';
@@ -157,10 +156,10 @@ static int key_in_state(struct store *st, const char *client, const char *state,
 		"WHERE client = ? AND state = ? ORDER BY created LIMIT 1",
 		"ss", client, state) < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		snprintf(kid, CIMD_KID_LEN + 1, "%s", sqlite3_column_text(s, 0));
+	if (store_next(s) > 0) {
+		snprintf(kid, CIMD_KID_LEN + 1, "%s", store_text(s, 0));
 		if (ret_since != NULL)
-			*ret_since = sqlite3_column_int64(s, 1);
+			*ret_since = store_int(s, 1);
 		r = 0;
 	}
 	store_done(st, s);
@@ -364,7 +363,7 @@ static int transition(struct svc *d, const char *client, const char *kid, const 
 int keys_list(struct svc *d, const char *name, json_t **ret_keys, char *err, size_t errlen)
 {
 	struct client_info ci;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *arr;
 	int r;
 
@@ -379,22 +378,19 @@ int keys_list(struct svc *d, const char *name, json_t **ret_keys, char *err, siz
 		json_decref(arr);
 		return cimd_fail(err, errlen, -EIO, "database error");
 	}
-	while (sqlite3_step(s) == SQLITE_ROW) {
+	while (store_next(s) > 0) {
 		json_t *k =
-		    json_pack("{ssssssss}", "kid", sqlite3_column_text(s, 0), "alg",
-			      sqlite3_column_text(s, 1), "backend", sqlite3_column_text(s, 2),
-			      "state", sqlite3_column_text(s, 3));
+		    json_pack("{ssssssss}", "kid", store_text(s, 0), "alg", store_text(s, 1),
+			      "backend", store_text(s, 2), "state", store_text(s, 3));
 		static const char *const times[] = {"created", "activated", "retiring",
 						    "retired", "destroyed", "revoked"};
 		size_t i;
 		for (i = 0; k != NULL && i < sizeof(times) / sizeof(times[0]); i++)
-			if (sqlite3_column_type(s, 4 + (int)i) != SQLITE_NULL &&
-			    sqlite3_column_int64(s, 4 + (int)i) != 0)
-				json_object_set_new(
-				    k, times[i], json_integer(sqlite3_column_int64(s, 4 + (int)i)));
-		if (k != NULL && sqlite3_column_type(s, 10) != SQLITE_NULL)
-			json_object_set_new(k, "revoke_reason",
-					    json_string((const char *)sqlite3_column_text(s, 10)));
+			if (!store_null(s, 4 + (int)i) && store_int(s, 4 + (int)i) != 0)
+				json_object_set_new(k, times[i],
+						    json_integer(store_int(s, 4 + (int)i)));
+		if (k != NULL && !store_null(s, 10))
+			json_object_set_new(k, "revoke_reason", json_string(store_text(s, 10)));
 		json_array_append_new(arr, k);
 	}
 	store_done(d->st, s);
@@ -481,16 +477,15 @@ int keys_activate(struct svc *d, const char *actor, const char *name, const char
 static int destroy_hw(struct svc *d, const char *kid)
 {
 	struct key_store *ks;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int r = -ENOENT;
 
 	if (store_query(d->st, &s, "SELECT backend, ref FROM keys WHERE kid = ?", "s", kid) < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		ks = custody_store(d->custody, (const char *)sqlite3_column_text(s, 0));
+	if (store_next(s) > 0) {
+		ks = custody_store(d->custody, store_text(s, 0));
 		r = ks == NULL ? -CIMD_EUNAVAILABLE
-			       : key_store_destroy_ref(ks, sqlite3_column_blob(s, 1),
-						       (size_t)sqlite3_column_bytes(s, 1));
+			       : key_store_destroy_ref(ks, store_blob(s, 1), store_len(s, 1));
 		if (r == -CIMD_ENOKEY)
 			r = 0; /* gone already */
 	}
@@ -523,7 +518,7 @@ int keys_revoke(struct svc *d, const char *actor, const char *name, const char *
 {
 	struct client_info ci;
 	char state[16] = "", newkid[CIMD_KID_LEN + 1] = "";
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *x;
 	int r;
 
@@ -537,8 +532,8 @@ int keys_revoke(struct svc *d, const char *actor, const char *name, const char *
 	if (store_query(d->st, &s, "SELECT state FROM keys WHERE client = ? AND kid = ?", "ss",
 			ci.name, kid) < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
-	if (sqlite3_step(s) == SQLITE_ROW)
-		snprintf(state, sizeof(state), "%s", sqlite3_column_text(s, 0));
+	if (store_next(s) > 0)
+		snprintf(state, sizeof(state), "%s", store_text(s, 0));
 	store_done(d->st, s);
 	if (state[0] == '\0')
 		return cimd_fail(err, errlen, -ENOENT, "%s has no key %.64s", ci.name, kid);
@@ -619,7 +614,7 @@ struct due {
 static int look(struct store *st, const char *sql, int64_t a, int64_t b, int64_t now,
 		struct due *out, int64_t *ret_next)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int64_t t;
 	int n = 0, rows = 0;
 
@@ -627,8 +622,8 @@ static int look(struct store *st, const char *sql, int64_t a, int64_t b, int64_t
 	if (store_query(st, &s, sql, "iii", a, b, (int64_t)DUE_MAX + 1) < 0)
 		return 0;
 	*ret_next = INT64_MAX;
-	while (rows++ <= DUE_MAX && sqlite3_step(s) == SQLITE_ROW) {
-		if ((t = sqlite3_column_int64(s, 2)) > now) {
+	while (rows++ <= DUE_MAX && store_next(s) > 0) {
+		if ((t = store_int(s, 2)) > now) {
 			*ret_next = t;
 			break;
 		}
@@ -636,10 +631,10 @@ static int look(struct store *st, const char *sql, int64_t a, int64_t b, int64_t
 			*ret_next = now;
 			break;
 		}
-		snprintf(out[n].client, sizeof(out[n].client), "%s", sqlite3_column_text(s, 0));
-		snprintf(out[n].kid, sizeof(out[n].kid), "%s", sqlite3_column_text(s, 1));
+		snprintf(out[n].client, sizeof(out[n].client), "%s", store_text(s, 0));
+		snprintf(out[n].kid, sizeof(out[n].kid), "%s", store_text(s, 1));
 		out[n].t = t;
-		out[n].every = sqlite3_column_count(s) > 3 ? sqlite3_column_int64(s, 3) : 0;
+		out[n].every = store_columns(s) > 3 ? store_int(s, 3) : 0;
 		n++;
 	}
 	store_done(st, s);
@@ -847,7 +842,7 @@ int keys_attest_active(struct svc *d, const char *backend, char ret_kid[CIMD_KID
 		       struct ks_key **ret_key)
 {
 	struct key_store *ks = custody_store(d->custody, backend);
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int r = -ENOENT;
 
 	if (ks == NULL)
@@ -856,10 +851,9 @@ int keys_attest_active(struct svc *d, const char *backend, char ret_kid[CIMD_KID
 			"SELECT kid, ref FROM attest_keys WHERE backend = ? AND state = 'active'",
 			"s", backend) < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", sqlite3_column_text(s, 0));
-		r = key_store_load(ks, CIMD_ALG_ES256, sqlite3_column_blob(s, 1),
-				   (size_t)sqlite3_column_bytes(s, 1), ret_key);
+	if (store_next(s) > 0) {
+		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", store_text(s, 0));
+		r = key_store_load(ks, CIMD_ALG_ES256, store_blob(s, 1), store_len(s, 1), ret_key);
 	}
 	store_done(d->st, s);
 	return r;
@@ -1088,7 +1082,7 @@ static void recon_pick(struct svc *d, struct recon_backend *rb, int newest,
 		       struct recon_sample *ret)
 {
 	static const char *const states[] = {"next", "active", "retiring", "retired"};
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	enum cimd_alg alg;
 	const uint8_t *ref;
 	int64_t rowid;
@@ -1105,17 +1099,17 @@ static void recon_pick(struct svc *d, struct recon_backend *rb, int newest,
 				      "+backend = ? ORDER BY rowid",
 				"ss", states[i], rb->name) < 0)
 			continue;
-		while (sqlite3_step(s) == SQLITE_ROW) {
-			rowid = sqlite3_column_int64(s, 0);
+		while (store_next(s) > 0) {
+			rowid = store_int(s, 0);
 			if (ret->rowid != 0 && (newest ? rowid < ret->rowid : rowid > ret->rowid))
 				break; /* no better than the one we have */
-			alg = cimd_alg_from_name((const char *)sqlite3_column_text(s, 1));
-			ref = sqlite3_column_blob(s, 2);
-			len = (size_t)sqlite3_column_bytes(s, 2);
+			alg = cimd_alg_from_name(store_text(s, 1));
+			ref = store_blob(s, 2);
+			len = store_len(s, 2);
 			if (key_store_ref_check(rb->ks, alg, ref, len) < 0)
 				continue;
 			ret->rowid = rowid;
-			snprintf(ret->kid, sizeof(ret->kid), "%s", sqlite3_column_text(s, 3));
+			snprintf(ret->kid, sizeof(ret->kid), "%s", store_text(s, 3));
 			ret->alg = alg;
 			memcpy(ret->ref, ref, len);
 			ret->len = len;
@@ -1270,7 +1264,7 @@ static int recon_row(struct recon *rc, struct recon_backend *rb, const char *cli
 static int recon_walk(struct svc *d, struct recon *rc)
 {
 	struct recon_backend *rb;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	const char *backend;
 	size_t i;
 	int r = 0;
@@ -1280,16 +1274,13 @@ static int recon_walk(struct svc *d, struct recon *rc)
 			"IN " LIVE_STATES,
 			"") < 0)
 		return -EIO;
-	while (r == 0 && sqlite3_step(s) == SQLITE_ROW) {
-		backend = (const char *)sqlite3_column_text(s, 2);
+	while (r == 0 && store_next(s) > 0) {
+		backend = store_text(s, 2);
 		for (i = 0, rb = NULL; i < rc->nb && rb == NULL; i++)
 			if (strcmp(rc->b[i].name, backend) == 0)
 				rb = &rc->b[i];
-		r = recon_row(rc, rb, (const char *)sqlite3_column_text(s, 0),
-			      (const char *)sqlite3_column_text(s, 1),
-			      (const char *)sqlite3_column_text(s, 3),
-			      (const char *)sqlite3_column_text(s, 4), sqlite3_column_blob(s, 5),
-			      (size_t)sqlite3_column_bytes(s, 5));
+		r = recon_row(rc, rb, store_text(s, 0), store_text(s, 1), store_text(s, 3),
+			      store_text(s, 4), store_blob(s, 5), store_len(s, 5));
 	}
 	store_done(d->st, s);
 	return r;
@@ -1376,7 +1367,7 @@ static void recon_restore(struct svc *d, struct recon *rc)
 {
 	char(*names)[CIMD_NAME_MAX + 1] = NULL;
 	size_t i, m = 0, cap = 0;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	void *p;
 
 	if ((rc->badkeys = calloc(rc->nbad ? rc->nbad : 1, sizeof(*rc->badkeys))) == NULL ||
@@ -1390,8 +1381,8 @@ static void recon_restore(struct svc *d, struct recon *rc)
 	/* No index on degraded: one read of the clients, at start only. */
 	if (store_query(d->st, &s, "SELECT name FROM clients WHERE degraded = 1", "") < 0)
 		return;
-	while (sqlite3_step(s) == SQLITE_ROW) {
-		const char *name = (const char *)sqlite3_column_text(s, 0);
+	while (store_next(s) > 0) {
+		const char *name = store_text(s, 0);
 		if (bset_get(&rc->badset, (const uint8_t *)name, strlen(name)) != NULL ||
 		    (p = grow(names, &cap, m, sizeof(*names))) == NULL)
 			continue;
@@ -1439,16 +1430,16 @@ static int recon_stray(struct svc *d, struct recon_backend *rb, const struct ks_
 		       struct recon_rec **recs, size_t *n, size_t *cap)
 {
 	char state[16] = "", kid[CIMD_KID_LEN + 1] = "", client[CIMD_NAME_MAX + 1] = "";
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int known = 0, intent = 0, r;
 
 	if (store_query(d->st, &s,
 			"SELECT state, kid, client FROM keys WHERE backend = ? AND ref = ?", "sb",
 			rb->name, ref->ref, ref->len) == 0) {
-		if (sqlite3_step(s) == SQLITE_ROW) {
-			snprintf(state, sizeof(state), "%s", sqlite3_column_text(s, 0));
-			snprintf(kid, sizeof(kid), "%s", sqlite3_column_text(s, 1));
-			snprintf(client, sizeof(client), "%s", sqlite3_column_text(s, 2));
+		if (store_next(s) > 0) {
+			snprintf(state, sizeof(state), "%s", store_text(s, 0));
+			snprintf(kid, sizeof(kid), "%s", store_text(s, 1));
+			snprintf(client, sizeof(client), "%s", store_text(s, 2));
 		}
 		store_done(d->st, s);
 		s = NULL;
@@ -1457,7 +1448,7 @@ static int recon_stray(struct svc *d, struct recon_backend *rb, const struct ks_
 	if (state[0] == '\0' &&
 	    store_query(d->st, &s, "SELECT 1 FROM attest_keys WHERE backend = ? AND ref = ?", "sb",
 			rb->name, ref->ref, ref->len) == 0) {
-		known = sqlite3_step(s) == SQLITE_ROW;
+		known = store_next(s) > 0;
 		store_done(d->st, s);
 		s = NULL;
 	}
@@ -1480,7 +1471,7 @@ static int recon_stray(struct svc *d, struct recon_backend *rb, const struct ks_
 	if (ref->tag[0] != '\0' &&
 	    store_query(d->st, &s, "SELECT 1 FROM key_intents WHERE tag = ? AND backend = ?", "ss",
 			ref->tag, rb->name) == 0) {
-		intent = sqlite3_step(s) == SQLITE_ROW;
+		intent = store_next(s) > 0;
 		store_done(d->st, s);
 	}
 	if (!intent) {
@@ -1615,7 +1606,7 @@ int keys_recheck_degraded(struct svc *d, const char *client, const char *actor)
 {
 	struct ks_key *key = NULL;
 	struct key_store *ks;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int rc, r = 1;
 
 	if (store_query(d->st, &s,
@@ -1624,12 +1615,10 @@ int keys_recheck_degraded(struct svc *d, const char *client, const char *actor)
 			"'active', 'retiring')",
 			"s", client) < 0)
 		return -EIO;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW && r == 1) {
-		if ((ks = custody_store(d->custody, (const char *)sqlite3_column_text(s, 0))) ==
-			NULL ||
-		    key_store_load(ks, cimd_alg_from_name((const char *)sqlite3_column_text(s, 1)),
-				   sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2),
-				   &key) < 0)
+	while ((rc = store_next(s)) > 0 && r == 1) {
+		if ((ks = custody_store(d->custody, store_text(s, 0))) == NULL ||
+		    key_store_load(ks, cimd_alg_from_name(store_text(s, 1)), store_blob(s, 2),
+				   store_len(s, 2), &key) < 0)
 			r = 0;
 		ks_key_free(&key);
 	}

@@ -8,8 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include <sqlite3.h>
-
 #include "service.h"
 
 /* The custody process's part of /metrics (the publisher adds its own). */
@@ -17,7 +15,7 @@ char *metrics_render(struct store *st, struct custody *c, struct tlog *tl, struc
 {
 	static const char *const states[] = {"next",	"active",    "retiring",
 					     "retired", "destroyed", "revoked"};
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	char *out = NULL;
 	size_t len = 0, i;
 	FILE *f = open_memstream(&out, &len);
@@ -31,8 +29,8 @@ char *metrics_render(struct store *st, struct custody *c, struct tlog *tl, struc
 		int64_t n = 0;
 		if (store_query(st, &s, "SELECT count(*) FROM keys WHERE state = ?", "s",
 				states[i]) == 0 &&
-		    sqlite3_step(s) == SQLITE_ROW)
-			n = sqlite3_column_int64(s, 0);
+		    store_next(s) > 0)
+			n = store_int(s, 0);
 		store_done(st, s);
 		s = NULL;
 		fprintf(f, "cimdd_keys{state=\"%s\"} %lld\n", states[i], (long long)n);

@@ -35,7 +35,6 @@
 #include <seccomp.h>
 
 #include <openssl/sha.h>
-#include <sqlite3.h>
 
 #include "hmap.h"
 #include "pubset.h"
@@ -149,7 +148,7 @@ static struct entry *entry_add(struct entries *l, const char *path, const char *
  * first time a path is seen in this process). */
 static int recorded_differs(struct store *st, const char *path, const uint8_t sha[32])
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	char hex[65];
 	int differs = 1;
 
@@ -158,8 +157,8 @@ static int recorded_differs(struct store *st, const char *path, const uint8_t sh
 			"SELECT sha256 FROM publications WHERE path = ? ORDER BY id DESC LIMIT 1",
 			"s", path) < 0)
 		return 1;
-	if (sqlite3_step(s) == SQLITE_ROW)
-		differs = strcmp((const char *)sqlite3_column_text(s, 0), hex) != 0;
+	if (store_next(s) > 0)
+		differs = strcmp(store_text(s, 0), hex) != 0;
 	store_done(st, s);
 	return differs;
 }
@@ -224,7 +223,7 @@ static int render_client(struct publication *p, const char *name, struct entries
 		 doc_age = (uint32_t)d->cfg->cimd_max_age;
 	char path[CIMD_URL_MAX + 32], cimd_hex[65], jwks_hex[65], *doc = NULL, *jwks = NULL, *att,
 								  *rev;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	size_t doc_len = 0, first = l->n;
 	int r;
 
@@ -232,10 +231,10 @@ static int render_client(struct publication *p, const char *name, struct entries
 			"SELECT bytes FROM documents WHERE client = ? AND state = 'approved'", "s",
 			name) < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		doc_len = (size_t)sqlite3_column_bytes(s, 0);
+	if (store_next(s) > 0) {
+		doc_len = store_len(s, 0);
 		if ((doc = malloc(doc_len + 1)) != NULL)
-			memcpy(doc, sqlite3_column_blob(s, 0), doc_len);
+			memcpy(doc, store_blob(s, 0), doc_len);
 	}
 	store_done(d->st, s);
 	if (doc_len > 0 && doc == NULL)
@@ -714,7 +713,7 @@ static int publishing(const struct publication *p)
 static int publish_full(struct publication *p)
 {
 	struct entries l = {0};
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	char after[CIMD_NAME_MAX + 1] = "", (*names)[CIMD_NAME_MAX + 1] = NULL;
 	uint8_t flags = PUBSET_BEGIN;
 	size_t n, i;
@@ -731,8 +730,8 @@ static int publish_full(struct publication *p)
 			r = -EIO;
 			break;
 		}
-		while (n < FULL_CLIENTS && sqlite3_step(s) == SQLITE_ROW)
-			snprintf(names[n++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
+		while (n < FULL_CLIENTS && store_next(s) > 0)
+			snprintf(names[n++], sizeof(names[0]), "%s", store_text(s, 0));
 		store_done(p->d->st, s);
 		s = NULL;
 		/* One snapshot per chunk: its queries take the lock once. */
@@ -762,16 +761,15 @@ static int publish_full(struct publication *p)
  * looked: callers, audiences, lifetime, rate and active key are read again. */
 static void follow_changes(struct publication *p)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 
 	if (store_query(p->d->st, &s, "SELECT seq, client FROM dirty WHERE seq > ? ORDER BY seq",
 			"i", p->seen_seq) < 0)
 		return;
-	while (sqlite3_step(s) == SQLITE_ROW) {
-		p->seen_seq = sqlite3_column_int64(s, 0);
-		if (sqlite3_column_bytes(s, 1) > 0)
-			signer_invalidate_client(p->signer,
-						 (const char *)sqlite3_column_text(s, 1));
+	while (store_next(s) > 0) {
+		p->seen_seq = store_int(s, 0);
+		if (store_len(s, 1) > 0)
+			signer_invalidate_client(p->signer, store_text(s, 1));
 	}
 	store_done(p->d->st, s);
 }
@@ -792,7 +790,7 @@ static int publish_changes(struct publication *p)
 {
 	struct attest_batch ab = {0};
 	struct entries l = {0};
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	char(*names)[CIMD_NAME_MAX + 1] = NULL;
 	int64_t deadline = now_ms() + TURN_MS;
 	size_t n = 0, i;
@@ -805,8 +803,8 @@ static int publish_changes(struct publication *p)
 		free(names);
 		return 0;
 	}
-	while (n < TURN_CLIENTS && sqlite3_step(s) == SQLITE_ROW)
-		snprintf(names[n++], sizeof(names[0]), "%s", sqlite3_column_text(s, 0));
+	while (n < TURN_CLIENTS && store_next(s) > 0)
+		snprintf(names[n++], sizeof(names[0]), "%s", store_text(s, 0));
 	store_done(p->d->st, s);
 	more = n == TURN_CLIENTS;
 	for (i = 0; i < n && r == 0; i++) {

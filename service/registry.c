@@ -20,7 +20,6 @@
 #include <time.h>
 
 #include <openssl/sha.h>
-#include <sqlite3.h>
 
 #include "service.h"
 
@@ -41,7 +40,7 @@ const char *reg_jwks_uri(const struct cimd_config *cfg, const char *name, char *
 static int client_check(struct store *st, const char *name, int must_exist, char *err,
 			size_t errlen)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int rc;
 
 	if (name == NULL)
@@ -52,9 +51,9 @@ static int client_check(struct store *st, const char *name, int must_exist, char
 	if (must_exist) {
 		if (store_query(st, &s, "SELECT 1 FROM clients WHERE name = ?", "s", name) < 0)
 			return cimd_fail(err, errlen, -EIO, "database error");
-		rc = sqlite3_step(s);
+		rc = store_next(s);
 		store_done(st, s);
-		if (rc != SQLITE_ROW)
+		if (rc <= 0)
 			return cimd_fail(err, errlen, -CIMD_ENOCLIENT, "no client named %s", name);
 	}
 	return 0;
@@ -79,13 +78,13 @@ static int commit(struct svc *d, const char *actor, const char *kind, json_t *fi
  * (no row is read): about 10 us at 10,000 clients, so it stays exact. */
 static int client_count(struct store *st, int64_t *ret)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int r = -EIO;
 
 	if (store_query(st, &s, "SELECT count(*) FROM clients", "") < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		*ret = sqlite3_column_int64(s, 0);
+	if (store_next(s) > 0) {
+		*ret = store_int(s, 0);
 		r = 0;
 	}
 	store_done(st, s);
@@ -207,18 +206,14 @@ out:
 	return r;
 }
 
-static json_t *int_or_null(sqlite3_stmt *s, int col)
+static json_t *int_or_null(struct store_rows *s, int col)
 {
-	return sqlite3_column_type(s, col) == SQLITE_NULL
-		   ? json_null()
-		   : json_integer(sqlite3_column_int64(s, col));
+	return store_null(s, col) ? json_null() : json_integer(store_int(s, col));
 }
 
-static json_t *text_or_null(sqlite3_stmt *s, int col)
+static json_t *text_or_null(struct store_rows *s, int col)
 {
-	return sqlite3_column_type(s, col) == SQLITE_NULL
-		   ? json_null()
-		   : json_string((const char *)sqlite3_column_text(s, col));
+	return store_null(s, col) ? json_null() : json_string(store_text(s, col));
 }
 
 /* A client's row with its current approved version and active kid, in one
@@ -231,13 +226,11 @@ static json_t *text_or_null(sqlite3_stmt *s, int col)
 
 /* {name, owner, backend, alg, degraded, version (current approved or null),
  *  active_kid (or null)} for one row of CLIENT_SELECT. */
-static json_t *client_row(sqlite3_stmt *s)
+static json_t *client_row(struct store_rows *s)
 {
-	return json_pack("{sssssssssososo}", "name", (const char *)sqlite3_column_text(s, 0),
-			 "owner", (const char *)sqlite3_column_text(s, 1), "backend",
-			 (const char *)sqlite3_column_text(s, 2), "alg",
-			 (const char *)sqlite3_column_text(s, 3), "degraded",
-			 json_boolean(sqlite3_column_int(s, 4)), "version", int_or_null(s, 5),
+	return json_pack("{sssssssssososo}", "name", store_text(s, 0), "owner", store_text(s, 1),
+			 "backend", store_text(s, 2), "alg", store_text(s, 3), "degraded",
+			 json_boolean((int)store_int(s, 4)), "version", int_or_null(s, 5),
 			 "active_kid", text_or_null(s, 6));
 }
 
@@ -250,7 +243,7 @@ static json_t *client_row(sqlite3_stmt *s)
 static int client_page(struct store *st, const char *after, int64_t limit, json_t **ret_clients,
 		       int *ret_more)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *arr, *row;
 	int64_t n = 0;
 	int rc, more = 0, r = -EIO;
@@ -261,7 +254,7 @@ static int client_page(struct store *st, const char *after, int64_t limit, json_
 	if (store_query(st, &s, CLIENT_SELECT "WHERE name > ? ORDER BY name LIMIT ?", "si", after,
 			limit + 1) < 0)
 		goto out;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+	while ((rc = store_next(s)) > 0) {
 		if (n == limit) {
 			more = 1;
 			break;
@@ -272,7 +265,7 @@ static int client_page(struct store *st, const char *after, int64_t limit, json_
 		}
 		n++;
 	}
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+	if (rc < 0)
 		goto out;
 	*ret_clients = arr;
 	arr = NULL;
@@ -307,24 +300,23 @@ int reg_client_page(struct svc *d, const char *after, const int64_t *limit, json
 
 static json_t *column_list(struct store *st, const char *sql, const char *name, int as_int)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *arr = json_array();
 
 	if (arr == NULL || store_query(st, &s, sql, "s", name) < 0) {
 		json_decref(arr);
 		return NULL;
 	}
-	while (sqlite3_step(s) == SQLITE_ROW)
-		json_array_append_new(
-		    arr, as_int ? json_integer(sqlite3_column_int64(s, 0))
-				: json_string((const char *)sqlite3_column_text(s, 0)));
+	while (store_next(s) > 0)
+		json_array_append_new(arr, as_int ? json_integer(store_int(s, 0))
+						  : json_string(store_text(s, 0)));
 	store_done(st, s);
 	return arr;
 }
 
 static json_t *documents_of(struct store *st, const char *name)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *arr = json_array();
 	char hash[65];
 
@@ -336,15 +328,13 @@ static json_t *documents_of(struct store *st, const char *name)
 		json_decref(arr);
 		return NULL;
 	}
-	while (sqlite3_step(s) == SQLITE_ROW) {
-		hex_encode(sqlite3_column_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
+	while (store_next(s) > 0) {
+		hex_encode(store_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
 		json_array_append_new(
-		    arr,
-		    json_pack("{sIsssssssIsoso}", "version", (json_int_t)sqlite3_column_int64(s, 0),
-			      "state", (const char *)sqlite3_column_text(s, 1), "sha256", hash,
-			      "submitter", (const char *)sqlite3_column_text(s, 3), "submitted",
-			      (json_int_t)sqlite3_column_int64(s, 4), "approver",
-			      text_or_null(s, 5), "approved", int_or_null(s, 6)));
+		    arr, json_pack("{sIsssssssIsoso}", "version", (json_int_t)store_int(s, 0),
+				   "state", store_text(s, 1), "sha256", hash, "submitter",
+				   store_text(s, 3), "submitted", (json_int_t)store_int(s, 4),
+				   "approver", text_or_null(s, 5), "approved", int_or_null(s, 6)));
 	}
 	store_done(st, s);
 	return arr;
@@ -352,7 +342,7 @@ static json_t *documents_of(struct store *st, const char *name)
 
 int reg_client_show(struct svc *d, const char *name, json_t **ret_client, char *err, size_t errlen)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *o;
 	char cid[CIMD_URL_MAX], juri[CIMD_URL_MAX];
 	int r;
@@ -360,7 +350,7 @@ int reg_client_show(struct svc *d, const char *name, json_t **ret_client, char *
 	if ((r = client_check(d->st, name, 1, err, errlen)) < 0)
 		return r;
 	if (store_query(d->st, &s, CLIENT_SELECT "WHERE name = ?", "s", name) < 0 ||
-	    sqlite3_step(s) != SQLITE_ROW) {
+	    store_next(s) <= 0) {
 		store_done(d->st, s);
 		return cimd_fail(err, errlen, -EIO, "database error");
 	}
@@ -390,15 +380,13 @@ int reg_client_show(struct svc *d, const char *name, json_t **ret_client, char *
 	/* The policy in effect: the client's own, else the configuration's. */
 	if (store_query(d->st, &s, "SELECT assertion_ttl, rate_limit FROM clients WHERE name = ?",
 			"s", name) == 0 &&
-	    sqlite3_step(s) == SQLITE_ROW) {
+	    store_next(s) > 0) {
 		json_object_set_new(o, "assertion_ttl",
-				    json_integer(sqlite3_column_type(s, 0) == SQLITE_NULL
-						     ? d->cfg->assertion_default_ttl
-						     : sqlite3_column_int64(s, 0)));
+				    json_integer(store_null(s, 0) ? d->cfg->assertion_default_ttl
+								  : store_int(s, 0)));
 		json_object_set_new(o, "rate_limit",
-				    json_integer(sqlite3_column_type(s, 1) == SQLITE_NULL
-						     ? d->cfg->assertion_rate_limit
-						     : sqlite3_column_int64(s, 1)));
+				    json_integer(store_null(s, 1) ? d->cfg->assertion_rate_limit
+								  : store_int(s, 1)));
 	}
 	store_done(d->st, s);
 	*ret_client = o;
@@ -407,11 +395,11 @@ int reg_client_show(struct svc *d, const char *name, json_t **ret_client, char *
 
 static int64_t count_of(struct store *st, const char *sql, const char *name)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int64_t n = -1;
 
-	if (store_query(st, &s, sql, "s", name) == 0 && sqlite3_step(s) == SQLITE_ROW)
-		n = sqlite3_column_int64(s, 0);
+	if (store_query(st, &s, sql, "s", name) == 0 && store_next(s) > 0)
+		n = store_int(s, 0);
 	store_done(st, s);
 	return n;
 }
@@ -558,7 +546,7 @@ static int propose(struct svc *d, const char *actor, const struct change_op *op,
 	/* The fields as their record will have them (this file builds each
 	 * operation's in one order, so equal changes are equal texts). */
 	char *text = json_dumps(fields, JSON_COMPACT);
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *rec = NULL;
 	int64_t id = 0, n = -1;
 	int r;
@@ -572,9 +560,9 @@ static int propose(struct svc *d, const char *actor, const struct change_op *op,
 			"SELECT (SELECT id FROM changes WHERE state = 'pending' AND op = ? AND "
 			"fields = ?), (SELECT count(*) FROM changes WHERE state = 'pending')",
 			"ss", op->op, text) == 0 &&
-	    sqlite3_step(s) == SQLITE_ROW) {
-		id = sqlite3_column_int64(s, 0);
-		n = sqlite3_column_int64(s, 1);
+	    store_next(s) > 0) {
+		id = store_int(s, 0);
+		n = store_int(s, 1);
 	}
 	store_done(d->st, s);
 	if (id > 0) {
@@ -588,15 +576,23 @@ static int propose(struct svc *d, const char *actor, const struct change_op *op,
 				      CIMD_CHANGES_PENDING_MAX);
 		goto fail;
 	}
-	if (store_exec(d->st,
-		       "INSERT INTO changes (client, op, fields, state, submitter, submitted) "
-		       "VALUES (?, ?, ?, 'pending', ?, ?)",
-		       "ssssi", json_string_value(json_object_get(fields, "client")), op->op, text,
-		       actor, (int64_t)time(NULL)) != 1) {
+	if (store_query(d->st, &s,
+			"INSERT INTO changes (client, op, fields, state, submitter, submitted) "
+			"VALUES (?, ?, ?, 'pending', ?, ?) RETURNING id",
+			"ssssi", json_string_value(json_object_get(fields, "client")), op->op, text,
+			actor, (int64_t)time(NULL)) < 0 ||
+	    store_next(s) <= 0) {
+		store_done(d->st, s);
 		r = cimd_fail(err, errlen, -EIO, "database error");
 		goto fail;
 	}
-	id = sqlite3_last_insert_rowid(store_db(d->st));
+	id = store_int(s, 0);
+	n = store_next(s); /* the statement runs to its end: 0 */
+	store_done(d->st, s);
+	if (n != 0) {
+		r = cimd_fail(err, errlen, -EIO, "database error");
+		goto fail;
+	}
 	if ((rec = json_pack("{sIss}", "id", (json_int_t)id, "op", op->op)) == NULL ||
 	    json_object_update(rec, fields) < 0) {
 		r = cimd_fail(err, errlen, -ENOMEM, "out of memory");
@@ -706,7 +702,7 @@ int reg_client_audience(struct svc *d, const char *actor, const char *name, cons
 
 int reg_change_list(struct svc *d, const char *name, json_t **ret_changes, char *err, size_t errlen)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *arr, *row;
 	int rc, r;
 
@@ -722,18 +718,16 @@ int reg_change_list(struct svc *d, const char *name, json_t **ret_changes, char 
 		json_decref(arr);
 		return cimd_fail(err, errlen, -EIO, "database error");
 	}
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		row = json_pack("{sIsssssosssI}", "id", (json_int_t)sqlite3_column_int64(s, 0),
-				"client", (const char *)sqlite3_column_text(s, 1), "op",
-				(const char *)sqlite3_column_text(s, 2), "fields",
-				json_loads((const char *)sqlite3_column_text(s, 3), 0, NULL),
-				"submitter", (const char *)sqlite3_column_text(s, 4), "submitted",
-				(json_int_t)sqlite3_column_int64(s, 5));
+	while ((rc = store_next(s)) > 0) {
+		row = json_pack("{sIsssssosssI}", "id", (json_int_t)store_int(s, 0), "client",
+				store_text(s, 1), "op", store_text(s, 2), "fields",
+				json_loads(store_text(s, 3), 0, NULL), "submitter",
+				store_text(s, 4), "submitted", (json_int_t)store_int(s, 5));
 		if (row == NULL || json_array_append_new(arr, row) < 0)
 			break;
 	}
 	store_done(d->st, s);
-	if (rc != SQLITE_DONE) {
+	if (rc != 0) {
 		json_decref(arr);
 		return cimd_fail(err, errlen, -EIO, "database error");
 	}
@@ -751,7 +745,7 @@ struct change_row {
 
 static int change_load(struct svc *d, int64_t id, struct change_row *ret, char *err, size_t errlen)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	const char *state;
 	int r = 0;
 
@@ -761,20 +755,18 @@ static int change_load(struct svc *d, int64_t id, struct change_row *ret, char *
 			"SELECT client, op, fields, state, submitter FROM changes WHERE id = ?",
 			"i", id) < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
-	if (sqlite3_step(s) != SQLITE_ROW) {
+	if (store_next(s) <= 0) {
 		store_done(d->st, s);
 		return cimd_fail(err, errlen, -ENOENT, "there is no change %lld", (long long)id);
 	}
-	state = (const char *)sqlite3_column_text(s, 3);
-	ret->op = change_op_named((const char *)sqlite3_column_text(s, 1));
-	snprintf(ret->client, sizeof(ret->client), "%s", (const char *)sqlite3_column_text(s, 0));
-	snprintf(ret->submitter, sizeof(ret->submitter), "%s",
-		 (const char *)sqlite3_column_text(s, 4));
+	state = store_text(s, 3);
+	ret->op = change_op_named(store_text(s, 1));
+	snprintf(ret->client, sizeof(ret->client), "%s", store_text(s, 0));
+	snprintf(ret->submitter, sizeof(ret->submitter), "%s", store_text(s, 4));
 	if (strcmp(state, "pending") != 0)
 		r = cimd_fail(err, errlen, -EBUSY, "change %lld is %s, not pending", (long long)id,
 			      state);
-	else if (ret->op == NULL || (ret->fields = json_loads(
-					 (const char *)sqlite3_column_text(s, 2), 0, NULL)) == NULL)
+	else if (ret->op == NULL || (ret->fields = json_loads(store_text(s, 2), 0, NULL)) == NULL)
 		r = cimd_fail(err, errlen, -EIO, "database error: change %lld cannot be read",
 			      (long long)id);
 	store_done(d->st, s);
@@ -878,7 +870,7 @@ fail:
  * keeps the planner from walking the primary key for max()). */
 static int64_t latest_version(struct store *st, const char *name, int approved)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int64_t v = 0;
 
 	int r = approved
@@ -889,8 +881,8 @@ static int64_t latest_version(struct store *st, const char *name, int approved)
 		    : store_query(st, &s, "SELECT max(version) FROM documents WHERE client = ?",
 				  "s", name);
 
-	if (r == 0 && sqlite3_step(s) == SQLITE_ROW)
-		v = sqlite3_column_int64(s, 0);
+	if (r == 0 && store_next(s) > 0)
+		v = store_int(s, 0);
 	store_done(st, s);
 	return v;
 }
@@ -910,7 +902,7 @@ int reg_doc_submit(struct svc *d, const char *actor, const char *name, const jso
 	const char *alg;
 	char cid[CIMD_URL_MAX], juri[CIMD_URL_MAX], hash[65], *bytes = NULL;
 	uint8_t md[SHA256_DIGEST_LENGTH];
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int64_t version;
 	size_t len;
 	int r;
@@ -918,11 +910,11 @@ int reg_doc_submit(struct svc *d, const char *actor, const char *name, const jso
 	if ((r = client_check(d->st, name, 1, err, errlen)) < 0)
 		return r;
 	if (store_query(d->st, &s, "SELECT alg FROM clients WHERE name = ?", "s", name) < 0 ||
-	    sqlite3_step(s) != SQLITE_ROW) {
+	    store_next(s) <= 0) {
 		store_done(d->st, s);
 		return cimd_fail(err, errlen, -EIO, "database error");
 	}
-	alg = (const char *)sqlite3_column_text(s, 0);
+	alg = store_text(s, 0);
 	if (cimd_doc_prepare(metadata, reg_client_id(d->cfg, name, cid, sizeof(cid)),
 			     reg_jwks_uri(d->cfg, name, juri, sizeof(juri)), alg, &bytes, &len, err,
 			     errlen) < 0) {
@@ -957,7 +949,7 @@ int reg_doc_approve(struct svc *d, const char *actor, const char *name, int64_t 
 	const char *state;
 	char submitter[CIMD_NAME_MAX + 1], hash[65];
 	int64_t current;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int r;
 
 	if ((r = client_check(d->st, name, 1, err, errlen)) < 0)
@@ -971,15 +963,15 @@ int reg_doc_approve(struct svc *d, const char *actor, const char *name, int64_t 
 		d->st, &s,
 		"SELECT state, submitter, sha256 FROM documents WHERE client = ? AND version = ?",
 		"si", name, version) < 0 ||
-	    sqlite3_step(s) != SQLITE_ROW) {
+	    store_next(s) <= 0) {
 		store_done(d->st, s);
 		store_rollback(d->st);
 		return cimd_fail(err, errlen, -ENOENT, "%s has no document version %lld", name,
 				 (long long)version);
 	}
-	state = (const char *)sqlite3_column_text(s, 0);
-	snprintf(submitter, sizeof(submitter), "%s", (const char *)sqlite3_column_text(s, 1));
-	hex_encode(sqlite3_column_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
+	state = store_text(s, 0);
+	snprintf(submitter, sizeof(submitter), "%s", store_text(s, 1));
+	hex_encode(store_blob(s, 2), SHA256_DIGEST_LENGTH, hash);
 	if (strcmp(state, "submitted") != 0) {
 		r = cimd_fail(err, errlen, -EBUSY,
 			      "version %lld of %s is %s, not awaiting approval", (long long)version,
@@ -1028,7 +1020,7 @@ int reg_doc_show(struct svc *d, const char *name, const int64_t *want, json_t **
 		 char *err, size_t errlen)
 {
 	int64_t version;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *o;
 	char hash[65];
 	int r;
@@ -1046,18 +1038,17 @@ int reg_doc_show(struct svc *d, const char *name, const int64_t *want, json_t **
 		"SELECT version, state, bytes, sha256, submitter, submitted, approver, approved "
 		"FROM documents WHERE client = ? AND version = ?",
 		"si", name, version) < 0 ||
-	    sqlite3_step(s) != SQLITE_ROW) {
+	    store_next(s) <= 0) {
 		store_done(d->st, s);
 		return cimd_fail(err, errlen, -ENOENT, "%s has no document version %lld", name,
 				 (long long)version);
 	}
-	hex_encode(sqlite3_column_blob(s, 3), SHA256_DIGEST_LENGTH, hash);
-	o = json_pack("{sIssss%sssssIsoso}", "version", (json_int_t)sqlite3_column_int64(s, 0),
-		      "state", (const char *)sqlite3_column_text(s, 1), "bytes",
-		      (const char *)sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2),
-		      "sha256", hash, "submitter", (const char *)sqlite3_column_text(s, 4),
-		      "submitted", (json_int_t)sqlite3_column_int64(s, 5), "approver",
-		      text_or_null(s, 6), "approved", int_or_null(s, 7));
+	hex_encode(store_blob(s, 3), SHA256_DIGEST_LENGTH, hash);
+	o = json_pack("{sIssss%sssssIsoso}", "version", (json_int_t)store_int(s, 0), "state",
+		      store_text(s, 1), "bytes", (const char *)store_blob(s, 2), store_len(s, 2),
+		      "sha256", hash, "submitter", store_text(s, 4), "submitted",
+		      (json_int_t)store_int(s, 5), "approver", text_or_null(s, 6), "approved",
+		      int_or_null(s, 7));
 	store_done(d->st, s);
 	if (o == NULL)
 		return cimd_fail(err, errlen, -ENOMEM, "out of memory");

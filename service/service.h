@@ -25,7 +25,6 @@
 #include "pubset.h"
 
 struct sqlite3;
-struct sqlite3_stmt;
 
 #define CIMD_VERSION "0.1.0"
 
@@ -159,7 +158,8 @@ int store_schema_version(struct store *st);
 /* Rows changed through this handle since it was opened: a cheap "did anything
  * change" for the publisher. */
 int64_t store_changes(struct store *st);
-/* The raw handle, for the store's own modules (clients, documents, keys). */
+/* The SQLite handle, for the tests that check what the store itself sets
+ * (PRAGMAs); service code never reaches past the functions below. */
 struct sqlite3 *store_db(struct store *st);
 /*
  * Prepared statements with typed parameters: types has one letter per '?':
@@ -167,16 +167,31 @@ struct sqlite3 *store_db(struct store *st);
  *   i  int64_t
  *   b  const void *, size_t    (blob)
  * store_exec runs a statement that returns no rows and gives the number of rows
- * changed; store_query prepares one for sqlite3_step by the caller, who hands
- * it back with store_done (never sqlite3_finalize).  Statements are prepared
- * once per SQL text and kept: sql should be a constant, or one of a few
- * texts a module builds.
+ * changed.  store_query prepares one whose rows the caller reads with
+ * store_next and the column functions, and hands back with store_done.
+ * Statements are prepared once per SQL text and kept: sql should be a
+ * constant, or one of a few texts a module builds.
  */
+struct store_rows;
 int store_exec(struct store *st, const char *sql, const char *types, ...);
-int store_query(struct store *st, struct sqlite3_stmt **ret_stmt, const char *sql,
-		const char *types, ...);
+int store_query(struct store *st, struct store_rows **ret, const char *sql, const char *types, ...);
+/* 1: the next row is there to read; 0: no more rows; -EIO: a database error
+ * (a constraint, a lock that did not come within the busy timeout). */
+int store_next(struct store_rows *q);
+/* Column col (from 0) of the current row.  Text and blobs stay valid until
+ * the next store_next or store_done; a NULL is NULL text, 0, and length 0. */
+const char *store_text(struct store_rows *q, int col);
+int64_t store_int(struct store_rows *q, int col);
+const void *store_blob(struct store_rows *q, int col);
+size_t store_len(struct store_rows *q, int col);
+int store_null(struct store_rows *q, int col);
+int store_columns(struct store_rows *q);
 /* Resets a statement of store_query for its next use; NULL is ignored. */
-void store_done(struct store *st, struct sqlite3_stmt *s);
+void store_done(struct store *st, struct store_rows *q);
+/* From another thread: the statement running on st fails at its next step. */
+void store_interrupt(struct store *st);
+/* How long a statement waits for another handle's write lock before it fails. */
+void store_busy_timeout(struct store *st, int ms);
 
 /* Every state change is one transaction: begin, change, journal, commit. */
 int store_begin(struct store *st);
@@ -237,7 +252,7 @@ int cimd_https_url(const char *member, const char *url, char *errbuf, size_t err
 
 /* {"keys":[...]} of the JWK text in column 0 of each row of s, which it
  * hands back (store_done); NULL when out of memory. */
-json_t *jwks_rows(struct store *st, struct sqlite3_stmt *s);
+json_t *jwks_rows(struct store *st, struct store_rows *s);
 /* A client's keys in states next, active, retiring: the JWKS bytes as its
  * jwks_uri serves them (malloc'd), or NULL. */
 char *jwks_client(struct store *st, const char *client);

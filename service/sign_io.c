@@ -22,8 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "signer_int.h"
 
 #define TAG_LISTEN UINT64_MAX
@@ -238,22 +236,24 @@ static int build_claims(struct job *j, const char *client_id)
  */
 static enum proto_err receipt(struct signer *s, struct conn *c, const char *jti)
 {
-	sqlite3_stmt *q = NULL;
+	struct store_rows *q = NULL;
 	json_t *o = NULL, *ans;
 	char msg[256], *text;
 	int64_t seq = 0, uid = -1;
 	int r;
 
-	if (store_query(s->io.reader, &q,
-			"SELECT seq, json_extract(CAST(record AS TEXT), '$.uid') FROM journal "
-			"WHERE jti = ?",
-			"s", jti) < 0) {
+	if (store_query(s->io.reader, &q, "SELECT seq, record FROM journal WHERE jti = ?", "s",
+			jti) < 0) {
 		conn_error(c, PE_INTERNAL, "database error");
 		return PE_INTERNAL;
 	}
-	if (sqlite3_step(q) == SQLITE_ROW) {
-		seq = sqlite3_column_int64(q, 0);
-		uid = sqlite3_column_type(q, 1) == SQLITE_INTEGER ? sqlite3_column_int64(q, 1) : -1;
+	if (store_next(q) > 0) {
+		json_t *rec = json_loadb(store_blob(q, 1), store_len(q, 1), 0, NULL);
+		json_t *u = json_object_get(rec, "uid");
+
+		seq = store_int(q, 0);
+		uid = json_is_integer(u) ? json_integer_value(u) : -1;
+		json_decref(rec);
 	}
 	store_done(s->io.reader, q);
 	if (seq == 0 || uid != (int64_t)c->ls.cred.uid) {

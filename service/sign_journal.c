@@ -10,20 +10,18 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <sqlite3.h>
-
 #include "signer_int.h"
 
 /* Whether kid may still sign: active, or retiring (already published to every
  * verifier that honours caching; retired and revoked keys never). */
 static int key_signs(struct store *st, const char *kid)
 {
-	sqlite3_stmt *q = NULL;
+	struct store_rows *q = NULL;
 	int ok = 0;
 
 	if (store_query(st, &q, "SELECT state FROM keys WHERE kid = ?", "s", kid) == 0 &&
-	    sqlite3_step(q) == SQLITE_ROW) {
-		const char *state = (const char *)sqlite3_column_text(q, 0);
+	    store_next(q) > 0) {
+		const char *state = store_text(q, 0);
 		ok = state != NULL &&
 		     (strcmp(state, "active") == 0 || strcmp(state, "retiring") == 0);
 	}

@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sqlite3.h>
-
 #include "signer_int.h"
 
 void sign_policy_unref(struct policy *p)
@@ -72,7 +70,7 @@ void sign_policy_flush(struct signer *s)
  * approved.  -ENOENT: no such client. */
 static int load_client(struct store *st, const struct cimd_config *cfg, struct policy *p)
 {
-	sqlite3_stmt *q = NULL;
+	struct store_rows *q = NULL;
 	const char *backend;
 	size_t i;
 	int rc, r = -EIO;
@@ -84,20 +82,20 @@ static int load_client(struct store *st, const struct cimd_config *cfg, struct p
 		"name = ?",
 		"s", p->name) < 0)
 		goto out;
-	if ((rc = sqlite3_step(q)) == SQLITE_DONE) {
+	if ((rc = store_next(q)) == 0) {
 		r = -ENOENT;
 		goto out;
 	}
-	if (rc != SQLITE_ROW)
+	if (rc <= 0)
 		goto out;
-	backend = (const char *)sqlite3_column_text(q, 0);
+	backend = store_text(q, 0);
 	for (i = 0; i < cfg->n_backends; i++)
 		if (backend != NULL && strcmp(cfg->backends[i].name, backend) == 0)
 			break;
 	p->backend = i; /* n_backends: a backend no longer configured */
-	p->ttl = sqlite3_column_type(q, 1) == SQLITE_NULL ? 0 : sqlite3_column_int64(q, 1);
-	p->rate = sqlite3_column_type(q, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(q, 2);
-	p->approved = sqlite3_column_int(q, 3) != 0;
+	p->ttl = store_null(q, 1) ? 0 : store_int(q, 1);
+	p->rate = store_null(q, 2) ? -1 : store_int(q, 2);
+	p->approved = (int)store_int(q, 3) != 0;
 	r = 0;
 out:
 	store_done(st, q);
@@ -107,22 +105,22 @@ out:
 /* The uids and gids that may sign for the client. */
 static int load_callers(struct store *st, struct policy *p)
 {
-	sqlite3_stmt *q = NULL;
+	struct store_rows *q = NULL;
 	int rc, r = -EIO;
 
 	if (store_query(st, &q, "SELECT kind, id FROM client_callers WHERE client = ?", "s",
 			p->name) < 0)
 		goto out;
-	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-		const char *kind = (const char *)sqlite3_column_text(q, 0);
-		int64_t id = sqlite3_column_int64(q, 1);
+	while ((rc = store_next(q)) > 0) {
+		const char *kind = store_text(q, 0);
+		int64_t id = store_int(q, 1);
 
 		if (kind != NULL && strcmp(kind, "uid") == 0 && p->n_uids < CIMD_CALLERS_MAX)
 			p->uids[p->n_uids++] = (uid_t)id;
 		else if (kind != NULL && strcmp(kind, "gid") == 0 && p->n_gids < CIMD_CALLERS_MAX)
 			p->gids[p->n_gids++] = (gid_t)id;
 	}
-	if (rc != SQLITE_DONE)
+	if (rc != 0)
 		goto out;
 	r = 0;
 out:
@@ -133,21 +131,20 @@ out:
 /* The audiences assertions of the client may name. */
 static int load_audiences(struct store *st, struct policy *p)
 {
-	sqlite3_stmt *q = NULL;
+	struct store_rows *q = NULL;
 	int rc, r = -EIO;
 
 	if (store_query(st, &q, "SELECT aud FROM client_audiences WHERE client = ?", "s", p->name) <
 	    0)
 		goto out;
-	while ((rc = sqlite3_step(q)) == SQLITE_ROW && p->n_auds < CIMD_AUDIENCES_MAX) {
-		if ((p->auds[p->n_auds] = strdup((const char *)sqlite3_column_text(q, 0))) ==
-		    NULL) {
+	while ((rc = store_next(q)) > 0 && p->n_auds < CIMD_AUDIENCES_MAX) {
+		if ((p->auds[p->n_auds] = strdup(store_text(q, 0))) == NULL) {
 			r = -ENOMEM;
 			goto out;
 		}
 		p->n_auds++;
 	}
-	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+	if (rc < 0)
 		goto out;
 	r = 0;
 out:
@@ -158,7 +155,7 @@ out:
 /* The active key, if there is one, and the protected header it signs under. */
 static int load_key(struct store *st, struct policy *p)
 {
-	sqlite3_stmt *q = NULL;
+	struct store_rows *q = NULL;
 	json_t *hdr = NULL;
 	char *hj = NULL;
 	int rc, r = -EIO;
@@ -168,18 +165,18 @@ static int load_key(struct store *st, struct policy *p)
 			"'active'",
 			"s", p->name) < 0)
 		goto out;
-	if ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-		const char *kid = (const char *)sqlite3_column_text(q, 0);
-		int n = sqlite3_column_bytes(q, 2);
+	if ((rc = store_next(q)) > 0) {
+		const char *kid = store_text(q, 0);
+		size_t n = store_len(q, 2);
 
-		p->alg = cimd_alg_from_name((const char *)sqlite3_column_text(q, 1));
+		p->alg = cimd_alg_from_name(store_text(q, 1));
 		if (kid == NULL || strlen(kid) != CIMD_KID_LEN || p->alg == CIMD_ALG_NONE ||
-		    n <= 0 || (p->ref = malloc((size_t)n)) == NULL)
+		    n == 0 || (p->ref = malloc(n)) == NULL)
 			goto out;
 		memcpy(p->kid, kid, CIMD_KID_LEN + 1);
-		memcpy(p->ref, sqlite3_column_blob(q, 2), (size_t)n);
-		p->ref_len = (size_t)n;
-		p->published = sqlite3_column_type(q, 3) != SQLITE_NULL;
+		memcpy(p->ref, store_blob(q, 2), n);
+		p->ref_len = n;
+		p->published = !store_null(q, 3);
 		/* RFC 7523 §3 and draft-ietf-oauth-rfc7523bis: typ names the use. */
 		hdr = json_pack("{ssssss}", "alg", cimd_alg_name(p->alg), "kid", p->kid, "typ",
 				"client-authentication+jwt");
@@ -189,7 +186,7 @@ static int load_key(struct store *st, struct policy *p)
 			goto out;
 		}
 		p->has_key = 1;
-	} else if (rc != SQLITE_DONE) {
+	} else if (rc != 0) {
 		goto out;
 	}
 	r = 0;

@@ -43,8 +43,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "signer_int.h"
 
 /* ---- life cycle (main thread) ---- */
@@ -111,7 +109,7 @@ int signer_start(struct svc *d, struct tlog *tl, struct signer **ret, char *err,
 		goto fail;
 	/* A journal that cannot take the write lock this soon fails the batch:
 	 * signing fails closed rather than queueing without bound. */
-	sqlite3_busy_timeout(store_db(s->jr.writer), 2000);
+	store_busy_timeout(s->jr.writer, 2000);
 	if ((s->donefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
 		r = -errno;
 		snprintf(err, errlen, "epoll: %s", strerror(errno));

@@ -24,6 +24,13 @@
 
 #define STORE_STMTS 64
 
+/* A statement of store_query: in the cache (cached), or prepared for one use
+ * because every cached one was busy (then freed by store_done). */
+struct store_rows {
+	sqlite3_stmt *s;
+	int cached;
+};
+
 struct store {
 	sqlite3 *db;
 	int version;
@@ -43,7 +50,7 @@ struct store {
 	 * store_query until store_done; the least recently used one that is not
 	 * busy makes room for a new text. */
 	struct stmt_slot {
-		sqlite3_stmt *s;
+		struct store_rows q;
 		uint32_t hash; /* FNV-1a of the SQL text */
 		int busy;
 		uint64_t used;
@@ -536,7 +543,7 @@ void store_free(struct store **pst)
 	sqlite3_finalize(st->head);
 	sqlite3_finalize(st->insert);
 	for (i = 0; i < STORE_STMTS; i++)
-		sqlite3_finalize(st->stmts[i].s);
+		sqlite3_finalize(st->stmts[i].q.s);
 	sqlite3_close_v2(st->db);
 	free(st);
 	*pst = NULL;
@@ -597,94 +604,150 @@ static uint32_t sql_hash(const char *sql)
 
 /* The statement for sql, from the cache or prepared (and cached, unless every
  * slot is busy: then it is finalized by store_done). */
-static sqlite3_stmt *stmt_get(struct store *st, const char *sql)
+static struct store_rows *stmt_get(struct store *st, const char *sql)
 {
 	struct stmt_slot *e, *victim = NULL;
+	struct store_rows *q;
 	uint32_t h = sql_hash(sql);
 	sqlite3_stmt *s;
 	size_t i;
 
 	for (i = 0; i < STORE_STMTS; i++) {
 		e = &st->stmts[i];
-		if (e->s != NULL && !e->busy && e->hash == h &&
-		    strcmp(sqlite3_sql(e->s), sql) == 0) {
+		if (e->q.s != NULL && !e->busy && e->hash == h &&
+		    strcmp(sqlite3_sql(e->q.s), sql) == 0) {
 			e->busy = 1;
 			e->used = ++st->stmt_clock;
-			return e->s;
+			return &e->q;
 		}
-		if (!e->busy && (victim == NULL || e->s == NULL ||
-				 (victim->s != NULL && e->used < victim->used)))
+		if (!e->busy && (victim == NULL || e->q.s == NULL ||
+				 (victim->q.s != NULL && e->used < victim->used)))
 			victim = e;
 	}
 	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
 		return NULL;
-	if (victim != NULL) {
-		sqlite3_finalize(victim->s);
-		victim->s = s;
-		victim->hash = h;
-		victim->busy = 1;
-		victim->used = ++st->stmt_clock;
+	if (victim == NULL) {
+		if ((q = calloc(1, sizeof(*q))) == NULL) {
+			sqlite3_finalize(s);
+			return NULL;
+		}
+		q->s = s;
+		return q;
 	}
-	return s;
+	sqlite3_finalize(victim->q.s);
+	victim->q.s = s;
+	victim->q.cached = 1;
+	victim->hash = h;
+	victim->busy = 1;
+	victim->used = ++st->stmt_clock;
+	return &victim->q;
 }
 
-void store_done(struct store *st, sqlite3_stmt *s)
+void store_done(struct store *st, struct store_rows *q)
 {
 	size_t i;
 
-	if (s == NULL)
+	if (q == NULL)
 		return;
+	if (!q->cached) {
+		sqlite3_finalize(q->s);
+		free(q);
+		return;
+	}
 	for (i = 0; i < STORE_STMTS; i++)
-		if (st->stmts[i].s == s) {
-			sqlite3_reset(s);
-			sqlite3_clear_bindings(s);
+		if (&st->stmts[i].q == q) {
+			sqlite3_reset(q->s);
+			sqlite3_clear_bindings(q->s);
 			st->stmts[i].busy = 0;
 			return;
 		}
-	sqlite3_finalize(s);
 }
 
-/* Prepares sql and binds its parameters; *ret_stmt only on success. */
-static int prepare_va(struct store *st, sqlite3_stmt **ret_stmt, const char *sql, const char *types,
+/* Prepares sql and binds its parameters; *ret only on success. */
+static int prepare_va(struct store *st, struct store_rows **ret, const char *sql, const char *types,
 		      va_list ap)
 {
-	sqlite3_stmt *s;
+	struct store_rows *q;
 	int r;
 
-	if ((s = stmt_get(st, sql)) == NULL)
+	if ((q = stmt_get(st, sql)) == NULL)
 		return -EIO;
-	if ((r = bind_va(s, types, ap)) < 0) {
-		store_done(st, s);
+	if ((r = bind_va(q->s, types, ap)) < 0) {
+		store_done(st, q);
 		return r;
 	}
-	*ret_stmt = s;
+	*ret = q;
 	return 0;
 }
 
-int store_query(struct store *st, sqlite3_stmt **ret_stmt, const char *sql, const char *types, ...)
+int store_query(struct store *st, struct store_rows **ret, const char *sql, const char *types, ...)
 {
 	va_list ap;
 	int r;
 
 	va_start(ap, types);
-	r = prepare_va(st, ret_stmt, sql, types, ap);
+	r = prepare_va(st, ret, sql, types, ap);
 	va_end(ap);
 	return r;
 }
 
+int store_next(struct store_rows *q)
+{
+	switch (sqlite3_step(q->s)) {
+	case SQLITE_ROW:
+		return 1;
+	case SQLITE_DONE:
+		return 0;
+	default:
+		return -EIO;
+	}
+}
+
+const char *store_text(struct store_rows *q, int col)
+{
+	return (const char *)sqlite3_column_text(q->s, col);
+}
+
+int64_t store_int(struct store_rows *q, int col)
+{
+	return sqlite3_column_int64(q->s, col);
+}
+
+const void *store_blob(struct store_rows *q, int col)
+{
+	return sqlite3_column_blob(q->s, col);
+}
+
+size_t store_len(struct store_rows *q, int col)
+{
+	int n = sqlite3_column_bytes(q->s, col);
+
+	return n > 0 ? (size_t)n : 0;
+}
+
+int store_null(struct store_rows *q, int col)
+{
+	return sqlite3_column_type(q->s, col) == SQLITE_NULL;
+}
+
+int store_columns(struct store_rows *q)
+{
+	return sqlite3_column_count(q->s);
+}
+
 int store_exec(struct store *st, const char *sql, const char *types, ...)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *q = NULL;
 	va_list ap;
 	int r;
 
 	va_start(ap, types);
-	r = prepare_va(st, &s, sql, types, ap);
+	r = prepare_va(st, &q, sql, types, ap);
 	va_end(ap);
 	if (r < 0)
 		return r;
-	r = sqlite3_step(s) == SQLITE_DONE ? sqlite3_changes(st->db) : -EIO;
-	store_done(st, s);
+	r = sqlite3_step(q->s) == SQLITE_DONE ? sqlite3_changes(st->db) : -EIO;
+	store_done(st, q);
 	return r;
 }
 
@@ -1020,23 +1083,23 @@ out:
 
 int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_len)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	char *b;
 	size_t n;
 	int rc, r;
 
 	if (store_query(st, &s, "SELECT record FROM journal WHERE seq = ?", "i", seq) < 0)
 		return -EIO;
-	if ((rc = sqlite3_step(s)) == SQLITE_DONE) {
+	if ((rc = store_next(s)) == 0) {
 		r = -ENOENT;
-	} else if (rc != SQLITE_ROW) {
+	} else if (rc < 0) {
 		r = -EIO;
 	} else {
-		n = (size_t)sqlite3_column_bytes(s, 0);
+		n = store_len(s, 0);
 		if ((b = malloc(n + 1)) == NULL) {
 			r = -ENOMEM;
 		} else {
-			memcpy(b, sqlite3_column_blob(s, 0), n);
+			memcpy(b, store_blob(s, 0), n);
 			b[n] = '\0';
 			*ret_bytes = b;
 			*ret_len = n;
@@ -1045,4 +1108,14 @@ int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_
 	}
 	store_done(st, s);
 	return r;
+}
+
+void store_interrupt(struct store *st)
+{
+	sqlite3_interrupt(st->db);
+}
+
+void store_busy_timeout(struct store *st, int ms)
+{
+	sqlite3_busy_timeout(st->db, ms);
 }

@@ -29,7 +29,6 @@
 #include <time.h>
 
 #include <openssl/sha.h>
-#include <sqlite3.h>
 
 #include "replay.h"
 #include "service.h"
@@ -40,7 +39,7 @@
 
 static int replay_journal(struct store *st, struct replay *rp, size_t *ret_n)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *rec;
 	size_t n = 0;
 	int rc, r = 0;
@@ -49,9 +48,8 @@ static int replay_journal(struct store *st, struct replay *rp, size_t *ret_n)
 			"SELECT record FROM journal WHERE " JOURNAL_TABLES_WHERE " ORDER BY seq",
 			"") < 0)
 		return -EIO;
-	while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-		rec = json_loadb(sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), 0,
-				 NULL);
+	while (r == 0 && (rc = store_next(s)) > 0) {
+		rec = json_loadb(store_blob(s, 0), store_len(s, 0), 0, NULL);
 		if (rec != NULL &&
 		    replay_governs(json_string_value(json_object_get(rec, "kind")))) {
 			r = replay_apply(rp, rec);
@@ -59,7 +57,7 @@ static int replay_journal(struct store *st, struct replay *rp, size_t *ret_n)
 		}
 		json_decref(rec);
 	}
-	if (r == 0 && rc != SQLITE_DONE)
+	if (r == 0 && rc != 0)
 		r = -EIO;
 	store_done(st, s);
 	*ret_n = n;
@@ -77,23 +75,21 @@ static json_t *client_of(json_t *clients, const char *name)
 	return c;
 }
 
-static json_t *col_int_or_null(sqlite3_stmt *s, int col)
+static json_t *col_int_or_null(struct store_rows *s, int col)
 {
-	return sqlite3_column_type(s, col) == SQLITE_NULL
-		   ? json_null()
-		   : json_integer(sqlite3_column_int64(s, col));
+	return store_null(s, col) ? json_null() : json_integer(store_int(s, col));
 }
 
-static const char *text(sqlite3_stmt *s, int col)
+static const char *text(struct store_rows *s, int col)
 {
-	const char *t = (const char *)sqlite3_column_text(s, col);
+	const char *t = store_text(s, col);
 
 	return t != NULL ? t : "";
 }
 
 static int read_clients(struct store *st, json_t *clients)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *c;
 	int rc, r = 0;
 
@@ -102,15 +98,15 @@ static int read_clients(struct store *st, json_t *clients)
 			"FROM clients",
 			"") < 0)
 		return -EIO;
-	while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+	while (r == 0 && (rc = store_next(s)) > 0) {
 		c = json_pack("{sssssssbsosos{}s{}s{}}", "owner", text(s, 1), "backend", text(s, 2),
-			      "alg", text(s, 3), "degraded", sqlite3_column_int(s, 4) != 0, "ttl",
+			      "alg", text(s, 3), "degraded", (int)store_int(s, 4) != 0, "ttl",
 			      col_int_or_null(s, 5), "rate", col_int_or_null(s, 6), "callers",
 			      "audiences", "documents");
 		if (c == NULL || json_object_set_new(clients, text(s, 0), c) < 0)
 			r = -ENOMEM;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
+	if (r == 0 && rc != 0)
 		r = -EIO;
 	store_done(st, s);
 	return r;
@@ -125,15 +121,15 @@ static int read_sets(struct store *st, json_t *clients)
 	    {"SELECT client, kind || ':' || id FROM client_callers", "callers"},
 	    {"SELECT client, aud FROM client_audiences", "audiences"},
 	};
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *c, *set;
 	size_t i;
-	int rc = SQLITE_DONE, r = 0;
+	int rc = 0, r = 0;
 
 	for (i = 0; r == 0 && i < sizeof(sets) / sizeof(sets[0]); i++) {
 		if (store_query(st, &s, sets[i].sql, "") < 0)
 			return -EIO;
-		while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		while (r == 0 && (rc = store_next(s)) > 0) {
 			if ((c = client_of(clients, text(s, 0))) == NULL)
 				r = -ENOMEM;
 			else if ((set = json_object_get(c, sets[i].member)) == NULL &&
@@ -142,7 +138,7 @@ static int read_sets(struct store *st, json_t *clients)
 			else if (json_object_set_new(set, text(s, 1), json_true()) < 0)
 				r = -ENOMEM;
 		}
-		if (r == 0 && rc != SQLITE_DONE)
+		if (r == 0 && rc != 0)
 			r = -EIO;
 		store_done(st, s);
 		s = NULL;
@@ -154,7 +150,7 @@ static int read_sets(struct store *st, json_t *clients)
  * it is not that digest, its sha256 column. */
 static int read_documents(struct store *st, json_t *clients)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	uint8_t md[SHA256_DIGEST_LENGTH];
 	char hex[65], col[65], v[24];
 	json_t *c, *docs, *d;
@@ -163,14 +159,14 @@ static int read_documents(struct store *st, json_t *clients)
 	if (store_query(st, &s, "SELECT client, version, state, bytes, sha256 FROM documents", "") <
 	    0)
 		return -EIO;
-	while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-		SHA256(sqlite3_column_blob(s, 3), (size_t)sqlite3_column_bytes(s, 3), md);
+	while (r == 0 && (rc = store_next(s)) > 0) {
+		SHA256(store_blob(s, 3), store_len(s, 3), md);
 		hex_encode(md, sizeof(md), hex);
-		if (sqlite3_column_bytes(s, 4) == SHA256_DIGEST_LENGTH)
-			hex_encode(sqlite3_column_blob(s, 4), SHA256_DIGEST_LENGTH, col);
+		if (store_len(s, 4) == SHA256_DIGEST_LENGTH)
+			hex_encode(store_blob(s, 4), SHA256_DIGEST_LENGTH, col);
 		else
 			snprintf(col, sizeof(col), "malformed");
-		snprintf(v, sizeof(v), "%lld", (long long)sqlite3_column_int64(s, 1));
+		snprintf(v, sizeof(v), "%lld", (long long)store_int(s, 1));
 		d = json_pack("{ssss}", "sha256", hex, "state", text(s, 2));
 		if (d != NULL && strcmp(col, hex) != 0)
 			json_object_set_new(d, "column", json_string(col));
@@ -180,7 +176,7 @@ static int read_documents(struct store *st, json_t *clients)
 		    json_object_set_new(docs, v, d) < 0)
 			r = -ENOMEM;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
+	if (r == 0 && rc != 0)
 		r = -EIO;
 	store_done(st, s);
 	return r;
@@ -188,10 +184,10 @@ static int read_documents(struct store *st, json_t *clients)
 
 /* A published key's JWK must be the key its kid names (RFC 7638): what the
  * JWKS serves is this column. */
-static int jwk_is_kid(const unsigned char *jwk, const char *kid)
+static int jwk_is_kid(const char *jwk, const char *kid)
 {
 	char tp[CIMD_KID_LEN + 1];
-	json_t *j = jwk != NULL ? json_loads((const char *)jwk, 0, NULL) : NULL;
+	json_t *j = jwk != NULL ? json_loads(jwk, 0, NULL) : NULL;
 	int ok = j != NULL && jwk_thumbprint(j, tp) == 0 && strcmp(tp, kid) == 0;
 
 	json_decref(j);
@@ -200,14 +196,14 @@ static int jwk_is_kid(const unsigned char *jwk, const char *kid)
 
 static int read_keys(struct store *st, const json_t *clients, json_t *keys)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	const char *state, *calg;
 	json_t *k;
 	int rc, r = 0;
 
 	if (store_query(st, &s, "SELECT kid, client, alg, backend, state, jwk FROM keys", "") < 0)
 		return -EIO;
-	while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+	while (r == 0 && (rc = store_next(s)) > 0) {
 		state = text(s, 4);
 		calg =
 		    json_string_value(json_object_get(json_object_get(clients, text(s, 1)), "alg"));
@@ -220,12 +216,12 @@ static int read_keys(struct store *st, const json_t *clients, json_t *keys)
 		if (k != NULL &&
 		    (strcmp(state, "next") == 0 || strcmp(state, "active") == 0 ||
 		     strcmp(state, "retiring") == 0) &&
-		    !jwk_is_kid(sqlite3_column_text(s, 5), text(s, 0)))
+		    !jwk_is_kid(store_text(s, 5), text(s, 0)))
 			json_object_set_new(k, "thumbprint", json_string("not its kid"));
 		if (k == NULL || json_object_set_new(keys, text(s, 0), k) < 0)
 			r = -ENOMEM;
 	}
-	if (r == 0 && rc != SQLITE_DONE)
+	if (r == 0 && rc != 0)
 		r = -EIO;
 	store_done(st, s);
 	return r;

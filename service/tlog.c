@@ -27,8 +27,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <sqlite3.h>
-
 #include "service.h"
 
 /* The proof tree keeps subtrees of 256 leaves and up: 0.25 bytes of memory
@@ -71,7 +69,7 @@ static int grow(struct store *st, struct tlog *tl, uint64_t size);
  * a checkpoint it holds. */
 static json_t *attest_trust(struct store *st)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 
 	if (store_query(st, &s, "SELECT jwk FROM attest_keys", "") < 0)
 		return NULL;
@@ -88,7 +86,7 @@ static json_t *attest_trust(struct store *st)
 static int signed_counter(struct svc *d, struct tlog *tl, int *ret_found, uint64_t *ret, char *err,
 			  size_t errlen)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *rec = NULL, *trust = NULL;
 	struct checkpoint c;
 	uint8_t root[32];
@@ -104,8 +102,8 @@ static int signed_counter(struct svc *d, struct tlog *tl, int *ret_found, uint64
 		"seq DESC LIMIT 1",
 		"") < 0)
 		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW)
-		rec = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
+	if (store_next(s) > 0)
+		rec = json_loads(store_text(s, 0), 0, NULL);
 	store_done(d->st, s);
 	if (rec == NULL)
 		return 0;
@@ -224,7 +222,7 @@ static int check_counter(struct svc *d, struct tlog *tl, char *err, size_t errle
 
 static int load_latest(struct svc *d, struct tlog *tl)
 {
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	int r = 0;
 
 	if (store_query(d->st, &s,
@@ -233,11 +231,11 @@ static int load_latest(struct svc *d, struct tlog *tl)
 		return -EIO;
 	/* What is served and when the next is due; the counter is not read from
 	 * this unsigned copy but from the signed note (check_counter). */
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		tl->size = (uint64_t)sqlite3_column_int64(s, 0);
-		tl->record_seq = sqlite3_column_int64(s, 2);
-		tl->issued = (time_t)sqlite3_column_int64(s, 3);
-		if ((tl->note = strdup((const char *)sqlite3_column_text(s, 1))) == NULL)
+	if (store_next(s) > 0) {
+		tl->size = (uint64_t)store_int(s, 0);
+		tl->record_seq = store_int(s, 2);
+		tl->issued = (time_t)store_int(s, 3);
+		if ((tl->note = strdup(store_text(s, 1))) == NULL)
 			r = -ENOMEM;
 	}
 	store_done(d->st, s);
@@ -713,56 +711,46 @@ int tlog_prove_consistency(struct svc *d, struct tlog *tl, int64_t old_size, jso
 
 #define EXPORT_PAGE 256
 
-static json_t *export_row(const char *kind, sqlite3_stmt *s)
+static json_t *export_row(const char *kind, struct store_rows *s)
 {
 	const char *t;
 	json_t *o, *env;
 	char *b64 = NULL;
 
 	if (strcmp(kind, "checkpoints") == 0)
-		return json_pack("{sIsIsosssIsI}", "id", (json_int_t)sqlite3_column_int64(s, 0),
-				 "size", (json_int_t)sqlite3_column_int64(s, 1), "counter",
-				 sqlite3_column_type(s, 2) == SQLITE_NULL
-				     ? json_null()
-				     : json_integer(sqlite3_column_int64(s, 2)),
-				 "note", (const char *)sqlite3_column_text(s, 3), "seq",
-				 (json_int_t)sqlite3_column_int64(s, 4), "created",
-				 (json_int_t)sqlite3_column_int64(s, 5));
+		return json_pack("{sIsIsosssIsI}", "id", (json_int_t)store_int(s, 0), "size",
+				 (json_int_t)store_int(s, 1), "counter",
+				 store_null(s, 2) ? json_null() : json_integer(store_int(s, 2)),
+				 "note", store_text(s, 3), "seq", (json_int_t)store_int(s, 4),
+				 "created", (json_int_t)store_int(s, 5));
 	if (strcmp(kind, "publications") == 0)
-		return json_pack("{sIsssssssIsIss#}", "id", (json_int_t)sqlite3_column_int64(s, 0),
-				 "path", (const char *)sqlite3_column_text(s, 1), "client",
-				 (const char *)sqlite3_column_text(s, 2), "sha256",
-				 (const char *)sqlite3_column_text(s, 3), "seq",
-				 (json_int_t)sqlite3_column_int64(s, 4), "created",
-				 (json_int_t)sqlite3_column_int64(s, 5), "bytes",
-				 (const char *)sqlite3_column_blob(s, 6),
-				 (size_t)sqlite3_column_bytes(s, 6));
+		return json_pack("{sIsssssssIsIss#}", "id", (json_int_t)store_int(s, 0), "path",
+				 store_text(s, 1), "client", store_text(s, 2), "sha256",
+				 store_text(s, 3), "seq", (json_int_t)store_int(s, 4), "created",
+				 (json_int_t)store_int(s, 5), "bytes",
+				 (const char *)store_blob(s, 6), store_len(s, 6));
 	if (strcmp(kind, "attest_keys") == 0) {
-		if ((o = json_loads((const char *)sqlite3_column_text(s, 2), 0, NULL)) == NULL)
+		if ((o = json_loads(store_text(s, 2), 0, NULL)) == NULL)
 			return NULL;
-		json_object_set_new(o, "backend",
-				    json_string((const char *)sqlite3_column_text(s, 1)));
-		json_object_set_new(o, "state",
-				    json_string((const char *)sqlite3_column_text(s, 4)));
-		json_object_set_new(o, "created", json_integer(sqlite3_column_int64(s, 5)));
-		if (sqlite3_column_bytes(s, 3) > 0 &&
-		    b64url_encode_alloc(sqlite3_column_blob(s, 3),
-					(size_t)sqlite3_column_bytes(s, 3), &b64) == 0) {
+		json_object_set_new(o, "backend", json_string(store_text(s, 1)));
+		json_object_set_new(o, "state", json_string(store_text(s, 4)));
+		json_object_set_new(o, "created", json_integer(store_int(s, 5)));
+		if (store_len(s, 3) > 0 &&
+		    b64url_encode_alloc(store_blob(s, 3), store_len(s, 3), &b64) == 0) {
 			json_object_set_new(o, "tpm2_public", json_string(b64));
 			free(b64);
 		}
-		json_object_set_new(o, "id", json_integer(sqlite3_column_int64(s, 0)));
+		json_object_set_new(o, "id", json_integer(store_int(s, 0)));
 		return o;
 	}
 	/* attestations and revocations: the envelope as it was served */
-	t = (const char *)sqlite3_column_text(s, 4);
+	t = store_text(s, 4);
 	if ((env = json_loads(t, 0, NULL)) == NULL)
 		return NULL;
-	return json_pack("{sIsssIsIso}", "id", (json_int_t)sqlite3_column_int64(s, 0),
-			 strcmp(kind, "attestations") == 0 ? "client" : "kid",
-			 (const char *)sqlite3_column_text(s, 1), "seq",
-			 (json_int_t)sqlite3_column_int64(s, 2), "created",
-			 (json_int_t)sqlite3_column_int64(s, 3), "envelope", env);
+	return json_pack("{sIsssIsIso}", "id", (json_int_t)store_int(s, 0),
+			 strcmp(kind, "attestations") == 0 ? "client" : "kid", store_text(s, 1),
+			 "seq", (json_int_t)store_int(s, 2), "created", (json_int_t)store_int(s, 3),
+			 "envelope", env);
 }
 
 int tlog_export(struct svc *d, const char *kind, int64_t after, json_t **ret_items,
@@ -782,7 +770,7 @@ int tlog_export(struct svc *d, const char *kind, int64_t after, json_t **ret_ite
 	    {"attest_keys", "SELECT rowid, backend, jwk, tpm_public, state, created FROM "
 			    "attest_keys WHERE rowid > ? ORDER BY rowid LIMIT ?"},
 	};
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	json_t *items, *o;
 	int64_t last = 0;
 	size_t i;
@@ -801,13 +789,13 @@ int tlog_export(struct svc *d, const char *kind, int64_t after, json_t **ret_ite
 		json_decref(items);
 		return cimd_fail(err, errlen, -EIO, "database error");
 	}
-	while (sqlite3_step(s) == SQLITE_ROW) {
+	while (store_next(s) > 0) {
 		if ((o = export_row(kind, s)) == NULL) {
 			store_done(d->st, s);
 			json_decref(items);
 			return cimd_fail(err, errlen, -EIO, "a stored %s row is unreadable", kind);
 		}
-		last = sqlite3_column_int64(s, 0);
+		last = store_int(s, 0);
 		json_array_append_new(items, o);
 	}
 	store_done(d->st, s);
