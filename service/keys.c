@@ -770,7 +770,8 @@ static int tick_rotate(struct svc *d, int64_t now, const struct timespec *t0)
 	n = look(d->st,
 		 "SELECT c.name, '', CASE WHEN n.created IS NULL "
 		 "THEN k.activated + coalesce(c.rotate_every, ?1) - ?2 "
-		 "ELSE max(k.activated + coalesce(c.rotate_every, ?1), n.created + ?2) "
+		 "WHEN k.activated + coalesce(c.rotate_every, ?1) > n.created + ?2 "
+		 "THEN k.activated + coalesce(c.rotate_every, ?1) ELSE n.created + ?2 "
 		 "END AS due, coalesce(c.rotate_every, ?1) "
 		 "FROM keys k JOIN clients c ON c.name = k.client "
 		 "LEFT JOIN keys n ON n.client = k.client AND n.state = 'next' "

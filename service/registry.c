@@ -434,10 +434,10 @@ static int allow_apply(struct svc *d, const json_t *f, int remove, char *err, si
 		? store_exec(d->st,
 			     "DELETE FROM client_callers WHERE client = ? AND kind = ? AND id = ?",
 			     "ssi", name, kind, v)
-		: store_exec(
-		      d->st,
-		      "INSERT OR IGNORE INTO client_callers (client, kind, id) VALUES (?, ?, ?)",
-		      "ssi", name, kind, v);
+		: store_exec(d->st,
+			     "INSERT INTO client_callers (client, kind, id) VALUES (?, ?, ?) "
+			     "ON CONFLICT DO NOTHING",
+			     "ssi", name, kind, v);
 	if (r < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
 	if (r == 0)
@@ -468,12 +468,12 @@ static int audience_apply(struct svc *d, const json_t *f, int remove, char *err,
 				name) >= CIMD_AUDIENCES_MAX)
 		return cimd_fail(err, errlen, -EMLINK, "%s already has %d audiences", name,
 				 CIMD_AUDIENCES_MAX);
-	r = remove
-		? store_exec(d->st, "DELETE FROM client_audiences WHERE client = ? AND aud = ?",
-			     "ss", name, aud)
-		: store_exec(d->st,
-			     "INSERT OR IGNORE INTO client_audiences (client, aud) VALUES (?, ?)",
-			     "ss", name, aud);
+	r = remove ? store_exec(d->st, "DELETE FROM client_audiences WHERE client = ? AND aud = ?",
+				"ss", name, aud)
+		   : store_exec(d->st,
+				"INSERT INTO client_audiences (client, aud) VALUES (?, ?) "
+				"ON CONFLICT DO NOTHING",
+				"ss", name, aud);
 	if (r < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
 	if (r == 0)

@@ -230,6 +230,10 @@ int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65]);
 int journal_tree_head(struct store *st, uint64_t *ret_size, uint8_t ret_root[32]);
 int journal_leaves(struct store *st, uint64_t first, uint64_t count, uint8_t (**ret_leaves)[32]);
 int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_len);
+/* The records that can change a table (tables.c), oldest first, column 0
+ * their bytes: picked by the kind in those bytes, which the hash chain covers,
+ * not by the kind column beside them, which it does not. */
+int journal_table_records(struct store *st, struct store_rows **ret);
 
 /* ---- CIMD documents (cimd_doc.c) ---- */
 
@@ -465,18 +469,6 @@ const char *reg_client_id(const struct cimd_config *cfg, const char *name, char 
 /* jwks_uri of NAME: client_id + "/jwks.json", into buf. */
 const char *reg_jwks_uri(const struct cimd_config *cfg, const char *name, char *buf, size_t len);
 
-/*
- * The journal records that can change a table (firmware/replay.h), picked by
- * the kind in the record's own bytes, which the hash chain covers (the kind
- * column is a copy it does not cover): every record begins
- * {"seq":N,"time":T,"prev":"<64 hex>","kind":" (store.c, journal_append), so
- * the first '","kind":"' is the record's own.  The partial index
- * journal_tables (schema 9) is made on exactly this expression, and a query
- * with it in its WHERE reads by that index.
- */
-#define JOURNAL_TABLES_WHERE                                                                       \
-	"substr(CAST(record AS TEXT), instr(CAST(record AS TEXT), '\",\"kind\":\"') + 10, 4) "     \
-	"IN ('clie', 'doc.', 'key.', 'reco', 'tabl')"
 /* At start, before anything is published or signed: the tables replayed from
  * the journal (tables.c).  A difference is -CIMD_EVERIFY with the first named
  * in err (each is logged), or, with accept, each journaled as a

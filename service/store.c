@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 
 #include "service.h"
+#include "store_sqlite.h"
 
 #define STORE_STMTS 64
 
@@ -413,9 +414,11 @@ static int tree_write(struct store *st, const struct merkle_frontier *f)
 			memcpy(p, f->nodes[i], 32);
 			p += 32;
 		}
-	return store_exec(st,
-			  "INSERT OR REPLACE INTO journal_tree (id, size, nodes) VALUES (1, ?, ?)",
-			  "ib", (int64_t)f->size, nodes, (size_t)(p - nodes)) == 1
+	return store_exec(
+		   st,
+		   "INSERT INTO journal_tree (id, size, nodes) VALUES (1, ?, ?) ON CONFLICT (id) "
+		   "DO UPDATE SET size = excluded.size, nodes = excluded.nodes",
+		   "ib", (int64_t)f->size, nodes, (size_t)(p - nodes)) == 1
 		   ? 0
 		   : -EIO;
 }
@@ -1118,4 +1121,10 @@ void store_interrupt(struct store *st)
 void store_busy_timeout(struct store *st, int ms)
 {
 	sqlite3_busy_timeout(st->db, ms);
+}
+
+int journal_table_records(struct store *st, struct store_rows **ret)
+{
+	return store_query(
+	    st, ret, "SELECT record FROM journal WHERE " JOURNAL_TABLES_WHERE " ORDER BY seq", "");
 }

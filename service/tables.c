@@ -44,9 +44,7 @@ static int replay_journal(struct store *st, struct replay *rp, size_t *ret_n)
 	size_t n = 0;
 	int rc, r = 0;
 
-	if (store_query(st, &s,
-			"SELECT record FROM journal WHERE " JOURNAL_TABLES_WHERE " ORDER BY seq",
-			"") < 0)
+	if (journal_table_records(st, &s) < 0)
 		return -EIO;
 	while (r == 0 && (rc = store_next(s)) > 0) {
 		rec = json_loadb(store_blob(s, 0), store_len(s, 0), 0, NULL);

@@ -96,14 +96,13 @@ static int signed_counter(struct svc *d, struct tlog *tl, int *ret_found, uint64
 	int r = 0;
 
 	*ret_found = 0;
-	if (store_query(
-		d->st, &s,
-		"SELECT CAST(record AS TEXT) FROM journal WHERE kind = 'checkpoint' ORDER BY "
-		"seq DESC LIMIT 1",
-		"") < 0)
+	if (store_query(d->st, &s,
+			"SELECT record FROM journal WHERE kind = 'checkpoint' ORDER BY "
+			"seq DESC LIMIT 1",
+			"") < 0)
 		return -EIO;
 	if (store_next(s) > 0)
-		rec = json_loads(store_text(s, 0), 0, NULL);
+		rec = json_loadb(store_blob(s, 0), store_len(s, 0), 0, NULL);
 	store_done(d->st, s);
 	if (rec == NULL)
 		return 0;

@@ -20,6 +20,7 @@
 #include "harness.h"
 #include "replay.h"
 #include "service.h"
+#include "store_sqlite.h"
 
 static const char good[] =
     "# a complete configuration\n"
