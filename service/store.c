@@ -18,26 +18,17 @@
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
-#include <sqlite3.h>
+#include <limits.h>
 
 #include "service.h"
+#include "store_drv.h"
 #include "store_sqlite.h"
 
-#define STORE_STMTS 64
-
-/* A statement of store_query: in the cache (cached), or prepared for one use
- * because every cached one was busy (then freed by store_done). */
-struct store_rows {
-	sqlite3_stmt *s;
-	int cached;
-};
-
 struct store {
-	sqlite3 *db;
+	const struct store_drv *drv;
+	struct store_conn *c;
 	int version;
-	/* The journal's two statements, prepared once: appending is the hot
-	 * path of the signing socket. */
-	sqlite3_stmt *head, *insert;
+	int tx; /* 0 none, 1 a read transaction, 2 a write transaction */
 	/* The Merkle tree head of the journal (RFC 9162 §2.1.1; docs/audit.md),
 	 * cached while this handle is the one appending: tree_valid says the
 	 * cache equals what the database holds plus this transaction's appends;
@@ -45,262 +36,7 @@ struct store {
 	 * (they are, once, at store_commit). */
 	struct merkle_frontier tree;
 	int tree_valid, tree_dirty;
-	/* The statements of store_query and store_exec, prepared once per SQL
-	 * text and reused: SQLite spends longer parsing most of them than
-	 * running them (issue 13, docs/scaling.md).  A statement is busy from
-	 * store_query until store_done; the least recently used one that is not
-	 * busy makes room for a new text. */
-	struct stmt_slot {
-		struct store_rows q;
-		uint32_t hash; /* FNV-1a of the SQL text */
-		int busy;
-		uint64_t used;
-	} stmts[STORE_STMTS];
-	uint64_t stmt_clock;
 };
-
-/* Migration N takes the schema from version N - 1 to N. */
-static const char *const migrations[] = {
-    /* 1: the journal, clients, documents and keys. */
-    "CREATE TABLE journal ("
-    "  seq    INTEGER PRIMARY KEY,"
-    "  time   INTEGER NOT NULL,"
-    "  kind   TEXT NOT NULL,"
-    "  record BLOB NOT NULL," /* the exact bytes that were hashed */
-    "  hash   BLOB NOT NULL"  /* SHA-256(record) */
-    ");"
-    "CREATE TABLE clients ("
-    "  name     TEXT PRIMARY KEY,"
-    "  owner    TEXT NOT NULL,"
-    "  backend  TEXT NOT NULL,"
-    "  alg      TEXT NOT NULL,"
-    "  created  INTEGER NOT NULL,"
-    "  degraded INTEGER NOT NULL DEFAULT 0,"
-    "  rotate_every INTEGER"
-    ");"
-    "CREATE TABLE client_callers ("
-    "  client TEXT NOT NULL REFERENCES clients(name),"
-    "  kind   TEXT NOT NULL CHECK (kind IN ('uid', 'gid')),"
-    "  id     INTEGER NOT NULL,"
-    "  PRIMARY KEY (client, kind, id)"
-    ");"
-    "CREATE TABLE client_audiences ("
-    "  client TEXT NOT NULL REFERENCES clients(name),"
-    "  aud    TEXT NOT NULL,"
-    "  PRIMARY KEY (client, aud)"
-    ");"
-    "CREATE TABLE documents ("
-    "  client    TEXT NOT NULL REFERENCES clients(name),"
-    "  version   INTEGER NOT NULL,"
-    "  state     TEXT NOT NULL CHECK (state IN ('submitted', 'approved', 'superseded')),"
-    "  bytes     BLOB NOT NULL,"
-    "  sha256    BLOB NOT NULL,"
-    "  submitter TEXT NOT NULL,"
-    "  submitted INTEGER NOT NULL,"
-    "  approver  TEXT,"
-    "  approved  INTEGER,"
-    "  PRIMARY KEY (client, version)"
-    ");"
-    "CREATE TABLE keys ("
-    "  kid       TEXT PRIMARY KEY,"
-    "  client    TEXT NOT NULL REFERENCES clients(name),"
-    "  alg       TEXT NOT NULL,"
-    "  backend   TEXT NOT NULL,"
-    "  ref       BLOB NOT NULL,"
-    "  state     TEXT NOT NULL CHECK (state IN"
-    "              ('next', 'active', 'retiring', 'retired', 'destroyed', 'revoked')),"
-    "  created   INTEGER NOT NULL,"
-    "  activated INTEGER,"
-    "  retiring  INTEGER,"
-    "  retired   INTEGER,"
-    "  destroyed INTEGER,"
-    "  revoked   INTEGER,"
-    "  revoke_reason TEXT"
-    ");"
-    "CREATE UNIQUE INDEX one_active_key ON keys(client) WHERE state = 'active';",
-    /* 2: intents of key generation (keys.c: keys_generate). */
-    "CREATE TABLE key_intents ("
-    "  tag     TEXT PRIMARY KEY,"
-    "  backend TEXT NOT NULL,"
-    "  client  TEXT NOT NULL,"
-    "  created INTEGER NOT NULL"
-    ");",
-    /* 3: the public JWK of each key, for publication without touching hardware. */
-    "ALTER TABLE keys ADD COLUMN jwk TEXT;",
-    /* 4: a client's signing policy: assertion lifetime and rate (NULL: the
-     * configuration's default). */
-    "ALTER TABLE clients ADD COLUMN assertion_ttl INTEGER;"
-    "ALTER TABLE clients ADD COLUMN rate_limit INTEGER;",
-    /* 5: attestations (attest.c): the appliance's attestation keys, every
-     * attestation issued, and a signed record of every revocation. */
-    "CREATE TABLE attest_keys ("
-    "  kid     TEXT PRIMARY KEY,"
-    "  backend TEXT NOT NULL,"
-    "  ref     BLOB NOT NULL,"
-    "  jwk     TEXT NOT NULL,"
-    "  tpm_public BLOB,"
-    "  state   TEXT NOT NULL CHECK (state IN ('active', 'retiring', 'retired')),"
-    "  created INTEGER NOT NULL,"
-    "  retired INTEGER"
-    ");"
-    "CREATE UNIQUE INDEX one_active_attest_key ON attest_keys(backend) WHERE state = 'active';"
-    "CREATE TABLE attestations ("
-    "  id       INTEGER PRIMARY KEY,"
-    "  client   TEXT NOT NULL REFERENCES clients(name),"
-    "  inputs   BLOB NOT NULL," /* SHA-256 of what it states, evidence and times aside */
-    "  cimd_sha256 TEXT NOT NULL,"
-    "  jwks_sha256 TEXT NOT NULL,"
-    "  attest_kid  TEXT NOT NULL,"
-    "  envelope TEXT NOT NULL,"
-    "  seq      INTEGER NOT NULL," /* its attest.issue journal record */
-    "  created  INTEGER NOT NULL"
-    ");"
-    "CREATE INDEX attestations_client ON attestations(client, id);"
-    "CREATE TABLE revocations ("
-    "  id       INTEGER PRIMARY KEY,"
-    "  kid      TEXT NOT NULL REFERENCES keys(kid),"
-    "  client   TEXT NOT NULL,"
-    "  attest_kid TEXT NOT NULL,"
-    "  envelope TEXT NOT NULL,"
-    "  created  INTEGER NOT NULL"
-    ");"
-    "CREATE INDEX revocations_kid ON revocations(kid, id);"
-    "ALTER TABLE keys ADD COLUMN revoked_by TEXT;",
-    /* 6: the journal as a Merkle tree (docs/audit.md): each record's leaf
-     * hash, the tree's frontier, and the signed checkpoints. */
-    "ALTER TABLE journal ADD COLUMN leaf BLOB;" /* SHA-256(0x00 || record) */
-    "CREATE TABLE journal_tree ("
-    "  id    INTEGER PRIMARY KEY CHECK (id = 1),"
-    "  size  INTEGER NOT NULL,"
-    "  nodes BLOB NOT NULL" /* the frontier's subtree roots, lowest size bit first */
-    ");"
-    "CREATE TABLE checkpoints ("
-    "  id      INTEGER PRIMARY KEY,"
-    "  size    INTEGER NOT NULL,"
-    "  root    BLOB NOT NULL,"
-    "  counter INTEGER," /* the TPM NV counter it carries, if any */
-    "  note    TEXT NOT NULL,"
-    "  seq     INTEGER NOT NULL," /* its checkpoint journal record */
-    "  created INTEGER NOT NULL"
-    ");"
-    /* An issued assertion found by its jti, for receipts. */
-    "ALTER TABLE journal ADD COLUMN jti TEXT;"
-    "UPDATE journal SET jti = json_extract(CAST(record AS TEXT), '$.jti') "
-    "  WHERE kind = 'assertion.issue';"
-    "CREATE UNIQUE INDEX journal_jti ON journal(jti) WHERE jti IS NOT NULL;"
-    /* Every distinct CIMD document and JWKS handed to the publisher, for the
-     * audit bundle: its publish journal record orders it among key changes. */
-    "CREATE TABLE publications ("
-    "  id      INTEGER PRIMARY KEY,"
-    "  path    TEXT NOT NULL,"
-    "  client  TEXT NOT NULL,"
-    "  sha256  TEXT NOT NULL,"
-    "  bytes   BLOB NOT NULL,"
-    "  seq     INTEGER NOT NULL,"
-    "  created INTEGER NOT NULL"
-    ");"
-    "CREATE INDEX publications_path ON publications(path, id);"
-    /* A revocation record's attest.revocation journal record (0: before 6). */
-    "ALTER TABLE revocations ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;",
-    /* 7: scale (docs/scaling.md).  Every per-client lookup by an index, so
-     * that no operation costs in proportion to all clients. */
-    "CREATE INDEX keys_client ON keys(client, state);"
-    "CREATE INDEX keys_ref ON keys(backend, ref);"
-    "CREATE INDEX keys_state ON keys(state);"
-    /* The scheduler's looks (keys.c, keys_tick): what falls due first. */
-    "CREATE INDEX keys_retiring ON keys(retiring) WHERE state = 'retiring';"
-    "CREATE INDEX keys_retired ON keys(retired) WHERE state = 'retired';"
-    "CREATE INDEX keys_revoked ON keys(revoked) WHERE state = 'revoked' AND destroyed IS NULL;"
-    "CREATE INDEX attest_keys_ref ON attest_keys(backend, ref);"
-    "CREATE INDEX revocations_client ON revocations(client, id);"
-    "CREATE INDEX documents_approved ON documents(client) WHERE state = 'approved';"
-    /* When a JWKS naming the key was first recorded as published (publish.c):
-     * the signer signs only with published keys.  Keys a migrated database
-     * already served count as published. */
-    "ALTER TABLE keys ADD COLUMN published INTEGER;"
-    "UPDATE keys SET published = created WHERE state IN ('next', 'active', 'retiring');"
-    /* The change marker: a client whose published facts may have changed
-     * (its document, keys, callers, audiences, policy, attestation or
-     * revocation records), written by triggers in the same transaction as
-     * the change, whoever makes it, and taken by the main loop, which issues
-     * the client's attestation, publishes what changed and drops the
-     * client's cached signing policy (cimdd.c).  The name '' stands for
-     * what is not a client's: the attestation keys and the checkpoint. */
-    "CREATE TABLE dirty (seq INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL UNIQUE);"
-    "INSERT INTO dirty (client) SELECT name FROM clients;"
-    "INSERT INTO dirty (client) VALUES ('');"
-    "CREATE TRIGGER clients_dirty_i AFTER INSERT ON clients BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.name; INSERT INTO dirty (client) VALUES (NEW.name); "
-    "END;"
-    "CREATE TRIGGER clients_dirty_u AFTER UPDATE ON clients BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.name; INSERT INTO dirty (client) VALUES (NEW.name); "
-    "END;"
-    "CREATE TRIGGER callers_dirty_i AFTER INSERT ON client_callers BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.client; INSERT INTO dirty (client) VALUES "
-    "(NEW.client); END;"
-    "CREATE TRIGGER callers_dirty_d AFTER DELETE ON client_callers BEGIN "
-    "  DELETE FROM dirty WHERE client = OLD.client; INSERT INTO dirty (client) VALUES "
-    "(OLD.client); END;"
-    "CREATE TRIGGER audiences_dirty_i AFTER INSERT ON client_audiences BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.client; INSERT INTO dirty (client) VALUES "
-    "(NEW.client); END;"
-    "CREATE TRIGGER audiences_dirty_d AFTER DELETE ON client_audiences BEGIN "
-    "  DELETE FROM dirty WHERE client = OLD.client; INSERT INTO dirty (client) VALUES "
-    "(OLD.client); END;"
-    "CREATE TRIGGER documents_dirty_i AFTER INSERT ON documents BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.client; INSERT INTO dirty (client) VALUES "
-    "(NEW.client); END;"
-    "CREATE TRIGGER documents_dirty_u AFTER UPDATE ON documents BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.client; INSERT INTO dirty (client) VALUES "
-    "(NEW.client); END;"
-    "CREATE TRIGGER keys_dirty_i AFTER INSERT ON keys BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.client; INSERT INTO dirty (client) VALUES "
-    "(NEW.client); END;"
-    /* Not on published or the lifecycle's times: they change nothing served. */
-    "CREATE TRIGGER keys_dirty_u AFTER UPDATE OF state, jwk, client, alg ON keys BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.client; INSERT INTO dirty (client) VALUES "
-    "(NEW.client); END;"
-    "CREATE TRIGGER attestations_dirty_i AFTER INSERT ON attestations BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.client; INSERT INTO dirty (client) VALUES "
-    "(NEW.client); END;"
-    "CREATE TRIGGER revocations_dirty_i AFTER INSERT ON revocations BEGIN "
-    "  DELETE FROM dirty WHERE client = NEW.client; INSERT INTO dirty (client) VALUES "
-    "(NEW.client); END;"
-    /* A new active attestation key: every client of its backend is attested
-     * again (the one change that is about all of them). */
-    "CREATE TRIGGER attest_keys_dirty_i AFTER INSERT ON attest_keys BEGIN "
-    "  DELETE FROM dirty WHERE client = '' OR client IN "
-    "    (SELECT name FROM clients WHERE backend = NEW.backend);"
-    "  INSERT INTO dirty (client) VALUES ('');"
-    "  INSERT INTO dirty (client) SELECT name FROM clients WHERE backend = NEW.backend; END;"
-    "CREATE TRIGGER attest_keys_dirty_u AFTER UPDATE ON attest_keys BEGIN "
-    "  DELETE FROM dirty WHERE client = ''; INSERT INTO dirty (client) VALUES (''); END;"
-    "CREATE TRIGGER checkpoints_dirty_i AFTER INSERT ON checkpoints BEGIN "
-    "  DELETE FROM dirty WHERE client = ''; INSERT INTO dirty (client) VALUES (''); END;",
-    /* 8: changes to who may sign for a client and for which audience, under
-     * the two-person rule (registry.c, docs/governance.md): proposed by one
-     * operator, made when another approves.  fields are the operation's own
-     * journal fields as its change.submit record names them.  A pending
-     * change changes nothing served: no trigger marks it. */
-    "CREATE TABLE changes ("
-    "  id        INTEGER PRIMARY KEY,"
-    "  client    TEXT NOT NULL REFERENCES clients(name),"
-    "  op        TEXT NOT NULL,"
-    "  fields    TEXT NOT NULL,"
-    "  state     TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'rejected')),"
-    "  submitter TEXT NOT NULL,"
-    "  submitted INTEGER NOT NULL,"
-    "  decider   TEXT,"
-    "  decided   INTEGER,"
-    "  reason    TEXT"
-    ");"
-    "CREATE INDEX changes_pending ON changes(client, id) WHERE state = 'pending';",
-    /* 9: the records that can change a table, for the start-up check against
-     * the journal (tables.c): by the kind in the record's own bytes. */
-    "CREATE INDEX journal_tables ON journal(seq) WHERE " JOURNAL_TABLES_WHERE ";",
-};
-
-#define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
 static const char zero_hash[65] =
     "0000000000000000000000000000000000000000000000000000000000000000";
@@ -308,54 +44,33 @@ static const char zero_hash[65] =
 static int sql_fail(struct store *st, char *errbuf, size_t errlen, const char *what)
 {
 	if (errbuf != NULL)
-		snprintf(errbuf, errlen, "%s: %s", what, sqlite3_errmsg(st->db));
+		snprintf(errbuf, errlen, "%s: %s", what, st->drv->errmsg(st->c));
 	return -EIO;
-}
-
-static int exec(struct store *st, const char *sql)
-{
-	return sqlite3_exec(st->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -EIO;
-}
-
-static int user_version(struct store *st, int *ret)
-{
-	sqlite3_stmt *s;
-	int r = -EIO;
-
-	if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) != SQLITE_OK)
-		return -EIO;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		*ret = sqlite3_column_int(s, 0);
-		r = 0;
-	}
-	sqlite3_finalize(s);
-	return r;
 }
 
 static int migrate(struct store *st, char *errbuf, size_t errlen)
 {
-	char sql[64];
+	const struct store_drv *drv = st->drv;
 	int v;
 
-	if (user_version(st, &v) < 0)
+	if (drv->version(st->c, &v) < 0)
 		return sql_fail(st, errbuf, errlen, "reading the schema version");
-	if (v > SCHEMA_VERSION) {
+	if (v > drv->n_migrations) {
 		if (errbuf != NULL)
 			snprintf(errbuf, errlen,
 				 "database schema version %d is newer than this cimdd's (%d): "
 				 "refusing to touch it",
-				 v, SCHEMA_VERSION);
+				 v, drv->n_migrations);
 		return -EPROTO;
 	}
-	for (; v < SCHEMA_VERSION; v++) {
-		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v + 1);
-		if (exec(st, "BEGIN IMMEDIATE") < 0 || exec(st, migrations[v]) < 0 ||
-		    exec(st, sql) < 0) {
+	for (; v < drv->n_migrations; v++) {
+		if (drv->begin(st->c, 1) < 0 || drv->exec(st->c, drv->migrations[v]) < 0 ||
+		    drv->set_version(st->c, v + 1) < 0) {
 			int r = sql_fail(st, errbuf, errlen, "migrating the schema");
-			exec(st, "ROLLBACK");
+			drv->rollback(st->c);
 			return r;
 		}
-		if (exec(st, "COMMIT") < 0)
+		if (drv->commit(st->c) < 0)
 			return sql_fail(st, errbuf, errlen, "committing the migration");
 	}
 	st->version = v;
@@ -368,24 +83,23 @@ static int migrate(struct store *st, char *errbuf, size_t errlen)
  * first, 32 bytes each. */
 static int tree_read(struct store *st, int *ret_found, struct merkle_frontier *ret)
 {
-	sqlite3_stmt *s;
+	struct store_rows *s = NULL;
 	const uint8_t *p;
 	int64_t size;
 	unsigned i;
 	int rc, r = -EIO;
 
-	if (sqlite3_prepare_v2(st->db, "SELECT size, nodes FROM journal_tree WHERE id = 1", -1, &s,
-			       NULL) != SQLITE_OK)
+	if (store_query(st, &s, "SELECT size, nodes FROM journal_tree WHERE id = 1", "") < 0)
 		return -EIO;
-	if ((rc = sqlite3_step(s)) == SQLITE_DONE) {
+	if ((rc = store_next(s)) == 0) {
 		merkle_frontier_init(ret);
 		*ret_found = 0;
 		r = 0;
-	} else if (rc == SQLITE_ROW) {
-		size = sqlite3_column_int64(s, 0);
-		p = sqlite3_column_blob(s, 1);
-		if (size < 0 || sqlite3_column_bytes(s, 1) !=
-				    32 * __builtin_popcountll((unsigned long long)size)) {
+	} else if (rc > 0) {
+		size = store_int(s, 0);
+		p = store_blob(s, 1);
+		if (size < 0 || store_len(s, 1) !=
+				    32 * (size_t)__builtin_popcountll((unsigned long long)size)) {
 			r = -CIMD_EVERIFY;
 			goto out;
 		}
@@ -400,7 +114,7 @@ static int tree_read(struct store *st, int *ret_found, struct merkle_frontier *r
 		r = 0;
 	}
 out:
-	sqlite3_finalize(s);
+	store_done(st, s);
 	return r;
 }
 
@@ -438,23 +152,16 @@ static void leaf_of(const void *bytes, size_t n, uint8_t ret[32])
 static int tree_prepare(struct store *st, char *errbuf, size_t errlen)
 {
 	struct merkle_frontier f;
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	uint8_t leaf[32];
 	int64_t head = 0;
 	int found, rc, r;
 
-	if (exec(st, "BEGIN IMMEDIATE") < 0)
+	if (store_begin(st) < 0)
 		return sql_fail(st, errbuf, errlen, "opening the journal");
 	if ((r = tree_read(st, &found, &f)) < 0)
 		goto fail;
-	if (sqlite3_prepare_v2(st->db, "SELECT seq, record, leaf FROM journal ORDER BY seq", -1, &s,
-			       NULL) != SQLITE_OK) {
-		r = -EIO;
-		goto fail;
-	}
 	if (found) {
-		sqlite3_finalize(s);
-		s = NULL;
 		r = journal_head(st, &head, (char[65]){0});
 		if (r == 0 && (uint64_t)head != f.size) {
 			if (errbuf != NULL)
@@ -469,34 +176,38 @@ static int tree_prepare(struct store *st, char *errbuf, size_t errlen)
 		}
 		goto done;
 	}
+	if (store_query(st, &s, "SELECT seq, record, leaf FROM journal ORDER BY seq", "") < 0) {
+		r = -EIO;
+		goto fail;
+	}
 	merkle_frontier_init(&f);
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		leaf_of(sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1), leaf);
+	while ((rc = store_next(s)) > 0) {
+		leaf_of(store_blob(s, 1), store_len(s, 1), leaf);
 		merkle_frontier_append(&f, leaf);
-		if (sqlite3_column_type(s, 2) == SQLITE_NULL &&
+		if (store_null(s, 2) &&
 		    store_exec(st, "UPDATE journal SET leaf = ? WHERE seq = ?", "bi", leaf,
-			       sizeof(leaf), sqlite3_column_int64(s, 0)) != 1) {
+			       sizeof(leaf), store_int(s, 0)) != 1) {
 			r = -EIO;
 			goto fail;
 		}
 	}
-	if (rc != SQLITE_DONE || (r = tree_write(st, &f)) < 0) {
+	if (rc != 0 || (r = tree_write(st, &f)) < 0) {
 		r = -EIO;
 		goto fail;
 	}
 	r = 0;
 done:
-	sqlite3_finalize(s);
+	store_done(st, s);
 	if (r < 0) {
-		exec(st, "ROLLBACK");
+		store_rollback(st);
 		return r;
 	}
-	if (exec(st, "COMMIT") < 0)
+	if (store_commit(st) < 0)
 		return sql_fail(st, errbuf, errlen, "committing the journal's tree");
 	return 0;
 fail:
-	sqlite3_finalize(s);
-	exec(st, "ROLLBACK");
+	store_done(st, s);
+	store_rollback(st);
 	return errbuf != NULL && r == -EIO
 		   ? sql_fail(st, errbuf, errlen, "building the journal's tree")
 		   : r;
@@ -509,24 +220,9 @@ int store_open(const char *path, struct store **ret_st, char *errbuf, size_t err
 
 	if ((st = calloc(1, sizeof(*st))) == NULL)
 		return -ENOMEM;
-	if (sqlite3_open_v2(path, &st->db,
-			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX |
-				SQLITE_OPEN_NOFOLLOW,
-			    NULL) != SQLITE_OK) {
-		r = sql_fail(st, errbuf, errlen, path);
-		goto out;
-	}
-	sqlite3_extended_result_codes(st->db, 1);
-	sqlite3_busy_timeout(st->db, 5000);
-	/* WAL + FULL: a committed transaction survives power loss (SQLite docs,
-	 * "PRAGMA synchronous"). */
-	if (exec(st, "PRAGMA journal_mode = WAL") < 0 ||
-	    exec(st, "PRAGMA synchronous = FULL") < 0 || exec(st, "PRAGMA foreign_keys = ON") < 0 ||
-	    exec(st, "PRAGMA secure_delete = ON") < 0) {
-		r = sql_fail(st, errbuf, errlen, path);
-		goto out;
-	}
-	if ((r = migrate(st, errbuf, errlen)) < 0 || (r = tree_prepare(st, errbuf, errlen)) < 0)
+	st->drv = &store_sqlite;
+	if ((r = st->drv->open(path, &st->c, errbuf, errlen)) < 0 ||
+	    (r = migrate(st, errbuf, errlen)) < 0 || (r = tree_prepare(st, errbuf, errlen)) < 0)
 		goto out;
 	*ret_st = st;
 	st = NULL;
@@ -539,22 +235,18 @@ out:
 void store_free(struct store **pst)
 {
 	struct store *st = *pst;
-	size_t i;
 
 	if (st == NULL)
 		return;
-	sqlite3_finalize(st->head);
-	sqlite3_finalize(st->insert);
-	for (i = 0; i < STORE_STMTS; i++)
-		sqlite3_finalize(st->stmts[i].q.s);
-	sqlite3_close_v2(st->db);
+	if (st->c != NULL)
+		st->drv->close(st->c);
 	free(st);
 	*pst = NULL;
 }
 
 int64_t store_changes(struct store *st)
 {
-	return sqlite3_total_changes64(st->db);
+	return st->drv->total_changes(st->c);
 }
 
 int store_schema_version(struct store *st)
@@ -562,125 +254,9 @@ int store_schema_version(struct store *st)
 	return st->version;
 }
 
-sqlite3 *store_db(struct store *st)
+struct sqlite3 *store_db(struct store *st)
 {
-	return st->db;
-}
-
-static int bind_va(sqlite3_stmt *s, const char *types, va_list ap)
-{
-	const char *str;
-	const void *blob;
-	size_t n;
-	int i, rc = SQLITE_OK;
-
-	for (i = 1; *types && rc == SQLITE_OK; types++, i++) {
-		switch (*types) {
-		case 's':
-			str = va_arg(ap, const char *);
-			rc = str ? sqlite3_bind_text(s, i, str, -1, SQLITE_TRANSIENT)
-				 : sqlite3_bind_null(s, i);
-			break;
-		case 'i':
-			rc = sqlite3_bind_int64(s, i, va_arg(ap, int64_t));
-			break;
-		case 'b':
-			blob = va_arg(ap, const void *);
-			n = va_arg(ap, size_t);
-			rc = sqlite3_bind_blob(s, i, blob, (int)n, SQLITE_TRANSIENT);
-			break;
-		default:
-			return -EINVAL;
-		}
-	}
-	return rc == SQLITE_OK ? 0 : -EIO;
-}
-
-static uint32_t sql_hash(const char *sql)
-{
-	uint32_t h = 2166136261u;
-
-	while (*sql != '\0')
-		h = (h ^ (uint8_t)*sql++) * 16777619u;
-	return h;
-}
-
-/* The statement for sql, from the cache or prepared (and cached, unless every
- * slot is busy: then it is finalized by store_done). */
-static struct store_rows *stmt_get(struct store *st, const char *sql)
-{
-	struct stmt_slot *e, *victim = NULL;
-	struct store_rows *q;
-	uint32_t h = sql_hash(sql);
-	sqlite3_stmt *s;
-	size_t i;
-
-	for (i = 0; i < STORE_STMTS; i++) {
-		e = &st->stmts[i];
-		if (e->q.s != NULL && !e->busy && e->hash == h &&
-		    strcmp(sqlite3_sql(e->q.s), sql) == 0) {
-			e->busy = 1;
-			e->used = ++st->stmt_clock;
-			return &e->q;
-		}
-		if (!e->busy && (victim == NULL || e->q.s == NULL ||
-				 (victim->q.s != NULL && e->used < victim->used)))
-			victim = e;
-	}
-	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
-		return NULL;
-	if (victim == NULL) {
-		if ((q = calloc(1, sizeof(*q))) == NULL) {
-			sqlite3_finalize(s);
-			return NULL;
-		}
-		q->s = s;
-		return q;
-	}
-	sqlite3_finalize(victim->q.s);
-	victim->q.s = s;
-	victim->q.cached = 1;
-	victim->hash = h;
-	victim->busy = 1;
-	victim->used = ++st->stmt_clock;
-	return &victim->q;
-}
-
-void store_done(struct store *st, struct store_rows *q)
-{
-	size_t i;
-
-	if (q == NULL)
-		return;
-	if (!q->cached) {
-		sqlite3_finalize(q->s);
-		free(q);
-		return;
-	}
-	for (i = 0; i < STORE_STMTS; i++)
-		if (&st->stmts[i].q == q) {
-			sqlite3_reset(q->s);
-			sqlite3_clear_bindings(q->s);
-			st->stmts[i].busy = 0;
-			return;
-		}
-}
-
-/* Prepares sql and binds its parameters; *ret only on success. */
-static int prepare_va(struct store *st, struct store_rows **ret, const char *sql, const char *types,
-		      va_list ap)
-{
-	struct store_rows *q;
-	int r;
-
-	if ((q = stmt_get(st, sql)) == NULL)
-		return -EIO;
-	if ((r = bind_va(q->s, types, ap)) < 0) {
-		store_done(st, q);
-		return r;
-	}
-	*ret = q;
-	return 0;
+	return st->drv == &store_sqlite ? store_sqlite_db(st->c) : NULL;
 }
 
 int store_query(struct store *st, struct store_rows **ret, const char *sql, const char *types, ...)
@@ -689,75 +265,77 @@ int store_query(struct store *st, struct store_rows **ret, const char *sql, cons
 	int r;
 
 	va_start(ap, types);
-	r = prepare_va(st, ret, sql, types, ap);
+	r = st->drv->query(st->c, ret, sql, types, ap);
 	va_end(ap);
 	return r;
 }
 
 int store_next(struct store_rows *q)
 {
-	switch (sqlite3_step(q->s)) {
-	case SQLITE_ROW:
-		return 1;
-	case SQLITE_DONE:
-		return 0;
-	default:
-		return -EIO;
-	}
+	return q->drv->next(q);
 }
 
 const char *store_text(struct store_rows *q, int col)
 {
-	return (const char *)sqlite3_column_text(q->s, col);
+	return q->drv->text(q, col);
 }
 
 int64_t store_int(struct store_rows *q, int col)
 {
-	return sqlite3_column_int64(q->s, col);
+	return q->drv->integer(q, col);
 }
 
 const void *store_blob(struct store_rows *q, int col)
 {
-	return sqlite3_column_blob(q->s, col);
+	return q->drv->blob(q, col);
 }
 
 size_t store_len(struct store_rows *q, int col)
 {
-	int n = sqlite3_column_bytes(q->s, col);
-
-	return n > 0 ? (size_t)n : 0;
+	return q->drv->len(q, col);
 }
 
 int store_null(struct store_rows *q, int col)
 {
-	return sqlite3_column_type(q->s, col) == SQLITE_NULL;
+	return q->drv->null(q, col);
 }
 
 int store_columns(struct store_rows *q)
 {
-	return sqlite3_column_count(q->s);
+	return q->drv->columns(q);
+}
+
+void store_done(struct store *st, struct store_rows *q)
+{
+	if (q != NULL)
+		st->drv->done(st->c, q);
 }
 
 int store_exec(struct store *st, const char *sql, const char *types, ...)
 {
 	struct store_rows *q = NULL;
 	va_list ap;
+	int64_t n;
 	int r;
 
 	va_start(ap, types);
-	r = prepare_va(st, &q, sql, types, ap);
+	r = st->drv->query(st->c, &q, sql, types, ap);
 	va_end(ap);
 	if (r < 0)
 		return r;
-	r = sqlite3_step(q->s) == SQLITE_DONE ? sqlite3_changes(st->db) : -EIO;
+	while ((r = store_next(q)) > 0)
+		;
+	n = r == 0 ? st->drv->changed(st->c, q) : -EIO;
 	store_done(st, q);
-	return r;
+	return n < 0 ? (int)n : n > INT_MAX ? INT_MAX : (int)n;
 }
 
 int store_begin(struct store *st)
 {
-	/* IMMEDIATE: take the write lock now, not at the first write. */
-	return exec(st, "BEGIN IMMEDIATE");
+	if (st->drv->begin(st->c, 1) < 0)
+		return -EIO;
+	st->tx = 2;
+	return 0;
 }
 
 int store_commit(struct store *st)
@@ -768,62 +346,56 @@ int store_commit(struct store *st)
 		return -EIO;
 	}
 	st->tree_dirty = 0;
-	if (exec(st, "COMMIT") < 0) {
+	if (st->drv->commit(st->c) < 0) {
+		st->drv->rollback(st->c);
+		st->tx = 0;
 		st->tree_valid = 0;
 		return -EIO;
 	}
+	st->tx = 0;
 	return 0;
 }
 
 int store_read_begin(struct store *st)
 {
-	return exec(st, "BEGIN DEFERRED");
+	if (st->drv->begin(st->c, 0) < 0)
+		return -EIO;
+	st->tx = 1;
+	return 0;
 }
 
 void store_read_end(struct store *st)
 {
-	if (!sqlite3_get_autocommit(st->db))
-		exec(st, "ROLLBACK"); /* nothing was written: ends the snapshot */
+	st->drv->rollback(st->c); /* nothing was written: ends the snapshot */
+	st->tx = 0;
 }
 
 void store_rollback(struct store *st)
 {
 	st->tree_valid = 0;
 	st->tree_dirty = 0;
-	if (!sqlite3_get_autocommit(st->db))
-		exec(st, "ROLLBACK");
-}
-
-/* A statement kept in *slot, prepared on first use and reset for reuse. */
-static sqlite3_stmt *cached(struct store *st, sqlite3_stmt **slot, const char *sql)
-{
-	if (*slot == NULL &&
-	    sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL) != SQLITE_OK)
-		return NULL;
-	sqlite3_reset(*slot);
-	sqlite3_clear_bindings(*slot);
-	return *slot;
+	st->drv->rollback(st->c);
+	st->tx = 0;
 }
 
 int journal_head(struct store *st, int64_t *ret_seq, char ret_hash[65])
 {
-	sqlite3_stmt *s;
+	struct store_rows *s = NULL;
 	int rc, r = 0;
 
-	if ((s = cached(st, &st->head,
-			"SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")) == NULL)
+	if (store_query(st, &s, "SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1", "") < 0)
 		return -EIO;
-	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW && sqlite3_column_bytes(s, 1) == SHA256_DIGEST_LENGTH) {
-		*ret_seq = sqlite3_column_int64(s, 0);
-		hex_encode(sqlite3_column_blob(s, 1), SHA256_DIGEST_LENGTH, ret_hash);
-	} else if (rc == SQLITE_DONE) {
+	rc = store_next(s);
+	if (rc > 0 && store_len(s, 1) == SHA256_DIGEST_LENGTH) {
+		*ret_seq = store_int(s, 0);
+		hex_encode(store_blob(s, 1), SHA256_DIGEST_LENGTH, ret_hash);
+	} else if (rc == 0) {
 		*ret_seq = 0;
 		memcpy(ret_hash, zero_hash, 65);
 	} else {
 		r = -EIO;
 	}
-	sqlite3_reset(s);
+	store_done(st, s);
 	return r;
 }
 
@@ -834,7 +406,7 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 {
 	char prev[65], *bytes = NULL;
 	uint8_t md[SHA256_DIGEST_LENGTH], leaf[32];
-	sqlite3_stmt *s = NULL;
+	const char *jti = NULL;
 	json_t *rec = NULL;
 	int64_t seq;
 	time_t now = time(NULL);
@@ -846,7 +418,7 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 			if (json_object_get(fields, reserved[i]) != NULL)
 				return -EINVAL;
 	/* A record and the tree head that covers it are one transaction. */
-	if (sqlite3_get_autocommit(st->db))
+	if (st->tx != 2)
 		return -EINVAL;
 	if ((r = journal_head(st, &seq, prev)) < 0)
 		return r;
@@ -878,23 +450,13 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 	}
 	SHA256((const uint8_t *)bytes, n, md);
 	leaf_of(bytes, n, leaf);
-	if ((s = cached(st, &st->insert,
-			"INSERT INTO journal (seq, time, kind, record, hash, leaf, jti) "
-			"VALUES (?, ?, ?, ?, ?, ?, ?)")) == NULL) {
-		r = -EIO;
-		goto out;
-	}
-	sqlite3_bind_int64(s, 1, seq);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)now);
-	sqlite3_bind_text(s, 3, kind, -1, SQLITE_STATIC);
-	sqlite3_bind_blob(s, 4, bytes, (int)n, SQLITE_STATIC);
-	sqlite3_bind_blob(s, 5, md, sizeof(md), SQLITE_STATIC);
-	sqlite3_bind_blob(s, 6, leaf, sizeof(leaf), SQLITE_STATIC);
-	if (strcmp(kind, "assertion.issue") == 0 && fields != NULL &&
-	    json_is_string(json_object_get(fields, "jti")))
-		sqlite3_bind_text(s, 7, json_string_value(json_object_get(fields, "jti")), -1,
-				  SQLITE_STATIC);
-	if (sqlite3_step(s) != SQLITE_DONE) {
+	if (strcmp(kind, "assertion.issue") == 0 && fields != NULL)
+		jti = json_string_value(json_object_get(fields, "jti"));
+	if (store_exec(st,
+		       "INSERT INTO journal (seq, time, kind, record, hash, leaf, jti) "
+		       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+		       "iisbbbs", seq, (int64_t)now, kind, bytes, n, md, sizeof(md), leaf,
+		       sizeof(leaf), jti) != 1) {
 		r = -EIO;
 		goto out;
 	}
@@ -904,10 +466,6 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 		*ret_seq = seq;
 	r = 0;
 out:
-	if (s != NULL) {
-		sqlite3_reset(s);
-		sqlite3_clear_bindings(s);
-	}
 	if (r < 0 && r != -EINVAL && r != -E2BIG)
 		st->tree_valid = 0;
 	free(bytes);
@@ -920,7 +478,7 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 	struct merkle_frontier tree, stored;
 	char prev[65];
 	uint8_t md[SHA256_DIGEST_LENGTH], leaf[32];
-	sqlite3_stmt *s;
+	struct store_rows *s = NULL;
 	json_t *rec;
 	int64_t seq, count = 0, bad = 0;
 	const char *p;
@@ -929,31 +487,31 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 	memcpy(prev, zero_hash, sizeof(prev));
 	/* One read transaction: the records and the tree head from one snapshot,
 	 * while the signer's handle keeps appending. */
-	if (exec(st, "BEGIN") < 0)
+	if (store_read_begin(st) < 0)
 		return -EIO;
-	if (sqlite3_prepare_v2(st->db, "SELECT seq, record, hash, leaf FROM journal ORDER BY seq",
-			       -1, &s, NULL) != SQLITE_OK) {
-		exec(st, "ROLLBACK");
+	if (store_query(st, &s, "SELECT seq, record, hash, leaf FROM journal ORDER BY seq", "") <
+	    0) {
+		store_read_end(st);
 		return -EIO;
 	}
 	merkle_frontier_init(&tree);
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		const void *bytes = sqlite3_column_blob(s, 1);
-		int n = sqlite3_column_bytes(s, 1);
+	while ((rc = store_next(s)) > 0) {
+		const void *bytes = store_blob(s, 1);
+		size_t n = store_len(s, 1);
 
-		seq = sqlite3_column_int64(s, 0);
+		seq = store_int(s, 0);
 		count++;
-		SHA256(bytes, (size_t)n, md);
-		rec = json_loadb(bytes, (size_t)n, JSON_REJECT_DUPLICATES, NULL);
+		SHA256(bytes, n, md);
+		rec = json_loadb(bytes, n, JSON_REJECT_DUPLICATES, NULL);
 		p = json_string_value(json_object_get(rec, "prev"));
 		/* Each record: numbered in order, naming the previous record's hash,
 		 * and hashing to what was stored beside it. */
 		if (seq != count || rec == NULL ||
 		    json_integer_value(json_object_get(rec, "seq")) != seq || p == NULL ||
-		    strcmp(p, prev) != 0 || sqlite3_column_bytes(s, 2) != (int)sizeof(md) ||
-		    CRYPTO_memcmp(sqlite3_column_blob(s, 2), md, sizeof(md)) != 0 ||
-		    (leaf_of(bytes, (size_t)n, leaf), sqlite3_column_bytes(s, 3) != 32) ||
-		    CRYPTO_memcmp(sqlite3_column_blob(s, 3), leaf, 32) != 0) {
+		    strcmp(p, prev) != 0 || store_len(s, 2) != sizeof(md) ||
+		    CRYPTO_memcmp(store_blob(s, 2), md, sizeof(md)) != 0 ||
+		    (leaf_of(bytes, n, leaf), store_len(s, 3) != 32) ||
+		    CRYPTO_memcmp(store_blob(s, 3), leaf, 32) != 0) {
 			json_decref(rec);
 			bad = seq;
 			r = -CIMD_EVERIFY;
@@ -963,9 +521,9 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 		hex_encode(md, sizeof(md), prev);
 		merkle_frontier_append(&tree, leaf);
 	}
-	if (r == 0 && rc != SQLITE_DONE)
+	if (r == 0 && rc != 0)
 		r = -EIO;
-	sqlite3_finalize(s);
+	store_done(st, s);
 	/* The stored tree head must be the head of exactly these records. */
 	if (r == 0) {
 		uint8_t a[32], b[32];
@@ -980,7 +538,7 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 			}
 		}
 	}
-	exec(st, "COMMIT");
+	store_read_end(st);
 	if (r == -CIMD_EVERIFY && ret_bad_seq != NULL)
 		*ret_bad_seq = bad;
 	if (r == 0 && ret_count != NULL)
@@ -991,39 +549,33 @@ int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 int journal_list(struct store *st, int64_t since, size_t max, size_t max_bytes, int raw,
 		 json_t **ret_records)
 {
+	struct store_rows *s = NULL;
 	size_t bytes = 0;
-	sqlite3_stmt *s;
 	json_t *arr, *rec;
-	int rc, r = 0;
+	int rc = 0, r = 0;
 
 	if ((arr = json_array()) == NULL)
 		return -ENOMEM;
-	if (sqlite3_prepare_v2(st->db,
-			       "SELECT record FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?", -1,
-			       &s, NULL) != SQLITE_OK) {
+	if (store_query(st, &s, "SELECT record FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?",
+			"ii", since, (int64_t)max) < 0) {
 		json_decref(arr);
 		return -EIO;
 	}
-	sqlite3_bind_int64(s, 1, since);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)max);
-	rc = SQLITE_DONE;
 	while (bytes < max_bytes) {
-		if ((rc = sqlite3_step(s)) != SQLITE_ROW)
+		if ((rc = store_next(s)) <= 0)
 			break;
-		bytes += (size_t)sqlite3_column_bytes(s, 0);
+		bytes += store_len(s, 0);
 		/* raw: the exact bytes the chain and the tree hash, as a string */
-		rec = raw ? json_stringn(sqlite3_column_blob(s, 0),
-					 (size_t)sqlite3_column_bytes(s, 0))
-			  : json_loadb(sqlite3_column_blob(s, 0),
-				       (size_t)sqlite3_column_bytes(s, 0), 0, NULL);
+		rec = raw ? json_stringn(store_blob(s, 0), store_len(s, 0))
+			  : json_loadb(store_blob(s, 0), store_len(s, 0), 0, NULL);
 		if (rec == NULL || json_array_append_new(arr, rec) < 0) {
 			r = -EIO;
 			break;
 		}
 	}
-	if (r == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) /* ROW: stopped at the byte cap */
+	if (r == 0 && rc < 0) /* a row left: stopped at the byte cap */
 		r = -EIO;
-	sqlite3_finalize(s);
+	store_done(st, s);
 	if (r < 0) {
 		json_decref(arr);
 		return r;
@@ -1047,7 +599,7 @@ int journal_tree_head(struct store *st, uint64_t *ret_size, uint8_t ret_root[32]
 int journal_leaves(struct store *st, uint64_t first, uint64_t count, uint8_t (**ret_leaves)[32])
 {
 	uint8_t(*leaves)[32];
-	sqlite3_stmt *s = NULL;
+	struct store_rows *s = NULL;
 	uint64_t i = 0, size = count;
 	int rc, r = -EIO;
 
@@ -1055,21 +607,18 @@ int journal_leaves(struct store *st, uint64_t first, uint64_t count, uint8_t (**
 		return -EINVAL;
 	if ((leaves = malloc(count * 32)) == NULL)
 		return -ENOMEM;
-	if (sqlite3_prepare_v2(
-		st->db, "SELECT seq, leaf FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", -1,
-		&s, NULL) != SQLITE_OK)
+	if (store_query(st, &s,
+			"SELECT seq, leaf FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq",
+			"ii", (int64_t)first, (int64_t)(first + count)) < 0)
 		goto out;
-	sqlite3_bind_int64(s, 1, (sqlite3_int64)first);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)(first + count));
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		if ((uint64_t)sqlite3_column_int64(s, 0) != first + i ||
-		    sqlite3_column_bytes(s, 1) != 32) {
+	while ((rc = store_next(s)) > 0) {
+		if ((uint64_t)store_int(s, 0) != first + i || store_len(s, 1) != 32) {
 			r = -CIMD_EVERIFY;
 			goto out;
 		}
-		memcpy(leaves[i++], sqlite3_column_blob(s, 1), 32);
+		memcpy(leaves[i++], store_blob(s, 1), 32);
 	}
-	if (rc != SQLITE_DONE)
+	if (rc != 0)
 		goto out;
 	if (i != size) {
 		r = -CIMD_EVERIFY;
@@ -1079,7 +628,7 @@ int journal_leaves(struct store *st, uint64_t first, uint64_t count, uint8_t (**
 	leaves = NULL;
 	r = 0;
 out:
-	sqlite3_finalize(s);
+	store_done(st, s);
 	free(leaves);
 	return r;
 }
@@ -1115,16 +664,15 @@ int journal_record(struct store *st, int64_t seq, char **ret_bytes, size_t *ret_
 
 void store_interrupt(struct store *st)
 {
-	sqlite3_interrupt(st->db);
+	st->drv->interrupt(st->c);
 }
 
 void store_busy_timeout(struct store *st, int ms)
 {
-	sqlite3_busy_timeout(st->db, ms);
+	st->drv->busy_timeout(st->c, ms);
 }
 
 int journal_table_records(struct store *st, struct store_rows **ret)
 {
-	return store_query(
-	    st, ret, "SELECT record FROM journal WHERE " JOURNAL_TABLES_WHERE " ORDER BY seq", "");
+	return store_query(st, ret, st->drv->table_records_sql, "");
 }

@@ -18,4 +18,9 @@
 	"substr(CAST(record AS TEXT), instr(CAST(record AS TEXT), '\",\"kind\":\"') + 10, 4) "     \
 	"IN ('clie', 'doc.', 'key.', 'reco', 'tabl')"
 
+struct sqlite3;
+struct store_conn;
+/* The SQLite handle of a connection of the SQLite engine. */
+struct sqlite3 *store_sqlite_db(struct store_conn *c);
+
 #endif

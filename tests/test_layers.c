@@ -180,8 +180,9 @@ int main(void)
 					}
 				}
 	t_ok(!up, "no file of service/ calls a function defined in cimdd.c");
-	/* The database is store.c's (docs/architecture.md, "The store"): the
-	 * rest of the daemon speaks only store_*, so that a second engine is a
+	/* The database is the store's (docs/architecture.md, "The store"): the
+	 * rest of the daemon speaks only store_*, and only store_sqlite.c speaks
+	 * SQLite, so that a second engine is a
 	 * change to the store alone. */
 	{
 		int in_store = 0, outside = 0;
@@ -189,7 +190,7 @@ int main(void)
 		for (i = 0; i < nfiles; i++)
 			for (k = 0; k < files[i].nund; k++)
 				if (strncmp(files[i].und[k], "sqlite3_", 8) == 0) {
-					if (strcmp(files[i].name, "store.c") == 0) {
+					if (strcmp(files[i].name, "store_sqlite.c") == 0) {
 						in_store = 1;
 					} else {
 						printf("# %s calls %s\n", files[i].name,
@@ -197,7 +198,7 @@ int main(void)
 						outside = 1;
 					}
 				}
-		t_ok(in_store, "store.c is seen to call SQLite");
+		t_ok(in_store, "store_sqlite.c is seen to call SQLite");
 		t_ok(!outside, "no other file of service/ calls SQLite");
 	}
 	/* The daemon as a whole is cimdd.c's: the modules are given struct svc. */

@@ -1,0 +1,66 @@
+/*
+ * store_drv.h — what store.c asks of a database engine (docs/architecture.md,
+ * "The store").  store.c keeps the journal, its tree and the migrations'
+ * order; an engine keeps connections, statements, transactions and its own
+ * dialect of the schema.  Service code sees neither: it speaks store_*.
+ */
+#ifndef CIMD_STORE_DRV_H
+#define CIMD_STORE_DRV_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store_conn; /* an engine's connection */
+
+/* The rows of one statement: each engine's own begins with this. */
+struct store_rows {
+	const struct store_drv *drv;
+};
+
+struct store_drv {
+	const char *name;
+	/* Opens target (a path, a connection string) and sets the session up;
+	 * errbuf says why not. */
+	int (*open)(const char *target, struct store_conn **ret, char *errbuf, size_t errlen);
+	void (*close)(struct store_conn *c);
+	/* Statements without parameters or rows, several at once (DDL). */
+	int (*exec)(struct store_conn *c, const char *sql);
+	/* A statement with its parameters bound (types as store_query), kept
+	 * prepared per SQL text; handed back with done. */
+	int (*query)(struct store_conn *c, struct store_rows **ret, const char *sql,
+		     const char *types, va_list ap);
+	void (*done)(struct store_conn *c, struct store_rows *q);
+	int (*next)(struct store_rows *q);
+	/* Rows the statement changed, once next has returned 0. */
+	int64_t (*changed)(struct store_conn *c, struct store_rows *q);
+	const char *(*text)(struct store_rows *q, int col);
+	int64_t (*integer)(struct store_rows *q, int col);
+	const void *(*blob)(struct store_rows *q, int col);
+	size_t (*len)(struct store_rows *q, int col);
+	int (*null)(struct store_rows *q, int col);
+	int (*columns)(struct store_rows *q);
+	/* Transactions.  A write transaction excludes every other writer on the
+	 * database from its start (not from its first write); a read
+	 * transaction sees one snapshot. */
+	int (*begin)(struct store_conn *c, int write);
+	int (*commit)(struct store_conn *c);
+	void (*rollback)(struct store_conn *c);
+	/* The schema version the database records, and setting it inside the
+	 * migration's transaction. */
+	int (*version)(struct store_conn *c, int *ret);
+	int (*set_version)(struct store_conn *c, int v);
+	const char *const *migrations; /* migrations[N - 1] takes version N - 1 to N */
+	int n_migrations;
+	/* journal_table_records' query, in this engine's dialect. */
+	const char *table_records_sql;
+	/* Rows changed through this connection since it opened. */
+	int64_t (*total_changes)(struct store_conn *c);
+	void (*interrupt)(struct store_conn *c);
+	void (*busy_timeout)(struct store_conn *c, int ms);
+	const char *(*errmsg)(struct store_conn *c);
+};
+
+extern const struct store_drv store_sqlite;
+
+#endif
