@@ -12,7 +12,7 @@
 #   make install  programs (cimdd-publisher in PREFIX/libexec/cimdd) and man pages under PREFIX
 #   make clean
 
-PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3 libmicrohttpd libseccomp
+PKGS      := openssl libp11 tss2-esys tss2-mu tss2-rc tss2-tctildr jansson sqlite3 libpq libmicrohttpd libseccomp
 CC        ?= cc
 BUILD     ?= build
 OPT       ?= -O2 -g

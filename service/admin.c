@@ -477,14 +477,12 @@ static void accept_one(struct admin_server *srv)
  * more, that writes nothing. */
 static int slow_open(struct admin_server *srv, char *err, size_t errlen)
 {
-	char path[1100];
 	int r;
 
-	snprintf(path, sizeof(path), "%s/cimdd.db", srv->d->cfg->state_dir);
-	if ((r = store_open(path, &srv->slow.reader, err, errlen)) < 0)
+	if ((r = store_open_config(srv->d->cfg, &srv->slow.reader, err, errlen)) < 0)
 		return r;
-	if (store_exec(srv->slow.reader, "PRAGMA query_only = 1", "") < 0) {
-		snprintf(err, errlen, "%s: cannot make a read-only handle", path);
+	if (store_read_only(srv->slow.reader) < 0) {
+		snprintf(err, errlen, "the state database: cannot make a read-only handle");
 		return -EIO;
 	}
 	srv->slow.svc.st = srv->slow.reader;

@@ -311,8 +311,7 @@ static int open_state(struct daemon *m)
 					     : strerror(errno));
 		return -1;
 	}
-	snprintf(path, sizeof(path), "%s/cimdd.db", d->svc.cfg->state_dir);
-	if (store_open(path, &d->svc.st, err, sizeof(err)) < 0) {
+	if (store_open_config(d->svc.cfg, &d->svc.st, err, sizeof(err)) < 0) {
 		log_err("state database: %s", err);
 		return -1;
 	}

@@ -267,6 +267,9 @@ enum {
 	K_DESTROY_DELAY,
 	K_ROTATE_EVERY,
 	K_CHECKPOINT_INTERVAL,
+	K_STORE,
+	K_CONNINFO,
+	K_CONNINFO_FILE,
 	K_BACKEND, /* repeatable from here on */
 	K_OPERATOR,
 };
@@ -296,6 +299,9 @@ static const char *const keys[] = {
     [K_DESTROY_DELAY] = "destroy_delay",
     [K_ROTATE_EVERY] = "rotate_every",
     [K_CHECKPOINT_INTERVAL] = "checkpoint_interval",
+    [K_STORE] = "store",
+    [K_CONNINFO] = "conninfo",
+    [K_CONNINFO_FILE] = "conninfo_file",
     [K_BACKEND] = "backend",
     [K_OPERATOR] = "operator",
 };
@@ -353,6 +359,16 @@ static int parse_setting(struct parse *p, int k, const char *v)
 		return set_str(p, &c->tls_cert, v);
 	case K_TLS_KEY:
 		return set_str(p, &c->tls_key, v);
+	case K_STORE:
+		if (strcmp(v, "sqlite") != 0 && strcmp(v, "postgresql") != 0)
+			return perr(p, "store: '%s' is neither sqlite nor postgresql", v);
+		return set_str(p, &c->store, v);
+	case K_CONNINFO:
+		return set_str(p, &c->conninfo, v);
+	case K_CONNINFO_FILE:
+		if (v[0] != '/')
+			return perr(p, "conninfo_file: '%s' is not an absolute path", v);
+		return set_str(p, &c->conninfo_file, v);
 	case K_EXPORT_DIR:
 		if (v[0] != '/')
 			return perr(p, "export_dir: '%s' is not an absolute path", v);
@@ -451,6 +467,13 @@ static int finish(struct parse *p)
 		snprintf(c->default_backend, sizeof(c->default_backend), "%s", c->backends[0].name);
 	else if (config_backend(c, c->default_backend) == NULL)
 		return perr(p, "default_backend %s is not configured", c->default_backend);
+	if (c->store == NULL && (c->store = strdup("sqlite")) == NULL)
+		return -ENOMEM;
+	if (strcmp(c->store, "postgresql") == 0 &&
+	    (c->conninfo == NULL) == (c->conninfo_file == NULL))
+		return perr(p, "store = postgresql needs one of conninfo and conninfo_file");
+	if (strcmp(c->store, "sqlite") == 0 && (c->conninfo != NULL || c->conninfo_file != NULL))
+		return perr(p, "conninfo and conninfo_file are for store = postgresql");
 	if (c->listen != NULL && !c->allow_http && (c->tls_cert == NULL || c->tls_key == NULL))
 		return perr(p, "listen needs tls_cert and tls_key (or allow_http = yes behind a "
 			       "TLS-terminating proxy)");
@@ -580,6 +603,19 @@ static int check_paths(struct parse *p)
 				    "0600, or 0640 to the daemon's own group",
 				    c->tls_key, (unsigned)(st.st_mode & 07777));
 	}
+	/* Like the PIN file (key_store.c): it may carry the database's password. */
+	if (c->conninfo_file != NULL) {
+		if (stat(c->conninfo_file, &st) < 0)
+			return perr(p, "conninfo_file %s: %s", c->conninfo_file, strerror(errno));
+		if (!S_ISREG(st.st_mode))
+			return perr(p, "conninfo_file %s: not a regular file", c->conninfo_file);
+		if (st.st_uid != geteuid() || (st.st_mode & 077) != 0)
+			return perr(
+			    p,
+			    "conninfo_file %s: must be this daemon's user's and 0600 (owner "
+			    "uid %ld, mode %04o)",
+			    c->conninfo_file, (long)st.st_uid, (unsigned)(st.st_mode & 07777));
+	}
 	if (stat(c->state_dir, &st) < 0)
 		return errno == ENOENT ? 0
 				       : perr(p, "state_dir %s: %s", c->state_dir, strerror(errno));
@@ -661,6 +697,9 @@ void config_free(struct cimd_config **pcfg)
 	free(c->tls_cert);
 	free(c->tls_key);
 	free(c->export_dir);
+	free(c->store);
+	free(c->conninfo);
+	free(c->conninfo_file);
 	for (i = 0; i < c->n_backends; i++)
 		free(c->backends[i].conf);
 	free(c);

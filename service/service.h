@@ -109,8 +109,11 @@ struct cimd_config {
 	char *listen;	      /* host:port of the publisher */
 	char *tls_cert;
 	char *tls_key;
-	char *export_dir; /* every publication set also written there, or NULL */
-	int allow_http;	  /* serve plain HTTP (behind a TLS-terminating proxy) */
+	char *export_dir;    /* every publication set also written there, or NULL */
+	char *store;	     /* "sqlite" (state_dir/cimdd.db) or "postgresql" */
+	char *conninfo;	     /* store = postgresql: a libpq connection string, */
+	char *conninfo_file; /* or the file that holds one (0600) */
+	int allow_http;	     /* serve plain HTTP (behind a TLS-terminating proxy) */
 	int two_person_rule;
 	char default_backend[16];
 	struct cimd_backend_conf backends[CIMD_BACKENDS_MAX];
@@ -153,6 +156,15 @@ struct store;
 /* Opens (creating, or migrating forward) the database at path: WAL,
  * synchronous=FULL, foreign keys on.  A database from a newer cimdd is refused. */
 int store_open(const char *path, struct store **ret_st, char *errbuf, size_t errlen);
+/* The same for an engine by name: "sqlite" (target: a file) or "postgresql"
+ * (target: a libpq connection string); then for the configured one (store,
+ * conninfo, conninfo_file; state_dir/cimdd.db by default). */
+int store_open_engine(const char *engine, const char *target, struct store **ret_st, char *errbuf,
+		      size_t errlen);
+int store_open_config(const struct cimd_config *cfg, struct store **ret_st, char *errbuf,
+		      size_t errlen);
+/* "sqlite" or "postgresql". */
+const char *store_engine(const struct store *st);
 void store_free(struct store **st);
 int store_schema_version(struct store *st);
 /* Rows changed through this handle since it was opened: a cheap "did anything
@@ -190,6 +202,8 @@ int store_columns(struct store_rows *q);
 void store_done(struct store *st, struct store_rows *q);
 /* From another thread: the statement running on st fails at its next step. */
 void store_interrupt(struct store *st);
+/* Every later statement on st refuses to write. */
+int store_read_only(struct store *st);
 /* How long a statement waits for another handle's write lock before it fails. */
 void store_busy_timeout(struct store *st, int ms);
 

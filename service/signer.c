@@ -77,7 +77,6 @@ void signer_invalidate(struct signer *s)
 int signer_start(struct svc *d, struct tlog *tl, struct signer **ret, char *err, size_t errlen)
 {
 	struct signer *s;
-	char dbpath[1100];
 	size_t i;
 	int r;
 
@@ -103,9 +102,8 @@ int signer_start(struct svc *d, struct tlog *tl, struct signer **ret, char *err,
 		goto fail;
 	}
 	raise_nofile();
-	snprintf(dbpath, sizeof(dbpath), "%s/cimdd.db", d->cfg->state_dir);
-	if ((r = store_open(dbpath, &s->io.reader, err, errlen)) < 0 ||
-	    (r = store_open(dbpath, &s->jr.writer, err, errlen)) < 0)
+	if ((r = store_open_config(d->cfg, &s->io.reader, err, errlen)) < 0 ||
+	    (r = store_open_config(d->cfg, &s->jr.writer, err, errlen)) < 0)
 		goto fail;
 	/* A journal that cannot take the write lock this soon fails the batch:
 	 * signing fails closed rather than queueing without bound. */

@@ -48,25 +48,37 @@ static int sql_fail(struct store *st, char *errbuf, size_t errlen, const char *w
 	return -EIO;
 }
 
+/* Each migration in its own write transaction, the version read inside it:
+ * two nodes that start together on one new database migrate it once. */
 static int migrate(struct store *st, char *errbuf, size_t errlen)
 {
 	const struct store_drv *drv = st->drv;
-	int v;
+	int v, r;
 
-	if (drv->version(st->c, &v) < 0)
-		return sql_fail(st, errbuf, errlen, "reading the schema version");
-	if (v > drv->n_migrations) {
-		if (errbuf != NULL)
-			snprintf(errbuf, errlen,
-				 "database schema version %d is newer than this cimdd's (%d): "
-				 "refusing to touch it",
-				 v, drv->n_migrations);
-		return -EPROTO;
-	}
-	for (; v < drv->n_migrations; v++) {
-		if (drv->begin(st->c, 1) < 0 || drv->exec(st->c, drv->migrations[v]) < 0 ||
+	for (;;) {
+		if (drv->begin(st->c, 1) < 0)
+			return sql_fail(st, errbuf, errlen, "migrating the schema");
+		if (drv->version(st->c, &v) < 0) {
+			r = sql_fail(st, errbuf, errlen, "reading the schema version");
+			drv->rollback(st->c);
+			return r;
+		}
+		if (v > drv->n_migrations) {
+			drv->rollback(st->c);
+			if (errbuf != NULL)
+				snprintf(errbuf, errlen,
+					 "database schema version %d is newer than this cimdd's "
+					 "(%d): refusing to touch it",
+					 v, drv->n_migrations);
+			return -EPROTO;
+		}
+		if (v == drv->n_migrations) {
+			drv->rollback(st->c);
+			break;
+		}
+		if (drv->exec(st->c, drv->migrations[v]) < 0 ||
 		    drv->set_version(st->c, v + 1) < 0) {
-			int r = sql_fail(st, errbuf, errlen, "migrating the schema");
+			r = sql_fail(st, errbuf, errlen, "migrating the schema");
 			drv->rollback(st->c);
 			return r;
 		}
@@ -215,13 +227,73 @@ fail:
 
 int store_open(const char *path, struct store **ret_st, char *errbuf, size_t errlen)
 {
+	return store_open_engine("sqlite", path, ret_st, errbuf, errlen);
+}
+
+/* The connection string in a conninfo_file (config.c checked its owner and
+ * mode), without the line's end; malloc'd. */
+static char *conninfo_read(const char *path, char *errbuf, size_t errlen)
+{
+	char buf[4096];
+	size_t n;
+	FILE *f;
+
+	if ((f = fopen(path, "re")) == NULL) {
+		snprintf(errbuf, errlen, "conninfo_file %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	if (n == sizeof(buf) - 1) {
+		snprintf(errbuf, errlen, "conninfo_file %s: longer than %zu bytes", path,
+			 sizeof(buf) - 2);
+		return NULL;
+	}
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+		n--;
+	buf[n] = '\0';
+	return strdup(buf);
+}
+
+int store_open_config(const struct cimd_config *cfg, struct store **ret_st, char *errbuf,
+		      size_t errlen)
+{
+	char path[PATH_MAX], *ci;
+	int r;
+
+	if (cfg->store != NULL && strcmp(cfg->store, "postgresql") == 0) {
+		if (cfg->conninfo != NULL)
+			return store_open_engine("postgresql", cfg->conninfo, ret_st, errbuf,
+						 errlen);
+		if ((ci = conninfo_read(cfg->conninfo_file, errbuf, errlen)) == NULL)
+			return -EIO;
+		r = store_open_engine("postgresql", ci, ret_st, errbuf, errlen);
+		OPENSSL_cleanse(ci, strlen(ci));
+		free(ci);
+		return r;
+	}
+	if ((size_t)snprintf(path, sizeof(path), "%s/cimdd.db", cfg->state_dir) >= sizeof(path)) {
+		snprintf(errbuf, errlen, "state_dir: too long");
+		return -ENAMETOOLONG;
+	}
+	return store_open_engine("sqlite", path, ret_st, errbuf, errlen);
+}
+
+const char *store_engine(const struct store *st)
+{
+	return st->drv->name;
+}
+
+int store_open_engine(const char *engine, const char *target, struct store **ret_st, char *errbuf,
+		      size_t errlen)
+{
 	struct store *st;
 	int r;
 
 	if ((st = calloc(1, sizeof(*st))) == NULL)
 		return -ENOMEM;
-	st->drv = &store_sqlite;
-	if ((r = st->drv->open(path, &st->c, errbuf, errlen)) < 0 ||
+	st->drv = strcmp(engine, "postgresql") == 0 ? &store_postgresql : &store_sqlite;
+	if ((r = st->drv->open(target, &st->c, errbuf, errlen)) < 0 ||
 	    (r = migrate(st, errbuf, errlen)) < 0 || (r = tree_prepare(st, errbuf, errlen)) < 0)
 		goto out;
 	*ret_st = st;
@@ -675,4 +747,9 @@ void store_busy_timeout(struct store *st, int ms)
 int journal_table_records(struct store *st, struct store_rows **ret)
 {
 	return store_query(st, ret, st->drv->table_records_sql, "");
+}
+
+int store_read_only(struct store *st)
+{
+	return st->drv->read_only(st->c);
 }

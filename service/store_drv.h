@@ -58,9 +58,12 @@ struct store_drv {
 	int64_t (*total_changes)(struct store_conn *c);
 	void (*interrupt)(struct store_conn *c);
 	void (*busy_timeout)(struct store_conn *c, int ms);
+	/* The connection refuses to write from now on. */
+	int (*read_only)(struct store_conn *c);
 	const char *(*errmsg)(struct store_conn *c);
 };
 
 extern const struct store_drv store_sqlite;
+extern const struct store_drv store_postgresql;
 
 #endif

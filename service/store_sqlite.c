@@ -558,6 +558,11 @@ static void sq_busy_timeout(struct store_conn *c, int ms)
 	sqlite3_busy_timeout(c->db, ms);
 }
 
+static int sq_read_only(struct store_conn *c)
+{
+	return sq_exec(c, "PRAGMA query_only = 1");
+}
+
 struct sqlite3 *store_sqlite_db(struct store_conn *c)
 {
 	return c->db;
@@ -589,5 +594,6 @@ const struct store_drv store_sqlite = {
     .total_changes = sq_total_changes,
     .interrupt = sq_interrupt,
     .busy_timeout = sq_busy_timeout,
+    .read_only = sq_read_only,
     .errmsg = sq_errmsg,
 };
