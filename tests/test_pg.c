@@ -103,6 +103,30 @@ static int proc_uid(pid_t pid)
 	return uid;
 }
 
+/* Our children that are dead postgres processes, not reaped. */
+static int our_zombies(void)
+{
+	char path[64], buf[512], *p;
+	struct dirent *d;
+	DIR *dir = opendir("/proc");
+	int n = 0, ppid;
+	FILE *f;
+
+	while (dir != NULL && (d = readdir(dir)) != NULL) {
+		snprintf(path, sizeof(path), "/proc/%.20s/stat", d->d_name);
+		if (d->d_name[0] < '1' || d->d_name[0] > '9' || (f = fopen(path, "re")) == NULL)
+			continue;
+		if (fgets(buf, sizeof(buf), f) != NULL && strstr(buf, "(postgres) Z ") != NULL &&
+		    (p = strrchr(buf, ')')) != NULL && sscanf(p + 4, "%d", &ppid) == 1 &&
+		    ppid == getpid())
+			n++;
+		fclose(f);
+	}
+	if (dir != NULL)
+		closedir(dir);
+	return n;
+}
+
 /* ---- one cluster ---- */
 
 /* What the server says for one query, "" on any error. */
@@ -278,26 +302,31 @@ out:
  * line, then ends as mode says, never stopping the cluster. */
 static int child(const char *mode)
 {
+	PGconn *c;
 	char line[16];
 	struct t_pg pg;
-	PGconn *c;
+	int r;
 
 	if (t_pg_start(&pg) < 0)
 		return t_done();
 	c = PQconnectdb(pg.conninfo); /* a backend too, a session of its own */
 	if (!t_ok(PQstatus(c) == CONNECTION_OK, "child: connected"))
-		return t_done();
+		goto out;
 	printf("ready %s\n", pg.data);
 	fflush(stdout);
 	if (fgets(line, sizeof(line), stdin) == NULL)
-		return t_done();
+		goto out;
 	if (strcmp(mode, "abort") == 0)
 		abort();
 	if (strcmp(mode, "fail") == 0) {
 		t_ok(0, "child: a failing check, then exit(1) without t_done()");
 		exit(1);
 	}
-	return t_done(); /* "exit" */
+	/* "exit": the harness kills the cluster, then the client goes. */
+out:
+	r = t_done();
+	PQfinish(c);
+	return r;
 }
 
 /* Reads fd until needle or EOF (at most 60 s) into out; whether it came. */
@@ -405,6 +434,13 @@ static void test_child(const char *mode)
 			       strstr(out, " (postgres)") != NULL,
 			   "%s: it exited (status %#x), the harness killed postgres and said so",
 			   mode, (unsigned)st);
+	/* Its processes were its own children (it is a subreaper too): reaped
+	 * by it, not left to us, its subreaper, as zombies. */
+	if (strcmp(mode, "abort") != 0) {
+		n = our_zombies();
+		ok &= t_ok(n == 0, "%s: it reaped them: no dead postgres of it came to us (%d)",
+			   mode, n);
+	}
 out:
 	close(in);
 	close(fd);
