@@ -396,9 +396,10 @@ static int proc_ours(const struct t_proc *p)
 	return in_group;
 }
 
-/* One look at every live process but the test into procs[] and proc_hash;
- * how many.  Zombies are left out: dead, and their children went to a reaper. */
-static size_t proc_scan(void)
+/* One look at every process but the test into procs[] and proc_hash; how
+ * many.  Zombies are left out unless asked for: dead, and their children went
+ * to a reaper. */
+static size_t proc_scan(int zombies)
 {
 	char buf[4096] __attribute__((aligned(8))); /* struct dirent64 records */
 	size_t n_procs = 0, i;
@@ -415,8 +416,9 @@ static size_t proc_scan(void)
 
 			if (n_procs < T_PROCS_MAX && (pid = (pid_t)get_num(&name)) > 0 &&
 			    *name == '\0' && pid != main_pid &&
-			    proc_read(pid, &procs[n_procs]) == 0 && procs[n_procs].state != 'Z' &&
-			    procs[n_procs].state != 'X')
+			    proc_read(pid, &procs[n_procs]) == 0 &&
+			    ((procs[n_procs].state != 'Z' && procs[n_procs].state != 'X') ||
+			     zombies))
 				n_procs++;
 		}
 	}
@@ -434,7 +436,7 @@ static size_t proc_scan(void)
 /* One look at every process; those that are ours are killed.  How many. */
 static int sweep(void)
 {
-	size_t n_procs = proc_scan(), i;
+	size_t n_procs = proc_scan(0), i;
 	int killed = 0;
 
 	for (i = 0; i < n_procs; i++)
@@ -1199,10 +1201,11 @@ int t_pg_restart(struct t_pg *pg)
 	return pg_postmaster(pg);
 }
 
-/* The descendants of pid, at most max: how many. */
+/* The descendants of pid, at most max, the dead it has not reaped too: how
+ * many. */
 static int pg_descendants(pid_t pid, pid_t *ret, int max)
 {
-	size_t n_procs = proc_scan(), i;
+	size_t n_procs = proc_scan(1), i;
 	const struct t_proc *p;
 	int n = 0, depth;
 
@@ -1240,7 +1243,8 @@ void t_pg_kill(struct t_pg *pg)
 	if (pg->pid <= 0)
 		return;
 	/* Stopped, the postmaster forks nothing between the listing and the kill,
-	 * and does not reap: its children come to us when it dies. */
+	 * and does not reap: its children, those that had died already too (a
+	 * backend whose client just left), come to us when it dies. */
 	kill(pg->pid, SIGSTOP);
 	pg_stopped(pg->pid);
 	n = pg_descendants(pg->pid, kids, T_PG_KIDS_MAX);

@@ -103,6 +103,22 @@ static int proc_uid(pid_t pid)
 	return uid;
 }
 
+/* A process's state letter (proc(5)), 0 when there is none. */
+static char proc_state(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	FILE *f;
+	char st = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((f = fopen(path, "re")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL && p[1] == ' ')
+		st = p[2];
+	fclose(f);
+	return st;
+}
+
 /* Our children that are dead postgres processes, not reaped. */
 static int our_zombies(void)
 {
@@ -179,10 +195,10 @@ static void test_cluster(void)
 {
 	char out[256], list[256];
 	struct t_pg pg;
-	PGconn *busy;
+	PGconn *busy, *gone;
 	double t0;
 	int r, n;
-	pid_t old;
+	pid_t old, dead;
 
 	t0 = t_now_ms();
 	r = t_pg_start(&pg);
@@ -237,6 +253,17 @@ static void test_cluster(void)
 	     "before the crash: a committed row, a transaction running, %d processes of the "
 	     "cluster (postmaster and its children)",
 	     n);
+	/* A backend that ended while its postmaster could not reap it (stopped
+	 * here, as by t_pg_kill itself): a zombie, which must not come to us and
+	 * stay when the postmaster is gone. */
+	gone = PQconnectdb(pg.conninfo);
+	dead = PQbackendPID(gone);
+	kill(pg.pid, SIGSTOP);
+	PQfinish(gone);
+	for (t0 = t_now_ms(); proc_state(dead) != 'Z' && t_now_ms() - t0 < 10000; usleep(5000))
+		;
+	t_ok(proc_state(dead) == 'Z', "a backend dead before the crash, not reaped (pid %d)",
+	     (int)dead);
 	old = pg.pid;
 	t0 = t_now_ms();
 	t_pg_kill(&pg);
@@ -245,6 +272,10 @@ static void test_cluster(void)
 	     "t_pg_kill: the postmaster and its children, the busy backend too, are gone when it "
 	     "returns (%d:%s, %.0f ms)",
 	     n, list, t_now_ms() - t0);
+	t_ok(proc_state(dead) == 0 && our_zombies() == 0,
+	     "t_pg_kill: the backend that was dead already is reaped, no dead postgres left to "
+	     "us (%d)",
+	     our_zombies());
 	PQfinish(busy);
 	t0 = t_now_ms();
 	r = t_pg_restart(&pg);
@@ -455,7 +486,11 @@ int main(int argc, char **argv)
 	if (argc == 3 && strcmp(argv[1], "--child") == 0)
 		return child(argv[2]);
 	test_cluster();
+	printf("# DEBUG zombies after cluster %d\n", our_zombies());
+	t_sh("ps -o pid,ppid,stat,lstart,cmd --ppid %d", (int)getpid());
 	test_two();
+	printf("# DEBUG zombies after two %d\n", our_zombies());
+	t_sh("ps -o pid,ppid,stat,lstart,cmd --ppid %d", (int)getpid());
 	test_child("exit");
 	test_child("fail");
 	test_child("abort");
