@@ -10,6 +10,7 @@ pkgs=(
 	libssl-dev libp11-dev libp11-kit-dev libtss2-dev libmicrohttpd-dev
 	libjansson-dev libsqlite3-dev libseccomp-dev
 	softhsm2 swtpm swtpm-tools tpm2-tools openssl curl nginx-light wrk
+	postgresql libpq-dev # the tests' throwaway clusters (tests/harness.c, t_pg_*)
 	nodejs npm
 )
 

@@ -3,8 +3,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,6 +23,7 @@
 #include <arpa/inet.h>
 #include <openssl/pem.h>
 
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include "harness.h"
@@ -393,15 +396,17 @@ static int proc_ours(const struct t_proc *p)
 	return in_group;
 }
 
-/* One look at every process; those that are ours are killed.  How many. */
-static int sweep(void)
+/* One look at every process but the test into procs[] and proc_hash; how
+ * many.  Zombies are left out unless asked for: dead, and their children went
+ * to a reaper. */
+static size_t proc_scan(int zombies)
 {
 	char buf[4096] __attribute__((aligned(8))); /* struct dirent64 records */
 	size_t n_procs = 0, i;
 	ssize_t n, off;
-	int dfd, killed = 0;
 	unsigned h;
 	pid_t pid;
+	int dfd;
 
 	if ((dfd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
 		return 0;
@@ -409,11 +414,11 @@ static int sweep(void)
 		for (off = 0; off < n; off += ((struct dirent64 *)(buf + off))->d_reclen) {
 			const char *name = ((struct dirent64 *)(buf + off))->d_name;
 
-			/* Zombies are left out: dead, and their children went to a reaper. */
 			if (n_procs < T_PROCS_MAX && (pid = (pid_t)get_num(&name)) > 0 &&
 			    *name == '\0' && pid != main_pid &&
-			    proc_read(pid, &procs[n_procs]) == 0 && procs[n_procs].state != 'Z' &&
-			    procs[n_procs].state != 'X')
+			    proc_read(pid, &procs[n_procs]) == 0 &&
+			    ((procs[n_procs].state != 'Z' && procs[n_procs].state != 'X') ||
+			     zombies))
 				n_procs++;
 		}
 	}
@@ -425,6 +430,15 @@ static int sweep(void)
 			;
 		proc_hash[h] = (int)i + 1;
 	}
+	return n_procs;
+}
+
+/* One look at every process; those that are ours are killed.  How many. */
+static int sweep(void)
+{
+	size_t n_procs = proc_scan(0), i;
+	int killed = 0;
+
 	for (i = 0; i < n_procs; i++)
 		if (proc_ours(&procs[i])) {
 			kill_one(&procs[i], procs[i].pid);
@@ -501,6 +515,11 @@ static void kill_and_report(void)
 {
 	int n = kill_leftovers(), i;
 
+	/* What died and came to us as to a subreaper (t_pg_start) is reaped,
+	 * not left as zombies to an init that may be slow to reap them. */
+	if (getpid() == main_pid)
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
 	if (n == 0)
 		return;
 	printf("# the test left %d process%s running, killed:", n, n == 1 ? "" : "es");
@@ -892,6 +911,373 @@ void t_swtpm_kill(struct t_swtpm *s)
 	kill(s->pid, SIGKILL);
 	waitpid(s->pid, NULL, 0);
 	s->pid = 0;
+}
+
+/* ---- a throwaway PostgreSQL cluster ----
+ *
+ * The postmaster is the test's own child, started with "postgres -D DATA"
+ * rather than by pg_ctl: pg_ctl starts it in a session of its own and exits,
+ * which would leave it to init, out of reach of the harness's sweep.  As a
+ * child it stays in our group, and what it forks (each backend calls setsid())
+ * stays among our descendants.  The test is a child subreaper from the first
+ * cluster on, so that the postmaster's children killed with it come back to
+ * us, to be reaped and still counted ours while they die.  PostgreSQL refuses
+ * to run as root (it would own every file of the cluster): as root, the
+ * cluster is nobody's. */
+
+#define T_PG_WAIT_MS 60000 /* initdb, a start (crash recovery included), a shutdown */
+#define T_PG_KIDS_MAX 256  /* processes of one cluster, for t_pg_kill */
+/* Its socket's name, DIR/.s.PGSQL.PORT: the same in every cluster (each has a
+ * directory of its own), and written down, not left to PGPORT. */
+#define T_PG_PORT 5432
+
+static char pg_bindir[512];
+
+/* `pg_config --bindir` (/usr/lib/postgresql/15/bin on Debian, not on PATH). */
+static const char *pg_bin_dir(void)
+{
+	if (pg_bindir[0] == '\0' &&
+	    t_sh_out(pg_bindir, sizeof(pg_bindir), "pg_config --bindir") != 0)
+		pg_bindir[0] = '\0';
+	pg_bindir[strcspn(pg_bindir, "\n")] = '\0';
+	return pg_bindir[0] == '/' ? pg_bindir : NULL;
+}
+
+/* Who runs the cluster: nobody when we are root, else ourselves. */
+static int pg_owner(uid_t *ret_uid, gid_t *ret_gid)
+{
+	struct passwd *pw;
+
+	if (geteuid() != 0) {
+		*ret_uid = geteuid();
+		*ret_gid = getegid();
+		return 0;
+	}
+	if ((pw = getpwnam("nobody")) == NULL)
+		return -ENOENT;
+	*ret_uid = pw->pw_uid;
+	*ret_gid = pw->pw_gid;
+	return 0;
+}
+
+/* BINDIR/argv[0] as the cluster's owner, its output appended to pg->log:
+ * 0 and *ret_pid, or a negative code. */
+static int pg_spawn(struct t_pg *pg, char *const argv[], pid_t *ret_pid)
+{
+	const char *dir = pg_bin_dir();
+	pid_t pid, parent = getpid();
+	char bin[PATH_MAX];
+	uid_t uid;
+	gid_t gid;
+	int fd, r;
+
+	if (dir == NULL)
+		return -ENOENT;
+	if ((r = pg_owner(&uid, &gid)) < 0)
+		return r;
+	snprintf(bin, sizeof(bin), "%s/%s", dir, argv[0]);
+	fflush(stdout); /* not twice, by the child too */
+	if ((pid = fork()) < 0)
+		return -errno;
+	if (pid == 0) {
+		if ((fd = open(pg->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0 ||
+		    dup2(fd, 1) < 0 || dup2(fd, 2) < 0 ||
+		    (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0 || dup2(fd, 0) < 0)
+			_exit(126);
+		/* Nothing of the test's: a pipe held open by the postmaster would
+		 * keep a reader of the test's output waiting. */
+		close_range(3, ~0U, 0);
+		if (geteuid() == 0 &&
+		    (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0))
+			_exit(126);
+		/* After the change of uid, which clears it: killed with SIGKILL, the
+		 * test takes the postmaster with it, and the postmaster's children
+		 * end when they see it gone. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(126);
+		execv(bin, argv);
+		_exit(127);
+	}
+	*ret_pid = pid;
+	return 0;
+}
+
+/* Waits at most ms for pid, our child, to exit: 0 and its status, or
+ * -ETIMEDOUT. */
+static int pg_wait(pid_t pid, int ms, int *ret_st)
+{
+	double t0 = t_now_ms();
+	pid_t r;
+
+	while ((r = waitpid(pid, ret_st, WNOHANG)) == 0) {
+		if (t_now_ms() - t0 > ms)
+			return -ETIMEDOUT;
+		usleep(2000);
+	}
+	return r == pid ? 0 : -errno;
+}
+
+static void pg_log_tail(const struct t_pg *pg)
+{
+	t_sh("tail -n 15 %s", pg->log);
+}
+
+/* One SQL text on a connection of its own: see t_pg_sql(). */
+static int pg_exec(const char *conninfo, char *out, size_t len, const char *q)
+{
+	PGconn *c = PQconnectdb(conninfo);
+	PGresult *res = NULL;
+	char msg[1024], *p;
+	int r = -1;
+
+	if (out != NULL && len > 0)
+		out[0] = '\0';
+	if (PQstatus(c) != CONNECTION_OK) {
+		snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+		goto out;
+	}
+	res = PQexec(c, q);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
+		snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
+		goto out;
+	}
+	if (out != NULL && len > 0 && PQntuples(res) > 0 && PQnfields(res) > 0)
+		snprintf(out, len, "%s", PQgetvalue(res, 0, 0));
+	r = 0;
+out:
+	if (r < 0) {
+		for (p = msg; *p != '\0'; p++)
+			if (*p == '\n')
+				*p = ' ';
+		printf("# sql: %s: %s\n", q, msg);
+		fflush(stdout);
+	}
+	PQclear(res);
+	PQfinish(c);
+	return r;
+}
+
+/* The postmaster on pg->data, until it accepts connections: 0, or a negative
+ * code with the log's end printed (and the postmaster gone). */
+static int pg_postmaster(struct t_pg *pg)
+{
+	char *argv[] = {"postgres", "-D", pg->data, NULL};
+	PGPing ping_r;
+	char ping[700];
+	double t0;
+	int r, st;
+
+	snprintf(ping, sizeof(ping), "host=%s port=%d dbname=postgres user=cimdd", pg->dir,
+		 T_PG_PORT);
+	if ((r = pg_spawn(pg, argv, &pg->pid)) < 0)
+		return r;
+	/* PQPING_REJECT while it starts or recovers, PQPING_NO_RESPONSE before
+	 * its socket exists. */
+	for (t0 = t_now_ms(); (ping_r = PQping(ping)) != PQPING_OK; usleep(5000)) {
+		if (ping_r == PQPING_NO_ATTEMPT) {
+			printf("# libpq cannot try %s\n", ping);
+			r = -EINVAL;
+			break;
+		}
+		if (waitpid(pg->pid, &st, WNOHANG) == pg->pid) {
+			printf("# postgres exited (status %#x) before it accepted connections:\n",
+			       (unsigned)st);
+			pg->pid = 0; /* reaped: nothing of it to kill */
+			r = -ECHILD;
+			break;
+		}
+		if (t_now_ms() - t0 > T_PG_WAIT_MS) {
+			printf("# postgres did not accept connections in %d ms:\n", T_PG_WAIT_MS);
+			r = -ETIMEDOUT;
+			break;
+		}
+	}
+	if (r < 0) {
+		pg_log_tail(pg);
+		t_pg_kill(pg);
+	}
+	return r;
+}
+
+/* initdb, then the settings: a Unix socket in pg->dir and no TCP (so no port
+ * to take or to be taken), fsync on as the later tests check durability. */
+static int pg_initdb(struct t_pg *pg)
+{
+	/* --no-sync: initdb's own flush of the files it wrote, which only an
+	 * operating system crash could lose; the server's fsync stays on. */
+	char *argv[] = {"initdb", "-D", pg->data, "-U",		"cimdd",     "-A",
+			"trust",  "-E", "UTF8",	  "--locale=C", "--no-sync", "--no-instructions",
+			NULL};
+	char path[700];
+	FILE *f;
+	pid_t pid;
+	int r, st;
+
+	if ((r = pg_spawn(pg, argv, &pid)) < 0)
+		return r;
+	if ((r = pg_wait(pid, T_PG_WAIT_MS, &st)) < 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	} else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		r = -EIO;
+	}
+	if (r < 0) {
+		printf("# initdb failed (%s):\n", cimd_strerror(r));
+		pg_log_tail(pg);
+		return r;
+	}
+	snprintf(path, sizeof(path), "%s/postgresql.conf", pg->data);
+	if ((f = fopen(path, "ae")) == NULL)
+		return -errno;
+	fprintf(f,
+		"\n# tests/harness.c\nlisten_addresses = ''\nunix_socket_directories = '%s'\n"
+		"port = %d\nfsync = on\n",
+		pg->dir, T_PG_PORT);
+	return fclose(f) == 0 ? 0 : -EIO;
+}
+
+int t_pg_start(struct t_pg *pg)
+{
+	char ping[700];
+	uid_t uid;
+	gid_t gid;
+	int r;
+
+	memset(pg, 0, sizeof(*pg));
+	/* The postmaster's children come back to us when it is killed (above). */
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	chmod(t_tmpdir(), 0711); /* nobody reaches its own directory inside */
+	snprintf(pg->dir, sizeof(pg->dir), "%s/pg.XXXXXX", t_tmpdir());
+	if (mkdtemp(pg->dir) == NULL || (r = pg_owner(&uid, &gid)) < 0 ||
+	    chown(pg->dir, uid, gid) < 0) {
+		r = -errno;
+		printf("# %s: %s\n", pg->dir, strerror(errno));
+		return r;
+	}
+	/* sockaddr_un's sun_path: 108 bytes on Linux, with the NUL. */
+	if (strlen(pg->dir) + sizeof("/.s.PGSQL.NNNN") > 108) {
+		printf("# %s: too long a path for a Unix socket in it\n", pg->dir);
+		return -ENAMETOOLONG;
+	}
+	snprintf(pg->data, sizeof(pg->data), "%s/data", pg->dir);
+	snprintf(pg->log, sizeof(pg->log), "%s/postgres.log", pg->dir);
+	snprintf(pg->conninfo, sizeof(pg->conninfo), "host=%s port=%d dbname=cimdd user=cimdd",
+		 pg->dir, T_PG_PORT);
+	snprintf(ping, sizeof(ping), "host=%s port=%d dbname=postgres user=cimdd", pg->dir,
+		 T_PG_PORT);
+	if ((r = pg_initdb(pg)) < 0 || (r = pg_postmaster(pg)) < 0)
+		return r;
+	if (pg_exec(ping, NULL, 0, "CREATE DATABASE cimdd") < 0) {
+		t_pg_kill(pg);
+		return -EIO;
+	}
+	return 0;
+}
+
+int t_pg_stop(struct t_pg *pg)
+{
+	int r, st = 0;
+
+	if (pg->pid <= 0)
+		return -ESRCH;
+	/* SIGINT is the fast shutdown: sessions end, a checkpoint, then exit
+	 * (PostgreSQL 15 §19.5); the postmaster exits after its children. */
+	kill(pg->pid, SIGINT);
+	if ((r = pg_wait(pg->pid, T_PG_WAIT_MS, &st)) < 0) {
+		printf("# postgres did not shut down in %d ms:\n", T_PG_WAIT_MS);
+		pg_log_tail(pg);
+		t_pg_kill(pg);
+		return r;
+	}
+	pg->pid = 0;
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
+}
+
+int t_pg_restart(struct t_pg *pg)
+{
+	if (pg->pid > 0)
+		return -EBUSY;
+	return pg_postmaster(pg);
+}
+
+/* The descendants of pid, at most max, the dead it has not reaped too: how
+ * many. */
+static int pg_descendants(pid_t pid, pid_t *ret, int max)
+{
+	size_t n_procs = proc_scan(1), i;
+	const struct t_proc *p;
+	int n = 0, depth;
+
+	for (i = 0; i < n_procs && n < max; i++)
+		for (p = &procs[i], depth = 0; p != NULL && depth < T_DEPTH_MAX; depth++) {
+			if (p->ppid == pid) {
+				ret[n++] = procs[i].pid;
+				break;
+			}
+			p = proc_find(p->ppid);
+		}
+	return n;
+}
+
+/* Waits until pid is stopped (SIGSTOP is delivered when it next runs). */
+static void pg_stopped(pid_t pid)
+{
+	struct t_proc p;
+	double t0 = t_now_ms();
+
+	while (proc_read(pid, &p) == 0 && p.state != 'T' && p.state != 'Z' &&
+	       t_now_ms() - t0 < 5000)
+		usleep(1000);
+}
+
+void t_pg_kill(struct t_pg *pg)
+{
+	pid_t kids[T_PG_KIDS_MAX];
+	struct t_proc p;
+	char path[700];
+	double t0;
+	pid_t r;
+	int n, i;
+
+	if (pg->pid <= 0)
+		return;
+	/* Stopped, the postmaster forks nothing between the listing and the kill,
+	 * and does not reap: its children, those that had died already too (a
+	 * backend whose client just left), come to us when it dies. */
+	kill(pg->pid, SIGSTOP);
+	pg_stopped(pg->pid);
+	n = pg_descendants(pg->pid, kids, T_PG_KIDS_MAX);
+	for (i = 0; i < n; i++)
+		kill(kids[i], SIGKILL);
+	kill(pg->pid, SIGKILL);
+	waitpid(pg->pid, NULL, 0);
+	pg->pid = 0;
+	/* Until each is gone: reaped by us (the subreaper), or by another. */
+	for (i = 0, t0 = t_now_ms(); i < n && t_now_ms() - t0 < 5000;) {
+		r = waitpid(kids[i], NULL, WNOHANG);
+		if (r == kids[i] || (r < 0 && proc_read(kids[i], &p) < 0))
+			i++;
+		else
+			usleep(1000);
+	}
+	/* The pids they name may be any process's now: PostgreSQL would take
+	 * one for a running postmaster, the harness for one to kill. */
+	snprintf(path, sizeof(path), "%s/postmaster.pid", pg->data);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/.s.PGSQL.%d.lock", pg->dir, T_PG_PORT);
+	unlink(path);
+}
+
+int t_pg_sql(struct t_pg *pg, char *out, size_t len, const char *fmt, ...)
+{
+	char q[8192];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(q, sizeof(q), fmt, ap);
+	va_end(ap);
+	return pg_exec(pg->conninfo, out, len, q);
 }
 
 /* ---- the key store contract, shared by the PKCS#11 and TPM tests ---- */
