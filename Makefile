@@ -92,9 +92,6 @@ CIMD_SO   := $(BUILD)/lib/libcimd.so.0
 CIMD_LIBS := $(shell pkg-config --libs jansson)
 
 TEST_HARN := $(BUILD)/obj/tests/harness.o
-# The harness's PostgreSQL clusters (t_pg_*) are reached through libpq.
-TEST_PQ   := $(shell pkg-config --libs libpq)
-$(BUILD)/obj/tests/%.o: CFLAGS += $(shell pkg-config --cflags libpq)
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
@@ -182,7 +179,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_HARN) $(BUILD)/obj/tools/audit.o
 		$(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(TEST_PQ)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # test_publisher also checks the publisher's own functions (publisher/conns.c).
 $(BUILD)/tests/test_publisher: $(PUB_LIB)
@@ -200,7 +197,7 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/obj/bench/out.o $(TEST_HARN) $
 		$(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(TEST_PQ)
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # Tests run from the built tree; each test makes its own temporary directory,
 # token, simulator and ports (tests/harness.c).
