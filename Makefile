@@ -201,8 +201,11 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/obj/bench/out.o $(TEST_HARN) $
 
 # Tests run from the built tree; each test makes its own temporary directory,
 # token, simulator and ports (tests/harness.c).
+# STORE=postgresql: every daemon a test starts keeps its state in a throwaway
+# PostgreSQL cluster of its own (tests/harness.c, t_store_pg).
+STORE     ?= sqlite
 test: all
-	@bash tests/run.sh $(BUILD)/tests
+	@CIMD_TEST_STORE=$(STORE) bash tests/run.sh $(BUILD)/tests
 
 check: deps
 	@$(MAKE) --no-print-directory test

@@ -545,57 +545,72 @@ out:
 	return r;
 }
 
+/* Records read per statement by journal_verify: an engine that hands a
+ * statement's rows over at once (PostgreSQL) holds no more than this. */
+#define VERIFY_PAGE 10000
+
+/* One record against the chain so far: numbered in order, naming the previous
+ * record's hash, and hashing to what was stored beside it. */
+static int verify_one(struct store_rows *s, int64_t count, char prev[65],
+		      struct merkle_frontier *tree)
+{
+	uint8_t md[SHA256_DIGEST_LENGTH], leaf[32];
+	const void *bytes = store_blob(s, 1);
+	size_t n = store_len(s, 1);
+	int64_t seq = store_int(s, 0);
+	json_t *rec;
+	const char *p;
+	int ok;
+
+	SHA256(bytes, n, md);
+	leaf_of(bytes, n, leaf);
+	rec = json_loadb(bytes, n, JSON_REJECT_DUPLICATES, NULL);
+	p = json_string_value(json_object_get(rec, "prev"));
+	ok = seq == count && rec != NULL &&
+	     json_integer_value(json_object_get(rec, "seq")) == seq && p != NULL &&
+	     strcmp(p, prev) == 0 && store_len(s, 2) == sizeof(md) &&
+	     CRYPTO_memcmp(store_blob(s, 2), md, sizeof(md)) == 0 && store_len(s, 3) == 32 &&
+	     CRYPTO_memcmp(store_blob(s, 3), leaf, 32) == 0;
+	json_decref(rec);
+	if (!ok)
+		return -CIMD_EVERIFY;
+	hex_encode(md, sizeof(md), prev);
+	merkle_frontier_append(tree, leaf);
+	return 0;
+}
+
 int journal_verify(struct store *st, int64_t *ret_count, int64_t *ret_bad_seq)
 {
 	struct merkle_frontier tree, stored;
-	char prev[65];
-	uint8_t md[SHA256_DIGEST_LENGTH], leaf[32];
 	struct store_rows *s = NULL;
-	json_t *rec;
-	int64_t seq, count = 0, bad = 0;
-	const char *p;
-	int rc, r = 0;
+	char prev[65];
+	int64_t count = 0, bad = 0, rows;
+	int rc = 0, r = 0;
 
 	memcpy(prev, zero_hash, sizeof(prev));
+	merkle_frontier_init(&tree);
 	/* One read transaction: the records and the tree head from one snapshot,
 	 * while the signer's handle keeps appending. */
 	if (store_read_begin(st) < 0)
 		return -EIO;
-	if (store_query(st, &s, "SELECT seq, record, hash, leaf FROM journal ORDER BY seq", "") <
-	    0) {
-		store_read_end(st);
-		return -EIO;
-	}
-	merkle_frontier_init(&tree);
-	while ((rc = store_next(s)) > 0) {
-		const void *bytes = store_blob(s, 1);
-		size_t n = store_len(s, 1);
-
-		seq = store_int(s, 0);
-		count++;
-		SHA256(bytes, n, md);
-		rec = json_loadb(bytes, n, JSON_REJECT_DUPLICATES, NULL);
-		p = json_string_value(json_object_get(rec, "prev"));
-		/* Each record: numbered in order, naming the previous record's hash,
-		 * and hashing to what was stored beside it. */
-		if (seq != count || rec == NULL ||
-		    json_integer_value(json_object_get(rec, "seq")) != seq || p == NULL ||
-		    strcmp(p, prev) != 0 || store_len(s, 2) != sizeof(md) ||
-		    CRYPTO_memcmp(store_blob(s, 2), md, sizeof(md)) != 0 ||
-		    (leaf_of(bytes, n, leaf), store_len(s, 3) != 32) ||
-		    CRYPTO_memcmp(store_blob(s, 3), leaf, 32) != 0) {
-			json_decref(rec);
-			bad = seq;
-			r = -CIMD_EVERIFY;
+	do {
+		if (store_query(
+			st, &s,
+			"SELECT seq, record, hash, leaf FROM journal WHERE seq > ? ORDER BY "
+			"seq LIMIT ?",
+			"ii", count, (int64_t)VERIFY_PAGE) < 0) {
+			r = -EIO;
 			break;
 		}
-		json_decref(rec);
-		hex_encode(md, sizeof(md), prev);
-		merkle_frontier_append(&tree, leaf);
-	}
-	if (r == 0 && rc != 0)
-		r = -EIO;
-	store_done(st, s);
+		for (rows = 0; r == 0 && (rc = store_next(s)) > 0; rows++)
+			if ((r = verify_one(s, count + 1, prev, &tree)) < 0)
+				bad = store_int(s, 0);
+			else
+				count++;
+		if (r == 0 && rc != 0)
+			r = -EIO;
+		store_done(st, s);
+	} while (r == 0 && rows == VERIFY_PAGE);
 	/* The stored tree head must be the head of exactly these records. */
 	if (r == 0) {
 		uint8_t a[32], b[32];

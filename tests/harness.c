@@ -775,12 +775,192 @@ int t_unix_up(const char *path)
 	return r == 0;
 }
 
+/*
+ * make check STORE=postgresql (CIMD_TEST_STORE=postgresql in the
+ * environment): every state directory a daemon is started on gets a cluster
+ * of its own (t_pg_start), the same one each time the daemon starts again on
+ * it, and the daemon's configuration the lines that select it, unless it
+ * names a store itself.  t_db_sql reaches the database of a state directory
+ * whichever engine holds it.
+ */
+#define T_STORES_MAX 16
+
+static struct t_store {
+	char state_dir[600];
+	struct t_pg pg;
+} stores[T_STORES_MAX];
+static int n_stores;
+
+int t_store_pg(void)
+{
+	const char *e = getenv("CIMD_TEST_STORE");
+
+	return e != NULL && strcmp(e, "postgresql") == 0;
+}
+
+static struct t_store *store_of_dir(const char *state_dir)
+{
+	int i;
+
+	for (i = 0; i < n_stores; i++)
+		if (strcmp(stores[i].state_dir, state_dir) == 0)
+			return &stores[i];
+	return NULL;
+}
+
+/* The cluster of the state directory in conf, started and written into conf
+ * when it is not there yet. */
+static int store_for_conf(const char *conf)
+{
+	char line[1024], dir[600] = "", add[900];
+	struct t_store *s;
+	int named = 0, r;
+	FILE *f;
+
+	if (!t_store_pg() || (f = fopen(conf, "re")) == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		line[strcspn(line, "\n")] = '\0';
+		if (sscanf(line, " state_dir = %599s", dir) == 1)
+			continue;
+		if (strncmp(line, "store", 5) == 0 && strchr(" =\t", line[5]) != NULL)
+			named = 1;
+	}
+	fclose(f);
+	if (named || dir[0] == '\0')
+		return 0;
+	if ((s = store_of_dir(dir)) == NULL) {
+		if (n_stores == T_STORES_MAX)
+			return -ENOSPC;
+		s = &stores[n_stores];
+		if ((r = t_pg_start(&s->pg)) < 0)
+			return r;
+		snprintf(s->state_dir, sizeof(s->state_dir), "%s", dir);
+		n_stores++;
+	}
+	snprintf(add, sizeof(add), "store = postgresql\nconninfo = %s\n", s->pg.conninfo);
+	if ((f = fopen(conf, "ae")) == NULL)
+		return -errno;
+	fputs(add, f);
+	return fclose(f) == 0 ? 0 : -EIO;
+}
+
+struct t_pg *t_store_cluster(const char *db_path)
+{
+	char dir[600], *slash;
+	struct t_store *s;
+
+	snprintf(dir, sizeof(dir), "%s", db_path);
+	if ((slash = strrchr(dir, '/')) != NULL)
+		*slash = '\0';
+	s = store_of_dir(dir);
+	return s != NULL ? &s->pg : NULL;
+}
+
+int t_db_sql(const char *db_path, char *out, size_t len, const char *fmt, ...)
+{
+	char q[8192];
+	struct t_pg *pg = t_store_cluster(db_path);
+	sqlite3 *db = NULL;
+	sqlite3_stmt *s = NULL;
+	const char *tail;
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	vsnprintf(q, sizeof(q), fmt, ap);
+	va_end(ap);
+	if (out != NULL && len > 0)
+		out[0] = '\0';
+	if (pg != NULL)
+		return t_pg_sql(pg, out, len, "%s", q);
+	if ((rc = sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READWRITE, NULL)) != SQLITE_OK)
+		goto out;
+	sqlite3_busy_timeout(db, 5000);
+	/* Each statement in turn; the first column of the first row of the last
+	 * one that has rows goes to out. */
+	for (tail = q; rc == SQLITE_OK && *tail != '\0';) {
+		if ((rc = sqlite3_prepare_v2(db, tail, -1, &s, &tail)) != SQLITE_OK || s == NULL)
+			break;
+		if ((rc = sqlite3_step(s)) == SQLITE_ROW && out != NULL && len > 0)
+			snprintf(out, len, "%s",
+				 sqlite3_column_text(s, 0) ? (const char *)sqlite3_column_text(s, 0)
+							   : "");
+		while (rc == SQLITE_ROW)
+			rc = sqlite3_step(s);
+		rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+		sqlite3_finalize(s);
+		s = NULL;
+	}
+out:
+	if (rc != SQLITE_OK)
+		printf("# sql: %s: %s\n", q, db != NULL ? sqlite3_errmsg(db) : "cannot open");
+	sqlite3_close(db);
+	return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* The journal records of kind whose bytes hold needle, however the engine
+ * spells "the bytes as text". */
+int t_db_journal_count(const char *db_path, const char *kind, const char *needle)
+{
+	char out[32];
+
+	if (t_db_sql(db_path, out, sizeof(out),
+		     t_store_cluster(db_path) != NULL
+			 ? "SELECT count(*) FROM journal WHERE kind = '%s' AND "
+			   "strpos(convert_from(record, 'UTF8'), '%s') > 0"
+			 : "SELECT count(*) FROM journal WHERE kind = '%s' AND "
+			   "instr(CAST(record AS TEXT), '%s') > 0",
+		     kind, needle) < 0)
+		return -1;
+	return atoi(out);
+}
+
+int t_db_blob(const char *db_path, void *out, size_t cap, size_t *ret_len, const char *fmt, ...)
+{
+	char q[4096], hex[2 * 4096 + 8] = "";
+	struct t_pg *pg = t_store_cluster(db_path);
+	size_t n, i;
+	unsigned v;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(q, sizeof(q), fmt, ap);
+	va_end(ap);
+	/* The first column as hex, in each engine's words, then back to bytes. */
+	if (t_db_sql(db_path, hex, sizeof(hex),
+		     pg != NULL ? "SELECT encode((%s), 'hex')" : "SELECT hex((%s))", q) < 0)
+		return -1;
+	n = strlen(hex) / 2;
+	if (n > cap)
+		return -1;
+	for (i = 0; i < n; i++) {
+		if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+			return -1;
+		((uint8_t *)out)[i] = (uint8_t)v;
+	}
+	*ret_len = n;
+	return 0;
+}
+
+int t_db_open(const char *db_path, struct store **ret, char *err, size_t errlen)
+{
+	struct t_pg *pg = t_store_cluster(db_path);
+
+	return pg != NULL ? store_open_engine("postgresql", pg->conninfo, ret, err, errlen)
+			  : store_open(db_path, ret, err, errlen);
+}
+
 int t_daemon_start(struct t_daemon *d)
 {
 	char bin[PATH_MAX];
 	double t0;
 	int fd, st;
 
+	if ((st = store_for_conf(d->conf)) < 0) {
+		t_ok(0, "a PostgreSQL cluster for %s (%s)", d->conf, cimd_strerror(st));
+		return st;
+	}
 	t_bin("cimdd", bin, sizeof(bin));
 	log_entry(d->log); /* read when it stops and at t_done() */
 	if ((d->pid = fork()) < 0)
@@ -1605,21 +1785,12 @@ int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
 int t_cimdd_sql(struct t_cimdd *c, const char *fmt, ...)
 {
 	char q[4096];
-	sqlite3 *db = NULL;
 	va_list ap;
-	int rc;
 
 	va_start(ap, fmt);
 	vsnprintf(q, sizeof(q), fmt, ap);
 	va_end(ap);
-	if ((rc = sqlite3_open(c->db, &db)) == SQLITE_OK) {
-		sqlite3_busy_timeout(db, 5000);
-		rc = sqlite3_exec(db, q, NULL, NULL, NULL);
-	}
-	if (rc != SQLITE_OK)
-		printf("# sql: %s: %s\n", q, sqlite3_errmsg(db));
-	sqlite3_close(db);
-	return rc == SQLITE_OK ? 0 : -1;
+	return t_db_sql(c->db, NULL, 0, "%s", q);
 }
 
 int t_cimdd_audit(struct t_cimdd *c, const char *name, char *out, size_t len)

@@ -128,6 +128,27 @@ void t_pg_kill(struct t_pg *pg);
 int t_pg_sql(struct t_pg *pg, char *out, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* make check STORE=postgresql: whether the daemons the test starts keep their
+ * state in PostgreSQL (each state directory a cluster of its own, made by
+ * t_daemon_start); the cluster that holds the database at db_path (a state
+ * directory's cimdd.db), NULL when SQLite does. */
+int t_store_pg(void);
+struct t_pg *t_store_cluster(const char *db_path);
+/* SQL on the database at db_path (STATE_DIR/cimdd.db), whichever engine holds
+ * it: the first column of the first row into out (when not NULL); 0, or -1
+ * with the reason printed. */
+int t_db_sql(const char *db_path, char *out, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* The bytes of the value of a scalar query fmt ("SELECT ref FROM keys WHERE
+ * ..."), at most cap; 0, or -1 (none, too long, or an error). */
+int t_db_blob(const char *db_path, void *out, size_t cap, size_t *ret_len, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* The store (service.h) of the database at db_path, whichever engine holds it. */
+struct store;
+int t_db_open(const char *db_path, struct store **ret, char *err, size_t errlen);
+/* How many journal records of kind hold needle in their bytes; -1 on error. */
+int t_db_journal_count(const char *db_path, const char *kind, const char *needle);
+
 /*
  * The key store contract on one backend and algorithm: generate; the JWK has
  * only public members and kid = RFC 7638 thumbprint; JWS verified by our

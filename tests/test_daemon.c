@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #include <openssl/sha.h>
-#include <sqlite3.h>
 
 #include "harness.h"
 #include "service.h"
@@ -85,25 +84,15 @@ static int write_doc(const char *name, const char *text)
 /* The kid of client's key in state (first one), from the database. */
 static int db_kid(const char *client, const char *state, char *kid)
 {
-	sqlite3 *h;
-	sqlite3_stmt *s;
-	int r = -1;
+	char out[128];
 
-	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+	if (t_db_sql(db, out, sizeof(out),
+		     "SELECT kid FROM keys WHERE client = '%s' AND state = '%s' ORDER BY created",
+		     client, state) < 0 ||
+	    strlen(out) != CIMD_KID_LEN)
 		return -1;
-	if (sqlite3_prepare_v2(
-		h, "SELECT kid FROM keys WHERE client = ? AND state = ? ORDER BY created", -1, &s,
-		NULL) == SQLITE_OK) {
-		sqlite3_bind_text(s, 1, client, -1, SQLITE_STATIC);
-		sqlite3_bind_text(s, 2, state, -1, SQLITE_STATIC);
-		if (sqlite3_step(s) == SQLITE_ROW) {
-			snprintf(kid, CIMD_KID_LEN + 1, "%s", sqlite3_column_text(s, 0));
-			r = 0;
-		}
-		sqlite3_finalize(s);
-	}
-	sqlite3_close(h);
-	return r;
+	memcpy(kid, out, CIMD_KID_LEN + 1);
+	return 0;
 }
 
 /* Opens the token in this process and loads kid's hardware key by its
@@ -114,24 +103,12 @@ static int hw_key(const char *kid, int destroy)
 	struct ks_key *key = NULL;
 	uint8_t ref[64];
 	size_t ref_len = 0;
-	sqlite3 *h;
-	sqlite3_stmt *s;
 	char err[256];
 	int r = -1;
 
-	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+	if (t_db_blob(db, ref, sizeof(ref), &ref_len, "SELECT ref FROM keys WHERE kid = '%s'",
+		      kid) < 0)
 		return -1;
-	if (sqlite3_prepare_v2(h, "SELECT ref FROM keys WHERE kid = ?", -1, &s, NULL) ==
-	    SQLITE_OK) {
-		sqlite3_bind_text(s, 1, kid, -1, SQLITE_STATIC);
-		if (sqlite3_step(s) == SQLITE_ROW &&
-		    sqlite3_column_bytes(s, 0) <= (int)sizeof(ref)) {
-			ref_len = (size_t)sqlite3_column_bytes(s, 0);
-			memcpy(ref, sqlite3_column_blob(s, 0), ref_len);
-		}
-		sqlite3_finalize(s);
-	}
-	sqlite3_close(h);
 	if (ref_len == 0 || key_store_open(hsm.conf, &ks, err, sizeof(err)) < 0)
 		return -1;
 	r = key_store_load(ks, CIMD_ALG_ES256, ref, ref_len, &key);
@@ -340,19 +317,13 @@ static void test_story(void)
 		 * freeing a place: what must hold is the refusal at the cap and
 		 * never more than 16 published. */
 		{
-			sqlite3 *h;
-			sqlite3_stmt *st;
-			int published = 99;
-			sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL);
-			if (sqlite3_prepare_v2(
-				h,
-				"SELECT count(*) FROM keys WHERE client = 'agent-c' AND "
-				"state IN ('next', 'active', 'retiring')",
-				-1, &st, NULL) == SQLITE_OK &&
-			    sqlite3_step(st) == SQLITE_ROW)
-				published = sqlite3_column_int(st, 0);
-			sqlite3_finalize(st);
-			sqlite3_close(h);
+			char count[32] = "99";
+			int published;
+
+			t_db_sql(db, count, sizeof(count),
+				 "SELECT count(*) FROM keys WHERE client = 'agent-c' AND "
+				 "state IN ('next', 'active', 'retiring')");
+			published = atoi(count);
 			t_ok(lines == 40 && i >= 15 && published <= 16 &&
 				 strstr(out, "holds its maximum of 16 published keys"),
 			     "a client holds at most 16 published keys (%d rotations made a key, "
@@ -746,20 +717,8 @@ static void test_reload(void)
 	rc = ctl(1002, out, sizeof(out), "status");
 	t_ok(rc == 0 && strstr(out, "dave"), "after SIGHUP the new operator is known");
 	{
-		sqlite3 *h = NULL;
-		sqlite3_stmt *q = NULL;
-		int n = 0;
+		int n = t_db_journal_count(db, "config.reload", "\"checkpoint_interval\":60");
 
-		if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-		    sqlite3_prepare_v2(
-			h,
-			"SELECT count(*) FROM journal WHERE kind = 'config.reload' AND "
-			"json_extract(CAST(record AS TEXT), '$.checkpoint_interval') = 60",
-			-1, &q, NULL) == SQLITE_OK &&
-		    sqlite3_step(q) == SQLITE_ROW)
-			n = sqlite3_column_int(q, 0);
-		sqlite3_finalize(q);
-		sqlite3_close(h);
 		t_ok(n >= 1, "the reload is journaled with the rules in force, checkpoint_interval "
 			     "among them");
 	}
@@ -868,14 +827,10 @@ static void test_missing_key(void)
 	 * and recording it leaves.  The other is unknown to this database (as
 	 * after restoring an old database): it must be left alone. */
 	{
-		sqlite3 *h;
-		sqlite3_open(db, &h);
-		t_ok(sqlite3_exec(h,
-				  "INSERT INTO key_intents (tag, backend, client, created) VALUES "
-				  "('feedface00c0ffee', 'pkcs11', 'agent-b', 0)",
-				  NULL, NULL, NULL) == SQLITE_OK,
+		t_ok(t_db_sql(db, NULL, 0,
+			      "INSERT INTO key_intents (tag, backend, client, created) VALUES "
+			      "('feedface00c0ffee', 'pkcs11', 'agent-b', 0)") == 0,
 		     "an intent committed, as keys_generate does before generating");
-		sqlite3_close(h);
 	}
 	if (key_store_open(hsm.conf, &ks, err, sizeof(err)) == 0 &&
 	    key_store_generate(ks, CIMD_ALG_ES384, "feedface00c0ffee", &orphan) == 0 &&
@@ -927,20 +882,8 @@ static void test_missing_key(void)
 		t_ok(rc == 0 && strstr(out, "DEGRADED") == NULL,
 		     "revoking the missing key with a replacement restores the client");
 		{
-			sqlite3 *h = NULL;
-			sqlite3_stmt *st = NULL;
-			int n = 0;
+			int n = t_db_journal_count(db, "client.restored", "\"client\":\"agent-b\"");
 
-			if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-			    sqlite3_prepare_v2(h,
-					       "SELECT count(*) FROM journal WHERE kind = "
-					       "'client.restored' AND "
-					       "json_extract(record, '$.client') = 'agent-b'",
-					       -1, &st, NULL) == SQLITE_OK &&
-			    sqlite3_step(st) == SQLITE_ROW)
-				n = sqlite3_column_int(st, 0);
-			sqlite3_finalize(st);
-			sqlite3_close(h);
 			t_ok(n == 1, "which is journaled (client.restored)");
 		}
 	}
@@ -1195,7 +1138,7 @@ static int fill_journal(const char *dbpath, int n)
 	json_t *f = json_pack("{ss}", "note", "filler for the verify test");
 	int i, r = 0;
 
-	if (f == NULL || store_open(dbpath, &st, err, sizeof(err)) < 0) {
+	if (f == NULL || t_db_open(dbpath, &st, err, sizeof(err)) < 0) {
 		json_decref(f);
 		return -1;
 	}
