@@ -225,7 +225,9 @@ int custody_probe(struct custody *c, custody_key_fn key_of, void *arg)
 		 * attest_keys_ensure says why there is none. */
 		if (ks == NULL)
 			ok = 0;
-		else if ((r = key_of(arg, i, ks, &key)) == -ENOENT)
+		else if ((r = key_of(arg, i, ks, &key)) == -EAGAIN)
+			continue; /* no key to probe with for now: nothing learnt */
+		else if (r == -ENOENT)
 			ok = 1;
 		else
 			ok = r == 0 && key_store_sign(ks, key, msg, sizeof(msg) - 1, sig, &sl) == 0;

@@ -864,9 +864,13 @@ int keys_probe_key(void *arg, size_t i, struct key_store *ks, struct ks_key **re
 {
 	struct svc *d = arg;
 	char kid[CIMD_KID_LEN + 1];
+	int r;
 
 	(void)ks;
-	return keys_attest_active(d, custody_name(d->custody, i), kid, ret_key);
+	r = keys_attest_active(d, custody_name(d->custody, i), kid, ret_key);
+	/* Which key to probe with is the database's to say: while it is out of
+	 * reach, the hardware is not judged. */
+	return r < 0 && r != -ENOENT && store_lost(d->st) ? -EAGAIN : r;
 }
 
 /* ---- start-up reconciliation ---- */

@@ -202,6 +202,9 @@ int store_columns(struct store_rows *q);
 void store_done(struct store *st, struct store_rows *q);
 /* From another thread: the statement running on st fails at its next step. */
 void store_interrupt(struct store *st);
+/* The database server is out of reach: what failed may pass when it is back
+ * (0 for SQLite, a file). */
+int store_lost(struct store *st);
 /* Every later statement on st refuses to write. */
 int store_read_only(struct store *st);
 /* How long a statement waits for another handle's write lock before it fails. */
@@ -303,7 +306,9 @@ struct key_store *custody_store(struct custody *c, const char *backend);
 /* 1 the hardware answered the last probe, 0 it did not, -1 not probed yet. */
 int custody_health(const struct custody *c, size_t i);
 /* The key a backend's probe signs with: 0 and *ret_key, -ENOENT when there
- * is none yet (an open store is then healthy), another code on failure. */
+ * is none yet (an open store is then healthy), -EAGAIN when it cannot be
+ * known now (the database is out of reach: the backend is not judged),
+ * another code on failure. */
 typedef int (*custody_key_fn)(void *arg, size_t i, struct key_store *ks, struct ks_key **ret_key);
 /* Signs with each open backend's key; 1 when any backend's health changed
  * (logged). */

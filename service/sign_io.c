@@ -429,8 +429,10 @@ static enum proto_err handle_line(struct signer *s, struct conn *c, const char *
 		goto refuse;
 	}
 	if ((r = sign_policy_get(s, name, &p)) < 0 && r != -ENOENT) {
-		e = PE_INTERNAL;
-		snprintf(msg, sizeof(msg), "database error");
+		e = store_lost(s->io.reader) ? PE_UNAVAILABLE : PE_INTERNAL;
+		snprintf(msg, sizeof(msg), "%s",
+			 e == PE_UNAVAILABLE ? "the state database is unreachable"
+					     : "database error");
 		goto refuse;
 	}
 	if (p == NULL || !caller_allowed(c, p, &gid)) {

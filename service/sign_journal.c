@@ -77,7 +77,7 @@ void *sign_journal_main(void *arg)
 	struct signer *s = arg;
 	struct job *batch, *j, *next;
 	char ok_kid[CIMD_KID_LEN + 1], bad_kid[CIMD_KID_LEN + 1];
-	int r;
+	int r, lost;
 
 	/* Until the others are gone and the queue is empty: the io thread's
 	 * last refusal counts are journaled on a clean stop. */
@@ -107,17 +107,29 @@ void *sign_journal_main(void *arg)
 		}
 		if (r == 0)
 			r = store_commit(s->jr.writer);
+		lost = r < 0 && store_lost(s->jr.writer);
 		if (r < 0) {
 			store_rollback(s->jr.writer);
-			log_err("sign socket: journal: %s; %s", strerror(-r),
-				"assertions of this batch withheld");
+			/* An outage is said when it begins and when it ends, not
+			 * for each batch refused in between. */
+			if (!lost || !s->jr.lost)
+				log_err("sign socket: journal: %s; %s",
+					lost ? "the state database is unreachable" : strerror(-r),
+					lost ? "signing refused until it is back"
+					     : "assertions of this batch withheld");
+		} else if (s->jr.lost) {
+			log_info("sign socket: journal: the state database is back");
 		}
+		s->jr.lost = lost;
 		for (j = batch; j != NULL; j = next) {
 			next = j->next;
 			if (r < 0) {
 				/* Fail closed: no record, no assertion. */
-				j->err = PE_INTERNAL;
-				snprintf(j->msg, sizeof(j->msg), "the journal cannot be written");
+				j->err = lost ? PE_UNAVAILABLE : PE_INTERNAL;
+				snprintf(j->msg, sizeof(j->msg), "%s",
+					 lost ? "the state database is unreachable: nothing was "
+						"issued"
+					      : "the journal cannot be written");
 			}
 			sign_done_push(s, j);
 		}

@@ -235,6 +235,7 @@ struct sign_journal {
 	pthread_t thread;
 	struct store *writer;
 	struct queue q;
+	int lost; /* the database was out of reach at the last commit: said once */
 };
 
 struct signer {

@@ -768,3 +768,8 @@ int store_read_only(struct store *st)
 {
 	return st->drv->read_only(st->c);
 }
+
+int store_lost(struct store *st)
+{
+	return st->drv->lost(st->c);
+}

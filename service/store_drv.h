@@ -60,6 +60,9 @@ struct store_drv {
 	void (*busy_timeout)(struct store_conn *c, int ms);
 	/* The connection refuses to write from now on. */
 	int (*read_only)(struct store_conn *c);
+	/* The server is out of reach (the last statement found the connection
+	 * gone, and it could not be made again). */
+	int (*lost)(struct store_conn *c);
 	const char *(*errmsg)(struct store_conn *c);
 };
 

@@ -148,7 +148,10 @@ static int pg_open(const char *conninfo, struct store_conn **ret, char *errbuf, 
 		return -ENOMEM;
 	}
 	c->lock_timeout_ms = 5000; /* as SQLite's busy timeout (store_sqlite.c) */
-	c->pg = PQconnectdb(conninfo);
+	/* A database that does not answer fails a connection in seconds, not
+	 * never (libpq's default): the connection string may say otherwise. */
+	c->pg = PQconnectdbParams((const char *const[]){"connect_timeout", "dbname", NULL},
+				  (const char *const[]){"3", conninfo, NULL}, 1);
 	if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK) {
 		set_err(c, "connecting to PostgreSQL");
 		goto fail;
@@ -365,7 +368,10 @@ static int pg_query(struct store_conn *c, struct store_rows **ret, const char *s
 
 	if (!c->in_tx && reconnect(c) < 0)
 		return -EIO;
-	if ((e = stmt_get(c, sql, types)) == NULL)
+	if ((e = stmt_get(c, sql, types)) == NULL && !c->in_tx &&
+	    PQstatus(c->pg) != CONNECTION_OK && reconnect(c) == 0)
+		e = stmt_get(c, sql, types); /* dropped while idle, as pg_begin */
+	if (e == NULL)
 		return -EIO;
 	for (k = 0; k < e->nparams; k++) {
 		lengths[k] = 0;
@@ -494,12 +500,20 @@ static int pg_columns(struct store_rows *rows)
 
 static int pg_begin(struct store_conn *c, int write)
 {
+	const char *sql = write ? "BEGIN ISOLATION LEVEL READ COMMITTED; "
+				  "SELECT pg_advisory_xact_lock(" WRITER_LOCK ")"
+				: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+	int r;
+
 	if (reconnect(c) < 0)
 		return -EIO;
-	if (simple(c, write ? "BEGIN ISOLATION LEVEL READ COMMITTED; "
-			      "SELECT pg_advisory_xact_lock(" WRITER_LOCK ")"
-			    : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") < 0) {
-		simple(c, "ROLLBACK");
+	/* A connection the server dropped while it was idle (a restart) says so
+	 * only when used: made again once, nothing having been done on it. */
+	if ((r = simple(c, sql)) < 0 && PQstatus(c->pg) != CONNECTION_OK && reconnect(c) == 0)
+		r = simple(c, sql);
+	if (r < 0) {
+		if (PQstatus(c->pg) == CONNECTION_OK)
+			simple(c, "ROLLBACK");
 		return -EIO;
 	}
 	c->in_tx = 1;
@@ -551,6 +565,11 @@ static int pg_set_version(struct store_conn *c, int v)
 	snprintf(sql, sizeof(sql), "DELETE FROM cimdd_schema; INSERT INTO cimdd_schema VALUES (%d)",
 		 v);
 	return simple(c, sql);
+}
+
+static int pg_lost(struct store_conn *c)
+{
+	return PQstatus(c->pg) != CONNECTION_OK;
 }
 
 static int64_t pg_total_changes(struct store_conn *c)
@@ -739,5 +758,6 @@ const struct store_drv store_postgresql = {
     .interrupt = pg_interrupt,
     .busy_timeout = pg_busy_timeout,
     .read_only = pg_read_only,
+    .lost = pg_lost,
     .errmsg = pg_errmsg,
 };

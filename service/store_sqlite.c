@@ -558,6 +558,12 @@ static void sq_busy_timeout(struct store_conn *c, int ms)
 	sqlite3_busy_timeout(c->db, ms);
 }
 
+static int sq_lost(struct store_conn *c)
+{
+	(void)c;
+	return 0; /* a file: never out of reach the way a server is */
+}
+
 static int sq_read_only(struct store_conn *c)
 {
 	return sq_exec(c, "PRAGMA query_only = 1");
@@ -595,5 +601,6 @@ const struct store_drv store_sqlite = {
     .interrupt = sq_interrupt,
     .busy_timeout = sq_busy_timeout,
     .read_only = sq_read_only,
+    .lost = sq_lost,
     .errmsg = sq_errmsg,
 };
