@@ -41,6 +41,7 @@
 #define PARAMS_MAX 32
 #define INT8OID 20
 #define BYTEAOID 17
+#define TEXTOID 25
 /* The advisory lock every write transaction holds: "cimd" in ASCII. */
 #define WRITER_LOCK "1667853668"
 
@@ -269,7 +270,8 @@ static uint32_t sql_hash(const char *sql)
 
 static Oid type_of(char t)
 {
-	return t == 'i' ? INT8OID : t == 'b' ? BYTEAOID : 0; /* text: as the SQL says */
+	/* Typed, all of them: "?1 IS NULL" alone says nothing of $1's type. */
+	return t == 'i' ? INT8OID : t == 'b' ? BYTEAOID : TEXTOID;
 }
 
 /* The prepared statement for sql with these parameter types. */
