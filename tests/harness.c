@@ -1317,6 +1317,24 @@ static int pg_initdb(struct t_pg *pg)
 	return fclose(f) == 0 ? 0 : -EIO;
 }
 
+/* Every test directory (cimdd-test.*) from dir up searchable by others (o+x,
+ * not o+r); nothing above them is touched. */
+static void pg_traversable(const char *dir)
+{
+	char path[PATH_MAX], *slash;
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s", dir);
+	while ((slash = strrchr(path, '/')) != NULL && strncmp(slash, "/cimdd-test.", 12) == 0 &&
+	       stat(path, &st) == 0 && st.st_uid == geteuid() && S_ISDIR(st.st_mode)) {
+		if (!(st.st_mode & S_IXOTH))
+			chmod(path, (st.st_mode & 07777) | S_IXOTH | S_IXGRP);
+		if ((slash = strrchr(path, '/')) == NULL || slash == path)
+			break;
+		*slash = '\0';
+	}
+}
+
 int t_pg_start(struct t_pg *pg)
 {
 	char ping[700];
@@ -1327,7 +1345,9 @@ int t_pg_start(struct t_pg *pg)
 	memset(pg, 0, sizeof(*pg));
 	/* The postmaster's children come back to us when it is killed (above). */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
-	chmod(t_tmpdir(), 0711); /* nobody reaches its own directory inside */
+	/* nobody reaches its own directory inside: through every directory of
+	 * ours above it too (a child test's TMPDIR is its parent's). */
+	pg_traversable(t_tmpdir());
 	snprintf(pg->dir, sizeof(pg->dir), "%s/pg.XXXXXX", t_tmpdir());
 	if (mkdtemp(pg->dir) == NULL || (r = pg_owner(&uid, &gid)) < 0 ||
 	    chown(pg->dir, uid, gid) < 0) {
