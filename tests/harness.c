@@ -77,10 +77,14 @@ int t_ok(int cond, const char *fmt, ...)
 static void logs_check_all(void);
 static void kill_and_report(void);
 
+static void stores_stop(void);
+
 int t_done(void)
 {
-	if (getpid() == main_pid)
+	if (getpid() == main_pid) {
 		logs_check_all();
+		stores_stop(); /* the clusters of STORE=postgresql: the harness's own */
+	}
 	t_cleanup();
 	printf("# %d passed, %d failed\n", n_pass, n_fail);
 	fflush(stdout);
@@ -790,6 +794,15 @@ static struct t_store {
 	struct t_pg pg;
 } stores[T_STORES_MAX];
 static int n_stores;
+
+static void stores_stop(void)
+{
+	int i;
+
+	for (i = 0; i < n_stores; i++)
+		if (stores[i].pg.pid > 0)
+			t_pg_stop(&stores[i].pg);
+}
 
 int t_store_pg(void)
 {
