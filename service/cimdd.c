@@ -311,7 +311,8 @@ static int open_state(struct daemon *m)
 					     : strerror(errno));
 		return -1;
 	}
-	if (store_open_config(d->svc.cfg, &d->svc.st, err, sizeof(err)) < 0) {
+	if (store_open_config(d->svc.cfg, &d->svc.st, err, sizeof(err)) < 0 ||
+	    store_claim(d->svc.st, err, sizeof(err)) < 0) {
 		log_err("state database: %s", err);
 		return -1;
 	}

@@ -205,6 +205,10 @@ void store_interrupt(struct store *st);
 /* The database server is out of reach: what failed may pass when it is back
  * (0 for SQLite, a file). */
 int store_lost(struct store *st);
+/* The daemon's main handle claims the database: -EBUSY (errbuf says so) when
+ * another cimdd has (PostgreSQL; on SQLite the state directory's lock is the
+ * claim). */
+int store_claim(struct store *st, char *errbuf, size_t errlen);
 /* Every later statement on st refuses to write. */
 int store_read_only(struct store *st);
 /* How long a statement waits for another handle's write lock before it fails. */

@@ -773,3 +773,12 @@ int store_lost(struct store *st)
 {
 	return st->drv->lost(st->c);
 }
+
+int store_claim(struct store *st, char *errbuf, size_t errlen)
+{
+	int r = st->drv->claim(st->c);
+
+	if (r < 0)
+		snprintf(errbuf, errlen, "%s", st->drv->errmsg(st->c));
+	return r;
+}

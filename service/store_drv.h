@@ -63,6 +63,9 @@ struct store_drv {
 	/* The server is out of reach (the last statement found the connection
 	 * gone, and it could not be made again). */
 	int (*lost)(struct store_conn *c);
+	/* This connection's daemon is the one that uses the database: -EBUSY
+	 * when another holds it (kept across reconnections). */
+	int (*claim)(struct store_conn *c);
 	const char *(*errmsg)(struct store_conn *c);
 };
 

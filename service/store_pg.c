@@ -44,6 +44,9 @@
 #define TEXTOID 25
 /* The advisory lock every write transaction holds: "cimd" in ASCII. */
 #define WRITER_LOCK "1667853668"
+/* The session lock of the one cimdd that uses the database (store_claim):
+ * until nodes share one (issue 17), a second is refused. */
+#define DAEMON_LOCK "1667853669"
 
 struct pg_rows {
 	struct store_rows base;
@@ -62,6 +65,7 @@ struct store_conn {
 	char *conninfo;
 	int in_tx;
 	int read_only;	     /* store_read_only: again after a reconnection */
+	int claimed;	     /* store_claim: likewise */
 	int lock_timeout_ms; /* store_busy_timeout: likewise; 0: the server's */
 	int64_t total_changes;
 	char err[256];
@@ -113,6 +117,32 @@ static void forget_statements(struct store_conn *c)
 	}
 }
 
+/* The daemon's session lock: 0, or -EBUSY when another session holds it. */
+static int claim(struct store_conn *c)
+{
+	PGresult *res = PQexec(c->pg, "SELECT pg_try_advisory_lock(" DAEMON_LOCK ")");
+	int r = -EIO;
+
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+		r = strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? 0 : -EBUSY;
+	else
+		set_err(c, "taking the daemon's lock");
+	if (r == -EBUSY)
+		snprintf(c->err, sizeof(c->err),
+			 "another cimdd uses this database (it holds advisory lock %s)",
+			 DAEMON_LOCK);
+	PQclear(res);
+	return r;
+}
+
+static int pg_claim(struct store_conn *c)
+{
+	int r = claim(c);
+
+	c->claimed = r == 0;
+	return r;
+}
+
 static int session_setup(struct store_conn *c)
 {
 	char sql[256];
@@ -122,7 +152,9 @@ static int session_setup(struct store_conn *c)
 		 "SET application_name = 'cimdd'; SET lock_timeout = %d; "
 		 "SET default_transaction_read_only = %s",
 		 c->lock_timeout_ms, c->read_only ? "on" : "off");
-	return simple(c, sql);
+	if (simple(c, sql) < 0)
+		return -EIO;
+	return c->claimed ? claim(c) : 0;
 }
 
 static void pg_close(struct store_conn *c)
@@ -761,5 +793,6 @@ const struct store_drv store_postgresql = {
     .busy_timeout = pg_busy_timeout,
     .read_only = pg_read_only,
     .lost = pg_lost,
+    .claim = pg_claim,
     .errmsg = pg_errmsg,
 };

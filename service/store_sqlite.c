@@ -564,6 +564,12 @@ static int sq_lost(struct store_conn *c)
 	return 0; /* a file: never out of reach the way a server is */
 }
 
+static int sq_claim(struct store_conn *c)
+{
+	(void)c;
+	return 0; /* the state directory's lock file (cimdd.c) is the claim */
+}
+
 static int sq_read_only(struct store_conn *c)
 {
 	return sq_exec(c, "PRAGMA query_only = 1");
@@ -602,5 +608,6 @@ const struct store_drv store_sqlite = {
     .busy_timeout = sq_busy_timeout,
     .read_only = sq_read_only,
     .lost = sq_lost,
+    .claim = sq_claim,
     .errmsg = sq_errmsg,
 };

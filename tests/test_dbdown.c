@@ -12,6 +12,9 @@
  * - when it is back, signing resumes with no operator;
  * - every assertion a client received is in the journal, and the journal
  *   verifies.
+ *
+ * And a second cimdd on the same database is refused at its start: until
+ * nodes share a database (issue 17), one appliance uses one.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -131,6 +134,19 @@ int main(void)
 	    !t_ok(t_cimdd_client(&cd, "agent-a", aud) == 0, "a client that may sign"))
 		return t_done();
 	snprintf(client_id, sizeof(client_id), "%s/clients/agent-a", cd.base);
+	{
+		struct t_cimdd other;
+		struct t_softhsm hsm2;
+
+		rc = t_softhsm_init(&hsm2, "dbdown2", "246810") == 0
+			 ? t_cimdd_start(&other, "b", hsm2.conf, extra)
+			 : -1;
+		t_ok(rc == -ECHILD &&
+			 t_log_count(&other.dm, "another cimdd uses this database") == 1,
+		     "a second cimdd on the same database does not start, and says why");
+		if (rc == 0)
+			t_daemon_stop(&other.dm, SIGTERM);
+	}
 	t_ok(t_cimdd_get(&cd, "/clients/agent-a/jwks.json", jwks, sizeof(jwks)) == 0 &&
 		 strstr(jwks, "\"keys\"") != NULL,
 	     "the JWKS is served");
