@@ -16,6 +16,8 @@
  *             assertion the journal holds
  *   jose      node's jose signing the same assertions in-process with a key file
  *             (tests/interop/peer-jose-sign.mjs): the usual alternative
+ *   stores    the socket figures again with the daemon's state on SQLite and on a
+ *             PostgreSQL cluster on this machine (issue 17), alternating
  *
  * Printed: assertions per second, p50 and p99 latency, and the ratios of the
  * socket's rate to the backend's (one per call, batched, multi-session) and to
@@ -49,6 +51,7 @@
 static double seconds = 3.0;
 static int cores = 1;
 static json_t *out_backends; /* bench_assert.json's "backends" */
+static json_t *out_root;     /* bench_assert.json itself */
 static char sign_sock[700], client_id[256];
 static const char aud[] = "https://as.example.com/token";
 
@@ -476,6 +479,63 @@ static void run_backend(const struct backend *be, const char *daemon_conf, doubl
 	json_array_append_new(out_backends, o);
 }
 
+/*
+ * The state database's part (issue 17): the same daemon on SoftHSM2 with its
+ * journal on SQLite and on a PostgreSQL cluster on this machine (fsync on,
+ * synchronous_commit on; tests/harness.c, t_pg_start), 1, 8 and 32 clients,
+ * the two stores alternating by figure so that the machine's drift falls on
+ * both.  Each assertion is durable in its store before the answer.
+ */
+static void run_stores(const char *daemon_conf)
+{
+	static const char *const stores[] = {"sqlite", "postgresql"};
+	static const int clients[] = {1, 8, 32};
+	struct t_daemon dm[2] = {{0}};
+	struct socket_fig f;
+	json_t *arr = json_array();
+	char name[32], conf[1200], sock[2][sizeof(sign_sock)];
+	double rate[2];
+	size_t i, k;
+	int up[2];
+
+	if ((size_t)snprintf(conf, sizeof(conf), "%s;sessions=%d", daemon_conf, cores) >=
+	    sizeof(conf))
+		return;
+	for (k = 0; k < 2; k++) {
+		setenv("CIMD_TEST_STORE", stores[k], 1);
+		snprintf(name, sizeof(name), "store-%s", stores[k]);
+		up[k] = daemon_up(name, conf, &dm[k]) == 0;
+		memcpy(sock[k], sign_sock, sizeof(sign_sock));
+	}
+	unsetenv("CIMD_TEST_STORE");
+	for (i = 0; i < sizeof(clients) / sizeof(clients[0]); i++) {
+		for (k = 0; k < 2; k++) {
+			rate[k] = -1;
+			if (!up[k])
+				continue;
+			memcpy(sign_sock, sock[k], sizeof(sign_sock));
+			f = (struct socket_fig){.clients = clients[i]};
+			if (socket_run(clients[i], &f.rate, &f.p50, &f.p99, &f.fails) == 0)
+				rate[k] = f.rate;
+			printf("%-8s %-30s %8d %8s %8d %9.0f %7.2f %7.2f%s\n", "pkcs11",
+			       k == 0 ? "socket, store sqlite" : "socket, store postgresql", cores,
+			       "-", clients[i], rate[k], f.p50, f.p99,
+			       f.fails ? "  (some failed)" : "");
+			json_array_append_new(
+			    arr, json_pack("{s:s, s:i, s:o, s:o, s:o}", "store", stores[k],
+					   "clients", clients[i], "per_s", bench_num(rate[k]),
+					   "p50_ms", bench_num(f.p50), "p99_ms", bench_num(f.p99)));
+		}
+		if (rate[0] > 0 && rate[1] > 0)
+			printf("%-8s %d clients: postgresql / sqlite %.2f\n", "pkcs11", clients[i],
+			       rate[1] / rate[0]);
+	}
+	for (k = 0; k < 2; k++)
+		if (up[k])
+			t_daemon_stop(&dm[k], SIGTERM);
+	json_object_set_new(out_root, "stores", arr);
+}
+
 static void print_header(void)
 {
 	printf("%-8s %-30s %8s %8s %8s %9s %7s %7s %8s %8s %8s %8s\n", "", "", "sessions",
@@ -485,10 +545,10 @@ static void print_header(void)
 
 int main(void)
 {
-	struct t_softhsm hsm_daemon;
+	struct t_softhsm hsm_daemon, hsm_stores;
 	struct t_swtpm tpm_daemon;
 	const char *env = getenv("CIMD_BENCH_SECONDS");
-	json_t *root = json_object();
+	json_t *root = out_root = json_object();
 	double jose;
 
 	signal(SIGPIPE, SIG_IGN);
@@ -509,6 +569,8 @@ int main(void)
 			    jose);
 	if (t_swtpm_start(&tpm_daemon) == 0)
 		run_backend(&(struct backend){"tpm2", peer_tpm2, 0, 0}, tpm_daemon.conf, jose);
+	if (t_softhsm_init(&hsm_stores, "bench-s", "123456") == 0)
+		run_stores(hsm_stores.conf);
 	t_swtpm_kill(&tpm_daemon);
 	t_swtpm_kill(&tpm_peer);
 	t_cleanup();
