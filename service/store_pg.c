@@ -39,6 +39,7 @@
 
 #define STMTS 64
 #define PARAMS_MAX 32
+#define COLS_MAX 64 /* of a statement's rows; more cannot be read as bytea */
 #define INT8OID 20
 #define BYTEAOID 17
 #define TEXTOID 25
@@ -55,9 +56,9 @@ struct pg_rows {
 	int row, rows;
 	int64_t changed;
 	/* bytea columns of the current row, decoded on first use */
-	unsigned char *bin[PARAMS_MAX];
-	size_t bin_len[PARAMS_MAX];
-	int bin_row[PARAMS_MAX];
+	unsigned char *bin[COLS_MAX];
+	size_t bin_len[COLS_MAX];
+	int bin_row[COLS_MAX];
 };
 
 struct store_conn {
@@ -240,7 +241,7 @@ static const char *pg_errmsg(struct store_conn *c)
 static char *translate(const char *sql, int *ret_n)
 {
 	size_t len = strlen(sql);
-	char *out = malloc(len * 2 + 16), *o = out;
+	char *out = malloc(len * 4 + 16), *o = out; /* "?" -> "$NNN" at most */
 	const char *p = sql;
 	int next = 0, max = 0;
 	char quote = 0;
@@ -371,7 +372,7 @@ static void rows_clear(struct pg_rows *q)
 
 	PQclear(q->res);
 	q->res = NULL;
-	for (i = 0; i < PARAMS_MAX; i++) {
+	for (i = 0; i < COLS_MAX; i++) {
 		PQfreemem(q->bin[i]);
 		q->bin[i] = NULL;
 		q->bin_row[i] = -1;
@@ -433,7 +434,7 @@ static int pg_query(struct store_conn *c, struct store_rows **ret, const char *s
 	q = &e->q;
 	q->base.drv = &store_postgresql;
 	q->c = c;
-	for (k = 0; k < PARAMS_MAX; k++)
+	for (k = 0; k < COLS_MAX; k++)
 		q->bin_row[k] = -1;
 	q->res = PQexecPrepared(c->pg, e->name, e->nparams, values, lengths, formats, 0);
 	st = PQresultStatus(q->res);
@@ -491,7 +492,7 @@ static const unsigned char *bytes_of(struct pg_rows *q, int col, size_t *ret_len
 	const char *t;
 
 	*ret_len = 0;
-	if (col < 0 || col >= PARAMS_MAX || PQgetisnull(q->res, q->row, col))
+	if (col < 0 || col >= COLS_MAX || PQgetisnull(q->res, q->row, col))
 		return NULL;
 	if (PQftype(q->res, col) != BYTEAOID) {
 		*ret_len = (size_t)PQgetlength(q->res, q->row, col);
