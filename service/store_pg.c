@@ -62,8 +62,7 @@ struct pg_rows {
 };
 
 struct store_conn {
-	PGconn *pg;
-	char *conninfo;
+	PGconn *pg; /* libpq keeps the parameters (a password too) for PQreset */
 	int in_tx;
 	int read_only;	     /* store_read_only: again after a reconnection */
 	int claimed;	     /* store_claim: likewise */
@@ -169,7 +168,6 @@ static void pg_close(struct store_conn *c)
 	forget_statements(c);
 	if (c->pg != NULL)
 		PQfinish(c->pg);
-	free(c->conninfo);
 	free(c);
 }
 
@@ -177,10 +175,8 @@ static int pg_open(const char *conninfo, struct store_conn **ret, char *errbuf, 
 {
 	struct store_conn *c;
 
-	if ((c = calloc(1, sizeof(*c))) == NULL || (c->conninfo = strdup(conninfo)) == NULL) {
-		free(c);
+	if ((c = calloc(1, sizeof(*c))) == NULL)
 		return -ENOMEM;
-	}
 	c->lock_timeout_ms = 5000; /* as SQLite's busy timeout (store_sqlite.c) */
 	/* A database that does not answer fails a connection in seconds, not
 	 * never (libpq's default): the connection string may say otherwise. */
