@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cimd.h"
@@ -119,7 +120,7 @@ int main(void)
 {
 	struct t_softhsm hsm;
 	pthread_t th[CLIENTS];
-	char extra[900], jwks[8192], during[8192], out[4096];
+	char extra[900], cifile[600], jwks[8192], during[8192], out[4096];
 	double t0;
 	long n;
 	int i, rc;
@@ -129,7 +130,13 @@ int main(void)
 	if (!t_ok(t_softhsm_init(&hsm, "dbdown", "246810") == 0, "SoftHSM2 token") ||
 	    !t_ok(t_pg_start(&pg) == 0, "a PostgreSQL cluster"))
 		return t_done();
-	snprintf(extra, sizeof(extra), "store = postgresql\nconninfo = %s\n", pg.conninfo);
+	/* The first through a conninfo_file (as one with a password would be),
+	 * the second below through conninfo. */
+	snprintf(cifile, sizeof(cifile), "%s/db.conninfo", t_tmpdir());
+	snprintf(extra, sizeof(extra), "%s\n", pg.conninfo);
+	t_write_file(cifile, extra, strlen(extra));
+	chmod(cifile, 0600);
+	snprintf(extra, sizeof(extra), "store = postgresql\nconninfo_file = %s\n", cifile);
 	if (!t_ok(t_cimdd_start(&cd, "a", hsm.conf, extra) == 0, "cimdd on PostgreSQL") ||
 	    !t_ok(t_cimdd_client(&cd, "agent-a", aud) == 0, "a client that may sign"))
 		return t_done();
@@ -138,6 +145,7 @@ int main(void)
 		struct t_cimdd other;
 		struct t_softhsm hsm2;
 
+		snprintf(extra, sizeof(extra), "store = postgresql\nconninfo = %s\n", pg.conninfo);
 		rc = t_softhsm_init(&hsm2, "dbdown2", "246810") == 0
 			 ? t_cimdd_start(&other, "b", hsm2.conf, extra)
 			 : -1;

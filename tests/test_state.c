@@ -124,6 +124,17 @@ static void test_config_errors(void)
 	    {"state_dir = /s\nbase_url = https://k\nbackend = tpm2:t=x\nassertion_default_ttl = "
 	     "600\n",
 	     ": assertion_default_ttl (600) exceeds assertion_max_ttl (300)"},
+	    {"state_dir = /s\nstore = mysql\n",
+	     ":2: store: 'mysql' is neither sqlite nor postgresql"},
+	    {"state_dir = /s\nbase_url = https://k\nbackend = tpm2:t=x\nstore = postgresql\n",
+	     ": store = postgresql needs one of conninfo and conninfo_file"},
+	    {"state_dir = /s\nbase_url = https://k\nbackend = tpm2:t=x\nstore = postgresql\n"
+	     "conninfo = dbname=c\nconninfo_file = /etc/c\n",
+	     ": store = postgresql needs one of conninfo and conninfo_file"},
+	    {"state_dir = /s\nbase_url = https://k\nbackend = tpm2:t=x\nconninfo = dbname=c\n",
+	     ": conninfo and conninfo_file are for store = postgresql"},
+	    {"state_dir = /s\nconninfo_file = etc/c\n",
+	     ":2: conninfo_file: 'etc/c' is not an absolute path"},
 	};
 	struct cimd_config *c = NULL;
 	char path[600], err[512], name[32];
@@ -228,6 +239,29 @@ static void test_config_paths(void)
 		config_free(&c);
 		if (chown(key, geteuid(), getegid()) < 0)
 			t_ok(0, "chown back: %s", strerror(errno));
+	}
+	/* conninfo_file: the database's password may be in it, like the PIN. */
+	{
+		char ci[600], text[1500];
+
+		snprintf(ci, sizeof(ci), "%s/db.conninfo", t_tmpdir());
+		t_write_file(ci, "dbname=cimdd password=x\n", 24);
+		snprintf(text, sizeof(text),
+			 "state_dir = %s\nbase_url = https://k\nbackend = tpm2:t=x\n"
+			 "store = postgresql\nconninfo_file = %s\n",
+			 state, ci);
+		write_conf("ci", text, path, sizeof(path));
+		chmod(ci, 0600);
+		r = config_load(path, &c, err, sizeof(err));
+		t_ok(r == 0 && strcmp(c->store, "postgresql") == 0 &&
+			 strcmp(c->conninfo_file, ci) == 0,
+		     "a conninfo_file at 0600 loads (%s)", r < 0 ? err : "ok");
+		config_free(&c);
+		chmod(ci, 0640);
+		r = config_load(path, &c, err, sizeof(err));
+		t_ok(r < 0 && strstr(err, "must be this daemon's user's and 0600") != NULL,
+		     "a conninfo_file others may read is refused: %s", err);
+		config_free(&c);
 	}
 	snprintf(sub, sizeof(sub), "%s/missing.key", t_tmpdir());
 	config_with("paths", state, sub, path, sizeof(path));
