@@ -1236,7 +1236,10 @@ static int pg_admin(struct t_pg *pg, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(q, sizeof(q), fmt, ap);
 	va_end(ap);
-	snprintf(ci, sizeof(ci), "host=%s port=%d dbname=postgres user=cimdd", pg->dir, T_PG_PORT);
+	snprintf(
+	    ci, sizeof(ci),
+	    "host=%s port=%d dbname=postgres user=cimdd options='-c client_min_messages=warning'",
+	    pg->dir, T_PG_PORT);
 	return pg_exec(ci, NULL, 0, q);
 }
 
