@@ -39,6 +39,7 @@
 
 #define STMTS 64
 #define PARAMS_MAX 32
+#define BOOLOID 16
 #define INT8OID 20
 #define BYTEAOID 17
 /* The advisory lock every write transaction holds: "cimd" in ASCII. */
@@ -442,6 +443,9 @@ static int64_t pg_integer(struct store_rows *rows, int col)
 {
 	const char *t = pg_text(rows, col);
 
+	/* A boolean (EXISTS, a comparison) is 1 or 0, as SQLite has it. */
+	if (t != NULL && PQftype(PGQ(rows)->res, col) == BOOLOID)
+		return t[0] == 't';
 	return t != NULL ? strtoll(t, NULL, 10) : 0;
 }
 

@@ -432,6 +432,27 @@ static void test_tree_two_handles(const char *path, struct store *a)
 	store_free(&b);
 }
 
+/* A boolean in a row (EXISTS, a comparison) reads as 1 or 0 with store_int,
+ * as SQLite, which has no booleans, gives it: sign_policy.c reads whether a
+ * client has an approved document so. */
+static void test_boolean(struct store *st)
+{
+	struct store_rows *q = NULL;
+	int64_t yes = -1, no = -1;
+
+	if (store_query(st, &q,
+			"SELECT EXISTS (SELECT 1 FROM journal), EXISTS (SELECT 1 FROM journal "
+			"WHERE seq < 0), 2 > 1",
+			"") == 0 &&
+	    store_next(q) > 0) {
+		yes = store_int(q, 0) + store_int(q, 2);
+		no = store_int(q, 1);
+	}
+	store_done(st, q);
+	t_ok(yes == 2 && no == 0, "a boolean is read as 1 or 0 (true %lld of 2, false %lld)",
+	     (long long)yes, (long long)no);
+}
+
 static void test_store(const char *path)
 {
 	struct store *st = NULL;
@@ -479,6 +500,7 @@ static void test_store(const char *path)
 	     "journal_list from seq 4");
 	json_decref(list);
 	test_tree_two_handles(path, st);
+	test_boolean(st);
 	store_free(&st);
 
 	/* Restart: the records and the chain are still there. */
