@@ -1208,6 +1208,42 @@ int t_db_journal_match(const char *db_path, const char *kind, const char *fmt, .
 	return r < 0 ? -1 : m.n;
 }
 
+struct revoked {
+	const char *kid; /* NULL: every key */
+	json_t *revoked; /* kid -> true, from its revocation on */
+	int n;
+};
+
+static int issued_after(void *arg, json_t *rec)
+{
+	struct revoked *r = arg;
+	const char *kind = json_string_value(json_object_get(rec, "kind"));
+	const char *kid = json_string_value(json_object_get(rec, "kid"));
+	const char *to = json_string_value(json_object_get(rec, "to"));
+
+	if (kind == NULL || kid == NULL || (r->kid != NULL && strcmp(kid, r->kid) != 0))
+		return 0;
+	if (strcmp(kind, "key.state") == 0 && to != NULL && strcmp(to, "revoked") == 0)
+		json_object_set_new(r->revoked, kid, json_true());
+	else if (strcmp(kind, "assertion.issue") == 0 && json_object_get(r->revoked, kid))
+		r->n++;
+	return 0;
+}
+
+int t_db_issued_after_revocation(const char *db_path, const char *kid)
+{
+	struct revoked r = {kid, json_object(), 0};
+	struct journal_each j = {issued_after, &r, 0};
+	int n;
+
+	/* One pass in the journal's order: a revocation, then what came after. */
+	n = t_db_each(db_path, journal_row, &j,
+		      "SELECT record FROM journal WHERE kind IN ('key.state', 'assertion.issue') "
+		      "ORDER BY seq");
+	json_decref(r.revoked);
+	return n < 0 || j.bad ? -1 : r.n;
+}
+
 int t_db_replace(const char *db_path, const char *table, const char *column, const char *where,
 		 const char *from, const char *to)
 {

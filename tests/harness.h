@@ -174,6 +174,9 @@ int t_db_journal_each(const char *db_path, const char *kind, t_db_record_fn *cb,
  * and the arguments pack (json_pack: "{sssi}", "client", "agent-a", "uid",
  * 1000), each with an equal value; -1 on error. */
 int t_db_journal_match(const char *db_path, const char *kind, const char *fmt, ...);
+/* How many assertion.issue records name a key (kid, or any key when NULL)
+ * after the key.state record of its revocation; -1 on error. */
+int t_db_issued_after_revocation(const char *db_path, const char *kid);
 /* Each `from` replaced by `to` in the bytes of a blob column, as text, in the
  * rows of table that where selects (no quote in from or to): 0, or -1. */
 int t_db_replace(const char *db_path, const char *table, const char *column, const char *where,
