@@ -80,10 +80,8 @@ static void stores_stop(void);
 
 int t_done(void)
 {
-	if (getpid() == main_pid) {
+	if (getpid() == main_pid)
 		logs_check_all();
-		stores_stop();
-	}
 	t_cleanup();
 	printf("# %d passed, %d failed\n", n_pass, n_fail);
 	fflush(stdout);
@@ -123,9 +121,12 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 void t_cleanup(void)
 {
 	/* Nothing the test started outlives it, nor runs in a removed directory;
-	 * pid files are read before the directory goes. */
-	if (getpid() == main_pid)
+	 * pid files are read before the directory goes.  The store clusters
+	 * are shut down first, as a part of the test that must end cleanly. */
+	if (getpid() == main_pid) {
+		stores_stop();
 		kill_and_report();
+	}
 	if (tmp_root[0] == '\0' || getenv("CIMD_TEST_KEEP") != NULL)
 		return;
 	if (nftw(tmp_root, rm_one, 16, FTW_DEPTH | FTW_PHYS) < 0)

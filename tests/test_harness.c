@@ -159,6 +159,10 @@ static int run_child(const char *mode, char *out, size_t len)
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
+		/* The child's directory is inside ours: a cluster it starts (make
+		 * check STORE=postgresql) runs as nobody, who must pass through
+		 * ours to reach it, as through the child's own (t_pg_start). */
+		chmod(t_tmpdir(), 0711);
 		setenv("TMPDIR", t_tmpdir(), 1);
 		execl(exe, "test_harness", "--child", mode, (char *)NULL);
 		_exit(127);
@@ -253,6 +257,7 @@ static void test_forbidden(void)
 
 	if (strstr(out, "# no cimdd") != NULL) {
 		t_ok(0, "forbidden: the child test started cimdd");
+		t_sh("sed 's/^/#     /' %s/forbidden.out", t_tmpdir());
 		return;
 	}
 	t_ok(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "forbidden: the child test failed");
