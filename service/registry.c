@@ -713,7 +713,8 @@ int reg_change_list(struct svc *d, const char *name, json_t **ret_changes, char 
 	/* At most CIMD_CHANGES_PENDING_MAX rows, by the partial index. */
 	if (store_query(d->st, &s,
 			"SELECT id, client, op, fields, submitter, submitted FROM changes "
-			"WHERE state = 'pending' AND (?1 IS NULL OR client = ?1) ORDER BY id",
+			"WHERE state = 'pending' AND (CAST(?1 AS TEXT) IS NULL OR client = ?1) "
+			"ORDER BY id",
 			"s", name) < 0) {
 		json_decref(arr);
 		return cimd_fail(err, errlen, -EIO, "database error");

@@ -40,6 +40,7 @@
 #define STMTS 64
 #define PARAMS_MAX 32
 #define COLS_MAX 64 /* of a statement's rows; more cannot be read as bytea */
+#define BOOLOID 16
 #define INT8OID 20
 #define BYTEAOID 17
 #define TEXTOID 25
@@ -479,6 +480,9 @@ static int64_t pg_integer(struct store_rows *rows, int col)
 {
 	const char *t = pg_text(rows, col);
 
+	/* A boolean (EXISTS, a comparison) is 1 or 0, as SQLite has it. */
+	if (t != NULL && PQftype(PGQ(rows)->res, col) == BOOLOID)
+		return t[0] == 't';
 	return t != NULL ? strtoll(t, NULL, 10) : 0;
 }
 

@@ -76,15 +76,12 @@ int t_ok(int cond, const char *fmt, ...)
 
 static void logs_check_all(void);
 static void kill_and_report(void);
-
 static void stores_stop(void);
 
 int t_done(void)
 {
-	if (getpid() == main_pid) {
+	if (getpid() == main_pid)
 		logs_check_all();
-		stores_stop(); /* the clusters of STORE=postgresql: the harness's own */
-	}
 	t_cleanup();
 	printf("# %d passed, %d failed\n", n_pass, n_fail);
 	fflush(stdout);
@@ -124,9 +121,12 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 void t_cleanup(void)
 {
 	/* Nothing the test started outlives it, nor runs in a removed directory;
-	 * pid files are read before the directory goes. */
-	if (getpid() == main_pid)
+	 * pid files are read before the directory goes.  The store clusters
+	 * are shut down first, as a part of the test that must end cleanly. */
+	if (getpid() == main_pid) {
+		stores_stop();
 		kill_and_report();
+	}
 	if (tmp_root[0] == '\0' || getenv("CIMD_TEST_KEEP") != NULL)
 		return;
 	if (nftw(tmp_root, rm_one, 16, FTW_DEPTH | FTW_PHYS) < 0)
@@ -788,21 +788,17 @@ int t_unix_up(const char *path)
  * whichever engine holds it.
  */
 #define T_STORES_MAX 16
+/* A cluster's socket's name, DIR/.s.PGSQL.PORT: the same in every cluster
+ * (each has a directory of its own), and written down, not left to PGPORT. */
+#define T_PG_PORT 5432
+
+static int pg_exec(const char *conninfo, char *out, size_t len, const char *q);
 
 static struct t_store {
 	char state_dir[600];
 	struct t_pg pg;
 } stores[T_STORES_MAX];
 static int n_stores;
-
-static void stores_stop(void)
-{
-	int i;
-
-	for (i = 0; i < n_stores; i++)
-		if (stores[i].pg.pid > 0)
-			t_pg_stop(&stores[i].pg);
-}
 
 int t_store_pg(void)
 {
@@ -819,6 +815,25 @@ static struct t_store *store_of_dir(const char *state_dir)
 		if (strcmp(stores[i].state_dir, state_dir) == 0)
 			return &stores[i];
 	return NULL;
+}
+
+/* The cluster of a state directory, started when it has none yet. */
+static int store_for_dir(const char *dir, struct t_store **ret)
+{
+	struct t_store *s;
+	int r;
+
+	if ((s = store_of_dir(dir)) == NULL) {
+		if (n_stores == T_STORES_MAX)
+			return -ENOSPC;
+		s = &stores[n_stores];
+		if ((r = t_pg_start(&s->pg)) < 0)
+			return r;
+		snprintf(s->state_dir, sizeof(s->state_dir), "%s", dir);
+		n_stores++;
+	}
+	*ret = s;
+	return 0;
 }
 
 /* The cluster of the state directory in conf, started and written into conf
@@ -842,15 +857,8 @@ static int store_for_conf(const char *conf)
 	fclose(f);
 	if (named || dir[0] == '\0')
 		return 0;
-	if ((s = store_of_dir(dir)) == NULL) {
-		if (n_stores == T_STORES_MAX)
-			return -ENOSPC;
-		s = &stores[n_stores];
-		if ((r = t_pg_start(&s->pg)) < 0)
-			return r;
-		snprintf(s->state_dir, sizeof(s->state_dir), "%s", dir);
-		n_stores++;
-	}
+	if ((r = store_for_dir(dir, &s)) < 0)
+		return r;
 	snprintf(add, sizeof(add), "store = postgresql\nconninfo = %s\n", s->pg.conninfo);
 	if ((f = fopen(conf, "ae")) == NULL)
 		return -errno;
@@ -858,16 +866,45 @@ static int store_for_conf(const char *conf)
 	return fclose(f) == 0 ? 0 : -EIO;
 }
 
-struct t_pg *t_store_cluster(const char *db_path)
+/* The clusters the test's stores were on, shut down as the test ends (what
+ * the test started itself it stops itself). */
+static void stores_stop(void)
 {
-	char dir[600], *slash;
-	struct t_store *s;
+	int i;
 
-	snprintf(dir, sizeof(dir), "%s", db_path);
+	for (i = 0; i < n_stores; i++)
+		if (stores[i].pg.pid > 0)
+			t_ok(t_pg_stop(&stores[i].pg) == 0, "the cluster of %s shuts down cleanly",
+			     stores[i].state_dir);
+}
+
+/* The directory of db_path (STATE_DIR of STATE_DIR/cimdd.db) into dir. */
+static const char *dir_of(const char *db_path, char *dir, size_t len)
+{
+	char *slash;
+
+	snprintf(dir, len, "%s", db_path);
 	if ((slash = strrchr(dir, '/')) != NULL)
 		*slash = '\0';
-	s = store_of_dir(dir);
+	return dir;
+}
+
+struct t_pg *t_store_cluster(const char *db_path)
+{
+	char dir[600];
+	struct t_store *s = store_of_dir(dir_of(db_path, dir, sizeof(dir)));
+
 	return s != NULL ? &s->pg : NULL;
+}
+
+int t_db_create(const char *db_path)
+{
+	char dir[600];
+	struct t_store *s;
+
+	if (!t_store_pg())
+		return 0;
+	return store_for_dir(dir_of(db_path, dir, sizeof(dir)), &s);
 }
 
 int t_db_sql(const char *db_path, char *out, size_t len, const char *fmt, ...)
@@ -962,6 +999,340 @@ int t_db_open(const char *db_path, struct store **ret, char *err, size_t errlen)
 
 	return pg != NULL ? store_open_engine("postgresql", pg->conninfo, ret, err, errlen)
 			  : store_open(db_path, ret, err, errlen);
+}
+
+#define T_DB_COLS 16
+#define T_BYTEAOID 17
+
+/* A value of a row handed to t_db_each's callback: its bytes and a NUL. */
+static char *value_dup(const void *p, size_t n)
+{
+	char *v = malloc(n + 1);
+
+	if (v != NULL) {
+		memcpy(v, p, n);
+		v[n] = '\0';
+	}
+	return v;
+}
+
+static void values_free(char **v, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++) {
+		free(v[i]);
+		v[i] = NULL;
+	}
+}
+
+/* Row k of a PostgreSQL result into v and len: bytea decoded from its text
+ * form. */
+static int pg_row(const PGresult *res, int k, char **v, size_t *len)
+{
+	int n = PQnfields(res) < T_DB_COLS ? PQnfields(res) : T_DB_COLS, i;
+	unsigned char *b;
+
+	for (i = 0; i < n; i++) {
+		len[i] = 0;
+		if (PQgetisnull(res, k, i)) {
+			v[i] = NULL;
+			continue;
+		}
+		if (PQftype(res, i) == T_BYTEAOID) {
+			b = PQunescapeBytea((const unsigned char *)PQgetvalue(res, k, i), &len[i]);
+			v[i] = b != NULL ? value_dup(b, len[i]) : NULL;
+			PQfreemem(b);
+		} else {
+			len[i] = (size_t)PQgetlength(res, k, i);
+			v[i] = value_dup(PQgetvalue(res, k, i), len[i]);
+		}
+	}
+	return n;
+}
+
+/* The rows one at a time (libpq's single-row mode), not all of them in memory
+ * at once: a journal of 100,000 records is read as easily as one.  Of several
+ * statements ("SET ...; EXPLAIN ..."), the rows of each. */
+static int pg_each(struct t_pg *pg, const char *q, t_db_row_fn *cb, void *arg)
+{
+	PGconn *c = PQconnectdb(pg->conninfo);
+	char *v[T_DB_COLS] = {0}, msg[512] = "";
+	size_t len[T_DB_COLS];
+	ExecStatusType st;
+	PGresult *res;
+	int rows = 0, stop = 0, n, k;
+
+	if (PQstatus(c) != CONNECTION_OK || !PQsendQuery(c, q) || !PQsetSingleRowMode(c))
+		snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+	while (msg[0] == '\0' && (res = PQgetResult(c)) != NULL) {
+		st = PQresultStatus(res);
+		if (st == PGRES_SINGLE_TUPLE || st == PGRES_TUPLES_OK) {
+			for (k = 0; k < PQntuples(res) && !stop; k++) {
+				n = pg_row(res, k, v, len);
+				rows++;
+				stop = cb(arg, n, v, len) != 0;
+				values_free(v, n);
+			}
+		} else if (st != PGRES_COMMAND_OK && msg[0] == '\0') {
+			snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
+		}
+		PQclear(res);
+	}
+	PQfinish(c);
+	if (msg[0] == '\0')
+		return rows;
+	msg[strcspn(msg, "\n")] = '\0';
+	printf("# sql: %s: %s\n", q, msg);
+	return -1;
+}
+
+static int lite_each(const char *path, const char *q, t_db_row_fn *cb, void *arg)
+{
+	char *v[T_DB_COLS] = {0};
+	size_t len[T_DB_COLS];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *s = NULL;
+	int rows = 0, rc, n, i;
+
+	if ((rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL)) == SQLITE_OK) {
+		sqlite3_busy_timeout(db, 5000);
+		rc = sqlite3_prepare_v2(db, q, -1, &s, NULL);
+	}
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		n = sqlite3_column_count(s) < T_DB_COLS ? sqlite3_column_count(s) : T_DB_COLS;
+		for (i = 0; i < n; i++) {
+			/* A number as its text, as PostgreSQL hands it over. */
+			const void *p = sqlite3_column_blob(s, i);
+
+			len[i] = (size_t)sqlite3_column_bytes(s, i);
+			v[i] = sqlite3_column_type(s, i) == SQLITE_NULL
+				   ? NULL
+				   : value_dup(p ? p : "", len[i]);
+		}
+		rows++;
+		rc = cb(arg, n, v, len) != 0 ? SQLITE_DONE : SQLITE_OK;
+		values_free(v, n);
+	}
+	if (rc != SQLITE_DONE)
+		printf("# sql: %s: %s\n", q, db != NULL ? sqlite3_errmsg(db) : "cannot open");
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+	return rc == SQLITE_DONE ? rows : -1;
+}
+
+int t_db_each(const char *db_path, t_db_row_fn *cb, void *arg, const char *fmt, ...)
+{
+	struct t_pg *pg = t_store_cluster(db_path);
+	char q[8192];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(q, sizeof(q), fmt, ap);
+	va_end(ap);
+	return pg != NULL ? pg_each(pg, q, cb, arg) : lite_each(db_path, q, cb, arg);
+}
+
+struct journal_each {
+	t_db_record_fn *cb;
+	void *arg;
+	int bad;
+};
+
+static int journal_row(void *arg, int n, char **v, size_t *len)
+{
+	struct journal_each *j = arg;
+	json_t *rec = n > 0 && v[0] != NULL ? json_loadb(v[0], len[0], 0, NULL) : NULL;
+	int r;
+
+	if (rec == NULL) {
+		printf("# a journal record that is not JSON: %.80s\n", n > 0 && v[0] ? v[0] : "");
+		j->bad = 1;
+		return 1;
+	}
+	r = j->cb(j->arg, rec);
+	json_decref(rec);
+	return r;
+}
+
+int t_db_journal_each(const char *db_path, const char *kind, t_db_record_fn *cb, void *arg)
+{
+	struct journal_each j = {cb, arg, 0};
+	int n;
+
+	n = kind != NULL
+		? t_db_each(db_path, journal_row, &j,
+			    "SELECT record FROM journal WHERE kind = '%s' ORDER BY seq", kind)
+		: t_db_each(db_path, journal_row, &j, "SELECT record FROM journal ORDER BY seq");
+	return j.bad ? -1 : n;
+}
+
+struct journal_match {
+	const json_t *want;
+	int n;
+};
+
+static int record_matches(void *arg, json_t *rec)
+{
+	struct journal_match *m = arg;
+	const char *key;
+	json_t *v;
+
+	json_object_foreach((json_t *)m->want, key, v)
+	{
+		if (!json_equal(json_object_get(rec, key), v))
+			return 0;
+	}
+	m->n++;
+	return 0;
+}
+
+int t_db_journal_match(const char *db_path, const char *kind, const char *fmt, ...)
+{
+	struct journal_match m = {NULL, 0};
+	json_error_t e;
+	va_list ap;
+	json_t *want;
+	int r;
+
+	va_start(ap, fmt);
+	want = json_vpack_ex(&e, 0, fmt, ap);
+	va_end(ap);
+	if (want == NULL || !json_is_object(want)) {
+		printf("# t_db_journal_match: %s: %s\n", fmt, want ? "not an object" : e.text);
+		json_decref(want);
+		return -1;
+	}
+	m.want = want;
+	r = t_db_journal_each(db_path, kind, record_matches, &m);
+	json_decref(want);
+	return r < 0 ? -1 : m.n;
+}
+
+struct revoked {
+	const char *kid; /* NULL: every key */
+	json_t *revoked; /* kid -> true, from its revocation on */
+	int n;
+};
+
+static int issued_after(void *arg, json_t *rec)
+{
+	struct revoked *r = arg;
+	const char *kind = json_string_value(json_object_get(rec, "kind"));
+	const char *kid = json_string_value(json_object_get(rec, "kid"));
+	const char *to = json_string_value(json_object_get(rec, "to"));
+
+	if (kind == NULL || kid == NULL || (r->kid != NULL && strcmp(kid, r->kid) != 0))
+		return 0;
+	if (strcmp(kind, "key.state") == 0 && to != NULL && strcmp(to, "revoked") == 0)
+		json_object_set_new(r->revoked, kid, json_true());
+	else if (strcmp(kind, "assertion.issue") == 0 && json_object_get(r->revoked, kid))
+		r->n++;
+	return 0;
+}
+
+int t_db_issued_after_revocation(const char *db_path, const char *kid)
+{
+	struct revoked r = {kid, json_object(), 0};
+	struct journal_each j = {issued_after, &r, 0};
+	int n;
+
+	/* One pass in the journal's order: a revocation, then what came after. */
+	n = t_db_each(db_path, journal_row, &j,
+		      "SELECT record FROM journal WHERE kind IN ('key.state', 'assertion.issue') "
+		      "ORDER BY seq");
+	json_decref(r.revoked);
+	return n < 0 || j.bad ? -1 : r.n;
+}
+
+int t_db_replace(const char *db_path, const char *table, const char *column, const char *where,
+		 const char *from, const char *to)
+{
+	if (strchr(from, '\'') != NULL || strchr(to, '\'') != NULL)
+		return -1; /* not quoted here */
+	/* The bytes as text and back, each engine in its words. */
+	if (t_store_cluster(db_path) != NULL)
+		return t_db_sql(db_path, NULL, 0,
+				"UPDATE %s SET %s = convert_to(replace(convert_from(%s, 'UTF8'), "
+				"'%s', '%s'), 'UTF8') WHERE %s",
+				table, column, column, from, to, where);
+	return t_db_sql(db_path, NULL, 0,
+			"UPDATE %s SET %s = CAST(replace(CAST(%s AS TEXT), '%s', '%s') AS BLOB) "
+			"WHERE %s",
+			table, column, column, from, to, where);
+}
+
+/* One statement on the cluster's maintenance database (postgres): CREATE and
+ * DROP DATABASE run on no other, and outside a transaction. */
+static int pg_admin(struct t_pg *pg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int pg_admin(struct t_pg *pg, const char *fmt, ...)
+{
+	char ci[700], q[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(q, sizeof(q), fmt, ap);
+	va_end(ap);
+	snprintf(
+	    ci, sizeof(ci),
+	    "host=%s port=%d dbname=postgres user=cimdd options='-c client_min_messages=warning'",
+	    pg->dir, T_PG_PORT);
+	return pg_exec(ci, NULL, 0, q);
+}
+
+int t_db_save(const char *db_path, const char *name)
+{
+	struct t_pg *pg = t_store_cluster(db_path);
+
+	if (pg != NULL)
+		return pg_admin(pg, "DROP DATABASE IF EXISTS \"%s\"", name) == 0 &&
+			       pg_admin(pg, "CREATE DATABASE \"%s\" TEMPLATE cimdd", name) == 0
+			   ? 0
+			   : -1;
+	/* The WAL folded into the file first: the file alone is the database. */
+	return t_db_sql(db_path, NULL, 0, "PRAGMA wal_checkpoint(TRUNCATE)") == 0 &&
+		       t_sh("cp %s %s.%s", db_path, db_path, name) == 0
+		   ? 0
+		   : -1;
+}
+
+int t_db_restore(const char *db_path, const char *name)
+{
+	struct t_pg *pg = t_store_cluster(db_path);
+
+	if (pg != NULL)
+		return pg_admin(pg, "DROP DATABASE cimdd") == 0 &&
+			       pg_admin(pg, "CREATE DATABASE cimdd TEMPLATE \"%s\"", name) == 0
+			   ? 0
+			   : -1;
+	return t_sh("cp %s.%s %s && rm -f %s-wal %s-shm", db_path, name, db_path, db_path,
+		    db_path) == 0
+		   ? 0
+		   : -1;
+}
+
+static long long file_size(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 ? (long long)st.st_size : 0;
+}
+
+long long t_db_bytes(const char *db_path)
+{
+	char out[32], wal[700];
+
+	if (t_store_cluster(db_path) != NULL)
+		return t_db_sql(db_path, out, sizeof(out),
+				"SELECT pg_database_size(current_database())") == 0
+			   ? atoll(out)
+			   : -1;
+	/* The WAL copied into the file and truncated (when no reader holds it
+	 * back): the pages written, not a WAL file that keeps its largest size. */
+	if (t_db_sql(db_path, NULL, 0, "PRAGMA wal_checkpoint(TRUNCATE)") < 0)
+		return -1;
+	snprintf(wal, sizeof(wal), "%s-wal", db_path);
+	return file_size(db_path) + file_size(wal);
 }
 
 int t_daemon_start(struct t_daemon *d)
@@ -1120,9 +1491,6 @@ void t_swtpm_kill(struct t_swtpm *s)
 
 #define T_PG_WAIT_MS 60000 /* initdb, a start (crash recovery included), a shutdown */
 #define T_PG_KIDS_MAX 256  /* processes of one cluster, for t_pg_kill */
-/* Its socket's name, DIR/.s.PGSQL.PORT: the same in every cluster (each has a
- * directory of its own), and written down, not left to PGPORT. */
-#define T_PG_PORT 5432
 
 static char pg_bindir[512];
 

@@ -148,6 +148,47 @@ struct store;
 int t_db_open(const char *db_path, struct store **ret, char *err, size_t errlen);
 /* How many journal records of kind hold needle in their bytes; -1 on error. */
 int t_db_journal_count(const char *db_path, const char *kind, const char *needle);
+/* A database at db_path (DIR/NAME.db) for a test that opens its own store
+ * (t_db_open) rather than a daemon: in PostgreSQL mode a cluster for DIR,
+ * which t_db_* then reach, as a daemon's state directory gets one.  0, or a
+ * negative code. */
+int t_db_create(const char *db_path);
+/*
+ * The rows of one query (printf format; no parameters) on the database at
+ * db_path, read one at a time: cb(arg, n, v, len) with the row's n values
+ * (at most 16), each as its bytes with a NUL after them (a blob's own, a
+ * number as its text), NULL for NULL; they are freed when cb returns, and a
+ * nonzero return ends the reading.  The rows read, or -1 with the reason
+ * printed.
+ */
+typedef int t_db_row_fn(void *arg, int n, char **v, size_t *len);
+int t_db_each(const char *db_path, t_db_row_fn *cb, void *arg, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Each journal record of kind (NULL: of every kind) in order, parsed, to
+ * cb(arg, record) (borrowed; a nonzero return ends it): the records read, or
+ * -1.  A record's members are read here in C, so that no test needs an
+ * engine's JSON functions (docs/architecture.md, "The store"). */
+typedef int t_db_record_fn(void *arg, json_t *rec);
+int t_db_journal_each(const char *db_path, const char *kind, t_db_record_fn *cb, void *arg);
+/* How many journal records of kind have every member of the object that fmt
+ * and the arguments pack (json_pack: "{sssi}", "client", "agent-a", "uid",
+ * 1000), each with an equal value; -1 on error. */
+int t_db_journal_match(const char *db_path, const char *kind, const char *fmt, ...);
+/* How many assertion.issue records name a key (kid, or any key when NULL)
+ * after the key.state record of its revocation; -1 on error. */
+int t_db_issued_after_revocation(const char *db_path, const char *kid);
+/* Each `from` replaced by `to` in the bytes of a blob column, as text, in the
+ * rows of table that where selects (no quote in from or to): 0, or -1. */
+int t_db_replace(const char *db_path, const char *table, const char *column, const char *where,
+		 const char *from, const char *to);
+/* A copy of the database at db_path kept under name, and the database made
+ * that copy again (as a backup is restored); its daemon stopped.  0, or -1. */
+int t_db_save(const char *db_path, const char *name);
+int t_db_restore(const char *db_path, const char *name);
+/* The bytes the database takes: SQLite's file and WAL, once the WAL is folded
+ * into the file and truncated; PostgreSQL's pg_database_size (its WAL is the
+ * cluster's, recycled, not the database's).  -1 on error. */
+long long t_db_bytes(const char *db_path);
 
 /*
  * The key store contract on one backend and algorithm: generate; the JWK has

@@ -2,7 +2,10 @@
  * test_crash.c — crash safety: 50 times per backend, a mixed workload (signing
  * at full speed from two connections, rotations, activations, document
  * submissions and approvals, revocations) is cut by SIGKILL at a random moment;
- * on the TPM backend swtpm is killed too and restarted.  After each restart:
+ * on the TPM backend swtpm is killed too and restarted, and on PostgreSQL
+ * (make check STORE=postgresql) the database server too (t_pg_kill: its
+ * postmaster and every backend), whose crash recovery must keep each COMMIT
+ * that returned.  After each restart:
  *
  *   - the journal's hash chain verifies;
  *   - every key the hardware holds for us has a record, and every key the
@@ -26,7 +29,6 @@
 #include <unistd.h>
 
 #include <openssl/sha.h>
-#include <sqlite3.h>
 
 #include "cimd.h"
 #include "harness.h"
@@ -136,90 +138,79 @@ static void admin_loop(unsigned seed)
 
 /* ---- the checks ---- */
 
-static sqlite3 *db_open(void)
-{
-	sqlite3 *h = NULL;
-
-	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-		sqlite3_close(h);
-		return NULL;
-	}
-	sqlite3_busy_timeout(h, 5000);
-	return h;
-}
-
 static int cmp_jti(const void *a, const void *b)
 {
 	return strcmp((const char *)a, (const char *)b);
 }
 
+struct received {
+	char *seen; /* per received jti: found in a record */
+	size_t found;
+};
+
+static int jti_recorded(void *arg, json_t *rec)
+{
+	struct received *r = arg;
+	const char *j = json_string_value(json_object_get(rec, "jti"));
+	char(*at)[24];
+
+	if (j != NULL && (at = bsearch(j, jtis, n_jtis, sizeof(jtis[0]), cmp_jti)) != NULL &&
+	    !r->seen[at - jtis]) {
+		r->seen[at - jtis] = 1;
+		r->found++;
+	}
+	return 0;
+}
+
 /* Every received jti is an assertion.issue record. */
 static size_t missing_assertions(void)
 {
-	sqlite3 *h = db_open();
-	sqlite3_stmt *s;
-	size_t i = 0, found = 0;
+	struct received r = {calloc(n_jtis + 1, 1), 0};
 
-	if (h == NULL)
+	if (r.seen == NULL)
 		return n_jtis;
 	qsort(jtis, n_jtis, sizeof(jtis[0]), cmp_jti);
-	if (sqlite3_prepare_v2(h,
-			       "SELECT json_extract(record, '$.jti') FROM journal WHERE kind = "
-			       "'assertion.issue' ORDER BY 1",
-			       -1, &s, NULL) == SQLITE_OK) {
-		while (sqlite3_step(s) == SQLITE_ROW) {
-			const char *j = (const char *)sqlite3_column_text(s, 0);
+	if (t_db_journal_each(db, "assertion.issue", jti_recorded, &r) < 0)
+		r.found = 0;
+	free(r.seen);
+	return n_jtis - r.found;
+}
 
-			while (i < n_jtis && j && strcmp(jtis[i], j) < 0)
-				i++;
-			if (i < n_jtis && j && strcmp(jtis[i], j) == 0) {
-				found++;
-				i++;
-			}
-		}
-		sqlite3_finalize(s);
+/* The SHA-256 of a version's bytes, or "" when it is not approved (approved,
+ * then not: as bad as changed). */
+static int doc_row(void *arg, int n, char **v, size_t *len)
+{
+	uint8_t md[SHA256_DIGEST_LENGTH];
+
+	if (n == 2 && v[0] != NULL && v[1] != NULL && strcmp(v[1], "submitted") != 0) {
+		SHA256((const uint8_t *)v[0], len[0], md);
+		hex_encode(md, sizeof(md), arg);
 	}
-	sqlite3_close(h);
-	return n_jtis - found;
+	return 1;
 }
 
 /* Approved versions we saw keep their bytes. */
 static int approvals_changed(int *ret_checked)
 {
 	char line[256], hex[65], got[65];
-	uint8_t md[SHA256_DIGEST_LENGTH];
-	sqlite3 *h = db_open();
-	sqlite3_stmt *s;
 	FILE *f = fopen(approvals, "r");
 	int ver, bad = 0, checked = 0;
 
-	if (h == NULL)
-		return 1;
 	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
 		if (sscanf(line, "%d %64s", &ver, hex) != 2 || strlen(hex) != 64)
 			continue;
-		if (sqlite3_prepare_v2(
-			h,
-			"SELECT bytes, state FROM documents WHERE client = 'agent-a' "
-			"AND version = ?",
-			-1, &s, NULL) != SQLITE_OK)
-			continue;
-		sqlite3_bind_int(s, 1, ver);
 		got[0] = '\0';
-		if (sqlite3_step(s) == SQLITE_ROW) {
-			SHA256(sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), md);
-			hex_encode(md, sizeof(md), got);
-			if (strcmp((const char *)sqlite3_column_text(s, 1), "submitted") == 0)
-				got[0] = '\0'; /* approved, then not: as bad as changed */
-		}
-		sqlite3_finalize(s);
+		if (t_db_each(db, doc_row, got,
+			      "SELECT bytes, state FROM documents WHERE client = 'agent-a' AND "
+			      "version = %d",
+			      ver) < 0)
+			continue;
 		checked++;
 		if (strcmp(got, hex) != 0)
 			bad++;
 	}
 	if (f != NULL)
 		fclose(f);
-	sqlite3_close(h);
 	*ret_checked = checked;
 	return bad;
 }
@@ -229,134 +220,164 @@ static int approvals_changed(int *ret_checked)
 static int destroyed_soon(const char *kid)
 {
 	double t0 = t_now_ms();
-	sqlite3_stmt *q;
-	sqlite3 *h;
+	char state[32];
 	int done = 0;
 
 	while (!done && t_now_ms() - t0 < 2000) {
-		if ((h = db_open()) != NULL &&
-		    sqlite3_prepare_v2(h, "SELECT state FROM keys WHERE kid = ?", -1, &q, NULL) ==
-			SQLITE_OK) {
-			sqlite3_bind_text(q, 1, kid, -1, SQLITE_TRANSIENT);
-			done = sqlite3_step(q) == SQLITE_ROW &&
-			       strcmp((const char *)sqlite3_column_text(q, 0), "destroyed") == 0;
-			sqlite3_finalize(q);
-		}
-		sqlite3_close(h);
+		done = t_db_sql(db, state, sizeof(state), "SELECT state FROM keys WHERE kid = '%s'",
+				kid) == 0 &&
+		       strcmp(state, "destroyed") == 0;
 		if (!done)
 			usleep(50 * 1000);
 	}
 	return done;
 }
 
+struct check {
+	struct key_store *ks;
+	struct ks_ref *refs; /* the hardware's keys */
+	char *found;	     /* per hardware key: a live record names it */
+	size_t n;
+	const char *jwks; /* the JWKS served */
+	size_t published; /* keys the database says are published */
+	int bad;
+	char why[256];
+};
+
+/* A key the database says is in the hardware (kid, alg, ref) loads from it. */
+static int key_loads(void *arg, int n, char **v, size_t *len)
+{
+	struct check *c = arg;
+	struct ks_key *key = NULL;
+	int r;
+
+	if (n != 3 || v[0] == NULL || v[1] == NULL || v[2] == NULL)
+		return 0;
+	r = key_store_load(c->ks, cimd_alg_from_name(v[1]), (const uint8_t *)v[2], len[2], &key);
+	ks_key_free(&key);
+	/* The running daemon destroys a retired key once destroy_delay (1 s) has
+	 * passed: hardware first, then the row.  A key caught between the two is
+	 * destroyed, not lost: its row must say so within a moment. */
+	if (r == -CIMD_ENOKEY && destroyed_soon(v[0]))
+		r = 0;
+	if (r < 0) {
+		snprintf(c->why, sizeof(c->why), "key %s has no hardware key (%s)", v[0],
+			 cimd_strerror(r));
+		c->bad = 1;
+	}
+	return c->bad;
+}
+
+/* A live record's reference: the hardware key it names is accounted for. */
+static int ref_live(void *arg, int n, char **v, size_t *len)
+{
+	struct check *c = arg;
+	size_t i;
+
+	for (i = 0; n == 1 && v[0] != NULL && i < c->n; i++)
+		if (c->refs[i].len == len[0] && memcmp(c->refs[i].ref, v[0], len[0]) == 0)
+			c->found[i] = 1;
+	return 0;
+}
+
+/* Every key the database says is in the hardware loads from it; every
+ * hardware key of ours has a live record (PKCS#11 lists them; a TPM keeps
+ * none: its keys are the blobs the database holds). */
+static void hardware_consistent(struct check *c)
+{
+	size_t i;
+
+	if (t_db_each(db, key_loads, c,
+		      "SELECT kid, alg, ref FROM keys WHERE state IN ('next', 'active', "
+		      "'retiring', 'retired')") < 0 &&
+	    !c->bad) {
+		snprintf(c->why, sizeof(c->why), "database");
+		c->bad = 1;
+	}
+	if (c->bad || key_store_list(c->ks, 100000, &c->refs, &c->n) < 0)
+		return;
+	if ((c->found = calloc(c->n + 1, 1)) == NULL ||
+	    t_db_each(db, ref_live, c,
+		      "SELECT ref FROM keys WHERE state IN ('next', 'active', 'retiring', "
+		      "'retired') UNION ALL SELECT ref FROM attest_keys") < 0) {
+		snprintf(c->why, sizeof(c->why), "database");
+		c->bad = 1;
+	}
+	for (i = 0; i < c->n && !c->bad; i++)
+		if (!c->found[i]) {
+			snprintf(c->why, sizeof(c->why),
+				 "a hardware key (tag %s) has no live record", c->refs[i].tag);
+			c->bad = 1;
+		}
+	free(c->found);
+	ks_refs_free(&c->refs, c->n);
+}
+
+/* A published key of agent-a: in the JWKS served. */
+static int kid_served(void *arg, int n, char **v, size_t *len)
+{
+	struct check *c = arg;
+	char kid[80];
+
+	(void)len;
+	if (n != 1 || v[0] == NULL)
+		return 0;
+	snprintf(kid, sizeof(kid), "\"%s\"", v[0]);
+	c->published++;
+	if (strstr(c->jwks, kid) == NULL)
+		c->bad = 1;
+	return 0;
+}
+
+/* The JWKS served: exactly the keys in next, active, retiring. */
+static void jwks_consistent(struct check *c)
+{
+	static char out[65536];
+	double t0 = t_now_ms();
+	size_t i;
+	int r;
+
+	do {
+		t_sh_out(out, sizeof(out),
+			 "curl -s --max-time 5 --cacert %s %s/clients/agent-a/jwks.json", ca, base);
+		c->jwks = out;
+		c->published = 0;
+		c->bad = 0;
+		if (t_db_each(db, kid_served, c,
+			      "SELECT kid FROM keys WHERE client = 'agent-a' AND state IN "
+			      "('next', 'active', 'retiring')") < 0)
+			c->bad = 1;
+		for (i = 0, r = 0; out[i]; i++)
+			r += strncmp(out + i, "\"kid\"", 5) == 0;
+		if ((size_t)r != c->published)
+			c->bad = 1;
+	} while (c->bad && t_now_ms() - t0 < 3000 && (usleep(100000), 1));
+	if (c->bad)
+		snprintf(c->why, sizeof(c->why),
+			 "the served JWKS (%d kids) is not the %zu published keys", r,
+			 c->published);
+}
+
 /* Hardware and database agree; the JWKS served is the published states. */
 static int keys_consistent(char *why, size_t len)
 {
-	struct key_store *ks = NULL;
-	struct ks_ref *refs = NULL;
-	struct ks_key *key = NULL;
-	sqlite3 *h = db_open();
-	sqlite3_stmt *s;
-	char err[256], out[65536], kid[64];
-	size_t n = 0, i, published = 0;
-	int bad = 0, r;
+	struct check c;
+	char err[256] = "";
 
-	why[0] = '\0';
-	err[0] = '\0';
-	if (h == NULL) {
-		snprintf(why, len, "database");
-		return 1;
-	}
+	memset(&c, 0, sizeof(c));
 	/* swtpm serves one connection, the daemon's: on the TPM the daemon's own
 	 * start-up reconciliation loads every recorded key (its log is checked). */
-	if (!on_tpm && key_store_open(hsm.conf, &ks, err, sizeof(err)) < 0) {
+	if (!on_tpm && key_store_open(hsm.conf, &c.ks, err, sizeof(err)) < 0) {
 		snprintf(why, len, "open: %s", err);
-		sqlite3_close(h);
 		return 1;
 	}
-	/* Every key the database says is in the hardware loads from it. */
-	if (ks != NULL &&
-	    sqlite3_prepare_v2(h,
-			       "SELECT kid, alg, ref FROM keys WHERE state IN ('next', "
-			       "'active', 'retiring', 'retired')",
-			       -1, &s, NULL) == SQLITE_OK) {
-		while (sqlite3_step(s) == SQLITE_ROW && !bad) {
-			r = key_store_load(
-			    ks, cimd_alg_from_name((const char *)sqlite3_column_text(s, 1)),
-			    sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &key);
-			ks_key_free(&key);
-			/* The running daemon destroys a retired key once destroy_delay
-			 * (1 s) has passed: hardware first, then the row.  A key caught
-			 * between the two is destroyed, not lost: its row must say so
-			 * within a moment. */
-			if (r == -CIMD_ENOKEY &&
-			    destroyed_soon((const char *)sqlite3_column_text(s, 0)))
-				r = 0;
-			if (r < 0) {
-				snprintf(why, len, "key %s has no hardware key (%s)",
-					 sqlite3_column_text(s, 0), cimd_strerror(r));
-				bad = 1;
-			}
-		}
-		sqlite3_finalize(s);
-	}
-	/* Every hardware key of ours has a live record (PKCS#11 lists them; a
-	 * TPM keeps none: its keys are the blobs the database holds). */
-	if (!bad && ks != NULL && key_store_list(ks, 100000, &refs, &n) == 0) {
-		for (i = 0; i < n && !bad; i++) {
-			if (sqlite3_prepare_v2(
-				h,
-				"SELECT 1 FROM keys WHERE ref = ?1 AND state IN "
-				"('next', 'active', 'retiring', 'retired') UNION ALL "
-				"SELECT 1 FROM attest_keys WHERE ref = ?1",
-				-1, &s, NULL) != SQLITE_OK)
-				continue;
-			sqlite3_bind_blob(s, 1, refs[i].ref, (int)refs[i].len, SQLITE_STATIC);
-			if (sqlite3_step(s) != SQLITE_ROW) {
-				snprintf(why, len, "a hardware key (tag %s) has no live record",
-					 refs[i].tag);
-				bad = 1;
-			}
-			sqlite3_finalize(s);
-		}
-		ks_refs_free(&refs, n);
-	}
-	key_store_free(&ks);
-	/* The JWKS served: exactly the keys in next, active, retiring. */
-	if (!bad) {
-		double t0 = t_now_ms();
-
-		do {
-			t_sh_out(out, sizeof(out),
-				 "curl -s --max-time 5 --cacert %s %s/clients/agent-a/jwks.json",
-				 ca, base);
-			published = 0;
-			bad = 0;
-			if (sqlite3_prepare_v2(h,
-					       "SELECT kid FROM keys WHERE client = 'agent-a' AND "
-					       "state IN ('next', 'active', 'retiring')",
-					       -1, &s, NULL) == SQLITE_OK) {
-				while (sqlite3_step(s) == SQLITE_ROW) {
-					snprintf(kid, sizeof(kid), "\"%s\"",
-						 sqlite3_column_text(s, 0));
-					published++;
-					if (strstr(out, kid) == NULL)
-						bad = 1;
-				}
-				sqlite3_finalize(s);
-			}
-			for (i = 0, r = 0; out[i]; i++)
-				r += strncmp(out + i, "\"kid\"", 5) == 0;
-			if ((size_t)r != published)
-				bad = 1;
-		} while (bad && t_now_ms() - t0 < 3000 && (usleep(100000), 1));
-		if (bad)
-			snprintf(why, len,
-				 "the served JWKS (%d kids) is not the %zu published keys", r,
-				 published);
-	}
-	sqlite3_close(h);
-	return bad;
+	if (c.ks != NULL)
+		hardware_consistent(&c);
+	key_store_free(&c.ks);
+	if (!c.bad)
+		jwks_consistent(&c);
+	snprintf(why, len, "%s", c.bad ? c.why : "");
+	return c.bad;
 }
 
 /* The publisher follows its custody process out; its port must be free. */
@@ -376,6 +397,7 @@ static void suite(int tpm_mode, int rounds)
 	int rc, round, bad_journal = 0, bad_keys = 0, bad_docs = 0, restarts = 0, checked = 0;
 	size_t missing = 0, received = 0;
 	pthread_t th[2];
+	struct t_pg *pg;
 	pid_t admin;
 
 	on_tpm = tpm_mode;
@@ -389,6 +411,7 @@ static void suite(int tpm_mode, int rounds)
 		return;
 	snprintf(dir, sizeof(dir), "%s", cd.dir);
 	snprintf(db, sizeof(db), "%s", cd.db);
+	pg = t_store_cluster(db);
 	snprintf(base, sizeof(base), "%s", cd.base);
 	snprintf(ca, sizeof(ca), "%s", cd.ca);
 	snprintf(sign_sock, sizeof(sign_sock), "%s", cd.sign_sock);
@@ -409,6 +432,8 @@ static void suite(int tpm_mode, int rounds)
 		rc = t_daemon_stop(&cd.dm, SIGKILL);
 		if (on_tpm)
 			t_swtpm_kill(&tpm);
+		if (pg != NULL)
+			t_pg_kill(pg);
 		kill(admin, SIGKILL);
 		waitpid(admin, NULL, 0);
 		stop_signing = 1;
@@ -417,6 +442,10 @@ static void suite(int tpm_mode, int rounds)
 		wait_publisher_gone();
 		if (on_tpm && t_swtpm_restart(&tpm) < 0) {
 			t_ok(0, "round %d: swtpm restarts", round);
+			break;
+		}
+		if (pg != NULL && t_pg_restart(pg) < 0) {
+			t_ok(0, "round %d: PostgreSQL restarts (crash recovery)", round);
 			break;
 		}
 		if ((rc = t_daemon_start(&cd.dm)) < 0) {
@@ -439,7 +468,11 @@ static void suite(int tpm_mode, int rounds)
 	received = n_jtis;
 	missing = missing_assertions();
 	t_ok(restarts == rounds, "%d rounds of SIGKILL%s at a random moment, %d restarts", rounds,
-	     on_tpm ? " (cimdd and swtpm)" : "", restarts);
+	     on_tpm && pg != NULL ? " (cimdd, swtpm and PostgreSQL)"
+	     : on_tpm		  ? " (cimdd and swtpm)"
+	     : pg != NULL	  ? " (cimdd and PostgreSQL)"
+				  : "",
+	     restarts);
 	t_ok(bad_journal == 0, "the journal verifies after every restart (%d failed)", bad_journal);
 	t_ok(bad_keys == 0,
 	     "every hardware key has a record, every recorded key is in the hardware, and the "

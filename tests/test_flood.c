@@ -35,8 +35,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "cimd.h"
 #include "harness.h"
 #include "service.h"
@@ -348,55 +346,46 @@ static void test_good_flood(double p99_base)
 	munmap(other, sizeof(*other));
 }
 
-static long long file_size(const char *path)
-{
-	struct stat st;
-
-	return stat(path, &st) == 0 ? (long long)st.st_size : 0;
-}
-
-/* The database's file and WAL, after the WAL was copied into the file and
- * truncated (while the daemon runs, when no reader holds it back): the
- * pages written, not a WAL file that keeps its largest size. */
+/* The bytes the database takes (t_db_bytes: SQLite's file and WAL after the
+ * WAL was copied into the file and truncated, while the daemon runs, when no
+ * reader holds it back: the pages written, not a WAL file that keeps its
+ * largest size). */
 static long long db_bytes(void)
 {
-	char wal[700];
-	sqlite3 *h = NULL;
+	return t_db_bytes(cd.db);
+}
 
-	if (sqlite3_open_v2(cd.db, &h, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK) {
-		sqlite3_busy_timeout(h, 5000);
-		sqlite3_exec(h, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
-	}
-	sqlite3_close(h);
-	snprintf(wal, sizeof(wal), "%s-wal", cd.db);
-	return file_size(cd.db) + file_size(wal);
+struct refusals {
+	json_int_t uid;
+	long long sum, records;
+	int named; /* every one of them names agent-a */
+};
+
+static int refusal_of(void *arg, json_t *rec)
+{
+	struct refusals *r = arg;
+	const char *client = json_string_value(json_object_get(rec, "client"));
+
+	if (json_integer_value(json_object_get(rec, "uid")) != r->uid)
+		return 0;
+	r->sum += json_integer_value(json_object_get(rec, "count"));
+	r->named &= client != NULL && strcmp(client, "agent-a") == 0;
+	r->records++;
+	return 0;
 }
 
 /* Sum of the counts and number of the uid's refusal records. */
 static void refusals_of(uid_t uid, long long *ret_sum, long long *ret_records, int *ret_named)
 {
-	sqlite3 *h = NULL;
-	sqlite3_stmt *s = NULL;
-	char sql[512];
+	struct refusals r = {(json_int_t)uid, 0, 0, 1};
 
 	*ret_sum = *ret_records = -1;
 	*ret_named = 0;
-	snprintf(
-	    sql, sizeof(sql),
-	    "SELECT coalesce(sum(json_extract(CAST(record AS TEXT), '$.count')), 0), count(*), "
-	    "coalesce(min(json_extract(CAST(record AS TEXT), '$.client') = 'agent-a'), 0) "
-	    "FROM journal WHERE kind = 'assertion.refuse' AND "
-	    "json_extract(CAST(record AS TEXT), '$.uid') = %u",
-	    (unsigned)uid);
-	if (sqlite3_open_v2(cd.db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(h, sql, -1, &s, NULL) == SQLITE_OK &&
-	    sqlite3_step(s) == SQLITE_ROW) {
-		*ret_sum = sqlite3_column_int64(s, 0);
-		*ret_records = sqlite3_column_int64(s, 1);
-		*ret_named = sqlite3_column_int(s, 2);
-	}
-	sqlite3_finalize(s);
-	sqlite3_close(h);
+	if (t_db_journal_each(cd.db, "assertion.refuse", refusal_of, &r) < 0)
+		return;
+	*ret_sum = r.sum;
+	*ret_records = r.records;
+	*ret_named = r.records > 0 && r.named;
 }
 
 /* 64 connections of uid 1002 asking for agent-a, which it may not use, for

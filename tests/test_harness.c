@@ -253,6 +253,7 @@ static void test_forbidden(void)
 
 	if (strstr(out, "# no cimdd") != NULL) {
 		t_ok(0, "forbidden: the child test started cimdd");
+		t_sh("sed 's/^/#     /' %s/forbidden.out", t_tmpdir());
 		return;
 	}
 	t_ok(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "forbidden: the child test failed");

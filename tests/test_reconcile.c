@@ -33,8 +33,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "harness.h"
 #include "service.h"
 
@@ -147,15 +145,12 @@ static void time_rotations(const char *prefix)
 #define db_exec(...) t_cimdd_sql(&cd, __VA_ARGS__)
 
 /* The first column of the first row of a query as text into out (empty when
- * no row), or as a number. */
+ * no row), or as a number (-1 when no row). */
 static long long db_get(char *out, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static long long db_get(char *out, size_t len, const char *fmt, ...)
 {
-	char sql[1024];
-	sqlite3 *h = NULL;
-	sqlite3_stmt *s = NULL;
-	long long v = -1;
+	char sql[1024], v[256];
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -163,38 +158,21 @@ static long long db_get(char *out, size_t len, const char *fmt, ...)
 	va_end(ap);
 	if (out != NULL)
 		out[0] = '\0';
-	if (sqlite3_open_v2(cd.db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(h, sql, -1, &s, NULL) == SQLITE_OK &&
-	    sqlite3_step(s) == SQLITE_ROW) {
-		v = sqlite3_column_int64(s, 0);
-		if (out != NULL)
-			snprintf(out, len, "%s",
-				 sqlite3_column_text(s, 0) ? (const char *)sqlite3_column_text(s, 0)
-							   : "");
-	}
-	sqlite3_finalize(s);
-	sqlite3_close(h);
-	return v;
+	if (t_db_sql(cd.db, v, sizeof(v), "%s", sql) < 0 || v[0] == '\0')
+		return -1;
+	if (out != NULL)
+		snprintf(out, len, "%s", v);
+	return atoll(v);
 }
 
 /* The reference of kid, into ref (CIMD_KEYREF_MAX bytes). */
 static size_t db_ref(const char *kid, uint8_t *ref)
 {
-	sqlite3 *h = NULL;
-	sqlite3_stmt *s = NULL;
 	size_t n = 0;
 
-	if (sqlite3_open_v2(cd.db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(h, "SELECT ref FROM keys WHERE kid = ?", -1, &s, NULL) ==
-		SQLITE_OK &&
-	    sqlite3_bind_text(s, 1, kid, -1, SQLITE_STATIC) == SQLITE_OK &&
-	    sqlite3_step(s) == SQLITE_ROW &&
-	    (size_t)sqlite3_column_bytes(s, 0) <= CIMD_KEYREF_MAX) {
-		n = (size_t)sqlite3_column_bytes(s, 0);
-		memcpy(ref, sqlite3_column_blob(s, 0), n);
-	}
-	sqlite3_finalize(s);
-	sqlite3_close(h);
+	if (t_db_blob(cd.db, ref, CIMD_KEYREF_MAX, &n, "SELECT ref FROM keys WHERE kid = '%s'",
+		      kid) < 0)
+		return 0;
 	return n;
 }
 
@@ -308,12 +286,11 @@ static void test_pkcs11(void)
 	db_get(revoked, sizeof(revoked),
 	       "SELECT kid FROM keys WHERE client = 'r0007' AND state = 'next'");
 	ok = missing[0] && ret_gone[0] && ret_kept[0] && revoked[0] &&
-	     db_exec("UPDATE keys SET state = 'retired', retired = strftime('%%s', 'now') "
-		     "WHERE kid IN ('%s', '%s')",
-		     ret_gone, ret_kept) == 0 &&
-	     db_exec("UPDATE keys SET state = 'revoked', revoked = strftime('%%s', 'now'), "
-		     "revoke_reason = 'test' WHERE kid = '%s'",
-		     revoked) == 0 &&
+	     db_exec("UPDATE keys SET state = 'retired', retired = %lld WHERE kid IN ('%s', '%s')",
+		     (long long)time(NULL), ret_gone, ret_kept) == 0 &&
+	     db_exec("UPDATE keys SET state = 'revoked', revoked = %lld, revoke_reason = 'test' "
+		     "WHERE kid = '%s'",
+		     (long long)time(NULL), revoked) == 0 &&
 	     db_exec("UPDATE clients SET degraded = 1 WHERE name IN ('r0009', 'r0001')") == 0 &&
 	     db_exec("INSERT INTO key_intents (tag, backend, client, created) VALUES "
 		     "('feedfacefeedface', 'pkcs11', 'r0011', 0)") == 0;
@@ -352,10 +329,7 @@ static void test_pkcs11(void)
 	t_ok(n == 1, "reconciliation read the live keys once");
 	t_ok(db_get(NULL, 0, "SELECT degraded FROM clients WHERE name = 'r0001'") == 1,
 	     "r0001 is degraded");
-	t_ok(db_get(NULL, 0,
-		    "SELECT count(*) FROM journal WHERE kind = 'reconcile' AND "
-		    "json_extract(record, '$.kid') = '%s'",
-		    missing) == 1,
+	t_ok(t_db_journal_match(cd.db, "reconcile", "{ss}", "kid", missing) == 1,
 	     "and that is journaled");
 	snprintf(out, sizeof(out), "retired key %s of r0003 is gone from the hardware: recorded",
 		 ret_gone);
@@ -370,7 +344,8 @@ static void test_pkcs11(void)
 	snprintf(out, sizeof(out), "revoked key %s of r0007 was still in the hardware: destroyed",
 		 revoked);
 	t_ok(log_count_from(skip, out) == 1 &&
-		 db_get(NULL, 0, "SELECT destroyed IS NOT NULL FROM keys WHERE kid = '%s'",
+		 db_get(NULL, 0,
+			"SELECT count(*) FROM keys WHERE kid = '%s' AND destroyed IS NOT NULL",
 			revoked) == 1,
 	     "the revoked key still on the token is destroyed, and recorded so");
 	t_ok(log_count_from(skip, "(intent feedfacefeedface) was in the hardware: destroyed") == 1,
@@ -459,9 +434,8 @@ static void test_tpm2(void)
 	t_ok(bad[0] && ret_bad[0] &&
 		 db_exec("UPDATE keys SET ref = substr(ref, 1, 20) WHERE kid IN ('%s', '%s')", bad,
 			 ret_bad) == 0 &&
-		 db_exec("UPDATE keys SET state = 'retired', retired = strftime('%%s', 'now') "
-			 "WHERE kid = '%s'",
-			 ret_bad) == 0,
+		 db_exec("UPDATE keys SET state = 'retired', retired = %lld WHERE kid = '%s'",
+			 (long long)time(NULL), ret_bad) == 0,
 	     "two blobs cut short, one of them retired");
 	skip = log_size();
 	if (!t_ok(restart("tpm2 restart", "t0000") == 0, "cimdd restarts"))

@@ -18,8 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "cimd.h"
 #include "harness.h"
 #include "service.h"
@@ -168,20 +166,11 @@ static const json_t *find_kid(const json_t *jwks, const char *kid)
 
 static int revoked(const char *kid)
 {
-	sqlite3 *h = NULL;
-	sqlite3_stmt *s;
-	int r = 0;
+	char out[32] = "";
 
-	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(h, "SELECT 1 FROM keys WHERE kid = ? AND state = 'revoked'", -1, &s,
-			       NULL) == SQLITE_OK) {
-		sqlite3_busy_timeout(h, 5000);
-		sqlite3_bind_text(s, 1, kid, -1, SQLITE_STATIC);
-		r = sqlite3_step(s) == SQLITE_ROW;
-		sqlite3_finalize(s);
-	}
-	sqlite3_close(h);
-	return r;
+	t_db_sql(db, out, sizeof(out),
+		 "SELECT count(*) FROM keys WHERE kid = '%s' AND state = 'revoked'", kid);
+	return atoi(out) == 1;
 }
 
 static long verified, failed_bad, failed_revoked, revoked_ok, revoked_checked, stale;
@@ -246,23 +235,6 @@ static void *verifier_main(void *arg)
 	return NULL;
 }
 
-static long count(const char *sql)
-{
-	sqlite3 *h = NULL;
-	sqlite3_stmt *s;
-	long n = -1;
-
-	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(h, sql, -1, &s, NULL) == SQLITE_OK) {
-		sqlite3_busy_timeout(h, 5000);
-		if (sqlite3_step(s) == SQLITE_ROW)
-			n = sqlite3_column_int64(s, 0);
-		sqlite3_finalize(s);
-	}
-	sqlite3_close(h);
-	return n;
-}
-
 int main(void)
 {
 	char out[8192], kid[64];
@@ -296,11 +268,8 @@ int main(void)
 	 * active key three times along the way. */
 	t0 = t_now_ms();
 	while (t_now_ms() - t0 < 120000) {
-		rotations = count("SELECT count(*) FROM journal WHERE kind = 'key.state' AND "
-				  "json_extract(record, '$.to') = 'active' AND "
-				  "json_extract(record, '$.client') = 'agent-a' AND "
-				  "json_extract(record, '$.actor') = "
-				  "'scheduler'");
+		rotations = t_db_journal_match(db, "key.state", "{ssssss}", "to", "active",
+					       "client", "agent-a", "actor", "scheduler");
 		if (rotations >= ROTATIONS)
 			break;
 		if (revocations < REVOCATIONS && rotations >= 4 + 5 * revocations) {
@@ -390,13 +359,9 @@ int main(void)
 	     "no assertion by a revoked key verifies against the JWKS published after its "
 	     "revocation (%ld checked, %ld verified; during the run %ld more refused)",
 	     revoked_checked, revoked_ok, failed_revoked);
-	t_ok(count("SELECT count(*) FROM journal j, journal r WHERE j.kind = 'assertion.issue' "
-		   "AND r.kind = 'key.state' AND json_extract(r.record, '$.to') = 'revoked' AND "
-		   "json_extract(r.record, '$.kid') = "
-		   "json_extract(j.record, '$.kid') AND j.seq > r.seq") == 0,
+	t_ok(t_db_issued_after_revocation(db, NULL) == 0,
 	     "no assertion was issued by a key after its revocation");
-	t_ok(count("SELECT count(*) FROM journal WHERE kind = 'key.state' AND "
-		   "json_extract(record, '$.to') = 'revoked'") == REVOCATIONS,
+	t_ok(t_db_journal_match(db, "key.state", "{ss}", "to", "revoked") == REVOCATIONS,
 	     "(the %d revocations are journal records)", REVOCATIONS);
 	t_ok(ctl(out, sizeof(out), "journal verify") == 0, "the journal verifies");
 	t_ok(t_daemon_stop(&cd.dm, SIGTERM) == 0, "cimdd stops cleanly");

@@ -28,8 +28,6 @@
 #include <grp.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "cimd.h"
 #include "harness.h"
 #include "service.h"
@@ -184,33 +182,12 @@ static long json_num(const char *s, const char *member)
 	return (p = strstr(s, needle)) ? strtol(p + strlen(needle), NULL, 10) : -1;
 }
 
-static sqlite3 *db_open(void)
+/* The first column of a one-row query as a number, -1 when none. */
+static long db_count(const char *sql)
 {
-	sqlite3 *h = NULL;
+	char out[32] = "";
 
-	if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-		sqlite3_close(h);
-		return NULL;
-	}
-	sqlite3_busy_timeout(h, 5000);
-	return h;
-}
-
-static long db_count(const char *sql, const char *arg)
-{
-	sqlite3 *h = db_open();
-	sqlite3_stmt *s;
-	long n = -1;
-
-	if (h != NULL && sqlite3_prepare_v2(h, sql, -1, &s, NULL) == SQLITE_OK) {
-		if (arg != NULL)
-			sqlite3_bind_text(s, 1, arg, -1, SQLITE_STATIC);
-		if (sqlite3_step(s) == SQLITE_ROW)
-			n = sqlite3_column_int64(s, 0);
-		sqlite3_finalize(s);
-	}
-	sqlite3_close(h);
-	return n;
+	return t_db_sql(db, out, sizeof(out), "%s", sql) == 0 && out[0] ? atol(out) : -1;
 }
 
 static void test_basics(void)
@@ -337,6 +314,36 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp((const char *)a, (const char *)b);
 }
 
+struct jtis {
+	char (*v)[64];
+	size_t n, cap;
+};
+
+/* The jti of an assertion.issue record of agent-a for aud by our uid and pid,
+ * added to arg. */
+static int our_jti(void *arg, json_t *rec)
+{
+	struct jtis *l = arg;
+	const char *jti = json_string_value(json_object_get(rec, "jti"));
+	const char *client = json_string_value(json_object_get(rec, "client"));
+	const char *a = json_string_value(json_object_get(rec, "aud"));
+	void *p;
+
+	if (jti == NULL || client == NULL || a == NULL || strcmp(client, "agent-a") != 0 ||
+	    strcmp(a, aud) != 0 ||
+	    json_integer_value(json_object_get(rec, "uid")) != (json_int_t)geteuid() ||
+	    json_integer_value(json_object_get(rec, "pid")) != (json_int_t)getpid())
+		return 0;
+	if (l->n == l->cap) {
+		if ((p = realloc(l->v, (l->cap * 2 + 1024) * sizeof(l->v[0]))) == NULL)
+			return 1;
+		l->v = p;
+		l->cap = l->cap * 2 + 1024;
+	}
+	snprintf(l->v[l->n++], sizeof(l->v[0]), "%s", jti);
+	return 0;
+}
+
 static void test_bulk(void)
 {
 	static struct bulk b[BULK_THREADS];
@@ -344,10 +351,9 @@ static void test_bulk(void)
 	pthread_t th[BULK_THREADS];
 	char path[700], out[4096], args[512];
 	size_t i, j, distinct = 0, fails = 0;
+	struct jtis ours = {NULL, 0, 0};
 	long in_journal = -1;
 	double t0, ms;
-	sqlite3 *h;
-	sqlite3_stmt *s;
 	FILE *f;
 
 	t0 = t_now_ms();
@@ -385,33 +391,19 @@ static void test_bulk(void)
 	     distinct);
 	/* Each is in the journal: the issue records of our uid and pid, sorted,
 	 * against the sorted jti we received. */
-	if ((h = db_open()) != NULL &&
-	    sqlite3_prepare_v2(h,
-			       "SELECT json_extract(record, '$.jti') FROM journal "
-			       "WHERE kind = 'assertion.issue' AND "
-			       "json_extract(record, '$.client') = 'agent-a' AND "
-			       "json_extract(record, '$.aud') = ? AND "
-			       "json_extract(record, '$.uid') = ? AND "
-			       "json_extract(record, '$.pid') = ? ORDER BY 1",
-			       -1, &s, NULL) == SQLITE_OK) {
-		sqlite3_bind_text(s, 1, aud, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(s, 2, (sqlite3_int64)geteuid());
-		sqlite3_bind_int64(s, 3, (sqlite3_int64)getpid());
+	if (t_db_journal_each(db, "assertion.issue", our_jti, &ours) >= 0) {
+		qsort(ours.v, ours.n, sizeof(ours.v[0]), cmp_str);
 		in_journal = 0;
-		i = 0;
-		while (sqlite3_step(s) == SQLITE_ROW) {
-			const char *jti = (const char *)sqlite3_column_text(s, 0);
-
-			while (i < BULK_THREADS * BULK_EACH && jti && strcmp(jtis[i], jti) < 0)
+		for (i = 0, j = 0; j < ours.n; j++) {
+			while (i < BULK_THREADS * BULK_EACH && strcmp(jtis[i], ours.v[j]) < 0)
 				i++;
-			if (i < BULK_THREADS * BULK_EACH && jti && strcmp(jtis[i], jti) == 0) {
+			if (i < BULK_THREADS * BULK_EACH && strcmp(jtis[i], ours.v[j]) == 0) {
 				in_journal++;
 				i++;
 			}
 		}
-		sqlite3_finalize(s);
 	}
-	sqlite3_close(h);
+	free(ours.v);
 	t_ok(in_journal == BULK_THREADS * BULK_EACH,
 	     "each jti is exactly one assertion.issue record naming client, aud, uid and pid "
 	     "(%ld)",
@@ -605,23 +597,18 @@ static void test_refusals(void)
 
 static void test_callers(void)
 {
-	char out[8192], sql[512], *jwt = NULL;
+	char out[8192], *jwt = NULL;
 	int rc;
-	long before =
-	    db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.refuse'", NULL);
+	long before = db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.refuse'");
 
 	ctl(out, sizeof(out), "client allow agent-a --uid %d --remove", (int)geteuid());
 	rc = sign_once(client_id, aud, 0, &jwt, NULL);
 	t_ok(rc == CIMD_FORBIDDEN, "our uid removed from the policy: forbidden (%s)",
 	     cimd_status_name(rc));
-	snprintf(sql, sizeof(sql),
-		 "SELECT count(*) FROM journal WHERE kind = 'assertion.refuse' AND "
-		 "json_extract(record, '$.error') = 'forbidden' AND "
-		 "json_extract(record, '$.client') = ? AND "
-		 "json_extract(record, '$.uid') = %d AND json_extract(record, '$.pid') = %d",
-		 (int)geteuid(), (int)getpid());
-	t_ok(db_count(sql, "agent-a") == 1 &&
-		 db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.refuse'", NULL) ==
+	t_ok(t_db_journal_match(db, "assertion.refuse", "{sssssIsI}", "error", "forbidden",
+				"client", "agent-a", "uid", (json_int_t)geteuid(), "pid",
+				(json_int_t)getpid()) == 1 &&
+		 db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.refuse'") ==
 		     before + 1,
 	     "the refusal is journaled with the caller's uid and pid");
 	rc = t_sh_out(out, sizeof(out), "%s -s %s --client-id %s --aud %s", assert_bin, sign_sock,
@@ -630,11 +617,9 @@ static void test_callers(void)
 	     "cimd-assert: forbidden, exit 1 (%s)", out);
 	ctl(out, sizeof(out), "client allow agent-a --gid %d", (int)getegid());
 	t_ok(sign_once(client_id, aud, 0, &jwt, NULL) == CIMD_OK, "allowed by our gid instead");
-	snprintf(sql, sizeof(sql),
-		 "SELECT count(*) FROM journal WHERE kind = 'assertion.issue' AND "
-		 "json_extract(record, '$.gid') = %d AND json_extract(record, '$.client') = ?1",
-		 (int)getegid());
-	t_ok(db_count(sql, "agent-a") == 1, "its record names our gid");
+	t_ok(t_db_journal_match(db, "assertion.issue", "{sIss}", "gid", (json_int_t)getegid(),
+				"client", "agent-a") == 1,
+	     "its record names our gid");
 	free(jwt);
 	jwt = NULL;
 	ctl(out, sizeof(out), "client allow agent-a --gid %d --remove", (int)getegid());
@@ -653,11 +638,8 @@ static void test_callers(void)
 		      "--aud %s >/dev/null",
 		      assert_bin, sign_sock, client_id, aud);
 	t_ok(rc == 0, "uid 1001 with supplementary group 2345, which the policy allows: signed");
-	t_ok(db_count(
-		 "SELECT count(*) FROM journal WHERE kind = 'assertion.issue' AND "
-		 "json_extract(record, '$.uid') = 1001 AND "
-		 "json_extract(record, '$.gid') = 2345 AND json_extract(record, '$.client') = ?1",
-		 "agent-a") == 1,
+	t_ok(t_db_journal_match(db, "assertion.issue", "{sisiss}", "uid", 1001, "gid", 2345,
+				"client", "agent-a") == 1,
 	     "its record names the group that allowed it (gid 2345)");
 	rc = t_sh_out(out, sizeof(out),
 		      "setpriv --reuid=1001 --regid=1001 --clear-groups %s -s %s --client-id %s "
@@ -752,19 +734,10 @@ static void test_rotation(void)
 	fclose(f);
 	t_ok(bad == 0 && kid2[0] && strcmp(kid2, old) != 0,
 	     "after revocation with --replace: the replacement signs (%d failures)", bad);
-	t_ok(db_count("SELECT count(*) FROM journal j, journal r WHERE j.kind = 'assertion.issue' "
-		      "AND r.kind = 'key.state' AND json_extract(r.record, '$.to') = 'revoked' AND "
-		      "json_extract(r.record, '$.kid') = ?1 AND "
-		      "json_extract(j.record, '$.kid') = ?1 AND j.seq > r.seq",
-		      old) == 0,
+	t_ok(t_db_issued_after_revocation(db, old) == 0,
 	     "no assertion by the revoked key is journaled after its revocation");
-	t_ok(db_count("SELECT count(*) FROM journal WHERE kind = 'key.state' AND "
-		      "json_extract(record, '$.to') = 'revoked' AND "
-		      "json_extract(record, '$.kid') = ?1",
-		      old) == 1 &&
-		 db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.issue' AND "
-			  "json_extract(record, '$.kid') = ?1",
-			  old) > 0,
+	t_ok(t_db_journal_match(db, "key.state", "{ssss}", "to", "revoked", "kid", old) == 1 &&
+		 t_db_journal_match(db, "assertion.issue", "{ss}", "kid", old) > 0,
 	     "(the revocation is a journal record, and that key did sign before it)");
 	verify("local", 60, path, out, sizeof(out));
 	t_ok(json_num(out, "verified") == k && json_num(out, "failed") == 0,
@@ -837,18 +810,18 @@ static void test_abuse(void)
 
 static void test_journal_fails_closed(void)
 {
-	sqlite3 *h = NULL;
-	char *jwt = NULL;
+	struct store *st = NULL;
+	char *jwt = NULL, err[256];
 	double t0, ms;
 	long before;
 	int rc;
 
-	before = db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.issue'", NULL);
-	/* Another process holds the database's write lock. */
-	if (sqlite3_open(db, &h) != SQLITE_OK ||
-	    sqlite3_exec(h, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-		t_ok(0, "take the database's write lock");
-		sqlite3_close(h);
+	before = db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.issue'");
+	/* Another process holds the database's write lock: a write transaction
+	 * of the store (SQLite's BEGIN IMMEDIATE, PostgreSQL's writers' lock). */
+	if (t_db_open(db, &st, err, sizeof(err)) < 0 || store_begin(st) < 0) {
+		t_ok(0, "take the database's write lock (%s)", st == NULL ? err : "begin");
+		store_free(&st);
 		return;
 	}
 	t0 = t_now_ms();
@@ -857,10 +830,9 @@ static void test_journal_fails_closed(void)
 	t_ok(rc == CIMD_INTERNAL && jwt == NULL,
 	     "journal unwritable: internal, no assertion (%s after %.0f ms)", cimd_status_name(rc),
 	     ms);
-	sqlite3_exec(h, "ROLLBACK", NULL, NULL, NULL);
-	sqlite3_close(h);
-	t_ok(db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.issue'", NULL) ==
-		 before,
+	store_rollback(st);
+	store_free(&st);
+	t_ok(db_count("SELECT count(*) FROM journal WHERE kind = 'assertion.issue'") == before,
 	     "and nothing was journaled for it");
 	rc = sign_once(client_id, aud, 0, &jwt, NULL);
 	t_ok(rc == CIMD_OK, "once the lock is released, signing resumes");

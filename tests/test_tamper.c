@@ -24,7 +24,6 @@
 #include <unistd.h>
 
 #include <openssl/sha.h>
-#include <sqlite3.h>
 
 #include "cimd.h"
 #include "harness.h"
@@ -40,18 +39,7 @@ static struct t_softhsm hsm;
 /* The first column of the first row as text into out ("" when none). */
 static const char *sql_text(char *out, size_t len, const char *q)
 {
-	sqlite3 *db = NULL;
-	sqlite3_stmt *s = NULL;
-
-	out[0] = '\0';
-	if (sqlite3_open_v2(cd.db, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
-		return out;
-	sqlite3_busy_timeout(db, 5000);
-	if (sqlite3_prepare_v2(db, q, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW &&
-	    sqlite3_column_text(s, 0) != NULL)
-		snprintf(out, len, "%s", (const char *)sqlite3_column_text(s, 0));
-	sqlite3_finalize(s);
-	sqlite3_close(db);
+	t_db_sql(cd.db, out, len, "%s", q);
 	return out;
 }
 
@@ -68,60 +56,53 @@ static long long sql_int(const char *q)
 static int doc_edit(const char *client)
 {
 	static const char evil[] = "\"redirect_uris\":[\"https://evil.example/cb\"],";
-	sqlite3 *db = NULL;
-	sqlite3_stmt *s = NULL;
+	struct store *st = NULL;
+	struct store_rows *s = NULL;
 	uint8_t md[SHA256_DIGEST_LENGTH];
-	char *nb = NULL;
-	int r = -1, n;
+	char err[256], *nb = NULL;
+	size_t n;
+	int r = -1;
 
-	if (sqlite3_open(cd.db, &db) != SQLITE_OK)
+	if (t_db_open(cd.db, &st, err, sizeof(err)) < 0) {
+		printf("# %s\n", err);
 		return -1;
-	sqlite3_busy_timeout(db, 5000);
-	if (sqlite3_prepare_v2(
-		db, "SELECT bytes FROM documents WHERE client = ? AND state = 'approved'", -1, &s,
-		NULL) != SQLITE_OK)
-		goto out;
-	sqlite3_bind_text(s, 1, client, -1, SQLITE_STATIC);
-	if (sqlite3_step(s) != SQLITE_ROW || (n = sqlite3_column_bytes(s, 0)) < 2 ||
-	    (nb = malloc((size_t)n + sizeof(evil))) == NULL)
+	}
+	if (store_query(st, &s,
+			"SELECT bytes FROM documents WHERE client = ? AND state = 'approved'", "s",
+			client) < 0 ||
+	    store_next(s) <= 0 || (n = store_len(s, 0)) < 2 ||
+	    (nb = malloc(n + sizeof(evil))) == NULL)
 		goto out;
 	/* {"redirect_uris":[...],<the rest>} */
 	nb[0] = '{';
 	memcpy(nb + 1, evil, sizeof(evil) - 1);
-	memcpy(nb + sizeof(evil), (const char *)sqlite3_column_blob(s, 0) + 1, (size_t)n - 1);
-	n += (int)sizeof(evil) - 1;
-	SHA256((const uint8_t *)nb, (size_t)n, md);
-	sqlite3_finalize(s);
+	memcpy(nb + sizeof(evil), (const char *)store_blob(s, 0) + 1, n - 1);
+	n += sizeof(evil) - 1;
+	SHA256((const uint8_t *)nb, n, md);
+	store_done(st, s);
 	s = NULL;
-	if (sqlite3_prepare_v2(db,
-			       "UPDATE documents SET bytes = ?, sha256 = ? WHERE client = ? AND "
-			       "state = 'approved'",
-			       -1, &s, NULL) != SQLITE_OK)
-		goto out;
-	sqlite3_bind_blob(s, 1, nb, n, SQLITE_STATIC);
-	sqlite3_bind_blob(s, 2, md, sizeof(md), SQLITE_STATIC);
-	sqlite3_bind_text(s, 3, client, -1, SQLITE_STATIC);
-	r = sqlite3_step(s) == SQLITE_DONE && sqlite3_changes(db) == 1 ? 0 : -1;
+	r = store_exec(st,
+		       "UPDATE documents SET bytes = ?, sha256 = ? WHERE client = ? AND "
+		       "state = 'approved'",
+		       "bbs", nb, n, md, sizeof(md), client) == 1
+		? 0
+		: -1;
 out:
-	sqlite3_finalize(s);
-	sqlite3_close(db);
+	store_done(st, s);
+	store_free(&st);
 	free(nb);
 	return r;
 }
 
-/* The stopped daemon's database, folded and copied; and put back. */
+/* The stopped daemon's database, copied; and put back. */
 static int db_save(void)
 {
-	return sql("PRAGMA wal_checkpoint(TRUNCATE)") == 0 &&
-		       t_sh("cp %s %s.saved && rm -f %s-wal %s-shm", cd.db, cd.db, cd.db, cd.db) ==
-			   0
-		   ? 0
-		   : -1;
+	return t_db_save(cd.db, "saved");
 }
 
 static int db_restore(void)
 {
-	return t_sh("cp %s.saved %s && rm -f %s-wal %s-shm", cd.db, cd.db, cd.db, cd.db);
+	return t_db_restore(cd.db, "saved");
 }
 
 /* cimdd started on the edited database: refused, with needle in its log. */
@@ -258,10 +239,9 @@ static void test_accept(void)
 	cd.dm.arg = NULL;
 	t_ok(r == 0, "with --accept-tables cimdd starts");
 	t_ok(sql_int("SELECT count(*) FROM journal WHERE kind = 'tables.accepted'") == 2 &&
-		 sql_int("SELECT count(*) FROM journal WHERE kind = 'tables.accepted' AND "
-			 "json_extract(CAST(record AS TEXT), '$.row') = 'client_callers: uid "
-			 "4242 for agent-a is not in the journal' AND "
-			 "json_extract(CAST(record AS TEXT), '$.table') = 'client_callers'") == 1,
+		 t_db_journal_match(cd.db, "tables.accepted", "{ssss}", "row",
+				    "client_callers: uid 4242 for agent-a is not in the journal",
+				    "table", "client_callers") == 1,
 	     "each difference journaled as tables.accepted, naming its table and row");
 	t_ok(t_log_count(&cd.dm, "--accept-tables: client_callers: uid 4242") >= 1, "and logged");
 	t_ok(t_daemon_stop(&cd.dm, SIGTERM) == 0, "cimdd stopped");

@@ -19,8 +19,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "audit.h"
 #include "cimd.h"
 #include "harness.h"
@@ -55,18 +53,9 @@ static char *read_all(const char *file, size_t *ret_len)
 
 static int64_t sql_int(const char *q)
 {
-	sqlite3 *db = NULL;
-	sqlite3_stmt *s = NULL;
-	int64_t v = -1;
+	char v[64];
 
-	if (sqlite3_open_v2(cd.db, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
-		return -1;
-	sqlite3_busy_timeout(db, 5000);
-	if (sqlite3_prepare_v2(db, q, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
-		v = sqlite3_column_int64(s, 0);
-	sqlite3_finalize(s);
-	sqlite3_close(db);
-	return v;
+	return t_db_sql(cd.db, v, sizeof(v), "%s", q) == 0 && v[0] ? atoll(v) : -1;
 }
 
 /* Waits until the checkpoints table has more than n rows; the count. */
@@ -404,13 +393,11 @@ static void test_audit(void)
 
 	/* 1. A record changed in the database. */
 	seq = sql_int("SELECT seq FROM journal WHERE kind = 'client.add' LIMIT 1");
-	snprintf(
-	    q, sizeof(q),
-	    "CREATE TABLE saved AS SELECT * FROM journal WHERE seq = %lld;"
-	    "UPDATE journal SET record = CAST(replace(CAST(record AS TEXT), 'team-a', 'team-x') "
-	    "AS BLOB) WHERE seq = %lld",
-	    (long long)seq, (long long)seq);
-	t_ok(sql(q) == 0, "record %lld (client.add) changed in the database", (long long)seq);
+	snprintf(q, sizeof(q), "CREATE TABLE saved AS SELECT * FROM journal WHERE seq = %lld",
+		 (long long)seq);
+	t_ok(sql(q) == 0 && t_db_replace(cd.db, "journal", "record",
+					 "seq IN (SELECT seq FROM saved)", "team-a", "team-x") == 0,
+	     "record %lld (client.add) changed in the database", (long long)seq);
 	r = t_cimdd_audit(&cd, "b1", out, sizeof(out));
 	snprintf(q, sizeof(q), "journal record %lld:", (long long)seq + 1);
 	t_ok(r == 1 && strstr(out, "FAIL journal") && strstr(out, q),
@@ -471,9 +458,9 @@ static void test_audit(void)
 
 	/* 5. Published bytes changed after the fact. */
 	t_ok(sql("CREATE TABLE saved AS SELECT * FROM publications WHERE id = (SELECT min(id) "
-		 "FROM publications WHERE path LIKE '%/jwks.json');"
-		 "UPDATE publications SET bytes = CAST(replace(CAST(bytes AS TEXT), '\"sig\"', "
-		 "'\"enc\"') AS BLOB) WHERE id = (SELECT id FROM saved)") == 0,
+		 "FROM publications WHERE path LIKE '%/jwks.json')") == 0 &&
+		 t_db_replace(cd.db, "publications", "bytes", "id = (SELECT id FROM saved)",
+			      "\"sig\"", "\"enc\"") == 0,
 	     "a published JWKS rewritten in the database");
 	r = t_cimdd_audit(&cd, "b5", out, sizeof(out));
 	t_ok(r == 1 && strstr(out, "FAIL publications") &&
@@ -548,23 +535,35 @@ static void test_rotation_replayed(void)
 	     "a second JWKS version, matched against the key states replayed to it");
 }
 
+/* A rollback.accepted record with the TPM's counter ahead of the database's:
+ * counted into *arg. */
+static int counters_ahead(void *arg, json_t *rec)
+{
+	json_t *t = json_object_get(rec, "tpm_counter"),
+	       *d = json_object_get(rec, "database_counter");
+
+	if (json_is_integer(t) && json_is_integer(d) &&
+	    json_integer_value(t) > json_integer_value(d))
+		(*(int64_t *)arg)++;
+	return 0;
+}
+
 /* TPM: a database restored from an older copy is refused at start. */
 static void test_rollback(void)
 {
 	char out[4096], jti[64];
-	int64_t n;
+	int64_t n, ahead = 0;
 	int r;
 
 	t_ok(t_daemon_stop(&cd.dm, SIGTERM) == 0, "cimdd stopped");
-	t_ok(t_sh("cp %s %s.old", cd.db, cd.db) == 0, "the database copied (a backup)");
+	t_ok(t_db_save(cd.db, "old") == 0, "the database copied (a backup)");
 	r = t_daemon_start(&cd.dm);
 	t_ok(r == 0, "cimdd started again on it");
 	n = sql_int("SELECT count(*) FROM checkpoints");
 	t_ok(assertion_soon(jti) == CIMD_OK, "an assertion after the start");
 	t_ok(wait_checkpoints(n, 4000) > n, "a newer checkpoint, with the counter advanced");
 	t_ok(t_daemon_stop(&cd.dm, SIGTERM) == 0, "cimdd stopped");
-	t_sh("cp %s %s.new && cp %s.old %s && rm -f %s-wal %s-shm", cd.db, cd.db, cd.db, cd.db,
-	     cd.db, cd.db);
+	t_ok(t_db_restore(cd.db, "old") == 0, "the copy restored");
 	r = t_daemon_start(&cd.dm);
 	t_ok(r == -ECHILD, "on the restored old database cimdd refuses to start (%s)",
 	     cimd_strerror(r));
@@ -585,9 +584,8 @@ static void test_rollback(void)
 	r = t_daemon_start(&cd.dm);
 	cd.dm.arg = NULL;
 	t_ok(r == 0, "with --accept-rollback it starts on the old database");
-	t_ok(sql_int("SELECT count(*) FROM journal WHERE kind = 'rollback.accepted' AND "
-		     "json_extract(CAST(record AS TEXT), '$.tpm_counter') > "
-		     "json_extract(CAST(record AS TEXT), '$.database_counter')") == 1,
+	t_ok(t_db_journal_each(cd.db, "rollback.accepted", counters_ahead, &ahead) == 1 &&
+		 ahead == 1,
 	     "the acceptance is journaled with both counters");
 	n = sql_int("SELECT count(*) FROM checkpoints");
 	t_ok(assertion_soon(jti) == CIMD_OK, "an assertion after the start");
