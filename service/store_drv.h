@@ -69,6 +69,17 @@ struct store_drv {
 	const char *(*errmsg)(struct store_conn *c);
 };
 
+/* FNV-1a of an SQL text: the engines' statement caches look texts up by it
+ * (here, not in store.c, which calls the engines: no circle). */
+static inline uint32_t store_sql_hash(const char *sql)
+{
+	uint32_t h = 2166136261u;
+
+	while (*sql != '\0')
+		h = (h ^ (uint8_t)*sql++) * 16777619u;
+	return h;
+}
+
 extern const struct store_drv store_sqlite;
 extern const struct store_drv store_postgresql;
 

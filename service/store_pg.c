@@ -289,15 +289,6 @@ static char *translate(const char *sql, int *ret_n)
 	return out;
 }
 
-static uint32_t sql_hash(const char *sql)
-{
-	uint32_t h = 2166136261u;
-
-	while (*sql != '\0')
-		h = (h ^ (uint8_t)*sql++) * 16777619u;
-	return h;
-}
-
 static Oid type_of(char t)
 {
 	/* Typed, all of them: "?1 IS NULL" alone says nothing of $1's type. */
@@ -308,7 +299,7 @@ static Oid type_of(char t)
 static struct pg_stmt *stmt_get(struct store_conn *c, const char *sql, const char *types)
 {
 	struct pg_stmt *e, *victim = NULL;
-	uint32_t h = sql_hash(sql);
+	uint32_t h = store_sql_hash(sql);
 	PGresult *res;
 	char *text, dealloc[48];
 	size_t i;

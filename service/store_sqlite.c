@@ -365,22 +365,13 @@ static int bind_va(sqlite3_stmt *s, const char *types, va_list ap)
 	return rc == SQLITE_OK ? 0 : -EIO;
 }
 
-static uint32_t sql_hash(const char *sql)
-{
-	uint32_t h = 2166136261u;
-
-	while (*sql != '\0')
-		h = (h ^ (uint8_t)*sql++) * 16777619u;
-	return h;
-}
-
 /* The statement for sql, from the cache or prepared (and cached, unless every
  * slot is busy: then it is finalized by done). */
 static struct sq_rows *stmt_get(struct store_conn *c, const char *sql)
 {
 	struct stmt_slot *e, *victim = NULL;
 	struct sq_rows *q;
-	uint32_t h = sql_hash(sql);
+	uint32_t h = store_sql_hash(sql);
 	sqlite3_stmt *s;
 	size_t i;
 
