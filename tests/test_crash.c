@@ -241,7 +241,7 @@ struct check {
 	const char *jwks; /* the JWKS served */
 	size_t published; /* keys the database says are published */
 	int bad;
-	char why[256];
+	char why[512];
 };
 
 /* A key the database says is in the hardware (kid, alg, ref) loads from it. */
@@ -261,8 +261,8 @@ static int key_loads(void *arg, int n, char **v, size_t *len)
 	if (r == -CIMD_ENOKEY && destroyed_soon(v[0]))
 		r = 0;
 	if (r < 0) {
-		snprintf(c->why, sizeof(c->why), "key %s has no hardware key (%s)", v[0],
-			 cimd_strerror(r));
+		snprintf(c->why, sizeof(c->why), "key %s has no hardware key (%s: %s)", v[0],
+			 cimd_strerror(r), key_store_errmsg(c->ks));
 		c->bad = 1;
 	}
 	return c->bad;
