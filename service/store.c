@@ -1,15 +1,19 @@
 /*
- * store.c — the state database (SQLite) and its append-only, hash-chained
- * journal.
+ * store.c — the state database and its append-only, hash-chained journal,
+ * over an engine (store_drv.h): SQLite (store_sqlite.c, the default: one file
+ * in the state directory) or PostgreSQL (store_pg.c).
  *
- * One database in the state directory, WAL with synchronous=FULL: a commit is
- * on disk when store_commit() returns.  The schema has a version; migrations run
- * forward only, each in its own transaction; a database written by a newer
- * cimdd is refused rather than guessed at.  Key material never enters it: keys
- * are custody references (firmware/fw.h).
+ * A commit is durable when store_commit() returns, on either engine.  The
+ * schema has a version; migrations run forward only, each in its own write
+ * transaction; a database written by a newer cimdd is refused rather than
+ * guessed at.  Key material never enters it: keys are custody references
+ * (firmware/fw.h).  What is here is written once for both engines: the
+ * journal's records, their hash chain and Merkle tree head, the migrations'
+ * order, the typed statements and rows the rest of the daemon uses.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +22,6 @@
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
-#include <limits.h>
 
 #include "service.h"
 #include "store_drv.h"
