@@ -52,7 +52,6 @@
 
 struct pg_rows {
 	struct store_rows base;
-	struct store_conn *c;
 	PGresult *res;
 	int row, rows;
 	int64_t changed;
@@ -421,7 +420,6 @@ static int pg_query(struct store_conn *c, struct store_rows **ret, const char *s
 	}
 	q = &e->q;
 	q->base.drv = &store_postgresql;
-	q->c = c;
 	for (k = 0; k < COLS_MAX; k++)
 		q->bin_row[k] = -1;
 	q->res = PQexecPrepared(c->pg, e->name, e->nparams, values, lengths, formats, 0);

@@ -88,6 +88,21 @@ int t_done(void)
 	return n_fail == 0 ? 0 : 1;
 }
 
+char t_proc_state(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	FILE *f;
+	char st = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((f = fopen(path, "re")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL && p[1] == ' ')
+		st = p[2];
+	fclose(f);
+	return st;
+}
+
 double t_now_ms(void)
 {
 	struct timespec ts;

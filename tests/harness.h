@@ -34,6 +34,8 @@ void t_set_prefix(const char *prefix);
  * what the test left running, removes the directory, prints the totals; the
  * exit status of main. */
 int t_done(void);
+/* A process's state letter (proc(5): R, S, Z...), 0 when there is none. */
+char t_proc_state(pid_t pid);
 /* Monotonic milliseconds. */
 double t_now_ms(void);
 

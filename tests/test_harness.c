@@ -75,17 +75,9 @@ static void child_start(void)
 
 static int alive(pid_t pid)
 {
-	char path[64], buf[512], *p;
-	FILE *f;
-	int r = 0;
+	char st = t_proc_state(pid);
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	if ((f = fopen(path, "re")) == NULL)
-		return 0;
-	if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL)
-		r = p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
-	fclose(f);
-	return r;
+	return st != 0 && st != 'Z' && st != 'X';
 }
 
 static int child(const char *mode)

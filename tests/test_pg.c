@@ -103,22 +103,6 @@ static int proc_uid(pid_t pid)
 	return uid;
 }
 
-/* A process's state letter (proc(5)), 0 when there is none. */
-static char proc_state(pid_t pid)
-{
-	char path[64], buf[512], *p;
-	FILE *f;
-	char st = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	if ((f = fopen(path, "re")) == NULL)
-		return 0;
-	if (fgets(buf, sizeof(buf), f) != NULL && (p = strrchr(buf, ')')) != NULL && p[1] == ' ')
-		st = p[2];
-	fclose(f);
-	return st;
-}
-
 /* Our children that are dead postgres processes, not reaped. */
 static int our_zombies(void)
 {
@@ -260,9 +244,9 @@ static void test_cluster(void)
 	dead = PQbackendPID(gone);
 	kill(pg.pid, SIGSTOP);
 	PQfinish(gone);
-	for (t0 = t_now_ms(); proc_state(dead) != 'Z' && t_now_ms() - t0 < 10000; usleep(5000))
+	for (t0 = t_now_ms(); t_proc_state(dead) != 'Z' && t_now_ms() - t0 < 10000; usleep(5000))
 		;
-	t_ok(proc_state(dead) == 'Z', "a backend dead before the crash, not reaped (pid %d)",
+	t_ok(t_proc_state(dead) == 'Z', "a backend dead before the crash, not reaped (pid %d)",
 	     (int)dead);
 	old = pg.pid;
 	t0 = t_now_ms();
@@ -272,7 +256,7 @@ static void test_cluster(void)
 	     "t_pg_kill: the postmaster and its children, the busy backend too, are gone when it "
 	     "returns (%d:%s, %.0f ms)",
 	     n, list, t_now_ms() - t0);
-	t_ok(proc_state(dead) == 0 && our_zombies() == 0,
+	t_ok(t_proc_state(dead) == 0 && our_zombies() == 0,
 	     "t_pg_kill: the backend that was dead already is reaped, no dead postgres left to "
 	     "us (%d)",
 	     our_zombies());
