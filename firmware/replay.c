@@ -199,19 +199,23 @@ static int doc_change(struct replay *rp, const json_t *rec, int approve)
 		   : 0;
 }
 
-/* key.create {"client","kid","state","backend"}; key.state {"kid","to"}. */
+/* key.create {"client","kid","state","backend"[,"node"]}; key.state {"kid","to"}.
+ * A key.create without a node is from before nodes (schema 10): the single
+ * appliance's, node "local". */
 static int key_change(struct replay *rp, const json_t *rec, int create)
 {
 	json_t *keys = json_object_get(rp->state, "keys"), *k;
 	const char *kid = sget(rec, "kid"), *to = sget(rec, create ? "state" : "to");
+	const char *node = sget(rec, "node");
 
 	if (kid == NULL || to == NULL)
 		return 0;
 	if (create)
-		return json_object_set_new(
-			   keys, kid,
-			   json_pack("{sO?sO?ss}", "client", json_object_get(rec, "client"),
-				     "backend", json_object_get(rec, "backend"), "state", to)) < 0
+		return json_object_set_new(keys, kid,
+					   json_pack("{sO?sO?ssss}", "client",
+						     json_object_get(rec, "client"), "backend",
+						     json_object_get(rec, "backend"), "state", to,
+						     "node", node != NULL ? node : "local")) < 0
 			   ? -ENOMEM
 			   : 0;
 	if ((k = obj(keys, kid)) == NULL)

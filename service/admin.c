@@ -113,6 +113,8 @@ static const struct {
     {"key.rotate", CIMD_ROLE_ROTATE, admin_op_key_rotate, 0},
     {"key.activate", CIMD_ROLE_ROTATE, admin_op_key_activate, 0},
     {"key.revoke", CIMD_ROLE_REVOKE, admin_op_key_revoke, 0},
+    {"node.list", CIMD_ROLE_READ, admin_op_node_list, 0},
+    {"node.revoke", CIMD_ROLE_REVOKE, admin_op_node_revoke, 0},
     {"journal.show", CIMD_ROLE_READ, admin_op_journal_show, 0},
     {"journal.verify", CIMD_ROLE_READ, admin_op_journal_verify, 1},
     {"journal.prove", CIMD_ROLE_READ, admin_op_journal_prove, 0},

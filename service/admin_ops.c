@@ -430,6 +430,28 @@ enum admin_err admin_op_key_revoke(struct admin_req *q)
 					   rv.client_has_active_key));
 }
 
+/* ---- nodes ---- */
+
+enum admin_err admin_op_node_list(struct admin_req *q)
+{
+	json_t *nodes = NULL;
+	int r = nodes_list(q->d, &nodes, q->msg, sizeof(q->msg));
+
+	return r < 0 ? admin_code(r) : answer(q, json_pack("{so}", "nodes", nodes));
+}
+
+enum admin_err admin_op_node_revoke(struct admin_req *q)
+{
+	const char *name = str_arg(q, "name");
+	int64_t n = 0;
+	int r =
+	    nodes_revoke(q->d, q->op->name, name, str_arg(q, "reason"), &n, q->msg, sizeof(q->msg));
+
+	return r < 0 ? admin_code(r)
+		     : answer(q, json_pack("{sssssI}", "node", name, "state", "revoked",
+					   "keys_revoked", (json_int_t)n));
+}
+
 /* ---- attestations ---- */
 
 enum admin_err admin_op_attest_show(struct admin_req *q)

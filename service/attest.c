@@ -55,21 +55,21 @@ static int new_attest_key(struct svc *d, const char *backend, const char *actor,
 		r = -ENOMEM;
 		goto fail;
 	}
-	f = json_pack("{sssssb}", "backend", backend, "kid", ks_key_kid(key), "restricted",
-		      ks_key_restricted(key));
+	f = json_pack("{sssssbss}", "backend", backend, "kid", ks_key_kid(key), "restricted",
+		      ks_key_restricted(key), "node", d->cfg->node);
 	if (f == NULL || store_begin(d->st) < 0) {
 		r = f == NULL ? -ENOMEM : -EIO;
 		goto fail;
 	}
 	if (store_exec(d->st,
-		       "UPDATE attest_keys SET state = 'retiring' WHERE backend = ? AND "
-		       "state = 'active'",
-		       "s", backend) < 0 ||
+		       "UPDATE attest_keys SET state = 'retiring' WHERE node = ? AND backend = ? "
+		       "AND state = 'active'",
+		       "ss", d->cfg->node, backend) < 0 ||
 	    store_exec(d->st,
 		       "INSERT INTO attest_keys (kid, backend, ref, jwk, tpm_public, state, "
-		       "created) VALUES (?, ?, ?, ?, ?, 'active', ?)",
-		       "ssbsbi", ks_key_kid(key), backend, ref, ref_len, jwks, pub,
-		       pub ? pub_len : 0, (int64_t)time(NULL)) != 1 ||
+		       "created, node) VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
+		       "ssbsbis", ks_key_kid(key), backend, ref, ref_len, jwks, pub,
+		       pub ? pub_len : 0, (int64_t)time(NULL), d->cfg->node) != 1 ||
 	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) < 0 ||
 	    journal_append(d->st, "attest.key", actor, f, NULL) < 0 || store_commit(d->st) < 0) {
 		store_rollback(d->st);
@@ -257,9 +257,10 @@ static int facts_load(struct svc *d, const char *name, const char *attest_kid, s
 	/* The keys in the JWKS, in its order (publish.c). */
 	if ((f.keys = json_array()) == NULL ||
 	    store_query(d->st, &s,
-			"SELECT kid, alg, state, backend FROM keys WHERE client = ? AND state IN "
-			"('next', 'active', 'retiring') AND jwk IS NOT NULL ORDER BY created, kid",
-			"s", name) < 0)
+			"SELECT kid, alg, state, backend FROM keys WHERE client = ? AND node = ? "
+			"AND state IN ('next', 'active', 'retiring') AND jwk IS NOT NULL ORDER BY "
+			"created, kid",
+			"ss", name, d->cfg->node) < 0)
 		goto out;
 	while (store_next(s) > 0)
 		json_array_append_new(f.keys, json_pack("{ssssssssss}", "kid", store_text(s, 0),
@@ -341,13 +342,13 @@ static int issue(struct svc *d, struct facts *f, struct ks_key *ak, const char *
 	}
 	if (journal_head(d->st, &seq, head) < 0)
 		goto out;
-	st = json_pack("{sss[{sss{ss}}{sss{ss}}]sss{sssOsOs{sIss}sIs{ssss}}}", "_type",
+	st = json_pack("{sss[{sss{ss}}{sss{ss}}]sss{sssOsOs{sIss}sIs{ssssss}}}", "_type",
 		       STATEMENT_TYPE, "subject", "name", f->client_id, "digest", "sha256",
 		       f->cimd_hex, "name", f->jwks_uri, "digest", "sha256", f->jwks_hex,
 		       "predicateType", PREDICATE_CUSTODY, "predicate", "client_id", f->client_id,
 		       "document", f->doc, "keys", keys, "journal", "seq", (json_int_t)seq, "hash",
 		       head, "issued", (json_int_t)time(NULL), "appliance", "base_url",
-		       d->cfg->base_url, "attestation_key", attest_kid);
+		       d->cfg->base_url, "attestation_key", attest_kid, "node", d->cfg->node);
 	if (st == NULL) {
 		r = -ENOMEM;
 		goto out;
@@ -365,9 +366,10 @@ static int issue(struct svc *d, struct facts *f, struct ks_key *ak, const char *
 	if (journal_append(d->st, "attest.issue", "cimdd", rec, &jseq) < 0 ||
 	    store_exec(d->st,
 		       "INSERT INTO attestations (client, inputs, cimd_sha256, jwks_sha256, "
-		       "attest_kid, envelope, seq, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-		       "sbssssii", f->name, f->inputs, sizeof(f->inputs), f->cimd_hex, f->jwks_hex,
-		       attest_kid, env, jseq, (int64_t)time(NULL)) != 1 ||
+		       "attest_kid, envelope, seq, created, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+		       "?)",
+		       "sbssssiis", f->name, f->inputs, sizeof(f->inputs), f->cimd_hex, f->jwks_hex,
+		       attest_kid, env, jseq, (int64_t)time(NULL), d->cfg->node) != 1 ||
 	    store_commit(d->st) < 0) {
 		store_rollback(d->st);
 		r = -EIO;
@@ -451,8 +453,9 @@ void attest_retire_unused(struct svc *d)
 	struct store_rows *s = NULL;
 	int retiring = 0;
 
-	if (store_query(d->st, &s, "SELECT 1 FROM attest_keys WHERE state = 'retiring' LIMIT 1",
-			"") == 0)
+	if (store_query(d->st, &s,
+			"SELECT 1 FROM attest_keys WHERE state = 'retiring' AND node = ? LIMIT 1",
+			"s", d->cfg->node) == 0)
 		retiring = store_next(s) > 0;
 	store_done(d->st, s);
 	if (!retiring || store_begin(d->st) < 0)
@@ -460,11 +463,12 @@ void attest_retire_unused(struct svc *d)
 	if (store_exec(
 		d->st,
 		"UPDATE attest_keys SET state = 'retired', retired = ? WHERE state = 'retiring' "
-		"AND kid NOT IN (SELECT a.attest_kid FROM attestations a WHERE a.id = "
-		"(SELECT max(id) FROM attestations b WHERE b.client = a.client)) "
+		"AND node = ? AND kid NOT IN (SELECT a.attest_kid FROM attestations a WHERE "
+		"a.id = (SELECT max(id) FROM attestations b WHERE b.client = a.client AND "
+		"b.node = a.node)) "
 		"AND kid NOT IN (SELECT r.attest_kid FROM revocations r WHERE r.id = "
 		"(SELECT max(id) FROM revocations q WHERE q.kid = r.kid))",
-		"i", (int64_t)time(NULL)) > 0 &&
+		"is", (int64_t)time(NULL), d->cfg->node) > 0 &&
 	    journal_append(d->st, "attest.key_retired", "cimdd", NULL, NULL) < 0) {
 		store_rollback(d->st);
 		return;
@@ -508,8 +512,9 @@ int attest_client(struct svc *d, struct attest_batch *bt, const char *name)
 		d->st, &s,
 		"SELECT c.backend, (SELECT 1 FROM documents d WHERE d.client = c.name AND "
 		"d.state = 'approved'), (SELECT inputs FROM attestations a WHERE a.client = "
-		"c.name ORDER BY id DESC LIMIT 1) FROM clients c WHERE c.name = ?",
-		"s", name) < 0)
+		"c.name AND a.node = ?2 ORDER BY id DESC LIMIT 1) FROM clients c WHERE c.name = "
+		"?1",
+		"ss", name, d->cfg->node) < 0)
 		return -EIO;
 	if (store_next(s) > 0) {
 		snprintf(backend, sizeof(backend), "%s", store_text(s, 0));

@@ -312,7 +312,7 @@ static int open_state(struct daemon *m)
 		return -1;
 	}
 	if (store_open_config(d->svc.cfg, &d->svc.st, err, sizeof(err)) < 0 ||
-	    store_claim(d->svc.st, err, sizeof(err)) < 0) {
+	    store_claim(d->svc.st, d->svc.cfg->node, err, sizeof(err)) < 0) {
 		log_err("state database: %s", err);
 		return -1;
 	}
@@ -373,6 +373,12 @@ static int daemon_start(struct daemon *m, const struct args *a)
 		log_err("tables: %s", err);
 		return -1;
 	}
+	/* One of the cluster's nodes (a single appliance is node "local"):
+	 * refused if another node revoked this one (nodes.c). */
+	if (nodes_join(&d->svc, err, sizeof(err)) < 0) {
+		log_err("node: %s", err);
+		return -1;
+	}
 	/* What the database says is published while the other key stores
 	 * open and before the hardware is listed (each a second at 20,000
 	 * objects on SoftHSM2): reconciliation marks what it changes, and the
@@ -427,6 +433,8 @@ static int daemon_tick(struct daemon *m, time_t now)
 		keys_reconcile(&d->svc);
 		attest_keys_ensure(&d->svc);
 	}
+	if (nodes_heartbeat(&d->svc, now) < 0)
+		return -1; /* another node revoked this one */
 	keys_tick(&d->svc, now);
 	if (tlog_tick(&d->svc, d->tlog, 0) == -CIMD_EVERIFY)
 		return -1; /* rollback found once the TPM answered */
@@ -444,7 +452,7 @@ static int daemon_tick(struct daemon *m, time_t now)
  * 0 on SIGTERM/SIGINT, 1 on a failure. */
 static int daemon_run(struct daemon *m)
 {
-	struct pollfd fds[CIMD_ADMIN_CONNS_MAX + 2];
+	struct pollfd fds[CIMD_ADMIN_CONNS_MAX + 3];
 	struct signalfd_siginfo si;
 	time_t last_tick = 0;
 	int more = 1; /* the first turn publishes at once */
@@ -452,12 +460,17 @@ static int daemon_run(struct daemon *m)
 
 	for (;;) {
 		fds[0] = (struct pollfd){.fd = m->sfd, .events = POLLIN};
-		n = 1 + admin_server_pollfds(m->admin, fds + 1, sizeof(fds) / sizeof(fds[0]) - 1);
+		/* Another node's change (PostgreSQL NOTIFY): looked at at once,
+		 * rather than at the next second's look. */
+		fds[1] = (struct pollfd){.fd = store_listen(m->d.svc.st), .events = POLLIN};
+		n = 2 + admin_server_pollfds(m->admin, fds + 2, sizeof(fds) / sizeof(fds[0]) - 2);
 		if (poll(fds, n, admin_server_busy(m->admin) || more ? 0 : 1000) < 0 &&
 		    errno != EINTR) {
 			log_err("poll: %s", strerror(errno));
 			return 1;
 		}
+		if (fds[1].fd >= 0 && (fds[1].revents & (POLLIN | POLLERR | POLLHUP)))
+			store_notified(m->d.svc.st);
 		if ((fds[0].revents & POLLIN) && read(m->sfd, &si, sizeof(si)) == sizeof(si)) {
 			if (si.ssi_signo == SIGHUP) {
 				reload(&m->d);
@@ -469,7 +482,7 @@ static int daemon_run(struct daemon *m)
 				return 0;
 			}
 		}
-		admin_server_dispatch(m->admin, fds + 1, n - 1);
+		admin_server_dispatch(m->admin, fds + 2, n - 2);
 		if (time(NULL) != last_tick) {
 			last_tick = time(NULL);
 			if (daemon_tick(m, last_tick) < 0)

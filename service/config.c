@@ -270,6 +270,7 @@ enum {
 	K_STORE,
 	K_CONNINFO,
 	K_CONNINFO_FILE,
+	K_NODE,
 	K_BACKEND, /* repeatable from here on */
 	K_OPERATOR,
 };
@@ -302,6 +303,7 @@ static const char *const keys[] = {
     [K_STORE] = "store",
     [K_CONNINFO] = "conninfo",
     [K_CONNINFO_FILE] = "conninfo_file",
+    [K_NODE] = "node",
     [K_BACKEND] = "backend",
     [K_OPERATOR] = "operator",
 };
@@ -369,6 +371,11 @@ static int parse_setting(struct parse *p, int k, const char *v)
 		if (v[0] != '/')
 			return perr(p, "conninfo_file: '%s' is not an absolute path", v);
 		return set_str(p, &c->conninfo_file, v);
+	case K_NODE:
+		if (!cimd_valid_name(v))
+			return perr(p, "node: '%s' is not a name [a-z0-9][a-z0-9-]{0,62}", v);
+		snprintf(c->node, sizeof(c->node), "%s", v);
+		return 0;
 	case K_EXPORT_DIR:
 		if (v[0] != '/')
 			return perr(p, "export_dir: '%s' is not an absolute path", v);
@@ -515,6 +522,7 @@ static void defaults(struct cimd_config *c)
 	c->destroy_delay = 86400;
 	c->rotate_every = 0;
 	c->checkpoint_interval = 60;
+	snprintf(c->node, sizeof(c->node), "%s", CIMD_NODE_DEFAULT);
 }
 
 int config_parse(const char *label, const char *text, size_t len, struct cimd_config **ret_cfg,

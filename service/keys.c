@@ -30,6 +30,9 @@
 
 #include "service.h"
 
+/* The states in which a key is in its client's JWKS. */
+#define PUBLISHED_STATES "state IN ('next', 'active', 'retiring')"
+
 struct client_info {
 	char name[CIMD_NAME_MAX + 1];
 	char backend[16];
@@ -56,7 +59,7 @@ struct client_info {
  * reads every active key: only when a step is due, never because a key was
  * made active (sched_rotation knows when that key's first step can be).
  */
-enum { SCHED_RETIRE, SCHED_DESTROY, SCHED_REVOKED, SCHED_ROTATE, SCHED_KINDS };
+enum { SCHED_RETIRE, SCHED_DESTROY, SCHED_REVOKED, SCHED_ROTATE, SCHED_FIRST, SCHED_KINDS };
 static struct {
 	int64_t at[SCHED_KINDS];
 	long grace, destroy_delay, rotate_every, jwks_max_age; /* what the times assume */
@@ -129,23 +132,30 @@ static int client_of(struct store *st, const char *name, struct client_info *ci,
 	return r < 0 ? cimd_fail(err, errlen, -EIO, "database error") : 0;
 }
 
-static int64_t count_keys(struct store *st, const char *client, const char *where)
+/* The client's keys matching where: this node's (node), or every node's
+ * (NULL). */
+static int64_t count_keys(struct store *st, const char *client, const char *node, const char *where)
 {
 	char sql[256];
 	struct store_rows *s = NULL;
 	int64_t n = -1;
 
-	snprintf(sql, sizeof(sql), "SELECT count(*) FROM keys WHERE client = ? AND %s", where);
-	if (store_query(st, &s, sql, "s", client) == 0 && store_next(s) > 0)
+	snprintf(sql, sizeof(sql),
+		 "SELECT count(*) FROM keys WHERE client = ?1 AND (CAST(?2 AS TEXT) IS NULL OR "
+		 "node = ?2) AND %s",
+		 where);
+	if (store_query(st, &s, sql, "ss", client, node) == 0 && store_next(s) > 0)
 		n = store_int(s, 0);
 	store_done(st, s);
 	return n;
 }
 
-/* The kid of the client's key in state, into kid (empty when none). */
-static int key_in_state(struct store *st, const char *client, const char *state, char *kid,
+/* The kid of this node's key of the client in state, into kid (empty when
+ * none). */
+static int key_in_state(struct svc *d, const char *client, const char *state, char *kid,
 			int64_t *ret_since)
 {
+	struct store *st = d->st;
 	struct store_rows *s = NULL;
 	int r = -ENOENT;
 
@@ -153,8 +163,8 @@ static int key_in_state(struct store *st, const char *client, const char *state,
 	if (store_query(
 		st, &s,
 		"SELECT kid, CASE state WHEN 'next' THEN created ELSE activated END FROM keys "
-		"WHERE client = ? AND state = ? ORDER BY created LIMIT 1",
-		"ss", client, state) < 0)
+		"WHERE client = ? AND node = ? AND state = ? ORDER BY created LIMIT 1",
+		"sss", client, d->cfg->node, state) < 0)
 		return -EIO;
 	if (store_next(s) > 0) {
 		snprintf(kid, CIMD_KID_LEN + 1, "%s", store_text(s, 0));
@@ -192,10 +202,10 @@ static int intent_begin(struct svc *d, const char *client, const char *backend,
 	}
 	tag[2 * sizeof(rnd)] = '\0';
 	if (store_begin(d->st) < 0 ||
-	    store_exec(
-		d->st,
-		"INSERT INTO key_intents (tag, backend, client, created) VALUES (?, ?, ?, ?)",
-		"sssi", tag, backend, client, (int64_t)time(NULL)) != 1 ||
+	    store_exec(d->st,
+		       "INSERT INTO key_intents (tag, backend, client, created, node) VALUES (?, "
+		       "?, ?, ?, ?)",
+		       "sssis", tag, backend, client, (int64_t)time(NULL), d->cfg->node) != 1 ||
 	    store_commit(d->st) < 0) {
 		store_rollback(d->st);
 		return -EIO;
@@ -268,17 +278,41 @@ int keys_insert(struct svc *d, const char *client, const char *alg, const char *
 	/* The public JWK is kept for publication: public data, never key material. */
 	r = store_exec(d->st,
 		       "INSERT INTO keys (kid, client, alg, backend, ref, jwk, state, created, "
-		       "activated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-		       "ssssbssii", ks_key_kid(key), client, alg, backend, ref, ref_len, pub, state,
-		       (int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0));
+		       "activated, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		       "ssssbssiis", ks_key_kid(key), client, alg, backend, ref, ref_len, pub,
+		       state, (int64_t)now, (int64_t)(strcmp(state, "active") == 0 ? now : 0),
+		       d->cfg->node);
 	free(pub);
 	if (r == 1 && strcmp(state, "active") == 0)
 		sched_rotation(d, client, (int64_t)now);
 	return r;
 }
 
+/* The state of a node's first key of a client, inside the transaction that
+ * records it: active at once while no JWKS of the client was ever published
+ * (as client.add makes the first key), else next, for the scheduler to
+ * activate once the union naming it has been published for jwks_max_age
+ * (tick_first).  NULL on a database error. */
+static const char *first_state(struct svc *d, const char *client)
+{
+	struct store_rows *s = NULL;
+	char path[CIMD_NAME_MAX + 32];
+	const char *state = NULL;
+
+	snprintf(path, sizeof(path), "/clients/%s/jwks.json", client);
+	if (store_query(d->st, &s, "SELECT 1 FROM publications WHERE path = ? LIMIT 1", "s",
+			path) == 0) {
+		int rc = store_next(s);
+
+		state = rc > 0 ? "next" : rc == 0 ? "active" : NULL;
+	}
+	store_done(d->st, s);
+	return state;
+}
+
 /* Creates a key for the client in hardware and records it in state `state`
- * (next or active) in a transaction of its own. */
+ * (next or active; NULL: a node's first, first_state) in a transaction of
+ * its own. */
 static int create_key(struct svc *d, const struct client_info *ci, const char *state,
 		      const char *actor, char *ret_kid)
 {
@@ -286,18 +320,19 @@ static int create_key(struct svc *d, const struct client_info *ci, const char *s
 	struct ks_key *key = NULL;
 	char tag[CIMD_TAG_MAX + 1];
 	json_t *f = NULL;
-	int r;
+	int first = state == NULL, r;
 
-	/* The bound holds on every path that makes keys: rotation, the scheduler,
-	 * a revocation's replacement. */
-	if (count_keys(d->st, ci->name, "state IN ('next', 'active', 'retiring')") >=
-	    CIMD_KEYS_PER_CLIENT_MAX)
+	/* The bounds hold on every path that makes keys: rotation, the
+	 * scheduler, a revocation's replacement, a node's first key. */
+	if (count_keys(d->st, ci->name, d->cfg->node, PUBLISHED_STATES) >=
+		CIMD_KEYS_PER_CLIENT_MAX ||
+	    count_keys(d->st, ci->name, NULL, PUBLISHED_STATES) >= CIMD_KEYS_PER_CLIENT_ALL)
 		return -EMLINK;
 	if ((r = keys_generate(d, ci->name, ci->backend, ci->alg, tag, &key)) < 0)
 		return r;
-	f = json_pack("{ssssssss}", "client", ci->name, "kid", ks_key_kid(key), "state", state,
-		      "backend", ci->backend);
-	if (f == NULL || store_begin(d->st) < 0 ||
+	if (store_begin(d->st) < 0 || (first && (state = first_state(d, ci->name)) == NULL) ||
+	    (f = json_pack("{ssssssssss}", "client", ci->name, "kid", ks_key_kid(key), "state",
+			   state, "backend", ci->backend, "node", d->cfg->node)) == NULL ||
 	    keys_insert(d, ci->name, ci->alg, ci->backend, key, state) != 1 ||
 	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) != 1 ||
 	    journal_append(d->st, "key.create", actor, f, NULL) < 0 || store_commit(d->st) < 0) {
@@ -308,6 +343,8 @@ static int create_key(struct svc *d, const struct client_info *ci, const char *s
 	} else {
 		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", ks_key_kid(key));
 		r = 0;
+		if (first && strcmp(state, "next") == 0)
+			sched_soon(SCHED_FIRST, 0);
 	}
 	json_decref(f);
 	ks_key_free(&key);
@@ -322,8 +359,9 @@ static int key_fail(int r, const char *what, char *err, size_t errlen)
 		return cimd_fail(err, errlen, r, "%s: the key's hardware is unavailable", what);
 	if (r == -EMLINK)
 		return cimd_fail(err, errlen, r,
-				 "%s: the client holds its maximum of %d published keys", what,
-				 CIMD_KEYS_PER_CLIENT_MAX);
+				 "%s: the client holds its maximum of published keys (%d on a "
+				 "node, %d on all nodes)",
+				 what, CIMD_KEYS_PER_CLIENT_MAX, CIMD_KEYS_PER_CLIENT_ALL);
 	return cimd_fail(err, errlen, -EIO, "%s: %s", what, cimd_strerror(r));
 }
 
@@ -373,15 +411,16 @@ int keys_list(struct svc *d, const char *name, json_t **ret_keys, char *err, siz
 	    store_query(
 		d->st, &s,
 		"SELECT kid, alg, backend, state, created, activated, retiring, retired, "
-		"destroyed, revoked, revoke_reason FROM keys WHERE client = ? ORDER BY created",
+		"destroyed, revoked, revoke_reason, node FROM keys WHERE client = ? ORDER BY "
+		"created, kid",
 		"s", ci.name) < 0) {
 		json_decref(arr);
 		return cimd_fail(err, errlen, -EIO, "database error");
 	}
 	while (store_next(s) > 0) {
-		json_t *k =
-		    json_pack("{ssssssss}", "kid", store_text(s, 0), "alg", store_text(s, 1),
-			      "backend", store_text(s, 2), "state", store_text(s, 3));
+		json_t *k = json_pack("{ssssssssss}", "kid", store_text(s, 0), "alg",
+				      store_text(s, 1), "backend", store_text(s, 2), "state",
+				      store_text(s, 3), "node", store_text(s, 11));
 		static const char *const times[] = {"created", "activated", "retiring",
 						    "retired", "destroyed", "revoked"};
 		size_t i;
@@ -407,13 +446,13 @@ int keys_rotate(struct svc *d, const char *actor, const char *name, char ret_kid
 
 	if ((r = client_of(d->st, name, &ci, err, errlen)) < 0)
 		return r;
-	if (count_keys(d->st, ci.name, "state = 'next'") != 0)
+	if (d->node_revoked)
+		return cimd_fail(err, errlen, -EPERM, "node %s was revoked: it makes no keys",
+				 d->cfg->node);
+	if (count_keys(d->st, ci.name, d->cfg->node, "state = 'next'") != 0)
 		return cimd_fail(err, errlen, -EEXIST,
-				 "%s already has a next key: activate it first", ci.name);
-	if (count_keys(d->st, ci.name, "state IN ('next', 'active', 'retiring')") >=
-	    CIMD_KEYS_PER_CLIENT_MAX)
-		return cimd_fail(err, errlen, -EMLINK, "%s holds its maximum of %d published keys",
-				 ci.name, CIMD_KEYS_PER_CLIENT_MAX);
+				 "%s already has a next key on node %s: activate it first", ci.name,
+				 d->cfg->node);
 	if ((r = create_key(d, &ci, "next", actor, kid)) < 0)
 		return key_fail(r, "creating the next key", err, errlen);
 	memcpy(ret_kid, kid, sizeof(kid));
@@ -430,7 +469,7 @@ static int activate(struct svc *d, const char *client, const char *kid, const ch
 	json_t *x = forced ? json_pack("{sb}", "forced", 1) : NULL;
 	int r = 0;
 
-	if (key_in_state(d->st, client, "active", old, NULL) == 0)
+	if (key_in_state(d, client, "active", old, NULL) == 0)
 		r = transition(d, client, old, "active", "retiring", actor, NULL);
 	if (r == 0)
 		r = transition(d, client, kid, "next", "active", actor, x);
@@ -448,8 +487,10 @@ int keys_activate(struct svc *d, const char *actor, const char *name, const char
 
 	if ((r = client_of(d->st, name, &ci, err, errlen)) < 0)
 		return r;
-	if (key_in_state(d->st, ci.name, "next", kid, &since) < 0)
-		return cimd_fail(err, errlen, -ENOENT, "%s has no next key: rotate first", ci.name);
+	if (key_in_state(d, ci.name, "next", kid, &since) < 0)
+		return cimd_fail(err, errlen, -ENOENT,
+				 "%s has no next key on node %s: rotate first", ci.name,
+				 d->cfg->node);
 	if (want != NULL && strcmp(want, kid) != 0)
 		return cimd_fail(err, errlen, -ENOENT, "%.64s is not the next key of %s (%s is)",
 				 want, ci.name, kid);
@@ -473,16 +514,22 @@ int keys_activate(struct svc *d, const char *actor, const char *name, const char
 
 /* Destroys the hardware key of kid; its row must already say revoked or
  * retired.  By its reference, without loading it first: a load is a lookup of
- * its own (two on PKCS#11), and a key of which half is gone must go too. */
+ * its own (two on PKCS#11), and a key of which half is gone must go too.
+ * -EXDEV: the key is another node's, in that node's hardware. */
 static int destroy_hw(struct svc *d, const char *kid)
 {
 	struct key_store *ks;
 	struct store_rows *s = NULL;
 	int r = -ENOENT;
 
-	if (store_query(d->st, &s, "SELECT backend, ref FROM keys WHERE kid = ?", "s", kid) < 0)
+	if (store_query(d->st, &s, "SELECT backend, ref, node FROM keys WHERE kid = ?", "s", kid) <
+	    0)
 		return -EIO;
-	if (store_next(s) > 0) {
+	if (store_next(s) <= 0) {
+		r = -ENOENT;
+	} else if (strcmp(store_text(s, 2), d->cfg->node) != 0) {
+		r = -EXDEV;
+	} else {
 		ks = custody_store(d->custody, store_text(s, 0));
 		r = ks == NULL ? -CIMD_EUNAVAILABLE
 			       : key_store_destroy_ref(ks, store_blob(s, 1), store_len(s, 1));
@@ -499,7 +546,9 @@ static int destroy_revoked(struct svc *d, const char *client, const char *kid, c
 	json_t *f;
 	int r;
 
-	if ((r = destroy_hw(d, kid)) < 0)
+	if ((r = destroy_hw(d, kid)) == -EXDEV)
+		return 0; /* its own node destroys it (keys_tick) */
+	if (r < 0)
 		return r;
 	f = json_pack("{ssss}", "client", client, "kid", kid);
 	if (store_begin(d->st) < 0 ||
@@ -517,7 +566,7 @@ int keys_revoke(struct svc *d, const char *actor, const char *name, const char *
 		const char *reason, int replace, struct keys_revoked *ret, char *err, size_t errlen)
 {
 	struct client_info ci;
-	char state[16] = "", newkid[CIMD_KID_LEN + 1] = "";
+	char state[16] = "", newkid[CIMD_KID_LEN + 1] = "", node[CIMD_NAME_MAX + 1] = "";
 	struct store_rows *s = NULL;
 	json_t *x;
 	int r;
@@ -529,11 +578,13 @@ int keys_revoke(struct svc *d, const char *actor, const char *name, const char *
 	if (reason == NULL || *reason == '\0' || strlen(reason) > 512)
 		return cimd_fail(err, errlen, -EINVAL,
 				 "a reason (1 to 512 characters) is required");
-	if (store_query(d->st, &s, "SELECT state FROM keys WHERE client = ? AND kid = ?", "ss",
-			ci.name, kid) < 0)
+	if (store_query(d->st, &s, "SELECT state, node FROM keys WHERE client = ? AND kid = ?",
+			"ss", ci.name, kid) < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
-	if (store_next(s) > 0)
+	if (store_next(s) > 0) {
 		snprintf(state, sizeof(state), "%s", store_text(s, 0));
+		snprintf(node, sizeof(node), "%s", store_text(s, 1));
+	}
 	store_done(d->st, s);
 	if (state[0] == '\0')
 		return cimd_fail(err, errlen, -ENOENT, "%s has no key %.64s", ci.name, kid);
@@ -542,6 +593,12 @@ int keys_revoke(struct svc *d, const char *actor, const char *name, const char *
 	if (replace && strcmp(state, "active") != 0)
 		return cimd_fail(err, errlen, -EINVAL,
 				 "--replace applies to the active key; %s is %s", kid, state);
+	/* Any node revokes any key; a replacement is made in the hardware of the
+	 * node that makes it, so it replaces only that node's key. */
+	if (replace && strcmp(node, d->cfg->node) != 0)
+		return cimd_fail(err, errlen, -EINVAL,
+				 "key %s is node %s's: revoke it without --replace, or on node %s",
+				 kid, node, node);
 	if (store_begin(d->st) < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
 	x = json_pack("{ss}", "reason", reason);
@@ -588,8 +645,58 @@ int keys_revoke(struct svc *d, const char *actor, const char *name, const char *
 	/* Revoking the key that went missing is how a degraded client recovers. */
 	keys_recheck_degraded(d, ci.name, actor);
 	memcpy(ret->replacement, newkid, sizeof(newkid));
-	ret->client_has_active_key = count_keys(d->st, ci.name, "state = 'active'") > 0;
+	ret->client_has_active_key = count_keys(d->st, ci.name, NULL, "state = 'active'") > 0;
 	return 0;
+}
+
+/* Every key node holds that could still sign or be published (next,
+ * active, retiring, retired) revoked, inside an open transaction, each with
+ * its key.state record (node revoke, nodes.c).  Its hardware is that node's:
+ * nothing is destroyed here. */
+int keys_revoke_node(struct svc *d, const char *actor, const char *node, const char *reason,
+		     int64_t *ret_n)
+{
+	struct store_rows *s = NULL;
+	struct {
+		char client[CIMD_NAME_MAX + 1], kid[CIMD_KID_LEN + 1], state[16];
+	} *v = NULL, *nv;
+	size_t n = 0, cap = 0, i;
+	json_t *x = json_pack("{ssss}", "reason", reason, "node_revoked", node);
+	int r = 0;
+
+	if (x == NULL || store_query(d->st, &s,
+				     "SELECT client, kid, state FROM keys WHERE node = ? AND state "
+				     "IN ('next', 'active', 'retiring', 'retired') ORDER BY kid",
+				     "s", node) < 0) {
+		json_decref(x);
+		return -EIO;
+	}
+	while (r == 0 && store_next(s) > 0) {
+		if (n == cap) {
+			cap = cap ? 2 * cap : 64;
+			if ((nv = realloc(v, cap * sizeof(*v))) == NULL) {
+				r = -ENOMEM;
+				break;
+			}
+			v = nv;
+		}
+		snprintf(v[n].client, sizeof(v[n].client), "%s", store_text(s, 0));
+		snprintf(v[n].kid, sizeof(v[n].kid), "%s", store_text(s, 1));
+		snprintf(v[n].state, sizeof(v[n].state), "%s", store_text(s, 2));
+		n++;
+	}
+	store_done(d->st, s);
+	for (i = 0; r == 0 && i < n; i++)
+		if ((r = transition(d, v[i].client, v[i].kid, v[i].state, "revoked", actor, x)) ==
+			0 &&
+		    store_exec(d->st,
+			       "UPDATE keys SET revoke_reason = ?, revoked_by = ? WHERE kid = ?",
+			       "sss", reason, actor, v[i].kid) != 1)
+			r = -EIO;
+	free(v);
+	json_decref(x);
+	*ret_n = (int64_t)n;
+	return r;
 }
 
 /* ---- the scheduler ---- */
@@ -611,15 +718,15 @@ struct due {
  * first one that is not falls due (INT64_MAX: none is pending; now: more are
  * due than one tick takes, or the query failed).  Returns how many are due.
  */
-static int look(struct store *st, const char *sql, int64_t a, int64_t b, int64_t now,
-		struct due *out, int64_t *ret_next)
+static int look(struct store *st, const char *sql, int64_t a, int64_t b, const char *node,
+		int64_t now, struct due *out, int64_t *ret_next)
 {
 	struct store_rows *s = NULL;
 	int64_t t;
 	int n = 0, rows = 0;
 
 	*ret_next = now;
-	if (store_query(st, &s, sql, "iii", a, b, (int64_t)DUE_MAX + 1) < 0)
+	if (store_query(st, &s, sql, "iiis", a, b, (int64_t)DUE_MAX + 1, node) < 0)
 		return 0;
 	*ret_next = INT64_MAX;
 	while (rows++ <= DUE_MAX && store_next(s) > 0) {
@@ -661,9 +768,9 @@ static int rotate_due(struct svc *d, const struct client_info *ci, int64_t every
 	int64_t activated = 0, created = 0;
 	int r;
 
-	if (key_in_state(d->st, ci->name, "active", active, &activated) < 0)
+	if (key_in_state(d, ci->name, "active", active, &activated) < 0)
 		return 0;
-	if (key_in_state(d->st, ci->name, "next", next, &created) < 0) {
+	if (key_in_state(d, ci->name, "next", next, &created) < 0) {
 		if (now < activated + every - d->cfg->jwks_max_age)
 			return 0;
 		if ((r = create_key(d, ci, "next", "scheduler", next)) < 0)
@@ -737,7 +844,7 @@ static int sweep(struct svc *d, int slot, const char *sql, int64_t arg, sweep_fn
 	int64_t next;
 	int i, n, done = 0;
 
-	n = look(d->st, sql, arg, 0, now, due, &next);
+	n = look(d->st, sql, arg, now + 1, d->cfg->node, now, due, &next);
 	sched.at[slot] = next;
 	for (i = 0; i < n; i++) {
 		if (t0 != NULL && i > 0 && tick_ms(t0) > TICK_HW_MS) {
@@ -774,11 +881,12 @@ static int tick_rotate(struct svc *d, int64_t now, const struct timespec *t0)
 		 "THEN k.activated + coalesce(c.rotate_every, ?1) ELSE n.created + ?2 "
 		 "END AS due, coalesce(c.rotate_every, ?1) "
 		 "FROM keys k JOIN clients c ON c.name = k.client "
-		 "LEFT JOIN keys n ON n.client = k.client AND n.state = 'next' "
-		 "WHERE k.state = 'active' AND k.activated IS NOT NULL AND "
+		 "LEFT JOIN keys n ON n.client = k.client AND n.node = k.node AND "
+		 "n.state = 'next' "
+		 "WHERE k.state = 'active' AND k.node = ?4 AND k.activated IS NOT NULL AND "
 		 "c.degraded = 0 AND coalesce(c.rotate_every, ?1) > 0 "
 		 "ORDER BY due LIMIT ?3",
-		 (int64_t)c->rotate_every, (int64_t)c->jwks_max_age, now, due, &next);
+		 (int64_t)c->rotate_every, (int64_t)c->jwks_max_age, c->node, now, due, &next);
 	/* A client that took a step has a next one (its next key's activation):
 	 * known after another look. */
 	sched.at[SCHED_ROTATE] = n > 0 ? now : next;
@@ -800,6 +908,128 @@ static int tick_rotate(struct svc *d, int64_t now, const struct timespec *t0)
 	return done;
 }
 
+/*
+ * A node's first key of each client (docs/scaling.md, "A cluster"): every
+ * node keeps its own keys for every client, so a client made on another
+ * node, or before this node joined, gets a key here too.  Which clients lack
+ * one is known without looking at them all: a changed client is checked by
+ * one indexed query (keys_adopt_check, for each change the main loop takes),
+ * and every client only at start or when more are waiting than the queue
+ * holds.  The keys are made by the scheduler, within its tick's time.
+ */
+#define ADOPT_MAX 256
+
+static struct {
+	char names[ADOPT_MAX][CIMD_NAME_MAX + 1];
+	size_t n;
+	int scan; /* look for every client without a key here */
+} adopt = {.scan = 1};
+
+static int lacks_key(struct svc *d, const char *client)
+{
+	struct store_rows *s = NULL;
+	int r = 0;
+
+	if (store_query(d->st, &s,
+			"SELECT NOT EXISTS (SELECT 1 FROM keys WHERE client = ?1 AND node = ?2) "
+			"AND EXISTS (SELECT 1 FROM clients WHERE name = ?1)",
+			"ss", client, d->cfg->node) == 0 &&
+	    store_next(s) > 0)
+		r = store_int(s, 0) != 0;
+	store_done(d->st, s);
+	return r;
+}
+
+static void adopt_add(const char *client)
+{
+	size_t i;
+
+	for (i = 0; i < adopt.n; i++)
+		if (strcmp(adopt.names[i], client) == 0)
+			return;
+	if (adopt.n == ADOPT_MAX)
+		adopt.scan = 1;
+	else
+		snprintf(adopt.names[adopt.n++], sizeof(adopt.names[0]), "%s", client);
+}
+
+void keys_adopt_check(struct svc *d, const char *client)
+{
+	if (!d->node_revoked && client[0] != '\0' && lacks_key(d, client))
+		adopt_add(client);
+}
+
+/* The queue filled from one look at every client, a page at a time. */
+static void adopt_scan(struct svc *d)
+{
+	struct store_rows *s = NULL;
+	int rows = 0;
+
+	if (store_query(d->st, &s,
+			"SELECT c.name FROM clients c WHERE NOT EXISTS (SELECT 1 FROM keys k "
+			"WHERE k.client = c.name AND k.node = ?) ORDER BY c.name LIMIT ?",
+			"si", d->cfg->node, (int64_t)(ADOPT_MAX - adopt.n)) < 0)
+		return;
+	while (store_next(s) > 0) {
+		adopt_add(store_text(s, 0));
+		rows++;
+	}
+	store_done(d->st, s);
+	adopt.scan = adopt.n == ADOPT_MAX && rows > 0;
+}
+
+/* Clients waiting for this node's first key, within TICK_HW_MS. */
+static int tick_adopt(struct svc *d, const struct timespec *t0)
+{
+	struct client_info ci;
+	char kid[CIMD_KID_LEN + 1];
+	size_t i, done = 0;
+	int r;
+
+	if (d->node_revoked)
+		return 0;
+	if (adopt.scan && adopt.n < ADOPT_MAX)
+		adopt_scan(d);
+	for (i = 0; i < adopt.n; i++) {
+		if (i > 0 && tick_ms(t0) > TICK_HW_MS)
+			break;
+		if (!lacks_key(d, adopt.names[i]) || client_info(d->st, adopt.names[i], &ci) < 0)
+			continue; /* made meanwhile, or gone */
+		if (custody_store(d->custody, ci.backend) == NULL &&
+		    config_backend(d->cfg, ci.backend) == NULL) {
+			log_warn("node %s has no %s backend: it signs nothing for %s", d->cfg->node,
+				 ci.backend, ci.name);
+			continue;
+		}
+		if ((r = create_key(d, &ci, NULL, "cimdd", kid)) < 0) {
+			if (r == -CIMD_EUNAVAILABLE)
+				custody_failed(d->custody);
+			break; /* kept, with the rest: again at the next tick */
+		}
+		log_info("node %s: first key %s of %s", d->cfg->node, kid, ci.name);
+	}
+	done = i;
+	memmove(adopt.names, adopt.names + done, (adopt.n - done) * sizeof(adopt.names[0]));
+	adopt.n -= done;
+	return (int)done;
+}
+
+/* A node's first key of a client, made next (first_state): activated by the
+ * scheduler once published for jwks_max_age, as a rotation's is.  Only a
+ * first key: the node holds no key of the client but next ones. */
+static int first_one(struct svc *d, const struct due *x)
+{
+	int r;
+
+	if (store_begin(d->st) < 0)
+		return 0;
+	if ((r = activate(d, x->client, x->kid, "scheduler", 0)) < 0 || store_commit(d->st) < 0) {
+		store_rollback(d->st);
+		return 0;
+	}
+	return 1;
+}
+
 /* Each kind of transition is looked at only when its time has come (sched).
  * Each query is bounded (LIMIT) and reads one state's keys through the
  * keys_state index; the rotation query reads the active keys through it, with
@@ -816,24 +1046,35 @@ int keys_tick(struct svc *d, time_t tnow)
 		done +=
 		    sweep(d, SCHED_RETIRE,
 			  "SELECT client, kid, retiring + ?1 FROM keys INDEXED BY keys_retiring "
-			  "WHERE state = 'retiring' AND retiring IS NOT NULL ORDER BY retiring "
-			  "LIMIT ?3",
+			  "WHERE state = 'retiring' AND retiring IS NOT NULL AND node = ?4 "
+			  "ORDER BY retiring LIMIT ?3",
 			  grace, retire_one, now, NULL);
 	if (sched.at[SCHED_DESTROY] <= now)
 		done += sweep(d, SCHED_DESTROY,
 			      "SELECT client, kid, retired + ?1 FROM keys INDEXED BY keys_retired "
-			      "WHERE state = 'retired' AND retired IS NOT NULL ORDER BY retired "
-			      "LIMIT ?3",
+			      "WHERE state = 'retired' AND retired IS NOT NULL AND node = ?4 "
+			      "ORDER BY retired LIMIT ?3",
 			      (int64_t)d->cfg->destroy_delay, destroy_one, now, &t0);
 	if (sched.at[SCHED_REVOKED] <= now)
 		done +=
 		    sweep(d, SCHED_REVOKED,
 			  "SELECT client, kid, revoked + ?1 FROM keys INDEXED BY keys_revoked "
 			  "WHERE state = 'revoked' AND destroyed IS NULL AND revoked IS NOT NULL "
-			  "ORDER BY revoked LIMIT ?3",
+			  "AND node = ?4 ORDER BY revoked LIMIT ?3",
 			  0, revoked_one, now, &t0);
 	if (sched.at[SCHED_ROTATE] <= now)
 		done += tick_rotate(d, now, &t0);
+	if (adopt.n > 0 || adopt.scan)
+		done += tick_adopt(d, &t0);
+	/* Unpublished yet: looked at again in a second. */
+	if (sched.at[SCHED_FIRST] <= now)
+		done +=
+		    sweep(d, SCHED_FIRST,
+			  "SELECT client, kid, coalesce(published + ?1, ?2) AS due FROM keys k "
+			  "WHERE state = 'next' AND node = ?4 AND NOT EXISTS (SELECT 1 FROM keys "
+			  "o WHERE o.client = k.client AND o.node = k.node AND o.state <> 'next') "
+			  "ORDER BY due LIMIT ?3",
+			  (int64_t)d->cfg->jwks_max_age, first_one, now, NULL);
 	return done;
 }
 
@@ -849,8 +1090,9 @@ int keys_attest_active(struct svc *d, const char *backend, char ret_kid[CIMD_KID
 	if (ks == NULL)
 		return -CIMD_EUNAVAILABLE;
 	if (store_query(d->st, &s,
-			"SELECT kid, ref FROM attest_keys WHERE backend = ? AND state = 'active'",
-			"s", backend) < 0)
+			"SELECT kid, ref FROM attest_keys WHERE node = ? AND backend = ? AND "
+			"state = 'active'",
+			"ss", d->cfg->node, backend) < 0)
 		return -EIO;
 	if (store_next(s) > 0) {
 		snprintf(ret_kid, CIMD_KID_LEN + 1, "%s", store_text(s, 0));
@@ -1099,10 +1341,10 @@ static void recon_pick(struct svc *d, struct recon_backend *rb, int newest,
 		if (store_query(d->st, &s,
 				newest
 				    ? "SELECT rowid, alg, ref, kid FROM keys WHERE state = ? AND "
-				      "+backend = ? ORDER BY rowid DESC"
+				      "+backend = ? AND +node = ? ORDER BY rowid DESC"
 				    : "SELECT rowid, alg, ref, kid FROM keys WHERE state = ? AND "
-				      "+backend = ? ORDER BY rowid",
-				"ss", states[i], rb->name) < 0)
+				      "+backend = ? AND +node = ? ORDER BY rowid",
+				"sss", states[i], rb->name, d->cfg->node) < 0)
 			continue;
 		while (store_next(s) > 0) {
 			rowid = store_int(s, 0);
@@ -1276,8 +1518,8 @@ static int recon_walk(struct svc *d, struct recon *rc)
 
 	if (store_query(d->st, &s,
 			"SELECT client, kid, backend, alg, state, ref FROM keys WHERE state "
-			"IN " LIVE_STATES,
-			"") < 0)
+			"IN " LIVE_STATES " AND node = ?",
+			"s", d->cfg->node) < 0)
 		return -EIO;
 	while (r == 0 && store_next(s) > 0) {
 		backend = store_text(s, 2);
@@ -1536,8 +1778,8 @@ static int recon_hardware(struct svc *d, struct recon *rc)
 	 * intent whose key was not listed must stay. */
 	for (b = 0; b < rc->nb && r == 0; b++)
 		if (rc->b[b].ks != NULL && rc->b[b].listed &&
-		    store_exec(d->st, "DELETE FROM key_intents WHERE backend = ?", "s",
-			       rc->b[b].name) < 0)
+		    store_exec(d->st, "DELETE FROM key_intents WHERE backend = ? AND node = ?",
+			       "ss", rc->b[b].name, d->cfg->node) < 0)
 			r = -EIO;
 	if (r < 0 || store_commit(d->st) < 0) {
 		store_rollback(d->st);
@@ -1616,9 +1858,9 @@ int keys_recheck_degraded(struct svc *d, const char *client, const char *actor)
 
 	if (store_query(d->st, &s,
 			"SELECT k.backend, k.alg, k.ref FROM keys k JOIN clients c ON c.name = "
-			"k.client WHERE c.name = ? AND c.degraded = 1 AND k.state IN ('next', "
-			"'active', 'retiring')",
-			"s", client) < 0)
+			"k.client WHERE c.name = ? AND c.degraded = 1 AND k.node = ? AND "
+			"k.state IN ('next', 'active', 'retiring')",
+			"ss", client, d->cfg->node) < 0)
 		return -EIO;
 	while ((rc = store_next(s)) > 0 && r == 1) {
 		if ((ks = custody_store(d->custody, store_text(s, 0))) == NULL ||

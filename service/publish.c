@@ -81,6 +81,7 @@ struct publication {
 	uint64_t answers_at;
 	int64_t changes_at;
 	int64_t seen_seq; /* the signer has dropped the policies of changes up to here */
+	int64_t taken;	  /* this node has published the changes up to here (-1: not read) */
 
 	/* the publisher process (none without `listen`) */
 	char exe[1024];
@@ -161,6 +162,29 @@ static int recorded_differs(struct store *st, const char *path, const uint8_t sh
 		differs = strcmp(store_text(s, 0), hex) != 0;
 	store_done(st, s);
 	return differs;
+}
+
+/* The keys a JWKS names are published from now: by their kids in the bytes
+ * recorded, not by the client's keys now (another node may have made one
+ * since these bytes were rendered). */
+static int mark_published(struct store *st, const struct entry *e, int64_t now)
+{
+	json_t *jwks = json_loadb(e->body, e->len, 0, NULL), *k;
+	size_t i;
+	int r = jwks != NULL ? 0 : -EINVAL;
+
+	json_array_foreach(json_object_get(jwks, "keys"), i, k)
+	{
+		const char *kid = json_string_value(json_object_get(k, "kid"));
+
+		if (r == 0 && kid != NULL &&
+		    store_exec(st,
+			       "UPDATE keys SET published = ? WHERE kid = ? AND published IS NULL",
+			       "is", now, kid) < 0)
+			r = -EIO;
+	}
+	json_decref(jwks);
+	return r;
 }
 
 /* Sets path's bytes (body owned by the entry from now on; NULL: not
@@ -288,6 +312,8 @@ static int render_globals(struct publication *p, struct entries *l)
 			   jwks_age, b, b ? strlen(b) : 0, 0)) < 0)
 		return r;
 	/* No-store: it moves every checkpoint_interval. */
+	if (p->tlog != NULL)
+		tlog_follow(p->d, p->tlog); /* the leader's, in a cluster */
 	b = p->tlog != NULL ? tlog_checkpoint(p->tlog) : NULL;
 	return entry_set(p, l, "/.well-known/cimdd/checkpoint", "", "text/plain; charset=utf-8", 0,
 			 b, b ? strlen(b) : 0, 0);
@@ -324,12 +350,13 @@ static int render_health(struct publication *p, struct entries *l)
  * record (docs/audit.md): the audit bundle carries every version ever handed
  * to the publisher, and the record's place in the journal is where an auditor
  * replays the key states that JWKS must show.  A JWKS recorded marks its keys
- * published (the signer signs only with those).  The change markers of the
- * clients taken this turn go in the same transaction: a crash before it
- * leaves them marked, to be done again.
+ * published (the signer signs only with those).  How far this node has taken
+ * the change markers (seen: the last dirty.seq of this turn, 0 for none) goes
+ * in the same transaction: a crash before it leaves them to be done again.
+ * In a cluster every node renders the same bytes; the first to record them
+ * records them, once.
  */
-static int record(struct publication *p, const struct entries *l, char (*taken)[CIMD_NAME_MAX + 1],
-		  size_t n_taken)
+static int record(struct publication *p, const struct entries *l, int64_t seen)
 {
 	struct store *st = p->d->st;
 	char hex[65];
@@ -340,14 +367,15 @@ static int record(struct publication *p, const struct entries *l, char (*taken)[
 
 	for (i = 0; i < l->n && !(l->v[i].record && l->v[i].changed && l->v[i].body != NULL); i++)
 		;
-	if (i == l->n && n_taken == 0)
+	if (i == l->n && seen == 0)
 		return 0; /* nothing to write: no transaction, no fsync */
 	if (store_begin(st) < 0)
 		return -EIO;
 	for (i = 0; ok && i < l->n; i++) {
 		const struct entry *e = &l->v[i];
 
-		if (!e->record || !e->changed || e->body == NULL)
+		if (!e->record || !e->changed || e->body == NULL ||
+		    !recorded_differs(st, e->path, e->sha))
 			continue;
 		hex_encode(e->sha, 32, hex);
 		f = json_pack("{ssssss}", "client", e->client, "path", e->path, "sha256", hex);
@@ -357,15 +385,12 @@ static int record(struct publication *p, const struct entries *l, char (*taken)[
 				"created) VALUES (?, ?, ?, ?, ?, ?)",
 				"sssbii", e->path, e->client, hex, e->body, e->len, seq, now) == 1;
 		if (ok && e->jwks)
-			ok = store_exec(st,
-					"UPDATE keys SET published = ? WHERE client = ? AND "
-					"published IS NULL AND state IN ('next', 'active', "
-					"'retiring')",
-					"is", now, e->client) >= 0;
+			ok = mark_published(st, e, now) == 0;
 		json_decref(f);
 	}
-	for (i = 0; ok && i < n_taken; i++)
-		ok = store_exec(st, "DELETE FROM dirty WHERE client = ?", "s", taken[i]) >= 0;
+	if (ok && seen > 0)
+		ok = store_exec(st, "UPDATE nodes SET seen = ? WHERE name = ? AND seen < ?", "isi",
+				seen, p->d->cfg->node, seen) >= 0;
 	if (!ok || store_commit(st) < 0) {
 		store_rollback(st);
 		log_err("publication: cannot record what is published (database error); "
@@ -681,14 +706,13 @@ static int send_entries(struct publication *p, const struct entries *l, uint8_t 
 
 /* Records, sends, exports and remembers one turn's entries, and drops the
  * signer's policies whose keys became published. */
-static int hand_on(struct publication *p, struct entries *l, uint8_t flags, int all,
-		   char (*taken)[CIMD_NAME_MAX + 1], size_t n_taken)
+static int hand_on(struct publication *p, struct entries *l, uint8_t flags, int all, int64_t seen)
 {
 	const char *last = NULL;
 	size_t i;
 	int r;
 
-	if ((r = record(p, l, taken, n_taken)) < 0)
+	if ((r = record(p, l, seen)) < 0)
 		return r;
 	send_entries(p, l, flags, all); /* a lost channel: a new publisher gets everything */
 	paths_update(p, l);
@@ -742,7 +766,7 @@ static int publish_full(struct publication *p)
 		    ((r = render_globals(p, &l)) == 0 && (r = render_health(p, &l)) == 0))
 			flags |= PUBSET_COMMIT;
 		store_read_end(p->d->st);
-		if (r < 0 || (r = hand_on(p, &l, flags, 1, NULL, 0)) < 0)
+		if (r < 0 || (r = hand_on(p, &l, flags, 1, 0)) < 0)
 			break;
 		entries_clear(&l);
 		flags = 0;
@@ -782,29 +806,53 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* How far this node had taken the change markers when it last stopped. */
+static int64_t taken_so_far(struct publication *p)
+{
+	struct store_rows *s = NULL;
+	int64_t seen = -1;
+
+	if (store_query(p->d->st, &s, "SELECT seen FROM nodes WHERE name = ?", "s",
+			p->d->cfg->node) == 0) {
+		int rc = store_next(s);
+
+		seen = rc > 0 ? store_int(s, 0) : rc == 0 ? 0 : -1;
+	}
+	store_done(p->d->st, s);
+	return seen;
+}
+
 /* The changed clients, oldest change first, for at most TURN_MS: each one's
  * attestation issued if what it states changed, then what it publishes
- * rendered; what changed is recorded and handed on, and the markers taken
- * are cleared in the same transaction.  1 when more remain. */
+ * rendered; what changed is recorded and handed on, and how far this node
+ * has taken the markers is recorded in the same transaction (the markers
+ * stay, for the other nodes).  1 when more remain. */
 static int publish_changes(struct publication *p)
 {
 	struct attest_batch ab = {0};
 	struct entries l = {0};
 	struct store_rows *s = NULL;
 	char(*names)[CIMD_NAME_MAX + 1] = NULL;
-	int64_t deadline = now_ms() + TURN_MS;
+	int64_t deadline = now_ms() + TURN_MS, *seqs = NULL;
 	size_t n = 0, i;
 	int more = 0, r = 0, globals = 0;
 
-	if ((names = calloc(TURN_CLIENTS, sizeof(*names))) == NULL)
+	if (p->taken < 0 && (p->taken = taken_so_far(p)) < 0)
 		return 0;
-	if (store_query(p->d->st, &s, "SELECT client FROM dirty ORDER BY seq LIMIT ?", "i",
-			(int64_t)TURN_CLIENTS) < 0) {
+	if ((names = calloc(TURN_CLIENTS, sizeof(*names))) == NULL ||
+	    (seqs = calloc(TURN_CLIENTS, sizeof(*seqs))) == NULL ||
+	    store_query(p->d->st, &s,
+			"SELECT seq, client FROM dirty WHERE seq > ? ORDER BY seq "
+			"LIMIT ?",
+			"ii", p->taken, (int64_t)TURN_CLIENTS) < 0) {
 		free(names);
+		free(seqs);
 		return 0;
 	}
-	while (n < TURN_CLIENTS && store_next(s) > 0)
-		snprintf(names[n++], sizeof(names[0]), "%s", store_text(s, 0));
+	while (n < TURN_CLIENTS && store_next(s) > 0) {
+		seqs[n] = store_int(s, 0);
+		snprintf(names[n++], sizeof(names[0]), "%s", store_text(s, 1));
+	}
 	store_done(p->d->st, s);
 	more = n == TURN_CLIENTS;
 	for (i = 0; i < n && r == 0; i++) {
@@ -816,6 +864,7 @@ static int publish_changes(struct publication *p)
 			globals = 1;
 			continue;
 		}
+		keys_adopt_check(p->d, names[i]);
 		if (attest_client(p->d, &ab, names[i]) < 0)
 			due_add(p, names[i]);
 		if (publishing(p))
@@ -825,10 +874,11 @@ static int publish_changes(struct publication *p)
 	attest_batch_end(&ab);
 	if (r == 0 && globals && publishing(p))
 		r = render_globals(p, &l);
-	if (r == 0)
-		r = hand_on(p, &l, 0, 0, names, n);
+	if (r == 0 && (r = hand_on(p, &l, 0, 0, n > 0 ? seqs[n - 1] : 0)) == 0 && n > 0)
+		p->taken = seqs[n - 1];
 	entries_free(&l);
 	free(names);
+	free(seqs);
 	/* A database that refuses (locked, full): tried again next turn, not in
 	 * a tight loop. */
 	return r < 0 ? 0 : more;
@@ -1160,6 +1210,7 @@ int publication_new(struct svc *d, struct tlog *tl, struct publication **ret)
 	p->d = d;
 	p->tlog = tl;
 	p->fd = -1;
+	p->taken = -1;
 	p->full = 1;
 	p->health = 1;
 	if (d->cfg->listen != NULL) {
@@ -1309,7 +1360,7 @@ int publication_step(struct publication *p)
 		p->metrics_at = now;
 		p->health = 0;
 		if (render_health(p, &l) == 0)
-			hand_on(p, &l, 0, 0, NULL, 0);
+			hand_on(p, &l, 0, 0, 0);
 		entries_free(&l);
 	}
 	if (!more && p->due.n == 0 && now - p->retire_at >= RETIRE_EVERY) {

@@ -167,8 +167,8 @@ int reg_client_add(struct svc *d, const char *actor, const char *name, const cha
 			      r == -EIO ? "database error" : key_store_errmsg(ks));
 		goto out;
 	}
-	kf = json_pack("{ssssssss}", "client", name, "kid", ks_key_kid(key), "state", "active",
-		       "backend", backend);
+	kf = json_pack("{ssssssssss}", "client", name, "kid", ks_key_kid(key), "state", "active",
+		       "backend", backend, "node", d->cfg->node);
 	if (kf == NULL || store_begin(d->st) < 0 ||
 	    store_exec(d->st,
 		       "INSERT INTO clients (name, owner, backend, alg, created, rotate_every) "

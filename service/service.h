@@ -54,7 +54,10 @@ void log_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define CIMD_REFUSAL_LOG_SEC 1	     /* refused connections: one log line per this many seconds */
 #define CIMD_CHANGES_PENDING_MAX 1000 /* changes awaiting a second operator (two-person rule) */
 #define CIMD_JOURNAL_SHOW_BYTES (1024 * 1024) /* record bytes in one journal.show answer */
-#define CIMD_KEYS_PER_CLIENT_MAX 16	      /* keys a client holds outside retired/destroyed */
+#define CIMD_KEYS_PER_CLIENT_MAX 16 /* keys a client holds outside retired/destroyed, per node */
+#define CIMD_KEYS_PER_CLIENT_ALL 64 /* and on all nodes together: its JWKS's bound */
+#define CIMD_NODE_DEFAULT "local"   /* the node name of a single appliance */
+#define CIMD_NODE_HEARTBEAT_SEC 5   /* a node writes its heartbeat this often */
 #define CIMD_CLIENTS_MAX 10000
 /* Paths the publisher serves: four per client (document, JWKS, attestation,
  * revocations) and the appliance's own.  The publisher's bound is the codec's
@@ -113,7 +116,11 @@ struct cimd_config {
 	char *store;	     /* "sqlite" (state_dir/cimdd.db) or "postgresql" */
 	char *conninfo;	     /* store = postgresql: a libpq connection string, */
 	char *conninfo_file; /* or the file that holds one (0600) */
-	int allow_http;	     /* serve plain HTTP (behind a TLS-terminating proxy) */
+	/* This cimdd's name among the nodes sharing one database (docs/scaling.md,
+	 * "A cluster"): its keys, its hardware, its heartbeat.  CIMD_NODE_DEFAULT
+	 * for a single appliance. */
+	char node[CIMD_NAME_MAX + 1];
+	int allow_http; /* serve plain HTTP (behind a TLS-terminating proxy) */
 	int two_person_rule;
 	char default_backend[16];
 	struct cimd_backend_conf backends[CIMD_BACKENDS_MAX];
@@ -205,10 +212,18 @@ void store_interrupt(struct store *st);
 /* The database server is out of reach: what failed may pass when it is back
  * (0 for SQLite, a file). */
 int store_lost(struct store *st);
-/* The daemon's main handle claims the database: -EBUSY (errbuf says so) when
- * another cimdd has (PostgreSQL; on SQLite the state directory's lock is the
- * claim). */
-int store_claim(struct store *st, char *errbuf, size_t errlen);
+/* The daemon's main handle claims its node's name on the database: -EBUSY
+ * (errbuf says so) when another cimdd runs under that name (PostgreSQL; on
+ * SQLite the state directory's lock is the claim). */
+int store_claim(struct store *st, const char *node, char *errbuf, size_t errlen);
+/* 1 while this handle's daemon is the cluster's leader, the one node that
+ * signs checkpoints (PostgreSQL: a session lock that passes to another node
+ * when it dies; SQLite: always).  Outside a transaction. */
+int store_leader(struct store *st);
+/* A descriptor for poll(2) that turns readable when another node has marked a
+ * change, or -1 (SQLite: no other node); store_notified takes what arrived. */
+int store_listen(struct store *st);
+int store_notified(struct store *st);
 /* Every later statement on st refuses to write. */
 int store_read_only(struct store *st);
 /* How long a statement waits for another handle's write lock before it fails. */
@@ -333,6 +348,7 @@ struct svc {
 	struct cimd_config *cfg;
 	struct store *st;
 	struct custody *custody; /* the key stores (custody.c) */
+	int node_revoked;	 /* another node revoked this one (nodes.c): no new key */
 };
 
 /* ---- the protocol's error names, both sockets (proto_err.c) ---- */
@@ -501,6 +517,28 @@ int tables_check(struct svc *d, int accept, char *err, size_t errlen);
 /* Runs the lifecycle's timed transitions (retire, destroy, scheduled rotation);
  * called about once a second.  Returns the number of transitions made. */
 int keys_tick(struct svc *d, time_t now);
+/* A changed client (publish.c): if this node holds no key of it yet (a client
+ * made on another node), the scheduler makes this node's first. */
+void keys_adopt_check(struct svc *d, const char *client);
+/* Revokes every key of node (next, active, retiring, retired) inside an open
+ * transaction, each journaled; *ret_n: how many (nodes.c, node revoke). */
+int keys_revoke_node(struct svc *d, const char *actor, const char *node, const char *reason,
+		     int64_t *ret_n);
+
+/* ---- the nodes of a cluster (nodes.c) ---- */
+
+/* Registers this node at start (node.join the first time); -EPERM, with the
+ * reason in err, for a node that was revoked. */
+int nodes_join(struct svc *d, char *err, size_t errlen);
+/* The heartbeat, every CIMD_NODE_HEARTBEAT_SEC; -EPERM (logged) once another
+ * node has revoked this one: the daemon stops. */
+int nodes_heartbeat(struct svc *d, time_t now);
+/* [{"name","hardware","joined","heartbeat","keys","this"[,"revoked",
+ * "revoke_reason"]}] */
+int nodes_list(struct svc *d, json_t **ret, char *err, size_t errlen);
+/* Revokes another node and every key it holds, in one journaled step. */
+int nodes_revoke(struct svc *d, const char *actor, const char *name, const char *reason,
+		 int64_t *ret_keys, char *err, size_t errlen);
 /* At start: every key the database holds must exist in its hardware; a missing
  * one is reported and its client marked degraded.  Returns how many are missing. */
 int keys_reconcile(struct svc *d);
@@ -621,6 +659,9 @@ int tlog_check_rollback(struct svc *d, struct tlog *tl);
  * (-CIMD_EVERIFY: rollback found, the daemon must stop). */
 int tlog_tick(struct svc *d, struct tlog *tl, int force);
 /* The latest signed checkpoint (malloc'd), NULL when there is none yet. */
+/* The latest checkpoint in the database becomes the one served (a cluster's
+ * leader signs them; the other nodes follow). */
+void tlog_follow(struct svc *d, struct tlog *tl);
 char *tlog_checkpoint(struct tlog *tl);
 /* Its tree size and issue time (0 and 0 before the first), for /metrics. */
 void tlog_latest(struct tlog *tl, uint64_t *ret_size, time_t *ret_issued);
@@ -820,6 +861,8 @@ enum admin_err admin_op_key_list(struct admin_req *q);
 enum admin_err admin_op_key_rotate(struct admin_req *q);
 enum admin_err admin_op_key_activate(struct admin_req *q);
 enum admin_err admin_op_key_revoke(struct admin_req *q);
+enum admin_err admin_op_node_list(struct admin_req *q);
+enum admin_err admin_op_node_revoke(struct admin_req *q);
 enum admin_err admin_op_journal_show(struct admin_req *q);
 enum admin_err admin_op_journal_verify(struct admin_req *q);
 enum admin_err admin_op_journal_prove(struct admin_req *q);

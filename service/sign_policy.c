@@ -152,8 +152,9 @@ out:
 	return r;
 }
 
-/* The active key, if there is one, and the protected header it signs under. */
-static int load_key(struct store *st, struct policy *p)
+/* This node's active key, if there is one, and the protected header it signs
+ * under: a node signs only with keys in its own hardware. */
+static int load_key(struct store *st, const char *node, struct policy *p)
 {
 	struct store_rows *q = NULL;
 	json_t *hdr = NULL;
@@ -161,9 +162,9 @@ static int load_key(struct store *st, struct policy *p)
 	int rc, r = -EIO;
 
 	if (store_query(st, &q,
-			"SELECT kid, alg, ref, published FROM keys WHERE client = ? AND state = "
-			"'active'",
-			"s", p->name) < 0)
+			"SELECT kid, alg, ref, published FROM keys WHERE client = ? AND node = ? "
+			"AND state = 'active'",
+			"ss", p->name, node) < 0)
 		goto out;
 	if ((rc = store_next(q)) > 0) {
 		const char *kid = store_text(q, 0);
@@ -209,7 +210,7 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 	snprintf(p->name, sizeof(p->name), "%s", name);
 	if ((r = load_client(s->io.reader, s->d->cfg, p)) < 0 ||
 	    (r = load_callers(s->io.reader, p)) < 0 || (r = load_audiences(s->io.reader, p)) < 0 ||
-	    (r = load_key(s->io.reader, p)) < 0)
+	    (r = load_key(s->io.reader, s->d->cfg->node, p)) < 0)
 		goto out;
 	*ret = p;
 	p = NULL;

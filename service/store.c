@@ -777,9 +777,24 @@ int store_lost(struct store *st)
 	return st->drv->lost(st->c);
 }
 
-int store_claim(struct store *st, char *errbuf, size_t errlen)
+int store_leader(struct store *st)
 {
-	int r = st->drv->claim(st->c);
+	return st->tx == 0 && st->drv->leader(st->c);
+}
+
+int store_listen(struct store *st)
+{
+	return st->tx == 0 ? st->drv->listen(st->c) : -1;
+}
+
+int store_notified(struct store *st)
+{
+	return st->drv->notified(st->c);
+}
+
+int store_claim(struct store *st, const char *node, char *errbuf, size_t errlen)
+{
+	int r = st->drv->claim(st->c, node);
 
 	if (r < 0)
 		snprintf(errbuf, errlen, "%s", st->drv->errmsg(st->c));

@@ -63,9 +63,17 @@ struct store_drv {
 	/* The server is out of reach (the last statement found the connection
 	 * gone, and it could not be made again). */
 	int (*lost)(struct store_conn *c);
-	/* This connection's daemon is the one that uses the database: -EBUSY
-	 * when another holds it (kept across reconnections). */
-	int (*claim)(struct store_conn *c);
+	/* This connection's daemon is node `node` of the database: -EBUSY when
+	 * another daemon runs under that name (kept across reconnections). */
+	int (*claim)(struct store_conn *c, const char *node);
+	/* 1 while this connection's daemon is the cluster's leader (it signs
+	 * the checkpoints), trying to become it when no one is. */
+	int (*leader)(struct store_conn *c);
+	/* A descriptor that turns readable when another connection has marked
+	 * a change (-1: none; the caller looks every second anyway), and taking
+	 * what arrived on it (the number of notifications, or -EIO). */
+	int (*listen)(struct store_conn *c);
+	int (*notified)(struct store_conn *c);
 	const char *(*errmsg)(struct store_conn *c);
 };
 
@@ -79,6 +87,39 @@ static inline uint32_t store_sql_hash(const char *sql)
 		h = (h ^ (uint8_t)*sql++) * 16777619u;
 	return h;
 }
+
+/*
+ * Migration 10, in the dialect both engines read: nodes (docs/scaling.md, "A
+ * cluster").  Each cimdd sharing one database is a node with its own
+ * hardware; every key, key intent, attestation key and attestation records
+ * the node that holds it or issued it.  Rows from before are the single
+ * appliance's, node 'local' (CIMD_NODE_DEFAULT).  A node holds at most one
+ * active key per client; seen is how far it has taken the change markers
+ * (dirty.seq), so that every node, not only the first to look, publishes
+ * each change.
+ */
+#define STORE_MIGRATION_NODES                                                                      \
+	"CREATE TABLE nodes ("                                                                     \
+	"  name      TEXT PRIMARY KEY,"                                                            \
+	"  hardware  TEXT NOT NULL,"                                                               \
+	"  joined    BIGINT NOT NULL,"                                                             \
+	"  heartbeat BIGINT NOT NULL,"                                                             \
+	"  seen      BIGINT NOT NULL DEFAULT 0,"                                                   \
+	"  revoked   BIGINT,"                                                                      \
+	"  revoked_by TEXT,"                                                                       \
+	"  revoke_reason TEXT"                                                                     \
+	");"                                                                                       \
+	"ALTER TABLE keys ADD COLUMN node TEXT NOT NULL DEFAULT 'local';"                          \
+	"ALTER TABLE key_intents ADD COLUMN node TEXT NOT NULL DEFAULT 'local';"                   \
+	"ALTER TABLE attest_keys ADD COLUMN node TEXT NOT NULL DEFAULT 'local';"                   \
+	"ALTER TABLE attestations ADD COLUMN node TEXT NOT NULL DEFAULT 'local';"                  \
+	"DROP INDEX one_active_key;"                                                               \
+	"CREATE UNIQUE INDEX one_active_key ON keys(client, node) WHERE state = 'active';"         \
+	"DROP INDEX one_active_attest_key;"                                                        \
+	"CREATE UNIQUE INDEX one_active_attest_key ON attest_keys(node, backend) "                 \
+	"  WHERE state = 'active';"                                                                \
+	"CREATE INDEX keys_node ON keys(node, client, state);"                                     \
+	"CREATE INDEX attestations_node ON attestations(client, node, id);"
 
 extern const struct store_drv store_sqlite;
 extern const struct store_drv store_postgresql;

@@ -46,9 +46,14 @@
 #define TEXTOID 25
 /* The advisory lock every write transaction holds: "cimd" in ASCII. */
 #define WRITER_LOCK "1667853668"
-/* The session lock of the one cimdd that uses the database (store_claim):
- * until nodes share one (issue 17), a second is refused. */
-#define DAEMON_LOCK "1667853669"
+/* The session lock of a node (store_claim), with the hash of its name as the
+ * second key: two cimdd under one node name are refused. */
+#define NODE_LOCK "1667853669"
+/* The session lock of the cluster's leader (store_leader): the node that
+ * signs checkpoints. */
+#define LEADER_LOCK "1667853670"
+/* What a node listens for (store_listen): the change markers' NOTIFY. */
+#define CHANGES_CHANNEL "cimdd_changes"
 
 struct pg_rows {
 	struct store_rows base;
@@ -64,9 +69,11 @@ struct pg_rows {
 struct store_conn {
 	PGconn *pg; /* libpq keeps the parameters (a password too) for PQreset */
 	int in_tx;
-	int read_only;	     /* store_read_only: again after a reconnection */
-	int claimed;	     /* store_claim: likewise */
-	int lock_timeout_ms; /* store_busy_timeout: likewise; 0: the server's */
+	int read_only;		      /* store_read_only: again after a reconnection */
+	char node[CIMD_NAME_MAX + 1]; /* store_claim's node: claimed again likewise */
+	int leader;		      /* this session holds the leader's lock */
+	int listening;		      /* store_listen: LISTEN again likewise */
+	int lock_timeout_ms;	      /* store_busy_timeout: likewise; 0: the server's */
 	int64_t total_changes;
 	char err[256];
 	struct pg_stmt {
@@ -117,30 +124,74 @@ static void forget_statements(struct store_conn *c)
 	}
 }
 
-/* The daemon's session lock: 0, or -EBUSY when another session holds it. */
+/* The node's session lock: 0, or -EBUSY when another session holds it. */
 static int claim(struct store_conn *c)
 {
-	PGresult *res = PQexec(c->pg, "SELECT pg_try_advisory_lock(" DAEMON_LOCK ")");
+	const char *v[1] = {c->node};
+	PGresult *res =
+	    PQexecParams(c->pg, "SELECT pg_try_advisory_lock(" NODE_LOCK ", hashtext($1))", 1, NULL,
+			 v, NULL, NULL, 0);
 	int r = -EIO;
 
 	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
 		r = strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? 0 : -EBUSY;
 	else
-		set_err(c, "taking the daemon's lock");
+		set_err(c, "taking the node's lock");
 	if (r == -EBUSY)
 		snprintf(c->err, sizeof(c->err),
-			 "another cimdd uses this database (it holds advisory lock %s)",
-			 DAEMON_LOCK);
+			 "another cimdd runs as node %s on this database (it holds advisory "
+			 "lock " NODE_LOCK " for that name)",
+			 c->node);
 	PQclear(res);
 	return r;
 }
 
-static int pg_claim(struct store_conn *c)
+static int pg_claim(struct store_conn *c, const char *node)
 {
-	int r = claim(c);
+	int r;
 
-	c->claimed = r == 0;
+	snprintf(c->node, sizeof(c->node), "%s", node);
+	if ((r = claim(c)) < 0)
+		c->node[0] = '\0';
 	return r;
+}
+
+/* The leader's lock, tried while this session does not hold it: a session
+ * lock, so a node that dies or loses its connection leaves it to another. */
+static int pg_leader(struct store_conn *c)
+{
+	PGresult *res;
+
+	if (c->leader || c->in_tx)
+		return c->leader;
+	res = PQexec(c->pg, "SELECT pg_try_advisory_lock(" LEADER_LOCK ")");
+	c->leader = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+		    strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	return c->leader;
+}
+
+static int pg_listen(struct store_conn *c)
+{
+	if (!c->listening && simple(c, "LISTEN " CHANGES_CHANNEL) == 0)
+		c->listening = 1;
+	return c->listening && PQstatus(c->pg) == CONNECTION_OK ? PQsocket(c->pg) : -1;
+}
+
+/* Takes what arrived on the socket; the notifications themselves say nothing
+ * more than "look": the change markers say what. */
+static int pg_notified(struct store_conn *c)
+{
+	PGnotify *n;
+	int k = 0;
+
+	if (PQconsumeInput(c->pg) == 0)
+		return -EIO;
+	while ((n = PQnotifies(c->pg)) != NULL) {
+		PQfreemem(n);
+		k++;
+	}
+	return k;
 }
 
 static int session_setup(struct store_conn *c)
@@ -154,7 +205,9 @@ static int session_setup(struct store_conn *c)
 		 c->lock_timeout_ms, c->read_only ? "on" : "off");
 	if (simple(c, sql) < 0)
 		return -EIO;
-	return c->claimed ? claim(c) : 0;
+	if (c->listening && simple(c, "LISTEN " CHANGES_CHANNEL) < 0)
+		return -EIO;
+	return c->node[0] != '\0' ? claim(c) : 0;
 }
 
 static void pg_close(struct store_conn *c)
@@ -212,6 +265,7 @@ static int reconnect(struct store_conn *c)
 	PQreset(c->pg);
 	forget_statements(c);
 	c->in_tx = 0;
+	c->leader = 0; /* the lock went with the session */
 	if (PQstatus(c->pg) != CONNECTION_OK) {
 		set_err(c, "reconnecting to PostgreSQL");
 		return -EIO;
@@ -751,8 +805,16 @@ static int pg_read_only(struct store_conn *c)
 	"CREATE TRIGGER checkpoints_dirty AFTER INSERT ON checkpoints "                            \
 	"  FOR EACH ROW EXECUTE FUNCTION cimdd_dirty_all();"
 
+/* A node learns at once of a change another node made (publish.c): every
+ * transaction that marks a client notifies, at its commit, whoever listens. */
+#define PG_NOTIFY                                                                                  \
+	"CREATE FUNCTION cimdd_notify() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "             \
+	"  PERFORM pg_notify('cimdd_changes', ''); RETURN NULL; END $$;"                           \
+	"CREATE TRIGGER dirty_notify AFTER INSERT ON dirty "                                       \
+	"  FOR EACH STATEMENT EXECUTE FUNCTION cimdd_notify();"
+
 static const char *const pg_migrations[] = {
-    "", "", "", "", "", "", "", "", PG_SCHEMA,
+    "", "", "", "", "", "", "", "", PG_SCHEMA, STORE_MIGRATION_NODES PG_NOTIFY,
 };
 
 const struct store_drv store_postgresql = {
@@ -784,5 +846,8 @@ const struct store_drv store_postgresql = {
     .read_only = pg_read_only,
     .lost = pg_lost,
     .claim = pg_claim,
+    .leader = pg_leader,
+    .listen = pg_listen,
+    .notified = pg_notified,
     .errmsg = pg_errmsg,
 };

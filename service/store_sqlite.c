@@ -283,6 +283,8 @@ static const char *const migrations[] = {
     /* 9: the records that can change a table, for the start-up check against
      * the journal (tables.c): by the kind in the record's own bytes. */
     "CREATE INDEX journal_tables ON journal(seq) WHERE " JOURNAL_TABLES_WHERE ";",
+    /* 10: nodes (store_drv.h). */
+    STORE_MIGRATION_NODES,
 };
 
 static int sq_exec(struct store_conn *c, const char *sql)
@@ -555,10 +557,30 @@ static int sq_lost(struct store_conn *c)
 	return 0; /* a file: never out of reach the way a server is */
 }
 
-static int sq_claim(struct store_conn *c)
+static int sq_claim(struct store_conn *c, const char *node)
 {
 	(void)c;
+	(void)node;
 	return 0; /* the state directory's lock file (cimdd.c) is the claim */
+}
+
+/* One node on one file: always the leader, and no one else to hear from. */
+static int sq_leader(struct store_conn *c)
+{
+	(void)c;
+	return 1;
+}
+
+static int sq_listen(struct store_conn *c)
+{
+	(void)c;
+	return -1;
+}
+
+static int sq_notified(struct store_conn *c)
+{
+	(void)c;
+	return 0;
 }
 
 static int sq_read_only(struct store_conn *c)
@@ -600,5 +622,8 @@ const struct store_drv store_sqlite = {
     .read_only = sq_read_only,
     .lost = sq_lost,
     .claim = sq_claim,
+    .leader = sq_leader,
+    .listen = sq_listen,
+    .notified = sq_notified,
     .errmsg = sq_errmsg,
 };

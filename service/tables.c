@@ -199,14 +199,15 @@ static int read_keys(struct store *st, const json_t *clients, json_t *keys)
 	json_t *k;
 	int rc, r = 0;
 
-	if (store_query(st, &s, "SELECT kid, client, alg, backend, state, jwk FROM keys", "") < 0)
+	if (store_query(st, &s, "SELECT kid, client, alg, backend, state, jwk, node FROM keys",
+			"") < 0)
 		return -EIO;
 	while (r == 0 && (rc = store_next(s)) > 0) {
 		state = text(s, 4);
 		calg =
 		    json_string_value(json_object_get(json_object_get(clients, text(s, 1)), "alg"));
-		k = json_pack("{ssssss}", "client", text(s, 1), "backend", text(s, 3), "state",
-			      state);
+		k = json_pack("{ssssssss}", "client", text(s, 1), "backend", text(s, 3), "state",
+			      state, "node", text(s, 6));
 		/* Facts that hold of every key the daemon made: present only when
 		 * they do not, so that the replay (which never sets them) differs. */
 		if (k != NULL && calg != NULL && strcmp(calg, text(s, 2)) != 0)

@@ -499,6 +499,11 @@ int tlog_tick(struct svc *d, struct tlog *tl, int force)
 	int64_t seq;
 	int r;
 
+	/* One node of a cluster signs the checkpoints, the leader; every node
+	 * serves the latest (docs/scaling.md, "A cluster"). */
+	tlog_follow(d, tl);
+	if (!store_leader(d->st))
+		return 0;
 	if (!force && tl->note != NULL && now - tl->issued < d->cfg->checkpoint_interval)
 		return 0;
 	if ((r = journal_tree_head(d->st, &size, root)) < 0)
@@ -573,6 +578,28 @@ void tlog_latest(struct tlog *tl, uint64_t *ret_size, time_t *ret_issued)
 	*ret_size = tl->note != NULL ? tl->size : 0;
 	*ret_issued = tl->note != NULL ? tl->issued : 0;
 	pthread_mutex_unlock(&tl->mu);
+}
+
+void tlog_follow(struct svc *d, struct tlog *tl)
+{
+	struct store_rows *s = NULL;
+	char *note;
+
+	if (store_query(d->st, &s,
+			"SELECT size, note, seq, created FROM checkpoints ORDER BY id DESC LIMIT 1",
+			"") < 0)
+		return;
+	if (store_next(s) > 0 && store_int(s, 2) != tl->record_seq &&
+	    (note = strdup(store_text(s, 1))) != NULL) {
+		pthread_mutex_lock(&tl->mu);
+		free(tl->note);
+		tl->note = note;
+		tl->size = (uint64_t)store_int(s, 0);
+		tl->record_seq = store_int(s, 2);
+		tl->issued = (time_t)store_int(s, 3);
+		pthread_mutex_unlock(&tl->mu);
+	}
+	store_done(d->st, s);
 }
 
 char *tlog_checkpoint(struct tlog *tl)

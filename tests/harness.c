@@ -2141,6 +2141,12 @@ out:
 
 int t_cimdd_start(struct t_cimdd *c, const char *name, const char *backend_conf, const char *extra)
 {
+	return t_cimdd_start_as(c, name, backend_conf, extra, NULL);
+}
+
+int t_cimdd_start_as(struct t_cimdd *c, const char *name, const char *backend_conf,
+		     const char *extra, const char *base_url)
+{
 	char conf[4096], run[500];
 	int n;
 
@@ -2180,8 +2186,8 @@ int t_cimdd_start(struct t_cimdd *c, const char *name, const char *backend_conf,
 		     "two_person_rule = no\n"
 		     "operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
 		     "%s",
-		     c->dir, c->base, backend_conf, c->dm.sock, c->sign_sock, c->base + 8, c->dir,
-		     c->dir, (int)geteuid(), extra ? extra : "");
+		     c->dir, base_url ? base_url : c->base, backend_conf, c->dm.sock, c->sign_sock,
+		     c->base + 8, c->dir, c->dir, (int)geteuid(), extra ? extra : "");
 	if (n < 0 || (size_t)n >= sizeof(conf) || t_write_file(c->dm.conf, conf, (size_t)n) < 0)
 		return -EIO;
 	return t_daemon_start(&c->dm);

@@ -224,6 +224,11 @@ struct t_cimdd {
 };
 /* No free port is a failed check and a negative return. */
 int t_cimdd_start(struct t_cimdd *c, const char *name, const char *backend_conf, const char *extra);
+/* The same with base_url set to base_url (a node of a cluster, which
+ * publishes under the cluster's URL); c->base stays where its publisher
+ * listens. */
+int t_cimdd_start_as(struct t_cimdd *c, const char *name, const char *backend_conf,
+		     const char *extra, const char *base_url);
 /* cimdctl -s ADMIN_SOCKET ARGS (stderr included) into out; its exit status. */
 int t_cimdd_ctl(struct t_cimdd *c, char *out, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -13,8 +13,8 @@
  * - every assertion a client received is in the journal, and the journal
  *   verifies.
  *
- * And a second cimdd on the same database is refused at its start: until
- * nodes share a database (issue 17), one appliance uses one.
+ * And a second cimdd under the same node name on the same database is refused
+ * at its start (test_cluster runs two nodes under two names).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -150,8 +150,9 @@ int main(void)
 			 ? t_cimdd_start(&other, "b", hsm2.conf, extra)
 			 : -1;
 		t_ok(rc == -ECHILD &&
-			 t_log_count(&other.dm, "another cimdd uses this database") == 1,
-		     "a second cimdd on the same database does not start, and says why");
+			 t_log_count(&other.dm, "another cimdd runs as node local on this "
+						"database") == 1,
+		     "a second cimdd under the same node name does not start, and says why");
 		if (rc == 0)
 			t_daemon_stop(&other.dm, SIGTERM);
 	}

@@ -502,7 +502,7 @@ static void test_store(const char *path)
 	if (!t_ok(r == 0, "store opens a new database on %s (%s)",
 		  t_store_pg() ? "postgresql" : "sqlite", r < 0 ? err : "ok"))
 		return;
-	t_ok(store_schema_version(st) == 9, "schema version 9 (every migration ran)");
+	t_ok(store_schema_version(st) == 10, "schema version 10 (every migration ran)");
 	test_durability(path, st);
 	t_ok(journal_head(st, &seq, head) == 0 && seq == 0 && head[0] == '0' && strlen(head) == 64,
 	     "empty journal: head 0");
@@ -620,6 +620,12 @@ static void test_store_migrate(const char *path)
 		return;
 	}
 	set_version(path, 1);
+	tamper(path, "DROP TABLE nodes");
+	tamper(path, "DROP INDEX keys_node");
+	tamper(path, "DROP INDEX attestations_node");
+	tamper(path, "DROP INDEX one_active_key");
+	tamper(path, "ALTER TABLE keys DROP COLUMN node");
+	tamper(path, "CREATE UNIQUE INDEX one_active_key ON keys(client) WHERE state = 'active'");
 	tamper(path, "DROP TABLE changes");
 	tamper(path, "DROP TABLE dirty");
 	for (size_t k = 0; k < sizeof(v7_triggers) / sizeof(v7_triggers[0]); k++) {
@@ -652,12 +658,14 @@ static void test_store_migrate(const char *path)
 	tamper(path, "DROP INDEX journal_jti");
 	tamper(path, "ALTER TABLE journal DROP COLUMN jti");
 	r = store_open(path, &st, err, sizeof(err));
-	t_ok(r == 0 && store_schema_version(st) == 9 &&
+	t_ok(r == 0 && store_schema_version(st) == 10 &&
 		 sqlite3_exec(store_db(st), "SELECT count(*) FROM key_intents", NULL, NULL, NULL) ==
+		     SQLITE_OK &&
+		 sqlite3_exec(store_db(st), "SELECT node FROM keys", NULL, NULL, NULL) ==
 		     SQLITE_OK &&
 		 sqlite3_exec(store_db(st), "SELECT assertion_ttl, rate_limit FROM clients", NULL,
 			      NULL, NULL) == SQLITE_OK,
-	     "a version 1 database migrates to version 9 (%s)", r < 0 ? err : "ok");
+	     "a version 1 database migrates to version 10 (%s)", r < 0 ? err : "ok");
 	t_ok(r == 0 && tree_matches(path, st, 0),
 	     "its journal's leaves and tree head are computed at migration");
 	store_free(&st);

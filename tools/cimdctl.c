@@ -740,13 +740,13 @@ static int cmd_key_list(int argc, char **argv)
 		return rc;
 	if ((rc = run(json_pack("{ssss}", "op", "key.list", "name", pos[0]), &r)) != 0)
 		return rc < 0 ? 0 : rc;
-	printf("%-43s %-9s %-6s %-7s %-21s %s\n", "KID", "STATE", "ALG", "BACKEND", "CREATED",
-	       "ACTIVATED");
+	printf("%-43s %-9s %-6s %-7s %-12s %-21s %s\n", "KID", "STATE", "ALG", "BACKEND", "NODE",
+	       "CREATED", "ACTIVATED");
 	json_array_foreach(json_object_get(r, "keys"), i, k)
 	{
-		printf("%-43s %-9s %-6s %-7s %-21s %s", str(k, "kid"), str(k, "state"),
-		       str(k, "alg"), str(k, "backend"), when(k, "created", t1, sizeof(t1)),
-		       when(k, "activated", t2, sizeof(t2)));
+		printf("%-43s %-9s %-6s %-7s %-12s %-21s %s", str(k, "kid"), str(k, "state"),
+		       str(k, "alg"), str(k, "backend"), str(k, "node"),
+		       when(k, "created", t1, sizeof(t1)), when(k, "activated", t2, sizeof(t2)));
 		if (json_object_get(k, "revoke_reason"))
 			printf("  revoked: %s", str(k, "revoke_reason"));
 		printf("\n");
@@ -822,6 +822,58 @@ static int cmd_key_revoke(int argc, char **argv)
 		       pos[0], pos[0], pos[0]);
 	if (json_object_get(r, "message"))
 		printf("note: %s\n", str(r, "message"));
+	json_decref(r);
+	return 0;
+}
+
+static const char U_NODE_LIST[] = "node list";
+static int cmd_node_list(int argc, char **argv)
+{
+	json_t *r = NULL, *n;
+	char t1[32], t2[32];
+	size_t i;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_NODE_LIST, NULL, NULL, 0, 0)) != 0)
+		return rc;
+	if ((rc = run(json_pack("{ss}", "op", "node.list"), &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("%-24s %-14s %-21s %-21s %5s %s\n", "NODE", "HARDWARE", "JOINED", "HEARTBEAT",
+	       "KEYS", "STATE");
+	json_array_foreach(json_object_get(r, "nodes"), i, n)
+	{
+		printf("%-24s %-14s %-21s %-21s %5lld %s%s", str(n, "name"), str(n, "hardware"),
+		       when(n, "joined", t1, sizeof(t1)), when(n, "heartbeat", t2, sizeof(t2)),
+		       (long long)json_integer_value(json_object_get(n, "keys")),
+		       json_object_get(n, "revoked") ? "revoked" : "live",
+		       json_is_true(json_object_get(n, "this")) ? " (this node)" : "");
+		if (json_object_get(n, "revoke_reason"))
+			printf(": %s", str(n, "revoke_reason"));
+		printf("\n");
+	}
+	json_decref(r);
+	return 0;
+}
+
+static const char U_NODE_REVOKE[] = "node revoke NAME --reason TEXT";
+static int cmd_node_revoke(int argc, char **argv)
+{
+	struct opt o[] = {OPT("--reason", 1), OPT_END};
+	const char *pos[1];
+	json_t *r = NULL;
+	int rc;
+
+	if ((rc = parse(argc, argv, U_NODE_REVOKE, o, pos, 1, 1)) != 0)
+		return rc;
+	if (!o[0].set)
+		return usage_error(U_NODE_REVOKE, "--reason is required");
+	if ((rc = run(
+		 json_pack("{ssssss}", "op", "node.revoke", "name", pos[0], "reason", o[0].value),
+		 &r)) != 0)
+		return rc < 0 ? 0 : rc;
+	printf("node %s revoked: %lld keys revoked; it stops at its next heartbeat and may not "
+	       "start again under that name\n",
+	       pos[0], (long long)json_integer_value(json_object_get(r, "keys_revoked")));
 	json_decref(r);
 	return 0;
 }
@@ -1414,6 +1466,8 @@ static const struct cmd cmds[] = {
     {"key", "rotate", U_KEY_ROTATE, cmd_key_rotate},
     {"key", "activate", U_KEY_ACTIVATE, cmd_key_activate},
     {"key", "revoke", U_KEY_REVOKE, cmd_key_revoke},
+    {"node", "list", U_NODE_LIST, cmd_node_list},
+    {"node", "revoke", U_NODE_REVOKE, cmd_node_revoke},
     {"journal", "show", U_JOURNAL_SHOW, cmd_journal_show},
     {"journal", "verify", U_JOURNAL_VERIFY, cmd_journal_verify},
     {"journal", "prove", U_JOURNAL_PROVE, cmd_journal_prove},
