@@ -41,6 +41,7 @@ struct vctx {
 	attest_report_fn report;
 	void *arg;
 	int failed;
+	json_t *attested; /* kid -> the node whose statement attests it (a set) */
 };
 
 static int check(struct vctx *v, int ok, const char *what, const char *fmt, ...)
@@ -208,6 +209,30 @@ static void verify_custody(struct vctx *v, const json_t *st, const json_t *trust
 		check(v, strcmp(hex, jwks_hex) == 0, "jwks",
 		      "SHA-256 of the given JWKS is the attested %s", jwks_hex);
 		given = json_loadb((const char *)jwks, jwks_len, 0, NULL);
+	}
+	/* A node of a cluster attests the keys in its own hardware: its
+	 * statement is one of a set (attest_verify_set), each key in the JWKS. */
+	if (jwks != NULL && strcmp(str(p, "scope"), "node") == 0) {
+		json_array_foreach(keys, i, k)
+		{
+			const json_t *g = NULL, *x;
+			size_t j;
+
+			json_array_foreach(json_object_get(given, "keys"), j,
+					   x) if (strcmp(str(x, "kid"), str(k, "kid")) == 0) g = x;
+			check(v,
+			      g != NULL && jwk_thumbprint(g, tp) == 0 &&
+				  strcmp(tp, str(k, "kid")) == 0 &&
+				  strcmp(str(g, "alg"), str(k, "alg")) == 0,
+			      "jwks",
+			      "key %s of node %s is in the JWKS, with its thumbprint and alg",
+			      str(k, "kid"), str(json_object_get(p, "appliance"), "node"));
+			if (v->attested != NULL)
+				json_object_set_new(
+				    v->attested, str(k, "kid"),
+				    json_string(str(json_object_get(p, "appliance"), "node")));
+		}
+	} else if (jwks != NULL) {
 		check(v, json_array_size(json_object_get(given, "keys")) == json_array_size(keys),
 		      "jwks", "the JWKS has the %zu attested keys", json_array_size(keys));
 		json_array_foreach(json_object_get(given, "keys"), i, k)
@@ -223,9 +248,11 @@ static void verify_custody(struct vctx *v, const json_t *st, const json_t *trust
 				  strcmp(str(a, "alg"), str(k, "alg")) == 0,
 			      "jwks", "key %s is attested, with its RFC 7638 thumbprint and alg",
 			      str(k, "kid"));
+			if (a != NULL && v->attested != NULL)
+				json_object_set_new(v->attested, str(k, "kid"), json_string(""));
 		}
-		json_decref(given);
 	}
+	json_decref(given);
 	json_array_foreach(keys, i, k)
 	{
 		const json_t *ev = json_object_get(k, "evidence");
@@ -264,49 +291,95 @@ static void verify_revocation(struct vctx *v, const json_t *st)
 	      str(p, "operator"), str(p, "reason"));
 }
 
-int attest_verify(const char *envelope, size_t len, const json_t *trust, const uint8_t *doc,
-		  size_t doc_len, const uint8_t *jwks, size_t jwks_len, attest_report_fn report,
-		  void *arg)
+/* One envelope (env, owned by the caller) into v. */
+static void verify_one(struct vctx *v, const json_t *env, const json_t *trust, const uint8_t *doc,
+		       size_t doc_len, const uint8_t *jwks, size_t jwks_len)
 {
-	struct vctx v = {report, arg, 0};
-	json_t *env = json_loadb(envelope, len, JSON_REJECT_DUPLICATES, NULL), *st = NULL;
+	json_t *st = NULL;
 	const char *type = NULL, *kid = NULL, *pt;
 	uint8_t *payload = NULL;
 	size_t plen = 0;
 	char err[256] = "";
 
-	if (!check(&v, json_is_object(env), "envelope", "a JSON object"))
+	if (!check(v, json_is_object(env), "envelope", "a JSON object"))
 		goto out;
-	if (!check(&v, dsse_verify(env, trust, &type, &payload, &plen, &kid, err, sizeof(err)) == 0,
+	if (!check(v, dsse_verify(env, trust, &type, &payload, &plen, &kid, err, sizeof(err)) == 0,
 		   "signature", "%s", err[0] ? err : "DSSE signature by a trusted key"))
 		goto out;
-	check(&v, 1, "signature", "DSSE signature over the PAE by %s", kid);
-	if (!check(&v, strcmp(type, "application/vnd.in-toto+json") == 0, "envelope",
+	check(v, 1, "signature", "DSSE signature over the PAE by %s", kid);
+	if (!check(v, strcmp(type, "application/vnd.in-toto+json") == 0, "envelope",
 		   "payloadType %s", type))
 		goto out;
 	st = json_loadb((const char *)payload, plen, JSON_REJECT_DUPLICATES, NULL);
 	pt = str(st, "predicateType");
-	if (!check(&v,
+	if (!check(v,
 		   json_is_object(st) &&
 		       strcmp(str(st, "_type"), "https://in-toto.io/Statement/v1") == 0 &&
 		       json_is_object(json_object_get(st, "predicate")),
 		   "statement", "an in-toto Statement v1, predicateType %s", pt))
 		goto out;
 	if (strcmp(pt, "https://cimdd.dev/attestation/custody/v1") == 0) {
-		if (check(&v,
+		if (check(v,
 			  strcmp(str(json_object_get(json_object_get(st, "predicate"), "appliance"),
 				     "attestation_key"),
 				 kid) == 0,
 			  "statement", "names its signer %s as the attestation key", kid))
-			verify_custody(&v, st, trust, doc, doc_len, jwks, jwks_len);
+			verify_custody(v, st, trust, doc, doc_len, jwks, jwks_len);
 	} else if (strcmp(pt, "https://cimdd.dev/attestation/revocation/v1") == 0) {
-		verify_revocation(&v, st);
+		verify_revocation(v, st);
 	} else {
-		check(&v, 0, "statement", "unknown predicateType %s", pt);
+		check(v, 0, "statement", "unknown predicateType %s", pt);
 	}
 out:
-	json_decref(env);
 	json_decref(st);
 	free(payload);
+}
+
+/*
+ * A cluster's attestation of one client (docs/attestation.md, "A cluster"):
+ * {"attestations": [envelope, ...]}, one statement per node whose keys are
+ * in the JWKS, each attesting its own node's keys ("scope": "node").  Each
+ * is verified as one envelope; then every key of the JWKS must be attested
+ * by one of them.
+ */
+static void verify_set(struct vctx *v, const json_t *set, const json_t *trust, const uint8_t *doc,
+		       size_t doc_len, const uint8_t *jwks, size_t jwks_len)
+{
+	const json_t *e, *k;
+	json_t *given;
+	size_t i;
+
+	if (!check(v, json_array_size(set) > 0, "envelope", "a set of %zu statements, one per node",
+		   json_array_size(set)))
+		return;
+	v->attested = json_object();
+	json_array_foreach(set, i, e) verify_one(v, e, trust, doc, doc_len, jwks, jwks_len);
+	if (jwks != NULL && (given = json_loadb((const char *)jwks, jwks_len, 0, NULL)) != NULL) {
+		json_array_foreach(json_object_get(given, "keys"), i, k)
+		{
+			const json_t *by = json_object_get(v->attested, str(k, "kid"));
+
+			check(v, by != NULL, "jwks", "key %s is attested by node %s", str(k, "kid"),
+			      by != NULL ? json_string_value(by) : "(none)");
+		}
+		json_decref(given);
+	}
+	json_decref(v->attested);
+	v->attested = NULL;
+}
+
+int attest_verify(const char *envelope, size_t len, const json_t *trust, const uint8_t *doc,
+		  size_t doc_len, const uint8_t *jwks, size_t jwks_len, attest_report_fn report,
+		  void *arg)
+{
+	struct vctx v = {report, arg, 0, NULL};
+	json_t *env = json_loadb(envelope, len, JSON_REJECT_DUPLICATES, NULL);
+	const json_t *set = json_object_get(env, "attestations");
+
+	if (json_is_array(set))
+		verify_set(&v, set, trust, doc, doc_len, jwks, jwks_len);
+	else
+		verify_one(&v, env, trust, doc, doc_len, jwks, jwks_len);
+	json_decref(env);
 	return v.failed ? -CIMD_EVERIFY : 0;
 }

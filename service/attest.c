@@ -210,6 +210,7 @@ struct facts {
 	char cimd_hex[65], jwks_hex[65];
 	json_t *doc;  /* {owner, version, submitter, submitted, approver, approved} */
 	json_t *keys; /* [{kid, thumbprint, alg, state, backend}] + ref (not stated) */
+	int64_t all;  /* the keys of the JWKS, this node's and the other nodes' */
 	uint8_t inputs[32];
 };
 
@@ -267,6 +268,15 @@ static int facts_load(struct svc *d, const char *name, const char *attest_kid, s
 							"thumbprint", store_text(s, 0), "alg",
 							store_text(s, 1), "state", store_text(s, 2),
 							"backend", store_text(s, 3)));
+	store_done(d->st, s);
+	s = NULL;
+	if (store_query(d->st, &s,
+			"SELECT count(*) FROM keys WHERE client = ? AND state IN ('next', "
+			"'active', 'retiring') AND jwk IS NOT NULL",
+			"s", name) < 0 ||
+	    store_next(s) <= 0)
+		goto out;
+	f.all = store_int(s, 0);
 	store_done(d->st, s);
 	s = NULL;
 	/* What the statement says, but for evidence and times: when this changes,
@@ -353,6 +363,10 @@ static int issue(struct svc *d, struct facts *f, struct ks_key *ak, const char *
 		r = -ENOMEM;
 		goto out;
 	}
+	/* Other nodes' keys are in the JWKS too: this statement is this node's
+	 * part of the client's attestation (attest_envelope). */
+	if ((int64_t)json_array_size(keys) < f->all)
+		json_object_set_new(json_object_get(st, "predicate"), "scope", json_string("node"));
 	if ((r = seal(ks, ak, st, &env)) < 0)
 		goto out;
 	sha256_hex(env, strlen(env), env_hex);
@@ -536,7 +550,10 @@ int attest_client(struct svc *d, struct attest_batch *bt, const char *name)
 		if ((r = facts_load(d, name, bt->ak[b].kid, &f)) < 0)
 			return r == -ENOENT ? 0 : r;
 		r = 0;
-		if (!has_inputs || memcmp(inputs, f.inputs, 32) != 0)
+		/* A node without a key of the client in its JWKS (yet) has nothing
+		 * to attest while other nodes' keys are there. */
+		if ((!has_inputs || memcmp(inputs, f.inputs, 32) != 0) &&
+		    (json_array_size(f.keys) > 0 || f.all == 0))
 			r = issue(d, &f, bt->ak[b].key, bt->ak[b].kid);
 		facts_clear(&f);
 		if (r < 0)
@@ -586,7 +603,10 @@ fail:
 
 /* ---- what publish.c serves ---- */
 
-char *attest_envelope(struct svc *d, const char *name, const char *cimd_hex, const char *jwks_hex)
+/* The client's latest statement, if it names these bytes: a client without a
+ * key in its JWKS (every one revoked) still has its document attested. */
+static char *latest_envelope(struct svc *d, const char *name, const char *cimd_hex,
+			     const char *jwks_hex)
 {
 	struct store_rows *s = NULL;
 	char *out = NULL;
@@ -600,6 +620,59 @@ char *attest_envelope(struct svc *d, const char *name, const char *cimd_hex, con
 	    strcmp(store_text(s, 2), jwks_hex) == 0)
 		out = strdup(store_text(s, 0));
 	store_done(d->st, s);
+	return out;
+}
+
+/*
+ * What /clients/NAME/attestation.json serves: for each node with keys in the
+ * client's JWKS, that node's latest statement, if it names exactly these
+ * document and JWKS bytes.  One node: its envelope, as a single appliance
+ * has always served.  Several: {"attestations": [...]} by node name, each
+ * statement attesting its own node's keys (docs/attestation.md, "A
+ * cluster").  NULL while a node's statement for these bytes is missing.
+ */
+char *attest_envelope(struct svc *d, const char *name, const char *cimd_hex, const char *jwks_hex)
+{
+	struct store_rows *s = NULL;
+	json_t *set = json_array(), *e, *o;
+	char *out = NULL, *one = NULL;
+	int complete = 1, rc;
+
+	if (set == NULL ||
+	    store_query(
+		d->st, &s,
+		"SELECT n.node, (SELECT a.envelope FROM attestations a WHERE a.client = ?1 AND "
+		"a.node = n.node AND a.id = (SELECT max(id) FROM attestations b WHERE b.client = "
+		"?1 AND b.node = n.node) AND a.cimd_sha256 = ?2 AND a.jwks_sha256 = ?3) FROM "
+		"(SELECT DISTINCT node FROM keys WHERE client = ?1 AND state IN ('next', "
+		"'active', 'retiring') AND jwk IS NOT NULL) n ORDER BY n.node",
+		"sss", name, cimd_hex, jwks_hex) < 0) {
+		json_decref(set);
+		return NULL;
+	}
+	while (complete && (rc = store_next(s)) > 0) {
+		if (store_null(s, 1) ||
+		    (e = json_loads(store_text(s, 1), JSON_REJECT_DUPLICATES, NULL)) == NULL) {
+			complete = 0;
+		} else {
+			json_array_append_new(set, e);
+			free(one);
+			one = strdup(store_text(s, 1)); /* one node: its bytes as stored */
+		}
+	}
+	store_done(d->st, s);
+	if (complete && json_array_size(set) == 1) {
+		out = one;
+		one = NULL;
+	} else if (complete && json_array_size(set) > 1 &&
+		   (o = json_pack("{sO}", "attestations", set)) != NULL) {
+		out = json_dumps(o, JSON_COMPACT);
+		json_decref(o);
+	} else if (complete) {
+		out = latest_envelope(d, name, cimd_hex, jwks_hex);
+	}
+	free(one);
+	json_decref(set);
 	return out;
 }
 

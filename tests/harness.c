@@ -2183,11 +2183,13 @@ int t_cimdd_start_as(struct t_cimdd *c, const char *name, const char *backend_co
 		     "listen = %s\n"
 		     "tls_cert = %s/tls.crt\n"
 		     "tls_key = %s/tls.key\n"
-		     "two_person_rule = no\n"
+		     "%s"
 		     "operator = alice uid=%d roles=submit,approve,rotate,revoke,read\n"
 		     "%s",
 		     c->dir, base_url ? base_url : c->base, backend_conf, c->dm.sock, c->sign_sock,
-		     c->base + 8, c->dir, c->dir, (int)geteuid(), extra ? extra : "");
+		     c->base + 8, c->dir, c->dir,
+		     extra && strstr(extra, "two_person_rule") ? "" : "two_person_rule = no\n",
+		     (int)geteuid(), extra ? extra : "");
 	if (n < 0 || (size_t)n >= sizeof(conf) || t_write_file(c->dm.conf, conf, (size_t)n) < 0)
 		return -EIO;
 	return t_daemon_start(&c->dm);

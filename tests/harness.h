@@ -208,8 +208,8 @@ void t_keystore_batch(const char *conf);
  * uids reach its sockets), a fresh loopback port, a self-signed TLS certificate
  * for 127.0.0.1 (its own CA), and cimdd started on backend_conf with:
  *   state_dir, base_url https://127.0.0.1:PORT, backend, admin_socket and
- *   sign_socket in DIR/run, listen, tls_cert, tls_key, two_person_rule = no,
- *   operator alice = our uid with every role
+ *   sign_socket in DIR/run, listen, tls_cert, tls_key, two_person_rule = no
+ *   (unless extra sets it), operator alice = our uid with every role
  * plus extra (more "key = value\n" lines, or NULL).
  */
 struct t_cimdd {
