@@ -103,7 +103,7 @@ struct entry {
 	char *body; /* NULL: the path is no longer published */
 	size_t len;
 	uint8_t sha[32];
-	int changed; /* differs from what was handed on (or, first time, recorded) */
+	int changed; /* differs from what this node handed on (new: changed) */
 	int record;  /* a document or JWKS: recorded in the audit journal */
 	int jwks;
 };
@@ -212,10 +212,9 @@ static int entry_set(struct publication *p, struct entries *l, const char *path,
 		return 0;
 	}
 	SHA256((const uint8_t *)body, len, e->sha);
-	if (pp != NULL)
-		e->changed = memcmp(pp->sha, e->sha, 32) != 0;
-	else
-		e->changed = record ? recorded_differs(p->d->st, path, e->sha) : 1;
+	/* Against what this node handed on: bytes another node recorded first
+	 * are new to this node's publisher (record() records them once). */
+	e->changed = pp == NULL || memcmp(pp->sha, e->sha, 32) != 0;
 	return 0;
 }
 

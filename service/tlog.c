@@ -96,13 +96,25 @@ static int signed_counter(struct svc *d, struct tlog *tl, int *ret_found, uint64
 	int r = 0;
 
 	*ret_found = 0;
+	/* This node's latest: in a cluster each node's TPM counts the
+	 * checkpoints that node signed (a record without a node is the single
+	 * appliance's, node local). */
 	if (store_query(d->st, &s,
 			"SELECT record FROM journal WHERE kind = 'checkpoint' ORDER BY "
-			"seq DESC LIMIT 1",
+			"seq DESC",
 			"") < 0)
 		return -EIO;
-	if (store_next(s) > 0)
+	while (rec == NULL && store_next(s) > 0) {
+		const char *node;
+
 		rec = json_loadb(store_blob(s, 0), store_len(s, 0), 0, NULL);
+		node = json_string_value(json_object_get(rec, "node"));
+		if (rec != NULL &&
+		    strcmp(node != NULL ? node : CIMD_NODE_DEFAULT, d->cfg->node) != 0) {
+			json_decref(rec);
+			rec = NULL;
+		}
+	}
 	store_done(d->st, s);
 	if (rec == NULL)
 		return 0;
@@ -408,8 +420,10 @@ out:
 
 /* The journal record of a checkpoint: its size, root and note, and its
  * counter when there is one. */
-static int checkpoint_fields(uint64_t size, const uint8_t root[32], const char *note,
-			     uint64_t counter, json_t **ret_f)
+/* A checkpoint record's fields; one that carries a TPM counter names the node
+ * whose TPM it is (signed_counter). */
+static int checkpoint_fields(const char *node, uint64_t size, const uint8_t root[32],
+			     const char *note, uint64_t counter, json_t **ret_f)
 {
 	char hex[65];
 	json_t *f;
@@ -419,7 +433,8 @@ static int checkpoint_fields(uint64_t size, const uint8_t root[32], const char *
 	f = json_pack("{sIssss}", "size", (json_int_t)size, "root", hex, "note", note);
 	if (f == NULL ||
 	    (counter > 0 &&
-	     json_object_set_new(f, "counter", json_integer((json_int_t)counter)) < 0)) {
+	     (json_object_set_new(f, "counter", json_integer((json_int_t)counter)) < 0 ||
+	      json_object_set_new(f, "node", json_string(node)) < 0))) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -535,7 +550,7 @@ int tlog_tick(struct svc *d, struct tlog *tl, int force)
 		r = -ENOMEM;
 		goto fail;
 	}
-	if ((r = checkpoint_fields(size, root, note, counter, &f)) < 0 ||
+	if ((r = checkpoint_fields(d->cfg->node, size, root, note, counter, &f)) < 0 ||
 	    (r = tree_grow_checked(d, tl, size, root, err, sizeof(err))) < 0 ||
 	    (r = checkpoint_store(d, size, root, counter, note, f, now, &seq, err, sizeof(err))) <
 		0)

@@ -325,7 +325,7 @@ static void test_story(void)
 				 "state IN ('next', 'active', 'retiring')");
 			published = atoi(count);
 			t_ok(lines == 40 && i >= 15 && published <= 16 &&
-				 strstr(out, "holds its maximum of 16 published keys"),
+				 strstr(out, "holds its maximum of published keys (16 on a node"),
 			     "a client holds at most 16 published keys (%d rotations made a key, "
 			     "%d published, the next refused)",
 			     i, published);

@@ -192,6 +192,7 @@ struct bundle {
 	size_t *rec_len, n;
 	struct merkle_tree *tree;
 	json_t *keys, *checkpoints, *publications, *attestations, *revocations;
+	json_t *counters;    /* node -> its TPM counter in the last checkpoint it signed */
 	const json_t *trust; /* the attestation keys the auditor pinned */
 	uint64_t last_size;  /* the latest checkpoint's size */
 	json_t *accepted;    /* "record S: row" of each tables.accepted record */
@@ -265,6 +266,7 @@ static void bundle_free(struct bundle *b)
 	json_decref(b->checkpoints);
 	json_decref(b->publications);
 	json_decref(b->attestations);
+	json_decref(b->counters);
 	json_decref(b->revocations);
 	json_decref(b->accepted);
 }
@@ -457,7 +459,7 @@ static int check_keys(struct bundle *b, char *err, size_t errlen)
 static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t *ret_covered)
 {
 	uint8_t root[32], proof[MERKLE_PROOF_MAX][32], prev_root[32];
-	uint64_t prev_size = 0, prev_counter = 0, counter;
+	uint64_t prev_size = 0, prev_counter, counter;
 	char first_origin[NOTE_NAME_MAX + 1] = "", why[256];
 	struct checkpoint c;
 	const json_t *cp;
@@ -532,12 +534,20 @@ static int check_checkpoints(struct bundle *b, char *err, size_t errlen, size_t 
 					 "nv-counter",
 					 i + 1);
 		if (r == 0) {
+			/* Each node's TPM counts the checkpoints that node signed
+			 * (a cluster's leader changes): increasing per node. */
+			json_t *crec = record(b, seq);
+			const char *node = sget(crec, "node") ? sget(crec, "node") : "local";
+
+			prev_counter =
+			    (uint64_t)json_integer_value(json_object_get(b->counters, node));
+			json_object_set_new(b->counters, node, json_integer((json_int_t)counter));
+			json_decref(crec);
 			if (counter <= prev_counter)
 				return cimd_fail(err, errlen, -CIMD_EVERIFY,
 						 "checkpoint %zu: TPM counter %" PRIu64
-						 " after %" PRIu64 ": not increasing",
-						 i + 1, counter, prev_counter);
-			prev_counter = counter;
+						 " after %" PRIu64 " of node %s: not increasing",
+						 i + 1, counter, prev_counter, node);
 		} else if (r != -ENOENT) {
 			return cimd_fail(err, errlen, -CIMD_EFORMAT,
 					 "checkpoint %zu: a malformed nv-counter line", i + 1);
@@ -1060,7 +1070,7 @@ static void accepted_detail(struct bundle *b, char *out, size_t len)
 int audit_verify_dir(const char *dir, const json_t *trust, const char *saved, size_t saved_len,
 		     audit_report_fn report, void *arg)
 {
-	struct bundle b = {.dir = dir, .trust = trust};
+	struct bundle b = {.dir = dir, .trust = trust, .counters = json_object()};
 	char err[1024], detail[2048], *keys = NULL;
 	size_t keys_len, covered = 0;
 	int r;
