@@ -151,7 +151,9 @@ static int64_t count_keys(struct store *st, const char *client, const char *node
 }
 
 /* The kid of this node's key of the client in state, into kid (empty when
- * none). */
+ * none), and since when: an active key's activation, a next key's first
+ * publication in a JWKS (in a cluster, the union; its creation where nothing
+ * is published). */
 static int key_in_state(struct svc *d, const char *client, const char *state, char *kid,
 			int64_t *ret_since)
 {
@@ -162,8 +164,9 @@ static int key_in_state(struct svc *d, const char *client, const char *state, ch
 	kid[0] = '\0';
 	if (store_query(
 		st, &s,
-		"SELECT kid, CASE state WHEN 'next' THEN created ELSE activated END FROM keys "
-		"WHERE client = ? AND node = ? AND state = ? ORDER BY created LIMIT 1",
+		"SELECT kid, CASE state WHEN 'next' THEN coalesce(published, created) ELSE "
+		"activated END FROM keys WHERE client = ? AND node = ? AND state = ? ORDER BY "
+		"created LIMIT 1",
 		"sss", client, d->cfg->node, state) < 0)
 		return -EIO;
 	if (store_next(s) > 0) {
