@@ -135,6 +135,9 @@ static void test_config_errors(void)
 	     ": conninfo and conninfo_file are for store = postgresql"},
 	    {"state_dir = /s\nconninfo_file = etc/c\n",
 	     ":2: conninfo_file: 'etc/c' is not an absolute path"},
+	    {"state_dir = /s\nnode = Node_A\n",
+	     ":2: node: 'Node_A' is not a name [a-z0-9][a-z0-9-]{0,62}"},
+	    {"state_dir = /s\nnode = a\nnode = b\n", ":3: 'node' is set twice"},
 	};
 	struct cimd_config *c = NULL;
 	char path[600], err[512], name[32];
@@ -159,6 +162,14 @@ static void test_config_errors(void)
 		   path, sizeof(path));
 	r = config_load(path, &c, err, sizeof(err));
 	t_ok(r == 0 && c->allow_http, "http base_url with allow_http = yes");
+	t_ok(r == 0 && strcmp(c->node, "local") == 0,
+	     "a configuration without node is the single appliance's node local");
+	config_free(&c);
+	write_conf("node",
+		   "state_dir = /s\nbase_url = https://k\nbackend = tpm2:t=x\nnode = edge-2\n",
+		   path, sizeof(path));
+	r = config_load(path, &c, err, sizeof(err));
+	t_ok(r == 0 && strcmp(c->node, "edge-2") == 0, "node = edge-2 names this node");
 	config_free(&c);
 
 	/* The file itself. */
