@@ -216,13 +216,15 @@ static json_t *text_or_null(struct store_rows *s, int col)
 	return store_null(s, col) ? json_null() : json_string(store_text(s, col));
 }
 
-/* A client's row with its current approved version and active kid, in one
- * statement: each subquery is one index lookup (documents_approved,
- * keys_client), so a page of clients costs what it holds. */
+/* A client's row with its current approved version and the active kid of node
+ * ?1 (this node: in a cluster each node has its own), in one statement: each
+ * subquery is one index lookup (documents_approved, keys_node), so a page of
+ * clients costs what it holds. */
 #define CLIENT_SELECT                                                                              \
 	"SELECT name, owner, backend, alg, degraded, "                                             \
 	"(SELECT version FROM documents WHERE client = clients.name AND state = 'approved'), "     \
-	"(SELECT kid FROM keys WHERE client = clients.name AND state = 'active') FROM clients "
+	"(SELECT kid FROM keys WHERE client = clients.name AND node = ?1 AND state = 'active') "   \
+	"FROM clients "
 
 /* {name, owner, backend, alg, degraded, version (current approved or null),
  *  active_kid (or null)} for one row of CLIENT_SELECT. */
@@ -240,8 +242,8 @@ static json_t *client_row(struct store_rows *s)
 /* Up to limit clients whose names sort after `after` ("" for the first), in
  * name order (SQLite's BINARY collation: bytes, as names are ASCII), by the
  * primary key's index; *ret_more says whether others follow. */
-static int client_page(struct store *st, const char *after, int64_t limit, json_t **ret_clients,
-		       int *ret_more)
+static int client_page(struct store *st, const char *node, const char *after, int64_t limit,
+		       json_t **ret_clients, int *ret_more)
 {
 	struct store_rows *s = NULL;
 	json_t *arr, *row;
@@ -251,8 +253,8 @@ static int client_page(struct store *st, const char *after, int64_t limit, json_
 	if ((arr = json_array()) == NULL)
 		return -ENOMEM;
 	/* One row more than the page: whether another page follows. */
-	if (store_query(st, &s, CLIENT_SELECT "WHERE name > ? ORDER BY name LIMIT ?", "si", after,
-			limit + 1) < 0)
+	if (store_query(st, &s, CLIENT_SELECT "WHERE name > ?2 ORDER BY name LIMIT ?3", "ssi", node,
+			after, limit + 1) < 0)
 		goto out;
 	while ((rc = store_next(s)) > 0) {
 		if (n == limit) {
@@ -287,8 +289,8 @@ int reg_client_page(struct svc *d, const char *after, const int64_t *limit, json
 		return cimd_fail(err, errlen, -EINVAL, REG_AFTER_WORDS);
 	if (limit != NULL && (*limit < 1 || *limit > CIMD_LIST_PAGE_MAX))
 		return cimd_fail(err, errlen, -EINVAL, REG_LIMIT_WORDS, CIMD_LIST_PAGE_MAX);
-	if (client_page(d->st, after ? after : "", limit ? *limit : CIMD_LIST_PAGE_DEFAULT, &arr,
-			&more) < 0)
+	if (client_page(d->st, d->cfg->node, after ? after : "",
+			limit ? *limit : CIMD_LIST_PAGE_DEFAULT, &arr, &more) < 0)
 		return cimd_fail(err, errlen, -EIO, "database error");
 	snprintf(ret_next, CIMD_NAME_MAX + 1, "%s",
 		 more ? json_string_value(
@@ -349,7 +351,7 @@ int reg_client_show(struct svc *d, const char *name, json_t **ret_client, char *
 
 	if ((r = client_check(d->st, name, 1, err, errlen)) < 0)
 		return r;
-	if (store_query(d->st, &s, CLIENT_SELECT "WHERE name = ?", "s", name) < 0 ||
+	if (store_query(d->st, &s, CLIENT_SELECT "WHERE name = ?2", "ss", d->cfg->node, name) < 0 ||
 	    store_next(s) <= 0) {
 		store_done(d->st, s);
 		return cimd_fail(err, errlen, -EIO, "database error");

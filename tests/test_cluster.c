@@ -342,6 +342,21 @@ static void test_union(void)
 	same_bytes("/.well-known/cimdd/checkpoint");
 	jose_check(&na, &nb);
 	jose_check(&nb, &na);
+	t_ok(t_cimdd_ctl(&nb, out, sizeof(out), "client list") == 0 && strstr(out, "agent-a"),
+	     "client list on node b: %s", out);
+	{
+		char kid_b[64] = "";
+
+		t_pg_sql(&pg, kid_b, sizeof(kid_b),
+			 "SELECT kid FROM keys WHERE client = 'agent-a' AND node = 'b' AND state = "
+			 "'active'");
+		t_ok(t_cimdd_ctl(&nb, out, sizeof(out), "--json client show agent-a") == 0 &&
+			 kid_b[0] != '\0' && strstr(out, kid_b),
+		     "client show on node b names node b's active key %s", kid_b);
+	}
+	t_ok(t_cimdd_ctl(&nb, out, sizeof(out), "key list agent-a") == 0 && strstr(out, " a ") &&
+		 strstr(out, " b "),
+	     "key list on node b shows both nodes' keys:\n%s", out);
 	t_ok(t_cimdd_ctl(&nb, out, sizeof(out), "node list") == 0 && strstr(out, "a ") &&
 		 strstr(out, "(this node)") && strstr(out, "live"),
 	     "node list shows both nodes:\n%s", out);
