@@ -132,6 +132,10 @@ enum admin_err admin_op_status(struct admin_req *q)
 	    (json_int_t)seq, "head", head, "jwks_max_age", (json_int_t)c->jwks_max_age,
 	    "assertion_max_ttl", (json_int_t)c->assertion_max_ttl, "clock_skew",
 	    (json_int_t)c->clock_skew, "destroy_delay", (json_int_t)c->destroy_delay);
+	if (q->result != NULL) {
+		json_object_set_new(q->result, "node", json_string(c->node));
+		json_object_set_new(q->result, "store", json_string(store_engine(q->d->st)));
+	}
 	return q->result ? AE_OK : AE_INTERNAL;
 }
 

@@ -285,8 +285,10 @@ static int cmd_status(int argc, char **argv)
 		return rc;
 	if ((rc = run(json_pack("{ss}", "op", "status"), &r)) != 0)
 		return rc < 0 ? 0 : rc;
-	printf("cimdd %s\nbase_url         %s\noperator         %s (%s)\n", str(r, "version"),
-	       str(r, "base_url"), str(r, "operator"), str(r, "roles"));
+	printf("cimdd %s\nbase_url         %s\nnode             %s (state on %s)\noperator         "
+	       "%s (%s)\n",
+	       str(r, "version"), str(r, "base_url"), str(r, "node"), str(r, "store"),
+	       str(r, "operator"), str(r, "roles"));
 	printf("two-person rule  %s\n",
 	       json_is_true(json_object_get(r, "two_person_rule")) ? "on" : "off");
 	json_array_foreach(json_object_get(r, "backends"), i, be)
