@@ -351,8 +351,11 @@ static int read_until(int fd, char *out, size_t len, size_t *off, const char *ne
 	double t0 = t_now_ms();
 	ssize_t n;
 
+	/* The child bounds each of its own waits (initdb, the start: T_PG_WAIT_MS
+	 * each in the harness): longer than all of them, so that a slow machine
+	 * is not read as a child that said nothing. */
 	while (*off + 1 < len && (needle == NULL || strstr(out, needle) == NULL)) {
-		if (t_now_ms() - t0 > 60000 || poll(&p, 1, 1000) < 0)
+		if (t_now_ms() - t0 > 240000 || poll(&p, 1, 1000) < 0)
 			return 0;
 		if (p.revents == 0)
 			continue;
@@ -412,6 +415,7 @@ static void test_child(const char *mode)
 		return;
 	if (!t_ok(read_until(fd, out, sizeof(out), &off, "\nready "), "%s: its cluster is up",
 		  mode)) {
+		printf("# the child said:\n%s\n", out);
 		kill(pid, SIGKILL);
 		waitpid(pid, &st, 0);
 		goto out;
