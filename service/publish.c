@@ -103,8 +103,9 @@ struct entry {
 	char *body; /* NULL: the path is no longer published */
 	size_t len;
 	uint8_t sha[32];
-	int changed; /* differs from what this node handed on (new: changed) */
-	int record;  /* a document or JWKS: recorded in the audit journal */
+	int changed;	/* differs from what this node handed on (new: changed) */
+	int unrecorded; /* a document or JWKS no publish record holds yet (record()) */
+	int record;	/* a document or JWKS: recorded in the audit journal */
 	int jwks;
 };
 
@@ -355,26 +356,33 @@ static int render_health(struct publication *p, struct entries *l)
  * In a cluster every node renders the same bytes; the first to record them
  * records them, once.
  */
-static int record(struct publication *p, const struct entries *l, int64_t seen)
+static int record(struct publication *p, struct entries *l, int64_t seen)
 {
 	struct store *st = p->d->st;
 	char hex[65];
 	int64_t seq, now = (int64_t)time(NULL);
-	size_t i;
+	size_t i, n = 0;
 	json_t *f;
 	int ok = 1;
 
-	for (i = 0; i < l->n && !(l->v[i].record && l->v[i].changed && l->v[i].body != NULL); i++)
-		;
-	if (i == l->n && seen == 0)
+	/* Outside the transaction first: a start hands on every path, nearly
+	 * all of them recorded already. */
+	for (i = 0; i < l->n; i++) {
+		struct entry *e = &l->v[i];
+
+		e->unrecorded = e->record && e->changed && e->body != NULL &&
+				recorded_differs(st, e->path, e->sha);
+		n += (size_t)e->unrecorded;
+	}
+	if (n == 0 && seen == 0)
 		return 0; /* nothing to write: no transaction, no fsync */
 	if (store_begin(st) < 0)
 		return -EIO;
 	for (i = 0; ok && i < l->n; i++) {
 		const struct entry *e = &l->v[i];
 
-		if (!e->record || !e->changed || e->body == NULL ||
-		    !recorded_differs(st, e->path, e->sha))
+		/* Again inside it: another node may have recorded them since. */
+		if (!e->unrecorded || !recorded_differs(st, e->path, e->sha))
 			continue;
 		hex_encode(e->sha, 32, hex);
 		f = json_pack("{ssssss}", "client", e->client, "path", e->path, "sha256", hex);
