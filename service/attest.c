@@ -242,7 +242,7 @@ static int facts_load(struct svc *d, const char *name, const char *attest_kid, s
 		r = -ENOENT;
 		goto out;
 	}
-	snprintf(f.backend, sizeof(f.backend), "%s", store_text(s, 1));
+	snprintf(f.backend, sizeof(f.backend), "%s", keys_node_backend(d, store_text(s, 1)));
 	sha256_hex(store_blob(s, 7), store_len(s, 7), f.cimd_hex);
 	f.doc = json_pack(
 	    "{sssIsssIsssI}", "owner", store_text(s, 0), "version", (json_int_t)store_int(s, 2),
@@ -531,7 +531,8 @@ int attest_client(struct svc *d, struct attest_batch *bt, const char *name)
 		"ss", name, d->cfg->node) < 0)
 		return -EIO;
 	if (store_next(s) > 0) {
-		snprintf(backend, sizeof(backend), "%s", store_text(s, 0));
+		/* The hardware this node keeps the client's keys in. */
+		snprintf(backend, sizeof(backend), "%s", keys_node_backend(d, store_text(s, 0)));
 		approved = !store_null(s, 1);
 		if (store_len(s, 2) == 32) {
 			memcpy(inputs, store_blob(s, 2), 32);
@@ -559,20 +560,24 @@ int attest_client(struct svc *d, struct attest_batch *bt, const char *name)
 		if (r < 0)
 			goto fail;
 	}
-	/* Its revoked keys without a record signed by their backend's active key. */
+	/* Its revoked keys without a record signed by an active attestation key:
+	 * signed by the active key of the key's own backend, or, where this node
+	 * has not that hardware (another node's key, in a cluster), of this
+	 * node's (keys_node_backend). */
 	for (;;) {
 		if (store_query(
 			d->st, &s,
 			"SELECT k.kid, k.backend FROM keys k WHERE k.client = ? AND k.state = "
 			"'revoked' AND NOT EXISTS (SELECT 1 FROM revocations r JOIN "
-			"attest_keys t ON t.kid = r.attest_kid AND t.state = 'active' AND "
-			"t.backend = k.backend WHERE r.kid = k.kid) ORDER BY k.revoked LIMIT 1",
+			"attest_keys t ON t.kid = r.attest_kid AND t.state = 'active' "
+			"WHERE r.kid = k.kid) ORDER BY k.revoked LIMIT 1",
 			"s", name) < 0)
 			return -EIO;
 		r = store_next(s) > 0;
 		if (r) {
 			snprintf(kid, sizeof(kid), "%s", store_text(s, 0));
-			snprintf(backend, sizeof(backend), "%s", store_text(s, 1));
+			snprintf(backend, sizeof(backend), "%s",
+				 keys_node_backend(d, store_text(s, 1)));
 		}
 		store_done(d->st, s);
 		if (!r)

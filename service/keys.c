@@ -291,6 +291,12 @@ int keys_insert(struct svc *d, const char *client, const char *alg, const char *
 	return r;
 }
 
+const char *keys_node_backend(const struct svc *d, const char *client_backend)
+{
+	return config_backend(d->cfg, client_backend) != NULL ? client_backend
+							      : d->cfg->default_backend;
+}
+
 /* The state of a node's first key of a client, inside the transaction that
  * records it: active at once while no JWKS of the client was ever published
  * (as client.add makes the first key), else next, for the scheduler to
@@ -319,7 +325,8 @@ static const char *first_state(struct svc *d, const char *client)
 static int create_key(struct svc *d, const struct client_info *ci, const char *state,
 		      const char *actor, char *ret_kid)
 {
-	struct key_store *ks = custody_store(d->custody, ci->backend);
+	const char *backend = keys_node_backend(d, ci->backend);
+	struct key_store *ks = custody_store(d->custody, backend);
 	struct ks_key *key = NULL;
 	char tag[CIMD_TAG_MAX + 1];
 	json_t *f = NULL;
@@ -331,12 +338,12 @@ static int create_key(struct svc *d, const struct client_info *ci, const char *s
 		CIMD_KEYS_PER_CLIENT_MAX ||
 	    count_keys(d->st, ci->name, NULL, PUBLISHED_STATES) >= CIMD_KEYS_PER_CLIENT_ALL)
 		return -EMLINK;
-	if ((r = keys_generate(d, ci->name, ci->backend, ci->alg, tag, &key)) < 0)
+	if ((r = keys_generate(d, ci->name, backend, ci->alg, tag, &key)) < 0)
 		return r;
 	if (store_begin(d->st) < 0 || (first && (state = first_state(d, ci->name)) == NULL) ||
 	    (f = json_pack("{ssssssssss}", "client", ci->name, "kid", ks_key_kid(key), "state",
-			   state, "backend", ci->backend, "node", d->cfg->node)) == NULL ||
-	    keys_insert(d, ci->name, ci->alg, ci->backend, key, state) != 1 ||
+			   state, "backend", backend, "node", d->cfg->node)) == NULL ||
+	    keys_insert(d, ci->name, ci->alg, backend, key, state) != 1 ||
 	    store_exec(d->st, "DELETE FROM key_intents WHERE tag = ?", "s", tag) != 1 ||
 	    journal_append(d->st, "key.create", actor, f, NULL) < 0 || store_commit(d->st) < 0) {
 		store_rollback(d->st);
@@ -998,12 +1005,6 @@ static int tick_adopt(struct svc *d, const struct timespec *t0)
 			break;
 		if (!lacks_key(d, adopt.names[i]) || client_info(d->st, adopt.names[i], &ci) < 0)
 			continue; /* made meanwhile, or gone */
-		if (custody_store(d->custody, ci.backend) == NULL &&
-		    config_backend(d->cfg, ci.backend) == NULL) {
-			log_warn("node %s has no %s backend: it signs nothing for %s", d->cfg->node,
-				 ci.backend, ci.name);
-			continue;
-		}
 		if ((r = create_key(d, &ci, NULL, "cimdd", kid)) < 0) {
 			if (r == -CIMD_EUNAVAILABLE)
 				custody_failed(d->custody);

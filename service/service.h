@@ -520,6 +520,10 @@ int keys_tick(struct svc *d, time_t now);
 /* A changed client (publish.c): if this node holds no key of it yet (a client
  * made on another node), the scheduler makes this node's first. */
 void keys_adopt_check(struct svc *d, const char *client);
+/* The backend this node keeps a client's keys in: the client's, when this
+ * node has it, else this node's default_backend (a cluster's nodes may hold
+ * different hardware: a TPM on one host, an HSM on another). */
+const char *keys_node_backend(const struct svc *d, const char *client_backend);
 /* Revokes every key of node (next, active, retiring, retired) inside an open
  * transaction, each journaled; *ret_n: how many (nodes.c, node revoke). */
 int keys_revoke_node(struct svc *d, const char *actor, const char *node, const char *reason,

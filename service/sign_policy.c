@@ -154,7 +154,7 @@ out:
 
 /* This node's active key, if there is one, and the protected header it signs
  * under: a node signs only with keys in its own hardware. */
-static int load_key(struct store *st, const char *node, struct policy *p)
+static int load_key(struct store *st, const struct cimd_config *cfg, struct policy *p)
 {
 	struct store_rows *q = NULL;
 	json_t *hdr = NULL;
@@ -162,9 +162,9 @@ static int load_key(struct store *st, const char *node, struct policy *p)
 	int rc, r = -EIO;
 
 	if (store_query(st, &q,
-			"SELECT kid, alg, ref, published FROM keys WHERE client = ? AND node = ? "
-			"AND state = 'active'",
-			"ss", p->name, node) < 0)
+			"SELECT kid, alg, ref, published, backend FROM keys WHERE client = ? AND "
+			"node = ? AND state = 'active'",
+			"ss", p->name, cfg->node) < 0)
 		goto out;
 	if ((rc = store_next(q)) > 0) {
 		const char *kid = store_text(q, 0);
@@ -178,6 +178,11 @@ static int load_key(struct store *st, const char *node, struct policy *p)
 		memcpy(p->ref, store_blob(q, 2), n);
 		p->ref_len = n;
 		p->published = !store_null(q, 3);
+		/* The key's own backend: in a cluster a node may keep a client's
+		 * keys in other hardware than the client's (keys_node_backend). */
+		for (p->backend = 0; p->backend < cfg->n_backends; p->backend++)
+			if (strcmp(cfg->backends[p->backend].name, store_text(q, 4)) == 0)
+				break;
 		/* RFC 7523 §3 and draft-ietf-oauth-rfc7523bis: typ names the use. */
 		hdr = json_pack("{ssssss}", "alg", cimd_alg_name(p->alg), "kid", p->kid, "typ",
 				"client-authentication+jwt");
@@ -210,7 +215,7 @@ static int policy_load(struct signer *s, const char *name, struct policy **ret)
 	snprintf(p->name, sizeof(p->name), "%s", name);
 	if ((r = load_client(s->io.reader, s->d->cfg, p)) < 0 ||
 	    (r = load_callers(s->io.reader, p)) < 0 || (r = load_audiences(s->io.reader, p)) < 0 ||
-	    (r = load_key(s->io.reader, s->d->cfg->node, p)) < 0)
+	    (r = load_key(s->io.reader, s->d->cfg, p)) < 0)
 		goto out;
 	*ret = p;
 	p = NULL;

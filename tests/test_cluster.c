@@ -41,7 +41,8 @@
 #define BOB 1001 /* the second operator's uid (approve) */
 
 static struct t_cimdd na, nb;
-static struct t_softhsm ha, hb;
+static struct t_softhsm ha;
+static struct t_swtpm tpm_b;
 static struct t_pg pg;
 static char client_id[256], extra_a[1200], extra_b[1200];
 static const char aud[] = "https://as.example.com/token";
@@ -152,7 +153,7 @@ static long missing_jtis(const struct load *l)
 
 /* ---- the nodes ---- */
 
-static int start_node(struct t_cimdd *n, const char *name, struct t_softhsm *h, char *extra,
+static int start_node(struct t_cimdd *n, const char *name, const char *backend, char *extra,
 		      size_t len, const char *base)
 {
 	snprintf(extra, len,
@@ -160,7 +161,7 @@ static int start_node(struct t_cimdd *n, const char *name, struct t_softhsm *h, 
 		 "cimd_max_age = 2\ncheckpoint_interval = 1\ntwo_person_rule = yes\n"
 		 "admin_socket_mode = 0666\noperator = bob uid=%d roles=approve,read\n",
 		 pg.conninfo, name, BOB);
-	return t_cimdd_start_as(n, name, h->conf, extra, base);
+	return t_cimdd_start_as(n, name, backend, extra, base);
 }
 
 /* Node a again, with its token's SOFTHSM2_CONF (the environment holds node
@@ -554,6 +555,14 @@ static void test_node_revoke(void)
 	     "node revoke a: its %ld keys revoked in one step (%s)", keys_a, strtok(out, "\n"));
 	t_ok(sql_long("SELECT count(*) FROM journal WHERE kind = '%s'", "node.revoke") == 1,
 	     "one node.revoke record");
+	t_ok(
+	    wait_for(keys_a, 30000,
+		     "SELECT count(DISTINCT r.kid) FROM revocations r JOIN keys k ON k.kid = r.kid "
+		     "WHERE k.node = '%s'",
+		     "a") == keys_a,
+	    "node b signs a revocation record for each of node a's %ld keys (in its TPM, which "
+	    "holds no key of node a's hardware)",
+	    keys_a);
 	/* Gone from the union that node b serves. */
 	converge("/clients/agent-a/jwks.json", 1);
 	usleep(1500000);
@@ -574,15 +583,36 @@ static void test_node_revoke(void)
 	t_ok(rc == 0, "the journal verifies (%s)", strtok(out, "\n"));
 }
 
+/* Node b (a TPM) has been the leader since node a died: its checkpoints carry
+ * its TPM's counter and name it; its rollback check at a start reads those
+ * (not node a's, which carry none), and the audit checks counters per node,
+ * with the attestation keys an auditor pinned before node a was revoked. */
+static void test_tpm_leader(void)
+{
+	char out[16384];
+	int rc;
+
+	t_ok(sql_long("SELECT count(*) FROM journal WHERE kind = 'checkpoint' AND "
+		      "convert_from(record, 'UTF8') LIKE '%s'",
+		      "%\"node\":\"b\"%") > 0,
+	     "node b, the leader after node a, signed checkpoints carrying its TPM's counter");
+	t_daemon_stop(&nb.dm, SIGTERM);
+	rc = t_daemon_start(&nb.dm);
+	t_ok(rc == 0 && t_log_count(&nb.dm, "rollback") == 0,
+	     "node b starts again: its TPM's counter agrees with the checkpoints it signed");
+	rc = t_cimdd_audit(&nb, "bundle-end", out, sizeof(out));
+	t_ok(rc == 0 && strstr(out, "checkpoints"), "audit verify of the whole run:\n%s", out);
+}
+
 int main(void)
 {
 	/* A token's SOFTHSM2_CONF is the environment a daemon starts with: each
 	 * node is started right after its own token is made. */
 	if (!t_ok(t_pg_start(&pg) == 0, "a PostgreSQL cluster") ||
 	    !t_ok(t_softhsm_init(&ha, "node-a", "246810") == 0, "node a's SoftHSM2 token") ||
-	    !t_ok(start_node(&na, "a", &ha, extra_a, sizeof(extra_a), NULL) == 0, "node a") ||
-	    !t_ok(t_softhsm_init(&hb, "node-b", "246810") == 0, "node b's SoftHSM2 token") ||
-	    !t_ok(start_node(&nb, "b", &hb, extra_b, sizeof(extra_b), na.base) == 0,
+	    !t_ok(start_node(&na, "a", ha.conf, extra_a, sizeof(extra_a), NULL) == 0, "node a") ||
+	    !t_ok(t_swtpm_start(&tpm_b) == 0, "node b's TPM (swtpm)") ||
+	    !t_ok(start_node(&nb, "b", tpm_b.conf, extra_b, sizeof(extra_b), na.base) == 0,
 		  "node b, under node a's base_url"))
 		return t_done();
 	if (geteuid() != 0) {
@@ -599,8 +629,10 @@ int main(void)
 	test_kill_node();
 	test_pg_restart();
 	test_node_revoke();
+	test_tpm_leader();
 	t_daemon_stop(&nb.dm, SIGTERM);
 	t_daemon_stop(&na.dm, SIGTERM);
+	t_swtpm_kill(&tpm_b);
 	t_ok(t_pg_stop(&pg) == 0, "the cluster shuts down cleanly");
 	return t_done();
 }
