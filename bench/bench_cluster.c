@@ -6,8 +6,10 @@
  * one client whose JWKS holds a key of each node.
  *
  *   append    assertions per second, p50 and p99, with N libcimd clients all
- *             on node a, and with N/2 on each node (1 client: node a only), the
- *             two alternating by figure; the ratio two-node / one-node.  Every
+ *             on node a, and with N/2 on each node (1 client: node a only);
+ *             each figure the median of APPEND_RUNS runs, one node and two
+ *             alternating; the ratio two-node / one-node, and the journal
+ *             transactions per second and assertions per transaction.  Every
  *             assertion is journaled in PostgreSQL before its answer, and both
  *             nodes append to one hash chain under one advisory lock: this is
  *             what a second node adds to, or takes from, the journal's rate.
