@@ -193,8 +193,9 @@ $(BUILD)/tests/p11hang.so: tests/p11hang/p11hang.c
 	@$(CC) -std=c11 -D_DEFAULT_SOURCE -O2 $(WARN) -fPIC -shared \
 		$(shell pkg-config --cflags p11-kit-1) -o $@ $< -ldl
 
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/obj/bench/out.o $(TEST_HARN) $(CIMD_A) $(SVC_LIB) \
-		$(CODEC_LIB) $(FW_LIB)
+# bench/out.c writes a benchmark's figures, bench/load.c runs libcimd clients.
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/obj/bench/out.o $(BUILD)/obj/bench/load.o \
+		$(TEST_HARN) $(CIMD_A) $(SVC_LIB) $(CODEC_LIB) $(FW_LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -39,10 +39,10 @@
 
 #include "../tests/harness.h"
 #include "cimd.h"
+#include "load.h"
 #include "out.h"
 #include "service.h"
 
-#define LAT_MAX 400000	 /* latencies kept per client */
 #define TARGET_CLIENTS 8 /* issue 16's targets, at 8 clients: */
 #define TARGET_JOSE 1.5	 /*   socket / jose in-process */
 #define TARGET_MULTI 0.9 /*   socket / multi-session in-process */
@@ -55,91 +55,16 @@ static json_t *out_root;     /* bench_assert.json itself */
 static char sign_sock[700], client_id[256];
 static const char aud[] = "https://as.example.com/token";
 
-struct client {
-	pthread_t th;
-	long ops, fails;
-	float *lat; /* ms */
-	size_t n_lat;
-};
-
-static void *client_main(void *arg)
+/* n clients on sign_sock for `seconds` (load.h). */
+static int clients_run(int n, struct socket_fig *f)
 {
-	struct client *c = arg;
-	struct cimd *h = NULL;
-	char *jwt;
-	double t0, end;
+	struct load_spec s = {.socks = {sign_sock},
+			      .nsocks = 1,
+			      .client_id = client_id,
+			      .aud = aud,
+			      .seconds = seconds};
 
-	c->lat = malloc(LAT_MAX * sizeof(float));
-	if (cimd_open(sign_sock, &h) != CIMD_OK || c->lat == NULL) {
-		c->fails++;
-		cimd_close(&h);
-		return NULL;
-	}
-	end = t_now_ms() + seconds * 1000;
-	while ((t0 = t_now_ms()) < end) {
-		jwt = NULL;
-		if (cimd_assert(h, client_id, aud, 0, &jwt, NULL) != CIMD_OK) {
-			c->fails++;
-			continue;
-		}
-		free(jwt);
-		c->ops++;
-		if (c->n_lat < LAT_MAX)
-			c->lat[c->n_lat++] = (float)(t_now_ms() - t0);
-	}
-	cimd_close(&h);
-	return NULL;
-}
-
-static int cmp_float(const void *a, const void *b)
-{
-	float x = *(const float *)a, y = *(const float *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* n clients for `seconds`; rate, p50, p99. */
-static int socket_run(int n, double *ret_rate, double *ret_p50, double *ret_p99, long *ret_fails)
-{
-	struct client *cs = calloc((size_t)n, sizeof(*cs));
-	float *all;
-	size_t total = 0, k = 0;
-	long ops = 0, fails = 0;
-	double t0, el;
-	int i;
-
-	if (cs == NULL)
-		return -1;
-	t0 = t_now_ms();
-	for (i = 0; i < n; i++)
-		pthread_create(&cs[i].th, NULL, client_main, &cs[i]);
-	for (i = 0; i < n; i++)
-		pthread_join(cs[i].th, NULL);
-	el = (t_now_ms() - t0) / 1000;
-	for (i = 0; i < n; i++) {
-		ops += cs[i].ops;
-		fails += cs[i].fails;
-		total += cs[i].n_lat;
-	}
-	all = malloc((total + 1) * sizeof(float));
-	for (i = 0; i < n; i++) {
-		if (all != NULL && cs[i].lat != NULL)
-			memcpy(all + k, cs[i].lat, cs[i].n_lat * sizeof(float));
-		k += cs[i].n_lat;
-		free(cs[i].lat);
-	}
-	free(cs);
-	if (all == NULL || total == 0) {
-		free(all);
-		return -1;
-	}
-	qsort(all, total, sizeof(float), cmp_float);
-	*ret_rate = (double)ops / el;
-	*ret_p50 = all[total / 2];
-	*ret_p99 = all[(size_t)((double)total * 0.99)];
-	*ret_fails = fails;
-	free(all);
-	return 0;
+	return socket_run(&s, n, f);
 }
 
 /* One in-process figure: sessions (asked; then as the store reports them),
@@ -354,12 +279,6 @@ static const char *ratio_str(char buf[16], double a, double b)
 	return buf;
 }
 
-struct socket_fig {
-	int clients;
-	double rate, p50, p99;
-	long fails;
-};
-
 static json_t *socket_json(const struct socket_fig *f, int sessions, const double *refs,
 			   const char *const *ref_names, int nrefs)
 {
@@ -449,12 +368,11 @@ static void run_backend(const struct backend *be, const char *daemon_conf, doubl
 	for (i = 0; i < sizeof(clients) / sizeof(clients[0]); i++) {
 		pid_t perf = -1;
 
-		f[i] = (struct socket_fig){.clients = clients[i], .rate = -1, .p50 = -1, .p99 = -1};
 		/* CIMD_BENCH_PERF=FILE: a system-wide profile of the 8-client run
 		 * (docs/benchmarks.md, where the time goes). */
 		if (clients[i] == TARGET_CLIENTS && be->multi > 0 && getenv("CIMD_BENCH_PERF"))
 			perf = perf_start(getenv("CIMD_BENCH_PERF"));
-		rc = socket_run(clients[i], &f[i].rate, &f[i].p50, &f[i].p99, &f[i].fails);
+		rc = clients_run(clients[i], &f[i]);
 		if (perf > 0)
 			waitpid(perf, NULL, 0);
 		if (rc < 0) {
@@ -514,8 +432,7 @@ static void run_stores(const char *daemon_conf)
 			if (!up[k])
 				continue;
 			memcpy(sign_sock, sock[k], sizeof(sign_sock));
-			f = (struct socket_fig){.clients = clients[i]};
-			if (socket_run(clients[i], &f.rate, &f.p50, &f.p99, &f.fails) == 0)
+			if (clients_run(clients[i], &f) == 0)
 				rate[k] = f.rate;
 			printf("%-8s %-30s %8d %8s %8d %9.0f %7.2f %7.2f%s\n", "pkcs11",
 			       k == 0 ? "socket, store sqlite" : "socket, store postgresql", cores,
