@@ -265,14 +265,19 @@ int store_open_config(const struct cimd_config *cfg, struct store **ret_st, char
 	int r;
 
 	if (cfg->store != NULL && strcmp(cfg->store, "postgresql") == 0) {
-		if (cfg->conninfo != NULL)
-			return store_open_engine("postgresql", cfg->conninfo, ret_st, errbuf,
-						 errlen);
-		if ((ci = conninfo_read(cfg->conninfo_file, errbuf, errlen)) == NULL)
-			return -EIO;
-		r = store_open_engine("postgresql", ci, ret_st, errbuf, errlen);
-		OPENSSL_cleanse(ci, strlen(ci));
-		free(ci);
+		if (cfg->conninfo != NULL) {
+			r = store_open_engine("postgresql", cfg->conninfo, ret_st, errbuf, errlen);
+		} else {
+			if ((ci = conninfo_read(cfg->conninfo_file, errbuf, errlen)) == NULL)
+				return -EIO;
+			r = store_open_engine("postgresql", ci, ret_st, errbuf, errlen);
+			OPENSSL_cleanse(ci, strlen(ci));
+			free(ci);
+		}
+		/* Which node's sessions these are, for the database's operator
+		 * (pg_stat_activity.application_name "cimdd:NODE"). */
+		if (r == 0)
+			(*ret_st)->drv->label((*ret_st)->c, cfg->node);
 		return r;
 	}
 	if ((size_t)snprintf(path, sizeof(path), "%s/cimdd.db", cfg->state_dir) >= sizeof(path)) {

@@ -74,6 +74,9 @@ struct store_drv {
 	 * what arrived on it (the number of notifications, or -EIO). */
 	int (*listen)(struct store_conn *c);
 	int (*notified)(struct store_conn *c);
+	/* Names the connection's sessions after node (kept across
+	 * reconnections). */
+	void (*label)(struct store_conn *c, const char *node);
 	const char *(*errmsg)(struct store_conn *c);
 };
 

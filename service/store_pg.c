@@ -52,6 +52,9 @@
 /* The session lock of the cluster's leader (store_leader): the node that
  * signs checkpoints. */
 #define LEADER_LOCK "1667853670"
+/* How long a session may sit in an open transaction without a statement
+ * before the server ends it (session_setup). */
+#define IDLE_TX_MS 10000
 /* What a node listens for (store_listen): the change markers' NOTIFY. */
 #define CHANGES_CHANNEL "cimdd_changes"
 
@@ -69,11 +72,12 @@ struct pg_rows {
 struct store_conn {
 	PGconn *pg; /* libpq keeps the parameters (a password too) for PQreset */
 	int in_tx;
-	int read_only;		      /* store_read_only: again after a reconnection */
-	char node[CIMD_NAME_MAX + 1]; /* store_claim's node: claimed again likewise */
-	int leader;		      /* this session holds the leader's lock */
-	int listening;		      /* store_listen: LISTEN again likewise */
-	int lock_timeout_ms;	      /* store_busy_timeout: likewise; 0: the server's */
+	int read_only;		       /* store_read_only: again after a reconnection */
+	char node[CIMD_NAME_MAX + 1];  /* store_claim's node: claimed again likewise */
+	char label[CIMD_NAME_MAX + 8]; /* application_name: set again likewise */
+	int leader;		       /* this session holds the leader's lock */
+	int listening;		       /* store_listen: LISTEN again likewise */
+	int lock_timeout_ms;	       /* store_busy_timeout: likewise; 0: the server's */
 	int64_t total_changes;
 	char err[256];
 	struct pg_stmt {
@@ -122,6 +126,27 @@ static void forget_statements(struct store_conn *c)
 		free(c->stmts[i].sql);
 		c->stmts[i].sql = NULL;
 	}
+}
+
+/* application_name = c->label, a parameter of its own (a node name is
+ * [a-z0-9-], but no text is spliced into SQL here). */
+static int set_label(struct store_conn *c)
+{
+	const char *v[1] = {c->label};
+	PGresult *res = PQexecParams(c->pg, "SELECT set_config('application_name', $1, false)", 1,
+				     NULL, v, NULL, NULL, 0);
+	int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+
+	if (!ok)
+		set_err(c, "naming the session");
+	PQclear(res);
+	return ok ? 0 : -EIO;
+}
+
+static void pg_label(struct store_conn *c, const char *node)
+{
+	snprintf(c->label, sizeof(c->label), "cimdd:%s", node);
+	set_label(c);
 }
 
 /* The node's session lock: 0, or -EBUSY when another session holds it. */
@@ -196,16 +221,26 @@ static int pg_notified(struct store_conn *c)
 
 static int session_setup(struct store_conn *c)
 {
-	char sql[256];
+	char sql[512];
 
+	/* A host that stops answering in the middle of a transaction (frozen,
+	 * or gone without closing its connections) would hold the writer's lock
+	 * until TCP gives up, hours later, and every other node with it: the
+	 * server ends such a session after IDLE_TX_MS (no transaction of ours
+	 * waits on anything but the server), and keepalives end an idle one
+	 * (its node and leader locks) within a minute on TCP. */
 	snprintf(sql, sizeof(sql),
 		 "SET synchronous_commit = on; SET client_min_messages = warning; "
 		 "SET application_name = 'cimdd'; SET lock_timeout = %d; "
+		 "SET idle_in_transaction_session_timeout = %d; SET tcp_keepalives_idle = 20; "
+		 "SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3; "
 		 "SET default_transaction_read_only = %s",
-		 c->lock_timeout_ms, c->read_only ? "on" : "off");
+		 c->lock_timeout_ms, IDLE_TX_MS, c->read_only ? "on" : "off");
 	if (simple(c, sql) < 0)
 		return -EIO;
 	if (c->listening && simple(c, "LISTEN " CHANGES_CHANNEL) < 0)
+		return -EIO;
+	if (c->label[0] != '\0' && set_label(c) < 0)
 		return -EIO;
 	return c->node[0] != '\0' ? claim(c) : 0;
 }
@@ -849,5 +884,6 @@ const struct store_drv store_postgresql = {
     .leader = pg_leader,
     .listen = pg_listen,
     .notified = pg_notified,
+    .label = pg_label,
     .errmsg = pg_errmsg,
 };

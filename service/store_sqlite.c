@@ -583,6 +583,12 @@ static int sq_notified(struct store_conn *c)
 	return 0;
 }
 
+static void sq_label(struct store_conn *c, const char *node)
+{
+	(void)c;
+	(void)node;
+}
+
 static int sq_read_only(struct store_conn *c)
 {
 	return sq_exec(c, "PRAGMA query_only = 1");
@@ -625,5 +631,6 @@ const struct store_drv store_sqlite = {
     .leader = sq_leader,
     .listen = sq_listen,
     .notified = sq_notified,
+    .label = sq_label,
     .errmsg = sq_errmsg,
 };

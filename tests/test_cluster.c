@@ -503,6 +503,69 @@ static void test_kill_node(void)
 	t_ok(restart_a() == 0, "node a starts again");
 }
 
+/* Whether a session named app holds the writer's lock. */
+static int writer_lock_of(const char *app)
+{
+	return sql_long("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s ON s.pid = "
+			"l.pid WHERE l.locktype = 'advisory' AND l.objid = 1667853668 AND "
+			"l.granted AND s.application_name = '%s'",
+			app) > 0;
+}
+
+/* Node a frozen (SIGSTOP: a host that hangs without closing its connections)
+ * under load, perhaps in the middle of a journal transaction that holds the
+ * cluster's writer lock: node b goes on signing once PostgreSQL has ended the
+ * frozen session (idle_in_transaction_session_timeout, 10 s; store_pg.c), and
+ * node a, thawed, signs again. */
+static void test_freeze_node(void)
+{
+	pthread_t ta[2], tb[2];
+	long at_stop, at_12, at_14, a_thawed;
+	int i, held = 0;
+
+	la.n_jti = lb.n_jti = 0;
+	la.ok = lb.ok = la.failed = lb.failed = 0;
+	load_start(&la, &na, ta, 2);
+	load_start(&lb, &nb, tb, 2);
+	usleep(1000000);
+	/* Frozen while one of its sessions holds the writer's lock (the
+	 * advisory lock 1667853668: store_pg.c), the worst moment. */
+	for (i = 0; i < 200 && !held; i++) {
+		if (!writer_lock_of("cimdd:a"))
+			continue;
+		kill(na.dm.pid, SIGSTOP);
+		if (!(held = writer_lock_of("cimdd:a")))
+			kill(na.dm.pid, SIGCONT);
+	}
+	t_ok(held, "node a frozen while it holds the cluster's writer lock (try %d)", i);
+	pthread_mutex_lock(&lb.mu);
+	at_stop = lb.ok;
+	pthread_mutex_unlock(&lb.mu);
+	usleep(12000000);
+	pthread_mutex_lock(&lb.mu);
+	at_12 = lb.ok;
+	pthread_mutex_unlock(&lb.mu);
+	usleep(2000000);
+	pthread_mutex_lock(&lb.mu);
+	at_14 = lb.ok;
+	pthread_mutex_unlock(&lb.mu);
+	t_ok(at_14 > at_12,
+	     "node a frozen: node b signs again within 12 s (%ld in the 2 s after; %ld in the 12 s "
+	     "before)",
+	     at_14 - at_12, at_12 - at_stop);
+	kill(na.dm.pid, SIGCONT);
+	pthread_mutex_lock(&la.mu);
+	a_thawed = la.ok;
+	pthread_mutex_unlock(&la.mu);
+	usleep(3000000);
+	load_stop(&la, ta, 2);
+	load_stop(&lb, tb, 2);
+	t_ok(la.ok > a_thawed, "node a, thawed, signs again (%ld in 3 s; %s)", la.ok - a_thawed,
+	     la.err);
+	t_ok(missing_jtis(&la) == 0 && missing_jtis(&lb) == 0,
+	     "every assertion a client received is in the journal (%zu, %zu)", la.n_jti, lb.n_jti);
+}
+
 static void test_pg_restart(void)
 {
 	pthread_t ta[2], tb[2];
@@ -627,6 +690,7 @@ int main(void)
 	test_audit();
 	test_concurrent_admin();
 	test_kill_node();
+	test_freeze_node();
 	test_pg_restart();
 	test_node_revoke();
 	test_tpm_leader();
