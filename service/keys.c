@@ -1005,10 +1005,16 @@ static int tick_adopt(struct svc *d, const struct timespec *t0)
 			break;
 		if (!lacks_key(d, adopt.names[i]) || client_info(d->st, adopt.names[i], &ci) < 0)
 			continue; /* made meanwhile, or gone */
-		if ((r = create_key(d, &ci, NULL, "cimdd", kid)) < 0) {
+		if ((r = create_key(d, &ci, NULL, "cimdd", kid)) == -CIMD_EUNAVAILABLE ||
+		    r == -EIO) {
 			if (r == -CIMD_EUNAVAILABLE)
 				custody_failed(d->custody);
 			break; /* kept, with the rest: again at the next tick */
+		}
+		if (r < 0) { /* the client's bound on keys: not again by itself */
+			log_warn("node %s: no key of %s: %s", d->cfg->node, ci.name,
+				 cimd_strerror(r));
+			continue;
 		}
 		log_info("node %s: first key %s of %s", d->cfg->node, kid, ci.name);
 	}
