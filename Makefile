@@ -212,8 +212,8 @@ check: deps
 	@$(MAKE) --no-print-directory test
 
 # The sanitized run's store (ASAN_STORE=postgresql: every daemon's state on a
-# throwaway PostgreSQL cluster).  SQLite by default: on PostgreSQL under ASan one
-# check of test_flood misses its time budget (docs/scaling.md, "Not yet").
+# throwaway PostgreSQL cluster).  SQLite by default: CI runs the plain suite on
+# PostgreSQL and this one on SQLite (.ci/run, docs/scaling.md "What CI runs").
 ASAN_STORE ?= sqlite
 asan: deps
 	@CIMD_TEST_SANITIZED=1 $(MAKE) --no-print-directory BUILD=build/asan STORE=$(ASAN_STORE) \

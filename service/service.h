@@ -671,9 +671,11 @@ char *tlog_checkpoint(struct tlog *tl);
 void tlog_latest(struct tlog *tl, uint64_t *ret_size, time_t *ret_issued);
 /* {"seq","leaf_index","tree_size","record","proof":[base64...],"checkpoint"}:
  * record seq's inclusion proof in the latest checkpoint, read through st
- * (any handle: the signer's reader calls it from its own thread).
+ * (any handle: the signer's reader calls it from its own thread); record
+ * (record_len bytes) its bytes when the caller has read them, else NULL.
  * -ENOENT no such record, -EAGAIN not covered by a checkpoint yet. */
-int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret);
+int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, const char *record,
+		   size_t record_len, json_t **ret);
 /* {"old_size","tree_size","proof":[...],"checkpoint"}: a consistency proof
  * from a tree of old_size records to the latest checkpoint. */
 int tlog_consistency(struct tlog *tl, struct store *st, uint64_t old_size, json_t **ret);

@@ -228,41 +228,67 @@ static int build_claims(struct job *j, const char *client_id)
 }
 
 /*
+ * The journal record of assertion jti, when it was issued to uid: its seq and
+ * a copy of its bytes (*ret_seq 0 when there is none).
+ */
+static int issued_to(struct store *st, const char *jti, uid_t uid, int64_t *ret_seq, char **ret_rec,
+		     size_t *ret_len)
+{
+	struct store_rows *q = NULL;
+	json_t *rec, *u;
+	int r = 0;
+
+	*ret_seq = 0;
+	if (store_query(st, &q, "SELECT seq, record FROM journal WHERE jti = ?", "s", jti) < 0)
+		return -EIO;
+	if (store_next(q) > 0) {
+		rec = json_loadb(store_blob(q, 1), store_len(q, 1), 0, NULL);
+		u = json_object_get(rec, "uid");
+		if (json_is_integer(u) && json_integer_value(u) == (json_int_t)uid) {
+			*ret_len = store_len(q, 1);
+			if ((*ret_rec = malloc(*ret_len + 1)) == NULL) {
+				r = -ENOMEM;
+			} else {
+				memcpy(*ret_rec, store_blob(q, 1), *ret_len);
+				(*ret_rec)[*ret_len] = '\0';
+				*ret_seq = store_int(q, 0);
+			}
+		}
+		json_decref(rec);
+	}
+	store_done(st, q);
+	return r;
+}
+
+/*
  * {"op":"receipt","jti"}: the journal record of an assertion this uid was
  * issued, its inclusion proof and the checkpoint it is proved against
- * (tlog.c, docs/audit.md).  Answered here: a lookup by an index and a proof
- * from the tree in memory.  Another uid's jti is "not_found", like an unknown
- * one: a receipt does not tell who else was issued what.
+ * (tlog.c, docs/audit.md).  Answered here, so it must cost little: the record
+ * by an index, the proof from the tree in memory and at most one read of
+ * leaves (two statements in all).  Another uid's jti is "not_found", like an
+ * unknown one: a receipt does not tell who else was issued what.
  */
 static enum proto_err receipt(struct signer *s, struct conn *c, const char *jti)
 {
-	struct store_rows *q = NULL;
 	json_t *o = NULL, *ans;
-	char msg[256], *text;
-	int64_t seq = 0, uid = -1;
+	char msg[256], *text, *rec = NULL;
+	int64_t seq = 0;
+	size_t len = 0;
 	int r;
 
-	if (store_query(s->io.reader, &q, "SELECT seq, record FROM journal WHERE jti = ?", "s",
-			jti) < 0) {
+	if (issued_to(s->io.reader, jti, c->ls.cred.uid, &seq, &rec, &len) < 0) {
 		conn_error(c, PE_INTERNAL, "database error");
 		return PE_INTERNAL;
 	}
-	if (store_next(q) > 0) {
-		json_t *rec = json_loadb(store_blob(q, 1), store_len(q, 1), 0, NULL);
-		json_t *u = json_object_get(rec, "uid");
-
-		seq = store_int(q, 0);
-		uid = json_is_integer(u) ? json_integer_value(u) : -1;
-		json_decref(rec);
-	}
-	store_done(s->io.reader, q);
-	if (seq == 0 || uid != (int64_t)c->ls.cred.uid) {
+	if (seq == 0) {
 		snprintf(msg, sizeof(msg), "no assertion %.64s was issued to uid %u", jti,
 			 (unsigned)c->ls.cred.uid);
 		conn_error(c, PE_NOT_FOUND, msg);
 		return PE_NOT_FOUND;
 	}
-	if ((r = tlog_inclusion(s->tlog, s->io.reader, seq, &o)) == -EAGAIN) {
+	r = tlog_inclusion(s->tlog, s->io.reader, seq, rec, len, &o);
+	free(rec);
+	if (r == -EAGAIN) {
 		snprintf(msg, sizeof(msg),
 			 "journal record %lld is not under a checkpoint yet; ask again within "
 			 "checkpoint_interval",

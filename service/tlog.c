@@ -15,9 +15,14 @@
  * Proofs are answered from a tree up to the latest checkpoint that keeps the
  * subtrees of 256 leaves and more (TREE_BASE), grown at each checkpoint by
  * the leaves it adds (O(new records); memory 0.25 byte per record); the few
- * smaller subtrees a proof needs are hashed from leaf hashes read back (at
- * most 2 x 255).  The signer's io thread asks for receipts from its own
- * thread, hence the mutex.
+ * smaller subtrees a proof needs are hashed from leaf hashes read back.  An
+ * inclusion proof's smaller subtrees all lie in the aligned block of 256
+ * records that holds its leaf, so they are read as that block, in one
+ * statement, and the block read last is kept: a receipt costs the signer's io
+ * thread one statement for its record and at most one for the leaves, not
+ * one per subtree (eight on a PostgreSQL server are eight round trips, which
+ * a flood of receipts would make every other caller wait behind).  The
+ * signer's io thread asks for receipts from its own thread, hence the mutex.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -30,13 +35,16 @@
 #include "service.h"
 
 /* The proof tree keeps subtrees of 256 leaves and up: 0.25 bytes of memory
- * per record; a proof reads back at most 2 x 255 leaf hashes. */
+ * per record; a proof reads back the leaf hashes of at most two blocks of
+ * 256 (one for an inclusion proof), one statement each. */
 #define TREE_BASE 8
 #define COUNTER_EXT "nv-counter"
 #define TIME_EXT "time"
 /* A TPM counter behind the database by more than this was not left behind by
  * a crash between a checkpoint's commit and its increment (one each). */
 #define COUNTER_LAG_MAX 4
+
+#define BLOCK (1U << TREE_BASE)
 
 struct tlog {
 	pthread_mutex_t mu;	  /* everything below; the signer's thread reads it */
@@ -52,6 +60,11 @@ struct tlog {
 	int accept_rollback;	  /* --accept-rollback: an older database is journaled */
 	char origin[NOTE_NAME_MAX + 1];
 	time_t complained;
+	/* The leaves of the aligned block of BLOCK records that a proof read
+	 * last (fetch_leaves): only complete blocks under the tree are read,
+	 * and the journal is append-only, so they never change. */
+	uint8_t (*block)[32];
+	uint64_t block_first; /* its first leaf index (when block is not NULL) */
 };
 
 /* The checkpoint origin and key name: base_url without its scheme
@@ -253,17 +266,27 @@ static int load_latest(struct svc *d, struct tlog *tl)
 	return r;
 }
 
-/* The proof tree's fetch callback: leaf i is record i + 1's. */
+/* The proof tree's fetch callback: leaf i is record i + 1's.  The tree asks
+ * for an aligned subtree below its base, which lies in one complete block
+ * (merkle.c keeps the last, incomplete one): that block is read whole, once,
+ * and kept for the next subtree and the next proof. */
 static int fetch_leaves(void *arg, uint64_t first, uint64_t count, uint8_t (*ret)[32])
 {
 	struct tlog *tl = arg;
+	uint64_t b = first / BLOCK * BLOCK;
 	uint8_t(*leaves)[32] = NULL;
 	int r;
 
-	if ((r = journal_leaves(tl->fetch_st, first + 1, count, &leaves)) < 0)
-		return r;
-	memcpy(ret, leaves, count * 32);
-	free(leaves);
+	if (first + count > b + BLOCK || b + BLOCK > tl->tree->n)
+		return -EINVAL; /* not what merkle.c asks for */
+	if (tl->block == NULL || tl->block_first != b) {
+		if ((r = journal_leaves(tl->fetch_st, b + 1, BLOCK, &leaves)) < 0)
+			return r;
+		free(tl->block);
+		tl->block = leaves;
+		tl->block_first = b;
+	}
+	memcpy(ret, tl->block[first - b], count * 32);
 	return 0;
 }
 
@@ -301,6 +324,7 @@ int tlog_open(struct svc *d, int accept_rollback, struct tlog **ret, char *err, 
 	if ((r = merkle_tree_new(TREE_BASE, &tl->tree)) < 0)
 		goto fail;
 	merkle_tree_set_fetch(tl->tree, fetch_leaves, tl);
+	tl->fetch_st = d->st;
 	if ((r = load_latest(d, tl)) < 0 || (r = grow(d->st, tl, tl->size)) < 0) {
 		snprintf(err, errlen, "loading the journal's checkpoints: %s", cimd_strerror(r));
 		goto fail;
@@ -335,6 +359,7 @@ void tlog_free(struct tlog **ptl)
 	if (tl == NULL)
 		return;
 	merkle_tree_free(&tl->tree);
+	free(tl->block);
 	free(tl->note);
 	pthread_mutex_destroy(&tl->mu);
 	free(tl);
@@ -644,7 +669,8 @@ static json_t *proof_array(const uint8_t (*proof)[32], size_t n)
 	return arr;
 }
 
-int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret)
+int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, const char *record,
+		   size_t record_len, json_t **ret)
 {
 	uint8_t proof[MERKLE_PROOF_MAX][32];
 	char *rec = NULL;
@@ -654,7 +680,11 @@ int tlog_inclusion(struct tlog *tl, struct store *st, int64_t seq, json_t **ret)
 
 	if (seq < 1)
 		return -ENOENT;
-	if ((r = journal_record(st, seq, &rec, &len)) < 0)
+	/* The caller found the record already (a receipt, by its jti): not read
+	 * again. */
+	if (record != NULL && (rec = strndup(record, record_len)) == NULL)
+		return -ENOMEM;
+	if (record == NULL && (r = journal_record(st, seq, &rec, &len)) < 0)
 		return r;
 	pthread_mutex_lock(&tl->mu);
 	if (tl->note == NULL || (uint64_t)seq > tl->size) {
@@ -720,7 +750,7 @@ int tlog_prove(struct svc *d, struct tlog *tl, int64_t seq, json_t **ret, char *
 
 	if (seq < 1)
 		return cimd_fail(err, errlen, -EINVAL, "seq must be a record number (1 or more)");
-	r = tlog_inclusion(tl, d->st, seq, ret);
+	r = tlog_inclusion(tl, d->st, seq, NULL, 0, ret);
 	if (r == -ENOENT)
 		return cimd_fail(err, errlen, r, "no journal record %lld", (long long)seq);
 	if (r == -EAGAIN)

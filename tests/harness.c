@@ -1677,7 +1677,9 @@ static int pg_postmaster(struct t_pg *pg)
 }
 
 /* initdb, then the settings: a Unix socket in pg->dir and no TCP (so no port
- * to take or to be taken), fsync on as the later tests check durability. */
+ * to take or to be taken), fsync on as the later tests check durability, and
+ * pg_stat_statements loaded, so that a test can count the statements a daemon
+ * sends (test_flood: what a receipt costs). */
 static int pg_initdb(struct t_pg *pg)
 {
 	/* --no-sync: initdb's own flush of the files it wrote, which only an
@@ -1708,7 +1710,7 @@ static int pg_initdb(struct t_pg *pg)
 		return -errno;
 	fprintf(f,
 		"\n# tests/harness.c\nlisten_addresses = ''\nunix_socket_directories = '%s'\n"
-		"port = %d\nfsync = on\n",
+		"port = %d\nfsync = on\nshared_preload_libraries = 'pg_stat_statements'\n",
 		pg->dir, T_PG_PORT);
 	return fclose(f) == 0 ? 0 : -EIO;
 }

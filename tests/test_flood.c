@@ -302,6 +302,108 @@ static void own_receipt(uid_t uid, char *line, size_t len)
 		snprintf(line, len, "{\"op\":\"receipt\",\"jti\":\"%s\"}\n", jti);
 }
 
+/* What receipt_cost measured, in memory it shares with the test. */
+struct receipt_cost {
+	double ms;		  /* all n, one after another */
+	int ok;			  /* answers that were receipts */
+	long long seq, tree_size; /* of the first */
+};
+
+/*
+ * n receipts of line (uid's own assertion) asked one after another on one
+ * connection, with nothing else asking: what each costs the signer's io
+ * thread, plus a round trip over the socket.  Printed, not checked (time is
+ * checked as ratios within one run, under the floods).
+ */
+static void receipt_cost(uid_t uid, const char *line, int n)
+{
+	struct receipt_cost *rc =
+	    mmap(NULL, sizeof(*rc), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	pid_t pid;
+
+	if (rc == MAP_FAILED)
+		return;
+	memset(rc, 0, sizeof(*rc));
+	if ((pid = fork()) == 0) {
+		char buf[16384], *p;
+		size_t got;
+		ssize_t k;
+		double t0;
+		int fd, i;
+
+		become(uid);
+		if ((fd = unix_connect(cd.sign_sock)) < 0)
+			_exit(1);
+		t0 = t_now_ms();
+		for (i = 0; i < n; i++) {
+			if (write(fd, line, strlen(line)) != (ssize_t)strlen(line))
+				_exit(1);
+			for (got = 0; got == 0 || buf[got - 1] != '\n'; got += (size_t)k)
+				if (got + 1 >= sizeof(buf) ||
+				    (k = read(fd, buf + got, sizeof(buf) - 1 - got)) <= 0)
+					_exit(1);
+			buf[got] = '\0';
+			rc->ok += strstr(buf, "\"ok\":true") != NULL;
+			if (i == 0 && (p = strstr(buf, "\"seq\":")) != NULL)
+				rc->seq = atoll(p + 6);
+			if (i == 0 && (p = strstr(buf, "\"tree_size\":")) != NULL)
+				rc->tree_size = atoll(p + 12);
+		}
+		rc->ms = t_now_ms() - t0;
+		_exit(0);
+	}
+	waitpid(pid, NULL, 0);
+	printf("# receipts alone: %d of %d answered, %.0f us each (record %lld of a tree of "
+	       "%lld: its block of 256 %s)\n",
+	       rc->ok, n, rc->ms * 1000 / n, rc->seq, rc->tree_size,
+	       (rc->seq - 1) / 256 < rc->tree_size / 256 ? "complete" : "the last, in memory");
+	munmap(rc, sizeof(*rc));
+}
+
+/* Statements that read the journal by seq or jti, run so far on the
+ * PostgreSQL server (pg_stat_statements), or -1. */
+static long long journal_reads(void)
+{
+	char out[64] = "";
+
+	if (t_db_sql(cd.db, out, sizeof(out),
+		     "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE "
+		     "'%%FROM journal WHERE%%'") < 0)
+		return -1;
+	return atoll(out);
+}
+
+/*
+ * What a receipt costs in statements, each a round trip on PostgreSQL: the
+ * record by its jti, and at most one read of leaves for the proof (tlog.c),
+ * where one read per subtree of the proof below the tree's kept levels made
+ * ten, and a flood of them made the signer's io thread, which answers them,
+ * slow for everyone.  Counted by the server; the few of the checkpoints
+ * issued meanwhile (one a second) count too.
+ */
+static void receipt_statements(uid_t uid, const char *line, int n)
+{
+	long long before, after;
+
+	if (t_store_cluster(cd.db) == NULL) {
+		printf("# skipped on sqlite: statements are counted by PostgreSQL's "
+		       "pg_stat_statements\n");
+		receipt_cost(uid, line, n);
+		return;
+	}
+	if (!t_ok(t_db_sql(cd.db, NULL, 0, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements") ==
+		      0,
+		  "pg_stat_statements in the daemon's database"))
+		return;
+	before = journal_reads();
+	receipt_cost(uid, line, n);
+	after = journal_reads();
+	t_ok(before >= 0 && after >= before && (double)(after - before) / n <= 2.0,
+	     "a receipt reads the journal in at most 2 statements: %lld for %d receipts (%.2f "
+	     "each)",
+	     after - before, n, (double)(after - before) / n);
+}
+
 /*
  * Valid requests, never slowed as bad lines: receipts of their own
  * assertions, pipelined by uid 1003 from 64 connections and by uid 1004 from
@@ -344,6 +446,8 @@ static void test_good_flood(double p99_base)
 	     "and %llu receipts (within 2x of each other)",
 	     fs->expected, other->expected);
 	munmap(other, sizeof(*other));
+	/* By now the journal has grown past the receipt's record. */
+	receipt_statements(1003, line_a, 2000);
 }
 
 /* The bytes the database takes (t_db_bytes: SQLite's file and WAL after the
