@@ -2,6 +2,7 @@
 #
 #   make          build everything into build/
 #   make check    install what is missing, build, run every test (STORE=sqlite|postgresql)
+#   make ci       what CI runs: every test on PostgreSQL, then on SQLite under ASan, then fuzz
 #   make asan     the same tests under AddressSanitizer + UBSan (ASAN_STORE=sqlite|postgresql)
 #   make tsan     the threaded tests (key store, signer) under ThreadSanitizer
 #   make fuzz     libFuzzer targets (clang), FUZZ_SECONDS each (docs/fuzzing.md)
@@ -98,7 +99,7 @@ TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps check test asan tsan fuzz fuzz-build bench bench-scale run clean format install
+.PHONY: all deps check ci test asan tsan fuzz fuzz-build bench bench-scale run clean format install
 .SECONDARY:
 BINS      := $(BUILD)/bin/cimdd $(BUILD)/bin/cimdctl $(BUILD)/bin/cimd-assert
 
@@ -210,6 +211,16 @@ test: all
 
 check: deps
 	@$(MAKE) --no-print-directory test
+
+# What CI runs (.ci/run, README): the whole suite once on each store, the
+# PostgreSQL one plain and the SQLite one under ASan+UBSan, then every fuzz
+# target.  The three tests that start PostgreSQL clusters of their own whatever
+# the store (test_pg, test_dbdown, test_cluster) run once, in the sanitized
+# pass (docs/scaling.md, "What CI runs").
+ci: deps
+	@CIMD_TEST_SKIP="test_pg test_dbdown test_cluster" $(MAKE) --no-print-directory \
+		STORE=postgresql test
+	@$(MAKE) --no-print-directory asan fuzz
 
 # The sanitized run's store (ASAN_STORE=postgresql: every daemon's state on a
 # throwaway PostgreSQL cluster).  SQLite by default: CI runs the plain suite on

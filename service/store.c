@@ -39,6 +39,13 @@ struct store {
 	 * (they are, once, at store_commit). */
 	struct merkle_frontier tree;
 	int tree_valid, tree_dirty;
+	/* The journal's head as this write transaction left it: inside one
+	 * write transaction no other handle appends (the writer's lock), so
+	 * the second append of a group commit needs no query for it.  Read
+	 * again at each transaction's first append. */
+	int64_t head_seq;
+	char head_hash[65];
+	int head_valid;
 };
 
 static const char zero_hash[65] =
@@ -415,6 +422,7 @@ int store_begin(struct store *st)
 	if (st->drv->begin(st->c, 1) < 0)
 		return -EIO;
 	st->tx = 2;
+	st->head_valid = 0;
 	return 0;
 }
 
@@ -500,8 +508,12 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 	/* A record and the tree head that covers it are one transaction. */
 	if (st->tx != 2)
 		return -EINVAL;
-	if ((r = journal_head(st, &seq, prev)) < 0)
+	if (st->head_valid) {
+		seq = st->head_seq;
+		memcpy(prev, st->head_hash, sizeof(prev));
+	} else if ((r = journal_head(st, &seq, prev)) < 0) {
 		return r;
+	}
 	/* Another handle may have appended since this one last did. */
 	if (!st->tree_valid || st->tree.size != (uint64_t)seq) {
 		int found;
@@ -542,12 +554,15 @@ int journal_append(struct store *st, const char *kind, const char *actor, const 
 	}
 	merkle_frontier_append(&st->tree, leaf);
 	st->tree_dirty = 1;
+	st->head_seq = seq;
+	hex_encode(md, sizeof(md), st->head_hash);
+	st->head_valid = 1;
 	if (ret_seq != NULL)
 		*ret_seq = seq;
 	r = 0;
 out:
 	if (r < 0 && r != -EINVAL && r != -E2BIG)
-		st->tree_valid = 0;
+		st->tree_valid = st->head_valid = 0;
 	free(bytes);
 	json_decref(rec);
 	return r;

@@ -623,23 +623,39 @@ void tlog_latest(struct tlog *tl, uint64_t *ret_size, time_t *ret_issued)
 void tlog_follow(struct svc *d, struct tlog *tl)
 {
 	struct store_rows *s = NULL;
-	char *note;
+	char *note = NULL, err[256];
+	uint8_t root[32];
+	uint64_t size = 0;
+	int64_t seq = 0, issued = 0;
 
 	if (store_query(d->st, &s,
-			"SELECT size, note, seq, created FROM checkpoints ORDER BY id DESC LIMIT 1",
+			"SELECT size, note, seq, created, root FROM checkpoints ORDER BY id DESC "
+			"LIMIT 1",
 			"") < 0)
 		return;
-	if (store_next(s) > 0 && store_int(s, 2) != tl->record_seq &&
+	if (store_next(s) > 0 && store_int(s, 2) != tl->record_seq && store_len(s, 4) == 32 &&
 	    (note = strdup(store_text(s, 1))) != NULL) {
-		pthread_mutex_lock(&tl->mu);
-		free(tl->note);
-		tl->note = note;
-		tl->size = (uint64_t)store_int(s, 0);
-		tl->record_seq = store_int(s, 2);
-		tl->issued = (time_t)store_int(s, 3);
-		pthread_mutex_unlock(&tl->mu);
+		size = (uint64_t)store_int(s, 0);
+		seq = store_int(s, 2);
+		issued = store_int(s, 3);
+		memcpy(root, store_blob(s, 4), 32);
 	}
 	store_done(d->st, s);
+	if (note == NULL)
+		return;
+	/* Receipts prove against it: the proof tree first grows to what it
+	 * covers, and its root must be the note's. */
+	if (tree_grow_checked(d, tl, size, root, err, sizeof(err)) < 0) {
+		free(note);
+		return;
+	}
+	pthread_mutex_lock(&tl->mu);
+	free(tl->note);
+	tl->note = note;
+	tl->size = size;
+	tl->record_seq = seq;
+	tl->issued = (time_t)issued;
+	pthread_mutex_unlock(&tl->mu);
 }
 
 char *tlog_checkpoint(struct tlog *tl)

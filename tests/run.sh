@@ -7,6 +7,9 @@
 # kills what it started when it ends (tests/harness.c).  Interrupted, this
 # script sends SIGTERM to the running binary, which kills its group on the
 # way out, and then SIGKILL to whatever of the group is left.
+#
+# CIMD_TEST_SKIP="test_a test_b": binaries not run here, each said so (.ci/run
+# runs the ones that start their own PostgreSQL once, not in both passes).
 set -u
 dir=$1
 cd "$(dirname "$0")/.." || exit 2
@@ -30,6 +33,12 @@ trap 'stop 143' TERM
 trap 'rm -f "$out"' EXIT
 for t in "$dir"/test_*; do
 	[ -x "$t" ] || continue
+	case " ${CIMD_TEST_SKIP:-} " in
+	*" $(basename "$t") "*)
+		echo "# $(basename "$t") skipped here (CIMD_TEST_SKIP)"
+		continue
+		;;
+	esac
 	echo "== $(basename "$t")"
 	# In the background, so that a signal to this script is handled at once
 	# (bash runs a trap only after a foreground command ends).

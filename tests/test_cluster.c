@@ -443,6 +443,31 @@ static void test_own_keys(void)
 		t_ok(0, "node b signs");
 	free(jwt);
 	cimd_close(&c);
+	/* A receipt from node b for an assertion node a issued: one journal, one
+	 * tree (asked again while it is not under a checkpoint yet). */
+	{
+		char *rcpt = NULL;
+		double t0 = t_now_ms();
+		int r = CIMD_NOT_CHECKPOINTED;
+
+		jwt = NULL;
+		if (cimd_open(na.sign_sock, &c) == CIMD_OK &&
+		    cimd_assert(c, client_id, aud, 0, &jwt, &info) == CIMD_OK) {
+			cimd_close(&c);
+			while (r == CIMD_NOT_CHECKPOINTED && t_now_ms() - t0 < 10000) {
+				if (cimd_open(nb.sign_sock, &c) == CIMD_OK)
+					r = cimd_receipt(c, info.jti, &rcpt);
+				cimd_close(&c);
+				if (r == CIMD_NOT_CHECKPOINTED)
+					usleep(200000);
+			}
+		}
+		t_ok(r == CIMD_OK && rcpt != NULL && strstr(rcpt, "\"proof\""),
+		     "node b hands the receipt of an assertion node a issued (%d)", r);
+		free(rcpt);
+		free(jwt);
+		cimd_close(&c);
+	}
 }
 
 /* Admin requests on both nodes at once. */
