@@ -216,11 +216,13 @@ check: deps
 # PostgreSQL one plain and the SQLite one under ASan+UBSan, then every fuzz
 # target.  The three tests that start PostgreSQL clusters of their own whatever
 # the store (test_pg, test_dbdown, test_cluster) run once, in the sanitized
-# pass (docs/scaling.md, "What CI runs").
+# pass; test_scale, whose checks are ratios of times at 200 and 2,000
+# clients, once, in the plain one (docs/scaling.md, "What CI runs").
 ci: deps
 	@CIMD_TEST_SKIP="test_pg test_dbdown test_cluster" $(MAKE) --no-print-directory \
 		STORE=postgresql test
-	@$(MAKE) --no-print-directory asan fuzz
+	@CIMD_TEST_SKIP="test_scale" $(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory fuzz
 
 # The sanitized run's store (ASAN_STORE=postgresql: every daemon's state on a
 # throwaway PostgreSQL cluster).  SQLite by default: CI runs the plain suite on
